@@ -1,0 +1,75 @@
+//! Ports: what the engine needs from storage and what it offers to the APIs.
+//! Adapters (embedded SQLite; Kafka + CQL) implement these.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use ledger_core::codec::{Envelope, MessageEnvelope, Snapshot};
+use ledger_core::{Command, CommandMeta, Completion, ShardId};
+
+/// A storage failure. The engine treats a failed append as fatal for the shard.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage backend failed during {operation}: {detail}")]
+    Backend { operation: &'static str, detail: String },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(#[from] ledger_core::codec::CodecError),
+}
+
+/// The events and outgoing messages of one shard, decided together.
+#[derive(Debug, Clone, Default)]
+pub struct ShardBatch {
+    pub shard: Option<ShardId>,
+    pub envelopes: Vec<Envelope>,
+    pub messages: Vec<MessageEnvelope>,
+}
+
+/// What a shard needs to rebuild its state.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    pub snapshot: Option<Snapshot>,
+    /// Events after the snapshot, in sequence order.
+    pub envelopes: Vec<Envelope>,
+}
+
+/// The event log, the shard message outbox and snapshots.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Durably appends several shards' batches in one atomic write: all or none.
+    /// Appending a batch whose events are already stored (same shard and
+    /// sequence, same hash) is a no-op, so a redo is safe.
+    async fn append(&self, batches: Vec<ShardBatch>) -> Result<(), StoreError>;
+
+    /// The latest snapshot of `shard` and every event after it.
+    async fn recover(&self, shard: ShardId) -> Result<Recovery, StoreError>;
+
+    /// Messages addressed to `to` that it has not consumed yet: from each
+    /// sender, those with a sequence at or above `next_expected[sender]`
+    /// (1 when absent), in (sender, sequence) order.
+    async fn pending_messages(&self, to: ShardId, next_expected: &BTreeMap<ShardId, u64>) -> Result<Vec<MessageEnvelope>, StoreError>;
+
+    /// Stores a snapshot taken after event `snapshot.state.next_sequence - 1`.
+    async fn save_snapshot(&self, shard: ShardId, snapshot: &Snapshot) -> Result<(), StoreError>;
+
+    /// Events of `shard` with a sequence above `after`, at most `limit`, in order.
+    async fn read_shard(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError>;
+}
+
+/// Why a command could not be run (it was not applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the ledger is at capacity; retry later")]
+    Overloaded,
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
+    #[error("the command did not complete within {timeout_ms} ms; retry with the same id")]
+    Timeout { timeout_ms: u64 },
+}
+
+/// Runs commands: the command API's view of the engine.
+#[async_trait]
+pub trait CommandBus: Send + Sync + 'static {
+    /// Runs `command` and returns its completion once it is durable.
+    /// Idempotent: the same command id returns the original completion.
+    async fn submit(&self, command: Command, meta: CommandMeta) -> Result<Completion, SubmitError>;
+}

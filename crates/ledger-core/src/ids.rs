@@ -1,0 +1,126 @@
+//! Identifiers. Every id validates on construction (`parse`), so a value of
+//! these types is always well formed: `^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`.
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+/// Longest id accepted, in bytes.
+pub const ID_LENGTH_MAX: usize = 128;
+
+/// Why an id was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("{field} is longer than {ID_LENGTH_MAX} characters")]
+    TooLong { field: &'static str },
+    #[error("{field} must start with a letter or digit and contain only letters, digits, '_', '.', ':' or '-'")]
+    BadCharacter { field: &'static str },
+}
+
+/// Checks the id grammar shared by every identifier.
+pub fn validate_id(field: &'static str, value: &str) -> Result<(), IdError> {
+    let bytes = value.as_bytes();
+    let Some(first) = bytes.first() else {
+        return Err(IdError::Empty { field });
+    };
+    if bytes.len() > ID_LENGTH_MAX {
+        return Err(IdError::TooLong { field });
+    }
+    if !first.is_ascii_alphanumeric() {
+        return Err(IdError::BadCharacter { field });
+    }
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
+    if !bytes.iter().all(allowed) {
+        return Err(IdError::BadCharacter { field });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps an id.
+            pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
+                let value = value.into();
+                validate_id($field, &value)?;
+                Ok(Self(value))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(value: String) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(/// A user of the marketplace: buyer, seller or creator.
+    UserId, "user_id");
+id_type!(/// A catalogue item.
+    ItemId, "item_id");
+id_type!(/// A bundle of a creator's items.
+    BundleId, "bundle_id");
+id_type!(/// A primary or resale purchase (one namespace for both).
+    PurchaseId, "purchase_id");
+id_type!(/// A currency grant.
+    GrantId, "grant_id");
+id_type!(/// A resale listing.
+    ListingId, "listing_id");
+id_type!(/// A refund.
+    RefundId, "refund_id");
+
+/// Index of a shard, `0..shard_count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+pub struct ShardId(pub u16);
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_the_grammar() {
+        assert!(UserId::parse("alice").is_ok());
+        assert!(UserId::parse("a.b:c-d_e9").is_ok());
+        assert!(UserId::parse("x".repeat(128)).is_ok());
+        assert_eq!(UserId::parse(""), Err(IdError::Empty { field: "user_id" }));
+        assert_eq!(UserId::parse("x".repeat(129)), Err(IdError::TooLong { field: "user_id" }));
+        assert_eq!(UserId::parse("-a"), Err(IdError::BadCharacter { field: "user_id" }));
+        assert_eq!(UserId::parse("a b"), Err(IdError::BadCharacter { field: "user_id" }));
+        assert_eq!(UserId::parse("é"), Err(IdError::BadCharacter { field: "user_id" }));
+    }
+
+    #[test]
+    fn ids_refuse_bad_values_when_deserialized() {
+        assert!(serde_json::from_str::<ItemId>("\"ok\"").is_ok());
+        assert!(serde_json::from_str::<ItemId>("\"not ok\"").is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! # ledger-core
+//!
+//! The pure domain of the marketplace ledger: no I/O, no clock, no async.
+//! A shard is a deterministic state machine:
+//!
+//! * [`decide`] turns an [`Input`] (a command, a message from another shard,
+//!   a clock tick) into events or a refusal;
+//! * [`evolve`] applies one event to the [`ShardState`].
+//!
+//! The same code runs embedded and on Kafka/ScyllaDB; adapters feed it.
+
+pub mod codec;
+pub mod decide;
+pub mod ids;
+pub mod model;
+pub mod money;
+pub mod state;
+
+pub use decide::{decide, Answer, Decision, Input};
+pub use ids::*;
+pub use model::*;
+pub use money::*;
+pub use state::{evolve, Config, ShardState};

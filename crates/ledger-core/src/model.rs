@@ -1,0 +1,500 @@
+//! Commands, cross-shard messages, events and outcomes: the vocabulary of the
+//! ledger. Everything here is plain data.
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BundleId, GrantId, ItemId, ListingId, PurchaseId, RefundId, ShardId, UserId};
+use crate::money::Posting;
+
+/// Longest item or bundle name, in bytes.
+pub const NAME_LENGTH_MAX: usize = 200;
+/// Largest supply of a Limited.
+pub const SUPPLY_MAX: u32 = 10_000_000;
+/// Most items in one bundle.
+pub const BUNDLE_ITEMS_MAX: usize = 50;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type TimestampMs = u64;
+
+// ---------------------------------------------------------------- actors
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Service,
+    User,
+}
+
+/// Who issued a command (from the verified token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Actor {
+    pub role: Role,
+    pub user_id: UserId,
+}
+
+impl Actor {
+    /// Whether this actor may act on behalf of `user`.
+    pub fn may_act_as(&self, user: &UserId) -> bool {
+        match self.role {
+            Role::Admin | Role::Service => true,
+            Role::User => &self.user_id == user,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- commands
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ItemDefinition {
+    pub item_id: ItemId,
+    pub creator_id: UserId,
+    pub name: String,
+    pub price: i64,
+    /// `Some(n)`: a Limited with serials `1..=n`.
+    pub supply: Option<u32>,
+    pub max_per_user: Option<u32>,
+    pub starts_at_ms: Option<TimestampMs>,
+    pub ends_at_ms: Option<TimestampMs>,
+    pub resellable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode)]
+pub enum PurchaseTarget {
+    Item(ItemId),
+    Bundle(BundleId),
+}
+
+/// A command, as the purchase flow service or the storefront sent it, after
+/// parsing. Its fields (not its metadata) are what idempotency compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum Command {
+    Grant { grant_id: GrantId, user_id: UserId, amount: i64 },
+    PublishItem(ItemDefinition),
+    Reprice { item_id: ItemId, price: i64 },
+    SetOnSale { item_id: ItemId, on_sale: bool },
+    CreateBundle { bundle_id: BundleId, creator_id: UserId, name: String, item_ids: Vec<ItemId>, price: i64 },
+    Purchase { purchase_id: PurchaseId, buyer_id: UserId, target: PurchaseTarget, expected_price: i64 },
+    CreateListing { listing_id: ListingId, seller_id: UserId, item_id: ItemId, serial: u32, price: i64 },
+    CancelListing { listing_id: ListingId },
+    ResalePurchase { purchase_id: PurchaseId, buyer_id: UserId, listing_id: ListingId, expected_price: i64 },
+    Refund { refund_id: RefundId, purchase_id: PurchaseId },
+}
+
+/// Stamped by the API: time and who.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct CommandMeta {
+    pub at_ms: TimestampMs,
+    pub actor: Actor,
+}
+
+/// Routing keys: the shard of an entity is a pure function of its key.
+pub mod keys {
+    use super::*;
+    pub fn user(id: &UserId) -> String {
+        format!("user:{id}")
+    }
+    pub fn item(id: &ItemId) -> String {
+        format!("item:{id}")
+    }
+    pub fn bundle(id: &BundleId) -> String {
+        format!("bundle:{id}")
+    }
+    pub fn purchase(id: &PurchaseId) -> String {
+        format!("purchase:{id}")
+    }
+    pub fn grant(id: &GrantId) -> String {
+        format!("grant:{id}")
+    }
+    pub fn listing(id: &ListingId) -> String {
+        format!("listing:{id}")
+    }
+    pub fn refund(id: &RefundId) -> String {
+        format!("refund:{id}")
+    }
+}
+
+impl Command {
+    /// The key whose shard runs this command (its "home").
+    pub fn home_key(&self) -> String {
+        match self {
+            Command::Grant { grant_id, .. } => keys::grant(grant_id),
+            Command::PublishItem(definition) => keys::item(&definition.item_id),
+            Command::Reprice { item_id, .. } | Command::SetOnSale { item_id, .. } => keys::item(item_id),
+            Command::CreateBundle { bundle_id, .. } => keys::bundle(bundle_id),
+            Command::Purchase { purchase_id, .. } | Command::ResalePurchase { purchase_id, .. } => {
+                keys::purchase(purchase_id)
+            }
+            Command::CreateListing { listing_id, .. } | Command::CancelListing { listing_id } => {
+                keys::listing(listing_id)
+            }
+            Command::Refund { refund_id, .. } => keys::refund(refund_id),
+        }
+    }
+
+    /// The idempotency key, for commands that carry their own id.
+    pub fn idempotency_key(&self) -> Option<String> {
+        match self {
+            Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => None,
+            _ => Some(self.home_key()),
+        }
+    }
+}
+
+/// Stable 64-bit FNV-1a: the routing hash (must never change; it places data).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= *byte as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The shard that owns `key` among `shard_count` shards.
+pub fn shard_for(key: &str, shard_count: u16) -> ShardId {
+    assert!(shard_count > 0, "shard count must be positive");
+    ShardId((stable_hash(key.as_bytes()) % shard_count as u64) as u16)
+}
+
+// ---------------------------------------------------------------- outcomes
+
+/// Why a command was refused: a machine code, stable across versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionCode {
+    ValidationFailed,
+    Unauthorized,
+    Forbidden,
+    IdempotencyConflict,
+    NotFound,
+    ListingUnavailable,
+    NotOnSale,
+    PurchaserIsSeller,
+    PriceChanged,
+    AlreadyOwned,
+    QuantityLimitReached,
+    SoldOut,
+    InsufficientFunds,
+    NotOwner,
+    NotResellable,
+    AlreadyListed,
+    ResaleHoldActive,
+    RefundWindowClosed,
+    AlreadyRefunded,
+    NotRefundable,
+    ProjectionLagging,
+    PayloadTooLarge,
+}
+
+impl RejectionCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionCode::ValidationFailed => "validation_failed",
+            RejectionCode::Unauthorized => "unauthorized",
+            RejectionCode::Forbidden => "forbidden",
+            RejectionCode::IdempotencyConflict => "idempotency_conflict",
+            RejectionCode::NotFound => "not_found",
+            RejectionCode::ListingUnavailable => "listing_unavailable",
+            RejectionCode::NotOnSale => "not_on_sale",
+            RejectionCode::PurchaserIsSeller => "purchaser_is_seller",
+            RejectionCode::PriceChanged => "price_changed",
+            RejectionCode::AlreadyOwned => "already_owned",
+            RejectionCode::QuantityLimitReached => "quantity_limit_reached",
+            RejectionCode::SoldOut => "sold_out",
+            RejectionCode::InsufficientFunds => "insufficient_funds",
+            RejectionCode::NotOwner => "not_owner",
+            RejectionCode::NotResellable => "not_resellable",
+            RejectionCode::AlreadyListed => "already_listed",
+            RejectionCode::ResaleHoldActive => "resale_hold_active",
+            RejectionCode::RefundWindowClosed => "refund_window_closed",
+            RejectionCode::AlreadyRefunded => "already_refunded",
+            RejectionCode::NotRefundable => "not_refundable",
+            RejectionCode::ProjectionLagging => "projection_lagging",
+            RejectionCode::PayloadTooLarge => "payload_too_large",
+        }
+    }
+}
+
+/// A refusal with its machine code and a lowercase, specific detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Rejection {
+    pub code: RejectionCode,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(code: RejectionCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into() }
+    }
+}
+
+/// What a successful command produced (the API renders it with the command).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum Success {
+    Granted { balance_after: i64 },
+    ItemPublished,
+    ItemUpdated { price: i64, on_sale: bool },
+    BundleCreated,
+    Purchased { target: PurchaseTarget, price: i64, serial: Option<u32>, granted_items: Vec<ItemId>, balance_after: i64 },
+    ListingCreated,
+    ListingCancelled,
+    ResalePurchased { item_id: ItemId, serial: u32, price: i64, seller_id: UserId, balance_after: i64 },
+    Refunded { purchase_id: PurchaseId, amount: i64 },
+}
+
+/// A point in one shard's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode)]
+pub struct ShardPosition {
+    pub shard: ShardId,
+    pub sequence: u64,
+}
+
+/// The final answer to a command, remembered for idempotent replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Completion {
+    pub result: Result<Success, Rejection>,
+    /// Log positions that a read must have seen to reflect this command.
+    pub positions: Vec<ShardPosition>,
+}
+
+// ---------------------------------------------------------------- sagas
+
+/// What the home shard learned when the sold thing was reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Reservation {
+    pub price: i64,
+    pub creator_id: UserId,
+    pub sale: SaleKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum SaleKind {
+    /// A primary sale of one item; `serial` for a Limited.
+    Item { item_id: ItemId, serial: Option<u32> },
+    Bundle { bundle_id: BundleId, item_ids: Vec<ItemId> },
+    Resale { listing_id: ListingId, item_id: ItemId, serial: u32, seller_id: UserId },
+}
+
+/// A bundle item as its own shard describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ItemDescription {
+    pub item_id: ItemId,
+    pub creator_id: UserId,
+    pub limited: bool,
+}
+
+/// Where a running command stands on its home shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum Progress {
+    /// Grant: waiting for the user's shard to credit the wallet.
+    Crediting,
+    /// Bundle creation: waiting for item descriptions.
+    Describing { answers: Vec<Result<ItemDescription, ItemId>>, expected: u32 },
+    /// Purchase: waiting for the item, bundle or listing to be reserved.
+    Reserving,
+    /// Purchase: reserved; waiting for the buyer's funds.
+    Debiting { reservation: Reservation },
+    /// Listing: waiting for the item shard.
+    Listing,
+    /// Listing cancel in flight.
+    Cancelling,
+    /// Refund: waiting for the purchase's home shard.
+    Refunding,
+}
+
+/// The refund state of a completed purchase, on the purchase's home shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum RefundProgress {
+    /// Escrow freeze requested from the creator's shard.
+    Freezing { refund_id: RefundId, reply_to: ShardId },
+    /// Serial revocation requested from the item's shard.
+    Revoking { refund_id: RefundId, reply_to: ShardId },
+    Refunded { refund_id: RefundId },
+    /// The refund was refused; the purchase may be refunded again later.
+    Abandoned,
+}
+
+// ---------------------------------------------------------------- messages
+
+/// A message between shards. It is persisted atomically with the sender's
+/// events and consumed exactly once, in order per (sender, receiver).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum Message {
+    CreditGrant { grant_id: GrantId, user_id: UserId, amount: i64 },
+    GrantCredited { grant_id: GrantId, result: Result<i64, Rejection>, position: ShardPosition },
+
+    DescribeItem { bundle_id: BundleId, item_id: ItemId },
+    ItemDescribed { bundle_id: BundleId, answer: Result<ItemDescription, ItemId> },
+
+    ReserveItem { purchase_id: PurchaseId, buyer_id: UserId, item_id: ItemId, expected_price: i64, at_ms: TimestampMs },
+    QuoteBundle { purchase_id: PurchaseId, buyer_id: UserId, bundle_id: BundleId, expected_price: i64 },
+    /// To the listing's home shard, which forwards it to the item's shard.
+    ReserveListing { purchase_id: PurchaseId, buyer_id: UserId, listing_id: ListingId, expected_price: i64, reply_to: ShardId },
+    ReserveListingOnItem { purchase_id: PurchaseId, buyer_id: UserId, listing_id: ListingId, item_id: ItemId, expected_price: i64, reply_to: ShardId },
+    Reserved { purchase_id: PurchaseId, result: Result<Reservation, Rejection> },
+
+    DebitBuyer { purchase_id: PurchaseId, buyer_id: UserId, amount: i64, grant_items: Vec<ItemId>, all_or_nothing: bool, at_ms: TimestampMs },
+    BuyerDebited { purchase_id: PurchaseId, result: Result<(i64, Vec<ItemId>), Rejection>, position: ShardPosition },
+
+    ConfirmReservation { purchase_id: PurchaseId, item_id: ItemId, buyer_id: UserId, at_ms: TimestampMs },
+    CancelReservation { purchase_id: PurchaseId, item_id: ItemId },
+    SettleSale { purchase_id: PurchaseId, creator_id: UserId, cleared: i64, creator_share: i64, platform_fee: i64, policy_version: u16, resale: bool, at_ms: TimestampMs },
+    CreditSeller { purchase_id: PurchaseId, seller_id: UserId, amount: i64 },
+
+    CreateListingOnItem { listing_id: ListingId, seller_id: UserId, item_id: ItemId, serial: u32, price: i64, at_ms: TimestampMs },
+    ListingResult { listing_id: ListingId, result: Result<(), Rejection>, position: ShardPosition },
+    CancelListingOnItem { listing_id: ListingId, item_id: ItemId, actor: Actor },
+    CancelResult { listing_id: ListingId, result: Result<(), Rejection>, position: ShardPosition },
+
+    RefundPurchase { refund_id: RefundId, purchase_id: PurchaseId },
+    RefundResult { refund_id: RefundId, result: Result<i64, Rejection> },
+    FreezeEscrow { purchase_id: PurchaseId, creator_id: UserId },
+    FreezeResult { purchase_id: PurchaseId, result: Result<(), Rejection> },
+    RevokeSerial { purchase_id: PurchaseId, item_id: ItemId, serial: u32, owner_id: UserId },
+    RevokeResult { purchase_id: PurchaseId, result: Result<(), Rejection> },
+    UnfreezeEscrow { purchase_id: PurchaseId, creator_id: UserId },
+    ReverseEscrow { purchase_id: PurchaseId, refund_id: RefundId, creator_id: UserId },
+    RefundBuyer { purchase_id: PurchaseId, refund_id: RefundId, buyer_id: UserId, amount: i64, revoke_items: Vec<ItemId> },
+}
+
+// ---------------------------------------------------------------- events
+
+/// Why a listing left the book.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum ListingEndReason {
+    Cancelled,
+    SerialMoved,
+}
+
+/// An immutable fact in a shard's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum Event {
+    MessageReceived { from: ShardId, sequence: u64 },
+    MessageSent { to: ShardId, sequence: u64, message: Message },
+
+    CommandAccepted { key: String, fingerprint: u64, command: Command, meta: CommandMeta },
+    CommandProgressed { key: String, progress: Progress, position: Option<ShardPosition> },
+    CommandCompleted { key: String, completion: Completion },
+
+    CurrencyGranted { grant_id: GrantId, user_id: UserId, amount: i64, balance_after: i64, postings: Vec<Posting> },
+
+    ItemPublished { definition: ItemDefinition },
+    ItemRepriced { item_id: ItemId, price: i64 },
+    ItemSaleToggled { item_id: ItemId, on_sale: bool },
+    BundleCreated { bundle_id: BundleId, creator_id: UserId, name: String, item_ids: Vec<ItemId>, price: i64 },
+
+    SerialReserved { item_id: ItemId, serial: u32, purchase_id: PurchaseId, buyer_id: UserId },
+    ReservationCancelled { item_id: ItemId, serial: u32, purchase_id: PurchaseId },
+    SerialSold { item_id: ItemId, serial: u32, purchase_id: PurchaseId, buyer_id: UserId, at_ms: TimestampMs },
+
+    BuyerDebited { purchase_id: PurchaseId, buyer_id: UserId, amount: i64, granted_items: Vec<ItemId>, balance_after: i64, at_ms: TimestampMs, postings: Vec<Posting> },
+    SaleSettled { purchase_id: PurchaseId, creator_id: UserId, resale: bool, cleared: i64, creator_share: i64, platform_fee: i64, policy_version: u16, release_at_ms: TimestampMs, postings: Vec<Posting> },
+    SellerCredited { purchase_id: PurchaseId, seller_id: UserId, amount: i64, balance_after: i64, postings: Vec<Posting> },
+    EscrowReleased { purchase_id: PurchaseId, creator_id: UserId, amount: i64, postings: Vec<Posting> },
+
+    ListingCreated { listing_id: ListingId, item_id: ItemId, serial: u32, seller_id: UserId, price: i64 },
+    ListingEnded { listing_id: ListingId, item_id: ItemId, serial: u32, reason: ListingEndReason },
+    ListingReserved { listing_id: ListingId, item_id: ItemId, purchase_id: PurchaseId },
+    ListingReservationCancelled { listing_id: ListingId, item_id: ItemId, purchase_id: PurchaseId },
+    SerialTransferred { item_id: ItemId, serial: u32, listing_id: ListingId, purchase_id: PurchaseId, from_user_id: UserId, to_user_id: UserId, price: i64, at_ms: TimestampMs },
+    ListingRegistered { listing_id: ListingId, item_id: ItemId },
+
+    RefundProgressed { purchase_id: PurchaseId, progress: RefundProgress },
+    EscrowFrozen { purchase_id: PurchaseId },
+    EscrowUnfrozen { purchase_id: PurchaseId },
+    EscrowReversed { purchase_id: PurchaseId, refund_id: RefundId, creator_id: UserId, creator_share: i64, platform_fee: i64, postings: Vec<Posting> },
+    SerialRevoked { item_id: ItemId, serial: u32, purchase_id: PurchaseId, owner_id: UserId },
+    BuyerRefunded { purchase_id: PurchaseId, refund_id: RefundId, buyer_id: UserId, amount: i64, revoked_items: Vec<ItemId>, balance_after: i64, postings: Vec<Posting> },
+}
+
+impl Event {
+    /// Stable type name, recorded in the envelope and used by analysts.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::MessageReceived { .. } => "message_received",
+            Event::MessageSent { .. } => "message_sent",
+            Event::CommandAccepted { .. } => "command_accepted",
+            Event::CommandProgressed { .. } => "command_progressed",
+            Event::CommandCompleted { .. } => "command_completed",
+            Event::CurrencyGranted { .. } => "currency_granted",
+            Event::ItemPublished { .. } => "item_published",
+            Event::ItemRepriced { .. } => "item_repriced",
+            Event::ItemSaleToggled { .. } => "item_sale_toggled",
+            Event::BundleCreated { .. } => "bundle_created",
+            Event::SerialReserved { .. } => "serial_reserved",
+            Event::ReservationCancelled { .. } => "reservation_cancelled",
+            Event::SerialSold { .. } => "serial_sold",
+            Event::BuyerDebited { .. } => "buyer_debited",
+            Event::SaleSettled { .. } => "sale_settled",
+            Event::SellerCredited { .. } => "seller_credited",
+            Event::EscrowReleased { .. } => "escrow_released",
+            Event::ListingCreated { .. } => "listing_created",
+            Event::ListingEnded { .. } => "listing_ended",
+            Event::ListingReserved { .. } => "listing_reserved",
+            Event::ListingReservationCancelled { .. } => "listing_reservation_cancelled",
+            Event::SerialTransferred { .. } => "serial_transferred",
+            Event::ListingRegistered { .. } => "listing_registered",
+            Event::RefundProgressed { .. } => "refund_progressed",
+            Event::EscrowFrozen { .. } => "escrow_frozen",
+            Event::EscrowUnfrozen { .. } => "escrow_unfrozen",
+            Event::EscrowReversed { .. } => "escrow_reversed",
+            Event::SerialRevoked { .. } => "serial_revoked",
+            Event::BuyerRefunded { .. } => "buyer_refunded",
+        }
+    }
+
+    /// The postings of this event (empty when it moves no currency).
+    pub fn postings(&self) -> &[Posting] {
+        match self {
+            Event::CurrencyGranted { postings, .. }
+            | Event::BuyerDebited { postings, .. }
+            | Event::SaleSettled { postings, .. }
+            | Event::SellerCredited { postings, .. }
+            | Event::EscrowReleased { postings, .. }
+            | Event::EscrowReversed { postings, .. }
+            | Event::BuyerRefunded { postings, .. } => postings,
+            _ => &[],
+        }
+    }
+}
+
+/// Read-your-writes token: the shard positions a read must have seen,
+/// written `p<shard>.<sequence>_<shard>.<sequence>...`. Opaque to clients.
+pub fn format_position(positions: &[ShardPosition]) -> String {
+    let parts: Vec<String> = positions.iter().map(|p| format!("{}.{}", p.shard.0, p.sequence)).collect();
+    format!("p{}", parts.join("_"))
+}
+
+/// Parses a token made by [`format_position`]; `None` if malformed.
+pub fn parse_position(token: &str) -> Option<Vec<ShardPosition>> {
+    let body = token.strip_prefix('p')?;
+    if body.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut positions = Vec::new();
+    for part in body.split('_') {
+        if positions.len() >= 64 {
+            return None;
+        }
+        let (shard, sequence) = part.split_once('.')?;
+        positions.push(ShardPosition { shard: ShardId(shard.parse().ok()?), sequence: sequence.parse().ok()? });
+    }
+    Some(positions)
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_and_reject_garbage() {
+        let positions = vec![ShardPosition { shard: ShardId(0), sequence: 7 }, ShardPosition { shard: ShardId(3), sequence: 12 }];
+        assert_eq!(parse_position(&format_position(&positions)), Some(positions));
+        assert_eq!(parse_position("p"), Some(vec![]));
+        for bad in ["", "x1.2", "p1", "p1.", "p.2", "p1.2_", "p-1.2", "p99999999.1"] {
+            assert_eq!(parse_position(bad), None, "{bad}");
+        }
+    }
+}

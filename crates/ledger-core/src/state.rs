@@ -1,0 +1,404 @@
+//! The state of one shard and `evolve`, the only way it changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
+use crate::model::*;
+use crate::money::{is_balanced, Account};
+
+/// Settings that shape decisions. Fed from outside; the same in every mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    pub shard_count: u16,
+    pub escrow_hold_ms: u64,
+    pub resale_hold_ms: u64,
+    pub primary_fee_policy: crate::money::PrimaryFeePolicy,
+    pub resale_fee_policy: crate::money::ResaleFeePolicy,
+    /// Most escrow entries released by one tick (the rest wait for the next).
+    pub releases_per_tick_max: usize,
+}
+
+impl Config {
+    pub fn new(shard_count: u16) -> Self {
+        Self {
+            shard_count,
+            escrow_hold_ms: 30 * 24 * 3_600 * 1_000,
+            resale_hold_ms: 0,
+            primary_fee_policy: crate::money::PRIMARY_FEE_POLICY_V1,
+            resale_fee_policy: crate::money::RESALE_FEE_POLICY_V1,
+            releases_per_tick_max: 10_000,
+        }
+    }
+
+    pub fn shard_of(&self, key: &str) -> ShardId {
+        shard_for(key, self.shard_count)
+    }
+}
+
+/// Who holds a sold serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct SerialHolder {
+    pub user_id: UserId,
+    pub purchase_id: PurchaseId,
+    pub acquired_at_ms: TimestampMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct Listing {
+    pub serial: u32,
+    pub seller_id: UserId,
+    pub price: i64,
+    pub reserved_by: Option<PurchaseId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ItemState {
+    pub definition: ItemDefinition,
+    pub price: i64,
+    pub on_sale: bool,
+    /// Lowest serial never handed out (Limiteds), from 1.
+    pub next_serial: u32,
+    /// Serials handed out then returned (cancelled reservation, refund).
+    pub returned_serials: BTreeSet<u32>,
+    /// Serials reserved by a purchase in flight.
+    pub reservations: BTreeMap<PurchaseId, (u32, UserId)>,
+    pub holders: BTreeMap<u32, SerialHolder>,
+    /// Serials held or reserved, per user (for `max_per_user`).
+    pub held_per_user: BTreeMap<UserId, u32>,
+    pub listings: BTreeMap<ListingId, Listing>,
+    pub listing_by_serial: BTreeMap<u32, ListingId>,
+    pub ended_listings: BTreeMap<ListingId, ListingEndReason>,
+}
+
+impl ItemState {
+    pub fn is_limited(&self) -> bool {
+        self.definition.supply.is_some()
+    }
+
+    /// The serial the next sale takes, if any is left.
+    pub fn next_free_serial(&self) -> Option<u32> {
+        if let Some(serial) = self.returned_serials.first() {
+            return Some(*serial);
+        }
+        let supply = self.definition.supply?;
+        (self.next_serial <= supply).then_some(self.next_serial)
+    }
+
+    fn add_held(&mut self, user: &UserId) {
+        *self.held_per_user.entry(user.clone()).or_insert(0) += 1;
+    }
+
+    fn remove_held(&mut self, user: &UserId) {
+        let count = self.held_per_user.get_mut(user).expect("user holds a serial of the item");
+        *count -= 1;
+        if *count == 0 {
+            self.held_per_user.remove(user);
+        }
+    }
+
+    fn end_listing_of_serial(&mut self, serial: u32, reason: ListingEndReason) {
+        if let Some(listing_id) = self.listing_by_serial.remove(&serial) {
+            self.listings.remove(&listing_id);
+            self.ended_listings.insert(listing_id, reason);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct BundleState {
+    pub creator_id: UserId,
+    pub name: String,
+    pub item_ids: Vec<ItemId>,
+    pub price: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct EscrowEntry {
+    pub creator_id: UserId,
+    pub creator_share: i64,
+    pub platform_fee: i64,
+    pub release_at_ms: TimestampMs,
+    pub frozen: bool,
+}
+
+/// A command run by this shard (its home), remembered for idempotency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct CommandRecord {
+    pub fingerprint: u64,
+    pub command: Command,
+    pub meta: CommandMeta,
+    pub progress: Progress,
+    pub positions: Vec<ShardPosition>,
+    pub completion: Option<Completion>,
+}
+
+/// Everything one shard knows. Changed only by `evolve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ShardState {
+    pub shard: ShardId,
+    /// Sequence number the next event of this shard gets (from 1).
+    pub next_sequence: u64,
+    pub inbound_next: BTreeMap<ShardId, u64>,
+    pub outbound_next: BTreeMap<ShardId, u64>,
+    /// Sum of this shard's postings per account.
+    pub balances: BTreeMap<Account, i64>,
+    pub owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
+    pub escrow: BTreeMap<PurchaseId, EscrowEntry>,
+    pub escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
+    pub items: BTreeMap<ItemId, ItemState>,
+    pub bundles: BTreeMap<BundleId, BundleState>,
+    pub commands: BTreeMap<String, CommandRecord>,
+    pub listing_directory: BTreeMap<ListingId, ItemId>,
+    pub refunds: BTreeMap<PurchaseId, RefundProgress>,
+}
+
+impl ShardState {
+    pub fn new(shard: ShardId) -> Self {
+        Self {
+            shard,
+            next_sequence: 1,
+            inbound_next: BTreeMap::new(),
+            outbound_next: BTreeMap::new(),
+            balances: BTreeMap::new(),
+            owned_items: BTreeMap::new(),
+            escrow: BTreeMap::new(),
+            escrow_due: BTreeSet::new(),
+            items: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            listing_directory: BTreeMap::new(),
+            refunds: BTreeMap::new(),
+        }
+    }
+
+    pub fn balance(&self, account: &Account) -> i64 {
+        self.balances.get(account).copied().unwrap_or(0)
+    }
+
+    pub fn next_inbound(&self, from: ShardId) -> u64 {
+        self.inbound_next.get(&from).copied().unwrap_or(1)
+    }
+
+    pub fn next_outbound(&self, to: ShardId) -> u64 {
+        self.outbound_next.get(&to).copied().unwrap_or(1)
+    }
+
+    fn item_mut(&mut self, item_id: &ItemId) -> &mut ItemState {
+        self.items.get_mut(item_id).expect("event refers to an item of this shard")
+    }
+
+    fn record_mut(&mut self, key: &str) -> &mut CommandRecord {
+        self.commands.get_mut(key).expect("event refers to a command of this shard")
+    }
+
+    fn apply_postings(&mut self, postings: &[crate::money::Posting]) {
+        assert!(is_balanced(postings), "postings of an event must sum to zero");
+        for posting in postings {
+            let balance = self.balances.entry(posting.account.clone()).or_insert(0);
+            *balance = balance.checked_add(posting.amount).expect("account balance overflow");
+            if let Account::Wallet(_) | Account::Pending(_) = posting.account {
+                assert!(*balance >= 0, "a wallet or escrow account went negative: {:?}", posting.account);
+            }
+        }
+    }
+}
+
+/// The starting progress of a command accepted at its home shard.
+pub fn initial_progress(command: &Command) -> Progress {
+    match command {
+        Command::Grant { .. } => Progress::Crediting,
+        Command::CreateBundle { item_ids, .. } => {
+            let distinct: BTreeSet<&ItemId> = item_ids.iter().collect();
+            Progress::Describing { answers: Vec::new(), expected: distinct.len() as u32 }
+        }
+        Command::Purchase { .. } | Command::ResalePurchase { .. } => Progress::Reserving,
+        Command::CreateListing { .. } => Progress::Listing,
+        Command::CancelListing { .. } => Progress::Cancelling,
+        Command::Refund { .. } => Progress::Refunding,
+        Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => Progress::Crediting,
+    }
+}
+
+/// Applies one event. Total for every event `decide` can produce; a failed
+/// assertion here is a bug in `decide` (or a corrupt log) and must crash.
+pub fn evolve(state: &mut ShardState, event: &Event) {
+    state.next_sequence += 1;
+    state.apply_postings(event.postings());
+    match event {
+        Event::MessageReceived { from, sequence } => {
+            assert_eq!(state.next_inbound(*from), *sequence, "messages are consumed in order, once");
+            state.inbound_next.insert(*from, sequence + 1);
+        }
+        Event::MessageSent { to, sequence, .. } => {
+            assert_eq!(state.next_outbound(*to), *sequence, "messages are numbered densely");
+            state.outbound_next.insert(*to, sequence + 1);
+        }
+        Event::CommandAccepted { key, fingerprint, command, meta } => {
+            let record = CommandRecord {
+                fingerprint: *fingerprint,
+                command: command.clone(),
+                meta: meta.clone(),
+                progress: initial_progress(command),
+                positions: Vec::new(),
+                completion: None,
+            };
+            let previous = state.commands.insert(key.clone(), record);
+            // Only a listing cancel may start again after an earlier attempt finished.
+            assert!(
+                previous.map_or(true, |p| p.completion.is_some() && matches!(p.command, Command::CancelListing { .. })),
+                "a command id is accepted once"
+            );
+        }
+        Event::CommandProgressed { key, progress, position } => {
+            let record = state.record_mut(key);
+            assert!(record.completion.is_none(), "a completed command does not progress");
+            record.progress = progress.clone();
+            record.positions.extend(position);
+        }
+        Event::CommandCompleted { key, completion } => {
+            let record = state.record_mut(key);
+            assert!(record.completion.is_none(), "a command completes once");
+            record.completion = Some(completion.clone());
+        }
+        Event::CurrencyGranted { .. } => {}
+        Event::ItemPublished { definition } => {
+            let item = ItemState {
+                definition: definition.clone(),
+                price: definition.price,
+                on_sale: true,
+                next_serial: 1,
+                returned_serials: BTreeSet::new(),
+                reservations: BTreeMap::new(),
+                holders: BTreeMap::new(),
+                held_per_user: BTreeMap::new(),
+                listings: BTreeMap::new(),
+                listing_by_serial: BTreeMap::new(),
+                ended_listings: BTreeMap::new(),
+            };
+            assert!(state.items.insert(definition.item_id.clone(), item).is_none(), "an item is published once");
+        }
+        Event::ItemRepriced { item_id, price } => state.item_mut(item_id).price = *price,
+        Event::ItemSaleToggled { item_id, on_sale } => state.item_mut(item_id).on_sale = *on_sale,
+        Event::BundleCreated { bundle_id, creator_id, name, item_ids, price } => {
+            let bundle = BundleState { creator_id: creator_id.clone(), name: name.clone(), item_ids: item_ids.clone(), price: *price };
+            assert!(state.bundles.insert(bundle_id.clone(), bundle).is_none(), "a bundle is created once");
+        }
+        Event::SerialReserved { item_id, serial, purchase_id, buyer_id } => {
+            let item = state.item_mut(item_id);
+            assert_eq!(item.next_free_serial(), Some(*serial), "the lowest free serial is reserved");
+            if !item.returned_serials.remove(serial) {
+                item.next_serial += 1;
+            }
+            item.add_held(buyer_id);
+            assert!(item.reservations.insert(purchase_id.clone(), (*serial, buyer_id.clone())).is_none());
+        }
+        Event::ReservationCancelled { item_id, serial, purchase_id } => {
+            let item = state.item_mut(item_id);
+            let (reserved, buyer) = item.reservations.remove(purchase_id).expect("cancelled reservation exists");
+            assert_eq!(reserved, *serial);
+            item.remove_held(&buyer);
+            item.returned_serials.insert(*serial);
+        }
+        Event::SerialSold { item_id, serial, purchase_id, buyer_id, at_ms, .. } => {
+            let item = state.item_mut(item_id);
+            let (reserved, buyer) = item.reservations.remove(purchase_id).expect("sold serial was reserved");
+            assert!(reserved == *serial && &buyer == buyer_id);
+            let holder = SerialHolder { user_id: buyer, purchase_id: purchase_id.clone(), acquired_at_ms: *at_ms };
+            assert!(item.holders.insert(*serial, holder).is_none(), "a serial has one owner");
+        }
+        Event::BuyerDebited { buyer_id, granted_items, .. } => {
+            let owned = state.owned_items.entry(buyer_id.clone()).or_default();
+            for item_id in granted_items {
+                assert!(owned.insert(item_id.clone()), "a non-limited item is owned at most once");
+            }
+        }
+        Event::SaleSettled { purchase_id, creator_id, creator_share, platform_fee, release_at_ms, .. } => {
+            let entry = EscrowEntry {
+                creator_id: creator_id.clone(),
+                creator_share: *creator_share,
+                platform_fee: *platform_fee,
+                release_at_ms: *release_at_ms,
+                frozen: false,
+            };
+            assert!(state.escrow.insert(purchase_id.clone(), entry).is_none(), "a sale settles once");
+            state.escrow_due.insert((*release_at_ms, purchase_id.clone()));
+        }
+        Event::SellerCredited { .. } => {}
+        Event::EscrowReleased { purchase_id, .. } => {
+            let entry = state.escrow.remove(purchase_id).expect("released escrow exists");
+            assert!(!entry.frozen, "frozen escrow is not released");
+            assert!(state.escrow_due.remove(&(entry.release_at_ms, purchase_id.clone())));
+        }
+        Event::ListingCreated { listing_id, item_id, serial, seller_id, price } => {
+            let item = state.item_mut(item_id);
+            assert!(item.listing_by_serial.insert(*serial, listing_id.clone()).is_none(), "a serial is listed once");
+            let listing = Listing { serial: *serial, seller_id: seller_id.clone(), price: *price, reserved_by: None };
+            assert!(item.listings.insert(listing_id.clone(), listing).is_none());
+        }
+        Event::ListingEnded { item_id, serial, reason, .. } => {
+            state.item_mut(item_id).end_listing_of_serial(*serial, *reason);
+        }
+        Event::ListingReserved { listing_id, item_id, purchase_id } => {
+            let listing = state.item_mut(item_id).listings.get_mut(listing_id).expect("reserved listing exists");
+            assert!(listing.reserved_by.is_none(), "a listing is reserved by one purchase");
+            listing.reserved_by = Some(purchase_id.clone());
+        }
+        Event::ListingReservationCancelled { listing_id, item_id, purchase_id } => {
+            let listing = state.item_mut(item_id).listings.get_mut(listing_id).expect("listing exists");
+            assert_eq!(listing.reserved_by.as_ref(), Some(purchase_id));
+            listing.reserved_by = None;
+        }
+        Event::SerialTransferred { item_id, serial, purchase_id, from_user_id, to_user_id, at_ms, .. } => {
+            let item = state.item_mut(item_id);
+            let holder = item.holders.get_mut(serial).expect("transferred serial has a holder");
+            assert_eq!(&holder.user_id, from_user_id, "only the holder's serial moves");
+            *holder = SerialHolder { user_id: to_user_id.clone(), purchase_id: purchase_id.clone(), acquired_at_ms: *at_ms };
+            item.remove_held(from_user_id);
+            item.add_held(to_user_id);
+            item.end_listing_of_serial(*serial, ListingEndReason::SerialMoved);
+        }
+        Event::ListingRegistered { listing_id, item_id } => {
+            state.listing_directory.insert(listing_id.clone(), item_id.clone());
+        }
+        Event::RefundProgressed { purchase_id, progress } => match progress {
+            RefundProgress::Abandoned => {
+                state.refunds.remove(purchase_id);
+            }
+            other => {
+                state.refunds.insert(purchase_id.clone(), other.clone());
+            }
+        },
+        Event::EscrowFrozen { purchase_id } => {
+            state.escrow.get_mut(purchase_id).expect("frozen escrow exists").frozen = true;
+        }
+        Event::EscrowUnfrozen { purchase_id } => {
+            state.escrow.get_mut(purchase_id).expect("unfrozen escrow exists").frozen = false;
+        }
+        Event::EscrowReversed { purchase_id, .. } => {
+            let entry = state.escrow.remove(purchase_id).expect("reversed escrow exists");
+            assert!(entry.frozen, "escrow is frozen before it is reversed");
+            assert!(state.escrow_due.remove(&(entry.release_at_ms, purchase_id.clone())));
+        }
+        Event::SerialRevoked { item_id, serial, owner_id, .. } => {
+            let item = state.item_mut(item_id);
+            let holder = item.holders.remove(serial).expect("revoked serial has a holder");
+            assert_eq!(&holder.user_id, owner_id);
+            item.remove_held(owner_id);
+            item.end_listing_of_serial(*serial, ListingEndReason::SerialMoved);
+            item.returned_serials.insert(*serial);
+        }
+        Event::BuyerRefunded { buyer_id, revoked_items, .. } => {
+            if let Some(owned) = state.owned_items.get_mut(buyer_id) {
+                for item_id in revoked_items {
+                    assert!(owned.remove(item_id), "a revoked item was owned");
+                }
+                if owned.is_empty() {
+                    state.owned_items.remove(buyer_id);
+                }
+            }
+        }
+    }
+}
