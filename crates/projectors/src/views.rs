@@ -1,0 +1,129 @@
+//! Read-model views served by the query API, and the port that serves them.
+
+use async_trait::async_trait;
+use ledger_core::{ShardPosition, TimestampMs};
+use serde::Serialize;
+
+/// Largest page a query returns; larger `limit`s are clamped.
+pub const PAGE_SIZE_MAX: usize = 1_000;
+pub const PAGE_SIZE_DEFAULT: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BalanceView {
+    pub user_id: String,
+    pub balance: i64,
+    pub pending: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InventoryEntry {
+    pub item_id: String,
+    /// `None` for a non-limited item.
+    pub serial: Option<u32>,
+    pub purchase_id: String,
+    pub acquired_at_ms: TimestampMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransactionEntry {
+    /// `<shard>.<sequence>` of the event that moved the money.
+    pub position: String,
+    /// e.g. `grant`, `purchase`, `sale`, `escrow_release`, `resale_proceeds`, `refund`, `refund_reversal`.
+    pub kind: String,
+    /// Signed change of the user's wallet or pending earnings.
+    pub amount: i64,
+    /// The purchase, grant or refund id behind it.
+    pub reference: String,
+    pub at_ms: TimestampMs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemView {
+    pub item_id: String,
+    pub creator_id: String,
+    pub name: String,
+    pub price: i64,
+    pub on_sale: bool,
+    pub limited: bool,
+    pub supply: Option<u32>,
+    /// Serials currently sold (Limiteds) or copies sold (others), net of refunds.
+    pub sold: u64,
+    pub remaining: Option<u64>,
+    pub max_per_user: Option<u32>,
+    pub starts_at_ms: Option<TimestampMs>,
+    pub ends_at_ms: Option<TimestampMs>,
+    pub resellable: bool,
+    /// Primary and resale sales.
+    pub sales_count: u64,
+    pub recent_average_price: Option<i64>,
+    pub lowest_resale_price: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListingView {
+    pub listing_id: String,
+    pub item_id: String,
+    pub serial: u32,
+    pub seller_id: String,
+    pub price: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerEntry {
+    pub serial: u32,
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BundleView {
+    pub bundle_id: String,
+    pub creator_id: String,
+    pub name: String,
+    pub item_ids: Vec<String>,
+    pub price: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EarningsView {
+    pub creator_id: String,
+    pub pending: i64,
+    pub released: i64,
+    pub lifetime: i64,
+    pub sales_count: u64,
+}
+
+/// One page of a listing; `next_cursor` is `None` on the last page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    pub entries: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// A read-model failure (storage), or a bad cursor from the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("cursor is not valid for this listing")]
+    BadCursor,
+    #[error("read-model storage failed: {0}")]
+    Backend(String),
+}
+
+/// The read models, as the query API sees them. Implemented by every backend.
+#[async_trait]
+pub trait ReadModels: Send + Sync + 'static {
+    /// Whether every position has been projected.
+    async fn covers(&self, positions: &[ShardPosition]) -> Result<bool, ReadError>;
+    /// A user never seen has a zero balance.
+    async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError>;
+    async fn inventory(&self, user_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<InventoryEntry>, ReadError>;
+    /// Newest first.
+    async fn transactions(&self, user_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<TransactionEntry>, ReadError>;
+    async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError>;
+    /// Lowest price first (ties by listing id).
+    async fn resale_listings(&self, item_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<ListingView>, ReadError>;
+    /// By serial.
+    async fn owners(&self, item_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<OwnerEntry>, ReadError>;
+    async fn bundle(&self, bundle_id: &str) -> Result<Option<BundleView>, ReadError>;
+    /// A creator never seen has zero earnings.
+    async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError>;
+}
