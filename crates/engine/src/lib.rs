@@ -1,2 +1,11 @@
-//! placeholder
+//! # ledger-engine
+//!
+//! Runs `ledger-core` shards: a sans-io [`shard::ShardRunner`] (shared by the
+//! async runtime and the simulation) and the tokio [`runtime::Engine`].
+
+pub mod metrics;
 pub mod ports;
+pub mod runtime;
+pub mod shard;
+
+pub use runtime::{Engine, EngineConfig, EngineError};

@@ -1,8 +1,11 @@
 //! # ledger-projectors
 //!
 //! Read models are built from the event log. This crate holds the views the
-//! query API serves and the port ([`ReadModels`]) that serves them.
+//! query API serves, the port ([`ReadModels`]) that serves them, and the pure
+//! projection ([`project`]) that turns each event into read-model changes.
 
+pub mod project;
 pub mod views;
 
+pub use project::{next_recent_average_price, position_text, project, Change, TransactionAccount};
 pub use views::*;

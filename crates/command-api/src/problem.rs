@@ -1,0 +1,218 @@
+//! RFC 7807 problem details (`application/problem+json`): the one shape of
+//! every error answer, and the one mapping from rejection codes to statuses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use engine::ports::SubmitError;
+use ledger_core::{Rejection, RejectionCode};
+
+use crate::auth::AuthError;
+
+/// Media type of problem answers.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+/// Prefix of the `type` URI of every problem.
+pub const PROBLEM_TYPE_BASE: &str = "https://ledger.example/problems/";
+
+/// Code of a request refused because too many are in flight, or the engine is at capacity.
+pub const CODE_OVERLOADED: &str = "overloaded";
+/// Code of a request refused because the ledger is shutting down.
+pub const CODE_SHUTTING_DOWN: &str = "shutting_down";
+/// Code of a command that did not complete in time.
+pub const CODE_TIMEOUT: &str = "timeout";
+/// Code of a request with a method the route does not serve.
+pub const CODE_METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+/// Code of an unexpected server-side failure.
+pub const CODE_INTERNAL_ERROR: &str = "internal_error";
+
+/// The HTTP status of a rejection code: the one mapping used by both APIs.
+///
+/// `validation_failed` is 422 here; malformed JSON and a wrong content type
+/// use [`Problem::malformed_request`] (400) instead.
+pub fn status_for(code: RejectionCode) -> StatusCode {
+    match code {
+        RejectionCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        RejectionCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        RejectionCode::Forbidden => StatusCode::FORBIDDEN,
+        RejectionCode::NotFound => StatusCode::NOT_FOUND,
+        RejectionCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        RejectionCode::ProjectionLagging => StatusCode::SERVICE_UNAVAILABLE,
+        RejectionCode::IdempotencyConflict
+        | RejectionCode::ListingUnavailable
+        | RejectionCode::NotOnSale
+        | RejectionCode::PurchaserIsSeller
+        | RejectionCode::PriceChanged
+        | RejectionCode::AlreadyOwned
+        | RejectionCode::QuantityLimitReached
+        | RejectionCode::SoldOut
+        | RejectionCode::InsufficientFunds
+        | RejectionCode::NotOwner
+        | RejectionCode::NotResellable
+        | RejectionCode::AlreadyListed
+        | RejectionCode::ResaleHoldActive
+        | RejectionCode::RefundWindowClosed
+        | RejectionCode::AlreadyRefunded
+        | RejectionCode::NotRefundable => StatusCode::CONFLICT,
+    }
+}
+
+/// A problem answer: status, machine code and a lowercase, specific detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, code, detail: detail.into() }
+    }
+
+    /// A problem for `code`, with the status of [`status_for`].
+    pub fn from_code(code: RejectionCode, detail: impl Into<String>) -> Self {
+        Self::new(status_for(code), code.as_str(), detail)
+    }
+
+    /// 422 `validation_failed`: a well-formed request with invalid content.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::from_code(RejectionCode::ValidationFailed, detail)
+    }
+
+    /// 400 `validation_failed`: malformed JSON, a wrong content type, a malformed query.
+    pub fn malformed_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, RejectionCode::ValidationFailed.as_str(), detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::from_code(RejectionCode::Unauthorized, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::from_code(RejectionCode::Forbidden, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::from_code(RejectionCode::NotFound, detail)
+    }
+
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::from_code(RejectionCode::PayloadTooLarge, detail)
+    }
+
+    pub fn method_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, CODE_METHOD_NOT_ALLOWED, detail)
+    }
+
+    pub fn overloaded(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_OVERLOADED, detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL_ERROR, detail)
+    }
+
+    /// An engine refusal to run a command (it was not applied).
+    pub fn from_submit_error(error: &SubmitError) -> Self {
+        let detail = error.to_string();
+        match error {
+            SubmitError::Overloaded => Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_OVERLOADED, detail),
+            SubmitError::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_SHUTTING_DOWN, detail),
+            SubmitError::Timeout { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, CODE_TIMEOUT, detail),
+        }
+    }
+
+    /// The title: the code in words, e.g. `Validation failed`.
+    pub fn title(&self) -> String {
+        let words = self.code.replace('_', " ");
+        let mut characters = words.chars();
+        match characters.next() {
+            Some(first) => first.to_uppercase().chain(characters).collect(),
+            None => String::new(),
+        }
+    }
+
+    /// The JSON body (keys in a fixed order, so equal problems give equal bytes).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": format!("{PROBLEM_TYPE_BASE}{}", self.code),
+            "title": self.title(),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        })
+    }
+}
+
+impl From<&Rejection> for Problem {
+    fn from(rejection: &Rejection) -> Self {
+        Self::from_code(rejection.code, rejection.detail.clone())
+    }
+}
+
+impl From<Rejection> for Problem {
+    fn from(rejection: Rejection) -> Self {
+        Self::from(&rejection)
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(error: AuthError) -> Self {
+        Self::unauthorized(error.to_string())
+    }
+}
+
+impl From<SubmitError> for Problem {
+    fn from(error: SubmitError) -> Self {
+        Self::from_submit_error(&error)
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.body()).expect("a json value serializes");
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn business_codes_are_conflicts() {
+        assert_eq!(status_for(RejectionCode::InsufficientFunds), StatusCode::CONFLICT);
+        assert_eq!(status_for(RejectionCode::IdempotencyConflict), StatusCode::CONFLICT);
+        assert_eq!(status_for(RejectionCode::AlreadyRefunded), StatusCode::CONFLICT);
+        assert_eq!(status_for(RejectionCode::ValidationFailed), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(status_for(RejectionCode::ProjectionLagging), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status_for(RejectionCode::PayloadTooLarge), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn problems_render_rfc7807_fields() {
+        let problem = Problem::from(Rejection::new(RejectionCode::SoldOut, "item `hat` is sold out"));
+        let body = problem.body();
+        assert_eq!(body["type"], "https://ledger.example/problems/sold_out");
+        assert_eq!(body["title"], "Sold out");
+        assert_eq!(body["status"], 409);
+        assert_eq!(body["detail"], "item `hat` is sold out");
+        assert_eq!(body["code"], "sold_out");
+    }
+
+    #[test]
+    fn submit_errors_are_unavailable_or_timeouts() {
+        assert_eq!(Problem::from(SubmitError::Overloaded).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(Problem::from(SubmitError::ShuttingDown).code, "shutting_down");
+        let timeout = Problem::from(SubmitError::Timeout { timeout_ms: 5 });
+        assert_eq!((timeout.status, timeout.code), (StatusCode::GATEWAY_TIMEOUT, "timeout"));
+    }
+}
