@@ -63,6 +63,8 @@ struct Simulation {
     counter: u64,
     crashes: u64,
     cancelled_listings: u64,
+    /// Every event in the order it became durable (the embedded store's order).
+    commit_order: Vec<Envelope>,
 }
 
 fn user(name: String) -> UserId {
@@ -78,7 +80,9 @@ impl Simulation {
         config.resale_hold_ms = random.below(3) * 50;
         config.releases_per_tick_max = 3;
         let config = Arc::new(config);
-        let runners = (0..shard_count).map(|shard| ShardRunner::new(ShardId(shard), config.clone())).collect();
+        let runners = (0..shard_count)
+            .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
+            .collect();
         Simulation {
             random,
             config,
@@ -101,6 +105,7 @@ impl Simulation {
             counter: 0,
             crashes: 0,
             cancelled_listings: 0,
+            commit_order: Vec::new(),
         }
     }
 
@@ -111,20 +116,31 @@ impl Simulation {
 
     /// Makes a step durable and delivers its effects (as the engine does).
     fn commit(&mut self, shard: ShardId, step: Step<u64>) {
+        self.commit_order.extend(step.envelopes.iter().cloned());
         self.logs[shard.0 as usize].extend(step.envelopes);
         for message in step.messages {
             self.outbox.push(message.clone());
             self.network.push(message);
         }
         for (request, reply) in step.replies {
-            let (command, _) = self.requests.remove(&request).expect("reply to a known request");
-            if let Reply::Completed(Completion { result: Ok(Success::ListingCancelled), .. }) = &reply {
+            let (command, _) = self
+                .requests
+                .remove(&request)
+                .expect("reply to a known request");
+            if let Reply::Completed(Completion {
+                result: Ok(Success::ListingCancelled),
+                ..
+            }) = &reply
+            {
                 self.cancelled_listings += 1;
             }
             if let Reply::Completed(completion) = reply {
                 if let Some(key) = command.idempotency_key() {
                     match self.completions.get(&key) {
-                        Some(first) => assert_eq!(first, &completion, "a retried command returns the original outcome ({key})"),
+                        Some(first) => assert_eq!(
+                            first, &completion,
+                            "a retried command returns the original outcome ({key})"
+                        ),
                         None => {
                             self.completions.insert(key, completion);
                         }
@@ -135,8 +151,14 @@ impl Simulation {
     }
 
     fn submit(&mut self, command: Command) {
-        let actor = Actor { role: Role::Service, user_id: user("purchase-flow".into()) };
-        let meta = CommandMeta { at_ms: self.now_ms, actor };
+        let actor = Actor {
+            role: Role::Service,
+            user_id: user("purchase-flow".into()),
+        };
+        let meta = CommandMeta {
+            at_ms: self.now_ms,
+            actor,
+        };
         self.sent.push((command.clone(), meta.clone()));
         self.submit_with(command, meta);
     }
@@ -145,7 +167,8 @@ impl Simulation {
         let shard = self.config.shard_of(&command.home_key());
         let request = self.next_request;
         self.next_request += 1;
-        self.requests.insert(request, (command.clone(), meta.clone()));
+        self.requests
+            .insert(request, (command.clone(), meta.clone()));
         let mut step = Step::default();
         self.runners[shard.0 as usize].command(command, meta, request, &mut step);
         self.commit(shard, step);
@@ -156,7 +179,11 @@ impl Simulation {
             return;
         }
         let index = self.random.below(self.network.len() as u64) as usize;
-        let message = if self.random.chance(10) { self.network[index].clone() } else { self.network.swap_remove(index) };
+        let message = if self.random.chance(10) {
+            self.network[index].clone()
+        } else {
+            self.network.swap_remove(index)
+        };
         let shard = message.to;
         let mut step = Step::default();
         self.runners[shard.0 as usize].message(message, self.now_ms, &mut step);
@@ -173,18 +200,35 @@ impl Simulation {
         self.crashes += 1;
         let index = shard.0 as usize;
         // Callers waiting on this shard lose their answer (they will retry).
-        self.requests.retain(|_, (command, _)| self.config.shard_of(&command.home_key()) != shard);
+        self.requests
+            .retain(|_, (command, _)| self.config.shard_of(&command.home_key()) != shard);
         if self.random.chance(50) {
             self.snapshots[index] = Some(self.runners[index].snapshot());
         }
         let snapshot = self.snapshots[index].clone();
         let after = snapshot.as_ref().map_or(0, |s| s.state.next_sequence - 1);
-        let envelopes = self.logs[index].iter().filter(|e| e.sequence > after).cloned().collect();
-        let runner = ShardRunner::restore(shard, self.config.clone(), Recovery { snapshot, envelopes }).expect("restore from snapshot + log");
+        let envelopes = self.logs[index]
+            .iter()
+            .filter(|e| e.sequence > after)
+            .cloned()
+            .collect();
+        let runner = ShardRunner::restore(
+            shard,
+            self.config.clone(),
+            Recovery {
+                snapshot,
+                envelopes,
+            },
+        )
+        .expect("restore from snapshot + log");
         // Early messages held in memory are lost with the process: redeliver from the outbox.
         let inbound = runner.state.inbound_next.clone();
         self.runners[index] = runner;
-        for message in self.outbox.iter().filter(|m| m.to == shard && m.sequence >= *inbound.get(&m.from).unwrap_or(&1)) {
+        for message in self
+            .outbox
+            .iter()
+            .filter(|m| m.to == shard && m.sequence >= *inbound.get(&m.from).unwrap_or(&1))
+        {
             self.network.push(message.clone());
         }
     }
@@ -201,7 +245,11 @@ impl Simulation {
                 let user_id = self.random.pick(&self.users).cloned().expect("users");
                 let grant_id = GrantId::parse(self.fresh("grant")).unwrap();
                 let amount = 1 + self.random.below(400) as i64;
-                self.submit(Command::Grant { grant_id, user_id, amount });
+                self.submit(Command::Grant {
+                    grant_id,
+                    user_id,
+                    amount,
+                });
             }
             10..=17 => {
                 let creator_id = self.random.pick(&self.creators).cloned().expect("creators");
@@ -213,8 +261,16 @@ impl Simulation {
                     name: "thing".into(),
                     price: 1 + self.random.below(120) as i64,
                     supply: limited.then(|| 1 + self.random.below(4) as u32),
-                    max_per_user: if self.random.chance(30) { Some(1 + self.random.below(2) as u32) } else { None },
-                    starts_at_ms: if self.random.chance(10) { Some(self.now_ms + self.random.below(300)) } else { None },
+                    max_per_user: if self.random.chance(30) {
+                        Some(1 + self.random.below(2) as u32)
+                    } else {
+                        None
+                    },
+                    starts_at_ms: if self.random.chance(10) {
+                        Some(self.now_ms + self.random.below(300))
+                    } else {
+                        None
+                    },
                     ends_at_ms: None,
                     resellable: limited && self.random.chance(80),
                 };
@@ -222,7 +278,9 @@ impl Simulation {
                 self.submit(Command::PublishItem(definition));
             }
             18..=20 => {
-                let Some(item_id) = self.random.pick(&self.items).cloned() else { return };
+                let Some(item_id) = self.random.pick(&self.items).cloned() else {
+                    return;
+                };
                 if self.random.chance(50) {
                     let price = 1 + self.random.below(120) as i64;
                     self.submit(Command::Reprice { item_id, price });
@@ -245,48 +303,103 @@ impl Simulation {
                 let bundle_id = BundleId::parse(self.fresh("bundle")).unwrap();
                 self.bundles.push(bundle_id.clone());
                 let price = 1 + self.random.below(200) as i64;
-                self.submit(Command::CreateBundle { bundle_id, creator_id, name: "pack".into(), item_ids, price });
+                self.submit(Command::CreateBundle {
+                    bundle_id,
+                    creator_id,
+                    name: "pack".into(),
+                    item_ids,
+                    price,
+                });
             }
             25..=49 => {
-                let Some(item_id) = self.random.pick(&self.items).cloned() else { return };
+                let Some(item_id) = self.random.pick(&self.items).cloned() else {
+                    return;
+                };
                 let buyer_id = if self.random.chance(5) {
                     self.random.pick(&self.creators).cloned().unwrap()
                 } else {
                     self.random.pick(&self.users).cloned().unwrap()
                 };
-                let known = self.item_state(&item_id).map(|item| item.price).unwrap_or(1);
-                let expected_price = if self.random.chance(5) { known + 1 } else { known };
+                let known = self
+                    .item_state(&item_id)
+                    .map(|item| item.price)
+                    .unwrap_or(1);
+                let expected_price = if self.random.chance(5) {
+                    known + 1
+                } else {
+                    known
+                };
                 let purchase_id = PurchaseId::parse(self.fresh("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
-                self.submit(Command::Purchase { purchase_id, buyer_id, target: PurchaseTarget::Item(item_id), expected_price });
+                self.submit(Command::Purchase {
+                    purchase_id,
+                    buyer_id,
+                    target: PurchaseTarget::Item(item_id),
+                    expected_price,
+                });
             }
             50..=55 => {
-                let Some(bundle_id) = self.random.pick(&self.bundles).cloned() else { return };
+                let Some(bundle_id) = self.random.pick(&self.bundles).cloned() else {
+                    return;
+                };
                 let shard = self.config.shard_of(&keys::bundle(&bundle_id));
-                let price = self.runners[shard.0 as usize].state.bundles.get(&bundle_id).map_or(1, |b| b.price);
+                let price = self.runners[shard.0 as usize]
+                    .state
+                    .bundles
+                    .get(&bundle_id)
+                    .map_or(1, |b| b.price);
                 let buyer_id = self.random.pick(&self.users).cloned().unwrap();
                 let purchase_id = PurchaseId::parse(self.fresh("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
-                self.submit(Command::Purchase { purchase_id, buyer_id, target: PurchaseTarget::Bundle(bundle_id), expected_price: price });
+                self.submit(Command::Purchase {
+                    purchase_id,
+                    buyer_id,
+                    target: PurchaseTarget::Bundle(bundle_id),
+                    expected_price: price,
+                });
             }
             56..=63 => {
                 // List a serial, usually by its holder.
-                let Some(item_id) = self.random.pick(&self.items).cloned() else { return };
-                let Some(item) = self.item_state(&item_id) else { return };
-                let holders: Vec<(u32, UserId)> = item.holders.iter().map(|(s, h)| (*s, h.user_id.clone())).collect();
-                let Some((serial, holder)) = self.random.pick(&holders).cloned() else { return };
-                let seller_id = if self.random.chance(10) { self.random.pick(&self.users).cloned().unwrap() } else { holder };
+                let Some(item_id) = self.random.pick(&self.items).cloned() else {
+                    return;
+                };
+                let Some(item) = self.item_state(&item_id) else {
+                    return;
+                };
+                let holders: Vec<(u32, UserId)> = item
+                    .holders
+                    .iter()
+                    .map(|(s, h)| (*s, h.user_id.clone()))
+                    .collect();
+                let Some((serial, holder)) = self.random.pick(&holders).cloned() else {
+                    return;
+                };
+                let seller_id = if self.random.chance(10) {
+                    self.random.pick(&self.users).cloned().unwrap()
+                } else {
+                    holder
+                };
                 let listing_id = ListingId::parse(self.fresh("listing")).unwrap();
                 self.listings.push(listing_id.clone());
                 let price = 1 + self.random.below(150) as i64;
-                self.submit(Command::CreateListing { listing_id, seller_id, item_id, serial, price });
+                self.submit(Command::CreateListing {
+                    listing_id,
+                    seller_id,
+                    item_id,
+                    serial,
+                    price,
+                });
             }
             64..=66 => {
-                let Some(listing_id) = self.random.pick(&self.listings).cloned() else { return };
+                let Some(listing_id) = self.random.pick(&self.listings).cloned() else {
+                    return;
+                };
                 self.submit(Command::CancelListing { listing_id });
             }
             67..=76 => {
-                let Some(listing_id) = self.random.pick(&self.listings).cloned() else { return };
+                let Some(listing_id) = self.random.pick(&self.listings).cloned() else {
+                    return;
+                };
                 let mut price = 1;
                 for runner in &self.runners {
                     for item in runner.state.items.values() {
@@ -298,19 +411,43 @@ impl Simulation {
                 let buyer_id = self.random.pick(&self.users).cloned().unwrap();
                 let purchase_id = PurchaseId::parse(self.fresh("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
-                self.submit(Command::ResalePurchase { purchase_id, buyer_id, listing_id, expected_price: price });
+                self.submit(Command::ResalePurchase {
+                    purchase_id,
+                    buyer_id,
+                    listing_id,
+                    expected_price: price,
+                });
             }
             77..=81 => {
-                let Some(purchase_id) = self.random.pick(&self.purchases).cloned() else { return };
+                let Some(purchase_id) = self.random.pick(&self.purchases).cloned() else {
+                    return;
+                };
                 let refund_id = RefundId::parse(self.fresh("refund")).unwrap();
-                self.submit(Command::Refund { refund_id, purchase_id });
+                self.submit(Command::Refund {
+                    refund_id,
+                    purchase_id,
+                });
             }
             82..=86 => {
                 // Retry an earlier command: same id and body, or (rarely) a different body.
-                let Some((command, meta)) = self.random.pick(&self.sent).cloned() else { return };
+                let Some((command, meta)) = self.random.pick(&self.sent).cloned() else {
+                    return;
+                };
                 if self.random.chance(10) {
-                    if let Command::Grant { grant_id, user_id, amount } = command {
-                        self.submit_with(Command::Grant { grant_id, user_id, amount: amount + 1 }, meta);
+                    if let Command::Grant {
+                        grant_id,
+                        user_id,
+                        amount,
+                    } = command
+                    {
+                        self.submit_with(
+                            Command::Grant {
+                                grant_id,
+                                user_id,
+                                amount: amount + 1,
+                            },
+                            meta,
+                        );
                         return;
                     }
                 }
@@ -381,17 +518,32 @@ impl Simulation {
                 *totals.entry(account.clone()).or_insert(0) += balance;
                 if let Account::Wallet(_) | Account::Pending(_) = account {
                     assert!(*balance >= 0, "{account:?} is negative");
-                    assert_eq!(self.config.shard_of(&match account {
-                        Account::Wallet(u) | Account::Pending(u) => keys::user(u),
-                        _ => unreachable!(),
-                    }), runner.state.shard, "user accounts live on the user's shard");
+                    assert_eq!(
+                        self.config.shard_of(&match account {
+                            Account::Wallet(u) | Account::Pending(u) => keys::user(u),
+                            _ => unreachable!(),
+                        }),
+                        runner.state.shard,
+                        "user accounts live on the user's shard"
+                    );
                 }
             }
         }
         let granted = -totals.get(&Account::Issuance).copied().unwrap_or(0);
-        let held: i64 = totals.iter().filter(|(a, _)| **a != Account::Issuance).map(|(_, b)| b).sum();
-        assert_eq!(held, granted, "wallets + pending + fees + in flight == total granted");
-        assert_eq!(totals.get(&Account::Clearing).copied().unwrap_or(0), 0, "nothing is left in flight");
+        let held: i64 = totals
+            .iter()
+            .filter(|(a, _)| **a != Account::Issuance)
+            .map(|(_, b)| b)
+            .sum();
+        assert_eq!(
+            held, granted,
+            "wallets + pending + fees + in flight == total granted"
+        );
+        assert_eq!(
+            totals.get(&Account::Clearing).copied().unwrap_or(0),
+            0,
+            "nothing is left in flight"
+        );
 
         // Every command finished; no reservation or refund is left open.
         for runner in &self.runners {
@@ -399,11 +551,20 @@ impl Simulation {
                 assert!(record.completion.is_some(), "command {key} never completed");
             }
             for (item_id, item) in &runner.state.items {
-                assert!(item.reservations.is_empty(), "item {item_id} has open reservations");
-                assert!(item.listings.values().all(|l| l.reserved_by.is_none()), "item {item_id} has a reserved listing");
+                assert!(
+                    item.reservations.is_empty(),
+                    "item {item_id} has open reservations"
+                );
+                assert!(
+                    item.listings.values().all(|l| l.reserved_by.is_none()),
+                    "item {item_id} has a reserved listing"
+                );
                 // Serials: held ∪ returned == 1..next_serial, disjoint; never above supply.
                 let held: BTreeSet<u32> = item.holders.keys().copied().collect();
-                assert!(held.is_disjoint(&item.returned_serials), "a returned serial is also held");
+                assert!(
+                    held.is_disjoint(&item.returned_serials),
+                    "a returned serial is also held"
+                );
                 let all: BTreeSet<u32> = held.union(&item.returned_serials).copied().collect();
                 let expected: BTreeSet<u32> = (1..item.next_serial).collect();
                 assert_eq!(all, expected, "serials of {item_id} are dense from 1");
@@ -413,11 +574,20 @@ impl Simulation {
                     assert!(item.holders.is_empty(), "a non-limited item has no serials");
                 }
                 for (user_id, count) in &item.held_per_user {
-                    assert_eq!(*count as usize, item.holders.values().filter(|h| &h.user_id == user_id).count());
+                    assert_eq!(
+                        *count as usize,
+                        item.holders
+                            .values()
+                            .filter(|h| &h.user_id == user_id)
+                            .count()
+                    );
                 }
             }
             for (purchase_id, refund) in &runner.state.refunds {
-                assert!(matches!(refund, RefundProgress::Refunded { .. }), "refund of {purchase_id} is stuck: {refund:?}");
+                assert!(
+                    matches!(refund, RefundProgress::Refunded { .. }),
+                    "refund of {purchase_id} is stuck: {refund:?}"
+                );
             }
         }
 
@@ -430,66 +600,212 @@ impl Simulation {
         let mut transferred: BTreeSet<PurchaseId> = BTreeSet::new();
         for (_, event) in &events {
             match event {
-                Event::BuyerDebited { purchase_id, amount, granted_items, .. } => {
-                    assert!(debited.insert(purchase_id.clone(), (*amount, granted_items.clone())).is_none(), "a purchase is paid once");
+                Event::BuyerDebited {
+                    purchase_id,
+                    amount,
+                    granted_items,
+                    ..
+                } => {
+                    assert!(
+                        debited
+                            .insert(purchase_id.clone(), (*amount, granted_items.clone()))
+                            .is_none(),
+                        "a purchase is paid once"
+                    );
                 }
-                Event::SaleSettled { purchase_id, cleared, .. } => {
-                    assert!(settled.insert(purchase_id.clone(), *cleared).is_none(), "a sale settles once");
+                Event::SaleSettled {
+                    purchase_id,
+                    cleared,
+                    ..
+                } => {
+                    assert!(
+                        settled.insert(purchase_id.clone(), *cleared).is_none(),
+                        "a sale settles once"
+                    );
                 }
-                Event::SellerCredited { purchase_id, .. } => assert!(credited_sellers.insert(purchase_id.clone())),
-                Event::SerialSold { purchase_id, .. } => assert!(serials_sold.insert(purchase_id.clone())),
-                Event::SerialTransferred { purchase_id, .. } => assert!(transferred.insert(purchase_id.clone())),
+                Event::SellerCredited { purchase_id, .. } => {
+                    assert!(credited_sellers.insert(purchase_id.clone()))
+                }
+                Event::SerialSold { purchase_id, .. } => {
+                    assert!(serials_sold.insert(purchase_id.clone()))
+                }
+                Event::SerialTransferred { purchase_id, .. } => {
+                    assert!(transferred.insert(purchase_id.clone()))
+                }
                 _ => {}
             }
         }
         let mut successful = BTreeSet::new();
         for runner in &self.runners {
             for (key, record) in &runner.state.commands {
-                let Some(Completion { result: Ok(success), .. }) = &record.completion else { continue };
+                let Some(Completion {
+                    result: Ok(success),
+                    ..
+                }) = &record.completion
+                else {
+                    continue;
+                };
                 match success {
-                    Success::Purchased { target, price, serial, granted_items, .. } => {
-                        let Command::Purchase { purchase_id, .. } = &record.command else { panic!("{key}") };
+                    Success::Purchased {
+                        target,
+                        price,
+                        serial,
+                        granted_items,
+                        ..
+                    } => {
+                        let Command::Purchase { purchase_id, .. } = &record.command else {
+                            panic!("{key}")
+                        };
                         successful.insert(purchase_id.clone());
-                        let (amount, granted) = debited.get(purchase_id).expect("a completed purchase was paid");
+                        let (amount, granted) = debited
+                            .get(purchase_id)
+                            .expect("a completed purchase was paid");
                         assert_eq!(amount, price);
                         assert_eq!(granted, granted_items);
                         match target {
                             PurchaseTarget::Item(item_id) => {
                                 if serial.is_some() {
-                                    assert!(serials_sold.contains(purchase_id), "a paid Limited was granted its serial");
+                                    assert!(
+                                        serials_sold.contains(purchase_id),
+                                        "a paid Limited was granted its serial"
+                                    );
                                 } else {
-                                    assert_eq!(granted_items, &vec![item_id.clone()], "a paid item was granted");
+                                    assert_eq!(
+                                        granted_items,
+                                        &vec![item_id.clone()],
+                                        "a paid item was granted"
+                                    );
                                 }
                             }
-                            PurchaseTarget::Bundle(_) => assert!(!granted_items.is_empty(), "a paid bundle granted something"),
+                            PurchaseTarget::Bundle(_) => assert!(
+                                !granted_items.is_empty(),
+                                "a paid bundle granted something"
+                            ),
                         }
-                        assert_eq!(settled.get(purchase_id), Some(price), "a paid sale was settled");
+                        assert_eq!(
+                            settled.get(purchase_id),
+                            Some(price),
+                            "a paid sale was settled"
+                        );
                     }
                     Success::ResalePurchased { price, .. } => {
-                        let Command::ResalePurchase { purchase_id, .. } = &record.command else { panic!("{key}") };
+                        let Command::ResalePurchase { purchase_id, .. } = &record.command else {
+                            panic!("{key}")
+                        };
                         successful.insert(purchase_id.clone());
-                        assert_eq!(debited.get(purchase_id).map(|d| d.0), Some(*price), "a resale was paid");
-                        assert!(transferred.contains(purchase_id), "a paid resale moved the serial");
-                        assert!(credited_sellers.contains(purchase_id), "the seller was paid");
-                        assert!(settled.contains_key(purchase_id), "royalty and fee were settled");
+                        assert_eq!(
+                            debited.get(purchase_id).map(|d| d.0),
+                            Some(*price),
+                            "a resale was paid"
+                        );
+                        assert!(
+                            transferred.contains(purchase_id),
+                            "a paid resale moved the serial"
+                        );
+                        assert!(
+                            credited_sellers.contains(purchase_id),
+                            "the seller was paid"
+                        );
+                        assert!(
+                            settled.contains_key(purchase_id),
+                            "royalty and fee were settled"
+                        );
                     }
                     _ => {}
                 }
             }
         }
         let paid: BTreeSet<PurchaseId> = debited.keys().cloned().collect();
-        assert_eq!(paid, successful, "exactly the completed purchases were paid");
-        assert!(serials_sold.is_subset(&successful) && transferred.is_subset(&successful), "nothing granted without payment");
+        assert_eq!(
+            paid, successful,
+            "exactly the completed purchases were paid"
+        );
+        assert!(
+            serials_sold.is_subset(&successful) && transferred.is_subset(&successful),
+            "nothing granted without payment"
+        );
 
         // Determinism: replaying each full log from zero gives the live state.
         for (index, runner) in self.runners.iter().enumerate() {
             let shard = ShardId(index as u16);
-            let replayed = ShardRunner::<u64>::restore(shard, self.config.clone(), Recovery { snapshot: None, envelopes: self.logs[index].clone() })
-                .expect("the full log replays");
-            assert!(replayed.state == runner.state, "shard {index}: replay from zero differs from live state");
+            let replayed = ShardRunner::<u64>::restore(
+                shard,
+                self.config.clone(),
+                Recovery {
+                    snapshot: None,
+                    envelopes: self.logs[index].clone(),
+                },
+            )
+            .expect("the full log replays");
+            assert!(
+                replayed.state == runner.state,
+                "shard {index}: replay from zero differs from live state"
+            );
             assert_eq!(replayed.last_hash, runner.last_hash);
         }
     }
+}
+
+/// Projects the history into a real embedded store as it happened (in
+/// chunks, projecting as it goes), then rebuilds the read models from zero:
+/// both must be identical, and balances must match the shards' postings.
+fn check_read_models(simulation: &Simulation, seed: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let directory = marketplace_ledger::TempDir::new("ledger-simulation");
+        let store = store_sqlite::SqliteStore::open(&directory.0).expect("store opens");
+        let mut random = Random(seed ^ 0x5eed);
+        let mut index = 0;
+        while index < simulation.commit_order.len() {
+            let end = (index + 1 + random.below(200) as usize).min(simulation.commit_order.len());
+            let mut batches: Vec<engine::ports::ShardBatch> = Vec::new();
+            for envelope in &simulation.commit_order[index..end] {
+                match batches.last_mut() {
+                    Some(batch) if batch.shard == Some(envelope.shard) => {
+                        batch.envelopes.push(envelope.clone())
+                    }
+                    _ => batches.push(engine::ports::ShardBatch {
+                        shard: Some(envelope.shard),
+                        envelopes: vec![envelope.clone()],
+                        messages: vec![],
+                    }),
+                }
+            }
+            engine::ports::EventStore::append(&*store, batches)
+                .await
+                .expect("append");
+            if random.chance(50) {
+                store
+                    .project_pending(1 + random.below(300) as usize)
+                    .await
+                    .expect("projection");
+            }
+            index = end;
+        }
+        while store.project_pending(5_000).await.expect("projection") > 0 {}
+        let live = store.dump_read_models().await.expect("dump");
+        store.rebuild_read_models().await.expect("rebuild");
+        let rebuilt = store.dump_read_models().await.expect("dump");
+        assert!(
+            live == rebuilt,
+            "read models rebuilt from zero differ from the live ones"
+        );
+        let read_models = store.read_models();
+        for runner in &simulation.runners {
+            for (account, balance) in &runner.state.balances {
+                if let Account::Wallet(user_id) = account {
+                    let view = read_models
+                        .balance(user_id.as_str())
+                        .await
+                        .expect("balance");
+                    assert_eq!(view.balance, *balance, "read-model balance of {user_id}");
+                }
+            }
+        }
+    });
 }
 
 fn run(seed: u64, operations: usize) -> Simulation {
@@ -508,7 +824,10 @@ fn seeds() -> Vec<u64> {
     match std::env::var("SIMULATION_SEED") {
         Ok(seed) => vec![seed.parse().expect("SIMULATION_SEED is an integer")],
         Err(_) => {
-            let count: u64 = std::env::var("SIMULATION_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+            let count: u64 = std::env::var("SIMULATION_RUNS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(60);
             (0..count).collect()
         }
     }
@@ -522,13 +841,30 @@ fn simulated_ledger_keeps_its_invariants() {
         let outcome = std::panic::catch_unwind(|| run(seed, 600));
         match outcome {
             Ok(simulation) => {
+                if seed % 10 == 0 {
+                    if let Err(panic) =
+                        std::panic::catch_unwind(|| check_read_models(&simulation, seed))
+                    {
+                        eprintln!("read-model check failed with seed {seed}; replay with SIMULATION_SEED={seed} cargo test --test simulation");
+                        std::panic::resume_unwind(panic);
+                    }
+                }
                 totals.0 += simulation.crashes;
                 totals.1 += simulation.logs.iter().map(Vec::len).sum::<usize>();
-                *outcomes.entry("ListingCancelled".into()).or_insert(0) += simulation.cancelled_listings as usize;
-                totals.2 += simulation.completions.values().filter(|c| c.result.is_ok()).count();
+                *outcomes.entry("ListingCancelled".into()).or_insert(0) +=
+                    simulation.cancelled_listings as usize;
+                totals.2 += simulation
+                    .completions
+                    .values()
+                    .filter(|c| c.result.is_ok())
+                    .count();
                 for completion in simulation.completions.values() {
                     let name = match &completion.result {
-                        Ok(success) => format!("{success:?}").split([' ', '{']).next().unwrap_or_default().to_string(),
+                        Ok(success) => format!("{success:?}")
+                            .split([' ', '{'])
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
                         Err(rejection) => rejection.code.as_str().to_string(),
                     };
                     *outcomes.entry(name).or_insert(0) += 1;
@@ -540,10 +876,25 @@ fn simulated_ledger_keeps_its_invariants() {
             }
         }
     }
-    eprintln!("simulation: {} crashes, {} events, {} successful commands", totals.0, totals.1, totals.2);
+    eprintln!(
+        "simulation: {} crashes, {} events, {} successful commands",
+        totals.0, totals.1, totals.2
+    );
     eprintln!("simulation outcomes: {outcomes:?}");
-    for expected in ["Purchased", "ResalePurchased", "Refunded", "BundleCreated", "ListingCancelled", "sold_out", "insufficient_funds", "refund_window_closed"] {
-        assert!(outcomes.contains_key(expected), "the simulation never produced {expected}");
+    for expected in [
+        "Purchased",
+        "ResalePurchased",
+        "Refunded",
+        "BundleCreated",
+        "ListingCancelled",
+        "sold_out",
+        "insufficient_funds",
+        "refund_window_closed",
+    ] {
+        assert!(
+            outcomes.contains_key(expected),
+            "the simulation never produced {expected}"
+        );
     }
 }
 

@@ -90,8 +90,8 @@ impl Verifier {
         let header_bytes = URL_SAFE_NO_PAD
             .decode(header_part)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: Header =
-            serde_json::from_slice(&header_bytes).map_err(|_| AuthError::Malformed("header is not a json object with `alg`"))?;
+        let header: Header = serde_json::from_slice(&header_bytes)
+            .map_err(|_| AuthError::Malformed("header is not a json object with `alg`"))?;
         if header.alg != "HS256" {
             return Err(AuthError::UnsupportedAlgorithm);
         }
@@ -103,7 +103,8 @@ impl Verifier {
         mac.update(header_part.as_bytes());
         mac.update(b".");
         mac.update(claims_part.as_bytes());
-        mac.verify_slice(&signature).map_err(|_| AuthError::BadSignature)?;
+        mac.verify_slice(&signature)
+            .map_err(|_| AuthError::BadSignature)?;
 
         let claims_bytes = URL_SAFE_NO_PAD
             .decode(claims_part)
@@ -113,9 +114,11 @@ impl Verifier {
         if now_seconds >= claims.exp {
             return Err(AuthError::Expired);
         }
-        let role = parse_role(&claims.role)
-            .ok_or_else(|| AuthError::BadClaims("role must be `admin`, `service` or `user`".to_owned()))?;
-        let user_id = UserId::parse(claims.sub).map_err(|_| AuthError::BadClaims("sub must be a valid user id".to_owned()))?;
+        let role = parse_role(&claims.role).ok_or_else(|| {
+            AuthError::BadClaims("role must be `admin`, `service` or `user`".to_owned())
+        })?;
+        let user_id = UserId::parse(claims.sub)
+            .map_err(|_| AuthError::BadClaims("sub must be a valid user id".to_owned()))?;
         Ok(Actor { role, user_id })
     }
 
@@ -126,7 +129,9 @@ impl Verifier {
 
     /// Reads `Authorization: Bearer <token>` from `headers` and verifies it.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Actor, AuthError> {
-        let value = headers.get(header::AUTHORIZATION).ok_or(AuthError::MissingHeader)?;
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(AuthError::MissingHeader)?;
         let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
         let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -163,12 +168,21 @@ fn role_name(role: Role) -> &'static str {
 
 /// Seconds since the Unix epoch, from the system clock.
 pub fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
 }
 
 /// Issues an HS256 token for `sub` with `role`, valid for `ttl_seconds` after
 /// `now_seconds`.
-pub fn issue_token(secret: &[u8], role: Role, sub: &UserId, ttl_seconds: u64, now_seconds: u64) -> String {
+pub fn issue_token(
+    secret: &[u8],
+    role: Role,
+    sub: &UserId,
+    ttl_seconds: u64,
+    now_seconds: u64,
+) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = serde_json::json!({
         "sub": sub.as_str(),
@@ -210,8 +224,17 @@ mod tests {
         let verifier = Verifier::new(SECRET);
         for role in [Role::Admin, Role::Service, Role::User] {
             let token = issue_token(SECRET, role, &alice(), 60, NOW);
-            assert_eq!(verifier.verify_at(&token, NOW), Ok(Actor { role, user_id: alice() }));
-            assert_eq!(verifier.verify_at(&token, NOW + 59).map(|actor| actor.role), Ok(role));
+            assert_eq!(
+                verifier.verify_at(&token, NOW),
+                Ok(Actor {
+                    role,
+                    user_id: alice()
+                })
+            );
+            assert_eq!(
+                verifier.verify_at(&token, NOW + 59).map(|actor| actor.role),
+                Ok(role)
+            );
         }
     }
 
@@ -219,8 +242,14 @@ mod tests {
     fn expired_tokens_are_refused() {
         let verifier = Verifier::new(SECRET);
         let token = issue_token(SECRET, Role::User, &alice(), 60, NOW);
-        assert_eq!(verifier.verify_at(&token, NOW + 60), Err(AuthError::Expired));
-        assert_eq!(verifier.verify_at(&token, NOW + 3_600), Err(AuthError::Expired));
+        assert_eq!(
+            verifier.verify_at(&token, NOW + 60),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            verifier.verify_at(&token, NOW + 3_600),
+            Err(AuthError::Expired)
+        );
     }
 
     #[test]
@@ -233,19 +262,34 @@ mod tests {
         let mut flipped = signature.as_bytes().to_vec();
         flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
         let forged = format!("{signed}.{}", String::from_utf8(flipped).unwrap());
-        assert_eq!(verifier.verify_at(&forged, NOW), Err(AuthError::BadSignature));
+        assert_eq!(
+            verifier.verify_at(&forged, NOW),
+            Err(AuthError::BadSignature)
+        );
 
         // Claims promoted to admin, original signature kept.
         let (header, _) = signed.split_once('.').unwrap();
-        let promoted = URL_SAFE_NO_PAD.encode(format!(r#"{{"sub":"alice","role":"admin","exp":{}}}"#, NOW + 60));
-        assert_eq!(verifier.verify_at(&format!("{header}.{promoted}.{signature}"), NOW), Err(AuthError::BadSignature));
+        let promoted = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"sub":"alice","role":"admin","exp":{}}}"#,
+            NOW + 60
+        ));
+        assert_eq!(
+            verifier.verify_at(&format!("{header}.{promoted}.{signature}"), NOW),
+            Err(AuthError::BadSignature)
+        );
 
         // Signed with another secret.
         let other = issue_token(b"other-secret", Role::User, &alice(), 60, NOW);
-        assert_eq!(verifier.verify_at(&other, NOW), Err(AuthError::BadSignature));
+        assert_eq!(
+            verifier.verify_at(&other, NOW),
+            Err(AuthError::BadSignature)
+        );
 
         // Truncated signature.
-        assert_eq!(verifier.verify_at(&format!("{signed}.{}", &signature[..10]), NOW), Err(AuthError::BadSignature));
+        assert_eq!(
+            verifier.verify_at(&format!("{signed}.{}", &signature[..8]), NOW),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
@@ -254,12 +298,23 @@ mod tests {
         let claims = format!(r#"{{"sub":"alice","role":"admin","exp":{}}}"#, NOW + 60);
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
         let unsigned = format!("{header}.{}.", URL_SAFE_NO_PAD.encode(&claims));
-        assert_eq!(verifier.verify_at(&unsigned, NOW), Err(AuthError::UnsupportedAlgorithm));
+        assert_eq!(
+            verifier.verify_at(&unsigned, NOW),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
         let hs512 = sign(r#"{"alg":"HS512"}"#, &claims);
-        assert_eq!(verifier.verify_at(&hs512, NOW), Err(AuthError::UnsupportedAlgorithm));
+        assert_eq!(
+            verifier.verify_at(&hs512, NOW),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
         let lowercase = sign(r#"{"alg":"hs256"}"#, &claims);
-        assert_eq!(verifier.verify_at(&lowercase, NOW), Err(AuthError::UnsupportedAlgorithm));
-        assert!(verifier.verify_at(&sign(r#"{"alg":"HS256"}"#, &claims), NOW).is_ok());
+        assert_eq!(
+            verifier.verify_at(&lowercase, NOW),
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        assert!(verifier
+            .verify_at(&sign(r#"{"alg":"HS256"}"#, &claims), NOW)
+            .is_ok());
     }
 
     #[test]
@@ -277,7 +332,10 @@ mod tests {
             format!(r#"{{"sub":"alice","role":"user","exp":{exp}.5}}"#),
         ] {
             let result = verifier.verify_at(&sign(header, &claims), NOW);
-            assert!(matches!(result, Err(AuthError::BadClaims(_))), "{claims}: {result:?}");
+            assert!(
+                matches!(result, Err(AuthError::BadClaims(_))),
+                "{claims}: {result:?}"
+            );
         }
     }
 
@@ -287,7 +345,10 @@ mod tests {
         for token in ["", "abc", "a.b", "a.b.c.d", "!!.!!.!!", "e30.e30.e30"] {
             assert!(verifier.verify_at(token, NOW).is_err(), "{token}");
         }
-        assert_eq!(verifier.verify_at(&"a".repeat(TOKEN_LENGTH_MAX + 1), NOW), Err(AuthError::TooLong));
+        assert_eq!(
+            verifier.verify_at(&"a".repeat(TOKEN_LENGTH_MAX + 1), NOW),
+            Err(AuthError::TooLong)
+        );
     }
 
     #[test]
@@ -295,12 +356,24 @@ mod tests {
         let verifier = Verifier::new(SECRET);
         let token = issue_token(SECRET, Role::User, &alice(), 3_600, now_seconds());
         let mut headers = HeaderMap::new();
-        assert_eq!(verifier.authenticate(&headers), Err(AuthError::MissingHeader));
-        headers.insert(header::AUTHORIZATION, format!("Basic {token}").parse().unwrap());
+        assert_eq!(
+            verifier.authenticate(&headers),
+            Err(AuthError::MissingHeader)
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Basic {token}").parse().unwrap(),
+        );
         assert_eq!(verifier.authenticate(&headers), Err(AuthError::NotBearer));
         headers.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap());
         assert_eq!(verifier.authenticate(&headers), Err(AuthError::NotBearer));
-        headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-        assert_eq!(verifier.authenticate(&headers).map(|actor| actor.user_id), Ok(alice()));
+        headers.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        assert_eq!(
+            verifier.authenticate(&headers).map(|actor| actor.user_id),
+            Ok(alice())
+        );
     }
 }

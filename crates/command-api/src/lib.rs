@@ -1,1 +1,147 @@
-//! placeholder
+//! # ledger-command-api
+//!
+//! The HTTP command API: JSON requests are validated into
+//! [`ledger_core::Command`]s, authenticated (HS256 bearer tokens),
+//! authorized, submitted to the engine through its [`CommandBus`] port, and
+//! answered from the command's [`ledger_core::Completion`]. Every error is an
+//! RFC 7807 `application/problem+json` body.
+//!
+//! Also shared with the query API: [`auth`], [`problem`], [`observability`],
+//! [`extract`], [`validate`] and [`server`].
+
+pub mod auth;
+pub mod extract;
+pub mod metrics;
+pub mod observability;
+pub mod problem;
+pub mod routes;
+pub mod server;
+pub mod validate;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, post};
+use axum::Router;
+use engine::ports::CommandBus;
+
+pub use auth::{issue_token, Verifier};
+pub use observability::Observability;
+pub use problem::Problem;
+pub use routes::render;
+pub use server::Server;
+
+/// Most requests served at once; beyond, requests get 503 `overloaded`.
+pub const IN_FLIGHT_REQUESTS_MAX: usize = 4_096;
+
+/// Limits of the command API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Most `/v1` requests served at once.
+    pub in_flight_requests_max: usize,
+    /// Largest request body, in bytes.
+    pub body_bytes_max: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            in_flight_requests_max: IN_FLIGHT_REQUESTS_MAX,
+            body_bytes_max: extract::BODY_BYTES_MAX,
+        }
+    }
+}
+
+/// The command API's routes with the default [`Settings`].
+pub fn router(
+    bus: Arc<dyn CommandBus>,
+    auth: Arc<auth::Verifier>,
+    observability: Observability,
+) -> Router {
+    router_with_settings(bus, auth, observability, Settings::default())
+}
+
+/// The command API's routes.
+pub fn router_with_settings(
+    bus: Arc<dyn CommandBus>,
+    auth: Arc<auth::Verifier>,
+    observability: Observability,
+    settings: Settings,
+) -> Router {
+    metrics::describe();
+    let state = routes::CommandState {
+        bus,
+        verifier: auth,
+    };
+    let commands = Router::new()
+        .route("/v1/grants", post(routes::grant))
+        .route("/v1/items", post(routes::publish_item))
+        .route("/v1/items/{item_id}/price", post(routes::reprice))
+        .route("/v1/items/{item_id}/off-sale", post(routes::put_off_sale))
+        .route("/v1/items/{item_id}/on-sale", post(routes::put_on_sale))
+        .route("/v1/bundles", post(routes::create_bundle))
+        .route("/v1/purchases", post(routes::purchase))
+        .route("/v1/resale-listings", post(routes::create_listing))
+        .route(
+            "/v1/resale-listings/{listing_id}",
+            delete(routes::cancel_listing),
+        )
+        .route("/v1/resale-purchases", post(routes::resale_purchase))
+        .route("/v1/refunds", post(routes::refund))
+        .method_not_allowed_fallback(observability::method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.body_bytes_max))
+        .layer(server::InFlightLimit::new(settings.in_flight_requests_max).layer())
+        .with_state(state);
+    commands
+        .merge(observability.router())
+        .fallback(observability::not_found)
+        .layer(axum::middleware::from_fn(metrics::record))
+}
+
+/// The command API server, bound and ready to run.
+pub struct CommandApi {
+    server: Server,
+}
+
+impl CommandApi {
+    /// Binds `addr` (port 0 picks a free port) with the default [`Settings`].
+    pub async fn bind(
+        addr: SocketAddr,
+        bus: Arc<dyn CommandBus>,
+        auth: Arc<auth::Verifier>,
+        observability: Observability,
+    ) -> io::Result<Self> {
+        Self::bind_with_settings(addr, bus, auth, observability, Settings::default()).await
+    }
+
+    pub async fn bind_with_settings(
+        addr: SocketAddr,
+        bus: Arc<dyn CommandBus>,
+        auth: Arc<auth::Verifier>,
+        observability: Observability,
+        settings: Settings,
+    ) -> io::Result<Self> {
+        let server = Server::bind(
+            addr,
+            router_with_settings(bus, auth, observability, settings),
+        )
+        .await?;
+        Ok(Self { server })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        self.server.run_until_stopped(shutdown).await
+    }
+}

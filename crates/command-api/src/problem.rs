@@ -65,7 +65,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into() }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
     }
 
     /// A problem for `code`, with the status of [`status_for`].
@@ -80,7 +84,11 @@ impl Problem {
 
     /// 400 `validation_failed`: malformed JSON, a wrong content type, a malformed query.
     pub fn malformed_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, RejectionCode::ValidationFailed.as_str(), detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            RejectionCode::ValidationFailed.as_str(),
+            detail,
+        )
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
@@ -100,7 +108,11 @@ impl Problem {
     }
 
     pub fn method_not_allowed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, CODE_METHOD_NOT_ALLOWED, detail)
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            CODE_METHOD_NOT_ALLOWED,
+            detail,
+        )
     }
 
     pub fn overloaded(detail: impl Into<String>) -> Self {
@@ -108,16 +120,26 @@ impl Problem {
     }
 
     pub fn internal(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, CODE_INTERNAL_ERROR, detail)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            CODE_INTERNAL_ERROR,
+            detail,
+        )
     }
 
     /// An engine refusal to run a command (it was not applied).
     pub fn from_submit_error(error: &SubmitError) -> Self {
         let detail = error.to_string();
         match error {
-            SubmitError::Overloaded => Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_OVERLOADED, detail),
-            SubmitError::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_SHUTTING_DOWN, detail),
-            SubmitError::Timeout { .. } => Self::new(StatusCode::GATEWAY_TIMEOUT, CODE_TIMEOUT, detail),
+            SubmitError::Overloaded => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_OVERLOADED, detail)
+            }
+            SubmitError::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_SHUTTING_DOWN, detail)
+            }
+            SubmitError::Timeout { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, CODE_TIMEOUT, detail)
+            }
         }
     }
 
@@ -172,7 +194,10 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self.body()).expect("a json value serializes");
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -189,17 +214,38 @@ mod tests {
 
     #[test]
     fn business_codes_are_conflicts() {
-        assert_eq!(status_for(RejectionCode::InsufficientFunds), StatusCode::CONFLICT);
-        assert_eq!(status_for(RejectionCode::IdempotencyConflict), StatusCode::CONFLICT);
-        assert_eq!(status_for(RejectionCode::AlreadyRefunded), StatusCode::CONFLICT);
-        assert_eq!(status_for(RejectionCode::ValidationFailed), StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(status_for(RejectionCode::ProjectionLagging), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(status_for(RejectionCode::PayloadTooLarge), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            status_for(RejectionCode::InsufficientFunds),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status_for(RejectionCode::IdempotencyConflict),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status_for(RejectionCode::AlreadyRefunded),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status_for(RejectionCode::ValidationFailed),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status_for(RejectionCode::ProjectionLagging),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status_for(RejectionCode::PayloadTooLarge),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 
     #[test]
     fn problems_render_rfc7807_fields() {
-        let problem = Problem::from(Rejection::new(RejectionCode::SoldOut, "item `hat` is sold out"));
+        let problem = Problem::from(Rejection::new(
+            RejectionCode::SoldOut,
+            "item `hat` is sold out",
+        ));
         let body = problem.body();
         assert_eq!(body["type"], "https://ledger.example/problems/sold_out");
         assert_eq!(body["title"], "Sold out");
@@ -210,9 +256,18 @@ mod tests {
 
     #[test]
     fn submit_errors_are_unavailable_or_timeouts() {
-        assert_eq!(Problem::from(SubmitError::Overloaded).status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(Problem::from(SubmitError::ShuttingDown).code, "shutting_down");
+        assert_eq!(
+            Problem::from(SubmitError::Overloaded).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            Problem::from(SubmitError::ShuttingDown).code,
+            "shutting_down"
+        );
         let timeout = Problem::from(SubmitError::Timeout { timeout_ms: 5 });
-        assert_eq!((timeout.status, timeout.code), (StatusCode::GATEWAY_TIMEOUT, "timeout"));
+        assert_eq!(
+            (timeout.status, timeout.code),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
     }
 }

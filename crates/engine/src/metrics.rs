@@ -17,5 +17,8 @@ pub fn describe() {
     metrics::describe_histogram!(BATCH_INPUTS, "inputs decided per group commit");
     metrics::describe_histogram!(COMMIT_DURATION_SECONDS, "time from append to durable");
     metrics::describe_counter!(SNAPSHOTS_TOTAL, "shard snapshots saved");
-    metrics::describe_counter!(OVERLOADED_TOTAL, "commands refused because a shard queue was full");
+    metrics::describe_counter!(
+        OVERLOADED_TOTAL,
+        "commands refused because a shard queue was full"
+    );
 }

@@ -11,7 +11,10 @@ use ledger_core::{Command, CommandMeta, Completion, ShardId};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage backend failed during {operation}: {detail}")]
-    Backend { operation: &'static str, detail: String },
+    Backend {
+        operation: &'static str,
+        detail: String,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(#[from] ledger_core::codec::CodecError),
 }
@@ -46,13 +49,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// Messages addressed to `to` that it has not consumed yet: from each
     /// sender, those with a sequence at or above `next_expected[sender]`
     /// (1 when absent), in (sender, sequence) order.
-    async fn pending_messages(&self, to: ShardId, next_expected: &BTreeMap<ShardId, u64>) -> Result<Vec<MessageEnvelope>, StoreError>;
+    async fn pending_messages(
+        &self,
+        to: ShardId,
+        next_expected: &BTreeMap<ShardId, u64>,
+    ) -> Result<Vec<MessageEnvelope>, StoreError>;
 
     /// Stores a snapshot taken after event `snapshot.state.next_sequence - 1`.
     async fn save_snapshot(&self, shard: ShardId, snapshot: &Snapshot) -> Result<(), StoreError>;
 
     /// Events of `shard` with a sequence above `after`, at most `limit`, in order.
-    async fn read_shard(&self, shard: ShardId, after: u64, limit: usize) -> Result<Vec<Envelope>, StoreError>;
+    async fn read_shard(
+        &self,
+        shard: ShardId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError>;
 }
 
 /// Why a command could not be run (it was not applied).

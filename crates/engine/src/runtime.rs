@@ -49,7 +49,10 @@ pub enum EngineError {
     #[error("cannot recover shard {shard}: {source}")]
     Recovery { shard: ShardId, source: StoreError },
     #[error("shard {shard} log is corrupt: {source}")]
-    Corrupt { shard: ShardId, source: ledger_core::codec::CodecError },
+    Corrupt {
+        shard: ShardId,
+        source: ledger_core::codec::CodecError,
+    },
 }
 
 type Waiter = oneshot::Sender<Reply>;
@@ -74,20 +77,30 @@ struct Inner {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Engine {
     /// Recovers every shard from the store and starts them.
-    pub async fn start(store: Arc<dyn EventStore>, config: EngineConfig) -> Result<Engine, EngineError> {
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        config: EngineConfig,
+    ) -> Result<Engine, EngineError> {
         names::describe();
         let shard_count = config.core.shard_count;
         let core = Arc::new(config.core.clone());
         let mut runners = Vec::new();
         for index in 0..shard_count {
             let shard = ShardId(index);
-            let recovery = store.recover(shard).await.map_err(|source| EngineError::Recovery { shard, source })?;
-            let runner = ShardRunner::<Waiter>::restore(shard, core.clone(), recovery).map_err(|source| EngineError::Corrupt { shard, source })?;
+            let recovery = store
+                .recover(shard)
+                .await
+                .map_err(|source| EngineError::Recovery { shard, source })?;
+            let runner = ShardRunner::<Waiter>::restore(shard, core.clone(), recovery)
+                .map_err(|source| EngineError::Corrupt { shard, source })?;
             runners.push(runner);
         }
         let mut command_senders = Vec::new();
@@ -110,15 +123,24 @@ impl Engine {
             let pending = store
                 .pending_messages(runner.shard(), &runner.state.inbound_next)
                 .await
-                .map_err(|source| EngineError::Recovery { shard: runner.shard(), source })?;
+                .map_err(|source| EngineError::Recovery {
+                    shard: runner.shard(),
+                    source,
+                })?;
             for message in pending {
-                message_senders[runner.shard().0 as usize].send(message).expect("receiver is alive");
+                message_senders[runner.shard().0 as usize]
+                    .send(message)
+                    .expect("receiver is alive");
             }
         }
         let (stopping, stopping_receiver) = watch::channel(false);
         let mut tasks = Vec::new();
         let message_senders = Arc::new(message_senders);
-        for ((runner, commands), messages) in runners.into_iter().zip(command_receivers).zip(message_receivers) {
+        for ((runner, commands), messages) in runners
+            .into_iter()
+            .zip(command_receivers)
+            .zip(message_receivers)
+        {
             let task = ShardTask {
                 runner,
                 store: store.clone(),
@@ -131,14 +153,22 @@ impl Engine {
             };
             tasks.push(tokio::spawn(task.run()));
         }
-        Ok(Engine { inner: Arc::new(Inner { config, commands: command_senders, stopping, tasks: std::sync::Mutex::new(tasks) }) })
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config,
+                commands: command_senders,
+                stopping,
+                tasks: std::sync::Mutex::new(tasks),
+            }),
+        })
     }
 
     /// Stops taking commands, lets shards finish their current batch and
     /// waits for them (messages still queued are redelivered on restart).
     pub async fn shutdown(&self) {
         let _ = self.inner.stopping.send(true);
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.inner.tasks.lock().expect("task list lock"));
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.inner.tasks.lock().expect("task list lock"));
         for task in tasks {
             let _ = task.await;
         }
@@ -158,7 +188,11 @@ impl CommandBus for Engine {
         let shard = self.inner.config.core.shard_of(&command.home_key());
         let (reply, answer) = oneshot::channel();
         let sender = &self.inner.commands[shard.0 as usize];
-        match sender.try_send(CommandInput { command, meta, reply }) {
+        match sender.try_send(CommandInput {
+            command,
+            meta,
+            reply,
+        }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!(names::OVERLOADED_TOTAL).increment(1);
@@ -168,10 +202,15 @@ impl CommandBus for Engine {
         }
         let timeout = self.inner.config.submit_timeout;
         match tokio::time::timeout(timeout, answer).await {
-            Err(_) => Err(SubmitError::Timeout { timeout_ms: timeout.as_millis() as u64 }),
+            Err(_) => Err(SubmitError::Timeout {
+                timeout_ms: timeout.as_millis() as u64,
+            }),
             Ok(Err(_)) => Err(SubmitError::ShuttingDown),
             Ok(Ok(Reply::Completed(completion))) => Ok(completion),
-            Ok(Ok(Reply::Refused(rejection))) => Ok(Completion { result: Err(rejection), positions: Vec::new() }),
+            Ok(Ok(Reply::Refused(rejection))) => Ok(Completion {
+                result: Err(rejection),
+                positions: Vec::new(),
+            }),
         }
     }
 }
@@ -249,7 +288,8 @@ impl ShardTask {
 
     fn on_command(&mut self, input: CommandInput, step: &mut Step<Waiter>) {
         metrics::counter!(names::COMMANDS_TOTAL).increment(1);
-        self.runner.command(input.command, input.meta, input.reply, step);
+        self.runner
+            .command(input.command, input.meta, input.reply, step);
     }
 
     fn on_message(&mut self, message: MessageEnvelope, step: &mut Step<Waiter>) {
@@ -261,17 +301,26 @@ impl ShardTask {
         if step.is_empty() {
             return;
         }
-        let Step { envelopes, messages, replies } = step;
+        let Step {
+            envelopes,
+            messages,
+            replies,
+        } = step;
         if !envelopes.is_empty() {
             let started = Instant::now();
             let count = envelopes.len() as u64;
-            let batch = ShardBatch { shard: Some(self.runner.shard()), envelopes, messages: messages.clone() };
+            let batch = ShardBatch {
+                shard: Some(self.runner.shard()),
+                envelopes,
+                messages: messages.clone(),
+            };
             if let Err(error) = self.store.append(vec![batch]).await {
                 // The in-memory state is ahead of the log: the only safe move is to stop.
                 tracing::error!(shard = %self.runner.shard(), %error, "append failed; stopping the process");
                 std::process::abort();
             }
-            metrics::histogram!(names::COMMIT_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(names::COMMIT_DURATION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             metrics::counter!(names::EVENTS_TOTAL).increment(count);
             metrics::counter!(names::BATCHES_TOTAL).increment(1);
             metrics::histogram!(names::BATCH_INPUTS).record(inputs as f64);
@@ -287,11 +336,16 @@ impl ShardTask {
         if self.events_since_snapshot >= self.config.snapshot_every_events {
             self.events_since_snapshot = 0;
             let snapshot = self.runner.snapshot();
-            match self.store.save_snapshot(self.runner.shard(), &snapshot).await {
+            match self
+                .store
+                .save_snapshot(self.runner.shard(), &snapshot)
+                .await
+            {
                 Ok(()) => metrics::counter!(names::SNAPSHOTS_TOTAL).increment(1),
-                Err(error) => tracing::warn!(shard = %self.runner.shard(), %error, "snapshot failed; the log still has everything"),
+                Err(error) => {
+                    tracing::warn!(shard = %self.runner.shard(), %error, "snapshot failed; the log still has everything")
+                }
             }
         }
     }
 }
-

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ledger_core::codec::{CodecError, Envelope, Hash, MessageEnvelope, Snapshot, GENESIS_HASH};
-use ledger_core::{decide, evolve, Answer, Completion, Config, Decision, Event, Input, Rejection, ShardId, ShardState, TimestampMs};
+use ledger_core::{
+    decide, evolve, Answer, Completion, Config, Decision, Event, Input, Rejection, ShardId,
+    ShardState, TimestampMs,
+};
 
 use crate::ports::Recovery;
 
@@ -31,7 +34,11 @@ pub struct Step<W> {
 
 impl<W> Default for Step<W> {
     fn default() -> Self {
-        Self { envelopes: Vec::new(), messages: Vec::new(), replies: Vec::new() }
+        Self {
+            envelopes: Vec::new(),
+            messages: Vec::new(),
+            replies: Vec::new(),
+        }
     }
 }
 
@@ -53,12 +60,22 @@ pub struct ShardRunner<W> {
 
 impl<W> ShardRunner<W> {
     pub fn new(shard: ShardId, config: Arc<Config>) -> Self {
-        Self { state: ShardState::new(shard), last_hash: GENESIS_HASH, config, early: BTreeMap::new(), waiters: BTreeMap::new() }
+        Self {
+            state: ShardState::new(shard),
+            last_hash: GENESIS_HASH,
+            config,
+            early: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+        }
     }
 
     /// Rebuilds a shard from its latest snapshot and the log after it,
     /// checking the hash chain and the sequence of every event.
-    pub fn restore(shard: ShardId, config: Arc<Config>, recovery: Recovery) -> Result<Self, CodecError> {
+    pub fn restore(
+        shard: ShardId,
+        config: Arc<Config>,
+        recovery: Recovery,
+    ) -> Result<Self, CodecError> {
         let mut runner = Self::new(shard, config);
         if let Some(Snapshot { state, last_hash }) = recovery.snapshot {
             assert_eq!(state.shard, shard, "snapshot belongs to the shard");
@@ -69,8 +86,14 @@ impl<W> ShardRunner<W> {
             if envelope.sequence < runner.state.next_sequence {
                 continue;
             }
-            if envelope.shard != shard || envelope.sequence != runner.state.next_sequence || envelope.previous_hash != runner.last_hash {
-                return Err(CodecError::HashMismatch { shard, sequence: envelope.sequence });
+            if envelope.shard != shard
+                || envelope.sequence != runner.state.next_sequence
+                || envelope.previous_hash != runner.last_hash
+            {
+                return Err(CodecError::HashMismatch {
+                    shard,
+                    sequence: envelope.sequence,
+                });
             }
             let event = envelope.event()?;
             evolve(&mut runner.state, &event);
@@ -84,7 +107,10 @@ impl<W> ShardRunner<W> {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { state: self.state.clone(), last_hash: self.last_hash }
+        Snapshot {
+            state: self.state.clone(),
+            last_hash: self.last_hash,
+        }
     }
 
     pub fn early_messages(&self) -> usize {
@@ -95,14 +121,31 @@ impl<W> ShardRunner<W> {
         self.waiters.values().map(Vec::len).sum()
     }
 
-    fn apply(&mut self, events: Vec<Event>, cause: &str, timestamp_ms: TimestampMs, step: &mut Step<W>) -> Vec<String> {
+    fn apply(
+        &mut self,
+        events: Vec<Event>,
+        cause: &str,
+        timestamp_ms: TimestampMs,
+        step: &mut Step<W>,
+    ) -> Vec<String> {
         let mut completed = Vec::new();
         for event in events {
             let sequence = self.state.next_sequence;
-            let envelope = Envelope::seal(&event, self.shard(), sequence, cause, timestamp_ms, self.last_hash);
+            let envelope = Envelope::seal(
+                &event,
+                self.shard(),
+                sequence,
+                cause,
+                timestamp_ms,
+                self.last_hash,
+            );
             self.last_hash = envelope.hash;
             match &event {
-                Event::MessageSent { to, sequence, message } => step.messages.push(MessageEnvelope {
+                Event::MessageSent {
+                    to,
+                    sequence,
+                    message,
+                } => step.messages.push(MessageEnvelope {
                     from: self.shard(),
                     to: *to,
                     sequence: *sequence,
@@ -120,21 +163,33 @@ impl<W> ShardRunner<W> {
     fn resolve(&mut self, completed: Vec<String>, step: &mut Step<W>) {
         for key in completed {
             if let Some(waiters) = self.waiters.remove(&key) {
-                let completion = self.completion(&key).expect("completed command has a completion");
+                let completion = self
+                    .completion(&key)
+                    .expect("completed command has a completion");
                 for waiter in waiters {
-                    step.replies.push((waiter, Reply::Completed(completion.clone())));
+                    step.replies
+                        .push((waiter, Reply::Completed(completion.clone())));
                 }
             }
         }
     }
 
     fn completion(&self, key: &str) -> Option<Completion> {
-        self.state.commands.get(key).and_then(|record| record.completion.clone())
+        self.state
+            .commands
+            .get(key)
+            .and_then(|record| record.completion.clone())
     }
 
     /// Runs a command; `waiter` is answered through `step.replies`, now or
     /// when the command completes.
-    pub fn command(&mut self, command: ledger_core::Command, meta: ledger_core::CommandMeta, waiter: W, step: &mut Step<W>) {
+    pub fn command(
+        &mut self,
+        command: ledger_core::Command,
+        meta: ledger_core::CommandMeta,
+        waiter: W,
+        step: &mut Step<W>,
+    ) {
         let cause = format!("command:{}", command.home_key());
         let timestamp_ms = meta.at_ms;
         let input = Input::Command { command, meta };
@@ -143,31 +198,49 @@ impl<W> ShardRunner<W> {
             Decision::Apply { events, answer } => {
                 let completed = self.apply(events, &cause, timestamp_ms, step);
                 match answer {
-                    Answer::Now(completion) => step.replies.push((waiter, Reply::Completed(completion))),
+                    Answer::Now(completion) => {
+                        step.replies.push((waiter, Reply::Completed(completion)))
+                    }
                     Answer::OnCompletion(key) => match self.completion(&key) {
-                        Some(completion) if !completed.contains(&key) => step.replies.push((waiter, Reply::Completed(completion))),
+                        Some(completion) if !completed.contains(&key) => {
+                            step.replies.push((waiter, Reply::Completed(completion)))
+                        }
                         _ => self.waiters.entry(key).or_default().push(waiter),
                     },
                     Answer::None => unreachable!("commands are answered"),
                 }
                 self.resolve(completed, step);
             }
-            Decision::Duplicate | Decision::Early => unreachable!("commands are never early or duplicate"),
+            Decision::Duplicate | Decision::Early => {
+                unreachable!("commands are never early or duplicate")
+            }
         }
     }
 
     /// Consumes a message from another shard (or itself): duplicates are
     /// dropped, early ones held until the gap before them is filled.
     pub fn message(&mut self, envelope: MessageEnvelope, now_ms: TimestampMs, step: &mut Step<W>) {
-        assert_eq!(envelope.to, self.shard(), "message delivered to its receiver");
+        assert_eq!(
+            envelope.to,
+            self.shard(),
+            "message delivered to its receiver"
+        );
         let mut next = Some(envelope);
         while let Some(envelope) = next.take() {
-            let input = Input::Message { from: envelope.from, sequence: envelope.sequence, message: envelope.message.clone() };
+            let input = Input::Message {
+                from: envelope.from,
+                sequence: envelope.sequence,
+                message: envelope.message.clone(),
+            };
             match decide(&self.state, &self.config, &input) {
                 Decision::Duplicate => {}
                 Decision::Early => {
-                    assert!(self.early.len() < EARLY_MESSAGES_MAX, "too many early messages: a sender skipped a sequence");
-                    self.early.insert((envelope.from, envelope.sequence), envelope);
+                    assert!(
+                        self.early.len() < EARLY_MESSAGES_MAX,
+                        "too many early messages: a sender skipped a sequence"
+                    );
+                    self.early
+                        .insert((envelope.from, envelope.sequence), envelope);
                 }
                 Decision::Apply { events, .. } => {
                     let cause = format!("message:{}:{}", envelope.from, envelope.sequence);

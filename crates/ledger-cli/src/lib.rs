@@ -1,1 +1,224 @@
-//! placeholder
+//! The embedded ledger as one process: engine, projector, command API and
+//! query API on one SQLite data directory. `Application::build` binds the
+//! ports (0 picks a free one, for tests), `run_until_stopped` serves.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_api::auth::Verifier;
+use command_api::observability::Observability;
+use command_api::CommandApi;
+use engine::{Engine, EngineConfig};
+use ledger_core::Config;
+use query_api::QueryApi;
+use store_sqlite::SqliteStore;
+use tokio::sync::watch;
+
+pub mod demo;
+
+/// Everything `ledger serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub command_addr: SocketAddr,
+    pub query_addr: SocketAddr,
+    pub shard_count: u16,
+    pub escrow_hold: Duration,
+    pub resale_hold: Duration,
+    pub tick_interval: Duration,
+    pub jwt_secret: Vec<u8>,
+    /// How long a read with `?after=` waits for the projection.
+    pub read_wait: Duration,
+}
+
+impl Settings {
+    pub fn for_tests(data_dir: &Path, jwt_secret: &str) -> Self {
+        Settings {
+            data_dir: data_dir.to_path_buf(),
+            command_addr: "127.0.0.1:0".parse().expect("literal address"),
+            query_addr: "127.0.0.1:0".parse().expect("literal address"),
+            shard_count: 4,
+            escrow_hold: Duration::from_secs(30 * 24 * 3600),
+            resale_hold: Duration::ZERO,
+            tick_interval: Duration::from_millis(200),
+            jwt_secret: jwt_secret.as_bytes().to_vec(),
+            read_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the data directory {path}: {detail}")]
+    Store { path: PathBuf, detail: String },
+    #[error("data directory {path} was created with {stored} shards, not {requested}; shard count cannot change")]
+    ShardCountChanged {
+        path: PathBuf,
+        stored: u16,
+        requested: u16,
+    },
+    #[error("cannot start the engine: {0}")]
+    Engine(#[from] engine::EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+/// A running embedded ledger.
+pub struct Application {
+    pub engine: Engine,
+    pub store: Arc<SqliteStore>,
+    command_api: CommandApi,
+    query_api: QueryApi,
+    stop: watch::Sender<bool>,
+    projector: tokio::task::JoinHandle<()>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Remembers the shard count of a data directory: routing depends on it.
+fn check_shard_count(data_dir: &Path, requested: u16) -> Result<(), StartError> {
+    let path = data_dir.join("shard-count");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let stored: u16 = text.trim().parse().map_err(|_| StartError::Store {
+                path: path.clone(),
+                detail: "shard-count is not a number".into(),
+            })?;
+            if stored != requested {
+                return Err(StartError::ShardCountChanged {
+                    path: data_dir.to_path_buf(),
+                    stored,
+                    requested,
+                });
+            }
+            Ok(())
+        }
+        Err(_) => {
+            std::fs::write(&path, format!("{requested}\n")).map_err(|error| StartError::Store {
+                path,
+                detail: error.to_string(),
+            })
+        }
+    }
+}
+
+static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// The process-wide Prometheus recorder (installed once).
+pub fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, StartError> {
+    if let Some(handle) = RECORDER.get() {
+        return Ok(handle.clone());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|error| StartError::Metrics(error.to_string()))?;
+    Ok(RECORDER.get_or_init(|| handle).clone())
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartError> {
+        let store_error = |detail: String| StartError::Store {
+            path: settings.data_dir.clone(),
+            detail,
+        };
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|error| store_error(error.to_string()))?;
+        check_shard_count(&settings.data_dir, settings.shard_count)?;
+        let store = SqliteStore::open(&settings.data_dir)
+            .map_err(|error| store_error(error.to_string()))?;
+        let mut core = Config::new(settings.shard_count);
+        core.escrow_hold_ms = settings.escrow_hold.as_millis() as u64;
+        core.resale_hold_ms = settings.resale_hold.as_millis() as u64;
+        let mut engine_config = EngineConfig::new(core);
+        engine_config.tick_interval = settings.tick_interval;
+        let engine = Engine::start(store.clone(), engine_config).await?;
+
+        let (stop, stop_receiver) = watch::channel(false);
+        let projector = tokio::spawn(store.clone().run_projector(stop_receiver));
+
+        let handle = prometheus()?;
+        let ready = Arc::new(AtomicBool::new(false));
+        let observability = Observability::new(ready.clone(), Arc::new(move || handle.render()));
+        let verifier = Arc::new(Verifier::new(settings.jwt_secret.clone()));
+        let command_api = CommandApi::bind(
+            settings.command_addr,
+            Arc::new(engine.clone()),
+            verifier.clone(),
+            observability.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.command_addr,
+            source,
+        })?;
+        let query_api = QueryApi::bind(
+            settings.query_addr,
+            store.read_models(),
+            verifier,
+            observability,
+            settings.read_wait,
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.query_addr,
+            source,
+        })?;
+        Ok(Application {
+            engine,
+            store,
+            command_api,
+            query_api,
+            stop,
+            projector,
+            ready,
+        })
+    }
+
+    pub fn command_addr(&self) -> SocketAddr {
+        self.command_api.local_addr()
+    }
+
+    pub fn query_addr(&self) -> SocketAddr {
+        self.query_api.local_addr()
+    }
+
+    /// A handle that stops the application when sent `true`.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+
+    /// Serves until `stop` is signalled, then shuts down in order: stop
+    /// taking requests, drain the engine, finish projecting.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application {
+            engine,
+            store: _store,
+            command_api,
+            query_api,
+            stop,
+            projector,
+            ready,
+        } = self;
+        ready.store(true, Ordering::SeqCst);
+        let signal = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stopped| *stopped).await;
+        };
+        let command_server = tokio::spawn(command_api.run_until_stopped(signal(stop.subscribe())));
+        let query_server = tokio::spawn(query_api.run_until_stopped(signal(stop.subscribe())));
+        signal(stop.subscribe()).await;
+        ready.store(false, Ordering::SeqCst);
+        let _ = command_server.await;
+        engine.shutdown().await;
+        let _ = query_server.await;
+        let _ = projector.await;
+        Ok(())
+    }
+}

@@ -1,1 +1,237 @@
-fn main() {}
+//! `ledger`: run the embedded marketplace ledger, issue local tokens, audit.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ledger_cli::{Application, Settings};
+use ledger_core::{Role, UserId};
+
+#[derive(Parser)]
+#[command(
+    name = "ledger",
+    version,
+    about = "Economy ledger of an avatar-item marketplace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Data directory of the embedded store.
+    #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Token signing secret (HS256). Default: a random secret kept in the data directory.
+    #[arg(long, env = "LEDGER_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run command API, engine, projector and query API in one process.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, env = "LEDGER_COMMAND_ADDR", default_value = "127.0.0.1:8080")]
+        command_addr: SocketAddr,
+        #[arg(long, env = "LEDGER_QUERY_ADDR", default_value = "127.0.0.1:8081")]
+        query_addr: SocketAddr,
+        /// Number of shards; fixed for the life of a data directory.
+        #[arg(long, env = "LEDGER_SHARDS", default_value_t = 4)]
+        shards: u16,
+        /// How long a creator's share stays in escrow (e.g. 30d, 3s).
+        #[arg(long, env = "LEDGER_ESCROW_HOLD", default_value = "30d", value_parser = humantime::parse_duration)]
+        escrow_hold: Duration,
+        /// How long after acquiring a serial before it may be listed.
+        #[arg(long, env = "LEDGER_RESALE_HOLD", default_value = "0s", value_parser = humantime::parse_duration)]
+        resale_hold: Duration,
+        /// The ledger's clock tick (escrow release).
+        #[arg(long, env = "LEDGER_TICK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+        tick_interval: Duration,
+        /// Seed a small economy and print ready-to-paste curl commands.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Print a signed token for local use.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_parser = ["admin", "service", "user"])]
+        role: String,
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+/// The signing secret: from the flag or environment, else kept in the data directory.
+fn secret(common: &Common) -> Result<Vec<u8>, String> {
+    if let Some(secret) = &common.jwt_secret {
+        if secret.len() < 16 {
+            return Err("LEDGER_JWT_SECRET must be at least 16 characters".into());
+        }
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = common.data_dir.join("jwt-secret");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().as_bytes().to_vec());
+    }
+    std::fs::create_dir_all(&common.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", common.data_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(text.into_bytes())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{text}")
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! { _ = interrupt => {}, _ = terminate.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Token {
+            common,
+            role,
+            sub,
+            ttl,
+        } => {
+            let secret = match secret(&common) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let role = match role.as_str() {
+                "admin" => Role::Admin,
+                "service" => Role::Service,
+                _ => Role::User,
+            };
+            let Ok(sub) = UserId::parse(sub) else {
+                eprintln!("error: --sub is not a valid user id");
+                return ExitCode::FAILURE;
+            };
+            println!(
+                "{}",
+                command_api::auth::issue_token(
+                    &secret,
+                    role,
+                    &sub,
+                    ttl.as_secs(),
+                    command_api::auth::now_seconds()
+                )
+            );
+            ExitCode::SUCCESS
+        }
+        Commands::Serve {
+            common,
+            command_addr,
+            query_addr,
+            shards,
+            escrow_hold,
+            resale_hold,
+            tick_interval,
+            demo,
+        } => {
+            if shards == 0 || shards > 1024 {
+                eprintln!("error: --shards must be between 1 and 1024");
+                return ExitCode::FAILURE;
+            }
+            let jwt_secret = match secret(&common) {
+                Ok(secret) => secret,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let settings = Settings {
+                data_dir: common.data_dir,
+                command_addr,
+                query_addr,
+                shard_count: shards,
+                escrow_hold,
+                resale_hold,
+                tick_interval,
+                jwt_secret: jwt_secret.clone(),
+                read_wait: Duration::from_secs(5),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime starts");
+            runtime.block_on(async move {
+                let application = match Application::build(settings).await {
+                    Ok(application) => application,
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let command_url = format!("http://{}", application.command_addr());
+                let query_url = format!("http://{}", application.query_addr());
+                tracing::info!(%command_url, %query_url, shards, "ledger serving");
+                eprintln!("command API: {command_url}\nquery API:   {query_url}");
+                if demo {
+                    let guide = ledger_cli::demo::seed(
+                        &application.engine,
+                        &jwt_secret,
+                        &command_url,
+                        &query_url,
+                    )
+                    .await;
+                    println!("{guide}");
+                }
+                let stopper = application.stopper();
+                tokio::spawn(async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutting down");
+                    let _ = stopper.send(true);
+                });
+                match application.run_until_stopped().await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}

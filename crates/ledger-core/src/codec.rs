@@ -11,18 +11,29 @@ use crate::state::ShardState;
 
 /// Fixed-width integers, little-endian: stable and fast to decode.
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard().with_fixed_int_encoding().with_little_endian()
+    bincode::config::standard()
+        .with_fixed_int_encoding()
+        .with_little_endian()
 }
 
 /// Bytes that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("cannot decode {what}: {source}")]
-    Decode { what: &'static str, source: bincode::error::DecodeError },
+    Decode {
+        what: &'static str,
+        source: bincode::error::DecodeError,
+    },
     #[error("unknown event type {event_type} version {schema_version}")]
-    UnknownVersion { event_type: String, schema_version: u16 },
+    UnknownVersion {
+        event_type: String,
+        schema_version: u16,
+    },
     #[error("event type {declared} in the envelope does not match payload type {actual}")]
-    TypeMismatch { declared: String, actual: &'static str },
+    TypeMismatch {
+        declared: String,
+        actual: &'static str,
+    },
     #[error("hash of event {sequence} on shard {shard} does not match its content")]
     HashMismatch { shard: ShardId, sequence: u64 },
     #[error("{trailing} trailing bytes after {what}")]
@@ -34,9 +45,13 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::decode_from_slice(bytes, config()).map_err(|source| CodecError::Decode { what, source })?;
+    let (value, read) = bincode::decode_from_slice(bytes, config())
+        .map_err(|source| CodecError::Decode { what, source })?;
     if read != bytes.len() {
-        return Err(CodecError::Trailing { what, trailing: bytes.len() - read });
+        return Err(CodecError::Trailing {
+            what,
+            trailing: bytes.len() - read,
+        });
     }
     Ok(value)
 }
@@ -90,7 +105,14 @@ fn envelope_hash(envelope: &Envelope) -> Hash {
 
 impl Envelope {
     /// Wraps an event at `sequence` of `shard`, chained to `previous_hash`.
-    pub fn seal(event: &Event, shard: ShardId, sequence: u64, cause: &str, timestamp_ms: TimestampMs, previous_hash: Hash) -> Self {
+    pub fn seal(
+        event: &Event,
+        shard: ShardId,
+        sequence: u64,
+        cause: &str,
+        timestamp_ms: TimestampMs,
+        previous_hash: Hash,
+    ) -> Self {
         let event_type = event.type_name();
         let mut envelope = Envelope {
             event_type: event_type.to_string(),
@@ -115,7 +137,10 @@ impl Envelope {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
         let envelope: Envelope = decode("envelope", bytes)?;
         if envelope_hash(&envelope) != envelope.hash {
-            return Err(CodecError::HashMismatch { shard: envelope.shard, sequence: envelope.sequence });
+            return Err(CodecError::HashMismatch {
+                shard: envelope.shard,
+                sequence: envelope.sequence,
+            });
         }
         Ok(envelope)
     }
@@ -126,7 +151,10 @@ impl Envelope {
         if self.schema_version == current {
             let event: Event = decode("event", &self.payload)?;
             if event.type_name() != self.event_type {
-                return Err(CodecError::TypeMismatch { declared: self.event_type.clone(), actual: event.type_name() });
+                return Err(CodecError::TypeMismatch {
+                    declared: self.event_type.clone(),
+                    actual: event.type_name(),
+                });
             }
             return Ok(event);
         }
@@ -152,7 +180,11 @@ pub mod legacy {
         pub ends_at_ms: Option<TimestampMs>,
     }
 
-    pub fn upcast(event_type: &str, schema_version: u16, payload: &[u8]) -> Result<Event, CodecError> {
+    pub fn upcast(
+        event_type: &str,
+        schema_version: u16,
+        payload: &[u8],
+    ) -> Result<Event, CodecError> {
         match (event_type, schema_version) {
             ("item_published", 1) => {
                 let v1: ItemPublishedV1 = decode("item_published v1", payload)?;
@@ -170,7 +202,10 @@ pub mod legacy {
                     },
                 })
             }
-            _ => Err(CodecError::UnknownVersion { event_type: event_type.to_string(), schema_version }),
+            _ => Err(CodecError::UnknownVersion {
+                event_type: event_type.to_string(),
+                schema_version,
+            }),
         }
     }
 }

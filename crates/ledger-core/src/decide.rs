@@ -12,10 +12,19 @@ use crate::state::{Config, ShardState};
 /// Something a shard is asked to process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    Command { command: Command, meta: CommandMeta },
-    Message { from: ShardId, sequence: u64, message: Message },
+    Command {
+        command: Command,
+        meta: CommandMeta,
+    },
+    Message {
+        from: ShardId,
+        sequence: u64,
+        message: Message,
+    },
     /// The ledger's clock: releases escrow that is due.
-    Tick { now_ms: TimestampMs },
+    Tick {
+        now_ms: TimestampMs,
+    },
 }
 
 /// How the engine answers the caller of a command.
@@ -52,12 +61,20 @@ struct Out<'a> {
 
 impl<'a> Out<'a> {
     fn new(state: &'a ShardState, config: &'a Config) -> Self {
-        Self { state, config, events: Vec::new(), sent: Default::default() }
+        Self {
+            state,
+            config,
+            events: Vec::new(),
+            sent: Default::default(),
+        }
     }
 
     /// Position the next pushed event will have.
     fn next_position(&self) -> ShardPosition {
-        ShardPosition { shard: self.state.shard, sequence: self.state.next_sequence + self.events.len() as u64 }
+        ShardPosition {
+            shard: self.state.shard,
+            sequence: self.state.next_sequence + self.events.len() as u64,
+        }
     }
 
     fn push(&mut self, event: Event) -> ShardPosition {
@@ -70,14 +87,23 @@ impl<'a> Out<'a> {
         let offset = self.sent.entry(to).or_insert(0);
         let sequence = self.state.next_outbound(to) + *offset;
         *offset += 1;
-        self.events.push(Event::MessageSent { to, sequence, message });
+        self.events.push(Event::MessageSent {
+            to,
+            sequence,
+            message,
+        });
     }
 
     fn shard_of(&self, key: &str) -> ShardId {
         self.config.shard_of(key)
     }
 
-    fn complete(&mut self, key: &str, result: Result<Success, Rejection>, mut positions: Vec<ShardPosition>) {
+    fn complete(
+        &mut self,
+        key: &str,
+        result: Result<Success, Rejection>,
+        mut positions: Vec<ShardPosition>,
+    ) {
         if let Some(record) = self.state.commands.get(key) {
             positions.extend(record.positions.iter().copied());
         }
@@ -85,11 +111,17 @@ impl<'a> Out<'a> {
         positions.sort();
         positions.dedup();
         let completion = Completion { result, positions };
-        self.push(Event::CommandCompleted { key: key.to_string(), completion });
+        self.push(Event::CommandCompleted {
+            key: key.to_string(),
+            completion,
+        });
     }
 
     fn apply(self, answer: Answer) -> Decision {
-        Decision::Apply { events: self.events, answer }
+        Decision::Apply {
+            events: self.events,
+            answer,
+        }
     }
 }
 
@@ -101,7 +133,11 @@ fn reject(code: RejectionCode, detail: impl Into<String>) -> Rejection {
 pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
     match input {
         Input::Command { command, meta } => decide_command(state, config, command, meta),
-        Input::Message { from, sequence, message } => {
+        Input::Message {
+            from,
+            sequence,
+            message,
+        } => {
             let expected = state.next_inbound(*from);
             if *sequence < expected {
                 return Decision::Duplicate;
@@ -110,7 +146,10 @@ pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
                 return Decision::Early;
             }
             let mut out = Out::new(state, config);
-            out.push(Event::MessageReceived { from: *from, sequence: *sequence });
+            out.push(Event::MessageReceived {
+                from: *from,
+                sequence: *sequence,
+            });
             on_message(&mut out, *from, message);
             out.apply(Answer::None)
         }
@@ -130,7 +169,10 @@ pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
                     purchase_id: purchase_id.clone(),
                     creator_id: creator.clone(),
                     amount,
-                    postings: vec![Posting::new(Account::Pending(creator.clone()), -amount), Posting::new(Account::Wallet(creator), amount)],
+                    postings: vec![
+                        Posting::new(Account::Pending(creator.clone()), -amount),
+                        Posting::new(Account::Wallet(creator), amount),
+                    ],
                 });
             }
             out.apply(Answer::None)
@@ -138,17 +180,35 @@ pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
     }
 }
 
-fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: &CommandMeta) -> Decision {
-    assert_eq!(config.shard_of(&command.home_key()), state.shard, "a command runs on its home shard");
+fn decide_command(
+    state: &ShardState,
+    config: &Config,
+    command: &Command,
+    meta: &CommandMeta,
+) -> Decision {
+    assert_eq!(
+        config.shard_of(&command.home_key()),
+        state.shard,
+        "a command runs on its home shard"
+    );
     let mut out = Out::new(state, config);
     match command {
         Command::Reprice { item_id, price } => {
             return match check_item_owner(state, item_id, &meta.actor) {
                 Err(rejection) => Decision::Refuse(rejection),
                 Ok(item) => {
-                    let position = out.push(Event::ItemRepriced { item_id: item_id.clone(), price: *price });
-                    let success = Success::ItemUpdated { price: *price, on_sale: item.on_sale };
-                    out.apply(Answer::Now(Completion { result: Ok(success), positions: vec![position] }))
+                    let position = out.push(Event::ItemRepriced {
+                        item_id: item_id.clone(),
+                        price: *price,
+                    });
+                    let success = Success::ItemUpdated {
+                        price: *price,
+                        on_sale: item.on_sale,
+                    };
+                    out.apply(Answer::Now(Completion {
+                        result: Ok(success),
+                        positions: vec![position],
+                    }))
                 }
             };
         }
@@ -156,9 +216,18 @@ fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: 
             return match check_item_owner(state, item_id, &meta.actor) {
                 Err(rejection) => Decision::Refuse(rejection),
                 Ok(item) => {
-                    let position = out.push(Event::ItemSaleToggled { item_id: item_id.clone(), on_sale: *on_sale });
-                    let success = Success::ItemUpdated { price: item.price, on_sale: *on_sale };
-                    out.apply(Answer::Now(Completion { result: Ok(success), positions: vec![position] }))
+                    let position = out.push(Event::ItemSaleToggled {
+                        item_id: item_id.clone(),
+                        on_sale: *on_sale,
+                    });
+                    let success = Success::ItemUpdated {
+                        price: item.price,
+                        on_sale: *on_sale,
+                    };
+                    out.apply(Answer::Now(Completion {
+                        result: Ok(success),
+                        positions: vec![position],
+                    }))
                 }
             };
         }
@@ -166,21 +235,41 @@ fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: 
             let key = format!("cancel:{listing_id}");
             if let Some(record) = state.commands.get(&key) {
                 if record.completion.is_none() {
-                    return Decision::Apply { events: Vec::new(), answer: Answer::OnCompletion(key) };
+                    return Decision::Apply {
+                        events: Vec::new(),
+                        answer: Answer::OnCompletion(key),
+                    };
                 }
             }
             let Some(item_id) = state.listing_directory.get(listing_id) else {
-                return Decision::Refuse(reject(RejectionCode::NotFound, format!("listing {listing_id} does not exist")));
+                return Decision::Refuse(reject(
+                    RejectionCode::NotFound,
+                    format!("listing {listing_id} does not exist"),
+                ));
             };
-            out.push(Event::CommandAccepted { key: key.clone(), fingerprint: 0, command: command.clone(), meta: meta.clone() });
+            out.push(Event::CommandAccepted {
+                key: key.clone(),
+                fingerprint: 0,
+                command: command.clone(),
+                meta: meta.clone(),
+            });
             let to = out.shard_of(&keys::item(item_id));
-            out.send(to, Message::CancelListingOnItem { listing_id: listing_id.clone(), item_id: item_id.clone(), actor: meta.actor.clone() });
+            out.send(
+                to,
+                Message::CancelListingOnItem {
+                    listing_id: listing_id.clone(),
+                    item_id: item_id.clone(),
+                    actor: meta.actor.clone(),
+                },
+            );
             return out.apply(Answer::OnCompletion(key));
         }
         _ => {}
     }
 
-    let key = command.idempotency_key().expect("every other command carries its id");
+    let key = command
+        .idempotency_key()
+        .expect("every other command carries its id");
     let command_fingerprint = fingerprint(command);
     if let Some(record) = state.commands.get(&key) {
         if record.fingerprint != command_fingerprint {
@@ -189,26 +278,62 @@ fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: 
                 format!("{key} was already used with a different request"),
             ));
         }
-        return Decision::Apply { events: Vec::new(), answer: Answer::OnCompletion(key) };
+        return Decision::Apply {
+            events: Vec::new(),
+            answer: Answer::OnCompletion(key),
+        };
     }
-    out.push(Event::CommandAccepted { key: key.clone(), fingerprint: command_fingerprint, command: command.clone(), meta: meta.clone() });
+    out.push(Event::CommandAccepted {
+        key: key.clone(),
+        fingerprint: command_fingerprint,
+        command: command.clone(),
+        meta: meta.clone(),
+    });
     match command {
-        Command::Grant { grant_id, user_id, amount } => {
+        Command::Grant {
+            grant_id,
+            user_id,
+            amount,
+        } => {
             let to = out.shard_of(&keys::user(user_id));
-            out.send(to, Message::CreditGrant { grant_id: grant_id.clone(), user_id: user_id.clone(), amount: *amount });
+            out.send(
+                to,
+                Message::CreditGrant {
+                    grant_id: grant_id.clone(),
+                    user_id: user_id.clone(),
+                    amount: *amount,
+                },
+            );
         }
         Command::PublishItem(definition) => {
-            let position = out.push(Event::ItemPublished { definition: definition.clone() });
+            let position = out.push(Event::ItemPublished {
+                definition: definition.clone(),
+            });
             out.complete(&key, Ok(Success::ItemPublished), vec![position]);
         }
-        Command::CreateBundle { bundle_id, item_ids, .. } => {
+        Command::CreateBundle {
+            bundle_id,
+            item_ids,
+            ..
+        } => {
             let distinct: BTreeSet<&ItemId> = item_ids.iter().collect();
             for item_id in distinct {
                 let to = out.shard_of(&keys::item(item_id));
-                out.send(to, Message::DescribeItem { bundle_id: bundle_id.clone(), item_id: item_id.clone() });
+                out.send(
+                    to,
+                    Message::DescribeItem {
+                        bundle_id: bundle_id.clone(),
+                        item_id: item_id.clone(),
+                    },
+                );
             }
         }
-        Command::Purchase { purchase_id, buyer_id, target, expected_price } => match target {
+        Command::Purchase {
+            purchase_id,
+            buyer_id,
+            target,
+            expected_price,
+        } => match target {
             PurchaseTarget::Item(item_id) => {
                 let to = out.shard_of(&keys::item(item_id));
                 out.send(
@@ -235,7 +360,12 @@ fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: 
                 );
             }
         },
-        Command::ResalePurchase { purchase_id, buyer_id, listing_id, expected_price } => {
+        Command::ResalePurchase {
+            purchase_id,
+            buyer_id,
+            listing_id,
+            expected_price,
+        } => {
             let to = out.shard_of(&keys::listing(listing_id));
             out.send(
                 to,
@@ -248,7 +378,13 @@ fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: 
                 },
             );
         }
-        Command::CreateListing { listing_id, seller_id, item_id, serial, price } => {
+        Command::CreateListing {
+            listing_id,
+            seller_id,
+            item_id,
+            serial,
+            price,
+        } => {
             let to = out.shard_of(&keys::item(item_id));
             out.send(
                 to,
@@ -262,25 +398,51 @@ fn decide_command(state: &ShardState, config: &Config, command: &Command, meta: 
                 },
             );
         }
-        Command::Refund { refund_id, purchase_id } => {
+        Command::Refund {
+            refund_id,
+            purchase_id,
+        } => {
             let to = out.shard_of(&keys::purchase(purchase_id));
-            out.send(to, Message::RefundPurchase { refund_id: refund_id.clone(), purchase_id: purchase_id.clone() });
+            out.send(
+                to,
+                Message::RefundPurchase {
+                    refund_id: refund_id.clone(),
+                    purchase_id: purchase_id.clone(),
+                },
+            );
         }
-        Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => unreachable!(),
+        Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
+            unreachable!()
+        }
     }
     out.apply(Answer::OnCompletion(key))
 }
 
-fn check_item_owner<'a>(state: &'a ShardState, item_id: &ItemId, actor: &Actor) -> Result<&'a crate::state::ItemState, Rejection> {
-    let item = state.items.get(item_id).ok_or_else(|| reject(RejectionCode::NotFound, format!("item {item_id} does not exist")))?;
+fn check_item_owner<'a>(
+    state: &'a ShardState,
+    item_id: &ItemId,
+    actor: &Actor,
+) -> Result<&'a crate::state::ItemState, Rejection> {
+    let item = state.items.get(item_id).ok_or_else(|| {
+        reject(
+            RejectionCode::NotFound,
+            format!("item {item_id} does not exist"),
+        )
+    })?;
     if !actor.may_act_as(&item.definition.creator_id) {
-        return Err(reject(RejectionCode::Forbidden, format!("item {item_id} belongs to another creator")));
+        return Err(reject(
+            RejectionCode::Forbidden,
+            format!("item {item_id} belongs to another creator"),
+        ));
     }
     Ok(item)
 }
 
 fn record<'a>(out: &Out<'a>, key: &str) -> &'a crate::state::CommandRecord {
-    out.state.commands.get(key).expect("a reply refers to a command of this shard")
+    out.state
+        .commands
+        .get(key)
+        .expect("a reply refers to a command of this shard")
 }
 
 fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
@@ -288,26 +450,52 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
     let config = out.config;
     match message {
         // ------------------------------------------------------ grants
-        Message::CreditGrant { grant_id, user_id, amount } => {
+        Message::CreditGrant {
+            grant_id,
+            user_id,
+            amount,
+        } => {
             let wallet = state.balance(&Account::Wallet(user_id.clone()));
-            let result = match wallet.checked_add(*amount).filter(|total| *total <= i64::MAX / 4) {
-                None => Err(reject(RejectionCode::ValidationFailed, format!("balance of {user_id} would overflow"))),
+            let result = match wallet
+                .checked_add(*amount)
+                .filter(|total| *total <= i64::MAX / 4)
+            {
+                None => Err(reject(
+                    RejectionCode::ValidationFailed,
+                    format!("balance of {user_id} would overflow"),
+                )),
                 Some(balance_after) => {
                     out.push(Event::CurrencyGranted {
                         grant_id: grant_id.clone(),
                         user_id: user_id.clone(),
                         amount: *amount,
                         balance_after,
-                        postings: vec![Posting::new(Account::Issuance, -amount), Posting::new(Account::Wallet(user_id.clone()), *amount)],
+                        postings: vec![
+                            Posting::new(Account::Issuance, -amount),
+                            Posting::new(Account::Wallet(user_id.clone()), *amount),
+                        ],
                     });
                     Ok(balance_after)
                 }
             };
             let position = out.next_position();
-            out.send(from, Message::GrantCredited { grant_id: grant_id.clone(), result, position });
+            out.send(
+                from,
+                Message::GrantCredited {
+                    grant_id: grant_id.clone(),
+                    result,
+                    position,
+                },
+            );
         }
-        Message::GrantCredited { grant_id, result, position } => {
-            let result = result.clone().map(|balance_after| Success::Granted { balance_after });
+        Message::GrantCredited {
+            grant_id,
+            result,
+            position,
+        } => {
+            let result = result
+                .clone()
+                .map(|balance_after| Success::Granted { balance_after });
             out.complete(&keys::grant(grant_id), result, vec![*position]);
         }
 
@@ -321,7 +509,13 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                     limited: item.is_limited(),
                 }),
             };
-            out.send(from, Message::ItemDescribed { bundle_id: bundle_id.clone(), answer });
+            out.send(
+                from,
+                Message::ItemDescribed {
+                    bundle_id: bundle_id.clone(),
+                    answer,
+                },
+            );
         }
         Message::ItemDescribed { bundle_id, answer } => {
             let key = keys::bundle(bundle_id);
@@ -332,23 +526,46 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             let mut answers = answers.clone();
             answers.push(answer.clone());
             if (answers.len() as u32) < *expected {
-                out.push(Event::CommandProgressed { key, progress: Progress::Describing { answers, expected: *expected }, position: None });
+                out.push(Event::CommandProgressed {
+                    key,
+                    progress: Progress::Describing {
+                        answers,
+                        expected: *expected,
+                    },
+                    position: None,
+                });
                 return;
             }
-            let Command::CreateBundle { bundle_id, creator_id, name, item_ids, price } = &record.command else {
+            let Command::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            } = &record.command
+            else {
                 panic!("bundle key holds a bundle command");
             };
             let mut result = Ok(());
             for answer in &answers {
                 let problem = match answer {
-                    Err(item_id) => Some(reject(RejectionCode::NotFound, format!("item {item_id} does not exist"))),
+                    Err(item_id) => Some(reject(
+                        RejectionCode::NotFound,
+                        format!("item {item_id} does not exist"),
+                    )),
                     Ok(description) if &description.creator_id != creator_id => Some(reject(
                         RejectionCode::ValidationFailed,
-                        format!("item {} is not an item of creator {creator_id}", description.item_id),
+                        format!(
+                            "item {} is not an item of creator {creator_id}",
+                            description.item_id
+                        ),
                     )),
                     Ok(description) if description.limited => Some(reject(
                         RejectionCode::ValidationFailed,
-                        format!("item {} is a limited and cannot be bundled", description.item_id),
+                        format!(
+                            "item {} is a limited and cannot be bundled",
+                            description.item_id
+                        ),
                     )),
                     Ok(_) => None,
                 };
@@ -356,7 +573,10 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                     // not_found wins over validation problems found later.
                     match &result {
                         Ok(()) => result = Err(problem),
-                        Err(existing) if problem.code == RejectionCode::NotFound && existing.code != RejectionCode::NotFound => {
+                        Err(existing)
+                            if problem.code == RejectionCode::NotFound
+                                && existing.code != RejectionCode::NotFound =>
+                        {
                             result = Err(problem)
                         }
                         Err(_) => {}
@@ -379,63 +599,126 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
         }
 
         // ------------------------------------------------------ reservations
-        Message::ReserveItem { purchase_id, buyer_id, item_id, expected_price, at_ms } => {
+        Message::ReserveItem {
+            purchase_id,
+            buyer_id,
+            item_id,
+            expected_price,
+            at_ms,
+        } => {
             let result = reserve_item(out, purchase_id, buyer_id, item_id, *expected_price, *at_ms);
-            out.send(from, Message::Reserved { purchase_id: purchase_id.clone(), result });
+            out.send(
+                from,
+                Message::Reserved {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                },
+            );
         }
-        Message::QuoteBundle { purchase_id, buyer_id, bundle_id, expected_price } => {
+        Message::QuoteBundle {
+            purchase_id,
+            buyer_id,
+            bundle_id,
+            expected_price,
+        } => {
             let result = match state.bundles.get(bundle_id) {
-                None => Err(reject(RejectionCode::NotFound, format!("bundle {bundle_id} does not exist"))),
-                Some(bundle) if &bundle.creator_id == buyer_id => {
-                    Err(reject(RejectionCode::PurchaserIsSeller, format!("{buyer_id} created bundle {bundle_id}")))
-                }
+                None => Err(reject(
+                    RejectionCode::NotFound,
+                    format!("bundle {bundle_id} does not exist"),
+                )),
+                Some(bundle) if &bundle.creator_id == buyer_id => Err(reject(
+                    RejectionCode::PurchaserIsSeller,
+                    format!("{buyer_id} created bundle {bundle_id}"),
+                )),
                 Some(bundle) if bundle.price != *expected_price => Err(reject(
                     RejectionCode::PriceChanged,
-                    format!("bundle {bundle_id} costs {}, not {expected_price}", bundle.price),
+                    format!(
+                        "bundle {bundle_id} costs {}, not {expected_price}",
+                        bundle.price
+                    ),
                 )),
                 Some(bundle) => Ok(Reservation {
                     price: bundle.price,
                     creator_id: bundle.creator_id.clone(),
-                    sale: SaleKind::Bundle { bundle_id: bundle_id.clone(), item_ids: bundle.item_ids.clone() },
+                    sale: SaleKind::Bundle {
+                        bundle_id: bundle_id.clone(),
+                        item_ids: bundle.item_ids.clone(),
+                    },
                 }),
             };
-            out.send(from, Message::Reserved { purchase_id: purchase_id.clone(), result });
+            out.send(
+                from,
+                Message::Reserved {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                },
+            );
         }
-        Message::ReserveListing { purchase_id, buyer_id, listing_id, expected_price, reply_to } => {
-            match state.listing_directory.get(listing_id) {
-                None => {
-                    let result = Err(reject(RejectionCode::NotFound, format!("listing {listing_id} does not exist")));
-                    out.send(*reply_to, Message::Reserved { purchase_id: purchase_id.clone(), result });
-                }
-                Some(item_id) => {
-                    let to = out.shard_of(&keys::item(item_id));
-                    out.send(
-                        to,
-                        Message::ReserveListingOnItem {
-                            purchase_id: purchase_id.clone(),
-                            buyer_id: buyer_id.clone(),
-                            listing_id: listing_id.clone(),
-                            item_id: item_id.clone(),
-                            expected_price: *expected_price,
-                            reply_to: *reply_to,
-                        },
-                    );
-                }
+        Message::ReserveListing {
+            purchase_id,
+            buyer_id,
+            listing_id,
+            expected_price,
+            reply_to,
+        } => match state.listing_directory.get(listing_id) {
+            None => {
+                let result = Err(reject(
+                    RejectionCode::NotFound,
+                    format!("listing {listing_id} does not exist"),
+                ));
+                out.send(
+                    *reply_to,
+                    Message::Reserved {
+                        purchase_id: purchase_id.clone(),
+                        result,
+                    },
+                );
             }
-        }
-        Message::ReserveListingOnItem { purchase_id, buyer_id, listing_id, item_id, expected_price, reply_to } => {
+            Some(item_id) => {
+                let to = out.shard_of(&keys::item(item_id));
+                out.send(
+                    to,
+                    Message::ReserveListingOnItem {
+                        purchase_id: purchase_id.clone(),
+                        buyer_id: buyer_id.clone(),
+                        listing_id: listing_id.clone(),
+                        item_id: item_id.clone(),
+                        expected_price: *expected_price,
+                        reply_to: *reply_to,
+                    },
+                );
+            }
+        },
+        Message::ReserveListingOnItem {
+            purchase_id,
+            buyer_id,
+            listing_id,
+            item_id,
+            expected_price,
+            reply_to,
+        } => {
             let item = &state.items[item_id];
             let result = match item.listings.get(listing_id) {
                 Some(listing) if listing.reserved_by.is_none() => {
                     if &listing.seller_id == buyer_id {
-                        Err(reject(RejectionCode::PurchaserIsSeller, format!("{buyer_id} is the seller of listing {listing_id}")))
+                        Err(reject(
+                            RejectionCode::PurchaserIsSeller,
+                            format!("{buyer_id} is the seller of listing {listing_id}"),
+                        ))
                     } else if listing.price != *expected_price {
                         Err(reject(
                             RejectionCode::PriceChanged,
-                            format!("listing {listing_id} costs {}, not {expected_price}", listing.price),
+                            format!(
+                                "listing {listing_id} costs {}, not {expected_price}",
+                                listing.price
+                            ),
                         ))
                     } else {
-                        out.push(Event::ListingReserved { listing_id: listing_id.clone(), item_id: item_id.clone(), purchase_id: purchase_id.clone() });
+                        out.push(Event::ListingReserved {
+                            listing_id: listing_id.clone(),
+                            item_id: item_id.clone(),
+                            purchase_id: purchase_id.clone(),
+                        });
                         Ok(Reservation {
                             price: listing.price,
                             creator_id: item.definition.creator_id.clone(),
@@ -448,53 +731,99 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                         })
                     }
                 }
-                _ => Err(reject(RejectionCode::ListingUnavailable, format!("listing {listing_id} is no longer available"))),
+                _ => Err(reject(
+                    RejectionCode::ListingUnavailable,
+                    format!("listing {listing_id} is no longer available"),
+                )),
             };
-            out.send(*reply_to, Message::Reserved { purchase_id: purchase_id.clone(), result });
+            out.send(
+                *reply_to,
+                Message::Reserved {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                },
+            );
         }
-        Message::Reserved { purchase_id, result } => {
+        Message::Reserved {
+            purchase_id,
+            result,
+        } => {
             let key = keys::purchase(purchase_id);
             let record = record(out, &key);
             let buyer_id = match &record.command {
-                Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => buyer_id.clone(),
+                Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => {
+                    buyer_id.clone()
+                }
                 _ => panic!("purchase key holds a purchase command"),
             };
             match result {
                 Err(rejection) => out.complete(&key, Err(rejection.clone()), Vec::new()),
                 Ok(reservation) => {
                     let (grant_items, all_or_nothing) = match &reservation.sale {
-                        SaleKind::Item { item_id, serial: None } => (vec![item_id.clone()], true),
-                        SaleKind::Item { serial: Some(_), .. } | SaleKind::Resale { .. } => (Vec::new(), true),
+                        SaleKind::Item {
+                            item_id,
+                            serial: None,
+                        } => (vec![item_id.clone()], true),
+                        SaleKind::Item {
+                            serial: Some(_), ..
+                        }
+                        | SaleKind::Resale { .. } => (Vec::new(), true),
                         SaleKind::Bundle { item_ids, .. } => (item_ids.clone(), false),
                     };
                     out.push(Event::CommandProgressed {
                         key,
-                        progress: Progress::Debiting { reservation: reservation.clone() },
+                        progress: Progress::Debiting {
+                            reservation: reservation.clone(),
+                        },
                         position: None,
                     });
                     let to = out.shard_of(&keys::user(&buyer_id));
                     out.send(
                         to,
-                        Message::DebitBuyer { purchase_id: purchase_id.clone(), buyer_id, amount: reservation.price, grant_items, all_or_nothing, at_ms: record.meta.at_ms },
+                        Message::DebitBuyer {
+                            purchase_id: purchase_id.clone(),
+                            buyer_id,
+                            amount: reservation.price,
+                            grant_items,
+                            all_or_nothing,
+                            at_ms: record.meta.at_ms,
+                        },
                     );
                 }
             }
         }
 
         // ------------------------------------------------------ payment
-        Message::DebitBuyer { purchase_id, buyer_id, amount, grant_items, all_or_nothing, at_ms } => {
+        Message::DebitBuyer {
+            purchase_id,
+            buyer_id,
+            amount,
+            grant_items,
+            all_or_nothing,
+            at_ms,
+        } => {
             let owned = state.owned_items.get(buyer_id);
             let mut to_grant: Vec<ItemId> = Vec::new();
             for item_id in grant_items {
-                if !owned.is_some_and(|owned| owned.contains(item_id)) && !to_grant.contains(item_id) {
+                if !owned.is_some_and(|owned| owned.contains(item_id))
+                    && !to_grant.contains(item_id)
+                {
                     to_grant.push(item_id.clone());
                 }
             }
             let wallet = state.balance(&Account::Wallet(buyer_id.clone()));
-            let result = if !grant_items.is_empty() && (to_grant.is_empty() || (*all_or_nothing && to_grant.len() != grant_items.len())) {
-                Err(reject(RejectionCode::AlreadyOwned, format!("{buyer_id} already owns what purchase {purchase_id} sells")))
+            let result = if !grant_items.is_empty()
+                && (to_grant.is_empty() || (*all_or_nothing && to_grant.len() != grant_items.len()))
+            {
+                Err(reject(
+                    RejectionCode::AlreadyOwned,
+                    format!("{buyer_id} already owns what purchase {purchase_id} sells"),
+                ))
             } else if wallet < *amount {
-                Err(reject(RejectionCode::InsufficientFunds, format!("{buyer_id} has {wallet}, needs {amount}")))
+                Err(reject(
+                    RejectionCode::InsufficientFunds,
+                    format!("{buyer_id} has {wallet}, needs {amount}"),
+                ))
             } else {
                 let balance_after = wallet - amount;
                 out.push(Event::BuyerDebited {
@@ -504,17 +833,36 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                     granted_items: to_grant.clone(),
                     balance_after,
                     at_ms: *at_ms,
-                    postings: vec![Posting::new(Account::Wallet(buyer_id.clone()), -amount), Posting::new(Account::Clearing, *amount)],
+                    postings: vec![
+                        Posting::new(Account::Wallet(buyer_id.clone()), -amount),
+                        Posting::new(Account::Clearing, *amount),
+                    ],
                 });
                 Ok((balance_after, to_grant))
             };
             let position = out.next_position();
-            out.send(from, Message::BuyerDebited { purchase_id: purchase_id.clone(), result, position });
+            out.send(
+                from,
+                Message::BuyerDebited {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                    position,
+                },
+            );
         }
-        Message::BuyerDebited { purchase_id, result, position } => on_buyer_debited(out, purchase_id, result, *position),
+        Message::BuyerDebited {
+            purchase_id,
+            result,
+            position,
+        } => on_buyer_debited(out, purchase_id, result, *position),
 
         // ------------------------------------------------------ item shard follow-ups
-        Message::ConfirmReservation { purchase_id, item_id, buyer_id, at_ms } => {
+        Message::ConfirmReservation {
+            purchase_id,
+            item_id,
+            buyer_id,
+            at_ms,
+        } => {
             let item = &state.items[item_id];
             if let Some((serial, buyer_id)) = item.reservations.get(purchase_id) {
                 out.push(Event::SerialSold {
@@ -542,10 +890,17 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 });
             }
         }
-        Message::CancelReservation { purchase_id, item_id } => {
+        Message::CancelReservation {
+            purchase_id,
+            item_id,
+        } => {
             let item = &state.items[item_id];
             if let Some((serial, _)) = item.reservations.get(purchase_id) {
-                out.push(Event::ReservationCancelled { item_id: item_id.clone(), serial: *serial, purchase_id: purchase_id.clone() });
+                out.push(Event::ReservationCancelled {
+                    item_id: item_id.clone(),
+                    serial: *serial,
+                    purchase_id: purchase_id.clone(),
+                });
             } else {
                 let (listing_id, _) = item
                     .listings
@@ -559,8 +914,21 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 });
             }
         }
-        Message::SettleSale { purchase_id, creator_id, cleared, creator_share, platform_fee, policy_version, resale, at_ms } => {
-            assert_eq!(*cleared, creator_share + platform_fee, "a settlement clears what it splits");
+        Message::SettleSale {
+            purchase_id,
+            creator_id,
+            cleared,
+            creator_share,
+            platform_fee,
+            policy_version,
+            resale,
+            at_ms,
+        } => {
+            assert_eq!(
+                *cleared,
+                creator_share + platform_fee,
+                "a settlement clears what it splits"
+            );
             out.push(Event::SaleSettled {
                 purchase_id: purchase_id.clone(),
                 creator_id: creator_id.clone(),
@@ -577,45 +945,80 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 ],
             });
         }
-        Message::CreditSeller { purchase_id, seller_id, amount } => {
+        Message::CreditSeller {
+            purchase_id,
+            seller_id,
+            amount,
+        } => {
             let balance_after = state.balance(&Account::Wallet(seller_id.clone())) + amount;
             out.push(Event::SellerCredited {
                 purchase_id: purchase_id.clone(),
                 seller_id: seller_id.clone(),
                 amount: *amount,
                 balance_after,
-                postings: vec![Posting::new(Account::Clearing, -amount), Posting::new(Account::Wallet(seller_id.clone()), *amount)],
+                postings: vec![
+                    Posting::new(Account::Clearing, -amount),
+                    Posting::new(Account::Wallet(seller_id.clone()), *amount),
+                ],
             });
         }
 
         // ------------------------------------------------------ listings
-        Message::CreateListingOnItem { listing_id, seller_id, item_id, serial, price, at_ms } => {
-            let result = create_listing(out, listing_id, seller_id, item_id, *serial, *price, *at_ms);
+        Message::CreateListingOnItem {
+            listing_id,
+            seller_id,
+            item_id,
+            serial,
+            price,
+            at_ms,
+        } => {
+            let result =
+                create_listing(out, listing_id, seller_id, item_id, *serial, *price, *at_ms);
             let position = out.next_position();
-            out.send(from, Message::ListingResult { listing_id: listing_id.clone(), result, position });
+            out.send(
+                from,
+                Message::ListingResult {
+                    listing_id: listing_id.clone(),
+                    result,
+                    position,
+                },
+            );
         }
-        Message::ListingResult { listing_id, result, position } => {
+        Message::ListingResult {
+            listing_id,
+            result,
+            position,
+        } => {
             let key = keys::listing(listing_id);
             match result {
                 Ok(()) => {
                     let Command::CreateListing { item_id, .. } = &record(out, &key).command else {
                         panic!("listing key holds a listing command");
                     };
-                    out.push(Event::ListingRegistered { listing_id: listing_id.clone(), item_id: item_id.clone() });
+                    out.push(Event::ListingRegistered {
+                        listing_id: listing_id.clone(),
+                        item_id: item_id.clone(),
+                    });
                     out.complete(&key, Ok(Success::ListingCreated), vec![*position]);
                 }
                 Err(rejection) => out.complete(&key, Err(rejection.clone()), Vec::new()),
             }
         }
-        Message::CancelListingOnItem { listing_id, item_id, actor } => {
+        Message::CancelListingOnItem {
+            listing_id,
+            item_id,
+            actor,
+        } => {
             let item = &state.items[item_id];
             let result = match item.listings.get(listing_id) {
-                Some(listing) if !actor.may_act_as(&listing.seller_id) => {
-                    Err(reject(RejectionCode::Forbidden, format!("listing {listing_id} belongs to another seller")))
-                }
-                Some(listing) if listing.reserved_by.is_some() => {
-                    Err(reject(RejectionCode::ListingUnavailable, format!("listing {listing_id} is being bought")))
-                }
+                Some(listing) if !actor.may_act_as(&listing.seller_id) => Err(reject(
+                    RejectionCode::Forbidden,
+                    format!("listing {listing_id} belongs to another seller"),
+                )),
+                Some(listing) if listing.reserved_by.is_some() => Err(reject(
+                    RejectionCode::ListingUnavailable,
+                    format!("listing {listing_id} is being bought"),
+                )),
                 Some(listing) => {
                     out.push(Event::ListingEnded {
                         listing_id: listing_id.clone(),
@@ -627,83 +1030,175 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 }
                 None => match item.ended_listings.get(listing_id) {
                     Some(ListingEndReason::Cancelled) => Ok(()),
-                    _ => Err(reject(RejectionCode::ListingUnavailable, format!("listing {listing_id} is no longer available"))),
+                    _ => Err(reject(
+                        RejectionCode::ListingUnavailable,
+                        format!("listing {listing_id} is no longer available"),
+                    )),
                 },
             };
             let position = out.next_position();
-            out.send(from, Message::CancelResult { listing_id: listing_id.clone(), result, position });
+            out.send(
+                from,
+                Message::CancelResult {
+                    listing_id: listing_id.clone(),
+                    result,
+                    position,
+                },
+            );
         }
-        Message::CancelResult { listing_id, result, position } => {
+        Message::CancelResult {
+            listing_id,
+            result,
+            position,
+        } => {
             let key = format!("cancel:{listing_id}");
-            out.complete(&key, result.clone().map(|()| Success::ListingCancelled), vec![*position]);
+            out.complete(
+                &key,
+                result.clone().map(|()| Success::ListingCancelled),
+                vec![*position],
+            );
         }
 
         // ------------------------------------------------------ refunds
-        Message::RefundPurchase { refund_id, purchase_id } => {
+        Message::RefundPurchase {
+            refund_id,
+            purchase_id,
+        } => {
             let key = keys::purchase(purchase_id);
             let problem = match state.commands.get(&key) {
-                None => Some(reject(RejectionCode::NotFound, format!("purchase {purchase_id} does not exist"))),
+                None => Some(reject(
+                    RejectionCode::NotFound,
+                    format!("purchase {purchase_id} does not exist"),
+                )),
                 Some(record) => match (&record.completion, &record.progress) {
-                    (Some(Completion { result: Ok(_), .. }), Progress::Debiting { reservation }) => match &reservation.sale {
-                        SaleKind::Resale { .. } => {
-                            Some(reject(RejectionCode::NotRefundable, format!("purchase {purchase_id} is a resale")))
-                        }
-                        _ if state.refunds.contains_key(purchase_id) => {
-                            Some(reject(RejectionCode::AlreadyRefunded, format!("purchase {purchase_id} was already refunded")))
-                        }
+                    (
+                        Some(Completion { result: Ok(_), .. }),
+                        Progress::Debiting { reservation },
+                    ) => match &reservation.sale {
+                        SaleKind::Resale { .. } => Some(reject(
+                            RejectionCode::NotRefundable,
+                            format!("purchase {purchase_id} is a resale"),
+                        )),
+                        _ if state.refunds.contains_key(purchase_id) => Some(reject(
+                            RejectionCode::AlreadyRefunded,
+                            format!("purchase {purchase_id} was already refunded"),
+                        )),
                         _ => {
                             out.push(Event::RefundProgressed {
                                 purchase_id: purchase_id.clone(),
-                                progress: RefundProgress::Freezing { refund_id: refund_id.clone(), reply_to: from },
+                                progress: RefundProgress::Freezing {
+                                    refund_id: refund_id.clone(),
+                                    reply_to: from,
+                                },
                             });
                             let to = out.shard_of(&keys::user(&reservation.creator_id));
-                            out.send(to, Message::FreezeEscrow { purchase_id: purchase_id.clone(), creator_id: reservation.creator_id.clone() });
+                            out.send(
+                                to,
+                                Message::FreezeEscrow {
+                                    purchase_id: purchase_id.clone(),
+                                    creator_id: reservation.creator_id.clone(),
+                                },
+                            );
                             None
                         }
                     },
-                    _ => Some(reject(RejectionCode::NotFound, format!("purchase {purchase_id} did not complete"))),
+                    _ => Some(reject(
+                        RejectionCode::NotFound,
+                        format!("purchase {purchase_id} did not complete"),
+                    )),
                 },
             };
             if let Some(rejection) = problem {
-                out.send(from, Message::RefundResult { refund_id: refund_id.clone(), result: Err(rejection) });
+                out.send(
+                    from,
+                    Message::RefundResult {
+                        refund_id: refund_id.clone(),
+                        result: Err(rejection),
+                    },
+                );
             }
         }
         Message::FreezeEscrow { purchase_id, .. } => {
             let result = match state.escrow.get(purchase_id) {
                 Some(entry) if !entry.frozen => {
-                    out.push(Event::EscrowFrozen { purchase_id: purchase_id.clone() });
+                    out.push(Event::EscrowFrozen {
+                        purchase_id: purchase_id.clone(),
+                    });
                     Ok(())
                 }
-                _ => Err(reject(RejectionCode::RefundWindowClosed, format!("earnings of purchase {purchase_id} were already released"))),
+                _ => Err(reject(
+                    RejectionCode::RefundWindowClosed,
+                    format!("earnings of purchase {purchase_id} were already released"),
+                )),
             };
-            out.send(from, Message::FreezeResult { purchase_id: purchase_id.clone(), result });
+            out.send(
+                from,
+                Message::FreezeResult {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                },
+            );
         }
-        Message::FreezeResult { purchase_id, result } => {
+        Message::FreezeResult {
+            purchase_id,
+            result,
+        } => {
             let (refund_id, reply_to) = match &state.refunds[purchase_id] {
-                RefundProgress::Freezing { refund_id, reply_to } => (refund_id.clone(), *reply_to),
+                RefundProgress::Freezing {
+                    refund_id,
+                    reply_to,
+                } => (refund_id.clone(), *reply_to),
                 other => panic!("freeze result while refund is {other:?}"),
             };
             let reservation = purchase_reservation(state, purchase_id);
             match result {
                 Err(rejection) => {
-                    out.push(Event::RefundProgressed { purchase_id: purchase_id.clone(), progress: RefundProgress::Abandoned });
-                    out.send(reply_to, Message::RefundResult { refund_id, result: Err(rejection.clone()) });
+                    out.push(Event::RefundProgressed {
+                        purchase_id: purchase_id.clone(),
+                        progress: RefundProgress::Abandoned,
+                    });
+                    out.send(
+                        reply_to,
+                        Message::RefundResult {
+                            refund_id,
+                            result: Err(rejection.clone()),
+                        },
+                    );
                 }
                 Ok(()) => match &reservation.sale {
-                    SaleKind::Item { item_id, serial: Some(serial) } => {
+                    SaleKind::Item {
+                        item_id,
+                        serial: Some(serial),
+                    } => {
                         out.push(Event::RefundProgressed {
                             purchase_id: purchase_id.clone(),
-                            progress: RefundProgress::Revoking { refund_id, reply_to },
+                            progress: RefundProgress::Revoking {
+                                refund_id,
+                                reply_to,
+                            },
                         });
                         let to = out.shard_of(&keys::item(item_id));
                         let owner_id = purchase_buyer(state, purchase_id);
-                        out.send(to, Message::RevokeSerial { purchase_id: purchase_id.clone(), item_id: item_id.clone(), serial: *serial, owner_id });
+                        out.send(
+                            to,
+                            Message::RevokeSerial {
+                                purchase_id: purchase_id.clone(),
+                                item_id: item_id.clone(),
+                                serial: *serial,
+                                owner_id,
+                            },
+                        );
                     }
                     _ => finish_refund(out, purchase_id, refund_id, reply_to),
                 },
             }
         }
-        Message::RevokeSerial { purchase_id, item_id, serial, owner_id } => {
+        Message::RevokeSerial {
+            purchase_id,
+            item_id,
+            serial,
+            owner_id,
+        } => {
             let item = &state.items[item_id];
             let listed_and_reserved = item
                 .listing_by_serial
@@ -716,28 +1211,61 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 }
                 _ => Err(reject(RejectionCode::NotRefundable, format!("serial {serial} of item {item_id} has moved on since purchase {purchase_id}"))),
             };
-            out.send(from, Message::RevokeResult { purchase_id: purchase_id.clone(), result });
+            out.send(
+                from,
+                Message::RevokeResult {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                },
+            );
         }
-        Message::RevokeResult { purchase_id, result } => {
+        Message::RevokeResult {
+            purchase_id,
+            result,
+        } => {
             let (refund_id, reply_to) = match &state.refunds[purchase_id] {
-                RefundProgress::Revoking { refund_id, reply_to } => (refund_id.clone(), *reply_to),
+                RefundProgress::Revoking {
+                    refund_id,
+                    reply_to,
+                } => (refund_id.clone(), *reply_to),
                 other => panic!("revoke result while refund is {other:?}"),
             };
             match result {
                 Err(rejection) => {
                     let reservation = purchase_reservation(state, purchase_id);
-                    out.push(Event::RefundProgressed { purchase_id: purchase_id.clone(), progress: RefundProgress::Abandoned });
+                    out.push(Event::RefundProgressed {
+                        purchase_id: purchase_id.clone(),
+                        progress: RefundProgress::Abandoned,
+                    });
                     let to = out.shard_of(&keys::user(&reservation.creator_id));
-                    out.send(to, Message::UnfreezeEscrow { purchase_id: purchase_id.clone(), creator_id: reservation.creator_id.clone() });
-                    out.send(reply_to, Message::RefundResult { refund_id, result: Err(rejection.clone()) });
+                    out.send(
+                        to,
+                        Message::UnfreezeEscrow {
+                            purchase_id: purchase_id.clone(),
+                            creator_id: reservation.creator_id.clone(),
+                        },
+                    );
+                    out.send(
+                        reply_to,
+                        Message::RefundResult {
+                            refund_id,
+                            result: Err(rejection.clone()),
+                        },
+                    );
                 }
                 Ok(()) => finish_refund(out, purchase_id, refund_id, reply_to),
             }
         }
         Message::UnfreezeEscrow { purchase_id, .. } => {
-            out.push(Event::EscrowUnfrozen { purchase_id: purchase_id.clone() });
+            out.push(Event::EscrowUnfrozen {
+                purchase_id: purchase_id.clone(),
+            });
         }
-        Message::ReverseEscrow { purchase_id, refund_id, creator_id } => {
+        Message::ReverseEscrow {
+            purchase_id,
+            refund_id,
+            creator_id,
+        } => {
             let entry = &state.escrow[purchase_id];
             let cleared = entry.creator_share + entry.platform_fee;
             out.push(Event::EscrowReversed {
@@ -753,7 +1281,13 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 ],
             });
         }
-        Message::RefundBuyer { purchase_id, refund_id, buyer_id, amount, revoke_items } => {
+        Message::RefundBuyer {
+            purchase_id,
+            refund_id,
+            buyer_id,
+            amount,
+            revoke_items,
+        } => {
             let balance_after = state.balance(&Account::Wallet(buyer_id.clone())) + amount;
             out.push(Event::BuyerRefunded {
                 purchase_id: purchase_id.clone(),
@@ -762,7 +1296,10 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 amount: *amount,
                 revoked_items: revoke_items.clone(),
                 balance_after,
-                postings: vec![Posting::new(Account::Clearing, -amount), Posting::new(Account::Wallet(buyer_id.clone()), *amount)],
+                postings: vec![
+                    Posting::new(Account::Clearing, -amount),
+                    Posting::new(Account::Wallet(buyer_id.clone()), *amount),
+                ],
             });
         }
         Message::RefundResult { refund_id, result } => {
@@ -770,7 +1307,10 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             let Command::Refund { purchase_id, .. } = &record(out, &key).command else {
                 panic!("refund key holds a refund command");
             };
-            let result = result.clone().map(|amount| Success::Refunded { purchase_id: purchase_id.clone(), amount });
+            let result = result.clone().map(|amount| Success::Refunded {
+                purchase_id: purchase_id.clone(),
+                amount,
+            });
             out.complete(&key, result, Vec::new());
         }
     }
@@ -785,32 +1325,63 @@ fn purchase_reservation<'a>(state: &'a ShardState, purchase_id: &PurchaseId) -> 
 
 fn purchase_buyer(state: &ShardState, purchase_id: &PurchaseId) -> UserId {
     match &state.commands[&keys::purchase(purchase_id)].command {
-        Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => buyer_id.clone(),
+        Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => {
+            buyer_id.clone()
+        }
         other => panic!("purchase key holds {other:?}"),
     }
 }
 
-fn finish_refund(out: &mut Out<'_>, purchase_id: &PurchaseId, refund_id: crate::ids::RefundId, reply_to: ShardId) {
+fn finish_refund(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    refund_id: crate::ids::RefundId,
+    reply_to: ShardId,
+) {
     let state = out.state;
     let reservation = purchase_reservation(state, purchase_id).clone();
     let buyer_id = purchase_buyer(state, purchase_id);
-    let completion = state.commands[&keys::purchase(purchase_id)].completion.as_ref().expect("refunded purchase completed");
+    let completion = state.commands[&keys::purchase(purchase_id)]
+        .completion
+        .as_ref()
+        .expect("refunded purchase completed");
     let revoke_items = match &completion.result {
         Ok(Success::Purchased { granted_items, .. }) => granted_items.clone(),
         other => panic!("refunded purchase succeeded: {other:?}"),
     };
-    out.push(Event::RefundProgressed { purchase_id: purchase_id.clone(), progress: RefundProgress::Refunded { refund_id: refund_id.clone() } });
+    out.push(Event::RefundProgressed {
+        purchase_id: purchase_id.clone(),
+        progress: RefundProgress::Refunded {
+            refund_id: refund_id.clone(),
+        },
+    });
     let creator_shard = out.shard_of(&keys::user(&reservation.creator_id));
     out.send(
         creator_shard,
-        Message::ReverseEscrow { purchase_id: purchase_id.clone(), refund_id: refund_id.clone(), creator_id: reservation.creator_id.clone() },
+        Message::ReverseEscrow {
+            purchase_id: purchase_id.clone(),
+            refund_id: refund_id.clone(),
+            creator_id: reservation.creator_id.clone(),
+        },
     );
     let buyer_shard = out.shard_of(&keys::user(&buyer_id));
     out.send(
         buyer_shard,
-        Message::RefundBuyer { purchase_id: purchase_id.clone(), refund_id: refund_id.clone(), buyer_id, amount: reservation.price, revoke_items },
+        Message::RefundBuyer {
+            purchase_id: purchase_id.clone(),
+            refund_id: refund_id.clone(),
+            buyer_id,
+            amount: reservation.price,
+            revoke_items,
+        },
     );
-    out.send(reply_to, Message::RefundResult { refund_id, result: Ok(reservation.price) });
+    out.send(
+        reply_to,
+        Message::RefundResult {
+            refund_id,
+            result: Ok(reservation.price),
+        },
+    );
 }
 
 fn reserve_item(
@@ -821,29 +1392,66 @@ fn reserve_item(
     expected_price: i64,
     at_ms: TimestampMs,
 ) -> Result<Reservation, Rejection> {
-    let item = out.state.items.get(item_id).ok_or_else(|| reject(RejectionCode::NotFound, format!("item {item_id} does not exist")))?;
+    let item = out.state.items.get(item_id).ok_or_else(|| {
+        reject(
+            RejectionCode::NotFound,
+            format!("item {item_id} does not exist"),
+        )
+    })?;
     let definition = &item.definition;
-    let in_window = definition.starts_at_ms.map_or(true, |starts| at_ms >= starts) && definition.ends_at_ms.map_or(true, |ends| at_ms < ends);
+    let in_window = definition
+        .starts_at_ms
+        .map_or(true, |starts| at_ms >= starts)
+        && definition.ends_at_ms.map_or(true, |ends| at_ms < ends);
     if !item.on_sale || !in_window {
-        return Err(reject(RejectionCode::NotOnSale, format!("item {item_id} is not on sale")));
+        return Err(reject(
+            RejectionCode::NotOnSale,
+            format!("item {item_id} is not on sale"),
+        ));
     }
     if &definition.creator_id == buyer_id {
-        return Err(reject(RejectionCode::PurchaserIsSeller, format!("{buyer_id} created item {item_id}")));
+        return Err(reject(
+            RejectionCode::PurchaserIsSeller,
+            format!("{buyer_id} created item {item_id}"),
+        ));
     }
     if item.price != expected_price {
-        return Err(reject(RejectionCode::PriceChanged, format!("item {item_id} costs {}, not {expected_price}", item.price)));
+        return Err(reject(
+            RejectionCode::PriceChanged,
+            format!("item {item_id} costs {}, not {expected_price}", item.price),
+        ));
     }
     let mut serial = None;
     if item.is_limited() {
         let held = item.held_per_user.get(buyer_id).copied().unwrap_or(0);
         if definition.max_per_user.is_some_and(|max| held >= max) {
-            return Err(reject(RejectionCode::QuantityLimitReached, format!("{buyer_id} already holds {held} of item {item_id}")));
+            return Err(reject(
+                RejectionCode::QuantityLimitReached,
+                format!("{buyer_id} already holds {held} of item {item_id}"),
+            ));
         }
-        let free = item.next_free_serial().ok_or_else(|| reject(RejectionCode::SoldOut, format!("item {item_id} is sold out")))?;
-        out.push(Event::SerialReserved { item_id: item_id.clone(), serial: free, purchase_id: purchase_id.clone(), buyer_id: buyer_id.clone() });
+        let free = item.next_free_serial().ok_or_else(|| {
+            reject(
+                RejectionCode::SoldOut,
+                format!("item {item_id} is sold out"),
+            )
+        })?;
+        out.push(Event::SerialReserved {
+            item_id: item_id.clone(),
+            serial: free,
+            purchase_id: purchase_id.clone(),
+            buyer_id: buyer_id.clone(),
+        });
         serial = Some(free);
     }
-    Ok(Reservation { price: item.price, creator_id: definition.creator_id.clone(), sale: SaleKind::Item { item_id: item_id.clone(), serial } })
+    Ok(Reservation {
+        price: item.price,
+        creator_id: definition.creator_id.clone(),
+        sale: SaleKind::Item {
+            item_id: item_id.clone(),
+            serial,
+        },
+    })
 }
 
 fn create_listing(
@@ -855,29 +1463,61 @@ fn create_listing(
     price: i64,
     at_ms: TimestampMs,
 ) -> Result<(), Rejection> {
-    let item = out.state.items.get(item_id).ok_or_else(|| reject(RejectionCode::NotFound, format!("item {item_id} does not exist")))?;
+    let item = out.state.items.get(item_id).ok_or_else(|| {
+        reject(
+            RejectionCode::NotFound,
+            format!("item {item_id} does not exist"),
+        )
+    })?;
     if !item.is_limited() || !item.definition.resellable {
-        return Err(reject(RejectionCode::NotResellable, format!("item {item_id} cannot be resold")));
+        return Err(reject(
+            RejectionCode::NotResellable,
+            format!("item {item_id} cannot be resold"),
+        ));
     }
-    let holder = item
-        .holders
-        .get(&serial)
-        .ok_or_else(|| reject(RejectionCode::NotFound, format!("serial {serial} of item {item_id} has no owner")))?;
+    let holder = item.holders.get(&serial).ok_or_else(|| {
+        reject(
+            RejectionCode::NotFound,
+            format!("serial {serial} of item {item_id} has no owner"),
+        )
+    })?;
     if &holder.user_id != seller_id {
-        return Err(reject(RejectionCode::NotOwner, format!("{seller_id} does not own serial {serial} of item {item_id}")));
+        return Err(reject(
+            RejectionCode::NotOwner,
+            format!("{seller_id} does not own serial {serial} of item {item_id}"),
+        ));
     }
-    let hold_ends_ms = holder.acquired_at_ms.saturating_add(out.config.resale_hold_ms);
+    let hold_ends_ms = holder
+        .acquired_at_ms
+        .saturating_add(out.config.resale_hold_ms);
     if at_ms < hold_ends_ms {
-        return Err(reject(RejectionCode::ResaleHoldActive, format!("serial {serial} of item {item_id} can be listed from {hold_ends_ms} ms")));
+        return Err(reject(
+            RejectionCode::ResaleHoldActive,
+            format!("serial {serial} of item {item_id} can be listed from {hold_ends_ms} ms"),
+        ));
     }
     if item.listing_by_serial.contains_key(&serial) {
-        return Err(reject(RejectionCode::AlreadyListed, format!("serial {serial} of item {item_id} is already listed")));
+        return Err(reject(
+            RejectionCode::AlreadyListed,
+            format!("serial {serial} of item {item_id} is already listed"),
+        ));
     }
-    out.push(Event::ListingCreated { listing_id: listing_id.clone(), item_id: item_id.clone(), serial, seller_id: seller_id.clone(), price });
+    out.push(Event::ListingCreated {
+        listing_id: listing_id.clone(),
+        item_id: item_id.clone(),
+        serial,
+        seller_id: seller_id.clone(),
+        price,
+    });
     Ok(())
 }
 
-fn on_buyer_debited(out: &mut Out<'_>, purchase_id: &PurchaseId, result: &Result<(i64, Vec<ItemId>), Rejection>, position: ShardPosition) {
+fn on_buyer_debited(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    result: &Result<(i64, Vec<ItemId>), Rejection>,
+    position: ShardPosition,
+) {
     let state = out.state;
     let config = out.config;
     let key = keys::purchase(purchase_id);
@@ -891,9 +1531,19 @@ fn on_buyer_debited(out: &mut Out<'_>, purchase_id: &PurchaseId, result: &Result
     let (balance_after, granted_items) = match result {
         Err(rejection) => {
             match &reservation.sale {
-                SaleKind::Item { item_id, serial: Some(_) } | SaleKind::Resale { item_id, .. } => {
+                SaleKind::Item {
+                    item_id,
+                    serial: Some(_),
+                }
+                | SaleKind::Resale { item_id, .. } => {
                     let to = out.shard_of(&keys::item(item_id));
-                    out.send(to, Message::CancelReservation { purchase_id: purchase_id.clone(), item_id: item_id.clone() });
+                    out.send(
+                        to,
+                        Message::CancelReservation {
+                            purchase_id: purchase_id.clone(),
+                            item_id: item_id.clone(),
+                        },
+                    );
                 }
                 _ => {}
             }
@@ -907,24 +1557,68 @@ fn on_buyer_debited(out: &mut Out<'_>, purchase_id: &PurchaseId, result: &Result
         SaleKind::Item { item_id, serial } => {
             if serial.is_some() {
                 let to = out.shard_of(&keys::item(item_id));
-                out.send(to, Message::ConfirmReservation { purchase_id: purchase_id.clone(), item_id: item_id.clone(), at_ms, buyer_id: buyer_id.clone() });
+                out.send(
+                    to,
+                    Message::ConfirmReservation {
+                        purchase_id: purchase_id.clone(),
+                        item_id: item_id.clone(),
+                        at_ms,
+                        buyer_id: buyer_id.clone(),
+                    },
+                );
             }
-            Success::Purchased { target: PurchaseTarget::Item(item_id.clone()), price: reservation.price, serial: *serial, granted_items, balance_after }
+            Success::Purchased {
+                target: PurchaseTarget::Item(item_id.clone()),
+                price: reservation.price,
+                serial: *serial,
+                granted_items,
+                balance_after,
+            }
         }
-        SaleKind::Bundle { bundle_id, .. } => {
-            Success::Purchased { target: PurchaseTarget::Bundle(bundle_id.clone()), price: reservation.price, serial: None, granted_items, balance_after }
-        }
-        SaleKind::Resale { item_id, serial, seller_id, .. } => {
+        SaleKind::Bundle { bundle_id, .. } => Success::Purchased {
+            target: PurchaseTarget::Bundle(bundle_id.clone()),
+            price: reservation.price,
+            serial: None,
+            granted_items,
+            balance_after,
+        },
+        SaleKind::Resale {
+            item_id,
+            serial,
+            seller_id,
+            ..
+        } => {
             let to = out.shard_of(&keys::item(item_id));
-            out.send(to, Message::ConfirmReservation { purchase_id: purchase_id.clone(), item_id: item_id.clone(), at_ms, buyer_id: buyer_id.clone() });
-            Success::ResalePurchased { item_id: item_id.clone(), serial: *serial, price: reservation.price, seller_id: seller_id.clone(), balance_after }
+            out.send(
+                to,
+                Message::ConfirmReservation {
+                    purchase_id: purchase_id.clone(),
+                    item_id: item_id.clone(),
+                    at_ms,
+                    buyer_id: buyer_id.clone(),
+                },
+            );
+            Success::ResalePurchased {
+                item_id: item_id.clone(),
+                serial: *serial,
+                price: reservation.price,
+                seller_id: seller_id.clone(),
+                balance_after,
+            }
         }
     };
     match &reservation.sale {
         SaleKind::Resale { seller_id, .. } => {
             let split = config.resale_fee_policy.split(reservation.price);
             let seller_shard = out.shard_of(&keys::user(seller_id));
-            out.send(seller_shard, Message::CreditSeller { purchase_id: purchase_id.clone(), seller_id: seller_id.clone(), amount: split.seller_share });
+            out.send(
+                seller_shard,
+                Message::CreditSeller {
+                    purchase_id: purchase_id.clone(),
+                    seller_id: seller_id.clone(),
+                    amount: split.seller_share,
+                },
+            );
             out.send(
                 creator_shard,
                 Message::SettleSale {

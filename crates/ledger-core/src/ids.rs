@@ -93,7 +93,9 @@ id_type!(/// A refund.
     RefundId, "refund_id");
 
 /// Index of a shard, `0..shard_count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
 pub struct ShardId(pub u16);
 
 impl std::fmt::Display for ShardId {
@@ -112,10 +114,22 @@ mod tests {
         assert!(UserId::parse("a.b:c-d_e9").is_ok());
         assert!(UserId::parse("x".repeat(128)).is_ok());
         assert_eq!(UserId::parse(""), Err(IdError::Empty { field: "user_id" }));
-        assert_eq!(UserId::parse("x".repeat(129)), Err(IdError::TooLong { field: "user_id" }));
-        assert_eq!(UserId::parse("-a"), Err(IdError::BadCharacter { field: "user_id" }));
-        assert_eq!(UserId::parse("a b"), Err(IdError::BadCharacter { field: "user_id" }));
-        assert_eq!(UserId::parse("é"), Err(IdError::BadCharacter { field: "user_id" }));
+        assert_eq!(
+            UserId::parse("x".repeat(129)),
+            Err(IdError::TooLong { field: "user_id" })
+        );
+        assert_eq!(
+            UserId::parse("-a"),
+            Err(IdError::BadCharacter { field: "user_id" })
+        );
+        assert_eq!(
+            UserId::parse("a b"),
+            Err(IdError::BadCharacter { field: "user_id" })
+        );
+        assert_eq!(
+            UserId::parse("é"),
+            Err(IdError::BadCharacter { field: "user_id" })
+        );
     }
 
     #[test]

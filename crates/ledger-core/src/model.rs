@@ -70,16 +70,53 @@ pub enum PurchaseTarget {
 /// parsing. Its fields (not its metadata) are what idempotency compares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum Command {
-    Grant { grant_id: GrantId, user_id: UserId, amount: i64 },
+    Grant {
+        grant_id: GrantId,
+        user_id: UserId,
+        amount: i64,
+    },
     PublishItem(ItemDefinition),
-    Reprice { item_id: ItemId, price: i64 },
-    SetOnSale { item_id: ItemId, on_sale: bool },
-    CreateBundle { bundle_id: BundleId, creator_id: UserId, name: String, item_ids: Vec<ItemId>, price: i64 },
-    Purchase { purchase_id: PurchaseId, buyer_id: UserId, target: PurchaseTarget, expected_price: i64 },
-    CreateListing { listing_id: ListingId, seller_id: UserId, item_id: ItemId, serial: u32, price: i64 },
-    CancelListing { listing_id: ListingId },
-    ResalePurchase { purchase_id: PurchaseId, buyer_id: UserId, listing_id: ListingId, expected_price: i64 },
-    Refund { refund_id: RefundId, purchase_id: PurchaseId },
+    Reprice {
+        item_id: ItemId,
+        price: i64,
+    },
+    SetOnSale {
+        item_id: ItemId,
+        on_sale: bool,
+    },
+    CreateBundle {
+        bundle_id: BundleId,
+        creator_id: UserId,
+        name: String,
+        item_ids: Vec<ItemId>,
+        price: i64,
+    },
+    Purchase {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        target: PurchaseTarget,
+        expected_price: i64,
+    },
+    CreateListing {
+        listing_id: ListingId,
+        seller_id: UserId,
+        item_id: ItemId,
+        serial: u32,
+        price: i64,
+    },
+    CancelListing {
+        listing_id: ListingId,
+    },
+    ResalePurchase {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        listing_id: ListingId,
+        expected_price: i64,
+    },
+    Refund {
+        refund_id: RefundId,
+        purchase_id: PurchaseId,
+    },
 }
 
 /// Stamped by the API: time and who.
@@ -121,7 +158,9 @@ impl Command {
         match self {
             Command::Grant { grant_id, .. } => keys::grant(grant_id),
             Command::PublishItem(definition) => keys::item(&definition.item_id),
-            Command::Reprice { item_id, .. } | Command::SetOnSale { item_id, .. } => keys::item(item_id),
+            Command::Reprice { item_id, .. } | Command::SetOnSale { item_id, .. } => {
+                keys::item(item_id)
+            }
             Command::CreateBundle { bundle_id, .. } => keys::bundle(bundle_id),
             Command::Purchase { purchase_id, .. } | Command::ResalePurchase { purchase_id, .. } => {
                 keys::purchase(purchase_id)
@@ -136,7 +175,9 @@ impl Command {
     /// The idempotency key, for commands that carry their own id.
     pub fn idempotency_key(&self) -> Option<String> {
         match self {
-            Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => None,
+            Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
+                None
+            }
             _ => Some(self.home_key()),
         }
     }
@@ -161,7 +202,9 @@ pub fn shard_for(key: &str, shard_count: u16) -> ShardId {
 // ---------------------------------------------------------------- outcomes
 
 /// Why a command was refused: a machine code, stable across versions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectionCode {
     ValidationFailed,
@@ -226,26 +269,51 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(code: RejectionCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into() }
+        Self {
+            code,
+            detail: detail.into(),
+        }
     }
 }
 
 /// What a successful command produced (the API renders it with the command).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum Success {
-    Granted { balance_after: i64 },
+    Granted {
+        balance_after: i64,
+    },
     ItemPublished,
-    ItemUpdated { price: i64, on_sale: bool },
+    ItemUpdated {
+        price: i64,
+        on_sale: bool,
+    },
     BundleCreated,
-    Purchased { target: PurchaseTarget, price: i64, serial: Option<u32>, granted_items: Vec<ItemId>, balance_after: i64 },
+    Purchased {
+        target: PurchaseTarget,
+        price: i64,
+        serial: Option<u32>,
+        granted_items: Vec<ItemId>,
+        balance_after: i64,
+    },
     ListingCreated,
     ListingCancelled,
-    ResalePurchased { item_id: ItemId, serial: u32, price: i64, seller_id: UserId, balance_after: i64 },
-    Refunded { purchase_id: PurchaseId, amount: i64 },
+    ResalePurchased {
+        item_id: ItemId,
+        serial: u32,
+        price: i64,
+        seller_id: UserId,
+        balance_after: i64,
+    },
+    Refunded {
+        purchase_id: PurchaseId,
+        amount: i64,
+    },
 }
 
 /// A point in one shard's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode,
+)]
 pub struct ShardPosition {
     pub shard: ShardId,
     pub sequence: u64,
@@ -272,9 +340,20 @@ pub struct Reservation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum SaleKind {
     /// A primary sale of one item; `serial` for a Limited.
-    Item { item_id: ItemId, serial: Option<u32> },
-    Bundle { bundle_id: BundleId, item_ids: Vec<ItemId> },
-    Resale { listing_id: ListingId, item_id: ItemId, serial: u32, seller_id: UserId },
+    Item {
+        item_id: ItemId,
+        serial: Option<u32>,
+    },
+    Bundle {
+        bundle_id: BundleId,
+        item_ids: Vec<ItemId>,
+    },
+    Resale {
+        listing_id: ListingId,
+        item_id: ItemId,
+        serial: u32,
+        seller_id: UserId,
+    },
 }
 
 /// A bundle item as its own shard describes it.
@@ -291,7 +370,10 @@ pub enum Progress {
     /// Grant: waiting for the user's shard to credit the wallet.
     Crediting,
     /// Bundle creation: waiting for item descriptions.
-    Describing { answers: Vec<Result<ItemDescription, ItemId>>, expected: u32 },
+    Describing {
+        answers: Vec<Result<ItemDescription, ItemId>>,
+        expected: u32,
+    },
     /// Purchase: waiting for the item, bundle or listing to be reserved.
     Reserving,
     /// Purchase: reserved; waiting for the buyer's funds.
@@ -308,10 +390,18 @@ pub enum Progress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum RefundProgress {
     /// Escrow freeze requested from the creator's shard.
-    Freezing { refund_id: RefundId, reply_to: ShardId },
+    Freezing {
+        refund_id: RefundId,
+        reply_to: ShardId,
+    },
     /// Serial revocation requested from the item's shard.
-    Revoking { refund_id: RefundId, reply_to: ShardId },
-    Refunded { refund_id: RefundId },
+    Revoking {
+        refund_id: RefundId,
+        reply_to: ShardId,
+    },
+    Refunded {
+        refund_id: RefundId,
+    },
     /// The refund was refused; the purchase may be refunded again later.
     Abandoned,
 }
@@ -322,41 +412,166 @@ pub enum RefundProgress {
 /// events and consumed exactly once, in order per (sender, receiver).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum Message {
-    CreditGrant { grant_id: GrantId, user_id: UserId, amount: i64 },
-    GrantCredited { grant_id: GrantId, result: Result<i64, Rejection>, position: ShardPosition },
+    CreditGrant {
+        grant_id: GrantId,
+        user_id: UserId,
+        amount: i64,
+    },
+    GrantCredited {
+        grant_id: GrantId,
+        result: Result<i64, Rejection>,
+        position: ShardPosition,
+    },
 
-    DescribeItem { bundle_id: BundleId, item_id: ItemId },
-    ItemDescribed { bundle_id: BundleId, answer: Result<ItemDescription, ItemId> },
+    DescribeItem {
+        bundle_id: BundleId,
+        item_id: ItemId,
+    },
+    ItemDescribed {
+        bundle_id: BundleId,
+        answer: Result<ItemDescription, ItemId>,
+    },
 
-    ReserveItem { purchase_id: PurchaseId, buyer_id: UserId, item_id: ItemId, expected_price: i64, at_ms: TimestampMs },
-    QuoteBundle { purchase_id: PurchaseId, buyer_id: UserId, bundle_id: BundleId, expected_price: i64 },
+    ReserveItem {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        item_id: ItemId,
+        expected_price: i64,
+        at_ms: TimestampMs,
+    },
+    QuoteBundle {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        bundle_id: BundleId,
+        expected_price: i64,
+    },
     /// To the listing's home shard, which forwards it to the item's shard.
-    ReserveListing { purchase_id: PurchaseId, buyer_id: UserId, listing_id: ListingId, expected_price: i64, reply_to: ShardId },
-    ReserveListingOnItem { purchase_id: PurchaseId, buyer_id: UserId, listing_id: ListingId, item_id: ItemId, expected_price: i64, reply_to: ShardId },
-    Reserved { purchase_id: PurchaseId, result: Result<Reservation, Rejection> },
+    ReserveListing {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        listing_id: ListingId,
+        expected_price: i64,
+        reply_to: ShardId,
+    },
+    ReserveListingOnItem {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        listing_id: ListingId,
+        item_id: ItemId,
+        expected_price: i64,
+        reply_to: ShardId,
+    },
+    Reserved {
+        purchase_id: PurchaseId,
+        result: Result<Reservation, Rejection>,
+    },
 
-    DebitBuyer { purchase_id: PurchaseId, buyer_id: UserId, amount: i64, grant_items: Vec<ItemId>, all_or_nothing: bool, at_ms: TimestampMs },
-    BuyerDebited { purchase_id: PurchaseId, result: Result<(i64, Vec<ItemId>), Rejection>, position: ShardPosition },
+    DebitBuyer {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        amount: i64,
+        grant_items: Vec<ItemId>,
+        all_or_nothing: bool,
+        at_ms: TimestampMs,
+    },
+    BuyerDebited {
+        purchase_id: PurchaseId,
+        result: Result<(i64, Vec<ItemId>), Rejection>,
+        position: ShardPosition,
+    },
 
-    ConfirmReservation { purchase_id: PurchaseId, item_id: ItemId, buyer_id: UserId, at_ms: TimestampMs },
-    CancelReservation { purchase_id: PurchaseId, item_id: ItemId },
-    SettleSale { purchase_id: PurchaseId, creator_id: UserId, cleared: i64, creator_share: i64, platform_fee: i64, policy_version: u16, resale: bool, at_ms: TimestampMs },
-    CreditSeller { purchase_id: PurchaseId, seller_id: UserId, amount: i64 },
+    ConfirmReservation {
+        purchase_id: PurchaseId,
+        item_id: ItemId,
+        buyer_id: UserId,
+        at_ms: TimestampMs,
+    },
+    CancelReservation {
+        purchase_id: PurchaseId,
+        item_id: ItemId,
+    },
+    SettleSale {
+        purchase_id: PurchaseId,
+        creator_id: UserId,
+        cleared: i64,
+        creator_share: i64,
+        platform_fee: i64,
+        policy_version: u16,
+        resale: bool,
+        at_ms: TimestampMs,
+    },
+    CreditSeller {
+        purchase_id: PurchaseId,
+        seller_id: UserId,
+        amount: i64,
+    },
 
-    CreateListingOnItem { listing_id: ListingId, seller_id: UserId, item_id: ItemId, serial: u32, price: i64, at_ms: TimestampMs },
-    ListingResult { listing_id: ListingId, result: Result<(), Rejection>, position: ShardPosition },
-    CancelListingOnItem { listing_id: ListingId, item_id: ItemId, actor: Actor },
-    CancelResult { listing_id: ListingId, result: Result<(), Rejection>, position: ShardPosition },
+    CreateListingOnItem {
+        listing_id: ListingId,
+        seller_id: UserId,
+        item_id: ItemId,
+        serial: u32,
+        price: i64,
+        at_ms: TimestampMs,
+    },
+    ListingResult {
+        listing_id: ListingId,
+        result: Result<(), Rejection>,
+        position: ShardPosition,
+    },
+    CancelListingOnItem {
+        listing_id: ListingId,
+        item_id: ItemId,
+        actor: Actor,
+    },
+    CancelResult {
+        listing_id: ListingId,
+        result: Result<(), Rejection>,
+        position: ShardPosition,
+    },
 
-    RefundPurchase { refund_id: RefundId, purchase_id: PurchaseId },
-    RefundResult { refund_id: RefundId, result: Result<i64, Rejection> },
-    FreezeEscrow { purchase_id: PurchaseId, creator_id: UserId },
-    FreezeResult { purchase_id: PurchaseId, result: Result<(), Rejection> },
-    RevokeSerial { purchase_id: PurchaseId, item_id: ItemId, serial: u32, owner_id: UserId },
-    RevokeResult { purchase_id: PurchaseId, result: Result<(), Rejection> },
-    UnfreezeEscrow { purchase_id: PurchaseId, creator_id: UserId },
-    ReverseEscrow { purchase_id: PurchaseId, refund_id: RefundId, creator_id: UserId },
-    RefundBuyer { purchase_id: PurchaseId, refund_id: RefundId, buyer_id: UserId, amount: i64, revoke_items: Vec<ItemId> },
+    RefundPurchase {
+        refund_id: RefundId,
+        purchase_id: PurchaseId,
+    },
+    RefundResult {
+        refund_id: RefundId,
+        result: Result<i64, Rejection>,
+    },
+    FreezeEscrow {
+        purchase_id: PurchaseId,
+        creator_id: UserId,
+    },
+    FreezeResult {
+        purchase_id: PurchaseId,
+        result: Result<(), Rejection>,
+    },
+    RevokeSerial {
+        purchase_id: PurchaseId,
+        item_id: ItemId,
+        serial: u32,
+        owner_id: UserId,
+    },
+    RevokeResult {
+        purchase_id: PurchaseId,
+        result: Result<(), Rejection>,
+    },
+    UnfreezeEscrow {
+        purchase_id: PurchaseId,
+        creator_id: UserId,
+    },
+    ReverseEscrow {
+        purchase_id: PurchaseId,
+        refund_id: RefundId,
+        creator_id: UserId,
+    },
+    RefundBuyer {
+        purchase_id: PurchaseId,
+        refund_id: RefundId,
+        buyer_id: UserId,
+        amount: i64,
+        revoke_items: Vec<ItemId>,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -371,42 +586,183 @@ pub enum ListingEndReason {
 /// An immutable fact in a shard's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum Event {
-    MessageReceived { from: ShardId, sequence: u64 },
-    MessageSent { to: ShardId, sequence: u64, message: Message },
+    MessageReceived {
+        from: ShardId,
+        sequence: u64,
+    },
+    MessageSent {
+        to: ShardId,
+        sequence: u64,
+        message: Message,
+    },
 
-    CommandAccepted { key: String, fingerprint: u64, command: Command, meta: CommandMeta },
-    CommandProgressed { key: String, progress: Progress, position: Option<ShardPosition> },
-    CommandCompleted { key: String, completion: Completion },
+    CommandAccepted {
+        key: String,
+        fingerprint: u64,
+        command: Command,
+        meta: CommandMeta,
+    },
+    CommandProgressed {
+        key: String,
+        progress: Progress,
+        position: Option<ShardPosition>,
+    },
+    CommandCompleted {
+        key: String,
+        completion: Completion,
+    },
 
-    CurrencyGranted { grant_id: GrantId, user_id: UserId, amount: i64, balance_after: i64, postings: Vec<Posting> },
+    CurrencyGranted {
+        grant_id: GrantId,
+        user_id: UserId,
+        amount: i64,
+        balance_after: i64,
+        postings: Vec<Posting>,
+    },
 
-    ItemPublished { definition: ItemDefinition },
-    ItemRepriced { item_id: ItemId, price: i64 },
-    ItemSaleToggled { item_id: ItemId, on_sale: bool },
-    BundleCreated { bundle_id: BundleId, creator_id: UserId, name: String, item_ids: Vec<ItemId>, price: i64 },
+    ItemPublished {
+        definition: ItemDefinition,
+    },
+    ItemRepriced {
+        item_id: ItemId,
+        price: i64,
+    },
+    ItemSaleToggled {
+        item_id: ItemId,
+        on_sale: bool,
+    },
+    BundleCreated {
+        bundle_id: BundleId,
+        creator_id: UserId,
+        name: String,
+        item_ids: Vec<ItemId>,
+        price: i64,
+    },
 
-    SerialReserved { item_id: ItemId, serial: u32, purchase_id: PurchaseId, buyer_id: UserId },
-    ReservationCancelled { item_id: ItemId, serial: u32, purchase_id: PurchaseId },
-    SerialSold { item_id: ItemId, serial: u32, purchase_id: PurchaseId, buyer_id: UserId, at_ms: TimestampMs },
+    SerialReserved {
+        item_id: ItemId,
+        serial: u32,
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+    },
+    ReservationCancelled {
+        item_id: ItemId,
+        serial: u32,
+        purchase_id: PurchaseId,
+    },
+    SerialSold {
+        item_id: ItemId,
+        serial: u32,
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        at_ms: TimestampMs,
+    },
 
-    BuyerDebited { purchase_id: PurchaseId, buyer_id: UserId, amount: i64, granted_items: Vec<ItemId>, balance_after: i64, at_ms: TimestampMs, postings: Vec<Posting> },
-    SaleSettled { purchase_id: PurchaseId, creator_id: UserId, resale: bool, cleared: i64, creator_share: i64, platform_fee: i64, policy_version: u16, release_at_ms: TimestampMs, postings: Vec<Posting> },
-    SellerCredited { purchase_id: PurchaseId, seller_id: UserId, amount: i64, balance_after: i64, postings: Vec<Posting> },
-    EscrowReleased { purchase_id: PurchaseId, creator_id: UserId, amount: i64, postings: Vec<Posting> },
+    BuyerDebited {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        amount: i64,
+        granted_items: Vec<ItemId>,
+        balance_after: i64,
+        at_ms: TimestampMs,
+        postings: Vec<Posting>,
+    },
+    SaleSettled {
+        purchase_id: PurchaseId,
+        creator_id: UserId,
+        resale: bool,
+        cleared: i64,
+        creator_share: i64,
+        platform_fee: i64,
+        policy_version: u16,
+        release_at_ms: TimestampMs,
+        postings: Vec<Posting>,
+    },
+    SellerCredited {
+        purchase_id: PurchaseId,
+        seller_id: UserId,
+        amount: i64,
+        balance_after: i64,
+        postings: Vec<Posting>,
+    },
+    EscrowReleased {
+        purchase_id: PurchaseId,
+        creator_id: UserId,
+        amount: i64,
+        postings: Vec<Posting>,
+    },
 
-    ListingCreated { listing_id: ListingId, item_id: ItemId, serial: u32, seller_id: UserId, price: i64 },
-    ListingEnded { listing_id: ListingId, item_id: ItemId, serial: u32, reason: ListingEndReason },
-    ListingReserved { listing_id: ListingId, item_id: ItemId, purchase_id: PurchaseId },
-    ListingReservationCancelled { listing_id: ListingId, item_id: ItemId, purchase_id: PurchaseId },
-    SerialTransferred { item_id: ItemId, serial: u32, listing_id: ListingId, purchase_id: PurchaseId, from_user_id: UserId, to_user_id: UserId, price: i64, at_ms: TimestampMs },
-    ListingRegistered { listing_id: ListingId, item_id: ItemId },
+    ListingCreated {
+        listing_id: ListingId,
+        item_id: ItemId,
+        serial: u32,
+        seller_id: UserId,
+        price: i64,
+    },
+    ListingEnded {
+        listing_id: ListingId,
+        item_id: ItemId,
+        serial: u32,
+        reason: ListingEndReason,
+    },
+    ListingReserved {
+        listing_id: ListingId,
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+    },
+    ListingReservationCancelled {
+        listing_id: ListingId,
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+    },
+    SerialTransferred {
+        item_id: ItemId,
+        serial: u32,
+        listing_id: ListingId,
+        purchase_id: PurchaseId,
+        from_user_id: UserId,
+        to_user_id: UserId,
+        price: i64,
+        at_ms: TimestampMs,
+    },
+    ListingRegistered {
+        listing_id: ListingId,
+        item_id: ItemId,
+    },
 
-    RefundProgressed { purchase_id: PurchaseId, progress: RefundProgress },
-    EscrowFrozen { purchase_id: PurchaseId },
-    EscrowUnfrozen { purchase_id: PurchaseId },
-    EscrowReversed { purchase_id: PurchaseId, refund_id: RefundId, creator_id: UserId, creator_share: i64, platform_fee: i64, postings: Vec<Posting> },
-    SerialRevoked { item_id: ItemId, serial: u32, purchase_id: PurchaseId, owner_id: UserId },
-    BuyerRefunded { purchase_id: PurchaseId, refund_id: RefundId, buyer_id: UserId, amount: i64, revoked_items: Vec<ItemId>, balance_after: i64, postings: Vec<Posting> },
+    RefundProgressed {
+        purchase_id: PurchaseId,
+        progress: RefundProgress,
+    },
+    EscrowFrozen {
+        purchase_id: PurchaseId,
+    },
+    EscrowUnfrozen {
+        purchase_id: PurchaseId,
+    },
+    EscrowReversed {
+        purchase_id: PurchaseId,
+        refund_id: RefundId,
+        creator_id: UserId,
+        creator_share: i64,
+        platform_fee: i64,
+        postings: Vec<Posting>,
+    },
+    SerialRevoked {
+        item_id: ItemId,
+        serial: u32,
+        purchase_id: PurchaseId,
+        owner_id: UserId,
+    },
+    BuyerRefunded {
+        purchase_id: PurchaseId,
+        refund_id: RefundId,
+        buyer_id: UserId,
+        amount: i64,
+        revoked_items: Vec<ItemId>,
+        balance_after: i64,
+        postings: Vec<Posting>,
+    },
 }
 
 impl Event {
@@ -463,7 +819,10 @@ impl Event {
 /// Read-your-writes token: the shard positions a read must have seen,
 /// written `p<shard>.<sequence>_<shard>.<sequence>...`. Opaque to clients.
 pub fn format_position(positions: &[ShardPosition]) -> String {
-    let parts: Vec<String> = positions.iter().map(|p| format!("{}.{}", p.shard.0, p.sequence)).collect();
+    let parts: Vec<String> = positions
+        .iter()
+        .map(|p| format!("{}.{}", p.shard.0, p.sequence))
+        .collect();
     format!("p{}", parts.join("_"))
 }
 
@@ -479,7 +838,10 @@ pub fn parse_position(token: &str) -> Option<Vec<ShardPosition>> {
             return None;
         }
         let (shard, sequence) = part.split_once('.')?;
-        positions.push(ShardPosition { shard: ShardId(shard.parse().ok()?), sequence: sequence.parse().ok()? });
+        positions.push(ShardPosition {
+            shard: ShardId(shard.parse().ok()?),
+            sequence: sequence.parse().ok()?,
+        });
     }
     Some(positions)
 }
@@ -490,10 +852,31 @@ mod position_tests {
 
     #[test]
     fn positions_round_trip_and_reject_garbage() {
-        let positions = vec![ShardPosition { shard: ShardId(0), sequence: 7 }, ShardPosition { shard: ShardId(3), sequence: 12 }];
-        assert_eq!(parse_position(&format_position(&positions)), Some(positions));
+        let positions = vec![
+            ShardPosition {
+                shard: ShardId(0),
+                sequence: 7,
+            },
+            ShardPosition {
+                shard: ShardId(3),
+                sequence: 12,
+            },
+        ];
+        assert_eq!(
+            parse_position(&format_position(&positions)),
+            Some(positions)
+        );
         assert_eq!(parse_position("p"), Some(vec![]));
-        for bad in ["", "x1.2", "p1", "p1.", "p.2", "p1.2_", "p-1.2", "p99999999.1"] {
+        for bad in [
+            "",
+            "x1.2",
+            "p1",
+            "p1.",
+            "p.2",
+            "p1.2_",
+            "p-1.2",
+            "p99999999.1",
+        ] {
             assert_eq!(parse_position(bad), None, "{bad}");
         }
     }

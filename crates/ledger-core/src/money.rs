@@ -14,7 +14,9 @@ use crate::ids::UserId;
 pub const AMOUNT_MAX: i64 = 1_000_000_000_000;
 
 /// An account of the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
 pub enum Account {
     /// Source of granted currency; the only account that may go negative.
     Issuance,
@@ -107,7 +109,10 @@ impl PrimaryFeePolicy {
     pub fn split(&self, price: i64) -> PrimarySplit {
         assert!(price >= 0, "price must not be negative");
         let creator_share = share_rounded_down(price, self.creator_share_basis_points);
-        PrimarySplit { creator_share, platform_fee: price - creator_share }
+        PrimarySplit {
+            creator_share,
+            platform_fee: price - creator_share,
+        }
     }
 }
 
@@ -117,7 +122,11 @@ impl ResaleFeePolicy {
         assert!(price >= 0, "price must not be negative");
         let seller_share = share_rounded_down(price, self.seller_share_basis_points);
         let royalty = share_rounded_down(price, self.royalty_basis_points);
-        ResaleSplit { seller_share, royalty, platform_fee: price - seller_share - royalty }
+        ResaleSplit {
+            seller_share,
+            royalty,
+            platform_fee: price - seller_share - royalty,
+        }
     }
 }
 
@@ -127,20 +136,46 @@ mod tests {
 
     #[test]
     fn primary_split_rounds_for_the_platform() {
-        assert_eq!(PRIMARY_FEE_POLICY_V1.split(100), PrimarySplit { creator_share: 70, platform_fee: 30 });
-        assert_eq!(PRIMARY_FEE_POLICY_V1.split(1), PrimarySplit { creator_share: 0, platform_fee: 1 });
-        assert_eq!(PRIMARY_FEE_POLICY_V1.split(15), PrimarySplit { creator_share: 10, platform_fee: 5 });
+        assert_eq!(
+            PRIMARY_FEE_POLICY_V1.split(100),
+            PrimarySplit {
+                creator_share: 70,
+                platform_fee: 30
+            }
+        );
+        assert_eq!(
+            PRIMARY_FEE_POLICY_V1.split(1),
+            PrimarySplit {
+                creator_share: 0,
+                platform_fee: 1
+            }
+        );
+        assert_eq!(
+            PRIMARY_FEE_POLICY_V1.split(15),
+            PrimarySplit {
+                creator_share: 10,
+                platform_fee: 5
+            }
+        );
     }
 
     #[test]
     fn resale_split_rounds_for_the_platform() {
         assert_eq!(
             RESALE_FEE_POLICY_V1.split(100),
-            ResaleSplit { seller_share: 70, royalty: 10, platform_fee: 20 }
+            ResaleSplit {
+                seller_share: 70,
+                royalty: 10,
+                platform_fee: 20
+            }
         );
         assert_eq!(
             RESALE_FEE_POLICY_V1.split(9),
-            ResaleSplit { seller_share: 6, royalty: 0, platform_fee: 3 }
+            ResaleSplit {
+                seller_share: 6,
+                royalty: 0,
+                platform_fee: 3
+            }
         );
     }
 
@@ -150,15 +185,24 @@ mod tests {
             let primary = PRIMARY_FEE_POLICY_V1.split(price);
             assert_eq!(primary.creator_share + primary.platform_fee, price);
             let resale = RESALE_FEE_POLICY_V1.split(price);
-            assert_eq!(resale.seller_share + resale.royalty + resale.platform_fee, price);
+            assert_eq!(
+                resale.seller_share + resale.royalty + resale.platform_fee,
+                price
+            );
         }
     }
 
     #[test]
     fn balance_check_detects_imbalance_and_overflow() {
         let user = UserId::parse("u").unwrap();
-        assert!(is_balanced(&[Posting::new(Account::Issuance, -5), Posting::new(Account::Wallet(user.clone()), 5)]));
+        assert!(is_balanced(&[
+            Posting::new(Account::Issuance, -5),
+            Posting::new(Account::Wallet(user.clone()), 5)
+        ]));
         assert!(!is_balanced(&[Posting::new(Account::Wallet(user), 5)]));
-        assert!(!is_balanced(&[Posting::new(Account::Fees, i64::MAX), Posting::new(Account::Fees, 1)]));
+        assert!(!is_balanced(&[
+            Posting::new(Account::Fees, i64::MAX),
+            Posting::new(Account::Fees, 1)
+        ]));
     }
 }

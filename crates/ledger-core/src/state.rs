@@ -92,7 +92,10 @@ impl ItemState {
     }
 
     fn remove_held(&mut self, user: &UserId) {
-        let count = self.held_per_user.get_mut(user).expect("user holds a serial of the item");
+        let count = self
+            .held_per_user
+            .get_mut(user)
+            .expect("user holds a serial of the item");
         *count -= 1;
         if *count == 0 {
             self.held_per_user.remove(user);
@@ -187,20 +190,33 @@ impl ShardState {
     }
 
     fn item_mut(&mut self, item_id: &ItemId) -> &mut ItemState {
-        self.items.get_mut(item_id).expect("event refers to an item of this shard")
+        self.items
+            .get_mut(item_id)
+            .expect("event refers to an item of this shard")
     }
 
     fn record_mut(&mut self, key: &str) -> &mut CommandRecord {
-        self.commands.get_mut(key).expect("event refers to a command of this shard")
+        self.commands
+            .get_mut(key)
+            .expect("event refers to a command of this shard")
     }
 
     fn apply_postings(&mut self, postings: &[crate::money::Posting]) {
-        assert!(is_balanced(postings), "postings of an event must sum to zero");
+        assert!(
+            is_balanced(postings),
+            "postings of an event must sum to zero"
+        );
         for posting in postings {
             let balance = self.balances.entry(posting.account.clone()).or_insert(0);
-            *balance = balance.checked_add(posting.amount).expect("account balance overflow");
+            *balance = balance
+                .checked_add(posting.amount)
+                .expect("account balance overflow");
             if let Account::Wallet(_) | Account::Pending(_) = posting.account {
-                assert!(*balance >= 0, "a wallet or escrow account went negative: {:?}", posting.account);
+                assert!(
+                    *balance >= 0,
+                    "a wallet or escrow account went negative: {:?}",
+                    posting.account
+                );
             }
         }
     }
@@ -212,13 +228,18 @@ pub fn initial_progress(command: &Command) -> Progress {
         Command::Grant { .. } => Progress::Crediting,
         Command::CreateBundle { item_ids, .. } => {
             let distinct: BTreeSet<&ItemId> = item_ids.iter().collect();
-            Progress::Describing { answers: Vec::new(), expected: distinct.len() as u32 }
+            Progress::Describing {
+                answers: Vec::new(),
+                expected: distinct.len() as u32,
+            }
         }
         Command::Purchase { .. } | Command::ResalePurchase { .. } => Progress::Reserving,
         Command::CreateListing { .. } => Progress::Listing,
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
-        Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => Progress::Crediting,
+        Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => {
+            Progress::Crediting
+        }
     }
 }
 
@@ -229,14 +250,27 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
     state.apply_postings(event.postings());
     match event {
         Event::MessageReceived { from, sequence } => {
-            assert_eq!(state.next_inbound(*from), *sequence, "messages are consumed in order, once");
+            assert_eq!(
+                state.next_inbound(*from),
+                *sequence,
+                "messages are consumed in order, once"
+            );
             state.inbound_next.insert(*from, sequence + 1);
         }
         Event::MessageSent { to, sequence, .. } => {
-            assert_eq!(state.next_outbound(*to), *sequence, "messages are numbered densely");
+            assert_eq!(
+                state.next_outbound(*to),
+                *sequence,
+                "messages are numbered densely"
+            );
             state.outbound_next.insert(*to, sequence + 1);
         }
-        Event::CommandAccepted { key, fingerprint, command, meta } => {
+        Event::CommandAccepted {
+            key,
+            fingerprint,
+            command,
+            meta,
+        } => {
             let record = CommandRecord {
                 fingerprint: *fingerprint,
                 command: command.clone(),
@@ -248,13 +282,21 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             let previous = state.commands.insert(key.clone(), record);
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
-                previous.map_or(true, |p| p.completion.is_some() && matches!(p.command, Command::CancelListing { .. })),
+                previous.map_or(true, |p| p.completion.is_some()
+                    && matches!(p.command, Command::CancelListing { .. })),
                 "a command id is accepted once"
             );
         }
-        Event::CommandProgressed { key, progress, position } => {
+        Event::CommandProgressed {
+            key,
+            progress,
+            position,
+        } => {
             let record = state.record_mut(key);
-            assert!(record.completion.is_none(), "a completed command does not progress");
+            assert!(
+                record.completion.is_none(),
+                "a completed command does not progress"
+            );
             record.progress = progress.clone();
             record.positions.extend(position);
         }
@@ -278,44 +320,114 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 listing_by_serial: BTreeMap::new(),
                 ended_listings: BTreeMap::new(),
             };
-            assert!(state.items.insert(definition.item_id.clone(), item).is_none(), "an item is published once");
+            assert!(
+                state
+                    .items
+                    .insert(definition.item_id.clone(), item)
+                    .is_none(),
+                "an item is published once"
+            );
         }
         Event::ItemRepriced { item_id, price } => state.item_mut(item_id).price = *price,
         Event::ItemSaleToggled { item_id, on_sale } => state.item_mut(item_id).on_sale = *on_sale,
-        Event::BundleCreated { bundle_id, creator_id, name, item_ids, price } => {
-            let bundle = BundleState { creator_id: creator_id.clone(), name: name.clone(), item_ids: item_ids.clone(), price: *price };
-            assert!(state.bundles.insert(bundle_id.clone(), bundle).is_none(), "a bundle is created once");
+        Event::BundleCreated {
+            bundle_id,
+            creator_id,
+            name,
+            item_ids,
+            price,
+        } => {
+            let bundle = BundleState {
+                creator_id: creator_id.clone(),
+                name: name.clone(),
+                item_ids: item_ids.clone(),
+                price: *price,
+            };
+            assert!(
+                state.bundles.insert(bundle_id.clone(), bundle).is_none(),
+                "a bundle is created once"
+            );
         }
-        Event::SerialReserved { item_id, serial, purchase_id, buyer_id } => {
+        Event::SerialReserved {
+            item_id,
+            serial,
+            purchase_id,
+            buyer_id,
+        } => {
             let item = state.item_mut(item_id);
-            assert_eq!(item.next_free_serial(), Some(*serial), "the lowest free serial is reserved");
+            assert_eq!(
+                item.next_free_serial(),
+                Some(*serial),
+                "the lowest free serial is reserved"
+            );
             if !item.returned_serials.remove(serial) {
                 item.next_serial += 1;
             }
             item.add_held(buyer_id);
-            assert!(item.reservations.insert(purchase_id.clone(), (*serial, buyer_id.clone())).is_none());
+            assert!(item
+                .reservations
+                .insert(purchase_id.clone(), (*serial, buyer_id.clone()))
+                .is_none());
         }
-        Event::ReservationCancelled { item_id, serial, purchase_id } => {
+        Event::ReservationCancelled {
+            item_id,
+            serial,
+            purchase_id,
+        } => {
             let item = state.item_mut(item_id);
-            let (reserved, buyer) = item.reservations.remove(purchase_id).expect("cancelled reservation exists");
+            let (reserved, buyer) = item
+                .reservations
+                .remove(purchase_id)
+                .expect("cancelled reservation exists");
             assert_eq!(reserved, *serial);
             item.remove_held(&buyer);
             item.returned_serials.insert(*serial);
         }
-        Event::SerialSold { item_id, serial, purchase_id, buyer_id, at_ms, .. } => {
+        Event::SerialSold {
+            item_id,
+            serial,
+            purchase_id,
+            buyer_id,
+            at_ms,
+            ..
+        } => {
             let item = state.item_mut(item_id);
-            let (reserved, buyer) = item.reservations.remove(purchase_id).expect("sold serial was reserved");
+            let (reserved, buyer) = item
+                .reservations
+                .remove(purchase_id)
+                .expect("sold serial was reserved");
             assert!(reserved == *serial && &buyer == buyer_id);
-            let holder = SerialHolder { user_id: buyer, purchase_id: purchase_id.clone(), acquired_at_ms: *at_ms };
-            assert!(item.holders.insert(*serial, holder).is_none(), "a serial has one owner");
+            let holder = SerialHolder {
+                user_id: buyer,
+                purchase_id: purchase_id.clone(),
+                acquired_at_ms: *at_ms,
+            };
+            assert!(
+                item.holders.insert(*serial, holder).is_none(),
+                "a serial has one owner"
+            );
         }
-        Event::BuyerDebited { buyer_id, granted_items, .. } => {
+        Event::BuyerDebited {
+            buyer_id,
+            granted_items,
+            ..
+        } => {
             let owned = state.owned_items.entry(buyer_id.clone()).or_default();
             for item_id in granted_items {
-                assert!(owned.insert(item_id.clone()), "a non-limited item is owned at most once");
+                assert!(
+                    owned.insert(item_id.clone()),
+                    "a non-limited item is owned at most once"
+                );
             }
         }
-        Event::SaleSettled { purchase_id, creator_id, creator_share, platform_fee, release_at_ms, .. } => {
+        Event::SaleSettled {
+            purchase_id,
+            creator_id,
+            creator_share,
+            platform_fee,
+            release_at_ms,
+            ..
+        } => {
             let entry = EscrowEntry {
                 creator_id: creator_id.clone(),
                 creator_share: *creator_share,
@@ -323,47 +435,125 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 release_at_ms: *release_at_ms,
                 frozen: false,
             };
-            assert!(state.escrow.insert(purchase_id.clone(), entry).is_none(), "a sale settles once");
-            state.escrow_due.insert((*release_at_ms, purchase_id.clone()));
+            assert!(
+                state.escrow.insert(purchase_id.clone(), entry).is_none(),
+                "a sale settles once"
+            );
+            state
+                .escrow_due
+                .insert((*release_at_ms, purchase_id.clone()));
         }
         Event::SellerCredited { .. } => {}
         Event::EscrowReleased { purchase_id, .. } => {
-            let entry = state.escrow.remove(purchase_id).expect("released escrow exists");
+            let entry = state
+                .escrow
+                .remove(purchase_id)
+                .expect("released escrow exists");
             assert!(!entry.frozen, "frozen escrow is not released");
-            assert!(state.escrow_due.remove(&(entry.release_at_ms, purchase_id.clone())));
+            assert!(state
+                .escrow_due
+                .remove(&(entry.release_at_ms, purchase_id.clone())));
         }
-        Event::ListingCreated { listing_id, item_id, serial, seller_id, price } => {
+        Event::ListingCreated {
+            listing_id,
+            item_id,
+            serial,
+            seller_id,
+            price,
+        } => {
             let item = state.item_mut(item_id);
-            assert!(item.listing_by_serial.insert(*serial, listing_id.clone()).is_none(), "a serial is listed once");
-            let listing = Listing { serial: *serial, seller_id: seller_id.clone(), price: *price, reserved_by: None };
+            assert!(
+                item.listing_by_serial
+                    .insert(*serial, listing_id.clone())
+                    .is_none(),
+                "a serial is listed once"
+            );
+            let listing = Listing {
+                serial: *serial,
+                seller_id: seller_id.clone(),
+                price: *price,
+                reserved_by: None,
+            };
             assert!(item.listings.insert(listing_id.clone(), listing).is_none());
         }
-        Event::ListingEnded { item_id, serial, reason, .. } => {
-            state.item_mut(item_id).end_listing_of_serial(*serial, *reason);
+        Event::ListingEnded {
+            item_id,
+            serial,
+            reason,
+            ..
+        } => {
+            state
+                .item_mut(item_id)
+                .end_listing_of_serial(*serial, *reason);
         }
-        Event::ListingReserved { listing_id, item_id, purchase_id } => {
-            let listing = state.item_mut(item_id).listings.get_mut(listing_id).expect("reserved listing exists");
-            assert!(listing.reserved_by.is_none(), "a listing is reserved by one purchase");
+        Event::ListingReserved {
+            listing_id,
+            item_id,
+            purchase_id,
+        } => {
+            let listing = state
+                .item_mut(item_id)
+                .listings
+                .get_mut(listing_id)
+                .expect("reserved listing exists");
+            assert!(
+                listing.reserved_by.is_none(),
+                "a listing is reserved by one purchase"
+            );
             listing.reserved_by = Some(purchase_id.clone());
         }
-        Event::ListingReservationCancelled { listing_id, item_id, purchase_id } => {
-            let listing = state.item_mut(item_id).listings.get_mut(listing_id).expect("listing exists");
+        Event::ListingReservationCancelled {
+            listing_id,
+            item_id,
+            purchase_id,
+        } => {
+            let listing = state
+                .item_mut(item_id)
+                .listings
+                .get_mut(listing_id)
+                .expect("listing exists");
             assert_eq!(listing.reserved_by.as_ref(), Some(purchase_id));
             listing.reserved_by = None;
         }
-        Event::SerialTransferred { item_id, serial, purchase_id, from_user_id, to_user_id, at_ms, .. } => {
+        Event::SerialTransferred {
+            item_id,
+            serial,
+            purchase_id,
+            from_user_id,
+            to_user_id,
+            at_ms,
+            ..
+        } => {
             let item = state.item_mut(item_id);
-            let holder = item.holders.get_mut(serial).expect("transferred serial has a holder");
-            assert_eq!(&holder.user_id, from_user_id, "only the holder's serial moves");
-            *holder = SerialHolder { user_id: to_user_id.clone(), purchase_id: purchase_id.clone(), acquired_at_ms: *at_ms };
+            let holder = item
+                .holders
+                .get_mut(serial)
+                .expect("transferred serial has a holder");
+            assert_eq!(
+                &holder.user_id, from_user_id,
+                "only the holder's serial moves"
+            );
+            *holder = SerialHolder {
+                user_id: to_user_id.clone(),
+                purchase_id: purchase_id.clone(),
+                acquired_at_ms: *at_ms,
+            };
             item.remove_held(from_user_id);
             item.add_held(to_user_id);
             item.end_listing_of_serial(*serial, ListingEndReason::SerialMoved);
         }
-        Event::ListingRegistered { listing_id, item_id } => {
-            state.listing_directory.insert(listing_id.clone(), item_id.clone());
+        Event::ListingRegistered {
+            listing_id,
+            item_id,
+        } => {
+            state
+                .listing_directory
+                .insert(listing_id.clone(), item_id.clone());
         }
-        Event::RefundProgressed { purchase_id, progress } => match progress {
+        Event::RefundProgressed {
+            purchase_id,
+            progress,
+        } => match progress {
             RefundProgress::Abandoned => {
                 state.refunds.remove(purchase_id);
             }
@@ -372,25 +562,50 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             }
         },
         Event::EscrowFrozen { purchase_id } => {
-            state.escrow.get_mut(purchase_id).expect("frozen escrow exists").frozen = true;
+            state
+                .escrow
+                .get_mut(purchase_id)
+                .expect("frozen escrow exists")
+                .frozen = true;
         }
         Event::EscrowUnfrozen { purchase_id } => {
-            state.escrow.get_mut(purchase_id).expect("unfrozen escrow exists").frozen = false;
+            state
+                .escrow
+                .get_mut(purchase_id)
+                .expect("unfrozen escrow exists")
+                .frozen = false;
         }
         Event::EscrowReversed { purchase_id, .. } => {
-            let entry = state.escrow.remove(purchase_id).expect("reversed escrow exists");
+            let entry = state
+                .escrow
+                .remove(purchase_id)
+                .expect("reversed escrow exists");
             assert!(entry.frozen, "escrow is frozen before it is reversed");
-            assert!(state.escrow_due.remove(&(entry.release_at_ms, purchase_id.clone())));
+            assert!(state
+                .escrow_due
+                .remove(&(entry.release_at_ms, purchase_id.clone())));
         }
-        Event::SerialRevoked { item_id, serial, owner_id, .. } => {
+        Event::SerialRevoked {
+            item_id,
+            serial,
+            owner_id,
+            ..
+        } => {
             let item = state.item_mut(item_id);
-            let holder = item.holders.remove(serial).expect("revoked serial has a holder");
+            let holder = item
+                .holders
+                .remove(serial)
+                .expect("revoked serial has a holder");
             assert_eq!(&holder.user_id, owner_id);
             item.remove_held(owner_id);
             item.end_listing_of_serial(*serial, ListingEndReason::SerialMoved);
             item.returned_serials.insert(*serial);
         }
-        Event::BuyerRefunded { buyer_id, revoked_items, .. } => {
+        Event::BuyerRefunded {
+            buyer_id,
+            revoked_items,
+            ..
+        } => {
             if let Some(owned) = state.owned_items.get_mut(buyer_id) {
                 for item_id in revoked_items {
                     assert!(owned.remove(item_id), "a revoked item was owned");

@@ -115,14 +115,34 @@ pub trait ReadModels: Send + Sync + 'static {
     async fn covers(&self, positions: &[ShardPosition]) -> Result<bool, ReadError>;
     /// A user never seen has a zero balance.
     async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError>;
-    async fn inventory(&self, user_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<InventoryEntry>, ReadError>;
+    async fn inventory(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<InventoryEntry>, ReadError>;
     /// Newest first.
-    async fn transactions(&self, user_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<TransactionEntry>, ReadError>;
+    async fn transactions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<TransactionEntry>, ReadError>;
     async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError>;
     /// Lowest price first (ties by listing id).
-    async fn resale_listings(&self, item_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<ListingView>, ReadError>;
+    async fn resale_listings(
+        &self,
+        item_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<ListingView>, ReadError>;
     /// By serial.
-    async fn owners(&self, item_id: &str, limit: usize, cursor: Option<&str>) -> Result<Page<OwnerEntry>, ReadError>;
+    async fn owners(
+        &self,
+        item_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<OwnerEntry>, ReadError>;
     async fn bundle(&self, bundle_id: &str) -> Result<Option<BundleView>, ReadError>;
     /// A creator never seen has zero earnings.
     async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError>;

@@ -1,1 +1,146 @@
-//! placeholder
+//! # ledger-query-api
+//!
+//! The HTTP query API over the read models ([`ReadModels`]). Every read
+//! accepts `?after=<position>` (a token from the command API) and waits,
+//! within a bound, until the read models reflect it: read-your-writes.
+//!
+//! Items, bundles, resale listings and owners are public; balances,
+//! inventories, transactions and earnings need a token of that user, or a
+//! `service` or `admin` token. Errors are `application/problem+json`, with the
+//! command API's mapping.
+
+pub mod metrics;
+pub mod routes;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use command_api::auth::Verifier;
+use command_api::observability::{self, Observability};
+use command_api::server::{InFlightLimit, Server};
+use projectors::ReadModels;
+
+/// How long a read waits for its `after` position by default.
+pub const PROJECTION_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How often a waiting read polls the read models.
+pub const PROJECTION_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Limits of the query API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Longest wait for an `after` position before 503 `projection_lagging`.
+    pub projection_wait_max: Duration,
+    /// Pause between two checks of the read models' progress.
+    pub projection_poll_interval: Duration,
+    /// Most `/v1` requests served at once; beyond, 503 `overloaded`.
+    pub in_flight_requests_max: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            projection_wait_max: PROJECTION_WAIT_MAX,
+            projection_poll_interval: PROJECTION_POLL_INTERVAL,
+            in_flight_requests_max: command_api::IN_FLIGHT_REQUESTS_MAX,
+        }
+    }
+}
+
+/// The query API's routes with the default [`Settings`].
+pub fn router(
+    read_models: Arc<dyn ReadModels>,
+    auth: Arc<Verifier>,
+    observability: Observability,
+) -> Router {
+    router_with_settings(read_models, auth, observability, Settings::default())
+}
+
+/// The query API's routes.
+pub fn router_with_settings(
+    read_models: Arc<dyn ReadModels>,
+    auth: Arc<Verifier>,
+    observability: Observability,
+    settings: Settings,
+) -> Router {
+    metrics::describe();
+    let state = routes::QueryState {
+        read_models,
+        verifier: auth,
+        settings,
+    };
+    let reads = Router::new()
+        .route("/v1/users/{id}/balance", get(routes::balance))
+        .route("/v1/users/{id}/inventory", get(routes::inventory))
+        .route("/v1/users/{id}/transactions", get(routes::transactions))
+        .route("/v1/items/{id}", get(routes::item))
+        .route(
+            "/v1/items/{id}/resale-listings",
+            get(routes::resale_listings),
+        )
+        .route("/v1/items/{id}/owners", get(routes::owners))
+        .route("/v1/bundles/{id}", get(routes::bundle))
+        .route("/v1/creators/{id}/earnings", get(routes::earnings))
+        .method_not_allowed_fallback(observability::method_not_allowed)
+        .layer(InFlightLimit::new(settings.in_flight_requests_max).layer())
+        .with_state(state);
+    reads
+        .merge(observability.router())
+        .fallback(observability::not_found)
+        .layer(axum::middleware::from_fn(metrics::record))
+}
+
+/// The query API server, bound and ready to run.
+pub struct QueryApi {
+    server: Server,
+}
+
+impl QueryApi {
+    /// Binds `addr` (port 0 picks a free port); reads with `?after=` wait at
+    /// most `projection_wait_max` for the projection. Other settings default.
+    pub async fn bind(
+        addr: SocketAddr,
+        read_models: Arc<dyn ReadModels>,
+        auth: Arc<Verifier>,
+        observability: Observability,
+        projection_wait_max: Duration,
+    ) -> io::Result<Self> {
+        let settings = Settings {
+            projection_wait_max,
+            ..Settings::default()
+        };
+        Self::bind_with_settings(addr, read_models, auth, observability, settings).await
+    }
+
+    pub async fn bind_with_settings(
+        addr: SocketAddr,
+        read_models: Arc<dyn ReadModels>,
+        auth: Arc<Verifier>,
+        observability: Observability,
+        settings: Settings,
+    ) -> io::Result<Self> {
+        let server = Server::bind(
+            addr,
+            router_with_settings(read_models, auth, observability, settings),
+        )
+        .await?;
+        Ok(Self { server })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        self.server.run_until_stopped(shutdown).await
+    }
+}

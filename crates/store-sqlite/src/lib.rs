@@ -1,1 +1,31 @@
-//! placeholder
+//! # ledger-store-sqlite
+//!
+//! The embedded storage adapter: one SQLite file (WAL, `synchronous=FULL`)
+//! holding the event log, the shard message outbox, snapshots and the read
+//! models.
+//!
+//! * One writer connection on a dedicated thread group-commits every queued
+//!   append in one transaction; snapshots and projection batches use the same
+//!   writer, so SQLite never sees competing writers.
+//! * Reads use a small pool of read-only connections in tokio's blocking pool.
+//! * The projector applies [`projectors::project`] to events in global commit
+//!   order, advancing its position and shard checkpoints atomically with the
+//!   read-model rows.
+
+mod apply;
+mod dump;
+mod error;
+pub mod metrics;
+mod read_models;
+mod reader;
+mod schema;
+mod store;
+mod writer;
+
+pub use engine::ports::StoreError;
+pub use error::SqliteStoreError;
+pub use read_models::SqliteReadModels;
+pub use reader::READERS_MAX;
+pub use schema::DATABASE_FILE_NAME;
+pub use store::{SqliteStore, PROJECTOR_BATCH_EVENTS, PROJECTOR_INTERVAL};
+pub use writer::{GROUP_COMMIT_ENVELOPES_MAX, SNAPSHOTS_KEPT_PER_SHARD, WRITE_QUEUE_CAPACITY};

@@ -1,0 +1,86 @@
+//! Metrics of the command API (the `metrics` facade; the binary installs the exporter).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Requests answered, by route template and status code.
+pub const REQUESTS_TOTAL: &str = "ledger_command_api_requests_total";
+/// Time to answer a request, by route template.
+pub const REQUEST_DURATION_SECONDS: &str = "ledger_command_api_request_duration_seconds";
+
+/// Registers the descriptions of this crate's metrics.
+pub fn describe() {
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        metrics::Unit::Count,
+        "command api requests answered, by route and status"
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "time to answer a command api request, by route"
+    );
+}
+
+/// The route label of a request: its route template, or `unmatched`.
+pub fn route_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned())
+}
+
+/// Middleware counting and timing every request.
+pub async fn record(request: Request, next: Next) -> Response {
+    let route = route_label(&request);
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use axum::routing::get;
+    use axum::Router;
+
+    use super::*;
+
+    async fn echo_route(request: Request, next: Next) -> Response {
+        let route = route_label(&request);
+        let mut response = next.run(request).await;
+        response
+            .headers_mut()
+            .insert("x-route", HeaderValue::from_str(&route).unwrap());
+        response
+    }
+
+    #[tokio::test]
+    async fn requests_are_labelled_by_route_template() {
+        let router = Router::new()
+            .route("/v1/items/{item_id}/price", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(echo_route));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let label = |path: &'static str| async move {
+            let response = reqwest::get(format!("http://{address}{path}"))
+                .await
+                .unwrap();
+            response.headers()["x-route"].to_str().unwrap().to_owned()
+        };
+        assert_eq!(
+            label("/v1/items/hat/price").await,
+            "/v1/items/{item_id}/price"
+        );
+        assert_eq!(label("/nowhere").await, "unmatched");
+    }
+}

@@ -1,0 +1,790 @@
+//! The command routes: parse and validate, authenticate, authorize, submit,
+//! render. Checks run in the contract's order: validation, authentication,
+//! authorization, then the engine.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use engine::ports::CommandBus;
+use ledger_core::{
+    format_position, Actor, BundleId, Command, CommandMeta, Completion, GrantId, ItemDefinition,
+    ItemId, ListingId, PurchaseId, PurchaseTarget, RefundId, Role, Success, UserId,
+    BUNDLE_ITEMS_MAX, SUPPLY_MAX,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Verifier;
+use crate::extract::{fields, JsonObject, NoFields, PathSegment};
+use crate::problem::Problem;
+use crate::validate;
+
+/// What the command handlers share.
+#[derive(Clone)]
+pub(crate) struct CommandState {
+    pub bus: Arc<dyn CommandBus>,
+    pub verifier: Arc<Verifier>,
+}
+
+type Answer = Result<Response, Problem>;
+
+// ---------------------------------------------------------------- request bodies
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantRequest {
+    grant_id: Value,
+    user_id: Value,
+    amount: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishItemRequest {
+    item_id: Value,
+    creator_id: Value,
+    name: Value,
+    price: Value,
+    supply: Option<Value>,
+    max_per_user: Option<Value>,
+    starts_at: Option<Value>,
+    ends_at: Option<Value>,
+    resellable: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepriceRequest {
+    price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBundleRequest {
+    bundle_id: Value,
+    creator_id: Value,
+    name: Value,
+    item_ids: Value,
+    price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseRequest {
+    purchase_id: Value,
+    buyer_id: Value,
+    item_id: Option<Value>,
+    bundle_id: Option<Value>,
+    expected_price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateListingRequest {
+    listing_id: Value,
+    seller_id: Value,
+    item_id: Value,
+    serial: Value,
+    price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResalePurchaseRequest {
+    purchase_id: Value,
+    buyer_id: Value,
+    listing_id: Value,
+    expected_price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundRequest {
+    refund_id: Value,
+    purchase_id: Value,
+}
+
+// ---------------------------------------------------------------- validation
+
+fn grant_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: GrantRequest = fields(object.0)?;
+    Ok(Command::Grant {
+        grant_id: validate::id::<GrantId>("grant_id", &request.grant_id)?,
+        user_id: validate::id::<UserId>("user_id", &request.user_id)?,
+        amount: validate::amount("amount", &request.amount)?,
+    })
+}
+
+fn publish_item_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: PublishItemRequest = fields(object.0)?;
+    let item_id = validate::id::<ItemId>("item_id", &request.item_id)?;
+    let creator_id = validate::id::<UserId>("creator_id", &request.creator_id)?;
+    let name = validate::name("name", &request.name)?;
+    let price = validate::amount("price", &request.price)?;
+    let supply = request
+        .supply
+        .as_ref()
+        .map(|value| validate::count("supply", value, SUPPLY_MAX))
+        .transpose()?;
+    let max_per_user = request
+        .max_per_user
+        .as_ref()
+        .map(|value| validate::count("max_per_user", value, u32::MAX))
+        .transpose()?;
+    let starts_at_ms = request
+        .starts_at
+        .as_ref()
+        .map(|value| validate::timestamp("starts_at", value))
+        .transpose()?;
+    let ends_at_ms = request
+        .ends_at
+        .as_ref()
+        .map(|value| validate::timestamp("ends_at", value))
+        .transpose()?;
+    if let (Some(starts), Some(ends)) = (starts_at_ms, ends_at_ms) {
+        if starts >= ends {
+            return Err(Problem::validation("starts_at must be before ends_at"));
+        }
+    }
+    let resellable = request
+        .resellable
+        .as_ref()
+        .map(|value| validate::boolean("resellable", value))
+        .transpose()?
+        .unwrap_or(false);
+    if resellable && supply.is_none() {
+        return Err(Problem::validation(
+            "resellable may only be true for a limited item (one with a supply)",
+        ));
+    }
+    Ok(Command::PublishItem(ItemDefinition {
+        item_id,
+        creator_id,
+        name,
+        price,
+        supply,
+        max_per_user,
+        starts_at_ms,
+        ends_at_ms,
+        resellable,
+    }))
+}
+
+fn item_path(segment: &PathSegment) -> Result<ItemId, Problem> {
+    validate::parse_id::<ItemId>("item_id", &segment.0)
+}
+
+fn reprice_command(segment: &PathSegment, object: JsonObject) -> Result<Command, Problem> {
+    let item_id = item_path(segment)?;
+    let request: RepriceRequest = fields(object.0)?;
+    Ok(Command::Reprice {
+        item_id,
+        price: validate::amount("price", &request.price)?,
+    })
+}
+
+fn create_bundle_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: CreateBundleRequest = fields(object.0)?;
+    let bundle_id = validate::id::<BundleId>("bundle_id", &request.bundle_id)?;
+    let creator_id = validate::id::<UserId>("creator_id", &request.creator_id)?;
+    let name = validate::name("name", &request.name)?;
+    let Value::Array(values) = &request.item_ids else {
+        return Err(Problem::validation(format!(
+            "item_ids must be an array (got {})",
+            validate::describe(&request.item_ids)
+        )));
+    };
+    if values.is_empty() || values.len() > BUNDLE_ITEMS_MAX {
+        return Err(Problem::validation(format!(
+            "item_ids must hold 1 to {BUNDLE_ITEMS_MAX} items (got {})",
+            values.len()
+        )));
+    }
+    let mut item_ids = Vec::with_capacity(values.len());
+    let mut seen = BTreeSet::new();
+    for value in values {
+        let item_id = validate::id::<ItemId>("item_ids", value)?;
+        if !seen.insert(item_id.clone()) {
+            return Err(Problem::validation(format!(
+                "item_ids must be distinct (`{item_id}` appears more than once)"
+            )));
+        }
+        item_ids.push(item_id);
+    }
+    let price = validate::amount("price", &request.price)?;
+    Ok(Command::CreateBundle {
+        bundle_id,
+        creator_id,
+        name,
+        item_ids,
+        price,
+    })
+}
+
+fn purchase_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: PurchaseRequest = fields(object.0)?;
+    let purchase_id = validate::id::<PurchaseId>("purchase_id", &request.purchase_id)?;
+    let buyer_id = validate::id::<UserId>("buyer_id", &request.buyer_id)?;
+    let target = match (&request.item_id, &request.bundle_id) {
+        (Some(item_id), None) => PurchaseTarget::Item(validate::id::<ItemId>("item_id", item_id)?),
+        (None, Some(bundle_id)) => {
+            PurchaseTarget::Bundle(validate::id::<BundleId>("bundle_id", bundle_id)?)
+        }
+        _ => {
+            return Err(Problem::validation(
+                "exactly one of item_id and bundle_id is required",
+            ))
+        }
+    };
+    let expected_price = validate::amount("expected_price", &request.expected_price)?;
+    Ok(Command::Purchase {
+        purchase_id,
+        buyer_id,
+        target,
+        expected_price,
+    })
+}
+
+fn create_listing_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: CreateListingRequest = fields(object.0)?;
+    Ok(Command::CreateListing {
+        listing_id: validate::id::<ListingId>("listing_id", &request.listing_id)?,
+        seller_id: validate::id::<UserId>("seller_id", &request.seller_id)?,
+        item_id: validate::id::<ItemId>("item_id", &request.item_id)?,
+        serial: validate::count("serial", &request.serial, SUPPLY_MAX)?,
+        price: validate::amount("price", &request.price)?,
+    })
+}
+
+fn resale_purchase_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: ResalePurchaseRequest = fields(object.0)?;
+    Ok(Command::ResalePurchase {
+        purchase_id: validate::id::<PurchaseId>("purchase_id", &request.purchase_id)?,
+        buyer_id: validate::id::<UserId>("buyer_id", &request.buyer_id)?,
+        listing_id: validate::id::<ListingId>("listing_id", &request.listing_id)?,
+        expected_price: validate::amount("expected_price", &request.expected_price)?,
+    })
+}
+
+fn refund_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: RefundRequest = fields(object.0)?;
+    Ok(Command::Refund {
+        refund_id: validate::id::<RefundId>("refund_id", &request.refund_id)?,
+        purchase_id: validate::id::<PurchaseId>("purchase_id", &request.purchase_id)?,
+    })
+}
+
+// ---------------------------------------------------------------- authorization
+
+/// Who may submit `command`, beyond being authenticated. Ownership of items
+/// and listings (reprice, sale toggles, cancellation) is checked by the engine.
+fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
+    let acting_as = |field: &str, user: &UserId| {
+        if actor.may_act_as(user) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "a user token may only act as its own user: {field} `{user}` is not `{}`",
+                actor.user_id
+            )))
+        }
+    };
+    let admin_only = |action: &str| {
+        if actor.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "only an admin token may {action}"
+            )))
+        }
+    };
+    match command {
+        Command::Grant { .. } => admin_only("grant currency"),
+        Command::Refund { .. } => admin_only("refund a purchase"),
+        Command::PublishItem(definition) => acting_as("creator_id", &definition.creator_id),
+        Command::CreateBundle { creator_id, .. } => acting_as("creator_id", creator_id),
+        Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => {
+            acting_as("buyer_id", buyer_id)
+        }
+        Command::CreateListing { seller_id, .. } => acting_as("seller_id", seller_id),
+        Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
+            Ok(())
+        }
+    }
+}
+
+/// Authenticates, authorizes and submits a validated command, then renders its completion.
+async fn submit(state: &CommandState, headers: &HeaderMap, command: Command) -> Answer {
+    let actor = state.verifier.authenticate(headers)?;
+    authorize(&actor, &command)?;
+    let meta = CommandMeta {
+        at_ms: validate::now_ms(),
+        actor,
+    };
+    let completion = state.bus.submit(command.clone(), meta).await?;
+    Ok(render(&command, &completion))
+}
+
+// ---------------------------------------------------------------- rendering
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).expect("a json value serializes");
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn optional_timestamp(at_ms: Option<u64>) -> Value {
+    at_ms
+        .map(|at_ms| Value::String(validate::format_timestamp(at_ms)))
+        .unwrap_or(Value::Null)
+}
+
+/// Renders the answer to `command` from its `completion`. Pure: the same
+/// completion always gives the same status and the same bytes, so an
+/// idempotent retry gets the identical answer.
+pub fn render(command: &Command, completion: &Completion) -> Response {
+    let success = match &completion.result {
+        Ok(success) => success,
+        Err(rejection) => return Problem::from(rejection).into_response(),
+    };
+    let position = format_position(&completion.positions);
+    let (status, body) = match (command, success) {
+        (
+            Command::Grant {
+                grant_id,
+                user_id,
+                amount,
+            },
+            Success::Granted { balance_after },
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "grant_id": grant_id,
+                "user_id": user_id,
+                "amount": amount,
+                "balance_after": balance_after,
+                "position": position,
+            }),
+        ),
+        (Command::PublishItem(definition), Success::ItemPublished) => (
+            StatusCode::CREATED,
+            json!({
+                "item_id": definition.item_id,
+                "creator_id": definition.creator_id,
+                "name": definition.name,
+                "price": definition.price,
+                "limited": definition.supply.is_some(),
+                "supply": definition.supply,
+                "max_per_user": definition.max_per_user,
+                "starts_at": optional_timestamp(definition.starts_at_ms),
+                "ends_at": optional_timestamp(definition.ends_at_ms),
+                "resellable": definition.resellable,
+                "on_sale": true,
+                "position": position,
+            }),
+        ),
+        (
+            Command::Reprice { item_id, .. } | Command::SetOnSale { item_id, .. },
+            Success::ItemUpdated { price, on_sale },
+        ) => (
+            StatusCode::OK,
+            json!({ "item_id": item_id, "price": price, "on_sale": on_sale, "position": position }),
+        ),
+        (
+            Command::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            },
+            Success::BundleCreated,
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "bundle_id": bundle_id,
+                "creator_id": creator_id,
+                "name": name,
+                "item_ids": item_ids,
+                "price": price,
+                "position": position,
+            }),
+        ),
+        (
+            Command::Purchase {
+                purchase_id,
+                buyer_id,
+                ..
+            },
+            Success::Purchased {
+                target,
+                price,
+                serial,
+                granted_items,
+                balance_after,
+            },
+        ) => {
+            let mut body = json!({
+                "purchase_id": purchase_id,
+                "status": "completed",
+                "buyer_id": buyer_id,
+                "price": price,
+                "balance_after": balance_after,
+                "position": position,
+            });
+            let object = body.as_object_mut().expect("an object");
+            match target {
+                PurchaseTarget::Item(item_id) => {
+                    object.insert("item_id".to_owned(), json!(item_id));
+                }
+                PurchaseTarget::Bundle(bundle_id) => {
+                    object.insert("bundle_id".to_owned(), json!(bundle_id));
+                    object.insert("granted_item_ids".to_owned(), json!(granted_items));
+                }
+            }
+            if let Some(serial) = serial {
+                object.insert("serial".to_owned(), json!(serial));
+            }
+            (StatusCode::CREATED, body)
+        }
+        (
+            Command::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            },
+            Success::ListingCreated,
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "listing_id": listing_id,
+                "seller_id": seller_id,
+                "item_id": item_id,
+                "serial": serial,
+                "price": price,
+                "position": position,
+            }),
+        ),
+        (Command::CancelListing { listing_id }, Success::ListingCancelled) => (
+            StatusCode::OK,
+            json!({ "listing_id": listing_id, "status": "cancelled", "position": position }),
+        ),
+        (
+            Command::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                ..
+            },
+            Success::ResalePurchased {
+                item_id,
+                serial,
+                price,
+                seller_id,
+                balance_after,
+            },
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "purchase_id": purchase_id,
+                "status": "completed",
+                "buyer_id": buyer_id,
+                "listing_id": listing_id,
+                "item_id": item_id,
+                "serial": serial,
+                "price": price,
+                "seller_id": seller_id,
+                "balance_after": balance_after,
+                "position": position,
+            }),
+        ),
+        (
+            Command::Refund { refund_id, .. },
+            Success::Refunded {
+                purchase_id,
+                amount,
+            },
+        ) => (
+            StatusCode::CREATED,
+            json!({ "refund_id": refund_id, "purchase_id": purchase_id, "amount": amount, "position": position }),
+        ),
+        (command, success) => {
+            tracing::error!(
+                ?command,
+                ?success,
+                "the engine answered a command with a success of another kind"
+            );
+            return Problem::internal("the ledger answered with an unexpected outcome")
+                .into_response();
+        }
+    };
+    json_response(status, &body)
+}
+
+// ---------------------------------------------------------------- handlers
+
+pub(crate) async fn grant(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = grant_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn publish_item(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = publish_item_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn reprice(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = reprice_command(&segment, object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn put_off_sale(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    _: NoFields,
+) -> Answer {
+    let command = Command::SetOnSale {
+        item_id: item_path(&segment)?,
+        on_sale: false,
+    };
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn put_on_sale(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    _: NoFields,
+) -> Answer {
+    let command = Command::SetOnSale {
+        item_id: item_path(&segment)?,
+        on_sale: true,
+    };
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn create_bundle(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = create_bundle_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn purchase(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = purchase_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn create_listing(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = create_listing_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn cancel_listing(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    _: NoFields,
+) -> Answer {
+    let command = Command::CancelListing {
+        listing_id: validate::parse_id::<ListingId>("listing_id", &segment.0)?,
+    };
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn resale_purchase(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = resale_purchase_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn refund(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = refund_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+    use ledger_core::{Rejection, RejectionCode, ShardId, ShardPosition};
+
+    async fn body_of(response: Response) -> (StatusCode, String, Vec<u8>) {
+        let status = response.status();
+        let content_type = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let bytes = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        (status, content_type, bytes)
+    }
+
+    fn positions() -> Vec<ShardPosition> {
+        vec![
+            ShardPosition {
+                shard: ShardId(1),
+                sequence: 9,
+            },
+            ShardPosition {
+                shard: ShardId(4),
+                sequence: 2,
+            },
+        ]
+    }
+
+    fn purchase_of_limited() -> Command {
+        Command::Purchase {
+            purchase_id: PurchaseId::parse("p1").unwrap(),
+            buyer_id: UserId::parse("bob").unwrap(),
+            target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
+            expected_price: 50,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_completion_renders_the_same_bytes() {
+        let command = purchase_of_limited();
+        let completion = Completion {
+            result: Ok(Success::Purchased {
+                target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
+                price: 50,
+                serial: Some(7),
+                granted_items: vec![ItemId::parse("hat").unwrap()],
+                balance_after: 150,
+            }),
+            positions: positions(),
+        };
+        let first = body_of(render(&command, &completion)).await;
+        let second = body_of(render(&command, &completion.clone())).await;
+        assert_eq!(first, second);
+        let (status, content_type, bytes) = first;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(content_type, "application/json");
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["status"], "completed");
+        assert_eq!(body["item_id"], "hat");
+        assert_eq!(body["serial"], 7);
+        assert_eq!(body["price"], 50);
+        assert_eq!(body["balance_after"], 150);
+        assert_eq!(body["position"], "p1.9_4.2");
+        assert!(body.get("bundle_id").is_none());
+    }
+
+    #[tokio::test]
+    async fn non_limited_purchases_have_no_serial() {
+        let completion = Completion {
+            result: Ok(Success::Purchased {
+                target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
+                price: 50,
+                serial: None,
+                granted_items: vec![ItemId::parse("hat").unwrap()],
+                balance_after: 150,
+            }),
+            positions: positions(),
+        };
+        let (_, _, bytes) = body_of(render(&purchase_of_limited(), &completion)).await;
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(body.get("serial").is_none());
+    }
+
+    #[tokio::test]
+    async fn remembered_rejections_render_as_problems() {
+        let completion = Completion {
+            result: Err(Rejection::new(
+                RejectionCode::InsufficientFunds,
+                "balance 10 is below the price 50",
+            )),
+            positions: positions(),
+        };
+        let first = body_of(render(&purchase_of_limited(), &completion)).await;
+        assert_eq!(
+            first,
+            body_of(render(&purchase_of_limited(), &completion)).await
+        );
+        let (status, content_type, bytes) = first;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(content_type, "application/problem+json");
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["code"], "insufficient_funds");
+        assert_eq!(body["detail"], "balance 10 is below the price 50");
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_success_is_an_internal_error() {
+        let completion = Completion {
+            result: Ok(Success::BundleCreated),
+            positions: positions(),
+        };
+        let (status, _, _) = body_of(render(&purchase_of_limited(), &completion)).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn published_items_render_timestamps_in_rfc3339() {
+        let command = Command::PublishItem(ItemDefinition {
+            item_id: ItemId::parse("hat").unwrap(),
+            creator_id: UserId::parse("carol").unwrap(),
+            name: "Hat".to_owned(),
+            price: 10,
+            supply: Some(100),
+            max_per_user: None,
+            starts_at_ms: Some(1_893_456_000_000),
+            ends_at_ms: None,
+            resellable: true,
+        });
+        let completion = Completion {
+            result: Ok(Success::ItemPublished),
+            positions: positions(),
+        };
+        let (status, _, bytes) = body_of(render(&command, &completion)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(body["starts_at"], "2030-01-01T00:00:00.000Z");
+        assert_eq!(body["ends_at"], Value::Null);
+        assert_eq!(body["on_sale"], true);
+        assert_eq!(body["limited"], true);
+    }
+}

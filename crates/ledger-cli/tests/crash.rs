@@ -1,0 +1,250 @@
+//! Crash safety: `kill -9` the real `ledger serve` process under load, start
+//! it again on the same data directory, and check that every acknowledged
+//! purchase is there, nothing is half-applied and the money adds up.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger_core::{Role, UserId};
+use serde_json::{json, Value};
+
+const SECRET: &str = "crash-test-secret-0123456789abcdef";
+
+struct Server {
+    child: Child,
+    command_url: String,
+    query_url: String,
+}
+
+fn start(data_dir: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args([
+            "serve",
+            "--command-addr",
+            "127.0.0.1:0",
+            "--query-addr",
+            "127.0.0.1:0",
+            "--shards",
+            "4",
+        ])
+        .env("LEDGER_DATA_DIR", data_dir)
+        .env("LEDGER_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ledger binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut command_url = String::new();
+    let mut query_url = String::new();
+    while command_url.is_empty() || query_url.is_empty() {
+        let line = lines
+            .next()
+            .expect("server prints its addresses")
+            .expect("readable stderr");
+        if let Some(url) = line.strip_prefix("command API: ") {
+            command_url = url.trim().to_string();
+        }
+        if let Some(url) = line.strip_prefix("query API:") {
+            query_url = url.trim().to_string();
+        }
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        command_url,
+        query_url,
+    }
+}
+
+fn token(role: Role, sub: &str) -> String {
+    command_api::auth::issue_token(
+        SECRET.as_bytes(),
+        role,
+        &UserId::parse(sub).unwrap(),
+        3_600,
+        command_api::auth::now_seconds(),
+    )
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> Result<(u16, String), reqwest::Error> {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_under_load_loses_nothing_acknowledged() {
+    let data_dir = std::env::temp_dir().join(format!("ledger-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let admin = token(Role::Admin, "admin");
+    let service = token(Role::Service, "purchase-flow");
+
+    let mut server = start(&data_dir);
+    let buyers = 40;
+    let items = 30;
+    for index in 0..buyers {
+        let body = json!({"grant_id": format!("g-{index}"), "user_id": format!("b-{index}"), "amount": 1_000});
+        let (status, text) = post(
+            &client,
+            &format!("{}/v1/grants", server.command_url),
+            &admin,
+            &body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{text}");
+    }
+    for index in 0..items {
+        let supply = if index % 3 == 0 {
+            json!(5)
+        } else {
+            Value::Null
+        };
+        let body = json!({"item_id": format!("i-{index}"), "creator_id": "maker", "name": "thing", "price": 7 + index, "supply": supply});
+        let (status, text) = post(
+            &client,
+            &format!("{}/v1/items", server.command_url),
+            &service,
+            &body,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 201, "{text}");
+    }
+
+    // Load: many purchases in flight; kill -9 while they are.
+    let attempts: Arc<Vec<Value>> = Arc::new(
+        (0..600)
+            .map(|n| {
+                let item = (n * 7) % items;
+                json!({"purchase_id": format!("p-{n}"), "buyer_id": format!("b-{}", n % buyers), "item_id": format!("i-{item}"), "expected_price": 7 + item})
+            })
+            .collect(),
+    );
+    let url = format!("{}/v1/purchases", server.command_url);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, body) in attempts.iter().cloned().enumerate() {
+        let client = client.clone();
+        let url = url.clone();
+        let service = service.clone();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_millis((n as u64 % 100) * 3)).await;
+            (n, post(&client, &url, &service, &body).await.ok())
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.child.kill().expect("SIGKILL delivered");
+    server.child.wait().unwrap();
+    let mut acknowledged: Vec<(usize, u16, String)> = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        if let (n, Some((status, text))) = result.unwrap() {
+            if status == 201 || status == 409 {
+                acknowledged.push((n, status, text));
+            }
+        }
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "some purchases were acknowledged before the kill"
+    );
+
+    // Restart on the same data directory.
+    let mut server = start(&data_dir);
+    let url = format!("{}/v1/purchases", server.command_url);
+    // Every acknowledged answer is durable: a retry returns it identically.
+    for (n, status, text) in &acknowledged {
+        let (again_status, again_text) =
+            post(&client, &url, &service, &attempts[*n]).await.unwrap();
+        assert_eq!(
+            (again_status, &again_text),
+            (*status, text),
+            "purchase p-{n} survived the crash unchanged"
+        );
+    }
+    // Finish every attempt (retries are idempotent), then check the money.
+    let mut spent = vec![0i64; buyers];
+    let mut sold = vec![0u64; items];
+    let mut last_position = String::new();
+    for (n, body) in attempts.iter().enumerate() {
+        let (status, text) = post(&client, &url, &service, body).await.unwrap();
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        match status {
+            201 => {
+                spent[n % buyers] += answer["price"].as_i64().unwrap();
+                sold[(n * 7) % items] += 1;
+                last_position = answer["position"].as_str().unwrap().to_string();
+            }
+            409 => assert!(
+                ["already_owned", "sold_out", "insufficient_funds"]
+                    .contains(&answer["code"].as_str().unwrap()),
+                "{text}"
+            ),
+            other => panic!("unexpected {other}: {text}"),
+        }
+    }
+    for index in 0..buyers {
+        let response = client
+            .get(format!(
+                "{}/v1/users/b-{index}/balance?after={last_position}",
+                server.query_url
+            ))
+            .bearer_auth(&service)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["balance"].as_i64().unwrap(),
+            1_000 - spent[index],
+            "buyer b-{index} paid exactly for what they got"
+        );
+    }
+    for (index, count) in sold.iter().enumerate() {
+        let mut waited = 0;
+        loop {
+            let body: Value = client
+                .get(format!("{}/v1/items/i-{index}", server.query_url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["sold"].as_u64() == Some(*count) || waited > 200 {
+                assert_eq!(
+                    body["sold"].as_u64(),
+                    Some(*count),
+                    "item i-{index}: {body}"
+                );
+                if index % 3 == 0 {
+                    assert!(*count <= 5, "a Limited is never oversold");
+                }
+                break;
+            }
+            waited += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

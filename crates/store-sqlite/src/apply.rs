@@ -1,0 +1,184 @@
+//! Applies projected changes to the read-model tables.
+
+use projectors::{next_recent_average_price, Change};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use crate::error::SqliteStoreError;
+
+/// `inventory.serial` of a non-limited item (Limited serials start at 1).
+pub const NON_LIMITED_SERIAL: i64 = 0;
+
+/// Applies the changes of the event at global `event_position`.
+///
+/// Changes to an item the read models do not know (never published) are
+/// ignored: every item event follows its publication in commit order.
+pub fn apply_changes(
+    transaction: &Transaction<'_>,
+    event_position: i64,
+    changes: &[Change],
+) -> Result<(), SqliteStoreError> {
+    for change in changes {
+        apply_change(transaction, event_position, change)?;
+    }
+    Ok(())
+}
+
+fn apply_change(
+    transaction: &Transaction<'_>,
+    event_position: i64,
+    change: &Change,
+) -> Result<(), SqliteStoreError> {
+    let failed = SqliteStoreError::sqlite("apply read-model change");
+    match change {
+        Change::BalanceDelta { user_id, wallet_delta, pending_delta } => transaction
+            .prepare_cached(
+                "INSERT INTO balances (user_id, balance, pending) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user_id) DO UPDATE SET
+                     balance = balance + excluded.balance, pending = pending + excluded.pending",
+            )
+            .and_then(|mut statement| statement.execute(params![user_id.as_str(), wallet_delta, pending_delta])),
+        Change::TransactionAppended { user_id, account, position, kind, amount, reference, at_ms } => {
+            let at_ms = crate::error::to_sql("transaction time", *at_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO transactions
+                         (user_id, event_position, account, position, kind, amount, reference, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        user_id.as_str(),
+                        event_position,
+                        account.as_str(),
+                        position,
+                        kind,
+                        amount,
+                        reference,
+                        at_ms
+                    ])
+                })
+        }
+        Change::InventoryAdded { user_id, item_id, serial, purchase_id, acquired_at_ms } => {
+            let acquired_at_ms = crate::error::to_sql("acquisition time", *acquired_at_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO inventory (user_id, item_id, serial, purchase_id, acquired_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        user_id.as_str(),
+                        item_id.as_str(),
+                        serial_key(*serial),
+                        purchase_id.as_str(),
+                        acquired_at_ms
+                    ])
+                })
+        }
+        Change::InventoryRemoved { user_id, item_id, serial } => transaction
+            .prepare_cached("DELETE FROM inventory WHERE user_id = ?1 AND item_id = ?2 AND serial = ?3")
+            .and_then(|mut statement| statement.execute(params![user_id.as_str(), item_id.as_str(), serial_key(*serial)])),
+        Change::ItemUpserted { definition } => {
+            let starts_at_ms = definition.starts_at_ms.map(|at| crate::error::to_sql("sale start", at)).transpose()?;
+            let ends_at_ms = definition.ends_at_ms.map(|at| crate::error::to_sql("sale end", at)).transpose()?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO items (item_id, creator_id, name, price, on_sale, supply, max_per_user,
+                                        starts_at_ms, ends_at_ms, resellable)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (item_id) DO UPDATE SET
+                         creator_id = excluded.creator_id, name = excluded.name, price = excluded.price,
+                         on_sale = excluded.on_sale, supply = excluded.supply,
+                         max_per_user = excluded.max_per_user, starts_at_ms = excluded.starts_at_ms,
+                         ends_at_ms = excluded.ends_at_ms, resellable = excluded.resellable",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        definition.item_id.as_str(),
+                        definition.creator_id.as_str(),
+                        definition.name,
+                        definition.price,
+                        definition.supply,
+                        definition.max_per_user,
+                        starts_at_ms,
+                        ends_at_ms,
+                        definition.resellable
+                    ])
+                })
+        }
+        Change::ItemPriceChanged { item_id, price } => transaction
+            .prepare_cached("UPDATE items SET price = ?2 WHERE item_id = ?1")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), price])),
+        Change::ItemOnSaleChanged { item_id, on_sale } => transaction
+            .prepare_cached("UPDATE items SET on_sale = ?2 WHERE item_id = ?1")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), on_sale])),
+        Change::SerialOwnerSet { item_id, serial, user_id } => transaction
+            .prepare_cached("INSERT OR REPLACE INTO owners (item_id, serial, user_id) VALUES (?1, ?2, ?3)")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), serial, user_id.as_str()])),
+        Change::SerialOwnerCleared { item_id, serial } => transaction
+            .prepare_cached("DELETE FROM owners WHERE item_id = ?1 AND serial = ?2")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), serial])),
+        Change::SoldDelta { item_id, delta } => transaction
+            .prepare_cached("UPDATE items SET sold = sold + ?2 WHERE item_id = ?1")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), delta])),
+        Change::SaleRecorded { item_id, price } => {
+            let previous: Option<Option<i64>> = transaction
+                .prepare_cached("SELECT recent_average_price FROM items WHERE item_id = ?1")
+                .and_then(|mut statement| statement.query_row(params![item_id.as_str()], |row| row.get(0)).optional())
+                .map_err(SqliteStoreError::sqlite("read recent average price"))?;
+            let Some(previous) = previous else {
+                return Ok(());
+            };
+            let average = next_recent_average_price(previous, *price);
+            transaction
+                .prepare_cached(
+                    "UPDATE items SET sales_count = sales_count + 1, recent_average_price = ?2 WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| statement.execute(params![item_id.as_str(), average]))
+        }
+        Change::ListingAdded { listing_id, item_id, serial, seller_id, price } => transaction
+            .prepare_cached(
+                "INSERT OR REPLACE INTO listings (listing_id, item_id, serial, seller_id, price)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![listing_id.as_str(), item_id.as_str(), serial, seller_id.as_str(), price])
+            }),
+        Change::ListingRemoved { listing_id } => transaction
+            .prepare_cached("DELETE FROM listings WHERE listing_id = ?1")
+            .and_then(|mut statement| statement.execute(params![listing_id.as_str()])),
+        Change::SerialListingsRemoved { item_id, serial } => transaction
+            .prepare_cached("DELETE FROM listings WHERE item_id = ?1 AND serial = ?2")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), serial])),
+        Change::BundleUpserted { bundle_id, creator_id, name, item_ids, price } => {
+            let item_ids: Vec<&str> = item_ids.iter().map(|item_id| item_id.as_str()).collect();
+            let item_ids = serde_json::to_string(&item_ids).expect("a list of strings always serializes");
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO bundles (bundle_id, creator_id, name, item_ids, price)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![bundle_id.as_str(), creator_id.as_str(), name, item_ids, price])
+                })
+        }
+        Change::EarningsDelta { creator_id, pending, released, lifetime, sales_count } => transaction
+            .prepare_cached(
+                "INSERT INTO earnings (creator_id, pending, released, lifetime, sales_count)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (creator_id) DO UPDATE SET
+                     pending = pending + excluded.pending, released = released + excluded.released,
+                     lifetime = lifetime + excluded.lifetime, sales_count = sales_count + excluded.sales_count",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![creator_id.as_str(), pending, released, lifetime, sales_count])
+            }),
+    }
+    .map(|_| ())
+    .map_err(failed)
+}
+
+/// `inventory.serial` of an optional serial.
+fn serial_key(serial: Option<u32>) -> i64 {
+    serial.map_or(NON_LIMITED_SERIAL, i64::from)
+}

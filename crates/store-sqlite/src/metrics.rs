@@ -1,0 +1,53 @@
+//! Every metric the SQLite store and its projector emit, declared in one place.
+
+/// Group commits (one SQLite transaction each).
+pub const APPEND_BATCHES_TOTAL: &str = "ledger_store_append_batches_total";
+/// `append` calls answered.
+pub const APPEND_REQUESTS_TOTAL: &str = "ledger_store_append_requests_total";
+/// `append` calls refused (conflict, storage failure).
+pub const APPEND_FAILURES_TOTAL: &str = "ledger_store_append_failures_total";
+/// Events newly written (re-appended duplicates excluded).
+pub const APPEND_EVENTS_TOTAL: &str = "ledger_store_append_events_total";
+/// Shard messages newly written.
+pub const APPEND_MESSAGES_TOTAL: &str = "ledger_store_append_messages_total";
+/// Envelopes carried by one group commit.
+pub const APPEND_BATCH_ENVELOPES: &str = "ledger_store_append_batch_envelopes";
+/// Time to write and commit one group commit.
+pub const COMMIT_DURATION_SECONDS: &str = "ledger_store_commit_duration_seconds";
+/// Snapshots written.
+pub const SNAPSHOTS_SAVED_TOTAL: &str = "ledger_store_snapshots_saved_total";
+/// Events applied to the read models.
+pub const PROJECTOR_EVENTS_APPLIED_TOTAL: &str = "ledger_projector_events_applied_total";
+/// Time to apply and commit one projection batch.
+pub const PROJECTOR_BATCH_DURATION_SECONDS: &str = "ledger_projector_batch_duration_seconds";
+/// Projection batches that failed (the projector retries).
+pub const PROJECTOR_FAILURES_TOTAL: &str = "ledger_projector_failures_total";
+
+/// Registers descriptions with the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(APPEND_BATCHES_TOTAL, "group commits written by the store");
+    metrics::describe_counter!(APPEND_REQUESTS_TOTAL, "append calls answered by the store");
+    metrics::describe_counter!(APPEND_FAILURES_TOTAL, "append calls refused by the store");
+    metrics::describe_counter!(APPEND_EVENTS_TOTAL, "events newly written to the log");
+    metrics::describe_counter!(
+        APPEND_MESSAGES_TOTAL,
+        "shard messages newly written to the outbox"
+    );
+    metrics::describe_histogram!(APPEND_BATCH_ENVELOPES, "envelopes per group commit");
+    metrics::describe_histogram!(
+        COMMIT_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "time to write and commit a group commit"
+    );
+    metrics::describe_counter!(SNAPSHOTS_SAVED_TOTAL, "shard snapshots written");
+    metrics::describe_counter!(
+        PROJECTOR_EVENTS_APPLIED_TOTAL,
+        "events applied to the read models"
+    );
+    metrics::describe_histogram!(
+        PROJECTOR_BATCH_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "time to apply and commit a projection batch"
+    );
+    metrics::describe_counter!(PROJECTOR_FAILURES_TOTAL, "projection batches that failed");
+}

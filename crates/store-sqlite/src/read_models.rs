@@ -1,0 +1,553 @@
+//! The [`ReadModels`] port over the read-model tables.
+//!
+//! Listings page with keyset cursors: a cursor is the key of the last entry
+//! returned (tagged with the listing it belongs to), hex-encoded so it is
+//! opaque and URL-safe. Rows inserted or removed between pages never shift
+//! the following pages.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ledger_core::{validate_id, ShardPosition};
+use projectors::{
+    BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
+    ReadError, ReadModels, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::apply::NON_LIMITED_SERIAL;
+use crate::error::{from_sql, SqliteStoreError};
+use crate::reader::ReadPool;
+
+/// Read models served from the SQLite read-model tables.
+pub struct SqliteReadModels {
+    readers: Arc<ReadPool>,
+}
+
+impl SqliteReadModels {
+    pub(crate) fn new(readers: Arc<ReadPool>) -> Self {
+        Self { readers }
+    }
+
+    async fn read<T, F>(&self, operation: &'static str, work: F) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, SqliteStoreError> + Send + 'static,
+    {
+        self.readers
+            .run(operation, work)
+            .await
+            .map_err(|error| ReadError::Backend(error.to_string()))
+    }
+}
+
+/// `limit` clamped to `1..=PAGE_SIZE_MAX`.
+fn page_size(limit: usize) -> usize {
+    limit.clamp(1, PAGE_SIZE_MAX)
+}
+
+const CURSOR_INVENTORY: &str = "inventory";
+const CURSOR_TRANSACTIONS: &str = "transactions";
+const CURSOR_LISTINGS: &str = "listings";
+const CURSOR_OWNERS: &str = "owners";
+
+/// Makes a cursor from a listing tag and the fields of the last key.
+fn encode_cursor(tag: &str, fields: &[&str]) -> String {
+    let mut text = tag.to_string();
+    for field in fields {
+        text.push('/');
+        text.push_str(field);
+    }
+    text.bytes().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The key fields of a cursor made by [`encode_cursor`] for `tag`.
+fn decode_cursor(tag: &str, cursor: &str, field_count: usize) -> Result<Vec<String>, ReadError> {
+    if cursor.len() % 2 == 1 || cursor.len() > 1_024 {
+        return Err(ReadError::BadCursor);
+    }
+    let bytes = (0..cursor.len())
+        .step_by(2)
+        .map(|index| {
+            cursor
+                .get(index..index + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or(ReadError::BadCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| ReadError::BadCursor)?;
+    let mut parts = text.split('/');
+    if parts.next() != Some(tag) {
+        return Err(ReadError::BadCursor);
+    }
+    let fields: Vec<String> = parts.map(str::to_string).collect();
+    if fields.len() != field_count {
+        return Err(ReadError::BadCursor);
+    }
+    Ok(fields)
+}
+
+fn parse_field<T: std::str::FromStr>(field: &str) -> Result<T, ReadError> {
+    field.parse().map_err(|_| ReadError::BadCursor)
+}
+
+fn parse_id(field: &str) -> Result<String, ReadError> {
+    validate_id("cursor", field).map_err(|_| ReadError::BadCursor)?;
+    Ok(field.to_string())
+}
+
+/// Turns `limit + 1` fetched rows into a page: the extra row only says that
+/// another page follows, whose cursor is the key of the last entry kept.
+fn into_page<Row, T>(
+    mut rows: Vec<Row>,
+    limit: usize,
+    cursor_of: impl Fn(&Row) -> String,
+    entry_of: impl Fn(Row) -> T,
+) -> Page<T> {
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(&cursor_of)
+    } else {
+        None
+    };
+    Page {
+        entries: rows.into_iter().map(entry_of).collect(),
+        next_cursor,
+    }
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit + 1).expect("page sizes are small")
+}
+
+fn query_failed(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> SqliteStoreError {
+    SqliteStoreError::sqlite(operation)
+}
+
+struct TransactionRow {
+    event_position: i64,
+    account: String,
+    entry: TransactionEntry,
+}
+
+#[async_trait]
+impl ReadModels for SqliteReadModels {
+    async fn covers(&self, positions: &[ShardPosition]) -> Result<bool, ReadError> {
+        let positions = positions.to_vec();
+        self.read("coverage read", move |connection| {
+            let mut statement = connection
+                .prepare_cached("SELECT sequence FROM projection_checkpoint WHERE shard = ?1")
+                .map_err(query_failed("prepare checkpoint read"))?;
+            for position in positions {
+                if position.sequence == 0 {
+                    continue;
+                }
+                let checkpoint: Option<i64> = statement
+                    .query_row(params![position.shard.0], |row| row.get(0))
+                    .optional()
+                    .map_err(query_failed("read checkpoint"))?;
+                let checkpoint = from_sql("checkpoint sequence", checkpoint.unwrap_or(0))?;
+                if checkpoint < position.sequence {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {
+        let user_id = user_id.to_string();
+        self.read("balance read", move |connection| {
+            let found: Option<(i64, i64)> = connection
+                .prepare_cached("SELECT balance, pending FROM balances WHERE user_id = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![user_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()
+                })
+                .map_err(query_failed("read balance"))?;
+            let (balance, pending) = found.unwrap_or((0, 0));
+            Ok(BalanceView {
+                user_id,
+                balance,
+                pending,
+            })
+        })
+        .await
+    }
+
+    async fn inventory(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<InventoryEntry>, ReadError> {
+        let limit = page_size(limit);
+        let (after_item, after_serial) = match cursor {
+            None => (String::new(), -1),
+            Some(cursor) => {
+                let fields = decode_cursor(CURSOR_INVENTORY, cursor, 2)?;
+                (
+                    parse_id(&fields[0])?,
+                    parse_field::<u32>(&fields[1]).map(i64::from)?,
+                )
+            }
+        };
+        let user_id = user_id.to_string();
+        self.read("inventory read", move |connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT item_id, serial, purchase_id, acquired_at_ms FROM inventory
+                     WHERE user_id = ?1 AND (item_id, serial) > (?2, ?3)
+                     ORDER BY item_id, serial LIMIT ?4",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(
+                            params![user_id, after_item, after_serial, sql_limit(limit)],
+                            |row| {
+                                Ok((
+                                    row.get::<_, String>(0)?,
+                                    row.get::<_, i64>(1)?,
+                                    row.get::<_, String>(2)?,
+                                    row.get::<_, i64>(3)?,
+                                ))
+                            },
+                        )?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read inventory"))?;
+            let mut entries = Vec::with_capacity(rows.len());
+            for (item_id, serial, purchase_id, acquired_at_ms) in rows {
+                let serial = if serial == NON_LIMITED_SERIAL {
+                    None
+                } else {
+                    Some(u32::try_from(serial).map_err(|_| {
+                        SqliteStoreError::StoredIntegerOutOfRange {
+                            what: "serial",
+                            value: serial,
+                        }
+                    })?)
+                };
+                let acquired_at_ms = from_sql("acquisition time", acquired_at_ms)?;
+                entries.push(InventoryEntry {
+                    item_id,
+                    serial,
+                    purchase_id,
+                    acquired_at_ms,
+                });
+            }
+            Ok(into_page(
+                entries,
+                limit,
+                |entry| {
+                    encode_cursor(
+                        CURSOR_INVENTORY,
+                        &[&entry.item_id, &entry.serial.unwrap_or(0).to_string()],
+                    )
+                },
+                |entry| entry,
+            ))
+        })
+        .await
+    }
+
+    async fn transactions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<TransactionEntry>, ReadError> {
+        let limit = page_size(limit);
+        let (before_position, before_account) = match cursor {
+            None => (i64::MAX, String::new()),
+            Some(cursor) => {
+                let fields = decode_cursor(CURSOR_TRANSACTIONS, cursor, 2)?;
+                let position = parse_field::<i64>(&fields[0])?;
+                let account = TransactionAccount::parse(&fields[1]).ok_or(ReadError::BadCursor)?;
+                (position, account.as_str().to_string())
+            }
+        };
+        let user_id = user_id.to_string();
+        self.read("transaction read", move |connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT event_position, account, position, kind, amount, reference, at_ms FROM transactions
+                     WHERE user_id = ?1 AND (event_position, account) < (?2, ?3)
+                     ORDER BY event_position DESC, account DESC LIMIT ?4",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![user_id, before_position, before_account, sql_limit(limit)], |row| {
+                            Ok((
+                                row.get::<_, i64>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, String>(3)?,
+                                row.get::<_, i64>(4)?,
+                                row.get::<_, String>(5)?,
+                                row.get::<_, i64>(6)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read transactions"))?;
+            let mut entries = Vec::with_capacity(rows.len());
+            for (event_position, account, position, kind, amount, reference, at_ms) in rows {
+                let at_ms = from_sql("transaction time", at_ms)?;
+                entries.push(TransactionRow { event_position, account, entry: TransactionEntry { position, kind, amount, reference, at_ms } });
+            }
+            Ok(into_page(
+                entries,
+                limit,
+                |row| encode_cursor(CURSOR_TRANSACTIONS, &[&row.event_position.to_string(), &row.account]),
+                |row| row.entry,
+            ))
+        })
+        .await
+    }
+
+    async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
+        let item_id = item_id.to_string();
+        self.read("item read", move |connection| {
+            let row = connection
+                .prepare_cached(
+                    "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
+                            resellable, sold, sales_count, recent_average_price,
+                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id)
+                     FROM items WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![item_id], |row| {
+                            Ok(ItemRow {
+                                item_id: row.get(0)?,
+                                creator_id: row.get(1)?,
+                                name: row.get(2)?,
+                                price: row.get(3)?,
+                                on_sale: row.get(4)?,
+                                supply: row.get(5)?,
+                                max_per_user: row.get(6)?,
+                                starts_at_ms: row.get(7)?,
+                                ends_at_ms: row.get(8)?,
+                                resellable: row.get(9)?,
+                                sold: row.get(10)?,
+                                sales_count: row.get(11)?,
+                                recent_average_price: row.get(12)?,
+                                lowest_resale_price: row.get(13)?,
+                            })
+                        })
+                        .optional()
+                })
+                .map_err(query_failed("read item"))?;
+            row.map(ItemRow::into_view).transpose()
+        })
+        .await
+    }
+
+    async fn resale_listings(
+        &self,
+        item_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<ListingView>, ReadError> {
+        let limit = page_size(limit);
+        let (after_price, after_listing) = match cursor {
+            None => (i64::MIN, String::new()),
+            Some(cursor) => {
+                let fields = decode_cursor(CURSOR_LISTINGS, cursor, 2)?;
+                (parse_field::<i64>(&fields[0])?, parse_id(&fields[1])?)
+            }
+        };
+        let item_id = item_id.to_string();
+        self.read("resale listing read", move |connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT listing_id, item_id, serial, seller_id, price FROM listings
+                     WHERE item_id = ?1 AND (price, listing_id) > (?2, ?3)
+                     ORDER BY price, listing_id LIMIT ?4",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(
+                            params![item_id, after_price, after_listing, sql_limit(limit)],
+                            |row| {
+                                Ok(ListingView {
+                                    listing_id: row.get(0)?,
+                                    item_id: row.get(1)?,
+                                    serial: row.get(2)?,
+                                    seller_id: row.get(3)?,
+                                    price: row.get(4)?,
+                                })
+                            },
+                        )?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read resale listings"))?;
+            Ok(into_page(
+                rows,
+                limit,
+                |listing| {
+                    encode_cursor(
+                        CURSOR_LISTINGS,
+                        &[&listing.price.to_string(), &listing.listing_id],
+                    )
+                },
+                |listing| listing,
+            ))
+        })
+        .await
+    }
+
+    async fn owners(
+        &self,
+        item_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<OwnerEntry>, ReadError> {
+        let limit = page_size(limit);
+        let after_serial: i64 = match cursor {
+            None => -1,
+            Some(cursor) => {
+                parse_field::<u32>(&decode_cursor(CURSOR_OWNERS, cursor, 1)?[0])?.into()
+            }
+        };
+        let item_id = item_id.to_string();
+        self.read("owner read", move |connection| {
+            let rows = connection
+                .prepare_cached("SELECT serial, user_id FROM owners WHERE item_id = ?1 AND serial > ?2 ORDER BY serial LIMIT ?3")
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![item_id, after_serial, sql_limit(limit)], |row| {
+                            Ok(OwnerEntry { serial: row.get(0)?, user_id: row.get(1)? })
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read owners"))?;
+            Ok(into_page(rows, limit, |owner| encode_cursor(CURSOR_OWNERS, &[&owner.serial.to_string()]), |owner| owner))
+        })
+        .await
+    }
+
+    async fn bundle(&self, bundle_id: &str) -> Result<Option<BundleView>, ReadError> {
+        let bundle_id = bundle_id.to_string();
+        self.read("bundle read", move |connection| {
+            let row: Option<(String, String, String, String, i64)> = connection
+                .prepare_cached("SELECT bundle_id, creator_id, name, item_ids, price FROM bundles WHERE bundle_id = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![bundle_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+                        .optional()
+                })
+                .map_err(query_failed("read bundle"))?;
+            let Some((bundle_id, creator_id, name, item_ids, price)) = row else {
+                return Ok(None);
+            };
+            let item_ids: Vec<String> = serde_json::from_str(&item_ids)
+                .map_err(|source| SqliteStoreError::BundleItems { bundle_id: bundle_id.clone(), source })?;
+            Ok(Some(BundleView { bundle_id, creator_id, name, item_ids, price }))
+        })
+        .await
+    }
+
+    async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError> {
+        let creator_id = creator_id.to_string();
+        self.read("earnings read", move |connection| {
+            let row: Option<(i64, i64, i64, i64)> = connection
+                .prepare_cached("SELECT pending, released, lifetime, sales_count FROM earnings WHERE creator_id = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![creator_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+                        .optional()
+                })
+                .map_err(query_failed("read earnings"))?;
+            let (pending, released, lifetime, sales_count) = row.unwrap_or((0, 0, 0, 0));
+            let sales_count = from_sql("earnings sales count", sales_count)?;
+            Ok(EarningsView { creator_id, pending, released, lifetime, sales_count })
+        })
+        .await
+    }
+}
+
+struct ItemRow {
+    item_id: String,
+    creator_id: String,
+    name: String,
+    price: i64,
+    on_sale: bool,
+    supply: Option<u32>,
+    max_per_user: Option<u32>,
+    starts_at_ms: Option<i64>,
+    ends_at_ms: Option<i64>,
+    resellable: bool,
+    sold: i64,
+    sales_count: i64,
+    recent_average_price: Option<i64>,
+    lowest_resale_price: Option<i64>,
+}
+
+impl ItemRow {
+    fn into_view(self) -> Result<ItemView, SqliteStoreError> {
+        let sold = from_sql("items sold", self.sold)?;
+        Ok(ItemView {
+            item_id: self.item_id,
+            creator_id: self.creator_id,
+            name: self.name,
+            price: self.price,
+            on_sale: self.on_sale,
+            limited: self.supply.is_some(),
+            supply: self.supply,
+            sold,
+            remaining: self
+                .supply
+                .map(|supply| u64::from(supply).saturating_sub(sold)),
+            max_per_user: self.max_per_user,
+            starts_at_ms: self
+                .starts_at_ms
+                .map(|at| from_sql("sale start", at))
+                .transpose()?,
+            ends_at_ms: self
+                .ends_at_ms
+                .map(|at| from_sql("sale end", at))
+                .transpose()?,
+            resellable: self.resellable,
+            sales_count: from_sql("item sales count", self.sales_count)?,
+            recent_average_price: self.recent_average_price,
+            lowest_resale_price: self.lowest_resale_price,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_other_listings_and_garbage() {
+        let cursor = encode_cursor(CURSOR_LISTINGS, &["120", "listing.7:a"]);
+        assert!(cursor.bytes().all(|byte| byte.is_ascii_hexdigit()));
+        assert_eq!(
+            decode_cursor(CURSOR_LISTINGS, &cursor, 2),
+            Ok(vec!["120".to_string(), "listing.7:a".to_string()])
+        );
+        assert_eq!(
+            decode_cursor(CURSOR_OWNERS, &cursor, 1),
+            Err(ReadError::BadCursor)
+        );
+        for garbage in ["", "0", "zz", "abc", "6c697374696e6773"] {
+            assert_eq!(
+                decode_cursor(CURSOR_LISTINGS, garbage, 2),
+                Err(ReadError::BadCursor),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn page_sizes_are_clamped() {
+        assert_eq!(page_size(0), 1);
+        assert_eq!(page_size(10), 10);
+        assert_eq!(page_size(PAGE_SIZE_MAX + 1), PAGE_SIZE_MAX);
+    }
+}

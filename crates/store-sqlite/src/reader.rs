@@ -1,0 +1,83 @@
+//! A small pool of read-only connections, used off the async threads.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use crate::error::SqliteStoreError;
+use crate::schema::open_reader;
+
+/// Reads running at once (each holds one connection).
+pub const READERS_MAX: usize = 4;
+
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(READERS_MAX)),
+        }
+    }
+
+    /// Runs `work` on a pooled connection in tokio's blocking pool.
+    pub async fn run<T, F>(
+        self: &Arc<Self>,
+        operation: &'static str,
+        work: F,
+    ) -> Result<T, SqliteStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, SqliteStoreError> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|error| SqliteStoreError::BlockingTask {
+                operation,
+                detail: error.to_string(),
+            })?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut connection = pool.take()?;
+            let result = work(&mut connection);
+            pool.give_back(connection);
+            result
+        })
+        .await
+        .map_err(|error| SqliteStoreError::BlockingTask {
+            operation,
+            detail: error.to_string(),
+        })?
+    }
+
+    fn take(&self) -> Result<Connection, SqliteStoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        match pooled {
+            Some(connection) => Ok(connection),
+            None => open_reader(&self.path),
+        }
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < READERS_MAX {
+            idle.push(connection);
+        }
+    }
+}

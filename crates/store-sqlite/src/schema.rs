@@ -1,0 +1,177 @@
+//! The database layout and connection settings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::SqliteStoreError;
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE_NAME: &str = "ledger.sqlite3";
+
+/// How long a connection waits for a lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tables, idempotent. `events.position` is the global commit order.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    shard INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    cause TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    envelope BLOB NOT NULL,
+    UNIQUE (shard, sequence)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    sender INTEGER NOT NULL,
+    receiver INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    PRIMARY KEY (receiver, sender, sequence)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    shard INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    snapshot BLOB NOT NULL,
+    PRIMARY KEY (shard, sequence)
+);
+
+CREATE TABLE IF NOT EXISTS balances (
+    user_id TEXT PRIMARY KEY,
+    balance INTEGER NOT NULL,
+    pending INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS transactions (
+    user_id TEXT NOT NULL,
+    event_position INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    position TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    reference TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, event_position, account)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inventory (
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    purchase_id TEXT NOT NULL,
+    acquired_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, item_id, serial)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT PRIMARY KEY,
+    creator_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    price INTEGER NOT NULL,
+    on_sale INTEGER NOT NULL,
+    supply INTEGER,
+    max_per_user INTEGER,
+    starts_at_ms INTEGER,
+    ends_at_ms INTEGER,
+    resellable INTEGER NOT NULL,
+    sold INTEGER NOT NULL DEFAULT 0,
+    sales_count INTEGER NOT NULL DEFAULT 0,
+    recent_average_price INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    item_id TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    PRIMARY KEY (item_id, serial)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS listings (
+    listing_id TEXT PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    serial INTEGER NOT NULL,
+    seller_id TEXT NOT NULL,
+    price INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS listings_by_price ON listings (item_id, price, listing_id);
+CREATE INDEX IF NOT EXISTS listings_by_serial ON listings (item_id, serial);
+CREATE TABLE IF NOT EXISTS bundles (
+    bundle_id TEXT PRIMARY KEY,
+    creator_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    item_ids TEXT NOT NULL,
+    price INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS earnings (
+    creator_id TEXT PRIMARY KEY,
+    pending INTEGER NOT NULL,
+    released INTEGER NOT NULL,
+    lifetime INTEGER NOT NULL,
+    sales_count INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS projection_checkpoint (
+    shard INTEGER PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projection_position (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    position INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO projection_position (id, position) VALUES (0, 0);
+";
+
+/// Read-model tables with the columns that order their rows (their keys),
+/// as dumped and truncated. The projection writes exactly these tables.
+pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
+    ("balances", "user_id"),
+    ("transactions", "user_id, event_position, account"),
+    ("inventory", "user_id, item_id, serial"),
+    ("items", "item_id"),
+    ("owners", "item_id, serial"),
+    ("listings", "listing_id"),
+    ("bundles", "bundle_id"),
+    ("earnings", "creator_id"),
+    ("projection_checkpoint", "shard"),
+    ("projection_position", "id"),
+];
+
+/// Opens the single writer connection, creating the file and schema if needed.
+pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| SqliteStoreError::CreateDirectory {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let connection = Connection::open(data_dir.join(DATABASE_FILE_NAME))
+        .map_err(SqliteStoreError::sqlite("open writer connection"))?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    // WAL lets readers run beside the writer; FULL syncs the WAL on every
+    // commit, so an acknowledged append survives power loss.
+    let journal_mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(SqliteStoreError::sqlite("enable write-ahead logging"))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteStoreError::WalUnavailable { journal_mode });
+    }
+    connection
+        .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
+        .map_err(SqliteStoreError::sqlite("set durability pragmas"))?;
+    connection
+        .execute_batch(SCHEMA)
+        .map_err(SqliteStoreError::sqlite("create schema"))?;
+    Ok(connection)
+}
+
+/// Opens a read-only connection (readers never block the writer under WAL).
+pub fn open_reader(path: &Path) -> Result<Connection, SqliteStoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let connection = Connection::open_with_flags(path, flags)
+        .map_err(SqliteStoreError::sqlite("open reader connection"))?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    Ok(connection)
+}

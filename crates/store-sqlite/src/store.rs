@@ -1,0 +1,322 @@
+//! The embedded store: event log, shard outbox, snapshots and read models in
+//! one SQLite file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use engine::ports::{EventStore, Recovery, ShardBatch, StoreError};
+use ledger_core::codec::{self, Envelope, MessageEnvelope, Snapshot};
+use ledger_core::ShardId;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::error::{from_sql, to_sql, SqliteStoreError};
+use crate::reader::ReadPool;
+use crate::schema::{open_writer, DATABASE_FILE_NAME};
+use crate::writer::{self, WriteRequest};
+
+/// Events applied per projection transaction by the projector loop.
+pub const PROJECTOR_BATCH_EVENTS: usize = 2_000;
+/// The projector runs at least this often, even without a signal.
+pub const PROJECTOR_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The SQLite store. Create it with [`SqliteStore::open`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteRequest>,
+    pub(crate) readers: Arc<ReadPool>,
+    /// Signalled after each commit that wrote new events.
+    appended: Arc<Notify>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir` and starts its
+    /// writer thread. Idempotent. Blocking: from async code, call it before
+    /// serving or inside `spawn_blocking`.
+    pub fn open(data_dir: &Path) -> Result<Arc<SqliteStore>, StoreError> {
+        Ok(Self::open_inner(data_dir)?)
+    }
+
+    fn open_inner(data_dir: &Path) -> Result<Arc<SqliteStore>, SqliteStoreError> {
+        crate::metrics::describe();
+        let connection = open_writer(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE_NAME);
+        let appended = Arc::new(Notify::new());
+        let writer = writer::spawn(connection, Arc::clone(&appended))?;
+        Ok(Arc::new(SqliteStore {
+            readers: Arc::new(ReadPool::new(path.clone())),
+            path,
+            writer,
+            appended,
+        }))
+    }
+
+    /// Path of the database file.
+    pub fn database_path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T>(
+        &self,
+        request: WriteRequest,
+        reply: oneshot::Receiver<Result<T, SqliteStoreError>>,
+    ) -> Result<T, SqliteStoreError> {
+        self.writer
+            .send(request)
+            .await
+            .map_err(|_| SqliteStoreError::WriterStopped)?;
+        reply.await.map_err(|_| SqliteStoreError::WriterStopped)?
+    }
+
+    /// Applies up to `limit` unprojected events to the read models, in
+    /// global commit order; the projection position and shard checkpoints
+    /// advance in the same transaction. Returns how many were applied.
+    pub async fn project_pending(&self, limit: usize) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        Ok(self
+            .write(WriteRequest::Project { limit, reply }, answer)
+            .await?)
+    }
+
+    /// Keeps the read models up to date until `shutdown` turns true (or its
+    /// sender is dropped): projects after each commit that wrote events and
+    /// at least every [`PROJECTOR_INTERVAL`], in batches of
+    /// [`PROJECTOR_BATCH_EVENTS`]. Failures are logged and retried.
+    pub async fn run_projector(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.project_pending(PROJECTOR_BATCH_EVENTS).await {
+                // A full batch: more may be waiting.
+                Ok(applied) if applied == PROJECTOR_BATCH_EVENTS => continue,
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "read-model projection failed; retrying"),
+            }
+            tokio::select! {
+                _ = self.appended.notified() => {}
+                _ = tokio::time::sleep(PROJECTOR_INTERVAL) => {}
+                changed = shutdown.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!("read-model projector stopped");
+    }
+
+    /// Empties the read models and their checkpoints, then replays the whole
+    /// log. For tests and audits: readers see partial models meanwhile.
+    pub async fn rebuild_read_models(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.write(WriteRequest::ResetReadModels { reply }, answer)
+            .await?;
+        while self.project_pending(PROJECTOR_BATCH_EVENTS).await? > 0 {}
+        Ok(())
+    }
+
+    /// A deterministic text dump of every read-model table (and the
+    /// projection checkpoints), rows ordered by key, for equality checks.
+    pub async fn dump_read_models(&self) -> Result<String, StoreError> {
+        Ok(self
+            .readers
+            .run("read-model dump", crate::dump::dump_read_models)
+            .await?)
+    }
+
+    /// The last `events.position` applied to the read models.
+    pub async fn projection_position(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .readers
+            .run("projection position read", |connection| {
+                writer::projection_position(connection)
+            })
+            .await?)
+    }
+
+    /// The read models over this store's tables.
+    pub fn read_models(self: &Arc<Self>) -> Arc<dyn projectors::ReadModels> {
+        Arc::new(crate::read_models::SqliteReadModels::new(Arc::clone(
+            &self.readers,
+        )))
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append(&self, batches: Vec<ShardBatch>) -> Result<(), StoreError> {
+        if batches
+            .iter()
+            .all(|batch| batch.envelopes.is_empty() && batch.messages.is_empty())
+        {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        Ok(self
+            .write(WriteRequest::Append { batches, reply }, answer)
+            .await?)
+    }
+
+    async fn recover(&self, shard: ShardId) -> Result<Recovery, StoreError> {
+        Ok(self
+            .readers
+            .run("recovery", move |connection| recover(connection, shard))
+            .await?)
+    }
+
+    async fn pending_messages(
+        &self,
+        to: ShardId,
+        next_expected: &BTreeMap<ShardId, u64>,
+    ) -> Result<Vec<MessageEnvelope>, StoreError> {
+        let next_expected = next_expected.clone();
+        Ok(self
+            .readers
+            .run("pending message read", move |connection| {
+                pending_messages(connection, to, &next_expected)
+            })
+            .await?)
+    }
+
+    async fn save_snapshot(&self, shard: ShardId, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let sequence = snapshot.state.next_sequence.saturating_sub(1);
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest::SaveSnapshot {
+            shard: shard.0,
+            sequence,
+            snapshot: snapshot.to_bytes(),
+            reply,
+        };
+        Ok(self.write(request, answer).await?)
+    }
+
+    async fn read_shard(
+        &self,
+        shard: ShardId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        Ok(self
+            .readers
+            .run("shard read", move |connection| {
+                read_shard(connection, shard, after, limit)
+            })
+            .await?)
+    }
+}
+
+fn recover(connection: &mut Connection, shard: ShardId) -> Result<Recovery, SqliteStoreError> {
+    // One read transaction: the snapshot and the events after it agree.
+    let transaction = connection
+        .transaction()
+        .map_err(SqliteStoreError::sqlite("begin recovery read"))?;
+    let latest: Option<(i64, Vec<u8>)> = transaction
+        .query_row(
+            "SELECT sequence, snapshot FROM snapshots WHERE shard = ?1 ORDER BY sequence DESC LIMIT 1",
+            params![shard.0],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(SqliteStoreError::sqlite("read latest snapshot"))?;
+    let (after, snapshot) = match latest {
+        Some((sequence, bytes)) => (
+            from_sql("snapshot sequence", sequence)?,
+            Some(Snapshot::from_bytes(&bytes)?),
+        ),
+        None => (0, None),
+    };
+    let envelopes = read_shard(&transaction, shard, after, usize::MAX)?;
+    Ok(Recovery {
+        snapshot,
+        envelopes,
+    })
+}
+
+fn read_shard(
+    connection: &Connection,
+    shard: ShardId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Envelope>, SqliteStoreError> {
+    let after = to_sql("sequence", after)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = connection
+        .prepare_cached("SELECT envelope FROM events WHERE shard = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3")
+        .map_err(SqliteStoreError::sqlite("prepare shard read"))?;
+    let rows = statement
+        .query_map(params![shard.0, after, limit], |row| {
+            row.get::<_, Vec<u8>>(0)
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(SqliteStoreError::sqlite("read shard events"))?;
+    let mut envelopes = Vec::with_capacity(rows.len());
+    for bytes in rows {
+        envelopes.push(Envelope::from_bytes(&bytes)?);
+    }
+    Ok(envelopes)
+}
+
+fn pending_messages(
+    connection: &mut Connection,
+    to: ShardId,
+    next_expected: &BTreeMap<ShardId, u64>,
+) -> Result<Vec<MessageEnvelope>, SqliteStoreError> {
+    let transaction = connection
+        .transaction()
+        .map_err(SqliteStoreError::sqlite("begin message read"))?;
+    let mut next_sender = transaction
+        .prepare_cached("SELECT MIN(sender) FROM messages WHERE receiver = ?1 AND sender > ?2")
+        .map_err(SqliteStoreError::sqlite("prepare sender lookup"))?;
+    let mut from_sender = transaction
+        .prepare_cached(
+            "SELECT envelope FROM messages WHERE receiver = ?1 AND sender = ?2 AND sequence >= ?3 ORDER BY sequence",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare message read"))?;
+    let mut messages = Vec::new();
+    // Walk the senders through the primary key (receiver, sender, sequence):
+    // each lookup is an index seek, however many messages were consumed.
+    let mut previous_sender: i64 = -1;
+    loop {
+        let sender: Option<i64> = next_sender
+            .query_row(params![to.0, previous_sender], |row| row.get(0))
+            .map_err(SqliteStoreError::sqlite("find next message sender"))?;
+        let Some(sender) = sender else {
+            break;
+        };
+        previous_sender = sender;
+        let sender_shard = ShardId(u16::try_from(sender).map_err(|_| {
+            SqliteStoreError::StoredIntegerOutOfRange {
+                what: "message sender",
+                value: sender,
+            }
+        })?);
+        let first = next_expected.get(&sender_shard).copied().unwrap_or(1);
+        let rows = from_sender
+            .query_map(
+                params![to.0, sender, to_sql("message sequence", first)?],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(SqliteStoreError::sqlite("read pending messages"))?;
+        for bytes in rows {
+            messages.push(codec::decode::<MessageEnvelope>(
+                "message envelope",
+                &bytes,
+            )?);
+        }
+    }
+    Ok(messages)
+}

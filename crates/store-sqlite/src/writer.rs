@@ -1,0 +1,466 @@
+//! The single writer: one connection on a dedicated thread. It drains every
+//! queued append into one transaction (group commit), commits once, then
+//! answers each caller. Snapshots and projection batches go through it too,
+//! so SQLite never sees two writers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::ports::ShardBatch;
+use ledger_core::codec::{self, Envelope};
+use projectors::project;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::apply::apply_changes;
+use crate::error::{from_sql, to_sql, SqliteStoreError};
+use crate::metrics as names;
+use crate::schema::READ_MODEL_TABLES;
+
+/// Most envelopes (events and messages) written by one group commit.
+pub const GROUP_COMMIT_ENVELOPES_MAX: usize = 4_096;
+/// Requests queued for the writer before callers wait.
+pub const WRITE_QUEUE_CAPACITY: usize = 1_024;
+/// Snapshots kept per shard (older ones are deleted).
+pub const SNAPSHOTS_KEPT_PER_SHARD: i64 = 3;
+
+type Reply<T> = oneshot::Sender<Result<T, SqliteStoreError>>;
+
+/// Work for the writer thread.
+pub enum WriteRequest {
+    Append {
+        batches: Vec<ShardBatch>,
+        reply: Reply<()>,
+    },
+    SaveSnapshot {
+        shard: u16,
+        sequence: u64,
+        snapshot: Vec<u8>,
+        reply: Reply<()>,
+    },
+    /// Projects up to `limit` events; answers how many were applied.
+    Project { limit: usize, reply: Reply<usize> },
+    /// Empties the read models and their checkpoints.
+    ResetReadModels { reply: Reply<()> },
+}
+
+impl WriteRequest {
+    fn envelope_count(&self) -> usize {
+        match self {
+            WriteRequest::Append { batches, .. } => batches
+                .iter()
+                .map(|batch| batch.envelopes.len() + batch.messages.len())
+                .sum::<usize>()
+                .max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Starts the writer thread; it stops when every sender is dropped.
+pub fn spawn(
+    connection: Connection,
+    appended: Arc<Notify>,
+) -> Result<mpsc::Sender<WriteRequest>, SqliteStoreError> {
+    let (sender, receiver) = mpsc::channel(WRITE_QUEUE_CAPACITY);
+    std::thread::Builder::new()
+        .name("ledger-store-writer".to_string())
+        .spawn(move || run(connection, receiver, appended))
+        .map_err(|source| SqliteStoreError::WriterStart { source })?;
+    Ok(sender)
+}
+
+struct PendingAppend {
+    batches: Vec<ShardBatch>,
+    reply: Reply<()>,
+}
+
+fn run(
+    mut connection: Connection,
+    mut receiver: mpsc::Receiver<WriteRequest>,
+    appended: Arc<Notify>,
+) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut envelopes = first.envelope_count();
+        let mut appends = Vec::new();
+        let mut others = Vec::new();
+        sort_request(first, &mut appends, &mut others);
+        while envelopes < GROUP_COMMIT_ENVELOPES_MAX {
+            match receiver.try_recv() {
+                Ok(request) => {
+                    envelopes += request.envelope_count();
+                    sort_request(request, &mut appends, &mut others);
+                }
+                Err(_) => break,
+            }
+        }
+        if !appends.is_empty() {
+            group_commit(&mut connection, appends, &appended);
+        }
+        for request in others {
+            handle_other(&mut connection, request);
+        }
+    }
+    tracing::debug!("store writer thread stopping: every sender is gone");
+}
+
+fn sort_request(
+    request: WriteRequest,
+    appends: &mut Vec<PendingAppend>,
+    others: &mut Vec<WriteRequest>,
+) {
+    match request {
+        WriteRequest::Append { batches, reply } => appends.push(PendingAppend { batches, reply }),
+        other => others.push(other),
+    }
+}
+
+fn handle_other(connection: &mut Connection, request: WriteRequest) {
+    match request {
+        WriteRequest::Append { .. } => unreachable!("appends are group committed"),
+        WriteRequest::SaveSnapshot {
+            shard,
+            sequence,
+            snapshot,
+            reply,
+        } => {
+            let result = save_snapshot(connection, shard, sequence, &snapshot);
+            if result.is_ok() {
+                metrics::counter!(names::SNAPSHOTS_SAVED_TOTAL).increment(1);
+            }
+            let _ = reply.send(result);
+        }
+        WriteRequest::Project { limit, reply } => {
+            let started = Instant::now();
+            let result = project_batch(connection, limit);
+            match &result {
+                Ok(applied) => {
+                    metrics::counter!(names::PROJECTOR_EVENTS_APPLIED_TOTAL)
+                        .increment(*applied as u64);
+                    metrics::histogram!(names::PROJECTOR_BATCH_DURATION_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Err(_) => metrics::counter!(names::PROJECTOR_FAILURES_TOTAL).increment(1),
+            }
+            let _ = reply.send(result);
+        }
+        WriteRequest::ResetReadModels { reply } => {
+            let _ = reply.send(reset_read_models(connection));
+        }
+    }
+}
+
+/// What one append wrote.
+#[derive(Default)]
+struct Written {
+    events: u64,
+    messages: u64,
+}
+
+/// Writes every request in one transaction; each request inside its own
+/// savepoint, so a refused request leaves nothing and does not sink the others.
+fn group_commit(connection: &mut Connection, appends: Vec<PendingAppend>, appended: &Notify) {
+    let started = Instant::now();
+    let envelope_count: usize = appends
+        .iter()
+        .map(|append| envelopes_of(&append.batches))
+        .sum();
+    let mut outcomes: Vec<Result<Written, SqliteStoreError>> = Vec::with_capacity(appends.len());
+    let committed = write_group(connection, &appends, &mut outcomes);
+
+    metrics::counter!(names::APPEND_BATCHES_TOTAL).increment(1);
+    metrics::counter!(names::APPEND_REQUESTS_TOTAL).increment(appends.len() as u64);
+    metrics::histogram!(names::APPEND_BATCH_ENVELOPES).record(envelope_count as f64);
+    metrics::histogram!(names::COMMIT_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+
+    let failure = committed.err().map(|error| error.to_string());
+    if let Some(detail) = &failure {
+        tracing::error!(%detail, requests = appends.len(), "group commit failed");
+    }
+    let mut written = Written::default();
+    let mut outcomes = outcomes.into_iter();
+    for append in appends {
+        let result = match (outcomes.next(), &failure) {
+            (Some(Err(error)), _) => Err(error),
+            (_, Some(detail)) => Err(SqliteStoreError::GroupCommitFailed {
+                detail: detail.clone(),
+            }),
+            (Some(Ok(request_written)), None) => {
+                written.events += request_written.events;
+                written.messages += request_written.messages;
+                Ok(())
+            }
+            (None, None) => unreachable!("every request has an outcome when the group committed"),
+        };
+        if result.is_err() {
+            metrics::counter!(names::APPEND_FAILURES_TOTAL).increment(1);
+        }
+        // The caller may have gone away; the write stands either way.
+        let _ = append.reply.send(result);
+    }
+    metrics::counter!(names::APPEND_EVENTS_TOTAL).increment(written.events);
+    metrics::counter!(names::APPEND_MESSAGES_TOTAL).increment(written.messages);
+    if written.events > 0 {
+        appended.notify_one();
+    }
+}
+
+fn envelopes_of(batches: &[ShardBatch]) -> usize {
+    batches
+        .iter()
+        .map(|batch| batch.envelopes.len() + batch.messages.len())
+        .sum()
+}
+
+fn write_group(
+    connection: &mut Connection,
+    appends: &[PendingAppend],
+    outcomes: &mut Vec<Result<Written, SqliteStoreError>>,
+) -> Result<(), SqliteStoreError> {
+    let mut transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin append transaction"))?;
+    for append in appends {
+        let mut savepoint = transaction
+            .savepoint()
+            .map_err(SqliteStoreError::sqlite("open append savepoint"))?;
+        let outcome = write_batches(&savepoint, &append.batches);
+        if outcome.is_err() {
+            savepoint
+                .rollback()
+                .map_err(SqliteStoreError::sqlite("roll back refused append"))?;
+        }
+        savepoint
+            .commit()
+            .map_err(SqliteStoreError::sqlite("release append savepoint"))?;
+        outcomes.push(outcome);
+    }
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit appends"))
+}
+
+/// Writes the events and messages of one append. Re-appending an identical
+/// event or message is a no-op; different content at a stored key is refused.
+fn write_batches(
+    connection: &Connection,
+    batches: &[ShardBatch],
+) -> Result<Written, SqliteStoreError> {
+    let mut written = Written::default();
+    let mut insert_event = connection
+        .prepare_cached(
+            "INSERT INTO events (shard, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (shard, sequence) DO NOTHING",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare event insert"))?;
+    let mut stored_hash = connection
+        .prepare_cached("SELECT hash FROM events WHERE shard = ?1 AND sequence = ?2")
+        .map_err(SqliteStoreError::sqlite("prepare event lookup"))?;
+    let mut insert_message = connection
+        .prepare_cached(
+            "INSERT INTO messages (sender, receiver, sequence, envelope) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (receiver, sender, sequence) DO NOTHING",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare message insert"))?;
+    let mut stored_message = connection
+        .prepare_cached(
+            "SELECT envelope FROM messages WHERE receiver = ?1 AND sender = ?2 AND sequence = ?3",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare message lookup"))?;
+    for batch in batches {
+        for envelope in &batch.envelopes {
+            if let Some(batch_shard) = batch.shard {
+                if batch_shard != envelope.shard {
+                    return Err(SqliteStoreError::ShardMismatch {
+                        batch_shard,
+                        envelope_shard: envelope.shard,
+                        sequence: envelope.sequence,
+                    });
+                }
+            }
+            let sequence = to_sql("event sequence", envelope.sequence)?;
+            let timestamp_ms = to_sql("event timestamp", envelope.timestamp_ms)?;
+            let inserted = insert_event
+                .execute(params![
+                    envelope.shard.0,
+                    sequence,
+                    envelope.event_type,
+                    envelope.schema_version,
+                    envelope.cause,
+                    timestamp_ms,
+                    envelope.hash.as_slice(),
+                    envelope.to_bytes()
+                ])
+                .map_err(SqliteStoreError::sqlite("insert event"))?;
+            if inserted == 1 {
+                written.events += 1;
+                continue;
+            }
+            let hash: Vec<u8> = stored_hash
+                .query_row(params![envelope.shard.0, sequence], |row| row.get(0))
+                .map_err(SqliteStoreError::sqlite("look up stored event"))?;
+            if hash != envelope.hash {
+                return Err(SqliteStoreError::EventConflict {
+                    shard: envelope.shard,
+                    sequence: envelope.sequence,
+                });
+            }
+        }
+        for message in &batch.messages {
+            let sequence = to_sql("message sequence", message.sequence)?;
+            let bytes = codec::encode(message);
+            let inserted = insert_message
+                .execute(params![message.from.0, message.to.0, sequence, bytes])
+                .map_err(SqliteStoreError::sqlite("insert message"))?;
+            if inserted == 1 {
+                written.messages += 1;
+                continue;
+            }
+            let stored: Vec<u8> = stored_message
+                .query_row(params![message.to.0, message.from.0, sequence], |row| {
+                    row.get(0)
+                })
+                .map_err(SqliteStoreError::sqlite("look up stored message"))?;
+            if stored != bytes {
+                return Err(SqliteStoreError::MessageConflict {
+                    sender: message.from,
+                    receiver: message.to,
+                    sequence: message.sequence,
+                });
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn save_snapshot(
+    connection: &mut Connection,
+    shard: u16,
+    sequence: u64,
+    snapshot: &[u8],
+) -> Result<(), SqliteStoreError> {
+    let sequence = to_sql("snapshot sequence", sequence)?;
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin snapshot transaction"))?;
+    transaction
+        .execute(
+            "INSERT OR REPLACE INTO snapshots (shard, sequence, snapshot) VALUES (?1, ?2, ?3)",
+            params![shard, sequence, snapshot],
+        )
+        .map_err(SqliteStoreError::sqlite("insert snapshot"))?;
+    transaction
+        .execute(
+            "DELETE FROM snapshots WHERE shard = ?1 AND sequence NOT IN
+                 (SELECT sequence FROM snapshots WHERE shard = ?1 ORDER BY sequence DESC LIMIT ?2)",
+            params![shard, SNAPSHOTS_KEPT_PER_SHARD],
+        )
+        .map_err(SqliteStoreError::sqlite("delete old snapshots"))?;
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit snapshot"))
+}
+
+/// Applies up to `limit` unprojected events, in global order, and advances
+/// the projection position and shard checkpoints in the same transaction.
+fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, SqliteStoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin projection transaction"))?;
+    let projected: i64 = transaction
+        .query_row(
+            "SELECT position FROM projection_position WHERE id = 0",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(SqliteStoreError::sqlite("read projection position"))?;
+    let rows = read_events_after(&transaction, projected, limit)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut checkpoints: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut last_position = projected;
+    for (position, bytes) in &rows {
+        let envelope = Envelope::from_bytes(bytes)?;
+        let event = envelope.event()?;
+        apply_changes(&transaction, *position, &project(&envelope, &event))?;
+        let checkpoint = checkpoints.entry(envelope.shard.0).or_insert(0);
+        *checkpoint = (*checkpoint).max(envelope.sequence);
+        last_position = *position;
+    }
+    for (shard, sequence) in &checkpoints {
+        let sequence = to_sql("checkpoint sequence", *sequence)?;
+        transaction
+            .prepare_cached(
+                "INSERT INTO projection_checkpoint (shard, sequence) VALUES (?1, ?2)
+                 ON CONFLICT (shard) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+            )
+            .and_then(|mut statement| statement.execute(params![shard, sequence]))
+            .map_err(SqliteStoreError::sqlite("advance shard checkpoint"))?;
+    }
+    transaction
+        .execute(
+            "UPDATE projection_position SET position = ?1 WHERE id = 0",
+            params![last_position],
+        )
+        .map_err(SqliteStoreError::sqlite("advance projection position"))?;
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit projection"))?;
+    Ok(rows.len())
+}
+
+fn read_events_after(
+    transaction: &Transaction<'_>,
+    position: i64,
+    limit: usize,
+) -> Result<Vec<(i64, Vec<u8>)>, SqliteStoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT position, envelope FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare projection read"))?;
+    let rows = statement
+        .query_map(params![position, limit], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(SqliteStoreError::sqlite("read events to project"))?;
+    Ok(rows)
+}
+
+fn reset_read_models(connection: &mut Connection) -> Result<(), SqliteStoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin read-model reset"))?;
+    for (table, _) in READ_MODEL_TABLES {
+        transaction
+            .execute(&format!("DELETE FROM {table}"), [])
+            .map_err(SqliteStoreError::sqlite("truncate read model"))?;
+    }
+    transaction
+        .execute(
+            "INSERT INTO projection_position (id, position) VALUES (0, 0)",
+            [],
+        )
+        .map_err(SqliteStoreError::sqlite("reset projection position"))?;
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit read-model reset"))
+}
+
+/// The projection position (last applied `events.position`).
+pub fn projection_position(connection: &Connection) -> Result<u64, SqliteStoreError> {
+    let position: Option<i64> = connection
+        .query_row(
+            "SELECT position FROM projection_position WHERE id = 0",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(SqliteStoreError::sqlite("read projection position"))?;
+    from_sql("projection position", position.unwrap_or(0))
+}

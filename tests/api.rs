@@ -1,0 +1,505 @@
+//! End-to-end scenarios through the real HTTP APIs of a real embedded ledger.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ledger_core::Role;
+use marketplace_ledger::{spawn_app, TestApp};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// Funds `count` users `buyer-<i>` with `amount` each, `parallelism` at a time.
+async fn fund(app: &Arc<TestApp>, prefix: &str, count: usize, amount: i64) {
+    let permits = Arc::new(Semaphore::new(64));
+    let mut tasks = JoinSet::new();
+    for index in 0..count {
+        let app = app.clone();
+        let permit = permits.clone().acquire_owned().await.unwrap();
+        let prefix = prefix.to_string();
+        tasks.spawn(async move {
+            let answer = app
+                .grant(
+                    &format!("grant-{prefix}-{index}"),
+                    &format!("{prefix}-{index}"),
+                    amount,
+                )
+                .await;
+            drop(permit);
+            assert_eq!(answer.status, 201, "grant: {}", answer.text);
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("grant task");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limited_drop_never_oversells() {
+    let app = Arc::new(spawn_app().await);
+    let answer = app
+        .publish(json!({"item_id": "crown", "creator_id": "studio", "name": "Crown", "price": 50, "supply": 100, "resellable": true}))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    fund(&app, "fan", 1_000, 100).await;
+
+    // 2,000 concurrent purchase requests from 1,000 buyers (two each).
+    let mut tasks = JoinSet::new();
+    for request in 0..2_000 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            let buyer = format!("fan-{}", request % 1_000);
+            app.purchase(&format!("drop-{request}"), &buyer, "crown", 50)
+                .await
+        });
+    }
+    let mut serials = Vec::new();
+    let mut sold_out = 0;
+    while let Some(result) = tasks.join_next().await {
+        let answer = result.expect("purchase task");
+        match answer.status {
+            201 => serials.push(
+                answer.body["serial"]
+                    .as_u64()
+                    .expect("a Limited purchase has a serial"),
+            ),
+            409 if answer.code() == "sold_out" => sold_out += 1,
+            other => panic!("unexpected answer {other}: {}", answer.text),
+        }
+    }
+    assert_eq!(serials.len(), 100, "exactly the supply is sold");
+    assert_eq!(sold_out, 1_900);
+    let unique: BTreeSet<u64> = serials.iter().copied().collect();
+    assert_eq!(
+        unique,
+        (1..=100).collect::<BTreeSet<u64>>(),
+        "serials 1..100, once each"
+    );
+
+    // Read models agree once the projection catches up: supply, owners, money.
+    let token = app.service();
+    let item = wait_for(&app, "/v1/items/crown", |body| body["sold"] == 100).await;
+    assert_eq!(item["remaining"], 0);
+    assert_eq!(item["sales_count"], 100);
+    let owners = app
+        .all_pages("/v1/items/crown/owners", "owners", None)
+        .await;
+    assert_eq!(owners.len(), 100);
+    let earnings = wait_for_auth(&app, "/v1/creators/studio/earnings", &token, |body| {
+        body["sales_count"] == 100
+    })
+    .await;
+    assert_eq!(
+        earnings["pending"],
+        100 * 35,
+        "70% of 50 per sale, held in escrow"
+    );
+    let mut total_balance = 0;
+    for index in 0..1_000 {
+        total_balance += app.balance(&format!("fan-{index}"), None).await.0;
+    }
+    assert_eq!(
+        total_balance,
+        1_000 * 100 - 100 * 50,
+        "buyers paid exactly for what they got"
+    );
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}
+
+async fn wait_for(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..500 {
+        let answer = app.get(path, None).await;
+        if answer.status == 200 && done(&answer.body) {
+            return answer.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{path} never reached the expected state");
+}
+
+async fn wait_for_auth(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..500 {
+        let answer = app.get(path, Some(token)).await;
+        if answer.status == 200 && done(&answer.body) {
+            return answer.body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("{path} never reached the expected state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_buyer_cannot_overspend_with_concurrent_purchases() {
+    let app = Arc::new(spawn_app().await);
+    for index in 0..50 {
+        let answer = app.publish(json!({"item_id": format!("shirt-{index}"), "creator_id": "tailor", "name": "Shirt", "price": 10})).await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    assert_eq!(app.grant("grant-spender", "spender", 100).await.status, 201);
+    let mut tasks = JoinSet::new();
+    for index in 0..50 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            app.purchase(
+                &format!("spend-{index}"),
+                "spender",
+                &format!("shirt-{index}"),
+                10,
+            )
+            .await
+        });
+    }
+    let mut succeeded = 0;
+    let mut last_position = String::new();
+    while let Some(result) = tasks.join_next().await {
+        let answer = result.expect("purchase task");
+        match answer.status {
+            201 => {
+                succeeded += 1;
+                assert!(
+                    answer.body["balance_after"].as_i64().unwrap() >= 0,
+                    "balance never negative"
+                );
+                last_position = answer.body["position"].as_str().unwrap().to_string();
+            }
+            409 => assert_eq!(answer.code(), "insufficient_funds", "{}", answer.text),
+            other => panic!("unexpected {other}: {}", answer.text),
+        }
+    }
+    assert_eq!(succeeded, 10, "funds for exactly ten");
+    let (balance, _) = app.balance("spender", Some(&last_position)).await;
+    assert_eq!(balance, 0);
+    let inventory = app
+        .all_pages("/v1/users/spender/inventory", "items", Some(&app.service()))
+        .await;
+    assert_eq!(inventory.len(), 10, "paid for ten, granted ten");
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_commands_return_the_identical_answer() {
+    let app = spawn_app().await;
+    let first = app.grant("grant-retry", "retrier", 300).await;
+    let again = app.grant("grant-retry", "retrier", 300).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        (again.status, &again.text),
+        (first.status, &first.text),
+        "a retried grant answers identically"
+    );
+    assert_eq!(
+        app.balance("retrier", Some(first.body["position"].as_str().unwrap()))
+            .await
+            .0,
+        300,
+        "applied once"
+    );
+
+    let conflict = app.grant("grant-retry", "retrier", 301).await;
+    assert_eq!(
+        (conflict.status, conflict.code()),
+        (409, "idempotency_conflict")
+    );
+
+    assert_eq!(
+        app.publish(json!({"item_id": "mug", "creator_id": "potter", "name": "Mug", "price": 120}))
+            .await
+            .status,
+        201
+    );
+    let purchase = app.purchase("buy-mug", "retrier", "mug", 120).await;
+    let retried = app.purchase("buy-mug", "retrier", "mug", 120).await;
+    assert_eq!(purchase.status, 201, "{}", purchase.text);
+    assert_eq!(retried.text, purchase.text);
+    // A rejection is remembered too: same id, same body, same answer, even after the world changed.
+    let poor = app.purchase("buy-mug-2", "pauper", "mug", 120).await;
+    assert_eq!((poor.status, poor.code()), (409, "insufficient_funds"));
+    assert_eq!(app.grant("grant-pauper", "pauper", 500).await.status, 201);
+    let poor_again = app.purchase("buy-mug-2", "pauper", "mug", 120).await;
+    assert_eq!(poor_again.text, poor.text);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_economy_scenario() {
+    let app = spawn_app().await;
+    let admin = app.admin();
+    assert_eq!(app.grant("g-alice", "alice", 1_000).await.status, 201);
+    assert_eq!(app.grant("g-bob", "bob", 1_000).await.status, 201);
+    let creator = app.token(Role::User, "studio");
+    let hat = app
+        .post(
+            "/v1/items",
+            Some(&creator),
+            &json!({"item_id": "hat", "creator_id": "studio", "name": "Hat", "price": 100}),
+        )
+        .await;
+    assert_eq!(hat.status, 201, "{}", hat.text);
+    let other = app
+        .post(
+            "/v1/items",
+            Some(&creator),
+            &json!({"item_id": "scarf", "creator_id": "studio", "name": "Scarf", "price": 40}),
+        )
+        .await;
+    assert_eq!(other.status, 201);
+    let crown = app
+        .post(
+            "/v1/items",
+            Some(&creator),
+            &json!({"item_id": "crown", "creator_id": "studio", "name": "Crown", "price": 200, "supply": 3, "max_per_user": 1, "resellable": true}),
+        )
+        .await;
+    assert_eq!(crown.status, 201, "{}", crown.text);
+    // A user cannot publish for somebody else.
+    let forged = app
+        .post(
+            "/v1/items",
+            Some(&creator),
+            &json!({"item_id": "x", "creator_id": "someone", "name": "X", "price": 1}),
+        )
+        .await;
+    assert_eq!((forged.status, forged.code()), (403, "forbidden"));
+
+    // Primary purchases, read-your-writes.
+    let alice = app.token(Role::User, "alice");
+    let bought = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-hat", "buyer_id": "alice", "item_id": "hat", "expected_price": 100}))
+        .await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    assert_eq!(bought.body["status"], "completed");
+    assert_eq!(bought.body["balance_after"], 900);
+    let (balance, _) = app
+        .balance("alice", Some(bought.body["position"].as_str().unwrap()))
+        .await;
+    assert_eq!(balance, 900);
+    let twice = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-hat-2", "buyer_id": "alice", "item_id": "hat", "expected_price": 100}))
+        .await;
+    assert_eq!((twice.status, twice.code()), (409, "already_owned"));
+    let stale = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-scarf", "buyer_id": "alice", "item_id": "scarf", "expected_price": 39}))
+        .await;
+    assert_eq!((stale.status, stale.code()), (409, "price_changed"));
+    let own = app
+        .post("/v1/purchases", Some(&creator), &json!({"purchase_id": "s-hat", "buyer_id": "studio", "item_id": "hat", "expected_price": 100}))
+        .await;
+    assert_eq!((own.status, own.code()), (409, "purchaser_is_seller"));
+
+    // Bundles: granted all-or-nothing, alice already owns the hat and still gets the scarf.
+    let bundle = app
+        .post("/v1/bundles", Some(&creator), &json!({"bundle_id": "outfit", "creator_id": "studio", "name": "Outfit", "item_ids": ["hat", "scarf"], "price": 120}))
+        .await;
+    assert_eq!(bundle.status, 201, "{}", bundle.text);
+    let outfit = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-outfit", "buyer_id": "alice", "bundle_id": "outfit", "expected_price": 120}))
+        .await;
+    assert_eq!(outfit.status, 201, "{}", outfit.text);
+    let outfit_again = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-outfit-2", "buyer_id": "alice", "bundle_id": "outfit", "expected_price": 120}))
+        .await;
+    assert_eq!(
+        (outfit_again.status, outfit_again.code()),
+        (409, "already_owned")
+    );
+
+    // Limiteds, per-user cap, resale.
+    let first_crown = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-crown", "buyer_id": "alice", "item_id": "crown", "expected_price": 200}))
+        .await;
+    assert_eq!(first_crown.body["serial"], 1, "{}", first_crown.text);
+    let capped = app
+        .post("/v1/purchases", Some(&alice), &json!({"purchase_id": "a-crown-2", "buyer_id": "alice", "item_id": "crown", "expected_price": 200}))
+        .await;
+    assert_eq!(
+        (capped.status, capped.code()),
+        (409, "quantity_limit_reached")
+    );
+    let listing = app
+        .post("/v1/resale-listings", Some(&alice), &json!({"listing_id": "l-1", "seller_id": "alice", "item_id": "crown", "serial": 1, "price": 500}))
+        .await;
+    assert_eq!(listing.status, 201, "{}", listing.text);
+    let bob = app.token(Role::User, "bob");
+    let not_owner = app
+        .post("/v1/resale-listings", Some(&bob), &json!({"listing_id": "l-2", "seller_id": "bob", "item_id": "crown", "serial": 1, "price": 5}))
+        .await;
+    assert_eq!((not_owner.status, not_owner.code()), (409, "not_owner"));
+    let listings = app
+        .get(
+            "/v1/items/crown/resale-listings?after="
+                .to_string()
+                .as_str()
+                .replace("?after=", "")
+                .as_str(),
+            None,
+        )
+        .await;
+    assert_eq!(listings.status, 200);
+    let resale = app
+        .post("/v1/resale-purchases", Some(&bob), &json!({"purchase_id": "b-crown", "buyer_id": "bob", "listing_id": "l-1", "expected_price": 500}))
+        .await;
+    assert_eq!(resale.status, 201, "{}", resale.text);
+    assert_eq!(resale.body["seller_id"], "alice");
+    assert_eq!(resale.body["serial"], 1);
+    let gone = app
+        .post("/v1/resale-purchases", Some(&alice), &json!({"purchase_id": "a-crown-back", "buyer_id": "alice", "listing_id": "l-1", "expected_price": 500}))
+        .await;
+    assert_eq!((gone.status, gone.code()), (409, "listing_unavailable"));
+    let position = resale.body["position"].as_str().unwrap().to_string();
+    let owners = app
+        .get(&format!("/v1/items/crown/owners?after={position}"), None)
+        .await;
+    assert_eq!(
+        owners.body["owners"],
+        json!([{"serial": 1, "user_id": "bob"}]),
+        "{}",
+        owners.text
+    );
+
+    // Refund of the primary crown purchase: the serial moved on, so it is not refundable.
+    let refused = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-crown", "purchase_id": "a-crown"}),
+        )
+        .await;
+    assert_eq!((refused.status, refused.code()), (409, "not_refundable"));
+    let resale_refund = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-resale", "purchase_id": "b-crown"}),
+        )
+        .await;
+    assert_eq!(
+        (resale_refund.status, resale_refund.code()),
+        (409, "not_refundable")
+    );
+    // Refund the hat: money back, item revoked, creator's escrow reversed.
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-hat", "purchase_id": "a-hat"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+    let again = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-hat-2", "purchase_id": "a-hat"}),
+        )
+        .await;
+    assert_eq!((again.status, again.code()), (409, "already_refunded"));
+    let not_admin = app
+        .post(
+            "/v1/refunds",
+            Some(&alice),
+            &json!({"refund_id": "r-x", "purchase_id": "a-outfit"}),
+        )
+        .await;
+    assert_eq!((not_admin.status, not_admin.code()), (403, "forbidden"));
+
+    // Money adds up: alice 1000 - 100 (hat) + 100 (refund) - 120 (outfit) - 200 (crown) + 350 (70% of 500).
+    let token = app.service();
+    let alice_balance = app
+        .get(
+            &format!(
+                "/v1/users/alice/balance?after={}",
+                refund.body["position"].as_str().unwrap()
+            ),
+            Some(&token),
+        )
+        .await;
+    let wanted = 1_000 - 100 + 100 - 120 - 200 + 350;
+    let settled = wait_for_auth(&app, "/v1/users/alice/balance", &token, |body| {
+        body["balance"] == wanted
+    })
+    .await;
+    assert_eq!(settled["balance"], wanted, "{}", alice_balance.text);
+    assert_eq!(app.balance("bob", Some(&position)).await.0, 500);
+    // Creator: 70% of the outfit (84) + crown (140) in escrow + 10% royalty of 500 (50); the hat share was reversed.
+    let earnings = wait_for_auth(&app, "/v1/creators/studio/earnings", &token, |body| {
+        body["pending"] == 84 + 140 + 50
+    })
+    .await;
+    assert_eq!(earnings["released"], 0);
+    assert_eq!(earnings["lifetime"], 84 + 140 + 50);
+    let item = wait_for(&app, "/v1/items/crown", |body| body["sales_count"] == 2).await;
+    assert_eq!(
+        item["recent_average_price"],
+        200 + (500 - 200) / 10,
+        "RAP moves by a tenth of the difference"
+    );
+    let inventory = app
+        .all_pages("/v1/users/alice/inventory", "items", Some(&alice))
+        .await;
+    let owned: BTreeSet<String> = inventory
+        .iter()
+        .map(|e| e["item_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        owned,
+        BTreeSet::from(["scarf".to_string()]),
+        "hat revoked by the refund, crown resold"
+    );
+    let transactions = app
+        .all_pages("/v1/users/alice/transactions", "entries", Some(&alice))
+        .await;
+    assert!(
+        transactions.len() >= 5,
+        "grant, purchases, refund and resale proceeds are listed: {transactions:?}"
+    );
+    // Other users' private reads are refused.
+    let snoop = app.get("/v1/users/alice/balance", Some(&bob)).await;
+    assert_eq!((snoop.status, snoop.code()), (403, "forbidden"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escrow_is_released_by_the_clock() {
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_millis(300)
+    })
+    .await;
+    assert_eq!(app.grant("g", "buyer", 100).await.status, 201);
+    assert_eq!(
+        app.publish(json!({"item_id": "pin", "creator_id": "maker", "name": "Pin", "price": 10}))
+            .await
+            .status,
+        201
+    );
+    let bought = app.purchase("p-pin", "buyer", "pin", 10).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    let token = app.service();
+    let earnings = wait_for_auth(&app, "/v1/creators/maker/earnings", &token, |body| {
+        body["released"] == 7
+    })
+    .await;
+    assert_eq!(earnings["pending"], 0);
+    assert_eq!(app.balance("maker", None).await, (7, 0));
+    let late = app
+        .post(
+            "/v1/refunds",
+            Some(&app.admin()),
+            &json!({"refund_id": "late", "purchase_id": "p-pin"}),
+        )
+        .await;
+    assert_eq!((late.status, late.code()), (409, "refund_window_closed"));
+    app.stop().await;
+}
