@@ -503,3 +503,66 @@ async fn escrow_is_released_by_the_clock() {
     assert_eq!((late.status, late.code()), (409, "refund_window_closed"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_without_changing_state() {
+    let app = spawn_app().await;
+    assert_eq!(app.grant("g-steady", "steady", 500).await.status, 201);
+    assert_eq!(
+        app.publish(json!({"item_id": "lamp", "creator_id": "maker", "name": "Lamp", "price": 30}))
+            .await
+            .status,
+        201
+    );
+    let before_balance = app.balance("steady", None).await;
+    let before_item = app.get("/v1/items/lamp", None).await.text;
+    let service = app.service();
+    let admin = app.admin();
+    let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
+        ("/v1/purchases", Some(&service), "application/json", b"{not json".to_vec(), 400, "validation_failed"),
+        ("/v1/purchases", Some(&service), "application/json", br#"{"purchase_id":"x","buyer_id":"steady","item_id":"lamp","expected_price":"30"}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/purchases", Some(&service), "application/json", br#"{"purchase_id":"x","buyer_id":"steady","item_id":"lamp"}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/purchases", Some(&service), "application/json", br#"{"purchase_id":"x","buyer_id":"steady","item_id":"lamp","expected_price":30.5}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/grants", Some(&admin), "application/json", br#"{"grant_id":"g0","user_id":"steady","amount":0}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/grants", Some(&admin), "application/json", br#"{"grant_id":"g1","user_id":"steady","amount":-5}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/grants", Some(&admin), "application/json", br#"{"grant_id":"g2","user_id":"steady","amount":99999999999999999999999}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/grants", Some(&admin), "application/json", br#"{"grant_id":"bad id","user_id":"steady","amount":5}"#.to_vec(), 422, "validation_failed"),
+        ("/v1/grants", Some("not-a-token"), "application/json", br#"{"grant_id":"g3","user_id":"steady","amount":5}"#.to_vec(), 401, "unauthorized"),
+        ("/v1/grants", None, "application/json", br#"{"grant_id":"g4","user_id":"steady","amount":5}"#.to_vec(), 401, "unauthorized"),
+        ("/v1/grants", Some(&service), "application/json", br#"{"grant_id":"g5","user_id":"steady","amount":5}"#.to_vec(), 403, "forbidden"),
+        ("/v1/purchases", Some(&service), "application/json", br#"{"purchase_id":"u1","buyer_id":"steady","item_id":"no-such-item","expected_price":30}"#.to_vec(), 404, "not_found"),
+        ("/v1/resale-purchases", Some(&service), "application/json", br#"{"purchase_id":"u2","buyer_id":"steady","listing_id":"no-such-listing","expected_price":30}"#.to_vec(), 404, "not_found"),
+        ("/v1/refunds", Some(&admin), "application/json", br#"{"refund_id":"u3","purchase_id":"no-such-purchase"}"#.to_vec(), 404, "not_found"),
+        ("/v1/items/no-such-item/price", Some(&service), "application/json", br#"{"price":5}"#.to_vec(), 404, "not_found"),
+        ("/v1/purchases", Some(&service), "application/json", vec![b' '; 2 * 1024 * 1024], 413, "payload_too_large"),
+    ];
+    for (path, token, content_type, body, status, code) in cases {
+        let answer = app.post_raw(path, token, content_type, body).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code),
+            "{path}: {}",
+            answer.text
+        );
+        assert!(
+            answer.content_type.starts_with("application/problem+json"),
+            "{path}: {}",
+            answer.content_type
+        );
+    }
+    let unknown = app
+        .delete("/v1/resale-listings/no-such-listing", Some(&service))
+        .await;
+    assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
+    assert_eq!(
+        app.balance("steady", None).await,
+        before_balance,
+        "refused requests changed no balance"
+    );
+    assert_eq!(
+        app.get("/v1/items/lamp", None).await.text,
+        before_item,
+        "refused requests changed no item"
+    );
+    app.stop().await;
+}

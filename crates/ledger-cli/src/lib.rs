@@ -109,18 +109,20 @@ fn check_shard_count(data_dir: &Path, requested: u16) -> Result<(), StartError> 
     }
 }
 
-static RECORDER: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-    std::sync::OnceLock::new();
+static RECORDER: std::sync::OnceLock<
+    Result<metrics_exporter_prometheus::PrometheusHandle, String>,
+> = std::sync::OnceLock::new();
 
-/// The process-wide Prometheus recorder (installed once).
+/// The process-wide Prometheus recorder (installed once, by whoever asks first).
 pub fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, StartError> {
-    if let Some(handle) = RECORDER.get() {
-        return Ok(handle.clone());
-    }
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|error| StartError::Metrics(error.to_string()))?;
-    Ok(RECORDER.get_or_init(|| handle).clone())
+    RECORDER
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|error| error.to_string())
+        })
+        .clone()
+        .map_err(StartError::Metrics)
 }
 
 impl Application {
