@@ -536,6 +536,11 @@ async fn bad_input_is_refused_without_changing_state() {
         ("/v1/items/no-such-item/price", Some(&service), "application/json", br#"{"price":5}"#.to_vec(), 404, "not_found"),
         ("/v1/purchases", Some(&service), "application/json", vec![b' '; 2 * 1024 * 1024], 413, "payload_too_large"),
     ];
+    let unknown = app
+        .delete("/v1/resale-listings/no-such-listing", Some(&service))
+        .await;
+    assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
+    // The oversized body comes last: the server answers 413 and closes that connection.
     for (path, token, content_type, body, status, code) in cases {
         let answer = app.post_raw(path, token, content_type, body).await;
         assert_eq!(
