@@ -17,6 +17,7 @@ use query_api::QueryApi;
 use store_sqlite::SqliteStore;
 use tokio::sync::watch;
 
+pub mod bench;
 pub mod demo;
 
 /// Everything `ledger serve` can be told.

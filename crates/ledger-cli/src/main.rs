@@ -56,6 +56,24 @@ enum Commands {
         #[arg(long)]
         demo: bool,
     },
+    /// Measure purchase throughput and latency (closed loop, bounded, loopback only).
+    Bench {
+        #[command(flatten)]
+        common: Common,
+        /// `embedded`: engine + SQLite in a temporary directory, no HTTP.
+        /// `http`: through the command API at --command-url.
+        #[arg(long, value_parser = ["embedded", "http"], default_value = "embedded")]
+        mode: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        command_url: String,
+        #[arg(long, default_value_t = 20_000)]
+        purchases: usize,
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Shards of the embedded engine.
+        #[arg(long, default_value_t = 4)]
+        shards: u16,
+    },
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -159,6 +177,75 @@ fn main() -> ExitCode {
                 )
             );
             ExitCode::SUCCESS
+        }
+        Commands::Bench {
+            common,
+            mode,
+            command_url,
+            purchases,
+            concurrency,
+            shards,
+        } => {
+            if purchases == 0 || purchases > 10_000_000 || concurrency == 0 || concurrency > 65_536
+            {
+                eprintln!("error: --purchases must be 1..=10000000 and --concurrency 1..=65536");
+                return ExitCode::FAILURE;
+            }
+            if !command_url.starts_with("http://127.")
+                && !command_url.starts_with("http://localhost")
+                && !command_url.starts_with("http://[::1]")
+            {
+                eprintln!("error: the load generator only targets loopback addresses");
+                return ExitCode::FAILURE;
+            }
+            let load = ledger_cli::bench::Load {
+                purchases,
+                concurrency,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime starts");
+            runtime.block_on(async move {
+                let report = if mode == "http" {
+                    let secret = match secret(&common) {
+                        Ok(secret) => secret,
+                        Err(error) => {
+                            eprintln!("error: {error}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    ledger_cli::bench::http(command_url, secret, load).await
+                } else {
+                    let directory =
+                        std::env::temp_dir().join(format!("ledger-bench-{}", std::process::id()));
+                    let _ = std::fs::remove_dir_all(&directory);
+                    let store = match store_sqlite::SqliteStore::open(&directory) {
+                        Ok(store) => store,
+                        Err(error) => {
+                            eprintln!("error: {error}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    let config = engine::EngineConfig::new(ledger_core::Config::new(shards));
+                    let engine = match engine::Engine::start(store, config).await {
+                        Ok(engine) => engine,
+                        Err(error) => {
+                            eprintln!("error: {error}");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    let report = ledger_cli::bench::embedded(engine.clone(), load).await;
+                    engine.shutdown().await;
+                    let _ = std::fs::remove_dir_all(&directory);
+                    report
+                };
+                println!(
+                    "{}",
+                    report.summary(&format!("{mode} ({concurrency} concurrent)"))
+                );
+                ExitCode::SUCCESS
+            })
         }
         Commands::Serve {
             common,

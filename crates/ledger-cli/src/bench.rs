@@ -1,0 +1,316 @@
+//! `ledger bench`: purchase throughput and latency, closed loop at a fixed
+//! concurrency, either through the HTTP API of a running ledger or straight
+//! into an embedded engine (durable, no HTTP). Bounded in requests; loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use engine::ports::CommandBus;
+use ledger_core::*;
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+/// Items each buyer can buy once: purchases are spread over buyers × items.
+const ITEMS: usize = 50;
+const PRICE: i64 = 10;
+
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub purchases: usize,
+    pub concurrency: usize,
+}
+
+/// Result of a run: throughput and latency percentiles.
+#[derive(Debug)]
+pub struct Report {
+    pub purchases: usize,
+    pub succeeded: usize,
+    pub elapsed: Duration,
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Report {
+    pub fn purchases_per_second(&self) -> f64 {
+        self.purchases as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn summary(&self, label: &str) -> String {
+        let ms = |q: f64| self.latency.value_at_quantile(q) as f64 / 1_000.0;
+        format!(
+            "{label}: {} purchases ({} succeeded) in {:.2} s = {:.0} purchases/s; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            self.purchases,
+            self.succeeded,
+            self.elapsed.as_secs_f64(),
+            self.purchases_per_second(),
+            ms(0.50),
+            ms(0.90),
+            ms(0.99),
+            ms(0.999),
+            self.latency.max() as f64 / 1_000.0,
+        )
+    }
+}
+
+fn run_tag() -> String {
+    format!(
+        "{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    )
+}
+
+fn buyers_for(load: &Load) -> usize {
+    load.purchases.div_ceil(ITEMS).max(1)
+}
+
+/// Runs `work(n)` for n in 0..count with `concurrency` workers; records latency.
+async fn closed_loop<F, Fut>(
+    count: usize,
+    concurrency: usize,
+    work: F,
+) -> (usize, Duration, hdrhistogram::Histogram<u64>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let work = Arc::new(work);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let histogram = Arc::new(Mutex::new(
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("histogram bounds"),
+    ));
+    let succeeded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (work, next, histogram, succeeded) = (
+            work.clone(),
+            next.clone(),
+            histogram.clone(),
+            succeeded.clone(),
+        );
+        workers.spawn(async move {
+            let mut local = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("histogram bounds");
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= count {
+                    break;
+                }
+                let begun = Instant::now();
+                if work(n).await {
+                    succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = local.record((begun.elapsed().as_micros() as u64).max(1));
+            }
+            histogram.lock().await.add(&local).expect("same bounds");
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let histogram = Arc::try_unwrap(histogram)
+        .ok()
+        .expect("workers finished")
+        .into_inner();
+    (
+        succeeded.load(std::sync::atomic::Ordering::Relaxed),
+        elapsed,
+        histogram,
+    )
+}
+
+fn service_meta() -> CommandMeta {
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    CommandMeta {
+        at_ms,
+        actor: Actor {
+            role: Role::Service,
+            user_id: UserId::parse("bench").expect("valid id"),
+        },
+    }
+}
+
+/// Durable embedded rate: engine + SQLite, no HTTP.
+pub async fn embedded(engine: engine::Engine, load: Load) -> Report {
+    let tag = run_tag();
+    let buyers = buyers_for(&load);
+    let bus = Arc::new(engine);
+    let (_, _, _) = closed_loop(buyers, 256, {
+        let (bus, tag) = (bus.clone(), tag.clone());
+        move |n| {
+            let (bus, tag) = (bus.clone(), tag.clone());
+            async move {
+                let command = Command::Grant {
+                    grant_id: GrantId::parse(format!("bench-{tag}-g-{n}")).expect("id"),
+                    user_id: UserId::parse(format!("bench-{tag}-b-{n}")).expect("id"),
+                    amount: PRICE * ITEMS as i64,
+                };
+                bus.submit(command, service_meta()).await.is_ok()
+            }
+        }
+    })
+    .await;
+    for item in 0..ITEMS {
+        let definition = ItemDefinition {
+            item_id: ItemId::parse(format!("bench-{tag}-i-{item}")).expect("id"),
+            creator_id: UserId::parse(format!("bench-{tag}-creator")).expect("id"),
+            name: "bench item".into(),
+            price: PRICE,
+            supply: None,
+            max_per_user: None,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            resellable: false,
+        };
+        let _ = bus
+            .submit(Command::PublishItem(definition), service_meta())
+            .await;
+    }
+    let (succeeded, elapsed, latency) = closed_loop(load.purchases, load.concurrency, {
+        let (bus, tag) = (bus.clone(), tag.clone());
+        move |n| {
+            let (bus, tag) = (bus.clone(), tag.clone());
+            async move {
+                let command = Command::Purchase {
+                    purchase_id: PurchaseId::parse(format!("bench-{tag}-p-{n}")).expect("id"),
+                    buyer_id: UserId::parse(format!("bench-{tag}-b-{}", n % buyers)).expect("id"),
+                    target: PurchaseTarget::Item(
+                        ItemId::parse(format!("bench-{tag}-i-{}", n / buyers)).expect("id"),
+                    ),
+                    expected_price: PRICE,
+                };
+                matches!(
+                    bus.submit(command, service_meta()).await,
+                    Ok(Completion { result: Ok(_), .. })
+                )
+            }
+        }
+    })
+    .await;
+    Report {
+        purchases: load.purchases,
+        succeeded,
+        elapsed,
+        latency,
+    }
+}
+
+/// End-to-end rate through the command API of a running ledger.
+pub async fn http(command_url: String, secret: Vec<u8>, load: Load) -> Report {
+    let tag = run_tag();
+    let buyers = buyers_for(&load);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(load.concurrency.max(256))
+        .build()
+        .expect("http client");
+    let now = command_api::auth::now_seconds();
+    let admin = command_api::auth::issue_token(
+        &secret,
+        Role::Admin,
+        &UserId::parse("bench-admin").expect("id"),
+        3_600,
+        now,
+    );
+    let service = command_api::auth::issue_token(
+        &secret,
+        Role::Service,
+        &UserId::parse("bench").expect("id"),
+        3_600,
+        now,
+    );
+    let post = {
+        let client = client.clone();
+        let command_url = command_url.clone();
+        move |path: &'static str, token: String, body: serde_json::Value| {
+            let client = client.clone();
+            let url = format!("{command_url}{path}");
+            async move {
+                match client.post(url).bearer_auth(token).json(&body).send().await {
+                    Ok(response) => response.status().is_success(),
+                    Err(_) => false,
+                }
+            }
+        }
+    };
+    let (_, _, _) = closed_loop(buyers, 256, {
+        let (post, tag, admin) = (post.clone(), tag.clone(), admin.clone());
+        move |n| {
+            let body = json!({"grant_id": format!("bench-{tag}-g-{n}"), "user_id": format!("bench-{tag}-b-{n}"), "amount": PRICE * ITEMS as i64});
+            post("/v1/grants", admin.clone(), body)
+        }
+    })
+    .await;
+    for item in 0..ITEMS {
+        let body = json!({"item_id": format!("bench-{tag}-i-{item}"), "creator_id": format!("bench-{tag}-creator"), "name": "bench item", "price": PRICE});
+        let _ = post("/v1/items", service.clone(), body).await;
+    }
+    let (succeeded, elapsed, latency) = closed_loop(load.purchases, load.concurrency, {
+        let (post, tag, service) = (post.clone(), tag.clone(), service.clone());
+        move |n| {
+            let body = json!({
+                "purchase_id": format!("bench-{tag}-p-{n}"),
+                "buyer_id": format!("bench-{tag}-b-{}", n % buyers),
+                "item_id": format!("bench-{tag}-i-{}", n / buyers),
+                "expected_price": PRICE,
+            });
+            post("/v1/purchases", service.clone(), body)
+        }
+    })
+    .await;
+    Report {
+        purchases: load.purchases,
+        succeeded,
+        elapsed,
+        latency,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn closed_loop_runs_each_request_once_and_records_latency() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (succeeded, _, histogram) = closed_loop(100, 7, {
+            let seen = seen.clone();
+            move |n| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(n);
+                    n % 2 == 0
+                }
+            }
+        })
+        .await;
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>());
+        assert_eq!(succeeded, 50);
+        assert_eq!(histogram.len(), 100);
+    }
+
+    #[test]
+    fn buyers_cover_the_purchases() {
+        assert_eq!(
+            buyers_for(&Load {
+                purchases: 1_000,
+                concurrency: 1
+            }),
+            20
+        );
+        assert_eq!(
+            buyers_for(&Load {
+                purchases: 1,
+                concurrency: 1
+            }),
+            1
+        );
+    }
+}
