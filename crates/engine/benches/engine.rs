@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use engine::shard::{ShardRunner, Step};
+use ledger_engine::shard::{ShardRunner, Step};
 use ledger_core::codec::MessageEnvelope;
 use ledger_core::*;
 
