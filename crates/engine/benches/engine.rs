@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use ledger_engine::shard::{ShardRunner, Step};
 use ledger_core::codec::MessageEnvelope;
 use ledger_core::*;
+use ledger_engine::shard::{ShardRunner, Step};
 
 const BUYERS: usize = 2_000;
 const ITEMS: usize = 10;
