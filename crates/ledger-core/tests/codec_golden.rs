@@ -171,7 +171,7 @@ fn item_published_version_1_is_upcast() {
         // Re-seal by hand: the hash covers the legacy payload.
         let resealed = Envelope::from_bytes(&envelope.to_bytes());
         assert!(resealed.is_err(), "tampered envelope is refused");
-        let fixed = reseal(envelope);
+        let fixed = envelope.reseal();
         std::fs::write(&path, hex(&fixed.to_bytes())).unwrap();
     }
     let bytes = unhex(&std::fs::read_to_string(&path).expect("legacy fixture exists"));
@@ -188,23 +188,6 @@ fn item_published_version_1_is_upcast() {
         !definition.resellable,
         "version 1 items were not resellable"
     );
-}
-
-fn reseal(mut envelope: Envelope) -> Envelope {
-    // Recompute the hash exactly as `seal` does, over the legacy payload.
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    hasher.update(envelope.previous_hash);
-    hasher.update(envelope.event_type.as_bytes());
-    hasher.update(envelope.schema_version.to_le_bytes());
-    hasher.update(envelope.shard.0.to_le_bytes());
-    hasher.update(envelope.sequence.to_le_bytes());
-    hasher.update((envelope.cause.len() as u64).to_le_bytes());
-    hasher.update(envelope.cause.as_bytes());
-    hasher.update(envelope.timestamp_ms.to_le_bytes());
-    hasher.update(&envelope.payload);
-    envelope.hash = hasher.finalize().into();
-    envelope
 }
 
 #[test]
