@@ -101,10 +101,8 @@ pub fn router_with_settings(
         .layer(axum::middleware::from_fn(metrics::record))
 }
 
-/// The command API server, bound and ready to run.
-pub struct CommandApi {
-    server: Server,
-}
+/// Binds the command API; the [`Server`] it returns serves it.
+pub struct CommandApi;
 
 impl CommandApi {
     /// Binds `addr` (port 0 picks a free port) with the default [`Settings`].
@@ -113,7 +111,7 @@ impl CommandApi {
         bus: Arc<dyn CommandBus>,
         auth: Arc<auth::Verifier>,
         observability: Observability,
-    ) -> io::Result<Self> {
+    ) -> io::Result<Server> {
         Self::bind_with_settings(addr, bus, auth, observability, Settings::default()).await
     }
 
@@ -123,25 +121,11 @@ impl CommandApi {
         auth: Arc<auth::Verifier>,
         observability: Observability,
         settings: Settings,
-    ) -> io::Result<Self> {
-        let server = Server::bind(
+    ) -> io::Result<Server> {
+        Server::bind(
             addr,
             router_with_settings(bus, auth, observability, settings),
         )
-        .await?;
-        Ok(Self { server })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then drains in-flight requests.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        self.server.run_until_stopped(shutdown).await
+        .await
     }
 }

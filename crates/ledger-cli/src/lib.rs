@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use command_api::auth::Verifier;
 use command_api::observability::Observability;
-use command_api::CommandApi;
+use command_api::{CommandApi, Server};
 use engine::{Engine, EngineConfig};
 use ledger_core::Config;
 use query_api::QueryApi;
@@ -76,8 +76,8 @@ pub enum StartError {
 pub struct Application {
     pub engine: Engine,
     pub store: Arc<SqliteStore>,
-    command_api: CommandApi,
-    query_api: QueryApi,
+    command_api: Server,
+    query_api: Server,
     stop: watch::Sender<bool>,
     projector: tokio::task::JoinHandle<()>,
     ready: Arc<AtomicBool>,

@@ -1554,27 +1554,13 @@ fn on_buyer_debited(
     };
     let creator_shard = out.shard_of(&keys::user(&reservation.creator_id));
     let success = match &reservation.sale {
-        SaleKind::Item { item_id, serial } => {
-            if serial.is_some() {
-                let to = out.shard_of(&keys::item(item_id));
-                out.send(
-                    to,
-                    Message::ConfirmReservation {
-                        purchase_id: purchase_id.clone(),
-                        item_id: item_id.clone(),
-                        at_ms,
-                        buyer_id: buyer_id.clone(),
-                    },
-                );
-            }
-            Success::Purchased {
-                target: PurchaseTarget::Item(item_id.clone()),
-                price: reservation.price,
-                serial: *serial,
-                granted_items,
-                balance_after,
-            }
-        }
+        SaleKind::Item { item_id, serial } => Success::Purchased {
+            target: PurchaseTarget::Item(item_id.clone()),
+            price: reservation.price,
+            serial: *serial,
+            granted_items,
+            balance_after,
+        },
         SaleKind::Bundle { bundle_id, .. } => Success::Purchased {
             target: PurchaseTarget::Bundle(bundle_id.clone()),
             price: reservation.price,
@@ -1587,26 +1573,32 @@ fn on_buyer_debited(
             serial,
             seller_id,
             ..
-        } => {
-            let to = out.shard_of(&keys::item(item_id));
-            out.send(
-                to,
-                Message::ConfirmReservation {
-                    purchase_id: purchase_id.clone(),
-                    item_id: item_id.clone(),
-                    at_ms,
-                    buyer_id: buyer_id.clone(),
-                },
-            );
-            Success::ResalePurchased {
-                item_id: item_id.clone(),
-                serial: *serial,
-                price: reservation.price,
-                seller_id: seller_id.clone(),
-                balance_after,
-            }
-        }
+        } => Success::ResalePurchased {
+            item_id: item_id.clone(),
+            serial: *serial,
+            price: reservation.price,
+            seller_id: seller_id.clone(),
+            balance_after,
+        },
     };
+    // A Limited serial or a resold serial now belongs to the buyer.
+    if let SaleKind::Item {
+        item_id,
+        serial: Some(_),
+    }
+    | SaleKind::Resale { item_id, .. } = &reservation.sale
+    {
+        let to = out.shard_of(&keys::item(item_id));
+        out.send(
+            to,
+            Message::ConfirmReservation {
+                purchase_id: purchase_id.clone(),
+                item_id: item_id.clone(),
+                at_ms,
+                buyer_id: buyer_id.clone(),
+            },
+        );
+    }
     match &reservation.sale {
         SaleKind::Resale { seller_id, .. } => {
             let split = config.resale_fee_policy.split(reservation.price);

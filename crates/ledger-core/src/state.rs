@@ -195,6 +195,13 @@ impl ShardState {
             .expect("event refers to an item of this shard")
     }
 
+    fn listing_mut(&mut self, item_id: &ItemId, listing_id: &ListingId) -> &mut Listing {
+        self.item_mut(item_id)
+            .listings
+            .get_mut(listing_id)
+            .expect("event refers to a listing of this shard")
+    }
+
     fn record_mut(&mut self, key: &str) -> &mut CommandRecord {
         self.commands
             .get_mut(key)
@@ -491,11 +498,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             item_id,
             purchase_id,
         } => {
-            let listing = state
-                .item_mut(item_id)
-                .listings
-                .get_mut(listing_id)
-                .expect("reserved listing exists");
+            let listing = state.listing_mut(item_id, listing_id);
             assert!(
                 listing.reserved_by.is_none(),
                 "a listing is reserved by one purchase"
@@ -507,11 +510,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             item_id,
             purchase_id,
         } => {
-            let listing = state
-                .item_mut(item_id)
-                .listings
-                .get_mut(listing_id)
-                .expect("listing exists");
+            let listing = state.listing_mut(item_id, listing_id);
             assert_eq!(listing.reserved_by.as_ref(), Some(purchase_id));
             listing.reserved_by = None;
         }

@@ -167,6 +167,29 @@ pub fn position_text(envelope: &Envelope) -> String {
 }
 
 /// The read-model changes of one event.
+/// A user now holds a Limited serial: it joins their inventory and the owners list.
+fn serial_acquired(
+    changes: &mut Vec<Change>,
+    item_id: &ItemId,
+    serial: u32,
+    user_id: &UserId,
+    purchase_id: &PurchaseId,
+    acquired_at_ms: TimestampMs,
+) {
+    changes.push(Change::InventoryAdded {
+        user_id: user_id.clone(),
+        item_id: item_id.clone(),
+        serial: Some(serial),
+        purchase_id: purchase_id.clone(),
+        acquired_at_ms,
+    });
+    changes.push(Change::SerialOwnerSet {
+        item_id: item_id.clone(),
+        serial,
+        user_id: user_id.clone(),
+    });
+}
+
 pub fn project(envelope: &Envelope, event: &Event) -> Vec<Change> {
     let mut changes = Vec::new();
     if let Some((kind, reference)) = money_movement(event) {
@@ -204,18 +227,14 @@ pub fn project(envelope: &Envelope, event: &Event) -> Vec<Change> {
             buyer_id,
             at_ms,
         } => {
-            changes.push(Change::InventoryAdded {
-                user_id: buyer_id.clone(),
-                item_id: item_id.clone(),
-                serial: Some(*serial),
-                purchase_id: purchase_id.clone(),
-                acquired_at_ms: *at_ms,
-            });
-            changes.push(Change::SerialOwnerSet {
-                item_id: item_id.clone(),
-                serial: *serial,
-                user_id: buyer_id.clone(),
-            });
+            serial_acquired(
+                &mut changes,
+                item_id,
+                *serial,
+                buyer_id,
+                purchase_id,
+                *at_ms,
+            );
             changes.push(Change::SoldDelta {
                 item_id: item_id.clone(),
                 delta: 1,
@@ -236,18 +255,14 @@ pub fn project(envelope: &Envelope, event: &Event) -> Vec<Change> {
                 item_id: item_id.clone(),
                 serial: Some(*serial),
             });
-            changes.push(Change::InventoryAdded {
-                user_id: to_user_id.clone(),
-                item_id: item_id.clone(),
-                serial: Some(*serial),
-                purchase_id: purchase_id.clone(),
-                acquired_at_ms: *at_ms,
-            });
-            changes.push(Change::SerialOwnerSet {
-                item_id: item_id.clone(),
-                serial: *serial,
-                user_id: to_user_id.clone(),
-            });
+            serial_acquired(
+                &mut changes,
+                item_id,
+                *serial,
+                to_user_id,
+                purchase_id,
+                *at_ms,
+            );
             changes.push(Change::ListingRemoved {
                 listing_id: listing_id.clone(),
             });

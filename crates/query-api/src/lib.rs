@@ -94,10 +94,8 @@ pub fn router_with_settings(
         .layer(axum::middleware::from_fn(metrics::record))
 }
 
-/// The query API server, bound and ready to run.
-pub struct QueryApi {
-    server: Server,
-}
+/// Binds the query API; the [`Server`] it returns serves it.
+pub struct QueryApi;
 
 impl QueryApi {
     /// Binds `addr` (port 0 picks a free port); reads with `?after=` wait at
@@ -108,7 +106,7 @@ impl QueryApi {
         auth: Arc<Verifier>,
         observability: Observability,
         projection_wait_max: Duration,
-    ) -> io::Result<Self> {
+    ) -> io::Result<Server> {
         let settings = Settings {
             projection_wait_max,
             ..Settings::default()
@@ -122,25 +120,11 @@ impl QueryApi {
         auth: Arc<Verifier>,
         observability: Observability,
         settings: Settings,
-    ) -> io::Result<Self> {
-        let server = Server::bind(
+    ) -> io::Result<Server> {
+        Server::bind(
             addr,
             router_with_settings(read_models, auth, observability, settings),
         )
-        .await?;
-        Ok(Self { server })
-    }
-
-    /// The address actually bound.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
-    }
-
-    /// Serves until `shutdown` completes, then drains in-flight requests.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> io::Result<()> {
-        self.server.run_until_stopped(shutdown).await
+        .await
     }
 }

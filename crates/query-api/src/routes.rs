@@ -317,15 +317,17 @@ pub(crate) async fn item(
     }))
 }
 
-pub(crate) async fn resale_listings(
-    State(state): State<QueryState>,
-    PathSegment(segment): PathSegment,
-    query: QueryParameters,
-) -> Answer {
-    let item_id = parse_id::<ItemId>("item_id", &segment)?;
-    let after = parse_after(&query)?;
-    let page = parse_page(&query)?;
-    wait_for(&state, after.as_ref()).await?;
+/// The common start of a paged read under an item: parse, wait for
+/// `?after=`, and 404 for an unknown item.
+async fn item_page_request(
+    state: &QueryState,
+    segment: &str,
+    query: &QueryParameters,
+) -> Result<(ItemId, PageRequest), Problem> {
+    let item_id = parse_id::<ItemId>("item_id", segment)?;
+    let after = parse_after(query)?;
+    let page = parse_page(query)?;
+    wait_for(state, after.as_ref()).await?;
     if state
         .read_models
         .item(item_id.as_str())
@@ -335,6 +337,15 @@ pub(crate) async fn resale_listings(
     {
         return Err(item_not_found(&item_id));
     }
+    Ok((item_id, page))
+}
+
+pub(crate) async fn resale_listings(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    query: QueryParameters,
+) -> Answer {
+    let (item_id, page) = item_page_request(&state, &segment, &query).await?;
     let found = state
         .read_models
         .resale_listings(item_id.as_str(), page.limit, page.cursor.as_deref())
@@ -361,19 +372,7 @@ pub(crate) async fn owners(
     PathSegment(segment): PathSegment,
     query: QueryParameters,
 ) -> Answer {
-    let item_id = parse_id::<ItemId>("item_id", &segment)?;
-    let after = parse_after(&query)?;
-    let page = parse_page(&query)?;
-    wait_for(&state, after.as_ref()).await?;
-    if state
-        .read_models
-        .item(item_id.as_str())
-        .await
-        .map_err(read_failed)?
-        .is_none()
-    {
-        return Err(item_not_found(&item_id));
-    }
+    let (item_id, page) = item_page_request(&state, &segment, &query).await?;
     let found = state
         .read_models
         .owners(item_id.as_str(), page.limit, page.cursor.as_deref())
