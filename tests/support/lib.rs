@@ -178,6 +178,29 @@ impl TestApp {
         Self::answer(request.send().await.expect("command API answers")).await
     }
 
+    /// Sends only the head of a POST declaring `content_length` bytes and
+    /// reads the answer's status line: how a client sees an early refusal.
+    pub async fn post_head_only(&self, path: &str, content_length: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.command_url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("command API accepts connections");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+        );
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .expect("head is written");
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("the server answers before the body arrives")
+            .expect("answer is readable");
+        String::from_utf8_lossy(&answer[..read]).to_string()
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
         let mut request = self.client.delete(format!("{}{path}", self.command_url));
         if let Some(token) = token {

@@ -18,7 +18,6 @@ pub mod routes;
 pub mod server;
 pub mod validate;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,12 +92,38 @@ pub fn router_with_settings(
         .route("/v1/refunds", post(routes::refund))
         .method_not_allowed_fallback(observability::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_bytes_max))
+        .layer(axum::middleware::from_fn_with_state(
+            settings.body_bytes_max,
+            refuse_declared_oversize,
+        ))
         .layer(server::InFlightLimit::new(settings.in_flight_requests_max).layer())
         .with_state(state);
     commands
         .merge(observability.router())
         .fallback(observability::not_found)
         .layer(axum::middleware::from_fn(metrics::record))
+}
+
+/// Refuses a body whose declared `Content-Length` is over the limit before
+/// reading any of it (bodies without a length are cut by `DefaultBodyLimit`).
+async fn refuse_declared_oversize(
+    axum::extract::State(body_bytes_max): axum::extract::State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > body_bytes_max as u64 => problem::Problem::payload_too_large(
+            format!("request body is larger than {body_bytes_max} bytes"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Binds the command API; the [`Server`] it returns serves it.

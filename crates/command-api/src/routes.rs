@@ -354,7 +354,7 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
         Ok(success) => success,
         Err(rejection) => return Problem::from(rejection).into_response(),
     };
-    let position = format_position(&completion.positions);
+    let position = format_position(&completion.read_position());
     let (status, body) = match (command, success) {
         (
             Command::Grant {
@@ -696,6 +696,7 @@ mod tests {
                 balance_after: 150,
             }),
             positions: positions(),
+            deliveries: Vec::new(),
         };
         let first = body_of(render(&command, &completion)).await;
         let second = body_of(render(&command, &completion.clone())).await;
@@ -724,6 +725,7 @@ mod tests {
                 balance_after: 150,
             }),
             positions: positions(),
+            deliveries: Vec::new(),
         };
         let (_, _, bytes) = body_of(render(&purchase_of_limited(), &completion)).await;
         let body: Value = serde_json::from_slice(&bytes).unwrap();
@@ -738,6 +740,7 @@ mod tests {
                 "balance 10 is below the price 50",
             )),
             positions: positions(),
+            deliveries: Vec::new(),
         };
         let first = body_of(render(&purchase_of_limited(), &completion)).await;
         assert_eq!(
@@ -757,6 +760,7 @@ mod tests {
         let completion = Completion {
             result: Ok(Success::BundleCreated),
             positions: positions(),
+            deliveries: Vec::new(),
         };
         let (status, _, _) = body_of(render(&purchase_of_limited(), &completion)).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -778,6 +782,7 @@ mod tests {
         let completion = Completion {
             result: Ok(Success::ItemPublished),
             positions: positions(),
+            deliveries: Vec::new(),
         };
         let (status, _, bytes) = body_of(render(&command, &completion)).await;
         assert_eq!(status, StatusCode::CREATED);

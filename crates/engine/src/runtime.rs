@@ -210,6 +210,7 @@ impl CommandBus for Engine {
             Ok(Ok(Reply::Refused(rejection))) => Ok(Completion {
                 result: Err(rejection),
                 positions: Vec::new(),
+                deliveries: Vec::new(),
             }),
         }
     }

@@ -70,6 +70,7 @@ pub const GENESIS_HASH: Hash = [0; 32];
 pub fn schema_version(event_type: &str) -> u16 {
     match event_type {
         "item_published" => 2,
+        "command_completed" => 2,
         _ => 1,
     }
 }
@@ -187,12 +188,42 @@ pub mod legacy {
         pub ends_at_ms: Option<TimestampMs>,
     }
 
+    /// `command_completed` version 1: a completion without delivery marks.
+    #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+    pub struct CompletionV1 {
+        pub result: Result<crate::model::Success, crate::model::Rejection>,
+        pub positions: Vec<crate::model::ShardPosition>,
+    }
+
+    /// Variant index of `Event::CommandCompleted` in every version.
+    pub const COMMAND_COMPLETED_VARIANT: u32 = 4;
+
     pub fn upcast(
         event_type: &str,
         schema_version: u16,
         payload: &[u8],
     ) -> Result<Event, CodecError> {
         match (event_type, schema_version) {
+            ("command_completed", 1) => {
+                // Version 1 payloads are the whole event enum: variant index, then fields.
+                let unknown = || CodecError::UnknownVersion {
+                    event_type: event_type.to_string(),
+                    schema_version,
+                };
+                let (variant, fields) = payload.split_at_checked(4).ok_or_else(unknown)?;
+                if variant != COMMAND_COMPLETED_VARIANT.to_le_bytes() {
+                    return Err(unknown());
+                }
+                let (key, v1): (String, CompletionV1) = decode("command_completed v1", fields)?;
+                Ok(Event::CommandCompleted {
+                    key,
+                    completion: crate::model::Completion {
+                        result: v1.result,
+                        positions: v1.positions,
+                        deliveries: Vec::new(),
+                    },
+                })
+            }
             ("item_published", 1) => {
                 let v1: ItemPublishedV1 = decode("item_published v1", payload)?;
                 Ok(Event::ItemPublished {

@@ -57,6 +57,8 @@ struct Out<'a> {
     config: &'a Config,
     events: Vec<Event>,
     sent: std::collections::BTreeMap<ShardId, u64>,
+    /// Messages sent by this decision.
+    deliveries: Vec<DeliveryMark>,
 }
 
 impl<'a> Out<'a> {
@@ -66,6 +68,7 @@ impl<'a> Out<'a> {
             config,
             events: Vec::new(),
             sent: Default::default(),
+            deliveries: Vec::new(),
         }
     }
 
@@ -83,26 +86,47 @@ impl<'a> Out<'a> {
         position
     }
 
-    fn send(&mut self, to: ShardId, message: Message) {
+    /// Sends `message`; returns the mark a read can wait on for its effects.
+    fn send(&mut self, to: ShardId, message: Message) -> DeliveryMark {
         let offset = self.sent.entry(to).or_insert(0);
         let sequence = self.state.next_outbound(to) + *offset;
         *offset += 1;
+        let mark = DeliveryMark {
+            from: self.state.shard,
+            to,
+            sequence,
+        };
+        self.deliveries.push(mark);
         self.events.push(Event::MessageSent {
             to,
             sequence,
             message,
         });
+        mark
     }
 
     fn shard_of(&self, key: &str) -> ShardId {
         self.config.shard_of(key)
     }
 
+    /// Completes the command `key`. The completion covers `positions`, the
+    /// positions its participants reported, this event, and the consumption
+    /// of every message this decision sent (effects that follow completion).
     fn complete(
         &mut self,
         key: &str,
         result: Result<Success, Rejection>,
+        positions: Vec<ShardPosition>,
+    ) {
+        self.complete_with(key, result, positions, Vec::new());
+    }
+
+    fn complete_with(
+        &mut self,
+        key: &str,
+        result: Result<Success, Rejection>,
         mut positions: Vec<ShardPosition>,
+        mut deliveries: Vec<DeliveryMark>,
     ) {
         if let Some(record) = self.state.commands.get(key) {
             positions.extend(record.positions.iter().copied());
@@ -110,7 +134,14 @@ impl<'a> Out<'a> {
         positions.push(self.next_position());
         positions.sort();
         positions.dedup();
-        let completion = Completion { result, positions };
+        deliveries.extend(self.deliveries.iter().copied());
+        deliveries.sort();
+        deliveries.dedup();
+        let completion = Completion {
+            result,
+            positions,
+            deliveries,
+        };
         self.push(Event::CommandCompleted {
             key: key.to_string(),
             completion,
@@ -146,11 +177,13 @@ pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
                 return Decision::Early;
             }
             let mut out = Out::new(state, config);
+            on_message(&mut out, *from, message);
+            // Logged after the message's effects: once a reader has seen this
+            // event, it has seen them too (see `DeliveryMark`).
             out.push(Event::MessageReceived {
                 from: *from,
                 sequence: *sequence,
             });
-            on_message(&mut out, *from, message);
             out.apply(Answer::None)
         }
         Input::Tick { now_ms } => {
@@ -208,6 +241,7 @@ fn decide_command(
                     out.apply(Answer::Now(Completion {
                         result: Ok(success),
                         positions: vec![position],
+                        deliveries: Vec::new(),
                     }))
                 }
             };
@@ -227,6 +261,7 @@ fn decide_command(
                     out.apply(Answer::Now(Completion {
                         result: Ok(success),
                         positions: vec![position],
+                        deliveries: Vec::new(),
                     }))
                 }
             };
@@ -1313,6 +1348,21 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             });
             out.complete(&key, result, Vec::new());
         }
+        Message::RefundSettled {
+            refund_id,
+            amount,
+            deliveries,
+        } => {
+            let key = keys::refund(refund_id);
+            let Command::Refund { purchase_id, .. } = &record(out, &key).command else {
+                panic!("refund key holds a refund command");
+            };
+            let success = Success::Refunded {
+                purchase_id: purchase_id.clone(),
+                amount: *amount,
+            };
+            out.complete_with(&key, Ok(success), Vec::new(), deliveries.clone());
+        }
     }
 }
 
@@ -1356,7 +1406,7 @@ fn finish_refund(
         },
     });
     let creator_shard = out.shard_of(&keys::user(&reservation.creator_id));
-    out.send(
+    let reversal = out.send(
         creator_shard,
         Message::ReverseEscrow {
             purchase_id: purchase_id.clone(),
@@ -1365,7 +1415,7 @@ fn finish_refund(
         },
     );
     let buyer_shard = out.shard_of(&keys::user(&buyer_id));
-    out.send(
+    let credit = out.send(
         buyer_shard,
         Message::RefundBuyer {
             purchase_id: purchase_id.clone(),
@@ -1377,9 +1427,10 @@ fn finish_refund(
     );
     out.send(
         reply_to,
-        Message::RefundResult {
+        Message::RefundSettled {
             refund_id,
-            result: Ok(reservation.price),
+            amount: reservation.price,
+            deliveries: vec![reversal, credit],
         },
     );
 }

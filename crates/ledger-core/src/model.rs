@@ -325,6 +325,38 @@ pub struct Completion {
     pub result: Result<Success, Rejection>,
     /// Log positions that a read must have seen to reflect this command.
     pub positions: Vec<ShardPosition>,
+    /// Messages the command sent that still act after it completed (serial
+    /// confirmation, settlement, refund credit): a read must also have seen
+    /// their consumption.
+    pub deliveries: Vec<DeliveryMark>,
+}
+
+/// "Message `sequence` from `from` to `to` has been consumed." The receiver
+/// logs `message_received` after the effects of the message, so once that
+/// event is projected, so are the effects.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode,
+)]
+pub struct DeliveryMark {
+    pub from: ShardId,
+    pub to: ShardId,
+    pub sequence: u64,
+}
+
+/// Everything a read must have seen to reflect a command (read-your-writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadPosition {
+    pub positions: Vec<ShardPosition>,
+    pub deliveries: Vec<DeliveryMark>,
+}
+
+impl Completion {
+    pub fn read_position(&self) -> ReadPosition {
+        ReadPosition {
+            positions: self.positions.clone(),
+            deliveries: self.deliveries.clone(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- sagas
@@ -572,6 +604,14 @@ pub enum Message {
         amount: i64,
         revoke_items: Vec<ItemId>,
     },
+    /// A refund finished on the purchase's home shard; `deliveries` are the
+    /// escrow reversal and buyer credit it sent. (Appended: older logs hold
+    /// `RefundResult` for successes too.)
+    RefundSettled {
+        refund_id: RefundId,
+        amount: i64,
+        deliveries: Vec<DeliveryMark>,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -816,34 +856,58 @@ impl Event {
     }
 }
 
-/// Read-your-writes token: the shard positions a read must have seen,
-/// written `p<shard>.<sequence>_<shard>.<sequence>...`. Opaque to clients.
-pub fn format_position(positions: &[ShardPosition]) -> String {
-    let parts: Vec<String> = positions
+/// Most parts a read-your-writes token may hold.
+pub const READ_POSITION_PARTS_MAX: usize = 64;
+
+/// Read-your-writes token, opaque to clients: `p` then parts joined by `_`,
+/// each `<shard>.<sequence>` (a log position) or `m<from>.<to>.<sequence>`
+/// (a message consumed).
+pub fn format_position(position: &ReadPosition) -> String {
+    let mut parts: Vec<String> = position
+        .positions
         .iter()
         .map(|p| format!("{}.{}", p.shard.0, p.sequence))
         .collect();
+    parts.extend(
+        position
+            .deliveries
+            .iter()
+            .map(|d| format!("m{}.{}.{}", d.from.0, d.to.0, d.sequence)),
+    );
     format!("p{}", parts.join("_"))
 }
 
 /// Parses a token made by [`format_position`]; `None` if malformed.
-pub fn parse_position(token: &str) -> Option<Vec<ShardPosition>> {
+pub fn parse_position(token: &str) -> Option<ReadPosition> {
     let body = token.strip_prefix('p')?;
+    let mut position = ReadPosition::default();
     if body.is_empty() {
-        return Some(Vec::new());
+        return Some(position);
     }
-    let mut positions = Vec::new();
-    for part in body.split('_') {
-        if positions.len() >= 64 {
+    for (index, part) in body.split('_').enumerate() {
+        if index >= READ_POSITION_PARTS_MAX {
             return None;
         }
-        let (shard, sequence) = part.split_once('.')?;
-        positions.push(ShardPosition {
-            shard: ShardId(shard.parse().ok()?),
-            sequence: sequence.parse().ok()?,
-        });
+        if let Some(mark) = part.strip_prefix('m') {
+            let mut fields = mark.split('.');
+            let (from, to, sequence) = (fields.next()?, fields.next()?, fields.next()?);
+            if fields.next().is_some() {
+                return None;
+            }
+            position.deliveries.push(DeliveryMark {
+                from: ShardId(from.parse().ok()?),
+                to: ShardId(to.parse().ok()?),
+                sequence: sequence.parse().ok()?,
+            });
+        } else {
+            let (shard, sequence) = part.split_once('.')?;
+            position.positions.push(ShardPosition {
+                shard: ShardId(shard.parse().ok()?),
+                sequence: sequence.parse().ok()?,
+            });
+        }
     }
-    Some(positions)
+    Some(position)
 }
 
 #[cfg(test)]
@@ -852,21 +916,27 @@ mod position_tests {
 
     #[test]
     fn positions_round_trip_and_reject_garbage() {
-        let positions = vec![
-            ShardPosition {
-                shard: ShardId(0),
-                sequence: 7,
-            },
-            ShardPosition {
-                shard: ShardId(3),
-                sequence: 12,
-            },
-        ];
-        assert_eq!(
-            parse_position(&format_position(&positions)),
-            Some(positions)
-        );
-        assert_eq!(parse_position("p"), Some(vec![]));
+        let position = ReadPosition {
+            positions: vec![
+                ShardPosition {
+                    shard: ShardId(0),
+                    sequence: 7,
+                },
+                ShardPosition {
+                    shard: ShardId(3),
+                    sequence: 12,
+                },
+            ],
+            deliveries: vec![DeliveryMark {
+                from: ShardId(3),
+                to: ShardId(1),
+                sequence: 4,
+            }],
+        };
+        let token = format_position(&position);
+        assert_eq!(token, "p0.7_3.12_m3.1.4");
+        assert_eq!(parse_position(&token), Some(position));
+        assert_eq!(parse_position("p"), Some(ReadPosition::default()));
         for bad in [
             "",
             "x1.2",
@@ -876,8 +946,13 @@ mod position_tests {
             "p1.2_",
             "p-1.2",
             "p99999999.1",
+            "pm1.2",
+            "pm1.2.3.4",
+            "pm1..3",
         ] {
             assert_eq!(parse_position(bad), None, "{bad}");
         }
+        let too_long = format!("p{}", vec!["1.1"; READ_POSITION_PARTS_MAX + 1].join("_"));
+        assert_eq!(parse_position(&too_long), None);
     }
 }

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use ledger_core::codec::{legacy::ItemPublishedV1, Envelope, GENESIS_HASH};
+use ledger_core::codec::legacy::{CompletionV1, ItemPublishedV1, COMMAND_COMPLETED_VARIANT};
+use ledger_core::codec::{Envelope, GENESIS_HASH};
 use ledger_core::*;
 
 fn fixture(name: &str) -> PathBuf {
@@ -95,6 +96,27 @@ fn sample_events() -> Vec<Event> {
             purchase_id: purchase,
             buyer_id: alice,
             at_ms: 1_800_000_000_000,
+        },
+        Event::CommandCompleted {
+            key: "purchase:p-1".into(),
+            completion: Completion {
+                result: Ok(Success::Purchased {
+                    target: PurchaseTarget::Item(ItemId::parse("hat-1").unwrap()),
+                    price: 100,
+                    serial: Some(1),
+                    granted_items: vec![],
+                    balance_after: 400,
+                }),
+                positions: vec![ShardPosition {
+                    shard: ShardId(3),
+                    sequence: 6,
+                }],
+                deliveries: vec![DeliveryMark {
+                    from: ShardId(3),
+                    to: ShardId(1),
+                    sequence: 2,
+                }],
+            },
         },
     ]
 }
@@ -205,4 +227,62 @@ fn the_chain_links_each_event_to_the_previous() {
     for pair in chain.windows(2) {
         assert_eq!(pair[1].previous_hash, pair[0].hash);
     }
+}
+
+#[test]
+fn command_completed_version_1_is_upcast() {
+    let path = fixture("legacy-command_completed-v1.hex");
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        let v1 = CompletionV1 {
+            result: Ok(Success::Granted { balance_after: 500 }),
+            positions: vec![ShardPosition {
+                shard: ShardId(2),
+                sequence: 9,
+            }],
+        };
+        let mut payload = COMMAND_COMPLETED_VARIANT.to_le_bytes().to_vec();
+        payload.extend(ledger_core::codec::encode(&("grant:g-1".to_string(), v1)));
+        let completed = Event::CommandCompleted {
+            key: "grant:g-1".into(),
+            completion: Completion {
+                result: Ok(Success::Granted { balance_after: 500 }),
+                positions: vec![],
+                deliveries: vec![],
+            },
+        };
+        let mut envelope = Envelope::seal(
+            &completed,
+            ShardId(2),
+            10,
+            "message:1:4",
+            1_700_000_000_000,
+            GENESIS_HASH,
+        );
+        envelope.schema_version = 1;
+        envelope.payload = payload;
+        std::fs::write(&path, hex(&envelope.reseal().to_bytes())).unwrap();
+    }
+    let bytes = unhex(&std::fs::read_to_string(&path).expect("legacy fixture exists"));
+    let envelope =
+        Envelope::from_bytes(&bytes).expect("legacy envelope decodes and its hash holds");
+    assert_eq!(envelope.schema_version, 1);
+    let Event::CommandCompleted { key, completion } = envelope.event().unwrap() else {
+        panic!("upcast to command_completed")
+    };
+    assert_eq!(key, "grant:g-1");
+    assert_eq!(
+        completion.result,
+        Ok(Success::Granted { balance_after: 500 })
+    );
+    assert_eq!(
+        completion.positions,
+        vec![ShardPosition {
+            shard: ShardId(2),
+            sequence: 9
+        }]
+    );
+    assert!(
+        completion.deliveries.is_empty(),
+        "version 1 completions carried no delivery marks"
+    );
 }

@@ -19,7 +19,7 @@
 use ledger_core::codec::Envelope;
 use ledger_core::{
     Account, BundleId, Completion, Event, ItemDefinition, ItemId, ListingId, Posting, PurchaseId,
-    PurchaseTarget, Success, TimestampMs, UserId,
+    PurchaseTarget, ShardId, Success, TimestampMs, UserId,
 };
 
 /// Which of a user's accounts a transaction entry changed.
@@ -53,6 +53,12 @@ impl TransactionAccount {
 /// One change to the read models.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// Shard `to` consumed message `sequence` from shard `from`, after its effects.
+    MessageConsumed {
+        from: ShardId,
+        to: ShardId,
+        sequence: u64,
+    },
     /// Adds to a user's wallet balance and pending earnings.
     BalanceDelta {
         user_id: UserId,
@@ -381,8 +387,12 @@ pub fn project(envelope: &Envelope, event: &Event) -> Vec<Change> {
             lifetime: -creator_share,
             sales_count: -1,
         }),
-        Event::MessageReceived { .. }
-        | Event::MessageSent { .. }
+        Event::MessageReceived { from, sequence } => changes.push(Change::MessageConsumed {
+            from: *from,
+            to: envelope.shard,
+            sequence: *sequence,
+        }),
+        Event::MessageSent { .. }
         | Event::CommandAccepted { .. }
         | Event::CommandProgressed { .. }
         | Event::CurrencyGranted { .. }
@@ -998,6 +1008,7 @@ mod tests {
                     shard: ShardId(0),
                     sequence: 1,
                 }],
+                deliveries: Vec::new(),
             },
         };
         let primary = Success::Purchased {

@@ -1,7 +1,7 @@
 //! Read-model views served by the query API, and the port that serves them.
 
 use async_trait::async_trait;
-use ledger_core::{ShardPosition, TimestampMs};
+use ledger_core::{ReadPosition, TimestampMs};
 use serde::Serialize;
 
 /// Largest page a query returns; larger `limit`s are clamped.
@@ -111,8 +111,9 @@ pub enum ReadError {
 /// The read models, as the query API sees them. Implemented by every backend.
 #[async_trait]
 pub trait ReadModels: Send + Sync + 'static {
-    /// Whether every position has been projected.
-    async fn covers(&self, positions: &[ShardPosition]) -> Result<bool, ReadError>;
+    /// Whether every log position has been projected and every delivery
+    /// mark's `message_received` too.
+    async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError>;
     /// A user never seen has a zero balance.
     async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError>;
     async fn inventory(

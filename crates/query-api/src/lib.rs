@@ -12,7 +12,6 @@
 pub mod metrics;
 pub mod routes;
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use command_api::auth::Verifier;
 use command_api::extract::{PathSegment, QueryParameters};
 use command_api::problem::Problem;
 use command_api::validate::{format_timestamp, parse_id};
-use ledger_core::{parse_position, BundleId, ItemId, RejectionCode, Role, ShardPosition, UserId};
+use ledger_core::{parse_position, BundleId, ItemId, ReadPosition, RejectionCode, Role, UserId};
 use projectors::{ReadError, ReadModels, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -35,21 +35,21 @@ type Answer = Result<Response, Problem>;
 /// A read-your-writes token from `?after=`, as given and parsed.
 struct After {
     token: String,
-    positions: Vec<ShardPosition>,
+    position: ReadPosition,
 }
 
 fn parse_after(query: &QueryParameters) -> Result<Option<After>, Problem> {
     let Some(token) = query.get("after")? else {
         return Ok(None);
     };
-    let positions = parse_position(token).ok_or_else(|| {
+    let position = parse_position(token).ok_or_else(|| {
         Problem::malformed_request(
             "after must be a position token returned by the command api, e.g. p0.12_3.4",
         )
     })?;
     Ok(Some(After {
         token: token.to_owned(),
-        positions,
+        position,
     }))
 }
 
@@ -123,14 +123,14 @@ async fn wait_for(state: &QueryState, after: Option<&After>) -> Result<(), Probl
     let Some(after) = after else {
         return Ok(());
     };
-    if after.positions.is_empty() {
+    if after.position == ReadPosition::default() {
         return Ok(());
     }
     let deadline = Instant::now() + state.settings.projection_wait_max;
     loop {
         if state
             .read_models
-            .covers(&after.positions)
+            .covers(&after.position)
             .await
             .map_err(read_failed)?
         {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use command_api::auth::{issue_token, now_seconds, Verifier};
 use command_api::Observability;
-use ledger_core::{Role, ShardPosition, UserId};
+use ledger_core::{ReadPosition, Role, UserId};
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
     BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
@@ -39,7 +39,7 @@ impl UnreachableReadModels {
 
 #[async_trait]
 impl ReadModels for UnreachableReadModels {
-    async fn covers(&self, _: &[ShardPosition]) -> Result<bool, ReadError> {
+    async fn covers(&self, _: &ReadPosition) -> Result<bool, ReadError> {
         self.reached("covers")
     }
     async fn balance(&self, _: &str) -> Result<BalanceView, ReadError> {
@@ -117,7 +117,7 @@ impl EmptyReadModels {
 
 #[async_trait]
 impl ReadModels for EmptyReadModels {
-    async fn covers(&self, _: &[ShardPosition]) -> Result<bool, ReadError> {
+    async fn covers(&self, _: &ReadPosition) -> Result<bool, ReadError> {
         Ok(self.caught_up.load(Ordering::SeqCst))
     }
     async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {

@@ -30,6 +30,15 @@ fn apply_change(
 ) -> Result<(), SqliteStoreError> {
     let failed = SqliteStoreError::sqlite("apply read-model change");
     match change {
+        Change::MessageConsumed { from, to, sequence } => {
+            let sequence = crate::error::to_sql("delivery sequence", *sequence)?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO projection_deliveries (sender, receiver, sequence) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (sender, receiver) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+                )
+                .and_then(|mut statement| statement.execute(params![from.0, to.0, sequence]))
+        }
         Change::BalanceDelta { user_id, wallet_delta, pending_delta } => transaction
             .prepare_cached(
                 "INSERT INTO balances (user_id, balance, pending) VALUES (?1, ?2, ?3)

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ledger_core::{validate_id, ShardPosition};
+use ledger_core::{validate_id, ReadPosition};
 use projectors::{
     BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
     ReadError, ReadModels, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
@@ -132,22 +132,33 @@ struct TransactionRow {
 
 #[async_trait]
 impl ReadModels for SqliteReadModels {
-    async fn covers(&self, positions: &[ShardPosition]) -> Result<bool, ReadError> {
-        let positions = positions.to_vec();
+    async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
+        let position = position.clone();
         self.read("coverage read", move |connection| {
-            let mut statement = connection
+            let mut checkpoints = connection
                 .prepare_cached("SELECT sequence FROM projection_checkpoint WHERE shard = ?1")
                 .map_err(query_failed("prepare checkpoint read"))?;
-            for position in positions {
-                if position.sequence == 0 {
+            for wanted in &position.positions {
+                if wanted.sequence == 0 {
                     continue;
                 }
-                let checkpoint: Option<i64> = statement
-                    .query_row(params![position.shard.0], |row| row.get(0))
+                let checkpoint: Option<i64> = checkpoints
+                    .query_row(params![wanted.shard.0], |row| row.get(0))
                     .optional()
                     .map_err(query_failed("read checkpoint"))?;
-                let checkpoint = from_sql("checkpoint sequence", checkpoint.unwrap_or(0))?;
-                if checkpoint < position.sequence {
+                if from_sql("checkpoint sequence", checkpoint.unwrap_or(0))? < wanted.sequence {
+                    return Ok(false);
+                }
+            }
+            let mut deliveries = connection
+                .prepare_cached("SELECT sequence FROM projection_deliveries WHERE sender = ?1 AND receiver = ?2")
+                .map_err(query_failed("prepare delivery read"))?;
+            for mark in &position.deliveries {
+                let consumed: Option<i64> = deliveries
+                    .query_row(params![mark.from.0, mark.to.0], |row| row.get(0))
+                    .optional()
+                    .map_err(query_failed("read delivery"))?;
+                if from_sql("delivery sequence", consumed.unwrap_or(0))? < mark.sequence {
                     return Ok(false);
                 }
             }

@@ -113,6 +113,12 @@ CREATE TABLE IF NOT EXISTS projection_checkpoint (
     shard INTEGER PRIMARY KEY,
     sequence INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS projection_deliveries (
+    sender INTEGER NOT NULL,
+    receiver INTEGER NOT NULL,
+    sequence INTEGER NOT NULL,
+    PRIMARY KEY (sender, receiver)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS projection_position (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     position INTEGER NOT NULL
@@ -132,6 +138,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("bundles", "bundle_id"),
     ("earnings", "creator_id"),
     ("projection_checkpoint", "shard"),
+    ("projection_deliveries", "sender, receiver"),
     ("projection_position", "id"),
 ];
 

@@ -10,7 +10,8 @@ use common::*;
 use engine::ports::EventStore;
 use ledger_core::codec::Envelope;
 use ledger_core::{
-    Completion, Event, ListingEndReason, Posting, RefundId, ShardId, ShardPosition, Success,
+    Completion, Event, ListingEndReason, Posting, ReadPosition, RefundId, ShardId, ShardPosition,
+    Success,
 };
 use ledger_store_sqlite::SqliteStore;
 use projectors::{InventoryEntry, OwnerEntry, ReadError, ReadModels, PAGE_SIZE_MAX};
@@ -157,6 +158,7 @@ fn purchase_history(log: &mut Log) -> Vec<Envelope> {
                     balance_after: 700,
                 }),
                 positions: Vec::new(),
+                deliveries: Vec::new(),
             },
         },
         65,
@@ -190,17 +192,21 @@ async fn a_purchase_history_projects_to_the_expected_read_models() {
             .expect("append succeeds");
     }
     let read_models = store.read_models();
-    let positions = |shard: u16, sequence: u64| {
-        vec![ShardPosition {
+    let positions = |shard: u16, sequence: u64| ReadPosition {
+        positions: vec![ShardPosition {
             shard: ShardId(shard),
             sequence,
-        }]
+        }],
+        deliveries: Vec::new(),
     };
     assert!(!read_models
         .covers(&positions(USERS, 1))
         .await
         .expect("coverage reads"));
-    assert!(read_models.covers(&[]).await.expect("coverage reads"));
+    assert!(read_models
+        .covers(&ReadPosition::default())
+        .await
+        .expect("coverage reads"));
 
     project_all(&store).await;
     assert_eq!(
@@ -638,10 +644,13 @@ async fn the_projector_loop_follows_appends_and_stops_on_shutdown() {
             .expect("append succeeds");
     }
     let read_models = store.read_models();
-    let last = vec![ShardPosition {
-        shard: ShardId(PURCHASES),
-        sequence: log.last_sequence(PURCHASES),
-    }];
+    let last = ReadPosition {
+        positions: vec![ShardPosition {
+            shard: ShardId(PURCHASES),
+            sequence: log.last_sequence(PURCHASES),
+        }],
+        deliveries: Vec::new(),
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !read_models.covers(&last).await.expect("coverage reads") {
         assert!(

@@ -172,6 +172,7 @@ pub fn completed_item_purchase(
                 balance_after: 0,
             }),
             positions: Vec::new(),
+            deliveries: Vec::new(),
         },
     }
 }
