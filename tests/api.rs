@@ -506,15 +506,24 @@ async fn escrow_is_released_by_the_clock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_without_changing_state() {
     let app = spawn_app().await;
-    assert_eq!(app.grant("g-steady", "steady", 500).await.status, 201);
-    assert_eq!(
-        app.publish(json!({"item_id": "lamp", "creator_id": "maker", "name": "Lamp", "price": 30}))
-            .await
-            .status,
-        201
-    );
-    let before_balance = app.balance("steady", None).await;
-    let before_item = app.get("/v1/items/lamp", None).await.text;
+    let grant = app.grant("g-steady", "steady", 500).await;
+    assert_eq!(grant.status, 201);
+    let lamp = app
+        .publish(json!({"item_id": "lamp", "creator_id": "maker", "name": "Lamp", "price": 30}))
+        .await;
+    assert_eq!(lamp.status, 201);
+    // Read the state the refusals must not change once it is surely projected.
+    let before_balance = app.balance("steady", grant.body["position"].as_str()).await;
+    let before_item = app
+        .get(
+            &format!(
+                "/v1/items/lamp?after={}",
+                lamp.body["position"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await
+        .text;
     let service = app.service();
     let admin = app.admin();
     let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![

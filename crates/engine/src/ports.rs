@@ -35,6 +35,10 @@ pub struct Recovery {
     pub envelopes: Vec<Envelope>,
 }
 
+/// Resolves when an ordered append is durable (see [`EventStore::append_ordered`]).
+pub type AppendReceipt =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send>>;
+
 /// The event log, the shard message outbox and snapshots.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -42,6 +46,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appending a batch whose events are already stored (same shard and
     /// sequence, same hash) is a no-op, so a redo is safe.
     async fn append(&self, batches: Vec<ShardBatch>) -> Result<(), StoreError>;
+
+    /// Queues an append and returns once its place in the commit order is
+    /// fixed; the receipt resolves when it is durable. A store that commits
+    /// every append in queue order, across all shards (one log), lets a shard
+    /// hand its messages to other shards before its own append is durable:
+    /// their effects are queued after it, so they can never be durable
+    /// without it. Such a store answers `true` to `orders_appends_globally`.
+    /// The default appends fully before returning.
+    async fn append_ordered(&self, batches: Vec<ShardBatch>) -> Result<AppendReceipt, StoreError> {
+        self.append(batches).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+
+    /// Whether appends become durable in the order `append_ordered` queued them.
+    fn orders_appends_globally(&self) -> bool {
+        false
+    }
 
     /// The latest snapshot of `shard` and every event after it.
     async fn recover(&self, shard: ShardId) -> Result<Recovery, StoreError>;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::metrics as names;
-use crate::ports::{CommandBus, EventStore, ShardBatch, StoreError, SubmitError};
+use crate::ports::{AppendReceipt, CommandBus, EventStore, ShardBatch, StoreError, SubmitError};
 use crate::shard::{Reply, ShardRunner, Step};
 
 /// Limits and cadence of the engine.
@@ -141,7 +141,10 @@ impl Engine {
             .zip(command_receivers)
             .zip(message_receivers)
         {
+            let (acknowledgements, pending) = mpsc::channel(ACKNOWLEDGEMENTS_IN_FLIGHT_MAX);
+            let acknowledger = tokio::spawn(acknowledge(pending));
             let task = ShardTask {
+                acknowledgements,
                 runner,
                 store: store.clone(),
                 commands,
@@ -151,7 +154,11 @@ impl Engine {
                 stopping: stopping_receiver.clone(),
                 events_since_snapshot: 0,
             };
-            tasks.push(tokio::spawn(task.run()));
+            tasks.push(tokio::spawn(async move {
+                task.run().await;
+                // `run` dropped its sender: the acknowledger ends after the last answer.
+                let _ = acknowledger.await;
+            }));
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -225,6 +232,7 @@ struct ShardTask {
     config: EngineConfig,
     stopping: watch::Receiver<bool>,
     events_since_snapshot: u64,
+    acknowledgements: mpsc::Sender<Acknowledgement>,
 }
 
 enum Wake {
@@ -307,32 +315,41 @@ impl ShardTask {
             messages,
             replies,
         } = step;
-        if !envelopes.is_empty() {
-            let started = Instant::now();
-            let count = envelopes.len() as u64;
+        let started = Instant::now();
+        let events = envelopes.len() as u64;
+        let receipt: AppendReceipt = if envelopes.is_empty() {
+            Box::pin(std::future::ready(Ok(())))
+        } else {
             let batch = ShardBatch {
                 shard: Some(self.runner.shard()),
                 envelopes,
                 messages: messages.clone(),
             };
-            if let Err(error) = self.store.append(vec![batch]).await {
-                // The in-memory state is ahead of the log: the only safe move is to stop.
-                tracing::error!(shard = %self.runner.shard(), %error, "append failed; stopping the process");
-                std::process::abort();
+            match self.store.append_ordered(vec![batch]).await {
+                Ok(receipt) => receipt,
+                Err(error) => self.fail(error),
             }
-            metrics::histogram!(names::COMMIT_DURATION_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!(names::EVENTS_TOTAL).increment(count);
-            metrics::counter!(names::BATCHES_TOTAL).increment(1);
-            metrics::histogram!(names::BATCH_INPUTS).record(inputs as f64);
-            self.events_since_snapshot += count;
-        }
-        for message in messages {
-            // A closed peer means the engine is stopping; the message is durable and will be redelivered.
-            let _ = self.peers[message.to.0 as usize].send(message);
-        }
-        for (waiter, reply) in replies {
-            let _ = waiter.send(reply);
+        };
+        self.events_since_snapshot += events;
+        let acknowledgement = Acknowledgement {
+            shard: self.runner.shard(),
+            receipt,
+            replies,
+            started,
+            events,
+            inputs,
+        };
+        if self.store.orders_appends_globally() {
+            // Effects of these messages are queued after this append, so they
+            // cannot become durable without it: hand them over now, and answer
+            // callers (in order) once the append is durable.
+            self.deliver(messages);
+            if self.acknowledgements.send(acknowledgement).await.is_err() {
+                panic!("the acknowledger of shard {} stopped", self.runner.shard());
+            }
+        } else {
+            acknowledgement.complete().await;
+            self.deliver(messages);
         }
         if self.events_since_snapshot >= self.config.snapshot_every_events {
             self.events_since_snapshot = 0;
@@ -348,5 +365,57 @@ impl ShardTask {
                 }
             }
         }
+    }
+
+    fn deliver(&self, messages: Vec<MessageEnvelope>) {
+        for message in messages {
+            // A closed peer means the engine is stopping; the message is durable and will be redelivered.
+            let _ = self.peers[message.to.0 as usize].send(message);
+        }
+    }
+
+    fn fail(&self, error: StoreError) -> ! {
+        // The in-memory state is ahead of the log: the only safe move is to stop.
+        tracing::error!(shard = %self.runner.shard(), %error, "append failed; stopping the process");
+        std::process::abort();
+    }
+}
+
+/// Answers owed once an append is durable.
+struct Acknowledgement {
+    shard: ShardId,
+    receipt: AppendReceipt,
+    replies: Vec<(Waiter, Reply)>,
+    started: Instant,
+    events: u64,
+    inputs: usize,
+}
+
+impl Acknowledgement {
+    async fn complete(self) {
+        if let Err(error) = self.receipt.await {
+            tracing::error!(shard = %self.shard, %error, "append failed; stopping the process");
+            std::process::abort();
+        }
+        if self.events > 0 {
+            metrics::histogram!(names::COMMIT_DURATION_SECONDS)
+                .record(self.started.elapsed().as_secs_f64());
+            metrics::counter!(names::EVENTS_TOTAL).increment(self.events);
+            metrics::counter!(names::BATCHES_TOTAL).increment(1);
+            metrics::histogram!(names::BATCH_INPUTS).record(self.inputs as f64);
+        }
+        for (waiter, reply) in self.replies {
+            let _ = waiter.send(reply);
+        }
+    }
+}
+
+/// Most appends of one shard waiting for durability at once.
+const ACKNOWLEDGEMENTS_IN_FLIGHT_MAX: usize = 64;
+
+/// Answers a shard's callers in append order as appends become durable.
+async fn acknowledge(mut acknowledgements: mpsc::Receiver<Acknowledgement>) {
+    while let Some(acknowledgement) = acknowledgements.recv().await {
+        acknowledgement.complete().await;
     }
 }

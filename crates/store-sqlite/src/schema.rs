@@ -16,7 +16,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tables, idempotent. `events.position` is the global commit order.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
-    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- Events are never deleted, so the rowid alone grows with commit order
+    -- (no AUTOINCREMENT bookkeeping per insert).
+    position INTEGER PRIMARY KEY,
     shard INTEGER NOT NULL,
     sequence INTEGER NOT NULL,
     event_type TEXT NOT NULL,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use engine::ports::{EventStore, Recovery, ShardBatch, StoreError};
+use engine::ports::{AppendReceipt, EventStore, Recovery, ShardBatch, StoreError};
 use ledger_core::codec::{self, Envelope, MessageEnvelope, Snapshot};
 use ledger_core::ShardId;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -168,6 +168,32 @@ impl EventStore for SqliteStore {
         Ok(self
             .write(WriteRequest::Append { batches, reply }, answer)
             .await?)
+    }
+
+    async fn append_ordered(&self, batches: Vec<ShardBatch>) -> Result<AppendReceipt, StoreError> {
+        if batches
+            .iter()
+            .all(|batch| batch.envelopes.is_empty() && batch.messages.is_empty())
+        {
+            return Ok(Box::pin(std::future::ready(Ok(()))));
+        }
+        let (reply, answer) = oneshot::channel();
+        // The writer thread takes requests first in, first committed: once the
+        // request is in its queue, its place in the commit order is fixed.
+        self.writer
+            .send(WriteRequest::Append { batches, reply })
+            .await
+            .map_err(|_| StoreError::from(SqliteStoreError::WriterStopped))?;
+        Ok(Box::pin(async move {
+            answer
+                .await
+                .map_err(|_| StoreError::from(SqliteStoreError::WriterStopped))?
+                .map_err(StoreError::from)
+        }))
+    }
+
+    fn orders_appends_globally(&self) -> bool {
+        true
     }
 
     async fn recover(&self, shard: ShardId) -> Result<Recovery, StoreError> {

@@ -218,6 +218,35 @@ fn write_group(
     appends: &[PendingAppend],
     outcomes: &mut Vec<Result<Written, SqliteStoreError>>,
 ) -> Result<(), SqliteStoreError> {
+    // Fast path: every request in one transaction, no savepoints. A refused
+    // request (a conflicting redo) is rare; then the whole group is redone
+    // with a savepoint per request, so only the refused one fails.
+    {
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(SqliteStoreError::sqlite("begin append transaction"))?;
+        let mut written = Vec::with_capacity(appends.len());
+        let mut refused = false;
+        for append in appends {
+            match write_batches(&transaction, &append.batches) {
+                Ok(request_written) => written.push(Ok(request_written)),
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        if !refused {
+            transaction
+                .commit()
+                .map_err(SqliteStoreError::sqlite("commit appends"))?;
+            outcomes.extend(written);
+            return Ok(());
+        }
+        transaction
+            .rollback()
+            .map_err(SqliteStoreError::sqlite("roll back refused group"))?;
+    }
     let mut transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(SqliteStoreError::sqlite("begin append transaction"))?;
