@@ -28,6 +28,8 @@ pub struct Report {
     pub succeeded: usize,
     pub elapsed: Duration,
     pub latency: hdrhistogram::Histogram<u64>,
+    /// Broken invariants found through the query API after the run (HTTP mode).
+    pub violations: Vec<String>,
 }
 
 impl Report {
@@ -198,11 +200,12 @@ pub async fn embedded(engine: engine::Engine, load: Load) -> Report {
         succeeded,
         elapsed,
         latency,
+        violations: Vec::new(),
     }
 }
 
 /// End-to-end rate through the command API of a running ledger.
-pub async fn http(command_url: String, secret: Vec<u8>, load: Load) -> Report {
+pub async fn http(command_url: String, query_url: String, secret: Vec<u8>, load: Load) -> Report {
     let tag = run_tag();
     let buyers = buyers_for(&load);
     let client = reqwest::Client::builder()
@@ -250,8 +253,14 @@ pub async fn http(command_url: String, secret: Vec<u8>, load: Load) -> Report {
         let body = json!({"item_id": format!("bench-{tag}-i-{item}"), "creator_id": format!("bench-{tag}-creator"), "name": "bench item", "price": PRICE});
         let _ = post("/v1/items", service.clone(), body).await;
     }
+    let outcomes: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new(
+        (0..load.purchases)
+            .map(|_| std::sync::atomic::AtomicBool::new(false))
+            .collect(),
+    );
     let (succeeded, elapsed, latency) = closed_loop(load.purchases, load.concurrency, {
-        let (post, tag, service) = (post.clone(), tag.clone(), service.clone());
+        let (post, tag, service, outcomes) =
+            (post.clone(), tag.clone(), service.clone(), outcomes.clone());
         move |n| {
             let body = json!({
                 "purchase_id": format!("bench-{tag}-p-{n}"),
@@ -259,16 +268,122 @@ pub async fn http(command_url: String, secret: Vec<u8>, load: Load) -> Report {
                 "item_id": format!("bench-{tag}-i-{}", n / buyers),
                 "expected_price": PRICE,
             });
-            post("/v1/purchases", service.clone(), body)
+            let (post, service, outcomes) = (post.clone(), service.clone(), outcomes.clone());
+            async move {
+                let ok = post("/v1/purchases", service, body).await;
+                outcomes[n].store(ok, std::sync::atomic::Ordering::Relaxed);
+                ok
+            }
         }
     })
     .await;
+    let successes: Vec<bool> = outcomes
+        .iter()
+        .map(|o| o.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    let expected = Expected::from_successes(&successes, buyers);
+    let violations = check_invariants(&client, &query_url, &service, &tag, &expected).await;
     Report {
         purchases: load.purchases,
         succeeded,
         elapsed,
         latency,
+        violations,
     }
+}
+
+/// What the read models must show after a run, derived from the answers.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// Balance of each buyer.
+    pub balances: Vec<i64>,
+    /// Copies sold of each item.
+    pub sold: Vec<u64>,
+    /// The creator's lifetime earnings (70% of each price, rounded down).
+    pub creator_lifetime: i64,
+}
+
+impl Expected {
+    pub fn from_successes(successes: &[bool], buyers: usize) -> Expected {
+        let mut balances = vec![PRICE * ITEMS as i64; buyers];
+        let mut sold = vec![0u64; ITEMS];
+        let mut creator_lifetime = 0;
+        for (n, ok) in successes.iter().enumerate() {
+            if *ok {
+                balances[n % buyers] -= PRICE;
+                sold[n / buyers] += 1;
+                creator_lifetime += ledger_core::PRIMARY_FEE_POLICY_V1
+                    .split(PRICE)
+                    .creator_share;
+            }
+        }
+        Expected {
+            balances,
+            sold,
+            creator_lifetime,
+        }
+    }
+}
+
+/// Reads every buyer's balance, every item's sold count and the creator's
+/// earnings through the query API (waiting, bounded, for the projection)
+/// and lists what disagrees with the answers the run received.
+async fn check_invariants(
+    client: &reqwest::Client,
+    query_url: &str,
+    token: &str,
+    tag: &str,
+    expected: &Expected,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let read = |path: String| {
+        let request = client.get(format!("{query_url}{path}")).bearer_auth(token);
+        async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    response.json::<serde_json::Value>().await.ok()
+                }
+                _ => None,
+            }
+        }
+    };
+    let mut checks: Vec<(String, &'static str, i64)> = Vec::new();
+    for (buyer, balance) in expected.balances.iter().enumerate() {
+        checks.push((
+            format!("/v1/users/bench-{tag}-b-{buyer}/balance"),
+            "balance",
+            *balance,
+        ));
+    }
+    for (item, sold) in expected.sold.iter().enumerate() {
+        checks.push((
+            format!("/v1/items/bench-{tag}-i-{item}"),
+            "sold",
+            *sold as i64,
+        ));
+    }
+    checks.push((
+        format!("/v1/creators/bench-{tag}-creator/earnings"),
+        "lifetime",
+        expected.creator_lifetime,
+    ));
+    let mut violations = Vec::new();
+    for (path, field, wanted) in checks {
+        loop {
+            let found = read(path.clone())
+                .await
+                .and_then(|body| body[field].as_i64());
+            if found == Some(wanted) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                violations.push(format!("{path}: {field} is {found:?}, expected {wanted}"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    violations
 }
 
 #[cfg(test)]
@@ -294,6 +409,18 @@ mod tests {
         assert_eq!(seen, (0..100).collect::<Vec<_>>());
         assert_eq!(succeeded, 50);
         assert_eq!(histogram.len(), 100);
+    }
+
+    #[test]
+    fn expected_state_follows_the_successful_answers() {
+        // 4 purchases over 2 buyers: n=0 (buyer 0, item 0), n=1 (buyer 1, item 0),
+        // n=2 (buyer 0, item 1), n=3 (buyer 1, item 1); n=1 failed.
+        let expected = Expected::from_successes(&[true, false, true, true], 2);
+        let funded = PRICE * ITEMS as i64;
+        assert_eq!(expected.balances, vec![funded - 2 * PRICE, funded - PRICE]);
+        assert_eq!(&expected.sold[..2], &[1, 2]);
+        assert!(expected.sold[2..].iter().all(|sold| *sold == 0));
+        assert_eq!(expected.creator_lifetime, 3 * 7);
     }
 
     #[test]

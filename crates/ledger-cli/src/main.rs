@@ -66,6 +66,9 @@ enum Commands {
         mode: String,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         command_url: String,
+        /// Where the invariant check reads after an HTTP run.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        query_url: String,
         #[arg(long, default_value_t = 20_000)]
         purchases: usize,
         #[arg(long, default_value_t = 256)]
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
             common,
             mode,
             command_url,
+            query_url,
             purchases,
             concurrency,
             shards,
@@ -191,10 +195,12 @@ fn main() -> ExitCode {
                 eprintln!("error: --purchases must be 1..=10000000 and --concurrency 1..=65536");
                 return ExitCode::FAILURE;
             }
-            if !command_url.starts_with("http://127.")
-                && !command_url.starts_with("http://localhost")
-                && !command_url.starts_with("http://[::1]")
-            {
+            let loopback = |url: &str| {
+                url.starts_with("http://127.")
+                    || url.starts_with("http://localhost")
+                    || url.starts_with("http://[::1]")
+            };
+            if !loopback(&command_url) || !loopback(&query_url) {
                 eprintln!("error: the load generator only targets loopback addresses");
                 return ExitCode::FAILURE;
             }
@@ -215,7 +221,7 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                     };
-                    ledger_cli::bench::http(command_url, secret, load).await
+                    ledger_cli::bench::http(command_url, query_url, secret, load).await
                 } else {
                     let directory =
                         std::env::temp_dir().join(format!("ledger-bench-{}", std::process::id()));
@@ -240,10 +246,17 @@ fn main() -> ExitCode {
                     let _ = std::fs::remove_dir_all(&directory);
                     report
                 };
-                println!(
-                    "{}",
-                    report.summary(&format!("{mode} ({concurrency} concurrent)"))
-                );
+                println!("{}", report.summary(&format!("{mode} ({concurrency} concurrent)")));
+                if mode == "http" {
+                    if report.violations.is_empty() {
+                        println!("invariants: every balance, sold count and the creator's earnings match the answers");
+                    } else {
+                        for violation in &report.violations {
+                            println!("invariant violated: {violation}");
+                        }
+                        return ExitCode::FAILURE;
+                    }
+                }
                 ExitCode::SUCCESS
             })
         }
