@@ -1,14 +1,12 @@
 //! Helpers shared by the store tests: temporary data directories and
-//! hash-chained envelopes built from real events.
+//! hash-chained envelopes built from real events (the chain builder and the
+//! grant, batch and user helpers come from the shared contract suite).
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use engine::ports::ShardBatch;
-use ledger_core::codec::{Envelope, Hash, MessageEnvelope, GENESIS_HASH};
 use ledger_core::*;
 
 /// A fresh, unique directory under the system temp dir, removed on drop.
@@ -39,37 +37,8 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds per-shard hash chains of envelopes.
-#[derive(Default)]
-pub struct Log {
-    heads: BTreeMap<u16, (u64, Hash)>,
-}
+pub use store_contract::support::{batch, grant, user, Log};
 
-impl Log {
-    pub fn seal(&mut self, shard: u16, event: Event, at_ms: u64) -> Envelope {
-        let (next, previous) = self.heads.get(&shard).copied().unwrap_or((1, GENESIS_HASH));
-        let envelope = Envelope::seal(&event, ShardId(shard), next, "test", at_ms, previous);
-        self.heads.insert(shard, (next + 1, envelope.hash));
-        envelope
-    }
-
-    /// The last sequence sealed on `shard` (0 if none).
-    pub fn last_sequence(&self, shard: u16) -> u64 {
-        self.heads.get(&shard).map_or(0, |(next, _)| next - 1)
-    }
-}
-
-pub fn batch(shard: u16, envelopes: Vec<Envelope>, messages: Vec<MessageEnvelope>) -> ShardBatch {
-    ShardBatch {
-        shard: Some(ShardId(shard)),
-        envelopes,
-        messages,
-    }
-}
-
-pub fn user(id: &str) -> UserId {
-    UserId::parse(id).expect("test user id is valid")
-}
 pub fn item(id: &str) -> ItemId {
     ItemId::parse(id).expect("test item id is valid")
 }
@@ -78,19 +47,6 @@ pub fn purchase(id: &str) -> PurchaseId {
 }
 pub fn listing(id: &str) -> ListingId {
     ListingId::parse(id).expect("test listing id is valid")
-}
-
-pub fn grant(grant_id: &str, user_id: &str, amount: i64, balance_after: i64) -> Event {
-    Event::CurrencyGranted {
-        grant_id: GrantId::parse(grant_id).expect("test grant id is valid"),
-        user_id: user(user_id),
-        amount,
-        balance_after,
-        postings: vec![
-            Posting::new(Account::Issuance, -amount),
-            Posting::new(Account::Wallet(user(user_id)), amount),
-        ],
-    }
 }
 
 pub fn publish(item_id: &str, creator_id: &str, price: i64, supply: Option<u32>) -> Event {

@@ -1,0 +1,272 @@
+//! `read_committed` reader of one shard's partition of the events topic, verifying the
+//! hash chain as it goes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger_core::codec::{Envelope, Hash, GENESIS_HASH};
+use ledger_core::ShardId;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::ReadError;
+use crate::{blocking, KafkaConfig, Topics};
+
+/// Where the hash chain of a shard stands: the next event must carry `next_sequence`
+/// and link to `previous_hash`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainCursor {
+    pub next_sequence: u64,
+    pub previous_hash: Hash,
+}
+
+impl ChainCursor {
+    /// The start of a shard's log: event 1, linked to the zero hash.
+    pub fn genesis() -> Self {
+        Self {
+            next_sequence: 1,
+            previous_hash: GENESIS_HASH,
+        }
+    }
+
+    /// Right after `envelope`.
+    pub fn after(envelope: &Envelope) -> Self {
+        Self {
+            next_sequence: envelope.sequence + 1,
+            previous_hash: envelope.hash,
+        }
+    }
+}
+
+/// An event and its offset in the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub offset: i64,
+    pub envelope: Envelope,
+}
+
+/// What one [`EventLogReader::next_batch`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadBatch {
+    pub events: Vec<LoggedEvent>,
+    /// The reader has reached the last stable offset of the partition (everything
+    /// committed so far has been read).
+    pub at_end: bool,
+}
+
+/// Reads the events of one shard (one partition) from an offset, with
+/// `isolation.level=read_committed`: aborted and open transactions are never returned.
+/// Every envelope's hash is checked on decode; the reader also checks that each event
+/// continues the chain (sequence + 1, `previous_hash` = previous `hash`) and fails on
+/// a gap.
+pub struct EventLogReader {
+    consumer: Arc<BaseConsumer>,
+    topic: String,
+    shard: ShardId,
+    cursor: Option<ChainCursor>,
+    next_offset: i64,
+    at_end: bool,
+}
+
+impl EventLogReader {
+    /// Starts reading shard `shard` of `topics.events` at `from_offset`. `cursor` is the
+    /// chain position expected at that offset ([`ChainCursor::genesis`] from offset 0);
+    /// `None` trusts the first event read and checks continuity from there.
+    pub fn open(
+        config: &KafkaConfig,
+        topics: &Topics,
+        shard: ShardId,
+        from_offset: i64,
+        cursor: Option<ChainCursor>,
+    ) -> Result<Self, ReadError> {
+        let topic = topics.events.clone();
+        let group = format!("{topic}.reader.{shard}");
+        let consumer: BaseConsumer = config
+            .client_config(&[
+                ("group.id", &group),
+                ("isolation.level", "read_committed"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.partition.eof", "true"),
+                // An offset outside the log (truncated or never written) is an error, not
+                // a silent jump.
+                ("auto.offset.reset", "error"),
+            ])
+            .create()
+            .map_err(|source| ReadError::Client {
+                topic: topic.clone(),
+                source,
+            })?;
+        let partition = i32::from(shard.0);
+        let mut assignment = TopicPartitionList::with_capacity(1);
+        assignment
+            .add_partition_offset(&topic, partition, Offset::Offset(from_offset))
+            .and_then(|()| consumer.assign(&assignment))
+            .map_err(|source| ReadError::Assign {
+                topic: topic.clone(),
+                partition,
+                offset: from_offset,
+                source,
+            })?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            topic,
+            shard,
+            cursor,
+            next_offset: from_offset,
+            at_end: false,
+        })
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// The chain position after the last event returned.
+    pub fn cursor(&self) -> Option<ChainCursor> {
+        self.cursor
+    }
+
+    /// The offset after the last event returned (where to resume).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    fn partition(&self) -> i32 {
+        i32::from(self.shard.0)
+    }
+
+    /// Up to `max` verified events; waits at most `wait` for the first one.
+    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadBatch, ReadError> {
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let partition = self.partition();
+        let max = max.max(1);
+        let (raw, eof) = blocking(move || poll_batch(&consumer, &topic, partition, max, wait))
+            .await
+            .map_err(|join| ReadError::Task {
+                topic: self.topic.clone(),
+                partition,
+                detail: join.to_string(),
+            })??;
+        let mut events = Vec::with_capacity(raw.len());
+        for (offset, envelope) in raw {
+            self.check(offset, &envelope)?;
+            self.cursor = Some(ChainCursor::after(&envelope));
+            self.next_offset = offset + 1;
+            events.push(LoggedEvent { offset, envelope });
+        }
+        self.at_end = eof || (self.at_end && events.is_empty());
+        Ok(ReadBatch {
+            events,
+            at_end: self.at_end,
+        })
+    }
+
+    /// Every committed event from the current position to the end of the partition.
+    /// Fails with [`ReadError::Timeout`] if the end is not reached within `timeout`.
+    pub async fn read_to_end(&mut self, timeout: Duration) -> Result<Vec<LoggedEvent>, ReadError> {
+        let deadline = Instant::now() + timeout;
+        let mut all = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let batch = self
+                .next_batch(1024, left.min(Duration::from_secs(1)))
+                .await?;
+            all.extend(batch.events);
+            if batch.at_end {
+                return Ok(all);
+            }
+            if Instant::now() >= deadline {
+                return Err(ReadError::Timeout {
+                    topic: self.topic.clone(),
+                    partition: self.partition(),
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    fn check(&self, offset: i64, envelope: &Envelope) -> Result<(), ReadError> {
+        if envelope.shard != self.shard {
+            return Err(ReadError::WrongShard {
+                topic: self.topic.clone(),
+                partition: self.partition(),
+                offset,
+                expected: self.shard,
+                found: envelope.shard,
+            });
+        }
+        let Some(cursor) = self.cursor else {
+            return Ok(());
+        };
+        if envelope.sequence != cursor.next_sequence {
+            return Err(ReadError::SequenceGap {
+                shard: self.shard,
+                expected: cursor.next_sequence,
+                found: envelope.sequence,
+                offset,
+            });
+        }
+        if envelope.previous_hash != cursor.previous_hash {
+            return Err(ReadError::BrokenChain {
+                shard: self.shard,
+                sequence: envelope.sequence,
+                offset,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Blocking: polls up to `max` records (decoded and hash-checked), waiting at most
+/// `wait` for the first; `true` when the end of the partition was reached.
+fn poll_batch(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    max: usize,
+    wait: Duration,
+) -> Result<(Vec<(i64, Envelope)>, bool), ReadError> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < max {
+        let timeout = if out.is_empty() {
+            deadline.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        let Some(polled) = consumer.poll(timeout) else {
+            break;
+        };
+        let message = match polled {
+            Ok(message) => message,
+            Err(KafkaError::PartitionEOF(_)) => return Ok((out, true)),
+            Err(source) => {
+                return Err(ReadError::Consume {
+                    topic: topic.to_string(),
+                    partition,
+                    source,
+                })
+            }
+        };
+        let offset = message.offset();
+        let Some(bytes) = message.payload() else {
+            return Err(ReadError::EmptyRecord {
+                topic: topic.to_string(),
+                partition,
+                offset,
+            });
+        };
+        let envelope = Envelope::from_bytes(bytes).map_err(|source| ReadError::Corrupt {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            source,
+        })?;
+        out.push((offset, envelope));
+    }
+    Ok((out, false))
+}

@@ -1,0 +1,556 @@
+//! One transactional producer per shard: a batch is ONE Kafka transaction.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ledger_core::codec::{self, Envelope, MessageEnvelope};
+use ledger_core::ShardId;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::WriteError;
+use crate::{blocking, KafkaConfig, Topics};
+
+type TxProducer = ThreadedProducer<DefaultProducerContext>;
+
+/// Bound of each blocking transactional call (`init`, `commit`, `abort`, …).
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `<prefix>-engine-<shard>`: one id per shard, so a new owner fences the old one.
+pub fn transactional_id(prefix: &str, shard: ShardId) -> String {
+    format!("{prefix}-engine-{shard}")
+}
+
+/// The key of a shard's records on the events topic (and of a receiver's on the
+/// shard-messages topic): the shard number in decimal.
+pub fn event_key(shard: ShardId) -> String {
+    shard.0.to_string()
+}
+
+/// Input offsets consumed by a batch, committed inside its transaction.
+pub struct ConsumedOffsets {
+    /// From the input consumer's `group_metadata()`.
+    pub group: ConsumerGroupMetadata,
+    /// For each input partition, the offset of the NEXT record to consume.
+    pub offsets: TopicPartitionList,
+}
+
+impl ConsumedOffsets {
+    /// `next_offsets`: `(topic, partition, last consumed offset + 1)`; offsets must not
+    /// be negative.
+    pub fn new(
+        group: ConsumerGroupMetadata,
+        next_offsets: &[(&str, i32, i64)],
+    ) -> Result<Self, WriteError> {
+        let mut offsets = TopicPartitionList::with_capacity(next_offsets.len());
+        for (topic, partition, next) in next_offsets {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|_| WriteError::InvalidOffset {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                    offset: *next,
+                })?;
+        }
+        Ok(Self { group, offsets })
+    }
+}
+
+/// A record ready to be produced.
+struct Record {
+    to_events: bool,
+    partition: i32,
+    key: String,
+    value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Fenced,
+    Fatal,
+    Other,
+}
+
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+    )
+}
+
+fn classify(error: &KafkaError) -> Class {
+    if let KafkaError::Transaction(inner) = error {
+        if is_fencing(inner.code()) {
+            return Class::Fenced;
+        }
+        if inner.is_fatal() {
+            return Class::Fatal;
+        }
+        return Class::Other;
+    }
+    match error.rdkafka_error_code() {
+        Some(code) if is_fencing(code) => Class::Fenced,
+        Some(RDKafkaErrorCode::Fatal) => Class::Fatal,
+        _ => Class::Other,
+    }
+}
+
+/// The transactional producer of one shard (`transactional.id = <prefix>-engine-<shard>`,
+/// `enable.idempotence=true`, `acks=all`).
+pub struct ShardTransactionalWriter {
+    producer: Arc<TxProducer>,
+    transactional_id: String,
+    shard: ShardId,
+    events_topic: Arc<str>,
+    messages_topic: Arc<str>,
+    call_timeout: Duration,
+    /// A transaction was begun and neither committed nor aborted.
+    open: bool,
+    /// Set once fenced or fatally failed: `(fenced, detail)`.
+    defunct: Option<(bool, String)>,
+}
+
+impl ShardTransactionalWriter {
+    /// Creates the producer and runs `init_transactions`, which fences any previous
+    /// instance with the same transactional id and aborts its open transaction.
+    pub async fn connect(
+        config: &KafkaConfig,
+        topics: &Topics,
+        transactional_prefix: &str,
+        shard: ShardId,
+    ) -> Result<Self, WriteError> {
+        let transactional_id = transactional_id(transactional_prefix, shard);
+        let producer: TxProducer = config
+            .client_config(&[
+                ("transactional.id", &transactional_id),
+                ("client.id", &transactional_id),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+            ])
+            .create()
+            .map_err(|source| WriteError::Client {
+                transactional_id: transactional_id.clone(),
+                source,
+            })?;
+        let mut writer = Self {
+            producer: Arc::new(producer),
+            transactional_id,
+            shard,
+            events_topic: topics.events.as_str().into(),
+            messages_topic: topics.shard_messages.as_str().into(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            open: false,
+            defunct: None,
+        };
+        let timeout = writer.call_timeout;
+        writer
+            .call("init_transactions", move |producer| {
+                producer.init_transactions(timeout)
+            })
+            .await?;
+        Ok(writer)
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub fn transactional_id(&self) -> &str {
+        &self.transactional_id
+    }
+
+    /// Bound of each blocking transactional call (default 30 s).
+    pub fn set_call_timeout(&mut self, timeout: Duration) {
+        self.call_timeout = timeout;
+    }
+
+    /// Publishes a batch as one transaction: each event to the events topic (partition
+    /// and key = this shard, value = [`Envelope::to_bytes`]), each message to the
+    /// shard-messages topic (partition and key = receiver, value = bincode
+    /// [`MessageEnvelope`]) and, when given, the consumed input offsets
+    /// (`send_offsets_to_transaction`); then commits.
+    ///
+    /// On failure the transaction is aborted and [`WriteError::Aborted`] returned (the
+    /// batch may be retried); [`WriteError::Fenced`] means another instance owns the shard.
+    pub async fn commit_batch(
+        &mut self,
+        events: &[Envelope],
+        messages: &[MessageEnvelope],
+        consumed: Option<ConsumedOffsets>,
+    ) -> Result<(), WriteError> {
+        self.begin(events, messages).await?.commit(consumed).await
+    }
+
+    /// Begins a transaction and enqueues the batch's records, without committing.
+    pub async fn begin(
+        &mut self,
+        events: &[Envelope],
+        messages: &[MessageEnvelope],
+    ) -> Result<PendingTransaction<'_>, WriteError> {
+        let records = self.encode(events, messages)?;
+        if self.open {
+            // A PendingTransaction was dropped without an outcome: end it first.
+            self.abort_open("abort_transaction").await?;
+        }
+        let count = records.len();
+        let events_topic = Arc::clone(&self.events_topic);
+        let messages_topic = Arc::clone(&self.messages_topic);
+        let timeout = self.call_timeout;
+        self.call("begin_transaction", |producer| producer.begin_transaction())
+            .await?;
+        self.open = true;
+        let produced = self
+            .call("produce", move |producer| {
+                produce_all(producer, &events_topic, &messages_topic, records, timeout)
+            })
+            .await;
+        if let Err(error) = produced {
+            return Err(self.after_failure(error).await);
+        }
+        Ok(PendingTransaction {
+            writer: self,
+            records: count,
+        })
+    }
+
+    fn encode(
+        &self,
+        events: &[Envelope],
+        messages: &[MessageEnvelope],
+    ) -> Result<Vec<Record>, WriteError> {
+        let mut records = Vec::with_capacity(events.len() + messages.len());
+        let key = event_key(self.shard);
+        for event in events {
+            if event.shard != self.shard {
+                return Err(WriteError::ForeignEvent {
+                    shard: self.shard,
+                    event_shard: event.shard,
+                    sequence: event.sequence,
+                });
+            }
+            records.push(Record {
+                to_events: true,
+                partition: i32::from(self.shard.0),
+                key: key.clone(),
+                value: event.to_bytes(),
+            });
+        }
+        for message in messages {
+            if message.from != self.shard {
+                return Err(WriteError::ForeignMessage {
+                    shard: self.shard,
+                    from: message.from,
+                    sequence: message.sequence,
+                });
+            }
+            records.push(Record {
+                to_events: false,
+                partition: i32::from(message.to.0),
+                key: event_key(message.to),
+                value: codec::encode(message),
+            });
+        }
+        Ok(records)
+    }
+
+    /// Runs a blocking producer call on the blocking pool. Fencing and fatal errors
+    /// make the writer defunct ([`WriteError::Fenced`] / [`WriteError::Fatal`]); other
+    /// failures come back as [`WriteError::Transaction`] for the caller to abort or report.
+    async fn call<T, F>(&mut self, operation: &'static str, f: F) -> Result<T, WriteError>
+    where
+        F: FnOnce(&TxProducer) -> Result<T, KafkaError> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.call_raw(operation, f).await? {
+            Ok(value) => Ok(value),
+            Err(source) => Err(self.judge(operation, source)),
+        }
+    }
+
+    async fn call_raw<T, F>(
+        &mut self,
+        operation: &'static str,
+        f: F,
+    ) -> Result<Result<T, KafkaError>, WriteError>
+    where
+        F: FnOnce(&TxProducer) -> Result<T, KafkaError> + Send + 'static,
+        T: Send + 'static,
+    {
+        if let Some((fenced, detail)) = &self.defunct {
+            return Err(self.defunct_error(operation, *fenced, detail.clone()));
+        }
+        let producer = Arc::clone(&self.producer);
+        blocking(move || f(&producer))
+            .await
+            .map_err(|join| WriteError::Task {
+                transactional_id: self.transactional_id.clone(),
+                operation,
+                detail: join.to_string(),
+            })
+    }
+
+    fn defunct_error(&self, operation: &'static str, fenced: bool, detail: String) -> WriteError {
+        let transactional_id = self.transactional_id.clone();
+        if fenced {
+            WriteError::Fenced {
+                transactional_id,
+                operation,
+                detail,
+            }
+        } else {
+            WriteError::Fatal {
+                transactional_id,
+                operation,
+                detail,
+            }
+        }
+    }
+
+    /// Turns a failed call into an error; fencing and fatal errors poison the writer.
+    fn judge(&mut self, operation: &'static str, source: KafkaError) -> WriteError {
+        match classify(&source) {
+            Class::Fenced | Class::Fatal => {
+                let fenced = classify(&source) == Class::Fenced;
+                let detail = source.to_string();
+                self.defunct = Some((fenced, detail.clone()));
+                self.open = false;
+                self.defunct_error(operation, fenced, detail)
+            }
+            Class::Other => WriteError::Transaction {
+                transactional_id: self.transactional_id.clone(),
+                operation,
+                source,
+            },
+        }
+    }
+
+    /// After a failed call inside an open transaction: abort it (unless the writer is
+    /// defunct) and describe what happened.
+    async fn after_failure(&mut self, error: WriteError) -> WriteError {
+        let WriteError::Transaction {
+            operation, source, ..
+        } = error
+        else {
+            return error;
+        };
+        let timeout = self.call_timeout;
+        match self
+            .call_raw("abort_transaction", move |producer| {
+                producer.abort_transaction(timeout)
+            })
+            .await
+        {
+            Err(task) => task,
+            Ok(Ok(())) => {
+                self.open = false;
+                WriteError::Aborted {
+                    transactional_id: self.transactional_id.clone(),
+                    operation,
+                    source,
+                }
+            }
+            Ok(Err(abort)) => match classify(&abort) {
+                Class::Fenced | Class::Fatal => self.judge("abort_transaction", abort),
+                Class::Other => WriteError::AbortFailed {
+                    transactional_id: self.transactional_id.clone(),
+                    operation,
+                    source: Box::new(source),
+                    abort: Box::new(abort),
+                },
+            },
+        }
+    }
+
+    async fn abort_open(&mut self, operation: &'static str) -> Result<(), WriteError> {
+        let timeout = self.call_timeout;
+        self.call(operation, move |producer| {
+            producer.abort_transaction(timeout)
+        })
+        .await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+/// Enqueues every record; waits (bounded) while librdkafka's queue is full.
+fn produce_all(
+    producer: &TxProducer,
+    events_topic: &str,
+    messages_topic: &str,
+    records: Vec<Record>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + timeout;
+    for record in &records {
+        let topic = if record.to_events {
+            events_topic
+        } else {
+            messages_topic
+        };
+        let mut base = BaseRecord::to(topic)
+            .partition(record.partition)
+            .key(record.key.as_str())
+            .payload(record.value.as_slice());
+        loop {
+            match producer.send(base) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if Instant::now() < deadline =>
+                {
+                    base = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every enqueued record is delivered (or failed).
+///
+/// Not `Producer::flush`: rdkafka 0.38 implements it by polling the event queue in slices
+/// of up to 100 ms, a queue the `ThreadedProducer`'s own thread also serves, so every
+/// flush (and every commit, which flushes first) cost up to 100 ms. librdkafka's
+/// `rd_kafka_flush` in event mode waits on the count of outstanding messages instead,
+/// which the background thread's delivery-report handling brings to zero.
+fn flush_outstanding(producer: &TxProducer, timeout: Duration) -> Result<(), KafkaError> {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the pointer is the live `rd_kafka_t` owned by `producer`, which outlives
+    // this call; `rd_kafka_flush` is thread-safe.
+    let code = unsafe { rdkafka_sys::rd_kafka_flush(producer.client().native_ptr(), millis) };
+    match RDKafkaErrorCode::from(code) {
+        RDKafkaErrorCode::NoError => Ok(()),
+        code => Err(KafkaError::Flush(code)),
+    }
+}
+
+/// A begun transaction whose records are enqueued: commit or abort it. Dropping it
+/// leaves the transaction open; the writer aborts it before the next `begin`.
+pub struct PendingTransaction<'w> {
+    writer: &'w mut ShardTransactionalWriter,
+    records: usize,
+}
+
+impl PendingTransaction<'_> {
+    /// Records enqueued in this transaction.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Waits until every record reached the broker (still uncommitted, so invisible to
+    /// `read_committed` readers).
+    pub async fn flush(&mut self) -> Result<(), WriteError> {
+        let timeout = self.writer.call_timeout;
+        let flushed = self
+            .writer
+            .call("flush", move |producer| {
+                flush_outstanding(producer, timeout)
+            })
+            .await;
+        match flushed {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.writer.after_failure(error).await),
+        }
+    }
+
+    /// Adds consumed input offsets to the transaction (`send_offsets_to_transaction`):
+    /// the group sees them only if the transaction commits.
+    pub async fn send_offsets(&mut self, consumed: ConsumedOffsets) -> Result<(), WriteError> {
+        let timeout = self.writer.call_timeout;
+        let sent = self
+            .writer
+            .call("send_offsets_to_transaction", move |producer| {
+                producer.send_offsets_to_transaction(&consumed.offsets, &consumed.group, timeout)
+            })
+            .await;
+        match sent {
+            Ok(()) => Ok(()),
+            Err(error) => Err(self.writer.after_failure(error).await),
+        }
+    }
+
+    /// Adds the consumed offsets (if any) and commits the transaction. On a non-fatal
+    /// failure the transaction is aborted ([`WriteError::Aborted`]).
+    pub async fn commit(mut self, consumed: Option<ConsumedOffsets>) -> Result<(), WriteError> {
+        if let Some(consumed) = consumed {
+            self.send_offsets(consumed).await?;
+        }
+        let writer = self.writer;
+        let timeout = writer.call_timeout;
+        let committed = writer
+            .call("commit_transaction", move |producer| {
+                // Deliver first, without rdkafka's 100 ms polling slices; then
+                // `commit_transaction`'s own flush finds nothing outstanding.
+                flush_outstanding(producer, timeout)?;
+                producer.commit_transaction(timeout)
+            })
+            .await;
+        match committed {
+            Ok(()) => {
+                writer.open = false;
+                Ok(())
+            }
+            Err(error) => Err(writer.after_failure(error).await),
+        }
+    }
+
+    /// Aborts the transaction: none of its records or offsets become visible.
+    pub async fn abort(self) -> Result<(), WriteError> {
+        self.writer.abort_open("abort_transaction").await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactional_ids_follow_the_design() {
+        assert_eq!(transactional_id("ledger", ShardId(3)), "ledger-engine-3");
+        assert_eq!(event_key(ShardId(12)), "12");
+    }
+
+    #[test]
+    fn consumed_offsets_must_not_be_negative() {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        // No broker needed: the consumer is never polled.
+        let consumer: BaseConsumer = KafkaConfig::new("127.0.0.1:1")
+            .client_config(&[("group.id", "unit-test")])
+            .create()
+            .unwrap();
+        let group = || consumer.group_metadata().unwrap();
+        let offsets = ConsumedOffsets::new(group(), &[("ledger.commands", 2, 7)]).unwrap();
+        let element = offsets
+            .offsets
+            .find_partition("ledger.commands", 2)
+            .unwrap();
+        assert_eq!(element.offset(), Offset::Offset(7));
+        assert!(matches!(
+            ConsumedOffsets::new(group(), &[("ledger.commands", 0, -1)]),
+            Err(WriteError::InvalidOffset { offset: -1, .. })
+        ));
+    }
+
+    #[test]
+    fn fencing_codes_are_recognised() {
+        for code in [
+            RDKafkaErrorCode::Fenced,
+            RDKafkaErrorCode::ProducerFenced,
+            RDKafkaErrorCode::InvalidProducerEpoch,
+        ] {
+            assert_eq!(
+                classify(&KafkaError::MessageProduction(code)),
+                Class::Fenced
+            );
+        }
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)),
+            Class::Other
+        );
+    }
+}

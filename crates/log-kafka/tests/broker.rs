@@ -1,0 +1,549 @@
+//! Against a REAL broker (`scripts/infra up kafka && scripts/infra wait kafka`), behind the
+//! `kafka-tests` feature:
+//!
+//! ```sh
+//! env $(scripts/infra env) cargo test -p ledger-log-kafka --features kafka-tests
+//! ```
+//!
+//! Every test uses its own topics and transactional ids (random suffix), so they run in
+//! parallel on one broker.
+#![cfg(feature = "kafka-tests")]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ledger_core::codec::{self, Envelope, MessageEnvelope};
+use ledger_core::{Account, Event, GrantId, ItemId, Message, Posting, PurchaseId, ShardId, UserId};
+use ledger_log_kafka::rdkafka::config::ClientConfig;
+use ledger_log_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+use ledger_log_kafka::rdkafka::error::KafkaError;
+use ledger_log_kafka::rdkafka::message::Message as _;
+use ledger_log_kafka::rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, Producer, ThreadedProducer,
+};
+use ledger_log_kafka::rdkafka::{Offset, TopicPartitionList};
+use ledger_log_kafka::{
+    ChainCursor, ConsumedOffsets, EventLogReader, KafkaConfig, ReadError, ShardTransactionalWriter,
+    TopicAdmin, TopicLayout, Topics, WriteError, BOOTSTRAP_ENV,
+};
+
+const TEST_BOUND: Duration = Duration::from_secs(150);
+const READ_BOUND: Duration = Duration::from_secs(30);
+
+fn config() -> KafkaConfig {
+    KafkaConfig::from_env().unwrap_or_else(|| {
+        panic!(
+            "{BOOTSTRAP_ENV} is not set: these tests need a real Kafka broker. Start one with \
+             `scripts/infra up kafka && scripts/infra wait kafka`, then run \
+             `env $(scripts/infra env) cargo test -p ledger-log-kafka --features kafka-tests`"
+        )
+    })
+}
+
+/// A name no other test (or earlier run) uses.
+fn unique(name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    format!(
+        "lt-{name}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fresh topics for one test, created (twice: creation is idempotent) with `shards`
+/// partitions, plus the transactional prefix to use.
+async fn setup(name: &str, shards: u16) -> (KafkaConfig, Topics, String) {
+    let config = config();
+    let prefix = unique(name);
+    let topics = Topics::with_prefix(&prefix);
+    let admin = TopicAdmin::connect(&config).expect("admin client");
+    let layout = TopicLayout::single_node(shards);
+    admin
+        .ensure_topics(&topics, layout)
+        .await
+        .expect("create topics");
+    admin
+        .ensure_topics(&topics, layout)
+        .await
+        .expect("creating the same topics again is a no-op");
+    assert_eq!(
+        admin.partition_count(&topics.events).await.unwrap(),
+        i32::from(shards)
+    );
+    (config, topics, prefix)
+}
+
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_BOUND, test)
+        .await
+        .expect("test did not finish within its bound");
+}
+
+fn user(name: String) -> UserId {
+    UserId::parse(name).unwrap()
+}
+
+/// `count` real, hash-chained events of `shard` continuing `from`: alternately a grant
+/// and a buyer debit. `tag` makes contents (and so hashes) distinct between batches.
+fn chain(shard: ShardId, from: ChainCursor, count: usize, tag: &str) -> Vec<Envelope> {
+    let mut cursor = from;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let sequence = cursor.next_sequence;
+        let buyer = user(format!("buyer-{tag}-{sequence}"));
+        let event = if sequence % 2 == 1 {
+            Event::CurrencyGranted {
+                grant_id: GrantId::parse(format!("grant-{tag}-{sequence}")).unwrap(),
+                user_id: buyer.clone(),
+                amount: 1_000,
+                balance_after: 1_000,
+                postings: vec![
+                    Posting::new(Account::Issuance, -1_000),
+                    Posting::new(Account::Wallet(buyer), 1_000),
+                ],
+            }
+        } else {
+            Event::BuyerDebited {
+                purchase_id: PurchaseId::parse(format!("purchase-{tag}-{sequence}")).unwrap(),
+                buyer_id: buyer.clone(),
+                amount: 100,
+                granted_items: vec![ItemId::parse("item-000001").unwrap()],
+                balance_after: 900,
+                at_ms: 1_800_000_000_000 + sequence,
+                postings: vec![
+                    Posting::new(Account::Wallet(buyer), -100),
+                    Posting::new(Account::Clearing, 100),
+                ],
+            }
+        };
+        let envelope = Envelope::seal(
+            &event,
+            shard,
+            sequence,
+            &format!("command:purchase:{tag}-{sequence}"),
+            1_800_000_000_000 + sequence,
+            cursor.previous_hash,
+        );
+        cursor = ChainCursor::after(&envelope);
+        out.push(envelope);
+    }
+    out
+}
+
+fn messages(from: ShardId, to: ShardId, first: u64, count: u64, tag: &str) -> Vec<MessageEnvelope> {
+    (first..first + count)
+        .map(|sequence| MessageEnvelope {
+            from,
+            to,
+            sequence,
+            message: Message::ReserveItem {
+                purchase_id: PurchaseId::parse(format!("purchase-{tag}-{sequence}")).unwrap(),
+                buyer_id: user(format!("buyer-{tag}-{sequence}")),
+                item_id: ItemId::parse("item-000001").unwrap(),
+                expected_price: 100,
+                at_ms: 1_800_000_000_000,
+            },
+        })
+        .collect()
+}
+
+/// Every committed event of `shard`, from offset 0, chain verified from genesis.
+async fn read_events(config: &KafkaConfig, topics: &Topics, shard: ShardId) -> Vec<Envelope> {
+    let mut reader =
+        EventLogReader::open(config, topics, shard, 0, Some(ChainCursor::genesis())).unwrap();
+    let events = reader
+        .read_to_end(READ_BOUND)
+        .await
+        .expect("read the events");
+    let offsets: Vec<i64> = events.iter().map(|logged| logged.offset).collect();
+    assert!(
+        offsets.windows(2).all(|pair| pair[0] < pair[1]),
+        "offsets ascend"
+    );
+    events.into_iter().map(|logged| logged.envelope).collect()
+}
+
+fn read_committed_consumer(config: &KafkaConfig, group: &str, isolation: &str) -> BaseConsumer {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.bootstrap)
+        .set("group.id", group)
+        .set("isolation.level", isolation)
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    client.create().expect("consumer")
+}
+
+/// Every committed message addressed to `to` (read_committed, blocking helper).
+async fn read_messages(config: &KafkaConfig, topics: &Topics, to: ShardId) -> Vec<MessageEnvelope> {
+    let consumer = read_committed_consumer(config, &unique("messages-reader"), "read_committed");
+    let topic = topics.shard_messages.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&topic, i32::from(to.0), Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + READ_BOUND;
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "end of {topic} not reached"
+            );
+            match consumer.poll(Duration::from_millis(500)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => return out,
+                Some(Err(error)) => panic!("consuming {topic}: {error}"),
+                Some(Ok(message)) => {
+                    assert_eq!(message.key(), Some(to.0.to_string().as_bytes()));
+                    let value = message.payload().expect("a message value");
+                    out.push(codec::decode::<MessageEnvelope>("message", value).unwrap());
+                }
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_of_a_hash_chained_batch_and_its_messages() {
+    bounded(async {
+        let (config, topics, prefix) = setup("roundtrip", 2).await;
+        let shard = ShardId(0);
+        let mut writer = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+        assert_eq!(writer.transactional_id(), format!("{prefix}-engine-0"));
+
+        let first = chain(shard, ChainCursor::genesis(), 5, "a");
+        let sent = messages(shard, ShardId(1), 1, 2, "a");
+        writer.commit_batch(&first, &sent, None).await.unwrap();
+        let second = chain(shard, ChainCursor::after(first.last().unwrap()), 3, "b");
+        writer.commit_batch(&second, &[], None).await.unwrap();
+
+        let expected: Vec<Envelope> = first.iter().chain(&second).cloned().collect();
+        assert_eq!(read_events(&config, &topics, shard).await, expected);
+        for envelope in &expected {
+            // Real events, decodable from what was read.
+            envelope.event().unwrap();
+        }
+        assert_eq!(read_messages(&config, &topics, ShardId(1)).await, sent);
+        assert!(read_events(&config, &topics, ShardId(1)).await.is_empty());
+
+        // Resuming mid-log from a known chain position.
+        let mut reader =
+            EventLogReader::open(&config, &topics, shard, 0, Some(ChainCursor::genesis())).unwrap();
+        let batch = reader.next_batch(5, READ_BOUND).await.unwrap();
+        assert_eq!(batch.events.len(), 5);
+        let resume_at = reader.next_offset();
+        let cursor = reader.cursor().unwrap();
+        assert_eq!(cursor, ChainCursor::after(&first[4]));
+        let mut resumed =
+            EventLogReader::open(&config, &topics, shard, resume_at, Some(cursor)).unwrap();
+        let rest: Vec<Envelope> = resumed
+            .read_to_end(READ_BOUND)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|logged| logged.envelope)
+            .collect();
+        assert_eq!(rest, second);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_transactions_are_invisible_to_read_committed() {
+    bounded(async {
+        let (config, topics, prefix) = setup("abort", 2).await;
+        let shard = ShardId(1);
+        let mut writer = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+        let committed = chain(shard, ChainCursor::genesis(), 3, "kept");
+        writer.commit_batch(&committed, &[], None).await.unwrap();
+
+        let after = ChainCursor::after(committed.last().unwrap());
+        let doomed = chain(shard, after, 3, "doomed");
+        let doomed_messages = messages(shard, ShardId(0), 1, 2, "doomed");
+        let mut pending = writer.begin(&doomed, &doomed_messages).await.unwrap();
+        assert_eq!(pending.records(), 5);
+        pending.flush().await.unwrap(); // on the broker, uncommitted
+        pending.abort().await.unwrap();
+
+        // A dropped transaction is aborted before the next one begins.
+        {
+            let _dropped = writer.begin(&doomed, &[]).await.unwrap();
+        }
+
+        let replacement = chain(shard, after, 3, "replacement");
+        let replacement_messages = messages(shard, ShardId(0), 1, 1, "replacement");
+        writer
+            .commit_batch(&replacement, &replacement_messages, None)
+            .await
+            .unwrap();
+
+        let read = read_events(&config, &topics, shard).await;
+        let expected: Vec<Envelope> = committed.iter().chain(&replacement).cloned().collect();
+        assert_eq!(read, expected);
+        assert!(read.iter().all(|envelope| !doomed.contains(envelope)));
+        assert_eq!(
+            read_messages(&config, &topics, ShardId(0)).await,
+            replacement_messages
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_fencing() {
+    bounded(async {
+        let (config, topics, prefix) = setup("zombie", 1).await;
+        let shard = ShardId(0);
+        let mut zombie = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+        let before = chain(shard, ChainCursor::genesis(), 2, "before");
+        zombie.commit_batch(&before, &[], None).await.unwrap();
+
+        // A begins a transaction and its records reach the broker…
+        let after = ChainCursor::after(before.last().unwrap());
+        let zombie_events = chain(shard, after, 3, "zombie");
+        let zombie_messages = messages(shard, shard, 1, 1, "zombie");
+        let mut pending = zombie
+            .begin(&zombie_events, &zombie_messages)
+            .await
+            .unwrap();
+        pending.flush().await.unwrap();
+
+        // …then B, with the same transactional id, initialises (fencing A and aborting
+        // A's open transaction).
+        let mut successor = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+        assert_eq!(
+            successor.transactional_id(),
+            zombie_transactional_id(&prefix)
+        );
+
+        let error = pending
+            .commit(None)
+            .await
+            .expect_err("the zombie must not commit");
+        assert!(
+            matches!(error, WriteError::Fenced { .. }),
+            "expected Fenced, got {error:?}"
+        );
+        assert!(error.is_fenced() && error.must_stop());
+        // The zombie stays fenced.
+        let again = zombie
+            .commit_batch(&zombie_events, &[], None)
+            .await
+            .unwrap_err();
+        assert!(again.is_fenced(), "expected Fenced, got {again:?}");
+
+        let successor_events = chain(shard, after, 2, "successor");
+        let successor_messages = messages(shard, shard, 1, 1, "successor");
+        successor
+            .commit_batch(&successor_events, &successor_messages, None)
+            .await
+            .unwrap();
+
+        let read = read_events(&config, &topics, shard).await;
+        let expected: Vec<Envelope> = before.iter().chain(&successor_events).cloned().collect();
+        assert_eq!(read, expected);
+        assert!(read
+            .iter()
+            .all(|envelope| !zombie_events.contains(envelope)));
+        assert_eq!(
+            read_messages(&config, &topics, shard).await,
+            successor_messages
+        );
+    })
+    .await;
+}
+
+fn zombie_transactional_id(prefix: &str) -> String {
+    ledger_log_kafka::transactional_id(prefix, ShardId(0))
+}
+
+/// The committed offset of `group` on `topic`/0, as a fresh consumer of the group sees it.
+async fn committed_offset(config: &KafkaConfig, group: &str, topic: &str) -> Offset {
+    // read_uncommitted: asks without `require_stable`, so a pending transactional
+    // commit is not waited for; it simply is not there yet.
+    let consumer = read_committed_consumer(config, group, "read_uncommitted");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&topic, 0);
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(20))
+            .expect("fetch committed offsets");
+        committed.find_partition(&topic, 0).unwrap().offset()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_sent_to_a_transaction_are_visible_only_once_it_commits() {
+    bounded(async {
+        let (config, topics, prefix) = setup("offsets", 1).await;
+        let shard = ShardId(0);
+
+        // Five commands on the input topic (plain, non-transactional producer).
+        let input: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.bootstrap)
+            .create()
+            .unwrap();
+        for index in 0..5 {
+            let payload = format!("command-{index}");
+            input
+                .send(
+                    BaseRecord::to(&topics.commands)
+                        .partition(0)
+                        .key("purchase:x")
+                        .payload(payload.as_str()),
+                )
+                .map_err(|(error, _)| error)
+                .unwrap();
+        }
+        let flushing = tokio::task::spawn_blocking(move || input.flush(Duration::from_secs(20)));
+        flushing.await.unwrap().unwrap();
+
+        // The engine's input consumer: group G, reads the five commands.
+        let group = unique("engine-group");
+        let consumer = read_committed_consumer(&config, &group, "read_committed");
+        let commands = topics.commands.clone();
+        let consumer = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&commands, 0, Offset::Beginning)
+                .unwrap();
+            consumer.assign(&tpl).unwrap();
+            let mut seen = 0;
+            while seen < 5 {
+                match consumer.poll(Duration::from_secs(20)) {
+                    Some(Ok(_)) => seen += 1,
+                    Some(Err(KafkaError::PartitionEOF(_))) => {}
+                    other => panic!("reading the commands: {other:?}"),
+                }
+            }
+            consumer
+        })
+        .await
+        .unwrap();
+        let consumed = |next: i64| {
+            ConsumedOffsets::new(
+                consumer.group_metadata().expect("group metadata"),
+                &[(topics.commands.as_str(), 0, next)],
+            )
+            .expect("valid offsets")
+        };
+        assert_eq!(
+            committed_offset(&config, &group, &topics.commands).await,
+            Offset::Invalid
+        );
+
+        let mut writer = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+
+        // Offsets sent, transaction open: not visible; aborted: never visible.
+        let aborted = chain(shard, ChainCursor::genesis(), 2, "aborted");
+        let mut pending = writer.begin(&aborted, &[]).await.unwrap();
+        pending.send_offsets(consumed(3)).await.unwrap();
+        pending.flush().await.unwrap();
+        assert_eq!(
+            committed_offset(&config, &group, &topics.commands).await,
+            Offset::Invalid
+        );
+        pending.abort().await.unwrap();
+        assert_eq!(
+            committed_offset(&config, &group, &topics.commands).await,
+            Offset::Invalid
+        );
+
+        // Committed with the batch: visible, exactly.
+        let events = chain(shard, ChainCursor::genesis(), 2, "committed");
+        writer
+            .commit_batch(&events, &[], Some(consumed(5)))
+            .await
+            .unwrap();
+        assert_eq!(
+            committed_offset(&config, &group, &topics.commands).await,
+            Offset::Offset(5)
+        );
+        assert_eq!(read_events(&config, &topics, shard).await, events);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_refuses_a_gap_or_a_broken_chain() {
+    bounded(async {
+        let (config, topics, prefix) = setup("gaps", 2).await;
+
+        // Shard 0: events 1, 2, then 4 — event 3 is missing.
+        let gap_shard = ShardId(0);
+        let mut writer = ShardTransactionalWriter::connect(&config, &topics, &prefix, gap_shard)
+            .await
+            .unwrap();
+        let events = chain(gap_shard, ChainCursor::genesis(), 4, "gap");
+        let with_gap = [events[0].clone(), events[1].clone(), events[3].clone()];
+        writer.commit_batch(&with_gap, &[], None).await.unwrap();
+        let mut reader =
+            EventLogReader::open(&config, &topics, gap_shard, 0, Some(ChainCursor::genesis()))
+                .unwrap();
+        match reader.read_to_end(READ_BOUND).await {
+            Err(ReadError::SequenceGap {
+                expected: 3,
+                found: 4,
+                ..
+            }) => {}
+            other => panic!("expected a sequence gap, got {other:?}"),
+        }
+
+        // Shard 1: event 2 does not link to event 1 (sealed over another history).
+        let broken_shard = ShardId(1);
+        let mut writer = ShardTransactionalWriter::connect(&config, &topics, &prefix, broken_shard)
+            .await
+            .unwrap();
+        let first = chain(broken_shard, ChainCursor::genesis(), 1, "one");
+        let foreign = chain(broken_shard, ChainCursor::genesis(), 2, "other");
+        writer
+            .commit_batch(&[first[0].clone(), foreign[1].clone()], &[], None)
+            .await
+            .unwrap();
+        let mut reader = EventLogReader::open(
+            &config,
+            &topics,
+            broken_shard,
+            0,
+            Some(ChainCursor::genesis()),
+        )
+        .unwrap();
+        match reader.read_to_end(READ_BOUND).await {
+            Err(ReadError::BrokenChain { sequence: 2, .. }) => {}
+            other => panic!("expected a broken chain, got {other:?}"),
+        }
+
+        // A writer refuses events of another shard.
+        let foreign_shard = chain(ShardId(0), ChainCursor::genesis(), 1, "foreign");
+        let refused = writer
+            .commit_batch(&foreign_shard, &[], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, WriteError::ForeignEvent { .. }),
+            "{refused:?}"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,91 @@
+//! Building blocks for store tests: hash-chained envelopes of real events,
+//! shard batches and messages.
+
+use std::collections::BTreeMap;
+
+use engine::ports::ShardBatch;
+use ledger_core::codec::{Envelope, Hash, MessageEnvelope, GENESIS_HASH};
+use ledger_core::{Account, Event, GrantId, Message, Posting, ShardId, UserId};
+
+/// Builds per-shard hash chains of envelopes with [`Envelope::seal`].
+#[derive(Debug, Default, Clone)]
+pub struct Log {
+    heads: BTreeMap<u16, (u64, Hash)>,
+}
+
+impl Log {
+    /// Seals `event` as the next event of `shard`, chained to the previous one.
+    pub fn seal(&mut self, shard: u16, event: Event, at_ms: u64) -> Envelope {
+        let (next, previous) = self.heads.get(&shard).copied().unwrap_or((1, GENESIS_HASH));
+        let envelope = Envelope::seal(&event, ShardId(shard), next, "test", at_ms, previous);
+        self.heads.insert(shard, (next + 1, envelope.hash));
+        envelope
+    }
+
+    /// Seals `count` currency grants on `shard` (ids `{prefix}-{n}`).
+    pub fn grants(&mut self, shard: u16, prefix: &str, count: u64) -> Vec<Envelope> {
+        (1..=count)
+            .map(|index| {
+                let amount = i64::try_from(index).unwrap_or(i64::MAX);
+                self.seal(
+                    shard,
+                    grant(&format!("{prefix}-{index}"), "alice", amount, amount),
+                    index,
+                )
+            })
+            .collect()
+    }
+
+    /// The last sequence sealed on `shard` (0 if none).
+    pub fn last_sequence(&self, shard: u16) -> u64 {
+        self.heads.get(&shard).map_or(0, |(next, _)| next - 1)
+    }
+}
+
+/// A batch of `shard` with its events and outgoing messages.
+pub fn batch(shard: u16, envelopes: Vec<Envelope>, messages: Vec<MessageEnvelope>) -> ShardBatch {
+    ShardBatch {
+        shard: Some(ShardId(shard)),
+        envelopes,
+        messages,
+    }
+}
+
+pub fn user(id: &str) -> UserId {
+    UserId::parse(id).expect("test user id is valid")
+}
+
+/// A balanced currency grant.
+pub fn grant(grant_id: &str, user_id: &str, amount: i64, balance_after: i64) -> Event {
+    Event::CurrencyGranted {
+        grant_id: GrantId::parse(grant_id).expect("test grant id is valid"),
+        user_id: user(user_id),
+        amount,
+        balance_after,
+        postings: vec![
+            Posting::new(Account::Issuance, -amount),
+            Posting::new(Account::Wallet(user(user_id)), amount),
+        ],
+    }
+}
+
+/// Message `sequence` from `from` to `to`: a credit of `amount`.
+pub fn message(from: u16, to: u16, sequence: u64, amount: i64) -> MessageEnvelope {
+    MessageEnvelope {
+        from: ShardId(from),
+        to: ShardId(to),
+        sequence,
+        message: Message::CreditGrant {
+            grant_id: GrantId::parse(format!("g{from}-{to}-{sequence}")).expect("valid grant id"),
+            user_id: user("alice"),
+            amount,
+        },
+    }
+}
+
+/// Messages `first..=last` from `from` to `to`.
+pub fn messages(from: u16, to: u16, first: u64, last: u64) -> Vec<MessageEnvelope> {
+    (first..=last)
+        .map(|sequence| message(from, to, sequence, 1))
+        .collect()
+}

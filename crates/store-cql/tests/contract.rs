@@ -1,0 +1,290 @@
+//! The shared event-store contract against a real CQL database, plus what
+//! only the CQL store promises (bucket layout, snapshot trimming, layout
+//! checks). Off by default; run with
+//!
+//! ```sh
+//! scripts/infra up cassandra && scripts/infra wait cassandra
+//! env $(scripts/infra env) cargo test -p ledger-store-cql --features cql-tests
+//! ```
+//!
+//! Every test uses its own fresh keyspace (so tests run in parallel against
+//! one node) and drops it at the end, pass or fail.
+#![cfg(feature = "cql-tests")]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use engine::ports::{EventStore, StoreError};
+use ledger_core::codec::Snapshot;
+use ledger_core::{ShardId, ShardState};
+use store_contract::support::{batch, messages, Log};
+use store_contract::StoreFixture;
+
+use ledger_store_cql::{CqlSettings, CqlStore};
+
+/// The contact points from `LEDGER_CQL_CONTACT` (comma-separated); fails
+/// the test with instructions when it is unset.
+fn contact_points() -> Vec<String> {
+    match std::env::var("LEDGER_CQL_CONTACT") {
+        Ok(value) if !value.trim().is_empty() => value
+            .split(',')
+            .map(|contact| contact.trim().to_string())
+            .filter(|contact| !contact.is_empty())
+            .collect(),
+        _ => panic!(
+            "LEDGER_CQL_CONTACT is not set: these tests need a real CQL database. Run \
+             `scripts/infra up cassandra && scripts/infra wait cassandra`, then \
+             `export $(scripts/infra env)` (or prefix the command with `env $(scripts/infra env)`)"
+        ),
+    }
+}
+
+/// A keyspace name no other test (or test run) uses.
+fn unique_keyspace() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|duration| duration.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "ledger_test_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Small buckets, so a few events already span several partitions.
+fn small_bucket_settings() -> CqlSettings {
+    CqlSettings {
+        events_per_bucket: 4,
+        messages_per_bucket: 3,
+        ..CqlSettings::default()
+    }
+}
+
+/// A store in its own keyspace, dropped after the check.
+struct CqlFixture {
+    store: Arc<CqlStore>,
+}
+
+impl CqlFixture {
+    async fn connect(settings: CqlSettings) -> Self {
+        let keyspace = unique_keyspace();
+        let store = CqlStore::connect(&contact_points(), &keyspace, settings)
+            .await
+            .unwrap_or_else(|error| panic!("cql store connects to keyspace {keyspace}: {error}"));
+        Self { store }
+    }
+}
+
+impl StoreFixture for CqlFixture {
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::clone(&self.store) as Arc<dyn EventStore>
+    }
+
+    fn tear_down(self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let drop_keyspace = format!("DROP KEYSPACE IF EXISTS {}", self.store.keyspace());
+            if let Err(error) = self
+                .store
+                .session()
+                .query_unpaged(drop_keyspace.as_str(), &[])
+                .await
+            {
+                eprintln!(
+                    "cannot drop test keyspace {}: {error}",
+                    self.store.keyspace()
+                );
+            }
+        })
+    }
+}
+
+async fn fresh_store() -> CqlFixture {
+    CqlFixture::connect(CqlSettings::default()).await
+}
+
+async fn fresh_store_with_small_buckets() -> CqlFixture {
+    CqlFixture::connect(small_bucket_settings()).await
+}
+
+/// The contract with production bucket sizes (10,000 per partition).
+mod contract {
+    store_contract::event_store_contract_tests!(super::fresh_store);
+}
+
+/// The contract again with 4 events and 3 messages per partition: every
+/// read and write crosses partition boundaries.
+mod contract_with_small_buckets {
+    store_contract::event_store_contract_tests!(super::fresh_store_with_small_buckets);
+}
+
+/// Runs `check` on a store with small buckets, dropping its keyspace after.
+async fn with_small_buckets<Check, CheckFuture>(check: Check)
+where
+    Check: FnOnce(Arc<CqlStore>) -> CheckFuture,
+    CheckFuture: Future<Output = ()> + Send + 'static,
+{
+    let fixture = fresh_store_with_small_buckets().await;
+    let store = Arc::clone(&fixture.store);
+    store_contract::run_check(move || async move { fixture }, |_| check(store)).await;
+}
+
+async fn sequences_in(store: &CqlStore, query: String) -> Vec<i64> {
+    store
+        .session()
+        .query_unpaged(query.as_str(), &[])
+        .await
+        .expect("query runs")
+        .into_rows_result()
+        .expect("rows come back")
+        .rows::<(i64,)>()
+        .expect("bigint column")
+        .map(|row| row.expect("row decodes").0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_messages_fill_bounded_partitions() {
+    with_small_buckets(|store| async move {
+        let mut log = Log::default();
+        let envelopes = log.grants(0, "g", 10);
+        store
+            .append(vec![batch(0, envelopes, messages(0, 1, 1, 7))])
+            .await
+            .expect("append succeeds");
+        let keyspace = store.keyspace().to_string();
+        for (bucket, expected) in [(0, vec![1, 2, 3]), (1, vec![4, 5, 6, 7]), (2, vec![8, 9, 10])] {
+            assert_eq!(
+                sequences_in(
+                    &store,
+                    format!("SELECT sequence FROM {keyspace}.events WHERE shard = 0 AND bucket = {bucket}")
+                )
+                .await,
+                expected
+            );
+        }
+        assert_eq!(
+            sequences_in(
+                &store,
+                format!("SELECT bucket FROM {keyspace}.event_buckets WHERE shard = 0")
+            )
+            .await,
+            vec![0, 1, 2]
+        );
+        for (bucket, expected) in [(0, vec![1, 2]), (1, vec![3, 4, 5]), (2, vec![6, 7])] {
+            assert_eq!(
+                sequences_in(
+                    &store,
+                    format!(
+                        "SELECT sequence FROM {keyspace}.messages WHERE receiver = 1 AND sender = 0 AND bucket = {bucket}"
+                    )
+                )
+                .await,
+                expected
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_latest_snapshots_are_kept() {
+    with_small_buckets(|store| async move {
+        let mut log = Log::default();
+        let envelopes = log.grants(3, "g", 6);
+        store
+            .append(vec![batch(3, envelopes.clone(), Vec::new())])
+            .await
+            .expect("append succeeds");
+        for taken_after in 1..=6_u64 {
+            let mut state = ShardState::new(ShardId(3));
+            state.next_sequence = taken_after + 1;
+            let snapshot = Snapshot {
+                state,
+                last_hash: envelopes[taken_after as usize - 1].hash,
+            };
+            store
+                .save_snapshot(ShardId(3), &snapshot)
+                .await
+                .expect("snapshot saves");
+        }
+        let keyspace = store.keyspace().to_string();
+        assert_eq!(
+            sequences_in(
+                &store,
+                format!("SELECT sequence FROM {keyspace}.snapshots WHERE shard = 3")
+            )
+            .await,
+            vec![6, 5, 4]
+        );
+        assert_eq!(
+            ledger_store_cql::SNAPSHOTS_KEPT_PER_SHARD,
+            store.settings().snapshots_kept_per_shard
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_keeps_the_data_and_refuses_other_bucket_sizes() {
+    with_small_buckets(|store| async move {
+        let mut log = Log::default();
+        let envelopes = log.grants(2, "g", 5);
+        store
+            .append(vec![batch(2, envelopes.clone(), Vec::new())])
+            .await
+            .expect("append succeeds");
+
+        // Connecting again (schema creation is idempotent) sees the data.
+        let again = CqlStore::connect(&contact_points(), store.keyspace(), small_bucket_settings())
+            .await
+            .expect("reconnects");
+        assert_eq!(
+            again
+                .read_shard(ShardId(2), 0, 100)
+                .await
+                .expect("shard reads"),
+            envelopes
+        );
+
+        // Other bucket sizes would look rows up in the wrong partitions.
+        let error = CqlStore::connect(&contact_points(), store.keyspace(), CqlSettings::default())
+            .await
+            .expect_err("other bucket sizes are refused");
+        assert!(
+            matches!(&error, StoreError::Backend { operation: "connect", detail } if detail.contains("events_per_bucket is 4")),
+            "{error}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_keyspace_names_and_settings_are_refused_before_connecting() {
+    let nowhere = vec!["127.0.0.1:1".to_string()];
+    let error = CqlStore::connect(&nowhere, "Bad-Name", CqlSettings::default())
+        .await
+        .expect_err("a bad keyspace name is refused");
+    assert!(error.to_string().contains("keyspace name"), "{error}");
+    let error = CqlStore::connect(
+        &nowhere,
+        "ledger",
+        CqlSettings {
+            events_per_bucket: 0,
+            ..CqlSettings::default()
+        },
+    )
+    .await
+    .expect_err("empty buckets are refused");
+    assert!(error.to_string().contains("events per bucket"), "{error}");
+    let error = CqlStore::connect(&[], "ledger", CqlSettings::default())
+        .await
+        .expect_err("no contact point is refused");
+    assert!(
+        error.to_string().contains("no cql contact point"),
+        "{error}"
+    );
+}
