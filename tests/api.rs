@@ -526,7 +526,9 @@ async fn bad_input_is_refused_without_changing_state() {
         .text;
     let service = app.service();
     let admin = app.admin();
-    let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
+    // (path, token, content type, body, expected status, expected code)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("/v1/purchases", Some(&service), "application/json", b"{not json".to_vec(), 400, "validation_failed"),
         ("/v1/purchases", Some(&service), "application/json", br#"{"purchase_id":"x","buyer_id":"steady","item_id":"lamp","expected_price":"30"}"#.to_vec(), 422, "validation_failed"),
         ("/v1/purchases", Some(&service), "application/json", br#"{"purchase_id":"x","buyer_id":"steady","item_id":"lamp"}"#.to_vec(), 422, "validation_failed"),

@@ -113,10 +113,10 @@ where
     }
     while workers.join_next().await.is_some() {}
     let elapsed = started.elapsed();
-    let histogram = Arc::try_unwrap(histogram)
-        .ok()
-        .expect("workers finished")
-        .into_inner();
+    let Ok(histogram) = Arc::try_unwrap(histogram) else {
+        unreachable!("every worker finished and dropped its handle");
+    };
+    let histogram = histogram.into_inner();
     (
         succeeded.load(std::sync::atomic::Ordering::Relaxed),
         elapsed,

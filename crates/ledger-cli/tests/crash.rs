@@ -201,7 +201,7 @@ async fn kill_nine_under_load_loses_nothing_acknowledged() {
             other => panic!("unexpected {other}: {text}"),
         }
     }
-    for index in 0..buyers {
+    for (index, spent) in spent.iter().enumerate() {
         let response = client
             .get(format!(
                 "{}/v1/users/b-{index}/balance?after={last_position}",
@@ -214,7 +214,7 @@ async fn kill_nine_under_load_loses_nothing_acknowledged() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(
             body["balance"].as_i64().unwrap(),
-            1_000 - spent[index],
+            1_000 - spent,
             "buyer b-{index} paid exactly for what they got"
         );
     }

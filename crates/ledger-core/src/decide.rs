@@ -1450,10 +1450,8 @@ fn reserve_item(
         )
     })?;
     let definition = &item.definition;
-    let in_window = definition
-        .starts_at_ms
-        .map_or(true, |starts| at_ms >= starts)
-        && definition.ends_at_ms.map_or(true, |ends| at_ms < ends);
+    let in_window = definition.starts_at_ms.is_none_or(|starts| at_ms >= starts)
+        && definition.ends_at_ms.is_none_or(|ends| at_ms < ends);
     if !item.on_sale || !in_window {
         return Err(reject(
             RejectionCode::NotOnSale,

@@ -289,7 +289,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             let previous = state.commands.insert(key.clone(), record);
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
-                previous.map_or(true, |p| p.completion.is_some()
+                previous.is_none_or(|p| p.completion.is_some()
                     && matches!(p.command, Command::CancelListing { .. })),
                 "a command id is accepted once"
             );
