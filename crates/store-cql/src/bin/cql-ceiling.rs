@@ -1,0 +1,284 @@
+//! Raw CQL write ceiling of our event rows, next to `CqlStore::append` in the
+//! same run: how close the adapter gets to what the database allows.
+//!
+//! ```text
+//! scripts/infra up cassandra && scripts/infra wait cassandra
+//! env $(scripts/infra env) target/release/cql-ceiling --events 20000 --batch 100 --shards 4
+//! ```
+//!
+//! Bounded in count; loopback only; its keyspace is dropped at the end.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use engine::ports::{EventStore, ShardBatch};
+use ledger_core::codec::{Envelope, GENESIS_HASH};
+use ledger_core::{Account, Event, ItemId, Posting, PurchaseId, ShardId, UserId};
+use ledger_store_cql::{CqlSettings, CqlStore};
+
+const EVENTS_MAX: usize = 1_000_000;
+
+struct Parameters {
+    events: usize,
+    batch: usize,
+    shards: u16,
+}
+
+fn parse() -> Result<Parameters, String> {
+    let mut parameters = Parameters {
+        events: 20_000,
+        batch: 100,
+        shards: 4,
+    };
+    let mut arguments = std::env::args().skip(1);
+    while let Some(flag) = arguments.next() {
+        let value = arguments
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |value: &str| {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{flag} must be a positive integer"))
+        };
+        match flag.as_str() {
+            "--events" => parameters.events = number(&value)?,
+            "--batch" => parameters.batch = number(&value)?,
+            "--shards" => {
+                parameters.shards = u16::try_from(number(&value)?)
+                    .map_err(|_| "--shards is too large".to_string())?
+            }
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; use --events N --batch B --shards S"
+                ))
+            }
+        }
+    }
+    if parameters.events == 0
+        || parameters.events > EVENTS_MAX
+        || parameters.batch == 0
+        || parameters.shards == 0
+    {
+        return Err(format!(
+            "--events must be 1..={EVENTS_MAX}, --batch and --shards positive"
+        ));
+    }
+    Ok(parameters)
+}
+
+/// A hash-chained log of `buyer_debited` events (our typical row) for one shard.
+fn chain(shard: u16, count: usize) -> Vec<Envelope> {
+    let buyer = UserId::parse(format!("buyer-{shard}")).expect("valid id");
+    let mut previous = GENESIS_HASH;
+    (1..=count as u64)
+        .map(|sequence| {
+            let event = Event::BuyerDebited {
+                purchase_id: PurchaseId::parse(format!("purchase-{shard}-{sequence:08}"))
+                    .expect("valid id"),
+                buyer_id: buyer.clone(),
+                amount: 100,
+                granted_items: vec![ItemId::parse("item-000001").expect("valid id")],
+                balance_after: 900,
+                at_ms: 1_800_000_000_000,
+                postings: vec![
+                    Posting::new(Account::Wallet(buyer.clone()), -100),
+                    Posting::new(Account::Clearing, 100),
+                ],
+            };
+            let envelope = Envelope::seal(
+                &event,
+                ShardId(shard),
+                sequence,
+                "command:purchase:bench",
+                1_800_000_000_000,
+                previous,
+            );
+            previous = envelope.hash;
+            envelope
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let parameters = match parse() {
+        Ok(parameters) => parameters,
+        Err(message) => {
+            eprintln!("cql-ceiling: {message}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let contact =
+        std::env::var("LEDGER_CQL_CONTACT").unwrap_or_else(|_| "127.0.0.1:19042".to_string());
+    if !(contact.starts_with("127.")
+        || contact.starts_with("localhost")
+        || contact.starts_with("[::1]"))
+    {
+        eprintln!("cql-ceiling: only loopback contacts are measured, not {contact}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let suffix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let keyspace = format!("ledger_ceiling_{suffix}");
+    let store = match CqlStore::connect(&[contact.clone()], &keyspace, CqlSettings::default()).await
+    {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("cql-ceiling: cannot connect to {contact}: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let per_shard = parameters.events.div_ceil(parameters.shards as usize);
+    let chains: Vec<Vec<Envelope>> = (0..parameters.shards)
+        .map(|shard| chain(shard, per_shard))
+        .collect();
+    let rows = per_shard * parameters.shards as usize;
+
+    // 1. Raw: the same rows written the cheapest correct way — one unlogged batch of
+    //    `batch` prepared INSERTs per partition, every shard concurrently — into shards
+    //    offset by 10,000 so they never meet the adapter's rows. No reads, no checks.
+    let session = Arc::clone(store.session());
+    let insert = match session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.events (shard, bucket, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .await
+    {
+        Ok(mut statement) => {
+            statement.set_consistency(ledger_store_cql::Consistency::Quorum);
+            statement
+        }
+        Err(error) => {
+            eprintln!("cql-ceiling: cannot prepare the insert: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // A warm-up pass first (the database's JIT and caches), not reported.
+    if let Err(error) = raw_pass(&session, &insert, &chains, parameters.batch, 20_000).await {
+        eprintln!("cql-ceiling: raw insert failed: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let started = Instant::now();
+    if let Err(error) = raw_pass(&session, &insert, &chains, parameters.batch, 10_000).await {
+        eprintln!("cql-ceiling: raw insert failed: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let raw_seconds = started.elapsed().as_secs_f64();
+
+    // 2. The adapter: `append` of the same rows in batches of `batch` events per shard.
+    let started = Instant::now();
+    let mut appenders = tokio::task::JoinSet::new();
+    for (shard, envelopes) in chains.into_iter().enumerate() {
+        let (store, batch) = (Arc::clone(&store), parameters.batch);
+        appenders.spawn(async move {
+            for group in envelopes.chunks(batch) {
+                let batch = ShardBatch {
+                    shard: Some(ShardId(shard as u16)),
+                    envelopes: group.to_vec(),
+                    messages: Vec::new(),
+                };
+                store.append(vec![batch]).await?;
+            }
+            Ok::<(), engine::ports::StoreError>(())
+        });
+    }
+    while let Some(result) = appenders.join_next().await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                eprintln!("cql-ceiling: append failed: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+            Err(error) => {
+                eprintln!("cql-ceiling: append task failed: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let append_seconds = started.elapsed().as_secs_f64();
+
+    let _ = session
+        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
+        .await;
+    let raw_rate = rows as f64 / raw_seconds;
+    let append_rate = rows as f64 / append_seconds;
+    println!(
+        "cql-ceiling: {rows} event rows ({} shards, {} per batch, {} bytes per envelope)",
+        parameters.shards,
+        parameters.batch,
+        store_row_size()
+    );
+    println!("raw unlogged batches: {raw_rate:.0} rows/s ({raw_seconds:.2} s)");
+    println!(
+        "CqlStore::append:     {append_rate:.0} rows/s ({append_seconds:.2} s) = {:.0}% of raw",
+        100.0 * append_rate / raw_rate
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+/// Writes every chain with unlogged single-partition batches, shards concurrently.
+async fn raw_pass(
+    session: &Arc<scylla::client::session::Session>,
+    insert: &scylla::statement::prepared::PreparedStatement,
+    chains: &[Vec<Envelope>],
+    batch: usize,
+    shard_offset: i32,
+) -> Result<(), String> {
+    let mut writers = tokio::task::JoinSet::new();
+    for envelopes in chains.iter().cloned() {
+        let (session, insert) = (Arc::clone(session), insert.clone());
+        writers.spawn(async move {
+            // Groups stay inside one bucket, so each batch is one partition.
+            let mut groups: Vec<Vec<Envelope>> = Vec::new();
+            for envelope in envelopes {
+                let bucket = envelope.sequence / ledger_store_cql::EVENTS_PER_BUCKET;
+                match groups.last_mut() {
+                    Some(group)
+                        if group.len() < batch
+                            && group[0].sequence / ledger_store_cql::EVENTS_PER_BUCKET
+                                == bucket =>
+                    {
+                        group.push(envelope)
+                    }
+                    _ => groups.push(vec![envelope]),
+                }
+            }
+            for group in groups {
+                let mut statement = scylla::statement::batch::Batch::new(
+                    scylla::statement::batch::BatchType::Unlogged,
+                );
+                statement.set_consistency(ledger_store_cql::Consistency::Quorum);
+                let mut values = Vec::with_capacity(group.len());
+                for envelope in &group {
+                    statement.append_statement(insert.clone());
+                    values.push((
+                        shard_offset + envelope.shard.0 as i32,
+                        (envelope.sequence / ledger_store_cql::EVENTS_PER_BUCKET) as i64,
+                        envelope.sequence as i64,
+                        envelope.event_type.clone(),
+                        envelope.schema_version as i32,
+                        envelope.cause.clone(),
+                        envelope.timestamp_ms as i64,
+                        envelope.hash.to_vec(),
+                        envelope.to_bytes(),
+                    ));
+                }
+                session
+                    .batch(&statement, values)
+                    .await
+                    .map_err(|error| error.to_string())?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(result) = writers.join_next().await {
+        result.map_err(|error| error.to_string())??;
+    }
+    Ok(())
+}
+
+fn store_row_size() -> usize {
+    chain(0, 1)[0].to_bytes().len()
+}
