@@ -122,7 +122,12 @@ async fn main() -> std::process::ExitCode {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     let keyspace = format!("ledger_ceiling_{suffix}");
-    let store = match CqlStore::connect(&[contact.clone()], &keyspace, CqlSettings::default()).await
+    let store = match CqlStore::connect(
+        std::slice::from_ref(&contact),
+        &keyspace,
+        CqlSettings::default(),
+    )
+    .await
     {
         Ok(store) => store,
         Err(error) => {
