@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ledger_cli::{Application, Settings};
+
+pub mod distributed;
 use ledger_core::{Role, UserId};
 use serde_json::{json, Value};
 
@@ -69,10 +71,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Which ledger `spawn_app` starts: `LEDGER_TEST_BACKEND=distributed` runs
+/// the same suite against the distributed services (real Kafka and CQL, from
+/// `LEDGER_KAFKA_BOOTSTRAP` and `LEDGER_CQL_CONTACT`); anything else, the
+/// embedded ledger.
+pub fn distributed_backend() -> bool {
+    std::env::var("LEDGER_TEST_BACKEND").is_ok_and(|backend| backend == "distributed")
+}
+
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let data_dir = TempDir::new("ledger-test");
     let mut settings = Settings::for_tests(&data_dir.0, SECRET);
     adjust(&mut settings);
+    if distributed_backend() {
+        return distributed::spawn(&settings, 1).await;
+    }
     let application = Application::build(settings)
         .await
         .expect("application starts");

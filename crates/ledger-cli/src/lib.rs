@@ -18,6 +18,8 @@ use store_sqlite::SqliteStore;
 use tokio::sync::watch;
 
 pub mod bench;
+#[cfg(feature = "distributed")]
+pub mod cluster;
 pub mod demo;
 
 /// Everything `ledger serve` can be told.
@@ -68,6 +70,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start: {what} is not available: {detail}")]
+    Dependency { what: &'static str, detail: String },
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
 }

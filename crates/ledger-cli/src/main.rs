@@ -77,6 +77,16 @@ enum Commands {
         #[arg(long, default_value_t = 4)]
         shards: u16,
     },
+    /// Distributed: HTTP command API plus an engine worker owning shards
+    /// (Kafka + CQL). Configured by the file `LEDGER_CONFIG` and `LEDGER_*`.
+    #[cfg(feature = "distributed")]
+    CommandApi,
+    /// Distributed: project the events topic into the CQL read models.
+    #[cfg(feature = "distributed")]
+    Projector,
+    /// Distributed: HTTP query API over the CQL read models.
+    #[cfg(feature = "distributed")]
+    QueryApi,
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -260,6 +270,12 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        #[cfg(feature = "distributed")]
+        Commands::CommandApi => run_service(ledger_cli::cluster::Role::CommandApi),
+        #[cfg(feature = "distributed")]
+        Commands::Projector => run_service(ledger_cli::cluster::Role::Projector),
+        #[cfg(feature = "distributed")]
+        Commands::QueryApi => run_service(ledger_cli::cluster::Role::QueryApi),
         Commands::Serve {
             common,
             command_addr,
@@ -334,4 +350,45 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Runs one distributed service until SIGTERM or Ctrl-C.
+#[cfg(feature = "distributed")]
+fn run_service(role: ledger_cli::cluster::Role) -> ExitCode {
+    use ledger_cli::cluster::{ClusterSettings, Service};
+    let settings = match ClusterSettings::load() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    runtime.block_on(async move {
+        let service = match Service::build(role, settings).await {
+            Ok(service) => service,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(?role, address = %service.local_addr(), "serving");
+        eprintln!("{role:?} listening on http://{}", service.local_addr());
+        let stopper = service.stopper();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            let _ = stopper.send(true);
+        });
+        match service.run_until_stopped().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

@@ -257,6 +257,44 @@ pub struct MessageEnvelope {
     pub message: Message,
 }
 
+/// A command on the commands topic of the distributed mode: what the command
+/// API stamped, and where its answer goes.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct CommandRecord {
+    /// Unique per request of one command-api instance; the reply carries it back.
+    pub request_id: String,
+    /// Partition of the replies topic the asking instance reads.
+    pub reply_partition: i32,
+    pub command: crate::Command,
+    pub meta: crate::CommandMeta,
+}
+
+impl CommandRecord {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        decode("command record", bytes)
+    }
+}
+
+/// The answer to a [`CommandRecord`], published in the same transaction as
+/// the events that decided it (so it is only seen once they are durable).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ReplyRecord {
+    pub request_id: String,
+    pub completion: crate::Completion,
+}
+
+impl ReplyRecord {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        decode("reply record", bytes)
+    }
+}
+
 /// A shard's state at a sequence, with the head of its hash chain.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Snapshot {

@@ -36,7 +36,7 @@ impl KafkaConfig {
     }
 
     /// A librdkafka configuration with the bootstrap servers, `extra`, then the overrides.
-    pub(crate) fn client_config(&self, extra: &[(&str, &str)]) -> ClientConfig {
+    pub fn client_config(&self, extra: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
         for (key, value) in extra {

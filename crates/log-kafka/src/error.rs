@@ -199,6 +199,12 @@ pub enum ReadError {
         partition: i32,
         waited_ms: u64,
     },
+    #[error("cannot read the offsets of {topic} partition {partition}: {source}")]
+    Watermarks {
+        topic: String,
+        partition: i32,
+        source: KafkaError,
+    },
     #[error("blocking kafka read task on {topic} partition {partition} failed: {detail}")]
     Task {
         topic: String,

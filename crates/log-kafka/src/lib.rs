@@ -19,9 +19,10 @@ mod writer;
 pub use admin::{TopicAdmin, TopicLayout};
 pub use config::{KafkaConfig, Topics, BOOTSTRAP_ENV};
 pub use error::{AdminError, ReadError, WriteError};
-pub use reader::{ChainCursor, EventLogReader, LoggedEvent, ReadBatch};
+pub use reader::{last_event, ChainCursor, EventLogReader, LoggedEvent, ReadBatch};
 pub use writer::{
-    event_key, transactional_id, ConsumedOffsets, PendingTransaction, ShardTransactionalWriter,
+    event_key, transactional_id, ConsumedOffsets, PendingTransaction, ReplyRecordOut,
+    ShardTransactionalWriter,
 };
 
 /// The client library underneath, for callers that build consumers of their own (the

@@ -221,6 +221,59 @@ impl EventLogReader {
     }
 }
 
+/// Records looked at first, back from the end, when searching for the last event.
+const TAIL_WINDOW_RECORDS: i64 = 256;
+
+/// The last committed event of shard `shard` on the events topic, `None` when
+/// the partition holds none. Call it after the shard's transactional producer
+/// was initialised (which aborts its predecessor's open transaction), so
+/// nothing is pending. Reads a window before the end, widening it (×8) while
+/// it holds only transaction markers and aborted records.
+pub async fn last_event(
+    config: &KafkaConfig,
+    topics: &Topics,
+    shard: ShardId,
+    timeout: Duration,
+) -> Result<Option<Envelope>, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let topic = topics.events.clone();
+    let partition = i32::from(shard.0);
+    let probe = EventLogReader::open(config, topics, shard, 0, None)?;
+    let consumer = Arc::clone(&probe.consumer);
+    let watermark_topic = topic.clone();
+    let (low, high) =
+        blocking(move || consumer.fetch_watermarks(&watermark_topic, partition, timeout))
+            .await
+            .map_err(|join| ReadError::Task {
+                topic: topic.clone(),
+                partition,
+                detail: join.to_string(),
+            })?
+            .map_err(|source| ReadError::Watermarks {
+                topic: topic.clone(),
+                partition,
+                source,
+            })?;
+    drop(probe);
+    let mut window = TAIL_WINDOW_RECORDS;
+    loop {
+        if high <= low {
+            return Ok(None);
+        }
+        let start = (high - window).max(low);
+        let mut reader = EventLogReader::open(config, topics, shard, start, None)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let events = reader.read_to_end(left).await?;
+        if let Some(last) = events.into_iter().last() {
+            return Ok(Some(last.envelope));
+        }
+        if start == low {
+            return Ok(None);
+        }
+        window = window.saturating_mul(8);
+    }
+}
+
 /// Blocking: polls up to `max` records (decoded and hash-checked), waiting at most
 /// `wait` for the first; `true` when the end of the partition was reached.
 fn poll_batch(

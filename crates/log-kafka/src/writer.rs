@@ -58,9 +58,26 @@ impl ConsumedOffsets {
     }
 }
 
+/// Which topic a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    Events,
+    Messages,
+    Replies,
+}
+
+/// A reply to publish in a shard's transaction: `value` is an encoded
+/// [`ledger_core::codec::ReplyRecord`], keyed by its request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyRecordOut {
+    pub partition: i32,
+    pub request_id: String,
+    pub value: Vec<u8>,
+}
+
 /// A record ready to be produced.
 struct Record {
-    to_events: bool,
+    destination: Destination,
     partition: i32,
     key: String,
     value: Vec<u8>,
@@ -107,6 +124,7 @@ pub struct ShardTransactionalWriter {
     shard: ShardId,
     events_topic: Arc<str>,
     messages_topic: Arc<str>,
+    replies_topic: Arc<str>,
     call_timeout: Duration,
     /// A transaction was begun and neither committed nor aborted.
     open: bool,
@@ -142,6 +160,7 @@ impl ShardTransactionalWriter {
             shard,
             events_topic: topics.events.as_str().into(),
             messages_topic: topics.shard_messages.as_str().into(),
+            replies_topic: topics.replies.as_str().into(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             open: false,
             defunct: None,
@@ -182,30 +201,44 @@ impl ShardTransactionalWriter {
         messages: &[MessageEnvelope],
         consumed: Option<ConsumedOffsets>,
     ) -> Result<(), WriteError> {
-        self.begin(events, messages).await?.commit(consumed).await
+        self.begin(events, messages, &[])
+            .await?
+            .commit(consumed)
+            .await
     }
 
-    /// Begins a transaction and enqueues the batch's records, without committing.
+    /// Begins a transaction and enqueues the batch's records (and `replies`,
+    /// each to its partition of the replies topic), without committing.
     pub async fn begin(
         &mut self,
         events: &[Envelope],
         messages: &[MessageEnvelope],
+        replies: &[ReplyRecordOut],
     ) -> Result<PendingTransaction<'_>, WriteError> {
-        let records = self.encode(events, messages)?;
+        let mut records = self.encode(events, messages)?;
+        records.extend(replies.iter().map(|reply| Record {
+            destination: Destination::Replies,
+            partition: reply.partition,
+            key: reply.request_id.clone(),
+            value: reply.value.clone(),
+        }));
         if self.open {
             // A PendingTransaction was dropped without an outcome: end it first.
             self.abort_open("abort_transaction").await?;
         }
         let count = records.len();
-        let events_topic = Arc::clone(&self.events_topic);
-        let messages_topic = Arc::clone(&self.messages_topic);
+        let topics = [
+            Arc::clone(&self.events_topic),
+            Arc::clone(&self.messages_topic),
+            Arc::clone(&self.replies_topic),
+        ];
         let timeout = self.call_timeout;
         self.call("begin_transaction", |producer| producer.begin_transaction())
             .await?;
         self.open = true;
         let produced = self
             .call("produce", move |producer| {
-                produce_all(producer, &events_topic, &messages_topic, records, timeout)
+                produce_all(producer, &topics, records, timeout)
             })
             .await;
         if let Err(error) = produced {
@@ -233,7 +266,7 @@ impl ShardTransactionalWriter {
                 });
             }
             records.push(Record {
-                to_events: true,
+                destination: Destination::Events,
                 partition: i32::from(self.shard.0),
                 key: key.clone(),
                 value: event.to_bytes(),
@@ -248,7 +281,7 @@ impl ShardTransactionalWriter {
                 });
             }
             records.push(Record {
-                to_events: false,
+                destination: Destination::Messages,
                 partition: i32::from(message.to.0),
                 key: event_key(message.to),
                 value: codec::encode(message),
@@ -379,17 +412,16 @@ impl ShardTransactionalWriter {
 /// Enqueues every record; waits (bounded) while librdkafka's queue is full.
 fn produce_all(
     producer: &TxProducer,
-    events_topic: &str,
-    messages_topic: &str,
+    topics: &[Arc<str>; 3],
     records: Vec<Record>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = Instant::now() + timeout;
     for record in &records {
-        let topic = if record.to_events {
-            events_topic
-        } else {
-            messages_topic
+        let topic: &str = match record.destination {
+            Destination::Events => &topics[0],
+            Destination::Messages => &topics[1],
+            Destination::Replies => &topics[2],
         };
         let mut base = BaseRecord::to(topic)
             .partition(record.partition)

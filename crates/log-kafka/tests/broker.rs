@@ -273,14 +273,14 @@ async fn aborted_transactions_are_invisible_to_read_committed() {
         let after = ChainCursor::after(committed.last().unwrap());
         let doomed = chain(shard, after, 3, "doomed");
         let doomed_messages = messages(shard, ShardId(0), 1, 2, "doomed");
-        let mut pending = writer.begin(&doomed, &doomed_messages).await.unwrap();
+        let mut pending = writer.begin(&doomed, &doomed_messages, &[]).await.unwrap();
         assert_eq!(pending.records(), 5);
         pending.flush().await.unwrap(); // on the broker, uncommitted
         pending.abort().await.unwrap();
 
         // A dropped transaction is aborted before the next one begins.
         {
-            let _dropped = writer.begin(&doomed, &[]).await.unwrap();
+            let _dropped = writer.begin(&doomed, &[], &[]).await.unwrap();
         }
 
         let replacement = chain(shard, after, 3, "replacement");
@@ -318,7 +318,7 @@ async fn zombie_fencing() {
         let zombie_events = chain(shard, after, 3, "zombie");
         let zombie_messages = messages(shard, shard, 1, 1, "zombie");
         let mut pending = zombie
-            .begin(&zombie_events, &zombie_messages)
+            .begin(&zombie_events, &zombie_messages, &[])
             .await
             .unwrap();
         pending.flush().await.unwrap();
@@ -457,7 +457,7 @@ async fn offsets_sent_to_a_transaction_are_visible_only_once_it_commits() {
 
         // Offsets sent, transaction open: not visible; aborted: never visible.
         let aborted = chain(shard, ChainCursor::genesis(), 2, "aborted");
-        let mut pending = writer.begin(&aborted, &[]).await.unwrap();
+        let mut pending = writer.begin(&aborted, &[], &[]).await.unwrap();
         pending.send_offsets(consumed(3)).await.unwrap();
         pending.flush().await.unwrap();
         assert_eq!(

@@ -1,0 +1,51 @@
+//! Every metric of the distributed services, declared in one place.
+
+pub const WORKER_SHARDS_OWNED: &str = "ledger_worker_shards_owned";
+pub const WORKER_REBALANCES_TOTAL: &str = "ledger_worker_rebalances_total";
+pub const WORKER_RECORDS_TOTAL: &str = "ledger_worker_records_total";
+pub const WORKER_EVENTS_TOTAL: &str = "ledger_worker_events_total";
+pub const WORKER_TRANSACTIONS_TOTAL: &str = "ledger_worker_transactions_total";
+pub const WORKER_REPUBLISHED_EVENTS_TOTAL: &str = "ledger_worker_republished_events_total";
+pub const WORKER_COMMIT_DURATION_SECONDS: &str = "ledger_worker_commit_duration_seconds";
+pub const WORKER_RESTORE_DURATION_SECONDS: &str = "ledger_worker_restore_duration_seconds";
+pub const BUS_COMMANDS_TOTAL: &str = "ledger_command_bus_commands_total";
+pub const BUS_REPLIES_TOTAL: &str = "ledger_command_bus_replies_total";
+pub const BUS_TIMEOUTS_TOTAL: &str = "ledger_command_bus_timeouts_total";
+pub const BUS_OVERLOADED_TOTAL: &str = "ledger_command_bus_overloaded_total";
+pub const PROJECTOR_EVENTS_TOTAL: &str = "ledger_projector_events_total";
+pub const PROJECTOR_BATCHES_TOTAL: &str = "ledger_projector_batches_total";
+
+pub fn describe() {
+    metrics::describe_gauge!(WORKER_SHARDS_OWNED, "shards this engine worker owns");
+    metrics::describe_counter!(WORKER_REBALANCES_TOTAL, "consumer group rebalances seen");
+    metrics::describe_counter!(WORKER_RECORDS_TOTAL, "command and message records consumed");
+    metrics::describe_counter!(WORKER_EVENTS_TOTAL, "events appended to CQL and Kafka");
+    metrics::describe_counter!(WORKER_TRANSACTIONS_TOTAL, "Kafka transactions committed");
+    metrics::describe_counter!(
+        WORKER_REPUBLISHED_EVENTS_TOTAL,
+        "events found in CQL but not in Kafka at takeover, published again"
+    );
+    metrics::describe_histogram!(
+        WORKER_COMMIT_DURATION_SECONDS,
+        "CQL append plus Kafka transaction of one shard batch"
+    );
+    metrics::describe_histogram!(
+        WORKER_RESTORE_DURATION_SECONDS,
+        "time to take over a shard (recover, fence, republish)"
+    );
+    metrics::describe_counter!(
+        BUS_COMMANDS_TOTAL,
+        "commands produced to the commands topic"
+    );
+    metrics::describe_counter!(BUS_REPLIES_TOTAL, "replies received for waiting commands");
+    metrics::describe_counter!(
+        BUS_TIMEOUTS_TOTAL,
+        "commands whose reply did not come in time"
+    );
+    metrics::describe_counter!(BUS_OVERLOADED_TOTAL, "commands refused: too many in flight");
+    metrics::describe_counter!(
+        PROJECTOR_EVENTS_TOTAL,
+        "events projected into CQL read models"
+    );
+    metrics::describe_counter!(PROJECTOR_BATCHES_TOTAL, "projection batches written");
+}

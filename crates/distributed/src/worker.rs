@@ -1,0 +1,664 @@
+//! An engine worker: owns the shards the consumer group `ledger-engine`
+//! assigns it (partition `p` of the commands and shard-messages topics is
+//! shard `p`; the range assignor gives both topics' partition `p` to the
+//! same member), and runs each with the same [`ShardRunner`] as the embedded
+//! engine.
+//!
+//! One loop, one batch at a time:
+//!
+//! 1. poll up to `batch_inputs_max` records (commands and messages);
+//! 2. decide them in memory, shard by shard;
+//! 3. for every shard with output, concurrently: append its events and
+//!    messages to CQL (idempotent: keyed by shard and sequence), then commit
+//!    ONE Kafka transaction holding the events, the messages, the replies and
+//!    the consumed input offsets (`send_offsets_to_transaction`);
+//! 4. hand messages to shards this worker owns without waiting for Kafka
+//!    (their Kafka copies arrive later and are dropped as duplicates).
+//!
+//! CQL is the shard's source of truth; Kafka publishes it. A worker that dies
+//! between the two leaves events in CQL that Kafka lacks: whoever takes the
+//! shard over fences the old producer (`init_transactions`), compares the CQL
+//! log with the last event on Kafka and publishes the difference before it
+//! decides anything. Inputs whose offsets were not committed are consumed
+//! again; the shard's state already holds their effects, so commands answer
+//! from their idempotency record and messages are dropped as duplicates.
+//!
+//! A failed append or transaction stops the process (the in-memory state is
+//! ahead of what is durable: crash, don't limp); the group moves its shards.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use engine::ports::{EventStore, ShardBatch};
+use engine::shard::{Reply, ShardRunner, Step};
+use engine::EngineConfig;
+use ledger_core::codec::{CommandRecord, Envelope, MessageEnvelope, ReplyRecord};
+use ledger_core::{Completion, Event, ShardId};
+use log_kafka::rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
+use log_kafka::rdkafka::error::KafkaError;
+use log_kafka::rdkafka::message::Message;
+use log_kafka::rdkafka::ClientContext;
+use log_kafka::{ConsumedOffsets, KafkaConfig, ReplyRecordOut, ShardTransactionalWriter, Topics};
+use tokio::sync::watch;
+
+use crate::metrics as names;
+
+/// How the worker joins the group and paces itself.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Consumer group of the engine workers.
+    pub group_id: String,
+    /// Prefix of the per-shard transactional ids (`<prefix>-engine-<shard>`).
+    pub transactional_prefix: String,
+    /// A member that misses heartbeats this long loses its shards.
+    pub session_timeout: Duration,
+    /// Longest wait for the first record of a batch.
+    pub poll_wait: Duration,
+    /// Bound of the takeover search for the last published event.
+    pub takeover_timeout: Duration,
+}
+
+impl WorkerSettings {
+    pub fn new(topic_prefix: &str) -> Self {
+        Self {
+            group_id: format!("{topic_prefix}-engine"),
+            transactional_prefix: topic_prefix.to_string(),
+            session_timeout: Duration::from_secs(6),
+            poll_wait: Duration::from_millis(5),
+            takeover_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot create the engine consumer for {bootstrap}: {source}")]
+    Consumer {
+        bootstrap: String,
+        source: KafkaError,
+    },
+    #[error("cannot subscribe to {topics}: {source}")]
+    Subscribe { topics: String, source: KafkaError },
+}
+
+/// Where a command's answer goes.
+#[derive(Debug, Clone)]
+struct ReplyAddress {
+    partition: i32,
+    request_id: String,
+}
+
+/// Rebalance news, recorded by the consumer's callbacks (which run inside
+/// `poll`) and acted on by the loop between batches.
+#[derive(Debug)]
+enum Ownership {
+    Revoked(Vec<i32>),
+    Assigned(Vec<i32>),
+}
+
+struct GroupContext {
+    commands_topic: String,
+    news: Mutex<Vec<Ownership>>,
+    generation: AtomicU64,
+}
+
+impl GroupContext {
+    fn partitions(&self, list: &log_kafka::rdkafka::TopicPartitionList) -> Vec<i32> {
+        list.elements()
+            .iter()
+            .filter(|element| element.topic() == self.commands_topic)
+            .map(|element| element.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let partitions = self.partitions(list);
+            self.news
+                .lock()
+                .expect("ownership news lock")
+                .push(Ownership::Revoked(partitions));
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions = self.partitions(list);
+            self.news
+                .lock()
+                .expect("ownership news lock")
+                .push(Ownership::Assigned(partitions));
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+type GroupConsumer = BaseConsumer<GroupContext>;
+
+/// One polled record, copied out of librdkafka's buffers.
+struct Input {
+    is_command: bool,
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+/// A shard this worker owns.
+struct OwnedShard {
+    runner: ShardRunner<ReplyAddress>,
+    writer: ShardTransactionalWriter,
+    step: Step<ReplyAddress>,
+    /// Next offsets to commit: commands, shard-messages.
+    next_command_offset: Option<i64>,
+    next_message_offset: Option<i64>,
+    events_since_snapshot: u64,
+}
+
+/// A running engine worker.
+pub struct EngineWorker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    owned: Arc<Mutex<Vec<ShardId>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Stops the process: the shard's in-memory state may be ahead of what is durable.
+fn crash(shard: ShardId, what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%shard, %error, "{what} failed; stopping the process so the group moves its shards");
+    std::process::abort();
+}
+
+impl EngineWorker {
+    /// Joins the group and starts the loop. Shards arrive with the first rebalance.
+    pub async fn start(
+        kafka: KafkaConfig,
+        topics: Topics,
+        store: Arc<dyn EventStore>,
+        config: EngineConfig,
+        settings: WorkerSettings,
+    ) -> Result<EngineWorker, WorkerError> {
+        names::describe();
+        let context = GroupContext {
+            commands_topic: topics.commands.clone(),
+            news: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
+        };
+        let session_timeout_ms = settings.session_timeout.as_millis().to_string();
+        let heartbeat_ms = (settings.session_timeout.as_millis() / 3)
+            .max(100)
+            .to_string();
+        let consumer: GroupConsumer = kafka
+            .client_config(&[
+                ("group.id", &settings.group_id),
+                ("isolation.level", "read_committed"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+                // Range gives partition p of both topics to the same member.
+                ("partition.assignment.strategy", "range"),
+                ("session.timeout.ms", &session_timeout_ms),
+                ("heartbeat.interval.ms", &heartbeat_ms),
+                ("fetch.wait.max.ms", "5"),
+            ])
+            .create_with_context(context)
+            .map_err(|source| WorkerError::Consumer {
+                bootstrap: kafka.bootstrap.clone(),
+                source,
+            })?;
+        consumer
+            .subscribe(&[&topics.commands, &topics.shard_messages])
+            .map_err(|source| WorkerError::Subscribe {
+                topics: format!("{}, {}", topics.commands, topics.shard_messages),
+                source,
+            })?;
+        let (stop, stopping) = watch::channel(false);
+        let owned = Arc::new(Mutex::new(Vec::new()));
+        let worker = Worker {
+            consumer: Arc::new(consumer),
+            kafka,
+            topics,
+            store,
+            core: Arc::new(config.core.clone()),
+            config,
+            settings,
+            shards: BTreeMap::new(),
+            local: VecDeque::new(),
+            owned: owned.clone(),
+            last_tick: Instant::now(),
+        };
+        let task = tokio::spawn(worker.run(stopping));
+        Ok(EngineWorker { stop, task, owned })
+    }
+
+    /// The shards owned right now.
+    pub fn owned_shards(&self) -> Vec<ShardId> {
+        self.owned.lock().expect("owned shards lock").clone()
+    }
+
+    /// Finishes the batch in progress, then leaves the group.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Worker {
+    consumer: Arc<GroupConsumer>,
+    kafka: KafkaConfig,
+    topics: Topics,
+    store: Arc<dyn EventStore>,
+    core: Arc<ledger_core::Config>,
+    config: EngineConfig,
+    settings: WorkerSettings,
+    shards: BTreeMap<ShardId, OwnedShard>,
+    /// Messages committed by owned shards for owned shards.
+    local: VecDeque<MessageEnvelope>,
+    owned: Arc<Mutex<Vec<ShardId>>>,
+    last_tick: Instant,
+}
+
+impl Worker {
+    async fn run(mut self, stopping: watch::Receiver<bool>) {
+        loop {
+            if *stopping.borrow() {
+                break;
+            }
+            let inputs = self.poll().await;
+            self.follow_rebalances().await;
+            self.decide(inputs);
+            self.commit().await;
+        }
+        // Leave the group: a final revoke, then the shards are free.
+        let consumer = self.consumer.clone();
+        let shards = std::mem::take(&mut self.shards);
+        let _ = tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(shards);
+            drop(consumer);
+        })
+        .await;
+        tracing::info!("engine worker stopped");
+    }
+
+    /// Polls a batch on the blocking pool. If the group rebalances during the
+    /// batch, records polled before the rebalance are dropped (their
+    /// partitions may belong to someone else now; they are read again by
+    /// whoever owns them, from the committed offsets).
+    async fn poll(&mut self) -> Vec<Input> {
+        let consumer = self.consumer.clone();
+        let max = self.config.batch_inputs_max;
+        let wait = if self.local.is_empty() {
+            self.settings.poll_wait
+        } else {
+            Duration::ZERO
+        };
+        let commands_topic = self.topics.commands.clone();
+        let polled = tokio::task::spawn_blocking(move || {
+            let mut inputs = Vec::new();
+            loop {
+                let before = consumer.context().generation.load(Ordering::SeqCst);
+                let timeout = if inputs.is_empty() {
+                    wait
+                } else {
+                    Duration::ZERO
+                };
+                let polled = consumer.poll(timeout);
+                let rebalanced = consumer.context().generation.load(Ordering::SeqCst) != before;
+                if rebalanced {
+                    inputs.clear();
+                }
+                match polled {
+                    None => break,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "engine consumer error");
+                        break;
+                    }
+                    Some(Ok(message)) => inputs.push(Input {
+                        is_command: message.topic() == commands_topic,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                    }),
+                }
+                if rebalanced || inputs.len() >= max {
+                    break;
+                }
+            }
+            inputs
+        })
+        .await;
+        match polled {
+            Ok(inputs) => inputs,
+            Err(error) => panic!("the engine poll task failed: {error}"),
+        }
+    }
+
+    async fn follow_rebalances(&mut self) {
+        let news: Vec<Ownership> =
+            std::mem::take(&mut *self.consumer.context().news.lock().expect("news lock"));
+        for item in news {
+            metrics::counter!(names::WORKER_REBALANCES_TOTAL).increment(1);
+            match item {
+                Ownership::Revoked(partitions) => {
+                    for partition in partitions {
+                        let shard = ShardId(partition as u16);
+                        if let Some(owned) = self.shards.remove(&shard) {
+                            tracing::info!(%shard, "shard revoked");
+                            let _ = tokio::task::spawn_blocking(move || drop(owned)).await;
+                        }
+                    }
+                    self.local
+                        .retain(|message| self.shards.contains_key(&message.to));
+                }
+                Ownership::Assigned(partitions) => {
+                    for partition in partitions {
+                        let shard = ShardId(partition as u16);
+                        if !self.shards.contains_key(&shard) {
+                            let owned = self.take_over(shard).await;
+                            self.shards.insert(shard, owned);
+                        }
+                    }
+                }
+            }
+        }
+        let owned: Vec<ShardId> = self.shards.keys().copied().collect();
+        metrics::gauge!(names::WORKER_SHARDS_OWNED).set(owned.len() as f64);
+        *self.owned.lock().expect("owned shards lock") = owned;
+    }
+
+    /// Restores a shard from CQL, fences its previous owner and publishes
+    /// whatever of its CQL log Kafka lacks.
+    async fn take_over(&self, shard: ShardId) -> OwnedShard {
+        let started = Instant::now();
+        let recovery = match self.store.recover(shard).await {
+            Ok(recovery) => recovery,
+            Err(error) => crash(shard, "recovering the shard from CQL", &error),
+        };
+        let runner = match ShardRunner::restore(shard, self.core.clone(), recovery) {
+            Ok(runner) => runner,
+            Err(error) => crash(shard, "replaying the shard's CQL log", &error),
+        };
+        let mut writer = match ShardTransactionalWriter::connect(
+            &self.kafka,
+            &self.topics,
+            &self.settings.transactional_prefix,
+            shard,
+        )
+        .await
+        {
+            Ok(writer) => writer,
+            Err(error) => crash(shard, "initialising the shard's transactions", &error),
+        };
+        let last = match log_kafka::last_event(
+            &self.kafka,
+            &self.topics,
+            shard,
+            self.settings.takeover_timeout,
+        )
+        .await
+        {
+            Ok(last) => last,
+            Err(error) => crash(shard, "reading the shard's last published event", &error),
+        };
+        let stored_through = runner.state.next_sequence - 1;
+        let published_through = last.as_ref().map_or(0, |envelope| envelope.sequence);
+        assert!(
+            published_through <= stored_through,
+            "shard {shard}: kafka has event {published_through} but CQL ends at {stored_through}; events are written to CQL first"
+        );
+        if let Some(last) = &last {
+            match self.store.read_shard(shard, last.sequence - 1, 1).await {
+                Ok(stored) => assert!(
+                    stored.first().map(|envelope| envelope.hash) == Some(last.hash),
+                    "shard {shard}: event {} differs between kafka and CQL",
+                    last.sequence
+                ),
+                Err(error) => crash(shard, "reading the shard's CQL log", &error),
+            }
+        }
+        let mut after = published_through;
+        let mut republished = 0u64;
+        while after < stored_through {
+            let envelopes = match self.store.read_shard(shard, after, 1_000).await {
+                Ok(envelopes) => envelopes,
+                Err(error) => crash(shard, "reading the shard's CQL log", &error),
+            };
+            assert!(!envelopes.is_empty(), "shard {shard}: CQL log ends early");
+            let messages = sent_messages(&envelopes);
+            if let Err(error) = writer.commit_batch(&envelopes, &messages, None).await {
+                crash(shard, "publishing the shard's unpublished events", &error);
+            }
+            after = envelopes.last().expect("not empty").sequence;
+            republished += envelopes.len() as u64;
+        }
+        metrics::counter!(names::WORKER_REPUBLISHED_EVENTS_TOTAL).increment(republished);
+        metrics::histogram!(names::WORKER_RESTORE_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        tracing::info!(
+            %shard,
+            next_sequence = runner.state.next_sequence,
+            republished,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shard taken over"
+        );
+        OwnedShard {
+            runner,
+            writer,
+            step: Step::default(),
+            next_command_offset: None,
+            next_message_offset: None,
+            events_since_snapshot: 0,
+        }
+    }
+
+    fn decide(&mut self, inputs: Vec<Input>) {
+        let now = now_ms();
+        while let Some(message) = self.local.pop_front() {
+            if let Some(owned) = self.shards.get_mut(&message.to) {
+                owned.runner.message(message, now, &mut owned.step);
+            }
+        }
+        metrics::counter!(names::WORKER_RECORDS_TOTAL).increment(inputs.len() as u64);
+        for input in inputs {
+            let shard = ShardId(input.partition as u16);
+            let Some(owned) = self.shards.get_mut(&shard) else {
+                tracing::warn!(%shard, "record of a shard this worker does not own; skipped");
+                continue;
+            };
+            if input.is_command {
+                owned.next_command_offset = Some(input.offset + 1);
+                match CommandRecord::from_bytes(&input.payload) {
+                    Ok(record) => {
+                        let address = ReplyAddress {
+                            partition: record.reply_partition,
+                            request_id: record.request_id,
+                        };
+                        owned
+                            .runner
+                            .command(record.command, record.meta, address, &mut owned.step);
+                    }
+                    Err(error) => {
+                        tracing::error!(%shard, offset = input.offset, %error, "undecodable command skipped")
+                    }
+                }
+            } else {
+                owned.next_message_offset = Some(input.offset + 1);
+                match ledger_core::codec::decode::<MessageEnvelope>("shard message", &input.payload)
+                {
+                    Ok(message) => {
+                        assert_eq!(
+                            message.to, shard,
+                            "a message sits in its receiver's partition"
+                        );
+                        owned.runner.message(message, now, &mut owned.step);
+                    }
+                    Err(error) => panic!(
+                        "undecodable message on shard {shard} at offset {}: {error}",
+                        input.offset
+                    ),
+                }
+            }
+        }
+        if self.last_tick.elapsed() >= self.config.tick_interval {
+            self.last_tick = Instant::now();
+            for owned in self.shards.values_mut() {
+                owned.runner.tick(now, &mut owned.step);
+            }
+        }
+    }
+
+    async fn commit(&mut self) {
+        let consumer = &self.consumer;
+        let store = &self.store;
+        let topics = &self.topics;
+        let snapshot_every_events = self.config.snapshot_every_events;
+        let commits = self
+            .shards
+            .iter_mut()
+            .filter(|(_, owned)| {
+                !owned.step.is_empty()
+                    || owned.next_command_offset.is_some()
+                    || owned.next_message_offset.is_some()
+            })
+            .map(|(shard, owned)| {
+                let group = consumer
+                    .group_metadata()
+                    .expect("a subscribed consumer has group metadata");
+                commit_shard(*shard, owned, store, topics, group, snapshot_every_events)
+            });
+        let sent: Vec<Vec<MessageEnvelope>> = futures_util::future::join_all(commits).await;
+        for message in sent.into_iter().flatten() {
+            if self.shards.contains_key(&message.to) {
+                self.local.push_back(message);
+            }
+        }
+    }
+}
+
+/// Appends one shard's batch to CQL, then commits its Kafka transaction.
+/// Returns the messages it sent.
+async fn commit_shard(
+    shard: ShardId,
+    owned: &mut OwnedShard,
+    store: &Arc<dyn EventStore>,
+    topics: &Topics,
+    group: ConsumerGroupMetadata,
+    snapshot_every_events: u64,
+) -> Vec<MessageEnvelope> {
+    let started = Instant::now();
+    let Step {
+        envelopes,
+        messages,
+        replies,
+    } = std::mem::take(&mut owned.step);
+    if !envelopes.is_empty() {
+        let batch = ShardBatch {
+            shard: Some(shard),
+            envelopes: envelopes.clone(),
+            messages: messages.clone(),
+        };
+        if let Err(error) = store.append(vec![batch]).await {
+            crash(shard, "appending to CQL", &error);
+        }
+    }
+    let replies: Vec<ReplyRecordOut> = replies
+        .into_iter()
+        .map(|(address, reply)| {
+            let completion = match reply {
+                Reply::Completed(completion) => completion,
+                Reply::Refused(rejection) => Completion {
+                    result: Err(rejection),
+                    positions: Vec::new(),
+                    deliveries: Vec::new(),
+                },
+            };
+            ReplyRecordOut {
+                partition: address.partition,
+                value: ReplyRecord {
+                    request_id: address.request_id.clone(),
+                    completion,
+                }
+                .to_bytes(),
+                request_id: address.request_id,
+            }
+        })
+        .collect();
+    let partition = i32::from(shard.0);
+    let mut offsets = Vec::new();
+    if let Some(next) = owned.next_command_offset.take() {
+        offsets.push((topics.commands.as_str(), partition, next));
+    }
+    if let Some(next) = owned.next_message_offset.take() {
+        offsets.push((topics.shard_messages.as_str(), partition, next));
+    }
+    let consumed = if offsets.is_empty() {
+        None
+    } else {
+        match ConsumedOffsets::new(group, &offsets) {
+            Ok(consumed) => Some(consumed),
+            Err(error) => crash(shard, "recording consumed offsets", &error),
+        }
+    };
+    let committed = match owned.writer.begin(&envelopes, &messages, &replies).await {
+        Ok(pending) => pending.commit(consumed).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = committed {
+        crash(shard, "committing the shard's kafka transaction", &error);
+    }
+    metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
+    metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(envelopes.len() as u64);
+    metrics::histogram!(names::WORKER_COMMIT_DURATION_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    owned.events_since_snapshot += envelopes.len() as u64;
+    if owned.events_since_snapshot >= snapshot_every_events {
+        owned.events_since_snapshot = 0;
+        if let Err(error) = store.save_snapshot(shard, &owned.runner.snapshot()).await {
+            tracing::warn!(%shard, %error, "snapshot failed; the log still has everything");
+        }
+    }
+    messages
+}
+
+/// The messages a shard's events sent (each `message_sent` event carries one).
+fn sent_messages(envelopes: &[Envelope]) -> Vec<MessageEnvelope> {
+    let mut messages = Vec::new();
+    for envelope in envelopes {
+        let event = match envelope.event() {
+            Ok(event) => event,
+            Err(error) => panic!(
+                "shard {} event {} does not decode: {error}",
+                envelope.shard, envelope.sequence
+            ),
+        };
+        if let Event::MessageSent {
+            to,
+            sequence,
+            message,
+        } = event
+        {
+            messages.push(MessageEnvelope {
+                from: envelope.shard,
+                to,
+                sequence,
+                message,
+            });
+        }
+    }
+    messages
+}

@@ -1,0 +1,592 @@
+//! The query API's side: the [`ReadModels`] port over the CQL tables, with
+//! the semantics of the embedded SQLite read models.
+
+use async_trait::async_trait;
+use ledger_core::ReadPosition;
+use projectors::{
+    BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
+    ReadError, ReadModels, TransactionAccount, TransactionEntry,
+};
+
+use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
+use crate::layout::{
+    decode_cursor, encode_cursor, owner_bucket, page_size, parse_field, parse_id,
+    recent_average_price, transaction_bucket, CURSOR_INVENTORY, CURSOR_LISTINGS, CURSOR_OWNERS,
+    CURSOR_TRANSACTIONS, NON_LIMITED_SERIAL, RECENT_SALES_WINDOW,
+};
+use crate::models::{next_row, CqlReadModels};
+
+/// Turns `limit + 1` fetched rows into a page: the extra row only says that
+/// another page follows, whose cursor is the key of the last entry kept.
+fn into_page<Row, T>(
+    mut rows: Vec<Row>,
+    limit: usize,
+    cursor_of: impl Fn(&Row) -> String,
+    entry_of: impl Fn(Row) -> T,
+) -> Page<T> {
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(&cursor_of)
+    } else {
+        None
+    };
+    Page {
+        entries: rows.into_iter().map(entry_of).collect(),
+        next_cursor,
+    }
+}
+
+/// A row count as a CQL `LIMIT` (pages are small).
+fn row_limit(rows: usize) -> i32 {
+    i32::try_from(rows).expect("page sizes are small")
+}
+
+/// The sum of the parts of one figure, as stored.
+fn total(what: &'static str, parts: impl IntoIterator<Item = i64>) -> Result<i64, CqlReadModelError> {
+    let sum: i128 = parts.into_iter().map(i128::from).sum();
+    i64::try_from(sum).map_err(|_| CqlReadModelError::StoredIntegerOutOfRange {
+        what,
+        value: if sum > 0 { i64::MAX } else { i64::MIN },
+    })
+}
+
+/// The position of a transaction entry in a user's history: its key.
+struct TransactionKey {
+    at_ms: i64,
+    shard: i32,
+    sequence: i64,
+    account: String,
+}
+
+impl TransactionKey {
+    fn cursor(&self) -> String {
+        encode_cursor(
+            CURSOR_TRANSACTIONS,
+            &[
+                &self.at_ms.to_string(),
+                &self.shard.to_string(),
+                &self.sequence.to_string(),
+                &self.account,
+            ],
+        )
+    }
+
+    fn from_cursor(cursor: &str) -> Result<Self, ReadError> {
+        let fields = decode_cursor(CURSOR_TRANSACTIONS, cursor, 4)?;
+        let at_ms = parse_field::<u64>(&fields[0])?;
+        let shard = parse_field::<u16>(&fields[1])?;
+        let sequence = parse_field::<u64>(&fields[2])?;
+        let account = TransactionAccount::parse(&fields[3]).ok_or(ReadError::BadCursor)?;
+        Ok(TransactionKey {
+            at_ms: i64::try_from(at_ms).map_err(|_| ReadError::BadCursor)?,
+            shard: i32::from(shard),
+            sequence: i64::try_from(sequence).map_err(|_| ReadError::BadCursor)?,
+            account: account.as_str().to_string(),
+        })
+    }
+}
+
+/// at_ms, shard, sequence, account, position, kind, amount, reference
+type TransactionRow = (i64, i32, i64, String, String, String, i64, String);
+
+/// creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms,
+/// ends_at_ms, resellable
+type ItemRow = (
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+);
+
+/// creator_id, name, item_ids, price
+type BundleRow = (
+    Option<String>,
+    Option<String>,
+    Option<Vec<String>>,
+    Option<i64>,
+);
+
+impl CqlReadModels {
+    async fn covers_inner(&self, position: &ReadPosition) -> Result<bool, CqlReadModelError> {
+        for wanted in &position.positions {
+            if wanted.sequence == 0 {
+                continue;
+            }
+            let projected_through = self.next_sequence(wanted.shard).await?.saturating_sub(1);
+            if projected_through < wanted.sequence {
+                return Ok(false);
+            }
+        }
+        for mark in &position.deliveries {
+            let consumed: Option<(i64,)> = self
+                .select_first(
+                    &self.statements.select_delivery,
+                    (i32::from(mark.from.0), i32::from(mark.to.0)),
+                    "delivery read",
+                )
+                .await?;
+            let consumed = match consumed {
+                Some((sequence,)) => from_cql("delivery sequence", sequence)?,
+                None => 0,
+            };
+            if consumed < mark.sequence {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn balance_inner(&self, user_id: &str) -> Result<BalanceView, CqlReadModelError> {
+        let parts: Vec<(i64, i64)> = self
+            .select(
+                &self.statements.select_balance_parts,
+                (user_id,),
+                "balance read",
+            )
+            .await?;
+        Ok(BalanceView {
+            user_id: user_id.to_string(),
+            balance: total("balance", parts.iter().map(|(wallet, _)| *wallet))?,
+            pending: total("pending earnings", parts.iter().map(|(_, pending)| *pending))?,
+        })
+    }
+
+    async fn inventory_inner(
+        &self,
+        user_id: &str,
+        limit: usize,
+        after: (String, i64),
+    ) -> Result<Page<InventoryEntry>, CqlReadModelError> {
+        let rows: Vec<(String, i64, String, i64)> = self
+            .select(
+                &self.statements.select_inventory,
+                (user_id, after.0, after.1, row_limit(limit + 1)),
+                "inventory read",
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for (item_id, serial, purchase_id, acquired_at_ms) in rows {
+            let serial = if serial == NON_LIMITED_SERIAL {
+                None
+            } else {
+                Some(u32_from_cql("serial", serial)?)
+            };
+            entries.push(InventoryEntry {
+                item_id,
+                serial,
+                purchase_id,
+                acquired_at_ms: from_cql("acquisition time", acquired_at_ms)?,
+            });
+        }
+        Ok(into_page(
+            entries,
+            limit,
+            |entry| {
+                encode_cursor(
+                    CURSOR_INVENTORY,
+                    &[&entry.item_id, &entry.serial.unwrap_or(0).to_string()],
+                )
+            },
+            |entry| entry,
+        ))
+    }
+
+    async fn transactions_inner(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<TransactionKey>,
+    ) -> Result<Page<TransactionEntry>, CqlReadModelError> {
+        let newest_bucket = match &before {
+            Some(key) => to_cql("bucket", transaction_bucket(from_cql("cursor time", key.at_ms)?))?,
+            None => i64::MAX,
+        };
+        let mut buckets = self
+            .stream::<(i64,)>(
+                &self.statements.select_transaction_buckets,
+                (user_id, newest_bucket),
+                "transaction bucket read",
+            )
+            .await?;
+        let mut rows: Vec<TransactionRow> = Vec::new();
+        while rows.len() <= limit {
+            let Some((bucket,)) = next_row(&mut buckets, "transaction bucket read").await? else {
+                break;
+            };
+            let wanted = row_limit(limit + 1 - rows.len());
+            let page: Vec<TransactionRow> = match &before {
+                Some(key) => {
+                    self.select(
+                        &self.statements.select_transactions_before,
+                        (
+                            user_id,
+                            bucket,
+                            key.at_ms,
+                            key.shard,
+                            key.sequence,
+                            key.account.as_str(),
+                            wanted,
+                        ),
+                        "transaction page read",
+                    )
+                    .await?
+                }
+                None => {
+                    self.select(
+                        &self.statements.select_transactions,
+                        (user_id, bucket, wanted),
+                        "transaction read",
+                    )
+                    .await?
+                }
+            };
+            rows.extend(page);
+        }
+        let mut entries = Vec::with_capacity(rows.len());
+        for (at_ms, shard, sequence, account, position, kind, amount, reference) in rows {
+            entries.push((
+                TransactionKey {
+                    at_ms,
+                    shard,
+                    sequence,
+                    account,
+                },
+                TransactionEntry {
+                    position,
+                    kind,
+                    amount,
+                    reference,
+                    at_ms: from_cql("transaction time", at_ms)?,
+                },
+            ));
+        }
+        Ok(into_page(
+            entries,
+            limit,
+            |(key, _)| key.cursor(),
+            |(_, entry)| entry,
+        ))
+    }
+
+    async fn item_inner(&self, item_id: &str) -> Result<Option<ItemView>, CqlReadModelError> {
+        let definition = async {
+            self.select_first::<ItemRow>(&self.statements.select_item, (item_id,), "item read")
+                .await
+        };
+        let counts = async {
+            self.select::<(i64, i64)>(
+                &self.statements.select_item_count_parts,
+                (item_id,),
+                "item count read",
+            )
+            .await
+        };
+        let lowest_resale_price = async {
+            self.select_first::<(i64,)>(
+                &self.statements.select_lowest_resale_price,
+                (item_id,),
+                "lowest resale price read",
+            )
+            .await
+        };
+        let (definition, counts, lowest_resale_price, recent_average_price) = tokio::try_join!(
+            definition,
+            counts,
+            lowest_resale_price,
+            self.recent_average_price(item_id)
+        )?;
+        let Some((
+            Some(creator_id),
+            name,
+            price,
+            on_sale,
+            supply,
+            max_per_user,
+            starts_at_ms,
+            ends_at_ms,
+            resellable,
+        )) = definition
+        else {
+            return Ok(None);
+        };
+        let incomplete = |column: &'static str| CqlReadModelError::IncompleteRow {
+            table: "items",
+            column,
+            key: item_id.to_string(),
+        };
+        let sold = from_cql("items sold", total("items sold", counts.iter().map(|(sold, _)| *sold))?)?;
+        let sales_count = from_cql(
+            "item sales count",
+            total("item sales count", counts.iter().map(|(_, sales)| *sales))?,
+        )?;
+        let supply = supply.map(|supply| u32_from_cql("supply", supply)).transpose()?;
+        Ok(Some(ItemView {
+            item_id: item_id.to_string(),
+            creator_id,
+            name: name.ok_or_else(|| incomplete("name"))?,
+            price: price.ok_or_else(|| incomplete("price"))?,
+            on_sale: on_sale.ok_or_else(|| incomplete("on_sale"))?,
+            limited: supply.is_some(),
+            supply,
+            sold,
+            remaining: supply.map(|supply| u64::from(supply).saturating_sub(sold)),
+            max_per_user: max_per_user
+                .map(|max| u32_from_cql("max per user", max))
+                .transpose()?,
+            starts_at_ms: starts_at_ms
+                .map(|at| from_cql("sale start", at))
+                .transpose()?,
+            ends_at_ms: ends_at_ms.map(|at| from_cql("sale end", at)).transpose()?,
+            resellable: resellable.ok_or_else(|| incomplete("resellable"))?,
+            sales_count,
+            recent_average_price,
+            lowest_resale_price: lowest_resale_price.map(|(price,)| price),
+        }))
+    }
+
+    /// The recent average price over the item's newest
+    /// [`RECENT_SALES_WINDOW`] sales, folded oldest first.
+    async fn recent_average_price(&self, item_id: &str) -> Result<Option<i64>, CqlReadModelError> {
+        let mut buckets = self
+            .stream::<(i64,)>(
+                &self.statements.select_sale_buckets,
+                (item_id,),
+                "sale bucket read",
+            )
+            .await?;
+        let mut newest_first: Vec<i64> = Vec::new();
+        while newest_first.len() < RECENT_SALES_WINDOW {
+            let Some((bucket,)) = next_row(&mut buckets, "sale bucket read").await? else {
+                break;
+            };
+            let wanted = row_limit(RECENT_SALES_WINDOW - newest_first.len());
+            let prices: Vec<(i64,)> = self
+                .select(
+                    &self.statements.select_sale_prices,
+                    (item_id, bucket, wanted),
+                    "sale read",
+                )
+                .await?;
+            newest_first.extend(prices.into_iter().map(|(price,)| price));
+        }
+        Ok(recent_average_price(newest_first.into_iter().rev()))
+    }
+
+    async fn resale_listings_inner(
+        &self,
+        item_id: &str,
+        limit: usize,
+        after: (i64, String),
+    ) -> Result<Page<ListingView>, CqlReadModelError> {
+        let rows: Vec<(String, i64, String, i64)> = self
+            .select(
+                &self.statements.select_resale_listings,
+                (item_id, after.0, after.1, row_limit(limit + 1)),
+                "resale listing read",
+            )
+            .await?;
+        let mut listings = Vec::with_capacity(rows.len());
+        for (listing_id, serial, seller_id, price) in rows {
+            listings.push(ListingView {
+                listing_id,
+                item_id: item_id.to_string(),
+                serial: u32_from_cql("serial", serial)?,
+                seller_id,
+                price,
+            });
+        }
+        Ok(into_page(
+            listings,
+            limit,
+            |listing| {
+                encode_cursor(
+                    CURSOR_LISTINGS,
+                    &[&listing.price.to_string(), &listing.listing_id],
+                )
+            },
+            |listing| listing,
+        ))
+    }
+
+    async fn owners_inner(
+        &self,
+        item_id: &str,
+        limit: usize,
+        after_serial: Option<u32>,
+    ) -> Result<Page<OwnerEntry>, CqlReadModelError> {
+        let first_bucket = to_cql("bucket", after_serial.map_or(0, owner_bucket))?;
+        let after_serial = after_serial.map_or(-1, i64::from);
+        let mut buckets = self
+            .stream::<(i64,)>(
+                &self.statements.select_owner_buckets,
+                (item_id, first_bucket),
+                "owner bucket read",
+            )
+            .await?;
+        let mut owners: Vec<OwnerEntry> = Vec::new();
+        while owners.len() <= limit {
+            let Some((bucket,)) = next_row(&mut buckets, "owner bucket read").await? else {
+                break;
+            };
+            let wanted = row_limit(limit + 1 - owners.len());
+            let rows: Vec<(i64, String)> = self
+                .select(
+                    &self.statements.select_owners,
+                    (item_id, bucket, after_serial, wanted),
+                    "owner read",
+                )
+                .await?;
+            for (serial, user_id) in rows {
+                owners.push(OwnerEntry {
+                    serial: u32_from_cql("serial", serial)?,
+                    user_id,
+                });
+            }
+        }
+        Ok(into_page(
+            owners,
+            limit,
+            |owner| encode_cursor(CURSOR_OWNERS, &[&owner.serial.to_string()]),
+            |owner| owner,
+        ))
+    }
+
+    async fn bundle_inner(&self, bundle_id: &str) -> Result<Option<BundleView>, CqlReadModelError> {
+        let row: Option<BundleRow> = self
+            .select_first(
+                &self.statements.select_bundle,
+                (bundle_id,),
+                "bundle read",
+            )
+            .await?;
+        let Some((Some(creator_id), name, item_ids, price)) = row else {
+            return Ok(None);
+        };
+        let incomplete = |column: &'static str| CqlReadModelError::IncompleteRow {
+            table: "bundles",
+            column,
+            key: bundle_id.to_string(),
+        };
+        Ok(Some(BundleView {
+            bundle_id: bundle_id.to_string(),
+            creator_id,
+            name: name.ok_or_else(|| incomplete("name"))?,
+            item_ids: item_ids.ok_or_else(|| incomplete("item_ids"))?,
+            price: price.ok_or_else(|| incomplete("price"))?,
+        }))
+    }
+
+    async fn earnings_inner(&self, creator_id: &str) -> Result<EarningsView, CqlReadModelError> {
+        let parts: Vec<(i64, i64, i64, i64)> = self
+            .select(
+                &self.statements.select_earnings_parts,
+                (creator_id,),
+                "earnings read",
+            )
+            .await?;
+        let sales_count = total("earnings sales count", parts.iter().map(|part| part.3))?;
+        Ok(EarningsView {
+            creator_id: creator_id.to_string(),
+            pending: total("pending earnings", parts.iter().map(|part| part.0))?,
+            released: total("released earnings", parts.iter().map(|part| part.1))?,
+            lifetime: total("lifetime earnings", parts.iter().map(|part| part.2))?,
+            sales_count: from_cql("earnings sales count", sales_count)?,
+        })
+    }
+}
+
+#[async_trait]
+impl ReadModels for CqlReadModels {
+    async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
+        Ok(self.covers_inner(position).await?)
+    }
+
+    async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {
+        Ok(self.balance_inner(user_id).await?)
+    }
+
+    async fn inventory(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<InventoryEntry>, ReadError> {
+        let after = match cursor {
+            None => (String::new(), -1),
+            Some(cursor) => {
+                let fields = decode_cursor(CURSOR_INVENTORY, cursor, 2)?;
+                (
+                    parse_id(&fields[0])?,
+                    parse_field::<u32>(&fields[1]).map(i64::from)?,
+                )
+            }
+        };
+        Ok(self
+            .inventory_inner(user_id, page_size(limit), after)
+            .await?)
+    }
+
+    async fn transactions(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<TransactionEntry>, ReadError> {
+        let before = cursor.map(TransactionKey::from_cursor).transpose()?;
+        Ok(self
+            .transactions_inner(user_id, page_size(limit), before)
+            .await?)
+    }
+
+    async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
+        Ok(self.item_inner(item_id).await?)
+    }
+
+    async fn resale_listings(
+        &self,
+        item_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<ListingView>, ReadError> {
+        let after = match cursor {
+            None => (i64::MIN, String::new()),
+            Some(cursor) => {
+                let fields = decode_cursor(CURSOR_LISTINGS, cursor, 2)?;
+                (parse_field::<i64>(&fields[0])?, parse_id(&fields[1])?)
+            }
+        };
+        Ok(self
+            .resale_listings_inner(item_id, page_size(limit), after)
+            .await?)
+    }
+
+    async fn owners(
+        &self,
+        item_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<OwnerEntry>, ReadError> {
+        let after_serial = match cursor {
+            None => None,
+            Some(cursor) => Some(parse_field::<u32>(
+                &decode_cursor(CURSOR_OWNERS, cursor, 1)?[0],
+            )?),
+        };
+        Ok(self
+            .owners_inner(item_id, page_size(limit), after_serial)
+            .await?)
+    }
+
+    async fn bundle(&self, bundle_id: &str) -> Result<Option<BundleView>, ReadError> {
+        Ok(self.bundle_inner(bundle_id).await?)
+    }
+
+    async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError> {
+        Ok(self.earnings_inner(creator_id).await?)
+    }
+}

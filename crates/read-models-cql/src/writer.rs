@@ -1,0 +1,754 @@
+//! The projector's side: applies a shard's envelopes to the read models,
+//! idempotently and independently of the other shards (see the crate docs).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::StreamExt;
+use ledger_core::codec::Envelope;
+use ledger_core::{shard_for, Event, ShardId};
+use projectors::{project, Change};
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::error::{from_cql, to_cql, CqlReadModelError};
+use crate::layout::{
+    owner_bucket, sale_bucket, serial_key, transaction_bucket, write_timestamp,
+    LAST_TIMESTAMP_SLOT, TIMESTAMP_SLOTS_PER_EVENT,
+};
+use crate::models::CqlReadModels;
+use crate::ownership::single_writer_key;
+
+/// A write not sent yet.
+type PendingWrite<'models> =
+    Pin<Box<dyn Future<Output = Result<(), CqlReadModelError>> + Send + 'models>>;
+
+/// Writes collected while a chunk is applied, sent concurrently (bounded)
+/// on `flush`. Their order does not matter: identity rows carry their
+/// event's write timestamp, the rest are keyed by their event.
+struct Writes<'models> {
+    models: &'models CqlReadModels,
+    pending: Vec<PendingWrite<'models>>,
+}
+
+impl<'models> Writes<'models> {
+    fn new(models: &'models CqlReadModels) -> Self {
+        Self {
+            models,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push<Values>(
+        &mut self,
+        statement: &'models PreparedStatement,
+        values: Values,
+        operation: &'static str,
+    ) where
+        Values: SerializeRow + Send + 'models,
+    {
+        let models = self.models;
+        self.pending.push(Box::pin(async move {
+            models.execute(statement, values, operation).await
+        }));
+    }
+
+    async fn flush(&mut self) -> Result<(), CqlReadModelError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut results = futures_util::stream::iter(pending)
+            .buffer_unordered(self.models.settings.write_concurrency);
+        while let Some(result) = results.next().await {
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// A row of partial sums: an entity's figures contributed by one shard.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SumKey {
+    /// wallet, pending
+    Balance(String),
+    /// pending, released, lifetime, sales_count
+    Earnings(String),
+    /// sold, sales_count
+    ItemCounts(String),
+}
+
+/// A sum row as loaded at the start of a chunk, then folded.
+#[derive(Debug, Clone, Copy, Default)]
+struct SumRow {
+    values: [i64; 4],
+    /// `applied_through` as stored: events at or below it are already in.
+    loaded_through: u64,
+    /// The last event folded in.
+    applied_through: u64,
+    changed: bool,
+}
+
+impl SumRow {
+    fn add(&mut self, key: &SumKey, sequence: u64, deltas: [i64; 4]) {
+        if sequence <= self.loaded_through {
+            return;
+        }
+        for (value, delta) in self.values.iter_mut().zip(deltas) {
+            *value = value
+                .checked_add(delta)
+                .unwrap_or_else(|| panic!("{key:?} overflows at event {sequence}"));
+        }
+        self.applied_through = sequence;
+        self.changed = true;
+    }
+}
+
+/// The sum rows a chunk touches, by key.
+type Sums = BTreeMap<SumKey, SumRow>;
+
+fn sum_change(change: &Change) -> Option<(SumKey, [i64; 4])> {
+    match change {
+        Change::BalanceDelta {
+            user_id,
+            wallet_delta,
+            pending_delta,
+        } => Some((
+            SumKey::Balance(user_id.to_string()),
+            [*wallet_delta, *pending_delta, 0, 0],
+        )),
+        Change::EarningsDelta {
+            creator_id,
+            pending,
+            released,
+            lifetime,
+            sales_count,
+        } => Some((
+            SumKey::Earnings(creator_id.to_string()),
+            [*pending, *released, *lifetime, *sales_count],
+        )),
+        Change::SoldDelta { item_id, delta } => {
+            Some((SumKey::ItemCounts(item_id.to_string()), [*delta, 0, 0, 0]))
+        }
+        Change::SaleRecorded { item_id, .. } => {
+            Some((SumKey::ItemCounts(item_id.to_string()), [0, 1, 0, 0]))
+        }
+        _ => None,
+    }
+}
+
+fn shard_column(shard: ShardId) -> i32 {
+    i32::from(shard.0)
+}
+
+impl CqlReadModels {
+    /// Applies one shard's envelopes (consecutive, ascending sequence).
+    /// Events below the shard's checkpoint are skipped; the checkpoint
+    /// advances only after every row of the new events is written, so a
+    /// crash and a redelivery from an earlier point change nothing. Only one
+    /// caller at a time may apply a given shard (the projector owning it).
+    ///
+    /// Panics if an envelope belongs to another shard or the sequences are
+    /// not consecutive (the caller's contract); an error if the first new
+    /// event is not the one the checkpoint expects.
+    pub async fn apply(&self, shard: ShardId, envelopes: &[Envelope]) -> Result<(), CqlReadModelError> {
+        self.apply_envelopes(shard, envelopes, true).await
+    }
+
+    /// [`CqlReadModels::apply`] without the final checkpoint write: the state
+    /// a crash leaves after the rows and before the checkpoint. For tests.
+    #[cfg(feature = "cql-tests")]
+    #[doc(hidden)]
+    pub async fn apply_without_checkpoint(
+        &self,
+        shard: ShardId,
+        envelopes: &[Envelope],
+    ) -> Result<(), CqlReadModelError> {
+        self.apply_envelopes(shard, envelopes, false).await
+    }
+
+    /// The next sequence the shard's projection expects: 1 (the first
+    /// sequence of a shard) when nothing was projected yet.
+    pub async fn next_sequence(&self, shard: ShardId) -> Result<u64, CqlReadModelError> {
+        let stored: Option<(i64,)> = self
+            .select_first(
+                &self.statements.select_checkpoint,
+                (shard_column(shard),),
+                "checkpoint read",
+            )
+            .await?;
+        match stored {
+            Some((next_sequence,)) => from_cql("checkpoint", next_sequence),
+            None => Ok(1),
+        }
+    }
+
+    async fn apply_envelopes(
+        &self,
+        shard: ShardId,
+        envelopes: &[Envelope],
+        write_checkpoint: bool,
+    ) -> Result<(), CqlReadModelError> {
+        for envelope in envelopes {
+            assert_eq!(
+                envelope.shard, shard,
+                "event {} of shard {} handed to the projection of shard {shard}",
+                envelope.sequence, envelope.shard
+            );
+        }
+        for pair in envelopes.windows(2) {
+            assert_eq!(
+                pair[1].sequence,
+                pair[0].sequence + 1,
+                "events of shard {shard} are not consecutive"
+            );
+        }
+        let next_sequence = self.next_sequence(shard).await?;
+        let fresh: Vec<&Envelope> = envelopes
+            .iter()
+            .filter(|envelope| envelope.sequence >= next_sequence)
+            .collect();
+        let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+            return Ok(());
+        };
+        if first.sequence != next_sequence {
+            return Err(CqlReadModelError::SequenceGap {
+                shard,
+                expected: next_sequence,
+                found: first.sequence,
+            });
+        }
+        let last_sequence = last.sequence;
+
+        let mut projected = Vec::with_capacity(fresh.len());
+        for envelope in fresh {
+            let event = envelope
+                .event()
+                .map_err(|source| CqlReadModelError::Decode {
+                    shard,
+                    sequence: envelope.sequence,
+                    source,
+                })?;
+            self.check_single_writer(shard, envelope.sequence, &event);
+            let changes = project(envelope, &event);
+            assert!(
+                changes.len() <= TIMESTAMP_SLOTS_PER_EVENT,
+                "event {} of shard {shard} has {} read-model changes",
+                envelope.sequence,
+                changes.len()
+            );
+            projected.push((envelope, changes));
+        }
+
+        let keys: BTreeSet<SumKey> = projected
+            .iter()
+            .flat_map(|(_, changes)| changes.iter().filter_map(sum_change))
+            .map(|(key, _)| key)
+            .collect();
+        let mut sums = self.load_sums(shard, keys).await?;
+
+        let mut writes = Writes::new(self);
+        // Delivery marks promise that a message's effects are visible: they
+        // go after every row and sum of the chunk.
+        let mut deliveries = Writes::new(self);
+        let mut bucket_entries: BTreeSet<(&'static str, String, u64)> = BTreeSet::new();
+        for (envelope, changes) in &projected {
+            for (slot, change) in changes.iter().enumerate() {
+                let timestamp = write_timestamp(envelope.sequence, slot);
+                if let Some((key, deltas)) = sum_change(change) {
+                    sums.entry(key.clone())
+                        .or_default()
+                        .add(&key, envelope.sequence, deltas);
+                }
+                if let Change::MessageConsumed { from, to, sequence } = change {
+                    deliveries.push(
+                        &self.statements.insert_delivery,
+                        (
+                            shard_column(*from),
+                            shard_column(*to),
+                            to_cql("delivery sequence", *sequence)?,
+                            timestamp,
+                        ),
+                        "delivery write",
+                    );
+                } else {
+                    self.write_change(&mut writes, &mut bucket_entries, envelope, timestamp, change)
+                        .await?;
+                }
+            }
+        }
+        writes.flush().await?;
+
+        // Sums after the rows they summarize, then the delivery marks, the
+        // checkpoint last.
+        self.write_sums(&mut writes, shard, &sums)?;
+        writes.flush().await?;
+        deliveries.flush().await?;
+        if write_checkpoint {
+            self.execute(
+                &self.statements.insert_checkpoint,
+                (
+                    shard_column(shard),
+                    to_cql("checkpoint", last_sequence + 1)?,
+                    write_timestamp(last_sequence, LAST_TIMESTAMP_SLOT),
+                ),
+                "checkpoint write",
+            )
+            .await?;
+        }
+        tracing::debug!(
+            shard = shard.0,
+            first = next_sequence,
+            last = last_sequence,
+            "projected into cql read models"
+        );
+        Ok(())
+    }
+
+    /// Asserts the single-writer proof of [`crate::ownership`] when the
+    /// shard count is known.
+    fn check_single_writer(&self, shard: ShardId, sequence: u64, event: &Event) {
+        let (Some(shard_count), Some(key)) = (self.settings.shard_count, single_writer_key(event))
+        else {
+            return;
+        };
+        assert_eq!(
+            shard_for(&key, shard_count),
+            shard,
+            "event {sequence} ({}) of shard {shard} writes rows of {key}, which only its own shard may write",
+            event.type_name()
+        );
+    }
+
+    /// Loads the stored part of each sum row for this shard.
+    async fn load_sums(
+        &self,
+        shard: ShardId,
+        keys: BTreeSet<SumKey>,
+    ) -> Result<Sums, CqlReadModelError> {
+        let loads = keys.into_iter().map(|key| async move {
+            let row = self.load_sum(shard, &key).await?;
+            Ok::<_, CqlReadModelError>((key, row))
+        });
+        let mut loaded = futures_util::stream::iter(loads)
+            .buffer_unordered(self.settings.write_concurrency);
+        let mut sums = Sums::new();
+        while let Some(result) = loaded.next().await {
+            let (key, row) = result?;
+            sums.insert(key, row);
+        }
+        Ok(sums)
+    }
+
+    async fn load_sum(&self, shard: ShardId, key: &SumKey) -> Result<SumRow, CqlReadModelError> {
+        let source_shard = shard_column(shard);
+        let (values, applied_through) = match key {
+            SumKey::Balance(user_id) => {
+                let row: Option<(i64, i64, i64)> = self
+                    .select_first(
+                        &self.statements.select_balance_part,
+                        (user_id.as_str(), source_shard),
+                        "balance part read",
+                    )
+                    .await?;
+                match row {
+                    Some((wallet, pending, through)) => ([wallet, pending, 0, 0], through),
+                    None => ([0; 4], 0),
+                }
+            }
+            SumKey::Earnings(creator_id) => {
+                let row: Option<(i64, i64, i64, i64, i64)> = self
+                    .select_first(
+                        &self.statements.select_earnings_part,
+                        (creator_id.as_str(), source_shard),
+                        "earnings part read",
+                    )
+                    .await?;
+                match row {
+                    Some((pending, released, lifetime, sales_count, through)) => {
+                        ([pending, released, lifetime, sales_count], through)
+                    }
+                    None => ([0; 4], 0),
+                }
+            }
+            SumKey::ItemCounts(item_id) => {
+                let row: Option<(i64, i64, i64)> = self
+                    .select_first(
+                        &self.statements.select_item_count_part,
+                        (item_id.as_str(), source_shard),
+                        "item count part read",
+                    )
+                    .await?;
+                match row {
+                    Some((sold, sales_count, through)) => ([sold, sales_count, 0, 0], through),
+                    None => ([0; 4], 0),
+                }
+            }
+        };
+        let loaded_through = from_cql("applied through", applied_through)?;
+        Ok(SumRow {
+            values,
+            loaded_through,
+            applied_through: loaded_through,
+            changed: false,
+        })
+    }
+
+    /// Queues the changed sum rows, each at the timestamp of the last event
+    /// folded into it (a stale writer's older state never wins).
+    fn write_sums<'models>(
+        &'models self,
+        writes: &mut Writes<'models>,
+        shard: ShardId,
+        sums: &Sums,
+    ) -> Result<(), CqlReadModelError> {
+        let source_shard = shard_column(shard);
+        for (key, row) in sums.iter().filter(|(_, row)| row.changed) {
+            let through = to_cql("applied through", row.applied_through)?;
+            let timestamp = write_timestamp(row.applied_through, LAST_TIMESTAMP_SLOT);
+            let [first, second, third, fourth] = row.values;
+            match key {
+                SumKey::Balance(user_id) => writes.push(
+                    &self.statements.insert_balance_part,
+                    (user_id.clone(), source_shard, first, second, through, timestamp),
+                    "balance part write",
+                ),
+                SumKey::Earnings(creator_id) => writes.push(
+                    &self.statements.insert_earnings_part,
+                    (
+                        creator_id.clone(),
+                        source_shard,
+                        first,
+                        second,
+                        third,
+                        fourth,
+                        through,
+                        timestamp,
+                    ),
+                    "earnings part write",
+                ),
+                SumKey::ItemCounts(item_id) => writes.push(
+                    &self.statements.insert_item_count_part,
+                    (item_id.clone(), source_shard, first, second, through, timestamp),
+                    "item count part write",
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the row writes of one change, written at `timestamp` (sums
+    /// and delivery marks are handled by the caller). Removals that name a
+    /// listing or a serial first flush what is queued, then read which rows
+    /// to delete.
+    async fn write_change<'models>(
+        &'models self,
+        writes: &mut Writes<'models>,
+        bucket_entries: &mut BTreeSet<(&'static str, String, u64)>,
+        envelope: &Envelope,
+        timestamp: i64,
+        change: &Change,
+    ) -> Result<(), CqlReadModelError> {
+        let statements = &self.statements;
+        let shard = shard_column(envelope.shard);
+        let sequence = to_cql("event sequence", envelope.sequence)?;
+        match change {
+            Change::MessageConsumed { .. }
+            | Change::BalanceDelta { .. }
+            | Change::EarningsDelta { .. }
+            | Change::SoldDelta { .. } => {}
+            Change::TransactionAppended {
+                user_id,
+                account,
+                position,
+                kind,
+                amount,
+                reference,
+                at_ms,
+            } => {
+                let bucket = transaction_bucket(*at_ms);
+                if bucket_entries.insert(("transactions", user_id.to_string(), bucket)) {
+                    writes.push(
+                        &statements.insert_transaction_bucket,
+                        (user_id.to_string(), to_cql("bucket", bucket)?),
+                        "transaction bucket write",
+                    );
+                }
+                writes.push(
+                    &statements.insert_transaction,
+                    (
+                        user_id.to_string(),
+                        to_cql("bucket", bucket)?,
+                        to_cql("transaction time", *at_ms)?,
+                        shard,
+                        sequence,
+                        account.as_str(),
+                        position.clone(),
+                        *kind,
+                        *amount,
+                        reference.clone(),
+                    ),
+                    "transaction write",
+                );
+            }
+            Change::InventoryAdded {
+                user_id,
+                item_id,
+                serial,
+                purchase_id,
+                acquired_at_ms,
+            } => writes.push(
+                &statements.insert_inventory,
+                (
+                    user_id.to_string(),
+                    item_id.to_string(),
+                    serial_key(*serial),
+                    purchase_id.to_string(),
+                    to_cql("acquisition time", *acquired_at_ms)?,
+                    timestamp,
+                ),
+                "inventory write",
+            ),
+            Change::InventoryRemoved {
+                user_id,
+                item_id,
+                serial,
+            } => writes.push(
+                &statements.delete_inventory,
+                (
+                    timestamp,
+                    user_id.to_string(),
+                    item_id.to_string(),
+                    serial_key(*serial),
+                ),
+                "inventory delete",
+            ),
+            Change::ItemUpserted { definition } => {
+                let starts_at_ms = definition
+                    .starts_at_ms
+                    .map(|at| to_cql("sale start", at))
+                    .transpose()?;
+                let ends_at_ms = definition
+                    .ends_at_ms
+                    .map(|at| to_cql("sale end", at))
+                    .transpose()?;
+                writes.push(
+                    &statements.insert_item,
+                    (
+                        definition.item_id.to_string(),
+                        definition.creator_id.to_string(),
+                        definition.name.clone(),
+                        definition.price,
+                        true,
+                        definition.supply.map(i64::from),
+                        definition.max_per_user.map(i64::from),
+                        starts_at_ms,
+                        ends_at_ms,
+                        definition.resellable,
+                        timestamp,
+                    ),
+                    "item write",
+                );
+            }
+            Change::ItemPriceChanged { item_id, price } => writes.push(
+                &statements.update_item_price,
+                (timestamp, *price, item_id.to_string()),
+                "item price write",
+            ),
+            Change::ItemOnSaleChanged { item_id, on_sale } => writes.push(
+                &statements.update_item_on_sale,
+                (timestamp, *on_sale, item_id.to_string()),
+                "item sale state write",
+            ),
+            Change::SerialOwnerSet {
+                item_id,
+                serial,
+                user_id,
+            } => {
+                let bucket = to_cql("bucket", owner_bucket(*serial))?;
+                if bucket_entries.insert(("owners", item_id.to_string(), owner_bucket(*serial))) {
+                    writes.push(
+                        &statements.insert_owner_bucket,
+                        (item_id.to_string(), bucket),
+                        "owner bucket write",
+                    );
+                }
+                writes.push(
+                    &statements.insert_owner,
+                    (
+                        item_id.to_string(),
+                        bucket,
+                        i64::from(*serial),
+                        user_id.to_string(),
+                        timestamp,
+                    ),
+                    "owner write",
+                );
+            }
+            Change::SerialOwnerCleared { item_id, serial } => writes.push(
+                &statements.delete_owner,
+                (
+                    timestamp,
+                    item_id.to_string(),
+                    to_cql("bucket", owner_bucket(*serial))?,
+                    i64::from(*serial),
+                ),
+                "owner delete",
+            ),
+            Change::SaleRecorded { item_id, price } => {
+                let bucket = sale_bucket(envelope.timestamp_ms);
+                if bucket_entries.insert(("sales", item_id.to_string(), bucket)) {
+                    writes.push(
+                        &statements.insert_sale_bucket,
+                        (item_id.to_string(), to_cql("bucket", bucket)?),
+                        "sale bucket write",
+                    );
+                }
+                writes.push(
+                    &statements.insert_sale,
+                    (
+                        item_id.to_string(),
+                        to_cql("bucket", bucket)?,
+                        to_cql("sale time", envelope.timestamp_ms)?,
+                        shard,
+                        sequence,
+                        *price,
+                    ),
+                    "sale write",
+                );
+            }
+            Change::ListingAdded {
+                listing_id,
+                item_id,
+                serial,
+                seller_id,
+                price,
+            } => {
+                let serial = i64::from(*serial);
+                writes.push(
+                    &statements.insert_resale_listing,
+                    (
+                        item_id.to_string(),
+                        *price,
+                        listing_id.to_string(),
+                        serial,
+                        seller_id.to_string(),
+                        timestamp,
+                    ),
+                    "resale listing write",
+                );
+                writes.push(
+                    &statements.insert_listing_by_id,
+                    (
+                        listing_id.to_string(),
+                        item_id.to_string(),
+                        serial,
+                        *price,
+                        timestamp,
+                    ),
+                    "listing write",
+                );
+                writes.push(
+                    &statements.insert_listing_by_serial,
+                    (
+                        item_id.to_string(),
+                        serial,
+                        listing_id.to_string(),
+                        *price,
+                        timestamp,
+                    ),
+                    "serial listing write",
+                );
+            }
+            Change::ListingRemoved { listing_id } => {
+                writes.flush().await?;
+                let stored: Option<(String, i64, i64)> = self
+                    .select_first(
+                        &statements.select_listing_by_id,
+                        (listing_id.as_str(),),
+                        "listing read",
+                    )
+                    .await?;
+                if let Some((item_id, serial, price)) = stored {
+                    self.remove_listing(
+                        writes,
+                        timestamp,
+                        item_id,
+                        serial,
+                        listing_id.to_string(),
+                        price,
+                    );
+                }
+            }
+            Change::SerialListingsRemoved { item_id, serial } => {
+                writes.flush().await?;
+                let serial = i64::from(*serial);
+                let stored: Vec<(String, i64)> = self
+                    .select(
+                        &statements.select_listings_by_serial,
+                        (item_id.as_str(), serial),
+                        "serial listing read",
+                    )
+                    .await?;
+                for (listing_id, price) in stored {
+                    self.remove_listing(
+                        writes,
+                        timestamp,
+                        item_id.to_string(),
+                        serial,
+                        listing_id,
+                        price,
+                    );
+                }
+            }
+            Change::BundleUpserted {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            } => writes.push(
+                &statements.insert_bundle,
+                (
+                    bundle_id.to_string(),
+                    creator_id.to_string(),
+                    name.clone(),
+                    item_ids
+                        .iter()
+                        .map(|item_id| item_id.to_string())
+                        .collect::<Vec<String>>(),
+                    *price,
+                    timestamp,
+                ),
+                "bundle write",
+            ),
+        }
+        Ok(())
+    }
+
+    /// Queues the deletes of a listing's three rows.
+    fn remove_listing<'models>(
+        &'models self,
+        writes: &mut Writes<'models>,
+        timestamp: i64,
+        item_id: String,
+        serial: i64,
+        listing_id: String,
+        price: i64,
+    ) {
+        let statements = &self.statements;
+        writes.push(
+            &statements.delete_resale_listing,
+            (timestamp, item_id.clone(), price, listing_id.clone()),
+            "resale listing delete",
+        );
+        writes.push(
+            &statements.delete_listing_by_id,
+            (timestamp, listing_id.clone()),
+            "listing delete",
+        );
+        writes.push(
+            &statements.delete_listing_by_serial,
+            (timestamp, item_id, serial, listing_id),
+            "serial listing delete",
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! Failure and scaling scenarios of the distributed ledger, against the real
+//! Kafka and CQL database (`scripts/infra`). Run by `scripts/test` with
+//! `LEDGER_TEST_BACKEND=distributed`; skipped (with a message) otherwise.
+//!
+//! The API scenario suite itself (`tests/api.rs`) runs unchanged against
+//! this backend too; what is here needs more than one engine or a projector
+//! that dies.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distributed::projector::{Projector, ProjectorSettings};
+use ledger_cli::Settings;
+use log_kafka::{KafkaConfig, Topics};
+use marketplace_ledger::distributed::{cluster_settings, spawn_cluster, unique_name};
+use marketplace_ledger::{distributed_backend, TempDir, TestApp, SECRET};
+use projectors::ReadModels;
+use read_models_cql::{CqlReadModels, ReadModelSettings};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+fn enabled(test: &str) -> bool {
+    if distributed_backend() {
+        return true;
+    }
+    eprintln!("{test}: skipped; set LEDGER_TEST_BACKEND=distributed (scripts/test does)");
+    false
+}
+
+fn test_settings() -> (TempDir, Settings) {
+    let directory = TempDir::new("ledger-distributed");
+    let settings = Settings::for_tests(&directory.0, SECRET);
+    (directory, settings)
+}
+
+async fn grant_all(app: &Arc<TestApp>, prefix: &str, count: usize, amount: i64) {
+    let mut tasks = JoinSet::new();
+    for index in 0..count {
+        let app = app.clone();
+        let prefix = prefix.to_string();
+        tasks.spawn(async move {
+            let answer = app
+                .grant(
+                    &format!("grant-{prefix}-{index}"),
+                    &format!("{prefix}-{index}"),
+                    amount,
+                )
+                .await;
+            assert_eq!(answer.status, 201, "grant: {}", answer.text);
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("grant task");
+    }
+}
+
+/// Two engine workers share the shards (the group gives each half); buyers
+/// race through both command APIs for a Limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limited_drop_with_two_engines_sells_exactly_the_supply() {
+    if !enabled("limited_drop_with_two_engines_sells_exactly_the_supply") {
+        return;
+    }
+    let (_directory, settings) = test_settings();
+    let cluster = cluster_settings(&settings);
+    let (app, command_urls) = spawn_cluster(&cluster, 2, true).await;
+    assert_eq!(command_urls.len(), 2);
+    let app = Arc::new(app);
+    let second = Arc::new(TestApp::connect(
+        command_urls[1].clone(),
+        app.query_url.clone(),
+        None,
+        None,
+        None,
+    ));
+    let answer = app
+        .publish(json!({"item_id": "halo", "creator_id": "studio", "name": "Halo", "price": 40, "supply": 60, "resellable": true}))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    grant_all(&app, "racer", 200, 100).await;
+
+    let mut tasks = JoinSet::new();
+    for request in 0..400 {
+        let through = if request % 2 == 0 {
+            app.clone()
+        } else {
+            second.clone()
+        };
+        tasks.spawn(async move {
+            let buyer = format!("racer-{}", request % 200);
+            through
+                .purchase(&format!("race-{request}"), &buyer, "halo", 40)
+                .await
+        });
+    }
+    let mut serials = Vec::new();
+    let mut sold_out = 0;
+    while let Some(result) = tasks.join_next().await {
+        let answer = result.expect("purchase task");
+        match answer.status {
+            201 => serials.push(answer.body["serial"].as_u64().expect("serial")),
+            409 if answer.code() == "sold_out" => sold_out += 1,
+            other => panic!("unexpected answer {other}: {}", answer.text),
+        }
+    }
+    assert_eq!(serials.len(), 60, "exactly the supply is sold");
+    assert_eq!(sold_out, 340);
+    let unique: BTreeSet<u64> = serials.iter().copied().collect();
+    assert_eq!(
+        unique,
+        (1..=60).collect::<BTreeSet<u64>>(),
+        "serials 1..60, once each"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owners = app.all_pages("/v1/items/halo/owners", "owners", None).await;
+        if owners.len() == 60 {
+            let holders: BTreeSet<u64> = owners
+                .iter()
+                .map(|owner| owner["serial"].as_u64().expect("serial"))
+                .collect();
+            assert_eq!(
+                holders, unique,
+                "the owners list has every sold serial once"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "owners never reached 60: {}",
+            owners.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(second);
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}
+
+/// Every read the query API serves for these ids, as comparable text.
+async fn read_everything(read_models: &dyn ReadModels, users: &[String], items: &[&str]) -> String {
+    let mut out = String::new();
+    for user in users {
+        out.push_str(&format!(
+            "{:?}\n",
+            read_models.balance(user).await.expect("balance")
+        ));
+        out.push_str(&format!(
+            "{:?}\n",
+            read_models.earnings(user).await.expect("earnings")
+        ));
+        let inventory = read_models
+            .inventory(user, 1_000, None)
+            .await
+            .expect("inventory");
+        out.push_str(&format!("{:?}\n", inventory.entries));
+        let transactions = read_models
+            .transactions(user, 1_000, None)
+            .await
+            .expect("transactions");
+        out.push_str(&format!("{:?}\n", transactions.entries));
+    }
+    for item in items {
+        out.push_str(&format!(
+            "{:?}\n",
+            read_models.item(item).await.expect("item")
+        ));
+        let owners = read_models.owners(item, 1_000, None).await.expect("owners");
+        out.push_str(&format!("{:?}\n", owners.entries));
+        let listings = read_models
+            .resale_listings(item, 1_000, None)
+            .await
+            .expect("listings");
+        out.push_str(&format!("{:?}\n", listings.entries));
+    }
+    out
+}
+
+async fn wait_caught_up(read_models: &CqlReadModels, target: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut done = true;
+        for (shard, wanted) in target.iter().enumerate() {
+            let next = read_models
+                .next_sequence(ledger_core::ShardId(shard as u16))
+                .await
+                .expect("checkpoint");
+            if next < *wanted {
+                done = false;
+            }
+        }
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projection never caught up with {target:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A projector killed mid-stream (no graceful stop: its batch may be half
+/// written, its offsets uncommitted) and started again ends with read models
+/// equal to a projection rebuilt from zero into a fresh keyspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projector_killed_mid_stream_converges_to_a_rebuild() {
+    if !enabled("projector_killed_mid_stream_converges_to_a_rebuild") {
+        return;
+    }
+    let (_directory, settings) = test_settings();
+    let cluster = cluster_settings(&settings);
+    let kafka = KafkaConfig::new(cluster.kafka_bootstrap.clone());
+    let topics = Topics::with_prefix(&cluster.topic_prefix);
+    let contact: Vec<String> = cluster.cql_contact.split(',').map(String::from).collect();
+    let (app, _) = spawn_cluster(&cluster, 1, false).await;
+    let app = Arc::new(app);
+    let live = CqlReadModels::connect(
+        &contact,
+        &cluster.cql_keyspace,
+        ReadModelSettings::default(),
+    )
+    .await
+    .expect("live read models");
+    let projector_settings = ProjectorSettings::new(&cluster.topic_prefix);
+
+    let answer = app
+        .publish(json!({"item_id": "wing", "creator_id": "maker", "name": "Wing", "price": 30, "supply": 40, "resellable": true}))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    let answer = app
+        .publish(json!({"item_id": "cape", "creator_id": "maker", "name": "Cape", "price": 7}))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text);
+    grant_all(&app, "flyer", 40, 200).await;
+
+    // Purchases keep coming while the projector is killed and restarted.
+    let buying = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            for round in 0..3 {
+                let mut tasks = JoinSet::new();
+                for buyer in 0..40 {
+                    let app = app.clone();
+                    tasks.spawn(async move {
+                        let item = if (buyer + round) % 2 == 0 {
+                            "wing"
+                        } else {
+                            "cape"
+                        };
+                        let price = if item == "wing" { 30 } else { 7 };
+                        app.purchase(
+                            &format!("p-{round}-{buyer}"),
+                            &format!("flyer-{buyer}"),
+                            item,
+                            price,
+                        )
+                        .await
+                    });
+                }
+                while let Some(result) = tasks.join_next().await {
+                    let answer = result.expect("purchase task");
+                    assert!(
+                        answer.status == 201
+                            || answer.code() == "sold_out"
+                            || answer.code() == "already_owned",
+                        "purchase: {} {}",
+                        answer.status,
+                        answer.text
+                    );
+                }
+            }
+        })
+    };
+    for _ in 0..3 {
+        let projector = Projector::start(
+            kafka.clone(),
+            topics.clone(),
+            live.clone(),
+            projector_settings.clone(),
+        )
+        .await
+        .expect("projector starts");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        projector.kill();
+    }
+    buying.await.expect("buyers finish");
+    let projector = Projector::start(
+        kafka.clone(),
+        topics.clone(),
+        live.clone(),
+        projector_settings.clone(),
+    )
+    .await
+    .expect("projector starts");
+
+    // The log's end per shard: what both projections must reach.
+    let mut ends = Vec::new();
+    for shard in 0..cluster.shards {
+        let last = log_kafka::last_event(
+            &kafka,
+            &topics,
+            ledger_core::ShardId(shard),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("last event");
+        ends.push(last.map_or(1, |envelope| envelope.sequence + 1));
+    }
+    wait_caught_up(&live, &ends).await;
+
+    let rebuild_keyspace = unique_name();
+    let rebuilt = CqlReadModels::connect(&contact, &rebuild_keyspace, ReadModelSettings::default())
+        .await
+        .expect("rebuild read models");
+    let mut rebuild_settings = projector_settings.clone();
+    rebuild_settings.group_id = format!("{}-rebuild", cluster.topic_prefix);
+    let rebuilder = Projector::start(
+        kafka.clone(),
+        topics.clone(),
+        rebuilt.clone(),
+        rebuild_settings,
+    )
+    .await
+    .expect("rebuild projector starts");
+    wait_caught_up(&rebuilt, &ends).await;
+
+    let mut users: Vec<String> = (0..40).map(|index| format!("flyer-{index}")).collect();
+    users.push("maker".into());
+    let items = ["wing", "cape"];
+    let live_view = read_everything(live.as_ref(), &users, &items).await;
+    let rebuilt_view = read_everything(rebuilt.as_ref(), &users, &items).await;
+    assert!(
+        live_view.contains("maker"),
+        "the scenario produced read models"
+    );
+    assert_eq!(
+        live_view, rebuilt_view,
+        "killed-and-restarted projection equals a rebuild"
+    );
+
+    projector.shutdown().await;
+    rebuilder.shutdown().await;
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}
