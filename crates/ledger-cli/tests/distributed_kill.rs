@@ -100,6 +100,45 @@ async fn post(
     Ok((status, body))
 }
 
+/// The `ledger_worker_shards_owned` gauge of a command-api process.
+async fn shards_owned(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("ledger_worker_shards_owned "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+}
+
+/// Waits until `check` holds for the shards owned by `bases` (bounded).
+async fn wait_for_ownership(
+    client: &reqwest::Client,
+    bases: &[&str],
+    check: impl Fn(&[u64]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut owned = Vec::new();
+        for base in bases {
+            owned.push(shards_owned(client, base).await.unwrap_or(0));
+        }
+        if check(&owned) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard ownership never settled: {owned:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> Value {
     let response = client
         .get(url)
@@ -203,6 +242,9 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
         assert_eq!(status, 201, "{body}");
     }
 
+    // Both engines own half of the four shards before the load starts.
+    wait_for_ownership(&client, &urls, |owned| owned == [2, 2]).await;
+
     // Load through both instances; the victim dies part-way.
     let client = Arc::new(client);
     let urls_owned = Arc::new([victim_url.clone(), survivor_url.clone()]);
@@ -275,6 +317,8 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
             other => panic!("unexpected answer {other}: {answer}"),
         }
     }
+    // The survivor took over the victim's shards.
+    wait_for_ownership(&client, &[survivor_url.as_str()], |owned| owned == [4]).await;
     let stars = serials.len() as u64;
     assert!(
         stars > 0 && stars <= SUPPLY,
