@@ -408,10 +408,16 @@ impl Service {
             }
             Role::Projector => {
                 ensure_topics(&settings).await?;
+                // With the shard count, every event is checked against the
+                // single-writer rules the tables rely on.
+                let read_model_settings = ReadModelSettings {
+                    shard_count: Some(settings.shards),
+                    ..ReadModelSettings::default()
+                };
                 let read_models = CqlReadModels::connect(
                     &settings.contact_points(),
                     &settings.cql_keyspace,
-                    ReadModelSettings::default(),
+                    read_model_settings,
                 )
                 .await
                 .map_err(|e| failed("cql read models")(e.to_string()))?;

@@ -196,10 +196,7 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_other_listings_and_garbage() {
-        let cursor = encode_cursor(
-            CURSOR_TRANSACTIONS,
-            &["1700000000000", "3", "42", "wallet"],
-        );
+        let cursor = encode_cursor(CURSOR_TRANSACTIONS, &["1700000000000", "3", "42", "wallet"]);
         assert!(cursor.bytes().all(|byte| byte.is_ascii_hexdigit()));
         assert_eq!(
             decode_cursor(CURSOR_TRANSACTIONS, &cursor, 4),

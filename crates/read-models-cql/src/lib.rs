@@ -10,7 +10,7 @@
 //! * the query API, through [`projectors::ReadModels`], with the semantics
 //!   of the embedded SQLite read models (`store-sqlite`).
 //!
-//! The changes of each event come from [`projectors::project`], the same
+//! The changes of each event come from [`projectors::project()`], the same
 //! pure function the embedded projector uses. The tables are
 //! `schemas/cql/read_models.cql`, applied verbatim from that text.
 //!
@@ -25,8 +25,8 @@
 //! repetitions:
 //!
 //! * **Identity rows** (inventory entries, item definition and price and
-//!   sale state, serial owners, listings, bundles, delivery marks,
-//!   checkpoints) have a single writing shard ([`ownership`] holds the proof,
+//!   sale state, serial owners, listings, bundles) have a single writing
+//!   shard ([`ownership`] holds the proof,
 //!   event by event, from `ledger_core::decide`). Each write or delete of
 //!   them carries `USING TIMESTAMP` [`layout::write_timestamp`]`(sequence,
 //!   change index)`, so CQL's last-write-wins keeps the newest event's
@@ -49,13 +49,22 @@
 //! * **Logs** (transaction history, sales) are keyed by the (shard,
 //!   sequence) of the event that made each row: a replay rewrites the same
 //!   rows.
-//! * **Checkpoints**: `projection_checkpoints(shard, next_sequence)` is
-//!   written after every row of the chunk, so whoever sees a checkpoint sees
-//!   the rows it covers, and events below it are skipped on redelivery.
-//!   `projection_deliveries(sender, receiver, sequence)` is written by the
-//!   receiver's projector only, at the timestamp of its `message_received`
-//!   event; messages of a pair are consumed in order, so the newest write
-//!   carries the largest sequence (a monotone maximum without a read).
+//! * **Delivery marks** (`projection_deliveries(sender, receiver,
+//!   sequence)`) are written by the receiver's projector only, at the
+//!   timestamp of its `message_received` event; messages of a pair are
+//!   consumed in order, so the newest write carries the largest sequence (a
+//!   monotone maximum without a read). A mark promises that the message's
+//!   effects are visible, so marks are written after the rows and sums of
+//!   their chunk.
+//! * **Checkpoints** (`projection_checkpoints(shard, next_sequence)`) are
+//!   written last, so whoever sees a checkpoint sees the rows it covers, and
+//!   events below it are skipped on redelivery.
+//!
+//! A chunk is written as: rows (concurrently, at most
+//! [`ReadModelSettings::write_concurrency`] in flight), sums, delivery
+//! marks, checkpoint. A crash anywhere leaves a state that the redelivery of
+//! the chunk completes to the same result; the tests simulate such crashes
+//! and compare every query with the embedded read models.
 //!
 //! # Semantic differences from the embedded read models
 //!
@@ -63,9 +72,10 @@
 //!   commit order. There is no global order across shards, so sales are
 //!   folded in the order of (completion time, shard, sequence), and only the
 //!   newest [`layout::RECENT_SALES_WINDOW`] of them (the oldest of those
-//!   sets the start value), which bounds the read. Both agree whenever sales
-//!   of one item with different prices complete in different milliseconds
-//!   and the item has at most that many sales.
+//!   sets the start value), which bounds the read. Both agree when the item
+//!   has at most that many sales and no two of its sales at different
+//!   prices complete concurrently (in the same millisecond, or within the
+//!   clock skew between shards).
 //! * **Transactions** are ordered newest first by (event time, shard,
 //!   sequence, account) instead of (commit position, account). All entries
 //!   of a user come from the user's shard (every posting to a user's wallet
@@ -93,7 +103,7 @@
 //! the item's supply. No LWT, materialized views, secondary indexes,
 //! ALLOW FILTERING or counters; no batches (each write is one row).
 //!
-//! Tombstones are shadowing older replays only until `gc_grace_seconds`
+//! Tombstones shadow replayed older writes only until `gc_grace_seconds`
 //! (ten days by default); a redelivery reaches back only to the last
 //! checkpoint, so a projector must not resume a chunk it crashed in more
 //! than that long ago without rebuilding.

@@ -42,7 +42,10 @@ fn row_limit(rows: usize) -> i32 {
 }
 
 /// The sum of the parts of one figure, as stored.
-fn total(what: &'static str, parts: impl IntoIterator<Item = i64>) -> Result<i64, CqlReadModelError> {
+fn total(
+    what: &'static str,
+    parts: impl IntoIterator<Item = i64>,
+) -> Result<i64, CqlReadModelError> {
     let sum: i128 = parts.into_iter().map(i128::from).sum();
     i64::try_from(sum).map_err(|_| CqlReadModelError::StoredIntegerOutOfRange {
         what,
@@ -152,7 +155,10 @@ impl CqlReadModels {
         Ok(BalanceView {
             user_id: user_id.to_string(),
             balance: total("balance", parts.iter().map(|(wallet, _)| *wallet))?,
-            pending: total("pending earnings", parts.iter().map(|(_, pending)| *pending))?,
+            pending: total(
+                "pending earnings",
+                parts.iter().map(|(_, pending)| *pending),
+            )?,
         })
     }
 
@@ -203,7 +209,10 @@ impl CqlReadModels {
         before: Option<TransactionKey>,
     ) -> Result<Page<TransactionEntry>, CqlReadModelError> {
         let newest_bucket = match &before {
-            Some(key) => to_cql("bucket", transaction_bucket(from_cql("cursor time", key.at_ms)?))?,
+            Some(key) => to_cql(
+                "bucket",
+                transaction_bucket(from_cql("cursor time", key.at_ms)?),
+            )?,
             None => i64::MAX,
         };
         let mut buckets = self
@@ -319,12 +328,17 @@ impl CqlReadModels {
             column,
             key: item_id.to_string(),
         };
-        let sold = from_cql("items sold", total("items sold", counts.iter().map(|(sold, _)| *sold))?)?;
+        let sold = from_cql(
+            "items sold",
+            total("items sold", counts.iter().map(|(sold, _)| *sold))?,
+        )?;
         let sales_count = from_cql(
             "item sales count",
             total("item sales count", counts.iter().map(|(_, sales)| *sales))?,
         )?;
-        let supply = supply.map(|supply| u32_from_cql("supply", supply)).transpose()?;
+        let supply = supply
+            .map(|supply| u32_from_cql("supply", supply))
+            .transpose()?;
         Ok(Some(ItemView {
             item_id: item_id.to_string(),
             creator_id,
@@ -458,11 +472,7 @@ impl CqlReadModels {
 
     async fn bundle_inner(&self, bundle_id: &str) -> Result<Option<BundleView>, CqlReadModelError> {
         let row: Option<BundleRow> = self
-            .select_first(
-                &self.statements.select_bundle,
-                (bundle_id,),
-                "bundle read",
-            )
+            .select_first(&self.statements.select_bundle, (bundle_id,), "bundle read")
             .await?;
         let Some((Some(creator_id), name, item_ids, price)) = row else {
             return Ok(None);

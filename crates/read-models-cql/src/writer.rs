@@ -141,15 +141,20 @@ fn shard_column(shard: ShardId) -> i32 {
 
 impl CqlReadModels {
     /// Applies one shard's envelopes (consecutive, ascending sequence).
-    /// Events below the shard's checkpoint are skipped; the checkpoint
-    /// advances only after every row of the new events is written, so a
-    /// crash and a redelivery from an earlier point change nothing. Only one
-    /// caller at a time may apply a given shard (the projector owning it).
+    /// Events below the shard's checkpoint, and repeats, are skipped; the
+    /// checkpoint advances only after every row of the new events is
+    /// written, so a crash and a redelivery from an earlier point change
+    /// nothing. Only one caller at a time may apply a given shard (the
+    /// projector owning it); different shards may be applied concurrently.
     ///
-    /// Panics if an envelope belongs to another shard or the sequences are
-    /// not consecutive (the caller's contract); an error if the first new
-    /// event is not the one the checkpoint expects.
-    pub async fn apply(&self, shard: ShardId, envelopes: &[Envelope]) -> Result<(), CqlReadModelError> {
+    /// A gap (an event after the next one expected, without it) is an error
+    /// and nothing is written. Panics if an envelope belongs to another
+    /// shard, or if two different events share a sequence.
+    pub async fn apply(
+        &self,
+        shard: ShardId,
+        envelopes: &[Envelope],
+    ) -> Result<(), CqlReadModelError> {
         self.apply_envelopes(shard, envelopes, true).await
     }
 
@@ -187,35 +192,43 @@ impl CqlReadModels {
         envelopes: &[Envelope],
         write_checkpoint: bool,
     ) -> Result<(), CqlReadModelError> {
+        let next_sequence = self.next_sequence(shard).await?;
+        // The events the checkpoint expects next, in order; what the
+        // checkpoint (or this call) already has is skipped, a gap refused.
+        let mut fresh: Vec<&Envelope> = Vec::new();
         for envelope in envelopes {
             assert_eq!(
                 envelope.shard, shard,
                 "event {} of shard {} handed to the projection of shard {shard}",
                 envelope.sequence, envelope.shard
             );
+            let expected = next_sequence + fresh.len() as u64;
+            if envelope.sequence < expected {
+                if let Some(taken) = envelope
+                    .sequence
+                    .checked_sub(next_sequence)
+                    .and_then(|index| fresh.get(index as usize))
+                {
+                    assert_eq!(
+                        taken.hash, envelope.hash,
+                        "two different events {} of shard {shard}",
+                        envelope.sequence
+                    );
+                }
+                continue;
+            }
+            if envelope.sequence > expected {
+                return Err(CqlReadModelError::SequenceGap {
+                    shard,
+                    expected,
+                    found: envelope.sequence,
+                });
+            }
+            fresh.push(envelope);
         }
-        for pair in envelopes.windows(2) {
-            assert_eq!(
-                pair[1].sequence,
-                pair[0].sequence + 1,
-                "events of shard {shard} are not consecutive"
-            );
-        }
-        let next_sequence = self.next_sequence(shard).await?;
-        let fresh: Vec<&Envelope> = envelopes
-            .iter()
-            .filter(|envelope| envelope.sequence >= next_sequence)
-            .collect();
-        let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+        let Some(last) = fresh.last() else {
             return Ok(());
         };
-        if first.sequence != next_sequence {
-            return Err(CqlReadModelError::SequenceGap {
-                shard,
-                expected: next_sequence,
-                found: first.sequence,
-            });
-        }
         let last_sequence = last.sequence;
 
         let mut projected = Vec::with_capacity(fresh.len());
@@ -270,8 +283,14 @@ impl CqlReadModels {
                         "delivery write",
                     );
                 } else {
-                    self.write_change(&mut writes, &mut bucket_entries, envelope, timestamp, change)
-                        .await?;
+                    self.write_change(
+                        &mut writes,
+                        &mut bucket_entries,
+                        envelope,
+                        timestamp,
+                        change,
+                    )
+                    .await?;
                 }
             }
         }
@@ -328,8 +347,8 @@ impl CqlReadModels {
             let row = self.load_sum(shard, &key).await?;
             Ok::<_, CqlReadModelError>((key, row))
         });
-        let mut loaded = futures_util::stream::iter(loads)
-            .buffer_unordered(self.settings.write_concurrency);
+        let mut loaded =
+            futures_util::stream::iter(loads).buffer_unordered(self.settings.write_concurrency);
         let mut sums = Sums::new();
         while let Some(result) = loaded.next().await {
             let (key, row) = result?;
@@ -408,7 +427,14 @@ impl CqlReadModels {
             match key {
                 SumKey::Balance(user_id) => writes.push(
                     &self.statements.insert_balance_part,
-                    (user_id.clone(), source_shard, first, second, through, timestamp),
+                    (
+                        user_id.clone(),
+                        source_shard,
+                        first,
+                        second,
+                        through,
+                        timestamp,
+                    ),
                     "balance part write",
                 ),
                 SumKey::Earnings(creator_id) => writes.push(
@@ -427,7 +453,14 @@ impl CqlReadModels {
                 ),
                 SumKey::ItemCounts(item_id) => writes.push(
                     &self.statements.insert_item_count_part,
-                    (item_id.clone(), source_shard, first, second, through, timestamp),
+                    (
+                        item_id.clone(),
+                        source_shard,
+                        first,
+                        second,
+                        through,
+                        timestamp,
+                    ),
                     "item count part write",
                 ),
             }

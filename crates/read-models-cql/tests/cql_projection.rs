@@ -315,8 +315,13 @@ async fn apply_interleaved(models: &CqlReadModels, scenario: &Scenario, seed: u6
             let through = log[crashed_end - 1].sequence;
             progress.written_through[shard] = progress.written_through[shard].max(through);
         } else {
+            let mut delivery = log[start..end].to_vec();
+            if random.chance(10) {
+                // The same events twice in one delivery.
+                delivery.extend_from_slice(&log[start..end]);
+            }
             models
-                .apply(shard_id, &log[start..end])
+                .apply(shard_id, &delivery)
                 .await
                 .unwrap_or_else(|error| panic!("seed {seed}: shard {shard} applies: {error}"));
             let through = log[end - 1].sequence;
@@ -365,10 +370,15 @@ async fn projections_in_any_shard_order_with_replays_answer_like_the_embedded_re
         .await
         .expect("item read")
         .expect("crown exists");
-    assert_eq!((crown.sold, crown.remaining, crown.sales_count), (4, Some(1), 6));
+    assert_eq!(
+        (crown.sold, crown.remaining, crown.sales_count),
+        (4, Some(1), 6)
+    );
     assert_eq!(crown.recent_average_price, Some(306));
     assert_eq!(crown.lowest_resale_price, Some(380));
-    assert!(expected.iter().all(|line| !line.starts_with("covers") || line.ends_with("true")));
+    assert!(expected
+        .iter()
+        .all(|line| !line.starts_with("covers") || line.ends_with("true")));
 
     // (a) Shard by shard, then everything redelivered from the start.
     {
@@ -379,7 +389,10 @@ async fn projections_in_any_shard_order_with_replays_answer_like_the_embedded_re
                 .iter()
                 .find(|completion| !completion.positions.is_empty())
                 .expect("a completion with positions");
-            assert!(!models.covers(&first.read_position()).await.expect("coverage read"));
+            assert!(!models
+                .covers(&first.read_position())
+                .await
+                .expect("coverage read"));
             apply_shard_by_shard(&models, &scenario, 25).await;
             assert_fully_projected(&models, &scenario).await;
             let actual = report(models.as_ref(), &scenario).await;
@@ -422,18 +435,41 @@ fn sealed(event: &Event, shard: u16, sequence: u64) -> Envelope {
 async fn empty_read_models_answer_zero_views_refuse_bad_cursors_and_gaps() {
     with_read_models(|models| async move {
         let balance = models.balance("nobody").await.expect("balance read");
-        assert_eq!((balance.user_id.as_str(), balance.balance, balance.pending), ("nobody", 0, 0));
+        assert_eq!(
+            (balance.user_id.as_str(), balance.balance, balance.pending),
+            ("nobody", 0, 0)
+        );
         let earnings = models.earnings("nobody").await.expect("earnings read");
-        assert_eq!((earnings.pending, earnings.released, earnings.lifetime, earnings.sales_count), (0, 0, 0, 0));
+        assert_eq!(
+            (
+                earnings.pending,
+                earnings.released,
+                earnings.lifetime,
+                earnings.sales_count
+            ),
+            (0, 0, 0, 0)
+        );
         assert_eq!(models.item("nothing").await, Ok(None));
         assert_eq!(models.bundle("nothing").await, Ok(None));
-        let inventory = models.inventory("nobody", 10, None).await.expect("inventory read");
+        let inventory = models
+            .inventory("nobody", 10, None)
+            .await
+            .expect("inventory read");
         assert!(inventory.entries.is_empty() && inventory.next_cursor.is_none());
-        let history = models.transactions("nobody", 10, None).await.expect("transaction read");
+        let history = models
+            .transactions("nobody", 10, None)
+            .await
+            .expect("transaction read");
         assert!(history.entries.is_empty() && history.next_cursor.is_none());
-        let listings = models.resale_listings("nothing", 10, None).await.expect("listing read");
+        let listings = models
+            .resale_listings("nothing", 10, None)
+            .await
+            .expect("listing read");
         assert!(listings.entries.is_empty() && listings.next_cursor.is_none());
-        let owners = models.owners("nothing", 10, None).await.expect("owner read");
+        let owners = models
+            .owners("nothing", 10, None)
+            .await
+            .expect("owner read");
         assert!(owners.entries.is_empty() && owners.next_cursor.is_none());
 
         // Garbage, and cursors of another listing.
@@ -458,20 +494,38 @@ async fn empty_read_models_answer_zero_views_refuse_bad_cursors_and_gaps() {
             );
         }
         assert_eq!(
-            models.owners("nothing", 10, Some(inventory_cursor.as_str())).await,
+            models
+                .owners("nothing", 10, Some(inventory_cursor.as_str()))
+                .await,
             Err(ReadError::BadCursor)
         );
-        assert!(models.owners("nothing", 10, Some(owners_cursor.as_str())).await.is_ok());
+        assert!(models
+            .owners("nothing", 10, Some(owners_cursor.as_str()))
+            .await
+            .is_ok());
 
         // Coverage: sequence 0 and empty positions are always covered.
-        assert_eq!(models.next_sequence(ShardId(0)).await.expect("checkpoint"), 1);
-        let at = |shard: u16, sequence: u64| ShardPosition { shard: ShardId(shard), sequence };
-        let mark = |sequence: u64| DeliveryMark { from: ShardId(1), to: ShardId(0), sequence };
+        assert_eq!(
+            models.next_sequence(ShardId(0)).await.expect("checkpoint"),
+            1
+        );
+        let at = |shard: u16, sequence: u64| ShardPosition {
+            shard: ShardId(shard),
+            sequence,
+        };
+        let mark = |sequence: u64| DeliveryMark {
+            from: ShardId(1),
+            to: ShardId(0),
+            sequence,
+        };
         let covers = |positions: Vec<ShardPosition>, deliveries: Vec<DeliveryMark>| {
             let models = Arc::clone(&models);
             async move {
                 models
-                    .covers(&ReadPosition { positions, deliveries })
+                    .covers(&ReadPosition {
+                        positions,
+                        deliveries,
+                    })
                     .await
                     .expect("coverage read")
             }
@@ -482,22 +536,62 @@ async fn empty_read_models_answer_zero_views_refuse_bad_cursors_and_gaps() {
         assert!(!covers(vec![], vec![mark(1)]).await);
 
         // A gap before the first new event is refused, nothing is written.
-        let received = |sequence| Event::MessageReceived { from: ShardId(1), sequence };
+        let received = |sequence| Event::MessageReceived {
+            from: ShardId(1),
+            sequence,
+        };
         let second = sealed(&received(2), 0, 2);
-        match models.apply(ShardId(0), std::slice::from_ref(&second)).await {
-            Err(CqlReadModelError::SequenceGap { shard, expected, found }) => {
+        match models
+            .apply(ShardId(0), std::slice::from_ref(&second))
+            .await
+        {
+            Err(CqlReadModelError::SequenceGap {
+                shard,
+                expected,
+                found,
+            }) => {
                 assert_eq!((shard, expected, found), (ShardId(0), 1, 2));
             }
             other => panic!("a gap is refused, got {other:?}"),
         }
-        assert_eq!(models.next_sequence(ShardId(0)).await.expect("checkpoint"), 1);
+        assert_eq!(
+            models.next_sequence(ShardId(0)).await.expect("checkpoint"),
+            1
+        );
 
         let first = sealed(&received(1), 0, 1);
+        let third = sealed(&received(3), 0, 3);
+        // A gap after good events: refused as a whole.
+        match models
+            .apply(ShardId(0), &[first.clone(), third.clone()])
+            .await
+        {
+            Err(CqlReadModelError::SequenceGap {
+                shard,
+                expected,
+                found,
+            }) => {
+                assert_eq!((shard, expected, found), (ShardId(0), 2, 3));
+            }
+            other => panic!("a gap is refused, got {other:?}"),
+        }
+        assert_eq!(
+            models.next_sequence(ShardId(0)).await.expect("checkpoint"),
+            1
+        );
+        assert!(!covers(vec![], vec![mark(1)]).await);
+        // Repeats inside one delivery are skipped.
         models
-            .apply(ShardId(0), &[first.clone(), second.clone()])
+            .apply(
+                ShardId(0),
+                &[first.clone(), first.clone(), second.clone(), first.clone()],
+            )
             .await
             .expect("consecutive events apply");
-        assert_eq!(models.next_sequence(ShardId(0)).await.expect("checkpoint"), 3);
+        assert_eq!(
+            models.next_sequence(ShardId(0)).await.expect("checkpoint"),
+            3
+        );
         assert!(covers(vec![at(0, 2)], vec![mark(2)]).await);
         assert!(!covers(vec![at(0, 3)], vec![]).await);
         assert!(!covers(vec![], vec![mark(3)]).await);
@@ -506,7 +600,10 @@ async fn empty_read_models_answer_zero_views_refuse_bad_cursors_and_gaps() {
             .apply(ShardId(0), &[first, second])
             .await
             .expect("a redelivery applies");
-        assert_eq!(models.next_sequence(ShardId(0)).await.expect("checkpoint"), 3);
+        assert_eq!(
+            models.next_sequence(ShardId(0)).await.expect("checkpoint"),
+            3
+        );
         // An older delivery mark never lowers the recorded one.
         assert!(covers(vec![], vec![mark(2)]).await);
     })
@@ -517,7 +614,14 @@ async fn empty_read_models_answer_zero_views_refuse_bad_cursors_and_gaps() {
 #[should_panic(expected = "handed to the projection of shard 0")]
 async fn envelopes_of_another_shard_are_refused() {
     with_read_models(|models| async move {
-        let envelope = sealed(&Event::MessageReceived { from: ShardId(0), sequence: 1 }, 1, 1);
+        let envelope = sealed(
+            &Event::MessageReceived {
+                from: ShardId(0),
+                sequence: 1,
+            },
+            1,
+            1,
+        );
         let _ = models.apply(ShardId(0), &[envelope]).await;
     })
     .await;

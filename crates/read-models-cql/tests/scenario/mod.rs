@@ -112,8 +112,16 @@ impl Driver {
             .submit(command.clone(), meta)
             .await
             .unwrap_or_else(|error| panic!("{command:?} is submitted: {error}"));
-        let outcome = completion.result.as_ref().map(|_| ()).map_err(|rejection| rejection.code);
-        assert_eq!(outcome, expected, "{command:?} gave {:?}", completion.result);
+        let outcome = completion
+            .result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|rejection| rejection.code);
+        assert_eq!(
+            outcome, expected,
+            "{command:?} gave {:?}",
+            completion.result
+        );
         let position = completion.read_position();
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self
@@ -373,7 +381,9 @@ pub async fn run() -> Scenario {
         .buy_item("p14", "erin", "ring", 200, Err(InsufficientFunds))
         .await;
     driver.buy_item("p15", "alice", "ring", 200, Ok(())).await;
-    driver.buy_item("p16", "bob", "ring", 200, Err(SoldOut)).await;
+    driver
+        .buy_item("p16", "bob", "ring", 200, Err(SoldOut))
+        .await;
     driver
         .run(
             Command::SetOnSale {
@@ -462,7 +472,10 @@ pub async fn run() -> Scenario {
             .pending
             != 0
         {
-            assert!(Instant::now() < deadline, "escrow of {creator} is never released");
+            assert!(
+                Instant::now() < deadline,
+                "escrow of {creator} is never released"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -538,7 +551,14 @@ pub async fn run() -> Scenario {
         .map(str::to_string)
         .to_vec(),
         items: [
-            "hat", "cap", "scarf", "crown", "ring", "gem", "badge", "unknown-item",
+            "hat",
+            "cap",
+            "scarf",
+            "crown",
+            "ring",
+            "gem",
+            "badge",
+            "unknown-item",
         ]
         .map(str::to_string)
         .to_vec(),
