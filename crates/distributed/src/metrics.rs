@@ -7,6 +7,9 @@ pub const WORKER_EVENTS_TOTAL: &str = "ledger_worker_events_total";
 pub const WORKER_TRANSACTIONS_TOTAL: &str = "ledger_worker_transactions_total";
 pub const WORKER_REPUBLISHED_EVENTS_TOTAL: &str = "ledger_worker_republished_events_total";
 pub const WORKER_COMMIT_DURATION_SECONDS: &str = "ledger_worker_commit_duration_seconds";
+pub const WORKER_APPEND_DURATION_SECONDS: &str = "ledger_worker_append_duration_seconds";
+pub const WORKER_TRANSACTION_DURATION_SECONDS: &str = "ledger_worker_transaction_duration_seconds";
+pub const WORKER_BATCH_INPUTS: &str = "ledger_worker_batch_inputs";
 pub const WORKER_RESTORE_DURATION_SECONDS: &str = "ledger_worker_restore_duration_seconds";
 pub const BUS_COMMANDS_TOTAL: &str = "ledger_command_bus_commands_total";
 pub const BUS_REPLIES_TOTAL: &str = "ledger_command_bus_replies_total";
@@ -29,6 +32,15 @@ pub fn describe() {
         WORKER_COMMIT_DURATION_SECONDS,
         "CQL append plus Kafka transaction of one shard batch"
     );
+    metrics::describe_histogram!(
+        WORKER_APPEND_DURATION_SECONDS,
+        "CQL append of one shard batch"
+    );
+    metrics::describe_histogram!(
+        WORKER_TRANSACTION_DURATION_SECONDS,
+        "Kafka transaction (produce, offsets, commit) of one shard batch"
+    );
+    metrics::describe_histogram!(WORKER_BATCH_INPUTS, "records polled per worker batch");
     metrics::describe_histogram!(
         WORKER_RESTORE_DURATION_SECONDS,
         "time to take over a shard (recover, fence, republish)"

@@ -474,6 +474,7 @@ impl Worker {
             }
         }
         metrics::counter!(names::WORKER_RECORDS_TOTAL).increment(inputs.len() as u64);
+        metrics::histogram!(names::WORKER_BATCH_INPUTS).record(inputs.len() as f64);
         for input in inputs {
             let shard = ShardId(input.partition as u16);
             let Some(owned) = self.shards.get_mut(&shard) else {
@@ -575,7 +576,10 @@ async fn commit_shard(
         if let Err(error) = store.append(vec![batch]).await {
             crash(shard, "appending to CQL", &error);
         }
+        metrics::histogram!(names::WORKER_APPEND_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
     }
+    let transaction_started = Instant::now();
     let replies: Vec<ReplyRecordOut> = replies
         .into_iter()
         .map(|(address, reply)| {
@@ -621,6 +625,8 @@ async fn commit_shard(
     if let Err(error) = committed {
         crash(shard, "committing the shard's kafka transaction", &error);
     }
+    metrics::histogram!(names::WORKER_TRANSACTION_DURATION_SECONDS)
+        .record(transaction_started.elapsed().as_secs_f64());
     metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
     metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(envelopes.len() as u64);
     metrics::histogram!(names::WORKER_COMMIT_DURATION_SECONDS)
