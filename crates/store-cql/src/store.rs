@@ -469,18 +469,21 @@ impl CqlStore {
 
         // Read before write: what is stored must be identical; only the rest
         // is written. Sound under the single-writer-per-shard assumption.
-        let event_writes = try_join_all(
-            events
-                .iter()
-                .map(|(&(shard, bucket), partition)| self.new_events(shard, bucket, partition)),
-        )
-        .await?;
-        let message_writes = try_join_all(messages.iter().map(
-            |(&(receiver, sender, bucket), partition)| {
-                self.new_messages(receiver, sender, bucket, partition)
-            },
-        ))
-        .await?;
+        // Both checks at once: they only read.
+        let (event_writes, message_writes) =
+            futures_util::future::try_join(
+                try_join_all(events.iter().map(|(&(shard, bucket), partition)| {
+                    self.new_events(shard, bucket, partition)
+                })),
+                try_join_all(
+                    messages
+                        .iter()
+                        .map(|(&(receiver, sender, bucket), partition)| {
+                            self.new_messages(receiver, sender, bucket, partition)
+                        }),
+                ),
+            )
+            .await?;
 
         // Events before messages: a message is never visible without the
         // events that sent it.
