@@ -568,10 +568,15 @@ async fn commit_shard(
         replies,
     } = std::mem::take(&mut owned.step);
     if !envelopes.is_empty() {
+        // Only the events: each message is also the sender's `message_sent`
+        // event, receivers get messages from Kafka, and a takeover rebuilds
+        // the unpublished ones from the events. Writing them to the CQL
+        // outbox too would cost a third round trip per append for rows
+        // nobody reads in this mode.
         let batch = ShardBatch {
             shard: Some(shard),
             envelopes: envelopes.clone(),
-            messages: messages.clone(),
+            messages: Vec::new(),
         };
         if let Err(error) = store.append(vec![batch]).await {
             crash(shard, "appending to CQL", &error);
