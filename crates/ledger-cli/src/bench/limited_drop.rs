@@ -215,7 +215,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
         ends_at_ms: None,
         resellable: false,
     });
-    setup(context, "the limited", vec![publish]).await?;
+    setup(context, "limited item publications", vec![publish]).await?;
     let users: Vec<usize> = (0..drop_setup.buyers).collect();
     setup(
         context,

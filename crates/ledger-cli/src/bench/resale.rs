@@ -344,7 +344,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
         ends_at_ms: None,
         resellable: true,
     });
-    setup(context, "the limited", vec![publish]).await?;
+    setup(context, "limited item publications", vec![publish]).await?;
     let all_users: Vec<usize> = (0..users).collect();
     setup(
         context,
