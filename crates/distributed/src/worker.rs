@@ -8,12 +8,18 @@
 //!
 //! 1. poll up to `batch_inputs_max` records (commands and messages);
 //! 2. decide them in memory, shard by shard;
-//! 3. for every shard with output, concurrently: append its events and
-//!    messages to CQL (idempotent: keyed by shard and sequence), then commit
-//!    ONE Kafka transaction holding the events, the messages, the replies and
-//!    the consumed input offsets (`send_offsets_to_transaction`);
-//! 4. hand messages to shards this worker owns without waiting for Kafka
-//!    (their Kafka copies arrive later and are dropped as duplicates).
+//! 3. for every shard with output, concurrently: append its events to CQL
+//!    (idempotent: keyed by shard and sequence), then start ONE Kafka
+//!    transaction holding the events, the messages, the replies and the
+//!    consumed input offsets (`send_offsets_to_transaction`). It runs in the
+//!    background while the next batch is decided and appended (a shard's
+//!    transactions stay in order: the next one starts after it); a
+//!    revocation waits for running transactions inside the rebalance
+//!    callback, so a shard is never handed over mid-commit;
+//! 4. hand messages to shards this worker owns as soon as they are in CQL,
+//!    without waiting for Kafka (their Kafka copies arrive later and are
+//!    dropped as duplicates). Callers are answered by the replies in the
+//!    transaction, so only once their batch is in CQL and in Kafka.
 //!
 //! CQL is the shard's source of truth; Kafka publishes it. A worker that dies
 //! between the two leaves events in CQL that Kafka lacks: whoever takes the
@@ -100,10 +106,53 @@ enum Ownership {
     Assigned(Vec<i32>),
 }
 
+/// Kafka transactions running in the background. A revocation waits for
+/// them (inside the rebalance callback) so a shard is never handed over
+/// while its last batch is still being committed.
+#[derive(Default)]
+struct TransactionsInFlight {
+    count: Mutex<usize>,
+    settled: std::sync::Condvar,
+}
+
+/// Longest wait of a revocation for the transactions in flight.
+const REVOCATION_WAIT_MAX: Duration = Duration::from_secs(60);
+
+impl TransactionsInFlight {
+    fn begin(self: &Arc<Self>) -> InFlightGuard {
+        *self.count.lock().expect("in-flight lock") += 1;
+        InFlightGuard(self.clone())
+    }
+
+    /// Blocks (the consumer's thread, in a rebalance callback) until none runs.
+    fn wait_until_settled(&self, bound: Duration) -> bool {
+        let count = self.count.lock().expect("in-flight lock");
+        let (count, timeout) = self
+            .settled
+            .wait_timeout_while(count, bound, |count| *count > 0)
+            .expect("in-flight lock");
+        !timeout.timed_out() || *count == 0
+    }
+}
+
+/// Counts one transaction in flight until dropped.
+struct InFlightGuard(Arc<TransactionsInFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().expect("in-flight lock");
+        *count -= 1;
+        if *count == 0 {
+            self.0.settled.notify_all();
+        }
+    }
+}
+
 struct GroupContext {
     commands_topic: String,
     news: Mutex<Vec<Ownership>>,
     generation: AtomicU64,
+    in_flight: Arc<TransactionsInFlight>,
 }
 
 impl GroupContext {
@@ -121,6 +170,9 @@ impl ClientContext for GroupContext {}
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            if !self.in_flight.wait_until_settled(REVOCATION_WAIT_MAX) {
+                tracing::error!("transactions still running after {REVOCATION_WAIT_MAX:?}; revoking anyway (they will be fenced)");
+            }
             let partitions = self.partitions(list);
             self.news
                 .lock()
@@ -153,9 +205,16 @@ struct Input {
 }
 
 /// A shard this worker owns.
+/// What a background transaction hands back: the shard's writer.
+type Committed = ShardTransactionalWriter;
+
 struct OwnedShard {
     runner: ShardRunner<ReplyAddress>,
-    writer: ShardTransactionalWriter,
+    /// Home while no transaction of this shard runs.
+    writer: Option<ShardTransactionalWriter>,
+    /// The previous batch's Kafka transaction, running while the next batch
+    /// is decided and appended to CQL.
+    in_flight: Option<tokio::task::JoinHandle<Committed>>,
     step: Step<ReplyAddress>,
     /// Next offsets to commit: commands, shard-messages.
     next_command_offset: Option<i64>,
@@ -193,10 +252,12 @@ impl EngineWorker {
         settings: WorkerSettings,
     ) -> Result<EngineWorker, WorkerError> {
         names::describe();
+        let in_flight = Arc::new(TransactionsInFlight::default());
         let context = GroupContext {
             commands_topic: topics.commands.clone(),
             news: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            in_flight: in_flight.clone(),
         };
         let session_timeout_ms = settings.session_timeout.as_millis().to_string();
         let heartbeat_ms = (settings.session_timeout.as_millis() / 3)
@@ -240,6 +301,7 @@ impl EngineWorker {
             local: VecDeque::new(),
             owned: owned.clone(),
             last_tick: Instant::now(),
+            in_flight,
         };
         let task = tokio::spawn(worker.run(stopping));
         Ok(EngineWorker { stop, task, owned })
@@ -270,6 +332,15 @@ struct Worker {
     local: VecDeque<MessageEnvelope>,
     owned: Arc<Mutex<Vec<ShardId>>>,
     last_tick: Instant,
+    in_flight: Arc<TransactionsInFlight>,
+}
+
+/// Waits for a shard's background transaction (a failed one stopped the process).
+async fn settle(handle: tokio::task::JoinHandle<Committed>) -> Committed {
+    match handle.await {
+        Ok(committed) => committed,
+        Err(error) => panic!("a shard transaction task failed: {error}"),
+    }
 }
 
 impl Worker {
@@ -282,6 +353,11 @@ impl Worker {
             self.follow_rebalances().await;
             self.decide(inputs);
             self.commit().await;
+        }
+        for owned in self.shards.values_mut() {
+            if let Some(handle) = owned.in_flight.take() {
+                owned.writer = Some(settle(handle).await);
+            }
         }
         // Leave the group: a final revoke, then the shards are free.
         let consumer = self.consumer.clone();
@@ -357,8 +433,12 @@ impl Worker {
                 Ownership::Revoked(partitions) => {
                     for partition in partitions {
                         let shard = ShardId(partition as u16);
-                        if let Some(owned) = self.shards.remove(&shard) {
+                        if let Some(mut owned) = self.shards.remove(&shard) {
                             tracing::info!(%shard, "shard revoked");
+                            if let Some(handle) = owned.in_flight.take() {
+                                // Already done: the revocation waited for it.
+                                owned.writer = Some(settle(handle).await);
+                            }
                             let _ = tokio::task::spawn_blocking(move || drop(owned)).await;
                         }
                     }
@@ -458,7 +538,8 @@ impl Worker {
         );
         OwnedShard {
             runner,
-            writer,
+            writer: Some(writer),
+            in_flight: None,
             step: Step::default(),
             next_command_offset: None,
             next_message_offset: None,
@@ -527,6 +608,7 @@ impl Worker {
         let consumer = &self.consumer;
         let store = &self.store;
         let topics = &self.topics;
+        let in_flight = &self.in_flight;
         let snapshot_every_events = self.config.snapshot_every_events;
         let commits = self
             .shards
@@ -540,10 +622,33 @@ impl Worker {
                 let group = consumer
                     .group_metadata()
                     .expect("a subscribed consumer has group metadata");
-                commit_shard(*shard, owned, store, topics, group, snapshot_every_events)
+                commit_shard(
+                    *shard,
+                    owned,
+                    store,
+                    topics,
+                    group,
+                    snapshot_every_events,
+                    in_flight,
+                )
             });
-        let sent: Vec<Vec<MessageEnvelope>> = futures_util::future::join_all(commits).await;
-        for message in sent.into_iter().flatten() {
+        let sent: Vec<MessageEnvelope> = futures_util::future::join_all(commits)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        // Idle shards whose last transaction has committed since.
+        for owned in self.shards.values_mut() {
+            if owned
+                .in_flight
+                .as_ref()
+                .is_some_and(|handle| handle.is_finished())
+            {
+                let handle = owned.in_flight.take().expect("checked above");
+                owned.writer = Some(settle(handle).await);
+            }
+        }
+        for message in sent {
             if self.shards.contains_key(&message.to) {
                 self.local.push_back(message);
             }
@@ -551,8 +656,13 @@ impl Worker {
     }
 }
 
-/// Appends one shard's batch to CQL, then commits its Kafka transaction.
-/// Returns the messages it sent.
+/// Appends one shard's batch to CQL (while the shard's previous Kafka
+/// transaction may still run), waits for that previous transaction, then
+/// starts this batch's transaction in the background. Returns the batch's
+/// messages, durable in CQL, for local delivery.
+///
+/// Order per shard stays: batch N in CQL → batch N in Kafka → batch N+1 in
+/// Kafka; CQL may run one batch ahead of Kafka, which a takeover repairs.
 async fn commit_shard(
     shard: ShardId,
     owned: &mut OwnedShard,
@@ -560,6 +670,7 @@ async fn commit_shard(
     topics: &Topics,
     group: ConsumerGroupMetadata,
     snapshot_every_events: u64,
+    in_flight: &Arc<TransactionsInFlight>,
 ) -> Vec<MessageEnvelope> {
     let started = Instant::now();
     let Step {
@@ -584,7 +695,19 @@ async fn commit_shard(
         metrics::histogram!(names::WORKER_APPEND_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
     }
-    let transaction_started = Instant::now();
+    // Receivers this worker owns may act on the messages as soon as they
+    // are in CQL, the shard's source of truth: a receiver's effects are
+    // appended after this append, so they can never be durable without it,
+    // and if this batch's transaction fails, the takeover publishes it from
+    // CQL. The Kafka copies arrive later and are dropped as duplicates.
+    let delivered = messages.clone();
+    if let Some(handle) = owned.in_flight.take() {
+        owned.writer = Some(settle(handle).await);
+    }
+    let mut writer = owned
+        .writer
+        .take()
+        .expect("the writer is home once the previous transaction settled");
     let replies: Vec<ReplyRecordOut> = replies
         .into_iter()
         .map(|(address, reply)| {
@@ -623,27 +746,35 @@ async fn commit_shard(
             Err(error) => crash(shard, "recording consumed offsets", &error),
         }
     };
-    let committed = match owned.writer.begin(&envelopes, &messages, &replies).await {
-        Ok(pending) => pending.commit(consumed).await,
-        Err(error) => Err(error),
-    };
-    if let Err(error) = committed {
-        crash(shard, "committing the shard's kafka transaction", &error);
-    }
-    metrics::histogram!(names::WORKER_TRANSACTION_DURATION_SECONDS)
-        .record(transaction_started.elapsed().as_secs_f64());
-    metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
-    metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(envelopes.len() as u64);
-    metrics::histogram!(names::WORKER_COMMIT_DURATION_SECONDS)
-        .record(started.elapsed().as_secs_f64());
-    owned.events_since_snapshot += envelopes.len() as u64;
+    let events = envelopes.len() as u64;
+    let guard = in_flight.begin();
+    owned.in_flight = Some(tokio::spawn(async move {
+        let transaction_started = Instant::now();
+        let committed = match writer.begin(&envelopes, &messages, &replies).await {
+            Ok(pending) => pending.commit(consumed).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
+            crash(shard, "committing the shard's kafka transaction", &error);
+        }
+        metrics::histogram!(names::WORKER_TRANSACTION_DURATION_SECONDS)
+            .record(transaction_started.elapsed().as_secs_f64());
+        metrics::histogram!(names::WORKER_COMMIT_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
+        metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(events);
+        drop(guard);
+        writer
+    }));
+    owned.events_since_snapshot += events;
     if owned.events_since_snapshot >= snapshot_every_events {
         owned.events_since_snapshot = 0;
+        // The snapshot covers what is in CQL (this batch included).
         if let Err(error) = store.save_snapshot(shard, &owned.runner.snapshot()).await {
             tracing::warn!(%shard, %error, "snapshot failed; the log still has everything");
         }
     }
-    messages
+    delivered
 }
 
 /// The messages a shard's events sent (each `message_sent` event carries one).
