@@ -5,32 +5,10 @@ pub const SCHEMA: &str = include_str!("../../../schemas/cql/read_models.cql");
 
 /// The statements of [`SCHEMA`]: comment lines dropped, split on `;`.
 pub fn schema_statements() -> Vec<String> {
-    let without_comments: String = SCHEMA
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    without_comments
-        .split(';')
-        .map(str::trim)
-        .filter(|statement| !statement.is_empty())
-        .map(str::to_string)
-        .collect()
+    store_cql::split_statements(SCHEMA)
 }
 
-/// Whether `keyspace` is safe to splice into DDL: a lowercase CQL identifier
-/// of at most 48 characters (the CQL limit), starting with a letter.
-pub fn is_valid_keyspace_name(keyspace: &str) -> bool {
-    let starts_with_letter = keyspace
-        .chars()
-        .next()
-        .is_some_and(|first| first.is_ascii_lowercase());
-    starts_with_letter
-        && keyspace.len() <= 48
-        && keyspace.chars().all(|character| {
-            character.is_ascii_lowercase() || character.is_ascii_digit() || character == '_'
-        })
-}
+pub use store_cql::is_valid_keyspace_name;
 
 #[cfg(test)]
 mod tests {

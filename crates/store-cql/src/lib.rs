@@ -28,7 +28,7 @@ mod store;
 
 pub use engine::ports::StoreError;
 pub use error::CqlStoreError;
-pub use schema::SCHEMA;
+pub use schema::{is_valid_keyspace_name, split_statements, SCHEMA};
 pub use scylla::statement::Consistency;
 pub use store::{
     CqlSettings, CqlStore, BATCH_ROWS_MAX, EVENTS_PER_BUCKET, MESSAGES_PER_BUCKET, READ_PAGE_ROWS,

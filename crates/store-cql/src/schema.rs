@@ -5,7 +5,13 @@ pub const SCHEMA: &str = include_str!("../../../schemas/cql/ledger.cql");
 
 /// The statements of [`SCHEMA`]: comment lines dropped, split on `;`.
 pub fn schema_statements() -> Vec<String> {
-    let without_comments: String = SCHEMA
+    split_statements(SCHEMA)
+}
+
+/// The statements of a CQL schema file: comment lines dropped, split on `;`.
+/// (Shared with the read-model store, whose file follows the same rules.)
+pub fn split_statements(schema: &str) -> Vec<String> {
+    let without_comments: String = schema
         .lines()
         .filter(|line| !line.trim_start().starts_with("--"))
         .collect::<Vec<_>>()
