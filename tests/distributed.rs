@@ -346,6 +346,7 @@ async fn projector_killed_mid_stream_converges_to_a_rebuild() {
 
     projector.shutdown().await;
     rebuilder.shutdown().await;
+    marketplace_ledger::distributed::drop_keyspace(&cluster.cql_contact, &rebuild_keyspace).await;
     Arc::try_unwrap(app)
         .ok()
         .expect("single owner")

@@ -96,6 +96,7 @@ pub async fn spawn_cluster(
     let query_url = format!("http://{}", query.local_addr());
     services.push(query);
     let stoppers: Vec<_> = services.iter().map(Service::stopper).collect();
+    let cleanup = cluster.clone();
     let (stop, mut stopping) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
         let running: Vec<_> = services
@@ -109,6 +110,7 @@ pub async fn spawn_cluster(
         for service in running {
             let _ = service.await;
         }
+        remove_cluster_data(&cleanup).await;
         Ok(())
     });
     let app = TestApp::connect(
@@ -119,4 +121,39 @@ pub async fn spawn_cluster(
         None,
     );
     (app, command_urls)
+}
+
+/// Drops the keyspace and deletes the topics of a test cluster: each test
+/// makes its own, and a shared Cassandra holding hundreds of keyspaces runs
+/// out of heap. Best effort (a failure only leaves data behind).
+pub async fn remove_cluster_data(cluster: &ClusterSettings) {
+    drop_keyspace(&cluster.cql_contact, &cluster.cql_keyspace).await;
+    let kafka = log_kafka::KafkaConfig::new(cluster.kafka_bootstrap.clone());
+    if let Ok(admin) = log_kafka::TopicAdmin::connect(&kafka) {
+        let topics = log_kafka::Topics::with_prefix(&cluster.topic_prefix);
+        if let Err(error) = admin.delete_topics(&topics).await {
+            eprintln!(
+                "could not delete the topics of {}: {error}",
+                cluster.topic_prefix
+            );
+        }
+    }
+}
+
+/// `DROP KEYSPACE IF EXISTS`, best effort.
+pub async fn drop_keyspace(contact: &str, keyspace: &str) {
+    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
+    match scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes)
+        .build()
+        .await
+    {
+        Ok(session) => {
+            let statement = format!("DROP KEYSPACE IF EXISTS {keyspace}");
+            if let Err(error) = session.query_unpaged(statement, &[]).await {
+                eprintln!("could not drop keyspace {keyspace}: {error}");
+            }
+        }
+        Err(error) => eprintln!("could not connect to drop keyspace {keyspace}: {error}"),
+    }
 }

@@ -205,7 +205,7 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
     ];
     let victim = start("command-api", &environment);
     let survivor = start("command-api", &environment);
-    let _projector = start("projector", &environment);
+    let projector = start("projector", &environment);
     let query = start("query-api", &environment);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -350,5 +350,33 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+    // Stop the services, then drop what this test created in the shared brokers.
+    drop(survivor);
+    drop(projector);
+    drop(query);
+    remove_test_data(&name).await;
+}
+
+/// Drops the test's keyspace and deletes its topics (best effort): the
+/// brokers are shared by every test of the run.
+async fn remove_test_data(name: &str) {
+    let contact = std::env::var("LEDGER_CQL_CONTACT").unwrap_or_default();
+    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
+    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes)
+        .build()
+        .await
+    {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
+            .await;
+    }
+    let kafka =
+        log_kafka::KafkaConfig::new(std::env::var("LEDGER_KAFKA_BOOTSTRAP").unwrap_or_default());
+    if let Ok(admin) = log_kafka::TopicAdmin::connect(&kafka) {
+        let _ = admin
+            .delete_topics(&log_kafka::Topics::with_prefix(name))
+            .await;
     }
 }
