@@ -4,8 +4,7 @@ use ledger_core::codec::CodecError;
 use ledger_core::ShardId;
 use projectors::ReadError;
 use scylla::errors::{
-    ExecutionError, NewSessionError, NextRowError, PagerExecutionError, PrepareError,
-    SchemaAgreementError, TypeCheckError, UseKeyspaceError,
+    ExecutionError, NextRowError, PagerExecutionError, PrepareError, TypeCheckError,
 };
 
 /// A failure of the CQL read models. The query side sees it as
@@ -14,30 +13,13 @@ use scylla::errors::{
 pub enum CqlReadModelError {
     #[error("no cql contact point was given")]
     NoContactPoints,
-    #[error("cannot connect to cql contact points {contact_points}: {source}")]
-    Connect {
-        contact_points: String,
-        source: Box<NewSessionError>,
-    },
+    /// Connecting, creating the keyspace or its tables (shared with the event store).
+    #[error("cannot open the read-model keyspace: {0}")]
+    Keyspace(#[from] store_cql::CqlStoreError),
     #[error("keyspace name {keyspace:?} is not 1 to 48 lowercase letters, digits or underscores starting with a letter")]
     InvalidKeyspaceName { keyspace: String },
     #[error("{what} must be at least 1, got {value}")]
     InvalidSetting { what: &'static str, value: u64 },
-    #[error("cannot apply schema statement `{statement}`: {source}")]
-    Schema {
-        statement: String,
-        source: ExecutionError,
-    },
-    #[error("cql nodes disagree on the schema after {operation}: {source}")]
-    SchemaAgreement {
-        operation: &'static str,
-        source: SchemaAgreementError,
-    },
-    #[error("cannot switch to keyspace {keyspace}: {source}")]
-    UseKeyspace {
-        keyspace: String,
-        source: UseKeyspaceError,
-    },
     #[error("cannot prepare the {statement} statement: {source}")]
     Prepare {
         statement: &'static str,

@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::pager::TypedRowStream;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
@@ -107,49 +105,18 @@ impl CqlReadModels {
                 value: 0,
             });
         }
-        let profile = ExecutionProfile::builder()
-            .consistency(settings.consistency)
-            .request_timeout(Some(settings.request_timeout))
-            .build()
-            .into_handle();
-        let session = SessionBuilder::new()
-            .known_nodes(contact_points)
-            .connection_timeout(settings.connection_timeout)
-            .default_execution_profile_handle(profile)
-            .build()
-            .await
-            .map_err(|source| CqlReadModelError::Connect {
-                contact_points: contact_points.join(","),
-                source: Box::new(source),
-            })?;
-
-        let create_keyspace = format!(
-            "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
-            settings.replication
-        );
-        apply_schema_statement(&session, create_keyspace).await?;
-        session.await_schema_agreement().await.map_err(|source| {
-            CqlReadModelError::SchemaAgreement {
-                operation: "keyspace creation",
-                source,
-            }
-        })?;
-        session
-            .use_keyspace(keyspace, false)
-            .await
-            .map_err(|source| CqlReadModelError::UseKeyspace {
-                keyspace: keyspace.to_string(),
-                source,
-            })?;
-        for statement in schema_statements() {
-            apply_schema_statement(&session, statement).await?;
-        }
-        session.await_schema_agreement().await.map_err(|source| {
-            CqlReadModelError::SchemaAgreement {
-                operation: "table creation",
-                source,
-            }
-        })?;
+        let session = store_cql::open_keyspace(
+            contact_points,
+            keyspace,
+            &store_cql::KeyspaceOptions {
+                replication: &settings.replication,
+                consistency: settings.consistency,
+                request_timeout: settings.request_timeout,
+                connection_timeout: settings.connection_timeout,
+            },
+            schema_statements(),
+        )
+        .await?;
         let statements = Statements::prepare(&session, settings.consistency).await?;
         Ok(Arc::new(CqlReadModels {
             session: Arc::new(session),
@@ -255,15 +222,4 @@ where
         .await
         .transpose()
         .map_err(|source| CqlReadModelError::NextRow { operation, source })
-}
-
-async fn apply_schema_statement(
-    session: &Session,
-    statement: String,
-) -> Result<(), CqlReadModelError> {
-    session
-        .query_unpaged(statement.as_str(), &[])
-        .await
-        .map(|_| ())
-        .map_err(|source| CqlReadModelError::Schema { statement, source })
 }

@@ -204,49 +204,18 @@ impl CqlStore {
                 return Err(CqlStoreError::InvalidSetting { what, value });
             }
         }
-        let profile = ExecutionProfile::builder()
-            .consistency(settings.consistency)
-            .request_timeout(Some(settings.request_timeout))
-            .build()
-            .into_handle();
-        let session = SessionBuilder::new()
-            .known_nodes(contact_points)
-            .connection_timeout(settings.connection_timeout)
-            .default_execution_profile_handle(profile)
-            .build()
-            .await
-            .map_err(|source| CqlStoreError::Connect {
-                contact_points: contact_points.join(","),
-                source: Box::new(source),
-            })?;
-
-        let create_keyspace = format!(
-            "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
-            settings.replication
-        );
-        apply_schema_statement(&session, create_keyspace).await?;
-        session.await_schema_agreement().await.map_err(|source| {
-            CqlStoreError::SchemaAgreement {
-                operation: "keyspace creation",
-                source,
-            }
-        })?;
-        session
-            .use_keyspace(keyspace, false)
-            .await
-            .map_err(|source| CqlStoreError::UseKeyspace {
-                keyspace: keyspace.to_string(),
-                source,
-            })?;
-        for statement in schema_statements() {
-            apply_schema_statement(&session, statement).await?;
-        }
-        session.await_schema_agreement().await.map_err(|source| {
-            CqlStoreError::SchemaAgreement {
-                operation: "table creation",
-                source,
-            }
-        })?;
+        let session = open_keyspace(
+            contact_points,
+            keyspace,
+            &KeyspaceOptions {
+                replication: &settings.replication,
+                consistency: settings.consistency,
+                request_timeout: settings.request_timeout,
+                connection_timeout: settings.connection_timeout,
+            },
+            schema_statements(),
+        )
+        .await?;
 
         let statements = Statements::prepare(&session, settings.consistency).await?;
         let store = CqlStore {
@@ -774,6 +743,81 @@ type EventRow = (i32, i64, i64, String, i32, String, i64, Vec<u8>, Vec<u8>);
 type MessagePartition<'append> = BTreeMap<u64, (&'append MessageEnvelope, Vec<u8>)>;
 /// receiver, sender, bucket, sequence, envelope
 type MessageRow = (i32, i32, i64, i64, Vec<u8>);
+
+/// How [`open_keyspace`] connects and creates a keyspace.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyspaceOptions<'a> {
+    /// The `replication` map of `CREATE KEYSPACE IF NOT EXISTS` (CQL map literal).
+    pub replication: &'a str,
+    /// Default consistency of the session's statements.
+    pub consistency: Consistency,
+    /// Client-side bound of one request.
+    pub request_timeout: Duration,
+    /// Bound of establishing a connection.
+    pub connection_timeout: Duration,
+}
+
+/// Connects to the cluster, creates `keyspace` if it is missing, switches the
+/// session to it and applies `statements` (idempotent DDL), waiting for
+/// schema agreement after the keyspace and after the tables. Shared by the
+/// event store and the read models (`ledger-read-models-cql`).
+pub async fn open_keyspace(
+    contact_points: &[String],
+    keyspace: &str,
+    options: &KeyspaceOptions<'_>,
+    statements: Vec<String>,
+) -> Result<Session, CqlStoreError> {
+    if !is_valid_keyspace_name(keyspace) {
+        return Err(CqlStoreError::InvalidKeyspaceName {
+            keyspace: keyspace.to_string(),
+        });
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(options.consistency)
+        .request_timeout(Some(options.request_timeout))
+        .build()
+        .into_handle();
+    let session = SessionBuilder::new()
+        .known_nodes(contact_points)
+        .connection_timeout(options.connection_timeout)
+        .default_execution_profile_handle(profile)
+        .build()
+        .await
+        .map_err(|source| CqlStoreError::Connect {
+            contact_points: contact_points.join(","),
+            source: Box::new(source),
+        })?;
+    let create_keyspace = format!(
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
+        options.replication
+    );
+    apply_schema_statement(&session, create_keyspace).await?;
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|source| CqlStoreError::SchemaAgreement {
+            operation: "keyspace creation",
+            source,
+        })?;
+    session
+        .use_keyspace(keyspace, false)
+        .await
+        .map_err(|source| CqlStoreError::UseKeyspace {
+            keyspace: keyspace.to_string(),
+            source,
+        })?;
+    for statement in statements {
+        apply_schema_statement(&session, statement).await?;
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|source| CqlStoreError::SchemaAgreement {
+            operation: "table creation",
+            source,
+        })?;
+    Ok(session)
+}
 
 async fn apply_schema_statement(session: &Session, statement: String) -> Result<(), CqlStoreError> {
     session
