@@ -11,13 +11,9 @@ use scylla::errors::{
 /// [`ReadError::Backend`].
 #[derive(Debug, thiserror::Error)]
 pub enum CqlReadModelError {
-    #[error("no cql contact point was given")]
-    NoContactPoints,
     /// Connecting, creating the keyspace or its tables (shared with the event store).
     #[error("cannot open the read-model keyspace: {0}")]
     Keyspace(#[from] store_cql::CqlStoreError),
-    #[error("keyspace name {keyspace:?} is not 1 to 48 lowercase letters, digits or underscores starting with a letter")]
-    InvalidKeyspaceName { keyspace: String },
     #[error("{what} must be at least 1, got {value}")]
     InvalidSetting { what: &'static str, value: u64 },
     #[error("cannot prepare the {statement} statement: {source}")]

@@ -13,7 +13,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 
 use crate::error::CqlReadModelError;
-use crate::schema::{is_valid_keyspace_name, schema_statements};
+use crate::schema::schema_statements;
 use crate::statements::Statements;
 
 /// Writes in flight at once while a chunk is applied (the default of
@@ -85,14 +85,6 @@ impl CqlReadModels {
         keyspace: &str,
         settings: ReadModelSettings,
     ) -> Result<Arc<CqlReadModels>, CqlReadModelError> {
-        if contact_points.is_empty() {
-            return Err(CqlReadModelError::NoContactPoints);
-        }
-        if !is_valid_keyspace_name(keyspace) {
-            return Err(CqlReadModelError::InvalidKeyspaceName {
-                keyspace: keyspace.to_string(),
-            });
-        }
         if settings.write_concurrency == 0 {
             return Err(CqlReadModelError::InvalidSetting {
                 what: "write concurrency",

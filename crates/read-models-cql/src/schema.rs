@@ -8,11 +8,10 @@ pub fn schema_statements() -> Vec<String> {
     store_cql::split_statements(SCHEMA)
 }
 
-pub use store_cql::is_valid_keyspace_name;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use store_cql::is_valid_keyspace_name;
 
     #[test]
     fn the_schema_file_splits_into_its_create_table_statements() {

@@ -184,14 +184,6 @@ impl CqlStore {
         keyspace: &str,
         settings: CqlSettings,
     ) -> Result<Arc<CqlStore>, CqlStoreError> {
-        if contact_points.is_empty() {
-            return Err(CqlStoreError::NoContactPoints);
-        }
-        if !is_valid_keyspace_name(keyspace) {
-            return Err(CqlStoreError::InvalidKeyspaceName {
-                keyspace: keyspace.to_string(),
-            });
-        }
         for (what, value) in [
             ("events per bucket", settings.events_per_bucket),
             ("messages per bucket", settings.messages_per_bucket),
@@ -767,6 +759,9 @@ pub async fn open_keyspace(
     options: &KeyspaceOptions<'_>,
     statements: Vec<String>,
 ) -> Result<Session, CqlStoreError> {
+    if contact_points.is_empty() {
+        return Err(CqlStoreError::NoContactPoints);
+    }
     if !is_valid_keyspace_name(keyspace) {
         return Err(CqlStoreError::InvalidKeyspaceName {
             keyspace: keyspace.to_string(),
