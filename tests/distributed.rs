@@ -353,3 +353,102 @@ async fn projector_killed_mid_stream_converges_to_a_rebuild() {
         .stop()
         .await;
 }
+
+/// A second engine joins while grants are in flight. The rebalance takes
+/// every shard away and gives them back restored from CQL, where reply
+/// addresses are not kept; grants the first owner started are finished by
+/// the next one. Every caller must still get its answer (the command bus
+/// sends a late command again, and the engine answers the repeat from the
+/// stored outcome), and nothing may apply twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_answered_across_a_rebalance() {
+    if !enabled("callers_are_answered_across_a_rebalance") {
+        return;
+    }
+    let (_directory, settings) = test_settings();
+    let cluster = cluster_settings(&settings);
+    let (app, _) = spawn_cluster(&cluster, 1, true).await;
+    let app = Arc::new(app);
+
+    let senders = 24;
+    let sending_for = Duration::from_secs(8);
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for sender in 0..senders {
+        let app = app.clone();
+        tasks.spawn(async move {
+            let mut granted = Vec::new();
+            let mut index = 0;
+            while started.elapsed() < sending_for {
+                let grant_id = format!("rebalance-{sender}-{index}");
+                let user = format!("rebalancer-{sender}");
+                let answer = app.grant(&grant_id, &user, 7).await;
+                assert_eq!(answer.status, 201, "grant {grant_id}: {}", answer.text);
+                granted.push((grant_id, answer.text));
+                index += 1;
+            }
+            granted
+        });
+    }
+    // Join while the grants flow: the group rebalances under them.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let joiner =
+        ledger_cli::cluster::Service::build(ledger_cli::cluster::Role::CommandApi, cluster.clone())
+            .await
+            .expect("second command API starts");
+    let stop_joiner = joiner.stopper();
+    let joiner = tokio::spawn(joiner.run_until_stopped());
+
+    let mut granted = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        granted.extend(result.expect("grant sender"));
+    }
+    assert!(
+        granted.len() >= senders,
+        "every sender granted at least once"
+    );
+
+    // Nothing applied twice: each wallet holds exactly its grants, and a
+    // retry of any grant is answered with the first answer.
+    let mut per_user = std::collections::BTreeMap::<String, i64>::new();
+    for (grant_id, _) in &granted {
+        let sender = grant_id.split('-').nth(1).expect("sender in the id");
+        *per_user.entry(format!("rebalancer-{sender}")).or_default() += 7;
+    }
+    for (grant_id, text) in granted.iter().step_by(7) {
+        let sender = grant_id.split('-').nth(1).expect("sender in the id");
+        let again = app
+            .grant(grant_id, &format!("rebalancer-{sender}"), 7)
+            .await;
+        assert_eq!(
+            &again.text, text,
+            "a retried grant returns the first answer"
+        );
+    }
+    for (user, expected) in &per_user {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (balance, _) = app.balance(user, None).await;
+            if balance == *expected {
+                break;
+            }
+            assert!(
+                balance <= *expected,
+                "{user} holds {balance}, more than its grants {expected}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{user} holds {balance}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let _ = stop_joiner.send(true);
+    let _ = joiner.await;
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}

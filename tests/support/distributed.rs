@@ -74,6 +74,7 @@ pub async fn spawn_cluster(
     command_apis: usize,
     with_projector: bool,
 ) -> (TestApp, Vec<String>) {
+    init_test_log();
     assert!(command_apis >= 1, "at least one command API");
     let mut services = Vec::new();
     let mut command_urls = Vec::new();
@@ -121,6 +122,17 @@ pub async fn spawn_cluster(
         None,
     );
     (app, command_urls)
+}
+
+/// With `LEDGER_TEST_LOG=<filter>` (e.g. `info,distributed=debug`) the
+/// services' logs go to the test's output; silent otherwise.
+pub fn init_test_log() {
+    if let Ok(filter) = std::env::var("LEDGER_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }
 
 /// Drops the keyspace and deletes the topics of a test cluster: each test

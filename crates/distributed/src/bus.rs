@@ -32,6 +32,17 @@ pub struct BusSettings {
     pub submit_timeout: Duration,
     /// Bound of producing one command record.
     pub produce_timeout: Duration,
+    /// A reply later than this makes the bus produce the same record again
+    /// (then after twice as long, and so on, within `submit_timeout`).
+    ///
+    /// A worker that takes a shard over restores it from CQL, where reply
+    /// addresses are not kept: a command it finishes (a grant waiting for
+    /// its credit, a purchase waiting for its item) has nobody to answer.
+    /// The engine treats the repeated record as the retry it is: it answers
+    /// a finished command from its stored outcome, and attaches the new
+    /// address to a running one. Nothing applies twice. Only commands
+    /// remembered by id are sent again (`Command::is_repeatable`).
+    pub resend_after: Duration,
 }
 
 impl Default for BusSettings {
@@ -40,6 +51,7 @@ impl Default for BusSettings {
             in_flight_max: 16_384,
             submit_timeout: Duration::from_secs(30),
             produce_timeout: Duration::from_secs(10),
+            resend_after: Duration::from_secs(2),
         }
     }
 }
@@ -171,6 +183,25 @@ impl KafkaCommandBus {
         self.reply_partition
     }
 
+    async fn produce(
+        &self,
+        shard: ledger_core::ShardId,
+        home_key: &str,
+        record: &[u8],
+    ) -> Result<(), log_kafka::rdkafka::error::KafkaError> {
+        self.producer
+            .send(
+                FutureRecord::to(&self.topics.commands)
+                    .partition(i32::from(shard.0))
+                    .key(home_key)
+                    .payload(record),
+                Timeout::After(self.settings.produce_timeout),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error)
+    }
+
     fn forget(&self, request_id: &str) {
         self.waiters
             .lock()
@@ -226,6 +257,7 @@ impl CommandBus for KafkaCommandBus {
             return Err(SubmitError::Overloaded);
         };
         let home_key = command.home_key();
+        let repeatable = command.is_repeatable();
         let shard = self.core.shard_of(&home_key);
         let sequence = self.next_request.fetch_add(1, Ordering::Relaxed);
         let request_id = format!("{}-{sequence}", self.instance);
@@ -242,30 +274,37 @@ impl CommandBus for KafkaCommandBus {
         }
         .to_bytes();
         let timeout_ms = self.settings.submit_timeout.as_millis() as u64;
-        let produced = self
-            .producer
-            .send(
-                FutureRecord::to(&self.topics.commands)
-                    .partition(i32::from(shard.0))
-                    .key(home_key.as_str())
-                    .payload(record.as_slice()),
-                Timeout::After(self.settings.produce_timeout),
-            )
-            .await;
-        if let Err((error, _)) = produced {
+        let deadline = tokio::time::Instant::now() + self.settings.submit_timeout;
+        if let Err(error) = self.produce(shard, &home_key, &record).await {
             // Unknown outcome: the caller retries with the same command id.
             tracing::warn!(%error, %request_id, "producing a command failed");
             self.forget(&request_id);
             return Err(SubmitError::Timeout { timeout_ms });
         }
         metrics::counter!(names::BUS_COMMANDS_TOTAL).increment(1);
-        match tokio::time::timeout(self.settings.submit_timeout, answer).await {
-            Ok(Ok(completion)) => Ok(completion),
-            Ok(Err(_)) => Err(SubmitError::ShuttingDown),
-            Err(_) => {
-                metrics::counter!(names::BUS_TIMEOUTS_TOTAL).increment(1);
-                self.forget(&request_id);
-                Err(SubmitError::Timeout { timeout_ms })
+        let mut answer = answer;
+        let mut resend_after = self.settings.resend_after;
+        loop {
+            let resend_at = if repeatable {
+                (tokio::time::Instant::now() + resend_after).min(deadline)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(resend_at, &mut answer).await {
+                Ok(Ok(completion)) => return Ok(completion),
+                Ok(Err(_)) => return Err(SubmitError::ShuttingDown),
+                Err(_) if resend_at >= deadline || !repeatable => {
+                    metrics::counter!(names::BUS_TIMEOUTS_TOTAL).increment(1);
+                    self.forget(&request_id);
+                    return Err(SubmitError::Timeout { timeout_ms });
+                }
+                Err(_) => {
+                    metrics::counter!(names::BUS_RESENDS_TOTAL).increment(1);
+                    if let Err(error) = self.produce(shard, &home_key, &record).await {
+                        tracing::warn!(%error, %request_id, "producing a command again failed");
+                    }
+                    resend_after = resend_after.saturating_mul(2);
+                }
             }
         }
     }

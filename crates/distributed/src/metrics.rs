@@ -15,6 +15,7 @@ pub const BUS_COMMANDS_TOTAL: &str = "ledger_command_bus_commands_total";
 pub const BUS_REPLIES_TOTAL: &str = "ledger_command_bus_replies_total";
 pub const BUS_TIMEOUTS_TOTAL: &str = "ledger_command_bus_timeouts_total";
 pub const BUS_OVERLOADED_TOTAL: &str = "ledger_command_bus_overloaded_total";
+pub const BUS_RESENDS_TOTAL: &str = "ledger_command_bus_resends_total";
 pub const PROJECTOR_EVENTS_TOTAL: &str = "ledger_projector_events_total";
 pub const PROJECTOR_BATCHES_TOTAL: &str = "ledger_projector_batches_total";
 
@@ -55,6 +56,10 @@ pub fn describe() {
         "commands whose reply did not come in time"
     );
     metrics::describe_counter!(BUS_OVERLOADED_TOTAL, "commands refused: too many in flight");
+    metrics::describe_counter!(
+        BUS_RESENDS_TOTAL,
+        "command records produced again because their reply was late"
+    );
     metrics::describe_counter!(
         PROJECTOR_EVENTS_TOTAL,
         "events projected into CQL read models"

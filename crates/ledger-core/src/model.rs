@@ -181,6 +181,17 @@ impl Command {
             _ => Some(self.home_key()),
         }
     }
+
+    /// Whether submitting this command again is the same as submitting it
+    /// once, whatever happened to the first: true for the commands the
+    /// engine remembers by their id from the moment they are accepted (no
+    /// keyed command is refused before that), so a repeat is answered from
+    /// the stored outcome or joins the running command. Reprice, sale
+    /// toggles and listing cancels are not remembered: a late repeat could
+    /// undo a newer change.
+    pub fn is_repeatable(&self) -> bool {
+        self.idempotency_key().is_some()
+    }
 }
 
 /// Stable 64-bit FNV-1a: the routing hash (must never change; it places data).
