@@ -19,7 +19,7 @@ use ledger_core::{Account, Event, ItemId, Posting, PurchaseId, ShardId, UserId};
 use ledger_log_kafka::{KafkaConfig, ShardTransactionalWriter, TopicAdmin, TopicLayout, Topics};
 
 const USAGE: &str = "usage: kafka-ceiling [--bootstrap HOST:PORT] [--transactions N] [--batch B] \
-[--shards S] [--max-seconds T] [--set KEY=VALUE]...\n  defaults: bootstrap from LEDGER_KAFKA_BOOTSTRAP, N=300, B=100, \
+[--shards S] [--max-seconds T] [--set KEY=VALUE]... [--json FILE]\n  defaults: bootstrap from LEDGER_KAFKA_BOOTSTRAP, N=300, B=100, \
 S=1, T=60 (N <= 100000, B <= 10000, S <= 16, T <= 600); --set adds a librdkafka property \
 to every client (e.g. --set retry.backoff.ms=10)";
 
@@ -30,6 +30,8 @@ struct Params {
     shards: u16,
     max_seconds: u64,
     overrides: Vec<(String, String)>,
+    /// Also write the result as JSON here (for `scripts/bench-report`).
+    json: Option<String>,
 }
 
 fn parse() -> Result<Params, String> {
@@ -40,6 +42,7 @@ fn parse() -> Result<Params, String> {
         shards: 1,
         max_seconds: 60,
         overrides: Vec::new(),
+        json: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -61,6 +64,7 @@ fn parse() -> Result<Params, String> {
             "--batch" => params.batch = number(10_000)? as usize,
             "--shards" => params.shards = number(16)? as u16,
             "--max-seconds" => params.max_seconds = number(600)?,
+            "--json" => params.json = Some(value.clone()),
             "--set" => {
                 let (key, property) = value
                     .split_once('=')
@@ -294,5 +298,19 @@ async fn main() -> ExitCode {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
+    if let Some(path) = &params.json {
+        let json = format!(
+            "{{\"records_per_second\": {:.1}, \"records\": {records}, \"transactions\": {transactions}, \"seconds\": {seconds:.4}, \"record_bytes\": {record_bytes}, \"shards\": {}, \"batch\": {}, \"commit_latency_ms_p50\": {:.2}, \"commit_latency_ms_p99\": {:.2}}}\n",
+            records as f64 / seconds,
+            params.shards,
+            params.batch,
+            percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        );
+        if let Err(error) = std::fs::write(path, json) {
+            eprintln!("kafka-ceiling: cannot write {path}: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     ExitCode::SUCCESS
 }

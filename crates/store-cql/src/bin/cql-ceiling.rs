@@ -22,6 +22,8 @@ struct Parameters {
     events: usize,
     batch: usize,
     shards: u16,
+    /// Also write the result as JSON here (for `scripts/bench-report`).
+    json: Option<String>,
 }
 
 fn parse() -> Result<Parameters, String> {
@@ -29,6 +31,7 @@ fn parse() -> Result<Parameters, String> {
         events: 20_000,
         batch: 100,
         shards: 4,
+        json: None,
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(flag) = arguments.next() {
@@ -43,13 +46,14 @@ fn parse() -> Result<Parameters, String> {
         match flag.as_str() {
             "--events" => parameters.events = number(&value)?,
             "--batch" => parameters.batch = number(&value)?,
+            "--json" => parameters.json = Some(value),
             "--shards" => {
                 parameters.shards = u16::try_from(number(&value)?)
                     .map_err(|_| "--shards is too large".to_string())?
             }
             other => {
                 return Err(format!(
-                    "unknown flag {other}; use --events N --batch B --shards S"
+                    "unknown flag {other}; use --events N --batch B --shards S [--json FILE]"
                 ))
             }
         }
@@ -220,6 +224,18 @@ async fn main() -> std::process::ExitCode {
         "CqlStore::append:     {append_rate:.0} rows/s ({append_seconds:.2} s) = {:.0}% of raw",
         100.0 * append_rate / raw_rate
     );
+    if let Some(path) = &parameters.json {
+        let json = format!(
+            "{{\"rows_per_second\": {raw_rate:.1}, \"append_rows_per_second\": {append_rate:.1}, \"rows\": {rows}, \"seconds\": {raw_seconds:.4}, \"batch\": {}, \"shards\": {}, \"row_bytes\": {}}}\n",
+            parameters.batch,
+            parameters.shards,
+            store_row_size()
+        );
+        if let Err(error) = std::fs::write(path, json) {
+            eprintln!("cql-ceiling: cannot write {path}: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     std::process::ExitCode::SUCCESS
 }
 

@@ -1,0 +1,368 @@
+//! Projector rate: events of a mixed marketplace workload turned into
+//! read-model changes (the pure `project`), and applied to the SQLite read
+//! models the way the embedded store's projector does.
+//!
+//! `cargo bench -p ledger-projectors --bench projectors`
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use engine::ports::{EventStore, ShardBatch};
+use engine::shard::{Reply, ShardRunner, Step};
+use ledger_core::codec::{Envelope, MessageEnvelope};
+use ledger_core::*;
+use ledger_projectors::project;
+use store_sqlite::{SqliteStore, PROJECTOR_BATCH_EVENTS};
+
+/// Buyers of the workload; each runs one command of every kind.
+const BUYERS: usize = 300;
+const ITEMS: usize = 10;
+const LIMITED_ITEMS: usize = 10;
+const SHARDS: u16 = 4;
+const LISTING_PRICE: i64 = 20;
+/// When the workload's commands run; escrow is released a hold later.
+const AT_MS: TimestampMs = 1_000;
+
+/// Shards driven in memory, every envelope captured in the order the shards
+/// sealed it: a valid global commit order (causes before effects), as the
+/// embedded store would have committed it.
+struct Cluster {
+    config: Arc<Config>,
+    runners: Vec<ShardRunner<()>>,
+    network: VecDeque<MessageEnvelope>,
+    log: Vec<Envelope>,
+    succeeded: usize,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let config = Arc::new(Config::new(SHARDS));
+        let runners = (0..SHARDS)
+            .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
+            .collect();
+        Cluster {
+            config,
+            runners,
+            network: VecDeque::new(),
+            log: Vec::new(),
+            succeeded: 0,
+        }
+    }
+
+    /// Keeps the step's events and messages; panics on a refused or failed
+    /// command, so the workload is exactly the one described.
+    fn absorb(&mut self, step: Step<()>) {
+        for (_, reply) in step.replies {
+            match reply {
+                Reply::Completed(Completion { result: Ok(_), .. }) => self.succeeded += 1,
+                failure => panic!("workload command failed: {failure:?}"),
+            }
+        }
+        self.log.extend(step.envelopes);
+        self.network.extend(step.messages);
+    }
+
+    /// Runs `commands` until every message is delivered.
+    fn run(&mut self, commands: impl IntoIterator<Item = Command>) {
+        let mut submitted = 0;
+        for command in commands {
+            let meta = CommandMeta {
+                at_ms: AT_MS,
+                actor: Actor {
+                    role: Role::Service,
+                    user_id: UserId::parse("bench").unwrap(),
+                },
+            };
+            let shard = self.config.shard_of(&command.home_key());
+            let mut step = Step::default();
+            self.runners[shard.0 as usize].command(command, meta, (), &mut step);
+            self.absorb(step);
+            submitted += 1;
+        }
+        while let Some(message) = self.network.pop_front() {
+            let shard = message.to.0 as usize;
+            let mut step = Step::default();
+            self.runners[shard].message(message, AT_MS, &mut step);
+            self.absorb(step);
+        }
+        assert_eq!(
+            std::mem::take(&mut self.succeeded),
+            submitted,
+            "every command completed"
+        );
+    }
+
+    /// Advances every shard's clock to `now_ms` (releases due escrow).
+    fn tick(&mut self, now_ms: TimestampMs) {
+        for shard in 0..self.runners.len() {
+            let mut step = Step::default();
+            self.runners[shard].tick(now_ms, &mut step);
+            self.absorb(step);
+        }
+        assert!(self.network.is_empty(), "ticks send no message");
+    }
+
+    fn wallet(&self, user_id: &UserId) -> i64 {
+        let shard = self.config.shard_of(&keys::user(user_id));
+        self.runners[shard.0 as usize]
+            .state
+            .balance(&Account::Wallet(user_id.clone()))
+    }
+}
+
+fn user(n: usize) -> UserId {
+    UserId::parse(format!("b-{n}")).unwrap()
+}
+
+fn creator(n: usize) -> UserId {
+    UserId::parse(format!("c-{}", n % 5)).unwrap()
+}
+
+fn item(n: usize) -> ItemId {
+    ItemId::parse(format!("i-{n}")).unwrap()
+}
+
+fn limited_item(n: usize) -> ItemId {
+    ItemId::parse(format!("l-{n}")).unwrap()
+}
+
+fn purchase(purchase_id: String, buyer: usize, target: PurchaseTarget, price: i64) -> Command {
+    Command::Purchase {
+        purchase_id: PurchaseId::parse(purchase_id).unwrap(),
+        buyer_id: user(buyer),
+        target,
+        expected_price: price,
+    }
+}
+
+fn definition(item_id: ItemId, creator_id: UserId, supply: Option<u32>) -> ItemDefinition {
+    ItemDefinition {
+        item_id,
+        creator_id,
+        name: "thing".into(),
+        price: 10,
+        supply,
+        max_per_user: None,
+        starts_at_ms: None,
+        ends_at_ms: None,
+        resellable: supply.is_some(),
+    }
+}
+
+/// Every kind of event the read models follow: grants, publications, a
+/// bundle, primary, Limited and bundle purchases, listings, resales,
+/// refunds and escrow releases. Returns the log and the cluster after it.
+fn workload() -> (Vec<Envelope>, Cluster) {
+    let mut cluster = Cluster::new();
+    cluster.run((0..BUYERS).map(|n| Command::Grant {
+        grant_id: GrantId::parse(format!("g-{n}")).unwrap(),
+        user_id: user(n),
+        amount: 1_000_000,
+    }));
+    cluster.run(
+        (0..ITEMS)
+            .map(|n| Command::PublishItem(definition(item(n), creator(n), None)))
+            .chain((0..LIMITED_ITEMS).map(|n| {
+                Command::PublishItem(definition(limited_item(n), creator(n), Some(BUYERS as u32)))
+            })),
+    );
+    // i-0 and i-5 are both items of c-0.
+    cluster.run([Command::CreateBundle {
+        bundle_id: BundleId::parse("bundle-0").unwrap(),
+        creator_id: creator(0),
+        name: "pair".into(),
+        item_ids: vec![item(0), item(5)],
+        price: 15,
+    }]);
+    // Primary purchases skip i-0 and i-5, the bundle's items, so that
+    // every bundle purchase grants both.
+    let plain_item = |n: usize| if n.is_multiple_of(5) { n + 1 } else { n };
+    cluster.run((0..BUYERS).map(|n| {
+        purchase(
+            format!("primary-{n}"),
+            n,
+            PurchaseTarget::Item(item(plain_item(n % ITEMS))),
+            10,
+        )
+    }));
+    cluster.run((0..BUYERS).map(|n| {
+        purchase(
+            format!("limited-{n}"),
+            n,
+            PurchaseTarget::Item(limited_item(n % LIMITED_ITEMS)),
+            10,
+        )
+    }));
+    cluster.run((0..BUYERS).map(|n| {
+        purchase(
+            format!("bundle-purchase-{n}"),
+            n,
+            PurchaseTarget::Bundle(BundleId::parse("bundle-0").unwrap()),
+            15,
+        )
+    }));
+    let mut serials = Vec::new();
+    for n in 0..LIMITED_ITEMS {
+        let item_id = limited_item(n);
+        let shard = cluster.config.shard_of(&keys::item(&item_id));
+        for (serial, holder) in &cluster.runners[shard.0 as usize].state.items[&item_id].holders {
+            serials.push((item_id.clone(), *serial, holder.user_id.clone()));
+        }
+    }
+    assert_eq!(
+        serials.len(),
+        BUYERS,
+        "every Limited purchase holds a serial"
+    );
+    cluster.run(
+        serials
+            .iter()
+            .enumerate()
+            .map(|(n, (item_id, serial, holder))| Command::CreateListing {
+                listing_id: ListingId::parse(format!("listing-{n}")).unwrap(),
+                seller_id: holder.clone(),
+                item_id: item_id.clone(),
+                serial: *serial,
+                price: LISTING_PRICE,
+            }),
+    );
+    // Listing n is bought by the buyer after its seller: never the seller.
+    cluster.run(serials.iter().enumerate().map(|(n, (_, _, seller))| {
+        let seller_number: usize = seller.as_str()["b-".len()..].parse().unwrap();
+        Command::ResalePurchase {
+            purchase_id: PurchaseId::parse(format!("resale-{n}")).unwrap(),
+            buyer_id: user((seller_number + 1) % BUYERS),
+            listing_id: ListingId::parse(format!("listing-{n}")).unwrap(),
+            expected_price: LISTING_PRICE,
+        }
+    }));
+    // Half the primary purchases are refunded before their escrow is due...
+    cluster.run((0..BUYERS / 2).map(|n| Command::Refund {
+        refund_id: RefundId::parse(format!("refund-{n}")).unwrap(),
+        purchase_id: PurchaseId::parse(format!("primary-{n}")).unwrap(),
+    }));
+    // ... and the rest of the escrow is released.
+    cluster.tick(AT_MS + cluster.config.escrow_hold_ms);
+    (std::mem::take(&mut cluster.log), cluster)
+}
+
+fn bench_project(criterion: &mut Criterion) {
+    let (log, _) = workload();
+    let events: Vec<(Envelope, Event)> = log
+        .into_iter()
+        .map(|envelope| {
+            let event = envelope.event().unwrap();
+            (envelope, event)
+        })
+        .collect();
+    let expected_changes: usize = events
+        .iter()
+        .map(|(envelope, event)| project(envelope, event).len())
+        .sum();
+
+    let mut group = criterion.benchmark_group("projector");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.sample_size(10);
+    // The pure projection of decoded events into read-model changes: the
+    // part every read-model backend shares.
+    group.bench_function("project_events", |bencher| {
+        bencher.iter(|| {
+            let changes: usize = events
+                .iter()
+                .map(|(envelope, event)| project(envelope, event).len())
+                .sum();
+            assert_eq!(changes, expected_changes);
+            changes
+        })
+    });
+    group.finish();
+}
+
+/// A fresh data directory under the system temp dir, removed on drop.
+struct TemporaryDirectory(std::path::PathBuf);
+
+impl TemporaryDirectory {
+    fn new() -> TemporaryDirectory {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "ledger-projector-bench-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        TemporaryDirectory(path)
+    }
+}
+
+impl Drop for TemporaryDirectory {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bench_apply_sqlite(criterion: &mut Criterion) {
+    let (log, cluster) = workload();
+    let event_count = log.len();
+    // Read back after each run: the read models agree with the engine.
+    let checked_user = user(1);
+    let checked_wallet = cluster.wallet(&checked_user);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut group = criterion.benchmark_group("projector");
+    group.throughput(Throughput::Elements(event_count as u64));
+    group.sample_size(10);
+    // Every run needs a fresh database, filled untimed (the fill costs more
+    // than the projection): the same few runs per sample keep that bounded.
+    group.sampling_mode(SamplingMode::Flat);
+    // The embedded store's projector: reads the events in global commit
+    // order, decodes and verifies each, projects it and applies the changes,
+    // `PROJECTOR_BATCH_EVENTS` per transaction (WAL, synchronous=FULL).
+    // Appending the log to a fresh database is not timed.
+    group.bench_function("apply_sqlite", |bencher| {
+        bencher.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                let directory = TemporaryDirectory::new();
+                let store = SqliteStore::open(&directory.0).unwrap();
+                runtime.block_on(async {
+                    store
+                        .append(vec![ShardBatch {
+                            shard: None,
+                            envelopes: log.clone(),
+                            messages: Vec::new(),
+                        }])
+                        .await
+                        .unwrap();
+                    let started = Instant::now();
+                    let mut applied = 0;
+                    loop {
+                        let batch = store.project_pending(PROJECTOR_BATCH_EVENTS).await.unwrap();
+                        if batch == 0 {
+                            break;
+                        }
+                        applied += batch;
+                    }
+                    total += started.elapsed();
+                    assert_eq!(applied, event_count);
+                    let balance = store
+                        .read_models()
+                        .balance(checked_user.as_str())
+                        .await
+                        .unwrap();
+                    assert_eq!(balance.balance, checked_wallet);
+                });
+                drop(store);
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_project, bench_apply_sqlite);
+criterion_main!(benches);
