@@ -87,8 +87,10 @@ class Series:
 
 
 SERIES = (
-    Series("sqlite_ceiling", r"embedded/ceiling-sqlite-run(?P<run>\d+)\.json",
-           "embedded/ceiling-sqlite-run{k}.json", ceiling_rate_field="rows_per_second"),
+    # One ceiling per shard count (`-shards{N}`; its rows per purchase depend on
+    # it); the shard count is also inside the file. Unkeyed files are accepted.
+    Series("sqlite_ceiling", r"embedded/ceiling-sqlite(?:-shards\d+)?-run(?P<run>\d+)\.json",
+           "embedded/ceiling-sqlite-shards{N}-run{k}.json", ceiling_rate_field="rows_per_second"),
     Series("embedded_purchases", r"embedded/purchases-shards(?P<key>\d+)-run(?P<run>\d+)\.json",
            "embedded/purchases-shards{key}-run{k}.json", expected_keys=SHARD_COUNTS),
     Series("embedded_drop", r"embedded/drop-run(?P<run>\d+)\.json", "embedded/drop-run{k}.json"),

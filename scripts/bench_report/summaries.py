@@ -124,7 +124,8 @@ def sqlite_ceiling_rows_per_purchase(ceiling_runs: list[CeilingRun], shards: flo
     if rows is None:
         return None
     counted_at = sorted({run.details["shards"] for run in matching if is_number(run.details.get("shards"))})
-    at = f" at {', '.join(f'{count:g}' for count in counted_at)} shards" if counted_at else ""
+    noun = "shard" if counted_at == [1] else "shards"
+    at = f" at {', '.join(f'{count:g}' for count in counted_at)} {noun}" if counted_at else ""
     return PerPurchase(rows, f"counted by sqlite-ceiling{at}")
 
 

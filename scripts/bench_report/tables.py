@@ -163,7 +163,7 @@ def embedded_summary_row(results: Results) -> list[str]:
     if not summaries:
         return [what, NOT_MEASURED, target, MISSING]
     shards, best = max(summaries.items(), key=lambda item: item[1].rate_per_second)
-    result = (f"{significant(best.rate_per_second)} purchases/s ({shards} shards; p50 "
+    result = (f"{significant(best.rate_per_second)} purchases/s ({shards} shard{'' if shards == 1 else 's'}; p50 "
               f"{latency_cell(best, 'p50')} ms, p99 {latency_cell(best, 'p99')} ms){failed_mark(best.runs)}")
     return [what, result, target, numbers.gap_to_minimum(best.rate_per_second, EMBEDDED_TARGET_PURCHASES_PER_SECOND)]
 
@@ -258,9 +258,14 @@ def criterion_target(identifier: str) -> CriterionTarget | None:
 
 # --- embedded
 
+def ceiling_runs_at(runs: list[CeilingRun], shards: float) -> list[CeilingRun]:
+    """The ceiling runs made at ``shards`` shards; every run when none says so."""
+    matching = [run for run in runs if detail_number(run, "shards") == shards]
+    return matching or [run for run in runs if detail_number(run, "shards") is None]
+
+
 def embedded_table(results: Results, options: Options) -> str:
-    ceiling = median_ceiling(results.sqlite_ceiling)
-    if not results.embedded_purchases and ceiling is None:
+    if not results.embedded_purchases and not results.sqlite_ceiling:
         return not_measured_block("embedded/purchases-shards*-run*.json", "embedded/ceiling-sqlite-run*.json")
     headers = ["shards", "purchases/s (median)", "runs (purchases/s)", "p50 ms", "p99 ms", "checks",
                "ledger rows/s ÷ SQLite ceiling",
@@ -271,6 +276,7 @@ def embedded_table(results: Results, options: Options) -> str:
         if summary is None:
             rows.append([str(shards), NOT_MEASURED] + [MISSING] * (len(headers) - 2))
             continue
+        ceiling = median_ceiling(ceiling_runs_at(results.sqlite_ceiling, shards))
         ratio, per_row = ratio_cell(summary.rate_per_second, ceiling, embedded_rows_per_purchase(results, shards),
                                     "row")
         any_per_row |= per_row
@@ -291,25 +297,32 @@ def embedded_table(results: Results, options: Options) -> str:
 def sqlite_ceiling_line(results: Results) -> str:
     runs = results.sqlite_ceiling
     if not runs:
-        return f"SQLite ceiling: _{NOT_MEASURED}_ (no `embedded/ceiling-sqlite-run*.json`)."
+        return f"SQLite ceiling: _{NOT_MEASURED}_ (no `embedded/ceiling-sqlite-*run*.json`)."
     first = runs[0]
-    batch_rows, row_bytes, shards = (detail_number(first, name) for name in ("batch_rows", "row_bytes", "shards"))
+    batch_rows = detail_number(first, "batch_rows")
     setting = ", ".join(part for part in (
         f"journal_mode={first.details['journal_mode']}" if "journal_mode" in first.details else "",
         f"synchronous={first.details['synchronous']}" if "synchronous" in first.details else "",
         f"batches of {numbers.count(batch_rows)} rows" if batch_rows is not None else "",
-        f"{numbers.count(row_bytes)}-byte rows" if row_bytes is not None else "",
     ) if part)
     setting = f" ({setting})" if setting else ""
-    rates = " / ".join(significant(run.rate_per_second) for run in runs)
-    line = (f"SQLite ceiling{setting}: **{significant(median_ceiling(runs))} rows/s**, "
-            f"median of {len(runs)} run{'s' if len(runs) != 1 else ''} ({rates})")
-    purchases = median(detail_number(run, "purchases_per_second") for run in runs)
-    rows = median(detail_number(run, "rows_per_purchase") for run in runs)
-    if purchases is not None and rows is not None:
-        on_shards = f" on {numbers.count(shards)} shards" if shards is not None else ""
-        line += f"; that is {significant(purchases)} purchases/s at {significant(rows)} rows per purchase{on_shards}"
-    return line + "."
+    shard_counts = sorted({shards for run in runs if (shards := detail_number(run, "shards")) is not None})
+    lines = [f"SQLite ceiling{setting}, median of the runs at each shard count:", ""]
+    for shards in shard_counts or [None]:
+        at = ceiling_runs_at(runs, shards) if shards is not None else runs
+        rates = " / ".join(significant(run.rate_per_second) for run in at)
+        label = (f"{shards:g} shard{'' if shards == 1 else 's'}" if shards is not None
+                 else "shard count not recorded")
+        line = f"* {label}: **{significant(median_ceiling(at))} rows/s** ({rates})"
+        purchases = median(detail_number(run, "purchases_per_second") for run in at)
+        rows = median(detail_number(run, "rows_per_purchase") for run in at)
+        if purchases is not None and rows is not None:
+            line += f" = {significant(purchases)} purchases/s at {significant(rows)} rows per purchase"
+        row_bytes, row_count = detail_number(at[0], "row_bytes"), detail_number(at[0], "rows")
+        if row_bytes is not None and row_count:
+            line += f", {numbers.count(row_bytes / row_count)} bytes per row on average"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def detail_number(run: CeilingRun, name: str) -> float | None:
