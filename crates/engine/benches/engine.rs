@@ -5,15 +5,15 @@
 //!
 //! `cargo bench -p ledger-engine --bench engine`
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ledger_core::codec::{Envelope, MessageEnvelope};
+use ledger_core::codec::Envelope;
 use ledger_core::*;
+use ledger_engine::in_memory::InMemoryCluster as Cluster;
 use ledger_engine::ports::Recovery;
-use ledger_engine::shard::{Reply, ShardRunner, Step};
+use ledger_engine::shard::ShardRunner;
 
 const BUYERS: usize = 2_000;
 const ITEMS: usize = 10;
@@ -32,140 +32,6 @@ const LIMITED_ITEMS: usize = 10;
 const LISTING_PRICE: i64 = 20;
 /// Events in the `replay` log.
 const REPLAY_EVENTS: usize = 50_000;
-
-/// How the commands of a cluster ended, counted from the replies.
-#[derive(Default)]
-struct Outcomes {
-    succeeded: usize,
-    failed: usize,
-    first_failure: Option<String>,
-}
-
-struct Cluster {
-    config: Arc<Config>,
-    runners: Vec<ShardRunner<()>>,
-    network: VecDeque<MessageEnvelope>,
-    outcomes: Outcomes,
-    /// Every envelope sealed, in the order the shards sealed them, when
-    /// capturing a log (`replay`); `None` otherwise, to keep the timed
-    /// paths free of the copy.
-    log: Option<Vec<Envelope>>,
-}
-
-impl Cluster {
-    fn new(shards: u16) -> Cluster {
-        let config = Arc::new(Config::new(shards));
-        let runners = (0..shards)
-            .map(|s| ShardRunner::new(ShardId(s), config.clone()))
-            .collect();
-        Cluster {
-            config,
-            runners,
-            network: VecDeque::new(),
-            outcomes: Outcomes::default(),
-            log: None,
-        }
-    }
-
-    /// An independent copy of a quiescent cluster, with fresh outcome
-    /// counts. Goes through snapshot and restore (the runner is not
-    /// `Clone`); a quiescent shard holds no early message and no waiter, so
-    /// the snapshot is all of it.
-    fn fork(&self) -> Cluster {
-        assert!(self.network.is_empty(), "fork a quiescent cluster");
-        let runners = self
-            .runners
-            .iter()
-            .map(|runner| {
-                assert_eq!((runner.early_messages(), runner.waiting_commands()), (0, 0));
-                let recovery = Recovery {
-                    snapshot: Some(runner.snapshot()),
-                    envelopes: Vec::new(),
-                };
-                ShardRunner::restore(runner.shard(), self.config.clone(), recovery)
-                    .expect("a snapshot restores")
-            })
-            .collect();
-        Cluster {
-            config: self.config.clone(),
-            runners,
-            network: VecDeque::new(),
-            outcomes: Outcomes::default(),
-            log: None,
-        }
-    }
-
-    fn absorb(&mut self, step: Step<()>) {
-        for (_, reply) in &step.replies {
-            match reply {
-                Reply::Completed(Completion { result: Ok(_), .. }) => self.outcomes.succeeded += 1,
-                failure => {
-                    self.outcomes.failed += 1;
-                    if self.outcomes.first_failure.is_none() {
-                        self.outcomes.first_failure = Some(format!("{failure:?}"));
-                    }
-                }
-            }
-        }
-        if let Some(log) = &mut self.log {
-            log.extend(step.envelopes);
-        }
-        self.network.extend(step.messages);
-    }
-
-    fn submit(&mut self, command: Command) {
-        let meta = CommandMeta {
-            at_ms: 1_000,
-            actor: Actor {
-                role: Role::Service,
-                user_id: UserId::parse("bench").unwrap(),
-            },
-        };
-        let shard = self.config.shard_of(&command.home_key());
-        let mut step = Step::default();
-        self.runners[shard.0 as usize].command(command, meta, (), &mut step);
-        self.absorb(step);
-    }
-
-    fn drain(&mut self) {
-        while let Some(message) = self.network.pop_front() {
-            let shard = message.to.0 as usize;
-            let mut step = Step::default();
-            self.runners[shard].message(message, 1_000, &mut step);
-            self.absorb(step);
-        }
-    }
-
-    /// Submits `commands`, delivering messages in waves as a shard's batch
-    /// would, until the cluster is quiescent.
-    fn run(&mut self, commands: impl IntoIterator<Item = Command>) {
-        for (n, command) in commands.into_iter().enumerate() {
-            self.submit(command);
-            if n % 256 == 255 {
-                self.drain();
-            }
-        }
-        self.drain();
-    }
-
-    /// Panics unless exactly `count` commands completed since the cluster
-    /// was made or forked, or since the last check, all successfully: a
-    /// benchmark must not measure refusals. Starts counting afresh.
-    fn expect_succeeded(&mut self, count: usize) {
-        assert!(self.network.is_empty(), "messages left undelivered");
-        let outcomes = std::mem::take(&mut self.outcomes);
-        assert_eq!(
-            (outcomes.succeeded, outcomes.failed),
-            (count, 0),
-            "commands did not all succeed; first failure: {:?}",
-            outcomes.first_failure
-        );
-    }
-
-    fn state_of(&self, key: &str) -> &ShardState {
-        &self.runners[self.config.shard_of(key).0 as usize].state
-    }
-}
 
 fn user(n: usize) -> UserId {
     UserId::parse(format!("b-{n}")).unwrap()
@@ -501,10 +367,10 @@ fn bench_per_command(criterion: &mut Criterion) {
 /// given, so the cut only makes the count round.
 fn replay_log() -> Vec<Vec<u8>> {
     let mut cluster = Cluster::new(1);
-    cluster.log = Some(Vec::new());
+    cluster.record();
     fund(&mut cluster);
     let mut next_purchase = 0;
-    while cluster.log.as_ref().expect("capturing").len() < REPLAY_EVENTS {
+    while cluster.recorded_envelopes() < REPLAY_EVENTS {
         let wave = next_purchase..next_purchase + 256;
         next_purchase = wave.end;
         cluster.run(wave.map(|n| {
@@ -517,7 +383,7 @@ fn replay_log() -> Vec<Vec<u8>> {
         }));
     }
     cluster.expect_succeeded(BUYERS + ITEMS + next_purchase);
-    let mut log = cluster.log.take().expect("capturing");
+    let mut log = cluster.take_recorded().envelopes;
     log.truncate(REPLAY_EVENTS);
     log.iter().map(Envelope::to_bytes).collect()
 }

@@ -4,15 +4,13 @@
 //!
 //! `cargo bench -p ledger-projectors --bench projectors`
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use engine::in_memory::InMemoryCluster;
 use engine::ports::{EventStore, ShardBatch};
-use engine::shard::{Reply, ShardRunner, Step};
-use ledger_core::codec::{Envelope, MessageEnvelope};
+use ledger_core::codec::Envelope;
 use ledger_core::*;
 use ledger_projectors::project;
 use store_sqlite::{SqliteStore, PROJECTOR_BATCH_EVENTS};
@@ -26,91 +24,21 @@ const LISTING_PRICE: i64 = 20;
 /// When the workload's commands run; escrow is released a hold later.
 const AT_MS: TimestampMs = 1_000;
 
-/// Shards driven in memory, every envelope captured in the order the shards
-/// sealed it: a valid global commit order (causes before effects), as the
-/// embedded store would have committed it.
-struct Cluster {
-    config: Arc<Config>,
-    runners: Vec<ShardRunner<()>>,
-    network: VecDeque<MessageEnvelope>,
-    log: Vec<Envelope>,
-    succeeded: usize,
+type Cluster = InMemoryCluster;
+
+/// Runs `commands` until every message is delivered; panics unless every
+/// one succeeded, so the workload is exactly the one described.
+fn run_all(cluster: &mut Cluster, commands: impl IntoIterator<Item = Command>) {
+    let commands: Vec<Command> = commands.into_iter().collect();
+    let count = commands.len();
+    cluster.run(commands);
+    cluster.expect_succeeded(count);
 }
 
-impl Cluster {
-    fn new() -> Cluster {
-        let config = Arc::new(Config::new(SHARDS));
-        let runners = (0..SHARDS)
-            .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
-            .collect();
-        Cluster {
-            config,
-            runners,
-            network: VecDeque::new(),
-            log: Vec::new(),
-            succeeded: 0,
-        }
-    }
-
-    /// Keeps the step's events and messages; panics on a refused or failed
-    /// command, so the workload is exactly the one described.
-    fn absorb(&mut self, step: Step<()>) {
-        for (_, reply) in step.replies {
-            match reply {
-                Reply::Completed(Completion { result: Ok(_), .. }) => self.succeeded += 1,
-                failure => panic!("workload command failed: {failure:?}"),
-            }
-        }
-        self.log.extend(step.envelopes);
-        self.network.extend(step.messages);
-    }
-
-    /// Runs `commands` until every message is delivered.
-    fn run(&mut self, commands: impl IntoIterator<Item = Command>) {
-        let mut submitted = 0;
-        for command in commands {
-            let meta = CommandMeta {
-                at_ms: AT_MS,
-                actor: Actor {
-                    role: Role::Service,
-                    user_id: UserId::parse("bench").unwrap(),
-                },
-            };
-            let shard = self.config.shard_of(&command.home_key());
-            let mut step = Step::default();
-            self.runners[shard.0 as usize].command(command, meta, (), &mut step);
-            self.absorb(step);
-            submitted += 1;
-        }
-        while let Some(message) = self.network.pop_front() {
-            let shard = message.to.0 as usize;
-            let mut step = Step::default();
-            self.runners[shard].message(message, AT_MS, &mut step);
-            self.absorb(step);
-        }
-        assert_eq!(
-            std::mem::take(&mut self.succeeded),
-            submitted,
-            "every command completed"
-        );
-    }
-
-    /// Advances every shard's clock to `now_ms` (releases due escrow).
-    fn tick(&mut self, now_ms: TimestampMs) {
-        for shard in 0..self.runners.len() {
-            let mut step = Step::default();
-            self.runners[shard].tick(now_ms, &mut step);
-            self.absorb(step);
-        }
-        assert!(self.network.is_empty(), "ticks send no message");
-    }
-
-    fn wallet(&self, user_id: &UserId) -> i64 {
-        let shard = self.config.shard_of(&keys::user(user_id));
-        self.runners[shard.0 as usize]
-            .state
-            .balance(&Account::Wallet(user_id.clone()))
-    }
+fn wallet(cluster: &Cluster, user_id: &UserId) -> i64 {
+    cluster
+        .state_of(&keys::user(user_id))
+        .balance(&Account::Wallet(user_id.clone()))
 }
 
 fn user(n: usize) -> UserId {
@@ -156,13 +84,19 @@ fn definition(item_id: ItemId, creator_id: UserId, supply: Option<u32>) -> ItemD
 /// bundle, primary, Limited and bundle purchases, listings, resales,
 /// refunds and escrow releases. Returns the log and the cluster after it.
 fn workload() -> (Vec<Envelope>, Cluster) {
-    let mut cluster = Cluster::new();
-    cluster.run((0..BUYERS).map(|n| Command::Grant {
-        grant_id: GrantId::parse(format!("g-{n}")).unwrap(),
-        user_id: user(n),
-        amount: 1_000_000,
-    }));
-    cluster.run(
+    let mut cluster = Cluster::new(SHARDS);
+    cluster.now_ms = AT_MS;
+    cluster.record();
+    run_all(
+        &mut cluster,
+        (0..BUYERS).map(|n| Command::Grant {
+            grant_id: GrantId::parse(format!("g-{n}")).unwrap(),
+            user_id: user(n),
+            amount: 1_000_000,
+        }),
+    );
+    run_all(
+        &mut cluster,
         (0..ITEMS)
             .map(|n| Command::PublishItem(definition(item(n), creator(n), None)))
             .chain((0..LIMITED_ITEMS).map(|n| {
@@ -170,40 +104,52 @@ fn workload() -> (Vec<Envelope>, Cluster) {
             })),
     );
     // i-0 and i-5 are both items of c-0.
-    cluster.run([Command::CreateBundle {
-        bundle_id: BundleId::parse("bundle-0").unwrap(),
-        creator_id: creator(0),
-        name: "pair".into(),
-        item_ids: vec![item(0), item(5)],
-        price: 15,
-    }]);
+    run_all(
+        &mut cluster,
+        [Command::CreateBundle {
+            bundle_id: BundleId::parse("bundle-0").unwrap(),
+            creator_id: creator(0),
+            name: "pair".into(),
+            item_ids: vec![item(0), item(5)],
+            price: 15,
+        }],
+    );
     // Primary purchases skip i-0 and i-5, the bundle's items, so that
     // every bundle purchase grants both.
     let plain_item = |n: usize| if n.is_multiple_of(5) { n + 1 } else { n };
-    cluster.run((0..BUYERS).map(|n| {
-        purchase(
-            format!("primary-{n}"),
-            n,
-            PurchaseTarget::Item(item(plain_item(n % ITEMS))),
-            10,
-        )
-    }));
-    cluster.run((0..BUYERS).map(|n| {
-        purchase(
-            format!("limited-{n}"),
-            n,
-            PurchaseTarget::Item(limited_item(n % LIMITED_ITEMS)),
-            10,
-        )
-    }));
-    cluster.run((0..BUYERS).map(|n| {
-        purchase(
-            format!("bundle-purchase-{n}"),
-            n,
-            PurchaseTarget::Bundle(BundleId::parse("bundle-0").unwrap()),
-            15,
-        )
-    }));
+    run_all(
+        &mut cluster,
+        (0..BUYERS).map(|n| {
+            purchase(
+                format!("primary-{n}"),
+                n,
+                PurchaseTarget::Item(item(plain_item(n % ITEMS))),
+                10,
+            )
+        }),
+    );
+    run_all(
+        &mut cluster,
+        (0..BUYERS).map(|n| {
+            purchase(
+                format!("limited-{n}"),
+                n,
+                PurchaseTarget::Item(limited_item(n % LIMITED_ITEMS)),
+                10,
+            )
+        }),
+    );
+    run_all(
+        &mut cluster,
+        (0..BUYERS).map(|n| {
+            purchase(
+                format!("bundle-purchase-{n}"),
+                n,
+                PurchaseTarget::Bundle(BundleId::parse("bundle-0").unwrap()),
+                15,
+            )
+        }),
+    );
     let mut serials = Vec::new();
     for n in 0..LIMITED_ITEMS {
         let item_id = limited_item(n);
@@ -217,7 +163,8 @@ fn workload() -> (Vec<Envelope>, Cluster) {
         BUYERS,
         "every Limited purchase holds a serial"
     );
-    cluster.run(
+    run_all(
+        &mut cluster,
         serials
             .iter()
             .enumerate()
@@ -230,23 +177,29 @@ fn workload() -> (Vec<Envelope>, Cluster) {
             }),
     );
     // Listing n is bought by the buyer after its seller: never the seller.
-    cluster.run(serials.iter().enumerate().map(|(n, (_, _, seller))| {
-        let seller_number: usize = seller.as_str()["b-".len()..].parse().unwrap();
-        Command::ResalePurchase {
-            purchase_id: PurchaseId::parse(format!("resale-{n}")).unwrap(),
-            buyer_id: user((seller_number + 1) % BUYERS),
-            listing_id: ListingId::parse(format!("listing-{n}")).unwrap(),
-            expected_price: LISTING_PRICE,
-        }
-    }));
+    run_all(
+        &mut cluster,
+        serials.iter().enumerate().map(|(n, (_, _, seller))| {
+            let seller_number: usize = seller.as_str()["b-".len()..].parse().unwrap();
+            Command::ResalePurchase {
+                purchase_id: PurchaseId::parse(format!("resale-{n}")).unwrap(),
+                buyer_id: user((seller_number + 1) % BUYERS),
+                listing_id: ListingId::parse(format!("listing-{n}")).unwrap(),
+                expected_price: LISTING_PRICE,
+            }
+        }),
+    );
     // Half the primary purchases are refunded before their escrow is due...
-    cluster.run((0..BUYERS / 2).map(|n| Command::Refund {
-        refund_id: RefundId::parse(format!("refund-{n}")).unwrap(),
-        purchase_id: PurchaseId::parse(format!("primary-{n}")).unwrap(),
-    }));
+    run_all(
+        &mut cluster,
+        (0..BUYERS / 2).map(|n| Command::Refund {
+            refund_id: RefundId::parse(format!("refund-{n}")).unwrap(),
+            purchase_id: PurchaseId::parse(format!("primary-{n}")).unwrap(),
+        }),
+    );
     // ... and the rest of the escrow is released.
     cluster.tick(AT_MS + cluster.config.escrow_hold_ms);
-    (std::mem::take(&mut cluster.log), cluster)
+    (cluster.take_recorded().envelopes, cluster)
 }
 
 fn bench_project(criterion: &mut Criterion) {
@@ -307,7 +260,7 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
     let event_count = log.len();
     // Read back after each run: the read models agree with the engine.
     let checked_user = user(1);
-    let checked_wallet = cluster.wallet(&checked_user);
+    let checked_wallet = wallet(&cluster, &checked_user);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

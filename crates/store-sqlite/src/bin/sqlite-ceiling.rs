@@ -16,18 +16,13 @@
 //!
 //! Bounded in count; writes to a fresh temporary directory it removes.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
-use engine::shard::{ShardRunner, Step};
+use engine::in_memory::InMemoryCluster;
 use ledger_core::codec::{Envelope, MessageEnvelope};
-use ledger_core::{
-    Actor, Command, CommandMeta, Config, GrantId, ItemDefinition, ItemId, PurchaseId,
-    PurchaseTarget, Role, ShardId, UserId,
-};
+use ledger_core::{Command, GrantId, ItemDefinition, ItemId, PurchaseId, PurchaseTarget, UserId};
 use ledger_store_sqlite::{open_writer, GROUP_COMMIT_ENVELOPES_MAX};
 use rusqlite::params;
 
@@ -85,86 +80,17 @@ fn parse() -> Result<Parameters, String> {
     Ok(parameters)
 }
 
-/// Shards in memory, messages delivered in order; keeps every row written.
-struct Cluster {
-    config: Arc<Config>,
-    runners: Vec<ShardRunner<()>>,
-    network: VecDeque<MessageEnvelope>,
-    events: Vec<Envelope>,
-    messages: Vec<MessageEnvelope>,
-    refused: usize,
-}
-
-impl Cluster {
-    fn new(shards: u16) -> Cluster {
-        let config = Arc::new(Config::new(shards));
-        let runners = (0..shards)
-            .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
-            .collect();
-        Cluster {
-            config,
-            runners,
-            network: VecDeque::new(),
-            events: Vec::new(),
-            messages: Vec::new(),
-            refused: 0,
-        }
-    }
-
-    fn absorb(&mut self, step: Step<()>) {
-        self.refused += step
-            .replies
-            .iter()
-            .filter(|(_, reply)| !matches!(reply, engine::shard::Reply::Completed(completion) if completion.result.is_ok()))
-            .count();
-        self.events.extend(step.envelopes);
-        self.messages.extend(step.messages.iter().cloned());
-        self.network.extend(step.messages);
-    }
-
-    fn submit(&mut self, command: Command) {
-        let meta = CommandMeta {
-            at_ms: 1_000,
-            actor: Actor {
-                role: Role::Service,
-                user_id: UserId::parse("ceiling").expect("literal id"),
-            },
-        };
-        let shard = self.config.shard_of(&command.home_key());
-        let mut step = Step::default();
-        self.runners[shard.0 as usize].command(command, meta, (), &mut step);
-        self.absorb(step);
-    }
-
-    fn drain(&mut self) {
-        while let Some(message) = self.network.pop_front() {
-            let mut step = Step::default();
-            self.runners[message.to.0 as usize].message(message, 1_000, &mut step);
-            self.absorb(step);
-        }
-    }
-
-    fn take_rows(&mut self) -> (Vec<Envelope>, Vec<MessageEnvelope>) {
-        (
-            std::mem::take(&mut self.events),
-            std::mem::take(&mut self.messages),
-        )
-    }
-}
-
 /// The rows of `purchases` primary purchases (setup rows excluded).
 fn purchase_rows(parameters: &Parameters) -> (Vec<Envelope>, Vec<MessageEnvelope>) {
-    let mut cluster = Cluster::new(parameters.shards);
+    let mut cluster = InMemoryCluster::new(parameters.shards);
     let items = parameters.purchases.div_ceil(BUYERS);
-    for buyer in 0..BUYERS {
-        cluster.submit(Command::Grant {
-            grant_id: GrantId::parse(format!("g-{buyer}")).expect("generated ids are valid"),
-            user_id: UserId::parse(format!("b-{buyer}")).expect("generated ids are valid"),
-            amount: PRICE * items as i64,
-        });
-    }
-    for item in 0..items {
-        cluster.submit(Command::PublishItem(ItemDefinition {
+    cluster.run((0..BUYERS).map(|buyer| Command::Grant {
+        grant_id: GrantId::parse(format!("g-{buyer}")).expect("generated ids are valid"),
+        user_id: UserId::parse(format!("b-{buyer}")).expect("generated ids are valid"),
+        amount: PRICE * items as i64,
+    }));
+    cluster.run((0..items).map(|item| {
+        Command::PublishItem(ItemDefinition {
             item_id: ItemId::parse(format!("i-{item}")).expect("generated ids are valid"),
             creator_id: UserId::parse(format!("c-{}", item % 5)).expect("generated ids are valid"),
             name: "thing".into(),
@@ -174,30 +100,22 @@ fn purchase_rows(parameters: &Parameters) -> (Vec<Envelope>, Vec<MessageEnvelope
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: false,
-        }));
-    }
-    cluster.drain();
-    assert_eq!(cluster.refused, 0, "the setup is accepted");
-    let _setup = cluster.take_rows();
-    for n in 0..parameters.purchases {
-        cluster.submit(Command::Purchase {
-            purchase_id: PurchaseId::parse(format!("p-{n}")).expect("generated ids are valid"),
-            buyer_id: UserId::parse(format!("b-{}", n % BUYERS)).expect("generated ids are valid"),
-            target: PurchaseTarget::Item(
-                ItemId::parse(format!("i-{}", n / BUYERS)).expect("generated ids are valid"),
-            ),
-            expected_price: PRICE,
-        });
-        if n % 256 == 255 {
-            cluster.drain();
-        }
-    }
-    cluster.drain();
-    assert_eq!(
-        cluster.refused, 0,
-        "every purchase succeeds, so the rows are those of successful purchases"
-    );
-    cluster.take_rows()
+        })
+    }));
+    cluster.expect_succeeded(BUYERS + items);
+    cluster.record();
+    cluster.run((0..parameters.purchases).map(|n| Command::Purchase {
+        purchase_id: PurchaseId::parse(format!("p-{n}")).expect("generated ids are valid"),
+        buyer_id: UserId::parse(format!("b-{}", n % BUYERS)).expect("generated ids are valid"),
+        target: PurchaseTarget::Item(
+            ItemId::parse(format!("i-{}", n / BUYERS)).expect("generated ids are valid"),
+        ),
+        expected_price: PRICE,
+    }));
+    // Every purchase succeeds, so the rows are those of successful purchases.
+    cluster.expect_succeeded(parameters.purchases);
+    let recorded = cluster.take_recorded();
+    (recorded.envelopes, recorded.messages)
 }
 
 struct Measured {

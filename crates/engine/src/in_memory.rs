@@ -1,0 +1,256 @@
+//! Every shard of a ledger in one thread, messages delivered in memory in
+//! order, no storage: the unchanged `ShardRunner`s, for benchmarks and
+//! measuring tools that need the engine's real output (its events, its
+//! messages) without its I/O.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ledger_core::codec::{Envelope, MessageEnvelope};
+use ledger_core::{
+    Actor, Command, CommandMeta, Completion, Config, Role, ShardId, ShardState, TimestampMs, UserId,
+};
+
+use crate::ports::Recovery;
+use crate::shard::{Reply, ShardRunner, Step};
+
+/// How the commands ended, counted from the replies.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub succeeded: usize,
+    pub failed: usize,
+    pub first_failure: Option<String>,
+}
+
+/// What a cluster keeps of its output.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// Every envelope, in the order the shards sealed them: a valid global
+    /// commit order (causes before effects).
+    pub envelopes: Vec<Envelope>,
+    /// Every message sent, in the order sent.
+    pub messages: Vec<MessageEnvelope>,
+}
+
+pub struct InMemoryCluster {
+    pub config: Arc<Config>,
+    pub runners: Vec<ShardRunner<()>>,
+    network: VecDeque<MessageEnvelope>,
+    outcomes: Outcomes,
+    /// `None` unless recording: the timed paths of a benchmark skip the copy.
+    recorded: Option<Recorded>,
+    /// The clock the commands and messages see.
+    pub now_ms: TimestampMs,
+}
+
+impl InMemoryCluster {
+    pub fn new(shards: u16) -> InMemoryCluster {
+        Self::with_config(Arc::new(Config::new(shards)))
+    }
+
+    pub fn with_config(config: Arc<Config>) -> InMemoryCluster {
+        let runners = (0..config.shard_count)
+            .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
+            .collect();
+        InMemoryCluster {
+            config,
+            runners,
+            network: VecDeque::new(),
+            outcomes: Outcomes::default(),
+            recorded: None,
+            now_ms: 1_000,
+        }
+    }
+
+    /// Starts keeping every envelope and message from now on.
+    pub fn record(&mut self) {
+        self.recorded.get_or_insert_with(Recorded::default);
+    }
+
+    /// What was kept since `record` (and stops keeping).
+    pub fn take_recorded(&mut self) -> Recorded {
+        self.recorded.take().unwrap_or_default()
+    }
+
+    /// Envelopes kept so far.
+    pub fn recorded_envelopes(&self) -> usize {
+        self.recorded
+            .as_ref()
+            .map_or(0, |recorded| recorded.envelopes.len())
+    }
+
+    /// An independent copy of a quiescent cluster, with fresh outcome
+    /// counts, through snapshot and restore (a quiescent shard holds no
+    /// early message and no waiter, so its snapshot is all of it).
+    pub fn fork(&self) -> InMemoryCluster {
+        assert!(self.network.is_empty(), "fork a quiescent cluster");
+        let runners = self
+            .runners
+            .iter()
+            .map(|runner| {
+                assert_eq!((runner.early_messages(), runner.waiting_commands()), (0, 0));
+                let recovery = Recovery {
+                    snapshot: Some(runner.snapshot()),
+                    envelopes: Vec::new(),
+                };
+                ShardRunner::restore(runner.shard(), self.config.clone(), recovery)
+                    .expect("a snapshot restores")
+            })
+            .collect();
+        InMemoryCluster {
+            config: self.config.clone(),
+            runners,
+            network: VecDeque::new(),
+            outcomes: Outcomes::default(),
+            recorded: None,
+            now_ms: self.now_ms,
+        }
+    }
+
+    fn absorb(&mut self, step: Step<()>) {
+        for (_, reply) in &step.replies {
+            match reply {
+                Reply::Completed(Completion { result: Ok(_), .. }) => self.outcomes.succeeded += 1,
+                failure => {
+                    self.outcomes.failed += 1;
+                    if self.outcomes.first_failure.is_none() {
+                        self.outcomes.first_failure = Some(format!("{failure:?}"));
+                    }
+                }
+            }
+        }
+        if let Some(recorded) = &mut self.recorded {
+            recorded.envelopes.extend(step.envelopes);
+            recorded.messages.extend(step.messages.iter().cloned());
+        }
+        self.network.extend(step.messages);
+    }
+
+    /// Decides one command on its home shard (as a `service` caller; roles
+    /// are the API's concern, not the engine's).
+    pub fn submit(&mut self, command: Command) {
+        let meta = CommandMeta {
+            at_ms: self.now_ms,
+            actor: Actor {
+                role: Role::Service,
+                user_id: UserId::parse("in-memory").expect("literal id"),
+            },
+        };
+        let shard = self.config.shard_of(&command.home_key());
+        let mut step = Step::default();
+        self.runners[shard.0 as usize].command(command, meta, (), &mut step);
+        self.absorb(step);
+    }
+
+    /// Delivers messages until none is left.
+    pub fn drain(&mut self) {
+        while let Some(message) = self.network.pop_front() {
+            let shard = message.to.0 as usize;
+            let mut step = Step::default();
+            self.runners[shard].message(message, self.now_ms, &mut step);
+            self.absorb(step);
+        }
+    }
+
+    /// Submits `commands`, delivering messages in waves of 256 commands as a
+    /// shard's batch would, until the cluster is quiescent.
+    pub fn run(&mut self, commands: impl IntoIterator<Item = Command>) {
+        for (n, command) in commands.into_iter().enumerate() {
+            self.submit(command);
+            if n % 256 == 255 {
+                self.drain();
+            }
+        }
+        self.drain();
+    }
+
+    /// Advances every shard's clock to `now_ms` (due escrow is released).
+    pub fn tick(&mut self, now_ms: TimestampMs) {
+        self.now_ms = now_ms;
+        for shard in 0..self.runners.len() {
+            let mut step = Step::default();
+            self.runners[shard].tick(now_ms, &mut step);
+            self.absorb(step);
+        }
+        self.drain();
+    }
+
+    /// Panics unless exactly `count` commands completed since the cluster
+    /// was made or forked, or since the last check, all successfully (a
+    /// measurement must not count refusals). Starts counting afresh.
+    pub fn expect_succeeded(&mut self, count: usize) {
+        assert!(self.network.is_empty(), "messages left undelivered");
+        let outcomes = std::mem::take(&mut self.outcomes);
+        assert_eq!(
+            (outcomes.succeeded, outcomes.failed),
+            (count, 0),
+            "commands did not all succeed; first failure: {:?}",
+            outcomes.first_failure
+        );
+    }
+
+    /// The state of the shard that owns `key`.
+    pub fn state_of(&self, key: &str) -> &ShardState {
+        &self.runners[self.config.shard_of(key).0 as usize].state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_core::{Account, GrantId};
+
+    fn grant(n: usize, amount: i64) -> Command {
+        Command::Grant {
+            grant_id: GrantId::parse(format!("g-{n}")).unwrap(),
+            user_id: UserId::parse(format!("u-{n}")).unwrap(),
+            amount,
+        }
+    }
+
+    #[test]
+    fn commands_finish_across_shards_and_are_recorded() {
+        let mut cluster = InMemoryCluster::new(4);
+        cluster.record();
+        cluster.run((0..40).map(|n| grant(n, 5)));
+        cluster.expect_succeeded(40);
+        let user = UserId::parse("u-7").unwrap();
+        let state = cluster.state_of(&ledger_core::keys::user(&user));
+        assert_eq!(state.balance(&Account::Wallet(user)), 5);
+        let recorded = cluster.take_recorded();
+        assert!(!recorded.envelopes.is_empty());
+        assert!(
+            !recorded.messages.is_empty(),
+            "a grant credits the user's shard by message"
+        );
+    }
+
+    #[test]
+    fn a_fork_is_independent_and_a_repeat_is_not_applied_twice() {
+        let mut cluster = InMemoryCluster::new(2);
+        cluster.run([grant(1, 5)]);
+        cluster.expect_succeeded(1);
+        let mut fork = cluster.fork();
+        fork.run([grant(1, 5), grant(2, 9)]);
+        fork.expect_succeeded(2);
+        let user = UserId::parse("u-1").unwrap();
+        let balance = |cluster: &InMemoryCluster| {
+            cluster
+                .state_of(&ledger_core::keys::user(&user))
+                .balance(&Account::Wallet(user.clone()))
+        };
+        assert_eq!(
+            balance(&fork),
+            5,
+            "the repeated grant is answered, not applied"
+        );
+        let other = UserId::parse("u-2").unwrap();
+        assert_eq!(
+            cluster
+                .state_of(&ledger_core::keys::user(&other))
+                .balance(&Account::Wallet(other.clone())),
+            0,
+            "the original does not see the fork's grant"
+        );
+    }
+}
