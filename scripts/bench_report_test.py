@@ -113,6 +113,14 @@ def write_results(root: Path) -> None:
         write_json(root / f"http/catalogue-run{run}.json", load_run(6_000.0, mode="http", workload="catalogue"))
         write_json(root / f"http/open-loop-run{run}.json", load_run(
             4_000.0, mode="http", dropped=run * 100, parameters={"rate_per_second": 5000.0}))
+        # The sweep: 1,000/s and 2,000/s within p99 ≤ 20 ms (2,000/s only in
+        # the median), 3,000/s over it, 4,000/s dropping requests.
+        write_json(root / f"http/open-loop-rate1000-run{run}.json", load_run(1_000.0, 2.0, 8.0, mode="http"))
+        write_json(root / f"http/open-loop-rate2000-run{run}.json",
+                   load_run(2_000.0, 3.0, 30.0 if run == 1 else 15.0, mode="http"))
+        write_json(root / f"http/open-loop-rate3000-run{run}.json", load_run(2_990.0, 9.0, 45.0, mode="http"))
+        write_json(root / f"http/open-loop-rate4000-run{run}.json",
+                   load_run(3_500.0, 9.0, 12.0, mode="http", dropped=500))
     write_json(root / "distributed/ceiling-kafka-engines1-run1.json", {"records_per_second": 200_000.0, "shards": 4})
     write_json(root / "distributed/ceiling-kafka-engines1-run2.json", {"records_per_second": 220_000.0, "shards": 4})
     for run, (one, two) in enumerate(((8_000.0, 14_000.0), (7_000.0, 13_000.0), (9_000.0, 15_000.0)), start=1):
@@ -238,6 +246,19 @@ class SummaryTest(ResultsTestCase):
         self.results = load_results(self.results_directory)
         self.assertIn("(**FAILED** its check in 1 of 3 runs)",
                       self.row(self.table("summary"), "durable embedded (engine + SQLite), best shard count")[1])
+
+
+class OpenLoopSweepTest(ResultsTestCase):
+    def test_each_rate_and_the_highest_within_the_latency_target(self):
+        table = self.table("open-loop")
+        self.assertEqual(self.row(table, "1,000")[3], "8.00")
+        self.assertEqual(self.row(table, "1,000")[7], "yes")
+        self.assertEqual(self.row(table, "2,000")[3], "15.0", "median of 30 / 15 / 15")
+        self.assertEqual(self.row(table, "3,000")[7], "no")
+        self.assertEqual(self.row(table, "4,000")[5], "500")
+        self.assertEqual(self.row(table, "4,000")[7], "no", "a run that drops requests does not count")
+        self.assertEqual(self.row(table, "5,000")[1], "not measured in this run")
+        self.assertIn("**2,000 purchases/s**", table)
 
 
 class EmbeddedTest(ResultsTestCase):

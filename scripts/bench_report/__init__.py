@@ -24,6 +24,8 @@ Placeholders (the template's syntax)
                   purchase benches vs 1,000,000/s per core, replay/* vs 2,000,000 events/s)
     embedded      durable embedded purchases/s by shard count, next to the SQLite ceiling
     http          one row per HTTP workload (purchases, drop, catalogue, resale, open-loop)
+    open-loop     HTTP purchases at fixed offered rates (the sweep): latency per rate, and
+                  the highest rate answered with p99 within the target and nothing dropped
     drop          the limited drop, embedded and HTTP: time to sell out, sold, oversold
     distributed   purchases/s with 1 and 2 engines, next to the Kafka and CQL ceilings
     peer          the ledger against the peer implementation, run by run
@@ -72,13 +74,16 @@ name below is reported as unrecognised; other files (logs) are ignored.
                      new/estimates.json ({"mean": {"point_estimate": ns, ...},
                      "median": {"point_estimate": ns, ...}, ...}, criterion 0.5); found
                      by walking the tree, since criterion sanitises directory names
-      embedded/ceiling-sqlite-run{k}.json          {"rows_per_second", "rows", "seconds",
+      embedded/ceiling-sqlite-shards{N}-run{k}.json  (or ceiling-sqlite-run{k}.json)
+                     {"rows_per_second", "rows", "seconds",
                      "batch_rows", "row_bytes", "journal_mode", "synchronous"; optional:
                      "shards", "rows_per_purchase", "purchases_per_second"}
       embedded/purchases-shards{N}-run{k}.json     load generator JSON, N in 1, 2, 4, 8
       embedded/drop-run{k}.json                    load generator JSON
       http/{W}-run{k}.json                         load generator JSON, W in purchases,
                                                    drop, catalogue, resale, open-loop
+      http/open-loop-rate{R}-run{k}.json           load generator JSON, purchases offered at
+                                                   R/s (R in 1000, 2000, ... 6000)
       distributed/ceiling-kafka-engines{E}-run{k}.json  {"records_per_second", "records",
                      "transactions", "seconds", "record_bytes", "shards", "batch"}
       distributed/ceiling-cql-engines{E}-run{k}.json    {"rows_per_second", "rows",

@@ -16,6 +16,7 @@ from typing import Any
 SHARD_COUNTS = (1, 2, 4, 8)
 ENGINE_COUNTS = (1, 2)
 HTTP_WORKLOADS = ("purchases", "drop", "catalogue", "resale", "open-loop")
+OPEN_LOOP_RATES = (1000, 2000, 3000, 4000, 5000, 6000)
 STAGE_DIRECTORIES = ("embedded", "http", "distributed", "peer")
 
 
@@ -96,6 +97,8 @@ SERIES = (
     Series("embedded_drop", r"embedded/drop-run(?P<run>\d+)\.json", "embedded/drop-run{k}.json"),
     Series("http", r"http/(?P<key>purchases|drop|catalogue|resale|open-loop)-run(?P<run>\d+)\.json",
            "http/{key}-run{k}.json", expected_keys=HTTP_WORKLOADS),
+    Series("open_loop_sweep", r"http/open-loop-rate(?P<key>\d+)-run(?P<run>\d+)\.json",
+           "http/open-loop-rate{key}-run{k}.json", expected_keys=OPEN_LOOP_RATES),
     Series("kafka_ceiling", r"distributed/ceiling-kafka-engines(?P<key>\d+)-run(?P<run>\d+)\.json",
            "distributed/ceiling-kafka-engines{key}-run{k}.json",
            ceiling_rate_field="records_per_second", expected_keys=ENGINE_COUNTS),
@@ -123,6 +126,7 @@ class Results:
     embedded_purchases: dict[int, list[LoadRun]] = field(default_factory=dict)
     embedded_drop: list[LoadRun] = field(default_factory=list)
     http: dict[str, list[LoadRun]] = field(default_factory=dict)
+    open_loop_sweep: dict[int, list[LoadRun]] = field(default_factory=dict)
     kafka_ceiling: dict[int, list[CeilingRun]] = field(default_factory=dict)
     cql_ceiling: dict[int, list[CeilingRun]] = field(default_factory=dict)
     distributed_purchases: dict[int, list[LoadRun]] = field(default_factory=dict)

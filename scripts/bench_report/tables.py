@@ -15,7 +15,7 @@ from typing import Callable
 
 from . import numbers
 from .numbers import MISSING, median, significant
-from .results import (ENGINE_COUNTS, HTTP_WORKLOADS, SHARD_COUNTS, CeilingRun, CriterionBenchmark,
+from .results import (ENGINE_COUNTS, HTTP_WORKLOADS, OPEN_LOOP_RATES, SHARD_COUNTS, CeilingRun, CriterionBenchmark,
                       LoadRun, Results, is_number)
 from .summaries import (LoadSummary, Options, PerPurchase, criterion_rate,
                         distributed_events_per_purchase, embedded_rows_per_purchase,
@@ -352,6 +352,34 @@ def http_table(results: Results, options: Options) -> str:
     return markdown_table(headers, rows)
 
 
+def open_loop_table(results: Results, options: Options) -> str:
+    """Purchases at fixed offered rates: where the p99 leaves the latency target."""
+    if not results.open_loop_sweep:
+        return not_measured_block("http/open-loop-rate*-run*.json")
+    headers = ["offered/s", "answered/s (median)", "p50 ms", "p99 ms", "p99.9 ms",
+               "dropped by the generator (median)", "checks", f"p99 ≤ {numbers.count(HTTP_TARGET_P99_MS)} ms"]
+    rows, within = [], []
+    for rate in expected_then_found_keys(OPEN_LOOP_RATES, results.open_loop_sweep):
+        summary = summarize(results.open_loop_sweep.get(rate, []))
+        if summary is None:
+            rows.append([numbers.count(rate), NOT_MEASURED] + [MISSING] * 6)
+            continue
+        p99 = summary.latency_ms.get("p99")
+        dropped = median_request_count(summary.runs, "dropped_by_generator") or 0
+        meets = p99 is not None and p99 <= HTTP_TARGET_P99_MS and dropped == 0 and not summary.failed_runs
+        if meets:
+            within.append(rate)
+        rows.append([
+            numbers.count(rate), significant(summary.rate_per_second), latency_cell(summary, "p50"),
+            latency_cell(summary, "p99"), latency_cell(summary, "p99_9"), numbers.count(dropped),
+            checks_cell(summary.runs), "yes" if meets else "no",
+        ])
+    best = (f"Highest offered rate answered with p99 ≤ {numbers.count(HTTP_TARGET_P99_MS)} ms and nothing "
+            f"dropped: **{numbers.count(max(within))} purchases/s**."
+            if within else f"No offered rate was answered with p99 ≤ {numbers.count(HTTP_TARGET_P99_MS)} ms.")
+    return "\n".join([markdown_table(headers, rows), "", best])
+
+
 def http_target(workload: str, summary: LoadSummary | None) -> tuple[str, str]:
     if workload != "purchases":
         return MISSING, MISSING
@@ -550,6 +578,7 @@ TABLES: dict[str, Callable[[Results, Options], str]] = {
     "criterion": criterion_table,
     "embedded": embedded_table,
     "http": http_table,
+    "open-loop": open_loop_table,
     "drop": drop_table,
     "distributed": distributed_table,
     "peer": peer_table,
