@@ -15,4 +15,4 @@ pub mod projector;
 pub mod worker;
 
 pub use bus::{BusError, BusSettings, KafkaCommandBus};
-pub use worker::{EngineWorker, WorkerError, WorkerSettings};
+pub use worker::{EngineWorker, WorkerError, WorkerHealth, WorkerSettings};

@@ -11,6 +11,7 @@ pub const WORKER_APPEND_DURATION_SECONDS: &str = "ledger_worker_append_duration_
 pub const WORKER_TRANSACTION_DURATION_SECONDS: &str = "ledger_worker_transaction_duration_seconds";
 pub const WORKER_BATCH_INPUTS: &str = "ledger_worker_batch_inputs";
 pub const WORKER_RESTORE_DURATION_SECONDS: &str = "ledger_worker_restore_duration_seconds";
+pub const WORKER_STALLED_PARTITIONS: &str = "ledger_worker_stalled_partitions";
 pub const BUS_COMMANDS_TOTAL: &str = "ledger_command_bus_commands_total";
 pub const BUS_REPLIES_TOTAL: &str = "ledger_command_bus_replies_total";
 pub const BUS_TIMEOUTS_TOTAL: &str = "ledger_command_bus_timeouts_total";
@@ -42,6 +43,10 @@ pub fn describe() {
         "Kafka transaction (produce, offsets, commit) of one shard batch"
     );
     metrics::describe_histogram!(WORKER_BATCH_INPUTS, "records polled per worker batch");
+    metrics::describe_gauge!(
+        WORKER_STALLED_PARTITIONS,
+        "owned input partitions with records waiting that the worker has stopped reading"
+    );
     metrics::describe_histogram!(
         WORKER_RESTORE_DURATION_SECONDS,
         "time to take over a shard (recover, fence, republish)"

@@ -148,6 +148,72 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Whether the worker is consuming, for readiness: its loop turns, and no
+/// owned input partition has records waiting that it has stopped reading.
+#[derive(Debug)]
+pub struct WorkerHealth {
+    started: Instant,
+    /// Milliseconds after `started` when the loop last finished a batch.
+    loop_turned_ms: AtomicU64,
+    /// Owned input partitions with records waiting and no progress over a
+    /// whole [`STALL_AFTER`].
+    stalled_partitions: AtomicU64,
+}
+
+/// A partition with records waiting that made no progress this long is stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+/// How often the worker compares its positions with the partitions' ends.
+const PROGRESS_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+impl WorkerHealth {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            loop_turned_ms: AtomicU64::new(0),
+            stalled_partitions: AtomicU64::new(0),
+        }
+    }
+
+    fn loop_turned(&self) {
+        self.loop_turned_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The loop finished a batch within [`STALL_AFTER`] and no owned input
+    /// partition is stalled.
+    pub fn is_consuming(&self) -> bool {
+        let since_turn_ms = (self.started.elapsed().as_millis() as u64)
+            .saturating_sub(self.loop_turned_ms.load(Ordering::Relaxed));
+        since_turn_ms < STALL_AFTER.as_millis() as u64
+            && self.stalled_partitions.load(Ordering::Relaxed) == 0
+    }
+
+    /// Owned input partitions with records waiting and no progress.
+    pub fn stalled_partitions(&self) -> u64 {
+        self.stalled_partitions.load(Ordering::Relaxed)
+    }
+}
+
+/// Input partitions' positions at the previous progress check, and since when
+/// each has had records waiting without moving.
+#[derive(Default)]
+struct ProgressWatch {
+    checked_at: Option<Instant>,
+    /// (topic, partition) → (position, waiting since).
+    waiting: BTreeMap<(String, i32), (i64, Instant)>,
+    /// The measurement running on the blocking pool.
+    measuring: Option<tokio::task::JoinHandle<Vec<PartitionProgress>>>,
+}
+
+/// One owned input partition: the consumer's position and the partition's end.
+struct PartitionProgress {
+    topic: String,
+    partition: i32,
+    position: i64,
+    /// `None` when the end could not be read.
+    end: Option<i64>,
+}
+
 struct GroupContext {
     commands_topic: String,
     news: Mutex<Vec<Ownership>>,
@@ -227,6 +293,7 @@ pub struct EngineWorker {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     owned: Arc<Mutex<Vec<ShardId>>>,
+    health: Arc<WorkerHealth>,
 }
 
 fn now_ms() -> u64 {
@@ -289,7 +356,10 @@ impl EngineWorker {
             })?;
         let (stop, stopping) = watch::channel(false);
         let owned = Arc::new(Mutex::new(Vec::new()));
+        let health = Arc::new(WorkerHealth::new());
         let worker = Worker {
+            health: health.clone(),
+            progress: ProgressWatch::default(),
             consumer: Arc::new(consumer),
             kafka,
             topics,
@@ -304,7 +374,17 @@ impl EngineWorker {
             in_flight,
         };
         let task = tokio::spawn(worker.run(stopping));
-        Ok(EngineWorker { stop, task, owned })
+        Ok(EngineWorker {
+            stop,
+            task,
+            owned,
+            health,
+        })
+    }
+
+    /// Whether the worker is consuming (see [`WorkerHealth::is_consuming`]).
+    pub fn health(&self) -> Arc<WorkerHealth> {
+        self.health.clone()
     }
 
     /// The shards owned right now.
@@ -333,6 +413,8 @@ struct Worker {
     owned: Arc<Mutex<Vec<ShardId>>>,
     last_tick: Instant,
     in_flight: Arc<TransactionsInFlight>,
+    health: Arc<WorkerHealth>,
+    progress: ProgressWatch,
 }
 
 /// Waits for a shard's background transaction (a failed one stopped the process).
@@ -353,6 +435,8 @@ impl Worker {
             self.follow_rebalances().await;
             self.decide(inputs);
             self.commit().await;
+            self.health.loop_turned();
+            self.check_progress();
         }
         for owned in self.shards.values_mut() {
             if let Some(handle) = owned.in_flight.take() {
@@ -424,6 +508,112 @@ impl Worker {
         }
     }
 
+    /// Every [`PROGRESS_CHECK_INTERVAL`]: compares the consumer's position on
+    /// each owned input partition with the partition's end (its last stable
+    /// offset). A partition that has had records waiting without its position
+    /// moving for [`STALL_AFTER`] is stalled: the worker is not consuming, and
+    /// readiness says so. (A hanging transaction can do this: the group's
+    /// offsets stay unstable, so the consumer never starts fetching.) The
+    /// measurement runs on the blocking pool while batches go on; its result is
+    /// taken on a later turn of the loop.
+    fn check_progress(&mut self) {
+        let now = Instant::now();
+        if let Some(measuring) = &self.progress.measuring {
+            if !measuring.is_finished() {
+                return;
+            }
+            let measuring = self.progress.measuring.take().expect("checked above");
+            let measured = futures_util::FutureExt::now_or_never(measuring)
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            self.judge_progress(now, measured);
+            return;
+        }
+        if self
+            .progress
+            .checked_at
+            .is_some_and(|at| now.duration_since(at) < PROGRESS_CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.progress.checked_at = Some(now);
+        let partitions: Vec<(String, i32)> = self
+            .shards
+            .keys()
+            .flat_map(|shard| {
+                let partition = i32::from(shard.0);
+                [
+                    (self.topics.commands.clone(), partition),
+                    (self.topics.shard_messages.clone(), partition),
+                ]
+            })
+            .collect();
+        let consumer = self.consumer.clone();
+        self.progress.measuring = Some(tokio::task::spawn_blocking(move || {
+            let positions = consumer.position().ok();
+            partitions
+                .into_iter()
+                .map(|(topic, partition)| {
+                    let position = positions
+                        .as_ref()
+                        .and_then(|list| list.find_partition(&topic, partition))
+                        .and_then(|element| element.offset().to_raw())
+                        .unwrap_or(-1);
+                    // `read_committed`: the last stable offset.
+                    let end = consumer
+                        .fetch_watermarks(&topic, partition, Duration::from_secs(2))
+                        .map(|(_, high)| high)
+                        .ok();
+                    PartitionProgress {
+                        topic,
+                        partition,
+                        position,
+                        end,
+                    }
+                })
+                .collect()
+        }));
+    }
+
+    fn judge_progress(&mut self, now: Instant, measured: Vec<PartitionProgress>) {
+        let mut waiting = BTreeMap::new();
+        let mut stalled = 0u64;
+        for PartitionProgress {
+            topic,
+            partition,
+            position,
+            end,
+        } in measured
+        {
+            // An end that cannot be read (broker away) says nothing either way.
+            let Some(end) = end else { continue };
+            if end <= position.max(0) {
+                continue;
+            }
+            let key = (topic, partition);
+            let since = match self.progress.waiting.get(&key) {
+                Some((previous, since)) if *previous == position => *since,
+                _ => now,
+            };
+            if now.duration_since(since) >= STALL_AFTER {
+                stalled += 1;
+                tracing::warn!(
+                    topic = %key.0,
+                    partition,
+                    position,
+                    end,
+                    "input partition has records waiting and is not being consumed"
+                );
+            }
+            waiting.insert(key, (position, since));
+        }
+        self.progress.waiting = waiting;
+        self.health
+            .stalled_partitions
+            .store(stalled, Ordering::Relaxed);
+        metrics::gauge!(names::WORKER_STALLED_PARTITIONS).set(stalled as f64);
+    }
+
     async fn follow_rebalances(&mut self) {
         let news: Vec<Ownership> =
             std::mem::take(&mut *self.consumer.context().news.lock().expect("news lock"));
@@ -484,6 +674,26 @@ impl Worker {
             Ok(writer) => writer,
             Err(error) => crash(shard, "initialising the shard's transactions", &error),
         };
+        // End what a broker restart may have left open for this producer id,
+        // on every partition the shard writes to and on the group's offsets,
+        // before reading where Kafka's copy of the shard ends.
+        let partition = i32::from(shard.0);
+        let group = self
+            .consumer
+            .group_metadata()
+            .expect("a subscribed consumer has group metadata");
+        let sweep_offsets = ConsumedOffsets::new(
+            group,
+            &[
+                (self.topics.commands.as_str(), partition, 0),
+                (self.topics.shard_messages.as_str(), partition, 0),
+            ],
+        )
+        .unwrap_or_else(|error| crash(shard, "recording the sweep's offsets", &error));
+        match writer.end_hanging_transactions(Some(sweep_offsets)).await {
+            Ok(partitions) => tracing::debug!(%shard, partitions, "open transactions ended"),
+            Err(error) => crash(shard, "ending the shard's open transactions", &error),
+        }
         let last = match log_kafka::last_event(
             &self.kafka,
             &self.topics,

@@ -13,7 +13,7 @@ use command_api::auth::Verifier;
 use command_api::observability::Observability;
 use command_api::{CommandApi, Server};
 use distributed::projector::{Projector, ProjectorSettings};
-use distributed::{BusSettings, EngineWorker, KafkaCommandBus, WorkerSettings};
+use distributed::{BusSettings, EngineWorker, KafkaCommandBus, WorkerHealth, WorkerSettings};
 use engine::EngineConfig;
 use ledger_core::Config;
 use log_kafka::{KafkaConfig, TopicAdmin, TopicLayout, Topics};
@@ -246,6 +246,7 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 async fn monitor_readiness(
     settings: ClusterSettings,
     ready: Arc<AtomicBool>,
+    engine: Option<Arc<WorkerHealth>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let session = scylla::client::session_builder::SessionBuilder::new()
@@ -277,11 +278,15 @@ async fn monitor_readiness(
             ),
             Err(_) => false,
         };
-        let now_ready = kafka_answers && cql_answers;
+        // An engine worker that stopped consuming (its loop stuck, or input
+        // records waiting that it no longer reads) makes its process unready.
+        let engine_consuming = engine.as_ref().is_none_or(|health| health.is_consuming());
+        let now_ready = kafka_answers && cql_answers && engine_consuming;
         if ready.swap(now_ready, Ordering::SeqCst) != now_ready {
             tracing::warn!(
                 kafka_answers,
                 cql_answers,
+                engine_consuming,
                 "readiness changed to {now_ready}"
             );
         }
@@ -489,7 +494,19 @@ impl Service {
             ready,
         } = self;
         ready.store(true, Ordering::SeqCst);
-        let monitor = tokio::spawn(monitor_readiness(settings, ready.clone(), stop.subscribe()));
+        let engine = match &parts {
+            Parts::CommandApi {
+                worker: Some(worker),
+                ..
+            } => Some(worker.health()),
+            _ => None,
+        };
+        let monitor = tokio::spawn(monitor_readiness(
+            settings,
+            ready.clone(),
+            engine,
+            stop.subscribe(),
+        ));
         let mut receiver = stop.subscribe();
         let signal = async move {
             let _ = receiver.wait_for(|stopped| *stopped).await;

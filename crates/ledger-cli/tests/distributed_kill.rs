@@ -8,13 +8,13 @@
 #![cfg(feature = "distributed")]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger_core::{Role, UserId};
 use serde_json::{json, Value};
+use support::start;
+
+mod support;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -23,96 +23,10 @@ const BUYERS: usize = 60;
 const PURCHASES: usize = 240;
 const SUPPLY: u64 = 100;
 
-struct Process {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(role: &str, environment: &[(String, String)]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .arg(role)
-        .envs(
-            environment
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_str())),
-        )
-        .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ledger binary starts");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("{role} exited before listening"))
-            .expect("readable stderr");
-        if let Some((_, url)) = line.split_once("listening on ") {
-            break url.trim().to_string();
-        }
-        eprintln!("{role}: {line}");
-    };
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            eprintln!("[service] {line}");
-        }
-    });
-    Process { child, url }
-}
-
-fn token(role: Role, sub: &str) -> String {
-    command_api::auth::issue_token(
-        SECRET.as_bytes(),
-        role,
-        &UserId::parse(sub).expect("valid subject"),
-        3_600,
-        command_api::auth::now_seconds(),
-    )
-}
-
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    body: &Value,
-) -> Result<(u16, Value), reqwest::Error> {
-    let (role, sub) = if url.ends_with("/v1/grants") {
-        (Role::Admin, "admin")
-    } else {
-        (Role::Service, "purchase-flow")
-    };
-    let response = client
-        .post(url)
-        .bearer_auth(token(role, sub))
-        .json(body)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
 /// The `ledger_worker_shards_owned` gauge of a command-api process.
 async fn shards_owned(client: &reqwest::Client, base: &str) -> Option<u64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
+    support::metric(client, base, "ledger_worker_shards_owned")
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("ledger_worker_shards_owned "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
         .map(|value| value as u64)
 }
 
@@ -140,14 +54,7 @@ async fn wait_for_ownership(
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {
-    let response = client
-        .get(url)
-        .bearer_auth(token(Role::Service, "purchase-flow"))
-        .send()
-        .await
-        .expect("query API answers");
-    assert_eq!(response.status().as_u16(), 200, "{url}");
-    response.json().await.expect("json")
+    support::get(client, SECRET, url).await
 }
 
 /// Posts until a definitive answer, to `first` and then (once it is dead)
@@ -158,51 +65,16 @@ async fn post_until_answered(
     path: &str,
     body: &Value,
 ) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut attempt = 0usize;
-    loop {
-        let url = format!("{}{path}", urls[attempt.min(1)]);
-        match post(client, &url, body).await {
-            Ok((status, body)) if status != 503 && status != 504 => return (status, body),
-            Ok(_) | Err(_) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "no answer for {body} within 120 s"
-                );
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    support::post_until_answered(client, SECRET, &urls, path, body, Duration::from_secs(120)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
-    if std::env::var("LEDGER_TEST_BACKEND").ok().as_deref() != Some("distributed") {
-        eprintln!("skipped; set LEDGER_TEST_BACKEND=distributed (scripts/test does)");
+    if !support::distributed_backend() {
         return;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or(0);
-    let name = format!("k{}_{}", nanos % 1_000_000_000_000, std::process::id());
-    let environment: Vec<(String, String)> = vec![
-        ("LEDGER_SHARDS".into(), "4".into()),
-        ("LEDGER_TOPIC_PREFIX".into(), name.clone()),
-        ("LEDGER_CQL_KEYSPACE".into(), name.clone()),
-        ("LEDGER_REPLY_PARTITIONS".into(), "2".into()),
-        ("LEDGER_JWT_SECRET".into(), SECRET.into()),
-        ("LEDGER_SNAPSHOT_EVERY_EVENTS".into(), "300".into()),
-        (
-            "LEDGER_KAFKA_BOOTSTRAP".into(),
-            std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("LEDGER_KAFKA_BOOTSTRAP is set"),
-        ),
-        (
-            "LEDGER_CQL_CONTACT".into(),
-            std::env::var("LEDGER_CQL_CONTACT").expect("LEDGER_CQL_CONTACT is set"),
-        ),
-    ];
+    let name = support::unique_name("k");
+    let environment = support::environment(&name, SECRET);
     let victim = start("command-api", &environment);
     let survivor = start("command-api", &environment);
     let projector = start("projector", &environment);
@@ -355,28 +227,5 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
     drop(survivor);
     drop(projector);
     drop(query);
-    remove_test_data(&name).await;
-}
-
-/// Drops the test's keyspace and deletes its topics (best effort): the
-/// brokers are shared by every test of the run.
-async fn remove_test_data(name: &str) {
-    let contact = std::env::var("LEDGER_CQL_CONTACT").unwrap_or_default();
-    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
-    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(nodes)
-        .build()
-        .await
-    {
-        let _ = session
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
-            .await;
-    }
-    let kafka =
-        log_kafka::KafkaConfig::new(std::env::var("LEDGER_KAFKA_BOOTSTRAP").unwrap_or_default());
-    if let Ok(admin) = log_kafka::TopicAdmin::connect(&kafka) {
-        let _ = admin
-            .delete_topics(&log_kafka::Topics::with_prefix(name))
-            .await;
-    }
+    support::remove_test_data(&name).await;
 }

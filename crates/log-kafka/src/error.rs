@@ -199,6 +199,14 @@ pub enum ReadError {
         partition: i32,
         waited_ms: u64,
     },
+    #[error("{topic} partition {partition} still holds an open transaction after {waited_ms} ms: its last stable offset is {stable}, its high watermark {high}")]
+    OpenTransaction {
+        topic: String,
+        partition: i32,
+        stable: i64,
+        high: i64,
+        waited_ms: u64,
+    },
     #[error("cannot read the offsets of {topic} partition {partition}: {source}")]
     Watermarks {
         topic: String,

@@ -19,10 +19,12 @@ mod writer;
 pub use admin::{TopicAdmin, TopicLayout};
 pub use config::{KafkaConfig, Topics, BOOTSTRAP_ENV};
 pub use error::{AdminError, ReadError, WriteError};
-pub use reader::{last_event, ChainCursor, EventLogReader, LoggedEvent, ReadBatch};
+pub use reader::{
+    last_event, wait_until_stable, ChainCursor, EventLogReader, LoggedEvent, ReadBatch,
+};
 pub use writer::{
     event_key, transactional_id, ConsumedOffsets, PendingTransaction, ReplyRecordOut,
-    ShardTransactionalWriter,
+    ShardTransactionalWriter, SWEEP_KEY,
 };
 
 /// The client library underneath, for callers that build consumers of their own (the

@@ -236,25 +236,7 @@ pub async fn last_event(
     timeout: Duration,
 ) -> Result<Option<Envelope>, ReadError> {
     let deadline = Instant::now() + timeout;
-    let topic = topics.events.clone();
-    let partition = i32::from(shard.0);
-    let probe = EventLogReader::open(config, topics, shard, 0, None)?;
-    let consumer = Arc::clone(&probe.consumer);
-    let watermark_topic = topic.clone();
-    let (low, high) =
-        blocking(move || consumer.fetch_watermarks(&watermark_topic, partition, timeout))
-            .await
-            .map_err(|join| ReadError::Task {
-                topic: topic.clone(),
-                partition,
-                detail: join.to_string(),
-            })?
-            .map_err(|source| ReadError::Watermarks {
-                topic: topic.clone(),
-                partition,
-                source,
-            })?;
-    drop(probe);
+    let (low, high) = wait_until_stable(config, topics, shard, timeout).await?;
     let mut window = TAIL_WINDOW_RECORDS;
     loop {
         if high <= low {
@@ -271,6 +253,78 @@ pub async fn last_event(
             return Ok(None);
         }
         window = window.saturating_mul(8);
+    }
+}
+
+/// How often [`wait_until_stable`] asks again.
+const STABLE_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Waits until shard `shard`'s partition of the events topic holds no open
+/// transaction — its last stable offset (the end `read_committed` readers
+/// reach) equals its high watermark — and returns `(low watermark, end)`.
+/// A partition whose writer was just initialised normally is stable at once;
+/// one that stays unstable holds a transaction nobody will end (see
+/// [`crate::ShardTransactionalWriter::end_hanging_transactions`]), and reading
+/// "the last event" there would miss records that become visible later.
+pub async fn wait_until_stable(
+    config: &KafkaConfig,
+    topics: &Topics,
+    shard: ShardId,
+    timeout: Duration,
+) -> Result<(i64, i64), ReadError> {
+    let started = Instant::now();
+    let topic = topics.events.clone();
+    let partition = i32::from(shard.0);
+    let client = |isolation: &str| -> Result<Arc<BaseConsumer>, ReadError> {
+        config
+            .client_config(&[
+                ("group.id", &format!("{topic}.stability.{shard}")),
+                ("isolation.level", isolation),
+                ("enable.auto.commit", "false"),
+            ])
+            .create()
+            .map(Arc::new)
+            .map_err(|source| ReadError::Client {
+                topic: topic.clone(),
+                source,
+            })
+    };
+    let committed = client("read_committed")?;
+    let uncommitted = client("read_uncommitted")?;
+    loop {
+        let left = timeout.saturating_sub(started.elapsed());
+        let (committed, uncommitted) = (Arc::clone(&committed), Arc::clone(&uncommitted));
+        let watermark_topic = topic.clone();
+        let ((low, stable), (_, high)) = blocking(move || {
+            // `read_committed` answers the last stable offset (librdkafka ≥ 1.7.1).
+            let stable = committed.fetch_watermarks(&watermark_topic, partition, left)?;
+            let high = uncommitted.fetch_watermarks(&watermark_topic, partition, left)?;
+            Ok::<_, KafkaError>((stable, high))
+        })
+        .await
+        .map_err(|join| ReadError::Task {
+            topic: topic.clone(),
+            partition,
+            detail: join.to_string(),
+        })?
+        .map_err(|source| ReadError::Watermarks {
+            topic: topic.clone(),
+            partition,
+            source,
+        })?;
+        if stable >= high {
+            return Ok((low, stable));
+        }
+        if started.elapsed() >= timeout {
+            return Err(ReadError::OpenTransaction {
+                topic,
+                partition,
+                stable,
+                high,
+                waited_ms: timeout.as_millis() as u64,
+            });
+        }
+        tokio::time::sleep(STABLE_POLL_INTERVAL).await;
     }
 }
 

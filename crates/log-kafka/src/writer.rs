@@ -174,6 +174,96 @@ impl ShardTransactionalWriter {
         Ok(writer)
     }
 
+    /// Ends whatever transaction of this producer id a partition still holds
+    /// open, then leaves nothing open itself.
+    ///
+    /// `init_transactions` makes the coordinator end the previous owner's
+    /// transaction, but only on the partitions the coordinator remembers and can
+    /// reach: a broker that restarts while a commit is being completed may skip
+    /// the markers of partitions whose leader it does not know yet, and then
+    /// forget them. Such a *hanging* transaction keeps the partition's last
+    /// stable offset where it began (`read_committed` readers see nothing after
+    /// it, a group's pending offsets stay unstable so its members never start
+    /// fetching), and the next marker of the same producer id — a later commit
+    /// of the new owner — would make its records visible behind the ones the
+    /// new owner republished.
+    ///
+    /// So the new owner runs one transaction that touches every partition a
+    /// shard writes to (its partition of the events topic, each partition of the
+    /// shard-messages and replies topics, and the group's offsets through
+    /// `consumed`) with one empty record each, and aborts it: its abort marker ends, for this producer id, every
+    /// transaction a partition still holds open. Returns the partitions touched.
+    pub async fn end_hanging_transactions(
+        &mut self,
+        consumed: Option<ConsumedOffsets>,
+    ) -> Result<usize, WriteError> {
+        let timeout = self.call_timeout;
+        let topics = [
+            Arc::clone(&self.events_topic),
+            Arc::clone(&self.messages_topic),
+            Arc::clone(&self.replies_topic),
+        ];
+        let counted = topics.clone();
+        let partitions = self
+            .call("fetch_metadata", move |producer| {
+                counted
+                    .iter()
+                    .map(|topic| partition_count(producer, topic, timeout))
+                    .collect::<Result<Vec<i32>, KafkaError>>()
+            })
+            .await?;
+        // The shard's own events partition; every partition of the other two
+        // topics (a shard sends messages and replies to any of them).
+        let own = i32::from(self.shard.0);
+        let mut records = Vec::new();
+        for (destination, count) in [
+            Destination::Events,
+            Destination::Messages,
+            Destination::Replies,
+        ]
+        .into_iter()
+        .zip(partitions)
+        {
+            let touched = match destination {
+                Destination::Events => own..own + 1,
+                Destination::Messages | Destination::Replies => 0..count,
+            };
+            for partition in touched {
+                records.push(Record {
+                    destination,
+                    partition,
+                    key: SWEEP_KEY.to_string(),
+                    value: Vec::new(),
+                });
+            }
+        }
+        let count = records.len();
+        if self.open {
+            self.abort_open("abort_transaction").await?;
+        }
+        self.call("begin_transaction", |producer| producer.begin_transaction())
+            .await?;
+        self.open = true;
+        let produced = self
+            .call("produce", move |producer| {
+                produce_all(producer, &topics, records, timeout)
+            })
+            .await;
+        if let Err(error) = produced {
+            return Err(self.after_failure(error).await);
+        }
+        let mut pending = PendingTransaction {
+            writer: self,
+            records: count,
+        };
+        pending.flush().await?;
+        if let Some(consumed) = consumed {
+            pending.send_offsets(consumed).await?;
+        }
+        pending.abort().await?;
+        Ok(count)
+    }
+
     pub fn shard(&self) -> ShardId {
         self.shard
     }
@@ -407,6 +497,30 @@ impl ShardTransactionalWriter {
         self.open = false;
         Ok(())
     }
+}
+
+/// Key of the empty records [`ShardTransactionalWriter::end_hanging_transactions`]
+/// writes in the transaction it aborts (never visible to `read_committed` readers).
+pub const SWEEP_KEY: &str = "ledger-sweep";
+
+/// Partitions of `topic`, from the cluster's metadata.
+fn partition_count(
+    producer: &TxProducer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let metadata = producer.client().fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic)
+        .map_or(0, |found| found.partitions().len());
+    if partitions == 0 {
+        return Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ));
+    }
+    Ok(i32::try_from(partitions).expect("a topic has fewer than 2^31 partitions"))
 }
 
 /// Enqueues every record; waits (bounded) while librdkafka's queue is full.

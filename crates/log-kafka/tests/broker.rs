@@ -302,6 +302,69 @@ async fn aborted_transactions_are_invisible_to_read_committed() {
     .await;
 }
 
+/// The takeover's sweep (`end_hanging_transactions`): one aborted transaction
+/// over the shard's events partition and every messages and replies
+/// partition. Nothing of it is ever visible to `read_committed` readers (an
+/// empty record would fail to decode), it leaves the shard's partition
+/// stable, and the writer goes on committing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_takeover_sweep_is_invisible_and_leaves_the_partition_stable() {
+    bounded(async {
+        let (config, topics, prefix) = setup("sweep", 2).await;
+        let shard = ShardId(1);
+        let mut previous = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+        let committed = chain(shard, ChainCursor::genesis(), 3, "kept");
+        let committed_messages = messages(shard, ShardId(0), 1, 2, "kept");
+        previous
+            .commit_batch(&committed, &committed_messages, None)
+            .await
+            .unwrap();
+        // The previous owner dies with a transaction open on the broker.
+        let after = ChainCursor::after(committed.last().unwrap());
+        let doomed = chain(shard, after, 2, "doomed");
+        let mut pending = previous.begin(&doomed, &[], &[]).await.unwrap();
+        pending.flush().await.unwrap();
+        std::mem::forget(pending);
+
+        let mut owner = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
+            .await
+            .unwrap();
+        let touched = owner.end_hanging_transactions(None).await.unwrap();
+        let admin = TopicAdmin::connect(&config).unwrap();
+        let expected_touched = 1
+            + admin.partition_count(&topics.shard_messages).await.unwrap()
+            + admin.partition_count(&topics.replies).await.unwrap();
+        assert_eq!(touched as i32, expected_touched);
+        let (_, end) = ledger_log_kafka::wait_until_stable(&config, &topics, shard, READ_BOUND)
+            .await
+            .expect("no transaction stays open on the shard's partition");
+        assert!(
+            end > 3,
+            "the partition holds the sweep's record and markers"
+        );
+        assert_eq!(
+            ledger_log_kafka::last_event(&config, &topics, shard, READ_BOUND)
+                .await
+                .unwrap(),
+            committed.last().cloned()
+        );
+
+        let next = chain(shard, after, 2, "next");
+        owner.commit_batch(&next, &[], None).await.unwrap();
+        let read = read_events(&config, &topics, shard).await;
+        let expected: Vec<Envelope> = committed.iter().chain(&next).cloned().collect();
+        assert_eq!(read, expected);
+        assert_eq!(
+            read_messages(&config, &topics, ShardId(0)).await,
+            committed_messages
+        );
+        assert!(read_messages(&config, &topics, ShardId(1)).await.is_empty());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_fencing() {
     bounded(async {

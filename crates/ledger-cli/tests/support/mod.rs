@@ -1,0 +1,246 @@
+//! What the distributed process tests share: starting real `ledger`
+//! services, signing tokens, posting commands until they are answered, and
+//! removing what a test created in the shared brokers.
+#![allow(dead_code)] // each test binary uses its own part of it
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ledger_core::{Role, UserId};
+use serde_json::Value;
+
+/// The distributed tests run only with `LEDGER_TEST_BACKEND=distributed`
+/// (and the brokers' addresses), as `scripts/test` sets them.
+pub fn distributed_backend() -> bool {
+    if std::env::var("LEDGER_TEST_BACKEND").ok().as_deref() == Some("distributed") {
+        return true;
+    }
+    eprintln!("skipped; set LEDGER_TEST_BACKEND=distributed (scripts/test does)");
+    false
+}
+
+/// A name for this run's topics and keyspace, unique on the shared brokers.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{}_{}",
+        nanos % 1_000_000_000_000,
+        std::process::id()
+    )
+}
+
+/// The services' environment: 4 shards, this test's topics and keyspace.
+pub fn environment(name: &str, secret: &str) -> Vec<(String, String)> {
+    vec![
+        ("LEDGER_SHARDS".into(), "4".into()),
+        ("LEDGER_TOPIC_PREFIX".into(), name.into()),
+        ("LEDGER_CQL_KEYSPACE".into(), name.into()),
+        ("LEDGER_REPLY_PARTITIONS".into(), "2".into()),
+        ("LEDGER_JWT_SECRET".into(), secret.into()),
+        ("LEDGER_SNAPSHOT_EVERY_EVENTS".into(), "300".into()),
+        (
+            "LEDGER_KAFKA_BOOTSTRAP".into(),
+            std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("LEDGER_KAFKA_BOOTSTRAP is set"),
+        ),
+        (
+            "LEDGER_CQL_CONTACT".into(),
+            std::env::var("LEDGER_CQL_CONTACT").expect("LEDGER_CQL_CONTACT is set"),
+        ),
+    ]
+}
+
+/// A running `ledger` service, killed when dropped.
+pub struct Process {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `ledger <role>` on `address` and forwards its log lines to the
+/// test's output, prefixed with `label`; does not wait for it to listen.
+pub fn spawn(role: &str, environment: &[(String, String)], address: &str, label: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .arg(role)
+        .envs(
+            environment
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .env("LEDGER_HTTP_ADDR", address)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ledger binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let label = label.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{label}] {line}");
+        }
+    });
+    child
+}
+
+/// Starts `ledger <role>` on a free port and waits until it listens.
+pub fn start(role: &str, environment: &[(String, String)]) -> Process {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .arg(role)
+        .envs(
+            environment
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ledger binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{role} exited before listening"))
+            .expect("readable stderr");
+        if let Some((_, url)) = line.split_once("listening on ") {
+            break url.trim().to_string();
+        }
+        eprintln!("{role}: {line}");
+    };
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("[service] {line}");
+        }
+    });
+    Process { child, url }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").to_string()
+}
+
+pub fn token(secret: &str, role: Role, sub: &str) -> String {
+    command_api::auth::issue_token(
+        secret.as_bytes(),
+        role,
+        &UserId::parse(sub).expect("valid subject"),
+        3_600,
+        command_api::auth::now_seconds(),
+    )
+}
+
+/// Posts a command with the right role for its path.
+pub async fn post(
+    client: &reqwest::Client,
+    secret: &str,
+    url: &str,
+    body: &Value,
+) -> Result<(u16, Value), reqwest::Error> {
+    let (role, sub) = if url.ends_with("/v1/grants") {
+        (Role::Admin, "admin")
+    } else {
+        (Role::Service, "purchase-flow")
+    };
+    let response = client
+        .post(url)
+        .bearer_auth(token(secret, role, sub))
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+/// Posts until a definitive answer (not 503/504, not a transport error),
+/// trying `urls` in turn: the command id makes every retry safe.
+pub async fn post_until_answered(
+    client: &reqwest::Client,
+    secret: &str,
+    urls: &[&str],
+    path: &str,
+    body: &Value,
+    patience: Duration,
+) -> (u16, Value) {
+    let deadline = Instant::now() + patience;
+    let mut attempt = 0usize;
+    loop {
+        let url = format!("{}{path}", urls[attempt.min(urls.len() - 1)]);
+        match post(client, secret, &url, body).await {
+            Ok((status, body)) if status != 503 && status != 504 => return (status, body),
+            Ok(_) | Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no answer for {body} within {patience:?}"
+                );
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A query API read with a service token; panics unless it answers 200.
+pub async fn get(client: &reqwest::Client, secret: &str, url: &str) -> Value {
+    let response = client
+        .get(url)
+        .bearer_auth(token(secret, Role::Service, "purchase-flow"))
+        .send()
+        .await
+        .expect("query API answers");
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    response.json().await.expect("json")
+}
+
+/// The value of an unlabelled gauge or counter on a service's `/metrics`.
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+}
+
+/// Drops the test's keyspace and deletes its topics (best effort): the
+/// brokers are shared by every test of the run.
+pub async fn remove_test_data(name: &str) {
+    let contact = std::env::var("LEDGER_CQL_CONTACT").unwrap_or_default();
+    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
+    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes)
+        .build()
+        .await
+    {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
+            .await;
+    }
+    let kafka =
+        log_kafka::KafkaConfig::new(std::env::var("LEDGER_KAFKA_BOOTSTRAP").unwrap_or_default());
+    if let Ok(admin) = log_kafka::TopicAdmin::connect(&kafka) {
+        let _ = admin
+            .delete_topics(&log_kafka::Topics::with_prefix(name))
+            .await;
+    }
+}
