@@ -25,6 +25,11 @@ mod resale;
 mod saga;
 mod tick;
 
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
 use crate::codec::fingerprint;
 use crate::ids::{ItemId, ShardId};
 use crate::model::*;
