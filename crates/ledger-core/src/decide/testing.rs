@@ -153,6 +153,9 @@ pub(super) fn grant_id(name: &str) -> GrantId {
 pub(super) fn listing_id(name: &str) -> ListingId {
     ListingId::parse(name).expect("test listing id is valid")
 }
+pub(super) fn refund_id(name: &str) -> RefundId {
+    RefundId::parse(name).expect("test refund id is valid")
+}
 
 // ------------------------------------------------------------------ actors and outcomes
 

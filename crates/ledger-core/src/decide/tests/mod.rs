@@ -3,7 +3,9 @@
 
 mod catalogue;
 mod grant;
+mod listing;
 mod purchase;
+mod refund;
 mod resale;
 mod tick;
 
