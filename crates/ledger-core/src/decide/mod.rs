@@ -3,17 +3,17 @@
 //!
 //! Each flow has its own module; this one routes inputs to them:
 //!
-//! * [`grant`]: currency grants;
-//! * [`catalogue`]: items (publish, reprice, sale toggle) and bundles;
-//! * [`purchase`]: purchases of items and bundles, and the payment,
+//! * `grant`: currency grants;
+//! * `catalogue`: items (publish, reprice, sale toggle) and bundles;
+//! * `purchase`: purchases of items and bundles, and the payment,
 //!   serial confirmation and settlement every purchase shares;
-//! * [`resale`]: purchases of listed serials;
-//! * [`listing`]: creating and cancelling listings;
-//! * [`refund`]: refunds of primary purchases;
-//! * [`tick`]: escrow release.
+//! * `resale`: purchases of listed serials;
+//! * `listing`: creating and cancelling listings;
+//! * `refund`: refunds of primary purchases;
+//! * `tick`: escrow release.
 //!
 //! A flow that spans shards is a saga: its home shard stores its state as a
-//! `CommandRecord`, read back as a typed stage through [`saga::stage`].
+//! `CommandRecord`, read back as a typed stage through `saga::stage`.
 
 mod catalogue;
 mod grant;
