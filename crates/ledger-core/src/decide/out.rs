@@ -1,0 +1,114 @@
+//! `Out`: the events of one decision, with the sequence numbers they will get.
+
+use std::collections::BTreeMap;
+
+use crate::ids::ShardId;
+use crate::model::*;
+use crate::state::{Config, ShardState};
+
+use super::{Answer, Decision};
+
+/// Builds the events of one decision, predicting sequence numbers.
+pub(super) struct Out<'a> {
+    pub(super) state: &'a ShardState,
+    pub(super) config: &'a Config,
+    pub(super) events: Vec<Event>,
+    sent: BTreeMap<ShardId, u64>,
+    /// Messages sent by this decision.
+    deliveries: Vec<DeliveryMark>,
+}
+
+impl<'a> Out<'a> {
+    pub(super) fn new(state: &'a ShardState, config: &'a Config) -> Self {
+        Self {
+            state,
+            config,
+            events: Vec::new(),
+            sent: BTreeMap::new(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    /// Position the next pushed event will have.
+    pub(super) fn next_position(&self) -> ShardPosition {
+        ShardPosition {
+            shard: self.state.shard,
+            sequence: self.state.next_sequence + self.events.len() as u64,
+        }
+    }
+
+    pub(super) fn push(&mut self, event: Event) -> ShardPosition {
+        let position = self.next_position();
+        self.events.push(event);
+        position
+    }
+
+    /// Sends `message`; returns the mark a read can wait on for its effects.
+    pub(super) fn send(&mut self, to: ShardId, message: Message) -> DeliveryMark {
+        let offset = self.sent.entry(to).or_insert(0);
+        let sequence = self.state.next_outbound(to) + *offset;
+        *offset += 1;
+        let mark = DeliveryMark {
+            from: self.state.shard,
+            to,
+            sequence,
+        };
+        self.deliveries.push(mark);
+        self.events.push(Event::MessageSent {
+            to,
+            sequence,
+            message,
+        });
+        mark
+    }
+
+    pub(super) fn shard_of(&self, key: &str) -> ShardId {
+        self.config.shard_of(key)
+    }
+
+    /// Completes the command `key`. The completion covers `positions`, the
+    /// positions its participants reported, this event, and the consumption
+    /// of every message this decision sent (effects that follow completion).
+    pub(super) fn complete(
+        &mut self,
+        key: &str,
+        result: Result<Success, Rejection>,
+        positions: Vec<ShardPosition>,
+    ) {
+        self.complete_with(key, result, positions, Vec::new());
+    }
+
+    pub(super) fn complete_with(
+        &mut self,
+        key: &str,
+        result: Result<Success, Rejection>,
+        mut positions: Vec<ShardPosition>,
+        mut deliveries: Vec<DeliveryMark>,
+    ) {
+        if let Some(record) = self.state.commands.get(key) {
+            positions.extend(record.positions.iter().copied());
+        }
+        positions.push(self.next_position());
+        positions.sort();
+        positions.dedup();
+        deliveries.extend(self.deliveries.iter().copied());
+        deliveries.sort();
+        deliveries.dedup();
+        let completion = Completion {
+            result,
+            positions,
+            deliveries,
+        };
+        self.push(Event::CommandCompleted {
+            key: key.to_string(),
+            completion,
+        });
+    }
+
+    pub(super) fn apply(self, answer: Answer) -> Decision {
+        Decision::Apply {
+            events: self.events,
+            answer,
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Purchases of an item or a bundle, and what every purchase (primary or
+//! resale) shares once its sale is reserved: the buyer's payment, the
+//! serial's confirmation or release, and the settlement to escrow.
+//!
+//! The purchase's home shard reserves the sale (`Reserving`), then asks the
+//! buyer's shard for the money (`Debiting`), then completes.
+
+use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, UserId};
+use crate::model::*;
+use crate::money::{Account, Posting};
+use crate::state::{CommandRecord, ItemState, Listing, ShardState};
+
+use super::out::Out;
+use super::saga::{self, SagaStage};
+use super::{reject, resale};
+
+/// `Purchase` accepted: asks the item's or the bundle's shard to reserve it.
+pub(super) fn start(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    target: &PurchaseTarget,
+    expected_price: i64,
+    at_ms: TimestampMs,
+) {
+    match target {
+        PurchaseTarget::Item(item_id) => {
+            let to = out.shard_of(&keys::item(item_id));
+            out.send(
+                to,
+                Message::ReserveItem {
+                    purchase_id: purchase_id.clone(),
+                    buyer_id: buyer_id.clone(),
+                    item_id: item_id.clone(),
+                    expected_price,
+                    at_ms,
+                },
+            );
+        }
+        PurchaseTarget::Bundle(bundle_id) => {
+            let to = out.shard_of(&keys::bundle(bundle_id));
+            out.send(
+                to,
+                Message::QuoteBundle {
+                    purchase_id: purchase_id.clone(),
+                    buyer_id: buyer_id.clone(),
+                    bundle_id: bundle_id.clone(),
+                    expected_price,
+                },
+            );
+        }
+    }
+}
+
+/// On the item's shard: reserves the item (a serial, for a Limited).
+/// Returns the answer for the purchase's shard.
+pub(super) fn reserve_item(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    item_id: &ItemId,
+    expected_price: i64,
+    at_ms: TimestampMs,
+) -> Message {
+    let result = match out.state.items.get(item_id) {
+        None => Err(reject(
+            RejectionCode::NotFound,
+            format!("item {item_id} does not exist"),
+        )),
+        Some(item) => check_item_sale(item, buyer_id, expected_price, at_ms).and_then(|()| {
+            let serial = reserve_serial(out, item, purchase_id, buyer_id)?;
+            Ok(Reservation {
+                price: item.price,
+                creator_id: item.definition.creator_id.clone(),
+                sale: SaleKind::Item {
+                    item_id: item_id.clone(),
+                    serial,
+                },
+            })
+        }),
+    };
+    Message::Reserved {
+        purchase_id: purchase_id.clone(),
+        result,
+    }
+}
+
+/// Whether `buyer_id` may buy `item` at `expected_price` at `at_ms`.
+fn check_item_sale(
+    item: &ItemState,
+    buyer_id: &UserId,
+    expected_price: i64,
+    at_ms: TimestampMs,
+) -> Result<(), Rejection> {
+    let definition = &item.definition;
+    let item_id = &definition.item_id;
+    let in_window = definition.starts_at_ms.is_none_or(|starts| at_ms >= starts)
+        && definition.ends_at_ms.is_none_or(|ends| at_ms < ends);
+    if !item.on_sale || !in_window {
+        return Err(reject(
+            RejectionCode::NotOnSale,
+            format!("item {item_id} is not on sale"),
+        ));
+    }
+    if &definition.creator_id == buyer_id {
+        return Err(reject(
+            RejectionCode::PurchaserIsSeller,
+            format!("{buyer_id} created item {item_id}"),
+        ));
+    }
+    if item.price != expected_price {
+        return Err(reject(
+            RejectionCode::PriceChanged,
+            format!("item {item_id} costs {}, not {expected_price}", item.price),
+        ));
+    }
+    Ok(())
+}
+
+/// Reserves the lowest free serial of a Limited for the buyer (`None` for
+/// an item without serials).
+fn reserve_serial(
+    out: &mut Out<'_>,
+    item: &ItemState,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+) -> Result<Option<u32>, Rejection> {
+    if !item.is_limited() {
+        return Ok(None);
+    }
+    let item_id = &item.definition.item_id;
+    let held = item.held_per_user.get(buyer_id).copied().unwrap_or(0);
+    if item.definition.max_per_user.is_some_and(|max| held >= max) {
+        return Err(reject(
+            RejectionCode::QuantityLimitReached,
+            format!("{buyer_id} already holds {held} of item {item_id}"),
+        ));
+    }
+    let free = item.next_free_serial().ok_or_else(|| {
+        reject(
+            RejectionCode::SoldOut,
+            format!("item {item_id} is sold out"),
+        )
+    })?;
+    out.push(Event::SerialReserved {
+        item_id: item_id.clone(),
+        serial: free,
+        purchase_id: purchase_id.clone(),
+        buyer_id: buyer_id.clone(),
+    });
+    Ok(Some(free))
+}
+
+/// On the bundle's shard: quotes the bundle (nothing to reserve).
+/// Returns the answer for the purchase's shard.
+pub(super) fn quote_bundle(
+    state: &ShardState,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    bundle_id: &BundleId,
+    expected_price: i64,
+) -> Message {
+    let result = match state.bundles.get(bundle_id) {
+        None => Err(reject(
+            RejectionCode::NotFound,
+            format!("bundle {bundle_id} does not exist"),
+        )),
+        Some(bundle) if &bundle.creator_id == buyer_id => Err(reject(
+            RejectionCode::PurchaserIsSeller,
+            format!("{buyer_id} created bundle {bundle_id}"),
+        )),
+        Some(bundle) if bundle.price != expected_price => Err(reject(
+            RejectionCode::PriceChanged,
+            format!(
+                "bundle {bundle_id} costs {}, not {expected_price}",
+                bundle.price
+            ),
+        )),
+        Some(bundle) => Ok(Reservation {
+            price: bundle.price,
+            creator_id: bundle.creator_id.clone(),
+            sale: SaleKind::Bundle {
+                bundle_id: bundle_id.clone(),
+                item_ids: bundle.item_ids.clone(),
+            },
+        }),
+    };
+    Message::Reserved {
+        purchase_id: purchase_id.clone(),
+        result,
+    }
+}
+
+/// The buyer of a primary or resale purchase.
+fn buyer_of(command: &Command) -> Option<&UserId> {
+    match command {
+        Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => {
+            Some(buyer_id)
+        }
+        _ => None,
+    }
+}
+
+/// A purchase waiting for its sale to be reserved.
+struct Reserving<'a> {
+    buyer_id: &'a UserId,
+    at_ms: TimestampMs,
+}
+
+impl<'a> SagaStage<'a> for Reserving<'a> {
+    const EXPECTED: &'static str = "a purchase waiting for its reservation";
+
+    fn read(record: &'a CommandRecord) -> Option<Self> {
+        match &record.progress {
+            Progress::Reserving => Some(Self {
+                buyer_id: buyer_of(&record.command)?,
+                at_ms: record.meta.at_ms,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A purchase whose sale is reserved, waiting for the buyer's money.
+struct Debiting<'a> {
+    buyer_id: &'a UserId,
+    at_ms: TimestampMs,
+    reservation: &'a Reservation,
+}
+
+impl<'a> SagaStage<'a> for Debiting<'a> {
+    const EXPECTED: &'static str = "a purchase waiting for the buyer's payment";
+
+    fn read(record: &'a CommandRecord) -> Option<Self> {
+        match &record.progress {
+            Progress::Debiting { reservation } => Some(Self {
+                buyer_id: buyer_of(&record.command)?,
+                at_ms: record.meta.at_ms,
+                reservation,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Back on the purchase's shard: refused, or reserved and off to the
+/// buyer's shard for the money (and the items granted with it).
+pub(super) fn reserved(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    result: &Result<Reservation, Rejection>,
+) {
+    let key = keys::purchase(purchase_id);
+    let purchase: Reserving = saga::stage(out.state, &key);
+    let reservation = match result {
+        Err(rejection) => return out.complete(&key, Err(rejection.clone()), Vec::new()),
+        Ok(reservation) => reservation,
+    };
+    let (grant_items, all_or_nothing) = match &reservation.sale {
+        SaleKind::Item {
+            item_id,
+            serial: None,
+        } => (vec![item_id.clone()], true),
+        SaleKind::Item {
+            serial: Some(_), ..
+        }
+        | SaleKind::Resale { .. } => (Vec::new(), true),
+        SaleKind::Bundle { item_ids, .. } => (item_ids.clone(), false),
+    };
+    out.push(Event::CommandProgressed {
+        key,
+        progress: Progress::Debiting {
+            reservation: reservation.clone(),
+        },
+        position: None,
+    });
+    let to = out.shard_of(&keys::user(purchase.buyer_id));
+    out.send(
+        to,
+        Message::DebitBuyer {
+            purchase_id: purchase_id.clone(),
+            buyer_id: purchase.buyer_id.clone(),
+            amount: reservation.price,
+            grant_items,
+            all_or_nothing,
+            at_ms: purchase.at_ms,
+        },
+    );
+}
+
+/// On the buyer's shard: takes the money and grants the items the buyer
+/// does not own yet (all of them, or nothing, when `all_or_nothing`).
+/// Returns the answer for the purchase's shard.
+pub(super) fn debit_buyer(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    amount: i64,
+    grant_items: &[ItemId],
+    all_or_nothing: bool,
+    at_ms: TimestampMs,
+) -> Message {
+    let owned = out.state.owned_items.get(buyer_id);
+    let mut to_grant: Vec<ItemId> = Vec::new();
+    for item_id in grant_items {
+        if !owned.is_some_and(|owned| owned.contains(item_id)) && !to_grant.contains(item_id) {
+            to_grant.push(item_id.clone());
+        }
+    }
+    let wallet = out.state.balance(&Account::Wallet(buyer_id.clone()));
+    let result = if !grant_items.is_empty()
+        && (to_grant.is_empty() || (all_or_nothing && to_grant.len() != grant_items.len()))
+    {
+        Err(reject(
+            RejectionCode::AlreadyOwned,
+            format!("{buyer_id} already owns what purchase {purchase_id} sells"),
+        ))
+    } else if wallet < amount {
+        Err(reject(
+            RejectionCode::InsufficientFunds,
+            format!("{buyer_id} has {wallet}, needs {amount}"),
+        ))
+    } else {
+        let balance_after = wallet - amount;
+        out.push(Event::BuyerDebited {
+            purchase_id: purchase_id.clone(),
+            buyer_id: buyer_id.clone(),
+            amount,
+            granted_items: to_grant.clone(),
+            balance_after,
+            at_ms,
+            postings: vec![
+                Posting::new(Account::Wallet(buyer_id.clone()), -amount),
+                Posting::new(Account::Clearing, amount),
+            ],
+        });
+        Ok((balance_after, to_grant))
+    };
+    Message::BuyerDebited {
+        purchase_id: purchase_id.clone(),
+        result,
+        position: out.next_position(),
+    }
+}
+
+/// The item whose shard holds a serial for `sale` while it is paid for: a
+/// Limited's serial or a resold serial.
+fn item_with_held_serial(sale: &SaleKind) -> Option<&ItemId> {
+    match sale {
+        SaleKind::Item {
+            item_id,
+            serial: Some(_),
+        }
+        | SaleKind::Resale { item_id, .. } => Some(item_id),
+        SaleKind::Item { serial: None, .. } | SaleKind::Bundle { .. } => None,
+    }
+}
+
+/// Back on the purchase's shard: paid (the serial moves to the buyer and the
+/// sale is settled) or refused (the serial is released).
+pub(super) fn buyer_debited(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    result: &Result<(i64, Vec<ItemId>), Rejection>,
+    position: ShardPosition,
+) {
+    let key = keys::purchase(purchase_id);
+    let purchase: Debiting = saga::stage(out.state, &key);
+    let reservation = purchase.reservation;
+    let held_on = item_with_held_serial(&reservation.sale);
+    let (balance_after, granted_items) = match result {
+        Err(rejection) => {
+            if let Some(item_id) = held_on {
+                let to = out.shard_of(&keys::item(item_id));
+                out.send(
+                    to,
+                    Message::CancelReservation {
+                        purchase_id: purchase_id.clone(),
+                        item_id: item_id.clone(),
+                    },
+                );
+            }
+            return out.complete(&key, Err(rejection.clone()), Vec::new());
+        }
+        Ok((balance_after, granted_items)) => (*balance_after, granted_items.clone()),
+    };
+    let success = purchased(reservation, balance_after, granted_items);
+    if let Some(item_id) = held_on {
+        let to = out.shard_of(&keys::item(item_id));
+        out.send(
+            to,
+            Message::ConfirmReservation {
+                purchase_id: purchase_id.clone(),
+                item_id: item_id.clone(),
+                at_ms: purchase.at_ms,
+                buyer_id: purchase.buyer_id.clone(),
+            },
+        );
+    }
+    match &reservation.sale {
+        SaleKind::Resale { seller_id, .. } => {
+            resale::settle(out, purchase_id, reservation, seller_id, purchase.at_ms)
+        }
+        SaleKind::Item { .. } | SaleKind::Bundle { .. } => {
+            settle_primary(out, purchase_id, reservation, purchase.at_ms)
+        }
+    }
+    out.complete(&key, Ok(success), vec![position]);
+}
+
+/// The success a paid purchase answers with.
+fn purchased(reservation: &Reservation, balance_after: i64, granted_items: Vec<ItemId>) -> Success {
+    match &reservation.sale {
+        SaleKind::Item { item_id, serial } => Success::Purchased {
+            target: PurchaseTarget::Item(item_id.clone()),
+            price: reservation.price,
+            serial: *serial,
+            granted_items,
+            balance_after,
+        },
+        SaleKind::Bundle { bundle_id, .. } => Success::Purchased {
+            target: PurchaseTarget::Bundle(bundle_id.clone()),
+            price: reservation.price,
+            serial: None,
+            granted_items,
+            balance_after,
+        },
+        SaleKind::Resale {
+            item_id,
+            serial,
+            seller_id,
+            ..
+        } => Success::ResalePurchased {
+            item_id: item_id.clone(),
+            serial: *serial,
+            price: reservation.price,
+            seller_id: seller_id.clone(),
+            balance_after,
+        },
+    }
+}
+
+/// Sends a primary sale's price to the creator's escrow, minus the fee.
+fn settle_primary(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    reservation: &Reservation,
+    at_ms: TimestampMs,
+) {
+    let policy = &out.config.primary_fee_policy;
+    let split = policy.split(reservation.price);
+    let to = out.shard_of(&keys::user(&reservation.creator_id));
+    out.send(
+        to,
+        Message::SettleSale {
+            purchase_id: purchase_id.clone(),
+            creator_id: reservation.creator_id.clone(),
+            cleared: reservation.price,
+            creator_share: split.creator_share,
+            platform_fee: split.platform_fee,
+            policy_version: policy.version,
+            resale: false,
+            at_ms,
+        },
+    );
+}
+
+/// What an item's shard holds for a purchase being paid for.
+enum Held<'a> {
+    /// A serial of a Limited, reserved for its buyer.
+    Serial { serial: u32, buyer_id: &'a UserId },
+    /// A resale listing, reserved for the purchase.
+    Listing {
+        listing_id: &'a ListingId,
+        listing: &'a Listing,
+    },
+}
+
+/// What `item` holds for `purchase_id`, which must hold something: the
+/// purchase's shard confirms or cancels only what was reserved.
+fn held_for<'a>(item: &'a ItemState, purchase_id: &PurchaseId) -> Held<'a> {
+    if let Some((serial, buyer_id)) = item.reservations.get(purchase_id) {
+        return Held::Serial {
+            serial: *serial,
+            buyer_id,
+        };
+    }
+    let (listing_id, listing) = item
+        .listings
+        .iter()
+        .find(|(_, listing)| listing.reserved_by.as_ref() == Some(purchase_id))
+        .unwrap_or_else(|| {
+            panic!(
+                "purchase {purchase_id} holds no reservation on item {}",
+                item.definition.item_id
+            )
+        });
+    Held::Listing {
+        listing_id,
+        listing,
+    }
+}
+
+/// On the item's shard: the paid serial now belongs to the buyer.
+pub(super) fn confirm_reservation(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    item_id: &ItemId,
+    buyer_id: &UserId,
+    at_ms: TimestampMs,
+) {
+    let item = super::routed_item(out.state, item_id);
+    let event = match held_for(item, purchase_id) {
+        Held::Serial { serial, buyer_id } => Event::SerialSold {
+            item_id: item_id.clone(),
+            serial,
+            purchase_id: purchase_id.clone(),
+            buyer_id: buyer_id.clone(),
+            at_ms,
+        },
+        Held::Listing {
+            listing_id,
+            listing,
+        } => Event::SerialTransferred {
+            item_id: item_id.clone(),
+            serial: listing.serial,
+            listing_id: listing_id.clone(),
+            purchase_id: purchase_id.clone(),
+            from_user_id: listing.seller_id.clone(),
+            to_user_id: buyer_id.clone(),
+            price: listing.price,
+            at_ms,
+        },
+    };
+    out.push(event);
+}
+
+/// On the item's shard: the purchase was not paid; the serial is free again.
+pub(super) fn cancel_reservation(out: &mut Out<'_>, purchase_id: &PurchaseId, item_id: &ItemId) {
+    let item = super::routed_item(out.state, item_id);
+    let event = match held_for(item, purchase_id) {
+        Held::Serial { serial, .. } => Event::ReservationCancelled {
+            item_id: item_id.clone(),
+            serial,
+            purchase_id: purchase_id.clone(),
+        },
+        Held::Listing { listing_id, .. } => Event::ListingReservationCancelled {
+            listing_id: listing_id.clone(),
+            item_id: item_id.clone(),
+            purchase_id: purchase_id.clone(),
+        },
+    };
+    out.push(event);
+}
+
+/// On the creator's shard: the sale's money moves from clearing to the
+/// creator's escrow and the platform's fees; escrow is released later.
+#[allow(clippy::too_many_arguments)] // one per field of `Message::SettleSale`
+pub(super) fn settle_sale(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    creator_id: &UserId,
+    cleared: i64,
+    creator_share: i64,
+    platform_fee: i64,
+    policy_version: u16,
+    resale: bool,
+    at_ms: TimestampMs,
+) {
+    assert_eq!(
+        cleared,
+        creator_share + platform_fee,
+        "a settlement clears what it splits"
+    );
+    out.push(Event::SaleSettled {
+        purchase_id: purchase_id.clone(),
+        creator_id: creator_id.clone(),
+        resale,
+        cleared,
+        creator_share,
+        platform_fee,
+        policy_version,
+        release_at_ms: at_ms.saturating_add(out.config.escrow_hold_ms),
+        postings: vec![
+            Posting::new(Account::Clearing, -cleared),
+            Posting::new(Account::Pending(creator_id.clone()), creator_share),
+            Posting::new(Account::Fees, platform_fee),
+        ],
+    });
+}

@@ -1,0 +1,188 @@
+//! Resale purchases: the purchase's home shard asks the listing's home
+//! shard, which knows the listing's item, to have the item's shard reserve
+//! the listing. Payment and confirmation are those of every purchase (see
+//! `purchase`); the settlement pays the seller and the creator's royalty.
+
+use crate::ids::{ItemId, ListingId, PurchaseId, ShardId, UserId};
+use crate::model::*;
+use crate::money::{Account, Posting};
+
+use super::out::Out;
+use super::reject;
+
+/// `ResalePurchase` accepted: asks the listing's shard to reserve it.
+pub(super) fn start(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    listing_id: &ListingId,
+    expected_price: i64,
+) {
+    let to = out.shard_of(&keys::listing(listing_id));
+    out.send(
+        to,
+        Message::ReserveListing {
+            purchase_id: purchase_id.clone(),
+            buyer_id: buyer_id.clone(),
+            listing_id: listing_id.clone(),
+            expected_price,
+            reply_to: out.state.shard,
+        },
+    );
+}
+
+/// On the listing's shard: forwards the reservation to the item's shard,
+/// or answers that the listing does not exist.
+pub(super) fn reserve_listing(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    listing_id: &ListingId,
+    expected_price: i64,
+    reply_to: ShardId,
+) {
+    match out.state.listing_directory.get(listing_id) {
+        None => {
+            let result = Err(reject(
+                RejectionCode::NotFound,
+                format!("listing {listing_id} does not exist"),
+            ));
+            out.send(
+                reply_to,
+                Message::Reserved {
+                    purchase_id: purchase_id.clone(),
+                    result,
+                },
+            );
+        }
+        Some(item_id) => {
+            let to = out.shard_of(&keys::item(item_id));
+            out.send(
+                to,
+                Message::ReserveListingOnItem {
+                    purchase_id: purchase_id.clone(),
+                    buyer_id: buyer_id.clone(),
+                    listing_id: listing_id.clone(),
+                    item_id: item_id.clone(),
+                    expected_price,
+                    reply_to,
+                },
+            );
+        }
+    }
+}
+
+/// On the item's shard: reserves the listing for the purchase and answers
+/// the purchase's shard.
+pub(super) fn reserve_listing_on_item(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    listing_id: &ListingId,
+    item_id: &ItemId,
+    expected_price: i64,
+    reply_to: ShardId,
+) {
+    let item = super::routed_item(out.state, item_id);
+    let result = match item.listings.get(listing_id) {
+        Some(listing) if listing.reserved_by.is_none() => {
+            if &listing.seller_id == buyer_id {
+                Err(reject(
+                    RejectionCode::PurchaserIsSeller,
+                    format!("{buyer_id} is the seller of listing {listing_id}"),
+                ))
+            } else if listing.price != expected_price {
+                Err(reject(
+                    RejectionCode::PriceChanged,
+                    format!(
+                        "listing {listing_id} costs {}, not {expected_price}",
+                        listing.price
+                    ),
+                ))
+            } else {
+                out.push(Event::ListingReserved {
+                    listing_id: listing_id.clone(),
+                    item_id: item_id.clone(),
+                    purchase_id: purchase_id.clone(),
+                });
+                Ok(Reservation {
+                    price: listing.price,
+                    creator_id: item.definition.creator_id.clone(),
+                    sale: SaleKind::Resale {
+                        listing_id: listing_id.clone(),
+                        item_id: item_id.clone(),
+                        serial: listing.serial,
+                        seller_id: listing.seller_id.clone(),
+                    },
+                })
+            }
+        }
+        _ => Err(reject(
+            RejectionCode::ListingUnavailable,
+            format!("listing {listing_id} is no longer available"),
+        )),
+    };
+    out.send(
+        reply_to,
+        Message::Reserved {
+            purchase_id: purchase_id.clone(),
+            result,
+        },
+    );
+}
+
+/// A paid resale: the seller's share goes to the seller's wallet, the
+/// royalty and the fee to the creator's shard for settlement.
+pub(super) fn settle(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    reservation: &Reservation,
+    seller_id: &UserId,
+    at_ms: TimestampMs,
+) {
+    let policy = &out.config.resale_fee_policy;
+    let split = policy.split(reservation.price);
+    let seller_shard = out.shard_of(&keys::user(seller_id));
+    out.send(
+        seller_shard,
+        Message::CreditSeller {
+            purchase_id: purchase_id.clone(),
+            seller_id: seller_id.clone(),
+            amount: split.seller_share,
+        },
+    );
+    let creator_shard = out.shard_of(&keys::user(&reservation.creator_id));
+    out.send(
+        creator_shard,
+        Message::SettleSale {
+            purchase_id: purchase_id.clone(),
+            creator_id: reservation.creator_id.clone(),
+            cleared: split.royalty + split.platform_fee,
+            creator_share: split.royalty,
+            platform_fee: split.platform_fee,
+            policy_version: policy.version,
+            resale: true,
+            at_ms,
+        },
+    );
+}
+
+/// On the seller's shard: the seller is paid.
+pub(super) fn credit_seller(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    seller_id: &UserId,
+    amount: i64,
+) {
+    let balance_after = out.state.balance(&Account::Wallet(seller_id.clone())) + amount;
+    out.push(Event::SellerCredited {
+        purchase_id: purchase_id.clone(),
+        seller_id: seller_id.clone(),
+        amount,
+        balance_after,
+        postings: vec![
+            Posting::new(Account::Clearing, -amount),
+            Posting::new(Account::Wallet(seller_id.clone()), amount),
+        ],
+    });
+}

@@ -1,0 +1,38 @@
+//! Typed views of the commands a shard runs as sagas.
+//!
+//! A saga's state is stored as a [`CommandRecord`] (the command and its
+//! [`Progress`](crate::model::Progress)) under the command's key. A reply
+//! from another shard only ever reaches a saga in the stage that sent the
+//! request, so each stage has its own type, read from the record by
+//! [`stage`]: the one place where a record that does not match the reply is
+//! recognised as the bug it is.
+
+use crate::state::{CommandRecord, ShardState};
+
+/// One stage of a saga, as a typed view of its stored record.
+pub(super) trait SagaStage<'a>: Sized {
+    /// What a reply expects to find, for the failure message.
+    const EXPECTED: &'static str;
+
+    /// The view, or `None` if `record` is in another stage or holds another
+    /// kind of command.
+    fn read(record: &'a CommandRecord) -> Option<Self>;
+}
+
+/// The saga under `key`, which must be in stage `S`.
+///
+/// Panics otherwise: a reply to a command this shard does not run, or to a
+/// command that is not waiting for it, means a bug or a corrupt log.
+pub(super) fn stage<'a, S: SagaStage<'a>>(state: &'a ShardState, key: &str) -> S {
+    let record = state.commands.get(key).unwrap_or_else(|| {
+        panic!("a reply refers to command {key}, which this shard never accepted")
+    });
+    S::read(record).unwrap_or_else(|| {
+        panic!(
+            "command {key} should be {} but holds {:?} in progress {:?}",
+            S::EXPECTED,
+            record.command,
+            record.progress
+        )
+    })
+}
