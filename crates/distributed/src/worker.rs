@@ -417,6 +417,41 @@ struct Worker {
     progress: ProgressWatch,
 }
 
+/// Which partitions have had records waiting since when, and which of them
+/// are stalled: records waiting, and the position unmoved for [`STALL_AFTER`].
+/// A partition whose end could not be read keeps no record (no evidence
+/// either way); one that moved starts a new wait.
+fn judge_progress(
+    previous: &BTreeMap<(String, i32), (i64, Instant)>,
+    measured: Vec<PartitionProgress>,
+    now: Instant,
+) -> (BTreeMap<(String, i32), (i64, Instant)>, Vec<(String, i32)>) {
+    let mut waiting = BTreeMap::new();
+    let mut stalled = Vec::new();
+    for PartitionProgress {
+        topic,
+        partition,
+        position,
+        end,
+    } in measured
+    {
+        let Some(end) = end else { continue };
+        if end <= position.max(0) {
+            continue;
+        }
+        let key = (topic, partition);
+        let since = match previous.get(&key) {
+            Some((earlier, since)) if *earlier == position => *since,
+            _ => now,
+        };
+        if now.duration_since(since) >= STALL_AFTER {
+            stalled.push(key.clone());
+        }
+        waiting.insert(key, (position, since));
+    }
+    (waiting, stalled)
+}
+
 /// Waits for a shard's background transaction (a failed one stopped the process).
 async fn settle(handle: tokio::task::JoinHandle<Committed>) -> Committed {
     match handle.await {
@@ -576,38 +611,16 @@ impl Worker {
     }
 
     fn judge_progress(&mut self, now: Instant, measured: Vec<PartitionProgress>) {
-        let mut waiting = BTreeMap::new();
-        let mut stalled = 0u64;
-        for PartitionProgress {
-            topic,
-            partition,
-            position,
-            end,
-        } in measured
-        {
-            // An end that cannot be read (broker away) says nothing either way.
-            let Some(end) = end else { continue };
-            if end <= position.max(0) {
-                continue;
-            }
-            let key = (topic, partition);
-            let since = match self.progress.waiting.get(&key) {
-                Some((previous, since)) if *previous == position => *since,
-                _ => now,
-            };
-            if now.duration_since(since) >= STALL_AFTER {
-                stalled += 1;
-                tracing::warn!(
-                    topic = %key.0,
-                    partition,
-                    position,
-                    end,
-                    "input partition has records waiting and is not being consumed"
-                );
-            }
-            waiting.insert(key, (position, since));
+        let (waiting, stalled) = judge_progress(&self.progress.waiting, measured, now);
+        for (topic, partition) in &stalled {
+            tracing::warn!(
+                %topic,
+                partition,
+                "input partition has records waiting and is not being consumed"
+            );
         }
         self.progress.waiting = waiting;
+        let stalled = stalled.len() as u64;
         self.health
             .stalled_partitions
             .store(stalled, Ordering::Relaxed);
@@ -1013,4 +1026,72 @@ fn sent_messages(envelopes: &[Envelope]) -> Vec<MessageEnvelope> {
         }
     }
     messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(position: i64, end: Option<i64>) -> Vec<PartitionProgress> {
+        vec![PartitionProgress {
+            topic: "ledger.commands".to_string(),
+            partition: 2,
+            position,
+            end,
+        }]
+    }
+
+    #[test]
+    fn a_partition_with_records_waiting_and_no_progress_is_stalled_after_the_bound() {
+        let start = Instant::now();
+        let (waiting, stalled) = judge_progress(&BTreeMap::new(), progress(5, Some(9)), start);
+        assert!(stalled.is_empty(), "a first sight is not a stall");
+        let (waiting, stalled) = judge_progress(
+            &waiting,
+            progress(5, Some(12)),
+            start + STALL_AFTER - Duration::from_millis(1),
+        );
+        assert!(stalled.is_empty(), "not yet past the bound");
+        let (_, stalled) = judge_progress(&waiting, progress(5, Some(12)), start + STALL_AFTER);
+        assert_eq!(stalled, vec![("ledger.commands".to_string(), 2)]);
+    }
+
+    #[test]
+    fn progress_or_nothing_waiting_is_never_a_stall() {
+        let start = Instant::now();
+        let (waiting, _) = judge_progress(&BTreeMap::new(), progress(5, Some(9)), start);
+        // The position moved: a new wait starts.
+        let (waiting, stalled) =
+            judge_progress(&waiting, progress(7, Some(20)), start + STALL_AFTER * 2);
+        assert!(stalled.is_empty());
+        // Caught up: nothing waits.
+        let (waiting, stalled) =
+            judge_progress(&waiting, progress(20, Some(20)), start + STALL_AFTER * 4);
+        assert!(stalled.is_empty() && waiting.is_empty());
+        // An unreadable end (broker away) is no evidence either way.
+        let (waiting, stalled) =
+            judge_progress(&waiting, progress(20, None), start + STALL_AFTER * 6);
+        assert!(stalled.is_empty() && waiting.is_empty());
+    }
+
+    #[test]
+    fn a_consumer_that_never_started_fetching_is_stalled() {
+        // librdkafka reports an invalid position (-1001) until the group's
+        // offsets can be fetched; with records waiting, that is a stall too.
+        let start = Instant::now();
+        let (waiting, _) = judge_progress(&BTreeMap::new(), progress(-1001, Some(40)), start);
+        let (_, stalled) = judge_progress(&waiting, progress(-1001, Some(40)), start + STALL_AFTER);
+        assert_eq!(stalled.len(), 1);
+    }
+
+    #[test]
+    fn health_follows_the_loop_and_the_stalls() {
+        let health = WorkerHealth::new();
+        health.loop_turned();
+        assert!(health.is_consuming());
+        health.stalled_partitions.store(1, Ordering::Relaxed);
+        assert!(!health.is_consuming());
+        health.stalled_partitions.store(0, Ordering::Relaxed);
+        assert!(health.is_consuming());
+    }
 }
