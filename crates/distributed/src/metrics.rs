@@ -12,6 +12,7 @@ pub const WORKER_TRANSACTION_DURATION_SECONDS: &str = "ledger_worker_transaction
 pub const WORKER_BATCH_INPUTS: &str = "ledger_worker_batch_inputs";
 pub const WORKER_RESTORE_DURATION_SECONDS: &str = "ledger_worker_restore_duration_seconds";
 pub const WORKER_STALLED_PARTITIONS: &str = "ledger_worker_stalled_partitions";
+pub const WORKER_BATCHES_PER_TRANSACTION: &str = "ledger_worker_batches_per_transaction";
 pub const BUS_COMMANDS_TOTAL: &str = "ledger_command_bus_commands_total";
 pub const BUS_REPLIES_TOTAL: &str = "ledger_command_bus_replies_total";
 pub const BUS_TIMEOUTS_TOTAL: &str = "ledger_command_bus_timeouts_total";
@@ -32,7 +33,7 @@ pub fn describe() {
     );
     metrics::describe_histogram!(
         WORKER_COMMIT_DURATION_SECONDS,
-        "CQL append plus Kafka transaction of one shard batch"
+        "from the start of a shard batch's CQL append to the commit of the Kafka transaction that publishes it"
     );
     metrics::describe_histogram!(
         WORKER_APPEND_DURATION_SECONDS,
@@ -40,9 +41,13 @@ pub fn describe() {
     );
     metrics::describe_histogram!(
         WORKER_TRANSACTION_DURATION_SECONDS,
-        "Kafka transaction (produce, offsets, commit) of one shard batch"
+        "Kafka transaction (produce, offsets, commit) publishing one or more shard batches"
     );
     metrics::describe_histogram!(WORKER_BATCH_INPUTS, "records polled per worker batch");
+    metrics::describe_histogram!(
+        WORKER_BATCHES_PER_TRANSACTION,
+        "shard batches published together in one Kafka transaction"
+    );
     metrics::describe_gauge!(
         WORKER_STALLED_PARTITIONS,
         "owned input partitions with records waiting that the worker has stopped reading"

@@ -9,13 +9,15 @@
 //! 1. poll up to `batch_inputs_max` records (commands and messages);
 //! 2. decide them in memory, shard by shard;
 //! 3. for every shard with output, concurrently: append its events to CQL
-//!    (idempotent: keyed by shard and sequence), then start ONE Kafka
-//!    transaction holding the events, the messages, the replies and the
-//!    consumed input offsets (`send_offsets_to_transaction`). It runs in the
-//!    background while the next batch is decided and appended (a shard's
-//!    transactions stay in order: the next one starts after it); a
-//!    revocation waits for running transactions inside the rebalance
-//!    callback, so a shard is never handed over mid-commit;
+//!    (idempotent: keyed by shard and sequence), then queue the batch for
+//!    the shard's publisher, a task that runs ONE Kafka transaction at a
+//!    time holding the events, the messages, the replies and the consumed
+//!    input offsets (`send_offsets_to_transaction`) of every batch queued
+//!    since its last one. The loop never waits for a transaction (only for
+//!    room in the bounded queue), so a shard's next hop is decided while
+//!    its previous batch is still being published; a revocation waits for
+//!    queued and running transactions inside the rebalance callback, so a
+//!    shard is never handed over mid-commit;
 //! 4. hand messages to shards this worker owns as soon as they are in CQL,
 //!    without waiting for Kafka (their Kafka copies arrive later and are
 //!    dropped as duplicates). Callers are answered by the replies in the
@@ -270,17 +272,43 @@ struct Input {
     payload: Vec<u8>,
 }
 
-/// A shard this worker owns.
-/// What a background transaction hands back: the shard's writer.
-type Committed = ShardTransactionalWriter;
+/// Batches a shard's publisher may hold before the loop waits for it.
+const PUBLICATIONS_QUEUED_MAX: usize = 16;
+/// Most queued batches one Kafka transaction publishes together.
+const PUBLICATIONS_PER_TRANSACTION_MAX: usize = 64;
 
+/// One shard batch, durable in CQL, waiting for its Kafka transaction.
+struct Publication {
+    envelopes: Vec<Envelope>,
+    messages: Vec<MessageEnvelope>,
+    replies: Vec<ReplyRecordOut>,
+    /// Next offsets to commit: (commands, shard-messages).
+    next_command_offset: Option<i64>,
+    next_message_offset: Option<i64>,
+    /// The group's metadata when the batch was decided; the newest of a
+    /// transaction's batches fences its offsets.
+    group: Option<ConsumerGroupMetadata>,
+    /// When the batch's CQL append began (for the commit duration).
+    started: Instant,
+    /// Counts the batch as in flight until its transaction commits: a
+    /// revocation waits for it.
+    _guard: InFlightGuard,
+}
+
+/// A shard's Kafka side: a task that publishes its batches in order, one
+/// transaction at a time, merging the batches that queued up meanwhile
+/// into one transaction. The loop hands it a batch once the batch is in CQL
+/// and goes on deciding: a shard's next batch never waits for the previous
+/// one's transaction (only for room in the bounded queue).
+struct Publisher {
+    queue: tokio::sync::mpsc::Sender<Publication>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A shard this worker owns.
 struct OwnedShard {
     runner: ShardRunner<ReplyAddress>,
-    /// Home while no transaction of this shard runs.
-    writer: Option<ShardTransactionalWriter>,
-    /// The previous batch's Kafka transaction, running while the next batch
-    /// is decided and appended to CQL.
-    in_flight: Option<tokio::task::JoinHandle<Committed>>,
+    publisher: Publisher,
     step: Step<ReplyAddress>,
     /// Next offsets to commit: commands, shard-messages.
     next_command_offset: Option<i64>,
@@ -452,12 +480,100 @@ fn judge_progress(
     (waiting, stalled)
 }
 
-/// Waits for a shard's background transaction (a failed one stopped the process).
-async fn settle(handle: tokio::task::JoinHandle<Committed>) -> Committed {
-    match handle.await {
-        Ok(committed) => committed,
-        Err(error) => panic!("a shard transaction task failed: {error}"),
+impl Publisher {
+    fn start(shard: ShardId, writer: ShardTransactionalWriter, topics: Topics) -> Self {
+        let (queue, publications) = tokio::sync::mpsc::channel(PUBLICATIONS_QUEUED_MAX);
+        let task = tokio::spawn(publish(shard, writer, topics, publications));
+        Self { queue, task }
     }
+
+    /// Queues a batch (waits while the queue is full).
+    async fn send(&self, shard: ShardId, publication: Publication) {
+        if self.queue.send(publication).await.is_err() {
+            panic!("the publisher of shard {shard} stopped while the shard is owned");
+        }
+    }
+
+    /// Publishes what is queued, then stops.
+    async fn finish(self, shard: ShardId) {
+        let Publisher { queue, task } = self;
+        drop(queue);
+        if let Err(error) = task.await {
+            panic!("the publisher of shard {shard} failed: {error}");
+        }
+    }
+}
+
+/// A shard's publisher task: every queued batch, in order; the batches
+/// waiting when a transaction starts go into it together (one transaction,
+/// one commit, the newest consumed offsets).
+async fn publish(
+    shard: ShardId,
+    mut writer: ShardTransactionalWriter,
+    topics: Topics,
+    mut publications: tokio::sync::mpsc::Receiver<Publication>,
+) {
+    let partition = i32::from(shard.0);
+    while let Some(first) = publications.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < PUBLICATIONS_PER_TRANSACTION_MAX {
+            match publications.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let merged = batch.len();
+        let mut envelopes = Vec::new();
+        let mut messages = Vec::new();
+        let mut replies = Vec::new();
+        let (mut command_offset, mut message_offset) = (None, None);
+        for publication in batch.iter_mut() {
+            envelopes.append(&mut publication.envelopes);
+            messages.append(&mut publication.messages);
+            replies.append(&mut publication.replies);
+            command_offset = publication.next_command_offset.or(command_offset);
+            message_offset = publication.next_message_offset.or(message_offset);
+        }
+        let group = batch
+            .last_mut()
+            .and_then(|newest| newest.group.take())
+            .expect("every publication carries the group's metadata");
+        let mut offsets = Vec::new();
+        if let Some(next) = command_offset {
+            offsets.push((topics.commands.as_str(), partition, next));
+        }
+        if let Some(next) = message_offset {
+            offsets.push((topics.shard_messages.as_str(), partition, next));
+        }
+        let consumed = if offsets.is_empty() {
+            None
+        } else {
+            match ConsumedOffsets::new(group, &offsets) {
+                Ok(consumed) => Some(consumed),
+                Err(error) => crash(shard, "recording consumed offsets", &error),
+            }
+        };
+        let transaction_started = Instant::now();
+        let committed = match writer.begin(&envelopes, &messages, &replies).await {
+            Ok(pending) => pending.commit(consumed).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = committed {
+            crash(shard, "committing the shard's kafka transaction", &error);
+        }
+        metrics::histogram!(names::WORKER_TRANSACTION_DURATION_SECONDS)
+            .record(transaction_started.elapsed().as_secs_f64());
+        for publication in &batch {
+            metrics::histogram!(names::WORKER_COMMIT_DURATION_SECONDS)
+                .record(publication.started.elapsed().as_secs_f64());
+        }
+        metrics::histogram!(names::WORKER_BATCHES_PER_TRANSACTION).record(merged as f64);
+        metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
+        metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(envelopes.len() as u64);
+        // Dropping the batch releases its in-flight guards.
+        drop(batch);
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(writer)).await;
 }
 
 impl Worker {
@@ -473,17 +589,14 @@ impl Worker {
             self.health.loop_turned();
             self.check_progress();
         }
-        for owned in self.shards.values_mut() {
-            if let Some(handle) = owned.in_flight.take() {
-                owned.writer = Some(settle(handle).await);
-            }
+        let shards = std::mem::take(&mut self.shards);
+        for (shard, owned) in shards {
+            owned.publisher.finish(shard).await;
         }
         // Leave the group: a final revoke, then the shards are free.
         let consumer = self.consumer.clone();
-        let shards = std::mem::take(&mut self.shards);
         let _ = tokio::task::spawn_blocking(move || {
             consumer.unsubscribe();
-            drop(shards);
             drop(consumer);
         })
         .await;
@@ -636,13 +749,10 @@ impl Worker {
                 Ownership::Revoked(partitions) => {
                     for partition in partitions {
                         let shard = ShardId(partition as u16);
-                        if let Some(mut owned) = self.shards.remove(&shard) {
+                        if let Some(owned) = self.shards.remove(&shard) {
                             tracing::info!(%shard, "shard revoked");
-                            if let Some(handle) = owned.in_flight.take() {
-                                // Already done: the revocation waited for it.
-                                owned.writer = Some(settle(handle).await);
-                            }
-                            let _ = tokio::task::spawn_blocking(move || drop(owned)).await;
+                            // Already published: the revocation waited for it.
+                            owned.publisher.finish(shard).await;
                         }
                     }
                     self.local
@@ -761,8 +871,7 @@ impl Worker {
         );
         OwnedShard {
             runner,
-            writer: Some(writer),
-            in_flight: None,
+            publisher: Publisher::start(shard, writer, self.topics.clone()),
             step: Step::default(),
             next_command_offset: None,
             next_message_offset: None,
@@ -830,7 +939,6 @@ impl Worker {
     async fn commit(&mut self) {
         let consumer = &self.consumer;
         let store = &self.store;
-        let topics = &self.topics;
         let in_flight = &self.in_flight;
         let snapshot_every_events = self.config.snapshot_every_events;
         let commits = self
@@ -849,7 +957,6 @@ impl Worker {
                     *shard,
                     owned,
                     store,
-                    topics,
                     group,
                     snapshot_every_events,
                     in_flight,
@@ -860,17 +967,6 @@ impl Worker {
             .into_iter()
             .flatten()
             .collect();
-        // Idle shards whose last transaction has committed since.
-        for owned in self.shards.values_mut() {
-            if owned
-                .in_flight
-                .as_ref()
-                .is_some_and(|handle| handle.is_finished())
-            {
-                let handle = owned.in_flight.take().expect("checked above");
-                owned.writer = Some(settle(handle).await);
-            }
-        }
         for message in sent {
             if self.shards.contains_key(&message.to) {
                 self.local.push_back(message);
@@ -879,18 +975,18 @@ impl Worker {
     }
 }
 
-/// Appends one shard's batch to CQL (while the shard's previous Kafka
-/// transaction may still run), waits for that previous transaction, then
-/// starts this batch's transaction in the background. Returns the batch's
-/// messages, durable in CQL, for local delivery.
+/// Appends one shard's batch to CQL, then queues it for the shard's
+/// publisher (its Kafka transaction runs while the next batches are decided
+/// and appended). Returns the batch's messages, durable in CQL, for local
+/// delivery.
 ///
-/// Order per shard stays: batch N in CQL → batch N in Kafka → batch N+1 in
-/// Kafka; CQL may run one batch ahead of Kafka, which a takeover repairs.
+/// Order per shard stays: batch N in CQL before batch N in Kafka, and the
+/// shard's batches reach Kafka in CQL order; CQL may run up to the queue's
+/// bound of batches ahead of Kafka, which a takeover repairs.
 async fn commit_shard(
     shard: ShardId,
     owned: &mut OwnedShard,
     store: &Arc<dyn EventStore>,
-    topics: &Topics,
     group: ConsumerGroupMetadata,
     snapshot_every_events: u64,
     in_flight: &Arc<TransactionsInFlight>,
@@ -924,13 +1020,6 @@ async fn commit_shard(
     // and if this batch's transaction fails, the takeover publishes it from
     // CQL. The Kafka copies arrive later and are dropped as duplicates.
     let delivered = messages.clone();
-    if let Some(handle) = owned.in_flight.take() {
-        owned.writer = Some(settle(handle).await);
-    }
-    let mut writer = owned
-        .writer
-        .take()
-        .expect("the writer is home once the previous transaction settled");
     let replies: Vec<ReplyRecordOut> = replies
         .into_iter()
         .map(|(address, reply)| {
@@ -953,42 +1042,18 @@ async fn commit_shard(
             }
         })
         .collect();
-    let partition = i32::from(shard.0);
-    let mut offsets = Vec::new();
-    if let Some(next) = owned.next_command_offset.take() {
-        offsets.push((topics.commands.as_str(), partition, next));
-    }
-    if let Some(next) = owned.next_message_offset.take() {
-        offsets.push((topics.shard_messages.as_str(), partition, next));
-    }
-    let consumed = if offsets.is_empty() {
-        None
-    } else {
-        match ConsumedOffsets::new(group, &offsets) {
-            Ok(consumed) => Some(consumed),
-            Err(error) => crash(shard, "recording consumed offsets", &error),
-        }
-    };
     let events = envelopes.len() as u64;
-    let guard = in_flight.begin();
-    owned.in_flight = Some(tokio::spawn(async move {
-        let transaction_started = Instant::now();
-        let committed = match writer.begin(&envelopes, &messages, &replies).await {
-            Ok(pending) => pending.commit(consumed).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = committed {
-            crash(shard, "committing the shard's kafka transaction", &error);
-        }
-        metrics::histogram!(names::WORKER_TRANSACTION_DURATION_SECONDS)
-            .record(transaction_started.elapsed().as_secs_f64());
-        metrics::histogram!(names::WORKER_COMMIT_DURATION_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
-        metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(events);
-        drop(guard);
-        writer
-    }));
+    let publication = Publication {
+        envelopes,
+        messages,
+        replies,
+        next_command_offset: owned.next_command_offset.take(),
+        next_message_offset: owned.next_message_offset.take(),
+        group: Some(group),
+        started,
+        _guard: in_flight.begin(),
+    };
+    owned.publisher.send(shard, publication).await;
     owned.events_since_snapshot += events;
     if owned.events_since_snapshot >= snapshot_every_events {
         owned.events_since_snapshot = 0;
