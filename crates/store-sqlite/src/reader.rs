@@ -59,6 +59,33 @@ impl ReadPool {
         })?
     }
 
+    /// Runs a point read (one indexed row, microseconds on a cached page)
+    /// right on the calling task: handing it to the blocking pool and back
+    /// costs two thread wake-ups, several times the query itself (a profile
+    /// of item reads spent half the server's time switching threads). Paged
+    /// reads, which may walk up to a page of rows, use [`ReadPool::run`].
+    pub async fn run_point<T, F>(
+        self: &Arc<Self>,
+        operation: &'static str,
+        work: F,
+    ) -> Result<T, SqliteStoreError>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, SqliteStoreError>,
+    {
+        let _permit =
+            self.permits
+                .acquire()
+                .await
+                .map_err(|error| SqliteStoreError::BlockingTask {
+                    operation,
+                    detail: error.to_string(),
+                })?;
+        let mut connection = self.take()?;
+        let result = work(&mut connection);
+        self.give_back(connection);
+        result
+    }
+
     fn take(&self) -> Result<Connection, SqliteStoreError> {
         let pooled = self
             .idle
