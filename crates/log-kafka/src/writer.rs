@@ -238,24 +238,7 @@ impl ShardTransactionalWriter {
             }
         }
         let count = records.len();
-        if self.open {
-            self.abort_open("abort_transaction").await?;
-        }
-        self.call("begin_transaction", |producer| producer.begin_transaction())
-            .await?;
-        self.open = true;
-        let produced = self
-            .call("produce", move |producer| {
-                produce_all(producer, &topics, records, timeout)
-            })
-            .await;
-        if let Err(error) = produced {
-            return Err(self.after_failure(error).await);
-        }
-        let mut pending = PendingTransaction {
-            writer: self,
-            records: count,
-        };
+        let mut pending = self.begin_records(records).await?;
         pending.flush().await?;
         if let Some(consumed) = consumed {
             pending.send_offsets(consumed).await?;
@@ -312,6 +295,15 @@ impl ShardTransactionalWriter {
             key: reply.request_id.clone(),
             value: reply.value.clone(),
         }));
+        self.begin_records(records).await
+    }
+
+    /// Begins a transaction (ending one a dropped [`PendingTransaction`] left
+    /// open) and enqueues `records`.
+    async fn begin_records(
+        &mut self,
+        records: Vec<Record>,
+    ) -> Result<PendingTransaction<'_>, WriteError> {
         if self.open {
             // A PendingTransaction was dropped without an outcome: end it first.
             self.abort_open("abort_transaction").await?;

@@ -66,10 +66,10 @@ impl Drop for Process {
     }
 }
 
-/// Starts `ledger <role>` on `address` and forwards its log lines to the
-/// test's output, prefixed with `label`; does not wait for it to listen.
-pub fn spawn(role: &str, environment: &[(String, String)], address: &str, label: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+/// `ledger <role>` with the services' environment, listening on `address`,
+/// its log on a pipe.
+fn command(role: &str, environment: &[(String, String)], address: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ledger"))
         .arg(role)
         .envs(
             environment
@@ -81,7 +81,13 @@ pub fn spawn(role: &str, environment: &[(String, String)], address: &str, label:
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("ledger binary starts");
+        .expect("ledger binary starts")
+}
+
+/// Starts `ledger <role>` on `address` and forwards its log lines to the
+/// test's output, prefixed with `label`; does not wait for it to listen.
+pub fn spawn(role: &str, environment: &[(String, String)], address: &str, label: &str) -> Child {
+    let mut child = command(role, environment, address);
     let stderr = child.stderr.take().expect("stderr is piped");
     let label = label.to_string();
     std::thread::spawn(move || {
@@ -94,19 +100,7 @@ pub fn spawn(role: &str, environment: &[(String, String)], address: &str, label:
 
 /// Starts `ledger <role>` on a free port and waits until it listens.
 pub fn start(role: &str, environment: &[(String, String)]) -> Process {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .arg(role)
-        .envs(
-            environment
-                .iter()
-                .map(|(key, value)| (key.as_str(), value.as_str())),
-        )
-        .env("LEDGER_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ledger binary starts");
+    let mut child = command(role, environment, "127.0.0.1:0");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut lines = BufReader::new(stderr).lines();
     let url = loop {
