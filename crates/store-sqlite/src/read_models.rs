@@ -29,25 +29,14 @@ impl SqliteReadModels {
         Self { readers }
     }
 
+    /// A bounded read (a row, or a page of at most `PAGE_SIZE_MAX` rows),
+    /// run on the calling task ([`crate::reader::ReadPool::run_here`]).
     async fn read<T, F>(&self, operation: &'static str, work: F) -> Result<T, ReadError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, SqliteStoreError> + Send + 'static,
-    {
-        self.readers
-            .run(operation, work)
-            .await
-            .map_err(|error| ReadError::Backend(error.to_string()))
-    }
-
-    /// A read of one indexed row, run on the calling task
-    /// ([`crate::reader::ReadPool::run_point`]).
-    async fn read_point<T, F>(&self, operation: &'static str, work: F) -> Result<T, ReadError>
     where
         F: FnOnce(&mut Connection) -> Result<T, SqliteStoreError>,
     {
         self.readers
-            .run_point(operation, work)
+            .run_here(operation, work)
             .await
             .map_err(|error| ReadError::Backend(error.to_string()))
     }
@@ -146,7 +135,7 @@ struct TransactionRow {
 impl ReadModels for SqliteReadModels {
     async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
         let position = position.clone();
-        self.read_point("coverage read", move |connection| {
+        self.read("coverage read", move |connection| {
             let mut checkpoints = connection
                 .prepare_cached("SELECT sequence FROM projection_checkpoint WHERE shard = ?1")
                 .map_err(query_failed("prepare checkpoint read"))?;
@@ -181,7 +170,7 @@ impl ReadModels for SqliteReadModels {
 
     async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {
         let user_id = user_id.to_string();
-        self.read_point("balance read", move |connection| {
+        self.read("balance read", move |connection| {
             let found: Option<(i64, i64)> = connection
                 .prepare_cached("SELECT balance, pending FROM balances WHERE user_id = ?1")
                 .and_then(|mut statement| {
@@ -333,7 +322,7 @@ impl ReadModels for SqliteReadModels {
 
     async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
         let item_id = item_id.to_string();
-        self.read_point("item read", move |connection| {
+        self.read("item read", move |connection| {
             let row = connection
                 .prepare_cached(
                     "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
@@ -455,7 +444,7 @@ impl ReadModels for SqliteReadModels {
 
     async fn bundle(&self, bundle_id: &str) -> Result<Option<BundleView>, ReadError> {
         let bundle_id = bundle_id.to_string();
-        self.read_point("bundle read", move |connection| {
+        self.read("bundle read", move |connection| {
             let row: Option<(String, String, String, String, i64)> = connection
                 .prepare_cached("SELECT bundle_id, creator_id, name, item_ids, price FROM bundles WHERE bundle_id = ?1")
                 .and_then(|mut statement| {
@@ -476,7 +465,7 @@ impl ReadModels for SqliteReadModels {
 
     async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError> {
         let creator_id = creator_id.to_string();
-        self.read_point("earnings read", move |connection| {
+        self.read("earnings read", move |connection| {
             let row: Option<(i64, i64, i64, i64)> = connection
                 .prepare_cached("SELECT pending, released, lifetime, sales_count FROM earnings WHERE creator_id = ?1")
                 .and_then(|mut statement| {

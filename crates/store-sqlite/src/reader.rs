@@ -59,12 +59,13 @@ impl ReadPool {
         })?
     }
 
-    /// Runs a point read (one indexed row, microseconds on a cached page)
-    /// right on the calling task: handing it to the blocking pool and back
-    /// costs two thread wake-ups, several times the query itself (a profile
-    /// of item reads spent half the server's time switching threads). Paged
-    /// reads, which may walk up to a page of rows, use [`ReadPool::run`].
-    pub async fn run_point<T, F>(
+    /// Runs a bounded read — one indexed row, or one page of at most
+    /// `PAGE_SIZE_MAX` rows by an index — right on the calling task: handing
+    /// it to the blocking pool and back costs two thread wake-ups, several
+    /// times the query itself (a profile of item reads spent half the
+    /// server's time switching threads). Unbounded work (recovery, log and
+    /// read-model dumps) uses [`ReadPool::run`].
+    pub async fn run_here<T, F>(
         self: &Arc<Self>,
         operation: &'static str,
         work: F,
