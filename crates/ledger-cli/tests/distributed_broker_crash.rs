@@ -36,7 +36,6 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 const SECRET: &str = "broker-crash-secret-0123456789";
-const SHARDS: u16 = 4;
 const BUYERS: usize = 40;
 const GRANT: i64 = 1_000;
 const STAR_SUPPLY: u64 = 150;
@@ -307,7 +306,7 @@ async fn broker_crashes_under_load_heal_with_one_copy_of_every_event() {
     let store = store_cql::CqlStore::connect(&contact, &name, store_cql::CqlSettings::default())
         .await
         .expect("the CQL store");
-    for shard in (0..SHARDS).map(ShardId) {
+    for shard in (0..support::SHARDS).map(ShardId) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let mut reader =
@@ -360,23 +359,24 @@ async fn broker_crashes_under_load_heal_with_one_copy_of_every_event() {
     assert!(stars <= STAR_SUPPLY);
     let sales = stars + answers.hats;
     let earnings_url = format!("{}/v1/creators/forge/earnings", query.url);
+    let pending = stars as i64 * 7 + answers.hats as i64 * 2;
+    let earnings = support::wait_for(
+        &client,
+        SECRET,
+        &earnings_url,
+        Duration::from_secs(90),
+        |earnings| {
+            earnings["sales_count"].as_u64() == Some(sales)
+                && earnings["pending"].as_i64() == Some(pending)
+        },
+    )
+    .await;
+    assert_eq!(
+        earnings["pending"].as_i64(),
+        Some(pending),
+        "the creator's share of every acknowledged sale: {earnings}"
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let earnings = support::get(&client, SECRET, &earnings_url).await;
-        if earnings["sales_count"].as_u64() == Some(sales) {
-            assert_eq!(
-                earnings["pending"].as_i64(),
-                Some(stars as i64 * 7 + answers.hats as i64 * 2),
-                "the creator's share of every acknowledged sale: {earnings}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "earnings never reached {sales} sales: {earnings}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     for buyer in 0..BUYERS {
         let user = format!("b-{buyer}");
         let expected = GRANT - answers.spent_by_buyer.get(&user).copied().unwrap_or(0);

@@ -189,23 +189,32 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
     // The read models, once caught up, hold every acknowledged purchase.
     let deadline = Instant::now() + Duration::from_secs(60);
     let earnings_url = format!("{}/v1/creators/forge/earnings", query.url);
-    loop {
-        let earnings = get(&client, &earnings_url).await;
-        if earnings["sales_count"].as_u64() == Some(stars + hats) {
-            assert_eq!(
-                earnings["pending"].as_i64(),
-                Some((stars * 14 + hats * 3) as i64),
-                "the creator's share of every acknowledged sale: {earnings}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "earnings never caught up: {earnings}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let item = get(&client, &format!("{}/v1/items/star", query.url)).await;
+    let pending = (stars * 14 + hats * 3) as i64;
+    let earnings = support::wait_for(
+        &client,
+        SECRET,
+        &earnings_url,
+        deadline.saturating_duration_since(Instant::now()),
+        |earnings| {
+            earnings["sales_count"].as_u64() == Some(stars + hats)
+                && earnings["pending"].as_i64() == Some(pending)
+        },
+    )
+    .await;
+    assert_eq!(
+        earnings["pending"].as_i64(),
+        Some(pending),
+        "the creator's share of every acknowledged sale: {earnings}"
+    );
+    // The sold count is the item shard's: awaited for itself.
+    let item = support::wait_for(
+        &client,
+        SECRET,
+        &format!("{}/v1/items/star", query.url),
+        Duration::from_secs(60),
+        |item| item["sold"].as_u64() == Some(stars),
+    )
+    .await;
     assert_eq!(item["sold"].as_u64(), Some(stars), "{item}");
     let deadline = Instant::now() + Duration::from_secs(60);
     for buyer in 0..BUYERS {

@@ -198,44 +198,32 @@ impl ShardTransactionalWriter {
         consumed: Option<ConsumedOffsets>,
     ) -> Result<usize, WriteError> {
         let timeout = self.call_timeout;
-        let topics = [
-            Arc::clone(&self.events_topic),
+        // Every partition of the shard-messages and replies topics (a shard
+        // sends to any of them); of the events topic, the shard's own.
+        let fanned_out = [
             Arc::clone(&self.messages_topic),
             Arc::clone(&self.replies_topic),
         ];
-        let counted = topics.clone();
         let partitions = self
             .call("fetch_metadata", move |producer| {
-                counted
+                fanned_out
                     .iter()
                     .map(|topic| partition_count(producer, topic, timeout))
                     .collect::<Result<Vec<i32>, KafkaError>>()
             })
             .await?;
-        // The shard's own events partition; every partition of the other two
-        // topics (a shard sends messages and replies to any of them).
-        let own = i32::from(self.shard.0);
-        let mut records = Vec::new();
-        for (destination, count) in [
-            Destination::Events,
-            Destination::Messages,
-            Destination::Replies,
-        ]
-        .into_iter()
-        .zip(partitions)
+        let sweep = |destination, partition| Record {
+            destination,
+            partition,
+            key: SWEEP_KEY.to_string(),
+            value: Vec::new(),
+        };
+        let mut records = vec![sweep(Destination::Events, i32::from(self.shard.0))];
+        for (destination, count) in [Destination::Messages, Destination::Replies]
+            .into_iter()
+            .zip(partitions)
         {
-            let touched = match destination {
-                Destination::Events => own..own + 1,
-                Destination::Messages | Destination::Replies => 0..count,
-            };
-            for partition in touched {
-                records.push(Record {
-                    destination,
-                    partition,
-                    key: SWEEP_KEY.to_string(),
-                    value: Vec::new(),
-                });
-            }
+            records.extend((0..count).map(|partition| sweep(destination, partition)));
         }
         let count = records.len();
         let mut pending = self.begin_records(records).await?;

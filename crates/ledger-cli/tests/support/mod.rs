@@ -33,10 +33,13 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// The services' environment: 4 shards, this test's topics and keyspace.
+/// Shards of the services these tests start.
+pub const SHARDS: u16 = 4;
+
+/// The services' environment: [`SHARDS`] shards, this test's topics and keyspace.
 pub fn environment(name: &str, secret: &str) -> Vec<(String, String)> {
     vec![
-        ("LEDGER_SHARDS".into(), "4".into()),
+        ("LEDGER_SHARDS".into(), SHARDS.to_string()),
         ("LEDGER_TOPIC_PREFIX".into(), name.into()),
         ("LEDGER_CQL_KEYSPACE".into(), name.into()),
         ("LEDGER_REPLY_PARTITIONS".into(), "2".into()),
@@ -198,6 +201,30 @@ pub async fn get(client: &reqwest::Client, secret: &str, url: &str) -> Value {
         .expect("query API answers");
     assert_eq!(response.status().as_u16(), 200, "{url}");
     response.json().await.expect("json")
+}
+
+/// Reads `url` until `done` holds for the answer (the distributed read
+/// models are projected shard by shard, so each figure a test asserts is
+/// awaited for itself); panics with the last answer after `patience`.
+pub async fn wait_for(
+    client: &reqwest::Client,
+    secret: &str,
+    url: &str,
+    patience: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + patience;
+    loop {
+        let answer = get(client, secret, url).await;
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} never reached the expected state within {patience:?}; last answer: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The value of an unlabelled gauge or counter on a service's `/metrics`.
