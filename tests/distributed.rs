@@ -302,15 +302,15 @@ async fn projector_killed_mid_stream_converges_to_a_rebuild() {
     // The log's end per shard: what both projections must reach.
     let mut ends = Vec::new();
     for shard in 0..cluster.shards {
-        let last = log_kafka::last_event(
+        let last = log_kafka::last_record(
             &kafka,
             &topics,
             ledger_core::ShardId(shard),
             Duration::from_secs(30),
         )
         .await
-        .expect("last event");
-        ends.push(last.map_or(1, |envelope| envelope.sequence + 1));
+        .expect("last record");
+        ends.push(last.map_or(1, |record| record.next_sequence()));
     }
     wait_caught_up(&live, &ends).await;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use engine::ports::Recovery;
 use engine::shard::{Reply, ShardRunner, Step};
-use ledger_core::codec::{Envelope, MessageEnvelope, Snapshot};
+use ledger_core::codec::{BatchRecord, MessageEnvelope, Snapshot};
 use ledger_core::*;
 
 /// SplitMix64: tiny, seedable and stable across library versions.
@@ -41,7 +41,7 @@ struct Simulation {
     config: Arc<Config>,
     runners: Vec<ShardRunner<u64>>,
     /// Durable log per shard.
-    logs: Vec<Vec<Envelope>>,
+    logs: Vec<Vec<BatchRecord>>,
     snapshots: Vec<Option<Snapshot>>,
     /// Every message ever made durable (the outbox), for redelivery after a crash.
     outbox: Vec<MessageEnvelope>,
@@ -64,7 +64,7 @@ struct Simulation {
     crashes: u64,
     cancelled_listings: u64,
     /// Every event in the order it became durable (the embedded store's order).
-    commit_order: Vec<Envelope>,
+    commit_order: Vec<BatchRecord>,
 }
 
 fn user(name: String) -> UserId {
@@ -115,9 +115,10 @@ impl Simulation {
     }
 
     /// Makes a step durable and delivers its effects (as the engine does).
-    fn commit(&mut self, shard: ShardId, step: Step<u64>) {
-        self.commit_order.extend(step.envelopes.iter().cloned());
-        self.logs[shard.0 as usize].extend(step.envelopes);
+    fn commit(&mut self, shard: ShardId, mut step: Step<u64>) {
+        self.runners[shard.0 as usize].seal(&mut step);
+        self.commit_order.extend(step.records.iter().cloned());
+        self.logs[shard.0 as usize].extend(step.records);
         for message in step.messages {
             self.outbox.push(message.clone());
             self.network.push(message);
@@ -187,6 +188,17 @@ impl Simulation {
         let shard = message.to;
         let mut step = Step::default();
         self.runners[shard.0 as usize].message(message, self.now_ms, &mut step);
+        // Sometimes a step takes more of the shard's queued messages before
+        // it is made durable (a group commit: one record of several inputs).
+        if self.random.chance(30) {
+            for _ in 0..self.random.below(4) {
+                let Some(next) = self.network.iter().position(|m| m.to == shard) else {
+                    break;
+                };
+                let message = self.network.swap_remove(next);
+                self.runners[shard.0 as usize].message(message, self.now_ms, &mut step);
+            }
+        }
         self.commit(shard, step);
     }
 
@@ -207,20 +219,14 @@ impl Simulation {
         }
         let snapshot = self.snapshots[index].clone();
         let after = snapshot.as_ref().map_or(0, |s| s.state.next_sequence - 1);
-        let envelopes = self.logs[index]
+        let records = self.logs[index]
             .iter()
-            .filter(|e| e.sequence > after)
+            .filter(|record| record.last_sequence() > after)
             .cloned()
             .collect();
-        let runner = ShardRunner::restore(
-            shard,
-            self.config.clone(),
-            Recovery {
-                snapshot,
-                envelopes,
-            },
-        )
-        .expect("restore from snapshot + log");
+        let runner =
+            ShardRunner::restore(shard, self.config.clone(), Recovery { snapshot, records })
+                .expect("restore from snapshot + log");
         // Early messages held in memory are lost with the process: redeliver from the outbox.
         let inbound = runner.state.inbound_next.clone();
         self.runners[index] = runner;
@@ -503,8 +509,10 @@ impl Simulation {
     fn all_events(&self) -> Vec<(ShardId, Event)> {
         let mut events = Vec::new();
         for log in &self.logs {
-            for envelope in log {
-                events.push((envelope.shard, envelope.event().expect("decodable event")));
+            for record in log {
+                for logged in record.logged() {
+                    events.push((record.shard, logged.event().expect("decodable event")));
+                }
             }
         }
         events
@@ -733,7 +741,7 @@ impl Simulation {
                 self.config.clone(),
                 Recovery {
                     snapshot: None,
-                    envelopes: self.logs[index].clone(),
+                    records: self.logs[index].clone(),
                 },
             )
             .expect("the full log replays");
@@ -762,14 +770,14 @@ fn check_read_models(simulation: &Simulation, seed: u64) {
         while index < simulation.commit_order.len() {
             let end = (index + 1 + random.below(200) as usize).min(simulation.commit_order.len());
             let mut batches: Vec<engine::ports::ShardBatch> = Vec::new();
-            for envelope in &simulation.commit_order[index..end] {
+            for record in &simulation.commit_order[index..end] {
                 match batches.last_mut() {
-                    Some(batch) if batch.shard == Some(envelope.shard) => {
-                        batch.envelopes.push(envelope.clone())
+                    Some(batch) if batch.shard == Some(record.shard) => {
+                        batch.records.push(record.clone())
                     }
                     _ => batches.push(engine::ports::ShardBatch {
-                        shard: Some(envelope.shard),
-                        envelopes: vec![envelope.clone()],
+                        shard: Some(record.shard),
+                        records: vec![record.clone()],
                         messages: vec![],
                     }),
                 }

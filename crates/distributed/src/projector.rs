@@ -1,17 +1,18 @@
 //! The projector service: consumes the events topic (`read_committed`, in
-//! the consumer group `<prefix>-projector`) and writes the CQL read models.
+//! the consumer group `<prefix>-projector`; one Kafka record per batch
+//! record) and writes the CQL read models.
 //!
 //! Each batch is grouped by shard (= partition) and applied shard by shard,
-//! concurrently; the read models skip events at or below each shard's
-//! checkpoint and move the checkpoint after the rows, so a batch consumed
-//! again after a crash or a rebalance changes nothing. Offsets are committed
+//! concurrently; the read models skip events below each shard's checkpoint
+//! and move the checkpoint after the rows, so a batch consumed again after a
+//! crash or a rebalance changes nothing. Offsets are committed
 //! to the group after the batch is applied: they only save re-reading.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ledger_core::codec::{Envelope, Hash};
+use ledger_core::codec::{BatchRecord, Hash};
 use ledger_core::ShardId;
 use log_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use log_kafka::rdkafka::error::KafkaError;
@@ -27,9 +28,10 @@ use crate::metrics as names;
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
     pub group_id: String,
-    /// Most events read per batch.
+    /// Most events read per batch (a record is never split: the batch
+    /// stops at the first record that reaches this many).
     pub batch_events_max: usize,
-    /// Longest wait for the first event of a batch.
+    /// Longest wait for the first record of a batch.
     pub poll_wait: Duration,
     pub session_timeout: Duration,
 }
@@ -116,11 +118,11 @@ impl Projector {
     }
 }
 
-/// One event read, with where it was.
+/// One record read, with where it was.
 struct Read {
     partition: i32,
     offset: i64,
-    envelope: Envelope,
+    record: BatchRecord,
 }
 
 async fn run(
@@ -130,7 +132,8 @@ async fn run(
     settings: ProjectorSettings,
     stopping: watch::Receiver<bool>,
 ) {
-    // Last (sequence, hash) seen per shard: each event must continue the chain.
+    // Last (sequence, hash) seen per shard: a record starting right after it
+    // must continue the chain (an earlier one is a copy of one already read).
     let mut chain: BTreeMap<ShardId, (u64, Hash)> = BTreeMap::new();
     while !*stopping.borrow() {
         let polling = consumer.clone();
@@ -142,32 +145,33 @@ async fn run(
         if reads.is_empty() {
             continue;
         }
-        let mut by_shard: BTreeMap<ShardId, Vec<Envelope>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<ShardId, Vec<BatchRecord>> = BTreeMap::new();
         let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
         for read in reads {
             let shard = ShardId(read.partition as u16);
+            let record = read.record;
             assert_eq!(
-                read.envelope.shard, shard,
-                "event of shard {} in partition {}",
-                read.envelope.shard, read.partition
+                record.shard, shard,
+                "a record of shard {} in partition {}",
+                record.shard, read.partition
             );
             if let Some((sequence, hash)) = chain.get(&shard) {
-                if read.envelope.sequence == sequence + 1 {
+                if record.first_sequence == sequence + 1 {
                     assert_eq!(
-                        read.envelope.previous_hash, *hash,
-                        "broken hash chain on shard {shard} at event {}",
-                        read.envelope.sequence
+                        record.previous_hash, *hash,
+                        "broken hash chain on shard {shard} at the record from event {}",
+                        record.first_sequence
                     );
                 }
             }
-            chain.insert(shard, (read.envelope.sequence, read.envelope.hash));
+            chain.insert(shard, (record.last_sequence(), record.hash));
             next_offsets.insert(read.partition, read.offset + 1);
-            by_shard.entry(shard).or_default().push(read.envelope);
+            by_shard.entry(shard).or_default().push(record);
         }
-        let events: usize = by_shard.values().map(Vec::len).sum();
-        let applied = by_shard.iter().map(|(shard, envelopes)| {
+        let events: u64 = by_shard.values().flatten().map(BatchRecord::len).sum();
+        let applied = by_shard.iter().map(|(shard, records)| {
             let read_models = read_models.clone();
-            async move { (shard, read_models.apply(*shard, envelopes).await) }
+            async move { (shard, read_models.apply(*shard, records).await) }
         });
         let mut failed = false;
         for (shard, result) in futures_util::future::join_all(applied).await {
@@ -182,7 +186,7 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
-        metrics::counter!(names::PROJECTOR_EVENTS_TOTAL).increment(events as u64);
+        metrics::counter!(names::PROJECTOR_EVENTS_TOTAL).increment(events);
         metrics::counter!(names::PROJECTOR_BATCHES_TOTAL).increment(1);
         let mut list = TopicPartitionList::new();
         for (partition, next) in next_offsets {
@@ -240,10 +244,12 @@ async fn rewind(
     }
 }
 
-/// Blocking: up to `max` events, waiting at most `wait` for the first.
-fn poll(consumer: &BaseConsumer, max: usize, wait: Duration) -> Vec<Read> {
+/// Blocking: records until they hold `max_events` events, waiting at most
+/// `wait` for the first.
+fn poll(consumer: &BaseConsumer, max_events: usize, wait: Duration) -> Vec<Read> {
     let mut reads = Vec::new();
-    while reads.len() < max {
+    let mut events = 0;
+    while events < max_events {
         let timeout = if reads.is_empty() {
             wait
         } else {
@@ -258,23 +264,30 @@ fn poll(consumer: &BaseConsumer, max: usize, wait: Duration) -> Vec<Read> {
             Some(Ok(message)) => {
                 let Some(bytes) = message.payload() else {
                     panic!(
-                        "event record without value at partition {} offset {}",
+                        "events topic record without value at partition {} offset {}",
                         message.partition(),
                         message.offset()
                     );
                 };
-                let envelope = match Envelope::from_bytes(bytes) {
-                    Ok(envelope) => envelope,
+                let record = match BatchRecord::from_bytes(bytes) {
+                    Ok(record) => record,
                     Err(error) => panic!(
-                        "corrupt event at partition {} offset {}: {error}",
+                        "corrupt record at partition {} offset {}: {error}",
                         message.partition(),
                         message.offset()
                     ),
                 };
+                assert!(
+                    !record.is_empty(),
+                    "the record at partition {} offset {} holds no entry",
+                    message.partition(),
+                    message.offset()
+                );
+                events += record.len() as usize;
                 reads.push(Read {
                     partition: message.partition(),
                     offset: message.offset(),
-                    envelope,
+                    record,
                 });
             }
         }

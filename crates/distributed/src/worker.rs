@@ -7,11 +7,12 @@
 //! One loop, one batch at a time:
 //!
 //! 1. poll up to `batch_inputs_max` records (commands and messages);
-//! 2. decide them in memory, shard by shard;
-//! 3. for every shard with output, concurrently: append its events to CQL
+//! 2. decide them in memory, shard by shard, and seal each shard's entries
+//!    into its record (usually one per shard and batch);
+//! 3. for every shard with output, concurrently: append its records to CQL
 //!    (idempotent: keyed by shard and sequence), then queue the batch for
 //!    the shard's publisher, a task that runs ONE Kafka transaction at a
-//!    time holding the events, the messages, the replies and the consumed
+//!    time holding the records, the messages, the replies and the consumed
 //!    input offsets (`send_offsets_to_transaction`) of every batch queued
 //!    since its last one. The loop never waits for a transaction (only for
 //!    room in the bounded queue), so a shard's next hop is decided while
@@ -23,11 +24,11 @@
 //!    dropped as duplicates). Callers are answered by the replies in the
 //!    transaction, so only once their batch is in CQL and in Kafka.
 //!
-//! CQL is the shard's source of truth; Kafka publishes it. A worker that dies
-//! between the two leaves events in CQL that Kafka lacks: whoever takes the
-//! shard over fences the old producer (`init_transactions`), compares the CQL
-//! log with the last event on Kafka and publishes the difference before it
-//! decides anything. Inputs whose offsets were not committed are consumed
+//! CQL is the shard's source of truth; Kafka publishes it, record for
+//! record. A worker that dies between the two leaves records in CQL that
+//! Kafka lacks: whoever takes the shard over fences the old producer
+//! (`init_transactions`), compares the CQL log with the last record on Kafka
+//! and publishes the records after it before it decides anything. Inputs whose offsets were not committed are consumed
 //! again; the shard's state already holds their effects, so commands answer
 //! from their idempotency record and messages are dropped as duplicates.
 //!
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use engine::ports::{EventStore, ShardBatch};
 use engine::shard::{Reply, ShardRunner, Step};
 use engine::EngineConfig;
-use ledger_core::codec::{CommandRecord, Envelope, MessageEnvelope, ReplyRecord};
+use ledger_core::codec::{BatchRecord, CommandRecord, Entry, MessageEnvelope, ReplyRecord};
 use ledger_core::{Completion, Event, ShardId};
 use log_kafka::rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
@@ -66,7 +67,7 @@ pub struct WorkerSettings {
     pub session_timeout: Duration,
     /// Longest wait for the first record of a batch.
     pub poll_wait: Duration,
-    /// Bound of the takeover search for the last published event.
+    /// Bound of the takeover search for the last published record.
     pub takeover_timeout: Duration,
 }
 
@@ -276,10 +277,12 @@ struct Input {
 const PUBLICATIONS_QUEUED_MAX: usize = 16;
 /// Most queued batches one Kafka transaction publishes together.
 const PUBLICATIONS_PER_TRANSACTION_MAX: usize = 64;
+/// Most records a takeover publishes in one Kafka transaction.
+const REPUBLISH_RECORDS_MAX: usize = 256;
 
 /// One shard batch, durable in CQL, waiting for its Kafka transaction.
 struct Publication {
-    envelopes: Vec<Envelope>,
+    records: Vec<BatchRecord>,
     messages: Vec<MessageEnvelope>,
     replies: Vec<ReplyRecordOut>,
     /// Next offsets to commit: (commands, shard-messages).
@@ -523,12 +526,12 @@ async fn publish(
             }
         }
         let merged = batch.len();
-        let mut envelopes = Vec::new();
+        let mut records = Vec::new();
         let mut messages = Vec::new();
         let mut replies = Vec::new();
         let (mut command_offset, mut message_offset) = (None, None);
         for publication in batch.iter_mut() {
-            envelopes.append(&mut publication.envelopes);
+            records.append(&mut publication.records);
             messages.append(&mut publication.messages);
             replies.append(&mut publication.replies);
             command_offset = publication.next_command_offset.or(command_offset);
@@ -554,7 +557,7 @@ async fn publish(
             }
         };
         let transaction_started = Instant::now();
-        let committed = match writer.begin(&envelopes, &messages, &replies).await {
+        let committed = match writer.begin(&records, &messages, &replies).await {
             Ok(pending) => pending.commit(consumed).await,
             Err(error) => Err(error),
         };
@@ -569,7 +572,8 @@ async fn publish(
         }
         metrics::histogram!(names::WORKER_BATCHES_PER_TRANSACTION).record(merged as f64);
         metrics::counter!(names::WORKER_TRANSACTIONS_TOTAL).increment(1);
-        metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(envelopes.len() as u64);
+        let events: u64 = records.iter().map(BatchRecord::len).sum();
+        metrics::counter!(names::WORKER_EVENTS_TOTAL).increment(events);
         // Dropping the batch releases its in-flight guards.
         drop(batch);
     }
@@ -817,7 +821,7 @@ impl Worker {
             Ok(partitions) => tracing::debug!(%shard, partitions, "open transactions ended"),
             Err(error) => crash(shard, "ending the shard's open transactions", &error),
         }
-        let last = match log_kafka::last_event(
+        let last = match log_kafka::last_record(
             &self.kafka,
             &self.topics,
             shard,
@@ -826,20 +830,21 @@ impl Worker {
         .await
         {
             Ok(last) => last,
-            Err(error) => crash(shard, "reading the shard's last published event", &error),
+            Err(error) => crash(shard, "reading the shard's last published record", &error),
         };
         let stored_through = runner.state.next_sequence - 1;
-        let published_through = last.as_ref().map_or(0, |envelope| envelope.sequence);
+        let published_through = last.as_ref().map_or(0, BatchRecord::last_sequence);
         assert!(
             published_through <= stored_through,
-            "shard {shard}: kafka has event {published_through} but CQL ends at {stored_through}; events are written to CQL first"
+            "shard {shard}: kafka has event {published_through} but CQL ends at {stored_through}; records are written to CQL first"
         );
         if let Some(last) = &last {
-            match self.store.read_shard(shard, last.sequence - 1, 1).await {
+            // The CQL record holding kafka's last event must be that record.
+            match self.store.read_shard(shard, published_through - 1, 1).await {
                 Ok(stored) => assert!(
-                    stored.first().map(|envelope| envelope.hash) == Some(last.hash),
-                    "shard {shard}: event {} differs between kafka and CQL",
-                    last.sequence
+                    stored.first().map(|record| record.hash) == Some(last.hash),
+                    "shard {shard}: the record of events {} to {published_through} differs between kafka and CQL",
+                    last.first_sequence
                 ),
                 Err(error) => crash(shard, "reading the shard's CQL log", &error),
             }
@@ -847,17 +852,28 @@ impl Worker {
         let mut after = published_through;
         let mut republished = 0u64;
         while after < stored_through {
-            let envelopes = match self.store.read_shard(shard, after, 1_000).await {
-                Ok(envelopes) => envelopes,
+            let records = match self
+                .store
+                .read_shard(shard, after, REPUBLISH_RECORDS_MAX)
+                .await
+            {
+                Ok(records) => records,
                 Err(error) => crash(shard, "reading the shard's CQL log", &error),
             };
-            assert!(!envelopes.is_empty(), "shard {shard}: CQL log ends early");
-            let messages = sent_messages(&envelopes);
-            if let Err(error) = writer.commit_batch(&envelopes, &messages, None).await {
-                crash(shard, "publishing the shard's unpublished events", &error);
+            let first = records.first().unwrap_or_else(|| {
+                panic!("shard {shard}: CQL log ends early, after event {after}")
+            });
+            assert_eq!(
+                first.first_sequence,
+                after + 1,
+                "shard {shard}: the CQL record after kafka's event {after} does not start right after it"
+            );
+            let messages = sent_messages(&records);
+            if let Err(error) = writer.commit_batch(&records, &messages, None).await {
+                crash(shard, "publishing the shard's unpublished records", &error);
             }
-            after = envelopes.last().expect("not empty").sequence;
-            republished += envelopes.len() as u64;
+            after = records.last().expect("not empty").last_sequence();
+            republished += records.iter().map(BatchRecord::len).sum::<u64>();
         }
         metrics::counter!(names::WORKER_REPUBLISHED_EVENTS_TOTAL).increment(republished);
         metrics::histogram!(names::WORKER_RESTORE_DURATION_SECONDS)
@@ -937,6 +953,11 @@ impl Worker {
     }
 
     async fn commit(&mut self) {
+        // Every shard's entries of this batch (ticks and local messages
+        // included, which carry no input offset) into its records.
+        for owned in self.shards.values_mut() {
+            owned.runner.seal(&mut owned.step);
+        }
         let consumer = &self.consumer;
         let store = &self.store;
         let in_flight = &self.in_flight;
@@ -992,20 +1013,21 @@ async fn commit_shard(
     in_flight: &Arc<TransactionsInFlight>,
 ) -> Vec<MessageEnvelope> {
     let started = Instant::now();
+    let events = owned.step.entries();
     let Step {
-        envelopes,
+        records,
         messages,
         replies,
     } = std::mem::take(&mut owned.step);
-    if !envelopes.is_empty() {
-        // Only the events: each message is also the sender's `message_sent`
-        // event, receivers get messages from Kafka, and a takeover rebuilds
-        // the unpublished ones from the events. Writing them to the CQL
-        // outbox too would cost a third round trip per append for rows
-        // nobody reads in this mode.
+    if !records.is_empty() {
+        // Only the records: each message is also a `Sent` entry of the
+        // sender's record, receivers get messages from Kafka, and a takeover
+        // rebuilds the unpublished ones from the records. Writing them to
+        // the CQL outbox too would cost a third round trip per append for
+        // rows nobody reads in this mode.
         let batch = ShardBatch {
             shard: Some(shard),
-            envelopes: envelopes.clone(),
+            records: records.clone(),
             messages: Vec::new(),
         };
         if let Err(error) = store.append(vec![batch]).await {
@@ -1042,9 +1064,8 @@ async fn commit_shard(
             }
         })
         .collect();
-    let events = envelopes.len() as u64;
     let publication = Publication {
-        envelopes,
+        records,
         messages,
         replies,
         next_command_offset: owned.next_command_offset.take(),
@@ -1065,30 +1086,42 @@ async fn commit_shard(
     delivered
 }
 
-/// The messages a shard's events sent (each `message_sent` event carries one).
-fn sent_messages(envelopes: &[Envelope]) -> Vec<MessageEnvelope> {
+/// The messages a shard's records sent: their `Sent` entries (and any other
+/// entry holding a `message_sent` event, as records read from format 1 do).
+fn sent_messages(records: &[BatchRecord]) -> Vec<MessageEnvelope> {
     let mut messages = Vec::new();
-    for envelope in envelopes {
-        let event = match envelope.event() {
-            Ok(event) => event,
-            Err(error) => panic!(
-                "shard {} event {} does not decode: {error}",
-                envelope.shard, envelope.sequence
-            ),
-        };
-        if let Event::MessageSent {
-            to,
-            sequence,
-            message,
-        } = event
-        {
-            messages.push(MessageEnvelope {
-                from: envelope.shard,
+    for logged in records.iter().flat_map(BatchRecord::logged) {
+        let (to, sequence, message) = match logged.entry {
+            Entry::Sent {
                 to,
                 sequence,
                 message,
-            });
-        }
+            } => (*to, *sequence, message.clone()),
+            entry if entry.event_type() == "message_sent" => match logged.event() {
+                Ok(Event::MessageSent {
+                    to,
+                    sequence,
+                    message,
+                }) => (to, sequence, message),
+                Ok(other) => panic!(
+                    "event {} of shard {} is declared message_sent but is {}",
+                    logged.sequence,
+                    logged.shard,
+                    other.type_name()
+                ),
+                Err(error) => panic!(
+                    "event {} of shard {} does not decode: {error}",
+                    logged.sequence, logged.shard
+                ),
+            },
+            _ => continue,
+        };
+        messages.push(MessageEnvelope {
+            from: logged.shard,
+            to,
+            sequence,
+            message,
+        });
     }
     messages
 }
@@ -1147,6 +1180,58 @@ mod tests {
         let (waiting, _) = judge_progress(&BTreeMap::new(), progress(-1001, Some(40)), start);
         let (_, stalled) = judge_progress(&waiting, progress(-1001, Some(40)), start + STALL_AFTER);
         assert_eq!(stalled.len(), 1);
+    }
+
+    #[test]
+    fn the_messages_of_records_are_their_sent_entries_of_either_format() {
+        use ledger_core::codec::{Envelope, InputEntries, GENESIS_HASH};
+        use ledger_core::{GrantId, Message, UserId};
+        let credit = |n: i64| Message::CreditGrant {
+            grant_id: GrantId::parse(format!("g{n}")).expect("valid id"),
+            user_id: UserId::parse("alice").expect("valid id"),
+            amount: n,
+        };
+        let sent = |sequence: u64| Event::MessageSent {
+            to: ShardId(2),
+            sequence,
+            message: credit(sequence as i64),
+        };
+        // Format 1: one envelope per event, read as a record of one entry.
+        let old = BatchRecord::from_envelope(Envelope::seal(
+            &sent(1),
+            ShardId(1),
+            1,
+            "command:grant:g1",
+            5,
+            GENESIS_HASH,
+        ));
+        let received = Event::MessageReceived {
+            from: ShardId(3),
+            sequence: 9,
+        };
+        let new = BatchRecord::seal(
+            ShardId(1),
+            2,
+            old.hash,
+            vec![InputEntries {
+                cause: "command:grant:g2".to_string(),
+                timestamp_ms: 6,
+                entries: [&received, &sent(2), &sent(3)]
+                    .into_iter()
+                    .map(Entry::from_event)
+                    .collect(),
+            }],
+        );
+        let message = |sequence: u64| MessageEnvelope {
+            from: ShardId(1),
+            to: ShardId(2),
+            sequence,
+            message: credit(sequence as i64),
+        };
+        assert_eq!(
+            sent_messages(&[old, new]),
+            vec![message(1), message(2), message(3)]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use ledger_core::codec::Envelope;
+use ledger_core::codec::BatchRecord;
 use ledger_core::*;
 use ledger_engine::in_memory::InMemoryCluster as Cluster;
 use ledger_engine::ports::Recovery;
@@ -138,36 +138,28 @@ fn bench_codec(criterion: &mut Criterion) {
             Posting::new(Account::Clearing, 100),
         ],
     };
-    let envelope = codec::Envelope::seal(
-        &event,
-        ShardId(0),
-        1,
-        "command:purchase:purchase-000001",
-        1,
-        codec::GENESIS_HASH,
-    );
-    let bytes = envelope.to_bytes();
+    // One event in a record of its own: the cost per record.
+    let seal = || {
+        codec::BatchRecord::seal(
+            ShardId(0),
+            1,
+            codec::GENESIS_HASH,
+            vec![codec::InputEntries {
+                cause: "command:purchase:purchase-000001".into(),
+                timestamp_ms: 1,
+                entries: vec![codec::Entry::from_event(&event)],
+            }],
+        )
+    };
+    let bytes = seal().to_bytes();
     let mut group = criterion.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("seal_and_encode", |b| {
-        b.iter(|| {
-            codec::Envelope::seal(
-                &event,
-                ShardId(0),
-                1,
-                "command:purchase:purchase-000001",
-                1,
-                codec::GENESIS_HASH,
-            )
-            .to_bytes()
-        })
-    });
+    group.bench_function("seal_and_encode", |b| b.iter(|| seal().to_bytes()));
     group.bench_function("decode_and_verify", |b| {
         b.iter(|| {
-            codec::Envelope::from_bytes(&bytes)
-                .unwrap()
-                .event()
-                .unwrap()
+            let record = codec::BatchRecord::from_bytes(&bytes).unwrap();
+            let event = record.logged().next().unwrap().event().unwrap();
+            event
         })
     });
     group.finish();
@@ -361,16 +353,16 @@ fn bench_per_command(criterion: &mut Criterion) {
 
 // ------------------------------------------------------------ replay
 
-/// The log of a one-shard cluster from its first event (grants,
-/// publications, then primary purchases), cut to exactly `REPLAY_EVENTS`
-/// events as stored bytes. Restore checks the chain of whatever prefix it is
-/// given, so the cut only makes the count round.
+/// The log of a one-shard cluster from its first record (grants,
+/// publications, then primary purchases), cut after the record that reaches
+/// `REPLAY_EVENTS` entries, as stored bytes. Restore checks the chain of
+/// whatever prefix it is given, so the cut only makes the count round.
 fn replay_log() -> Vec<Vec<u8>> {
     let mut cluster = Cluster::new(1);
     cluster.record();
     fund(&mut cluster);
     let mut next_purchase = 0;
-    while cluster.recorded_envelopes() < REPLAY_EVENTS {
+    while cluster.recorded_entries() < REPLAY_EVENTS as u64 {
         let wave = next_purchase..next_purchase + 256;
         next_purchase = wave.end;
         cluster.run(wave.map(|n| {
@@ -383,61 +375,72 @@ fn replay_log() -> Vec<Vec<u8>> {
         }));
     }
     cluster.expect_succeeded(BUYERS + ITEMS + next_purchase);
-    let mut log = cluster.take_recorded().envelopes;
-    log.truncate(REPLAY_EVENTS);
-    log.iter().map(Envelope::to_bytes).collect()
+    let mut log = cluster.take_recorded().records;
+    let mut entries = 0;
+    let keep = log
+        .iter()
+        .take_while(|record| {
+            let before = entries;
+            entries += record.len();
+            before < REPLAY_EVENTS as u64
+        })
+        .count();
+    log.truncate(keep);
+    log.iter().map(BatchRecord::to_bytes).collect()
 }
 
-/// Panics unless `runner` is the shard rebuilt from all of `log`.
-fn expect_restored(runner: &ShardRunner<()>, last_hash: &codec::Hash) {
-    assert_eq!(runner.state.next_sequence, REPLAY_EVENTS as u64 + 1);
-    assert_eq!(&runner.last_hash, last_hash);
+/// Panics unless `runner` is the shard rebuilt from all of `records`.
+fn expect_restored(runner: &ShardRunner<()>, records: &[BatchRecord]) {
+    let last = records.last().expect("a log");
+    assert_eq!(runner.state.next_sequence, last.next_sequence());
+    assert!(last.last_sequence() >= REPLAY_EVENTS as u64);
+    assert_eq!(runner.last_hash, last.hash);
 }
 
 fn bench_replay(criterion: &mut Criterion) {
     let stored = replay_log();
-    let envelopes: Vec<Envelope> = stored
+    let records: Vec<BatchRecord> = stored
         .iter()
-        .map(|bytes| Envelope::from_bytes(bytes).unwrap())
+        .map(|bytes| BatchRecord::from_bytes(bytes).unwrap())
         .collect();
-    let last_hash = envelopes.last().expect("a log").hash;
+    let entries: u64 = records.iter().map(BatchRecord::len).sum();
     let config = Arc::new(Config::new(1));
 
     let mut group = criterion.benchmark_group("replay");
-    group.throughput(Throughput::Elements(REPLAY_EVENTS as u64));
+    group.throughput(Throughput::Elements(entries));
     group.sample_size(10);
-    // From stored bytes, as on startup: the store decodes each envelope and
-    // checks its hash (`Envelope::from_bytes`, what the SQLite store's
-    // recovery read does), then `ShardRunner::restore` (the engine's
+    // From stored bytes, as on startup: the store decodes each record and
+    // checks its checksum (`BatchRecord::from_bytes`, what the SQLite
+    // store's recovery read does), then `ShardRunner::restore` (the engine's
     // startup path) checks the chain, decodes each event and evolves.
     group.bench_function("restore_50k_events", |bencher| {
         bencher.iter_with_large_drop(|| {
-            let envelopes = stored
+            let decoded = stored
                 .iter()
-                .map(|bytes| Envelope::from_bytes(bytes))
+                .map(|bytes| BatchRecord::from_bytes(bytes))
                 .collect::<Result<Vec<_>, _>>()
                 .unwrap();
             let recovery = Recovery {
                 snapshot: None,
-                envelopes,
+                records: decoded,
             };
             let runner = ShardRunner::<()>::restore(ShardId(0), config.clone(), recovery).unwrap();
-            expect_restored(&runner, &last_hash);
+            expect_restored(&runner, &records);
             runner
         })
     });
-    // `ShardRunner::restore` alone, on envelopes the store already decoded
+    // `ShardRunner::restore` alone, on records the store already decoded
     // and verified: how the time splits between the store and the engine.
     group.bench_function("restore_50k_decoded_envelopes", |bencher| {
         bencher.iter_batched(
             || Recovery {
                 snapshot: None,
-                envelopes: envelopes.clone(),
+                records: records.clone(),
             },
             |recovery| {
                 let runner =
                     ShardRunner::<()>::restore(ShardId(0), config.clone(), recovery).unwrap();
-                expect_restored(&runner, &last_hash);
+                expect_restored(&runner, &records);
                 runner
             },
             BatchSize::PerIteration,

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use ledger_core::codec::{Envelope, MessageEnvelope};
+use ledger_core::codec::{BatchRecord, MessageEnvelope};
 use ledger_core::{
     Actor, Command, CommandMeta, Completion, Config, Role, ShardId, ShardState, TimestampMs, UserId,
 };
@@ -25,9 +25,9 @@ pub struct Outcomes {
 /// What a cluster keeps of its output.
 #[derive(Debug, Default)]
 pub struct Recorded {
-    /// Every envelope, in the order the shards sealed them: a valid global
+    /// Every record, in the order the shards sealed them: a valid global
     /// commit order (causes before effects).
-    pub envelopes: Vec<Envelope>,
+    pub records: Vec<BatchRecord>,
     /// Every message sent, in the order sent.
     pub messages: Vec<MessageEnvelope>,
 }
@@ -62,7 +62,7 @@ impl InMemoryCluster {
         }
     }
 
-    /// Starts keeping every envelope and message from now on.
+    /// Starts keeping every record and message from now on.
     pub fn record(&mut self) {
         self.recorded.get_or_insert_with(Recorded::default);
     }
@@ -72,11 +72,11 @@ impl InMemoryCluster {
         self.recorded.take().unwrap_or_default()
     }
 
-    /// Envelopes kept so far.
-    pub fn recorded_envelopes(&self) -> usize {
-        self.recorded
-            .as_ref()
-            .map_or(0, |recorded| recorded.envelopes.len())
+    /// Entries (sequence numbers) kept so far.
+    pub fn recorded_entries(&self) -> u64 {
+        self.recorded.as_ref().map_or(0, |recorded| {
+            recorded.records.iter().map(BatchRecord::len).sum()
+        })
     }
 
     /// An independent copy of a quiescent cluster, with fresh outcome
@@ -91,7 +91,7 @@ impl InMemoryCluster {
                 assert_eq!((runner.early_messages(), runner.waiting_commands()), (0, 0));
                 let recovery = Recovery {
                     snapshot: Some(runner.snapshot()),
-                    envelopes: Vec::new(),
+                    records: Vec::new(),
                 };
                 ShardRunner::restore(runner.shard(), self.config.clone(), recovery)
                     .expect("a snapshot restores")
@@ -120,7 +120,7 @@ impl InMemoryCluster {
             }
         }
         if let Some(recorded) = &mut self.recorded {
-            recorded.envelopes.extend(step.envelopes);
+            recorded.records.extend(step.records);
             recorded.messages.extend(step.messages.iter().cloned());
         }
         self.network.extend(step.messages);
@@ -138,7 +138,9 @@ impl InMemoryCluster {
         };
         let shard = self.config.shard_of(&command.home_key());
         let mut step = Step::default();
-        self.runners[shard.0 as usize].command(command, meta, (), &mut step);
+        let runner = &mut self.runners[shard.0 as usize];
+        runner.command(command, meta, (), &mut step);
+        runner.seal(&mut step);
         self.absorb(step);
     }
 
@@ -148,6 +150,7 @@ impl InMemoryCluster {
             let shard = message.to.0 as usize;
             let mut step = Step::default();
             self.runners[shard].message(message, self.now_ms, &mut step);
+            self.runners[shard].seal(&mut step);
             self.absorb(step);
         }
     }
@@ -170,6 +173,7 @@ impl InMemoryCluster {
         for shard in 0..self.runners.len() {
             let mut step = Step::default();
             self.runners[shard].tick(now_ms, &mut step);
+            self.runners[shard].seal(&mut step);
             self.absorb(step);
         }
         self.drain();
@@ -218,7 +222,7 @@ mod tests {
         let state = cluster.state_of(&ledger_core::keys::user(&user));
         assert_eq!(state.balance(&Account::Wallet(user)), 5);
         let recorded = cluster.take_recorded();
-        assert!(!recorded.envelopes.is_empty());
+        assert!(!recorded.records.is_empty());
         assert!(
             !recorded.messages.is_empty(),
             "a grant credits the user's shard by message"

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use ledger_core::codec::{Envelope, MessageEnvelope, Snapshot};
+use ledger_core::codec::{BatchRecord, MessageEnvelope, Snapshot};
 use ledger_core::{Command, CommandMeta, Completion, ShardId};
 
 /// A storage failure. The engine treats a failed append as fatal for the shard.
@@ -19,20 +19,28 @@ pub enum StoreError {
     Corrupt(#[from] ledger_core::codec::CodecError),
 }
 
-/// The events and outgoing messages of one shard, decided together.
+/// The records and outgoing messages of one shard, decided together.
+/// `messages` are the `Sent` entries of `records`, for the outbox.
 #[derive(Debug, Clone, Default)]
 pub struct ShardBatch {
     pub shard: Option<ShardId>,
-    pub envelopes: Vec<Envelope>,
+    pub records: Vec<BatchRecord>,
     pub messages: Vec<MessageEnvelope>,
+}
+
+impl ShardBatch {
+    /// Entries (sequence numbers) in the batch's records.
+    pub fn entries(&self) -> u64 {
+        self.records.iter().map(BatchRecord::len).sum()
+    }
 }
 
 /// What a shard needs to rebuild its state.
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
     pub snapshot: Option<Snapshot>,
-    /// Events after the snapshot, in sequence order.
-    pub envelopes: Vec<Envelope>,
+    /// Records after the snapshot, in sequence order.
+    pub records: Vec<BatchRecord>,
 }
 
 /// Resolves when an ordered append is durable (see [`EventStore::append_ordered`]).
@@ -43,8 +51,8 @@ pub type AppendReceipt =
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Durably appends several shards' batches in one atomic write: all or none.
-    /// Appending a batch whose events are already stored (same shard and
-    /// sequence, same hash) is a no-op, so a redo is safe.
+    /// Appending a record that is already stored (same shard and sequences,
+    /// same hash) is a no-op, so a redo is safe.
     async fn append(&self, batches: Vec<ShardBatch>) -> Result<(), StoreError>;
 
     /// Queues an append and returns once its place in the commit order is
@@ -64,7 +72,7 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
-    /// The latest snapshot of `shard` and every event after it.
+    /// The latest snapshot of `shard` and every record after it.
     async fn recover(&self, shard: ShardId) -> Result<Recovery, StoreError>;
 
     /// Messages addressed to `to` that it has not consumed yet: from each
@@ -79,13 +87,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores a snapshot taken after event `snapshot.state.next_sequence - 1`.
     async fn save_snapshot(&self, shard: ShardId, snapshot: &Snapshot) -> Result<(), StoreError>;
 
-    /// Events of `shard` with a sequence above `after`, at most `limit`, in order.
+    /// Records of `shard` holding an entry with a sequence above `after`
+    /// (the first may start at or before it), at most `limit`, in order.
     async fn read_shard(
         &self,
         shard: ShardId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Envelope>, StoreError>;
+    ) -> Result<Vec<BatchRecord>, StoreError>;
 }
 
 /// Why a command could not be run (it was not applied).

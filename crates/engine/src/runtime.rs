@@ -306,23 +306,24 @@ impl ShardTask {
         self.runner.message(message, now_ms(), step);
     }
 
-    async fn commit(&mut self, step: Step<Waiter>, inputs: usize) {
+    async fn commit(&mut self, mut step: Step<Waiter>, inputs: usize) {
+        self.runner.seal(&mut step);
         if step.is_empty() {
             return;
         }
+        let events = step.entries();
         let Step {
-            envelopes,
+            records,
             messages,
             replies,
         } = step;
         let started = Instant::now();
-        let events = envelopes.len() as u64;
-        let receipt: AppendReceipt = if envelopes.is_empty() {
+        let receipt: AppendReceipt = if records.is_empty() {
             Box::pin(std::future::ready(Ok(())))
         } else {
             let batch = ShardBatch {
                 shard: Some(self.runner.shard()),
-                envelopes,
+                records,
                 messages: messages.clone(),
             };
             match self.store.append_ordered(vec![batch]).await {

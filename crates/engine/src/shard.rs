@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ledger_core::codec::{CodecError, Envelope, Hash, MessageEnvelope, Snapshot, GENESIS_HASH};
+use ledger_core::codec::{
+    BatchRecord, CodecError, Entry, Hash, InputEntries, MessageEnvelope, Snapshot, GENESIS_HASH,
+    RECORD_BYTES_MAX, RECORD_ENTRIES_MAX,
+};
 use ledger_core::{
     decide, evolve, Answer, Completion, Config, Decision, Event, Input, Rejection, ShardId,
     ShardState, TimestampMs,
@@ -26,16 +29,17 @@ pub enum Reply {
 /// The durable effects and answers of processing some inputs.
 #[derive(Debug)]
 pub struct Step<W> {
-    pub envelopes: Vec<Envelope>,
+    /// The sealed records (see [`ShardRunner::seal`]), usually one.
+    pub records: Vec<BatchRecord>,
     pub messages: Vec<MessageEnvelope>,
-    /// Answers to deliver once `envelopes` are durable.
+    /// Answers to deliver once `records` are durable.
     pub replies: Vec<(W, Reply)>,
 }
 
 impl<W> Default for Step<W> {
     fn default() -> Self {
         Self {
-            envelopes: Vec::new(),
+            records: Vec::new(),
             messages: Vec::new(),
             replies: Vec::new(),
         }
@@ -44,7 +48,12 @@ impl<W> Default for Step<W> {
 
 impl<W> Step<W> {
     pub fn is_empty(&self) -> bool {
-        self.envelopes.is_empty() && self.replies.is_empty()
+        self.records.is_empty() && self.replies.is_empty()
+    }
+
+    /// Entries (sequence numbers) in the step's records.
+    pub fn entries(&self) -> u64 {
+        self.records.iter().map(BatchRecord::len).sum()
     }
 }
 
@@ -56,6 +65,13 @@ pub struct ShardRunner<W> {
     config: Arc<Config>,
     early: BTreeMap<(ShardId, u64), MessageEnvelope>,
     waiters: BTreeMap<String, Vec<W>>,
+    /// Entries applied since the last seal, and where they start.
+    open: Vec<InputEntries>,
+    open_entries: usize,
+    open_bytes: usize,
+    open_first_sequence: u64,
+    /// Records closed because they reached `RECORD_ENTRIES_MAX`, not yet sealed into a step.
+    closed: Vec<BatchRecord>,
 }
 
 impl<W> ShardRunner<W> {
@@ -66,11 +82,16 @@ impl<W> ShardRunner<W> {
             config,
             early: BTreeMap::new(),
             waiters: BTreeMap::new(),
+            open: Vec::new(),
+            open_entries: 0,
+            open_bytes: 0,
+            open_first_sequence: 1,
+            closed: Vec::new(),
         }
     }
 
     /// Rebuilds a shard from its latest snapshot and the log after it,
-    /// checking the hash chain and the sequence of every event.
+    /// checking the hash chain and the sequence of every record.
     pub fn restore(
         shard: ShardId,
         config: Arc<Config>,
@@ -82,23 +103,25 @@ impl<W> ShardRunner<W> {
             runner.state = state;
             runner.last_hash = last_hash;
         }
-        for envelope in recovery.envelopes {
-            if envelope.sequence < runner.state.next_sequence {
+        for record in recovery.records {
+            if record.next_sequence() <= runner.state.next_sequence {
                 continue;
             }
-            if envelope.shard != shard
-                || envelope.sequence != runner.state.next_sequence
-                || envelope.previous_hash != runner.last_hash
+            if record.shard != shard
+                || record.first_sequence != runner.state.next_sequence
+                || record.previous_hash != runner.last_hash
             {
                 return Err(CodecError::HashMismatch {
                     shard,
-                    sequence: envelope.sequence,
+                    sequence: record.first_sequence,
                 });
             }
-            let event = envelope.event()?;
-            evolve(&mut runner.state, &event);
-            runner.last_hash = envelope.hash;
+            for logged in record.logged() {
+                evolve(&mut runner.state, &logged.event()?);
+            }
+            runner.last_hash = record.hash;
         }
+        runner.open_first_sequence = runner.state.next_sequence;
         Ok(runner)
     }
 
@@ -107,6 +130,10 @@ impl<W> ShardRunner<W> {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        assert!(
+            self.open.is_empty() && self.closed.is_empty(),
+            "a snapshot is taken between sealed records"
+        );
         Snapshot {
             state: self.state.clone(),
             last_hash: self.last_hash,
@@ -130,16 +157,6 @@ impl<W> ShardRunner<W> {
     ) -> Vec<String> {
         let mut completed = Vec::new();
         for event in events {
-            let sequence = self.state.next_sequence;
-            let envelope = Envelope::seal(
-                &event,
-                self.shard(),
-                sequence,
-                cause,
-                timestamp_ms,
-                self.last_hash,
-            );
-            self.last_hash = envelope.hash;
             match &event {
                 Event::MessageSent {
                     to,
@@ -154,10 +171,66 @@ impl<W> ShardRunner<W> {
                 Event::CommandCompleted { key, .. } => completed.push(key.clone()),
                 _ => {}
             }
+            // Logged before it is applied: a record closed to make room ends
+            // at the state's current sequence.
+            self.log(Entry::from_event(&event), cause, timestamp_ms);
             evolve(&mut self.state, &event);
-            step.envelopes.push(envelope);
         }
         completed
+    }
+
+    /// Adds the entry of the event about to be applied to the open record,
+    /// closing the open record first if the entry would not fit in it.
+    fn log(&mut self, entry: Entry, cause: &str, timestamp_ms: TimestampMs) {
+        // The input's cause and time (bounded) plus the entry.
+        let bytes = entry.encoded_size() + cause.len() + 32;
+        assert!(
+            bytes <= RECORD_BYTES_MAX,
+            "an entry of {bytes} bytes fits no record"
+        );
+        if self.open_entries == RECORD_ENTRIES_MAX || self.open_bytes + bytes > RECORD_BYTES_MAX {
+            let record = self.close();
+            self.closed.push(record);
+        }
+        match self.open.last_mut() {
+            Some(input) if input.cause == cause && input.timestamp_ms == timestamp_ms => {
+                input.entries.push(entry)
+            }
+            _ => self.open.push(InputEntries {
+                cause: cause.to_string(),
+                timestamp_ms,
+                entries: vec![entry],
+            }),
+        }
+        self.open_entries += 1;
+        self.open_bytes += bytes;
+    }
+
+    /// Seals the open entries into one record chained to the last.
+    fn close(&mut self) -> BatchRecord {
+        let record = BatchRecord::seal(
+            self.shard(),
+            self.open_first_sequence,
+            self.last_hash,
+            std::mem::take(&mut self.open),
+        );
+        assert_eq!(record.next_sequence(), self.state.next_sequence);
+        self.open_entries = 0;
+        self.open_bytes = 0;
+        self.open_first_sequence = self.state.next_sequence;
+        self.last_hash = record.hash;
+        record
+    }
+
+    /// Seals what the inputs since the last seal logged into `step.records`
+    /// (one record, or more past `RECORD_ENTRIES_MAX` entries). Every driver
+    /// calls it before making the step durable.
+    pub fn seal(&mut self, step: &mut Step<W>) {
+        step.records.append(&mut self.closed);
+        if self.open_entries > 0 {
+            let record = self.close();
+            step.records.push(record);
+        }
     }
 
     fn resolve(&mut self, completed: Vec<String>, step: &mut Step<W>) {
@@ -268,5 +341,72 @@ impl<W> ShardRunner<W> {
     /// Drops every waiter (their callers see the channel close).
     pub fn abandon_waiters(&mut self) {
         self.waiters.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_core::{Actor, Command, CommandMeta, GrantId, Role, UserId};
+
+    /// One step too large for one record: it is sealed into several, each
+    /// within the bounds, contiguous and chained, and they replay to the
+    /// live state.
+    #[test]
+    fn a_step_past_the_record_bounds_is_sealed_into_chained_records() {
+        let config = Arc::new(Config::new(1));
+        let mut runner: ShardRunner<()> = ShardRunner::new(ShardId(0), config.clone());
+        let mut step = Step::default();
+        let meta = CommandMeta {
+            at_ms: 1_000,
+            actor: Actor {
+                role: Role::Service,
+                user_id: UserId::parse("service").expect("valid id"),
+            },
+        };
+        let mut pending: Vec<MessageEnvelope> = Vec::new();
+        for n in 0..6_000 {
+            let grant = Command::Grant {
+                grant_id: GrantId::parse(format!("g-{n}")).expect("valid id"),
+                user_id: UserId::parse(format!("u-{n}")).expect("valid id"),
+                amount: 10,
+            };
+            runner.command(grant, meta.clone(), (), &mut step);
+            pending.append(&mut step.messages);
+        }
+        // The grants' messages to the (same) user shard, and their answers.
+        while !pending.is_empty() {
+            for message in std::mem::take(&mut pending) {
+                runner.message(message, 1_000, &mut step);
+            }
+            pending.append(&mut step.messages);
+        }
+        runner.seal(&mut step);
+        let records = step.records;
+        assert!(records.len() > 2, "{} records", records.len());
+        let mut next = 1;
+        let mut previous = GENESIS_HASH;
+        for record in &records {
+            assert_eq!(record.first_sequence, next);
+            assert_eq!(record.previous_hash, previous);
+            assert!(record.len() as usize <= RECORD_ENTRIES_MAX);
+            assert!(record.to_bytes().len() <= RECORD_BYTES_MAX + 64);
+            next = record.next_sequence();
+            previous = record.hash;
+        }
+        assert_eq!(next, runner.state.next_sequence);
+        assert_eq!(previous, runner.last_hash);
+        let replayed = ShardRunner::<()>::restore(
+            ShardId(0),
+            config,
+            Recovery {
+                snapshot: None,
+                records,
+            },
+        )
+        .expect("the records replay");
+        assert!(replayed.state == runner.state);
+        // Nothing is left open: a snapshot can be taken.
+        let _ = runner.snapshot();
     }
 }

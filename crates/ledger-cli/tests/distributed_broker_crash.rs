@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use engine::ports::EventStore;
+use ledger_core::codec::BatchRecord;
 use ledger_core::ShardId;
 use log_kafka::{ChainCursor, EventLogReader, KafkaConfig, Topics};
 use serde_json::json;
@@ -294,8 +295,9 @@ async fn broker_crashes_under_load_heal_with_one_copy_of_every_event() {
     assert_eq!(status, 201, "{body}");
 
     // Each shard's Kafka log holds its CQL log exactly: read from the first
-    // offset, every event continues the chain (a second copy of any event is
-    // a gap), and it ends where CQL ends.
+    // offset, every record continues the chain (a second copy of any record
+    // is a gap), it ends where CQL ends, and it is CQL's log record for
+    // record.
     let kafka = KafkaConfig::new(std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("bootstrap"));
     let topics = Topics::with_prefix(&name);
     let contact: Vec<String> = std::env::var("LEDGER_CQL_CONTACT")
@@ -312,32 +314,40 @@ async fn broker_crashes_under_load_heal_with_one_copy_of_every_event() {
             let mut reader =
                 EventLogReader::open(&kafka, &topics, shard, 0, Some(ChainCursor::genesis()))
                     .expect("a reader of the events topic");
-            let events = reader
+            let published: Vec<BatchRecord> = reader
                 .read_to_end(Duration::from_secs(60))
                 .await
-                .unwrap_or_else(|error| panic!("shard {shard}'s kafka log: {error}"));
-            let last = events.last().expect("every shard has events");
+                .unwrap_or_else(|error| panic!("shard {shard}'s kafka log: {error}"))
+                .into_iter()
+                .map(|published| published.record)
+                .collect();
+            let last = published.last().expect("every shard has records");
             let beyond = store
-                .read_shard(shard, last.envelope.sequence, 1)
+                .read_shard(shard, last.last_sequence(), 1)
                 .await
                 .expect("CQL log");
             if beyond.is_empty() {
                 let stored = store
-                    .read_shard(shard, last.envelope.sequence - 1, 1)
+                    .read_shard(shard, 0, usize::MAX)
                     .await
                     .expect("CQL log");
                 assert_eq!(
-                    stored.first().map(|envelope| envelope.hash),
-                    Some(last.envelope.hash),
-                    "shard {shard}: kafka and CQL end on the same event"
+                    stored.last().map(|record| record.hash),
+                    Some(last.hash),
+                    "shard {shard}: kafka and CQL end on the same record"
                 );
-                assert_eq!(events.len() as u64, last.envelope.sequence);
+                assert!(
+                    stored == published,
+                    "shard {shard}: kafka's {} records differ from CQL's {}",
+                    published.len(),
+                    stored.len()
+                );
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "shard {shard}: CQL holds events beyond kafka's {}",
-                last.envelope.sequence
+                last.last_sequence()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -38,6 +38,34 @@ pub enum CodecError {
     HashMismatch { shard: ShardId, sequence: u64 },
     #[error("{trailing} trailing bytes after {what}")]
     Trailing { what: &'static str, trailing: usize },
+    #[error("checksum of the record of shard {shard} from event {first_sequence} does not match its content")]
+    RecordChecksum { shard: ShardId, first_sequence: u64 },
+    #[error("a record of {length} bytes is too short for its checksum")]
+    RecordTooShort { length: usize },
+}
+
+/// Format 2 records: variable-length integers (lengths, counts, variant
+/// indexes and small amounts take one byte), little-endian.
+fn record_config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_variable_int_encoding()
+        .with_little_endian()
+}
+
+fn encode_record_part<T: Encode>(value: &T) -> Vec<u8> {
+    bincode::encode_to_vec(value, record_config()).expect("encoding into a vector cannot fail")
+}
+
+fn decode_record_part<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, read) = bincode::decode_from_slice(bytes, record_config())
+        .map_err(|source| CodecError::Decode { what, source })?;
+    if read != bytes.len() {
+        return Err(CodecError::Trailing {
+            what,
+            trailing: bytes.len() - read,
+        });
+    }
+    Ok(value)
 }
 
 pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
@@ -155,19 +183,24 @@ impl Envelope {
 
     /// The event, upcast to the current schema if it was written by an older one.
     pub fn event(&self) -> Result<Event, CodecError> {
-        let current = schema_version(&self.event_type);
-        if self.schema_version == current {
-            let event: Event = decode("event", &self.payload)?;
-            if event.type_name() != self.event_type {
-                return Err(CodecError::TypeMismatch {
-                    declared: self.event_type.clone(),
-                    actual: event.type_name(),
-                });
-            }
-            return Ok(event);
-        }
-        legacy::upcast(&self.event_type, self.schema_version, &self.payload)
+        decode_event(&self.event_type, self.schema_version, &self.payload)
     }
+}
+
+/// Decodes an event payload, upcast to the current schema if it was written
+/// by an older one.
+fn decode_event(event_type: &str, version: u16, payload: &[u8]) -> Result<Event, CodecError> {
+    if version == schema_version(event_type) {
+        let event: Event = decode("event", payload)?;
+        if event.type_name() != event_type {
+            return Err(CodecError::TypeMismatch {
+                declared: event_type.to_string(),
+                actual: event.type_name(),
+            });
+        }
+        return Ok(event);
+    }
+    legacy::upcast(event_type, version, payload)
 }
 
 /// Readers of older event versions.
@@ -248,6 +281,348 @@ pub mod legacy {
     }
 }
 
+/// Marks a batch record (format 2). Format 1 bytes are one [`Envelope`],
+/// which starts with the little-endian length of its event type: never this.
+pub const RECORD_MAGIC: [u8; 8] = *b"LGRREC02";
+
+/// Most entries in one record; a larger shard step becomes several records.
+pub const RECORD_ENTRIES_MAX: usize = 8_190;
+
+/// Most encoded bytes of one record's inputs (causes and entries): well
+/// under the 1 MB a Kafka record may hold by default, whatever the entries.
+pub const RECORD_BYTES_MAX: usize = 512 * 1024;
+
+/// What one entry of a record is. Every entry takes one sequence number of
+/// its shard, so the log stays dense and every event keeps its
+/// `<shard>.<sequence>` address; plumbing is stored in a few bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Entry {
+    /// A domain event; `payload` is the `Event` in the record encoding
+    /// (variable-length integers).
+    Event {
+        event_type: String,
+        schema_version: u16,
+        payload: Vec<u8>,
+    },
+    /// `message_sent`: the message is the shard's outbox entry.
+    Sent {
+        to: ShardId,
+        sequence: u64,
+        message: Message,
+    },
+    /// `message_received`: the sender's message `sequence` was consumed
+    /// (logged after its effects, in the same record).
+    Received { from: ShardId, sequence: u64 },
+    /// Any event read from a format 1 envelope: `payload` uses fixed-width
+    /// integers and may be an older schema version (upcast on read).
+    FormatOne {
+        event_type: String,
+        schema_version: u16,
+        payload: Vec<u8>,
+    },
+}
+
+impl Entry {
+    /// Bytes the entry takes in a record.
+    pub fn encoded_size(&self) -> usize {
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::encode_into_writer(self, &mut size, record_config())
+            .expect("measuring an encoding cannot fail");
+        size.bytes_written
+    }
+
+    pub fn from_event(event: &Event) -> Entry {
+        match event {
+            Event::MessageSent {
+                to,
+                sequence,
+                message,
+            } => Entry::Sent {
+                to: *to,
+                sequence: *sequence,
+                message: message.clone(),
+            },
+            Event::MessageReceived { from, sequence } => Entry::Received {
+                from: *from,
+                sequence: *sequence,
+            },
+            event => {
+                let event_type = event.type_name();
+                Entry::Event {
+                    event_type: event_type.to_string(),
+                    schema_version: schema_version(event_type),
+                    payload: encode_record_part(event),
+                }
+            }
+        }
+    }
+
+    /// The event this entry records, upcast to the current schema.
+    pub fn event(&self) -> Result<Event, CodecError> {
+        match self {
+            Entry::Event {
+                event_type,
+                schema_version: version,
+                payload,
+            } => {
+                if *version != schema_version(event_type) {
+                    return Err(CodecError::UnknownVersion {
+                        event_type: event_type.clone(),
+                        schema_version: *version,
+                    });
+                }
+                let event: Event = decode_record_part("event", payload)?;
+                if event.type_name() != event_type {
+                    return Err(CodecError::TypeMismatch {
+                        declared: event_type.clone(),
+                        actual: event.type_name(),
+                    });
+                }
+                Ok(event)
+            }
+            Entry::FormatOne {
+                event_type,
+                schema_version,
+                payload,
+            } => decode_event(event_type, *schema_version, payload),
+            Entry::Sent {
+                to,
+                sequence,
+                message,
+            } => Ok(Event::MessageSent {
+                to: *to,
+                sequence: *sequence,
+                message: message.clone(),
+            }),
+            Entry::Received { from, sequence } => Ok(Event::MessageReceived {
+                from: *from,
+                sequence: *sequence,
+            }),
+        }
+    }
+
+    pub fn event_type(&self) -> &str {
+        match self {
+            Entry::Event { event_type, .. } | Entry::FormatOne { event_type, .. } => event_type,
+            Entry::Sent { .. } => "message_sent",
+            Entry::Received { .. } => "message_received",
+        }
+    }
+}
+
+/// The entries one input (a command, a message or a tick) produced.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct InputEntries {
+    /// What caused them: `command:<key>`, `message:<from>:<sequence>` or `tick`.
+    pub cause: String,
+    pub timestamp_ms: TimestampMs,
+    pub entries: Vec<Entry>,
+}
+
+/// The fields of a record its checksum covers.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct RecordBody {
+    shard: ShardId,
+    first_sequence: u64,
+    previous_hash: Hash,
+    inputs: Vec<InputEntries>,
+}
+
+/// One durable unit of a shard's log: what one step of the shard decided,
+/// entries `first_sequence ..` in order, sealed with one SHA-256 that chains
+/// to the shard's previous record. Stored as one row (SQLite, CQL) and
+/// published as one Kafka record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    pub shard: ShardId,
+    pub first_sequence: u64,
+    pub previous_hash: Hash,
+    pub hash: Hash,
+    pub inputs: Vec<InputEntries>,
+}
+
+/// One logged entry with its address: what readers (projectors, exports)
+/// iterate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged<'a> {
+    pub shard: ShardId,
+    pub sequence: u64,
+    pub cause: &'a str,
+    pub timestamp_ms: TimestampMs,
+    pub entry: &'a Entry,
+}
+
+impl Logged<'_> {
+    /// The entry's event, upcast to the current schema.
+    pub fn event(&self) -> Result<Event, CodecError> {
+        self.entry.event()
+    }
+}
+
+impl BatchRecord {
+    /// Seals the entries `inputs` of `shard` from `first_sequence`, chained
+    /// to `previous_hash`.
+    pub fn seal(
+        shard: ShardId,
+        first_sequence: u64,
+        previous_hash: Hash,
+        inputs: Vec<InputEntries>,
+    ) -> BatchRecord {
+        let body = RecordBody {
+            shard,
+            first_sequence,
+            previous_hash,
+            inputs,
+        };
+        let hash: Hash = Sha256::digest(encode_record_part(&body)).into();
+        BatchRecord {
+            shard,
+            first_sequence,
+            previous_hash,
+            hash,
+            inputs: body.inputs,
+        }
+    }
+
+    /// Number of entries (sequence numbers) the record holds.
+    pub fn len(&self) -> u64 {
+        self.inputs
+            .iter()
+            .map(|input| input.entries.len() as u64)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sequence of the last entry.
+    pub fn last_sequence(&self) -> u64 {
+        assert!(!self.is_empty(), "a record holds at least one entry");
+        self.first_sequence + self.len() - 1
+    }
+
+    /// Sequence the shard's next record starts at.
+    pub fn next_sequence(&self) -> u64 {
+        self.first_sequence + self.len()
+    }
+
+    /// Every entry with its address, in sequence order.
+    pub fn logged(&self) -> impl Iterator<Item = Logged<'_>> {
+        let shard = self.shard;
+        self.inputs
+            .iter()
+            .flat_map(|input| {
+                input
+                    .entries
+                    .iter()
+                    .map(move |entry| (input.cause.as_str(), input.timestamp_ms, entry))
+            })
+            .enumerate()
+            .map(move |(index, (cause, timestamp_ms, entry))| Logged {
+                shard,
+                sequence: self.first_sequence + index as u64,
+                cause,
+                timestamp_ms,
+                entry,
+            })
+    }
+
+    /// Format 2: magic, the body (variable-length integers), then its SHA-256.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        if let Some(envelope) = self.as_format_one() {
+            return envelope.to_bytes();
+        }
+        let body = RecordBody {
+            shard: self.shard,
+            first_sequence: self.first_sequence,
+            previous_hash: self.previous_hash,
+            inputs: self.inputs.clone(),
+        };
+        let mut bytes = RECORD_MAGIC.to_vec();
+        bincode::encode_into_std_write(&body, &mut bytes, record_config())
+            .expect("encoding into a vector cannot fail");
+        bytes.extend_from_slice(&self.hash);
+        bytes
+    }
+
+    /// Decodes a record of either format and checks its checksum. A format 1
+    /// envelope reads as a record of one entry whose hash is the envelope's.
+    pub fn from_bytes(bytes: &[u8]) -> Result<BatchRecord, CodecError> {
+        let Some(rest) = bytes.strip_prefix(&RECORD_MAGIC) else {
+            return Ok(BatchRecord::from_envelope(Envelope::from_bytes(bytes)?));
+        };
+        let length = bytes.len();
+        let split = rest
+            .len()
+            .checked_sub(32)
+            .ok_or(CodecError::RecordTooShort { length })?;
+        let (body_bytes, hash) = rest.split_at(split);
+        let body: RecordBody = decode_record_part("record", body_bytes)?;
+        let computed: Hash = Sha256::digest(body_bytes).into();
+        if computed.as_slice() != hash {
+            return Err(CodecError::RecordChecksum {
+                shard: body.shard,
+                first_sequence: body.first_sequence,
+            });
+        }
+        Ok(BatchRecord {
+            shard: body.shard,
+            first_sequence: body.first_sequence,
+            previous_hash: body.previous_hash,
+            hash: computed,
+            inputs: body.inputs,
+        })
+    }
+
+    /// A format 1 envelope as a record of one entry (same hash chain).
+    pub fn from_envelope(envelope: Envelope) -> BatchRecord {
+        BatchRecord {
+            shard: envelope.shard,
+            first_sequence: envelope.sequence,
+            previous_hash: envelope.previous_hash,
+            hash: envelope.hash,
+            inputs: vec![InputEntries {
+                cause: envelope.cause,
+                timestamp_ms: envelope.timestamp_ms,
+                entries: vec![Entry::FormatOne {
+                    event_type: envelope.event_type,
+                    schema_version: envelope.schema_version,
+                    payload: envelope.payload,
+                }],
+            }],
+        }
+    }
+
+    /// The envelope this record was read from, if it is a format 1 record:
+    /// its checksum is the envelope's hash, so it is written back as that.
+    fn as_format_one(&self) -> Option<Envelope> {
+        let [input] = self.inputs.as_slice() else {
+            return None;
+        };
+        let [Entry::FormatOne {
+            event_type,
+            schema_version,
+            payload,
+        }] = input.entries.as_slice()
+        else {
+            return None;
+        };
+        let envelope = Envelope {
+            event_type: event_type.clone(),
+            schema_version: *schema_version,
+            shard: self.shard,
+            sequence: self.first_sequence,
+            cause: input.cause.clone(),
+            timestamp_ms: input.timestamp_ms,
+            previous_hash: self.previous_hash,
+            hash: self.hash,
+            payload: payload.clone(),
+        };
+        (envelope_hash(&envelope) == self.hash).then_some(envelope)
+    }
+}
+
 /// A shard message on the wire: sender, receiver, sequence and body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub struct MessageEnvelope {
@@ -302,11 +677,23 @@ pub struct Snapshot {
     pub last_hash: Hash,
 }
 
+/// Marks a snapshot in the record encoding (variable-length integers).
+/// Older snapshots (fixed-width integers) start with the shard id's two
+/// bytes and the state's first fields, never with this.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP02";
+
 impl Snapshot {
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode(self)
+        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        bincode::encode_into_std_write(self, &mut bytes, record_config())
+            .expect("encoding into a vector cannot fail");
+        bytes
     }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        decode("snapshot", bytes)
+        match bytes.strip_prefix(&SNAPSHOT_MAGIC) {
+            Some(rest) => decode_record_part("snapshot", rest),
+            None => decode("snapshot", bytes),
+        }
     }
 }

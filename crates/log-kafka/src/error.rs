@@ -94,11 +94,11 @@ pub enum WriteError {
         operation: &'static str,
         source: KafkaError,
     },
-    #[error("event {sequence} of shard {event_shard} handed to the writer of shard {shard}")]
-    ForeignEvent {
+    #[error("the record of shard {record_shard} from event {first_sequence} was handed to the writer of shard {shard}")]
+    ForeignRecord {
         shard: ShardId,
-        event_shard: ShardId,
-        sequence: u64,
+        record_shard: ShardId,
+        first_sequence: u64,
     },
     #[error("message {sequence} from shard {from} handed to the writer of shard {shard}")]
     ForeignMessage {
@@ -139,7 +139,7 @@ impl WriteError {
     }
 }
 
-/// Reading or verifying the event log failed.
+/// Reading or verifying the log of records failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("cannot create a read_committed consumer for {topic}: {source}")]
@@ -164,7 +164,7 @@ pub enum ReadError {
         offset: i64,
     },
     #[error(
-        "record at {topic} partition {partition} offset {offset} is not a valid envelope: {source}"
+        "record at {topic} partition {partition} offset {offset} is not a valid batch record: {source}"
     )]
     Corrupt {
         topic: String,
@@ -180,14 +180,22 @@ pub enum ReadError {
         expected: ShardId,
         found: ShardId,
     },
-    #[error("gap in the log of shard {shard}: expected event {expected}, found {found} at offset {offset}")]
+    #[error("gap in the log of shard {shard}: expected a record from event {expected}, found one from event {found} at offset {offset}")]
     SequenceGap {
         shard: ShardId,
         expected: u64,
         found: u64,
         offset: i64,
     },
-    #[error("broken hash chain on shard {shard}: event {sequence} at offset {offset} does not link to the previous event's hash")]
+    #[error(
+        "the record of shard {shard} from event {first_sequence} at offset {offset} holds no entry"
+    )]
+    NoEntries {
+        shard: ShardId,
+        first_sequence: u64,
+        offset: i64,
+    },
+    #[error("broken hash chain on shard {shard}: the record from event {sequence} at offset {offset} does not link to the previous record's hash")]
     BrokenChain {
         shard: ShardId,
         sequence: u64,

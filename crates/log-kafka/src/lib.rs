@@ -1,11 +1,12 @@
 //! The Kafka side of the production path (`schemas/kafka/topics.md`):
 //!
 //! * [`TopicAdmin`] creates the ledger's topics idempotently, one partition per shard;
-//! * [`ShardTransactionalWriter`] publishes one shard's batch (events, outgoing messages and
-//!   the consumed input offsets) as ONE Kafka transaction, and reports fencing distinctly so
-//!   the engine stops owning a shard another worker took over;
-//! * [`EventLogReader`] reads one shard's events with `isolation.level=read_committed` and
-//!   verifies the hash chain (hashes, `previous_hash` links, sequence continuity).
+//! * [`ShardTransactionalWriter`] publishes one shard's batch (its records — one Kafka
+//!   record per [`ledger_core::codec::BatchRecord`] on the events topic —, outgoing messages
+//!   and the consumed input offsets) as ONE Kafka transaction, and reports fencing
+//!   distinctly so the engine stops owning a shard another worker took over;
+//! * [`EventLogReader`] reads one shard's records with `isolation.level=read_committed` and
+//!   verifies the hash chain (checksums, `previous_hash` links, sequence continuity).
 //!
 //! librdkafka's transactional calls block the calling thread; every one of them runs on
 //! `tokio::task::spawn_blocking`, never on an async worker.
@@ -20,7 +21,7 @@ pub use admin::{TopicAdmin, TopicLayout};
 pub use config::{KafkaConfig, Topics, BOOTSTRAP_ENV};
 pub use error::{AdminError, ReadError, WriteError};
 pub use reader::{
-    last_event, wait_until_stable, ChainCursor, EventLogReader, LoggedEvent, ReadBatch,
+    last_record, wait_until_stable, ChainCursor, EventLogReader, PublishedRecord, ReadBatch,
 };
 pub use writer::{
     event_key, transactional_id, ConsumedOffsets, PendingTransaction, ReplyRecordOut,

@@ -1,10 +1,10 @@
-//! `read_committed` reader of one shard's partition of the events topic, verifying the
-//! hash chain as it goes.
+//! `read_committed` reader of one shard's partition of the events topic (one Kafka
+//! record per [`BatchRecord`]), verifying the hash chain as it goes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger_core::codec::{Envelope, Hash, GENESIS_HASH};
+use ledger_core::codec::{BatchRecord, Hash, GENESIS_HASH};
 use ledger_core::ShardId;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -14,8 +14,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::error::ReadError;
 use crate::{blocking, KafkaConfig, Topics};
 
-/// Where the hash chain of a shard stands: the next event must carry `next_sequence`
-/// and link to `previous_hash`.
+/// Where the hash chain of a shard stands: the next record must start at
+/// `next_sequence` and link to `previous_hash`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainCursor {
     pub next_sequence: u64,
@@ -23,7 +23,7 @@ pub struct ChainCursor {
 }
 
 impl ChainCursor {
-    /// The start of a shard's log: event 1, linked to the zero hash.
+    /// The start of a shard's log: a record from event 1, linked to the zero hash.
     pub fn genesis() -> Self {
         Self {
             next_sequence: 1,
@@ -31,36 +31,36 @@ impl ChainCursor {
         }
     }
 
-    /// Right after `envelope`.
-    pub fn after(envelope: &Envelope) -> Self {
+    /// Right after `record`.
+    pub fn after(record: &BatchRecord) -> Self {
         Self {
-            next_sequence: envelope.sequence + 1,
-            previous_hash: envelope.hash,
+            next_sequence: record.next_sequence(),
+            previous_hash: record.hash,
         }
     }
 }
 
-/// An event and its offset in the partition.
+/// A record and its offset in the partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoggedEvent {
+pub struct PublishedRecord {
     pub offset: i64,
-    pub envelope: Envelope,
+    pub record: BatchRecord,
 }
 
 /// What one [`EventLogReader::next_batch`] returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadBatch {
-    pub events: Vec<LoggedEvent>,
+    pub records: Vec<PublishedRecord>,
     /// The reader has reached the last stable offset of the partition (everything
     /// committed so far has been read).
     pub at_end: bool,
 }
 
-/// Reads the events of one shard (one partition) from an offset, with
+/// Reads the records of one shard (one partition) from an offset, with
 /// `isolation.level=read_committed`: aborted and open transactions are never returned.
-/// Every envelope's hash is checked on decode; the reader also checks that each event
-/// continues the chain (sequence + 1, `previous_hash` = previous `hash`) and fails on
-/// a gap.
+/// Every record's checksum is checked on decode; the reader also checks that each
+/// record continues the chain (it starts right after the previous record's last event,
+/// `previous_hash` = previous `hash`) and fails on a gap, an overlap or a repeat.
 pub struct EventLogReader {
     consumer: Arc<BaseConsumer>,
     topic: String,
@@ -73,7 +73,7 @@ pub struct EventLogReader {
 impl EventLogReader {
     /// Starts reading shard `shard` of `topics.events` at `from_offset`. `cursor` is the
     /// chain position expected at that offset ([`ChainCursor::genesis`] from offset 0);
-    /// `None` trusts the first event read and checks continuity from there.
+    /// `None` trusts the first record read and checks continuity from there.
     pub fn open(
         config: &KafkaConfig,
         topics: &Topics,
@@ -124,12 +124,12 @@ impl EventLogReader {
         self.shard
     }
 
-    /// The chain position after the last event returned.
+    /// The chain position after the last record returned.
     pub fn cursor(&self) -> Option<ChainCursor> {
         self.cursor
     }
 
-    /// The offset after the last event returned (where to resume).
+    /// The offset after the last record returned (where to resume).
     pub fn next_offset(&self) -> i64 {
         self.next_offset
     }
@@ -138,7 +138,7 @@ impl EventLogReader {
         i32::from(self.shard.0)
     }
 
-    /// Up to `max` verified events; waits at most `wait` for the first one.
+    /// Up to `max` verified records; waits at most `wait` for the first one.
     pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<ReadBatch, ReadError> {
         let consumer = Arc::clone(&self.consumer);
         let topic = self.topic.clone();
@@ -151,23 +151,26 @@ impl EventLogReader {
                 partition,
                 detail: join.to_string(),
             })??;
-        let mut events = Vec::with_capacity(raw.len());
-        for (offset, envelope) in raw {
-            self.check(offset, &envelope)?;
-            self.cursor = Some(ChainCursor::after(&envelope));
+        let mut records = Vec::with_capacity(raw.len());
+        for (offset, record) in raw {
+            self.check(offset, &record)?;
+            self.cursor = Some(ChainCursor::after(&record));
             self.next_offset = offset + 1;
-            events.push(LoggedEvent { offset, envelope });
+            records.push(PublishedRecord { offset, record });
         }
-        self.at_end = eof || (self.at_end && events.is_empty());
+        self.at_end = eof || (self.at_end && records.is_empty());
         Ok(ReadBatch {
-            events,
+            records,
             at_end: self.at_end,
         })
     }
 
-    /// Every committed event from the current position to the end of the partition.
+    /// Every committed record from the current position to the end of the partition.
     /// Fails with [`ReadError::Timeout`] if the end is not reached within `timeout`.
-    pub async fn read_to_end(&mut self, timeout: Duration) -> Result<Vec<LoggedEvent>, ReadError> {
+    pub async fn read_to_end(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<PublishedRecord>, ReadError> {
         let deadline = Instant::now() + timeout;
         let mut all = Vec::new();
         loop {
@@ -175,7 +178,7 @@ impl EventLogReader {
             let batch = self
                 .next_batch(1024, left.min(Duration::from_secs(1)))
                 .await?;
-            all.extend(batch.events);
+            all.extend(batch.records);
             if batch.at_end {
                 return Ok(all);
             }
@@ -189,31 +192,38 @@ impl EventLogReader {
         }
     }
 
-    fn check(&self, offset: i64, envelope: &Envelope) -> Result<(), ReadError> {
-        if envelope.shard != self.shard {
+    fn check(&self, offset: i64, record: &BatchRecord) -> Result<(), ReadError> {
+        if record.shard != self.shard {
             return Err(ReadError::WrongShard {
                 topic: self.topic.clone(),
                 partition: self.partition(),
                 offset,
                 expected: self.shard,
-                found: envelope.shard,
+                found: record.shard,
+            });
+        }
+        if record.is_empty() {
+            return Err(ReadError::NoEntries {
+                shard: self.shard,
+                first_sequence: record.first_sequence,
+                offset,
             });
         }
         let Some(cursor) = self.cursor else {
             return Ok(());
         };
-        if envelope.sequence != cursor.next_sequence {
+        if record.first_sequence != cursor.next_sequence {
             return Err(ReadError::SequenceGap {
                 shard: self.shard,
                 expected: cursor.next_sequence,
-                found: envelope.sequence,
+                found: record.first_sequence,
                 offset,
             });
         }
-        if envelope.previous_hash != cursor.previous_hash {
+        if record.previous_hash != cursor.previous_hash {
             return Err(ReadError::BrokenChain {
                 shard: self.shard,
-                sequence: envelope.sequence,
+                sequence: record.first_sequence,
                 offset,
             });
         }
@@ -221,20 +231,20 @@ impl EventLogReader {
     }
 }
 
-/// Records looked at first, back from the end, when searching for the last event.
+/// Records looked at first, back from the end, when searching for the last one.
 const TAIL_WINDOW_RECORDS: i64 = 256;
 
-/// The last committed event of shard `shard` on the events topic, `None` when
+/// The last committed record of shard `shard` on the events topic, `None` when
 /// the partition holds none. Call it after the shard's transactional producer
 /// was initialised (which aborts its predecessor's open transaction), so
 /// nothing is pending. Reads a window before the end, widening it (×8) while
 /// it holds only transaction markers and aborted records.
-pub async fn last_event(
+pub async fn last_record(
     config: &KafkaConfig,
     topics: &Topics,
     shard: ShardId,
     timeout: Duration,
-) -> Result<Option<Envelope>, ReadError> {
+) -> Result<Option<BatchRecord>, ReadError> {
     let deadline = Instant::now() + timeout;
     let (low, high) = wait_until_stable(config, topics, shard, timeout).await?;
     let mut window = TAIL_WINDOW_RECORDS;
@@ -245,9 +255,9 @@ pub async fn last_event(
         let start = (high - window).max(low);
         let mut reader = EventLogReader::open(config, topics, shard, start, None)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let events = reader.read_to_end(left).await?;
-        if let Some(last) = events.into_iter().last() {
-            return Ok(Some(last.envelope));
+        let records = reader.read_to_end(left).await?;
+        if let Some(last) = records.into_iter().last() {
+            return Ok(Some(last.record));
         }
         if start == low {
             return Ok(None);
@@ -265,7 +275,7 @@ const STABLE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// A partition whose writer was just initialised normally is stable at once;
 /// one that stays unstable holds a transaction nobody will end (see
 /// [`crate::ShardTransactionalWriter::end_hanging_transactions`]), and reading
-/// "the last event" there would miss records that become visible later.
+/// "the last record" there would miss records that become visible later.
 pub async fn wait_until_stable(
     config: &KafkaConfig,
     topics: &Topics,
@@ -328,7 +338,7 @@ pub async fn wait_until_stable(
     }
 }
 
-/// Blocking: polls up to `max` records (decoded and hash-checked), waiting at most
+/// Blocking: polls up to `max` records (decoded and checksum-checked), waiting at most
 /// `wait` for the first; `true` when the end of the partition was reached.
 fn poll_batch(
     consumer: &BaseConsumer,
@@ -336,7 +346,7 @@ fn poll_batch(
     partition: i32,
     max: usize,
     wait: Duration,
-) -> Result<(Vec<(i64, Envelope)>, bool), ReadError> {
+) -> Result<(Vec<(i64, BatchRecord)>, bool), ReadError> {
     let deadline = Instant::now() + wait;
     let mut out = Vec::new();
     while out.len() < max {
@@ -367,13 +377,13 @@ fn poll_batch(
                 offset,
             });
         };
-        let envelope = Envelope::from_bytes(bytes).map_err(|source| ReadError::Corrupt {
+        let record = BatchRecord::from_bytes(bytes).map_err(|source| ReadError::Corrupt {
             topic: topic.to_string(),
             partition,
             offset,
             source,
         })?;
-        out.push((offset, envelope));
+        out.push((offset, record));
     }
     Ok((out, false))
 }

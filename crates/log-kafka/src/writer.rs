@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ledger_core::codec::{self, Envelope, MessageEnvelope};
+use ledger_core::codec::{self, BatchRecord, MessageEnvelope};
 use ledger_core::ShardId;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -248,8 +248,8 @@ impl ShardTransactionalWriter {
         self.call_timeout = timeout;
     }
 
-    /// Publishes a batch as one transaction: each event to the events topic (partition
-    /// and key = this shard, value = [`Envelope::to_bytes`]), each message to the
+    /// Publishes a batch as one transaction: each record to the events topic (partition
+    /// and key = this shard, value = [`BatchRecord::to_bytes`]), each message to the
     /// shard-messages topic (partition and key = receiver, value = bincode
     /// [`MessageEnvelope`]) and, when given, the consumed input offsets
     /// (`send_offsets_to_transaction`); then commits.
@@ -258,11 +258,11 @@ impl ShardTransactionalWriter {
     /// batch may be retried); [`WriteError::Fenced`] means another instance owns the shard.
     pub async fn commit_batch(
         &mut self,
-        events: &[Envelope],
+        records: &[BatchRecord],
         messages: &[MessageEnvelope],
         consumed: Option<ConsumedOffsets>,
     ) -> Result<(), WriteError> {
-        self.begin(events, messages, &[])
+        self.begin(records, messages, &[])
             .await?
             .commit(consumed)
             .await
@@ -272,11 +272,11 @@ impl ShardTransactionalWriter {
     /// each to its partition of the replies topic), without committing.
     pub async fn begin(
         &mut self,
-        events: &[Envelope],
+        records: &[BatchRecord],
         messages: &[MessageEnvelope],
         replies: &[ReplyRecordOut],
     ) -> Result<PendingTransaction<'_>, WriteError> {
-        let mut records = self.encode(events, messages)?;
+        let mut records = self.encode(records, messages)?;
         records.extend(replies.iter().map(|reply| Record {
             destination: Destination::Replies,
             partition: reply.partition,
@@ -322,24 +322,24 @@ impl ShardTransactionalWriter {
 
     fn encode(
         &self,
-        events: &[Envelope],
+        batch_records: &[BatchRecord],
         messages: &[MessageEnvelope],
     ) -> Result<Vec<Record>, WriteError> {
-        let mut records = Vec::with_capacity(events.len() + messages.len());
+        let mut records = Vec::with_capacity(batch_records.len() + messages.len());
         let key = event_key(self.shard);
-        for event in events {
-            if event.shard != self.shard {
-                return Err(WriteError::ForeignEvent {
+        for record in batch_records {
+            if record.shard != self.shard {
+                return Err(WriteError::ForeignRecord {
                     shard: self.shard,
-                    event_shard: event.shard,
-                    sequence: event.sequence,
+                    record_shard: record.shard,
+                    first_sequence: record.first_sequence,
                 });
             }
             records.push(Record {
                 destination: Destination::Events,
                 partition: i32::from(self.shard.0),
                 key: key.clone(),
-                value: event.to_bytes(),
+                value: record.to_bytes(),
             });
         }
         for message in messages {

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ledger_core::codec::{self, Envelope, MessageEnvelope};
+use ledger_core::codec::{self, BatchRecord, Entry, InputEntries, MessageEnvelope};
 use ledger_core::{Account, Event, GrantId, ItemId, Message, Posting, PurchaseId, ShardId, UserId};
 use ledger_log_kafka::rdkafka::config::ClientConfig;
 use ledger_log_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
@@ -88,51 +88,62 @@ fn user(name: String) -> UserId {
     UserId::parse(name).unwrap()
 }
 
-/// `count` real, hash-chained events of `shard` continuing `from`: alternately a grant
-/// and a buyer debit. `tag` makes contents (and so hashes) distinct between batches.
-fn chain(shard: ShardId, from: ChainCursor, count: usize, tag: &str) -> Vec<Envelope> {
+/// `count` real, hash-chained records of one event each of `shard` continuing `from`:
+/// alternately a grant and a buyer debit. `tag` makes contents (and so hashes) distinct
+/// between batches.
+fn chain(shard: ShardId, from: ChainCursor, count: usize, tag: &str) -> Vec<BatchRecord> {
+    chain_of(shard, from, &vec![1; count], tag)
+}
+
+/// Hash-chained records of `shard` continuing `from`, holding `sizes[i]` events each
+/// (one input per event, like a step of several commands).
+fn chain_of(shard: ShardId, from: ChainCursor, sizes: &[usize], tag: &str) -> Vec<BatchRecord> {
     let mut cursor = from;
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let sequence = cursor.next_sequence;
-        let buyer = user(format!("buyer-{tag}-{sequence}"));
-        let event = if sequence % 2 == 1 {
-            Event::CurrencyGranted {
-                grant_id: GrantId::parse(format!("grant-{tag}-{sequence}")).unwrap(),
-                user_id: buyer.clone(),
-                amount: 1_000,
-                balance_after: 1_000,
-                postings: vec![
-                    Posting::new(Account::Issuance, -1_000),
-                    Posting::new(Account::Wallet(buyer), 1_000),
-                ],
-            }
-        } else {
-            Event::BuyerDebited {
-                purchase_id: PurchaseId::parse(format!("purchase-{tag}-{sequence}")).unwrap(),
-                buyer_id: buyer.clone(),
-                amount: 100,
-                granted_items: vec![ItemId::parse("item-000001").unwrap()],
-                balance_after: 900,
-                at_ms: 1_800_000_000_000 + sequence,
-                postings: vec![
-                    Posting::new(Account::Wallet(buyer), -100),
-                    Posting::new(Account::Clearing, 100),
-                ],
-            }
-        };
-        let envelope = Envelope::seal(
-            &event,
-            shard,
-            sequence,
-            &format!("command:purchase:{tag}-{sequence}"),
-            1_800_000_000_000 + sequence,
-            cursor.previous_hash,
-        );
-        cursor = ChainCursor::after(&envelope);
-        out.push(envelope);
+    let mut out = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        let first = cursor.next_sequence;
+        let inputs = (first..first + size as u64)
+            .map(|sequence| InputEntries {
+                cause: format!("command:purchase:{tag}-{sequence}"),
+                timestamp_ms: 1_800_000_000_000 + sequence,
+                entries: vec![Entry::from_event(&event_at(sequence, tag))],
+            })
+            .collect();
+        let record = BatchRecord::seal(shard, first, cursor.previous_hash, inputs);
+        cursor = ChainCursor::after(&record);
+        out.push(record);
     }
     out
+}
+
+/// The event at `sequence`: a grant at odd sequences, a buyer debit at even ones.
+fn event_at(sequence: u64, tag: &str) -> Event {
+    let buyer = user(format!("buyer-{tag}-{sequence}"));
+    if sequence % 2 == 1 {
+        Event::CurrencyGranted {
+            grant_id: GrantId::parse(format!("grant-{tag}-{sequence}")).unwrap(),
+            user_id: buyer.clone(),
+            amount: 1_000,
+            balance_after: 1_000,
+            postings: vec![
+                Posting::new(Account::Issuance, -1_000),
+                Posting::new(Account::Wallet(buyer), 1_000),
+            ],
+        }
+    } else {
+        Event::BuyerDebited {
+            purchase_id: PurchaseId::parse(format!("purchase-{tag}-{sequence}")).unwrap(),
+            buyer_id: buyer.clone(),
+            amount: 100,
+            granted_items: vec![ItemId::parse("item-000001").unwrap()],
+            balance_after: 900,
+            at_ms: 1_800_000_000_000 + sequence,
+            postings: vec![
+                Posting::new(Account::Wallet(buyer), -100),
+                Posting::new(Account::Clearing, 100),
+            ],
+        }
+    }
 }
 
 fn messages(from: ShardId, to: ShardId, first: u64, count: u64, tag: &str) -> Vec<MessageEnvelope> {
@@ -152,20 +163,23 @@ fn messages(from: ShardId, to: ShardId, first: u64, count: u64, tag: &str) -> Ve
         .collect()
 }
 
-/// Every committed event of `shard`, from offset 0, chain verified from genesis.
-async fn read_events(config: &KafkaConfig, topics: &Topics, shard: ShardId) -> Vec<Envelope> {
+/// Every committed record of `shard`, from offset 0, chain verified from genesis.
+async fn read_records(config: &KafkaConfig, topics: &Topics, shard: ShardId) -> Vec<BatchRecord> {
     let mut reader =
         EventLogReader::open(config, topics, shard, 0, Some(ChainCursor::genesis())).unwrap();
-    let events = reader
+    let records = reader
         .read_to_end(READ_BOUND)
         .await
-        .expect("read the events");
-    let offsets: Vec<i64> = events.iter().map(|logged| logged.offset).collect();
+        .expect("read the records");
+    let offsets: Vec<i64> = records.iter().map(|published| published.offset).collect();
     assert!(
         offsets.windows(2).all(|pair| pair[0] < pair[1]),
         "offsets ascend"
     );
-    events.into_iter().map(|logged| logged.envelope).collect()
+    records
+        .into_iter()
+        .map(|published| published.record)
+        .collect()
 }
 
 fn read_committed_consumer(config: &KafkaConfig, group: &str, isolation: &str) -> BaseConsumer {
@@ -222,37 +236,42 @@ async fn round_trip_of_a_hash_chained_batch_and_its_messages() {
             .unwrap();
         assert_eq!(writer.transactional_id(), format!("{prefix}-engine-0"));
 
-        let first = chain(shard, ChainCursor::genesis(), 5, "a");
+        // Records of one and of several events.
+        let first = chain_of(shard, ChainCursor::genesis(), &[1, 3, 2, 1, 4], "a");
+        assert_eq!(first[4].last_sequence(), 11);
         let sent = messages(shard, ShardId(1), 1, 2, "a");
         writer.commit_batch(&first, &sent, None).await.unwrap();
         let second = chain(shard, ChainCursor::after(first.last().unwrap()), 3, "b");
         writer.commit_batch(&second, &[], None).await.unwrap();
 
-        let expected: Vec<Envelope> = first.iter().chain(&second).cloned().collect();
-        assert_eq!(read_events(&config, &topics, shard).await, expected);
-        for envelope in &expected {
+        let expected: Vec<BatchRecord> = first.iter().chain(&second).cloned().collect();
+        assert_eq!(read_records(&config, &topics, shard).await, expected);
+        for record in &expected {
             // Real events, decodable from what was read.
-            envelope.event().unwrap();
+            for logged in record.logged() {
+                logged.event().unwrap();
+            }
         }
         assert_eq!(read_messages(&config, &topics, ShardId(1)).await, sent);
-        assert!(read_events(&config, &topics, ShardId(1)).await.is_empty());
+        assert!(read_records(&config, &topics, ShardId(1)).await.is_empty());
 
         // Resuming mid-log from a known chain position.
         let mut reader =
             EventLogReader::open(&config, &topics, shard, 0, Some(ChainCursor::genesis())).unwrap();
         let batch = reader.next_batch(5, READ_BOUND).await.unwrap();
-        assert_eq!(batch.events.len(), 5);
+        assert_eq!(batch.records.len(), 5);
         let resume_at = reader.next_offset();
         let cursor = reader.cursor().unwrap();
         assert_eq!(cursor, ChainCursor::after(&first[4]));
+        assert_eq!(cursor.next_sequence, 12);
         let mut resumed =
             EventLogReader::open(&config, &topics, shard, resume_at, Some(cursor)).unwrap();
-        let rest: Vec<Envelope> = resumed
+        let rest: Vec<BatchRecord> = resumed
             .read_to_end(READ_BOUND)
             .await
             .unwrap()
             .into_iter()
-            .map(|logged| logged.envelope)
+            .map(|published| published.record)
             .collect();
         assert_eq!(rest, second);
     })
@@ -290,10 +309,10 @@ async fn aborted_transactions_are_invisible_to_read_committed() {
             .await
             .unwrap();
 
-        let read = read_events(&config, &topics, shard).await;
-        let expected: Vec<Envelope> = committed.iter().chain(&replacement).cloned().collect();
+        let read = read_records(&config, &topics, shard).await;
+        let expected: Vec<BatchRecord> = committed.iter().chain(&replacement).cloned().collect();
         assert_eq!(read, expected);
-        assert!(read.iter().all(|envelope| !doomed.contains(envelope)));
+        assert!(read.iter().all(|record| !doomed.contains(record)));
         assert_eq!(
             read_messages(&config, &topics, ShardId(0)).await,
             replacement_messages
@@ -345,7 +364,7 @@ async fn the_takeover_sweep_is_invisible_and_leaves_the_partition_stable() {
             "the partition holds the sweep's record and markers"
         );
         assert_eq!(
-            ledger_log_kafka::last_event(&config, &topics, shard, READ_BOUND)
+            ledger_log_kafka::last_record(&config, &topics, shard, READ_BOUND)
                 .await
                 .unwrap(),
             committed.last().cloned()
@@ -353,8 +372,8 @@ async fn the_takeover_sweep_is_invisible_and_leaves_the_partition_stable() {
 
         let next = chain(shard, after, 2, "next");
         owner.commit_batch(&next, &[], None).await.unwrap();
-        let read = read_events(&config, &topics, shard).await;
-        let expected: Vec<Envelope> = committed.iter().chain(&next).cloned().collect();
+        let read = read_records(&config, &topics, shard).await;
+        let expected: Vec<BatchRecord> = committed.iter().chain(&next).cloned().collect();
         assert_eq!(read, expected);
         assert_eq!(
             read_messages(&config, &topics, ShardId(0)).await,
@@ -419,12 +438,10 @@ async fn zombie_fencing() {
             .await
             .unwrap();
 
-        let read = read_events(&config, &topics, shard).await;
-        let expected: Vec<Envelope> = before.iter().chain(&successor_events).cloned().collect();
+        let read = read_records(&config, &topics, shard).await;
+        let expected: Vec<BatchRecord> = before.iter().chain(&successor_events).cloned().collect();
         assert_eq!(read, expected);
-        assert!(read
-            .iter()
-            .all(|envelope| !zombie_events.contains(envelope)));
+        assert!(read.iter().all(|record| !zombie_events.contains(record)));
         assert_eq!(
             read_messages(&config, &topics, shard).await,
             successor_messages
@@ -543,7 +560,7 @@ async fn offsets_sent_to_a_transaction_are_visible_only_once_it_commits() {
             committed_offset(&config, &group, &topics.commands).await,
             Offset::Offset(5)
         );
-        assert_eq!(read_events(&config, &topics, shard).await, events);
+        assert_eq!(read_records(&config, &topics, shard).await, events);
     })
     .await;
 }
@@ -597,16 +614,90 @@ async fn the_reader_refuses_a_gap_or_a_broken_chain() {
             other => panic!("expected a broken chain, got {other:?}"),
         }
 
-        // A writer refuses events of another shard.
+        // A writer refuses records of another shard.
         let foreign_shard = chain(ShardId(0), ChainCursor::genesis(), 1, "foreign");
         let refused = writer
             .commit_batch(&foreign_shard, &[], None)
             .await
             .unwrap_err();
         assert!(
-            matches!(refused, WriteError::ForeignEvent { .. }),
+            matches!(refused, WriteError::ForeignRecord { .. }),
             "{refused:?}"
         );
+    })
+    .await;
+}
+
+/// A record must start right after the previous one: one that starts inside it
+/// (an overlap) or repeats it is refused like a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_refuses_an_overlapping_or_repeated_record() {
+    bounded(async {
+        let (config, topics, prefix) = setup("overlaps", 2).await;
+
+        // Shard 0: events 1-3, then a record of events 3-5 linked to the first.
+        let overlap_shard = ShardId(0);
+        let mut writer =
+            ShardTransactionalWriter::connect(&config, &topics, &prefix, overlap_shard)
+                .await
+                .unwrap();
+        let first = chain_of(overlap_shard, ChainCursor::genesis(), &[3], "one");
+        let overlapping = chain_of(
+            overlap_shard,
+            ChainCursor {
+                next_sequence: 3,
+                previous_hash: first[0].hash,
+            },
+            &[3],
+            "other",
+        );
+        writer
+            .commit_batch(&[first[0].clone(), overlapping[0].clone()], &[], None)
+            .await
+            .unwrap();
+        let mut reader = EventLogReader::open(
+            &config,
+            &topics,
+            overlap_shard,
+            0,
+            Some(ChainCursor::genesis()),
+        )
+        .unwrap();
+        match reader.read_to_end(READ_BOUND).await {
+            Err(ReadError::SequenceGap {
+                expected: 4,
+                found: 3,
+                ..
+            }) => {}
+            other => panic!("expected an overlap to be refused, got {other:?}"),
+        }
+
+        // Shard 1: the same record of events 1-2 twice.
+        let repeat_shard = ShardId(1);
+        let mut writer = ShardTransactionalWriter::connect(&config, &topics, &prefix, repeat_shard)
+            .await
+            .unwrap();
+        let record = chain_of(repeat_shard, ChainCursor::genesis(), &[2], "twice");
+        writer
+            .commit_batch(&[record[0].clone(), record[0].clone()], &[], None)
+            .await
+            .unwrap();
+        let mut reader = EventLogReader::open(
+            &config,
+            &topics,
+            repeat_shard,
+            0,
+            Some(ChainCursor::genesis()),
+        )
+        .unwrap();
+        match reader.read_to_end(READ_BOUND).await {
+            Err(ReadError::SequenceGap {
+                expected: 3,
+                found: 1,
+                ..
+            }) => {}
+            other => panic!("expected a repeat to be refused, got {other:?}"),
+        }
     })
     .await;
 }

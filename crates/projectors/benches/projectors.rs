@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use engine::in_memory::InMemoryCluster;
 use engine::ports::{EventStore, ShardBatch};
-use ledger_core::codec::Envelope;
+use ledger_core::codec::BatchRecord;
 use ledger_core::*;
 use ledger_projectors::project;
 use store_sqlite::{SqliteStore, PROJECTOR_BATCH_EVENTS};
@@ -83,7 +83,7 @@ fn definition(item_id: ItemId, creator_id: UserId, supply: Option<u32>) -> ItemD
 /// Every kind of event the read models follow: grants, publications, a
 /// bundle, primary, Limited and bundle purchases, listings, resales,
 /// refunds and escrow releases. Returns the log and the cluster after it.
-fn workload() -> (Vec<Envelope>, Cluster) {
+fn workload() -> (Vec<BatchRecord>, Cluster) {
     let mut cluster = Cluster::new(SHARDS);
     cluster.now_ms = AT_MS;
     cluster.record();
@@ -199,34 +199,38 @@ fn workload() -> (Vec<Envelope>, Cluster) {
     );
     // ... and the rest of the escrow is released.
     cluster.tick(AT_MS + cluster.config.escrow_hold_ms);
-    (cluster.take_recorded().envelopes, cluster)
+    (cluster.take_recorded().records, cluster)
 }
 
 fn bench_project(criterion: &mut Criterion) {
     let (log, _) = workload();
-    let events: Vec<(Envelope, Event)> = log
-        .into_iter()
-        .map(|envelope| {
-            let event = envelope.event().unwrap();
-            (envelope, event)
+    let decoded: Vec<Vec<Event>> = log
+        .iter()
+        .map(|record| {
+            record
+                .logged()
+                .map(|logged| logged.event().unwrap())
+                .collect()
         })
         .collect();
-    let expected_changes: usize = events
-        .iter()
-        .map(|(envelope, event)| project(envelope, event).len())
-        .sum();
+    let project_log = || -> usize {
+        log.iter()
+            .zip(&decoded)
+            .flat_map(|(record, events)| record.logged().zip(events))
+            .map(|(logged, event)| project(&logged, event).len())
+            .sum()
+    };
+    let expected_changes = project_log();
+    let entries: u64 = log.iter().map(BatchRecord::len).sum();
 
     let mut group = criterion.benchmark_group("projector");
-    group.throughput(Throughput::Elements(events.len() as u64));
+    group.throughput(Throughput::Elements(entries));
     group.sample_size(10);
     // The pure projection of decoded events into read-model changes: the
     // part every read-model backend shares.
     group.bench_function("project_events", |bencher| {
         bencher.iter(|| {
-            let changes: usize = events
-                .iter()
-                .map(|(envelope, event)| project(envelope, event).len())
-                .sum();
+            let changes = project_log();
             assert_eq!(changes, expected_changes);
             changes
         })
@@ -257,7 +261,7 @@ impl Drop for TemporaryDirectory {
 
 fn bench_apply_sqlite(criterion: &mut Criterion) {
     let (log, cluster) = workload();
-    let event_count = log.len();
+    let event_count: u64 = log.iter().map(BatchRecord::len).sum();
     // Read back after each run: the read models agree with the engine.
     let checked_user = user(1);
     let checked_wallet = wallet(&cluster, &checked_user);
@@ -267,7 +271,7 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
         .unwrap();
 
     let mut group = criterion.benchmark_group("projector");
-    group.throughput(Throughput::Elements(event_count as u64));
+    group.throughput(Throughput::Elements(event_count));
     group.sample_size(10);
     // Every run needs a fresh database, filled untimed (the fill costs more
     // than the projection): the same few runs per sample keep that bounded.
@@ -286,7 +290,7 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
                     store
                         .append(vec![ShardBatch {
                             shard: None,
-                            envelopes: log.clone(),
+                            records: log.clone(),
                             messages: Vec::new(),
                         }])
                         .await
@@ -301,7 +305,7 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
                         applied += batch;
                     }
                     total += started.elapsed();
-                    assert_eq!(applied, event_count);
+                    assert_eq!(applied as u64, event_count);
                     let balance = store
                         .read_models()
                         .balance(checked_user.as_str())

@@ -16,7 +16,7 @@
 //! * `reference` is the purchase id, or the grant id for grants (refund
 //!   entries reference the refunded purchase).
 
-use ledger_core::codec::Envelope;
+use ledger_core::codec::Logged;
 use ledger_core::{
     Account, BundleId, Completion, Event, ItemDefinition, ItemId, ListingId, Posting, PurchaseId,
     PurchaseTarget, ShardId, Success, TimestampMs, UserId,
@@ -167,9 +167,9 @@ pub fn next_recent_average_price(previous: Option<i64>, price: i64) -> i64 {
     }
 }
 
-/// `<shard>.<sequence>` of an envelope: how transaction entries name events.
-pub fn position_text(envelope: &Envelope) -> String {
-    format!("{}.{}", envelope.shard.0, envelope.sequence)
+/// `<shard>.<sequence>` of a logged event: how transaction entries name events.
+pub fn position_text(logged: &Logged<'_>) -> String {
+    format!("{}.{}", logged.shard.0, logged.sequence)
 }
 
 /// The read-model changes of one event.
@@ -196,7 +196,7 @@ fn serial_acquired(
     });
 }
 
-pub fn project(envelope: &Envelope, event: &Event) -> Vec<Change> {
+pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
     let mut changes = Vec::new();
     if let Some((kind, reference)) = money_movement(event) {
         posting_changes(envelope, event.postings(), kind, reference, &mut changes);
@@ -433,7 +433,7 @@ fn money_movement(event: &Event) -> Option<(&'static str, String)> {
 
 /// Balance deltas and transaction entries from the user accounts of `postings`.
 fn posting_changes(
-    envelope: &Envelope,
+    envelope: &Logged<'_>,
     postings: &[Posting],
     kind: &'static str,
     reference: String,
@@ -497,7 +497,7 @@ fn completed_item_sale(completion: &Completion) -> Option<(ItemId, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ledger_core::codec::GENESIS_HASH;
+    use ledger_core::codec::Entry;
     use ledger_core::{
         GrantId, ListingEndReason, RefundId, Rejection, RejectionCode, ShardId, ShardPosition,
     };
@@ -516,16 +516,16 @@ mod tests {
     }
 
     fn project_at(event: Event, shard: u16, sequence: u64, timestamp_ms: u64) -> Vec<Change> {
-        let envelope = Envelope::seal(
-            &event,
-            ShardId(shard),
+        let entry = Entry::from_event(&event);
+        let logged = Logged {
+            shard: ShardId(shard),
             sequence,
-            "test",
+            cause: "test",
             timestamp_ms,
-            GENESIS_HASH,
-        );
-        let decoded = envelope.event().expect("a sealed event decodes");
-        project(&envelope, &decoded)
+            entry: &entry,
+        };
+        let decoded = logged.event().expect("an entry decodes");
+        project(&logged, &decoded)
     }
 
     fn definition(item_id: &str, supply: Option<u32>) -> ItemDefinition {

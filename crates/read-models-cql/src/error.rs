@@ -47,7 +47,7 @@ pub enum CqlReadModelError {
         sequence: u64,
         source: CodecError,
     },
-    #[error("projection of shard {shard} expects event {expected} next, but the envelopes start at {found}")]
+    #[error("projection of shard {shard} expects event {expected} next, but the next record starts at event {found}")]
     SequenceGap {
         shard: ShardId,
         expected: u64,

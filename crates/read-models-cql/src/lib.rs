@@ -4,14 +4,15 @@
 //! Apache Cassandra 5.0 in tests), with two users:
 //!
 //! * the projector service, which consumes the events topic (partition p =
-//!   shard p) and calls [`CqlReadModels::apply`] with each shard's envelopes
-//!   in sequence order, and [`CqlReadModels::next_sequence`] to know where
-//!   to resume;
+//!   shard p, one Kafka record per batch record) and calls
+//!   [`CqlReadModels::apply`] with each shard's records in sequence order,
+//!   and [`CqlReadModels::next_sequence`] to know where to resume;
 //! * the query API, through [`projectors::ReadModels`], with the semantics
 //!   of the embedded SQLite read models (`store-sqlite`).
 //!
-//! The changes of each event come from [`projectors::project()`], the same
-//! pure function the embedded projector uses. The tables are
+//! The changes of each event (each entry of a record, with its
+//! `<shard>.<sequence>` address) come from [`projectors::project()`], the
+//! same pure function the embedded projector uses. The tables are
 //! `schemas/cql/read_models.cql`, applied verbatim from that text.
 //!
 //! # Order across shards and replays

@@ -1,12 +1,13 @@
-//! The projector's side: applies a shard's envelopes to the read models,
-//! idempotently and independently of the other shards (see the crate docs).
+//! The projector's side: applies a shard's records to the read models,
+//! event by event, idempotently and independently of the other shards (see
+//! the crate docs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 
 use futures_util::StreamExt;
-use ledger_core::codec::Envelope;
+use ledger_core::codec::{BatchRecord, Logged};
 use ledger_core::{shard_for, Event, ShardId};
 use projectors::{project, Change};
 use scylla::serialize::row::SerializeRow;
@@ -140,22 +141,23 @@ fn shard_column(shard: ShardId) -> i32 {
 }
 
 impl CqlReadModels {
-    /// Applies one shard's envelopes (consecutive, ascending sequence).
-    /// Events below the shard's checkpoint, and repeats, are skipped; the
-    /// checkpoint advances only after every row of the new events is
-    /// written, so a crash and a redelivery from an earlier point change
-    /// nothing. Only one caller at a time may apply a given shard (the
-    /// projector owning it); different shards may be applied concurrently.
+    /// Applies one shard's records (consecutive, ascending sequence), the
+    /// events of each in order. Events below the shard's checkpoint, and
+    /// repeated records, are skipped; the checkpoint advances, to the end of
+    /// the last record, only after every row of the new events is written,
+    /// so a crash and a redelivery from an earlier point change nothing.
+    /// Only one caller at a time may apply a given shard (the projector
+    /// owning it); different shards may be applied concurrently.
     ///
-    /// A gap (an event after the next one expected, without it) is an error
-    /// and nothing is written. Panics if an envelope belongs to another
-    /// shard, or if two different events share a sequence.
+    /// A gap (a record starting after the next event expected, without it)
+    /// is an error and nothing is written. Panics if a record belongs to
+    /// another shard, or if two different records hold the same event.
     pub async fn apply(
         &self,
         shard: ShardId,
-        envelopes: &[Envelope],
+        records: &[BatchRecord],
     ) -> Result<(), CqlReadModelError> {
-        self.apply_envelopes(shard, envelopes, true).await
+        self.apply_records(shard, records, true).await
     }
 
     /// [`CqlReadModels::apply`] without the final checkpoint write: the state
@@ -165,9 +167,9 @@ impl CqlReadModels {
     pub async fn apply_without_checkpoint(
         &self,
         shard: ShardId,
-        envelopes: &[Envelope],
+        records: &[BatchRecord],
     ) -> Result<(), CqlReadModelError> {
-        self.apply_envelopes(shard, envelopes, false).await
+        self.apply_records(shard, records, false).await
     }
 
     /// The next sequence the shard's projection expects: 1 (the first
@@ -186,69 +188,81 @@ impl CqlReadModels {
         }
     }
 
-    async fn apply_envelopes(
+    async fn apply_records(
         &self,
         shard: ShardId,
-        envelopes: &[Envelope],
+        records: &[BatchRecord],
         write_checkpoint: bool,
     ) -> Result<(), CqlReadModelError> {
         let next_sequence = self.next_sequence(shard).await?;
-        // The events the checkpoint expects next, in order; what the
-        // checkpoint (or this call) already has is skipped, a gap refused.
-        let mut fresh: Vec<&Envelope> = Vec::new();
-        for envelope in envelopes {
+        // The records holding the events the checkpoint expects next, in
+        // order; what the checkpoint (or this call) already has is skipped,
+        // a gap refused.
+        let mut fresh: Vec<&BatchRecord> = Vec::new();
+        let mut expected = next_sequence;
+        for record in records {
             assert_eq!(
-                envelope.shard, shard,
-                "event {} of shard {} handed to the projection of shard {shard}",
-                envelope.sequence, envelope.shard
+                record.shard, shard,
+                "the record of shard {} from event {} was handed to the projection of shard {shard}",
+                record.shard, record.first_sequence
             );
-            let expected = next_sequence + fresh.len() as u64;
-            if envelope.sequence < expected {
-                if let Some(taken) = envelope
-                    .sequence
-                    .checked_sub(next_sequence)
-                    .and_then(|index| fresh.get(index as usize))
-                {
-                    assert_eq!(
-                        taken.hash, envelope.hash,
-                        "two different events {} of shard {shard}",
-                        envelope.sequence
-                    );
-                }
+            assert!(
+                !record.is_empty(),
+                "the record of shard {shard} from event {} holds no entry",
+                record.first_sequence
+            );
+            let overlapped = fresh.iter().find(|taken| {
+                taken.first_sequence <= record.last_sequence()
+                    && record.first_sequence <= taken.last_sequence()
+            });
+            if let Some(taken) = overlapped {
+                assert_eq!(
+                    taken.hash,
+                    record.hash,
+                    "two different records of shard {shard} hold event {}",
+                    taken.first_sequence.max(record.first_sequence)
+                );
+            }
+            if record.last_sequence() < expected {
                 continue;
             }
-            if envelope.sequence > expected {
+            if record.first_sequence > expected {
                 return Err(CqlReadModelError::SequenceGap {
                     shard,
                     expected,
-                    found: envelope.sequence,
+                    found: record.first_sequence,
                 });
             }
-            fresh.push(envelope);
+            fresh.push(record);
+            expected = record.next_sequence();
         }
         let Some(last) = fresh.last() else {
             return Ok(());
         };
-        let last_sequence = last.sequence;
+        let last_sequence = last.last_sequence();
 
-        let mut projected = Vec::with_capacity(fresh.len());
-        for envelope in fresh {
-            let event = envelope
-                .event()
-                .map_err(|source| CqlReadModelError::Decode {
-                    shard,
-                    sequence: envelope.sequence,
-                    source,
-                })?;
-            self.check_single_writer(shard, envelope.sequence, &event);
-            let changes = project(envelope, &event);
+        // The first record may start below the checkpoint: its events there
+        // are already applied.
+        let mut projected = Vec::new();
+        for logged in fresh
+            .iter()
+            .flat_map(|record| record.logged())
+            .filter(|logged| logged.sequence >= next_sequence)
+        {
+            let event = logged.event().map_err(|source| CqlReadModelError::Decode {
+                shard,
+                sequence: logged.sequence,
+                source,
+            })?;
+            self.check_single_writer(shard, logged.sequence, &event);
+            let changes = project(&logged, &event);
             assert!(
                 changes.len() <= TIMESTAMP_SLOTS_PER_EVENT,
                 "event {} of shard {shard} has {} read-model changes",
-                envelope.sequence,
+                logged.sequence,
                 changes.len()
             );
-            projected.push((envelope, changes));
+            projected.push((logged, changes));
         }
 
         let keys: BTreeSet<SumKey> = projected
@@ -263,13 +277,13 @@ impl CqlReadModels {
         // go after every row and sum of the chunk.
         let mut deliveries = Writes::new(self);
         let mut bucket_entries: BTreeSet<(&'static str, String, u64)> = BTreeSet::new();
-        for (envelope, changes) in &projected {
+        for (logged, changes) in &projected {
             for (slot, change) in changes.iter().enumerate() {
-                let timestamp = write_timestamp(envelope.sequence, slot);
+                let timestamp = write_timestamp(logged.sequence, slot);
                 if let Some((key, deltas)) = sum_change(change) {
                     sums.entry(key.clone())
                         .or_default()
-                        .add(&key, envelope.sequence, deltas);
+                        .add(&key, logged.sequence, deltas);
                 }
                 if let Change::MessageConsumed { from, to, sequence } = change {
                     deliveries.push(
@@ -283,14 +297,8 @@ impl CqlReadModels {
                         "delivery write",
                     );
                 } else {
-                    self.write_change(
-                        &mut writes,
-                        &mut bucket_entries,
-                        envelope,
-                        timestamp,
-                        change,
-                    )
-                    .await?;
+                    self.write_change(&mut writes, &mut bucket_entries, logged, timestamp, change)
+                        .await?;
                 }
             }
         }
@@ -476,13 +484,13 @@ impl CqlReadModels {
         &'models self,
         writes: &mut Writes<'models>,
         bucket_entries: &mut BTreeSet<(&'static str, String, u64)>,
-        envelope: &Envelope,
+        logged: &Logged<'_>,
         timestamp: i64,
         change: &Change,
     ) -> Result<(), CqlReadModelError> {
         let statements = &self.statements;
-        let shard = shard_column(envelope.shard);
-        let sequence = to_cql("event sequence", envelope.sequence)?;
+        let shard = shard_column(logged.shard);
+        let sequence = to_cql("event sequence", logged.sequence)?;
         match change {
             Change::MessageConsumed { .. }
             | Change::BalanceDelta { .. }
@@ -627,7 +635,7 @@ impl CqlReadModels {
                 "owner delete",
             ),
             Change::SaleRecorded { item_id, price } => {
-                let bucket = sale_bucket(envelope.timestamp_ms);
+                let bucket = sale_bucket(logged.timestamp_ms);
                 if bucket_entries.insert(("sales", item_id.to_string(), bucket)) {
                     writes.push(
                         &statements.insert_sale_bucket,
@@ -640,7 +648,7 @@ impl CqlReadModels {
                     (
                         item_id.to_string(),
                         to_cql("bucket", bucket)?,
-                        to_cql("sale time", envelope.timestamp_ms)?,
+                        to_cql("sale time", logged.timestamp_ms)?,
                         shard,
                         sequence,
                         *price,

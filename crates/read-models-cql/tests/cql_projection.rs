@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ledger_core::codec::{Envelope, GENESIS_HASH};
+use ledger_core::codec::{BatchRecord, Entry, InputEntries, GENESIS_HASH};
 use ledger_core::{DeliveryMark, Event, ReadPosition, ShardId, ShardPosition};
 use ledger_read_models_cql::{CqlReadModelError, CqlReadModels, ReadModelSettings};
 use projectors::{ReadError, ReadModels};
@@ -184,13 +184,13 @@ fn assert_same_report(expected: &[String], actual: &[String], context: &str) {
     );
 }
 
-/// Applies each shard's whole log, shard after shard, in chunks of `chunk`.
+/// Applies each shard's whole log, shard after shard, in chunks of `chunk` records.
 async fn apply_shard_by_shard(models: &CqlReadModels, scenario: &Scenario, chunk: usize) {
-    for (shard, log) in scenario.envelopes.iter().enumerate() {
+    for (shard, log) in scenario.records.iter().enumerate() {
         let shard = ShardId(shard as u16);
-        for envelopes in log.chunks(chunk) {
+        for records in log.chunks(chunk) {
             models
-                .apply(shard, envelopes)
+                .apply(shard, records)
                 .await
                 .unwrap_or_else(|error| panic!("shard {shard} applies: {error}"));
         }
@@ -198,8 +198,8 @@ async fn apply_shard_by_shard(models: &CqlReadModels, scenario: &Scenario, chunk
 }
 
 async fn assert_fully_projected(models: &CqlReadModels, scenario: &Scenario) {
-    for (shard, log) in scenario.envelopes.iter().enumerate() {
-        let last = log.last().map_or(0, |envelope| envelope.sequence);
+    for (shard, log) in scenario.records.iter().enumerate() {
+        let last = log.last().map_or(0, BatchRecord::last_sequence);
         let next = models
             .next_sequence(ShardId(shard as u16))
             .await
@@ -232,6 +232,8 @@ impl Random {
 /// (also by a chunk that crashed before its checkpoint).
 struct Progress {
     checkpoint_next: Vec<u64>,
+    /// Index in its shard's log of the record the checkpoint expects next.
+    next_record: Vec<usize>,
     written_through: Vec<u64>,
     /// (sender, receiver) → (receiver's event sequence, message sequence).
     receipts: BTreeMap<(u16, u16), Vec<(u64, u64)>>,
@@ -240,19 +242,25 @@ struct Progress {
 impl Progress {
     fn new(scenario: &Scenario) -> Self {
         let mut receipts: BTreeMap<(u16, u16), Vec<(u64, u64)>> = BTreeMap::new();
-        for envelope in scenario.envelopes.iter().flatten() {
+        for logged in scenario
+            .records
+            .iter()
+            .flatten()
+            .flat_map(BatchRecord::logged)
+        {
             if let Event::MessageReceived { from, sequence } =
-                envelope.event().expect("stored events decode")
+                logged.event().expect("stored events decode")
             {
                 receipts
-                    .entry((from.0, envelope.shard.0))
+                    .entry((from.0, logged.shard.0))
                     .or_default()
-                    .push((envelope.sequence, sequence));
+                    .push((logged.sequence, sequence));
             }
         }
         Progress {
-            checkpoint_next: vec![1; scenario.envelopes.len()],
-            written_through: vec![0; scenario.envelopes.len()],
+            checkpoint_next: vec![1; scenario.records.len()],
+            next_record: vec![0; scenario.records.len()],
+            written_through: vec![0; scenario.records.len()],
             receipts,
         }
     }
@@ -277,26 +285,28 @@ impl Progress {
     }
 }
 
-/// Applies the shards' logs interleaved at random, in chunks of random
-/// size, redelivering earlier events now and then and simulating crashes
-/// (the rows of part of a chunk written, its checkpoint not); checks
-/// `covers` against the progress along the way.
+/// Applies the shards' logs interleaved at random, in chunks of a random
+/// number of records, redelivering earlier records now and then and
+/// simulating crashes (the rows of part of a chunk written, its checkpoint
+/// not); checks `covers` against the progress along the way.
 async fn apply_interleaved(models: &CqlReadModels, scenario: &Scenario, seed: u64) {
     let mut random = Random(seed);
     let mut progress = Progress::new(scenario);
     let (mut redeliveries, mut crashes, mut steps) = (0, 0, 0);
     loop {
-        let open: Vec<usize> = (0..scenario.envelopes.len())
-            .filter(|&shard| {
-                (progress.checkpoint_next[shard] as usize) <= scenario.envelopes[shard].len()
-            })
+        let open: Vec<usize> = (0..scenario.records.len())
+            .filter(|&shard| progress.next_record[shard] < scenario.records[shard].len())
             .collect();
         if open.is_empty() {
             break;
         }
         let shard = open[random.below(open.len())];
-        let log = &scenario.envelopes[shard];
-        let next_index = (progress.checkpoint_next[shard] - 1) as usize;
+        let log = &scenario.records[shard];
+        let next_index = progress.next_record[shard];
+        assert_eq!(
+            log[next_index].first_sequence, progress.checkpoint_next[shard],
+            "seed {seed}: the checkpoint of shard {shard} ends a record"
+        );
         let start = if random.chance(25) {
             redeliveries += 1;
             random.below(next_index + 1)
@@ -312,20 +322,21 @@ async fn apply_interleaved(models: &CqlReadModels, scenario: &Scenario, seed: u6
                 .apply_without_checkpoint(shard_id, &log[start..crashed_end])
                 .await
                 .unwrap_or_else(|error| panic!("seed {seed}: shard {shard} applies: {error}"));
-            let through = log[crashed_end - 1].sequence;
+            let through = log[crashed_end - 1].last_sequence();
             progress.written_through[shard] = progress.written_through[shard].max(through);
         } else {
             let mut delivery = log[start..end].to_vec();
             if random.chance(10) {
-                // The same events twice in one delivery.
+                // The same records twice in one delivery.
                 delivery.extend_from_slice(&log[start..end]);
             }
             models
                 .apply(shard_id, &delivery)
                 .await
                 .unwrap_or_else(|error| panic!("seed {seed}: shard {shard} applies: {error}"));
-            let through = log[end - 1].sequence;
+            let through = log[end - 1].last_sequence();
             progress.checkpoint_next[shard] = through + 1;
+            progress.next_record[shard] = end;
             progress.written_through[shard] = progress.written_through[shard].max(through);
         }
         steps += 1;
@@ -348,11 +359,21 @@ async fn apply_interleaved(models: &CqlReadModels, scenario: &Scenario, seed: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projections_in_any_shard_order_with_replays_answer_like_the_embedded_read_models() {
     let scenario = Arc::new(scenario::run().await);
-    for (shard, log) in scenario.envelopes.iter().enumerate() {
-        for (index, envelope) in log.iter().enumerate() {
-            assert_eq!(envelope.sequence, index as u64 + 1, "shard {shard} log");
+    for (shard, log) in scenario.records.iter().enumerate() {
+        let mut next = 1;
+        for record in log {
+            assert_eq!(record.first_sequence, next, "shard {shard} log");
+            next = record.next_sequence();
         }
     }
+    assert!(
+        scenario
+            .records
+            .iter()
+            .flatten()
+            .any(|record| record.len() > 1),
+        "some records hold several events"
+    );
     let expected = Arc::new(report(scenario.read_models.as_ref(), &scenario).await);
 
     // Anchors: the comparison is only as good as what SQLite says.
@@ -427,8 +448,19 @@ async fn projections_in_any_shard_order_with_replays_answer_like_the_embedded_re
     }
 }
 
-fn sealed(event: &Event, shard: u16, sequence: u64) -> Envelope {
-    Envelope::seal(event, ShardId(shard), sequence, "test", 1_000, GENESIS_HASH)
+/// A record of `events` of `shard` from `sequence` (not chained: the read
+/// models do not check the chain).
+fn sealed_many(events: &[Event], shard: u16, sequence: u64) -> BatchRecord {
+    let input = InputEntries {
+        cause: "test".to_string(),
+        timestamp_ms: 1_000,
+        entries: events.iter().map(Entry::from_event).collect(),
+    };
+    BatchRecord::seal(ShardId(shard), sequence, GENESIS_HASH, vec![input])
+}
+
+fn sealed(event: &Event, shard: u16, sequence: u64) -> BatchRecord {
+    sealed_many(std::slice::from_ref(event), shard, sequence)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,15 +638,40 @@ async fn empty_read_models_answer_zero_views_refuse_bad_cursors_and_gaps() {
         );
         // An older delivery mark never lowers the recorded one.
         assert!(covers(vec![], vec![mark(2)]).await);
+
+        // A record starting below the checkpoint: only its events from the
+        // checkpoint on are new; the checkpoint moves to its end.
+        let straddling = sealed_many(&[received(2), received(3), received(4)], 0, 2);
+        models
+            .apply(ShardId(0), std::slice::from_ref(&straddling))
+            .await
+            .expect("a record across the checkpoint applies");
+        assert_eq!(
+            models.next_sequence(ShardId(0)).await.expect("checkpoint"),
+            5
+        );
+        assert!(covers(vec![at(0, 4)], vec![mark(4)]).await);
+        // A gap after a record of several events names where it should start.
+        let late = sealed_many(&[received(7), received(8)], 0, 7);
+        match models.apply(ShardId(0), &[straddling, late]).await {
+            Err(CqlReadModelError::SequenceGap {
+                shard,
+                expected,
+                found,
+            }) => {
+                assert_eq!((shard, expected, found), (ShardId(0), 5, 7));
+            }
+            other => panic!("a gap is refused, got {other:?}"),
+        }
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[should_panic(expected = "handed to the projection of shard 0")]
-async fn envelopes_of_another_shard_are_refused() {
+async fn records_of_another_shard_are_refused() {
     with_read_models(|models| async move {
-        let envelope = sealed(
+        let record = sealed(
             &Event::MessageReceived {
                 from: ShardId(0),
                 sequence: 1,
@@ -622,7 +679,7 @@ async fn envelopes_of_another_shard_are_refused() {
             1,
             1,
         );
-        let _ = models.apply(ShardId(0), &[envelope]).await;
+        let _ = models.apply(ShardId(0), &[record]).await;
     })
     .await;
 }

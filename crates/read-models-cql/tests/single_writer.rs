@@ -13,33 +13,33 @@ use projectors::{project, Change};
 async fn identity_rows_have_one_writing_shard_and_histories_one_clock() {
     let scenario = scenario::run().await;
     let mut checked = 0;
-    for log in &scenario.envelopes {
+    for log in &scenario.records {
         let mut last_entry_ms = 0;
-        for envelope in log {
-            let event = envelope.event().expect("stored events decode");
+        for logged in log.iter().flat_map(|record| record.logged()) {
+            let event = logged.event().expect("stored events decode");
             if let Some(key) = single_writer_key(&event) {
                 assert_eq!(
                     shard_for(&key, scenario::SHARD_COUNT),
-                    envelope.shard,
+                    logged.shard,
                     "{} at {}.{} writes rows of {key}",
-                    envelope.event_type,
-                    envelope.shard,
-                    envelope.sequence
+                    logged.entry.event_type(),
+                    logged.shard,
+                    logged.sequence
                 );
                 checked += 1;
             }
-            for change in project(envelope, &event) {
+            for change in project(&logged, &event) {
                 if let Change::TransactionAppended { user_id, at_ms, .. } = change {
                     assert_eq!(
                         shard_for(&keys::user(&user_id), scenario::SHARD_COUNT),
-                        envelope.shard,
+                        logged.shard,
                         "a transaction of {user_id} comes from another shard"
                     );
                     assert!(
                         at_ms >= last_entry_ms,
                         "transaction times of shard {} go backwards at {}",
-                        envelope.shard,
-                        envelope.sequence
+                        logged.shard,
+                        logged.sequence
                     );
                     last_entry_ms = at_ms;
                 }

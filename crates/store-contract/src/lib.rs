@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use engine::ports::{EventStore, ShardBatch, StoreError};
-use ledger_core::codec::{Envelope, Snapshot};
+use ledger_core::codec::{BatchRecord, Snapshot};
 use ledger_core::{ShardId, ShardState};
 
 use crate::support::{batch, grant, message, messages, Log};
@@ -119,6 +119,7 @@ checks!(
     append_ordered_resolves_once_durable,
     concurrent_appends_of_many_shards_all_land,
     empty_appends_are_accepted,
+    records_of_many_entries_are_read_from_any_sequence_inside_them,
 );
 
 /// Runs every check in sequence, each on a fresh fixture.
@@ -134,14 +135,14 @@ where
     }
 }
 
-async fn read_all(store: &dyn EventStore, shard: u16) -> Vec<Envelope> {
+async fn read_all(store: &dyn EventStore, shard: u16) -> Vec<BatchRecord> {
     store
         .read_shard(ShardId(shard), 0, usize::MAX)
         .await
         .expect("shard reads")
 }
 
-fn snapshot_after(shard: u16, envelopes: &[Envelope], taken_after: u64) -> Snapshot {
+fn snapshot_after(shard: u16, envelopes: &[BatchRecord], taken_after: u64) -> Snapshot {
     let mut state = ShardState::new(ShardId(shard));
     state.next_sequence = taken_after + 1;
     let index = usize::try_from(taken_after).expect("small sequence") - 1;
@@ -222,7 +223,7 @@ pub async fn append_then_read_shard_round_trip(store: Arc<dyn EventStore>) {
 pub async fn recover_returns_the_latest_snapshot_and_only_later_events(store: Arc<dyn EventStore>) {
     let empty = store.recover(ShardId(3)).await.expect("recovery reads");
     assert!(empty.snapshot.is_none());
-    assert!(empty.envelopes.is_empty());
+    assert!(empty.records.is_empty());
 
     let mut log = Log::default();
     let envelopes = log.grants(3, "g", 11);
@@ -232,7 +233,7 @@ pub async fn recover_returns_the_latest_snapshot_and_only_later_events(store: Ar
         .expect("append succeeds");
     let recovery = store.recover(ShardId(3)).await.expect("recovery reads");
     assert!(recovery.snapshot.is_none());
-    assert_eq!(recovery.envelopes, envelopes);
+    assert_eq!(recovery.records, envelopes);
 
     for taken_after in [1_u64, 2, 3, 4, 9] {
         store
@@ -243,7 +244,7 @@ pub async fn recover_returns_the_latest_snapshot_and_only_later_events(store: Ar
     let recovery = store.recover(ShardId(3)).await.expect("recovery reads");
     let snapshot = recovery.snapshot.expect("a snapshot is found");
     assert_eq!(snapshot, snapshot_after(3, &envelopes, 9));
-    assert_eq!(recovery.envelopes, envelopes[9..].to_vec());
+    assert_eq!(recovery.records, envelopes[9..].to_vec());
 
     // Saving the same snapshot again is harmless; a snapshot at the head
     // leaves no events to replay.
@@ -257,7 +258,7 @@ pub async fn recover_returns_the_latest_snapshot_and_only_later_events(store: Ar
         .expect("snapshot saves");
     let recovery = store.recover(ShardId(3)).await.expect("recovery reads");
     assert_eq!(recovery.snapshot, Some(snapshot_after(3, &envelopes, 11)));
-    assert!(recovery.envelopes.is_empty());
+    assert!(recovery.records.is_empty());
 
     // Events appended after the snapshot are replayed on top of it.
     let later = log.grants(3, "later", 2);
@@ -267,7 +268,7 @@ pub async fn recover_returns_the_latest_snapshot_and_only_later_events(store: Ar
         .expect("append succeeds");
     let recovery = store.recover(ShardId(3)).await.expect("recovery reads");
     assert_eq!(recovery.snapshot, Some(snapshot_after(3, &envelopes, 11)));
-    assert_eq!(recovery.envelopes, later);
+    assert_eq!(recovery.records, later);
 }
 
 /// Each shard recovers from its own snapshot, never another shard's.
@@ -297,13 +298,13 @@ pub async fn snapshots_of_several_shards_stay_separate(store: Arc<dyn EventStore
 
     let one = store.recover(ShardId(1)).await.expect("recovery reads");
     assert_eq!(one.snapshot, Some(snapshot_after(1, &first, 4)));
-    assert_eq!(one.envelopes, first[4..].to_vec());
+    assert_eq!(one.records, first[4..].to_vec());
     let two = store.recover(ShardId(2)).await.expect("recovery reads");
     assert_eq!(two.snapshot, Some(snapshot_after(2, &second, 5)));
-    assert_eq!(two.envelopes, second[5..].to_vec());
+    assert_eq!(two.records, second[5..].to_vec());
     let three = store.recover(ShardId(3)).await.expect("recovery reads");
     assert!(three.snapshot.is_none());
-    assert!(three.envelopes.is_empty());
+    assert!(three.records.is_empty());
 }
 
 /// Pending messages: per sender from `next_expected` (1 when absent), in
@@ -409,7 +410,7 @@ pub async fn re_appending_identical_events_and_messages_is_a_no_op(store: Arc<dy
             .recover(ShardId(0))
             .await
             .expect("recovery reads")
-            .envelopes,
+            .records,
         extended
     );
     assert_eq!(
@@ -531,7 +532,7 @@ pub async fn one_append_carries_several_shards(store: Arc<dyn EventStore>) {
         .expect("append succeeds");
     for shard_batch in &batches {
         let shard = shard_batch.shard.expect("test batches name their shard");
-        assert_eq!(read_all(&*store, shard.0).await, shard_batch.envelopes);
+        assert_eq!(read_all(&*store, shard.0).await, shard_batch.records);
         let receiver = shard_batch.messages[0].to;
         assert_eq!(
             store
@@ -571,7 +572,7 @@ pub async fn append_ordered_resolves_once_durable(store: Arc<dyn EventStore>) {
             .recover(ShardId(0))
             .await
             .expect("recovery reads")
-            .envelopes,
+            .records,
         earlier
     );
     assert_eq!(
@@ -647,4 +648,71 @@ pub async fn empty_appends_are_accepted(store: Arc<dyn EventStore>) {
         .await
         .expect("nothing to append");
     assert!(read_all(&*store, 4).await.is_empty());
+}
+
+/// A record holds many entries: a read from any sequence inside it returns
+/// the whole record, and the next one starts where it ends.
+pub async fn records_of_many_entries_are_read_from_any_sequence_inside_them(
+    store: Arc<dyn EventStore>,
+) {
+    let mut log = Log::default();
+    let grants = |prefix: &str, count: i64| -> Vec<_> {
+        (1..=count)
+            .map(|n| support::grant(&format!("{prefix}-{n}"), "alice", n, n))
+            .collect()
+    };
+    let first = log.seal_many(2, grants("a", 5), 1);
+    let second = log.seal_many(2, grants("b", 1), 2);
+    let third = log.seal_many(2, grants("c", 7), 3);
+    assert_eq!((first.first_sequence, first.last_sequence()), (1, 5));
+    assert_eq!((third.first_sequence, third.last_sequence()), (7, 13));
+    store
+        .append(vec![batch(
+            2,
+            vec![first.clone(), second.clone()],
+            Vec::new(),
+        )])
+        .await
+        .expect("append succeeds");
+    store
+        .append(vec![batch(2, vec![third.clone()], Vec::new())])
+        .await
+        .expect("append succeeds");
+    let read = |after: u64, limit: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .read_shard(ShardId(2), after, limit)
+                .await
+                .expect("shard reads")
+        }
+    };
+    assert_eq!(
+        read(0, 10).await,
+        vec![first.clone(), second.clone(), third.clone()]
+    );
+    for after in 1..=4 {
+        assert_eq!(read(after, 1).await, vec![first.clone()], "after {after}");
+    }
+    assert_eq!(read(5, 10).await, vec![second.clone(), third.clone()]);
+    for after in 6..=12 {
+        assert_eq!(read(after, 10).await, vec![third.clone()], "after {after}");
+    }
+    assert!(read(13, 10).await.is_empty());
+    // Recovery after a snapshot taken at a record boundary.
+    let mut state = ShardState::new(ShardId(2));
+    state.next_sequence = 7;
+    let snapshot = Snapshot {
+        state,
+        last_hash: second.hash,
+    };
+    store
+        .save_snapshot(ShardId(2), &snapshot)
+        .await
+        .expect("snapshot saves");
+    let recovery = store.recover(ShardId(2)).await.expect("recovery reads");
+    assert_eq!(recovery.snapshot, Some(snapshot));
+    assert_eq!(recovery.records, vec![third.clone()]);
+    assert_eq!(third.previous_hash, second.hash);
+    assert_eq!(second.previous_hash, first.hash);
 }

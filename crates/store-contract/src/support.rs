@@ -1,29 +1,40 @@
-//! Building blocks for store tests: hash-chained envelopes of real events,
+//! Building blocks for store tests: hash-chained records of real events,
 //! shard batches and messages.
 
 use std::collections::BTreeMap;
 
 use engine::ports::ShardBatch;
-use ledger_core::codec::{Envelope, Hash, MessageEnvelope, GENESIS_HASH};
+use ledger_core::codec::{BatchRecord, Entry, Hash, InputEntries, MessageEnvelope, GENESIS_HASH};
 use ledger_core::{Account, Event, GrantId, Message, Posting, ShardId, UserId};
 
-/// Builds per-shard hash chains of envelopes with [`Envelope::seal`].
+/// Builds per-shard hash chains of records with [`BatchRecord::seal`].
 #[derive(Debug, Default, Clone)]
 pub struct Log {
     heads: BTreeMap<u16, (u64, Hash)>,
 }
 
 impl Log {
-    /// Seals `event` as the next event of `shard`, chained to the previous one.
-    pub fn seal(&mut self, shard: u16, event: Event, at_ms: u64) -> Envelope {
-        let (next, previous) = self.heads.get(&shard).copied().unwrap_or((1, GENESIS_HASH));
-        let envelope = Envelope::seal(&event, ShardId(shard), next, "test", at_ms, previous);
-        self.heads.insert(shard, (next + 1, envelope.hash));
-        envelope
+    /// Seals `event` as the next record of `shard` (one entry), chained to the previous one.
+    pub fn seal(&mut self, shard: u16, event: Event, at_ms: u64) -> BatchRecord {
+        self.seal_many(shard, vec![event], at_ms)
     }
 
-    /// Seals `count` currency grants on `shard` (ids `{prefix}-{n}`).
-    pub fn grants(&mut self, shard: u16, prefix: &str, count: u64) -> Vec<Envelope> {
+    /// Seals `events` as the next record of `shard`, chained to the previous one.
+    pub fn seal_many(&mut self, shard: u16, events: Vec<Event>, at_ms: u64) -> BatchRecord {
+        let (next, previous) = self.heads.get(&shard).copied().unwrap_or((1, GENESIS_HASH));
+        let input = InputEntries {
+            cause: "test".to_string(),
+            timestamp_ms: at_ms,
+            entries: events.iter().map(Entry::from_event).collect(),
+        };
+        let record = BatchRecord::seal(ShardId(shard), next, previous, vec![input]);
+        self.heads
+            .insert(shard, (record.next_sequence(), record.hash));
+        record
+    }
+
+    /// Seals `count` currency grants on `shard` (ids `{prefix}-{n}`), one record each.
+    pub fn grants(&mut self, shard: u16, prefix: &str, count: u64) -> Vec<BatchRecord> {
         (1..=count)
             .map(|index| {
                 let amount = i64::try_from(index).unwrap_or(i64::MAX);
@@ -42,11 +53,11 @@ impl Log {
     }
 }
 
-/// A batch of `shard` with its events and outgoing messages.
-pub fn batch(shard: u16, envelopes: Vec<Envelope>, messages: Vec<MessageEnvelope>) -> ShardBatch {
+/// A batch of `shard` with its records and outgoing messages.
+pub fn batch(shard: u16, records: Vec<BatchRecord>, messages: Vec<MessageEnvelope>) -> ShardBatch {
     ShardBatch {
         shard: Some(ShardId(shard)),
-        envelopes,
+        records,
         messages,
     }
 }

@@ -69,8 +69,10 @@ pub enum CqlStoreError {
     },
     #[error("{what} must be at least 1, got {value}")]
     InvalidSetting { what: &'static str, value: u64 },
-    #[error("event {sequence} of shard {shard} is already stored with a different hash")]
-    EventConflict { shard: ShardId, sequence: u64 },
+    #[error(
+        "event {sequence} of shard {shard} is already stored in a record with a different hash"
+    )]
+    RecordConflict { shard: ShardId, sequence: u64 },
     #[error("message {sequence} from shard {sender} to shard {receiver} is already stored with different content")]
     MessageConflict {
         sender: ShardId,
@@ -78,13 +80,15 @@ pub enum CqlStoreError {
         sequence: u64,
     },
     #[error(
-        "event {sequence} of shard {envelope_shard} was appended in a batch of shard {batch_shard}"
+        "the record of shard {record_shard} from event {first_sequence} was appended in a batch of shard {batch_shard}"
     )]
     ShardMismatch {
         batch_shard: ShardId,
-        envelope_shard: ShardId,
-        sequence: u64,
+        record_shard: ShardId,
+        first_sequence: u64,
     },
+    #[error("the record of shard {shard} from event {first_sequence} holds no entry")]
+    EmptyRecord { shard: ShardId, first_sequence: u64 },
     #[error("{what} {value} does not fit in a cql bigint")]
     IntegerOutOfRange { what: &'static str, value: u64 },
     #[error("stored {what} {value} is out of range")]
@@ -109,9 +113,10 @@ impl CqlStoreError {
             | CqlStoreError::RowTypes { operation, .. }
             | CqlStoreError::NextRow { operation, .. } => operation,
             CqlStoreError::Prepare { .. } => "prepare",
-            CqlStoreError::EventConflict { .. }
+            CqlStoreError::RecordConflict { .. }
             | CqlStoreError::MessageConflict { .. }
-            | CqlStoreError::ShardMismatch { .. } => "append",
+            | CqlStoreError::ShardMismatch { .. }
+            | CqlStoreError::EmptyRecord { .. } => "append",
             CqlStoreError::IntegerOutOfRange { .. }
             | CqlStoreError::StoredIntegerOutOfRange { .. } => "integer conversion",
             CqlStoreError::Corrupt(_) => "decode",

@@ -1,27 +1,43 @@
 //! The CQL store: the event log, the shard message outbox and snapshots in
 //! bounded partitions (see `schemas/cql/ledger.cql`).
 //!
+//! # The log
+//!
+//! One `events` row per [`BatchRecord`]: `sequence` is the record's last
+//! sequence, `bucket` = that sequence / events per bucket, `hash` the
+//! record's hash and `envelope` its bytes ([`BatchRecord::to_bytes`]). The
+//! per-event columns (`event_type`, `schema_version`, `cause`,
+//! `timestamp_ms`) describe format 1 rows (one envelope each, written
+//! before records existed) and stay null in a record's row. A format 1 row
+//! reads as a record of one entry, keyed the same way (its last sequence is
+//! its event's), so old keyspaces stay valid without a migration, and the
+//! rows holding an entry above `after` are exactly those keyed above it.
+//!
 //! # Writes
 //!
 //! No lightweight transactions: every write is a plain, idempotent upsert
-//! whose row content depends only on the event or message, so a redo writes
-//! identical rows. A different event at a stored (shard, sequence) must be
+//! whose row content depends only on the record or message, so a redo
+//! writes identical rows. A different record at stored sequences must be
 //! refused, which upserts alone cannot do; [`CqlStore::append`] therefore
-//! reads the stored rows of the keys it is about to write first, refuses the
-//! whole append on any difference, and only then writes. That check is only
-//! sound because **each shard has a single writer** (the engine runs one
-//! writer per shard, and a shard's outgoing messages are written by that
-//! shard only): nobody else can write the same keys between the read and the
-//! write.
+//! reads the stored rows keyed inside the sequences it is about to write
+//! first (the only one allowed is the same record's row: same last
+//! sequence, same hash), refuses the whole append on any difference, and
+//! only then writes. A stored record that starts inside a new one and ends
+//! after it is not seen by that read (its row is keyed beyond); the engine
+//! never writes one. That check is only sound because **each shard has a
+//! single writer** (the engine runs one writer per shard, and a shard's
+//! outgoing messages are written by that shard only): nobody else can write
+//! the same keys between the read and the write.
 //!
 //! Rows go in unlogged batches that each stay inside one partition (atomic
-//! and isolated there). An append spanning several partitions is not atomic
-//! across them: a crash in the middle leaves a prefix, which the engine's
-//! redo of the same append completes (identical rows). To keep that prefix
-//! harmless, the event partitions are written before the message partitions
-//! (a message is never visible before the events that sent it), and a
-//! bucket's entry in `event_buckets`/`message_buckets` before its rows (an
-//! entry without rows reads as empty).
+//! and isolated there), bounded in rows and bytes. An append spanning
+//! several partitions is not atomic across them: a crash in the middle
+//! leaves a prefix, which the engine's redo of the same append completes
+//! (identical rows). To keep that prefix harmless, the record partitions are
+//! written before the message partitions (a message is never visible before
+//! the record that sent it), and a bucket's entry in
+//! `event_buckets`/`message_buckets` before its rows (an entry without rows
+//! reads as empty).
 //!
 //! # Consistency
 //!
@@ -39,7 +55,7 @@ use async_trait::async_trait;
 use engine::ports::{EventStore, Recovery, ShardBatch, StoreError};
 use futures_util::future::try_join_all;
 use futures_util::StreamExt;
-use ledger_core::codec::{self, Envelope, MessageEnvelope, Snapshot};
+use ledger_core::codec::{self, BatchRecord, MessageEnvelope, Snapshot};
 use ledger_core::ShardId;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -53,7 +69,7 @@ use scylla::statement::Consistency;
 use crate::error::{from_cql, to_cql, CqlStoreError};
 use crate::schema::{is_valid_keyspace_name, schema_statements};
 
-/// Events per partition of `events` (the default of [`CqlSettings`]).
+/// Sequences per partition of `events` (the default of [`CqlSettings`]).
 pub const EVENTS_PER_BUCKET: u64 = 10_000;
 /// Messages per partition of `messages` (the default of [`CqlSettings`]).
 pub const MESSAGES_PER_BUCKET: u64 = 10_000;
@@ -61,6 +77,10 @@ pub const MESSAGES_PER_BUCKET: u64 = 10_000;
 pub const SNAPSHOTS_KEPT_PER_SHARD: usize = 3;
 /// Rows per unlogged batch: bounds the size of one mutation.
 pub const BATCH_ROWS_MAX: usize = 200;
+/// Blob bytes per unlogged batch of more than one row (a record can be
+/// large): keeps a mutation far below the database's limit (half a commit
+/// log segment, 16 MiB by default).
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
 /// Rows fetched per page by paged reads.
 pub const READ_PAGE_ROWS: i32 = 1_000;
 
@@ -78,8 +98,10 @@ pub struct CqlSettings {
     pub request_timeout: Duration,
     /// Bound of establishing a connection.
     pub connection_timeout: Duration,
-    /// Events per `events` partition. Fixed per keyspace: it is recorded in
-    /// `store_layout` and a store opened with another value is refused.
+    /// Sequences per `events` partition (rows are bucketed by their
+    /// record's last sequence, so a partition holds at most this many).
+    /// Fixed per keyspace: it is recorded in `store_layout` and a store
+    /// opened with another value is refused.
     pub events_per_bucket: u64,
     /// Messages per `messages` partition; fixed per keyspace like the above.
     pub messages_per_bucket: u64,
@@ -117,9 +139,9 @@ enum KnownBucket {
 
 /// The prepared statements, all at the configured consistency.
 struct Statements {
-    insert_event: PreparedStatement,
-    select_event_hashes: PreparedStatement,
-    select_events: PreparedStatement,
+    insert_record: PreparedStatement,
+    select_record_hashes: PreparedStatement,
+    select_records: PreparedStatement,
     insert_event_bucket: PreparedStatement,
     select_event_buckets: PreparedStatement,
     insert_message: PreparedStatement,
@@ -306,17 +328,15 @@ impl CqlStore {
         Ok(collected)
     }
 
-    /// Writes `rows` of one partition in unlogged batches of at most
-    /// [`BATCH_ROWS_MAX`].
+    /// Writes the rows of one partition, one unlogged batch per chunk (see
+    /// [`chunks`]).
     async fn write_partition<Values: SerializeRow>(
         &self,
         statement: &PreparedStatement,
-        rows: Vec<Values>,
+        chunks: Vec<Vec<Values>>,
         operation: &'static str,
     ) -> Result<(), CqlStoreError> {
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            let chunk: Vec<Values> = rows.by_ref().take(BATCH_ROWS_MAX).collect();
+        for chunk in chunks {
             let mut batch = Batch::new(BatchType::Unlogged);
             batch.set_consistency(self.settings.consistency);
             batch.set_is_idempotent(true);
@@ -377,30 +397,36 @@ impl CqlStore {
     }
 
     async fn append_inner(&self, batches: Vec<ShardBatch>) -> Result<(), CqlStoreError> {
-        // Events by partition, then by sequence; duplicates inside one append
-        // must agree with each other.
-        let mut events: BTreeMap<(u16, u64), BTreeMap<u64, &Envelope>> = BTreeMap::new();
+        // Records by the partition of their last sequence (their row's key),
+        // then by last sequence; duplicates inside one append must agree.
+        let mut records: BTreeMap<(u16, u64), BTreeMap<u64, &BatchRecord>> = BTreeMap::new();
         let mut messages: BTreeMap<(u16, u16, u64), MessagePartition<'_>> = BTreeMap::new();
         for batch in &batches {
-            for envelope in &batch.envelopes {
+            for record in &batch.records {
                 if let Some(batch_shard) = batch.shard {
-                    if batch_shard != envelope.shard {
+                    if batch_shard != record.shard {
                         return Err(CqlStoreError::ShardMismatch {
                             batch_shard,
-                            envelope_shard: envelope.shard,
-                            sequence: envelope.sequence,
+                            record_shard: record.shard,
+                            first_sequence: record.first_sequence,
                         });
                     }
                 }
-                to_cql("event sequence", envelope.sequence)?;
-                to_cql("event timestamp", envelope.timestamp_ms)?;
-                let bucket = envelope.sequence / self.settings.events_per_bucket;
-                let partition = events.entry((envelope.shard.0, bucket)).or_default();
-                if let Some(other) = partition.insert(envelope.sequence, envelope) {
-                    if other.hash != envelope.hash {
-                        return Err(CqlStoreError::EventConflict {
-                            shard: envelope.shard,
-                            sequence: envelope.sequence,
+                if record.is_empty() {
+                    return Err(CqlStoreError::EmptyRecord {
+                        shard: record.shard,
+                        first_sequence: record.first_sequence,
+                    });
+                }
+                let last_sequence = record.last_sequence();
+                to_cql("event sequence", last_sequence)?;
+                let bucket = last_sequence / self.settings.events_per_bucket;
+                let partition = records.entry((record.shard.0, bucket)).or_default();
+                if let Some(other) = partition.insert(last_sequence, record) {
+                    if other.hash != record.hash {
+                        return Err(CqlStoreError::RecordConflict {
+                            shard: record.shard,
+                            sequence: last_sequence,
                         });
                     }
                 }
@@ -424,40 +450,45 @@ impl CqlStore {
                 partition.insert(message.sequence, (message, bytes));
             }
         }
-        if events.is_empty() && messages.is_empty() {
+        if records.is_empty() && messages.is_empty() {
             return Ok(());
         }
 
         // Read before write: what is stored must be identical; only the rest
         // is written. Sound under the single-writer-per-shard assumption.
         // Both checks at once: they only read.
-        let (event_writes, message_writes) =
-            futures_util::future::try_join(
-                try_join_all(events.iter().map(|(&(shard, bucket), partition)| {
-                    self.new_events(shard, bucket, partition)
-                })),
-                try_join_all(
-                    messages
-                        .iter()
-                        .map(|(&(receiver, sender, bucket), partition)| {
-                            self.new_messages(receiver, sender, bucket, partition)
-                        }),
-                ),
-            )
-            .await?;
+        let (stored_records, message_writes) = futures_util::future::try_join(
+            self.stored_record_rows(&records),
+            try_join_all(
+                messages
+                    .iter()
+                    .map(|(&(receiver, sender, bucket), partition)| {
+                        self.new_messages(receiver, sender, bucket, partition)
+                    }),
+            ),
+        )
+        .await?;
+        let mut record_writes = Vec::with_capacity(records.len());
+        for (&(shard, bucket), partition) in &records {
+            record_writes.push(self.new_records(shard, bucket, partition, &stored_records)?);
+        }
 
-        // Events before messages: a message is never visible without the
-        // events that sent it.
+        // Records before messages: a message is never visible without the
+        // record that sent it.
         try_join_all(
-            events
+            records
                 .keys()
-                .zip(event_writes)
+                .zip(record_writes)
                 .filter(|(_, rows)| !rows.is_empty())
                 .map(|(&(shard, bucket), rows)| async move {
                     self.ensure_bucket(KnownBucket::Events { shard, bucket })
                         .await?;
-                    self.write_partition(&self.statements.insert_event, rows, "event write")
-                        .await
+                    self.write_partition(
+                        &self.statements.insert_record,
+                        chunks(rows, |row| row.4.len()),
+                        "record write",
+                    )
+                    .await
                 }),
         )
         .await?;
@@ -473,61 +504,95 @@ impl CqlStore {
                         bucket,
                     })
                     .await?;
-                    self.write_partition(&self.statements.insert_message, rows, "message write")
-                        .await
+                    self.write_partition(
+                        &self.statements.insert_message,
+                        chunks(rows, |row| row.4.len()),
+                        "message write",
+                    )
+                    .await
                 }),
         )
         .await?;
         Ok(())
     }
 
-    /// The rows of `partition` not stored yet; an error if a stored event
-    /// differs.
-    async fn new_events(
+    /// The stored rows (last sequence, hash) of every `events` partition the
+    /// records to append cover, in the sequence ranges they cover: a record
+    /// spans from its first sequence to its last, possibly across buckets.
+    async fn stored_record_rows(
+        &self,
+        records: &BTreeMap<(u16, u64), BTreeMap<u64, &BatchRecord>>,
+    ) -> Result<StoredRecordRows, CqlStoreError> {
+        let mut ranges: BTreeMap<(u16, u64), (u64, u64)> = BTreeMap::new();
+        for record in records.values().flat_map(BTreeMap::values) {
+            let (first, last) = (record.first_sequence, record.last_sequence());
+            let per_bucket = self.settings.events_per_bucket;
+            for bucket in first / per_bucket..=last / per_bucket {
+                let range = ranges
+                    .entry((record.shard.0, bucket))
+                    .or_insert((first, last));
+                *range = (range.0.min(first), range.1.max(last));
+            }
+        }
+        let lookups = ranges
+            .into_iter()
+            .map(|((shard, bucket), (first, last))| async move {
+                let rows: Vec<(i64, Vec<u8>)> = self
+                    .select(
+                        &self.statements.select_record_hashes,
+                        (
+                            i32::from(shard),
+                            to_cql("bucket", bucket)?,
+                            to_cql("event sequence", first)?,
+                            to_cql("event sequence", last)?,
+                        ),
+                        "stored record lookup",
+                    )
+                    .await?;
+                let mut found = Vec::with_capacity(rows.len());
+                for (sequence, hash) in rows {
+                    found.push((shard, from_cql("record sequence", sequence)?, hash));
+                }
+                Ok::<_, CqlStoreError>(found)
+            });
+        let mut stored = StoredRecordRows::new();
+        for (shard, sequence, hash) in try_join_all(lookups).await?.into_iter().flatten() {
+            stored.insert((shard, sequence), hash);
+        }
+        Ok(stored)
+    }
+
+    /// The rows of `partition` not stored yet; an error if a stored row
+    /// differs from the record at its key, or lies inside a record with
+    /// other boundaries.
+    fn new_records(
         &self,
         shard: u16,
         bucket: u64,
-        partition: &BTreeMap<u64, &Envelope>,
-    ) -> Result<Vec<EventRow>, CqlStoreError> {
-        let (Some(first), Some(last)) = (partition.keys().next(), partition.keys().next_back())
-        else {
-            return Ok(Vec::new());
-        };
-        let stored: Vec<(i64, Vec<u8>)> = self
-            .select(
-                &self.statements.select_event_hashes,
-                (
-                    i32::from(shard),
-                    to_cql("bucket", bucket)?,
-                    to_cql("event sequence", *first)?,
-                    to_cql("event sequence", *last)?,
-                ),
-                "stored event lookup",
-            )
-            .await?;
-        let stored: BTreeMap<i64, Vec<u8>> = stored.into_iter().collect();
+        partition: &BTreeMap<u64, &BatchRecord>,
+        stored: &StoredRecordRows,
+    ) -> Result<Vec<RecordRow>, CqlStoreError> {
         let mut rows = Vec::new();
-        for (&sequence, envelope) in partition {
-            let sequence_column = to_cql("event sequence", sequence)?;
-            match stored.get(&sequence_column) {
-                Some(hash) if hash.as_slice() == envelope.hash.as_slice() => {}
-                Some(_) => {
-                    return Err(CqlStoreError::EventConflict {
-                        shard: envelope.shard,
+        for (&last_sequence, record) in partition {
+            let covered = stored.range((shard, record.first_sequence)..=(shard, last_sequence));
+            let mut already_stored = false;
+            for (&(_, sequence), hash) in covered {
+                if sequence != last_sequence || hash.as_slice() != record.hash.as_slice() {
+                    return Err(CqlStoreError::RecordConflict {
+                        shard: record.shard,
                         sequence,
-                    })
+                    });
                 }
-                None => rows.push((
-                    shard_column(envelope.shard),
+                already_stored = true;
+            }
+            if !already_stored {
+                rows.push((
+                    shard_column(record.shard),
                     to_cql("bucket", bucket)?,
-                    sequence_column,
-                    envelope.event_type.clone(),
-                    i32::from(envelope.schema_version),
-                    envelope.cause.clone(),
-                    to_cql("event timestamp", envelope.timestamp_ms)?,
-                    envelope.hash.to_vec(),
-                    envelope.to_bytes(),
-                )),
+                    to_cql("event sequence", last_sequence)?,
+                    record.hash.to_vec(),
+                    record.to_bytes(),
+                ));
             }
         }
         Ok(rows)
@@ -589,7 +654,7 @@ impl CqlStore {
         shard: ShardId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Envelope>, CqlStoreError> {
+    ) -> Result<Vec<BatchRecord>, CqlStoreError> {
         // Sequences are stored as bigint: nothing lies beyond i64::MAX.
         let Ok(after_column) = i64::try_from(after) else {
             return Ok(Vec::new());
@@ -597,6 +662,9 @@ impl CqlStore {
         if limit == 0 || after_column == i64::MAX {
             return Ok(Vec::new());
         }
+        // A row's key is its record's last sequence: the records holding an
+        // entry above `after` are exactly the rows above it, which start in
+        // the bucket of `after + 1`.
         let first_bucket = (after + 1) / self.settings.events_per_bucket;
         let buckets: Vec<(i64,)> = self
             .select(
@@ -605,26 +673,26 @@ impl CqlStore {
                 "event bucket read",
             )
             .await?;
-        let mut envelopes = Vec::new();
+        let mut records = Vec::new();
         for (bucket,) in buckets {
-            let remaining = limit - envelopes.len();
+            let remaining = limit - records.len();
             let row_limit = i32::try_from(remaining).unwrap_or(i32::MAX);
             let rows: Vec<(Vec<u8>,)> = self
                 .select(
-                    &self.statements.select_events,
+                    &self.statements.select_records,
                     (shard_column(shard), bucket, after_column, row_limit),
                     "shard read",
                 )
                 .await?;
             for (bytes,) in rows {
-                envelopes.push(Envelope::from_bytes(&bytes)?);
+                records.push(BatchRecord::from_bytes(&bytes)?);
             }
-            if envelopes.len() >= limit {
-                envelopes.truncate(limit);
+            if records.len() >= limit {
+                records.truncate(limit);
                 break;
             }
         }
-        Ok(envelopes)
+        Ok(records)
     }
 
     async fn recover_inner(&self, shard: ShardId) -> Result<Recovery, CqlStoreError> {
@@ -642,11 +710,8 @@ impl CqlStore {
             ),
             None => (0, None),
         };
-        let envelopes = self.read_shard_inner(shard, after, usize::MAX).await?;
-        Ok(Recovery {
-            snapshot,
-            envelopes,
-        })
+        let records = self.read_shard_inner(shard, after, usize::MAX).await?;
+        Ok(Recovery { snapshot, records })
     }
 
     async fn pending_messages_inner(
@@ -729,12 +794,39 @@ impl CqlStore {
     }
 }
 
-/// shard, bucket, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope
-type EventRow = (i32, i64, i64, String, i32, String, i64, Vec<u8>, Vec<u8>);
+/// shard, bucket, sequence (the record's last), hash, envelope (the record's bytes)
+type RecordRow = (i32, i64, i64, Vec<u8>, Vec<u8>);
+/// Stored `events` rows looked up before an append: (shard, sequence) → hash.
+type StoredRecordRows = BTreeMap<(u16, u64), Vec<u8>>;
 /// The messages of one partition to append, by sequence, with their bytes.
 type MessagePartition<'append> = BTreeMap<u64, (&'append MessageEnvelope, Vec<u8>)>;
 /// receiver, sender, bucket, sequence, envelope
 type MessageRow = (i32, i32, i64, i64, Vec<u8>);
+
+/// Splits one partition's rows into unlogged batches of at most
+/// [`BATCH_ROWS_MAX`] rows and, past the first row, [`BATCH_BYTES_MAX`]
+/// bytes of blobs (`bytes` of a row): one batch is one mutation, which the
+/// database bounds in size.
+fn chunks<Row>(rows: Vec<Row>, bytes: impl Fn(&Row) -> usize) -> Vec<Vec<Row>> {
+    let mut chunks: Vec<Vec<Row>> = Vec::new();
+    let mut chunk_bytes = 0;
+    for row in rows {
+        let row_bytes = bytes(&row);
+        match chunks.last_mut() {
+            Some(chunk)
+                if chunk.len() < BATCH_ROWS_MAX && chunk_bytes + row_bytes <= BATCH_BYTES_MAX =>
+            {
+                chunk_bytes += row_bytes;
+                chunk.push(row);
+            }
+            _ => {
+                chunk_bytes = row_bytes;
+                chunks.push(vec![row]);
+            }
+        }
+    }
+    chunks
+}
 
 /// How [`open_keyspace`] connects and creates a keyspace.
 #[derive(Debug, Clone, Copy)]
@@ -837,18 +929,20 @@ impl Statements {
             Ok::<_, CqlStoreError>(prepared)
         };
         Ok(Self {
-            insert_event: prepare(
-                "event insert",
-                "INSERT INTO events (shard, bucket, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            // The per-event columns (event_type, schema_version, cause,
+            // timestamp_ms) describe format 1 rows only: a record's row
+            // leaves them null.
+            insert_record: prepare(
+                "record insert",
+                "INSERT INTO events (shard, bucket, sequence, hash, envelope) VALUES (?, ?, ?, ?, ?)",
             )
             .await?,
-            select_event_hashes: prepare(
-                "event hash lookup",
+            select_record_hashes: prepare(
+                "record hash lookup",
                 "SELECT sequence, hash FROM events WHERE shard = ? AND bucket = ? AND sequence >= ? AND sequence <= ?",
             )
             .await?,
-            select_events: prepare(
+            select_records: prepare(
                 "shard read",
                 "SELECT envelope FROM events WHERE shard = ? AND bucket = ? AND sequence > ? LIMIT ?",
             )
@@ -950,7 +1044,28 @@ impl EventStore for CqlStore {
         shard: ShardId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Envelope>, StoreError> {
+    ) -> Result<Vec<BatchRecord>, StoreError> {
         Ok(self.read_shard_inner(shard, after, limit).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_in_rows_and_bytes_but_hold_at_least_one_row() {
+        let sizes =
+            |chunks: Vec<Vec<usize>>| -> Vec<usize> { chunks.iter().map(Vec::len).collect() };
+        assert_eq!(sizes(chunks(vec![1; 450], |&row| row)), vec![200, 200, 50]);
+        let half = BATCH_BYTES_MAX / 2;
+        assert_eq!(
+            sizes(chunks(
+                vec![half, half, 1, BATCH_BYTES_MAX * 3, 1],
+                |&row| row
+            )),
+            vec![2, 1, 1, 1]
+        );
+        assert!(chunks(Vec::<usize>::new(), |&row| row).is_empty());
     }
 }

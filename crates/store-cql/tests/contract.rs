@@ -55,7 +55,7 @@ fn unique_keyspace() -> String {
     )
 }
 
-/// Small buckets, so a few events already span several partitions.
+/// Small buckets, so a few records already span several partitions.
 fn small_bucket_settings() -> CqlSettings {
     CqlSettings {
         events_per_bucket: 4,
@@ -150,9 +150,9 @@ async fn sequences_in(store: &CqlStore, query: String) -> Vec<i64> {
 async fn events_and_messages_fill_bounded_partitions() {
     with_small_buckets(|store| async move {
         let mut log = Log::default();
-        let envelopes = log.grants(0, "g", 10);
+        let records = log.grants(0, "g", 10);
         store
-            .append(vec![batch(0, envelopes, messages(0, 1, 1, 7))])
+            .append(vec![batch(0, records, messages(0, 1, 1, 7))])
             .await
             .expect("append succeeds");
         let keyspace = store.keyspace().to_string();
@@ -194,9 +194,9 @@ async fn events_and_messages_fill_bounded_partitions() {
 async fn only_the_latest_snapshots_are_kept() {
     with_small_buckets(|store| async move {
         let mut log = Log::default();
-        let envelopes = log.grants(3, "g", 6);
+        let records = log.grants(3, "g", 6);
         store
-            .append(vec![batch(3, envelopes.clone(), Vec::new())])
+            .append(vec![batch(3, records.clone(), Vec::new())])
             .await
             .expect("append succeeds");
         for taken_after in 1..=6_u64 {
@@ -204,7 +204,7 @@ async fn only_the_latest_snapshots_are_kept() {
             state.next_sequence = taken_after + 1;
             let snapshot = Snapshot {
                 state,
-                last_hash: envelopes[taken_after as usize - 1].hash,
+                last_hash: records[taken_after as usize - 1].hash,
             };
             store
                 .save_snapshot(ShardId(3), &snapshot)
@@ -232,9 +232,9 @@ async fn only_the_latest_snapshots_are_kept() {
 async fn reconnecting_keeps_the_data_and_refuses_other_bucket_sizes() {
     with_small_buckets(|store| async move {
         let mut log = Log::default();
-        let envelopes = log.grants(2, "g", 5);
+        let records = log.grants(2, "g", 5);
         store
-            .append(vec![batch(2, envelopes.clone(), Vec::new())])
+            .append(vec![batch(2, records.clone(), Vec::new())])
             .await
             .expect("append succeeds");
 
@@ -247,7 +247,7 @@ async fn reconnecting_keeps_the_data_and_refuses_other_bucket_sizes() {
                 .read_shard(ShardId(2), 0, 100)
                 .await
                 .expect("shard reads"),
-            envelopes
+            records
         );
 
         // Other bucket sizes would look rows up in the wrong partitions.
@@ -287,4 +287,258 @@ async fn bad_keyspace_names_and_settings_are_refused_before_connecting() {
         error.to_string().contains("no cql contact point"),
         "{error}"
     );
+}
+
+/// `count` currency grants to `user` as events (ids `{prefix}-{n}`).
+fn grant_events(prefix: &str, count: i64) -> Vec<ledger_core::Event> {
+    (1..=count)
+        .map(|n| store_contract::support::grant(&format!("{prefix}-{n}"), "alice", n, n))
+        .collect()
+}
+
+/// One row per record, keyed and bucketed by the record's last sequence;
+/// the per-event columns of format 1 rows stay empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_is_one_row_keyed_by_its_last_sequence() {
+    with_small_buckets(|store| async move {
+        let mut log = Log::default();
+        let first = log.seal_many(0, grant_events("a", 5), 1);
+        let second = log.seal_many(0, grant_events("b", 1), 2);
+        let third = log.seal_many(0, grant_events("c", 7), 3);
+        store
+            .append(vec![batch(
+                0,
+                vec![first.clone(), second.clone(), third.clone()],
+                Vec::new(),
+            )])
+            .await
+            .expect("append succeeds");
+        let keyspace = store.keyspace().to_string();
+        for (bucket, expected) in [(0, vec![]), (1, vec![5, 6]), (2, vec![]), (3, vec![13])] {
+            assert_eq!(
+                sequences_in(
+                    &store,
+                    format!("SELECT sequence FROM {keyspace}.events WHERE shard = 0 AND bucket = {bucket}")
+                )
+                .await,
+                expected,
+                "bucket {bucket}"
+            );
+        }
+        assert_eq!(
+            sequences_in(
+                &store,
+                format!("SELECT bucket FROM {keyspace}.event_buckets WHERE shard = 0")
+            )
+            .await,
+            vec![1, 3]
+        );
+        let rows = store
+            .session()
+            .query_unpaged(
+                format!(
+                    "SELECT event_type, schema_version, cause, timestamp_ms FROM {keyspace}.events WHERE shard = 0 AND bucket = 3"
+                ),
+                &[],
+            )
+            .await
+            .expect("query runs")
+            .into_rows_result()
+            .expect("rows come back")
+            .rows::<(Option<String>, Option<i32>, Option<String>, Option<i64>)>()
+            .expect("nullable columns")
+            .map(|row| row.expect("row decodes"))
+            .collect::<Vec<_>>();
+        assert_eq!(rows, vec![(None, None, None, None)]);
+        for (after, expected) in [
+            (0, vec![first.clone(), second.clone(), third.clone()]),
+            (4, vec![first.clone(), second.clone(), third.clone()]),
+            (5, vec![second.clone(), third.clone()]),
+            (6, vec![third.clone()]),
+            (12, vec![third.clone()]),
+            (13, vec![]),
+        ] {
+            assert_eq!(
+                store
+                    .read_shard(ShardId(0), after, 10)
+                    .await
+                    .expect("shard reads"),
+                expected,
+                "after {after}"
+            );
+        }
+    })
+    .await;
+}
+
+/// A new record whose sequences hold a stored row of another record is
+/// refused, and nothing of its append is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_overlapping_a_stored_one_is_refused() {
+    with_small_buckets(|store| async move {
+        let mut log = Log::default();
+        let stored = log.seal_many(0, grant_events("a", 5), 1);
+        store
+            .append(vec![batch(0, vec![stored.clone()], Vec::new())])
+            .await
+            .expect("append succeeds");
+        // Events 4 to 8, sealed over another history: event 5 is stored
+        // as the end of the first record.
+        let overlapping = ledger_core::codec::BatchRecord::seal(
+            ShardId(0),
+            4,
+            stored.hash,
+            vec![ledger_core::codec::InputEntries {
+                cause: "test".to_string(),
+                timestamp_ms: 9,
+                entries: grant_events("b", 5)
+                    .iter()
+                    .map(ledger_core::codec::Entry::from_event)
+                    .collect(),
+            }],
+        );
+        let error = store
+            .append(vec![batch(
+                0,
+                vec![overlapping],
+                messages(0, 1, 1, 2),
+            )])
+            .await
+            .expect_err("an overlapping record is refused");
+        assert!(
+            matches!(&error, StoreError::Backend { operation: "append", detail } if detail.contains("event 5 of shard 0")),
+            "{error}"
+        );
+        assert_eq!(
+            store
+                .read_shard(ShardId(0), 0, 10)
+                .await
+                .expect("shard reads"),
+            vec![stored]
+        );
+        assert!(store
+            .pending_messages(ShardId(1), &std::collections::BTreeMap::new())
+            .await
+            .expect("messages read")
+            .is_empty());
+    })
+    .await;
+}
+
+/// A keyspace written before records (one format 1 envelope per row, with
+/// every per-event column) reads as records of one entry, and the log
+/// continues with records chained to the last envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn format_one_rows_read_as_records_and_the_chain_continues() {
+    with_small_buckets(|store| async move {
+        let keyspace = store.keyspace().to_string();
+        let insert = format!(
+            "INSERT INTO {keyspace}.events (shard, bucket, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        let mut previous = ledger_core::codec::GENESIS_HASH;
+        let mut envelopes = Vec::new();
+        for (index, event) in grant_events("old", 6).iter().enumerate() {
+            let sequence = index as u64 + 1;
+            let envelope = ledger_core::codec::Envelope::seal(
+                event,
+                ShardId(1),
+                sequence,
+                "command:grant:old",
+                1_000 + sequence,
+                previous,
+            );
+            previous = envelope.hash;
+            envelopes.push(envelope);
+        }
+        for envelope in &envelopes {
+            let bucket = (envelope.sequence / 4) as i64;
+            store
+                .session()
+                .query_unpaged(
+                    format!("INSERT INTO {keyspace}.event_buckets (shard, bucket) VALUES (1, {bucket})"),
+                    &[],
+                )
+                .await
+                .expect("bucket row");
+            store
+                .session()
+                .query_unpaged(
+                    insert.as_str(),
+                    (
+                        1_i32,
+                        bucket,
+                        envelope.sequence as i64,
+                        envelope.event_type.clone(),
+                        i32::from(envelope.schema_version),
+                        envelope.cause.clone(),
+                        envelope.timestamp_ms as i64,
+                        envelope.hash.to_vec(),
+                        envelope.to_bytes(),
+                    ),
+                )
+                .await
+                .expect("format 1 row");
+        }
+        let old: Vec<_> = envelopes
+            .iter()
+            .cloned()
+            .map(ledger_core::codec::BatchRecord::from_envelope)
+            .collect();
+        assert_eq!(
+            store
+                .read_shard(ShardId(1), 0, 100)
+                .await
+                .expect("shard reads"),
+            old
+        );
+        // Re-appending a format 1 record is a no-op: it is written back as
+        // the same envelope, with the same hash.
+        store
+            .append(vec![batch(1, old[4..].to_vec(), Vec::new())])
+            .await
+            .expect("a stored record appends again");
+
+        let new = ledger_core::codec::BatchRecord::seal(
+            ShardId(1),
+            7,
+            previous,
+            vec![ledger_core::codec::InputEntries {
+                cause: "command:grant:new".to_string(),
+                timestamp_ms: 2_000,
+                entries: grant_events("new", 3)
+                    .iter()
+                    .map(ledger_core::codec::Entry::from_event)
+                    .collect(),
+            }],
+        );
+        store
+            .append(vec![batch(1, vec![new.clone()], Vec::new())])
+            .await
+            .expect("a record continues the format 1 log");
+        let all = store
+            .read_shard(ShardId(1), 0, 100)
+            .await
+            .expect("shard reads");
+        assert_eq!(all.len(), 7);
+        assert_eq!(all[..6], old[..]);
+        assert_eq!(all[6], new);
+        assert_eq!(
+            store
+                .read_shard(ShardId(1), 6, 100)
+                .await
+                .expect("shard reads"),
+            vec![new.clone()]
+        );
+        let recovery = store.recover(ShardId(1)).await.expect("recovery reads");
+        assert_eq!(recovery.records, all);
+        let runner = engine::shard::ShardRunner::<()>::restore(
+            ShardId(1),
+            std::sync::Arc::new(ledger_core::Config::new(4)),
+            recovery,
+        )
+        .expect("the chain continues across formats");
+        assert_eq!(runner.state.next_sequence, 10);
+    })
+    .await;
 }

@@ -7,27 +7,31 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::SqliteStoreError;
 
+/// `transactions.event_position` is `record position << ENTRY_INDEX_BITS |
+/// entry index`: the log's order, unique per entry.
+pub const ENTRY_INDEX_BITS: u32 = 16;
+const _: () = assert!(ledger_core::codec::RECORD_ENTRIES_MAX < 1 << ENTRY_INDEX_BITS);
+
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE_NAME: &str = "ledger.sqlite3";
 
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Tables, idempotent. `events.position` is the global commit order.
+/// Tables, idempotent. `records.position` is the global commit order. The
+/// `messages` outbox holds the messages not yet consumed (a record that
+/// consumes messages deletes them in the same transaction).
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    -- Events are never deleted, so the rowid alone grows with commit order
+CREATE TABLE IF NOT EXISTS records (
+    -- One row per shard record (a step's entries under one checksum).
+    -- Records are never deleted, so the rowid alone grows with commit order
     -- (no AUTOINCREMENT bookkeeping per insert).
     position INTEGER PRIMARY KEY,
     shard INTEGER NOT NULL,
-    sequence INTEGER NOT NULL,
-    event_type TEXT NOT NULL,
-    schema_version INTEGER NOT NULL,
-    cause TEXT NOT NULL,
-    timestamp_ms INTEGER NOT NULL,
+    last_sequence INTEGER NOT NULL,
     hash BLOB NOT NULL,
-    envelope BLOB NOT NULL,
-    UNIQUE (shard, sequence)
+    record BLOB NOT NULL,
+    UNIQUE (shard, last_sequence)
 );
 CREATE TABLE IF NOT EXISTS messages (
     sender INTEGER NOT NULL,
@@ -150,7 +154,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let connection = Connection::open(data_dir.join(DATABASE_FILE_NAME))
+    let mut connection = Connection::open(data_dir.join(DATABASE_FILE_NAME))
         .map_err(SqliteStoreError::sqlite("open writer connection"))?;
     connection
         .busy_timeout(BUSY_TIMEOUT)
@@ -169,7 +173,53 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     connection
         .execute_batch(SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
+    migrate_event_rows(&mut connection)?;
     Ok(connection)
+}
+
+/// Moves a format 1 data directory's `events` rows (one envelope each) into
+/// `records`, in one transaction: an envelope reads as a record of one entry
+/// with the same hash, so the chain, positions and read models stay valid.
+fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreError> {
+    let transaction = connection
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin event migration"))?;
+    let legacy: bool = transaction
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(SqliteStoreError::sqlite("look for format 1 events"))?;
+    if !legacy {
+        return Ok(());
+    }
+    let moved = transaction
+        .execute(
+            "INSERT INTO records (position, shard, last_sequence, hash, record)
+             SELECT position, shard, sequence, hash, envelope FROM events ORDER BY position",
+            [],
+        )
+        .map_err(SqliteStoreError::sqlite("move format 1 events"))?;
+    // Transaction entries are keyed by record position and entry index now.
+    transaction
+        .execute(
+            &format!(
+                "UPDATE transactions SET event_position = event_position << {ENTRY_INDEX_BITS}"
+            ),
+            [],
+        )
+        .map_err(SqliteStoreError::sqlite(
+            "rekey format 1 transaction entries",
+        ))?;
+    transaction
+        .execute_batch("DROP TABLE events;")
+        .map_err(SqliteStoreError::sqlite("drop format 1 events"))?;
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit event migration"))?;
+    tracing::info!(moved, "moved format 1 events into records");
+    Ok(())
 }
 
 /// Opens a read-only connection (readers never block the writer under WAL).

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use engine::ports::{AppendReceipt, EventStore, Recovery, ShardBatch, StoreError};
-use ledger_core::codec::{self, Envelope, MessageEnvelope, Snapshot};
+use ledger_core::codec::{self, BatchRecord, MessageEnvelope, Snapshot};
 use ledger_core::ShardId;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -18,8 +18,10 @@ use crate::reader::ReadPool;
 use crate::schema::{open_writer, DATABASE_FILE_NAME};
 use crate::writer::{self, WriteRequest};
 
-/// Events applied per projection transaction by the projector loop.
-pub const PROJECTOR_BATCH_EVENTS: usize = 2_000;
+/// Records applied per projection transaction by the projector loop (each
+/// holds at most `RECORD_ENTRIES_MAX` entries; a busy shard's group commit
+/// is one record).
+pub const PROJECTOR_BATCH_EVENTS: usize = 256;
 /// The projector runs at least this often, even without a signal.
 pub const PROJECTOR_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -160,7 +162,7 @@ impl EventStore for SqliteStore {
     async fn append(&self, batches: Vec<ShardBatch>) -> Result<(), StoreError> {
         if batches
             .iter()
-            .all(|batch| batch.envelopes.is_empty() && batch.messages.is_empty())
+            .all(|batch| batch.records.is_empty() && batch.messages.is_empty())
         {
             return Ok(());
         }
@@ -173,7 +175,7 @@ impl EventStore for SqliteStore {
     async fn append_ordered(&self, batches: Vec<ShardBatch>) -> Result<AppendReceipt, StoreError> {
         if batches
             .iter()
-            .all(|batch| batch.envelopes.is_empty() && batch.messages.is_empty())
+            .all(|batch| batch.records.is_empty() && batch.messages.is_empty())
         {
             return Ok(Box::pin(std::future::ready(Ok(()))));
         }
@@ -234,7 +236,7 @@ impl EventStore for SqliteStore {
         shard: ShardId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Envelope>, StoreError> {
+    ) -> Result<Vec<BatchRecord>, StoreError> {
         Ok(self
             .readers
             .run("shard read", move |connection| {
@@ -245,7 +247,7 @@ impl EventStore for SqliteStore {
 }
 
 fn recover(connection: &mut Connection, shard: ShardId) -> Result<Recovery, SqliteStoreError> {
-    // One read transaction: the snapshot and the events after it agree.
+    // One read transaction: the snapshot and the records after it agree.
     let transaction = connection
         .transaction()
         .map_err(SqliteStoreError::sqlite("begin recovery read"))?;
@@ -264,11 +266,8 @@ fn recover(connection: &mut Connection, shard: ShardId) -> Result<Recovery, Sqli
         ),
         None => (0, None),
     };
-    let envelopes = read_shard(&transaction, shard, after, usize::MAX)?;
-    Ok(Recovery {
-        snapshot,
-        envelopes,
-    })
+    let records = read_shard(&transaction, shard, after, usize::MAX)?;
+    Ok(Recovery { snapshot, records })
 }
 
 fn read_shard(
@@ -276,23 +275,23 @@ fn read_shard(
     shard: ShardId,
     after: u64,
     limit: usize,
-) -> Result<Vec<Envelope>, SqliteStoreError> {
+) -> Result<Vec<BatchRecord>, SqliteStoreError> {
     let after = to_sql("sequence", after)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut statement = connection
-        .prepare_cached("SELECT envelope FROM events WHERE shard = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3")
+        .prepare_cached("SELECT record FROM records WHERE shard = ?1 AND last_sequence > ?2 ORDER BY last_sequence LIMIT ?3")
         .map_err(SqliteStoreError::sqlite("prepare shard read"))?;
     let rows = statement
         .query_map(params![shard.0, after, limit], |row| {
             row.get::<_, Vec<u8>>(0)
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(SqliteStoreError::sqlite("read shard events"))?;
-    let mut envelopes = Vec::with_capacity(rows.len());
+        .map_err(SqliteStoreError::sqlite("read shard records"))?;
+    let mut records = Vec::with_capacity(rows.len());
     for bytes in rows {
-        envelopes.push(Envelope::from_bytes(&bytes)?);
+        records.push(BatchRecord::from_bytes(&bytes)?);
     }
-    Ok(envelopes)
+    Ok(records)
 }
 
 fn pending_messages(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use engine::ports::ShardBatch;
-use ledger_core::codec::{self, Envelope};
+use ledger_core::codec::{self, BatchRecord, Entry};
 use projectors::project;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::apply::apply_changes;
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::metrics as names;
-use crate::schema::READ_MODEL_TABLES;
+use crate::schema::{ENTRY_INDEX_BITS, READ_MODEL_TABLES};
 
-/// Most envelopes (events and messages) written by one group commit.
-pub const GROUP_COMMIT_ENVELOPES_MAX: usize = 4_096;
+/// Most entries (and outbox messages) written by one group commit.
+pub const GROUP_COMMIT_ENTRIES_MAX: usize = 16_384;
 /// Requests queued for the writer before callers wait.
 pub const WRITE_QUEUE_CAPACITY: usize = 1_024;
 /// Snapshots kept per shard (older ones are deleted).
@@ -39,18 +39,18 @@ pub enum WriteRequest {
         snapshot: Vec<u8>,
         reply: Reply<()>,
     },
-    /// Projects up to `limit` events; answers how many were applied.
+    /// Projects up to `limit` records; answers how many entries were applied.
     Project { limit: usize, reply: Reply<usize> },
     /// Empties the read models and their checkpoints.
     ResetReadModels { reply: Reply<()> },
 }
 
 impl WriteRequest {
-    fn envelope_count(&self) -> usize {
+    fn entry_count(&self) -> usize {
         match self {
             WriteRequest::Append { batches, .. } => batches
                 .iter()
-                .map(|batch| batch.envelopes.len() + batch.messages.len())
+                .map(|batch| batch.entries() as usize + batch.messages.len())
                 .sum::<usize>()
                 .max(1),
             _ => 1,
@@ -82,14 +82,14 @@ fn run(
     appended: Arc<Notify>,
 ) {
     while let Some(first) = receiver.blocking_recv() {
-        let mut envelopes = first.envelope_count();
+        let mut entries = first.entry_count();
         let mut appends = Vec::new();
         let mut others = Vec::new();
         sort_request(first, &mut appends, &mut others);
-        while envelopes < GROUP_COMMIT_ENVELOPES_MAX {
+        while entries < GROUP_COMMIT_ENTRIES_MAX {
             match receiver.try_recv() {
                 Ok(request) => {
-                    envelopes += request.envelope_count();
+                    entries += request.entry_count();
                     sort_request(request, &mut appends, &mut others);
                 }
                 Err(_) => break,
@@ -162,16 +162,16 @@ struct Written {
 /// savepoint, so a refused request leaves nothing and does not sink the others.
 fn group_commit(connection: &mut Connection, appends: Vec<PendingAppend>, appended: &Notify) {
     let started = Instant::now();
-    let envelope_count: usize = appends
+    let entry_count: usize = appends
         .iter()
-        .map(|append| envelopes_of(&append.batches))
+        .map(|append| entries_of(&append.batches))
         .sum();
     let mut outcomes: Vec<Result<Written, SqliteStoreError>> = Vec::with_capacity(appends.len());
     let committed = write_group(connection, &appends, &mut outcomes);
 
     metrics::counter!(names::APPEND_BATCHES_TOTAL).increment(1);
     metrics::counter!(names::APPEND_REQUESTS_TOTAL).increment(appends.len() as u64);
-    metrics::histogram!(names::APPEND_BATCH_ENVELOPES).record(envelope_count as f64);
+    metrics::histogram!(names::APPEND_BATCH_ENVELOPES).record(entry_count as f64);
     metrics::histogram!(names::COMMIT_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
 
     let failure = committed.err().map(|error| error.to_string());
@@ -206,10 +206,10 @@ fn group_commit(connection: &mut Connection, appends: Vec<PendingAppend>, append
     }
 }
 
-fn envelopes_of(batches: &[ShardBatch]) -> usize {
+fn entries_of(batches: &[ShardBatch]) -> usize {
     batches
         .iter()
-        .map(|batch| batch.envelopes.len() + batch.messages.len())
+        .map(|batch| batch.entries() as usize + batch.messages.len())
         .sum()
 }
 
@@ -270,23 +270,23 @@ fn write_group(
         .map_err(SqliteStoreError::sqlite("commit appends"))
 }
 
-/// Writes the events and messages of one append. Re-appending an identical
-/// event or message is a no-op; different content at a stored key is refused.
+/// Writes the records and outbox messages of one append, and removes from
+/// the outbox the messages its records consumed. Re-appending an identical
+/// record or message is a no-op; different content at a stored key is refused.
 fn write_batches(
     connection: &Connection,
     batches: &[ShardBatch],
 ) -> Result<Written, SqliteStoreError> {
     let mut written = Written::default();
-    let mut insert_event = connection
+    let mut insert_record = connection
         .prepare_cached(
-            "INSERT INTO events (shard, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (shard, sequence) DO NOTHING",
+            "INSERT INTO records (shard, last_sequence, hash, record) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (shard, last_sequence) DO NOTHING",
         )
-        .map_err(SqliteStoreError::sqlite("prepare event insert"))?;
+        .map_err(SqliteStoreError::sqlite("prepare record insert"))?;
     let mut stored_hash = connection
-        .prepare_cached("SELECT hash FROM events WHERE shard = ?1 AND sequence = ?2")
-        .map_err(SqliteStoreError::sqlite("prepare event lookup"))?;
+        .prepare_cached("SELECT hash FROM records WHERE shard = ?1 AND last_sequence = ?2")
+        .map_err(SqliteStoreError::sqlite("prepare record lookup"))?;
     let mut insert_message = connection
         .prepare_cached(
             "INSERT INTO messages (sender, receiver, sequence, envelope) VALUES (?1, ?2, ?3, ?4)
@@ -298,45 +298,13 @@ fn write_batches(
             "SELECT envelope FROM messages WHERE receiver = ?1 AND sender = ?2 AND sequence = ?3",
         )
         .map_err(SqliteStoreError::sqlite("prepare message lookup"))?;
+    let mut delete_consumed = connection
+        .prepare_cached(
+            "DELETE FROM messages WHERE receiver = ?1 AND sender = ?2 AND sequence <= ?3",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare consumed message delete"))?;
     for batch in batches {
-        for envelope in &batch.envelopes {
-            if let Some(batch_shard) = batch.shard {
-                if batch_shard != envelope.shard {
-                    return Err(SqliteStoreError::ShardMismatch {
-                        batch_shard,
-                        envelope_shard: envelope.shard,
-                        sequence: envelope.sequence,
-                    });
-                }
-            }
-            let sequence = to_sql("event sequence", envelope.sequence)?;
-            let timestamp_ms = to_sql("event timestamp", envelope.timestamp_ms)?;
-            let inserted = insert_event
-                .execute(params![
-                    envelope.shard.0,
-                    sequence,
-                    envelope.event_type,
-                    envelope.schema_version,
-                    envelope.cause,
-                    timestamp_ms,
-                    envelope.hash.as_slice(),
-                    envelope.to_bytes()
-                ])
-                .map_err(SqliteStoreError::sqlite("insert event"))?;
-            if inserted == 1 {
-                written.events += 1;
-                continue;
-            }
-            let hash: Vec<u8> = stored_hash
-                .query_row(params![envelope.shard.0, sequence], |row| row.get(0))
-                .map_err(SqliteStoreError::sqlite("look up stored event"))?;
-            if hash != envelope.hash {
-                return Err(SqliteStoreError::EventConflict {
-                    shard: envelope.shard,
-                    sequence: envelope.sequence,
-                });
-            }
-        }
+        // Messages first: a record may consume a message of the same append.
         for message in &batch.messages {
             let sequence = to_sql("message sequence", message.sequence)?;
             let bytes = codec::encode(message);
@@ -360,8 +328,59 @@ fn write_batches(
                 });
             }
         }
+        for record in &batch.records {
+            if let Some(batch_shard) = batch.shard {
+                if batch_shard != record.shard {
+                    return Err(SqliteStoreError::ShardMismatch {
+                        batch_shard,
+                        envelope_shard: record.shard,
+                        sequence: record.first_sequence,
+                    });
+                }
+            }
+            let last_sequence = to_sql("record sequence", record.last_sequence())?;
+            let inserted = insert_record
+                .execute(params![
+                    record.shard.0,
+                    last_sequence,
+                    record.hash.as_slice(),
+                    record.to_bytes()
+                ])
+                .map_err(SqliteStoreError::sqlite("insert record"))?;
+            if inserted == 1 {
+                written.events += record.len();
+                for (sender, sequence) in consumed(record) {
+                    let sequence = to_sql("consumed message sequence", sequence)?;
+                    delete_consumed
+                        .execute(params![record.shard.0, sender, sequence])
+                        .map_err(SqliteStoreError::sqlite("delete consumed messages"))?;
+                }
+                continue;
+            }
+            let hash: Vec<u8> = stored_hash
+                .query_row(params![record.shard.0, last_sequence], |row| row.get(0))
+                .map_err(SqliteStoreError::sqlite("look up stored record"))?;
+            if hash != record.hash {
+                return Err(SqliteStoreError::EventConflict {
+                    shard: record.shard,
+                    sequence: record.last_sequence(),
+                });
+            }
+        }
     }
     Ok(written)
+}
+
+/// The highest message sequence a record consumed from each sender.
+fn consumed(record: &BatchRecord) -> BTreeMap<u16, u64> {
+    let mut highest = BTreeMap::new();
+    for logged in record.logged() {
+        if let Entry::Received { from, sequence } = logged.entry {
+            let entry = highest.entry(from.0).or_insert(0);
+            *entry = (*entry).max(*sequence);
+        }
+    }
+    highest
 }
 
 fn save_snapshot(
@@ -392,8 +411,9 @@ fn save_snapshot(
         .map_err(SqliteStoreError::sqlite("commit snapshot"))
 }
 
-/// Applies up to `limit` unprojected events, in global order, and advances
+/// Applies up to `limit` unprojected records, in global order, and advances
 /// the projection position and shard checkpoints in the same transaction.
+/// Answers how many entries were applied.
 fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, SqliteStoreError> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -405,18 +425,23 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, Sql
             |row| row.get(0),
         )
         .map_err(SqliteStoreError::sqlite("read projection position"))?;
-    let rows = read_events_after(&transaction, projected, limit)?;
+    let rows = read_records_after(&transaction, projected, limit)?;
     if rows.is_empty() {
         return Ok(0);
     }
     let mut checkpoints: BTreeMap<u16, u64> = BTreeMap::new();
     let mut last_position = projected;
+    let mut applied = 0;
     for (position, bytes) in &rows {
-        let envelope = Envelope::from_bytes(bytes)?;
-        let event = envelope.event()?;
-        apply_changes(&transaction, *position, &project(&envelope, &event))?;
-        let checkpoint = checkpoints.entry(envelope.shard.0).or_insert(0);
-        *checkpoint = (*checkpoint).max(envelope.sequence);
+        let record = BatchRecord::from_bytes(bytes)?;
+        for (index, logged) in record.logged().enumerate() {
+            let event = logged.event()?;
+            let entry_position = (*position << ENTRY_INDEX_BITS) | index as i64;
+            apply_changes(&transaction, entry_position, &project(&logged, &event))?;
+        }
+        applied += record.len() as usize;
+        let checkpoint = checkpoints.entry(record.shard.0).or_insert(0);
+        *checkpoint = (*checkpoint).max(record.last_sequence());
         last_position = *position;
     }
     for (shard, sequence) in &checkpoints {
@@ -438,10 +463,10 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, Sql
     transaction
         .commit()
         .map_err(SqliteStoreError::sqlite("commit projection"))?;
-    Ok(rows.len())
+    Ok(applied)
 }
 
-fn read_events_after(
+fn read_records_after(
     transaction: &Transaction<'_>,
     position: i64,
     limit: usize,
@@ -449,7 +474,7 @@ fn read_events_after(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut statement = transaction
         .prepare_cached(
-            "SELECT position, envelope FROM events WHERE position > ?1 ORDER BY position LIMIT ?2",
+            "SELECT position, record FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
         )
         .map_err(SqliteStoreError::sqlite("prepare projection read"))?;
     let rows = statement
@@ -457,7 +482,7 @@ fn read_events_after(
             Ok((row.get(0)?, row.get(1)?))
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(SqliteStoreError::sqlite("read events to project"))?;
+        .map_err(SqliteStoreError::sqlite("read records to project"))?;
     Ok(rows)
 }
 
@@ -481,7 +506,7 @@ fn reset_read_models(connection: &mut Connection) -> Result<(), SqliteStoreError
         .map_err(SqliteStoreError::sqlite("commit read-model reset"))
 }
 
-/// The projection position (last applied `events.position`).
+/// The projection position (last applied `records.position`).
 pub fn projection_position(connection: &Connection) -> Result<u64, SqliteStoreError> {
     let position: Option<i64> = connection
         .query_row(

@@ -70,7 +70,7 @@ async fn reopening_the_file_finds_everything() {
             .recover(ShardId(0))
             .await
             .expect("recovery reads")
-            .envelopes,
+            .records,
         envelopes
     );
     assert_eq!(

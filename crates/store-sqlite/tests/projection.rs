@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use engine::ports::EventStore;
-use ledger_core::codec::Envelope;
+use ledger_core::codec::BatchRecord;
 use ledger_core::{
     Completion, Event, ListingEndReason, Posting, ReadPosition, RefundId, ShardId, ShardPosition,
     Success,
@@ -23,7 +23,7 @@ const PURCHASES: u16 = 3;
 
 /// Grants, a Limited and a non-limited item, primary purchases of both,
 /// an escrow release, a listing and a resale of the Limited's serial.
-fn purchase_history(log: &mut Log) -> Vec<Envelope> {
+fn purchase_history(log: &mut Log) -> Vec<BatchRecord> {
     let mut envelopes = Vec::new();
     let mut push =
         |shard: u16, event: Event, at_ms: u64| envelopes.push(log.seal(shard, event, at_ms));

@@ -1,6 +1,7 @@
-//! Ceiling of the Kafka production path: the raw transactional produce rate of records
-//! the size of our events (a real, sealed `buyer_debited` envelope), through
-//! [`ShardTransactionalWriter::commit_batch`], with nothing else (no engine, no store).
+//! Ceiling of the Kafka production path: the raw transactional produce rate of our
+//! records (real, sealed batch records of `--entries` `buyer_debited` events each, one
+//! by default), through [`ShardTransactionalWriter::commit_batch`], with nothing else
+//! (no engine, no store).
 //!
 //! ```sh
 //! scripts/infra up kafka && scripts/infra wait kafka
@@ -14,20 +15,23 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ledger_core::codec::{Envelope, GENESIS_HASH};
+use ledger_core::codec::{BatchRecord, Entry, InputEntries, GENESIS_HASH, RECORD_ENTRIES_MAX};
 use ledger_core::{Account, Event, ItemId, Posting, PurchaseId, ShardId, UserId};
 use ledger_log_kafka::{KafkaConfig, ShardTransactionalWriter, TopicAdmin, TopicLayout, Topics};
 
 const USAGE: &str = "usage: kafka-ceiling [--bootstrap HOST:PORT] [--transactions N] [--batch B] \
-[--shards S] [--max-seconds T] [--set KEY=VALUE]... [--json FILE]\n  defaults: bootstrap from LEDGER_KAFKA_BOOTSTRAP, N=300, B=100, \
-S=1, T=60 (N <= 100000, B <= 10000, S <= 16, T <= 600); --set adds a librdkafka property \
-to every client (e.g. --set retry.backoff.ms=10)";
+[--shards S] [--entries E] [--max-seconds T] [--set KEY=VALUE]... [--json FILE]\n  defaults: \
+bootstrap from LEDGER_KAFKA_BOOTSTRAP, N=300, B=100 records per transaction, S=1, E=1 event per \
+record, T=60 (N <= 100000, B <= 10000, S <= 16, E <= 8190, T <= 600); --set adds a librdkafka \
+property to every client (e.g. --set retry.backoff.ms=10)";
 
 struct Params {
     bootstrap: String,
     transactions: usize,
     batch: usize,
     shards: u16,
+    /// Events per record.
+    entries: usize,
     max_seconds: u64,
     overrides: Vec<(String, String)>,
     /// Also write the result as JSON here (for `scripts/bench-report`).
@@ -40,6 +44,7 @@ fn parse() -> Result<Params, String> {
         transactions: 300,
         batch: 100,
         shards: 1,
+        entries: 1,
         max_seconds: 60,
         overrides: Vec::new(),
         json: None,
@@ -63,6 +68,7 @@ fn parse() -> Result<Params, String> {
             "--transactions" => params.transactions = number(100_000)? as usize,
             "--batch" => params.batch = number(10_000)? as usize,
             "--shards" => params.shards = number(16)? as u16,
+            "--entries" => params.entries = number(RECORD_ENTRIES_MAX as u64)? as usize,
             "--max-seconds" => params.max_seconds = number(600)?,
             "--json" => params.json = Some(value.clone()),
             "--set" => {
@@ -93,36 +99,44 @@ fn parse() -> Result<Params, String> {
     Ok(params)
 }
 
-/// A hash-chained run of `count` buyer debits of `shard`, like the engine writes them.
-fn buyer_debits(shard: ShardId, count: usize) -> Vec<Envelope> {
+/// A hash-chained run of `count` records of `shard`, each holding the buyer debits of
+/// `entries` purchases, like the engine writes them.
+fn buyer_debits(shard: ShardId, count: usize, entries: usize) -> Vec<BatchRecord> {
     let mut previous = GENESIS_HASH;
-    (1..=count as u64)
-        .map(|sequence| {
-            let buyer = UserId::parse(format!("buyer-{:06}", sequence % 1_000_000)).unwrap();
-            let event = Event::BuyerDebited {
-                purchase_id: PurchaseId::parse(format!("purchase-{sequence:09}")).unwrap(),
-                buyer_id: buyer.clone(),
-                amount: 100,
-                granted_items: vec![ItemId::parse("item-000001").unwrap()],
-                balance_after: 900,
-                at_ms: 1_800_000_000_000 + sequence,
-                postings: vec![
-                    Posting::new(Account::Wallet(buyer), -100),
-                    Posting::new(Account::Clearing, 100),
-                ],
-            };
-            let envelope = Envelope::seal(
-                &event,
-                shard,
-                sequence,
-                &format!("command:purchase:purchase-{sequence:09}"),
-                1_800_000_000_000 + sequence,
-                previous,
-            );
-            previous = envelope.hash;
-            envelope
+    let mut next_sequence = 1;
+    (0..count)
+        .map(|_| {
+            let first_sequence = next_sequence;
+            next_sequence += entries as u64;
+            let inputs = (first_sequence..next_sequence)
+                .map(|sequence| InputEntries {
+                    cause: format!("command:purchase:purchase-{sequence:09}"),
+                    timestamp_ms: 1_800_000_000_000 + sequence,
+                    entries: vec![Entry::from_event(&buyer_debit(sequence))],
+                })
+                .collect();
+            let record = BatchRecord::seal(shard, first_sequence, previous, inputs);
+            previous = record.hash;
+            record
         })
         .collect()
+}
+
+/// The `buyer_debited` event at `sequence`.
+fn buyer_debit(sequence: u64) -> Event {
+    let buyer = UserId::parse(format!("buyer-{:06}", sequence % 1_000_000)).unwrap();
+    Event::BuyerDebited {
+        purchase_id: PurchaseId::parse(format!("purchase-{sequence:09}")).unwrap(),
+        buyer_id: buyer.clone(),
+        amount: 100,
+        granted_items: vec![ItemId::parse("item-000001").unwrap()],
+        balance_after: 900,
+        at_ms: 1_800_000_000_000 + sequence,
+        postings: vec![
+            Posting::new(Account::Wallet(buyer), -100),
+            Posting::new(Account::Clearing, 100),
+        ],
+    }
 }
 
 struct ShardRun {
@@ -136,7 +150,7 @@ async fn run_shard(
     topics: Topics,
     prefix: String,
     shard: ShardId,
-    envelopes: Vec<Envelope>,
+    records: Vec<BatchRecord>,
     batch: usize,
     deadline: Instant,
 ) -> Result<ShardRun, String> {
@@ -148,7 +162,7 @@ async fn run_shard(
         records: 0,
         latencies: Vec::new(),
     };
-    for chunk in envelopes.chunks(batch) {
+    for chunk in records.chunks(batch) {
         if Instant::now() >= deadline {
             break;
         }
@@ -208,8 +222,8 @@ async fn main() -> ExitCode {
     }
 
     let per_shard = params.transactions * params.batch;
-    let chains: Vec<Vec<Envelope>> = (0..params.shards)
-        .map(|shard| buyer_debits(ShardId(shard), per_shard))
+    let chains: Vec<Vec<BatchRecord>> = (0..params.shards)
+        .map(|shard| buyer_debits(ShardId(shard), per_shard, params.entries))
         .collect();
     let record_bytes = chains[0][0].to_bytes().len();
 
@@ -218,13 +232,13 @@ async fn main() -> ExitCode {
     let tasks: Vec<_> = chains
         .into_iter()
         .enumerate()
-        .map(|(shard, envelopes)| {
+        .map(|(shard, records)| {
             tokio::spawn(run_shard(
                 config.clone(),
                 topics.clone(),
                 prefix.clone(),
                 ShardId(shard as u16),
-                envelopes,
+                records,
                 params.batch,
                 deadline,
             ))
@@ -261,8 +275,8 @@ async fn main() -> ExitCode {
     let command: Vec<String> = std::env::args().collect();
     println!("command: {}", command.join(" "));
     println!(
-        "parameters: bootstrap={} transactions={} batch={} shards={} max_seconds={} (one transactional writer per shard, acks=all, idempotent)",
-        params.bootstrap, params.transactions, params.batch, params.shards, params.max_seconds
+        "parameters: bootstrap={} transactions={} batch={} shards={} entries={} max_seconds={} (one transactional writer per shard, acks=all, idempotent)",
+        params.bootstrap, params.transactions, params.batch, params.shards, params.entries, params.max_seconds
     );
     let overrides: Vec<String> = params
         .overrides
@@ -277,7 +291,10 @@ async fn main() -> ExitCode {
             overrides.join(" ")
         }
     );
-    println!("record: buyer_debited envelope, {record_bytes} bytes (value), key = shard");
+    println!(
+        "record: batch record of {} buyer_debited event(s), {record_bytes} bytes (value), key = shard",
+        params.entries
+    );
     println!(
         "done: {transactions} transactions, {records} records in {seconds:.2} s{}",
         if transactions < params.transactions * usize::from(params.shards) {
@@ -300,10 +317,11 @@ async fn main() -> ExitCode {
     );
     if let Some(path) = &params.json {
         let json = format!(
-            "{{\"records_per_second\": {:.1}, \"records\": {records}, \"transactions\": {transactions}, \"seconds\": {seconds:.4}, \"record_bytes\": {record_bytes}, \"shards\": {}, \"batch\": {}, \"commit_latency_ms_p50\": {:.2}, \"commit_latency_ms_p99\": {:.2}}}\n",
+            "{{\"records_per_second\": {:.1}, \"records\": {records}, \"transactions\": {transactions}, \"seconds\": {seconds:.4}, \"record_bytes\": {record_bytes}, \"shards\": {}, \"batch\": {}, \"entries_per_record\": {}, \"commit_latency_ms_p50\": {:.2}, \"commit_latency_ms_p99\": {:.2}}}\n",
             records as f64 / seconds,
             params.shards,
             params.batch,
+            params.entries,
             percentile(&latencies, 0.50).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         );

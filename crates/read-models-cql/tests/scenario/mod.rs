@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::ports::{CommandBus, EventStore};
 use engine::{Engine, EngineConfig};
-use ledger_core::codec::Envelope;
+use ledger_core::codec::BatchRecord;
 use ledger_core::{
     Actor, BundleId, Command, CommandMeta, Completion, Config, GrantId, ItemDefinition, ItemId,
     ListingId, PurchaseId, PurchaseTarget, RefundId, RejectionCode, Role, ShardId, UserId,
@@ -57,8 +57,8 @@ impl Drop for TempDir {
 pub struct Scenario {
     pub store: Arc<SqliteStore>,
     pub read_models: Arc<dyn ReadModels>,
-    /// Envelopes of each shard, in sequence order (index = shard).
-    pub envelopes: Vec<Vec<Envelope>>,
+    /// Records of each shard, in sequence order (index = shard).
+    pub records: Vec<Vec<BatchRecord>>,
     pub completions: Vec<Completion>,
     pub users: Vec<String>,
     pub items: Vec<String>,
@@ -491,11 +491,11 @@ pub async fn run() -> Scenario {
         > 0
     {}
 
-    let mut envelopes = Vec::new();
+    let mut records = Vec::new();
     for shard in 0..SHARD_COUNT {
-        let mut log: Vec<Envelope> = Vec::new();
+        let mut log: Vec<BatchRecord> = Vec::new();
         loop {
-            let after = log.last().map_or(0, |envelope| envelope.sequence);
+            let after = log.last().map_or(0, BatchRecord::last_sequence);
             let page = store
                 .read_shard(ShardId(shard), after, 1_000)
                 .await
@@ -505,12 +505,13 @@ pub async fn run() -> Scenario {
             }
             log.extend(page);
         }
-        envelopes.push(log);
+        records.push(log);
     }
-    let event_types: BTreeSet<&str> = envelopes
+    let event_types: BTreeSet<&str> = records
         .iter()
         .flatten()
-        .map(|envelope| envelope.event_type.as_str())
+        .flat_map(BatchRecord::logged)
+        .map(|logged| logged.entry.event_type())
         .collect();
     for wanted in [
         "currency_granted",
@@ -543,7 +544,7 @@ pub async fn run() -> Scenario {
     Scenario {
         store,
         read_models,
-        envelopes,
+        records,
         completions: driver.completions,
         users: [
             "alice", "bob", "carol", "dave", "erin", "cora", "cody", "nobody",

@@ -1,9 +1,12 @@
-//! Raw CQL write ceiling of our event rows, next to `CqlStore::append` in the
+//! Raw CQL write ceiling of our log rows, next to `CqlStore::append` in the
 //! same run: how close the adapter gets to what the database allows.
+//!
+//! A row is one record of `--entries` events (1 by default: one row per
+//! event, as before records); `--events` counts events, `--batch` rows.
 //!
 //! ```text
 //! scripts/infra up cassandra && scripts/infra wait cassandra
-//! env $(scripts/infra env) target/release/cql-ceiling --events 20000 --batch 100 --shards 4
+//! env $(scripts/infra env) target/release/cql-ceiling --events 20000 --batch 100 --shards 4 [--entries 1]
 //! ```
 //!
 //! Bounded in count; loopback only; its keyspace is dropped at the end.
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use engine::ports::{EventStore, ShardBatch};
-use ledger_core::codec::{Envelope, GENESIS_HASH};
+use ledger_core::codec::{BatchRecord, Entry, InputEntries, GENESIS_HASH, RECORD_ENTRIES_MAX};
 use ledger_core::{Account, Event, ItemId, Posting, PurchaseId, ShardId, UserId};
 use ledger_store_cql::{CqlSettings, CqlStore};
 
@@ -20,6 +23,8 @@ const EVENTS_MAX: usize = 1_000_000;
 
 struct Parameters {
     events: usize,
+    /// Events per record (per row).
+    entries: usize,
     batch: usize,
     shards: u16,
     /// Also write the result as JSON here (for `scripts/bench-report`).
@@ -29,6 +34,7 @@ struct Parameters {
 fn parse() -> Result<Parameters, String> {
     let mut parameters = Parameters {
         events: 20_000,
+        entries: 1,
         batch: 100,
         shards: 4,
         json: None,
@@ -45,6 +51,7 @@ fn parse() -> Result<Parameters, String> {
         };
         match flag.as_str() {
             "--events" => parameters.events = number(&value)?,
+            "--entries" => parameters.entries = number(&value)?,
             "--batch" => parameters.batch = number(&value)?,
             "--json" => parameters.json = Some(value),
             "--shards" => {
@@ -53,7 +60,7 @@ fn parse() -> Result<Parameters, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown flag {other}; use --events N --batch B --shards S [--json FILE]"
+                    "unknown flag {other}; use --events N --batch B --shards S [--entries E] [--json FILE]"
                 ))
             }
         }
@@ -62,45 +69,55 @@ fn parse() -> Result<Parameters, String> {
         || parameters.events > EVENTS_MAX
         || parameters.batch == 0
         || parameters.shards == 0
+        || parameters.entries == 0
+        || parameters.entries > RECORD_ENTRIES_MAX
     {
         return Err(format!(
-            "--events must be 1..={EVENTS_MAX}, --batch and --shards positive"
+            "--events must be 1..={EVENTS_MAX}, --entries 1..={RECORD_ENTRIES_MAX}, --batch and --shards positive"
         ));
     }
     Ok(parameters)
 }
 
-/// A hash-chained log of `buyer_debited` events (our typical row) for one shard.
-fn chain(shard: u16, count: usize) -> Vec<Envelope> {
-    let buyer = UserId::parse(format!("buyer-{shard}")).expect("valid id");
+/// A hash-chained log of `records` records of `entries` `buyer_debited`
+/// events each (our typical event) for one shard.
+fn chain(shard: u16, records: usize, entries: usize) -> Vec<BatchRecord> {
     let mut previous = GENESIS_HASH;
-    (1..=count as u64)
-        .map(|sequence| {
-            let event = Event::BuyerDebited {
-                purchase_id: PurchaseId::parse(format!("purchase-{shard}-{sequence:08}"))
-                    .expect("valid id"),
-                buyer_id: buyer.clone(),
-                amount: 100,
-                granted_items: vec![ItemId::parse("item-000001").expect("valid id")],
-                balance_after: 900,
-                at_ms: 1_800_000_000_000,
-                postings: vec![
-                    Posting::new(Account::Wallet(buyer.clone()), -100),
-                    Posting::new(Account::Clearing, 100),
-                ],
+    let mut next_sequence = 1;
+    (0..records)
+        .map(|_| {
+            let first_sequence = next_sequence;
+            next_sequence += entries as u64;
+            let input = InputEntries {
+                cause: "command:purchase:bench".to_string(),
+                timestamp_ms: 1_800_000_000_000,
+                entries: (first_sequence..next_sequence)
+                    .map(|sequence| Entry::from_event(&debit(shard, sequence)))
+                    .collect(),
             };
-            let envelope = Envelope::seal(
-                &event,
-                ShardId(shard),
-                sequence,
-                "command:purchase:bench",
-                1_800_000_000_000,
-                previous,
-            );
-            previous = envelope.hash;
-            envelope
+            let record = BatchRecord::seal(ShardId(shard), first_sequence, previous, vec![input]);
+            previous = record.hash;
+            record
         })
         .collect()
+}
+
+/// The `buyer_debited` event at `sequence` of `shard`.
+fn debit(shard: u16, sequence: u64) -> Event {
+    let buyer = UserId::parse(format!("buyer-{shard}")).expect("valid id");
+    Event::BuyerDebited {
+        purchase_id: PurchaseId::parse(format!("purchase-{shard}-{sequence:08}"))
+            .expect("valid id"),
+        buyer_id: buyer.clone(),
+        amount: 100,
+        granted_items: vec![ItemId::parse("item-000001").expect("valid id")],
+        balance_after: 900,
+        at_ms: 1_800_000_000_000,
+        postings: vec![
+            Posting::new(Account::Wallet(buyer.clone()), -100),
+            Posting::new(Account::Clearing, 100),
+        ],
+    }
 }
 
 #[tokio::main]
@@ -139,9 +156,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let per_shard = parameters.events.div_ceil(parameters.shards as usize);
-    let chains: Vec<Vec<Envelope>> = (0..parameters.shards)
-        .map(|shard| chain(shard, per_shard))
+    let per_shard = parameters
+        .events
+        .div_ceil(parameters.shards as usize * parameters.entries);
+    let chains: Vec<Vec<BatchRecord>> = (0..parameters.shards)
+        .map(|shard| chain(shard, per_shard, parameters.entries))
         .collect();
     let rows = per_shard * parameters.shards as usize;
 
@@ -151,7 +170,7 @@ async fn main() -> std::process::ExitCode {
     let session = Arc::clone(store.session());
     let insert = match session
         .prepare(format!(
-            "INSERT INTO {keyspace}.events (shard, bucket, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO {keyspace}.events (shard, bucket, sequence, hash, envelope) VALUES (?, ?, ?, ?, ?)"
         ))
         .await
     {
@@ -176,16 +195,16 @@ async fn main() -> std::process::ExitCode {
     }
     let raw_seconds = started.elapsed().as_secs_f64();
 
-    // 2. The adapter: `append` of the same rows in batches of `batch` events per shard.
+    // 2. The adapter: `append` of the same rows in batches of `batch` records per shard.
     let started = Instant::now();
     let mut appenders = tokio::task::JoinSet::new();
-    for (shard, envelopes) in chains.into_iter().enumerate() {
+    for (shard, records) in chains.into_iter().enumerate() {
         let (store, batch) = (Arc::clone(&store), parameters.batch);
         appenders.spawn(async move {
-            for group in envelopes.chunks(batch) {
+            for group in records.chunks(batch) {
                 let batch = ShardBatch {
                     shard: Some(ShardId(shard as u16)),
-                    envelopes: group.to_vec(),
+                    records: group.to_vec(),
                     messages: Vec::new(),
                 };
                 store.append(vec![batch]).await?;
@@ -214,10 +233,11 @@ async fn main() -> std::process::ExitCode {
     let raw_rate = rows as f64 / raw_seconds;
     let append_rate = rows as f64 / append_seconds;
     println!(
-        "cql-ceiling: {rows} event rows ({} shards, {} per batch, {} bytes per envelope)",
+        "cql-ceiling: {rows} record rows of {} events ({} shards, {} per batch, {} bytes per record)",
+        parameters.entries,
         parameters.shards,
         parameters.batch,
-        store_row_size()
+        store_row_size(parameters.entries)
     );
     println!("raw unlogged batches: {raw_rate:.0} rows/s ({raw_seconds:.2} s)");
     println!(
@@ -226,10 +246,11 @@ async fn main() -> std::process::ExitCode {
     );
     if let Some(path) = &parameters.json {
         let json = format!(
-            "{{\"rows_per_second\": {raw_rate:.1}, \"append_rows_per_second\": {append_rate:.1}, \"rows\": {rows}, \"seconds\": {raw_seconds:.4}, \"batch\": {}, \"shards\": {}, \"row_bytes\": {}}}\n",
+            "{{\"rows_per_second\": {raw_rate:.1}, \"append_rows_per_second\": {append_rate:.1}, \"rows\": {rows}, \"seconds\": {raw_seconds:.4}, \"batch\": {}, \"shards\": {}, \"row_bytes\": {}, \"entries_per_row\": {}}}\n",
             parameters.batch,
             parameters.shards,
-            store_row_size()
+            store_row_size(parameters.entries),
+            parameters.entries
         );
         if let Err(error) = std::fs::write(path, json) {
             eprintln!("cql-ceiling: cannot write {path}: {error}");
@@ -243,27 +264,26 @@ async fn main() -> std::process::ExitCode {
 async fn raw_pass(
     session: &Arc<scylla::client::session::Session>,
     insert: &scylla::statement::prepared::PreparedStatement,
-    chains: &[Vec<Envelope>],
+    chains: &[Vec<BatchRecord>],
     batch: usize,
     shard_offset: i32,
 ) -> Result<(), String> {
     let mut writers = tokio::task::JoinSet::new();
-    for envelopes in chains.iter().cloned() {
+    for records in chains.iter().cloned() {
         let (session, insert) = (Arc::clone(session), insert.clone());
         writers.spawn(async move {
             // Groups stay inside one bucket, so each batch is one partition.
-            let mut groups: Vec<Vec<Envelope>> = Vec::new();
-            for envelope in envelopes {
-                let bucket = envelope.sequence / ledger_store_cql::EVENTS_PER_BUCKET;
+            let bucket_of =
+                |record: &BatchRecord| record.last_sequence() / ledger_store_cql::EVENTS_PER_BUCKET;
+            let mut groups: Vec<Vec<BatchRecord>> = Vec::new();
+            for record in records {
                 match groups.last_mut() {
                     Some(group)
-                        if group.len() < batch
-                            && group[0].sequence / ledger_store_cql::EVENTS_PER_BUCKET
-                                == bucket =>
+                        if group.len() < batch && bucket_of(&group[0]) == bucket_of(&record) =>
                     {
-                        group.push(envelope)
+                        group.push(record)
                     }
-                    _ => groups.push(vec![envelope]),
+                    _ => groups.push(vec![record]),
                 }
             }
             for group in groups {
@@ -272,18 +292,14 @@ async fn raw_pass(
                 );
                 statement.set_consistency(ledger_store_cql::Consistency::Quorum);
                 let mut values = Vec::with_capacity(group.len());
-                for envelope in &group {
+                for record in &group {
                     statement.append_statement(insert.clone());
                     values.push((
-                        shard_offset + envelope.shard.0 as i32,
-                        (envelope.sequence / ledger_store_cql::EVENTS_PER_BUCKET) as i64,
-                        envelope.sequence as i64,
-                        envelope.event_type.clone(),
-                        envelope.schema_version as i32,
-                        envelope.cause.clone(),
-                        envelope.timestamp_ms as i64,
-                        envelope.hash.to_vec(),
-                        envelope.to_bytes(),
+                        shard_offset + record.shard.0 as i32,
+                        bucket_of(record) as i64,
+                        record.last_sequence() as i64,
+                        record.hash.to_vec(),
+                        record.to_bytes(),
                     ));
                 }
                 session
@@ -300,6 +316,6 @@ async fn raw_pass(
     Ok(())
 }
 
-fn store_row_size() -> usize {
-    chain(0, 1)[0].to_bytes().len()
+fn store_row_size(entries: usize) -> usize {
+    chain(0, 1, entries)[0].to_bytes().len()
 }

@@ -3,9 +3,11 @@
 //!
 //! The rows are real: `--purchases` primary purchases run through the
 //! unchanged engine (`ShardRunner`s, messages delivered in memory) on
-//! `--shards` shards, and every event and message row they produce is kept.
+//! `--shards` shards, and every record and message row they produce is kept
+//! (one record per input here: the in-memory cluster seals each input alone,
+//! where the server seals a whole group commit into one record per shard).
 //! Then only the writing is timed: plain `INSERT`s of those rows into the
-//! store's `events` and `messages` tables, `--batch` rows per transaction,
+//! store's `records` and `messages` tables, `--batch` rows per transaction,
 //! one fsync per commit. No conflict checks, no read models, no engine.
 //! The result, in purchases/s, is what the disk and SQLite allow for our
 //! rows: the durable embedded ledger is reported as a ratio to it.
@@ -21,9 +23,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use engine::in_memory::InMemoryCluster;
-use ledger_core::codec::{Envelope, MessageEnvelope};
+use ledger_core::codec::{BatchRecord, MessageEnvelope};
 use ledger_core::{Command, GrantId, ItemDefinition, ItemId, PurchaseId, PurchaseTarget, UserId};
-use ledger_store_sqlite::{open_writer, GROUP_COMMIT_ENVELOPES_MAX};
+use ledger_store_sqlite::{open_writer, GROUP_COMMIT_ENTRIES_MAX};
 use rusqlite::params;
 
 const PURCHASES_MAX: usize = 1_000_000;
@@ -44,7 +46,7 @@ fn parse() -> Result<Parameters, String> {
     let mut parameters = Parameters {
         purchases: 20_000,
         shards: 4,
-        batch: GROUP_COMMIT_ENVELOPES_MAX,
+        batch: GROUP_COMMIT_ENTRIES_MAX,
         json: None,
     };
     let mut arguments = std::env::args().skip(1);
@@ -81,7 +83,7 @@ fn parse() -> Result<Parameters, String> {
 }
 
 /// The rows of `purchases` primary purchases (setup rows excluded).
-fn purchase_rows(parameters: &Parameters) -> (Vec<Envelope>, Vec<MessageEnvelope>) {
+fn purchase_rows(parameters: &Parameters) -> (Vec<BatchRecord>, Vec<MessageEnvelope>) {
     let mut cluster = InMemoryCluster::new(parameters.shards);
     let items = parameters.purchases.div_ceil(BUYERS);
     cluster.run((0..BUYERS).map(|buyer| Command::Grant {
@@ -115,7 +117,7 @@ fn purchase_rows(parameters: &Parameters) -> (Vec<Envelope>, Vec<MessageEnvelope
     // Every purchase succeeds, so the rows are those of successful purchases.
     cluster.expect_succeeded(parameters.purchases);
     let recorded = cluster.take_recorded();
-    (recorded.envelopes, recorded.messages)
+    (recorded.records, recorded.messages)
 }
 
 struct Measured {
@@ -127,7 +129,7 @@ struct Measured {
 
 fn write_rows(
     directory: &std::path::Path,
-    events: &[Envelope],
+    events: &[BatchRecord],
     messages: &[MessageEnvelope],
     batch: usize,
 ) -> Result<Measured, rusqlite::Error> {
@@ -135,8 +137,8 @@ fn write_rows(
         rusqlite::Error::InvalidParameterName(format!("cannot open the store's writer: {error}"))
     })?;
     // Serialise before the clock starts: the ledger's writer receives
-    // encoded envelopes too.
-    let event_rows: Vec<(&Envelope, Vec<u8>)> = events
+    // encoded records too.
+    let event_rows: Vec<(&BatchRecord, Vec<u8>)> = events
         .iter()
         .map(|envelope| (envelope, envelope.to_bytes()))
         .collect();
@@ -165,8 +167,7 @@ fn write_rows(
         let transaction = connection.transaction()?;
         {
             let mut insert_event = transaction.prepare_cached(
-                "INSERT INTO events (shard, sequence, event_type, schema_version, cause, timestamp_ms, hash, envelope)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO records (shard, last_sequence, hash, record) VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut insert_message = transaction.prepare_cached(
                 "INSERT INTO messages (sender, receiver, sequence, envelope) VALUES (?1, ?2, ?3, ?4)",
@@ -176,11 +177,7 @@ fn write_rows(
                 if let Some((envelope, bytes)) = events_left.next() {
                     insert_event.execute(params![
                         envelope.shard.0,
-                        envelope.sequence as i64,
-                        envelope.event_type,
-                        envelope.schema_version,
-                        envelope.cause,
-                        envelope.timestamp_ms as i64,
+                        envelope.last_sequence() as i64,
                         envelope.hash.as_slice(),
                         bytes
                     ])?;
@@ -202,8 +199,8 @@ fn write_rows(
         transactions += 1;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let stored: i64 = connection.query_row("SELECT count(*) FROM events", [], |row| row.get(0))?;
-    assert_eq!(stored as usize, events.len(), "every event row is stored");
+    let stored: i64 = connection.query_row("SELECT count(*) FROM records", [], |row| row.get(0))?;
+    assert_eq!(stored as usize, events.len(), "every record row is stored");
     Ok(Measured {
         rows,
         transactions,
@@ -245,7 +242,7 @@ fn main() -> ExitCode {
     let command: Vec<String> = std::env::args().collect();
     println!("command: {}", command.join(" "));
     println!(
-        "rows of {} purchases on {} shards: {} events + {} messages = {:.2} rows per purchase, {} bytes",
+        "rows of {} purchases on {} shards: {} records + {} messages = {:.2} rows per purchase, {} bytes",
         parameters.purchases,
         parameters.shards,
         events.len(),

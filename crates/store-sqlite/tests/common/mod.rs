@@ -1,5 +1,5 @@
 //! Helpers shared by the store tests: temporary data directories and
-//! hash-chained envelopes built from real events (the chain builder and the
+//! hash-chained records built from real events (the chain builder and the
 //! grant, batch and user helpers come from the shared contract suite).
 
 #![allow(dead_code)]
@@ -37,6 +37,7 @@ impl Drop for TempDir {
     }
 }
 
+#[allow(unused_imports)]
 pub use store_contract::support::{batch, grant, user, Log};
 
 pub fn item(id: &str) -> ItemId {
