@@ -15,71 +15,11 @@ use ledger_engine::in_memory::InMemoryCluster as Cluster;
 use ledger_engine::ports::Recovery;
 use ledger_engine::shard::ShardRunner;
 
-const BUYERS: usize = 2_000;
-const ITEMS: usize = 10;
+mod fixtures;
+use fixtures::*;
 
-/// Commands per measured batch in `per_command`: small enough that a fresh
-/// copy of the prepared cluster per batch is cheap, large enough that the
-/// per-batch timer overhead disappears.
-const COMMANDS_PER_BATCH: usize = 1_000;
-/// Shards of the `per_command` clusters: several, so that most messages
-/// cross shards, as they do in production.
-const PER_COMMAND_SHARDS: u16 = 4;
-/// Limited items in the `per_command` catalogue (`l-0` ..), each with a
-/// supply of `COMMANDS_PER_BATCH`, so a batch never sells out.
-const LIMITED_ITEMS: usize = 10;
-/// Price of every resale listing.
-const LISTING_PRICE: i64 = 20;
 /// Events in the `replay` log.
 const REPLAY_EVENTS: usize = 50_000;
-
-fn user(n: usize) -> UserId {
-    UserId::parse(format!("b-{n}")).unwrap()
-}
-
-fn item(n: usize) -> ItemId {
-    ItemId::parse(format!("i-{n}")).unwrap()
-}
-
-fn limited_item(n: usize) -> ItemId {
-    ItemId::parse(format!("l-{n}")).unwrap()
-}
-
-fn bundle() -> BundleId {
-    BundleId::parse("bundle-0").unwrap()
-}
-
-fn funded_cluster(shards: u16) -> Cluster {
-    let mut cluster = Cluster::new(shards);
-    fund(&mut cluster);
-    cluster.expect_succeeded(BUYERS + ITEMS);
-    cluster
-}
-
-/// Funds `BUYERS` buyers and publishes `ITEMS` non-limited items.
-fn fund(cluster: &mut Cluster) {
-    for buyer in 0..BUYERS {
-        cluster.submit(Command::Grant {
-            grant_id: GrantId::parse(format!("g-{buyer}")).unwrap(),
-            user_id: user(buyer),
-            amount: 1_000_000,
-        });
-    }
-    for item in 0..ITEMS {
-        cluster.submit(Command::PublishItem(ItemDefinition {
-            item_id: ItemId::parse(format!("i-{item}")).unwrap(),
-            creator_id: UserId::parse(format!("c-{}", item % 5)).unwrap(),
-            name: "thing".into(),
-            price: 10,
-            supply: None,
-            max_per_user: None,
-            starts_at_ms: None,
-            ends_at_ms: None,
-            resellable: false,
-        }));
-    }
-    cluster.drain();
-}
 
 fn purchases(cluster: &mut Cluster, count: usize) {
     for n in 0..count {
@@ -167,97 +107,6 @@ fn bench_codec(criterion: &mut Criterion) {
 
 // ------------------------------------------------------------ per command
 
-/// Primary purchase `purchase_id` of `target` by buyer `buyer`, at its price.
-fn purchase(purchase_id: String, buyer: usize, target: PurchaseTarget, price: i64) -> Command {
-    Command::Purchase {
-        purchase_id: PurchaseId::parse(purchase_id).unwrap(),
-        buyer_id: user(buyer),
-        target,
-        expected_price: price,
-    }
-}
-
-/// The funded cluster plus what every command type needs: resellable
-/// Limiteds and a bundle of two non-limited items of one creator.
-fn catalogue_cluster() -> Cluster {
-    let mut cluster = funded_cluster(PER_COMMAND_SHARDS);
-    cluster.run((0..LIMITED_ITEMS).map(|n| {
-        Command::PublishItem(ItemDefinition {
-            item_id: limited_item(n),
-            creator_id: UserId::parse(format!("c-{}", n % 5)).unwrap(),
-            name: "limited thing".into(),
-            price: 10,
-            supply: Some(COMMANDS_PER_BATCH as u32),
-            max_per_user: None,
-            starts_at_ms: None,
-            ends_at_ms: None,
-            resellable: true,
-        })
-    }));
-    // i-0 and i-5 are both items of c-0 (creator of i-n is c-(n % 5)).
-    cluster.run([Command::CreateBundle {
-        bundle_id: bundle(),
-        creator_id: UserId::parse("c-0").unwrap(),
-        name: "pair".into(),
-        item_ids: vec![item(0), item(5)],
-        price: 15,
-    }]);
-    cluster.expect_succeeded(LIMITED_ITEMS + 1);
-    cluster
-}
-
-/// Buyer `n` buys one non-limited item (never the same one twice).
-fn primary_purchases(prefix: &str) -> impl Iterator<Item = Command> + '_ {
-    (0..COMMANDS_PER_BATCH).map(move |n| {
-        purchase(
-            format!("{prefix}-{n}"),
-            n,
-            PurchaseTarget::Item(item(n % ITEMS)),
-            10,
-        )
-    })
-}
-
-/// Buyer `n` buys one serial of a Limited.
-fn limited_purchases(prefix: &str) -> impl Iterator<Item = Command> + '_ {
-    (0..COMMANDS_PER_BATCH).map(move |n| {
-        purchase(
-            format!("{prefix}-{n}"),
-            n,
-            PurchaseTarget::Item(limited_item(n % LIMITED_ITEMS)),
-            10,
-        )
-    })
-}
-
-/// Every serial sold so far, as (item, serial, holder), read from the item
-/// shards' state (a serial's number depends on delivery order).
-fn sold_serials(cluster: &Cluster) -> Vec<(ItemId, u32, UserId)> {
-    let mut serials = Vec::new();
-    for n in 0..LIMITED_ITEMS {
-        let item_id = limited_item(n);
-        let state = cluster.state_of(&keys::item(&item_id));
-        for (serial, holder) in &state.items[&item_id].holders {
-            serials.push((item_id.clone(), *serial, holder.user_id.clone()));
-        }
-    }
-    serials
-}
-
-/// One listing per sold serial, by its holder.
-fn listings(serials: &[(ItemId, u32, UserId)]) -> impl Iterator<Item = Command> + '_ {
-    serials
-        .iter()
-        .enumerate()
-        .map(|(n, (item_id, serial, holder))| Command::CreateListing {
-            listing_id: ListingId::parse(format!("listing-{n}")).unwrap(),
-            seller_id: holder.clone(),
-            item_id: item_id.clone(),
-            serial: *serial,
-            price: LISTING_PRICE,
-        })
-}
-
 /// Measures `commands` of one type, `COMMANDS_PER_BATCH` per batch, on a
 /// fresh copy of `prepared` each batch (supply, funds and ownership would
 /// otherwise run out or make later batches refuse).
@@ -283,71 +132,12 @@ fn bench_command_type(
 }
 
 fn bench_per_command(criterion: &mut Criterion) {
-    let catalogue = catalogue_cluster();
-
-    let mut owners = catalogue.fork();
-    owners.run(limited_purchases("setup-limited"));
-    owners.expect_succeeded(COMMANDS_PER_BATCH);
-    let serials = sold_serials(&owners);
-    assert_eq!(serials.len(), COMMANDS_PER_BATCH);
-
-    let mut listed = owners.fork();
-    listed.run(listings(&serials));
-    listed.expect_succeeded(COMMANDS_PER_BATCH);
-
-    let mut purchased = catalogue.fork();
-    purchased.run(primary_purchases("setup-primary"));
-    purchased.expect_succeeded(COMMANDS_PER_BATCH);
-
-    let grants: Vec<Command> = (0..COMMANDS_PER_BATCH)
-        .map(|n| Command::Grant {
-            grant_id: GrantId::parse(format!("grant-{n}")).unwrap(),
-            user_id: user(n),
-            amount: 100,
-        })
-        .collect();
-    let bundle_purchases: Vec<Command> = (0..COMMANDS_PER_BATCH)
-        .map(|n| {
-            purchase(
-                format!("bundle-purchase-{n}"),
-                n,
-                PurchaseTarget::Bundle(bundle()),
-                15,
-            )
-        })
-        .collect();
-    // Buyers COMMANDS_PER_BATCH.. never sold anything, so no buyer is the
-    // seller of the listing it buys.
-    let resale_purchases: Vec<Command> = (0..COMMANDS_PER_BATCH)
-        .map(|n| Command::ResalePurchase {
-            purchase_id: PurchaseId::parse(format!("resale-{n}")).unwrap(),
-            buyer_id: user(COMMANDS_PER_BATCH + n),
-            listing_id: ListingId::parse(format!("listing-{n}")).unwrap(),
-            expected_price: LISTING_PRICE,
-        })
-        .collect();
-    // Refunds of non-limited primary purchases (escrow frozen, then reversed
-    // and the buyer credited); a Limited's refund also revokes its serial.
-    let refunds: Vec<Command> = (0..COMMANDS_PER_BATCH)
-        .map(|n| Command::Refund {
-            refund_id: RefundId::parse(format!("refund-{n}")).unwrap(),
-            purchase_id: PurchaseId::parse(format!("setup-primary-{n}")).unwrap(),
-        })
-        .collect();
-
     let mut group = criterion.benchmark_group("per_command");
     group.throughput(Throughput::Elements(COMMANDS_PER_BATCH as u64));
     group.sample_size(10);
-    bench_command_type(&mut group, "grant", &catalogue, &grants);
-    let primary: Vec<Command> = primary_purchases("p").collect();
-    bench_command_type(&mut group, "primary_purchase", &catalogue, &primary);
-    let limited: Vec<Command> = limited_purchases("p").collect();
-    bench_command_type(&mut group, "limited_purchase", &catalogue, &limited);
-    bench_command_type(&mut group, "bundle_purchase", &catalogue, &bundle_purchases);
-    let listings: Vec<Command> = listings(&serials).collect();
-    bench_command_type(&mut group, "create_listing", &owners, &listings);
-    bench_command_type(&mut group, "resale_purchase", &listed, &resale_purchases);
-    bench_command_type(&mut group, "refund", &purchased, &refunds);
+    for set in command_sets() {
+        bench_command_type(&mut group, set.name, &set.prepared, &set.commands);
+    }
     group.finish();
 }
 
