@@ -147,6 +147,20 @@ enum Commands {
     /// Distributed: HTTP query API over the CQL read models.
     #[cfg(feature = "distributed")]
     QueryApi,
+    /// Verify an embedded data directory from its log alone: hash chains,
+    /// sequences, every entry decodes, balanced postings, no negative
+    /// balance, messages consumed once and in order, replay, a trial
+    /// balance; then the read models' balances against the log. Read-only
+    /// (the server may be running). Exit code 1 on any finding.
+    Verify {
+        /// Data directory of the embedded store.
+        #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Print the report as JSON (each shard's head hash and counts, the
+        /// trial balance, the findings).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -217,6 +231,25 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Commands::Verify { data_dir, json } => {
+            let verification = match ledger_cli::verify::verify(&data_dir) {
+                Ok(verification) => verification,
+                Err(error) => {
+                    eprintln!("error: cannot verify {}: {error}", data_dir.display());
+                    return ExitCode::from(2);
+                }
+            };
+            if json {
+                println!("{:#}", ledger_cli::verify::json(&verification));
+            } else {
+                print!("{}", ledger_cli::verify::summary(&verification));
+            }
+            if verification.report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Commands::Token {
             common,
             role,

@@ -244,6 +244,21 @@ async fn kill_nine_under_load_loses_nothing_acknowledged() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    // An auditor's check of the directory, while the server still runs:
+    // the log alone proves every balance, and the read models agree.
+    let verify = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["verify", "--json", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .expect("ledger verify runs");
+    let report: Value = serde_json::from_slice(&verify.stdout).expect("verify prints JSON");
+    assert!(
+        verify.status.success(),
+        "verify found something: {report:#}"
+    );
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["report"]["trial_balance"]["total"], 0);
+    assert_eq!(report["report"]["shards"].as_array().map(Vec::len), Some(4));
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);

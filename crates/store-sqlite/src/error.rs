@@ -20,6 +20,8 @@ pub enum SqliteStoreError {
         operation: &'static str,
         source: rusqlite::Error,
     },
+    #[error("no ledger database at {path}")]
+    NoDatabase { path: PathBuf },
     #[error("sqlite refused write-ahead logging (journal mode is {journal_mode})")]
     WalUnavailable { journal_mode: String },
     #[error("event {sequence} of shard {shard} is already stored with a different hash")]
@@ -70,9 +72,9 @@ impl SqliteStoreError {
 
     fn operation(&self) -> &'static str {
         match self {
-            SqliteStoreError::CreateDirectory { .. } | SqliteStoreError::WalUnavailable { .. } => {
-                "open"
-            }
+            SqliteStoreError::CreateDirectory { .. }
+            | SqliteStoreError::WalUnavailable { .. }
+            | SqliteStoreError::NoDatabase { .. } => "open",
             SqliteStoreError::Sqlite { operation, .. }
             | SqliteStoreError::BlockingTask { operation, .. } => operation,
             SqliteStoreError::EventConflict { .. }

@@ -15,6 +15,7 @@
 mod apply;
 mod dump;
 mod error;
+pub mod log;
 pub mod metrics;
 mod read_models;
 mod reader;

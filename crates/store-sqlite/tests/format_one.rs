@@ -44,6 +44,30 @@ fn format_one_heads(connection: &Connection) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// `ledger verify`'s check of the directory: clean, with each shard's head.
+fn verified_heads(directory: &std::path::Path) -> Vec<String> {
+    let mut verifier = audit::Verifier::new();
+    let mut visit =
+        |shard: u16, last: u64, bytes: &[u8]| verifier.record_bytes(ShardId(shard), last, bytes);
+    ledger_store_sqlite::log::read_log(
+        directory,
+        ledger_store_sqlite::log::LogVisitor { record: &mut visit },
+    )
+    .expect("the log reads");
+    let report = verifier.finish();
+    assert!(report.is_clean(), "{:?}", report.findings);
+    assert_eq!(report.trial_balance.total, 0);
+    report
+        .shards
+        .iter()
+        .map(|shard| shard.head_hash.clone())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 async fn restore(store: &SqliteStore, shard: u16) -> ShardRunner<()> {
     let recovery = store.recover(ShardId(shard)).await.expect("recovery reads");
     ShardRunner::restore(ShardId(shard), Arc::new(Config::new(SHARDS)), recovery)
@@ -63,6 +87,9 @@ async fn a_format_one_directory_opens_recovers_and_continues() {
         format_one_heads(&connection)
     };
     assert!(heads.iter().all(|(events, _)| *events > 10), "{heads:?}");
+    // An auditor can verify the directory before any server opened it.
+    let expected: Vec<String> = heads.iter().map(|(_, hash)| hex(hash)).collect();
+    assert_eq!(verified_heads(&directory.path), expected);
 
     let store = SqliteStore::open(&directory.path).expect("a format 1 directory opens");
     let migrated = store.dump_read_models().await.expect("read models dump");
@@ -151,6 +178,9 @@ async fn a_format_one_directory_opens_recovers_and_continues() {
         .await
         .expect("shard reads");
     assert_eq!(stored, vec![record.clone()]);
+    // The mixed log (format 1 rows, then a record) verifies as one chain.
+    let heads = verified_heads(&directory.path);
+    assert_eq!(heads[usize::from(home.0)], hex(&record.hash));
     assert_eq!(
         BatchRecord::from_bytes(&record.to_bytes()).expect("decodes"),
         record

@@ -1,0 +1,147 @@
+//! `ledger verify`: an auditor's check of an embedded data directory, from
+//! its log alone (`ledger-audit`), then against its read models. Read-only;
+//! the server may be running.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use audit::{Finding, Report, Verifier};
+use ledger_core::{shard_for, ShardId, UserId};
+
+/// The outcome: the report, with read-model comparisons added.
+pub struct Verification {
+    pub report: Report,
+    pub records: u64,
+    /// Whether the read models had caught up with the log, so their balances
+    /// were compared (else they are behind and only the log was checked).
+    pub read_models_compared: bool,
+    pub balances_compared: u64,
+}
+
+/// Verifies the data directory `data_dir`.
+pub fn verify(data_dir: &Path) -> Result<Verification, String> {
+    let mut verifier = Verifier::new();
+    let mut visit = |shard: u16, last_sequence: u64, bytes: &[u8]| {
+        verifier.record_bytes(ShardId(shard), last_sequence, bytes)
+    };
+    let (records, totals) = store_sqlite::log::read_log(
+        data_dir,
+        store_sqlite::log::LogVisitor { record: &mut visit },
+    )
+    .map_err(|error| error.to_string())?;
+    let mut report = verifier.finish();
+    let caught_up = report.shards.iter().all(|shard| {
+        totals.checkpoints.get(&shard.shard).copied().unwrap_or(0) >= shard.last_sequence
+    });
+    let mut compared = 0;
+    if caught_up {
+        let shard_count = report
+            .shards
+            .iter()
+            .map(|shard| shard.shard + 1)
+            .max()
+            .unwrap_or(1);
+        let users: BTreeSet<String> = report
+            .balances
+            .keys()
+            .map(|user| user.as_str().to_string())
+            .chain(totals.balances.keys().cloned())
+            .collect();
+        for user in users {
+            let from_log = UserId::parse(user.clone())
+                .ok()
+                .and_then(|id| report.balances.get(&id).copied())
+                .unwrap_or((0, 0));
+            let from_read_models = totals.balances.get(&user).copied().unwrap_or((0, 0));
+            compared += 1;
+            if from_log != from_read_models {
+                report.finding_count += 1;
+                report.findings.push(Finding {
+                    shard: shard_for(&format!("user:{user}"), shard_count).0,
+                    sequence: 0,
+                    code: "read_model_mismatch",
+                    detail: format!(
+                        "user {user}: the log gives balance {} and pending {}, the read models {} and {}",
+                        from_log.0, from_log.1, from_read_models.0, from_read_models.1
+                    ),
+                });
+            }
+        }
+    }
+    Ok(Verification {
+        report,
+        records,
+        read_models_compared: caught_up,
+        balances_compared: compared,
+    })
+}
+
+/// The human summary.
+pub fn summary(verification: &Verification) -> String {
+    let report = &verification.report;
+    let mut text = String::new();
+    for shard in &report.shards {
+        text.push_str(&format!(
+            "shard {}: {} records, {} entries ({} events), last sequence {}, head {}\n",
+            shard.shard,
+            shard.records,
+            shard.entries,
+            shard.events,
+            shard.last_sequence,
+            shard.head_hash
+        ));
+    }
+    let trial = &report.trial_balance;
+    text.push_str(&format!(
+        "messages: {} sent, {} consumed, {} in flight\n\
+         trial balance: granted {} = wallets {} + pending {} + fees {} + clearing {} (sum of all accounts {})\n",
+        report.messages_sent,
+        report.messages_consumed,
+        report.messages_in_flight,
+        trial.granted,
+        trial.wallets,
+        trial.pending,
+        trial.fees,
+        trial.clearing,
+        trial.total
+    ));
+    if verification.read_models_compared {
+        text.push_str(&format!(
+            "read models: {} users' balances compared with the log\n",
+            verification.balances_compared
+        ));
+    } else {
+        text.push_str(
+            "read models: behind the log (the projector has not caught up); not compared\n",
+        );
+    }
+    for finding in &report.findings {
+        text.push_str(&format!(
+            "finding: shard {} sequence {}: {}: {}\n",
+            finding.shard, finding.sequence, finding.code, finding.detail
+        ));
+    }
+    if report.is_clean() {
+        text.push_str(&format!(
+            "verified: {} records, no finding\n",
+            verification.records
+        ));
+    } else {
+        text.push_str(&format!(
+            "NOT verified: {} finding(s) in {} records\n",
+            report.finding_count, verification.records
+        ));
+    }
+    text
+}
+
+/// The `--json` output.
+pub fn json(verification: &Verification) -> serde_json::Value {
+    serde_json::json!({
+        "verified": verification.report.is_clean(),
+        "records": verification.records,
+        "read_models_compared": verification.read_models_compared,
+        "balances_compared": verification.balances_compared,
+        "report": verification.report,
+    })
+}

@@ -1,0 +1,108 @@
+//! Read-only access to a data directory's log and read models for audits
+//! (`ledger verify`): one read transaction, so the log and the read models
+//! it reads agree with each other, while a server may be running.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::params;
+
+use crate::error::{from_sql, SqliteStoreError};
+use crate::schema::{open_reader, DATABASE_FILE_NAME};
+
+/// What an audit reads.
+pub struct LogVisitor<'a> {
+    /// Called with `(shard, last sequence, record bytes)` for every record,
+    /// each shard's in sequence order.
+    pub record: &'a mut dyn FnMut(u16, u64, &[u8]),
+}
+
+/// The read models' balances (wallet, pending) per user and the projection
+/// checkpoint (the last sequence projected) per shard.
+#[derive(Debug, Default)]
+pub struct ReadModelTotals {
+    pub balances: BTreeMap<String, (i64, i64)>,
+    pub checkpoints: BTreeMap<u16, u64>,
+}
+
+/// Visits every record of the data directory `data_dir`, then reads the
+/// read models' balances, all in one read transaction. Answers how many
+/// records were visited and the read-model totals.
+pub fn read_log(
+    data_dir: &Path,
+    visitor: LogVisitor<'_>,
+) -> Result<(u64, ReadModelTotals), SqliteStoreError> {
+    let path = data_dir.join(DATABASE_FILE_NAME);
+    if !path.exists() {
+        return Err(SqliteStoreError::NoDatabase { path });
+    }
+    let mut connection = open_reader(&path)?;
+    let transaction = connection
+        .transaction()
+        .map_err(SqliteStoreError::sqlite("begin audit read"))?;
+    // A directory no server of format 2 has opened yet still has `events`
+    // (one format 1 envelope per row, which reads as a record).
+    let format_two: bool = transaction
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'records'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(SqliteStoreError::sqlite("look for records"))?;
+    let query = if format_two {
+        "SELECT shard, last_sequence, record FROM records ORDER BY shard, last_sequence"
+    } else {
+        "SELECT shard, sequence, envelope FROM events ORDER BY shard, sequence"
+    };
+    let mut visited = 0;
+    {
+        let mut statement = transaction
+            .prepare(query)
+            .map_err(SqliteStoreError::sqlite("prepare log read"))?;
+        let mut rows = statement
+            .query([])
+            .map_err(SqliteStoreError::sqlite("read log"))?;
+        while let Some(row) = rows.next().map_err(SqliteStoreError::sqlite("read log"))? {
+            let shard: u16 = row
+                .get(0)
+                .map_err(SqliteStoreError::sqlite("read record shard"))?;
+            let last_sequence: i64 = row
+                .get(1)
+                .map_err(SqliteStoreError::sqlite("read record sequence"))?;
+            let bytes = row
+                .get_ref(2)
+                .and_then(|value| value.as_blob().map_err(Into::into))
+                .map_err(SqliteStoreError::sqlite("read record bytes"))?;
+            (visitor.record)(shard, from_sql("record sequence", last_sequence)?, bytes);
+            visited += 1;
+        }
+    }
+    let mut totals = ReadModelTotals::default();
+    let mut balances = transaction
+        .prepare("SELECT user_id, balance, pending FROM balances")
+        .map_err(SqliteStoreError::sqlite("prepare balance read"))?;
+    let rows = balances
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(SqliteStoreError::sqlite("read balances"))?;
+    for row in rows {
+        let (user, balance, pending) = row.map_err(SqliteStoreError::sqlite("read balance"))?;
+        totals.balances.insert(user, (balance, pending));
+    }
+    let mut checkpoints = transaction
+        .prepare("SELECT shard, sequence FROM projection_checkpoint")
+        .map_err(SqliteStoreError::sqlite("prepare checkpoint read"))?;
+    let rows = checkpoints
+        .query_map(params![], |row| {
+            Ok((row.get::<_, u16>(0)?, row.get::<_, i64>(1)?))
+        })
+        .map_err(SqliteStoreError::sqlite("read checkpoints"))?;
+    for row in rows {
+        let (shard, sequence) = row.map_err(SqliteStoreError::sqlite("read checkpoint"))?;
+        totals
+            .checkpoints
+            .insert(shard, from_sql("checkpoint sequence", sequence)?);
+    }
+    Ok((visited, totals))
+}
