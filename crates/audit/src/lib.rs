@@ -129,6 +129,26 @@ impl Verifier {
         }
     }
 
+    /// Lists shards `0..count` in the report even if their logs are empty.
+    pub fn expect_shards(&mut self, count: u16) {
+        for shard in 0..count {
+            self.log(ShardId(shard));
+        }
+    }
+
+    fn log(&mut self, shard: ShardId) -> &mut ShardLog {
+        self.shards.entry(shard).or_insert_with(|| ShardLog {
+            state: ShardState::new(shard),
+            next_sequence: 1,
+            last_hash: GENESIS_HASH,
+            summary: ShardSummary {
+                shard: shard.0,
+                ..ShardSummary::default()
+            },
+            replay_stopped: false,
+        })
+    }
+
     fn find(&mut self, shard: ShardId, sequence: u64, code: &'static str, detail: String) {
         self.report.finding_count += 1;
         if self.report.findings.len() < FINDINGS_KEPT_MAX {
@@ -168,16 +188,7 @@ impl Verifier {
     /// record gives one finding, not one per later record.
     pub fn record(&mut self, record: &BatchRecord) {
         let shard = record.shard;
-        let log = self.shards.entry(shard).or_insert_with(|| ShardLog {
-            state: ShardState::new(shard),
-            next_sequence: 1,
-            last_hash: GENESIS_HASH,
-            summary: ShardSummary {
-                shard: shard.0,
-                ..ShardSummary::default()
-            },
-            replay_stopped: false,
-        });
+        let log = self.log(shard);
         let (expected, link) = (log.next_sequence, log.last_hash);
         if record.is_empty() {
             self.find(

@@ -3,10 +3,14 @@
 //! the server may be running.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::Path;
 
 use audit::{Finding, Report, Verifier};
 use ledger_core::{shard_for, ShardId, UserId};
+
+/// A progress line on a terminal every this many records.
+const PROGRESS_EVERY_RECORDS: u64 = 10_000;
 
 /// The outcome: the report, with read-model comparisons added.
 pub struct Verification {
@@ -21,14 +25,31 @@ pub struct Verification {
 /// Verifies the data directory `data_dir`.
 pub fn verify(data_dir: &Path) -> Result<Verification, String> {
     let mut verifier = Verifier::new();
+    // The directory's shard count (written by `serve`), so shards with an
+    // empty log are listed and users are attributed to their shard.
+    let shard_count: Option<u16> = std::fs::read_to_string(data_dir.join("shard-count"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok());
+    if let Some(count) = shard_count {
+        verifier.expect_shards(count);
+    }
+    let progress = std::io::stderr().is_terminal();
+    let mut visited: u64 = 0;
     let mut visit = |shard: u16, last_sequence: u64, bytes: &[u8]| {
-        verifier.record_bytes(ShardId(shard), last_sequence, bytes)
+        verifier.record_bytes(ShardId(shard), last_sequence, bytes);
+        visited += 1;
+        if progress && visited % PROGRESS_EVERY_RECORDS == 0 {
+            eprint!("\rverifying: {visited} records, shard {shard}");
+        }
     };
     let (records, totals) = store_sqlite::log::read_log(
         data_dir,
         store_sqlite::log::LogVisitor { record: &mut visit },
     )
     .map_err(|error| error.to_string())?;
+    if progress && records >= PROGRESS_EVERY_RECORDS {
+        eprintln!();
+    }
     let mut report = verifier.finish();
     let caught_up = report.shards.iter().all(|shard| {
         totals.checkpoints.get(&shard.shard).copied().unwrap_or(0) >= shard.last_sequence
