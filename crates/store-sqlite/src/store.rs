@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use engine::ports::{AppendReceipt, EventStore, Recovery, ShardBatch, StoreError};
 use ledger_core::codec::{self, BatchRecord, MessageEnvelope, Snapshot};
 use ledger_core::ShardId;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::error::{from_sql, to_sql, SqliteStoreError};
@@ -251,21 +251,33 @@ fn recover(connection: &mut Connection, shard: ShardId) -> Result<Recovery, Sqli
     let transaction = connection
         .transaction()
         .map_err(SqliteStoreError::sqlite("begin recovery read"))?;
-    let latest: Option<(i64, Vec<u8>)> = transaction
-        .query_row(
-            "SELECT sequence, snapshot FROM snapshots WHERE shard = ?1 ORDER BY sequence DESC LIMIT 1",
-            params![shard.0],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+    // The newest snapshot that decodes; an unreadable one (a torn or
+    // corrupt write) falls back to the one before it, and with none left,
+    // to the log alone (records are never deleted).
+    let kept: Vec<(i64, Vec<u8>)> = transaction
+        .prepare_cached(
+            "SELECT sequence, snapshot FROM snapshots WHERE shard = ?1 ORDER BY sequence DESC",
         )
-        .optional()
-        .map_err(SqliteStoreError::sqlite("read latest snapshot"))?;
-    let (after, snapshot) = match latest {
-        Some((sequence, bytes)) => (
-            from_sql("snapshot sequence", sequence)?,
-            Some(Snapshot::from_bytes(&bytes)?),
-        ),
-        None => (0, None),
-    };
+        .and_then(|mut statement| {
+            statement
+                .query_map(params![shard.0], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(SqliteStoreError::sqlite("read snapshots"))?;
+    let mut after = 0;
+    let mut snapshot = None;
+    for (sequence, bytes) in kept {
+        match Snapshot::from_bytes(&bytes) {
+            Ok(decoded) => {
+                after = from_sql("snapshot sequence", sequence)?;
+                snapshot = Some(decoded);
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%shard, sequence, %error, "snapshot unreadable; trying an older one")
+            }
+        }
+    }
     let records = read_shard(&transaction, shard, after, usize::MAX)?;
     Ok(Recovery { snapshot, records })
 }

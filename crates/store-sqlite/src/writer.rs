@@ -22,8 +22,9 @@ use crate::schema::{ENTRY_INDEX_BITS, READ_MODEL_TABLES};
 pub const GROUP_COMMIT_ENTRIES_MAX: usize = 16_384;
 /// Requests queued for the writer before callers wait.
 pub const WRITE_QUEUE_CAPACITY: usize = 1_024;
-/// Snapshots kept per shard (older ones are deleted).
-pub const SNAPSHOTS_KEPT_PER_SHARD: i64 = 3;
+/// Snapshots kept per shard (older ones are deleted): the newest, and one
+/// to fall back on if the newest cannot be read.
+pub const SNAPSHOTS_KEPT_PER_SHARD: i64 = 2;
 
 type Reply<T> = oneshot::Sender<Result<T, SqliteStoreError>>;
 

@@ -114,6 +114,25 @@ async fn old_snapshots_are_deleted_and_the_file_is_in_wal_mode() {
         )
         .expect("snapshots count");
     assert_eq!(kept, ledger_store_sqlite::SNAPSHOTS_KEPT_PER_SHARD);
+
+    // An unreadable newest snapshot: recovery takes the one before it; with
+    // none readable, the log alone.
+    connection
+        .execute(
+            "UPDATE snapshots SET snapshot = x'00' WHERE shard = 3 AND sequence = 4",
+            [],
+        )
+        .expect("snapshot is damaged");
+    let recovery = store.recover(ShardId(3)).await.expect("recovery reads");
+    let snapshot = recovery.snapshot.expect("the older snapshot is used");
+    assert_eq!(snapshot.state.next_sequence, 4);
+    assert_eq!(recovery.records, envelopes[3..].to_vec());
+    connection
+        .execute("UPDATE snapshots SET snapshot = x'00' WHERE shard = 3", [])
+        .expect("snapshots are damaged");
+    let recovery = store.recover(ShardId(3)).await.expect("recovery reads");
+    assert!(recovery.snapshot.is_none());
+    assert_eq!(recovery.records, envelopes);
     let journal_mode: String = connection
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .expect("journal mode reads");
