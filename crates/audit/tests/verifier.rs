@@ -56,6 +56,26 @@ fn verify(records: &[BatchRecord]) -> Report {
     verifier.finish()
 }
 
+/// `record` with every entry passed through `change`, sealed again at the
+/// same place in the chain (as someone rewriting history would).
+fn resealed(record: &BatchRecord, change: impl Fn(&Entry) -> Entry) -> BatchRecord {
+    let inputs: Vec<InputEntries> = record
+        .inputs
+        .iter()
+        .map(|input| InputEntries {
+            cause: input.cause.clone(),
+            timestamp_ms: input.timestamp_ms,
+            entries: input.entries.iter().map(&change).collect(),
+        })
+        .collect();
+    BatchRecord::seal(
+        record.shard,
+        record.first_sequence,
+        record.previous_hash,
+        inputs,
+    )
+}
+
 fn codes(report: &Report) -> Vec<&'static str> {
     report.findings.iter().map(|finding| finding.code).collect()
 }
@@ -147,43 +167,25 @@ fn a_rewritten_record_breaks_the_chain_and_its_postings() {
         })
         .unwrap();
     let original = records[index].clone();
-    let inputs: Vec<InputEntries> = original
-        .inputs
-        .iter()
-        .map(|input| InputEntries {
-            cause: input.cause.clone(),
-            timestamp_ms: input.timestamp_ms,
-            entries: input
-                .entries
-                .iter()
-                .map(|entry| match entry.event().unwrap() {
-                    Event::CurrencyGranted {
-                        grant_id,
-                        user_id,
-                        amount,
-                        balance_after,
-                        mut postings,
-                    } => {
-                        postings[1].amount += 1_000; // money from nowhere
-                        Entry::from_event(&Event::CurrencyGranted {
-                            grant_id,
-                            user_id,
-                            amount,
-                            balance_after,
-                            postings,
-                        })
-                    }
-                    _ => entry.clone(),
-                })
-                .collect(),
-        })
-        .collect();
-    records[index] = BatchRecord::seal(
-        original.shard,
-        original.first_sequence,
-        original.previous_hash,
-        inputs,
-    );
+    records[index] = resealed(&original, |entry| match entry.event().unwrap() {
+        Event::CurrencyGranted {
+            grant_id,
+            user_id,
+            amount,
+            balance_after,
+            mut postings,
+        } => {
+            postings[1].amount += 1_000; // money from nowhere
+            Entry::from_event(&Event::CurrencyGranted {
+                grant_id,
+                user_id,
+                amount,
+                balance_after,
+                postings,
+            })
+        }
+        _ => entry.clone(),
+    });
     let report = verify(&records);
     let found = codes(&report);
     assert!(found.contains(&"unbalanced_postings"), "{found:?}");
@@ -210,32 +212,14 @@ fn a_message_consumed_but_never_sent_is_found() {
         })
         .unwrap();
     let original = records[index].clone();
-    let inputs: Vec<InputEntries> = original
-        .inputs
-        .iter()
-        .map(|input| InputEntries {
-            cause: input.cause.clone(),
-            timestamp_ms: input.timestamp_ms,
-            entries: input
-                .entries
-                .iter()
-                .map(|entry| match entry {
-                    // Same sequence count: the send becomes a received mark of nothing.
-                    Entry::Sent { to, sequence, .. } => Entry::Received {
-                        from: *to,
-                        sequence: 1_000_000 + sequence,
-                    },
-                    other => other.clone(),
-                })
-                .collect(),
-        })
-        .collect();
-    records[index] = BatchRecord::seal(
-        original.shard,
-        original.first_sequence,
-        original.previous_hash,
-        inputs,
-    );
+    records[index] = resealed(&original, |entry| match entry {
+        // Same sequence count: the send becomes a received mark of nothing.
+        Entry::Sent { to, sequence, .. } => Entry::Received {
+            from: *to,
+            sequence: 1_000_000 + sequence,
+        },
+        other => other.clone(),
+    });
     let report = verify(&records);
     let found = codes(&report);
     assert!(found.contains(&"message_not_sent"), "{found:?}");

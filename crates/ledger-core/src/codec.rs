@@ -57,15 +57,7 @@ fn encode_record_part<T: Encode>(value: &T) -> Vec<u8> {
 }
 
 fn decode_record_part<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::decode_from_slice(bytes, record_config())
-        .map_err(|source| CodecError::Decode { what, source })?;
-    if read != bytes.len() {
-        return Err(CodecError::Trailing {
-            what,
-            trailing: bytes.len() - read,
-        });
-    }
-    Ok(value)
+    decode_whole(what, bytes, record_config())
 }
 
 pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
@@ -73,7 +65,16 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::decode_from_slice(bytes, config())
+    decode_whole(what, bytes, config())
+}
+
+/// Decodes `bytes` with `configuration`, refusing trailing bytes.
+fn decode_whole<T: Decode<()>>(
+    what: &'static str,
+    bytes: &[u8],
+    configuration: impl bincode::config::Config,
+) -> Result<T, CodecError> {
+    let (value, read) = bincode::decode_from_slice(bytes, configuration)
         .map_err(|source| CodecError::Decode { what, source })?;
     if read != bytes.len() {
         return Err(CodecError::Trailing {
@@ -432,6 +433,9 @@ struct RecordBody {
 /// entries `first_sequence ..` in order, sealed with one SHA-256 that chains
 /// to the shard's previous record. Stored as one row (SQLite, CQL) and
 /// published as one Kafka record.
+///
+/// A record is encoded once, when it is sealed or read; its fields are not
+/// to be changed afterwards (seal a new record instead).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchRecord {
     pub shard: ShardId,
@@ -439,6 +443,27 @@ pub struct BatchRecord {
     pub previous_hash: Hash,
     pub hash: Hash,
     pub inputs: Vec<InputEntries>,
+    encoded: Encoded,
+}
+
+/// A record's stored bytes, shared by its clones.
+#[derive(Clone, PartialEq, Eq)]
+struct Encoded(std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{} bytes", self.0.len())
+    }
+}
+
+/// The fields of a record its checksum covers, borrowed for encoding (the
+/// same bytes as [`RecordBody`]).
+#[derive(Encode)]
+struct RecordBodyRef<'a> {
+    shard: ShardId,
+    first_sequence: u64,
+    previous_hash: Hash,
+    inputs: &'a [InputEntries],
 }
 
 /// One logged entry with its address: what readers (projectors, exports)
@@ -468,19 +493,24 @@ impl BatchRecord {
         previous_hash: Hash,
         inputs: Vec<InputEntries>,
     ) -> BatchRecord {
-        let body = RecordBody {
+        let mut bytes = RECORD_MAGIC.to_vec();
+        let body = RecordBodyRef {
             shard,
             first_sequence,
             previous_hash,
-            inputs,
+            inputs: &inputs,
         };
-        let hash: Hash = Sha256::digest(encode_record_part(&body)).into();
+        bincode::encode_into_std_write(&body, &mut bytes, record_config())
+            .expect("encoding into a vector cannot fail");
+        let hash: Hash = Sha256::digest(&bytes[RECORD_MAGIC.len()..]).into();
+        bytes.extend_from_slice(&hash);
         BatchRecord {
             shard,
             first_sequence,
             previous_hash,
             hash,
-            inputs: body.inputs,
+            inputs,
+            encoded: Encoded(bytes.into()),
         }
     }
 
@@ -528,29 +558,24 @@ impl BatchRecord {
             })
     }
 
-    /// Format 2: magic, the body (variable-length integers), then its SHA-256.
+    /// The stored bytes. Format 2: magic, the body (variable-length
+    /// integers), then its SHA-256; a record read from a format 1 envelope
+    /// is that envelope, so a copy of an old log keeps its hashes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.encoded.0
+    }
+
+    /// [`BatchRecord::bytes`], owned.
     pub fn to_bytes(&self) -> Vec<u8> {
-        if let Some(envelope) = self.as_format_one() {
-            return envelope.to_bytes();
-        }
-        let body = RecordBody {
-            shard: self.shard,
-            first_sequence: self.first_sequence,
-            previous_hash: self.previous_hash,
-            inputs: self.inputs.clone(),
-        };
-        let mut bytes = RECORD_MAGIC.to_vec();
-        bincode::encode_into_std_write(&body, &mut bytes, record_config())
-            .expect("encoding into a vector cannot fail");
-        bytes.extend_from_slice(&self.hash);
-        bytes
+        self.bytes().to_vec()
     }
 
     /// Decodes a record of either format and checks its checksum. A format 1
     /// envelope reads as a record of one entry whose hash is the envelope's.
     pub fn from_bytes(bytes: &[u8]) -> Result<BatchRecord, CodecError> {
         let Some(rest) = bytes.strip_prefix(&RECORD_MAGIC) else {
-            return Ok(BatchRecord::from_envelope(Envelope::from_bytes(bytes)?));
+            let envelope = Envelope::from_bytes(bytes)?;
+            return Ok(BatchRecord::format_one(envelope, bytes.into()));
         };
         let length = bytes.len();
         let split = rest
@@ -572,12 +597,20 @@ impl BatchRecord {
             previous_hash: body.previous_hash,
             hash: computed,
             inputs: body.inputs,
+            encoded: Encoded(bytes.into()),
         })
     }
 
     /// A format 1 envelope as a record of one entry (same hash chain).
     pub fn from_envelope(envelope: Envelope) -> BatchRecord {
+        let bytes = envelope.to_bytes().into();
+        BatchRecord::format_one(envelope, bytes)
+    }
+
+    /// `envelope`, whose bytes are `bytes`, as a record.
+    fn format_one(envelope: Envelope, bytes: std::sync::Arc<[u8]>) -> BatchRecord {
         BatchRecord {
+            encoded: Encoded(bytes),
             shard: envelope.shard,
             first_sequence: envelope.sequence,
             previous_hash: envelope.previous_hash,
@@ -592,34 +625,6 @@ impl BatchRecord {
                 }],
             }],
         }
-    }
-
-    /// The envelope this record was read from, if it is a format 1 record:
-    /// its checksum is the envelope's hash, so it is written back as that.
-    fn as_format_one(&self) -> Option<Envelope> {
-        let [input] = self.inputs.as_slice() else {
-            return None;
-        };
-        let [Entry::FormatOne {
-            event_type,
-            schema_version,
-            payload,
-        }] = input.entries.as_slice()
-        else {
-            return None;
-        };
-        let envelope = Envelope {
-            event_type: event_type.clone(),
-            schema_version: *schema_version,
-            shard: self.shard,
-            sequence: self.first_sequence,
-            cause: input.cause.clone(),
-            timestamp_ms: input.timestamp_ms,
-            previous_hash: self.previous_hash,
-            hash: self.hash,
-            payload: payload.clone(),
-        };
-        (envelope_hash(&envelope) == self.hash).then_some(envelope)
     }
 }
 

@@ -2,37 +2,12 @@
 //! decode the same way forever. `UPDATE_GOLDEN=1` rewrites the fixtures
 //! (only when a format change is intended, with a new schema version).
 
-use std::path::PathBuf;
-
 use ledger_core::codec::legacy::{CompletionV1, ItemPublishedV1, COMMAND_COMPLETED_VARIANT};
 use ledger_core::codec::{Envelope, GENESIS_HASH};
 use ledger_core::*;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../schemas/fixtures")
-        .join(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut text = String::new();
-    for (index, byte) in bytes.iter().enumerate() {
-        text.push_str(&format!("{byte:02x}"));
-        if index % 32 == 31 {
-            text.push('\n');
-        }
-    }
-    text.push('\n');
-    text
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
-}
+mod common;
+use common::{fixture, hex, unhex};
 
 fn sample_events() -> Vec<Event> {
     let alice = UserId::parse("alice").unwrap();

@@ -2,38 +2,13 @@
 //! fixture guards its bytes; format 1 envelopes still read as records of one
 //! entry with their own hash, so old logs keep their chain.
 
-use std::path::PathBuf;
-
 use ledger_core::codec::{
     BatchRecord, CodecError, Entry, Envelope, InputEntries, GENESIS_HASH, RECORD_MAGIC,
 };
 use ledger_core::*;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../schemas/fixtures")
-        .join(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut text = String::new();
-    for (index, byte) in bytes.iter().enumerate() {
-        text.push_str(&format!("{byte:02x}"));
-        if index % 32 == 31 {
-            text.push('\n');
-        }
-    }
-    text.push('\n');
-    text
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text.bytes().filter(|b| b.is_ascii_hexdigit()).collect();
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
-}
+mod common;
+use common::{fixture, hex, unhex};
 
 fn user(id: &str) -> UserId {
     UserId::parse(id).unwrap()

@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::params;
 
 use crate::error::{from_sql, SqliteStoreError};
-use crate::schema::{open_reader, DATABASE_FILE_NAME};
+use crate::schema::{open_reader, table_exists, DATABASE_FILE_NAME};
 
 /// What an audit reads.
 pub struct LogVisitor<'a> {
@@ -42,14 +42,7 @@ pub fn read_log(
         .map_err(SqliteStoreError::sqlite("begin audit read"))?;
     // A directory no server of format 2 has opened yet still has `events`
     // (one format 1 envelope per row, which reads as a record).
-    let format_two: bool = transaction
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'records'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(SqliteStoreError::sqlite("look for records"))?;
-    let query = if format_two {
+    let query = if table_exists(&transaction, "records")? {
         "SELECT shard, last_sequence, record FROM records ORDER BY shard, last_sequence"
     } else {
         "SELECT shard, sequence, envelope FROM events ORDER BY shard, sequence"

@@ -184,14 +184,7 @@ fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreErro
     let transaction = connection
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(SqliteStoreError::sqlite("begin event migration"))?;
-    let legacy: bool = transaction
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'events'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(SqliteStoreError::sqlite("look for format 1 events"))?;
-    if !legacy {
+    if !table_exists(&transaction, "events")? {
         return Ok(());
     }
     let moved = transaction
@@ -220,6 +213,17 @@ fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreErro
         .map_err(SqliteStoreError::sqlite("commit event migration"))?;
     tracing::info!(moved, "moved format 1 events into records");
     Ok(())
+}
+
+/// Whether the database has a table named `name`.
+pub(crate) fn table_exists(connection: &Connection, name: &str) -> Result<bool, SqliteStoreError> {
+    connection
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .map_err(SqliteStoreError::sqlite("look for a table"))
 }
 
 /// Opens a read-only connection (readers never block the writer under WAL).

@@ -345,7 +345,7 @@ fn write_batches(
                     record.shard.0,
                     last_sequence,
                     record.hash.as_slice(),
-                    record.to_bytes()
+                    record.bytes()
                 ])
                 .map_err(SqliteStoreError::sqlite("insert record"))?;
             if inserted == 1 {
