@@ -203,7 +203,7 @@ impl WorkerHealth {
 struct ProgressWatch {
     checked_at: Option<Instant>,
     /// (topic, partition) → (position, waiting since).
-    waiting: BTreeMap<(String, i32), (i64, Instant)>,
+    waiting: Waiting,
     /// The measurement running on the blocking pool.
     measuring: Option<tokio::task::JoinHandle<Vec<PartitionProgress>>>,
 }
@@ -448,15 +448,19 @@ struct Worker {
     progress: ProgressWatch,
 }
 
+/// Per partition (topic, number) with records waiting: its position and
+/// since when it has not moved.
+type Waiting = BTreeMap<(String, i32), (i64, Instant)>;
+
 /// Which partitions have had records waiting since when, and which of them
 /// are stalled: records waiting, and the position unmoved for [`STALL_AFTER`].
 /// A partition whose end could not be read keeps no record (no evidence
 /// either way); one that moved starts a new wait.
 fn judge_progress(
-    previous: &BTreeMap<(String, i32), (i64, Instant)>,
+    previous: &Waiting,
     measured: Vec<PartitionProgress>,
     now: Instant,
-) -> (BTreeMap<(String, i32), (i64, Instant)>, Vec<(String, i32)>) {
+) -> (Waiting, Vec<(String, i32)>) {
     let mut waiting = BTreeMap::new();
     let mut stalled = Vec::new();
     for PartitionProgress {

@@ -168,8 +168,11 @@ impl<W> ShardRunner<W> {
                     sequence: *sequence,
                     message: message.clone(),
                 }),
-                Event::CommandCompleted { key, .. } => completed.push(key.clone()),
-                _ => {}
+                _ => {
+                    if let Some((key, _)) = event.completion() {
+                        completed.push(key.to_string());
+                    }
+                }
             }
             // Logged before it is applied: a record closed to make room ends
             // at the state's current sequence.

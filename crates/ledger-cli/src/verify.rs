@@ -38,7 +38,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, String> {
     let mut visit = |shard: u16, last_sequence: u64, bytes: &[u8]| {
         verifier.record_bytes(ShardId(shard), last_sequence, bytes);
         visited += 1;
-        if progress && visited % PROGRESS_EVERY_RECORDS == 0 {
+        if progress && visited.is_multiple_of(PROGRESS_EVERY_RECORDS) {
             eprint!("\rverifying: {visited} records, shard {shard}");
         }
     };

@@ -233,7 +233,7 @@ async fn broker_crashes_under_load_heal_with_one_copy_of_every_event() {
             while !over.load(Ordering::SeqCst) || sent < 20 {
                 let index = sent * SENDERS + sender;
                 let buyer = format!("b-{}", index % BUYERS);
-                let (item, price) = if index % 3 == 0 {
+                let (item, price) = if index.is_multiple_of(3) {
                     (format!("hat-{}", (index / 3) % HATS), HAT_PRICE)
                 } else {
                     ("star".to_string(), STAR_PRICE)

@@ -417,9 +417,12 @@ pub enum Progress {
         answers: Vec<Result<ItemDescription, ItemId>>,
         expected: u32,
     },
-    /// Purchase: waiting for the item, bundle or listing to be reserved.
+    /// Purchase: waiting for the buyer's shard to pay for the reserved
+    /// sale (or for the refusal of the item's, bundle's or listing's shard).
     Reserving,
-    /// Purchase: reserved; waiting for the buyer's funds.
+    /// Purchase, in logs written before the reservation travelled to the
+    /// buyer's shard: reserved, waiting for the buyer's funds; once
+    /// completed, paid (as `Paid`).
     Debiting { reservation: Reservation },
     /// Listing: waiting for the item shard.
     Listing,
@@ -427,6 +430,38 @@ pub enum Progress {
     Cancelling,
     /// Refund: waiting for the purchase's home shard.
     Refunding,
+    /// Purchase: completed and paid for this reservation (what a refund
+    /// reads). Appended with `PurchaseCompleted`.
+    Paid { reservation: Reservation },
+}
+
+impl Progress {
+    /// The reservation a purchase holds: reserved and waiting for the buyer
+    /// (older logs) or paid.
+    pub fn reservation(&self) -> Option<&Reservation> {
+        match self {
+            Progress::Debiting { reservation } | Progress::Paid { reservation } => {
+                Some(reservation)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a purchase asks a shard to reserve (`Message::ReserveSale`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub enum SaleRequest {
+    /// On the item's shard: the item (a serial, for a Limited).
+    Item(ItemId),
+    /// On the bundle's shard: a quote (nothing to reserve).
+    Bundle(BundleId),
+    /// On the listing's home shard, which forwards it as `ListingOnItem`.
+    Listing(ListingId),
+    /// On the listed item's shard: the listing.
+    ListingOnItem {
+        listing_id: ListingId,
+        item_id: ItemId,
+    },
 }
 
 /// The refund state of a completed purchase, on the purchase's home shard.
@@ -623,6 +658,37 @@ pub enum Message {
         amount: i64,
         deliveries: Vec<DeliveryMark>,
     },
+
+    // A purchase in three hops (appended; the variants above stay for
+    // older logs and messages in flight): the shard that reserves the sale
+    // sends the reservation on to the buyer's shard, which answers the
+    // purchase's home shard.
+    /// To the shard of what `request` names; a refusal goes back to `home`
+    /// as `Reserved`, a reservation on to the buyer's shard as `ChargeBuyer`.
+    ReserveSale {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        request: SaleRequest,
+        expected_price: i64,
+        at_ms: TimestampMs,
+        home: ShardId,
+    },
+    /// To the buyer's shard: pay for `reservation` (and get its items).
+    ChargeBuyer {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        reservation: Reservation,
+        at_ms: TimestampMs,
+        home: ShardId,
+    },
+    /// To the purchase's home shard: the buyer paid (balance after, items
+    /// granted) at `position`, or refused.
+    PurchasePaid {
+        purchase_id: PurchaseId,
+        reservation: Reservation,
+        result: Result<(i64, Vec<ItemId>), Rejection>,
+        position: ShardPosition,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -814,9 +880,30 @@ pub enum Event {
         balance_after: i64,
         postings: Vec<Posting>,
     },
+
+    /// A paid purchase completed: `CommandCompleted` that also records what
+    /// was sold, for refunds (appended; replaces `command_progressed` +
+    /// `command_completed` on a purchase's home shard).
+    PurchaseCompleted {
+        key: String,
+        completion: Completion,
+        reservation: Reservation,
+    },
 }
 
 impl Event {
+    /// The command this event completes and how, for `CommandCompleted` and
+    /// `PurchaseCompleted`.
+    pub fn completion(&self) -> Option<(&str, &Completion)> {
+        match self {
+            Event::CommandCompleted { key, completion }
+            | Event::PurchaseCompleted {
+                key, completion, ..
+            } => Some((key, completion)),
+            _ => None,
+        }
+    }
+
     /// Stable type name, recorded in the envelope and used by analysts.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -825,6 +912,7 @@ impl Event {
             Event::CommandAccepted { .. } => "command_accepted",
             Event::CommandProgressed { .. } => "command_progressed",
             Event::CommandCompleted { .. } => "command_completed",
+            Event::PurchaseCompleted { .. } => "purchase_completed",
             Event::CurrencyGranted { .. } => "currency_granted",
             Event::ItemPublished { .. } => "item_published",
             Event::ItemRepriced { .. } => "item_repriced",

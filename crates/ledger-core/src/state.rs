@@ -312,6 +312,22 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             assert!(record.completion.is_none(), "a command completes once");
             record.completion = Some(completion.clone());
         }
+        Event::PurchaseCompleted {
+            key,
+            completion,
+            reservation,
+        } => {
+            let record = state.record_mut(key);
+            assert!(record.completion.is_none(), "a command completes once");
+            assert!(
+                completion.result.is_ok(),
+                "only a paid purchase completes with its reservation"
+            );
+            record.progress = Progress::Paid {
+                reservation: reservation.clone(),
+            };
+            record.completion = Some(completion.clone());
+        }
         Event::CurrencyGranted { .. } => {}
         Event::ItemPublished { definition } => {
             let item = ItemState {

@@ -199,3 +199,119 @@ fn snapshots_of_both_encodings_read() {
     assert!(older.len() > bytes.len());
     assert_eq!(Snapshot::from_bytes(&older).unwrap(), snapshot);
 }
+
+/// A primary purchase in three hops: the item's shard sends the reservation
+/// on to the buyer's shard, which answers the home shard; the home shard
+/// settles and completes with the reservation.
+fn purchase_inputs() -> Vec<InputEntries> {
+    let purchase_id = PurchaseId::parse("p-1").unwrap();
+    let reservation = Reservation {
+        price: 100,
+        creator_id: user("carol"),
+        sale: SaleKind::Item {
+            item_id: ItemId::parse("hat-1").unwrap(),
+            serial: None,
+        },
+    };
+    let completed = Event::PurchaseCompleted {
+        key: "purchase:p-1".into(),
+        completion: Completion {
+            result: Ok(Success::Purchased {
+                target: PurchaseTarget::Item(ItemId::parse("hat-1").unwrap()),
+                price: 100,
+                serial: None,
+                granted_items: vec![ItemId::parse("hat-1").unwrap()],
+                balance_after: 400,
+            }),
+            positions: vec![ShardPosition {
+                shard: ShardId(2),
+                sequence: 12,
+            }],
+            deliveries: vec![],
+        },
+        reservation: reservation.clone(),
+    };
+    vec![
+        InputEntries {
+            cause: "message:0:4".into(),
+            timestamp_ms: 1_800_000_000_000,
+            entries: vec![
+                Entry::Sent {
+                    to: ShardId(2),
+                    sequence: 5,
+                    message: Message::ChargeBuyer {
+                        purchase_id: purchase_id.clone(),
+                        buyer_id: user("alice"),
+                        reservation: reservation.clone(),
+                        at_ms: 1_800_000_000_000,
+                        home: ShardId(0),
+                    },
+                },
+                Entry::Received {
+                    from: ShardId(0),
+                    sequence: 4,
+                },
+            ],
+        },
+        InputEntries {
+            cause: "message:2:6".into(),
+            timestamp_ms: 1_800_000_000_001,
+            entries: vec![
+                Entry::Sent {
+                    to: ShardId(3),
+                    sequence: 8,
+                    message: Message::ReserveSale {
+                        purchase_id,
+                        buyer_id: user("alice"),
+                        request: SaleRequest::Bundle(BundleId::parse("pack-1").unwrap()),
+                        expected_price: 150,
+                        at_ms: 1_800_000_000_001,
+                        home: ShardId(1),
+                    },
+                },
+                Entry::from_event(&completed),
+                Entry::Received {
+                    from: ShardId(2),
+                    sequence: 6,
+                },
+            ],
+        },
+    ]
+}
+
+#[test]
+fn a_three_hop_purchase_record_matches_its_golden_bytes() {
+    let record = BatchRecord::seal(ShardId(1), 90, [9; 32], purchase_inputs());
+    let bytes = record.to_bytes();
+    let path = fixture("record-v2-purchase.hex");
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&path, hex(&bytes)).unwrap();
+    }
+    let golden =
+        unhex(&std::fs::read_to_string(&path).expect("fixture record-v2-purchase.hex exists"));
+    assert_eq!(
+        bytes, golden,
+        "the record format changed; add a format version"
+    );
+    let decoded = BatchRecord::from_bytes(&golden).unwrap();
+    assert_eq!(decoded, record);
+    let types: Vec<String> = decoded
+        .logged()
+        .map(|logged| logged.entry.event_type().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "message_sent",
+            "message_received",
+            "message_sent",
+            "purchase_completed",
+            "message_received"
+        ]
+    );
+    let events: Vec<Event> = decoded.logged().map(|l| l.event().unwrap()).collect();
+    assert!(matches!(
+        &events[3],
+        Event::PurchaseCompleted { reservation, .. } if reservation.price == 100
+    ));
+}

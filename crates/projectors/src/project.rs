@@ -335,7 +335,8 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
                 });
             }
         }
-        Event::CommandCompleted { completion, .. } => {
+        Event::CommandCompleted { completion, .. }
+        | Event::PurchaseCompleted { completion, .. } => {
             if let Some((item_id, price)) = completed_item_sale(completion) {
                 changes.push(Change::SaleRecorded { item_id, price });
             }

@@ -19,10 +19,11 @@
 //!   `CancelListingOnItem`: every one of these messages is sent to
 //!   `shard_of(item:<id>)`. They alone write Limited inventory rows
 //!   (serial ≥ 1), `serial_owners` and the listing tables.
-//! * `buyer_debited` is decided on `DebitBuyer`, `buyer_refunded` on
+//! * `buyer_debited` is decided on `ChargeBuyer` (`DebitBuyer` in older
+//!   logs), `buyer_refunded` on
 //!   `RefundBuyer`, both sent to `shard_of(user:<buyer>)`. They alone write
 //!   non-limited inventory rows (serial 0: `granted_items` and
-//!   `revoked_items` never hold a Limited, which `DebitBuyer` grants through
+//!   `revoked_items` never hold a Limited, which the buyer's shard grants through
 //!   `serial_sold` instead and bundles refuse).
 //! * `bundle_created` is decided on the last `ItemDescribed` answer, on the
 //!   home shard of the `CreateBundle` command, the shard of `bundle:<id>`.
@@ -60,6 +61,7 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::CommandAccepted { .. }
         | Event::CommandProgressed { .. }
         | Event::CommandCompleted { .. }
+        | Event::PurchaseCompleted { .. }
         | Event::CurrencyGranted { .. }
         | Event::SerialReserved { .. }
         | Event::ReservationCancelled { .. }

@@ -183,7 +183,14 @@ fn decide_command(
             listing_id,
             expected_price,
         } => run_keyed(out, command, meta, |out, _| {
-            resale::start(out, purchase_id, buyer_id, listing_id, *expected_price)
+            resale::start(
+                out,
+                purchase_id,
+                buyer_id,
+                listing_id,
+                *expected_price,
+                meta.at_ms,
+            )
         }),
         Command::CreateListing {
             listing_id,
@@ -267,6 +274,42 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             catalogue::item_described(out, bundle_id, answer)
         }
 
+        Message::ReserveSale {
+            purchase_id,
+            buyer_id,
+            request,
+            expected_price,
+            at_ms,
+            home,
+        } => {
+            let sale = purchase::SaleToReserve {
+                purchase_id,
+                buyer_id,
+                expected_price: *expected_price,
+                at_ms: *at_ms,
+                home: *home,
+            };
+            purchase::reserve_sale(out, &sale, request)
+        }
+        Message::ChargeBuyer {
+            purchase_id,
+            buyer_id,
+            reservation,
+            at_ms,
+            home,
+        } => purchase::charge_buyer(out, purchase_id, buyer_id, reservation, *at_ms, *home),
+        Message::PurchasePaid {
+            purchase_id,
+            reservation,
+            result,
+            position,
+        } => purchase::purchase_paid(out, purchase_id, reservation, result, *position),
+        Message::Reserved {
+            purchase_id,
+            result,
+        } => purchase::reserved(out, purchase_id, result),
+
+        // Requests and answers of purchases in older logs (see `purchase`).
         Message::ReserveItem {
             purchase_id,
             buyer_id,
@@ -274,7 +317,7 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             expected_price,
             at_ms,
         } => {
-            let answer = purchase::reserve_item(
+            let result = purchase::reserve_item(
                 out,
                 purchase_id,
                 buyer_id,
@@ -282,7 +325,14 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 *expected_price,
                 *at_ms,
             );
-            out.send(from, answer);
+            let purchase_id = purchase_id.clone();
+            out.send(
+                from,
+                Message::Reserved {
+                    purchase_id,
+                    result,
+                },
+            );
         }
         Message::QuoteBundle {
             purchase_id,
@@ -290,9 +340,15 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             bundle_id,
             expected_price,
         } => {
-            let answer =
-                purchase::quote_bundle(state, purchase_id, buyer_id, bundle_id, *expected_price);
-            out.send(from, answer);
+            let result = purchase::quote_bundle(state, buyer_id, bundle_id, *expected_price);
+            let purchase_id = purchase_id.clone();
+            out.send(
+                from,
+                Message::Reserved {
+                    purchase_id,
+                    result,
+                },
+            );
         }
         Message::ReserveListing {
             purchase_id,
@@ -300,7 +356,7 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             listing_id,
             expected_price,
             reply_to,
-        } => resale::reserve_listing(
+        } => resale::forward_listing_request(
             out,
             purchase_id,
             buyer_id,
@@ -315,20 +371,24 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             item_id,
             expected_price,
             reply_to,
-        } => resale::reserve_listing_on_item(
-            out,
-            purchase_id,
-            buyer_id,
-            listing_id,
-            item_id,
-            *expected_price,
-            *reply_to,
-        ),
-        Message::Reserved {
-            purchase_id,
-            result,
-        } => purchase::reserved(out, purchase_id, result),
-
+        } => {
+            let result = resale::reserve_listing(
+                out,
+                purchase_id,
+                buyer_id,
+                listing_id,
+                item_id,
+                *expected_price,
+            );
+            let purchase_id = purchase_id.clone();
+            out.send(
+                *reply_to,
+                Message::Reserved {
+                    purchase_id,
+                    result,
+                },
+            );
+        }
         Message::DebitBuyer {
             purchase_id,
             buyer_id,

@@ -82,9 +82,43 @@ impl<'a> Out<'a> {
         &mut self,
         key: &str,
         result: Result<Success, Rejection>,
+        positions: Vec<ShardPosition>,
+        deliveries: Vec<DeliveryMark>,
+    ) {
+        let completion = self.completion(key, result, positions, deliveries);
+        self.push(Event::CommandCompleted {
+            key: key.to_string(),
+            completion,
+        });
+    }
+
+    /// Completes the purchase `key`, paid for `reservation` (which a refund
+    /// reads later), as `complete` does.
+    pub(super) fn complete_purchase(
+        &mut self,
+        key: &str,
+        success: Success,
+        positions: Vec<ShardPosition>,
+        reservation: &Reservation,
+    ) {
+        let completion = self.completion(key, Ok(success), positions, Vec::new());
+        self.push(Event::PurchaseCompleted {
+            key: key.to_string(),
+            completion,
+            reservation: reservation.clone(),
+        });
+    }
+
+    /// The completion of `key` by the next event: it covers `positions`,
+    /// the positions its participants reported, that event, and the
+    /// consumption of `deliveries` and of every message this decision sent.
+    fn completion(
+        &self,
+        key: &str,
+        result: Result<Success, Rejection>,
         mut positions: Vec<ShardPosition>,
         mut deliveries: Vec<DeliveryMark>,
-    ) {
+    ) -> Completion {
         if let Some(record) = self.state.commands.get(key) {
             positions.extend(record.positions.iter().copied());
         }
@@ -94,15 +128,11 @@ impl<'a> Out<'a> {
         deliveries.extend(self.deliveries.iter().copied());
         deliveries.sort();
         deliveries.dedup();
-        let completion = Completion {
+        Completion {
             result,
             positions,
             deliveries,
-        };
-        self.push(Event::CommandCompleted {
-            key: key.to_string(),
-            completion,
-        });
+        }
     }
 
     pub(super) fn apply(self, answer: Answer) -> Decision {

@@ -2,10 +2,20 @@
 //! resale) shares once its sale is reserved: the buyer's payment, the
 //! serial's confirmation or release, and the settlement to escrow.
 //!
-//! The purchase's home shard reserves the sale (`Reserving`), then asks the
-//! buyer's shard for the money (`Debiting`), then completes.
+//! Three hops before the buyer's answer: the purchase's home shard asks the
+//! item's (or bundle's) shard to reserve the sale (`ReserveSale`); that
+//! shard sends the reservation on to the buyer's shard (`ChargeBuyer`),
+//! which pays and answers the home shard (`PurchasePaid`); the home shard
+//! completes, confirms a held serial and settles the sale. A refusal on the
+//! way goes straight back to the home shard (`Reserved` with the
+//! rejection, or `PurchasePaid` with it).
+//!
+//! Logs and messages written before the reservation travelled with the
+//! purchase still play: `ReserveItem` / `QuoteBundle` answer `Reserved`,
+//! which the home shard turns into `ChargeBuyer`; `DebitBuyer` answers
+//! `BuyerDebited` to a purchase in stage `Debiting`.
 
-use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, UserId};
+use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{Account, Posting};
 use crate::state::{CommandRecord, ItemState, Listing, ShardState};
@@ -23,29 +33,109 @@ pub(super) fn start(
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    match target {
-        PurchaseTarget::Item(item_id) => {
-            let to = out.shard_of(&keys::item(item_id));
+    let (to, request) = match target {
+        PurchaseTarget::Item(item_id) => (
+            out.shard_of(&keys::item(item_id)),
+            SaleRequest::Item(item_id.clone()),
+        ),
+        PurchaseTarget::Bundle(bundle_id) => (
+            out.shard_of(&keys::bundle(bundle_id)),
+            SaleRequest::Bundle(bundle_id.clone()),
+        ),
+    };
+    out.send(
+        to,
+        Message::ReserveSale {
+            purchase_id: purchase_id.clone(),
+            buyer_id: buyer_id.clone(),
+            request,
+            expected_price,
+            at_ms,
+            home: out.state.shard,
+        },
+    );
+}
+
+/// A purchase's request to reserve its sale, as the shard that holds the
+/// sale receives it.
+pub(super) struct SaleToReserve<'a> {
+    pub(super) purchase_id: &'a PurchaseId,
+    pub(super) buyer_id: &'a UserId,
+    pub(super) expected_price: i64,
+    pub(super) at_ms: TimestampMs,
+    /// The purchase's home shard.
+    pub(super) home: ShardId,
+}
+
+/// On the shard that holds what `request` names: reserves the sale and
+/// sends it on to the buyer's shard, or refuses it to the home shard (a
+/// listing's home shard forwards to the listed item's shard instead).
+pub(super) fn reserve_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request: &SaleRequest) {
+    let result = match request {
+        SaleRequest::Item(item_id) => reserve_item(
+            out,
+            sale.purchase_id,
+            sale.buyer_id,
+            item_id,
+            sale.expected_price,
+            sale.at_ms,
+        ),
+        SaleRequest::Bundle(bundle_id) => {
+            quote_bundle(out.state, sale.buyer_id, bundle_id, sale.expected_price)
+        }
+        SaleRequest::Listing(listing_id) => match resale::listed_item(out.state, listing_id) {
+            Ok(item_id) => {
+                let to = out.shard_of(&keys::item(item_id));
+                out.send(
+                    to,
+                    Message::ReserveSale {
+                        purchase_id: sale.purchase_id.clone(),
+                        buyer_id: sale.buyer_id.clone(),
+                        request: SaleRequest::ListingOnItem {
+                            listing_id: listing_id.clone(),
+                            item_id: item_id.clone(),
+                        },
+                        expected_price: sale.expected_price,
+                        at_ms: sale.at_ms,
+                        home: sale.home,
+                    },
+                );
+                return;
+            }
+            Err(rejection) => Err(rejection),
+        },
+        SaleRequest::ListingOnItem {
+            listing_id,
+            item_id,
+        } => resale::reserve_listing(
+            out,
+            sale.purchase_id,
+            sale.buyer_id,
+            listing_id,
+            item_id,
+            sale.expected_price,
+        ),
+    };
+    match result {
+        Ok(reservation) => {
+            let to = out.shard_of(&keys::user(sale.buyer_id));
             out.send(
                 to,
-                Message::ReserveItem {
-                    purchase_id: purchase_id.clone(),
-                    buyer_id: buyer_id.clone(),
-                    item_id: item_id.clone(),
-                    expected_price,
-                    at_ms,
+                Message::ChargeBuyer {
+                    purchase_id: sale.purchase_id.clone(),
+                    buyer_id: sale.buyer_id.clone(),
+                    reservation,
+                    at_ms: sale.at_ms,
+                    home: sale.home,
                 },
             );
         }
-        PurchaseTarget::Bundle(bundle_id) => {
-            let to = out.shard_of(&keys::bundle(bundle_id));
+        Err(rejection) => {
             out.send(
-                to,
-                Message::QuoteBundle {
-                    purchase_id: purchase_id.clone(),
-                    buyer_id: buyer_id.clone(),
-                    bundle_id: bundle_id.clone(),
-                    expected_price,
+                sale.home,
+                Message::Reserved {
+                    purchase_id: sale.purchase_id.clone(),
+                    result: Err(rejection),
                 },
             );
         }
@@ -53,7 +143,6 @@ pub(super) fn start(
 }
 
 /// On the item's shard: reserves the item (a serial, for a Limited).
-/// Returns the answer for the purchase's shard.
 pub(super) fn reserve_item(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
@@ -61,8 +150,8 @@ pub(super) fn reserve_item(
     item_id: &ItemId,
     expected_price: i64,
     at_ms: TimestampMs,
-) -> Message {
-    let result = match out.state.items.get(item_id) {
+) -> Result<Reservation, Rejection> {
+    match out.state.items.get(item_id) {
         None => Err(reject(
             RejectionCode::NotFound,
             format!("item {item_id} does not exist"),
@@ -78,10 +167,6 @@ pub(super) fn reserve_item(
                 },
             })
         }),
-    };
-    Message::Reserved {
-        purchase_id: purchase_id.clone(),
-        result,
     }
 }
 
@@ -152,15 +237,13 @@ fn reserve_serial(
 }
 
 /// On the bundle's shard: quotes the bundle (nothing to reserve).
-/// Returns the answer for the purchase's shard.
 pub(super) fn quote_bundle(
     state: &ShardState,
-    purchase_id: &PurchaseId,
     buyer_id: &UserId,
     bundle_id: &BundleId,
     expected_price: i64,
-) -> Message {
-    let result = match state.bundles.get(bundle_id) {
+) -> Result<Reservation, Rejection> {
+    match state.bundles.get(bundle_id) {
         None => Err(reject(
             RejectionCode::NotFound,
             format!("bundle {bundle_id} does not exist"),
@@ -184,10 +267,6 @@ pub(super) fn quote_bundle(
                 item_ids: bundle.item_ids.clone(),
             },
         }),
-    };
-    Message::Reserved {
-        purchase_id: purchase_id.clone(),
-        result,
     }
 }
 
@@ -201,14 +280,14 @@ fn buyer_of(command: &Command) -> Option<&UserId> {
     }
 }
 
-/// A purchase waiting for its sale to be reserved.
+/// A purchase waiting for its sale to be reserved and paid for.
 struct Reserving<'a> {
     buyer_id: &'a UserId,
     at_ms: TimestampMs,
 }
 
 impl<'a> SagaStage<'a> for Reserving<'a> {
-    const EXPECTED: &'static str = "a purchase waiting for its reservation";
+    const EXPECTED: &'static str = "a purchase waiting for its reservation and payment";
 
     fn read(record: &'a CommandRecord) -> Option<Self> {
         match &record.progress {
@@ -221,7 +300,8 @@ impl<'a> SagaStage<'a> for Reserving<'a> {
     }
 }
 
-/// A purchase whose sale is reserved, waiting for the buyer's money.
+/// A purchase of an older log whose sale is reserved, waiting for the
+/// buyer's money.
 struct Debiting<'a> {
     buyer_id: &'a UserId,
     at_ms: TimestampMs,
@@ -243,8 +323,8 @@ impl<'a> SagaStage<'a> for Debiting<'a> {
     }
 }
 
-/// Back on the purchase's shard: refused, or reserved and off to the
-/// buyer's shard for the money (and the items granted with it).
+/// Back on the purchase's shard: the sale was refused (or, from a shard
+/// running an older log's request, reserved: then off to the buyer's shard).
 pub(super) fn reserved(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
@@ -252,11 +332,28 @@ pub(super) fn reserved(
 ) {
     let key = keys::purchase(purchase_id);
     let purchase: Reserving = saga::stage(out.state, &key);
-    let reservation = match result {
-        Err(rejection) => return out.complete(&key, Err(rejection.clone()), Vec::new()),
-        Ok(reservation) => reservation,
-    };
-    let (grant_items, all_or_nothing) = match &reservation.sale {
+    match result {
+        Err(rejection) => out.complete(&key, Err(rejection.clone()), Vec::new()),
+        Ok(reservation) => {
+            let to = out.shard_of(&keys::user(purchase.buyer_id));
+            out.send(
+                to,
+                Message::ChargeBuyer {
+                    purchase_id: purchase_id.clone(),
+                    buyer_id: purchase.buyer_id.clone(),
+                    reservation: reservation.clone(),
+                    at_ms: purchase.at_ms,
+                    home: out.state.shard,
+                },
+            );
+        }
+    }
+}
+
+/// What the buyer's shard grants for `sale`: the items, and whether it is
+/// all of them or nothing. A serial moves on the item's shard instead.
+fn items_granted_by(sale: &SaleKind) -> (Vec<ItemId>, bool) {
+    match sale {
         SaleKind::Item {
             item_id,
             serial: None,
@@ -266,31 +363,44 @@ pub(super) fn reserved(
         }
         | SaleKind::Resale { .. } => (Vec::new(), true),
         SaleKind::Bundle { item_ids, .. } => (item_ids.clone(), false),
-    };
-    out.push(Event::CommandProgressed {
-        key,
-        progress: Progress::Debiting {
-            reservation: reservation.clone(),
-        },
-        position: None,
-    });
-    let to = out.shard_of(&keys::user(purchase.buyer_id));
+    }
+}
+
+/// On the buyer's shard: pays for the reservation and answers the
+/// purchase's home shard.
+pub(super) fn charge_buyer(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    reservation: &Reservation,
+    at_ms: TimestampMs,
+    home: ShardId,
+) {
+    let (grant_items, all_or_nothing) = items_granted_by(&reservation.sale);
+    let result = debit(
+        out,
+        purchase_id,
+        buyer_id,
+        reservation.price,
+        &grant_items,
+        all_or_nothing,
+        at_ms,
+    );
+    let position = out.next_position();
     out.send(
-        to,
-        Message::DebitBuyer {
+        home,
+        Message::PurchasePaid {
             purchase_id: purchase_id.clone(),
-            buyer_id: purchase.buyer_id.clone(),
-            amount: reservation.price,
-            grant_items,
-            all_or_nothing,
-            at_ms: purchase.at_ms,
+            reservation: reservation.clone(),
+            result,
+            position,
         },
     );
 }
 
-/// On the buyer's shard: takes the money and grants the items the buyer
-/// does not own yet (all of them, or nothing, when `all_or_nothing`).
-/// Returns the answer for the purchase's shard.
+/// On the buyer's shard, for a purchase of an older log: takes the money
+/// and answers `BuyerDebited`.
+#[allow(clippy::too_many_arguments)] // one per field of `Message::DebitBuyer`
 pub(super) fn debit_buyer(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
@@ -300,6 +410,34 @@ pub(super) fn debit_buyer(
     all_or_nothing: bool,
     at_ms: TimestampMs,
 ) -> Message {
+    let result = debit(
+        out,
+        purchase_id,
+        buyer_id,
+        amount,
+        grant_items,
+        all_or_nothing,
+        at_ms,
+    );
+    Message::BuyerDebited {
+        purchase_id: purchase_id.clone(),
+        result,
+        position: out.next_position(),
+    }
+}
+
+/// Takes `amount` from the buyer's wallet and grants the items the buyer
+/// does not own yet (all of them, or nothing, when `all_or_nothing`).
+/// Returns the balance after and the items granted.
+fn debit(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    amount: i64,
+    grant_items: &[ItemId],
+    all_or_nothing: bool,
+    at_ms: TimestampMs,
+) -> Result<(i64, Vec<ItemId>), Rejection> {
     let owned = out.state.owned_items.get(buyer_id);
     let mut to_grant: Vec<ItemId> = Vec::new();
     for item_id in grant_items {
@@ -308,39 +446,34 @@ pub(super) fn debit_buyer(
         }
     }
     let wallet = out.state.balance(&Account::Wallet(buyer_id.clone()));
-    let result = if !grant_items.is_empty()
+    if !grant_items.is_empty()
         && (to_grant.is_empty() || (all_or_nothing && to_grant.len() != grant_items.len()))
     {
-        Err(reject(
+        return Err(reject(
             RejectionCode::AlreadyOwned,
             format!("{buyer_id} already owns what purchase {purchase_id} sells"),
-        ))
-    } else if wallet < amount {
-        Err(reject(
+        ));
+    }
+    if wallet < amount {
+        return Err(reject(
             RejectionCode::InsufficientFunds,
             format!("{buyer_id} has {wallet}, needs {amount}"),
-        ))
-    } else {
-        let balance_after = wallet - amount;
-        out.push(Event::BuyerDebited {
-            purchase_id: purchase_id.clone(),
-            buyer_id: buyer_id.clone(),
-            amount,
-            granted_items: to_grant.clone(),
-            balance_after,
-            at_ms,
-            postings: vec![
-                Posting::new(Account::Wallet(buyer_id.clone()), -amount),
-                Posting::new(Account::Clearing, amount),
-            ],
-        });
-        Ok((balance_after, to_grant))
-    };
-    Message::BuyerDebited {
-        purchase_id: purchase_id.clone(),
-        result,
-        position: out.next_position(),
+        ));
     }
+    let balance_after = wallet - amount;
+    out.push(Event::BuyerDebited {
+        purchase_id: purchase_id.clone(),
+        buyer_id: buyer_id.clone(),
+        amount,
+        granted_items: to_grant.clone(),
+        balance_after,
+        at_ms,
+        postings: vec![
+            Posting::new(Account::Wallet(buyer_id.clone()), -amount),
+            Posting::new(Account::Clearing, amount),
+        ],
+    });
+    Ok((balance_after, to_grant))
 }
 
 /// The item whose shard holds a serial for `sale` while it is paid for: a
@@ -356,8 +489,29 @@ fn item_with_held_serial(sale: &SaleKind) -> Option<&ItemId> {
     }
 }
 
-/// Back on the purchase's shard: paid (the serial moves to the buyer and the
-/// sale is settled) or refused (the serial is released).
+/// Back on the purchase's shard: the buyer paid for `reservation`, or
+/// refused it.
+pub(super) fn purchase_paid(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    reservation: &Reservation,
+    result: &Result<(i64, Vec<ItemId>), Rejection>,
+    position: ShardPosition,
+) {
+    let key = keys::purchase(purchase_id);
+    let purchase: Reserving = saga::stage(out.state, &key);
+    let paying = Paying {
+        key: &key,
+        purchase_id,
+        buyer_id: purchase.buyer_id,
+        at_ms: purchase.at_ms,
+        reservation,
+    };
+    paid(out, &paying, result, position);
+}
+
+/// Back on the purchase's shard, for a purchase of an older log waiting in
+/// stage `Debiting`: as `purchase_paid`.
 pub(super) fn buyer_debited(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
@@ -366,7 +520,36 @@ pub(super) fn buyer_debited(
 ) {
     let key = keys::purchase(purchase_id);
     let purchase: Debiting = saga::stage(out.state, &key);
+    let paying = Paying {
+        key: &key,
+        purchase_id,
+        buyer_id: purchase.buyer_id,
+        at_ms: purchase.at_ms,
+        reservation: purchase.reservation,
+    };
+    paid(out, &paying, result, position);
+}
+
+/// A purchase whose buyer's shard answered.
+struct Paying<'a> {
+    key: &'a str,
+    purchase_id: &'a PurchaseId,
+    buyer_id: &'a UserId,
+    at_ms: TimestampMs,
+    reservation: &'a Reservation,
+}
+
+/// Paid: the held serial moves to the buyer, the sale is settled and the
+/// purchase completes with its reservation. Refused: the serial is
+/// released and the purchase completes with the rejection.
+fn paid(
+    out: &mut Out<'_>,
+    purchase: &Paying<'_>,
+    result: &Result<(i64, Vec<ItemId>), Rejection>,
+    position: ShardPosition,
+) {
     let reservation = purchase.reservation;
+    let purchase_id = purchase.purchase_id;
     let held_on = item_with_held_serial(&reservation.sale);
     let (balance_after, granted_items) = match result {
         Err(rejection) => {
@@ -380,7 +563,7 @@ pub(super) fn buyer_debited(
                     },
                 );
             }
-            return out.complete(&key, Err(rejection.clone()), Vec::new());
+            return out.complete(purchase.key, Err(rejection.clone()), Vec::new());
         }
         Ok((balance_after, granted_items)) => (*balance_after, granted_items.clone()),
     };
@@ -405,7 +588,7 @@ pub(super) fn buyer_debited(
             settle_primary(out, purchase_id, reservation, purchase.at_ms)
         }
     }
-    out.complete(&key, Ok(success), vec![position]);
+    out.complete_purchase(purchase.key, success, vec![position], reservation);
 }
 
 /// The success a paid purchase answers with.

@@ -75,8 +75,8 @@ fn check_refundable<'a>(
             format!("purchase {purchase_id} does not exist"),
         ));
     };
-    let (Some(Completion { result: Ok(_), .. }), Progress::Debiting { reservation }) =
-        (&record.completion, &record.progress)
+    let (Some(Completion { result: Ok(_), .. }), Some(reservation)) =
+        (&record.completion, record.progress.reservation())
     else {
         return Err(reject(
             RejectionCode::NotFound,
@@ -109,10 +109,14 @@ impl<'a> SagaStage<'a> for Paid<'a> {
     const EXPECTED: &'static str = "a paid primary purchase";
 
     fn read(record: &'a CommandRecord) -> Option<Self> {
-        match (&record.command, &record.progress, &record.completion) {
+        match (
+            &record.command,
+            record.progress.reservation(),
+            &record.completion,
+        ) {
             (
                 Command::Purchase { buyer_id, .. },
-                Progress::Debiting { reservation },
+                Some(reservation),
                 Some(Completion {
                     result: Ok(Success::Purchased { granted_items, .. }),
                     ..

@@ -1,11 +1,13 @@
 //! Resale purchases: the purchase's home shard asks the listing's home
 //! shard, which knows the listing's item, to have the item's shard reserve
-//! the listing. Payment and confirmation are those of every purchase (see
+//! the listing (four hops before the answer: home, listing, item, buyer,
+//! home). Payment and confirmation are those of every purchase (see
 //! `purchase`); the settlement pays the seller and the creator's royalty.
 
 use crate::ids::{ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{Account, Posting};
+use crate::state::ShardState;
 
 use super::out::Out;
 use super::reject;
@@ -17,23 +19,89 @@ pub(super) fn start(
     buyer_id: &UserId,
     listing_id: &ListingId,
     expected_price: i64,
+    at_ms: TimestampMs,
 ) {
     let to = out.shard_of(&keys::listing(listing_id));
     out.send(
         to,
-        Message::ReserveListing {
+        Message::ReserveSale {
             purchase_id: purchase_id.clone(),
             buyer_id: buyer_id.clone(),
-            listing_id: listing_id.clone(),
+            request: SaleRequest::Listing(listing_id.clone()),
             expected_price,
-            reply_to: out.state.shard,
+            at_ms,
+            home: out.state.shard,
         },
     );
 }
 
-/// On the listing's shard: forwards the reservation to the item's shard,
-/// or answers that the listing does not exist.
+/// On the listing's home shard: the item `listing_id` lists.
+pub(super) fn listed_item<'a>(
+    state: &'a ShardState,
+    listing_id: &ListingId,
+) -> Result<&'a ItemId, Rejection> {
+    state.listing_directory.get(listing_id).ok_or_else(|| {
+        reject(
+            RejectionCode::NotFound,
+            format!("listing {listing_id} does not exist"),
+        )
+    })
+}
+
+/// On the item's shard: reserves the listing for the purchase.
 pub(super) fn reserve_listing(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    listing_id: &ListingId,
+    item_id: &ItemId,
+    expected_price: i64,
+) -> Result<Reservation, Rejection> {
+    let item = super::routed_item(out.state, item_id);
+    let listing = match item.listings.get(listing_id) {
+        Some(listing) if listing.reserved_by.is_none() => listing,
+        _ => {
+            return Err(reject(
+                RejectionCode::ListingUnavailable,
+                format!("listing {listing_id} is no longer available"),
+            ))
+        }
+    };
+    if &listing.seller_id == buyer_id {
+        return Err(reject(
+            RejectionCode::PurchaserIsSeller,
+            format!("{buyer_id} is the seller of listing {listing_id}"),
+        ));
+    }
+    if listing.price != expected_price {
+        return Err(reject(
+            RejectionCode::PriceChanged,
+            format!(
+                "listing {listing_id} costs {}, not {expected_price}",
+                listing.price
+            ),
+        ));
+    }
+    out.push(Event::ListingReserved {
+        listing_id: listing_id.clone(),
+        item_id: item_id.clone(),
+        purchase_id: purchase_id.clone(),
+    });
+    Ok(Reservation {
+        price: listing.price,
+        creator_id: item.definition.creator_id.clone(),
+        sale: SaleKind::Resale {
+            listing_id: listing_id.clone(),
+            item_id: item_id.clone(),
+            serial: listing.serial,
+            seller_id: listing.seller_id.clone(),
+        },
+    })
+}
+
+/// On the listing's shard, for a request of an older log
+/// (`ReserveListing`): forwards it to the item's shard, or refuses it.
+pub(super) fn forward_listing_request(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
     buyer_id: &UserId,
@@ -41,21 +109,17 @@ pub(super) fn reserve_listing(
     expected_price: i64,
     reply_to: ShardId,
 ) {
-    match out.state.listing_directory.get(listing_id) {
-        None => {
-            let result = Err(reject(
-                RejectionCode::NotFound,
-                format!("listing {listing_id} does not exist"),
-            ));
+    match listed_item(out.state, listing_id) {
+        Err(rejection) => {
             out.send(
                 reply_to,
                 Message::Reserved {
                     purchase_id: purchase_id.clone(),
-                    result,
+                    result: Err(rejection),
                 },
             );
         }
-        Some(item_id) => {
+        Ok(item_id) => {
             let to = out.shard_of(&keys::item(item_id));
             out.send(
                 to,
@@ -70,65 +134,6 @@ pub(super) fn reserve_listing(
             );
         }
     }
-}
-
-/// On the item's shard: reserves the listing for the purchase and answers
-/// the purchase's shard.
-pub(super) fn reserve_listing_on_item(
-    out: &mut Out<'_>,
-    purchase_id: &PurchaseId,
-    buyer_id: &UserId,
-    listing_id: &ListingId,
-    item_id: &ItemId,
-    expected_price: i64,
-    reply_to: ShardId,
-) {
-    let item = super::routed_item(out.state, item_id);
-    let result = match item.listings.get(listing_id) {
-        Some(listing) if listing.reserved_by.is_none() => {
-            if &listing.seller_id == buyer_id {
-                Err(reject(
-                    RejectionCode::PurchaserIsSeller,
-                    format!("{buyer_id} is the seller of listing {listing_id}"),
-                ))
-            } else if listing.price != expected_price {
-                Err(reject(
-                    RejectionCode::PriceChanged,
-                    format!(
-                        "listing {listing_id} costs {}, not {expected_price}",
-                        listing.price
-                    ),
-                ))
-            } else {
-                out.push(Event::ListingReserved {
-                    listing_id: listing_id.clone(),
-                    item_id: item_id.clone(),
-                    purchase_id: purchase_id.clone(),
-                });
-                Ok(Reservation {
-                    price: listing.price,
-                    creator_id: item.definition.creator_id.clone(),
-                    sale: SaleKind::Resale {
-                        listing_id: listing_id.clone(),
-                        item_id: item_id.clone(),
-                        serial: listing.serial,
-                        seller_id: listing.seller_id.clone(),
-                    },
-                })
-            }
-        }
-        _ => Err(reject(
-            RejectionCode::ListingUnavailable,
-            format!("listing {listing_id} is no longer available"),
-        )),
-    };
-    out.send(
-        reply_to,
-        Message::Reserved {
-            purchase_id: purchase_id.clone(),
-            result,
-        },
-    );
 }
 
 /// A paid resale: the seller's share goes to the seller's wallet, the

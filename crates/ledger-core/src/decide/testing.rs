@@ -283,6 +283,25 @@ pub(super) fn completed(
     }
 }
 
+/// A paid purchase completed with what it sold.
+pub(super) fn purchase_completed(
+    key: &str,
+    success: Success,
+    positions: Vec<ShardPosition>,
+    deliveries: Vec<DeliveryMark>,
+    reservation: Reservation,
+) -> Event {
+    Event::PurchaseCompleted {
+        key: key.to_string(),
+        completion: Completion {
+            result: Ok(success),
+            positions,
+            deliveries,
+        },
+        reservation,
+    }
+}
+
 pub(super) fn sent(to: ShardId, sequence: u64, message: Message) -> Event {
     Event::MessageSent {
         to,

@@ -534,6 +534,7 @@ pub async fn run() -> Scenario {
         "buyer_refunded",
         "message_received",
         "command_completed",
+        "purchase_completed",
     ] {
         assert!(
             event_types.contains(wanted),

@@ -1,15 +1,17 @@
 //! Purchases of items and bundles: `Purchase` on the purchase's shard;
-//! `ReserveItem` / `QuoteBundle` on the item's or bundle's shard; `Reserved`
-//! back; `DebitBuyer` on the buyer's shard; `BuyerDebited` back; then
+//! `ReserveSale` on the item's or bundle's shard, which sends the
+//! reservation on to the buyer's shard (`ChargeBuyer`) or refuses it back
+//! (`Reserved`); `PurchasePaid` back from the buyer's shard; then
 //! `ConfirmReservation` / `CancelReservation` on the item's shard and
-//! `SettleSale` on the creator's shard.
+//! `SettleSale` on the creator's shard. Older logs' `Reserved` (reserved),
+//! `DebitBuyer` and `BuyerDebited` still play.
 //! Rejections: idempotency_conflict, not_found, not_on_sale,
 //! purchaser_is_seller, price_changed, quantity_limit_reached, sold_out,
 //! already_owned, insufficient_funds.
 
 use crate::decide::testing::*;
 use crate::decide::Answer;
-use crate::ids::ItemId;
+use crate::ids::{ItemId, ShardId};
 use crate::model::*;
 use crate::money::{Account, Posting};
 
@@ -48,29 +50,53 @@ fn purchase_of_hat() -> Command {
     purchase("alice", PurchaseTarget::Item(item_id("hat")), 100)
 }
 
-fn reserve_item(buyer: &str, item: &str, expected_price: i64) -> Message {
-    Message::ReserveItem {
+/// The request the purchase's shard `home` sends for `request`.
+fn reserve_sale(buyer: &str, request: SaleRequest, expected_price: i64, home: ShardId) -> Message {
+    Message::ReserveSale {
         purchase_id: purchase_id("p-1"),
         buyer_id: user_id(buyer),
-        item_id: item_id(item),
+        request,
         expected_price,
         at_ms: NOW,
+        home,
     }
 }
 
-fn quote_bundle(buyer: &str, expected_price: i64) -> Message {
-    Message::QuoteBundle {
-        purchase_id: purchase_id("p-1"),
-        buyer_id: user_id(buyer),
-        bundle_id: bundle_id("pack"),
+/// The request of a purchase homed on [`PEER`] for `item`.
+fn reserve_item(buyer: &str, item: &str, expected_price: i64) -> Message {
+    reserve_sale(
+        buyer,
+        SaleRequest::Item(item_id(item)),
         expected_price,
-    }
+        PEER,
+    )
+}
+
+/// The request of a purchase homed on [`PEER`] for the bundle.
+fn quote_bundle(buyer: &str, expected_price: i64) -> Message {
+    reserve_sale(
+        buyer,
+        SaleRequest::Bundle(bundle_id("pack")),
+        expected_price,
+        PEER,
+    )
 }
 
 fn reserved(result: Result<Reservation, Rejection>) -> Message {
     Message::Reserved {
         purchase_id: purchase_id("p-1"),
         result,
+    }
+}
+
+/// The reservation sent on to alice's shard, for a purchase homed on `home`.
+fn charge_buyer(reservation: Reservation, home: ShardId) -> Message {
+    Message::ChargeBuyer {
+        purchase_id: purchase_id("p-1"),
+        buyer_id: user_id("alice"),
+        reservation,
+        at_ms: NOW,
+        home,
     }
 }
 
@@ -104,6 +130,7 @@ fn refused_reservation(code: RejectionCode, detail: &str) -> Vec<Event> {
     ]
 }
 
+/// An older log's request for alice's money.
 fn debit_buyer(amount: i64, grant_items: Vec<ItemId>, all_or_nothing: bool) -> Message {
     Message::DebitBuyer {
         purchase_id: purchase_id("p-1"),
@@ -149,10 +176,11 @@ fn alice_owns_hat() -> [Event; 2] {
     ]
 }
 
-/// The buyer's shard's answer, reported at position 8 of its log.
-fn buyer_debited(result: Result<(i64, Vec<ItemId>), Rejection>) -> Message {
-    Message::BuyerDebited {
+/// The buyer's shard's answer for `sale`, reported at position 8 of its log.
+fn purchase_paid(sale: SaleKind, result: Result<(i64, Vec<ItemId>), Rejection>) -> Message {
+    Message::PurchasePaid {
         purchase_id: purchase_id("p-1"),
+        reservation: reservation(100, sale),
         result,
         position: peer_position(8),
     }
@@ -165,17 +193,9 @@ fn peer_position(sequence: u64) -> ShardPosition {
     }
 }
 
-/// A purchase by alice waiting for the buyer's payment for `sale`.
-fn debiting(target: PurchaseTarget, sale: SaleKind) -> [Event; 2] {
-    [
-        accepted(purchase("alice", target, 100)),
-        progressed(
-            "purchase:p-1",
-            Progress::Debiting {
-                reservation: reservation(100, sale),
-            },
-        ),
-    ]
+/// A purchase by alice of `target`, waiting for its sale to be paid for.
+fn reserving(target: PurchaseTarget) -> [Event; 1] {
+    [accepted(purchase("alice", target, 100))]
 }
 
 fn settle_primary_sale() -> Message {
@@ -199,7 +219,11 @@ fn a_purchase_of_an_item_asks_the_items_shard_to_reserve_it() {
         Answer::OnCompletion("purchase:p-1".into()),
         vec![
             accepted(purchase_of_hat()),
-            sent(HOME, 1, reserve_item("alice", "hat", 100)),
+            sent(
+                HOME,
+                1,
+                reserve_sale("alice", SaleRequest::Item(item_id("hat")), 100, HOME),
+            ),
         ],
     );
 }
@@ -209,7 +233,14 @@ fn a_purchase_of_a_bundle_asks_the_bundles_shard_for_a_quote() {
     let command = purchase("alice", PurchaseTarget::Bundle(bundle_id("pack")), 150);
     given([]).when_command(command.clone()).then_answers(
         Answer::OnCompletion("purchase:p-1".into()),
-        vec![accepted(command), sent(HOME, 1, quote_bundle("alice", 150))],
+        vec![
+            accepted(command),
+            sent(
+                HOME,
+                1,
+                reserve_sale("alice", SaleRequest::Bundle(bundle_id("pack")), 150, HOME),
+            ),
+        ],
     );
 }
 
@@ -237,11 +268,11 @@ fn a_purchase_id_used_for_another_item_is_refused() {
 // ------------------------------------------------------------------ reservation
 
 #[test]
-fn an_item_without_serials_is_reserved_without_events() {
+fn an_item_without_serials_is_reserved_without_events_and_sent_on_to_the_buyer() {
     given([published(hat())])
         .when_message(reserve_item("alice", "hat", 100))
         .then(vec![
-            sent(PEER, 1, reserved(Ok(reservation(100, hat_sale())))),
+            sent(HOME, 1, charge_buyer(reservation(100, hat_sale()), PEER)),
             received(1),
         ]);
 }
@@ -257,7 +288,7 @@ fn a_limited_reserves_its_lowest_free_serial() {
                 purchase_id: purchase_id("p-1"),
                 buyer_id: user_id("alice"),
             },
-            sent(PEER, 1, reserved(Ok(reservation(100, crown_sale())))),
+            sent(HOME, 1, charge_buyer(reservation(100, crown_sale()), PEER)),
             received(1),
         ]);
 }
@@ -352,7 +383,7 @@ fn a_limited_with_every_serial_taken_is_sold_out() {
 }
 
 #[test]
-fn a_bundle_is_quoted_with_its_items() {
+fn a_bundle_is_quoted_with_its_items_and_sent_on_to_the_buyer() {
     let sale = SaleKind::Bundle {
         bundle_id: bundle_id("pack"),
         item_ids: vec![item_id("hat"), item_id("scarf")],
@@ -360,7 +391,7 @@ fn a_bundle_is_quoted_with_its_items() {
     given([bundle_created()])
         .when_message(quote_bundle("alice", 150))
         .then(vec![
-            sent(PEER, 1, reserved(Ok(reservation(150, sale)))),
+            sent(HOME, 1, charge_buyer(reservation(150, sale), PEER)),
             received(1),
         ]);
 }
@@ -395,60 +426,48 @@ fn a_bundle_is_not_quoted_at_another_price() {
         ));
 }
 
-// ------------------------------------------------------------------ reserved: on to the buyer
+// ------------------------------------------------------------------ refused, or reserved by an older log's request
 
 #[test]
-fn a_reserved_item_is_debited_from_the_buyer_all_or_nothing() {
-    let reservation = reservation(100, hat_sale());
-    given([accepted(purchase_of_hat())])
+fn a_reservation_answered_to_an_older_request_goes_on_to_the_buyer() {
+    let reservation = reservation(100, crown_sale());
+    given(reserving(PurchaseTarget::Item(item_id("crown"))))
         .when_message(reserved(Ok(reservation.clone())))
         .then(vec![
-            progressed("purchase:p-1", Progress::Debiting { reservation }),
-            sent(HOME, 1, debit_buyer(100, vec![item_id("hat")], true)),
+            sent(HOME, 1, charge_buyer(reservation, HOME)),
             received(1),
         ]);
 }
 
 #[test]
-fn a_reserved_serial_is_debited_without_items_to_grant() {
-    let reservation = reservation(100, crown_sale());
-    given([accepted(purchase(
-        "alice",
-        PurchaseTarget::Item(item_id("crown")),
-        100,
-    ))])
-    .when_message(reserved(Ok(reservation.clone())))
-    .then(vec![
-        progressed("purchase:p-1", Progress::Debiting { reservation }),
-        sent(HOME, 1, debit_buyer(100, vec![], true)),
-        received(1),
-    ]);
+fn an_older_request_for_an_item_is_answered_to_its_sender() {
+    given([published(hat())])
+        .when_message(Message::ReserveItem {
+            purchase_id: purchase_id("p-1"),
+            buyer_id: user_id("alice"),
+            item_id: item_id("hat"),
+            expected_price: 100,
+            at_ms: NOW,
+        })
+        .then(vec![
+            sent(PEER, 1, reserved(Ok(reservation(100, hat_sale())))),
+            received(1),
+        ]);
 }
 
 #[test]
-fn a_quoted_bundle_grants_whatever_the_buyer_lacks() {
-    let reservation = reservation(
-        150,
-        SaleKind::Bundle {
+fn an_older_request_for_a_bundle_is_answered_to_its_sender() {
+    given([])
+        .when_message(Message::QuoteBundle {
+            purchase_id: purchase_id("p-1"),
+            buyer_id: user_id("alice"),
             bundle_id: bundle_id("pack"),
-            item_ids: vec![item_id("hat"), item_id("scarf")],
-        },
-    );
-    given([accepted(purchase(
-        "alice",
-        PurchaseTarget::Bundle(bundle_id("pack")),
-        150,
-    ))])
-    .when_message(reserved(Ok(reservation.clone())))
-    .then(vec![
-        progressed("purchase:p-1", Progress::Debiting { reservation }),
-        sent(
-            HOME,
-            1,
-            debit_buyer(150, vec![item_id("hat"), item_id("scarf")], false),
-        ),
-        received(1),
-    ]);
+            expected_price: 150,
+        })
+        .then(refused_reservation(
+            RejectionCode::NotFound,
+            "bundle pack does not exist",
+        ));
 }
 
 #[test]
@@ -464,8 +483,107 @@ fn a_refused_reservation_completes_the_purchase() {
 
 // ------------------------------------------------------------------ the buyer's shard
 
+/// What alice's shard answers to the home shard [`PEER`] for `sale`.
+fn paid_answer(
+    sale: SaleKind,
+    price: i64,
+    result: Result<(i64, Vec<ItemId>), Rejection>,
+    at: u64,
+) -> Event {
+    sent(
+        PEER,
+        1,
+        Message::PurchasePaid {
+            purchase_id: purchase_id("p-1"),
+            reservation: reservation(price, sale),
+            result,
+            position: position(at),
+        },
+    )
+}
+
 #[test]
 fn the_buyer_pays_and_gets_the_item() {
+    given([granted("g-0", "alice", 150, 0)])
+        .when_message(charge_buyer(reservation(100, hat_sale()), PEER))
+        .then(vec![
+            buyer_debited_event(100, vec![item_id("hat")], 50),
+            paid_answer(hat_sale(), 100, Ok((50, vec![item_id("hat")])), 3),
+            received(1),
+        ]);
+}
+
+#[test]
+fn the_buyer_of_a_serial_pays_without_items_to_grant() {
+    given([granted("g-0", "alice", 150, 0)])
+        .when_message(charge_buyer(reservation(100, crown_sale()), PEER))
+        .then(vec![
+            buyer_debited_event(100, vec![], 50),
+            paid_answer(crown_sale(), 100, Ok((50, vec![])), 3),
+            received(1),
+        ]);
+}
+
+#[test]
+fn a_bundle_grants_only_the_items_the_buyer_lacks() {
+    let [funds, owned_hat] = alice_owns_hat();
+    let pack = SaleKind::Bundle {
+        bundle_id: bundle_id("pack"),
+        item_ids: vec![item_id("hat"), item_id("scarf")],
+    };
+    given([funds, owned_hat, granted("g-1", "alice", 150, 0)])
+        .when_message(charge_buyer(reservation(150, pack.clone()), PEER))
+        .then(vec![
+            buyer_debited_event(150, vec![item_id("scarf")], 0),
+            paid_answer(pack, 150, Ok((0, vec![item_id("scarf")])), 5),
+            received(1),
+        ]);
+}
+
+#[test]
+fn a_buyer_who_owns_every_item_of_a_bundle_is_refused() {
+    let [funds, owned_hat] = alice_owns_hat();
+    let pack = SaleKind::Bundle {
+        bundle_id: bundle_id("pack"),
+        item_ids: vec![item_id("hat")],
+    };
+    let refusal = rejection(
+        RejectionCode::AlreadyOwned,
+        "alice already owns what purchase p-1 sells",
+    );
+    given([funds, owned_hat, granted("g-1", "alice", 150, 0)])
+        .when_message(charge_buyer(reservation(150, pack.clone()), PEER))
+        .then(vec![paid_answer(pack, 150, Err(refusal), 4), received(1)]);
+}
+
+#[test]
+fn a_buyer_short_of_funds_is_refused() {
+    let refusal = rejection(RejectionCode::InsufficientFunds, "alice has 30, needs 100");
+    given([granted("g-0", "alice", 30, 0)])
+        .when_message(charge_buyer(reservation(100, hat_sale()), PEER))
+        .then(vec![
+            paid_answer(hat_sale(), 100, Err(refusal), 2),
+            received(1),
+        ]);
+}
+
+#[test]
+fn a_buyer_who_owns_the_item_is_refused() {
+    let [funds, owned_hat] = alice_owns_hat();
+    let refusal = rejection(
+        RejectionCode::AlreadyOwned,
+        "alice already owns what purchase p-1 sells",
+    );
+    given([funds, owned_hat, granted("g-1", "alice", 100, 0)])
+        .when_message(charge_buyer(reservation(100, hat_sale()), PEER))
+        .then(vec![
+            paid_answer(hat_sale(), 100, Err(refusal), 4),
+            received(1),
+        ]);
+}
+
+#[test]
+fn an_older_request_for_the_buyers_money_is_answered_to_its_sender() {
     given([granted("g-0", "alice", 150, 0)])
         .when_message(debit_buyer(100, vec![item_id("hat")], true))
         .then(vec![
@@ -483,92 +601,30 @@ fn the_buyer_pays_and_gets_the_item() {
         ]);
 }
 
-#[test]
-fn a_bundle_grants_only_the_items_the_buyer_lacks() {
-    let [funds, owned_hat] = alice_owns_hat();
-    given([funds, owned_hat, granted("g-1", "alice", 150, 0)])
-        .when_message(debit_buyer(
-            150,
-            vec![item_id("hat"), item_id("scarf")],
-            false,
-        ))
-        .then(vec![
-            buyer_debited_event(150, vec![item_id("scarf")], 0),
-            sent(
-                PEER,
-                1,
-                Message::BuyerDebited {
-                    purchase_id: purchase_id("p-1"),
-                    result: Ok((0, vec![item_id("scarf")])),
-                    position: position(5),
-                },
-            ),
-            received(1),
-        ]);
-}
-
-#[test]
-fn a_buyer_short_of_funds_is_refused() {
-    given([granted("g-0", "alice", 30, 0)])
-        .when_message(debit_buyer(100, vec![item_id("hat")], true))
-        .then(vec![
-            sent(
-                PEER,
-                1,
-                Message::BuyerDebited {
-                    purchase_id: purchase_id("p-1"),
-                    result: Err(rejection(
-                        RejectionCode::InsufficientFunds,
-                        "alice has 30, needs 100",
-                    )),
-                    position: position(2),
-                },
-            ),
-            received(1),
-        ]);
-}
-
-#[test]
-fn a_buyer_who_owns_the_item_is_refused() {
-    let [funds, owned_hat] = alice_owns_hat();
-    given([funds, owned_hat, granted("g-1", "alice", 100, 0)])
-        .when_message(debit_buyer(100, vec![item_id("hat")], true))
-        .then(vec![
-            sent(
-                PEER,
-                1,
-                Message::BuyerDebited {
-                    purchase_id: purchase_id("p-1"),
-                    result: Err(rejection(
-                        RejectionCode::AlreadyOwned,
-                        "alice already owns what purchase p-1 sells",
-                    )),
-                    position: position(4),
-                },
-            ),
-            received(1),
-        ]);
-}
-
 // ------------------------------------------------------------------ paid or refused
 
+fn hat_purchased() -> Success {
+    Success::Purchased {
+        target: PurchaseTarget::Item(item_id("hat")),
+        price: 100,
+        serial: None,
+        granted_items: vec![item_id("hat")],
+        balance_after: 50,
+    }
+}
+
 #[test]
-fn a_paid_item_is_settled_and_completes() {
-    given(debiting(PurchaseTarget::Item(item_id("hat")), hat_sale()))
-        .when_message(buyer_debited(Ok((50, vec![item_id("hat")]))))
+fn a_paid_item_is_settled_and_completes_with_its_reservation() {
+    given(reserving(PurchaseTarget::Item(item_id("hat"))))
+        .when_message(purchase_paid(hat_sale(), Ok((50, vec![item_id("hat")]))))
         .then(vec![
             sent(HOME, 1, settle_primary_sale()),
-            completed(
+            purchase_completed(
                 "purchase:p-1",
-                Ok(Success::Purchased {
-                    target: PurchaseTarget::Item(item_id("hat")),
-                    price: 100,
-                    serial: None,
-                    granted_items: vec![item_id("hat")],
-                    balance_after: 50,
-                }),
-                vec![position(4), peer_position(8)],
+                hat_purchased(),
+                vec![position(3), peer_position(8)],
                 vec![delivery(HOME, 1)],
+                reservation(100, hat_sale()),
             ),
             received(1),
         ]);
@@ -576,64 +632,59 @@ fn a_paid_item_is_settled_and_completes() {
 
 #[test]
 fn a_paid_serial_is_confirmed_then_settled() {
-    given(debiting(
-        PurchaseTarget::Item(item_id("crown")),
-        crown_sale(),
-    ))
-    .when_message(buyer_debited(Ok((50, vec![]))))
-    .then(vec![
-        sent(
-            HOME,
-            1,
-            Message::ConfirmReservation {
-                purchase_id: purchase_id("p-1"),
-                item_id: item_id("crown"),
-                buyer_id: user_id("alice"),
-                at_ms: NOW,
-            },
-        ),
-        sent(HOME, 2, settle_primary_sale()),
-        completed(
-            "purchase:p-1",
-            Ok(Success::Purchased {
-                target: PurchaseTarget::Item(item_id("crown")),
-                price: 100,
-                serial: Some(1),
-                granted_items: vec![],
-                balance_after: 50,
-            }),
-            vec![position(5), peer_position(8)],
-            vec![delivery(HOME, 1), delivery(HOME, 2)],
-        ),
-        received(1),
-    ]);
+    given(reserving(PurchaseTarget::Item(item_id("crown"))))
+        .when_message(purchase_paid(crown_sale(), Ok((50, vec![]))))
+        .then(vec![
+            sent(
+                HOME,
+                1,
+                Message::ConfirmReservation {
+                    purchase_id: purchase_id("p-1"),
+                    item_id: item_id("crown"),
+                    buyer_id: user_id("alice"),
+                    at_ms: NOW,
+                },
+            ),
+            sent(HOME, 2, settle_primary_sale()),
+            purchase_completed(
+                "purchase:p-1",
+                Success::Purchased {
+                    target: PurchaseTarget::Item(item_id("crown")),
+                    price: 100,
+                    serial: Some(1),
+                    granted_items: vec![],
+                    balance_after: 50,
+                },
+                vec![position(4), peer_position(8)],
+                vec![delivery(HOME, 1), delivery(HOME, 2)],
+                reservation(100, crown_sale()),
+            ),
+            received(1),
+        ]);
 }
 
 #[test]
 fn an_unpaid_serial_is_released_and_the_purchase_refused() {
     let refusal = rejection(RejectionCode::InsufficientFunds, "alice has 30, needs 100");
-    given(debiting(
-        PurchaseTarget::Item(item_id("crown")),
-        crown_sale(),
-    ))
-    .when_message(buyer_debited(Err(refusal.clone())))
-    .then(vec![
-        sent(
-            HOME,
-            1,
-            Message::CancelReservation {
-                purchase_id: purchase_id("p-1"),
-                item_id: item_id("crown"),
-            },
-        ),
-        completed(
-            "purchase:p-1",
-            Err(refusal),
-            vec![position(4)],
-            vec![delivery(HOME, 1)],
-        ),
-        received(1),
-    ]);
+    given(reserving(PurchaseTarget::Item(item_id("crown"))))
+        .when_message(purchase_paid(crown_sale(), Err(refusal.clone())))
+        .then(vec![
+            sent(
+                HOME,
+                1,
+                Message::CancelReservation {
+                    purchase_id: purchase_id("p-1"),
+                    item_id: item_id("crown"),
+                },
+            ),
+            completed(
+                "purchase:p-1",
+                Err(refusal),
+                vec![position(3)],
+                vec![delivery(HOME, 1)],
+            ),
+            received(1),
+        ]);
 }
 
 #[test]
@@ -642,12 +693,48 @@ fn an_unpaid_item_without_serials_only_completes() {
         RejectionCode::AlreadyOwned,
         "alice already owns what purchase p-1 sells",
     );
-    given(debiting(PurchaseTarget::Item(item_id("hat")), hat_sale()))
-        .when_message(buyer_debited(Err(refusal.clone())))
+    given(reserving(PurchaseTarget::Item(item_id("hat"))))
+        .when_message(purchase_paid(hat_sale(), Err(refusal.clone())))
         .then(vec![
-            completed("purchase:p-1", Err(refusal), vec![position(3)], vec![]),
+            completed("purchase:p-1", Err(refusal), vec![position(2)], vec![]),
             received(1),
         ]);
+}
+
+#[test]
+fn an_older_logs_purchase_waiting_for_the_buyer_completes_as_paid() {
+    let reservation = reservation(100, hat_sale());
+    given([
+        accepted(purchase_of_hat()),
+        progressed(
+            "purchase:p-1",
+            Progress::Debiting {
+                reservation: reservation.clone(),
+            },
+        ),
+    ])
+    .when_message(Message::BuyerDebited {
+        purchase_id: purchase_id("p-1"),
+        result: Ok((50, vec![item_id("hat")])),
+        position: peer_position(8),
+    })
+    .then(vec![
+        sent(HOME, 1, settle_primary_sale()),
+        purchase_completed(
+            "purchase:p-1",
+            hat_purchased(),
+            vec![position(4), peer_position(8)],
+            vec![delivery(HOME, 1)],
+            reservation,
+        ),
+        received(1),
+    ]);
+}
+
+#[test]
+#[should_panic(expected = "which this shard never accepted")]
+fn a_payment_for_a_purchase_that_was_not_started_is_a_bug() {
+    given([]).when_message(purchase_paid(hat_sale(), Ok((50, vec![item_id("hat")]))));
 }
 
 // ------------------------------------------------------------------ follow-ups

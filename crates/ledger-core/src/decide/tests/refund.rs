@@ -7,7 +7,7 @@
 //! Rejections: idempotency_conflict, not_found, not_refundable,
 //! already_refunded, refund_window_closed.
 
-use crate::decide::testing::*;
+use crate::decide::testing::{self, *};
 use crate::decide::Answer;
 use crate::ids::{ItemId, ShardId};
 use crate::model::*;
@@ -41,36 +41,45 @@ fn item_sale(item: &str, serial: Option<u32>) -> SaleKind {
     }
 }
 
+fn purchase_of(item: &str) -> Event {
+    accepted(Command::Purchase {
+        purchase_id: purchase_id("p-1"),
+        buyer_id: user_id("alice"),
+        target: PurchaseTarget::Item(item_id(item)),
+        expected_price: 100,
+    })
+}
+
+fn reservation_of(item: &str, serial: Option<u32>) -> Reservation {
+    Reservation {
+        price: 100,
+        creator_id: user_id("carol"),
+        sale: item_sale(item, serial),
+    }
+}
+
 /// The purchase's shard: alice's purchase p-1 of `item` from carol for
 /// 100, completed with `result`.
 fn purchase_completed(
     item: &str,
     serial: Option<u32>,
     result: Result<Success, Rejection>,
-) -> [Event; 3] {
-    [
-        accepted(Command::Purchase {
-            purchase_id: purchase_id("p-1"),
-            buyer_id: user_id("alice"),
-            target: PurchaseTarget::Item(item_id(item)),
-            expected_price: 100,
-        }),
-        progressed(
+) -> Vec<Event> {
+    let completion = match result {
+        Ok(success) => testing::purchase_completed(
             "purchase:p-1",
-            Progress::Debiting {
-                reservation: Reservation {
-                    price: 100,
-                    creator_id: user_id("carol"),
-                    sale: item_sale(item, serial),
-                },
-            },
+            success,
+            vec![position(2)],
+            vec![],
+            reservation_of(item, serial),
         ),
-        completed("purchase:p-1", result, vec![position(3)], vec![]),
-    ]
+        Err(rejection) => completed("purchase:p-1", Err(rejection), vec![position(2)], vec![]),
+    };
+    vec![purchase_of(item), completion]
 }
 
 /// alice's paid purchase of carol's hat (granted with it).
-fn hat_paid() -> [Event; 3] {
+fn hat_paid() -> Vec<Event> {
     purchase_completed(
         "hat",
         None,
@@ -85,7 +94,7 @@ fn hat_paid() -> [Event; 3] {
 }
 
 /// alice's paid purchase of serial 1 of carol's crown.
-fn crown_paid() -> [Event; 3] {
+fn crown_paid() -> Vec<Event> {
     purchase_completed(
         "crown",
         Some(1),
@@ -121,8 +130,8 @@ fn revoking() -> RefundProgress {
 }
 
 /// `purchase` events then the refund's `progress`.
-fn refund_running(purchase: [Event; 3], progress: RefundProgress) -> Vec<Event> {
-    let mut events = purchase.to_vec();
+fn refund_running(purchase: Vec<Event>, progress: RefundProgress) -> Vec<Event> {
+    let mut events = purchase;
     events.push(refund_progressed(progress));
     events
 }
@@ -324,6 +333,33 @@ fn a_paid_purchase_starts_its_refund_by_freezing_the_escrow() {
 }
 
 #[test]
+fn a_paid_purchase_of_an_older_log_starts_its_refund_too() {
+    let success = Success::Purchased {
+        target: PurchaseTarget::Item(item_id("hat")),
+        price: 100,
+        serial: None,
+        granted_items: vec![item_id("hat")],
+        balance_after: 50,
+    };
+    given([
+        purchase_of("hat"),
+        progressed(
+            "purchase:p-1",
+            Progress::Debiting {
+                reservation: reservation_of("hat", None),
+            },
+        ),
+        completed("purchase:p-1", Ok(success), vec![position(3)], vec![]),
+    ])
+    .when_message(refund_purchase())
+    .then(vec![
+        refund_progressed(freezing()),
+        sent(HOME, 1, freeze_escrow()),
+        received(1),
+    ]);
+}
+
+#[test]
 fn an_unknown_purchase_is_not_refunded() {
     given([])
         .when_message(refund_purchase())
@@ -335,8 +371,7 @@ fn an_unknown_purchase_is_not_refunded() {
 
 #[test]
 fn a_purchase_still_running_is_not_refunded() {
-    let [accepted, debiting, _] = hat_paid();
-    given([accepted, debiting])
+    given([purchase_of("hat")])
         .when_message(refund_purchase())
         .then(refused_refund(
             RejectionCode::NotFound,

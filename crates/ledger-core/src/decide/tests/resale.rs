@@ -1,7 +1,8 @@
 //! Resale purchases: `ResalePurchase` on the purchase's shard;
-//! `ReserveListing` on the listing's shard, forwarded as
-//! `ReserveListingOnItem` to the item's shard; `Reserved` back; payment as
-//! for every purchase; then `ConfirmReservation` / `CancelReservation` on the
+//! `ReserveSale` for the listing on the listing's shard, forwarded for the
+//! listing on its item to the item's shard, which sends the reservation on
+//! to the buyer's shard (`ChargeBuyer`) or refuses it back (`Reserved`);
+//! `PurchasePaid` back, as for every purchase; then `ConfirmReservation` / `CancelReservation` on the
 //! item's shard, `CreditSeller` on the seller's and `SettleSale` on the
 //! creator's. Rejections: not_found, listing_unavailable,
 //! purchaser_is_seller, price_changed, insufficient_funds.
@@ -20,25 +21,44 @@ fn resale_purchase(buyer: &str, expected_price: i64) -> Command {
     }
 }
 
-fn reserve_listing(buyer: &str, expected_price: i64) -> Message {
-    Message::ReserveListing {
+/// A request of a purchase homed on `home` for `request`.
+fn reserve_sale(
+    buyer: &str,
+    request: SaleRequest,
+    expected_price: i64,
+    home: crate::ids::ShardId,
+) -> Message {
+    Message::ReserveSale {
         purchase_id: purchase_id("p-2"),
         buyer_id: user_id(buyer),
-        listing_id: listing_id("l-1"),
+        request,
         expected_price,
-        reply_to: PEER,
+        at_ms: NOW,
+        home,
     }
 }
 
-fn reserve_listing_on_item(buyer: &str, expected_price: i64) -> Message {
-    Message::ReserveListingOnItem {
-        purchase_id: purchase_id("p-2"),
-        buyer_id: user_id(buyer),
-        listing_id: listing_id("l-1"),
-        item_id: item_id("crown"),
+/// The request of a purchase homed on [`PEER`] for l-1, to its shard.
+fn reserve_listing(buyer: &str, expected_price: i64) -> Message {
+    reserve_sale(
+        buyer,
+        SaleRequest::Listing(listing_id("l-1")),
         expected_price,
-        reply_to: PEER,
-    }
+        PEER,
+    )
+}
+
+/// The request of a purchase homed on [`PEER`] for l-1, to the crown's shard.
+fn reserve_listing_on_item(buyer: &str, expected_price: i64) -> Message {
+    reserve_sale(
+        buyer,
+        SaleRequest::ListingOnItem {
+            listing_id: listing_id("l-1"),
+            item_id: item_id("crown"),
+        },
+        expected_price,
+        PEER,
+    )
 }
 
 fn reserved(result: Result<Reservation, Rejection>) -> Message {
@@ -92,21 +112,15 @@ fn crown_listed_by_bob() -> Vec<Event> {
 }
 
 /// The purchase's shard: alice's resale purchase waiting for her payment.
-fn debiting() -> [Event; 2] {
-    [
-        accepted(resale_purchase("alice", 150)),
-        progressed(
-            "purchase:p-2",
-            Progress::Debiting {
-                reservation: resale_reservation(),
-            },
-        ),
-    ]
+fn reserving() -> [Event; 1] {
+    [accepted(resale_purchase("alice", 150))]
 }
 
-fn buyer_debited(result: Result<(i64, Vec<crate::ids::ItemId>), Rejection>) -> Message {
-    Message::BuyerDebited {
+/// Alice's shard's answer.
+fn purchase_paid(result: Result<(i64, Vec<crate::ids::ItemId>), Rejection>) -> Message {
+    Message::PurchasePaid {
         purchase_id: purchase_id("p-2"),
+        reservation: resale_reservation(),
         result,
         position: ShardPosition {
             shard: PEER,
@@ -126,13 +140,7 @@ fn a_resale_purchase_asks_the_listings_shard_to_reserve_it() {
                 sent(
                     HOME,
                     1,
-                    Message::ReserveListing {
-                        purchase_id: purchase_id("p-2"),
-                        buyer_id: user_id("alice"),
-                        listing_id: listing_id("l-1"),
-                        expected_price: 150,
-                        reply_to: HOME,
-                    },
+                    reserve_sale("alice", SaleRequest::Listing(listing_id("l-1")), 150, HOME),
                 ),
             ],
         );
@@ -166,9 +174,60 @@ fn an_unknown_listing_is_refused_to_the_purchases_shard() {
 }
 
 #[test]
-fn the_items_shard_reserves_the_listing() {
+fn the_items_shard_reserves_the_listing_and_sends_it_on_to_the_buyer() {
     given(crown_listed_by_bob())
         .when_message(reserve_listing_on_item("alice", 150))
+        .then(vec![
+            listing_reserved("p-2"),
+            sent(
+                HOME,
+                1,
+                Message::ChargeBuyer {
+                    purchase_id: purchase_id("p-2"),
+                    buyer_id: user_id("alice"),
+                    reservation: resale_reservation(),
+                    at_ms: NOW,
+                    home: PEER,
+                },
+            ),
+            received(1),
+        ]);
+}
+
+#[test]
+fn an_older_request_for_a_listing_is_forwarded_then_answered_to_the_purchases_shard() {
+    given([listing_registered()])
+        .when_message(Message::ReserveListing {
+            purchase_id: purchase_id("p-2"),
+            buyer_id: user_id("alice"),
+            listing_id: listing_id("l-1"),
+            expected_price: 150,
+            reply_to: PEER,
+        })
+        .then(vec![
+            sent(
+                HOME,
+                1,
+                Message::ReserveListingOnItem {
+                    purchase_id: purchase_id("p-2"),
+                    buyer_id: user_id("alice"),
+                    listing_id: listing_id("l-1"),
+                    item_id: item_id("crown"),
+                    expected_price: 150,
+                    reply_to: PEER,
+                },
+            ),
+            received(1),
+        ]);
+    given(crown_listed_by_bob())
+        .when_message(Message::ReserveListingOnItem {
+            purchase_id: purchase_id("p-2"),
+            buyer_id: user_id("alice"),
+            listing_id: listing_id("l-1"),
+            item_id: item_id("crown"),
+            expected_price: 150,
+            reply_to: PEER,
+        })
         .then(vec![
             listing_reserved("p-2"),
             sent(PEER, 1, reserved(Ok(resale_reservation()))),
@@ -230,49 +289,22 @@ fn a_listing_is_not_reserved_at_another_price() {
 }
 
 #[test]
-fn a_reserved_listing_is_debited_without_items_to_grant() {
-    given([accepted(resale_purchase("alice", 150))])
-        .when_message(reserved(Ok(resale_reservation())))
-        .then(vec![
-            progressed(
-                "purchase:p-2",
-                Progress::Debiting {
-                    reservation: resale_reservation(),
-                },
-            ),
-            sent(
-                HOME,
-                1,
-                Message::DebitBuyer {
-                    purchase_id: purchase_id("p-2"),
-                    buyer_id: user_id("alice"),
-                    amount: 150,
-                    grant_items: vec![],
-                    all_or_nothing: true,
-                    at_ms: NOW,
-                },
-            ),
-            received(1),
-        ]);
-}
-
-#[test]
 fn a_buyer_short_of_funds_for_a_resale_is_refused() {
     given([granted("g-0", "alice", 10, 0)])
-        .when_message(Message::DebitBuyer {
+        .when_message(Message::ChargeBuyer {
             purchase_id: purchase_id("p-2"),
             buyer_id: user_id("alice"),
-            amount: 150,
-            grant_items: vec![],
-            all_or_nothing: true,
+            reservation: resale_reservation(),
             at_ms: NOW,
+            home: PEER,
         })
         .then(vec![
             sent(
                 PEER,
                 1,
-                Message::BuyerDebited {
+                Message::PurchasePaid {
                     purchase_id: purchase_id("p-2"),
+                    reservation: resale_reservation(),
                     result: Err(rejection(
                         RejectionCode::InsufficientFunds,
                         "alice has 10, needs 150",
@@ -286,8 +318,8 @@ fn a_buyer_short_of_funds_for_a_resale_is_refused() {
 
 #[test]
 fn a_paid_resale_moves_the_serial_pays_the_seller_and_settles_the_royalty() {
-    given(debiting())
-        .when_message(buyer_debited(Ok((40, vec![]))))
+    given(reserving())
+        .when_message(purchase_paid(Ok((40, vec![]))))
         .then(vec![
             sent(
                 HOME,
@@ -322,23 +354,24 @@ fn a_paid_resale_moves_the_serial_pays_the_seller_and_settles_the_royalty() {
                     at_ms: NOW,
                 },
             ),
-            completed(
+            purchase_completed(
                 "purchase:p-2",
-                Ok(Success::ResalePurchased {
+                Success::ResalePurchased {
                     item_id: item_id("crown"),
                     serial: 1,
                     price: 150,
                     seller_id: user_id("bob"),
                     balance_after: 40,
-                }),
+                },
                 vec![
-                    position(6),
+                    position(5),
                     ShardPosition {
                         shard: PEER,
                         sequence: 8,
                     },
                 ],
                 vec![delivery(HOME, 1), delivery(HOME, 2), delivery(HOME, 3)],
+                resale_reservation(),
             ),
             received(1),
         ]);
@@ -347,8 +380,8 @@ fn a_paid_resale_moves_the_serial_pays_the_seller_and_settles_the_royalty() {
 #[test]
 fn an_unpaid_resale_releases_the_listing() {
     let refusal = rejection(RejectionCode::InsufficientFunds, "alice has 10, needs 150");
-    given(debiting())
-        .when_message(buyer_debited(Err(refusal.clone())))
+    given(reserving())
+        .when_message(purchase_paid(Err(refusal.clone())))
         .then(vec![
             sent(
                 HOME,
@@ -361,7 +394,7 @@ fn an_unpaid_resale_releases_the_listing() {
             completed(
                 "purchase:p-2",
                 Err(refusal),
-                vec![position(4)],
+                vec![position(3)],
                 vec![delivery(HOME, 1)],
             ),
             received(1),
