@@ -23,19 +23,25 @@ pub const CODE_TIMEOUT: &str = "timeout";
 pub const CODE_METHOD_NOT_ALLOWED: &str = "method_not_allowed";
 /// Code of an unexpected server-side failure.
 pub const CODE_INTERNAL_ERROR: &str = "internal_error";
+/// Code of a request without a valid token.
+pub const CODE_UNAUTHORIZED: &str = "unauthorized";
+/// Code of a body larger than the API accepts.
+pub const CODE_PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+/// Code of a read whose `after` position the read models did not reach in time.
+pub const CODE_PROJECTION_LAGGING: &str = "projection_lagging";
 
-/// The HTTP status of a rejection code: the one mapping used by both APIs.
+/// The HTTP status of a code the core decided: the one mapping used by
+/// both APIs. The transport's own codes (`unauthorized`,
+/// `payload_too_large`, `projection_lagging`, `overloaded`, …) have their
+/// constructors on [`Problem`].
 ///
 /// `validation_failed` is 422 here; malformed JSON and a wrong content type
 /// use [`Problem::malformed_request`] (400) instead.
 pub fn status_for(code: RejectionCode) -> StatusCode {
     match code {
         RejectionCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
-        RejectionCode::Unauthorized => StatusCode::UNAUTHORIZED,
         RejectionCode::Forbidden => StatusCode::FORBIDDEN,
         RejectionCode::NotFound => StatusCode::NOT_FOUND,
-        RejectionCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        RejectionCode::ProjectionLagging => StatusCode::SERVICE_UNAVAILABLE,
         RejectionCode::IdempotencyConflict
         | RejectionCode::ListingUnavailable
         | RejectionCode::NotOnSale
@@ -92,7 +98,7 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::from_code(RejectionCode::Unauthorized, detail)
+        Self::new(StatusCode::UNAUTHORIZED, CODE_UNAUTHORIZED, detail)
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -104,7 +110,21 @@ impl Problem {
     }
 
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
-        Self::from_code(RejectionCode::PayloadTooLarge, detail)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            CODE_PAYLOAD_TOO_LARGE,
+            detail,
+        )
+    }
+
+    /// 503 `projection_lagging`: the read models did not reach a read's
+    /// `after` position in time.
+    pub fn projection_lagging(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            CODE_PROJECTION_LAGGING,
+            detail,
+        )
     }
 
     pub fn method_not_allowed(detail: impl Into<String>) -> Self {
@@ -230,14 +250,37 @@ mod tests {
             status_for(RejectionCode::ValidationFailed),
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    #[test]
+    fn transport_codes_have_their_own_statuses() {
+        let lagging = Problem::projection_lagging("behind");
         assert_eq!(
-            status_for(RejectionCode::ProjectionLagging),
-            StatusCode::SERVICE_UNAVAILABLE
+            (lagging.status, lagging.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "projection_lagging")
         );
+        let large = Problem::payload_too_large("big");
         assert_eq!(
-            status_for(RejectionCode::PayloadTooLarge),
-            StatusCode::PAYLOAD_TOO_LARGE
+            (large.status, large.code),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
         );
+        let unauthorized = Problem::unauthorized("no token");
+        assert_eq!(
+            (unauthorized.status, unauthorized.code),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+    }
+
+    #[test]
+    fn no_code_of_the_core_is_a_server_error() {
+        for code in RejectionCode::all() {
+            let status = status_for(code);
+            assert!(
+                status.is_client_error(),
+                "{} maps to {status}",
+                code.as_str()
+            );
+        }
     }
 
     #[test]

@@ -212,14 +212,19 @@ pub fn shard_for(key: &str, shard_count: u16) -> ShardId {
 
 // ---------------------------------------------------------------- outcomes
 
-/// Why a command was refused: a machine code, stable across versions.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
-)]
+/// Why the core refused a command: a machine code, stable across versions.
+///
+/// Only what `decide` can answer. Codes of the transport (a missing token,
+/// a body too large, read models behind) belong to the HTTP layer, which
+/// maps both kinds to statuses in one place.
+///
+/// Stored inside events by a stable index ([`RejectionCode::stored_index`]),
+/// not by variant order: indices 1, 20 and 21 held transport codes that the
+/// core never decided, so no log holds them, and they stay reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectionCode {
     ValidationFailed,
-    Unauthorized,
     Forbidden,
     IdempotencyConflict,
     NotFound,
@@ -238,38 +243,103 @@ pub enum RejectionCode {
     RefundWindowClosed,
     AlreadyRefunded,
     NotRefundable,
-    ProjectionLagging,
-    PayloadTooLarge,
 }
 
+/// Every code with its stored index and its name.
+const REJECTION_CODES: [(RejectionCode, u32, &str); 19] = [
+    (RejectionCode::ValidationFailed, 0, "validation_failed"),
+    (RejectionCode::Forbidden, 2, "forbidden"),
+    (
+        RejectionCode::IdempotencyConflict,
+        3,
+        "idempotency_conflict",
+    ),
+    (RejectionCode::NotFound, 4, "not_found"),
+    (RejectionCode::ListingUnavailable, 5, "listing_unavailable"),
+    (RejectionCode::NotOnSale, 6, "not_on_sale"),
+    (RejectionCode::PurchaserIsSeller, 7, "purchaser_is_seller"),
+    (RejectionCode::PriceChanged, 8, "price_changed"),
+    (RejectionCode::AlreadyOwned, 9, "already_owned"),
+    (
+        RejectionCode::QuantityLimitReached,
+        10,
+        "quantity_limit_reached",
+    ),
+    (RejectionCode::SoldOut, 11, "sold_out"),
+    (RejectionCode::InsufficientFunds, 12, "insufficient_funds"),
+    (RejectionCode::NotOwner, 13, "not_owner"),
+    (RejectionCode::NotResellable, 14, "not_resellable"),
+    (RejectionCode::AlreadyListed, 15, "already_listed"),
+    (RejectionCode::ResaleHoldActive, 16, "resale_hold_active"),
+    (
+        RejectionCode::RefundWindowClosed,
+        17,
+        "refund_window_closed",
+    ),
+    (RejectionCode::AlreadyRefunded, 18, "already_refunded"),
+    (RejectionCode::NotRefundable, 19, "not_refundable"),
+];
+
+/// The stored indices a decoder accepts.
+const REJECTION_CODE_INDICES: [u32; 19] = [
+    0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+];
+
 impl RejectionCode {
+    /// Every code the core decides.
+    pub fn all() -> impl Iterator<Item = RejectionCode> {
+        REJECTION_CODES.iter().map(|(code, _, _)| *code)
+    }
+
+    fn entry(self) -> &'static (RejectionCode, u32, &'static str) {
+        REJECTION_CODES
+            .iter()
+            .find(|(code, _, _)| *code == self)
+            .expect("every code is listed once")
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            RejectionCode::ValidationFailed => "validation_failed",
-            RejectionCode::Unauthorized => "unauthorized",
-            RejectionCode::Forbidden => "forbidden",
-            RejectionCode::IdempotencyConflict => "idempotency_conflict",
-            RejectionCode::NotFound => "not_found",
-            RejectionCode::ListingUnavailable => "listing_unavailable",
-            RejectionCode::NotOnSale => "not_on_sale",
-            RejectionCode::PurchaserIsSeller => "purchaser_is_seller",
-            RejectionCode::PriceChanged => "price_changed",
-            RejectionCode::AlreadyOwned => "already_owned",
-            RejectionCode::QuantityLimitReached => "quantity_limit_reached",
-            RejectionCode::SoldOut => "sold_out",
-            RejectionCode::InsufficientFunds => "insufficient_funds",
-            RejectionCode::NotOwner => "not_owner",
-            RejectionCode::NotResellable => "not_resellable",
-            RejectionCode::AlreadyListed => "already_listed",
-            RejectionCode::ResaleHoldActive => "resale_hold_active",
-            RejectionCode::RefundWindowClosed => "refund_window_closed",
-            RejectionCode::AlreadyRefunded => "already_refunded",
-            RejectionCode::NotRefundable => "not_refundable",
-            RejectionCode::ProjectionLagging => "projection_lagging",
-            RejectionCode::PayloadTooLarge => "payload_too_large",
-        }
+        self.entry().2
+    }
+
+    /// The index stored in events (`schemas/events.md` §2.2).
+    pub fn stored_index(self) -> u32 {
+        self.entry().1
+    }
+
+    /// The code stored as `index`, if the core ever decides it.
+    pub fn from_stored_index(index: u32) -> Option<Self> {
+        REJECTION_CODES
+            .iter()
+            .find(|(_, stored, _)| *stored == index)
+            .map(|(code, _, _)| *code)
     }
 }
+
+impl Encode for RejectionCode {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        // The same bytes as a derived enum's variant index.
+        self.stored_index().encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for RejectionCode {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let index = u32::decode(decoder)?;
+        Self::from_stored_index(index).ok_or(bincode::error::DecodeError::UnexpectedVariant {
+            type_name: "RejectionCode",
+            allowed: &bincode::error::AllowedEnumVariants::Allowed(&REJECTION_CODE_INDICES),
+            found: index,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(RejectionCode);
 
 /// A refusal with its machine code and a lowercase, specific detail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]

@@ -261,3 +261,45 @@ fn command_completed_version_1_is_upcast() {
         "version 1 completions carried no delivery marks"
     );
 }
+
+/// Rejection codes are stored by a fixed index; the indices of the
+/// transport codes the core never decided (1, 20, 21) stay reserved.
+#[test]
+fn rejection_codes_keep_their_stored_indices() {
+    use ledger_core::codec::{decode, encode};
+    let stored = [
+        ("validation_failed", 0u32),
+        ("forbidden", 2),
+        ("idempotency_conflict", 3),
+        ("not_found", 4),
+        ("listing_unavailable", 5),
+        ("not_on_sale", 6),
+        ("purchaser_is_seller", 7),
+        ("price_changed", 8),
+        ("already_owned", 9),
+        ("quantity_limit_reached", 10),
+        ("sold_out", 11),
+        ("insufficient_funds", 12),
+        ("not_owner", 13),
+        ("not_resellable", 14),
+        ("already_listed", 15),
+        ("resale_hold_active", 16),
+        ("refund_window_closed", 17),
+        ("already_refunded", 18),
+        ("not_refundable", 19),
+    ];
+    let codes: Vec<RejectionCode> = RejectionCode::all().collect();
+    assert_eq!(codes.len(), stored.len());
+    for (code, (name, index)) in codes.into_iter().zip(stored) {
+        assert_eq!(code.as_str(), name);
+        assert_eq!(encode(&code), encode(&index), "{name} is stored as {index}");
+        let decoded: RejectionCode = decode("rejection code", &encode(&index)).unwrap();
+        assert_eq!(decoded, code);
+    }
+    for reserved in [1u32, 20, 21, 22] {
+        assert!(
+            decode::<RejectionCode>("rejection code", &encode(&reserved)).is_err(),
+            "index {reserved} is not a code of the core"
+        );
+    }
+}

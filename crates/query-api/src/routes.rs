@@ -12,7 +12,7 @@ use command_api::auth::Verifier;
 use command_api::extract::{PathSegment, QueryParameters};
 use command_api::problem::Problem;
 use command_api::validate::{format_timestamp, parse_id};
-use ledger_core::{parse_position, BundleId, ItemId, ReadPosition, RejectionCode, Role, UserId};
+use ledger_core::{parse_position, BundleId, ItemId, ReadPosition, Role, UserId};
 use projectors::{ReadError, ReadModels, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -139,14 +139,11 @@ async fn wait_for(state: &QueryState, after: Option<&After>) -> Result<(), Probl
         let now = Instant::now();
         if now >= deadline {
             crate::metrics::record_projection_lagging();
-            return Err(Problem::from_code(
-                RejectionCode::ProjectionLagging,
-                format!(
-                    "the read models have not reached position {} within {} ms; retry",
-                    after.token,
-                    state.settings.projection_wait_max.as_millis()
-                ),
-            ));
+            return Err(Problem::projection_lagging(format!(
+                "the read models have not reached position {} within {} ms; retry",
+                after.token,
+                state.settings.projection_wait_max.as_millis()
+            )));
         }
         tokio::time::sleep(state.settings.projection_poll_interval.min(deadline - now)).await;
     }
