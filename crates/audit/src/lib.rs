@@ -15,6 +15,8 @@
 //! consumed was sent, each once and in order, and what remains is in
 //! flight. Over everything: the postings of all accounts sum to zero.
 
+pub mod export;
+
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -381,13 +383,19 @@ impl Verifier {
         }
         self.report.trial_balance = trial;
         for log in self.shards.values_mut() {
-            log.summary.head_hash = log
-                .last_hash
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect();
+            log.summary.head_hash = hex(&log.last_hash);
         }
         self.report.shards = self.shards.into_values().map(|log| log.summary).collect();
         self.report
     }
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        write!(text, "{byte:02x}").expect("writing to a string cannot fail");
+    }
+    text
 }

@@ -21,6 +21,7 @@ pub mod bench;
 #[cfg(feature = "distributed")]
 pub mod cluster;
 pub mod demo;
+pub mod export;
 pub mod verify;
 
 /// Everything `ledger serve` can be told.

@@ -161,6 +161,30 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Export an embedded data directory for auditors: one row per posting
+    /// (position, time, event type, account, amount, purchase / grant /
+    /// refund id, cause, record hash), NDJSON or CSV, and a manifest of each
+    /// shard's head hash and the sums per kind of account; or, with
+    /// --creator-sales, one creator's sales (price, share, held / frozen /
+    /// released / refunded, release date). Read-only.
+    Export {
+        /// Data directory of the embedded store.
+        #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Row format.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ledger_cli::export::Format,
+        /// File for the rows (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// File for the manifest (default: OUTPUT.manifest.json when
+        /// --output is given, else none).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Export this creator's sales instead of the postings.
+        #[arg(long, value_name = "CREATOR_ID")]
+        creator_sales: Option<String>,
+    },
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -248,6 +272,53 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            }
+        }
+        Commands::Export {
+            data_dir,
+            format,
+            output,
+            manifest,
+            creator_sales,
+        } => {
+            let creator_sales = match creator_sales.map(UserId::parse).transpose() {
+                Ok(creator) => creator,
+                Err(error) => {
+                    eprintln!("error: --creator-sales: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let request = ledger_cli::export::ExportRequest {
+                data_dir: data_dir.clone(),
+                format,
+                output,
+                manifest,
+                creator_sales,
+            };
+            match ledger_cli::export::export(&request) {
+                Ok(exported) => {
+                    let heads: Vec<String> = exported
+                        .manifest
+                        .shards
+                        .iter()
+                        .map(|shard| format!("{}@{}", shard.shard, shard.last_sequence))
+                        .collect();
+                    eprintln!(
+                        "exported {} rows from {} ({}){}",
+                        exported.rows,
+                        data_dir.display(),
+                        heads.join(" "),
+                        exported
+                            .manifest_path
+                            .map(|path| format!("; manifest {}", path.display()))
+                            .unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: cannot export {}: {error}", data_dir.display());
+                    ExitCode::from(2)
+                }
             }
         }
         Commands::Token {

@@ -259,7 +259,134 @@ async fn kill_nine_under_load_loses_nothing_acknowledged() {
     assert_eq!(report["verified"], true);
     assert_eq!(report["report"]["trial_balance"]["total"], 0);
     assert_eq!(report["report"]["shards"].as_array().map(Vec::len), Some(4));
+    export_adds_up(&data_dir, &report);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// `ledger export` as an auditor uses it: the CSV imported into SQLite sums
+/// to zero, its sums per kind of account are `verify`'s trial balance, its
+/// manifest names `verify`'s heads, and the creator's sales report lists
+/// every settled sale.
+fn export_adds_up(data_dir: &std::path::Path, verified: &Value) {
+    let csv_path = data_dir.with_extension("postings.csv");
+    let export = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["export", "--format", "csv", "--data-dir"])
+        .arg(data_dir)
+        .arg("--output")
+        .arg(&csv_path)
+        .output()
+        .expect("ledger export runs");
+    assert!(
+        export.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let database = rusqlite::Connection::open_in_memory().unwrap();
+    database
+        .execute_batch(
+            "CREATE TABLE postings (position TEXT, shard INTEGER, sequence INTEGER,
+               time_ms INTEGER, time TEXT, event_type TEXT, account TEXT, user_id TEXT,
+               amount INTEGER, purchase_id TEXT, grant_id TEXT, refund_id TEXT,
+               cause TEXT, record_hash TEXT)",
+        )
+        .unwrap();
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    let mut lines = text.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("position,shard,sequence,"));
+    let mut rows = 0;
+    for line in lines {
+        // No field of this workload holds a comma or a quote.
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields.len(), 14, "{line}");
+        database
+            .execute(
+                "INSERT INTO postings VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                rusqlite::params_from_iter(fields.iter()),
+            )
+            .unwrap();
+        rows += 1;
+    }
+    assert!(rows > 0, "the export holds postings");
+    let total: i64 = database
+        .query_row("SELECT SUM(amount) FROM postings", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(total, 0, "all postings sum to zero");
+    let unbalanced: i64 = database
+        .query_row(
+            "SELECT COUNT(*) FROM (SELECT position FROM postings GROUP BY position HAVING SUM(amount) != 0)",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(unbalanced, 0, "every event's postings sum to zero");
+    let trial = &verified["report"]["trial_balance"];
+    for (account, key) in [
+        ("issuance", "issuance"),
+        ("wallet", "wallets"),
+        ("pending", "pending"),
+        ("fees", "fees"),
+        ("clearing", "clearing"),
+    ] {
+        let sum: i64 = database
+            .query_row(
+                "SELECT COALESCE(SUM(amount), 0) FROM postings WHERE account = ?1",
+                [account],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            Some(sum),
+            trial[key].as_i64(),
+            "{account} sums as verify says"
+        );
+    }
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(csv_path.with_extension("csv.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    for (exported, proven) in manifest["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(verified["report"]["shards"].as_array().unwrap())
+    {
+        assert_eq!(exported["head_hash"], proven["head_hash"]);
+        assert_eq!(exported["last_sequence"], proven["last_sequence"]);
+    }
+    let sales = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["export", "--creator-sales", "maker", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("ledger export runs");
+    assert!(sales.status.success());
+    let sales: Vec<Value> = String::from_utf8(sales.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let settled: i64 = database
+        .query_row(
+            "SELECT COUNT(*) FROM postings WHERE event_type = 'sale_settled' AND account = 'pending' AND user_id = 'maker'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(settled > 0);
+    assert_eq!(sales.len() as i64, settled, "one report row per sale");
+    for sale in &sales {
+        assert_eq!(sale["status"], "held", "{sale}");
+        assert_eq!(
+            sale["price"].as_i64(),
+            Some(sale["creator_share"].as_i64().unwrap() + sale["platform_fee"].as_i64().unwrap())
+        );
+        assert!(sale["buyer_id"].as_str().unwrap().starts_with("b-"));
+        assert!(sale["item_id"].as_str().unwrap().starts_with("i-"));
+    }
+    let _ = std::fs::remove_file(&csv_path);
+    let _ = std::fs::remove_file(csv_path.with_extension("csv.manifest.json"));
 }
