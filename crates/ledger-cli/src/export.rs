@@ -48,7 +48,7 @@ pub struct Exported {
 /// Writes rows in one format.
 enum RowWriter {
     Ndjson(Box<dyn Write>),
-    Csv(csv::Writer<Box<dyn Write>>),
+    Csv(Box<csv::Writer<Box<dyn Write>>>),
 }
 
 impl RowWriter {
@@ -62,7 +62,7 @@ impl RowWriter {
                 writer
                     .write_record(columns)
                     .map_err(|error| format!("cannot write the csv header: {error}"))?;
-                RowWriter::Csv(writer)
+                RowWriter::Csv(Box::new(writer))
             }
         })
     }
