@@ -185,6 +185,46 @@ impl Verifier {
         }
     }
 
+    /// Checks the next record of shard `shard` as published on a topic: the
+    /// bytes at `offset` of the shard's partition, which names no sequence.
+    /// A finding about bytes that do not decode names the sequence the
+    /// shard's chain expected next, and the offset.
+    pub fn published_record_bytes(&mut self, shard: ShardId, offset: i64, bytes: &[u8]) {
+        match BatchRecord::from_bytes(bytes) {
+            Ok(record) if record.shard == shard && !record.is_empty() => self.record(&record),
+            Ok(record) => {
+                let expected = self.next_sequence(shard);
+                self.find(
+                    shard,
+                    expected,
+                    "misfiled_record",
+                    format!(
+                        "the record at offset {offset} of shard {shard}'s partition is of shard {} and holds {} entries",
+                        record.shard,
+                        record.len()
+                    ),
+                )
+            }
+            Err(error) => {
+                let expected = self.next_sequence(shard);
+                self.find(
+                    shard,
+                    expected,
+                    "bad_checksum",
+                    format!("offset {offset}: {error}"),
+                )
+            }
+        }
+    }
+
+    /// The sequence shard `shard`'s chain expects next.
+    fn next_sequence(&self, shard: ShardId) -> u64 {
+        self.shards
+            .get(&shard)
+            .map(|log| log.next_sequence)
+            .unwrap_or(1)
+    }
+
     /// Checks the next record of its shard. A record that breaks the chain
     /// is reported and then taken as the chain's new head, so one tampered
     /// record gives one finding, not one per later record.

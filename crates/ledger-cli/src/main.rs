@@ -160,6 +160,23 @@ enum Commands {
         /// trial balance, the findings).
         #[arg(long)]
         json: bool,
+        /// With --json: also every user's balance and pending amount as the
+        /// log proves them.
+        #[arg(long)]
+        balances: bool,
+        /// Verify a distributed ledger's events topic (every partition, from
+        /// its first record) instead of a data directory.
+        #[cfg(feature = "distributed")]
+        #[arg(long)]
+        kafka: bool,
+        /// Kafka bootstrap servers, with --kafka.
+        #[cfg(feature = "distributed")]
+        #[arg(long, env = "LEDGER_KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        kafka_bootstrap: String,
+        /// Topic prefix (`<prefix>.events`), with --kafka.
+        #[cfg(feature = "distributed")]
+        #[arg(long, env = "LEDGER_TOPIC_PREFIX", default_value = "ledger")]
+        topic_prefix: String,
     },
     /// Export an embedded data directory for auditors: one row per posting
     /// (position, time, event type, account, amount, purchase / grant /
@@ -255,16 +272,41 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Commands::Verify { data_dir, json } => {
-            let verification = match ledger_cli::verify::verify(&data_dir) {
+        Commands::Verify {
+            data_dir,
+            json,
+            balances,
+            #[cfg(feature = "distributed")]
+            kafka,
+            #[cfg(feature = "distributed")]
+            kafka_bootstrap,
+            #[cfg(feature = "distributed")]
+            topic_prefix,
+        } => {
+            #[cfg(feature = "distributed")]
+            let (verification, source) = if kafka {
+                let topics = log_kafka::Topics::with_prefix(&topic_prefix);
+                let source = format!("{} on {kafka_bootstrap}", topics.events);
+                let config = log_kafka::KafkaConfig::new(kafka_bootstrap);
+                (ledger_cli::verify::verify_kafka(&config, &topics), source)
+            } else {
+                let source = data_dir.display().to_string();
+                (ledger_cli::verify::verify(&data_dir), source)
+            };
+            #[cfg(not(feature = "distributed"))]
+            let (verification, source) = (
+                ledger_cli::verify::verify(&data_dir),
+                data_dir.display().to_string(),
+            );
+            let verification = match verification {
                 Ok(verification) => verification,
                 Err(error) => {
-                    eprintln!("error: cannot verify {}: {error}", data_dir.display());
+                    eprintln!("error: cannot verify {source}: {error}");
                     return ExitCode::from(2);
                 }
             };
             if json {
-                println!("{:#}", ledger_cli::verify::json(&verification));
+                println!("{:#}", ledger_cli::verify::json(&verification, balances));
             } else {
                 print!("{}", ledger_cli::verify::summary(&verification));
             }

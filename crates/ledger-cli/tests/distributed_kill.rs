@@ -236,5 +236,158 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
     drop(survivor);
     drop(projector);
     drop(query);
+    auditors_verify_the_topic(&name, &spent_by_buyer).await;
     support::remove_test_data(&name).await;
+}
+
+/// `ledger verify --kafka` after the kill: the events topic alone proves
+/// every buyer's balance; the same topic copied with one byte of one record
+/// changed is refused, naming the shard.
+async fn auditors_verify_the_topic(name: &str, spent_by_buyer: &BTreeMap<String, i64>) {
+    let verify = |prefix: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ledger"))
+            .args([
+                "verify",
+                "--kafka",
+                "--json",
+                "--balances",
+                "--topic-prefix",
+                prefix,
+            ])
+            .env(
+                "LEDGER_KAFKA_BOOTSTRAP",
+                std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("bootstrap"),
+            )
+            .output()
+            .expect("ledger verify runs")
+    };
+    let output = tokio::task::spawn_blocking({
+        let name = name.to_string();
+        move || verify(&name)
+    })
+    .await
+    .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "verify prints JSON: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(
+        output.status.success(),
+        "verify found something: {report:#}"
+    );
+    assert_eq!(report["report"]["trial_balance"]["total"], 0);
+    assert_eq!(
+        report["report"]["shards"].as_array().map(Vec::len),
+        Some(support::SHARDS as usize)
+    );
+    for buyer in 0..BUYERS {
+        let user = format!("b-{buyer}");
+        let expected = 300 - spent_by_buyer.get(&user).copied().unwrap_or(0);
+        assert_eq!(
+            report["balances"][&user]["balance"].as_i64(),
+            Some(expected),
+            "the log proves what the read models show for {user}"
+        );
+    }
+
+    // A copy of the topic with one byte of one record of shard 1 changed.
+    let tampered = format!("{name}_tampered");
+    let bootstrap = std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("bootstrap");
+    let (copied, changed_offset) = tokio::task::spawn_blocking({
+        let name = name.to_string();
+        let tampered = tampered.clone();
+        move || copy_with_one_byte_changed(&bootstrap, &name, &tampered, 1)
+    })
+    .await
+    .unwrap();
+    assert!(copied > 0);
+    let output = tokio::task::spawn_blocking({
+        let tampered = tampered.clone();
+        move || verify(&tampered)
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a changed byte is a finding");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("verify prints JSON");
+    let findings = report["report"]["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|finding| finding["shard"] == 1
+            && finding["code"] == "bad_checksum"
+            && finding["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("offset {changed_offset}"))),
+        "the finding names shard 1 and the offset: {findings:?}"
+    );
+    support::remove_test_data(&tampered).await;
+}
+
+/// Copies every committed record of `<from>.events` to `<to>.events` (same
+/// partitions), with one byte changed in the middle of the first record of
+/// partition `partition_changed`. Returns the records copied and the offset
+/// of the changed one in the copy.
+fn copy_with_one_byte_changed(
+    bootstrap: &str,
+    from: &str,
+    to: &str,
+    partition_changed: i32,
+) -> (u64, i64) {
+    use log_kafka::rdkafka::producer::Producer;
+    use log_kafka::rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+    let config = log_kafka::KafkaConfig::new(bootstrap);
+    let source = format!("{from}.events");
+    let target = format!("{to}.events");
+    let partitions = log_kafka::partition_count(&config, &source, Duration::from_secs(30))
+        .expect("the events topic exists");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let admin = log_kafka::TopicAdmin::connect(&config).unwrap();
+        admin
+            .ensure_topics(
+                &log_kafka::Topics::with_prefix(to),
+                log_kafka::TopicLayout::single_node(partitions as u16),
+            )
+            .await
+            .unwrap();
+    });
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        config.client_config(&[("acks", "all")]).create().unwrap();
+    let mut copied = 0;
+    let mut changed_offset = -1;
+    for partition in 0..partitions {
+        let mut first = true;
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        log_kafka::read_partition_bytes(
+            &config,
+            &source,
+            partition,
+            Duration::from_secs(60),
+            &mut |_, bytes| records.push(bytes.to_vec()),
+        )
+        .unwrap();
+        for (index, mut bytes) in records.into_iter().enumerate() {
+            if partition == partition_changed && first {
+                let middle = bytes.len() / 2;
+                bytes[middle] ^= 1;
+                first = false;
+                changed_offset = index as i64;
+            }
+            producer
+                .send(
+                    BaseRecord::<(), [u8]>::to(&target)
+                        .partition(partition)
+                        .payload(&bytes[..]),
+                )
+                .map_err(|(error, _)| error)
+                .unwrap();
+            copied += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    (copied, changed_offset)
 }

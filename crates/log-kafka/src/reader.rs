@@ -387,3 +387,101 @@ fn poll_batch(
     }
     Ok((out, false))
 }
+
+/// Most time [`read_partition_bytes`] waits for one poll.
+const RAW_POLL_WAIT: Duration = Duration::from_millis(500);
+
+/// Every committed record of `topic` partition `partition`, from its first
+/// offset to its end, handed to `visit` as `(offset, bytes)` without
+/// decoding or checking anything (an auditor's tool decides what a broken
+/// record means). `read_committed`, so aborted and open transactions are
+/// skipped. Blocking; fails with [`ReadError::Timeout`] if the end is not
+/// reached within `timeout`. Returns the number of records visited.
+pub fn read_partition_bytes(
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+    visit: &mut dyn FnMut(i64, &[u8]),
+) -> Result<u64, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let consumer: BaseConsumer = config
+        .client_config(&[
+            ("group.id", &format!("{topic}.audit.{partition}")),
+            ("isolation.level", "read_committed"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "true"),
+        ])
+        .create()
+        .map_err(|source| ReadError::Client {
+            topic: topic.to_string(),
+            source,
+        })?;
+    let mut assignment = TopicPartitionList::with_capacity(1);
+    assignment
+        .add_partition_offset(topic, partition, Offset::Beginning)
+        .and_then(|()| consumer.assign(&assignment))
+        .map_err(|source| ReadError::Assign {
+            topic: topic.to_string(),
+            partition,
+            offset: 0,
+            source,
+        })?;
+    let mut visited: u64 = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::Timeout {
+                topic: topic.to_string(),
+                partition,
+                waited_ms: timeout.as_millis() as u64,
+            });
+        }
+        let Some(polled) = consumer.poll(left.min(RAW_POLL_WAIT)) else {
+            continue;
+        };
+        match polled {
+            Ok(message) => {
+                visit(message.offset(), message.payload().unwrap_or_default());
+                visited += 1;
+            }
+            Err(KafkaError::PartitionEOF(_)) => return Ok(visited),
+            Err(source) => {
+                return Err(ReadError::Consume {
+                    topic: topic.to_string(),
+                    partition,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// The number of partitions of `topic` (blocking metadata request).
+pub fn partition_count(
+    config: &KafkaConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, ReadError> {
+    let consumer: BaseConsumer = config
+        .client_config(&[("group.id", &format!("{topic}.audit"))])
+        .create()
+        .map_err(|source| ReadError::Client {
+            topic: topic.to_string(),
+            source,
+        })?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| ReadError::Consume {
+            topic: topic.to_string(),
+            partition: -1,
+            source,
+        })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|found| found.name() == topic)
+        .map(|found| found.partitions().len() as i32)
+        .unwrap_or(0))
+}
