@@ -390,3 +390,168 @@ fn export_adds_up(data_dir: &std::path::Path, verified: &Value) {
     let _ = std::fs::remove_file(&csv_path);
     let _ = std::fs::remove_file(csv_path.with_extension("csv.manifest.json"));
 }
+
+/// What `ledger verify` says about `data_dir`: exit code and JSON report.
+fn verify_directory(data_dir: &std::path::Path) -> (Option<i32>, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["verify", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("ledger verify runs");
+    let report = serde_json::from_slice(&output.stdout).expect("verify prints JSON");
+    (output.status.code(), report)
+}
+
+/// A copy of `from` at `to` (the database and its write-ahead log).
+fn copy_directory(from: &std::path::Path, to: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The database of a data directory.
+fn database(data_dir: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(data_dir.join(store_sqlite::DATABASE_FILE_NAME)).unwrap()
+}
+
+/// The (last sequence, bytes) of every record of `shard`, in order.
+fn records_of(connection: &rusqlite::Connection, shard: i64) -> Vec<(i64, Vec<u8>)> {
+    let mut statement = connection
+        .prepare(
+            "SELECT last_sequence, record FROM records WHERE shard = ?1 ORDER BY last_sequence",
+        )
+        .unwrap();
+    statement
+        .query_map([shard], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Whether `report` holds a finding of `code` at `shard` (and `sequence`,
+/// when given).
+fn has_finding(report: &Value, shard: i64, sequence: Option<i64>, code: &str) -> bool {
+    report["report"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|finding| {
+            finding["shard"].as_i64() == Some(shard)
+                && finding["code"] == code
+                && sequence.is_none_or(|sequence| finding["sequence"].as_i64() == Some(sequence))
+        })
+}
+
+/// An auditor's tamper tests on a stopped server's directory: one byte of
+/// one stored record flipped, one record deleted, two records swapped. Each
+/// time `verify` exits 1 and names the shard and the position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_every_tampered_record() {
+    let base = std::env::temp_dir().join(format!("ledger-tamper-{}", std::process::id()));
+    let data_dir = base.join("original");
+    let _ = std::fs::remove_dir_all(&base);
+    let server = start(&data_dir);
+    let load = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args([
+            "bench",
+            "--mode",
+            "http",
+            "--workload",
+            "catalogue",
+            "--quiet",
+        ])
+        .args(["--purchases", "600", "--concurrency", "16"])
+        .args(["--command-url", &server.command_url])
+        .args(["--query-url", &server.query_url])
+        .args(["--jwt-secret", SECRET])
+        .output()
+        .expect("ledger bench runs");
+    assert!(
+        load.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let mut child = server.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (code, report) = verify_directory(&data_dir);
+    assert_eq!(
+        code,
+        Some(0),
+        "the untouched directory verifies: {report:#}"
+    );
+
+    // One byte in the middle of a record of shard 1.
+    let flipped = base.join("flipped");
+    copy_directory(&data_dir, &flipped);
+    let connection = database(&flipped);
+    let records = records_of(&connection, 1);
+    assert!(records.len() >= 3, "shard 1 holds records");
+    let (sequence, mut bytes) = records[records.len() / 2].clone();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    connection
+        .execute(
+            "UPDATE records SET record = ?1 WHERE shard = 1 AND last_sequence = ?2",
+            rusqlite::params![bytes, sequence],
+        )
+        .unwrap();
+    drop(connection);
+    let (code, report) = verify_directory(&flipped);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert!(
+        has_finding(&report, 1, Some(sequence), "bad_checksum"),
+        "a flipped byte at shard 1 sequence {sequence}: {report:#}"
+    );
+
+    // A record of shard 2 deleted.
+    let deleted = base.join("deleted");
+    copy_directory(&data_dir, &deleted);
+    let connection = database(&deleted);
+    let records = records_of(&connection, 2);
+    assert!(records.len() >= 3, "shard 2 holds records");
+    let (sequence, _) = records[records.len() / 2];
+    connection
+        .execute(
+            "DELETE FROM records WHERE shard = 2 AND last_sequence = ?1",
+            [sequence],
+        )
+        .unwrap();
+    drop(connection);
+    let (code, report) = verify_directory(&deleted);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert!(
+        has_finding(&report, 2, None, "chain_gap"),
+        "a record of shard 2 ending at {sequence} is missing: {report:#}"
+    );
+
+    // Two consecutive records of shard 3 swapped.
+    let swapped = base.join("swapped");
+    copy_directory(&data_dir, &swapped);
+    let connection = database(&swapped);
+    let records = records_of(&connection, 3);
+    assert!(records.len() >= 3, "shard 3 holds records");
+    let (first, first_bytes) = records[1].clone();
+    let (second, second_bytes) = records[2].clone();
+    for (sequence, bytes) in [(first, &second_bytes), (second, &first_bytes)] {
+        connection
+            .execute(
+                "UPDATE records SET record = ?1 WHERE shard = 3 AND last_sequence = ?2",
+                rusqlite::params![bytes, sequence],
+            )
+            .unwrap();
+    }
+    drop(connection);
+    let (code, report) = verify_directory(&swapped);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert!(
+        has_finding(&report, 3, Some(first), "misfiled_record"),
+        "the record at shard 3 sequence {first} is another's: {report:#}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
