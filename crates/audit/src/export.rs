@@ -273,7 +273,7 @@ impl Exporter {
                     },
                 ..
             } => {
-                let facts = self.purchases.entry(purchase_id.clone()).or_default();
+                let facts = self.facts(purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
                 match target {
                     PurchaseTarget::Item(item_id) => facts.item_id = Some(item_id.to_string()),
@@ -291,7 +291,7 @@ impl Exporter {
                     },
                 ..
             } => {
-                let facts = self.purchases.entry(purchase_id.clone()).or_default();
+                let facts = self.facts(purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
             }
             Event::PurchaseCompleted {
@@ -320,7 +320,7 @@ impl Exporter {
                 at_ms,
                 ..
             } => {
-                let facts = self.purchases.entry(purchase_id.clone()).or_default();
+                let facts = self.facts(purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
                 facts.price = Some(*amount);
                 facts.paid_at_ms = Some(*at_ms);
@@ -337,7 +337,7 @@ impl Exporter {
                 serial,
                 ..
             } => {
-                let facts = self.purchases.entry(purchase_id.clone()).or_default();
+                let facts = self.facts(purchase_id);
                 facts.item_id = Some(item_id.to_string());
                 facts.serial = Some(*serial);
             }
@@ -351,7 +351,7 @@ impl Exporter {
                 release_at_ms,
                 ..
             } if *creator_id == creator => {
-                let facts = self.purchases.entry(purchase_id.clone()).or_default();
+                let facts = self.facts(purchase_id);
                 facts.settled = Some((
                     *creator_share,
                     *platform_fee,
@@ -362,39 +362,31 @@ impl Exporter {
                 facts.paid_at_ms.get_or_insert(at_ms);
             }
             Event::EscrowFrozen { purchase_id } => {
-                self.purchases
-                    .entry(purchase_id.clone())
-                    .or_default()
-                    .frozen = true;
+                self.facts(purchase_id).frozen = true;
             }
             Event::EscrowUnfrozen { purchase_id } => {
-                self.purchases
-                    .entry(purchase_id.clone())
-                    .or_default()
-                    .frozen = false;
+                self.facts(purchase_id).frozen = false;
             }
             Event::EscrowReleased {
                 purchase_id,
                 creator_id,
                 ..
             } if *creator_id == creator => {
-                self.purchases
-                    .entry(purchase_id.clone())
-                    .or_default()
-                    .released = true;
+                self.facts(purchase_id).released = true;
             }
             Event::EscrowReversed {
                 purchase_id,
                 creator_id,
                 ..
             } if *creator_id == creator => {
-                self.purchases
-                    .entry(purchase_id.clone())
-                    .or_default()
-                    .refunded = true;
+                self.facts(purchase_id).refunded = true;
             }
             _ => {}
         }
+    }
+
+    fn facts(&mut self, purchase_id: &PurchaseId) -> &mut PurchaseFacts {
+        self.purchases.entry(purchase_id.clone()).or_default()
     }
 
     /// The manifest, and the sales of the creator asked for (by time).
