@@ -675,3 +675,172 @@ async fn bad_input_is_refused_without_changing_state() {
     );
     app.stop().await;
 }
+
+/// The current instant, RFC 3339 with milliseconds, a few ms after
+/// everything acknowledged so far.
+async fn instant_now() -> String {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let text = command_api::validate::format_timestamp(command_api::validate::now_ms());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_chain_to_the_balance_and_as_of_sees_the_past() {
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_millis(300)
+    })
+    .await;
+    assert_eq!(app.grant("g-st", "saver", 100).await.status, 201);
+    eventually("the grant in the read models", || async {
+        (app.balance("saver", None).await == (100, 0)).then_some(())
+    })
+    .await;
+    let between = instant_now().await;
+    assert_eq!(
+        app.publish(
+            json!({"item_id": "cap", "creator_id": "capmaker", "name": "Cap", "price": 10})
+        )
+        .await
+        .status,
+        201
+    );
+    let bought = app.purchase("p-cap", "saver", "cap", 10).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    let token = app.service();
+    // The maker's share is released by the clock (300 ms hold).
+    wait_for_auth(&app, "/v1/creators/capmaker/earnings", &token, |body| {
+        body["released"] == 7 && body["pending"] == 0
+    })
+    .await;
+    eventually("the saver's purchase and the maker's release", || async {
+        (app.balance("saver", None).await == (90, 0)
+            && app.balance("capmaker", None).await == (7, 0))
+            .then_some(())
+    })
+    .await;
+
+    let whole = app.get("/v1/users/saver/statement", Some(&token)).await;
+    assert_eq!(whole.status, 200, "{}", whole.text);
+    let body = &whole.body;
+    assert_eq!(
+        (body["account"].as_str(), body["opening_balance"].as_i64()),
+        (Some("wallet"), Some(0))
+    );
+    let entries = body["entries"].as_array().unwrap();
+    let moves: Vec<(i64, i64)> = entries
+        .iter()
+        .map(|entry| {
+            (
+                entry["amount"].as_i64().unwrap(),
+                entry["balance_after"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(moves, [(100, 100), (-10, 90)], "{body}");
+    assert_eq!(entries[0]["kind"], "grant");
+    assert_eq!(entries[1]["reference"], "p-cap");
+    assert_eq!(
+        body["closing_balance"].as_i64(),
+        Some(app.balance("saver", None).await.0)
+    );
+
+    // From the instant between the grant and the purchase.
+    let since = app
+        .get(
+            &format!("/v1/users/saver/statement?from={between}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(since.status, 200, "{}", since.text);
+    assert_eq!(since.body["opening_balance"], 100);
+    assert_eq!(since.body["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(since.body["closing_balance"], 90);
+    let until = app
+        .get(
+            &format!("/v1/users/saver/statement?to={between}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(until.body["closing_balance"], 100, "{}", until.text);
+
+    let then = app
+        .get(
+            &format!("/v1/users/saver/balance?as_of={between}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(then.status, 200, "{}", then.text);
+    assert_eq!(
+        (then.body["balance"].as_i64(), then.body["pending"].as_i64()),
+        (Some(100), Some(0))
+    );
+
+    // The maker's escrow: the share in, then released to the wallet.
+    let escrow = app
+        .get("/v1/users/capmaker/statement?account=pending", Some(&token))
+        .await;
+    let moves: Vec<(i64, i64)> = escrow.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["amount"].as_i64().unwrap(),
+                entry["balance_after"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(moves, [(7, 7), (-7, 0)], "{}", escrow.text);
+    let wallet = app.get("/v1/users/capmaker/statement", Some(&token)).await;
+    assert_eq!(wallet.body["closing_balance"], 7, "{}", wallet.text);
+    let before_sale = app
+        .get(
+            &format!("/v1/users/capmaker/balance?as_of={between}"),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(
+        (
+            before_sale.body["balance"].as_i64(),
+            before_sale.body["pending"].as_i64()
+        ),
+        (Some(0), Some(0))
+    );
+
+    // Refusals.
+    for (path, status, code) in [
+        (
+            "/v1/users/saver/statement?account=fees",
+            422,
+            "validation_failed",
+        ),
+        (
+            "/v1/users/saver/statement?from=yesterday",
+            422,
+            "validation_failed",
+        ),
+        (
+            "/v1/users/saver/balance?as_of=2030-13-01T00:00:00Z",
+            422,
+            "validation_failed",
+        ),
+        (
+            "/v1/users/saver/statement?from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
+            422,
+            "validation_failed",
+        ),
+    ] {
+        let answer = app.get(path, Some(&token)).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (status, code),
+            "{path}: {}",
+            answer.text
+        );
+    }
+    let stranger = app.token(Role::User, "someone-else");
+    let refused = app.get("/v1/users/saver/statement", Some(&stranger)).await;
+    assert_eq!((refused.status, refused.code()), (403, "forbidden"));
+    app.stop().await;
+}

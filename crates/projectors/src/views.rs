@@ -30,7 +30,9 @@ pub struct TransactionEntry {
     pub position: String,
     /// e.g. `grant`, `purchase`, `sale`, `escrow_release`, `resale_proceeds`, `refund`, `refund_reversal`.
     pub kind: String,
-    /// Signed change of the user's wallet or pending earnings.
+    /// `wallet` or `pending` (escrowed earnings): the account that changed.
+    pub account: String,
+    /// Signed change of that account.
     pub amount: i64,
     /// The purchase, grant or refund id behind it.
     pub reference: String,

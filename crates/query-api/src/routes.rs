@@ -11,9 +11,9 @@ use axum::Json;
 use command_api::auth::Verifier;
 use command_api::extract::{PathSegment, QueryParameters};
 use command_api::problem::Problem;
-use command_api::validate::{format_timestamp, parse_id};
+use command_api::validate::{self, format_timestamp, parse_id};
 use ledger_core::{parse_position, BundleId, ItemId, ReadPosition, Role, UserId};
-use projectors::{ReadError, ReadModels, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
+use projectors::{ReadError, ReadModels, TransactionEntry, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -169,16 +169,36 @@ pub(crate) async fn balance(
 ) -> Answer {
     let user_id = parse_id::<UserId>("user_id", &segment)?;
     let after = parse_after(&query)?;
+    let as_of = parse_instant(&query, "as_of")?;
     authorize_private(&state, &headers, &user_id, "balance")?;
     wait_for(&state, after.as_ref()).await?;
+    let position = after
+        .as_ref()
+        .map(|after| after.token.clone())
+        .unwrap_or_else(|| "p".to_owned());
+    if let Some(as_of_ms) = as_of {
+        // Everything committed at or before `as_of`.
+        let history = history(&state, &user_id).await?;
+        let sum = |account: &str| -> i64 {
+            history
+                .iter()
+                .filter(|entry| entry.account == account && entry.at_ms <= as_of_ms)
+                .map(|entry| entry.amount)
+                .sum()
+        };
+        return respond(json!({
+            "user_id": user_id.as_str(),
+            "balance": sum(ACCOUNT_WALLET),
+            "pending": sum(ACCOUNT_PENDING),
+            "as_of": format_timestamp(as_of_ms),
+            "position": position,
+        }));
+    }
     let view = state
         .read_models
         .balance(user_id.as_str())
         .await
         .map_err(read_failed)?;
-    let position = after
-        .map(|after| after.token)
-        .unwrap_or_else(|| "p".to_owned());
     respond(json!({
         "user_id": view.user_id,
         "balance": view.balance,
@@ -241,6 +261,7 @@ pub(crate) async fn transactions(
             json!({
                 "position": entry.position,
                 "kind": entry.kind,
+                "account": entry.account,
                 "amount": entry.amount,
                 "reference": entry.reference,
                 "at": format_timestamp(entry.at_ms),
@@ -248,6 +269,123 @@ pub(crate) async fn transactions(
         })
         .collect();
     respond(json!({ "entries": entries, "next_cursor": found.next_cursor }))
+}
+
+/// The account of a wallet movement in the read models.
+const ACCOUNT_WALLET: &str = "wallet";
+/// The account of an escrow (pending earnings) movement.
+const ACCOUNT_PENDING: &str = "pending";
+
+/// Most movements a statement or an `as_of` balance reads: both sum a
+/// user's history from its start.
+pub const STATEMENT_ENTRIES_MAX: usize = 100_000;
+
+/// An optional RFC 3339 instant in `name`, as milliseconds since the epoch.
+fn parse_instant(query: &QueryParameters, name: &'static str) -> Result<Option<u64>, Problem> {
+    query
+        .get(name)?
+        .map(|text| validate::timestamp(name, &Value::String(text.to_owned())))
+        .transpose()
+}
+
+/// Every wallet and escrow movement of `user_id`, oldest first (the user's
+/// shard's log order), at most [`STATEMENT_ENTRIES_MAX`].
+async fn history(state: &QueryState, user_id: &UserId) -> Result<Vec<TransactionEntry>, Problem> {
+    let mut entries: Vec<TransactionEntry> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = state
+            .read_models
+            .transactions(user_id.as_str(), PAGE_SIZE_MAX, cursor.as_deref())
+            .await
+            .map_err(read_failed)?;
+        entries.extend(page.entries);
+        if entries.len() > STATEMENT_ENTRIES_MAX {
+            return Err(Problem::validation(format!(
+                "the history of {user_id} holds more than {STATEMENT_ENTRIES_MAX} movements; \
+                 statements and as_of balances of such histories are not served"
+            )));
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    // Every movement of one user is an event of the user's shard, so the
+    // sequence in `<shard>.<sequence>` orders them as the log does.
+    entries.sort_by_key(|entry| {
+        let sequence = entry
+            .position
+            .split_once('.')
+            .and_then(|(_, sequence)| sequence.parse::<u64>().ok())
+            .unwrap_or(0);
+        (sequence, entry.account == ACCOUNT_WALLET)
+    });
+    Ok(entries)
+}
+
+/// `GET /v1/users/{id}/statement?from=&to=&account=`: the opening balance at
+/// `from`, every movement in `[from, to)` with the balance after it, and the
+/// closing balance, of the wallet (default) or of the escrowed earnings
+/// (`account=pending`).
+pub(crate) async fn statement(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    headers: HeaderMap,
+    query: QueryParameters,
+) -> Answer {
+    let user_id = parse_id::<UserId>("user_id", &segment)?;
+    let after = parse_after(&query)?;
+    let from_ms = parse_instant(&query, "from")?;
+    let to_ms = parse_instant(&query, "to")?;
+    if let (Some(from_ms), Some(to_ms)) = (from_ms, to_ms) {
+        if to_ms < from_ms {
+            return Err(Problem::validation("to must not be before from"));
+        }
+    }
+    let account = match query.get("account")? {
+        None | Some(ACCOUNT_WALLET) => ACCOUNT_WALLET,
+        Some(ACCOUNT_PENDING) => ACCOUNT_PENDING,
+        Some(_) => return Err(Problem::validation("account must be wallet or pending")),
+    };
+    authorize_private(&state, &headers, &user_id, "statement")?;
+    wait_for(&state, after.as_ref()).await?;
+    let history = history(&state, &user_id).await?;
+    let from_ms = from_ms.unwrap_or(0);
+    let mut opening: i64 = 0;
+    let mut running: i64 = 0;
+    let mut entries: Vec<Value> = Vec::new();
+    for entry in history.iter().filter(|entry| entry.account == account) {
+        if to_ms.is_some_and(|to_ms| entry.at_ms >= to_ms) {
+            continue;
+        }
+        running += entry.amount;
+        if entry.at_ms < from_ms {
+            opening = running;
+            continue;
+        }
+        entries.push(json!({
+            "position": entry.position,
+            "kind": entry.kind,
+            "amount": entry.amount,
+            "balance_after": running,
+            "reference": entry.reference,
+            "at": format_timestamp(entry.at_ms),
+        }));
+    }
+    let position = after
+        .map(|after| after.token)
+        .unwrap_or_else(|| "p".to_owned());
+    respond(json!({
+        "user_id": user_id.as_str(),
+        "account": account,
+        "from": format_timestamp(from_ms),
+        "to": to_ms.map(format_timestamp),
+        "opening_balance": opening,
+        "entries": entries,
+        "closing_balance": running,
+        "position": position,
+    }))
 }
 
 pub(crate) async fn earnings(

@@ -263,11 +263,12 @@ impl CqlReadModels {
                     at_ms,
                     shard,
                     sequence,
-                    account,
+                    account: account.clone(),
                 },
                 TransactionEntry {
                     position,
                     kind,
+                    account,
                     amount,
                     reference,
                     at_ms: from_cql("transaction time", at_ms)?,

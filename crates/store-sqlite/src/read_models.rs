@@ -308,7 +308,8 @@ impl ReadModels for SqliteReadModels {
             let mut entries = Vec::with_capacity(rows.len());
             for (event_position, account, position, kind, amount, reference, at_ms) in rows {
                 let at_ms = from_sql("transaction time", at_ms)?;
-                entries.push(TransactionRow { event_position, account, entry: TransactionEntry { position, kind, amount, reference, at_ms } });
+                let entry = TransactionEntry { position, kind, account: account.clone(), amount, reference, at_ms };
+                entries.push(TransactionRow { event_position, account, entry });
             }
             Ok(into_page(
                 entries,
