@@ -89,6 +89,15 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.finding_count == 0
     }
+
+    /// Adds a finding of a check made outside the verifier (read models, a
+    /// second copy of the log), counted and listed like the verifier's own.
+    pub fn add_finding(&mut self, finding: Finding) {
+        self.finding_count += 1;
+        if self.findings.len() < FINDINGS_KEPT_MAX {
+            self.findings.push(finding);
+        }
+    }
 }
 
 struct ShardLog {
@@ -152,15 +161,12 @@ impl Verifier {
     }
 
     fn find(&mut self, shard: ShardId, sequence: u64, code: &'static str, detail: String) {
-        self.report.finding_count += 1;
-        if self.report.findings.len() < FINDINGS_KEPT_MAX {
-            self.report.findings.push(Finding {
-                shard: shard.0,
-                sequence,
-                code,
-                detail,
-            });
-        }
+        self.report.add_finding(Finding {
+            shard: shard.0,
+            sequence,
+            code,
+            detail,
+        });
     }
 
     /// Decodes a stored record (`shard` and `last_sequence` as the store

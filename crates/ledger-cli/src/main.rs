@@ -177,6 +177,19 @@ enum Commands {
         #[cfg(feature = "distributed")]
         #[arg(long, env = "LEDGER_TOPIC_PREFIX", default_value = "ledger")]
         topic_prefix: String,
+        /// With --kafka: also compare the topic with the CQL copy of the log
+        /// (same records, same checksums; CQL may be ahead).
+        #[cfg(feature = "distributed")]
+        #[arg(long, requires = "kafka")]
+        cql: bool,
+        /// CQL contact points (comma-separated), with --cql.
+        #[cfg(feature = "distributed")]
+        #[arg(long, env = "LEDGER_CQL_CONTACT", default_value = "127.0.0.1:9042")]
+        cql_contact: String,
+        /// CQL keyspace, with --cql.
+        #[cfg(feature = "distributed")]
+        #[arg(long, env = "LEDGER_CQL_KEYSPACE", default_value = "ledger")]
+        cql_keyspace: String,
     },
     /// Export an embedded data directory for auditors: one row per posting
     /// (position, time, event type, account, amount, purchase / grant /
@@ -282,13 +295,30 @@ fn main() -> ExitCode {
             kafka_bootstrap,
             #[cfg(feature = "distributed")]
             topic_prefix,
+            #[cfg(feature = "distributed")]
+            cql,
+            #[cfg(feature = "distributed")]
+            cql_contact,
+            #[cfg(feature = "distributed")]
+            cql_keyspace,
         } => {
             #[cfg(feature = "distributed")]
             let (verification, source) = if kafka {
                 let topics = log_kafka::Topics::with_prefix(&topic_prefix);
                 let source = format!("{} on {kafka_bootstrap}", topics.events);
                 let config = log_kafka::KafkaConfig::new(kafka_bootstrap);
-                (ledger_cli::verify::verify_kafka(&config, &topics), source)
+                let copy = cql.then(|| ledger_cli::verify::CqlCopy {
+                    contact_points: cql_contact
+                        .split(',')
+                        .map(|point| point.trim().to_string())
+                        .filter(|point| !point.is_empty())
+                        .collect(),
+                    keyspace: cql_keyspace,
+                });
+                (
+                    ledger_cli::verify::verify_kafka(&config, &topics, copy.as_ref()),
+                    source,
+                )
             } else {
                 let source = data_dir.display().to_string();
                 (ledger_cli::verify::verify(&data_dir), source)

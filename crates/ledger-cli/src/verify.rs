@@ -20,6 +20,19 @@ pub struct Verification {
     /// were compared (else they are behind and only the log was checked).
     pub read_models_compared: bool,
     pub balances_compared: u64,
+    /// The comparison with a second copy of the log (the CQL tables), if made.
+    pub copies: Option<CopiesCompared>,
+}
+
+/// How the Kafka and CQL copies of the log compared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CopiesCompared {
+    /// Records present in both copies with the same checksum.
+    pub identical_records: u64,
+    /// Records in CQL beyond a shard's last published record: durable and
+    /// not yet on Kafka (normal while an engine runs; a takeover publishes
+    /// them).
+    pub unpublished_records: u64,
 }
 
 /// Verifies the data directory `data_dir`.
@@ -76,8 +89,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, String> {
             let from_read_models = totals.balances.get(&user).copied().unwrap_or((0, 0));
             compared += 1;
             if from_log != from_read_models {
-                report.finding_count += 1;
-                report.findings.push(Finding {
+                report.add_finding(Finding {
                     shard: shard_for(&format!("user:{user}"), shard_count).0,
                     sequence: 0,
                     code: "read_model_mismatch",
@@ -94,6 +106,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, String> {
         records,
         read_models_compared: caught_up,
         balances_compared: compared,
+        copies: None,
     })
 }
 
@@ -108,6 +121,7 @@ const KAFKA_PARTITION_READ_MAX: std::time::Duration = std::time::Duration::from_
 pub fn verify_kafka(
     config: &log_kafka::KafkaConfig,
     topics: &log_kafka::Topics,
+    cql: Option<&CqlCopy>,
 ) -> Result<Verification, String> {
     let topic = &topics.events;
     let partitions = log_kafka::partition_count(config, topic, std::time::Duration::from_secs(30))
@@ -119,10 +133,17 @@ pub fn verify_kafka(
     verifier.expect_shards(partitions as u16);
     let progress = std::io::stderr().is_terminal();
     let mut records: u64 = 0;
+    let mut published = PublishedHeads::new();
     for partition in 0..partitions {
         let shard = ShardId(partition as u16);
         let mut visit = |offset: i64, bytes: &[u8]| {
             verifier.published_record_bytes(shard, offset, bytes);
+            if let Ok(record) = ledger_core::codec::BatchRecord::from_bytes(bytes) {
+                published
+                    .entry(shard)
+                    .or_default()
+                    .insert(record.last_sequence(), record.hash);
+            }
             records += 1;
             if progress && records.is_multiple_of(PROGRESS_EVERY_RECORDS) {
                 eprint!("\rverifying: {records} records, shard {partition} offset {offset}");
@@ -140,11 +161,118 @@ pub fn verify_kafka(
     if progress && records >= PROGRESS_EVERY_RECORDS {
         eprintln!();
     }
+    let mut report = verifier.finish();
+    let copies = match cql {
+        None => None,
+        Some(cql) => Some(compare_with_cql(
+            &mut report,
+            &published,
+            partitions as u16,
+            cql,
+        )?),
+    };
     Ok(Verification {
-        report: verifier.finish(),
+        report,
         records,
         read_models_compared: false,
         balances_compared: 0,
+        copies,
+    })
+}
+
+/// Each shard's published records: last sequence → checksum.
+#[cfg(feature = "distributed")]
+type PublishedHeads =
+    std::collections::BTreeMap<ShardId, std::collections::BTreeMap<u64, [u8; 32]>>;
+
+/// Where the CQL copy of the log is (`ledger verify --kafka --cql`).
+#[cfg(feature = "distributed")]
+pub struct CqlCopy {
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+}
+
+/// Records read from CQL per request.
+#[cfg(feature = "distributed")]
+const CQL_PAGE_RECORDS: usize = 1_000;
+
+/// Compares every shard's CQL records with the published ones: the same
+/// record (by last sequence) must have the same checksum, and every
+/// published record must be in CQL (the shard's source of truth). CQL may
+/// hold records beyond the last published one (counted, not a finding).
+#[cfg(feature = "distributed")]
+fn compare_with_cql(
+    report: &mut Report,
+    published: &PublishedHeads,
+    shards: u16,
+    cql: &CqlCopy,
+) -> Result<CopiesCompared, String> {
+    use engine::ports::EventStore;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start a runtime for cql: {error}"))?;
+    runtime.block_on(async {
+        let store = store_cql::CqlStore::connect(
+            &cql.contact_points,
+            &cql.keyspace,
+            store_cql::CqlSettings::default(),
+        )
+        .await
+        .map_err(|error| format!("cannot open cql keyspace {}: {error}", cql.keyspace))?;
+        let mut compared = CopiesCompared::default();
+        let empty = std::collections::BTreeMap::new();
+        for shard in (0..shards).map(ShardId) {
+            let on_kafka = published.get(&shard).unwrap_or(&empty);
+            let kafka_head = on_kafka.keys().next_back().copied().unwrap_or(0);
+            let mut in_cql = std::collections::BTreeSet::new();
+            let mut after = 0;
+            loop {
+                let page = store
+                    .read_shard(shard, after, CQL_PAGE_RECORDS)
+                    .await
+                    .map_err(|error| format!("cannot read shard {shard} from cql: {error}"))?;
+                let Some(last) = page.last() else {
+                    break;
+                };
+                after = last.last_sequence();
+                for record in &page {
+                    let sequence = record.last_sequence();
+                    in_cql.insert(sequence);
+                    match on_kafka.get(&sequence) {
+                        Some(hash) if *hash == record.hash => compared.identical_records += 1,
+                        Some(hash) => report.add_finding(Finding {
+                            shard: shard.0,
+                            sequence,
+                            code: "copies_differ",
+                            detail: format!(
+                                "the record ending at {sequence} has checksum {} in cql and {} on kafka",
+                                audit::hex(&record.hash),
+                                audit::hex(hash)
+                            ),
+                        }),
+                        None if sequence > kafka_head => compared.unpublished_records += 1,
+                        None => report.add_finding(Finding {
+                            shard: shard.0,
+                            sequence,
+                            code: "missing_on_kafka",
+                            detail: format!(
+                                "the record ending at {sequence} is in cql but not among the published records (up to {kafka_head})"
+                            ),
+                        }),
+                    }
+                }
+            }
+            for sequence in on_kafka.keys().filter(|sequence| !in_cql.contains(sequence)) {
+                report.add_finding(Finding {
+                    shard: shard.0,
+                    sequence: *sequence,
+                    code: "missing_in_cql",
+                    detail: format!("the published record ending at {sequence} is not in cql"),
+                });
+            }
+        }
+        Ok(compared)
     })
 }
 
@@ -187,6 +315,12 @@ pub fn summary(verification: &Verification) -> String {
             "read models: behind the log (the projector has not caught up); not compared\n",
         );
     }
+    if let Some(copies) = &verification.copies {
+        text.push_str(&format!(
+            "cql copy: {} records identical to kafka's, {} not yet published\n",
+            copies.identical_records, copies.unpublished_records
+        ));
+    }
     for finding in &report.findings {
         text.push_str(&format!(
             "finding: shard {} sequence {}: {}: {}\n",
@@ -215,6 +349,7 @@ pub fn json(verification: &Verification, balances: bool) -> serde_json::Value {
         "records": verification.records,
         "read_models_compared": verification.read_models_compared,
         "balances_compared": verification.balances_compared,
+        "copies": verification.copies,
         "report": verification.report,
     });
     if balances {

@@ -244,7 +244,9 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
 /// every buyer's balance; the same topic copied with one byte of one record
 /// changed is refused, naming the shard.
 async fn auditors_verify_the_topic(name: &str, spent_by_buyer: &BTreeMap<String, i64>) {
-    let verify = |prefix: &str| {
+    // The topic `<prefix>.events`, compared with this test's CQL keyspace.
+    let keyspace = name.to_string();
+    let verify = move |prefix: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_ledger"))
             .args([
                 "verify",
@@ -254,15 +256,21 @@ async fn auditors_verify_the_topic(name: &str, spent_by_buyer: &BTreeMap<String,
                 "--topic-prefix",
                 prefix,
             ])
+            .args(["--cql", "--cql-keyspace", &keyspace])
             .env(
                 "LEDGER_KAFKA_BOOTSTRAP",
                 std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("bootstrap"),
+            )
+            .env(
+                "LEDGER_CQL_CONTACT",
+                std::env::var("LEDGER_CQL_CONTACT").expect("cql contact"),
             )
             .output()
             .expect("ledger verify runs")
     };
     let output = tokio::task::spawn_blocking({
         let name = name.to_string();
+        let verify = verify.clone();
         move || verify(&name)
     })
     .await
@@ -278,6 +286,11 @@ async fn auditors_verify_the_topic(name: &str, spent_by_buyer: &BTreeMap<String,
         "verify found something: {report:#}"
     );
     assert_eq!(report["report"]["trial_balance"]["total"], 0);
+    assert!(
+        report["copies"]["identical_records"].as_u64() > Some(0),
+        "the cql copy holds the published records: {}",
+        report["copies"]
+    );
     assert_eq!(
         report["report"]["shards"].as_array().map(Vec::len),
         Some(support::SHARDS as usize)
@@ -320,6 +333,12 @@ async fn auditors_verify_the_topic(name: &str, spent_by_buyer: &BTreeMap<String,
                 .unwrap()
                 .contains(&format!("offset {changed_offset}"))),
         "the finding names shard 1 and the offset: {findings:?}"
+    );
+    assert!(
+        findings
+            .iter()
+            .any(|finding| finding["shard"] == 1 && finding["code"] == "missing_on_kafka"),
+        "the cql copy still holds the record the topic lost: {findings:?}"
     );
     support::remove_test_data(&tampered).await;
 }
