@@ -844,3 +844,147 @@ async fn statements_chain_to_the_balance_and_as_of_sees_the_past() {
     assert_eq!((refused.status, refused.code()), (403, "forbidden"));
     app.stop().await;
 }
+
+/// The step names of `GET /v1/purchases/{id}`, in the order served.
+fn step_names(trace: &Value) -> Vec<String> {
+    trace["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["step"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Whether `names` holds `wanted` in this relative order.
+fn in_order(names: &[String], wanted: &[&str]) -> bool {
+    let mut rest = names.iter();
+    wanted
+        .iter()
+        .all(|want| rest.by_ref().any(|name| name == want))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_trace_tells_support_what_happened() {
+    let app = spawn_app().await;
+    assert_eq!(app.grant("g-tr", "tracy", 1_000).await.status, 201);
+    assert_eq!(app.grant("g-tr-poor", "penny", 5).await.status, 201);
+    assert_eq!(
+        app.publish(json!({"item_id": "tiara", "creator_id": "tiaramaker", "name": "Tiara", "price": 300, "supply": 2}))
+            .await
+            .status,
+        201
+    );
+    let bought = app.purchase("p-tiara", "tracy", "tiara", 300).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&app.admin()),
+            &json!({"refund_id": "r-tiara", "purchase_id": "p-tiara"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+    let refused = app.purchase("p-tiara-poor", "penny", "tiara", 300).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "insufficient_funds")
+    );
+
+    // The buyer's own token reads the story of the refunded Limited.
+    let tracy = app.token(Role::User, "tracy");
+    let trace = wait_for_auth(&app, "/v1/purchases/p-tiara", &tracy, |body| {
+        let names = step_names(body);
+        body["status"] == "refunded"
+            && [
+                "granted",
+                "settled",
+                "serial_revoked",
+                "escrow_reversed",
+                "refunded",
+            ]
+            .iter()
+            .all(|step| names.iter().any(|name| name == step))
+    })
+    .await;
+    let names = step_names(&trace);
+    assert!(
+        in_order(
+            &names,
+            &[
+                "accepted",
+                "reserved",
+                "paid",
+                "completed",
+                "serial_revoked",
+                "refunded"
+            ]
+        ),
+        "{names:?}"
+    );
+    assert_eq!(trace["buyer_id"], "tracy");
+    let steps = trace["steps"].as_array().unwrap();
+    let paid = steps.iter().find(|step| step["step"] == "paid").unwrap();
+    assert_eq!(
+        (paid["user_id"].as_str(), paid["amount"].as_i64()),
+        (Some("tracy"), Some(-300))
+    );
+    let granted = steps.iter().find(|step| step["step"] == "granted").unwrap();
+    assert_eq!(
+        (granted["subject"].as_str(), granted["serial"].as_u64()),
+        (Some("tiara"), Some(1))
+    );
+    let settled = steps.iter().find(|step| step["step"] == "settled").unwrap();
+    assert_eq!(
+        (settled["user_id"].as_str(), settled["amount"].as_i64()),
+        (Some("tiaramaker"), Some(210))
+    );
+    let refunded = steps
+        .iter()
+        .find(|step| step["step"] == "refunded")
+        .unwrap();
+    assert_eq!(refunded["amount"].as_i64(), Some(300));
+    assert!(steps
+        .iter()
+        .all(|step| step["position"].as_str().unwrap().contains('.')));
+
+    // A refused purchase: the serial held for it is released.
+    let service = app.service();
+    let trace = wait_for_auth(&app, "/v1/purchases/p-tiara-poor", &service, |body| {
+        body["status"] == "refused"
+            && step_names(body)
+                .iter()
+                .any(|name| name == "reservation_released")
+    })
+    .await;
+    let names = step_names(&trace);
+    assert!(
+        in_order(&names, &["accepted", "reserved", "refused"]),
+        "{names:?}"
+    );
+    let refusal = trace["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["step"] == "refused")
+        .unwrap();
+    assert!(refusal["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("insufficient_funds"));
+
+    // Someone else's purchase, an unknown one, a bad id.
+    let other = app.get("/v1/purchases/p-tiara-poor", Some(&tracy)).await;
+    assert_eq!((other.status, other.code()), (403, "forbidden"));
+    let unknown = app.get("/v1/purchases/p-never", Some(&service)).await;
+    assert_eq!((unknown.status, unknown.code()), (404, "not_found"));
+    let anonymous = app.get("/v1/purchases/p-tiara", None).await;
+    assert_eq!((anonymous.status, anonymous.code()), (401, "unauthorized"));
+    let bad = app.get("/v1/purchases/bad%20id", Some(&service)).await;
+    assert_eq!(
+        (bad.status, bad.code()),
+        (422, "validation_failed"),
+        "{}",
+        bad.text
+    );
+    app.stop().await;
+}

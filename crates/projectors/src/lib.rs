@@ -5,7 +5,10 @@
 //! projection ([`project`]) that turns each event into read-model changes.
 
 pub mod project;
+pub mod trace;
 pub mod views;
 
-pub use project::{next_recent_average_price, position_text, project, Change, TransactionAccount};
+pub use project::{
+    next_recent_average_price, position_text, project, Change, PurchaseStep, TransactionAccount,
+};
 pub use views::*;

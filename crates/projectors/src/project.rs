@@ -156,6 +156,31 @@ pub enum Change {
         lifetime: i64,
         sales_count: i64,
     },
+    /// A step of a purchase's story (`crate::trace`).
+    PurchaseStep(PurchaseStep),
+}
+
+/// One step of a purchase's story, at the event that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseStep {
+    pub purchase_id: PurchaseId,
+    /// `<shard>.<sequence>` of the event.
+    pub position: String,
+    /// `accepted`, `reserved`, `reservation_released`, `paid`, `granted`,
+    /// `settled`, `seller_paid`, `completed`, `refused`, `released`,
+    /// `escrow_frozen`, `escrow_unfrozen`, `escrow_reversed`,
+    /// `serial_revoked`, `refunded`.
+    pub step: &'static str,
+    /// The user the step concerns (buyer, creator, seller), or empty.
+    pub user_id: String,
+    /// The item, bundle or listing the step concerns, or empty.
+    pub subject: String,
+    pub serial: Option<u32>,
+    /// Money the step moved for `user_id` (signed), if any.
+    pub amount: Option<i64>,
+    /// A rejection, a fee or a refund id, or empty.
+    pub detail: String,
+    pub at_ms: TimestampMs,
 }
 
 /// The recent average price after a sale at `price`: the first sale sets it,
@@ -197,7 +222,7 @@ fn serial_acquired(
 }
 
 pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
-    let mut changes = Vec::new();
+    let mut changes = crate::trace::purchase_steps(envelope, event);
     if let Some((kind, reference)) = money_movement(event) {
         posting_changes(envelope, event.postings(), kind, reference, &mut changes);
     }
@@ -516,6 +541,8 @@ mod tests {
         ListingId::parse(id).expect("test listing id is valid")
     }
 
+    /// The changes of `event` other than its purchase steps (those are
+    /// `crate::trace`'s, tested there).
     fn project_at(event: Event, shard: u16, sequence: u64, timestamp_ms: u64) -> Vec<Change> {
         let entry = Entry::from_event(&event);
         let logged = Logged {
@@ -527,6 +554,9 @@ mod tests {
         };
         let decoded = logged.event().expect("an entry decodes");
         project(&logged, &decoded)
+            .into_iter()
+            .filter(|change| !matches!(change, Change::PurchaseStep(_)))
+            .collect()
     }
 
     fn definition(item_id: &str, supply: Option<u32>) -> ItemDefinition {

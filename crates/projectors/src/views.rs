@@ -94,6 +94,23 @@ pub struct EarningsView {
     pub sales_count: u64,
 }
 
+/// One step of a purchase's story, as served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PurchaseStepView {
+    /// `<shard>.<sequence>` of the event.
+    pub position: String,
+    pub step: String,
+    pub user_id: String,
+    pub subject: String,
+    pub serial: Option<u32>,
+    pub amount: Option<i64>,
+    pub detail: String,
+    pub at_ms: TimestampMs,
+}
+
+/// Most steps one purchase's story holds (a bundle's grants included).
+pub const PURCHASE_STEPS_MAX: usize = 1_000;
+
 /// One page of a listing; `next_cursor` is `None` on the last page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Page<T> {
@@ -149,4 +166,7 @@ pub trait ReadModels: Send + Sync + 'static {
     async fn bundle(&self, bundle_id: &str) -> Result<Option<BundleView>, ReadError>;
     /// A creator never seen has zero earnings.
     async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError>;
+    /// The steps of a purchase's story (at most [`PURCHASE_STEPS_MAX`]), in
+    /// no particular order; none for a purchase never seen.
+    async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError>;
 }

@@ -77,6 +77,7 @@ pub fn router_with_settings(
         .route("/v1/users/{id}/inventory", get(routes::inventory))
         .route("/v1/users/{id}/transactions", get(routes::transactions))
         .route("/v1/users/{id}/statement", get(routes::statement))
+        .route("/v1/purchases/{id}", get(routes::purchase))
         .route("/v1/items/{id}", get(routes::item))
         .route(
             "/v1/items/{id}/resale-listings",

@@ -12,7 +12,7 @@ use command_api::auth::Verifier;
 use command_api::extract::{PathSegment, QueryParameters};
 use command_api::problem::Problem;
 use command_api::validate::{self, format_timestamp, parse_id};
-use ledger_core::{parse_position, BundleId, ItemId, ReadPosition, Role, UserId};
+use ledger_core::{parse_position, BundleId, ItemId, PurchaseId, ReadPosition, Role, UserId};
 use projectors::{ReadError, ReadModels, TransactionEntry, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -384,6 +384,125 @@ pub(crate) async fn statement(
         "opening_balance": opening,
         "entries": entries,
         "closing_balance": running,
+        "position": position,
+    }))
+}
+
+/// The steps of a purchase in the order its saga takes them.
+const PURCHASE_STEP_ORDER: [&str; 15] = [
+    "accepted",
+    "reserved",
+    "paid",
+    "granted",
+    "reservation_released",
+    "refused",
+    "completed",
+    "settled",
+    "seller_paid",
+    "escrow_frozen",
+    "serial_revoked",
+    "escrow_unfrozen",
+    "escrow_reversed",
+    "refunded",
+    "released",
+];
+
+/// `GET /v1/purchases/{id}`: the purchase's story across shards, in order.
+pub(crate) async fn purchase(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    headers: HeaderMap,
+    query: QueryParameters,
+) -> Answer {
+    let purchase_id = parse_id::<PurchaseId>("purchase_id", &segment)?;
+    let after = parse_after(&query)?;
+    let actor = state.verifier.authenticate(&headers)?;
+    wait_for(&state, after.as_ref()).await?;
+    let mut steps = state
+        .read_models
+        .purchase_steps(purchase_id.as_str())
+        .await
+        .map_err(read_failed)?;
+    let buyer_id = steps
+        .iter()
+        .find(|step| step.step == "accepted" || step.step == "paid")
+        .map(|step| step.user_id.clone());
+    if steps.is_empty() {
+        return Err(Problem::not_found(format!(
+            "purchase {purchase_id} was never seen"
+        )));
+    }
+    if let Role::User = actor.role {
+        if buyer_id.as_deref() != Some(actor.user_id.as_str()) {
+            return Err(Problem::forbidden(format!(
+                "a user token may only read its own purchases: `{purchase_id}` is not `{}`'s",
+                actor.user_id
+            )));
+        }
+    }
+    // Shards log independently: order by time, then (within a millisecond)
+    // by the order the saga takes its steps, then by position.
+    let order = |position: &str| -> (u64, u64) {
+        let (shard, sequence) = position.split_once('.').unwrap_or(("0", "0"));
+        (shard.parse().unwrap_or(0), sequence.parse().unwrap_or(0))
+    };
+    let rank = |step: &str| {
+        PURCHASE_STEP_ORDER
+            .iter()
+            .position(|known| *known == step)
+            .unwrap_or(PURCHASE_STEP_ORDER.len())
+    };
+    steps.sort_by(|a, b| {
+        (a.at_ms, rank(&a.step), order(&a.position)).cmp(&(
+            b.at_ms,
+            rank(&b.step),
+            order(&b.position),
+        ))
+    });
+    let has = |name: &str| steps.iter().any(|step| step.step == name);
+    let status = if has("refunded") {
+        "refunded"
+    } else if has("completed") {
+        "completed"
+    } else if has("refused") {
+        "refused"
+    } else {
+        "in_progress"
+    };
+    let rendered: Vec<Value> = steps
+        .iter()
+        .map(|step| {
+            let mut entry = json!({
+                "position": step.position,
+                "step": step.step,
+                "at": format_timestamp(step.at_ms),
+            });
+            if !step.user_id.is_empty() {
+                entry["user_id"] = json!(step.user_id);
+            }
+            if !step.subject.is_empty() {
+                entry["subject"] = json!(step.subject);
+            }
+            if let Some(serial) = step.serial {
+                entry["serial"] = json!(serial);
+            }
+            if let Some(amount) = step.amount {
+                entry["amount"] = json!(amount);
+            }
+            if !step.detail.is_empty() {
+                entry["detail"] = json!(step.detail);
+            }
+            entry
+        })
+        .collect();
+    let position = after
+        .map(|after| after.token)
+        .unwrap_or_else(|| "p".to_owned());
+    respond(json!({
+        "purchase_id": purchase_id.as_str(),
+        "buyer_id": buyer_id,
+        "status": status,
+        "steps": rendered,
         "position": position,
     }))
 }

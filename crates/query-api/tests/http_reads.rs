@@ -17,7 +17,7 @@ use ledger_core::{ReadPosition, Role, UserId};
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
     BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
-    ReadError, ReadModels, TransactionEntry,
+    PurchaseStepView, ReadError, ReadModels, TransactionEntry,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -85,6 +85,9 @@ impl ReadModels for UnreachableReadModels {
     }
     async fn earnings(&self, _: &str) -> Result<EarningsView, ReadError> {
         self.reached("earnings")
+    }
+    async fn purchase_steps(&self, _: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
+        self.reached("purchase steps")
     }
 }
 
@@ -173,6 +176,9 @@ impl ReadModels for EmptyReadModels {
             lifetime: 0,
             sales_count: 0,
         })
+    }
+    async fn purchase_steps(&self, _: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
+        Ok(Vec::new())
     }
 }
 

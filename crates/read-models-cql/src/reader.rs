@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use ledger_core::ReadPosition;
 use projectors::{
     BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
-    ReadError, ReadModels, TransactionAccount, TransactionEntry,
+    PurchaseStepView, ReadError, ReadModels, TransactionAccount, TransactionEntry,
+    PURCHASE_STEPS_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
@@ -492,6 +493,45 @@ impl CqlReadModels {
         }))
     }
 
+    async fn purchase_steps_inner(
+        &self,
+        purchase_id: &str,
+    ) -> Result<Vec<PurchaseStepView>, CqlReadModelError> {
+        type StepRow = (
+            String,
+            String,
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+            String,
+            i64,
+        );
+        let rows: Vec<StepRow> = self
+            .select(
+                &self.statements.select_purchase_steps,
+                (purchase_id, row_limit(PURCHASE_STEPS_MAX)),
+                "purchase steps read",
+            )
+            .await?;
+        let mut steps = Vec::with_capacity(rows.len());
+        for (position, step, user_id, subject, serial, amount, detail, at_ms) in rows {
+            steps.push(PurchaseStepView {
+                position,
+                step,
+                user_id,
+                subject,
+                serial: serial
+                    .map(|serial| u32_from_cql("serial", serial))
+                    .transpose()?,
+                amount,
+                detail,
+                at_ms: from_cql("step time", at_ms)?,
+            });
+        }
+        Ok(steps)
+    }
+
     async fn earnings_inner(&self, creator_id: &str) -> Result<EarningsView, CqlReadModelError> {
         let parts: Vec<(i64, i64, i64, i64)> = self
             .select(
@@ -599,5 +639,9 @@ impl ReadModels for CqlReadModels {
 
     async fn earnings(&self, creator_id: &str) -> Result<EarningsView, ReadError> {
         Ok(self.earnings_inner(creator_id).await?)
+    }
+
+    async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
+        Ok(self.purchase_steps_inner(purchase_id).await?)
     }
 }

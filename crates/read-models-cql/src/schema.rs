@@ -49,6 +49,7 @@ mod tests {
                 "listings_by_id",
                 "listings_by_serial",
                 "bundles",
+                "purchase_steps",
             ]
         );
         for forbidden in [

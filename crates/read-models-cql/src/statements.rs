@@ -71,6 +71,8 @@ pub(crate) struct Statements {
 
     pub insert_bundle: PreparedStatement,
     pub select_bundle: PreparedStatement,
+    pub insert_purchase_step: PreparedStatement,
+    pub select_purchase_steps: PreparedStatement,
 }
 
 impl Statements {
@@ -388,6 +390,19 @@ impl Statements {
                 "bundle read",
                 page,
                 "SELECT creator_id, name, item_ids, price FROM bundles WHERE bundle_id = ?",
+            )
+            .await?,
+
+            insert_purchase_step: prepare(
+                "purchase step write",
+                page,
+                "INSERT INTO purchase_steps (purchase_id, shard, sequence, step, subject, position, user_id, serial, amount, detail, at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_purchase_steps: prepare(
+                "purchase steps read",
+                page,
+                "SELECT position, step, user_id, subject, serial, amount, detail, at_ms FROM purchase_steps WHERE purchase_id = ? LIMIT ?",
             )
             .await?,
         })

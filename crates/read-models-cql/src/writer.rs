@@ -761,6 +761,24 @@ impl CqlReadModels {
                 ),
                 "bundle write",
             ),
+            Change::PurchaseStep(step) => writes.push(
+                &statements.insert_purchase_step,
+                (
+                    step.purchase_id.to_string(),
+                    shard,
+                    sequence,
+                    step.step,
+                    step.subject.clone(),
+                    step.position.clone(),
+                    step.user_id.clone(),
+                    step.serial.map(i64::from),
+                    step.amount,
+                    step.detail.clone(),
+                    to_cql("step time", step.at_ms)?,
+                    timestamp,
+                ),
+                "purchase step write",
+            ),
         }
         Ok(())
     }

@@ -182,6 +182,28 @@ fn apply_change(
             .and_then(|mut statement| {
                 statement.execute(params![creator_id.as_str(), pending, released, lifetime, sales_count])
             }),
+        Change::PurchaseStep(step) => {
+            let at_ms = crate::error::to_sql("step time", step.at_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO purchase_steps
+                         (purchase_id, position, step, subject, user_id, serial, amount, detail, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        step.purchase_id.as_str(),
+                        step.position,
+                        step.step,
+                        step.subject,
+                        step.user_id,
+                        step.serial,
+                        step.amount,
+                        step.detail,
+                        at_ms
+                    ])
+                })
+        }
     }
     .map(|_| ())
     .map_err(failed)

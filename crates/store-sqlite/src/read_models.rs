@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
     BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
-    ReadError, ReadModels, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
+    PurchaseStepView, ReadError, ReadModels, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
+    PURCHASE_STEPS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -478,6 +479,50 @@ impl ReadModels for SqliteReadModels {
             let (pending, released, lifetime, sales_count) = row.unwrap_or((0, 0, 0, 0));
             let sales_count = from_sql("earnings sales count", sales_count)?;
             Ok(EarningsView { creator_id, pending, released, lifetime, sales_count })
+        })
+        .await
+    }
+
+    async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
+        let purchase_id = purchase_id.to_string();
+        self.read("purchase steps read", move |connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT position, step, user_id, subject, serial, amount, detail, at_ms
+                     FROM purchase_steps WHERE purchase_id = ?1 LIMIT ?2",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![purchase_id, PURCHASE_STEPS_MAX as i64], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, String>(1)?,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, String>(3)?,
+                                row.get::<_, Option<u32>>(4)?,
+                                row.get::<_, Option<i64>>(5)?,
+                                row.get::<_, String>(6)?,
+                                row.get::<_, i64>(7)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read purchase steps"))?;
+            let mut steps = Vec::with_capacity(rows.len());
+            for (position, step, user_id, subject, serial, amount, detail, at_ms) in rows {
+                let at_ms = from_sql("step time", at_ms)?;
+                steps.push(PurchaseStepView {
+                    position,
+                    step,
+                    user_id,
+                    subject,
+                    serial,
+                    amount,
+                    detail,
+                    at_ms,
+                });
+            }
+            Ok(steps)
         })
         .await
     }

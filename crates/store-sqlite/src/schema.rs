@@ -115,6 +115,18 @@ CREATE TABLE IF NOT EXISTS earnings (
     lifetime INTEGER NOT NULL,
     sales_count INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS purchase_steps (
+    purchase_id TEXT NOT NULL,
+    position TEXT NOT NULL,
+    step TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    serial INTEGER,
+    amount INTEGER,
+    detail TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (purchase_id, position, step, subject)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS projection_checkpoint (
     shard INTEGER PRIMARY KEY,
     sequence INTEGER NOT NULL
@@ -143,6 +155,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("listings", "listing_id"),
     ("bundles", "bundle_id"),
     ("earnings", "creator_id"),
+    ("purchase_steps", "purchase_id, position, step, subject"),
     ("projection_checkpoint", "shard"),
     ("projection_deliveries", "sender, receiver"),
     ("projection_position", "id"),
@@ -170,10 +183,18 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     connection
         .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
         .map_err(SqliteStoreError::sqlite("set durability pragmas"))?;
+    // A directory written before a read model existed projects its whole
+    // log again on first open, so the new model covers the old history.
+    let read_models_behind = table_exists(&connection, "projection_position")?
+        && !table_exists(&connection, "purchase_steps")?;
     connection
         .execute_batch(SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
     migrate_event_rows(&mut connection)?;
+    if read_models_behind {
+        crate::writer::reset_read_models(&mut connection)?;
+        tracing::info!("the read models are projected again from the log for a new read model");
+    }
     Ok(connection)
 }
 

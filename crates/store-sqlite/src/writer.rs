@@ -487,7 +487,7 @@ fn read_records_after(
     Ok(rows)
 }
 
-fn reset_read_models(connection: &mut Connection) -> Result<(), SqliteStoreError> {
+pub(crate) fn reset_read_models(connection: &mut Connection) -> Result<(), SqliteStoreError> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(SqliteStoreError::sqlite("begin read-model reset"))?;
