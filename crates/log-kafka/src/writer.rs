@@ -557,6 +557,7 @@ fn produce_all(
 /// flush (and every commit, which flushes first) cost up to 100 ms. librdkafka's
 /// `rd_kafka_flush` in event mode waits on the count of outstanding messages instead,
 /// which the background thread's delivery-report handling brings to zero.
+#[allow(unsafe_code)] // one FFI call; see the SAFETY comment
 fn flush_outstanding(producer: &TxProducer, timeout: Duration) -> Result<(), KafkaError> {
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: the pointer is the live `rd_kafka_t` owned by `producer`, which outlives

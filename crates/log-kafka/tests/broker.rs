@@ -343,9 +343,11 @@ async fn the_takeover_sweep_is_invisible_and_leaves_the_partition_stable() {
         // The previous owner dies with a transaction open on the broker.
         let after = ChainCursor::after(committed.last().unwrap());
         let doomed = chain(shard, after, 2, "doomed");
-        let mut pending = previous.begin(&doomed, &[], &[]).await.unwrap();
-        pending.flush().await.unwrap();
-        std::mem::forget(pending);
+        {
+            // Neither committed nor aborted: the transaction stays open on the broker.
+            let mut pending = previous.begin(&doomed, &[], &[]).await.unwrap();
+            pending.flush().await.unwrap();
+        }
 
         let mut owner = ShardTransactionalWriter::connect(&config, &topics, &prefix, shard)
             .await
