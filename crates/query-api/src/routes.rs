@@ -53,6 +53,14 @@ fn parse_after(query: &QueryParameters) -> Result<Option<After>, Problem> {
     }))
 }
 
+/// The position an answer reflects: the `after` it waited for, else `p`
+/// (the read models as they are).
+fn answered_position(after: Option<&After>) -> String {
+    after
+        .map(|after| after.token.clone())
+        .unwrap_or_else(|| "p".to_owned())
+}
+
 /// A page request: `limit` (default 100, clamped to 1000) and `cursor`.
 struct PageRequest {
     limit: usize,
@@ -172,10 +180,7 @@ pub(crate) async fn balance(
     let as_of = parse_instant(&query, "as_of")?;
     authorize_private(&state, &headers, &user_id, "balance")?;
     wait_for(&state, after.as_ref()).await?;
-    let position = after
-        .as_ref()
-        .map(|after| after.token.clone())
-        .unwrap_or_else(|| "p".to_owned());
+    let position = answered_position(after.as_ref());
     if let Some(as_of_ms) = as_of {
         // Everything committed at or before `as_of`.
         let history = history(&state, &user_id).await?;
@@ -373,9 +378,7 @@ pub(crate) async fn statement(
             "at": format_timestamp(entry.at_ms),
         }));
     }
-    let position = after
-        .map(|after| after.token)
-        .unwrap_or_else(|| "p".to_owned());
+    let position = answered_position(after.as_ref());
     respond(json!({
         "user_id": user_id.as_str(),
         "account": account,
@@ -495,9 +498,7 @@ pub(crate) async fn purchase(
             entry
         })
         .collect();
-    let position = after
-        .map(|after| after.token)
-        .unwrap_or_else(|| "p".to_owned());
+    let position = answered_position(after.as_ref());
     respond(json!({
         "purchase_id": purchase_id.as_str(),
         "buyer_id": buyer_id,
