@@ -720,9 +720,12 @@ async fn statements_chain_to_the_balance_and_as_of_sees_the_past() {
     })
     .await;
 
-    let whole = app.get("/v1/users/saver/statement", Some(&token)).await;
-    assert_eq!(whole.status, 200, "{}", whole.text);
-    let body = &whole.body;
+    // The statement reads the transactions read model: waited for itself.
+    let whole = wait_for_auth(&app, "/v1/users/saver/statement", &token, |body| {
+        body["entries"].as_array().map(Vec::len) == Some(2)
+    })
+    .await;
+    let body = &whole;
     assert_eq!(
         (body["account"].as_str(), body["opening_balance"].as_i64()),
         (Some("wallet"), Some(0))
@@ -777,10 +780,14 @@ async fn statements_chain_to_the_balance_and_as_of_sees_the_past() {
     );
 
     // The maker's escrow: the share in, then released to the wallet.
-    let escrow = app
-        .get("/v1/users/capmaker/statement?account=pending", Some(&token))
-        .await;
-    let moves: Vec<(i64, i64)> = escrow.body["entries"]
+    let escrow = wait_for_auth(
+        &app,
+        "/v1/users/capmaker/statement?account=pending",
+        &token,
+        |body| body["entries"].as_array().map(Vec::len) == Some(2),
+    )
+    .await;
+    let moves: Vec<(i64, i64)> = escrow["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -791,7 +798,7 @@ async fn statements_chain_to_the_balance_and_as_of_sees_the_past() {
             )
         })
         .collect();
-    assert_eq!(moves, [(7, 7), (-7, 0)], "{}", escrow.text);
+    assert_eq!(moves, [(7, 7), (-7, 0)], "{escrow}");
     let wallet = app.get("/v1/users/capmaker/statement", Some(&token)).await;
     assert_eq!(wallet.body["closing_balance"], 7, "{}", wallet.text);
     let before_sale = app
@@ -896,6 +903,10 @@ async fn a_purchase_trace_tells_support_what_happened() {
         let names = step_names(body);
         body["status"] == "refunded"
             && [
+                "accepted",
+                "reserved",
+                "paid",
+                "completed",
                 "granted",
                 "settled",
                 "serial_revoked",

@@ -259,7 +259,7 @@ impl Exporter {
 
     /// Gathers what the creator's sales report needs from `event`.
     fn learn(&mut self, event: &Event, at_ms: TimestampMs) {
-        let Some(creator) = self.creator.clone() else {
+        let Some(creator) = &self.creator else {
             return;
         };
         match event {
@@ -273,7 +273,7 @@ impl Exporter {
                     },
                 ..
             } => {
-                let facts = self.facts(purchase_id);
+                let facts = facts(&mut self.purchases, purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
                 match target {
                     PurchaseTarget::Item(item_id) => facts.item_id = Some(item_id.to_string()),
@@ -291,16 +291,13 @@ impl Exporter {
                     },
                 ..
             } => {
-                let facts = self.facts(purchase_id);
+                let facts = facts(&mut self.purchases, purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
             }
             Event::PurchaseCompleted {
                 key, reservation, ..
             } => {
-                let Some(purchase_id) = key
-                    .strip_prefix("purchase:")
-                    .and_then(|id| PurchaseId::parse(id.to_string()).ok())
-                else {
+                let Some(purchase_id) = ledger_core::keys::purchase_id(key) else {
                     return;
                 };
                 let facts = self.purchases.entry(purchase_id).or_default();
@@ -320,7 +317,7 @@ impl Exporter {
                 at_ms,
                 ..
             } => {
-                let facts = self.facts(purchase_id);
+                let facts = facts(&mut self.purchases, purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
                 facts.price = Some(*amount);
                 facts.paid_at_ms = Some(*at_ms);
@@ -337,7 +334,7 @@ impl Exporter {
                 serial,
                 ..
             } => {
-                let facts = self.facts(purchase_id);
+                let facts = facts(&mut self.purchases, purchase_id);
                 facts.item_id = Some(item_id.to_string());
                 facts.serial = Some(*serial);
             }
@@ -350,8 +347,8 @@ impl Exporter {
                 policy_version,
                 release_at_ms,
                 ..
-            } if *creator_id == creator => {
-                let facts = self.facts(purchase_id);
+            } if creator_id == creator => {
+                let facts = facts(&mut self.purchases, purchase_id);
                 facts.settled = Some((
                     *creator_share,
                     *platform_fee,
@@ -362,31 +359,27 @@ impl Exporter {
                 facts.paid_at_ms.get_or_insert(at_ms);
             }
             Event::EscrowFrozen { purchase_id } => {
-                self.facts(purchase_id).frozen = true;
+                facts(&mut self.purchases, purchase_id).frozen = true;
             }
             Event::EscrowUnfrozen { purchase_id } => {
-                self.facts(purchase_id).frozen = false;
+                facts(&mut self.purchases, purchase_id).frozen = false;
             }
             Event::EscrowReleased {
                 purchase_id,
                 creator_id,
                 ..
-            } if *creator_id == creator => {
-                self.facts(purchase_id).released = true;
+            } if creator_id == creator => {
+                facts(&mut self.purchases, purchase_id).released = true;
             }
             Event::EscrowReversed {
                 purchase_id,
                 creator_id,
                 ..
-            } if *creator_id == creator => {
-                self.facts(purchase_id).refunded = true;
+            } if creator_id == creator => {
+                facts(&mut self.purchases, purchase_id).refunded = true;
             }
             _ => {}
         }
-    }
-
-    fn facts(&mut self, purchase_id: &PurchaseId) -> &mut PurchaseFacts {
-        self.purchases.entry(purchase_id.clone()).or_default()
     }
 
     /// The manifest, and the sales of the creator asked for (by time).
@@ -450,6 +443,14 @@ fn rfc3339(ms: u64) -> String {
     const LATEST_MS: u64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
     let instant = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.min(LATEST_MS));
     humantime::format_rfc3339_millis(instant).to_string()
+}
+
+/// What the log says so far about `purchase_id`.
+fn facts<'a>(
+    purchases: &'a mut BTreeMap<PurchaseId, PurchaseFacts>,
+    purchase_id: &PurchaseId,
+) -> &'a mut PurchaseFacts {
+    purchases.entry(purchase_id.clone()).or_default()
 }
 
 /// The account's kind and user, as two columns.

@@ -194,10 +194,19 @@ impl Verifier {
     /// Checks the next record of shard `shard` as published on a topic: the
     /// bytes at `offset` of the shard's partition, which names no sequence.
     /// A finding about bytes that do not decode names the sequence the
-    /// shard's chain expected next, and the offset.
-    pub fn published_record_bytes(&mut self, shard: ShardId, offset: i64, bytes: &[u8]) {
+    /// shard's chain expected next, and the offset. Returns the record's
+    /// last sequence and checksum when it decoded as one of `shard`'s.
+    pub fn published_record_bytes(
+        &mut self,
+        shard: ShardId,
+        offset: i64,
+        bytes: &[u8],
+    ) -> Option<(u64, Hash)> {
         match BatchRecord::from_bytes(bytes) {
-            Ok(record) if record.shard == shard && !record.is_empty() => self.record(&record),
+            Ok(record) if record.shard == shard && !record.is_empty() => {
+                self.record(&record);
+                return Some((record.last_sequence(), record.hash));
+            }
             Ok(record) => {
                 let expected = self.next_sequence(shard);
                 self.find(
@@ -221,6 +230,7 @@ impl Verifier {
                 )
             }
         }
+        None
     }
 
     /// The sequence shard `shard`'s chain expects next.

@@ -214,12 +214,7 @@ impl ClusterSettings {
     }
 
     fn contact_points(&self) -> Vec<String> {
-        self.cql_contact
-            .split(',')
-            .map(str::trim)
-            .filter(|point| !point.is_empty())
-            .map(String::from)
-            .collect()
+        contact_list(&self.cql_contact)
     }
 
     fn core(&self) -> Config {
@@ -525,4 +520,13 @@ impl Service {
         }
         served
     }
+}
+
+/// A comma-separated list of CQL contact points (`LEDGER_CQL_CONTACT`).
+pub fn contact_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|point| !point.is_empty())
+        .map(String::from)
+        .collect()
 }

@@ -308,11 +308,7 @@ fn main() -> ExitCode {
                 let source = format!("{} on {kafka_bootstrap}", topics.events);
                 let config = log_kafka::KafkaConfig::new(kafka_bootstrap);
                 let copy = cql.then(|| ledger_cli::verify::CqlCopy {
-                    contact_points: cql_contact
-                        .split(',')
-                        .map(|point| point.trim().to_string())
-                        .filter(|point| !point.is_empty())
-                        .collect(),
+                    contact_points: ledger_cli::cluster::contact_list(&cql_contact),
                     keyspace: cql_keyspace,
                 });
                 (

@@ -137,12 +137,13 @@ pub fn verify_kafka(
     for partition in 0..partitions {
         let shard = ShardId(partition as u16);
         let mut visit = |offset: i64, bytes: &[u8]| {
-            verifier.published_record_bytes(shard, offset, bytes);
-            if let Ok(record) = ledger_core::codec::BatchRecord::from_bytes(bytes) {
+            if let Some((last_sequence, hash)) =
+                verifier.published_record_bytes(shard, offset, bytes)
+            {
                 published
                     .entry(shard)
                     .or_default()
-                    .insert(record.last_sequence(), record.hash);
+                    .insert(last_sequence, hash);
             }
             records += 1;
             if progress && records.is_multiple_of(PROGRESS_EVERY_RECORDS) {

@@ -141,6 +141,11 @@ pub mod keys {
     pub fn purchase(id: &PurchaseId) -> String {
         format!("purchase:{id}")
     }
+    /// The purchase whose key is `key` (made by [`purchase`]), if it is one.
+    pub fn purchase_id(key: &str) -> Option<PurchaseId> {
+        key.strip_prefix("purchase:")
+            .and_then(|id| PurchaseId::parse(id.to_string()).ok())
+    }
     pub fn grant(id: &GrantId) -> String {
         format!("grant:{id}")
     }
@@ -280,10 +285,16 @@ const REJECTION_CODES: [(RejectionCode, u32, &str); 19] = [
     (RejectionCode::NotRefundable, 19, "not_refundable"),
 ];
 
-/// The stored indices a decoder accepts.
-const REJECTION_CODE_INDICES: [u32; 19] = [
-    0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-];
+/// The stored indices a decoder accepts (those of [`REJECTION_CODES`]).
+const REJECTION_CODE_INDICES: [u32; REJECTION_CODES.len()] = {
+    let mut indices = [0; REJECTION_CODES.len()];
+    let mut at = 0;
+    while at < REJECTION_CODES.len() {
+        indices[at] = REJECTION_CODES[at].1;
+        at += 1;
+    }
+    indices
+};
 
 impl RejectionCode {
     /// Every code the core decides.

@@ -206,10 +206,7 @@ pub fn purchase_steps(logged: &Logged<'_>, event: &Event) -> Vec<Change> {
             let Some((key, completion)) = event.completion() else {
                 return Vec::new();
             };
-            let Some(purchase_id) = key
-                .strip_prefix("purchase:")
-                .and_then(|id| PurchaseId::parse(id.to_string()).ok())
-            else {
+            let Some(purchase_id) = ledger_core::keys::purchase_id(key) else {
                 return Vec::new();
             };
             steps.push(match &completion.result {
