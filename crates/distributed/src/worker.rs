@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use engine::ports::{EventStore, ShardBatch};
+use engine::ports::{EventStore, ShardBatch, StoreError};
 use engine::shard::{Reply, ShardRunner, Step};
 use engine::EngineConfig;
 use ledger_core::codec::{BatchRecord, CommandRecord, Entry, MessageEnvelope, ReplyRecord};
@@ -117,6 +117,11 @@ struct TransactionsInFlight {
     count: Mutex<usize>,
     settled: std::sync::Condvar,
 }
+
+/// Reads and claims of a shard's log at takeover before giving up: each
+/// retry means the previous owner appended in between, which it stops
+/// doing once its own next append meets the claim.
+const TAKEOVER_CLAIMS_MAX: u32 = 20;
 
 /// Longest wait of a revocation for the transactions in flight.
 const REVOCATION_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -786,13 +791,33 @@ impl Worker {
     /// whatever of its CQL log Kafka lacks.
     async fn take_over(&self, shard: ShardId) -> OwnedShard {
         let started = Instant::now();
-        let recovery = match self.store.recover(shard).await {
-            Ok(recovery) => recovery,
-            Err(error) => crash(shard, "recovering the shard from CQL", &error),
-        };
-        let runner = match ShardRunner::restore(shard, self.core.clone(), recovery) {
-            Ok(runner) => runner,
-            Err(error) => crash(shard, "replaying the shard's CQL log", &error),
+        // Read the log, then claim its next sequence: from then on a
+        // previous owner that is still running (paused past its session,
+        // not dead) cannot append. A record written between the read and
+        // the claim means that owner was still appending: read again.
+        let mut attempts = 0;
+        let runner = loop {
+            attempts += 1;
+            let recovery = match self.store.recover(shard).await {
+                Ok(recovery) => recovery,
+                Err(error) => crash(shard, "recovering the shard from CQL", &error),
+            };
+            let runner = match ShardRunner::restore(shard, self.core.clone(), recovery) {
+                Ok(runner) => runner,
+                Err(error) => crash(shard, "replaying the shard's CQL log", &error),
+            };
+            match self
+                .store
+                .claim_shard(shard, runner.state.next_sequence)
+                .await
+            {
+                Ok(()) => break runner,
+                Err(StoreError::HeadMoved { sequence, .. }) if attempts < TAKEOVER_CLAIMS_MAX => {
+                    metrics::counter!(names::WORKER_CLAIM_RETRIES_TOTAL).increment(1);
+                    tracing::warn!(%shard, sequence, attempts, "the previous owner appended while the shard was read; reading again");
+                }
+                Err(error) => crash(shard, "claiming the shard's next sequence in CQL", &error),
+            }
         };
         let mut writer = match ShardTransactionalWriter::connect(
             &self.kafka,

@@ -17,6 +17,11 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(#[from] ledger_core::codec::CodecError),
+    /// Another writer appended to (or claimed) the shard at a sequence this
+    /// writer meant to write: it was superseded, or its view of the log is
+    /// behind. Its in-memory state must be dropped and the log read again.
+    #[error("shard {shard} holds a record or claim at event {sequence} written by another writer since this one read its log")]
+    HeadMoved { shard: ShardId, sequence: u64 },
 }
 
 /// The records and outgoing messages of one shard, decided together.
@@ -70,6 +75,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// Whether appends become durable in the order `append_ordered` queued them.
     fn orders_appends_globally(&self) -> bool {
         false
+    }
+
+    /// Makes this process the only writer of `shard` from `next_sequence`
+    /// (its head after [`EventStore::recover`], plus one) on: any other
+    /// writer, including an earlier owner that is still running, can no
+    /// longer append there. Fails with [`StoreError::HeadMoved`] when a
+    /// record already starts at `next_sequence` (another writer appended
+    /// since the log was read: recover again, then claim again). A store
+    /// that has one writer by construction (a file one process holds)
+    /// claims nothing.
+    async fn claim_shard(&self, shard: ShardId, next_sequence: u64) -> Result<(), StoreError> {
+        let _ = (shard, next_sequence);
+        Ok(())
     }
 
     /// The latest snapshot of `shard` and every record after it.

@@ -89,6 +89,13 @@ pub enum CqlStoreError {
     },
     #[error("the record of shard {shard} from event {first_sequence} holds no entry")]
     EmptyRecord { shard: ShardId, first_sequence: u64 },
+    #[error("shard {shard} holds a record or claim at event {sequence} written by another writer since this one read its log")]
+    HeadMoved { shard: ShardId, sequence: u64 },
+    #[error("the conditional write of {operation} answered without {column}")]
+    ConditionalAnswer {
+        operation: &'static str,
+        column: &'static str,
+    },
     #[error("{what} {value} does not fit in a cql bigint")]
     IntegerOutOfRange { what: &'static str, value: u64 },
     #[error("stored {what} {value} is out of range")]
@@ -116,7 +123,9 @@ impl CqlStoreError {
             CqlStoreError::RecordConflict { .. }
             | CqlStoreError::MessageConflict { .. }
             | CqlStoreError::ShardMismatch { .. }
-            | CqlStoreError::EmptyRecord { .. } => "append",
+            | CqlStoreError::EmptyRecord { .. }
+            | CqlStoreError::HeadMoved { .. }
+            | CqlStoreError::ConditionalAnswer { .. } => "append",
             CqlStoreError::IntegerOutOfRange { .. }
             | CqlStoreError::StoredIntegerOutOfRange { .. } => "integer conversion",
             CqlStoreError::Corrupt(_) => "decode",
@@ -128,6 +137,9 @@ impl From<CqlStoreError> for StoreError {
     fn from(error: CqlStoreError) -> Self {
         match error {
             CqlStoreError::Corrupt(source) => StoreError::Corrupt(source),
+            CqlStoreError::HeadMoved { shard, sequence } => {
+                StoreError::HeadMoved { shard, sequence }
+            }
             other => StoreError::Backend {
                 operation: other.operation(),
                 detail: other.to_string(),

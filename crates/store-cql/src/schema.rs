@@ -62,6 +62,8 @@ mod tests {
             tables,
             [
                 "store_layout",
+                "records",
+                "record_buckets",
                 "events",
                 "event_buckets",
                 "messages",

@@ -3,51 +3,57 @@
 //!
 //! # The log
 //!
-//! One `events` row per [`BatchRecord`]: `sequence` is the record's last
-//! sequence, `bucket` = that sequence / events per bucket, `hash` the
-//! record's hash and `envelope` its bytes ([`BatchRecord::to_bytes`]). The
-//! per-event columns (`event_type`, `schema_version`, `cause`,
-//! `timestamp_ms`) describe format 1 rows (one envelope each, written
-//! before records existed) and stay null in a record's row. A format 1 row
-//! reads as a record of one entry, keyed the same way (its last sequence is
-//! its event's), so old keyspaces stay valid without a migration, and the
-//! rows holding an entry above `after` are exactly those keyed above it.
+//! One `records` row per [`BatchRecord`], keyed by the record's *first*
+//! sequence: `bucket` = first sequence / events per bucket, `last_sequence`, `hash` and `record` (its
+//! bytes, [`BatchRecord::to_bytes`]). Keyspaces written before fencing keep
+//! the start of each shard's log in `events` (rows keyed by their record's
+//! last sequence; format 1 rows hold one envelope each): it is read, never
+//! written, and the log continues in `records` where it ends.
 //!
-//! # Writes
+//! # Writes: one history per shard
 //!
-//! No lightweight transactions: every write is a plain, idempotent upsert
-//! whose row content depends only on the record or message, so a redo
-//! writes identical rows. A different record at stored sequences must be
-//! refused, which upserts alone cannot do; [`CqlStore::append`] therefore
-//! reads the stored rows keyed inside the sequences it is about to write
-//! first (the only one allowed is the same record's row: same last
-//! sequence, same hash), refuses the whole append on any difference, and
-//! only then writes. A stored record that starts inside a new one and ends
-//! after it is not seen by that read (its row is keyed beyond); the engine
-//! never writes one. That check is only sound because **each shard has a
-//! single writer** (the engine runs one writer per shard, and a shard's
-//! outgoing messages are written by that shard only): nobody else can write
-//! the same keys between the read and the write.
+//! Every record is written with a lightweight transaction on its key, so
+//! whatever a superseded writer does, a shard's log has one history:
 //!
-//! Rows go in unlogged batches that each stay inside one partition (atomic
-//! and isolated there), bounded in rows and bytes. An append spanning
-//! several partitions is not atomic across them: a crash in the middle
-//! leaves a prefix, which the engine's redo of the same append completes
-//! (identical rows). To keep that prefix harmless, the record partitions are
-//! written before the message partitions (a message is never visible before
-//! the record that sent it), and a bucket's entry in
-//! `event_buckets`/`message_buckets` before its rows (an entry without rows
-//! reads as empty).
+//! * a writer appends at the head it knows plus one (`INSERT ... IF NOT
+//!   EXISTS`); two writers continuing from the same head collide on that
+//!   key and one is refused ([`StoreError::HeadMoved`]): by induction
+//!   every row starts right after the previous one ends;
+//! * a writer taking a shard over claims the next sequence before it
+//!   decides anything ([`EventStore::claim_shard`]: a row holding only its
+//!   claim token, or an unfilled earlier claim taken over), and fills it
+//!   with `UPDATE ... IF writer = <its token>`; a paused previous owner that
+//!   wakes up finds that key claimed or filled and is refused, even when
+//!   the new owner has written nothing yet.
+//!
+//! The writes are checked before they are made, so a refused append writes
+//! nothing: a shard continuing from the head this process knows needs no
+//! read (the conditional write is the check); otherwise the stored records
+//! overlapping the new ones are read, and any that differs refuses the
+//! whole append. A refused conditional write whose row holds the very same
+//! record (a retry of a write that landed) counts as written.
+//!
+//! Messages and bucket entries are plain, idempotent upserts whose content
+//! depends only on the record or message, so a redo writes identical rows.
+//! Rows go in unlogged batches that each stay inside one partition, bounded
+//! in rows and bytes. An append spanning several partitions is not atomic
+//! across them: a crash in the middle leaves a prefix, which the engine's
+//! redo of the same append completes. To keep that prefix harmless, records
+//! are written before messages (a message is never visible before the
+//! record that sent it), and a bucket's entry in
+//! `record_buckets`/`message_buckets` before its rows (an entry without
+//! rows reads as empty).
 //!
 //! # Consistency
 //!
-//! Every statement runs at the configured consistency, QUORUM by default.
+//! Every statement runs at the configured consistency, QUORUM by default;
+//! conditional writes run their Paxos round at SERIAL.
 //! The tests use one node with replication factor 1, where QUORUM is that
 //! node; production uses replication factor 3, where a QUORUM write and a
 //! QUORUM read share a replica, so an acknowledged append is seen by every
 //! later recovery or message read even with one replica down.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,7 +70,7 @@ use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
+use scylla::statement::{Consistency, SerialConsistency};
 
 use crate::error::{from_cql, to_cql, CqlStoreError};
 use crate::schema::{is_valid_keyspace_name, schema_statements};
@@ -126,7 +132,7 @@ impl Default for CqlSettings {
 /// A partition whose bucket entry this process has already written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum KnownBucket {
-    Events {
+    Records {
         shard: u16,
         bucket: u64,
     },
@@ -140,9 +146,18 @@ enum KnownBucket {
 /// The prepared statements, all at the configured consistency.
 struct Statements {
     insert_record: PreparedStatement,
-    select_record_hashes: PreparedStatement,
+    write_claimed_record: PreparedStatement,
+    insert_claim: PreparedStatement,
+    take_claim: PreparedStatement,
+    select_record_row: PreparedStatement,
+    select_record_bounds: PreparedStatement,
+    select_record_before: PreparedStatement,
     select_records: PreparedStatement,
-    insert_event_bucket: PreparedStatement,
+    insert_record_bucket: PreparedStatement,
+    select_record_buckets: PreparedStatement,
+    select_record_bucket_at_or_below: PreparedStatement,
+    select_legacy_hashes: PreparedStatement,
+    select_legacy_records: PreparedStatement,
     select_event_buckets: PreparedStatement,
     insert_message: PreparedStatement,
     select_message_range: PreparedStatement,
@@ -164,6 +179,7 @@ pub struct CqlStore {
     settings: CqlSettings,
     statements: Statements,
     known_buckets: Mutex<HashSet<KnownBucket>>,
+    fencing: Mutex<Fencing>,
 }
 
 impl std::fmt::Debug for CqlStore {
@@ -238,6 +254,7 @@ impl CqlStore {
             settings,
             statements,
             known_buckets: Mutex::new(HashSet::new()),
+            fencing: Mutex::new(Fencing::default()),
         };
         store.check_layout().await?;
         Ok(Arc::new(store))
@@ -357,11 +374,11 @@ impl CqlStore {
             return Ok(());
         }
         match bucket {
-            KnownBucket::Events { shard, bucket } => {
+            KnownBucket::Records { shard, bucket } => {
                 self.execute(
-                    &self.statements.insert_event_bucket,
+                    &self.statements.insert_record_bucket,
                     (i32::from(shard), to_cql("bucket", bucket)?),
-                    "event bucket write",
+                    "record bucket write",
                 )
                 .await?
             }
@@ -397,36 +414,19 @@ impl CqlStore {
     }
 
     async fn append_inner(&self, batches: Vec<ShardBatch>) -> Result<(), CqlStoreError> {
-        // Records by the partition of their last sequence (their row's key),
-        // then by last sequence; duplicates inside one append must agree.
-        let mut records: BTreeMap<(u16, u64), BTreeMap<u64, &BatchRecord>> = BTreeMap::new();
+        // Records by shard, then by first sequence (their row's key);
+        // duplicates inside one append must agree.
+        let mut records: BTreeMap<u16, BTreeMap<u64, &BatchRecord>> = BTreeMap::new();
         let mut messages: BTreeMap<(u16, u16, u64), MessagePartition<'_>> = BTreeMap::new();
         for batch in &batches {
             for record in &batch.records {
-                if let Some(batch_shard) = batch.shard {
-                    if batch_shard != record.shard {
-                        return Err(CqlStoreError::ShardMismatch {
-                            batch_shard,
-                            record_shard: record.shard,
-                            first_sequence: record.first_sequence,
-                        });
-                    }
-                }
-                if record.is_empty() {
-                    return Err(CqlStoreError::EmptyRecord {
-                        shard: record.shard,
-                        first_sequence: record.first_sequence,
-                    });
-                }
-                let last_sequence = record.last_sequence();
-                to_cql("event sequence", last_sequence)?;
-                let bucket = last_sequence / self.settings.events_per_bucket;
-                let partition = records.entry((record.shard.0, bucket)).or_default();
-                if let Some(other) = partition.insert(last_sequence, record) {
-                    if other.hash != record.hash {
+                self.check_record(batch.shard, record)?;
+                let shard_records = records.entry(record.shard.0).or_default();
+                if let Some(other) = shard_records.insert(record.first_sequence, record) {
+                    if other.hash != record.hash || other.len() != record.len() {
                         return Err(CqlStoreError::RecordConflict {
                             shard: record.shard,
-                            sequence: last_sequence,
+                            sequence: record.first_sequence,
                         });
                     }
                 }
@@ -454,11 +454,18 @@ impl CqlStore {
             return Ok(());
         }
 
-        // Read before write: what is stored must be identical; only the rest
-        // is written. Sound under the single-writer-per-shard assumption.
-        // Both checks at once: they only read.
-        let (stored_records, message_writes) = futures_util::future::try_join(
-            self.stored_record_rows(&records),
+        // Everything is checked before anything is written, so a refused
+        // append writes nothing (unless another writer races it: then the
+        // conditional writes refuse what it took). A shard continuing from
+        // the head this process knows needs no read: the conditional write
+        // is the check. Otherwise what is stored in the records' sequences
+        // is read first; only identical records may be there.
+        let (record_writes, message_writes) = futures_util::future::try_join(
+            try_join_all(
+                records
+                    .iter()
+                    .map(|(&shard, shard_records)| self.records_to_write(shard, shard_records)),
+            ),
             try_join_all(
                 messages
                     .iter()
@@ -468,28 +475,15 @@ impl CqlStore {
             ),
         )
         .await?;
-        let mut record_writes = Vec::with_capacity(records.len());
-        for (&(shard, bucket), partition) in &records {
-            record_writes.push(self.new_records(shard, bucket, partition, &stored_records)?);
-        }
 
         // Records before messages: a message is never visible without the
-        // record that sent it.
+        // record that sent it. One shard's records in order, shards at once.
         try_join_all(
             records
                 .keys()
                 .zip(record_writes)
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(&(shard, bucket), rows)| async move {
-                    self.ensure_bucket(KnownBucket::Events { shard, bucket })
-                        .await?;
-                    self.write_partition(
-                        &self.statements.insert_record,
-                        chunks(rows, |row| row.4.len()),
-                        "record write",
-                    )
-                    .await
-                }),
+                .filter(|(_, new)| !new.is_empty())
+                .map(|(&shard, new)| self.write_records(shard, new)),
         )
         .await?;
         try_join_all(
@@ -516,68 +510,80 @@ impl CqlStore {
         Ok(())
     }
 
-    /// The stored rows (last sequence, hash) of every `events` partition the
-    /// records to append cover, in the sequence ranges they cover: a record
-    /// spans from its first sequence to its last, possibly across buckets.
-    async fn stored_record_rows(
+    /// Refuses a record filed under another shard's batch, an empty one, and
+    /// one whose sequences do not fit a bigint.
+    fn check_record(
         &self,
-        records: &BTreeMap<(u16, u64), BTreeMap<u64, &BatchRecord>>,
-    ) -> Result<StoredRecordRows, CqlStoreError> {
-        let mut ranges: BTreeMap<(u16, u64), (u64, u64)> = BTreeMap::new();
-        for record in records.values().flat_map(BTreeMap::values) {
-            let (first, last) = (record.first_sequence, record.last_sequence());
-            let per_bucket = self.settings.events_per_bucket;
-            for bucket in first / per_bucket..=last / per_bucket {
-                let range = ranges
-                    .entry((record.shard.0, bucket))
-                    .or_insert((first, last));
-                *range = (range.0.min(first), range.1.max(last));
+        batch_shard: Option<ShardId>,
+        record: &BatchRecord,
+    ) -> Result<(), CqlStoreError> {
+        if let Some(batch_shard) = batch_shard {
+            if batch_shard != record.shard {
+                return Err(CqlStoreError::ShardMismatch {
+                    batch_shard,
+                    record_shard: record.shard,
+                    first_sequence: record.first_sequence,
+                });
             }
         }
-        let lookups = ranges
-            .into_iter()
-            .map(|((shard, bucket), (first, last))| async move {
-                let rows: Vec<(i64, Vec<u8>)> = self
-                    .select(
-                        &self.statements.select_record_hashes,
-                        (
-                            i32::from(shard),
-                            to_cql("bucket", bucket)?,
-                            to_cql("event sequence", first)?,
-                            to_cql("event sequence", last)?,
-                        ),
-                        "stored record lookup",
-                    )
-                    .await?;
-                let mut found = Vec::with_capacity(rows.len());
-                for (sequence, hash) in rows {
-                    found.push((shard, from_cql("record sequence", sequence)?, hash));
-                }
-                Ok::<_, CqlStoreError>(found)
+        if record.is_empty() {
+            return Err(CqlStoreError::EmptyRecord {
+                shard: record.shard,
+                first_sequence: record.first_sequence,
             });
-        let mut stored = StoredRecordRows::new();
-        for (shard, sequence, hash) in try_join_all(lookups).await?.into_iter().flatten() {
-            stored.insert((shard, sequence), hash);
         }
-        Ok(stored)
+        to_cql("event sequence", record.last_sequence())?;
+        Ok(())
     }
 
-    /// The rows of `partition` not stored yet; an error if a stored row
-    /// differs from the record at its key, or lies inside a record with
-    /// other boundaries.
-    fn new_records(
+    /// The records of one shard's append that are not stored yet, in order;
+    /// an error if a stored record overlaps one of them and differs.
+    async fn records_to_write<'append>(
         &self,
         shard: u16,
-        bucket: u64,
-        partition: &BTreeMap<u64, &BatchRecord>,
-        stored: &StoredRecordRows,
-    ) -> Result<Vec<RecordRow>, CqlStoreError> {
-        let mut rows = Vec::new();
-        for (&last_sequence, record) in partition {
-            let covered = stored.range((shard, record.first_sequence)..=(shard, last_sequence));
+        records: &BTreeMap<u64, &'append BatchRecord>,
+    ) -> Result<Vec<&'append BatchRecord>, CqlStoreError> {
+        let known_head = self.fencing().heads.get(&shard).copied();
+        let continues_head = known_head.is_some_and(|head| {
+            let mut next = head + 1;
+            records.values().all(|record| {
+                let continues = record.first_sequence == next;
+                next = record.last_sequence() + 1;
+                continues
+            })
+        });
+        if continues_head {
+            return Ok(records.values().copied().collect());
+        }
+        let (Some(first), Some(last)) = (
+            records.values().map(|record| record.first_sequence).min(),
+            records.values().map(|record| record.last_sequence()).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let (stored, legacy) = futures_util::future::try_join(
+            self.stored_record_bounds(shard, first, last),
+            self.legacy_record_hashes(shard, first, last),
+        )
+        .await?;
+        let mut new = Vec::new();
+        for record in records.values() {
+            let (first, last) = (record.first_sequence, record.last_sequence());
             let mut already_stored = false;
-            for (&(_, sequence), hash) in covered {
-                if sequence != last_sequence || hash.as_slice() != record.hash.as_slice() {
+            for bounds in &stored {
+                if bounds.first > last || bounds.last < first {
+                    continue;
+                }
+                if bounds.first != first || bounds.last != last || bounds.hash != record.hash {
+                    return Err(CqlStoreError::RecordConflict {
+                        shard: record.shard,
+                        sequence: bounds.last.min(last),
+                    });
+                }
+                already_stored = true;
+            }
+            for (&sequence, hash) in legacy.range(first..=last) {
+                if sequence != last || hash.as_slice() != record.hash.as_slice() {
                     return Err(CqlStoreError::RecordConflict {
                         shard: record.shard,
                         sequence,
@@ -586,16 +592,312 @@ impl CqlStore {
                 already_stored = true;
             }
             if !already_stored {
-                rows.push((
-                    shard_column(record.shard),
-                    to_cql("bucket", bucket)?,
-                    to_cql("event sequence", last_sequence)?,
-                    record.hash.to_vec(),
-                    record.to_bytes(),
-                ));
+                new.push(*record);
             }
         }
-        Ok(rows)
+        Ok(new)
+    }
+
+    /// The stored records of `shard` overlapping sequences `first..=last`:
+    /// those starting inside them, and the one before `first` (which may
+    /// reach into them). Claim rows (no record yet) are left out.
+    async fn stored_record_bounds(
+        &self,
+        shard: u16,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<RecordBounds>, CqlStoreError> {
+        let per_bucket = self.settings.events_per_bucket;
+        let inside = try_join_all((first / per_bucket..=last / per_bucket).map(
+            |bucket| async move {
+                self.select::<BoundsRow>(
+                    &self.statements.select_record_bounds,
+                    (
+                        i32::from(shard),
+                        to_cql("bucket", bucket)?,
+                        to_cql("event sequence", first)?,
+                        to_cql("event sequence", last)?,
+                    ),
+                    "stored record lookup",
+                )
+                .await
+            },
+        ));
+        let (inside, before) =
+            futures_util::future::try_join(inside, self.record_before(shard, first)).await?;
+        let mut bounds = Vec::new();
+        let before = before.map(|(first, last, hash, _)| (first, last, hash));
+        for row in inside.into_iter().flatten().chain(before) {
+            if let Some(row) = RecordBounds::from_row(row)? {
+                bounds.push(row);
+            }
+        }
+        Ok(bounds)
+    }
+
+    /// The row of `shard` with the greatest first sequence below `sequence`:
+    /// in the greatest bucket at or below that of `sequence` that has rows
+    /// (the buckets a long record spans past its first have no entry), or
+    /// the one before it when all its rows start at or after `sequence`.
+    async fn record_before(
+        &self,
+        shard: u16,
+        sequence: u64,
+    ) -> Result<Option<FullRow>, CqlStoreError> {
+        let mut at_or_below = sequence / self.settings.events_per_bucket;
+        for _ in 0..2 {
+            let buckets: Vec<(i64,)> = self
+                .select(
+                    &self.statements.select_record_bucket_at_or_below,
+                    (i32::from(shard), to_cql("bucket", at_or_below)?),
+                    "record bucket lookup",
+                )
+                .await?;
+            let Some((bucket,)) = buckets.into_iter().next() else {
+                return Ok(None);
+            };
+            let rows: Vec<FullRow> = self
+                .select(
+                    &self.statements.select_record_before,
+                    (
+                        i32::from(shard),
+                        bucket,
+                        to_cql("event sequence", sequence)?,
+                    ),
+                    "stored record lookup",
+                )
+                .await?;
+            if let Some(row) = rows.into_iter().next() {
+                return Ok(Some(row));
+            }
+            // Every row of that bucket starts at or after `sequence`: only
+            // its own bucket can be like that; the row is in an earlier one.
+            match from_cql("bucket", bucket)?.checked_sub(1) {
+                Some(earlier) => at_or_below = earlier,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rows of the pre-fencing `events` table keyed inside `first..=last`:
+    /// last sequence → hash.
+    async fn legacy_record_hashes(
+        &self,
+        shard: u16,
+        first: u64,
+        last: u64,
+    ) -> Result<BTreeMap<u64, Vec<u8>>, CqlStoreError> {
+        let per_bucket = self.settings.events_per_bucket;
+        let lookups = (first / per_bucket..=last / per_bucket).map(|bucket| async move {
+            self.select::<(i64, Vec<u8>)>(
+                &self.statements.select_legacy_hashes,
+                (
+                    i32::from(shard),
+                    to_cql("bucket", bucket)?,
+                    to_cql("event sequence", first)?,
+                    to_cql("event sequence", last)?,
+                ),
+                "stored record lookup",
+            )
+            .await
+        });
+        let mut hashes = BTreeMap::new();
+        for (sequence, hash) in try_join_all(lookups).await?.into_iter().flatten() {
+            hashes.insert(from_cql("record sequence", sequence)?, hash);
+        }
+        Ok(hashes)
+    }
+
+    /// Writes one shard's new records in order, each with a conditional
+    /// write on its first sequence: the one this process claimed (taking
+    /// the shard over) must still be its claim, any other must be free. A
+    /// refused write whose row holds this very record (a retried write that
+    /// had landed) counts as written; any other means another writer owns
+    /// the shard's log from there: [`CqlStoreError::HeadMoved`].
+    async fn write_records(
+        &self,
+        shard: u16,
+        records: Vec<&BatchRecord>,
+    ) -> Result<(), CqlStoreError> {
+        for record in records {
+            let first = record.first_sequence;
+            let last = record.last_sequence();
+            let bucket = first / self.settings.events_per_bucket;
+            self.ensure_bucket(KnownBucket::Records { shard, bucket })
+                .await?;
+            let claim = self
+                .fencing()
+                .claims
+                .get(&shard)
+                .filter(|(claimed, _)| *claimed == first)
+                .map(|(_, token)| *token);
+            let key = (
+                i32::from(shard),
+                to_cql("bucket", bucket)?,
+                to_cql("event sequence", first)?,
+            );
+            let bytes = record.to_bytes();
+            let applied = match claim {
+                Some(token) => {
+                    self.conditional(
+                        &self.statements.write_claimed_record,
+                        (
+                            to_cql("event sequence", last)?,
+                            record.hash.to_vec(),
+                            bytes,
+                            key.0,
+                            key.1,
+                            key.2,
+                            token.to_vec(),
+                        ),
+                        "record write",
+                    )
+                    .await?
+                }
+                None => {
+                    self.conditional(
+                        &self.statements.insert_record,
+                        (
+                            key.0,
+                            key.1,
+                            key.2,
+                            to_cql("event sequence", last)?,
+                            record.hash.to_vec(),
+                            bytes,
+                        ),
+                        "record write",
+                    )
+                    .await?
+                }
+            };
+            if !applied {
+                let stored = self.stored_row(key).await?;
+                let last_column = to_cql("event sequence", last)?;
+                let same = stored.as_ref().is_some_and(|row| {
+                    row.0 == Some(last_column) && row.1.as_deref() == Some(record.hash.as_slice())
+                });
+                if !same {
+                    return Err(CqlStoreError::HeadMoved {
+                        shard: ShardId(shard),
+                        sequence: first,
+                    });
+                }
+            }
+            let mut fencing = self.fencing();
+            if claim.is_some() {
+                fencing.claims.remove(&shard);
+            }
+            fencing.heads.insert(shard, last);
+        }
+        Ok(())
+    }
+
+    /// Runs a lightweight transaction; whether it applied.
+    async fn conditional(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+        operation: &'static str,
+    ) -> Result<bool, CqlStoreError> {
+        let result = self
+            .session
+            .execute_unpaged(statement, values)
+            .await
+            .map_err(|source| CqlStoreError::Execute { operation, source })?;
+        let rows = result
+            .into_rows_result()
+            .map_err(|_| CqlStoreError::ConditionalAnswer {
+                operation,
+                column: "[applied]",
+            })?;
+        let row = rows.maybe_first_row::<scylla::value::Row>().map_err(|_| {
+            CqlStoreError::ConditionalAnswer {
+                operation,
+                column: "[applied]",
+            }
+        })?;
+        match row.and_then(|row| row.columns.into_iter().next().flatten()) {
+            Some(scylla::value::CqlValue::Boolean(applied)) => Ok(applied),
+            _ => Err(CqlStoreError::ConditionalAnswer {
+                operation,
+                column: "[applied]",
+            }),
+        }
+    }
+
+    /// A `records` row read at SERIAL consistency (it sees the outcome of
+    /// every conditional write before it): last sequence, hash, writer.
+    async fn stored_row(&self, key: (i32, i64, i64)) -> Result<Option<StoredRow>, CqlStoreError> {
+        let rows: Vec<StoredRow> = self
+            .select(&self.statements.select_record_row, key, "record row read")
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Claims `next_sequence` of `shard` for this process (see
+    /// [`EventStore::claim_shard`]): a claim row where the next record will
+    /// go, taken over from an earlier claimant that never filled it.
+    async fn claim_shard_inner(
+        &self,
+        shard: ShardId,
+        next_sequence: u64,
+    ) -> Result<(), CqlStoreError> {
+        let token = new_claim_token();
+        let bucket = next_sequence / self.settings.events_per_bucket;
+        let key = (
+            shard_column(shard),
+            to_cql("bucket", bucket)?,
+            to_cql("event sequence", next_sequence)?,
+        );
+        let mut claimed = self
+            .conditional(
+                &self.statements.insert_claim,
+                (key.0, key.1, key.2, token.to_vec()),
+                "shard claim",
+            )
+            .await?;
+        if !claimed {
+            let head_moved = CqlStoreError::HeadMoved {
+                shard,
+                sequence: next_sequence,
+            };
+            match self.stored_row(key).await? {
+                // A claim nobody filled: an earlier owner's, which this one
+                // supersedes.
+                Some((None, None, Some(previous))) => {
+                    claimed = self
+                        .conditional(
+                            &self.statements.take_claim,
+                            (token.to_vec(), key.0, key.1, key.2, previous),
+                            "shard claim",
+                        )
+                        .await?;
+                    if !claimed {
+                        return Err(head_moved);
+                    }
+                }
+                Some((Some(_), _, _)) => return Err(head_moved),
+                _ => {
+                    return Err(CqlStoreError::ConditionalAnswer {
+                        operation: "shard claim",
+                        column: "writer",
+                    })
+                }
+            }
+        }
+        let mut fencing = self.fencing();
+        fencing.claims.insert(shard.0, (next_sequence, token));
+        fencing.heads.insert(shard.0, next_sequence - 1);
+        Ok(())
+    }
+
+    fn fencing(&self) -> std::sync::MutexGuard<'_, Fencing> {
+        // Only plain inserts and lookups happen under the lock: it cannot
+        // be poisoned by a half-done update worth refusing.
+        self.fencing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The rows of `partition` not stored yet; an error if a stored message
@@ -656,12 +958,85 @@ impl CqlStore {
         limit: usize,
     ) -> Result<Vec<BatchRecord>, CqlStoreError> {
         // Sequences are stored as bigint: nothing lies beyond i64::MAX.
-        let Ok(after_column) = i64::try_from(after) else {
-            return Ok(Vec::new());
-        };
-        if limit == 0 || after_column == i64::MAX {
+        if limit == 0 || i64::try_from(after).map_or(true, |after| after == i64::MAX) {
             return Ok(Vec::new());
         }
+        // A keyspace written before fencing holds the start of the log in
+        // `events`; the log continues in `records` where that part ends.
+        let mut records = self.read_legacy(shard, after, limit).await?;
+        if records.len() < limit {
+            let after = records.last().map_or(after, BatchRecord::last_sequence);
+            let remaining = limit - records.len();
+            records.extend(self.read_records(shard, after, remaining).await?);
+        }
+        Ok(records)
+    }
+
+    /// Records of `shard` in `records` holding an entry above `after`, at
+    /// most `limit`: those starting after it, preceded by the one that
+    /// starts at or before it and ends after it, if any.
+    async fn read_records(
+        &self,
+        shard: ShardId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, CqlStoreError> {
+        let after_column = to_cql("event sequence", after)?;
+        let first_bucket = (after + 1) / self.settings.events_per_bucket;
+        let buckets: Vec<(i64,)> = self
+            .select(
+                &self.statements.select_record_buckets,
+                (shard_column(shard), to_cql("bucket", first_bucket)?),
+                "record bucket read",
+            )
+            .await?;
+        let mut records = Vec::new();
+        for (bucket,) in buckets {
+            let remaining = limit - records.len();
+            let row_limit = i32::try_from(remaining).unwrap_or(i32::MAX);
+            let rows: Vec<(Option<Vec<u8>>,)> = self
+                .select(
+                    &self.statements.select_records,
+                    (shard_column(shard), bucket, after_column, row_limit),
+                    "shard read",
+                )
+                .await?;
+            // Claim rows hold no record yet.
+            for (bytes,) in rows {
+                if let Some(bytes) = bytes {
+                    records.push(BatchRecord::from_bytes(&bytes)?);
+                }
+            }
+            if records.len() >= limit {
+                records.truncate(limit);
+                break;
+            }
+        }
+        let starts_right_after = records
+            .first()
+            .is_some_and(|record| record.first_sequence == after + 1);
+        if after > 0 && !starts_right_after {
+            if let Some((_, Some(last), _, Some(bytes))) =
+                self.record_before(shard.0, after + 1).await?
+            {
+                if from_cql("record sequence", last)? > after {
+                    records.insert(0, BatchRecord::from_bytes(&bytes)?);
+                    records.truncate(limit);
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Records of `shard` in the pre-fencing `events` table (rows keyed by
+    /// their last sequence) holding an entry above `after`, at most `limit`.
+    async fn read_legacy(
+        &self,
+        shard: ShardId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, CqlStoreError> {
+        let after_column = to_cql("event sequence", after)?;
         // A row's key is its record's last sequence: the records holding an
         // entry above `after` are exactly the rows above it, which start in
         // the bucket of `after + 1`.
@@ -679,7 +1054,7 @@ impl CqlStore {
             let row_limit = i32::try_from(remaining).unwrap_or(i32::MAX);
             let rows: Vec<(Vec<u8>,)> = self
                 .select(
-                    &self.statements.select_records,
+                    &self.statements.select_legacy_records,
                     (shard_column(shard), bucket, after_column, row_limit),
                     "shard read",
                 )
@@ -711,6 +1086,8 @@ impl CqlStore {
             None => (0, None),
         };
         let records = self.read_shard_inner(shard, after, usize::MAX).await?;
+        let head = records.last().map_or(after, BatchRecord::last_sequence);
+        self.fencing().heads.insert(shard.0, head);
         Ok(Recovery { snapshot, records })
     }
 
@@ -794,10 +1171,77 @@ impl CqlStore {
     }
 }
 
-/// shard, bucket, sequence (the record's last), hash, envelope (the record's bytes)
-type RecordRow = (i32, i64, i64, Vec<u8>, Vec<u8>);
-/// Stored `events` rows looked up before an append: (shard, sequence) → hash.
-type StoredRecordRows = BTreeMap<(u16, u64), Vec<u8>>;
+/// A `records` row's first sequence, last sequence and hash (the last two
+/// null in a claim row).
+type BoundsRow = (i64, Option<i64>, Option<Vec<u8>>);
+/// A `records` row's first sequence, last sequence, hash and record bytes.
+type FullRow = (i64, Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>);
+/// A `records` row's last sequence, hash and claimant (see `stored_row`).
+type StoredRow = (Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The sequences and hash of a stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RecordBounds {
+    first: u64,
+    last: u64,
+    hash: [u8; 32],
+}
+
+impl RecordBounds {
+    /// `None` for a claim row.
+    fn from_row((first, last, hash): BoundsRow) -> Result<Option<Self>, CqlStoreError> {
+        let (Some(last), Some(hash)) = (last, hash) else {
+            return Ok(None);
+        };
+        let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) else {
+            return Err(CqlStoreError::StoredIntegerOutOfRange {
+                what: "record hash length",
+                value: hash.len() as i64,
+            });
+        };
+        Ok(Some(Self {
+            first: from_cql("record sequence", first)?,
+            last: from_cql("record sequence", last)?,
+            hash,
+        }))
+    }
+}
+
+/// What this process knows of the shards it writes (hints for the fast
+/// path and its claims; the conditional writes are what enforce a single
+/// history).
+#[derive(Debug, Default)]
+struct Fencing {
+    /// Per shard: the last sequence known to be stored, from a recovery,
+    /// a claim or this process's own appends.
+    heads: HashMap<u16, u64>,
+    /// Per shard: the sequence this process claimed and its claim token.
+    claims: HashMap<u16, (u64, ClaimToken)>,
+}
+
+/// Identifies one claim of one process: 16 bytes no other claim shares.
+type ClaimToken = [u8; 16];
+
+/// A fresh claim token: the process id, the time and a counter, mixed with
+/// the standard library's per-process random hash keys.
+fn new_claim_token() -> ClaimToken {
+    use std::hash::{BuildHasher, Hasher};
+    static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let mut token = [0_u8; 16];
+    for (half, salt) in token.chunks_mut(8).zip([0_u8, 1]) {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u8(salt);
+        hasher.write_u32(std::process::id());
+        hasher.write_u128(nanos);
+        hasher.write_u64(count);
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    token
+}
 /// The messages of one partition to append, by sequence, with their bytes.
 type MessagePartition<'append> = BTreeMap<u64, (&'append MessageEnvelope, Vec<u8>)>;
 /// receiver, sender, bucket, sequence, envelope
@@ -928,28 +1372,87 @@ impl Statements {
             prepared.set_page_size(READ_PAGE_ROWS);
             Ok::<_, CqlStoreError>(prepared)
         };
+        // Conditional writes run Paxos at SERIAL (every data centre agrees:
+        // a shard has one writer worldwide); the row read that explains a
+        // refused one runs at SERIAL too, so it sees every decided write.
+        let conditional = |statement: &'static str, cql: &'static str| async move {
+            let mut prepared = prepare(statement, cql).await?;
+            prepared.set_serial_consistency(Some(SerialConsistency::Serial));
+            Ok::<_, CqlStoreError>(prepared)
+        };
         Ok(Self {
-            // The per-event columns (event_type, schema_version, cause,
-            // timestamp_ms) describe format 1 rows only: a record's row
-            // leaves them null.
-            insert_record: prepare(
+            insert_record: conditional(
                 "record insert",
-                "INSERT INTO events (shard, bucket, sequence, hash, envelope) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO records (shard, bucket, first_sequence, last_sequence, hash, record) \
+                 VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
             )
             .await?,
-            select_record_hashes: prepare(
-                "record hash lookup",
-                "SELECT sequence, hash FROM events WHERE shard = ? AND bucket = ? AND sequence >= ? AND sequence <= ?",
+            write_claimed_record: conditional(
+                "claimed record write",
+                "UPDATE records SET last_sequence = ?, hash = ?, record = ?, writer = null \
+                 WHERE shard = ? AND bucket = ? AND first_sequence = ? IF writer = ?",
+            )
+            .await?,
+            insert_claim: conditional(
+                "claim insert",
+                "INSERT INTO records (shard, bucket, first_sequence, writer) VALUES (?, ?, ?, ?) IF NOT EXISTS",
+            )
+            .await?,
+            take_claim: conditional(
+                "claim takeover",
+                "UPDATE records SET writer = ? WHERE shard = ? AND bucket = ? AND first_sequence = ? IF writer = ?",
+            )
+            .await?,
+            select_record_row: {
+                let mut prepared = prepare(
+                    "record row read",
+                    "SELECT last_sequence, hash, writer FROM records \
+                     WHERE shard = ? AND bucket = ? AND first_sequence = ?",
+                )
+                .await?;
+                prepared.set_consistency(Consistency::Serial);
+                prepared
+            },
+            select_record_bounds: prepare(
+                "record bounds lookup",
+                "SELECT first_sequence, last_sequence, hash FROM records \
+                 WHERE shard = ? AND bucket = ? AND first_sequence >= ? AND first_sequence <= ?",
+            )
+            .await?,
+            select_record_before: prepare(
+                "record before lookup",
+                "SELECT first_sequence, last_sequence, hash, record FROM records \
+                 WHERE shard = ? AND bucket = ? AND first_sequence < ? ORDER BY first_sequence DESC LIMIT 1",
             )
             .await?,
             select_records: prepare(
                 "shard read",
-                "SELECT envelope FROM events WHERE shard = ? AND bucket = ? AND sequence > ? LIMIT ?",
+                "SELECT record FROM records WHERE shard = ? AND bucket = ? AND first_sequence > ? LIMIT ?",
             )
             .await?,
-            insert_event_bucket: prepare(
-                "event bucket insert",
-                "INSERT INTO event_buckets (shard, bucket) VALUES (?, ?)",
+            insert_record_bucket: prepare(
+                "record bucket insert",
+                "INSERT INTO record_buckets (shard, bucket) VALUES (?, ?)",
+            )
+            .await?,
+            select_record_buckets: prepare(
+                "record bucket read",
+                "SELECT bucket FROM record_buckets WHERE shard = ? AND bucket >= ?",
+            )
+            .await?,
+            select_record_bucket_at_or_below: prepare(
+                "record bucket lookup",
+                "SELECT bucket FROM record_buckets WHERE shard = ? AND bucket <= ? ORDER BY bucket DESC LIMIT 1",
+            )
+            .await?,
+            select_legacy_hashes: prepare(
+                "record hash lookup",
+                "SELECT sequence, hash FROM events WHERE shard = ? AND bucket = ? AND sequence >= ? AND sequence <= ?",
+            )
+            .await?,
+            select_legacy_records: prepare(
+                "legacy shard read",
+                "SELECT envelope FROM events WHERE shard = ? AND bucket = ? AND sequence > ? LIMIT ?",
             )
             .await?,
             select_event_buckets: prepare(
@@ -1021,6 +1524,10 @@ impl Statements {
 impl EventStore for CqlStore {
     async fn append(&self, batches: Vec<ShardBatch>) -> Result<(), StoreError> {
         Ok(self.append_inner(batches).await?)
+    }
+
+    async fn claim_shard(&self, shard: ShardId, next_sequence: u64) -> Result<(), StoreError> {
+        Ok(self.claim_shard_inner(shard, next_sequence).await?)
     }
 
     async fn recover(&self, shard: ShardId) -> Result<Recovery, StoreError> {

@@ -160,7 +160,7 @@ async fn events_and_messages_fill_bounded_partitions() {
             assert_eq!(
                 sequences_in(
                     &store,
-                    format!("SELECT sequence FROM {keyspace}.events WHERE shard = 0 AND bucket = {bucket}")
+                    format!("SELECT first_sequence FROM {keyspace}.records WHERE shard = 0 AND bucket = {bucket}")
                 )
                 .await,
                 expected
@@ -169,7 +169,7 @@ async fn events_and_messages_fill_bounded_partitions() {
         assert_eq!(
             sequences_in(
                 &store,
-                format!("SELECT bucket FROM {keyspace}.event_buckets WHERE shard = 0")
+                format!("SELECT bucket FROM {keyspace}.record_buckets WHERE shard = 0")
             )
             .await,
             vec![0, 1, 2]
@@ -296,10 +296,12 @@ fn grant_events(prefix: &str, count: i64) -> Vec<ledger_core::Event> {
         .collect()
 }
 
-/// One row per record, keyed and bucketed by the record's last sequence;
-/// the per-event columns of format 1 rows stay empty.
+/// One row per record in `records`, keyed and bucketed by the record's
+/// first sequence, with its last sequence beside it; nothing goes to the
+/// pre-fencing `events` table, and a record is read from any sequence
+/// inside it, across the buckets it spans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_is_one_row_keyed_by_its_last_sequence() {
+async fn a_record_is_one_row_keyed_by_its_first_sequence() {
     with_small_buckets(|store| async move {
         let mut log = Log::default();
         let first = log.seal_many(0, grant_events("a", 5), 1);
@@ -314,11 +316,11 @@ async fn a_record_is_one_row_keyed_by_its_last_sequence() {
             .await
             .expect("append succeeds");
         let keyspace = store.keyspace().to_string();
-        for (bucket, expected) in [(0, vec![]), (1, vec![5, 6]), (2, vec![]), (3, vec![13])] {
+        for (bucket, expected) in [(0, vec![1]), (1, vec![6, 7]), (2, vec![]), (3, vec![])] {
             assert_eq!(
                 sequences_in(
                     &store,
-                    format!("SELECT sequence FROM {keyspace}.events WHERE shard = 0 AND bucket = {bucket}")
+                    format!("SELECT first_sequence FROM {keyspace}.records WHERE shard = 0 AND bucket = {bucket}")
                 )
                 .await,
                 expected,
@@ -328,28 +330,25 @@ async fn a_record_is_one_row_keyed_by_its_last_sequence() {
         assert_eq!(
             sequences_in(
                 &store,
-                format!("SELECT bucket FROM {keyspace}.event_buckets WHERE shard = 0")
+                format!("SELECT bucket FROM {keyspace}.record_buckets WHERE shard = 0")
             )
             .await,
-            vec![1, 3]
+            vec![0, 1]
         );
-        let rows = store
-            .session()
-            .query_unpaged(
-                format!(
-                    "SELECT event_type, schema_version, cause, timestamp_ms FROM {keyspace}.events WHERE shard = 0 AND bucket = 3"
-                ),
-                &[],
+        assert_eq!(
+            sequences_in(
+                &store,
+                format!("SELECT last_sequence FROM {keyspace}.records WHERE shard = 0 AND bucket = 1")
             )
-            .await
-            .expect("query runs")
-            .into_rows_result()
-            .expect("rows come back")
-            .rows::<(Option<String>, Option<i32>, Option<String>, Option<i64>)>()
-            .expect("nullable columns")
-            .map(|row| row.expect("row decodes"))
-            .collect::<Vec<_>>();
-        assert_eq!(rows, vec![(None, None, None, None)]);
+            .await,
+            vec![6, 13]
+        );
+        assert!(sequences_in(
+            &store,
+            format!("SELECT sequence FROM {keyspace}.events WHERE shard = 0 AND bucket IN (0, 1, 2, 3)")
+        )
+        .await
+        .is_empty());
         for (after, expected) in [
             (0, vec![first.clone(), second.clone(), third.clone()]),
             (4, vec![first.clone(), second.clone(), third.clone()]),
@@ -541,4 +540,162 @@ async fn format_one_rows_read_as_records_and_the_chain_continues() {
         assert_eq!(runner.state.next_sequence, 10);
     })
     .await;
+}
+
+/// A second store on the same keyspace: another writer process.
+async fn second_writer(store: &CqlStore) -> Arc<CqlStore> {
+    CqlStore::connect(
+        &contact_points(),
+        store.keyspace(),
+        store.settings().clone(),
+    )
+    .await
+    .expect("a second writer connects")
+}
+
+fn assert_head_moved(error: &StoreError, sequence: u64) {
+    assert!(
+        matches!(error, StoreError::HeadMoved { shard: ShardId(0), sequence: moved } if *moved == sequence),
+        "{error}"
+    );
+}
+
+/// The zombie gap, closed: a writer superseded by a takeover cannot append
+/// at the head it knows, whether the new owner has written there yet or
+/// only claimed it; an unfilled claim is taken over by the next owner; two
+/// writers continuing from one head collide; the log keeps one history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_writer_cannot_append_and_the_log_keeps_one_history() {
+    with_small_buckets(|old_owner| async move {
+        // The first owner takes the shard over and appends events 1 and 2.
+        let mut log = Log::default();
+        old_owner.recover(ShardId(0)).await.expect("recovery reads");
+        old_owner
+            .claim_shard(ShardId(0), 1)
+            .await
+            .expect("an empty shard is claimed");
+        let first = log.seal_many(0, grant_events("a", 2), 1);
+        old_owner
+            .append(vec![batch(0, vec![first.clone()], Vec::new())])
+            .await
+            .expect("the owner appends");
+
+        // It pauses; a new owner takes over (recovers, claims event 3) and
+        // has written nothing yet when the old one wakes up.
+        let new_owner = second_writer(&old_owner).await;
+        let recovered = new_owner.recover(ShardId(0)).await.expect("recovery reads");
+        assert_eq!(recovered.records, vec![first.clone()]);
+        new_owner
+            .claim_shard(ShardId(0), 3)
+            .await
+            .expect("the new owner claims the next event");
+        let mut zombie_log = log.clone();
+        let zombie = zombie_log.seal_many(0, grant_events("zombie", 3), 2);
+        let error = old_owner
+            .append(vec![batch(0, vec![zombie.clone()], messages(0, 1, 1, 1))])
+            .await
+            .expect_err("the superseded owner is refused at the claimed event");
+        assert_head_moved(&error, 3);
+        // Nothing of the refused append is visible: no record, no message.
+        assert_eq!(read_all(&new_owner, 0).await, vec![first.clone()]);
+        assert!(new_owner
+            .pending_messages(ShardId(1), &std::collections::BTreeMap::new())
+            .await
+            .expect("messages read")
+            .is_empty());
+
+        // The new owner fills its claim; the old one is still refused.
+        let second = log.seal_many(0, grant_events("b", 2), 3);
+        new_owner
+            .append(vec![batch(0, vec![second.clone()], Vec::new())])
+            .await
+            .expect("the new owner appends at its claim");
+        let error = old_owner
+            .append(vec![batch(0, vec![zombie], Vec::new())])
+            .await
+            .expect_err("the superseded owner is refused at a filled event");
+        assert_head_moved(&error, 3);
+
+        // A third owner claims event 5 and dies before writing; a fourth
+        // takes the unfilled claim over, and the third cannot use it.
+        let third_owner = second_writer(&old_owner).await;
+        third_owner
+            .recover(ShardId(0))
+            .await
+            .expect("recovery reads");
+        third_owner
+            .claim_shard(ShardId(0), 5)
+            .await
+            .expect("the third owner claims");
+        let fourth_owner = second_writer(&old_owner).await;
+        fourth_owner
+            .recover(ShardId(0))
+            .await
+            .expect("recovery reads");
+        fourth_owner
+            .claim_shard(ShardId(0), 5)
+            .await
+            .expect("an unfilled claim is taken over");
+        let mut third_log = log.clone();
+        let error = third_owner
+            .append(vec![batch(
+                0,
+                vec![third_log.seal_many(0, grant_events("third", 1), 4)],
+                Vec::new(),
+            )])
+            .await
+            .expect_err("a claim taken over no longer admits its writer");
+        assert_head_moved(&error, 5);
+        // A claim on a sequence already written means the log moved on.
+        let error = third_owner
+            .claim_shard(ShardId(0), 3)
+            .await
+            .expect_err("a written sequence cannot be claimed");
+        assert_head_moved(&error, 3);
+        let fourth = log.seal_many(0, grant_events("c", 1), 4);
+        fourth_owner
+            .append(vec![batch(0, vec![fourth.clone()], Vec::new())])
+            .await
+            .expect("the fourth owner appends at its claim");
+
+        // Two writers continuing from one head without claims: the first
+        // wins, the second is refused, and re-sending the winner's record
+        // is a no-op.
+        let racer = second_writer(&old_owner).await;
+        racer.recover(ShardId(0)).await.expect("recovery reads");
+        let mut racer_log = log.clone();
+        let winner = log.seal_many(0, grant_events("d", 2), 5);
+        fourth_owner
+            .append(vec![batch(0, vec![winner.clone()], Vec::new())])
+            .await
+            .expect("the first of two writers appends");
+        let error = racer
+            .append(vec![batch(
+                0,
+                vec![racer_log.seal_many(0, grant_events("e", 2), 5)],
+                Vec::new(),
+            )])
+            .await
+            .expect_err("the second of two writers is refused");
+        assert_head_moved(&error, 6);
+        racer
+            .append(vec![batch(0, vec![winner.clone()], Vec::new())])
+            .await
+            .expect("re-sending the stored record is a no-op");
+
+        let history = vec![first, second, fourth, winner];
+        for store in [&old_owner, &new_owner, &third_owner, &fourth_owner, &racer] {
+            assert_eq!(read_all(store, 0).await, history);
+            let recovered = store.recover(ShardId(0)).await.expect("recovery reads");
+            assert_eq!(recovered.records, history);
+        }
+    })
+    .await;
+}
+
+async fn read_all(store: &CqlStore, shard: u16) -> Vec<ledger_core::codec::BatchRecord> {
+    store
+        .read_shard(ShardId(shard), 0, 1_000)
+        .await
+        .expect("shard reads")
 }

@@ -3,8 +3,10 @@
 //! removing what a test created in the shared brokers.
 #![allow(dead_code)] // each test binary uses its own part of it
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ledger_core::{Role, UserId};
@@ -60,6 +62,30 @@ pub fn environment(name: &str, secret: &str) -> Vec<(String, String)> {
 pub struct Process {
     pub child: Child,
     pub url: String,
+    /// Its log lines so far (the last [`LOG_LINES_KEPT`]).
+    pub log: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Log lines a [`Process`] keeps for the test to inspect.
+pub const LOG_LINES_KEPT: usize = 10_000;
+
+impl Process {
+    /// Whether a kept log line contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .any(|line| line.contains(text))
+    }
+}
+
+fn keep_line(log: &Mutex<VecDeque<String>>, line: String) {
+    let mut log = log.lock().expect("log lock");
+    if log.len() == LOG_LINES_KEPT {
+        log.pop_front();
+    }
+    log.push_back(line);
 }
 
 impl Drop for Process {
@@ -106,6 +132,7 @@ pub fn start(role: &str, environment: &[(String, String)]) -> Process {
     let mut child = command(role, environment, "127.0.0.1:0");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut lines = BufReader::new(stderr).lines();
+    let log = Arc::new(Mutex::new(VecDeque::new()));
     let url = loop {
         let line = lines
             .next()
@@ -115,13 +142,16 @@ pub fn start(role: &str, environment: &[(String, String)]) -> Process {
             break url.trim().to_string();
         }
         eprintln!("{role}: {line}");
+        keep_line(&log, line);
     };
+    let kept = log.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
             eprintln!("[service] {line}");
+            keep_line(&kept, line);
         }
     });
-    Process { child, url }
+    Process { child, url, log }
 }
 
 /// A loopback address with a port that was free a moment ago.
