@@ -1,7 +1,8 @@
 //! The command API's view of the distributed engine: a command becomes a
 //! record on the commands topic (partition = its home shard); whichever
-//! worker owns that shard decides it and publishes the answer, in the same
-//! Kafka transaction as the events, to this instance's replies partition.
+//! worker owns that shard decides it and, once the decision is durable in
+//! CQL, sends the answer to this instance's replies partition (outside the
+//! Kafka transaction that publishes the events, which follows).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};

@@ -12,6 +12,7 @@ pub const WORKER_TRANSACTION_DURATION_SECONDS: &str = "ledger_worker_transaction
 pub const WORKER_BATCH_INPUTS: &str = "ledger_worker_batch_inputs";
 pub const WORKER_RESTORE_DURATION_SECONDS: &str = "ledger_worker_restore_duration_seconds";
 pub const WORKER_CLAIM_RETRIES_TOTAL: &str = "ledger_worker_claim_retries_total";
+pub const WORKER_REPLIES_NOT_SENT_TOTAL: &str = "ledger_worker_replies_not_sent_total";
 pub const WORKER_STALLED_PARTITIONS: &str = "ledger_worker_stalled_partitions";
 pub const WORKER_BATCHES_PER_TRANSACTION: &str = "ledger_worker_batches_per_transaction";
 pub const BUS_COMMANDS_TOTAL: &str = "ledger_command_bus_commands_total";
@@ -47,6 +48,10 @@ pub fn describe() {
     metrics::describe_counter!(
         WORKER_CLAIM_RETRIES_TOTAL,
         "takeovers that read a shard's CQL log again because the previous owner appended before the claim"
+    );
+    metrics::describe_counter!(
+        WORKER_REPLIES_NOT_SENT_TOTAL,
+        "replies the producer's queue refused (their callers resend the command)"
     );
     metrics::describe_histogram!(WORKER_BATCH_INPUTS, "records polled per worker batch");
     metrics::describe_histogram!(

@@ -10,19 +10,20 @@
 //! 2. decide them in memory, shard by shard, and seal each shard's entries
 //!    into its record (usually one per shard and batch);
 //! 3. for every shard with output, concurrently: append its records to CQL
-//!    (idempotent: keyed by shard and sequence), then queue the batch for
-//!    the shard's publisher, a task that runs ONE Kafka transaction at a
-//!    time holding the records, the messages, the replies and the consumed
-//!    input offsets (`send_offsets_to_transaction`) of every batch queued
-//!    since its last one. The loop never waits for a transaction (only for
+//!    (one conditional write per record: a shard has one writer), answer
+//!    its callers (replies sent outside any transaction: what they report
+//!    is durable), then queue the batch for the shard's publisher, a task
+//!    that runs ONE Kafka transaction at a time holding the records, the
+//!    messages and the consumed input offsets (`send_offsets_to_transaction`)
+//!    of every batch queued since its last one. The loop never waits for a transaction (only for
 //!    room in the bounded queue), so a shard's next hop is decided while
 //!    its previous batch is still being published; a revocation waits for
 //!    queued and running transactions inside the rebalance callback, so a
 //!    shard is never handed over mid-commit;
 //! 4. hand messages to shards this worker owns as soon as they are in CQL,
 //!    without waiting for Kafka (their Kafka copies arrive later and are
-//!    dropped as duplicates). Callers are answered by the replies in the
-//!    transaction, so only once their batch is in CQL and in Kafka.
+//!    dropped as duplicates). Callers are answered once their batch is in
+//!    CQL; Kafka publication follows (a takeover completes it).
 //!
 //! CQL is the shard's source of truth; Kafka publishes it, record for
 //! record. A worker that dies between the two leaves records in CQL that
@@ -51,7 +52,9 @@ use log_kafka::rdkafka::consumer::{
 use log_kafka::rdkafka::error::KafkaError;
 use log_kafka::rdkafka::message::Message;
 use log_kafka::rdkafka::ClientContext;
-use log_kafka::{ConsumedOffsets, KafkaConfig, ReplyRecordOut, ShardTransactionalWriter, Topics};
+use log_kafka::{
+    ConsumedOffsets, KafkaConfig, ReplyProducer, ReplyRecordOut, ShardTransactionalWriter, Topics,
+};
 use tokio::sync::watch;
 
 use crate::metrics as names;
@@ -92,6 +95,8 @@ pub enum WorkerError {
     },
     #[error("cannot subscribe to {topics}: {source}")]
     Subscribe { topics: String, source: KafkaError },
+    #[error("cannot create the engine's reply producer: {source}")]
+    Replies { source: log_kafka::WriteError },
 }
 
 /// Where a command's answer goes.
@@ -289,7 +294,6 @@ const REPUBLISH_RECORDS_MAX: usize = 256;
 struct Publication {
     records: Vec<BatchRecord>,
     messages: Vec<MessageEnvelope>,
-    replies: Vec<ReplyRecordOut>,
     /// Next offsets to commit: (commands, shard-messages).
     next_command_offset: Option<i64>,
     next_message_offset: Option<i64>,
@@ -390,6 +394,10 @@ impl EngineWorker {
                 topics: format!("{}, {}", topics.commands, topics.shard_messages),
                 source,
             })?;
+        let replies = Arc::new(
+            ReplyProducer::connect(&kafka, &topics)
+                .map_err(|source| WorkerError::Replies { source })?,
+        );
         let (stop, stopping) = watch::channel(false);
         let owned = Arc::new(Mutex::new(Vec::new()));
         let health = Arc::new(WorkerHealth::new());
@@ -408,6 +416,7 @@ impl EngineWorker {
             owned: owned.clone(),
             last_tick: Instant::now(),
             in_flight,
+            replies,
         };
         let task = tokio::spawn(worker.run(stopping));
         Ok(EngineWorker {
@@ -449,6 +458,8 @@ struct Worker {
     owned: Arc<Mutex<Vec<ShardId>>>,
     last_tick: Instant,
     in_flight: Arc<TransactionsInFlight>,
+    /// Answers callers once their batch is in CQL (see [`commit_shard`]).
+    replies: Arc<ReplyProducer>,
     health: Arc<WorkerHealth>,
     progress: ProgressWatch,
 }
@@ -537,12 +548,10 @@ async fn publish(
         let merged = batch.len();
         let mut records = Vec::new();
         let mut messages = Vec::new();
-        let mut replies = Vec::new();
         let (mut command_offset, mut message_offset) = (None, None);
         for publication in batch.iter_mut() {
             records.append(&mut publication.records);
             messages.append(&mut publication.messages);
-            replies.append(&mut publication.replies);
             command_offset = publication.next_command_offset.or(command_offset);
             message_offset = publication.next_message_offset.or(message_offset);
         }
@@ -566,7 +575,7 @@ async fn publish(
             }
         };
         let transaction_started = Instant::now();
-        let committed = match writer.begin(&records, &messages, &replies).await {
+        let committed = match writer.begin(&records, &messages, &[]).await {
             Ok(pending) => pending.commit(consumed).await,
             Err(error) => Err(error),
         };
@@ -990,6 +999,7 @@ impl Worker {
         let consumer = &self.consumer;
         let store = &self.store;
         let in_flight = &self.in_flight;
+        let replies = &self.replies;
         let snapshot_every_events = self.config.snapshot_every_events;
         let commits = self
             .shards
@@ -1007,6 +1017,7 @@ impl Worker {
                     *shard,
                     owned,
                     store,
+                    replies,
                     group,
                     snapshot_every_events,
                     in_flight,
@@ -1037,6 +1048,7 @@ async fn commit_shard(
     shard: ShardId,
     owned: &mut OwnedShard,
     store: &Arc<dyn EventStore>,
+    reply_producer: &ReplyProducer,
     group: ConsumerGroupMetadata,
     snapshot_every_events: u64,
     in_flight: &Arc<TransactionsInFlight>,
@@ -1093,10 +1105,20 @@ async fn commit_shard(
             }
         })
         .collect();
+    // Callers are answered now: what the replies report is durable in CQL,
+    // the shard's source of truth, and CQL admits one writer per shard (a
+    // superseded one stopped at the append above). If the Kafka transaction
+    // below never commits, whoever takes the shard over publishes these
+    // records from CQL before deciding anything, and the consumed inputs
+    // come back and are answered from the stored outcomes.
+    let refused = reply_producer.send(&replies);
+    if refused > 0 {
+        metrics::counter!(names::WORKER_REPLIES_NOT_SENT_TOTAL).increment(refused as u64);
+        tracing::warn!(%shard, refused, "replies not queued; their callers will resend");
+    }
     let publication = Publication {
         records,
         messages,
-        replies,
         next_command_offset: owned.next_command_offset.take(),
         next_message_offset: owned.next_message_offset.take(),
         group: Some(group),

@@ -658,8 +658,8 @@ impl CommandRecord {
     }
 }
 
-/// The answer to a [`CommandRecord`], published in the same transaction as
-/// the events that decided it (so it is only seen once they are durable).
+/// The answer to a [`CommandRecord`], sent once the events that decided it
+/// are durable in the shard's log (CQL), before Kafka publishes them.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct ReplyRecord {
     pub request_id: String,

@@ -87,6 +87,8 @@ pub enum WriteError {
         source: Box<KafkaError>,
         abort: Box<KafkaError>,
     },
+    #[error("cannot create the reply producer: {source}")]
+    ReplyClient { source: KafkaError },
     /// A non-transactional call (such as `init_transactions`) failed without fencing.
     #[error("{operation} of transactional producer {transactional_id} failed: {source}")]
     Transaction {

@@ -25,8 +25,8 @@ pub use reader::{
     EventLogReader, PublishedRecord, ReadBatch,
 };
 pub use writer::{
-    event_key, transactional_id, ConsumedOffsets, PendingTransaction, ReplyRecordOut,
-    ShardTransactionalWriter, SWEEP_KEY,
+    event_key, transactional_id, ConsumedOffsets, PendingTransaction, ReplyProducer,
+    ReplyRecordOut, ShardTransactionalWriter, SWEEP_KEY,
 };
 
 /// The client library underneath, for callers that build consumers of their own (the

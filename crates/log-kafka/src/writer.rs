@@ -75,6 +75,55 @@ pub struct ReplyRecordOut {
     pub value: Vec<u8>,
 }
 
+/// Sends the engine's replies outside its transactions, as soon as what
+/// they answer is durable in the shard's source of truth (CQL): a caller
+/// does not wait for the Kafka commit that publishes the batch. An
+/// idempotent producer with `acks=all` and almost no linger. Best effort by
+/// design: a reply that is lost (a broker down, the process gone) costs the
+/// caller one resend of its command, which the engine answers from the
+/// stored outcome.
+pub struct ReplyProducer {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+/// How long a reply may wait to be batched with others (librdkafka's `linger.ms`).
+const REPLY_LINGER_MS: &str = "1";
+
+impl ReplyProducer {
+    pub fn connect(config: &KafkaConfig, topics: &Topics) -> Result<Self, WriteError> {
+        let producer = config
+            .client_config(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("linger.ms", REPLY_LINGER_MS),
+            ])
+            .create()
+            .map_err(|source| WriteError::ReplyClient { source })?;
+        Ok(Self {
+            producer,
+            topic: topics.replies.clone(),
+        })
+    }
+
+    /// Queues `replies` for sending; returns how many could not be queued
+    /// (the producer's queue is full), which their callers recover from by
+    /// resending.
+    pub fn send(&self, replies: &[ReplyRecordOut]) -> usize {
+        let mut refused = 0;
+        for reply in replies {
+            let record = BaseRecord::<str, [u8]>::to(&self.topic)
+                .partition(reply.partition)
+                .key(reply.request_id.as_str())
+                .payload(reply.value.as_slice());
+            if self.producer.send(record).is_err() {
+                refused += 1;
+            }
+        }
+        refused
+    }
+}
+
 /// A record ready to be produced.
 struct Record {
     destination: Destination,
