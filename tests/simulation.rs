@@ -2,9 +2,17 @@
 //!
 //! Random interleavings of grants, publishes, purchases, bundles, resales,
 //! refunds and clock ticks, with cross-shard messages delayed, reordered and
-//! duplicated, and shards crash-restarted from snapshot + log. After every
-//! run the ledger's invariants are checked. A failing seed is printed;
-//! `SIMULATION_SEED=<seed> cargo test --test simulation` replays it.
+//! duplicated, and shards crash-restarted from snapshot + log. Storage
+//! fails too: a batch torn by a crash in the middle of its write, a write
+//! whose sync failed, and reads that return corrupted bytes (of a record or
+//! a snapshot); each must be detected and refused, never applied. After
+//! every run the ledger's invariants are checked.
+//!
+//! Each CI run simulates `SIMULATION_RUNS` seeds (250) of
+//! `SIMULATION_OPERATIONS` operations (4,000): a million operations, on
+//! every core. A failing seed is printed; `SIMULATION_SEED=<seed> cargo
+//! test --test simulation` replays it, and `scripts/simulate` runs seeds
+//! without end (from `SIMULATION_FIRST_SEED`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -65,6 +73,42 @@ struct Simulation {
     cancelled_listings: u64,
     /// Every event in the order it became durable (the embedded store's order).
     commit_order: Vec<BatchRecord>,
+    /// Storage faults injected, each detected.
+    faults: Faults,
+}
+
+/// Storage faults injected in one run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Faults {
+    /// A crash in the middle of a batch's write left a prefix of its bytes.
+    torn_writes: u64,
+    /// A batch's write (its sync) failed: nothing of it is durable.
+    failed_syncs: u64,
+    /// A record read back at recovery had a flipped bit.
+    corrupted_record_reads: u64,
+    /// A snapshot read back at recovery had a flipped bit.
+    corrupted_snapshot_reads: u64,
+}
+
+impl Faults {
+    fn add(&mut self, other: Faults) {
+        self.torn_writes += other.torn_writes;
+        self.failed_syncs += other.failed_syncs;
+        self.corrupted_record_reads += other.corrupted_record_reads;
+        self.corrupted_snapshot_reads += other.corrupted_snapshot_reads;
+    }
+}
+
+/// Per mille of commits whose write fails (torn or unsynced).
+const WRITE_FAULTS_PER_MILLE: u64 = 3;
+/// Percent of recoveries that read back one corrupted record or snapshot.
+const CORRUPTED_READS_PERCENT: u64 = 30;
+
+/// `bytes` with one bit flipped at a random place.
+fn flip_one_bit(random: &mut Random, mut bytes: Vec<u8>) -> Vec<u8> {
+    let index = random.below(bytes.len() as u64) as usize;
+    bytes[index] ^= 1 << random.below(8);
+    bytes
 }
 
 fn user(name: String) -> UserId {
@@ -105,6 +149,7 @@ impl Simulation {
             counter: 0,
             crashes: 0,
             cancelled_listings: 0,
+            faults: Faults::default(),
             commit_order: Vec::new(),
         }
     }
@@ -115,8 +160,29 @@ impl Simulation {
     }
 
     /// Makes a step durable and delivers its effects (as the engine does).
+    /// Sometimes the write fails instead: torn (a crash left a prefix of the
+    /// last record's bytes, which recovery must refuse) or unsynced
+    /// (nothing of it is durable). Either way nothing of the step is
+    /// released (no message, no answer) and the shard restarts from what is
+    /// durable, as the engine does when an append fails.
     fn commit(&mut self, shard: ShardId, mut step: Step<u64>) {
         self.runners[shard.0 as usize].seal(&mut step);
+        if !step.records.is_empty() && self.random.below(1_000) < WRITE_FAULTS_PER_MILLE {
+            if self.random.chance(50) {
+                let last = step.records.last().expect("not empty").to_bytes();
+                let kept = self.random.below(last.len() as u64) as usize;
+                assert!(
+                    BatchRecord::from_bytes(&last[..kept]).is_err(),
+                    "a record torn after {kept} of {} bytes is refused",
+                    last.len()
+                );
+                self.faults.torn_writes += 1;
+            } else {
+                self.faults.failed_syncs += 1;
+            }
+            self.restart(shard, false);
+            return;
+        }
         self.commit_order.extend(step.records.iter().cloned());
         self.logs[shard.0 as usize].extend(step.records);
         for message in step.messages {
@@ -209,21 +275,53 @@ impl Simulation {
     }
 
     fn crash(&mut self, shard: ShardId) {
+        self.restart(shard, true);
+    }
+
+    /// Restarts `shard` from its snapshot and log. `may_snapshot`: the
+    /// process may have saved a snapshot of its state just before (not
+    /// after a failed write: its memory is then ahead of the log).
+    fn restart(&mut self, shard: ShardId, may_snapshot: bool) {
         self.crashes += 1;
         let index = shard.0 as usize;
         // Callers waiting on this shard lose their answer (they will retry).
         self.requests
             .retain(|_, (command, _)| self.config.shard_of(&command.home_key()) != shard);
-        if self.random.chance(50) {
+        if may_snapshot && self.random.chance(50) {
             self.snapshots[index] = Some(self.runners[index].snapshot());
         }
         let snapshot = self.snapshots[index].clone();
         let after = snapshot.as_ref().map_or(0, |s| s.state.next_sequence - 1);
-        let records = self.logs[index]
+        let records: Vec<BatchRecord> = self.logs[index]
             .iter()
             .filter(|record| record.last_sequence() > after)
             .cloned()
             .collect();
+        // A read that returns corrupted bytes is refused by the checksum;
+        // recovery then reads a good copy (another replica, a retry).
+        if self.random.chance(CORRUPTED_READS_PERCENT) {
+            match (&snapshot, records.is_empty() || self.random.chance(20)) {
+                (Some(snapshot), true) => {
+                    let bytes = flip_one_bit(&mut self.random, snapshot.to_bytes());
+                    assert!(
+                        Snapshot::from_bytes(&bytes).is_err(),
+                        "a corrupted snapshot of shard {shard} is refused"
+                    );
+                    self.faults.corrupted_snapshot_reads += 1;
+                }
+                _ if !records.is_empty() => {
+                    let record = &records[self.random.below(records.len() as u64) as usize];
+                    let bytes = flip_one_bit(&mut self.random, record.to_bytes());
+                    assert!(
+                        BatchRecord::from_bytes(&bytes).is_err(),
+                        "a corrupted record of shard {shard} from event {} is refused",
+                        record.first_sequence
+                    );
+                    self.faults.corrupted_record_reads += 1;
+                }
+                _ => {}
+            }
+        }
         let runner =
             ShardRunner::restore(shard, self.config.clone(), Recovery { snapshot, records })
                 .expect("restore from snapshot + log");
@@ -828,67 +926,144 @@ fn run(seed: u64, operations: usize) -> Simulation {
     simulation
 }
 
+/// The seeds to run: `SIMULATION_SEED` alone, or `SIMULATION_RUNS` seeds
+/// from `SIMULATION_FIRST_SEED` (0).
 fn seeds() -> Vec<u64> {
-    match std::env::var("SIMULATION_SEED") {
-        Ok(seed) => vec![seed.parse().expect("SIMULATION_SEED is an integer")],
-        Err(_) => {
-            let count: u64 = std::env::var("SIMULATION_RUNS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(60);
-            (0..count).collect()
+    let variable = |name: &str| {
+        std::env::var(name).ok().map(|value| {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{name} is an integer"))
+        })
+    };
+    match variable("SIMULATION_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let first = variable("SIMULATION_FIRST_SEED").unwrap_or(0);
+            let count = variable("SIMULATION_RUNS").unwrap_or(250);
+            (first..first + count).collect()
         }
     }
 }
 
+/// Operations per seed (`SIMULATION_OPERATIONS`, 4,000).
+fn operations_per_seed() -> usize {
+    std::env::var("SIMULATION_OPERATIONS")
+        .ok()
+        .map(|value| value.parse().expect("SIMULATION_OPERATIONS is an integer"))
+        .unwrap_or(4_000)
+}
+
+/// What one seed's run contributes to the totals.
+#[derive(Default)]
+struct Totals {
+    operations: u64,
+    crashes: u64,
+    records: usize,
+    successes: usize,
+    faults: Faults,
+    outcomes: BTreeMap<String, usize>,
+}
+
+fn run_seed(seed: u64, operations: usize) -> Totals {
+    let simulation = run(seed, operations);
+    if seed.is_multiple_of(10) {
+        check_read_models(&simulation, seed);
+    }
+    let mut totals = Totals {
+        operations: operations as u64,
+        crashes: simulation.crashes,
+        records: simulation.logs.iter().map(Vec::len).sum(),
+        successes: simulation
+            .completions
+            .values()
+            .filter(|c| c.result.is_ok())
+            .count(),
+        faults: simulation.faults,
+        outcomes: BTreeMap::new(),
+    };
+    totals.outcomes.insert(
+        "ListingCancelled".into(),
+        simulation.cancelled_listings as usize,
+    );
+    for completion in simulation.completions.values() {
+        let name = match &completion.result {
+            Ok(success) => format!("{success:?}")
+                .split([' ', '{'])
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            Err(rejection) => rejection.code.as_str().to_string(),
+        };
+        *totals.outcomes.entry(name).or_insert(0) += 1;
+    }
+    totals
+}
+
 #[test]
 fn simulated_ledger_keeps_its_invariants() {
-    let mut totals = (0u64, 0usize, 0usize);
-    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    for seed in seeds() {
-        let outcome = std::panic::catch_unwind(|| run(seed, 600));
-        match outcome {
-            Ok(simulation) => {
-                if seed % 10 == 0 {
-                    if let Err(panic) =
-                        std::panic::catch_unwind(|| check_read_models(&simulation, seed))
-                    {
-                        eprintln!("read-model check failed with seed {seed}; replay with SIMULATION_SEED={seed} cargo test --test simulation");
-                        std::panic::resume_unwind(panic);
+    let seeds = seeds();
+    let operations = operations_per_seed();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    // Seeds are dealt to one thread per core; the first failure stops the
+    // others at their next seed and is reported with its seed.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<Totals, u64>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let seeds = &seeds;
+                let failed = &failed;
+                scope.spawn(move || {
+                    let mut results = Vec::new();
+                    for seed in seeds.iter().skip(thread).step_by(threads) {
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        match std::panic::catch_unwind(|| run_seed(*seed, operations)) {
+                            Ok(totals) => results.push(Ok(totals)),
+                            Err(_) => {
+                                eprintln!("simulation failed with seed {seed}; replay with SIMULATION_SEED={seed} SIMULATION_OPERATIONS={operations} cargo test --test simulation");
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                                results.push(Err(*seed));
+                            }
+                        }
                     }
-                }
-                totals.0 += simulation.crashes;
-                totals.1 += simulation.logs.iter().map(Vec::len).sum::<usize>();
-                *outcomes.entry("ListingCancelled".into()).or_insert(0) +=
-                    simulation.cancelled_listings as usize;
-                totals.2 += simulation
-                    .completions
-                    .values()
-                    .filter(|c| c.result.is_ok())
-                    .count();
-                for completion in simulation.completions.values() {
-                    let name = match &completion.result {
-                        Ok(success) => format!("{success:?}")
-                            .split([' ', '{'])
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                        Err(rejection) => rejection.code.as_str().to_string(),
-                    };
-                    *outcomes.entry(name).or_insert(0) += 1;
+                    results
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("simulation thread"))
+            .collect()
+    });
+    let mut totals = Totals::default();
+    for result in results {
+        match result {
+            Ok(run) => {
+                totals.operations += run.operations;
+                totals.crashes += run.crashes;
+                totals.records += run.records;
+                totals.successes += run.successes;
+                totals.faults.add(run.faults);
+                for (name, count) in run.outcomes {
+                    *totals.outcomes.entry(name).or_insert(0) += count;
                 }
             }
-            Err(panic) => {
-                eprintln!("simulation failed with seed {seed}; replay with SIMULATION_SEED={seed} cargo test --test simulation");
-                std::panic::resume_unwind(panic);
-            }
+            Err(seed) => panic!("the simulation failed with seed {seed} (see above)"),
         }
     }
     eprintln!(
-        "simulation: {} crashes, {} events, {} successful commands",
-        totals.0, totals.1, totals.2
+        "simulation: {} seeds, {} operations, {} crashes, {} records, {} successful commands, storage faults {:?} (each detected)",
+        seeds.len(),
+        totals.operations,
+        totals.crashes,
+        totals.records,
+        totals.successes,
+        totals.faults
     );
-    eprintln!("simulation outcomes: {outcomes:?}");
+    eprintln!("simulation outcomes: {:?}", totals.outcomes);
+    let outcomes = totals.outcomes;
     for expected in [
         "Purchased",
         "ResalePurchased",
@@ -900,9 +1075,20 @@ fn simulated_ledger_keeps_its_invariants() {
         "refund_window_closed",
     ] {
         assert!(
-            outcomes.contains_key(expected),
+            outcomes.get(expected).copied().unwrap_or(0) > 0,
             "the simulation never produced {expected}"
         );
+    }
+    if seeds.len() > 1 {
+        let faults = totals.faults;
+        for (kind, count) in [
+            ("torn write", faults.torn_writes),
+            ("failed sync", faults.failed_syncs),
+            ("corrupted record read", faults.corrupted_record_reads),
+            ("corrupted snapshot read", faults.corrupted_snapshot_reads),
+        ] {
+            assert!(count > 0, "the simulation never injected a {kind}");
+        }
     }
 }
 

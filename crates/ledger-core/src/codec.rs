@@ -10,7 +10,11 @@ use crate::model::{Command, Event, Message, TimestampMs};
 use crate::state::ShardState;
 
 /// Fixed-width integers, little-endian: stable and fast to decode.
-fn config() -> impl bincode::config::Config {
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::NoLimit,
+> {
     bincode::config::standard()
         .with_fixed_int_encoding()
         .with_little_endian()
@@ -42,11 +46,17 @@ pub enum CodecError {
     RecordChecksum { shard: ShardId, first_sequence: u64 },
     #[error("a record of {length} bytes is too short for its checksum")]
     RecordTooShort { length: usize },
+    #[error("checksum of a snapshot of shard {shard} does not match its content")]
+    SnapshotChecksum { shard: ShardId },
 }
 
 /// Format 2 records: variable-length integers (lengths, counts, variant
 /// indexes and small amounts take one byte), little-endian.
-fn record_config() -> impl bincode::config::Config {
+fn record_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::NoLimit,
+> {
     bincode::config::standard()
         .with_variable_int_encoding()
         .with_little_endian()
@@ -64,8 +74,42 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
     bincode::encode_to_vec(value, config()).expect("encoding into a vector cannot fail")
 }
 
+/// Most bytes a decode of input without a checksum may claim (bincode's
+/// limit): a corrupted length prefix is refused instead of allocating
+/// whatever it says. Far above any message, command or old snapshot.
+const UNCHECKED_DECODE_LIMIT_BYTES: usize = 256 << 20;
+
+/// Decodes bytes in the wire encoding (fixed-width integers): messages,
+/// command and reply records, format 1 envelopes, the oldest snapshots.
 pub fn decode<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    decode_whole(what, bytes, config())
+    decode_whole(
+        what,
+        bytes,
+        config().with_limit::<UNCHECKED_DECODE_LIMIT_BYTES>(),
+    )
+}
+
+/// Decodes bytes in the record encoding that no checksum vouches for.
+fn decode_unchecked_record_part<T: Decode<()>>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
+    decode_whole(
+        what,
+        bytes,
+        record_config().with_limit::<UNCHECKED_DECODE_LIMIT_BYTES>(),
+    )
+}
+
+/// The first fields of a record-encoded body whose checksum failed (to
+/// name the shard in the error; `u16::MAX` when even they are unreadable).
+fn decode_unchecked_record_prefix<T: Decode<()>>(bytes: &[u8]) -> Option<T> {
+    bincode::decode_from_slice(
+        bytes,
+        record_config().with_limit::<UNCHECKED_DECODE_LIMIT_BYTES>(),
+    )
+    .ok()
+    .map(|(value, _)| value)
 }
 
 /// Decodes `bytes` with `configuration`, refusing trailing bytes.
@@ -583,14 +627,19 @@ impl BatchRecord {
             .checked_sub(32)
             .ok_or(CodecError::RecordTooShort { length })?;
         let (body_bytes, hash) = rest.split_at(split);
-        let body: RecordBody = decode_record_part("record", body_bytes)?;
+        // The checksum first: corrupted bytes are never decoded (a flipped
+        // length prefix would claim any amount of memory).
         let computed: Hash = Sha256::digest(body_bytes).into();
         if computed.as_slice() != hash {
+            let (shard, first_sequence) =
+                decode_unchecked_record_prefix::<(ShardId, u64)>(body_bytes)
+                    .unwrap_or((ShardId(u16::MAX), 0));
             return Err(CodecError::RecordChecksum {
-                shard: body.shard,
-                first_sequence: body.first_sequence,
+                shard,
+                first_sequence,
             });
         }
+        let body: RecordBody = decode_record_part("record", body_bytes)?;
         Ok(BatchRecord {
             shard: body.shard,
             first_sequence: body.first_sequence,
@@ -682,22 +731,46 @@ pub struct Snapshot {
     pub last_hash: Hash,
 }
 
-/// Marks a snapshot in the record encoding (variable-length integers).
-/// Older snapshots (fixed-width integers) start with the shard id's two
-/// bytes and the state's first fields, never with this.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP02";
+/// Marks a snapshot in the record encoding (variable-length integers)
+/// followed by the SHA-256 of that body, so a corrupted read is refused
+/// rather than restored.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP03";
+/// Marks a snapshot in the record encoding without a checksum (written
+/// before [`SNAPSHOT_MAGIC`]; still read). Older snapshots still
+/// (fixed-width integers) start with the shard id's two bytes and the
+/// state's first fields, never with either marker.
+pub const SNAPSHOT_MAGIC_UNCHECKED: [u8; 8] = *b"LGRSNP02";
 
 impl Snapshot {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = SNAPSHOT_MAGIC.to_vec();
         bincode::encode_into_std_write(self, &mut bytes, record_config())
             .expect("encoding into a vector cannot fail");
+        let checksum: Hash = Sha256::digest(&bytes[SNAPSHOT_MAGIC.len()..]).into();
+        bytes.extend_from_slice(&checksum);
         bytes
     }
 
+    /// Decodes a snapshot of any format, checking its checksum when it has one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        match bytes.strip_prefix(&SNAPSHOT_MAGIC) {
-            Some(rest) => decode_record_part("snapshot", rest),
+        if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
+            let length = bytes.len();
+            let split = rest
+                .len()
+                .checked_sub(32)
+                .ok_or(CodecError::RecordTooShort { length })?;
+            let (body, checksum) = rest.split_at(split);
+            // The checksum first, as for records.
+            let computed: Hash = Sha256::digest(body).into();
+            if computed.as_slice() != checksum {
+                let shard =
+                    decode_unchecked_record_prefix::<ShardId>(body).unwrap_or(ShardId(u16::MAX));
+                return Err(CodecError::SnapshotChecksum { shard });
+            }
+            return decode_record_part("snapshot", body);
+        }
+        match bytes.strip_prefix(&SNAPSHOT_MAGIC_UNCHECKED) {
+            Some(rest) => decode_unchecked_record_part("snapshot", rest),
             None => decode("snapshot", bytes),
         }
     }
