@@ -209,10 +209,16 @@ impl From<SubmitError> for Problem {
     }
 }
 
+/// The machine code of a problem answer, kept in the response's extensions
+/// for the metrics middleware (rejections by code, latency by outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).expect("a json value serializes");
         let mut response = (self.status, body).into_response();
+        response.extensions_mut().insert(ProblemCode(self.code));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -215,6 +215,11 @@ enum Commands {
         #[arg(long, value_name = "CREATOR_ID")]
         creator_sales: Option<String>,
     },
+    /// The distributed services' configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -225,6 +230,22 @@ enum Commands {
         sub: String,
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Parse a configuration file (the TOML that `LEDGER_CONFIG` names, e.g.
+    /// the ConfigMap's `ledger.toml`) with the services' own settings:
+    /// unknown keys, wrong types and out-of-range values are refused, and so
+    /// is a signing secret in the file. Prints the effective settings
+    /// (defaults filled in). Exit code 1 when the file is refused.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+        /// Print the effective settings as JSON (the secret left out).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -389,6 +410,33 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Commands::Config {
+            action: ConfigAction::Check { file, json },
+        } => match ledger_cli::config::ClusterSettings::check_file(&file) {
+            Ok(settings) => {
+                if json {
+                    println!(
+                        "{:#}",
+                        serde_json::to_value(&settings).expect("settings serialize")
+                    );
+                } else {
+                    println!(
+                        "{}: valid ({} shards, topics {}.*, kafka {}, cql {} keyspace {})",
+                        file.display(),
+                        settings.shards,
+                        settings.topic_prefix,
+                        settings.kafka_bootstrap,
+                        settings.cql_contact,
+                        settings.cql_keyspace
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Commands::Token {
             common,
             role,
