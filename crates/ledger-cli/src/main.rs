@@ -220,6 +220,17 @@ enum Commands {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Probe a running ledger's /healthz (the container image's
+    /// HEALTHCHECK: the image has no shell and no curl). Exit code 0 when it
+    /// answers 200 within the timeout, 1 otherwise.
+    Health {
+        /// `host:port` of the HTTP server to probe.
+        #[arg(long, env = "LEDGER_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -247,6 +258,37 @@ enum ConfigAction {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `GET /healthz` on `addr`, HTTP/1.0 over a plain socket: the status code.
+fn probe_health(addr: SocketAddr, timeout: Duration) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 32];
+    let mut read = 0;
+    while read < 12 {
+        let n = stream.read(&mut head[read..])?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    let line = String::from_utf8_lossy(&head[..read]).into_owned();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an http answer: {line:?}"),
+            )
+        })
 }
 
 /// The signing secret: from the flag or environment, else kept in the data directory.
@@ -410,6 +452,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Commands::Health { addr, timeout } => match probe_health(addr, timeout) {
+            Ok(200) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("error: http://{addr}/healthz answered {status}");
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("error: cannot probe http://{addr}/healthz: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Commands::Config {
             action: ConfigAction::Check { file, json },
         } => match ledger_cli::config::ClusterSettings::check_file(&file) {
