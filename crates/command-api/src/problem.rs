@@ -259,6 +259,18 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_carries_its_code_for_the_metrics() {
+        let response = Problem::not_found("no such item").into_response();
+        assert_eq!(
+            response.extensions().get::<ProblemCode>(),
+            Some(&ProblemCode("not_found"))
+        );
+        assert_eq!(crate::metrics::outcome(&response), "not_found");
+        let ok = (StatusCode::OK, "fine").into_response();
+        assert_eq!(crate::metrics::outcome(&ok), crate::metrics::OUTCOME_OK);
+    }
+
+    #[test]
     fn transport_codes_have_their_own_statuses() {
         let lagging = Problem::projection_lagging("behind");
         assert_eq!(
