@@ -8,8 +8,16 @@ use axum::response::Response;
 
 /// Requests answered, by route template and status code.
 pub const REQUESTS_TOTAL: &str = "ledger_command_api_requests_total";
-/// Time to answer a request, by route template.
+/// Time to answer a request, by route template and outcome (`ok`, or the
+/// problem code of the answer: `insufficient_funds`, `sold_out`, ...).
 pub const REQUEST_DURATION_SECONDS: &str = "ledger_command_api_request_duration_seconds";
+/// Requests answered with a problem, by route template and problem code.
+pub const REJECTIONS_TOTAL: &str = "ledger_command_api_rejections_total";
+/// 1 while the process answers `/readyz` with 200, else 0.
+pub const READY: &str = "ledger_ready";
+
+/// The `outcome` label of a successful answer.
+pub const OUTCOME_OK: &str = "ok";
 
 /// Registers the descriptions of this crate's metrics.
 pub fn describe() {
@@ -21,8 +29,22 @@ pub fn describe() {
     metrics::describe_histogram!(
         REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
-        "time to answer a command api request, by route"
+        "time to answer a command api request, by route and outcome"
     );
+    metrics::describe_counter!(
+        REJECTIONS_TOTAL,
+        metrics::Unit::Count,
+        "command api requests answered with a problem, by route and code"
+    );
+    metrics::describe_gauge!(READY, "1 while the process is ready (/readyz answers 200)");
+}
+
+/// The outcome of an answer: the problem code it carries, else `ok`.
+pub fn outcome(response: &Response) -> &'static str {
+    response
+        .extensions()
+        .get::<crate::problem::ProblemCode>()
+        .map_or(OUTCOME_OK, |code| code.0)
 }
 
 /// The route label of a request: its route template, or `unmatched`.
@@ -40,8 +62,13 @@ pub async fn record(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
+    let outcome = outcome(&response);
     metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => route)
+    if outcome != OUTCOME_OK {
+        metrics::counter!(REJECTIONS_TOTAL, "route" => route.clone(), "code" => outcome)
+            .increment(1);
+    }
+    metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => route, "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -93,6 +93,8 @@ async fn readyz(State(observability): State<Observability>) -> Response {
 }
 
 async fn metrics(State(observability): State<Observability>) -> Response {
+    let ready = observability.ready.load(Ordering::Acquire);
+    ::metrics::gauge!(crate::metrics::READY).set(if ready { 1.0 } else { 0.0 });
     let body = (observability.render_metrics)();
     (
         StatusCode::OK,

@@ -209,10 +209,16 @@ impl From<SubmitError> for Problem {
     }
 }
 
+/// The machine code of a problem answer, kept in the response's extensions
+/// for the metrics middleware (rejections by code, latency by outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemCode(pub &'static str);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).expect("a json value serializes");
         let mut response = (self.status, body).into_response();
+        response.extensions_mut().insert(ProblemCode(self.code));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -250,6 +256,18 @@ mod tests {
             status_for(RejectionCode::ValidationFailed),
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    #[test]
+    fn an_answer_carries_its_code_for_the_metrics() {
+        let response = Problem::not_found("no such item").into_response();
+        assert_eq!(
+            response.extensions().get::<ProblemCode>(),
+            Some(&ProblemCode("not_found"))
+        );
+        assert_eq!(crate::metrics::outcome(&response), "not_found");
+        let ok = (StatusCode::OK, "fine").into_response();
+        assert_eq!(crate::metrics::outcome(&ok), crate::metrics::OUTCOME_OK);
     }
 
     #[test]

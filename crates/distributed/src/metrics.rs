@@ -24,6 +24,8 @@ pub const PROJECTOR_EVENTS_TOTAL: &str = "ledger_projector_events_total";
 pub const PROJECTOR_BATCHES_TOTAL: &str = "ledger_projector_batches_total";
 
 pub fn describe() {
+    engine::metrics::describe_shard_head();
+    engine::metrics::describe_projected();
     metrics::describe_gauge!(WORKER_SHARDS_OWNED, "shards this engine worker owns");
     metrics::describe_counter!(WORKER_REBALANCES_TOTAL, "consumer group rebalances seen");
     metrics::describe_counter!(WORKER_RECORDS_TOTAL, "command and message records consumed");

@@ -186,6 +186,11 @@ async fn run(
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
+        for (shard, records) in &by_shard {
+            if let Some(last) = records.iter().map(BatchRecord::last_sequence).max() {
+                engine::metrics::record_projected(*shard, last);
+            }
+        }
         metrics::counter!(names::PROJECTOR_EVENTS_TOTAL).increment(events);
         metrics::counter!(names::PROJECTOR_BATCHES_TOTAL).increment(1);
         let mut list = TopicPartitionList::new();

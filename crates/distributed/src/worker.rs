@@ -1076,6 +1076,9 @@ async fn commit_shard(
         }
         metrics::histogram!(names::WORKER_APPEND_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
+        if let Some(record) = records.last() {
+            engine::metrics::record_shard_head(shard, record.last_sequence());
+        }
     }
     // Receivers this worker owns may act on the messages as soon as they
     // are in CQL, the shard's source of truth: a receiver's effects are

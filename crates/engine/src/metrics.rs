@@ -8,6 +8,14 @@ pub const BATCH_INPUTS: &str = "ledger_engine_batch_inputs";
 pub const COMMIT_DURATION_SECONDS: &str = "ledger_engine_commit_duration_seconds";
 pub const SNAPSHOTS_TOTAL: &str = "ledger_engine_snapshots_total";
 pub const OVERLOADED_TOTAL: &str = "ledger_engine_overloaded_total";
+/// Last sequence durable in a shard's log, by shard: set by whoever writes
+/// the shard (the embedded engine, or the distributed engine worker owning
+/// it). With `ledger_projector_shard_sequence` it gives the projector's lag.
+pub const SHARD_HEAD_SEQUENCE: &str = "ledger_shard_head_sequence";
+/// Last sequence applied to the read models, by shard: set by the embedded
+/// projector and the distributed one. The projector's lag on a shard is
+/// `ledger_shard_head_sequence - ledger_projector_shard_sequence`.
+pub const PROJECTOR_SHARD_SEQUENCE: &str = "ledger_projector_shard_sequence";
 
 pub fn describe() {
     metrics::describe_counter!(COMMANDS_TOTAL, "commands received by shards");
@@ -17,8 +25,35 @@ pub fn describe() {
     metrics::describe_histogram!(BATCH_INPUTS, "inputs decided per group commit");
     metrics::describe_histogram!(COMMIT_DURATION_SECONDS, "time from append to durable");
     metrics::describe_counter!(SNAPSHOTS_TOTAL, "shard snapshots saved");
+    describe_shard_head();
     metrics::describe_counter!(
         OVERLOADED_TOTAL,
         "commands refused because a shard queue was full"
     );
+}
+
+/// Describes [`SHARD_HEAD_SEQUENCE`] (also set by the distributed worker).
+pub fn describe_shard_head() {
+    metrics::describe_gauge!(
+        SHARD_HEAD_SEQUENCE,
+        "last sequence durable in the shard's log, by shard"
+    );
+}
+
+/// Records the last durable sequence of `shard`.
+pub fn record_shard_head(shard: ledger_core::ShardId, sequence: u64) {
+    metrics::gauge!(SHARD_HEAD_SEQUENCE, "shard" => shard.0.to_string()).set(sequence as f64);
+}
+
+/// Describes [`PROJECTOR_SHARD_SEQUENCE`].
+pub fn describe_projected() {
+    metrics::describe_gauge!(
+        PROJECTOR_SHARD_SEQUENCE,
+        "last sequence applied to the read models, by shard"
+    );
+}
+
+/// Records that the read models hold `shard` up to `sequence`.
+pub fn record_projected(shard: ledger_core::ShardId, sequence: u64) {
+    metrics::gauge!(PROJECTOR_SHARD_SEQUENCE, "shard" => shard.0.to_string()).set(sequence as f64);
 }

@@ -325,6 +325,7 @@ impl ShardTask {
             replies,
         } = step;
         let started = Instant::now();
+        let head = records.last().map(|record| record.last_sequence());
         let receipt: AppendReceipt = if records.is_empty() {
             Box::pin(std::future::ready(Ok(())))
         } else {
@@ -346,6 +347,7 @@ impl ShardTask {
             started,
             events,
             inputs,
+            head,
         };
         if self.store.orders_appends_globally() {
             // Effects of these messages are queued after this append, so they
@@ -408,6 +410,8 @@ struct Acknowledgement {
     started: Instant,
     events: u64,
     inputs: usize,
+    /// Last sequence of the records this acknowledgement makes durable.
+    head: Option<u64>,
 }
 
 impl Acknowledgement {
@@ -415,6 +419,9 @@ impl Acknowledgement {
         if let Err(error) = self.receipt.await {
             tracing::error!(shard = %self.shard, %error, "append failed; stopping the process");
             std::process::abort();
+        }
+        if let Some(head) = self.head {
+            names::record_shard_head(self.shard, head);
         }
         if self.events > 0 {
             metrics::histogram!(names::COMMIT_DURATION_SECONDS)

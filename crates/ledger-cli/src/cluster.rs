@@ -4,7 +4,6 @@
 //! (0 picks a free one, for tests) and serves until stopped.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,192 +18,14 @@ use ledger_core::Config;
 use log_kafka::{KafkaConfig, TopicAdmin, TopicLayout, Topics};
 use query_api::QueryApi;
 use read_models_cql::{CqlReadModels, ReadModelSettings};
-use serde::Deserialize;
 use store_cql::{CqlSettings, CqlStore};
 use tokio::sync::watch;
 
 use crate::{prometheus, StartError};
 
-/// Everything the distributed services are told: defaults, then the TOML
-/// file named by `LEDGER_CONFIG`, then `LEDGER_<FIELD>` environment variables.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterSettings {
-    /// Shards = partitions of the commands, events and shard-messages topics.
-    pub shards: u16,
-    pub topic_prefix: String,
-    pub kafka_bootstrap: String,
-    /// Comma-separated `host:port` contact points.
-    pub cql_contact: String,
-    pub cql_keyspace: String,
-    /// Replicas of each topic partition (3 in production).
-    pub topic_replication: i32,
-    /// Partitions of the replies topic.
-    pub reply_partitions: i32,
-    pub read_wait_ms: u64,
-    pub escrow_hold_ms: u64,
-    pub resale_hold_ms: u64,
-    pub tick_interval_ms: u64,
-    pub snapshot_every_events: u64,
-    /// `host:port` of the service's HTTP listener; default per service.
-    pub http_addr: Option<SocketAddr>,
-    /// HS256 signing secret (environment only in production: `LEDGER_JWT_SECRET`).
-    pub jwt_secret: String,
-    /// Whether `command-api` also runs an engine worker.
-    pub engine: bool,
-    /// Consumer group of the projector (default `<topic_prefix>-projector`).
-    pub projector_group: Option<String>,
-}
-
-impl Default for ClusterSettings {
-    fn default() -> Self {
-        Self {
-            shards: 16,
-            topic_prefix: "ledger".into(),
-            kafka_bootstrap: "127.0.0.1:19092".into(),
-            cql_contact: "127.0.0.1:19042".into(),
-            cql_keyspace: "ledger".into(),
-            topic_replication: 1,
-            reply_partitions: 4,
-            read_wait_ms: 5_000,
-            escrow_hold_ms: 30 * 24 * 3600 * 1000,
-            resale_hold_ms: 0,
-            tick_interval_ms: 1_000,
-            snapshot_every_events: 100_000,
-            http_addr: None,
-            jwt_secret: String::new(),
-            engine: true,
-            projector_group: None,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("cannot read the configuration file {path}: {detail}")]
-    File { path: String, detail: String },
-    #[error("environment variable {name} is not a valid {expected}: {value:?}")]
-    Environment {
-        name: String,
-        expected: &'static str,
-        value: String,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-fn parse_env<T: std::str::FromStr>(
-    name: &str,
-    expected: &'static str,
-    target: &mut T,
-) -> Result<(), SettingsError> {
-    if let Ok(value) = std::env::var(name) {
-        *target = value
-            .trim()
-            .parse()
-            .map_err(|_| SettingsError::Environment {
-                name: name.to_string(),
-                expected,
-                value,
-            })?;
-    }
-    Ok(())
-}
+pub use crate::config::{ClusterSettings, SettingsError};
 
 impl ClusterSettings {
-    /// Defaults, then the file `LEDGER_CONFIG` names (if any), then the environment.
-    pub fn load() -> Result<ClusterSettings, SettingsError> {
-        let mut settings = match std::env::var("LEDGER_CONFIG") {
-            Ok(path) if !path.trim().is_empty() => Self::from_file(Path::new(path.trim()))?,
-            _ => ClusterSettings::default(),
-        };
-        settings.apply_environment()?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    pub fn from_file(path: &Path) -> Result<ClusterSettings, SettingsError> {
-        let failed = |detail: String| SettingsError::File {
-            path: path.display().to_string(),
-            detail,
-        };
-        let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
-        toml::from_str(&text).map_err(|error| failed(error.to_string()))
-    }
-
-    fn apply_environment(&mut self) -> Result<(), SettingsError> {
-        parse_env("LEDGER_SHARDS", "shard count", &mut self.shards)?;
-        parse_env(
-            "LEDGER_TOPIC_PREFIX",
-            "topic prefix",
-            &mut self.topic_prefix,
-        )?;
-        parse_env(
-            "LEDGER_KAFKA_BOOTSTRAP",
-            "bootstrap list",
-            &mut self.kafka_bootstrap,
-        )?;
-        parse_env("LEDGER_CQL_CONTACT", "contact list", &mut self.cql_contact)?;
-        parse_env("LEDGER_CQL_KEYSPACE", "keyspace", &mut self.cql_keyspace)?;
-        parse_env(
-            "LEDGER_TOPIC_REPLICATION",
-            "number",
-            &mut self.topic_replication,
-        )?;
-        parse_env(
-            "LEDGER_REPLY_PARTITIONS",
-            "number",
-            &mut self.reply_partitions,
-        )?;
-        parse_env("LEDGER_READ_WAIT_MS", "number", &mut self.read_wait_ms)?;
-        parse_env("LEDGER_ESCROW_HOLD_MS", "number", &mut self.escrow_hold_ms)?;
-        parse_env("LEDGER_RESALE_HOLD_MS", "number", &mut self.resale_hold_ms)?;
-        parse_env(
-            "LEDGER_TICK_INTERVAL_MS",
-            "number",
-            &mut self.tick_interval_ms,
-        )?;
-        parse_env(
-            "LEDGER_SNAPSHOT_EVERY_EVENTS",
-            "number",
-            &mut self.snapshot_every_events,
-        )?;
-        parse_env("LEDGER_JWT_SECRET", "secret", &mut self.jwt_secret)?;
-        parse_env("LEDGER_ENGINE", "boolean", &mut self.engine)?;
-        if let Ok(group) = std::env::var("LEDGER_PROJECTOR_GROUP") {
-            self.projector_group = Some(group);
-        }
-        if let Ok(value) = std::env::var("LEDGER_HTTP_ADDR") {
-            let address = value
-                .trim()
-                .parse()
-                .map_err(|_| SettingsError::Environment {
-                    name: "LEDGER_HTTP_ADDR".into(),
-                    expected: "socket address",
-                    value,
-                })?;
-            self.http_addr = Some(address);
-        }
-        Ok(())
-    }
-
-    pub fn validate(&self) -> Result<(), SettingsError> {
-        if self.shards == 0 {
-            return Err(SettingsError::Invalid("shards must be at least 1".into()));
-        }
-        if self.jwt_secret.len() < 16 {
-            return Err(SettingsError::Invalid(
-                "the jwt secret (LEDGER_JWT_SECRET) must be at least 16 characters".into(),
-            ));
-        }
-        if self.reply_partitions <= 0 || self.topic_replication <= 0 {
-            return Err(SettingsError::Invalid(
-                "reply partitions and topic replication must be positive".into(),
-            ));
-        }
-        Ok(())
-    }
-
     fn kafka(&self) -> KafkaConfig {
         KafkaConfig::new(self.kafka_bootstrap.clone())
     }

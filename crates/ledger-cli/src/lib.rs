@@ -20,6 +20,7 @@ use tokio::sync::watch;
 pub mod bench;
 #[cfg(feature = "distributed")]
 pub mod cluster;
+pub mod config;
 pub mod demo;
 pub mod export;
 pub mod verify;
@@ -120,13 +121,39 @@ static RECORDER: std::sync::OnceLock<
     Result<metrics_exporter_prometheus::PrometheusHandle, String>,
 > = std::sync::OnceLock::new();
 
-/// The process-wide Prometheus recorder (installed once, by whoever asks first).
+/// Bucket bounds (seconds) of every `*_seconds` histogram: 0.5 ms to 30 s,
+/// so p50 to p99 of a purchase, a group commit, a Kafka transaction or a
+/// read's wait can be computed across processes with `histogram_quantile`.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Bucket bounds of the batch-size histograms (inputs, envelopes, batches
+/// per transaction): powers of two up to the 4,096 records of a poll.
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// The process-wide Prometheus recorder (installed once, by whoever asks
+/// first). Histograms are exported as Prometheus histograms (buckets), not
+/// summaries: the dashboards and alerts aggregate them over every replica.
 pub fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, StartError> {
+    use metrics_exporter_prometheus::Matcher;
     RECORDER
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .map_err(|error| error.to_string())?;
+            for suffix in ["_inputs", "_envelopes", "_per_transaction"] {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Suffix(suffix.into()), SIZE_BUCKETS)
+                    .map_err(|error| error.to_string())?;
+            }
+            let handle = builder
                 .install_recorder()
-                .map_err(|error| error.to_string())
+                .map_err(|error| error.to_string())?;
+            engine::metrics::describe();
+            store_sqlite::metrics::describe();
+            Ok(handle)
         })
         .clone()
         .map_err(StartError::Metrics)

@@ -215,6 +215,22 @@ enum Commands {
         #[arg(long, value_name = "CREATOR_ID")]
         creator_sales: Option<String>,
     },
+    /// The distributed services' configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Probe a running ledger's /healthz (the container image's
+    /// HEALTHCHECK: the image has no shell and no curl). Exit code 0 when it
+    /// answers 200 within the timeout, 1 otherwise.
+    Health {
+        /// `host:port` of the HTTP server to probe.
+        #[arg(long, env = "LEDGER_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
+        addr: SocketAddr,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Print a signed token for local use.
     Token {
         #[command(flatten)]
@@ -226,6 +242,53 @@ enum Commands {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Parse a configuration file (the TOML that `LEDGER_CONFIG` names, e.g.
+    /// the ConfigMap's `ledger.toml`) with the services' own settings:
+    /// unknown keys, wrong types and out-of-range values are refused, and so
+    /// is a signing secret in the file. Prints the effective settings
+    /// (defaults filled in). Exit code 1 when the file is refused.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+        /// Print the effective settings as JSON (the secret left out).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `GET /healthz` on `addr`, HTTP/1.0 over a plain socket: the status code.
+fn probe_health(addr: SocketAddr, timeout: Duration) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 32];
+    let mut read = 0;
+    while read < 12 {
+        let n = stream.read(&mut head[read..])?;
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    let line = String::from_utf8_lossy(&head[..read]).into_owned();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not an http answer: {line:?}"),
+            )
+        })
 }
 
 /// The signing secret: from the flag or environment, else kept in the data directory.
@@ -389,6 +452,44 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Commands::Health { addr, timeout } => match probe_health(addr, timeout) {
+            Ok(200) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("error: http://{addr}/healthz answered {status}");
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("error: cannot probe http://{addr}/healthz: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Commands::Config {
+            action: ConfigAction::Check { file, json },
+        } => match ledger_cli::config::ClusterSettings::check_file(&file) {
+            Ok(settings) => {
+                if json {
+                    println!(
+                        "{:#}",
+                        serde_json::to_value(&settings).expect("settings serialize")
+                    );
+                } else {
+                    println!(
+                        "{}: valid ({} shards, topics {}.*, kafka {}, cql {} keyspace {})",
+                        file.display(),
+                        settings.shards,
+                        settings.topic_prefix,
+                        settings.kafka_bootstrap,
+                        settings.cql_contact,
+                        settings.cql_keyspace
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Commands::Token {
             common,
             role,

@@ -134,7 +134,8 @@ async fn wait_for(state: &QueryState, after: Option<&After>) -> Result<(), Probl
     if after.position == ReadPosition::default() {
         return Ok(());
     }
-    let deadline = Instant::now() + state.settings.projection_wait_max;
+    let started = Instant::now();
+    let deadline = started + state.settings.projection_wait_max;
     loop {
         if state
             .read_models
@@ -142,10 +143,12 @@ async fn wait_for(state: &QueryState, after: Option<&After>) -> Result<(), Probl
             .await
             .map_err(read_failed)?
         {
+            crate::metrics::record_wait(started.elapsed(), true);
             return Ok(());
         }
         let now = Instant::now();
         if now >= deadline {
+            crate::metrics::record_wait(started.elapsed(), false);
             crate::metrics::record_projection_lagging();
             return Err(Problem::projection_lagging(format!(
                 "the read models have not reached position {} within {} ms; retry",

@@ -50,4 +50,5 @@ pub fn describe() {
         "time to apply and commit a projection batch"
     );
     metrics::describe_counter!(PROJECTOR_FAILURES_TOTAL, "projection batches that failed");
+    engine::metrics::describe_projected();
 }

@@ -464,6 +464,9 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, Sql
     transaction
         .commit()
         .map_err(SqliteStoreError::sqlite("commit projection"))?;
+    for (shard, sequence) in &checkpoints {
+        engine::metrics::record_projected(ledger_core::ShardId(*shard), *sequence);
+    }
     Ok(applied)
 }
 
