@@ -360,7 +360,10 @@ fn any_damaged_or_random_bytes_are_refused_without_panicking() {
             assert!(!decodes(&damaged), "{what} with bit {bit} flipped decoded");
         }
         for length in 0..bytes.len() {
-            assert!(!decodes(&bytes[..length]), "{what} cut to {length} bytes decoded");
+            assert!(
+                !decodes(&bytes[..length]),
+                "{what} cut to {length} bytes decoded"
+            );
         }
     }
     // SplitMix64, seeded: the same byte strings every run.
