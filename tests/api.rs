@@ -999,3 +999,282 @@ async fn a_purchase_trace_tells_support_what_happened() {
     );
     app.stop().await;
 }
+
+/// Sums the money of public events per user: `(wallet, pending)`.
+fn public_sums(
+    events: &[public_events::StructuredEvent],
+) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut sums: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for event in events {
+        for (field, wallet) in [("wallet_changes", true), ("pending_changes", false)] {
+            for change in event.data[field].as_array().into_iter().flatten() {
+                let user = change["user_id"].as_str().expect("a user").to_string();
+                let amount = change["amount"].as_i64().expect("an integer amount");
+                let sum = sums.entry(user).or_default();
+                if wallet {
+                    sum.0 += amount;
+                } else {
+                    sum.1 += amount;
+                }
+            }
+        }
+    }
+    sums
+}
+
+/// Writes the events as NDJSON into `$LEDGER_PUBLIC_EVENTS_DUMP/<name>.ndjson`
+/// when set, for the schema validation of `scripts/validate-public-events`.
+fn dump_public_events(name: &str, events: &[public_events::StructuredEvent]) {
+    let Ok(dir) = std::env::var("LEDGER_PUBLIC_EVENTS_DUMP") else {
+        return;
+    };
+    std::fs::create_dir_all(&dir).expect("the dump directory");
+    let backend = if marketplace_ledger::distributed_backend() {
+        "distributed"
+    } else {
+        "embedded"
+    };
+    let mut text = String::new();
+    for event in events {
+        text.push_str(&serde_json::to_string(event).expect("an event serializes"));
+        text.push('\n');
+    }
+    std::fs::write(format!("{dir}/{name}-{backend}.ndjson"), text).expect("the dump is written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_stream_adds_up_to_the_ledger() {
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let users = ["ann", "ben", "cid", "dot"];
+    for user in users {
+        assert_eq!(
+            app.grant(&format!("g-{user}"), user, 1_000).await.status,
+            201
+        );
+    }
+    let studio = app.token(Role::User, "studio");
+    for body in [
+        json!({"item_id": "hat", "creator_id": "studio", "name": "Hat", "price": 100}),
+        json!({"item_id": "scarf", "creator_id": "studio", "name": "Scarf", "price": 40}),
+        json!({"item_id": "pin", "creator_id": "studio", "name": "Pin", "price": 15}),
+        json!({"item_id": "crown", "creator_id": "studio", "name": "Crown", "price": 200, "supply": 3, "resellable": true}),
+    ] {
+        let published = app.post("/v1/items", Some(&studio), &body).await;
+        assert_eq!(published.status, 201, "{}", published.text);
+    }
+    let repriced = app
+        .post("/v1/items/pin/price", Some(&studio), &json!({"price": 20}))
+        .await;
+    assert_eq!(repriced.status, 200, "{}", repriced.text);
+    let bundle = app
+        .post("/v1/bundles", Some(&studio), &json!({"bundle_id": "kit", "creator_id": "studio", "name": "Kit", "item_ids": ["scarf", "pin"], "price": 50}))
+        .await;
+    assert_eq!(bundle.status, 201, "{}", bundle.text);
+
+    let service = app.service();
+    let mut completed = 0;
+    let buy = |body: Value| {
+        let app = &app;
+        let service = service.clone();
+        async move {
+            let path = if body.get("listing_id").is_some() {
+                "/v1/resale-purchases"
+            } else {
+                "/v1/purchases"
+            };
+            app.post(path, Some(&service), &body).await
+        }
+    };
+    for (id, buyer, item) in [
+        ("pp-ann-hat", "ann", "hat"),
+        ("pp-ben-hat", "ben", "hat"),
+        ("pp-cid-crown", "cid", "crown"),
+        ("pp-dot-crown", "dot", "crown"),
+        ("pp-ann-crown", "ann", "crown"),
+    ] {
+        let answer = buy(json!({"purchase_id": id, "buyer_id": buyer, "item_id": item, "expected_price": if item == "hat" { 100 } else { 200 }})).await;
+        assert_eq!(answer.status, 201, "{id}: {}", answer.text);
+        completed += 1;
+    }
+    let sold_out = buy(json!({"purchase_id": "pp-ben-crown", "buyer_id": "ben", "item_id": "crown", "expected_price": 200})).await;
+    assert_eq!((sold_out.status, sold_out.code()), (409, "sold_out"));
+    let kit = buy(json!({"purchase_id": "pp-ben-kit", "buyer_id": "ben", "bundle_id": "kit", "expected_price": 50})).await;
+    assert_eq!(kit.status, 201, "{}", kit.text);
+    completed += 1;
+    let cid = app.token(Role::User, "cid");
+    let dot = app.token(Role::User, "dot");
+    let listed = app
+        .post("/v1/resale-listings", Some(&cid), &json!({"listing_id": "pl-cid", "seller_id": "cid", "item_id": "crown", "serial": 1, "price": 300}))
+        .await;
+    assert_eq!(listed.status, 201, "{}", listed.text);
+    let listed = app
+        .post("/v1/resale-listings", Some(&dot), &json!({"listing_id": "pl-dot", "seller_id": "dot", "item_id": "crown", "serial": 2, "price": 900}))
+        .await;
+    assert_eq!(listed.status, 201, "{}", listed.text);
+    let cancelled = app.delete("/v1/resale-listings/pl-dot", Some(&dot)).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    let resale = buy(json!({"purchase_id": "pp-ben-resale", "buyer_id": "ben", "listing_id": "pl-cid", "expected_price": 300})).await;
+    assert_eq!(resale.status, 201, "{}", resale.text);
+    completed += 1;
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&app.admin()),
+            &json!({"refund_id": "pr-ben-hat", "purchase_id": "pp-ben-hat"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+
+    // Escrow held 2 s: wait until everything is released.
+    wait_for_auth(&app, "/v1/creators/studio/earnings", &service, |body| {
+        body["pending"] == 0 && body["released"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    let mut everyone: Vec<String> = users.iter().map(|user| user.to_string()).collect();
+    everyone.push("studio".into());
+    let mut balances = std::collections::BTreeMap::new();
+    for user in &everyone {
+        let balance = eventually(&format!("{user}'s released balance"), || async {
+            let balance = app.balance(user, None).await;
+            (balance.1 == 0).then_some(balance)
+        })
+        .await;
+        balances.insert(user.clone(), balance);
+    }
+
+    // The stream catches up with what the read models show.
+    let events = eventually("the public stream to add up to the balances", || async {
+        let events = app.public_events().await;
+        let sums = public_sums(&events);
+        everyone
+            .iter()
+            .all(|user| sums.get(user).copied().unwrap_or_default() == balances[user])
+            .then_some(events)
+    })
+    .await;
+    dump_public_events("scenario", &events);
+
+    let ids: BTreeSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "ce_id is unique");
+    let purchases: Vec<&public_events::StructuredEvent> = events
+        .iter()
+        .filter(|event| {
+            event.event_type == "ledger.purchase_completed.v1"
+                || event.event_type == "ledger.resale_completed.v1"
+        })
+        .collect();
+    assert_eq!(
+        purchases.len(),
+        completed,
+        "one event per completed purchase"
+    );
+    let sums = public_sums(&events);
+    for user in &everyone {
+        assert_eq!(
+            sums[user], balances[user],
+            "{user}: money events sum to the balance"
+        );
+    }
+    // Every record parses as its published type (unknown fields refused).
+    for event in &events {
+        assert_eq!(event.specversion, "1.0");
+        assert_eq!(event.datacontenttype, "application/json");
+        assert_eq!(event.recordhash.len(), 64);
+        assert!(event.time.ends_with('Z'), "{}", event.time);
+        let data = event.data.clone();
+        let parsed = match event.event_type.as_str() {
+            "ledger.currency_granted.v1" => {
+                serde_json::from_value::<public_events::types::CurrencyGranted>(data).map(drop)
+            }
+            "ledger.purchase_completed.v1" => {
+                serde_json::from_value::<public_events::types::PurchaseCompleted>(data).map(drop)
+            }
+            "ledger.resale_completed.v1" => {
+                serde_json::from_value::<public_events::types::ResaleCompleted>(data).map(drop)
+            }
+            "ledger.purchase_refunded.v1" => {
+                serde_json::from_value::<public_events::types::PurchaseRefunded>(data).map(drop)
+            }
+            "ledger.escrow_reversed.v1" => {
+                serde_json::from_value::<public_events::types::EscrowReversed>(data).map(drop)
+            }
+            "ledger.escrow_released.v1" => {
+                serde_json::from_value::<public_events::types::EscrowReleased>(data).map(drop)
+            }
+            "ledger.listing_created.v1" => {
+                serde_json::from_value::<public_events::types::ListingCreated>(data).map(drop)
+            }
+            "ledger.listing_cancelled.v1" => {
+                serde_json::from_value::<public_events::types::ListingCancelled>(data).map(drop)
+            }
+            "ledger.item_published.v1" => {
+                serde_json::from_value::<public_events::types::ItemPublished>(data).map(drop)
+            }
+            "ledger.item_repriced.v1" => {
+                serde_json::from_value::<public_events::types::ItemRepriced>(data).map(drop)
+            }
+            "ledger.item_sale_toggled.v1" => {
+                serde_json::from_value::<public_events::types::ItemSaleToggled>(data).map(drop)
+            }
+            "ledger.bundle_created.v1" => {
+                serde_json::from_value::<public_events::types::BundleCreated>(data).map(drop)
+            }
+            other => panic!("unknown public type {other}"),
+        };
+        parsed.unwrap_or_else(|error| panic!("{} does not parse: {error}", event.id));
+    }
+    // The resale carries its split; the crown's primary sale its serial.
+    let resale = purchases
+        .iter()
+        .find(|event| event.data["purchase_id"] == "pp-ben-resale")
+        .expect("the resale is published");
+    assert_eq!(resale.subject, "user:ben");
+    assert_eq!(
+        (
+            &resale.data["seller_share"],
+            &resale.data["creator_royalty"],
+            &resale.data["platform_fee"]
+        ),
+        (&json!(210), &json!(30), &json!(60))
+    );
+    let crown = purchases
+        .iter()
+        .find(|event| event.data["purchase_id"] == "pp-cid-crown")
+        .expect("the crown purchase is published");
+    assert_eq!(
+        (&crown.data["serial"], &crown.data["creator_share"]),
+        (&json!(1), &json!(140))
+    );
+    // In order per key: ben's hat purchase before its refund.
+    let position = |wanted: &dyn Fn(&public_events::StructuredEvent) -> bool| {
+        events
+            .iter()
+            .position(wanted)
+            .expect("the event is published")
+    };
+    let bought = position(&|event| {
+        event.data["purchase_id"] == "pp-ben-hat"
+            && event.event_type == "ledger.purchase_completed.v1"
+    });
+    let refunded = position(&|event| event.event_type == "ledger.purchase_refunded.v1");
+    assert!(bought < refunded, "a purchase comes before its refund");
+    for (kind, count) in [
+        ("ledger.listing_created.v1", 2),
+        ("ledger.listing_cancelled.v1", 1),
+        ("ledger.item_published.v1", 4),
+        ("ledger.item_repriced.v1", 1),
+        ("ledger.bundle_created.v1", 1),
+        ("ledger.currency_granted.v1", 4),
+        ("ledger.escrow_reversed.v1", 1),
+    ] {
+        let found = events
+            .iter()
+            .filter(|event| event.event_type == kind)
+            .count();
+        assert_eq!(found, count, "{kind}");
+    }
+    app.stop().await;
+}

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cluster;
 pub mod demo;
 pub mod export;
+pub mod public;
 pub mod verify;
 
 /// Everything `ledger serve` can be told.
