@@ -1022,24 +1022,67 @@ fn public_sums(
     sums
 }
 
-/// Writes the events as NDJSON into `$LEDGER_PUBLIC_EVENTS_DUMP/<name>.ndjson`
-/// when set, for the schema validation of `scripts/validate-public-events`.
-fn dump_public_events(name: &str, events: &[public_events::StructuredEvent]) {
-    let Ok(dir) = std::env::var("LEDGER_PUBLIC_EVENTS_DUMP") else {
-        return;
-    };
-    std::fs::create_dir_all(&dir).expect("the dump directory");
-    let backend = if marketplace_ledger::distributed_backend() {
-        "distributed"
-    } else {
-        "embedded"
-    };
-    let mut text = String::new();
-    for event in events {
-        text.push_str(&serde_json::to_string(event).expect("an event serializes"));
-        text.push('\n');
+/// With `LEDGER_PUBLIC_EVENTS_VALIDATOR` set (`scripts/test` sets it to
+/// `scripts/validate-public-events`), the published events are checked by a
+/// non-Rust consumer too: Python's jsonschema against `schemas/json/`, on
+/// the distributed backend reading the topic itself with confluent-kafka
+/// (`read_committed`). Answers the money per user it summed, if it ran.
+async fn validate_with_python(
+    app: &TestApp,
+    events: &[public_events::StructuredEvent],
+) -> Option<std::collections::BTreeMap<String, (i64, i64)>> {
+    let validator = std::env::var("LEDGER_PUBLIC_EVENTS_VALIDATOR").ok()?;
+    let mut arguments: Vec<String> = Vec::new();
+    let mut _file = None;
+    match &app.public_topic {
+        Some((bootstrap, topic)) => arguments.extend([
+            "--kafka".into(),
+            bootstrap.clone(),
+            "--topic".into(),
+            topic.clone(),
+        ]),
+        None => {
+            let dir = marketplace_ledger::TempDir::new("public-events");
+            let path = dir.0.join("events.ndjson");
+            let mut text = String::new();
+            for event in events {
+                text.push_str(&serde_json::to_string(event).expect("an event serializes"));
+                text.push('\n');
+            }
+            std::fs::write(&path, text).expect("the events file is written");
+            arguments.push(path.display().to_string());
+            _file = Some(dir);
+        }
     }
-    std::fs::write(format!("{dir}/{name}-{backend}.ndjson"), text).expect("the dump is written");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&validator)
+            .args(&arguments)
+            .output()
+    })
+    .await
+    .expect("the validator task")
+    .expect("the validator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the Python validation failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().expect("a summary line"))
+        .expect("the summary is JSON");
+    Some(
+        summary["money_per_user"]
+            .as_object()
+            .expect("money per user")
+            .iter()
+            .map(|(user, sums)| {
+                (
+                    user.clone(),
+                    (sums[0].as_i64().unwrap(), sums[1].as_i64().unwrap()),
+                )
+            })
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1155,7 +1198,6 @@ async fn the_public_stream_adds_up_to_the_ledger() {
             .then_some(events)
     })
     .await;
-    dump_public_events("scenario", &events);
 
     let ids: BTreeSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
     assert_eq!(ids.len(), events.len(), "ce_id is unique");
@@ -1177,6 +1219,14 @@ async fn the_public_stream_adds_up_to_the_ledger() {
             sums[user], balances[user],
             "{user}: money events sum to the balance"
         );
+    }
+    if let Some(python_sums) = validate_with_python(&app, &events).await {
+        for user in &everyone {
+            assert_eq!(
+                python_sums[user], balances[user],
+                "{user}: as Python sums it"
+            );
+        }
     }
     // Every record parses as its published type (unknown fields refused).
     for event in &events {
