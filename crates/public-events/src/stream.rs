@@ -454,7 +454,7 @@ fn publish(
             let mapped = map_event(&event, open.as_ref(), &settlements);
             track_purchase(lane, position, &event);
             let (subject, data) = match mapped {
-                Mapped::Public(subject, data) => (subject, data),
+                Mapped::Public(subject, data) => (subject, *data),
                 Mapped::Nothing => continue,
                 Mapped::BuyerMissing(purchase_id) => {
                     return Err(StreamError::UnknownBuyer {
@@ -480,7 +480,7 @@ fn publish(
 
 /// What one ledger event becomes.
 enum Mapped {
-    Public(String, PublicData),
+    Public(String, Box<PublicData>),
     Nothing,
     /// A purchase completed whose buyer the stream does not know.
     BuyerMissing(PurchaseId),
@@ -667,7 +667,7 @@ fn map_event(
         ),
         _ => return Mapped::Nothing,
     };
-    Mapped::Public(subject, data)
+    Mapped::Public(subject, Box::new(data))
 }
 
 /// A purchase's completion, if it completed a paid purchase: one public
@@ -774,7 +774,7 @@ fn completed_purchase(
         }
         _ => return Mapped::Nothing,
     };
-    Mapped::Public(user_subject(buyer_id), data)
+    Mapped::Public(user_subject(buyer_id), Box::new(data))
 }
 
 /// Lowercase hex.
