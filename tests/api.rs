@@ -1328,3 +1328,187 @@ async fn the_public_stream_adds_up_to_the_ledger() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creators_sales_show_each_escrow_and_its_release_date() {
+    let hold_ms: i64 = 3_000;
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_millis(hold_ms as u64)
+    })
+    .await;
+    let maker = app.token(Role::User, "maker");
+    let service = app.service();
+    assert_eq!(app.grant("g-fan", "fan", 1_000).await.status, 201);
+    for (item, price) in [("hat", 100), ("scarf", 40), ("pin", 20)] {
+        let published = app
+            .post(
+                "/v1/items",
+                Some(&maker),
+                &json!({"item_id": item, "creator_id": "maker", "name": item, "price": price}),
+            )
+            .await;
+        assert_eq!(published.status, 201, "{}", published.text);
+    }
+    // A sale refunded, a sale released after the hold, then a sale held.
+    assert_eq!(app.purchase("s-hat", "fan", "hat", 100).await.status, 201);
+    let scarf = app.purchase("s-scarf", "fan", "scarf", 40).await;
+    assert_eq!(scarf.status, 201, "{}", scarf.text);
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&app.admin()),
+            &json!({"refund_id": "r-hat", "purchase_id": "s-hat"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+    wait_for_auth(&app, "/v1/creators/maker/earnings", &service, |body| {
+        body["released"] == 28 && body["pending"] == 0
+    })
+    .await;
+    let pin = app.purchase("s-pin", "fan", "pin", 20).await;
+    assert_eq!(pin.status, 201, "{}", pin.text);
+    let position = pin.body["position"].as_str().unwrap().to_string();
+
+    let sales = app
+        .get(
+            &format!("/v1/creators/maker/sales?after={position}"),
+            Some(&maker),
+        )
+        .await;
+    assert_eq!(sales.status, 200, "{}", sales.text);
+    let rows = sales.body["sales"].as_array().expect("sales").clone();
+    let summary: Vec<(&str, &str, i64, i64)> = rows
+        .iter()
+        .map(|sale| {
+            (
+                sale["purchase_id"].as_str().unwrap(),
+                sale["escrow_status"].as_str().unwrap(),
+                sale["creator_share"].as_i64().unwrap(),
+                sale["platform_fee"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("s-hat", "refunded", 70, 30),
+            ("s-scarf", "released", 28, 12),
+            ("s-pin", "held", 14, 6),
+        ],
+        "{}",
+        sales.text
+    );
+    assert_eq!(sales.body["next_cursor"], Value::Null);
+    let instant = |value: &Value| -> i64 {
+        let text = value.as_str().expect("an RFC 3339 instant");
+        let at = humantime_like_ms(text);
+        assert!(at > 0, "{text}");
+        at
+    };
+    for sale in &rows {
+        let sold_at = instant(&sale["sold_at"]);
+        let release_at = instant(&sale["release_at"]);
+        // Released `hold` after the purchase, which the share follows by a hop.
+        assert!(
+            (release_at - sold_at - hold_ms).abs() < 2_000,
+            "release date {release_at} of a sale at {sold_at}"
+        );
+        assert_eq!(sale["fee_policy_version"], 1);
+        assert_eq!(sale["resale"], false);
+    }
+    assert_eq!(
+        rows[2]["escrow_settled_at"],
+        Value::Null,
+        "held: not settled"
+    );
+    assert!(
+        rows[1]["escrow_settled_at"].is_string(),
+        "released: settled"
+    );
+
+    // from inclusive, to exclusive.
+    let (scarf_at, pin_at) = (
+        rows[1]["sold_at"].as_str().unwrap(),
+        rows[2]["sold_at"].as_str().unwrap(),
+    );
+    let window = app
+        .get(
+            &format!("/v1/creators/maker/sales?from={scarf_at}&to={pin_at}"),
+            Some(&service),
+        )
+        .await;
+    assert_eq!(window.status, 200, "{}", window.text);
+    let ids: Vec<&str> = window.body["sales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sale| sale["purchase_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s-scarf"], "{}", window.text);
+    // Pages of one.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(cursor) => format!("/v1/creators/maker/sales?limit=1&cursor={cursor}"),
+            None => "/v1/creators/maker/sales?limit=1".to_string(),
+        };
+        let page = app.get(&url, Some(&app.admin())).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        for sale in page.body["sales"].as_array().unwrap() {
+            paged.push(sale["purchase_id"].as_str().unwrap().to_string());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(paged.len() <= 3, "pages end");
+    }
+    assert_eq!(paged, ["s-hat", "s-scarf", "s-pin"]);
+
+    // Private: the creator, a service or an admin; bad input is refused.
+    let fan = app.token(Role::User, "fan");
+    let snoop = app.get("/v1/creators/maker/sales", Some(&fan)).await;
+    assert_eq!((snoop.status, snoop.code()), (403, "forbidden"));
+    let anonymous = app.get("/v1/creators/maker/sales", None).await;
+    assert_eq!((anonymous.status, anonymous.code()), (401, "unauthorized"));
+    for bad in [
+        "/v1/creators/maker/sales?from=yesterday",
+        "/v1/creators/maker/sales?from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
+        "/v1/creators/maker/sales?cursor=nonsense",
+        "/v1/creators/maker/sales?limit=0",
+    ] {
+        let refused = app.get(bad, Some(&maker)).await;
+        assert!(
+            matches!(refused.status, 400 | 422) && refused.code() == "validation_failed",
+            "{bad}: {}",
+            refused.text
+        );
+    }
+    let nobody = app.get("/v1/creators/nobody/sales", Some(&service)).await;
+    assert_eq!(nobody.status, 200);
+    assert_eq!(nobody.body["sales"], json!([]));
+    app.stop().await;
+}
+
+/// Milliseconds since the epoch of an RFC 3339 instant of the API
+/// (`YYYY-MM-DDTHH:MM:SS[.mmm]Z`).
+fn humantime_like_ms(text: &str) -> i64 {
+    let parse = |range: std::ops::Range<usize>| -> i64 { text[range].parse().unwrap() };
+    let (year, month, day) = (parse(0..4), parse(5..7), parse(8..10));
+    let (hour, minute, second) = (parse(11..13), parse(14..16), parse(17..19));
+    let millis = if text.as_bytes().get(19) == Some(&b'.') {
+        parse(20..23)
+    } else {
+        0
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis
+}
