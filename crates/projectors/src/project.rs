@@ -795,6 +795,18 @@ mod tests {
                     lifetime: 70,
                     sales_count: 1
                 },
+                Change::CreatorSaleRecorded(CreatorSale {
+                    creator_id: user("creator"),
+                    purchase_id: purchase("p1"),
+                    sold_at_ms: 5,
+                    position: "0.1".to_string(),
+                    resale: false,
+                    cleared: 100,
+                    creator_share: 70,
+                    platform_fee: 30,
+                    policy_version: 1,
+                    release_at_ms: 99,
+                }),
             ]
         );
         let changes = project_at(settled(true), 0, 1, 5);
@@ -863,7 +875,15 @@ mod tests {
                 sales_count: 0
             }
         );
-        assert_eq!(changes.len(), 5);
+        assert_eq!(
+            changes[5],
+            Change::CreatorSaleChanged {
+                purchase_id: purchase("p1"),
+                change: SaleEscrowChange::Released,
+                at_ms: 10,
+            }
+        );
+        assert_eq!(changes.len(), 6);
     }
 
     #[test]
@@ -1179,6 +1199,7 @@ mod tests {
             buyer_id: user("bob"),
         };
         assert_eq!(project_at(reserved, 0, 1, 1), vec![]);
+        // A freeze changes only the creator's sale.
         assert_eq!(
             project_at(
                 Event::EscrowFrozen {
@@ -1188,7 +1209,11 @@ mod tests {
                 2,
                 1
             ),
-            vec![]
+            vec![Change::CreatorSaleChanged {
+                purchase_id: purchase("p1"),
+                change: SaleEscrowChange::Frozen,
+                at_ms: 1,
+            }]
         );
     }
 
