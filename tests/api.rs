@@ -999,3 +999,516 @@ async fn a_purchase_trace_tells_support_what_happened() {
     );
     app.stop().await;
 }
+
+/// Sums the money of public events per user: `(wallet, pending)`.
+fn public_sums(
+    events: &[public_events::StructuredEvent],
+) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut sums: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for event in events {
+        for (field, wallet) in [("wallet_changes", true), ("pending_changes", false)] {
+            for change in event.data[field].as_array().into_iter().flatten() {
+                let user = change["user_id"].as_str().expect("a user").to_string();
+                let amount = change["amount"].as_i64().expect("an integer amount");
+                let sum = sums.entry(user).or_default();
+                if wallet {
+                    sum.0 += amount;
+                } else {
+                    sum.1 += amount;
+                }
+            }
+        }
+    }
+    sums
+}
+
+/// With `LEDGER_PUBLIC_EVENTS_VALIDATOR` set (`scripts/test` sets it to
+/// `scripts/validate-public-events`), the published events are checked by a
+/// non-Rust consumer too: Python's jsonschema against `schemas/json/`, on
+/// the distributed backend reading the topic itself with confluent-kafka
+/// (`read_committed`). Answers the money per user it summed, if it ran.
+async fn validate_with_python(
+    app: &TestApp,
+    events: &[public_events::StructuredEvent],
+) -> Option<std::collections::BTreeMap<String, (i64, i64)>> {
+    let validator = std::env::var("LEDGER_PUBLIC_EVENTS_VALIDATOR").ok()?;
+    let mut arguments: Vec<String> = Vec::new();
+    let mut _file = None;
+    match &app.public_topic {
+        Some((bootstrap, topic)) => arguments.extend([
+            "--kafka".into(),
+            bootstrap.clone(),
+            "--topic".into(),
+            topic.clone(),
+        ]),
+        None => {
+            let dir = marketplace_ledger::TempDir::new("public-events");
+            let path = dir.0.join("events.ndjson");
+            let mut text = String::new();
+            for event in events {
+                text.push_str(&serde_json::to_string(event).expect("an event serializes"));
+                text.push('\n');
+            }
+            std::fs::write(&path, text).expect("the events file is written");
+            arguments.push(path.display().to_string());
+            _file = Some(dir);
+        }
+    }
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&validator)
+            .args(&arguments)
+            .output()
+    })
+    .await
+    .expect("the validator task")
+    .expect("the validator runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the Python validation failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_str(stdout.lines().last().expect("a summary line"))
+        .expect("the summary is JSON");
+    Some(
+        summary["money_per_user"]
+            .as_object()
+            .expect("money per user")
+            .iter()
+            .map(|(user, sums)| {
+                (
+                    user.clone(),
+                    (sums[0].as_i64().unwrap(), sums[1].as_i64().unwrap()),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_stream_adds_up_to_the_ledger() {
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_secs(2)
+    })
+    .await;
+    let users = ["ann", "ben", "cid", "dot"];
+    for user in users {
+        assert_eq!(
+            app.grant(&format!("g-{user}"), user, 1_000).await.status,
+            201
+        );
+    }
+    let studio = app.token(Role::User, "studio");
+    for body in [
+        json!({"item_id": "hat", "creator_id": "studio", "name": "Hat", "price": 100}),
+        json!({"item_id": "scarf", "creator_id": "studio", "name": "Scarf", "price": 40}),
+        json!({"item_id": "pin", "creator_id": "studio", "name": "Pin", "price": 15}),
+        json!({"item_id": "crown", "creator_id": "studio", "name": "Crown", "price": 200, "supply": 3, "resellable": true}),
+    ] {
+        let published = app.post("/v1/items", Some(&studio), &body).await;
+        assert_eq!(published.status, 201, "{}", published.text);
+    }
+    let repriced = app
+        .post("/v1/items/pin/price", Some(&studio), &json!({"price": 20}))
+        .await;
+    assert_eq!(repriced.status, 200, "{}", repriced.text);
+    let bundle = app
+        .post("/v1/bundles", Some(&studio), &json!({"bundle_id": "kit", "creator_id": "studio", "name": "Kit", "item_ids": ["scarf", "pin"], "price": 50}))
+        .await;
+    assert_eq!(bundle.status, 201, "{}", bundle.text);
+
+    let service = app.service();
+    let mut completed = 0;
+    let buy = |body: Value| {
+        let app = &app;
+        let service = service.clone();
+        async move {
+            let path = if body.get("listing_id").is_some() {
+                "/v1/resale-purchases"
+            } else {
+                "/v1/purchases"
+            };
+            app.post(path, Some(&service), &body).await
+        }
+    };
+    for (id, buyer, item) in [
+        ("pp-ann-hat", "ann", "hat"),
+        ("pp-ben-hat", "ben", "hat"),
+        ("pp-cid-crown", "cid", "crown"),
+        ("pp-dot-crown", "dot", "crown"),
+        ("pp-ann-crown", "ann", "crown"),
+    ] {
+        let answer = buy(json!({"purchase_id": id, "buyer_id": buyer, "item_id": item, "expected_price": if item == "hat" { 100 } else { 200 }})).await;
+        assert_eq!(answer.status, 201, "{id}: {}", answer.text);
+        completed += 1;
+    }
+    let sold_out = buy(json!({"purchase_id": "pp-ben-crown", "buyer_id": "ben", "item_id": "crown", "expected_price": 200})).await;
+    assert_eq!((sold_out.status, sold_out.code()), (409, "sold_out"));
+    let kit = buy(json!({"purchase_id": "pp-ben-kit", "buyer_id": "ben", "bundle_id": "kit", "expected_price": 50})).await;
+    assert_eq!(kit.status, 201, "{}", kit.text);
+    completed += 1;
+    let cid = app.token(Role::User, "cid");
+    let dot = app.token(Role::User, "dot");
+    let listed = app
+        .post("/v1/resale-listings", Some(&cid), &json!({"listing_id": "pl-cid", "seller_id": "cid", "item_id": "crown", "serial": 1, "price": 300}))
+        .await;
+    assert_eq!(listed.status, 201, "{}", listed.text);
+    let listed = app
+        .post("/v1/resale-listings", Some(&dot), &json!({"listing_id": "pl-dot", "seller_id": "dot", "item_id": "crown", "serial": 2, "price": 900}))
+        .await;
+    assert_eq!(listed.status, 201, "{}", listed.text);
+    let cancelled = app.delete("/v1/resale-listings/pl-dot", Some(&dot)).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    let resale = buy(json!({"purchase_id": "pp-ben-resale", "buyer_id": "ben", "listing_id": "pl-cid", "expected_price": 300})).await;
+    assert_eq!(resale.status, 201, "{}", resale.text);
+    completed += 1;
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&app.admin()),
+            &json!({"refund_id": "pr-ben-hat", "purchase_id": "pp-ben-hat"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+
+    // Escrow held 2 s: wait until everything is released.
+    wait_for_auth(&app, "/v1/creators/studio/earnings", &service, |body| {
+        body["pending"] == 0 && body["released"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    let mut everyone: Vec<String> = users.iter().map(|user| user.to_string()).collect();
+    everyone.push("studio".into());
+    let mut balances = std::collections::BTreeMap::new();
+    for user in &everyone {
+        let balance = eventually(&format!("{user}'s released balance"), || async {
+            let balance = app.balance(user, None).await;
+            (balance.1 == 0).then_some(balance)
+        })
+        .await;
+        balances.insert(user.clone(), balance);
+    }
+
+    // The stream catches up with what the read models show.
+    let events = eventually("the public stream to add up to the balances", || async {
+        let events = app.public_events().await;
+        let sums = public_sums(&events);
+        everyone
+            .iter()
+            .all(|user| sums.get(user).copied().unwrap_or_default() == balances[user])
+            .then_some(events)
+    })
+    .await;
+
+    let ids: BTreeSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "ce_id is unique");
+    let purchases: Vec<&public_events::StructuredEvent> = events
+        .iter()
+        .filter(|event| {
+            event.event_type == "ledger.purchase_completed.v1"
+                || event.event_type == "ledger.resale_completed.v1"
+        })
+        .collect();
+    assert_eq!(
+        purchases.len(),
+        completed,
+        "one event per completed purchase"
+    );
+    let sums = public_sums(&events);
+    for user in &everyone {
+        assert_eq!(
+            sums[user], balances[user],
+            "{user}: money events sum to the balance"
+        );
+    }
+    if let Some(python_sums) = validate_with_python(&app, &events).await {
+        for user in &everyone {
+            assert_eq!(
+                python_sums[user], balances[user],
+                "{user}: as Python sums it"
+            );
+        }
+    }
+    // Every record parses as its published type (unknown fields refused).
+    for event in &events {
+        assert_eq!(event.specversion, "1.0");
+        assert_eq!(event.datacontenttype, "application/json");
+        assert_eq!(event.recordhash.len(), 64);
+        assert!(event.time.ends_with('Z'), "{}", event.time);
+        let data = event.data.clone();
+        let parsed = match event.event_type.as_str() {
+            "ledger.currency_granted.v1" => {
+                serde_json::from_value::<public_events::types::CurrencyGranted>(data).map(drop)
+            }
+            "ledger.purchase_completed.v1" => {
+                serde_json::from_value::<public_events::types::PurchaseCompleted>(data).map(drop)
+            }
+            "ledger.resale_completed.v1" => {
+                serde_json::from_value::<public_events::types::ResaleCompleted>(data).map(drop)
+            }
+            "ledger.purchase_refunded.v1" => {
+                serde_json::from_value::<public_events::types::PurchaseRefunded>(data).map(drop)
+            }
+            "ledger.escrow_reversed.v1" => {
+                serde_json::from_value::<public_events::types::EscrowReversed>(data).map(drop)
+            }
+            "ledger.escrow_released.v1" => {
+                serde_json::from_value::<public_events::types::EscrowReleased>(data).map(drop)
+            }
+            "ledger.listing_created.v1" => {
+                serde_json::from_value::<public_events::types::ListingCreated>(data).map(drop)
+            }
+            "ledger.listing_cancelled.v1" => {
+                serde_json::from_value::<public_events::types::ListingCancelled>(data).map(drop)
+            }
+            "ledger.item_published.v1" => {
+                serde_json::from_value::<public_events::types::ItemPublished>(data).map(drop)
+            }
+            "ledger.item_repriced.v1" => {
+                serde_json::from_value::<public_events::types::ItemRepriced>(data).map(drop)
+            }
+            "ledger.item_sale_toggled.v1" => {
+                serde_json::from_value::<public_events::types::ItemSaleToggled>(data).map(drop)
+            }
+            "ledger.bundle_created.v1" => {
+                serde_json::from_value::<public_events::types::BundleCreated>(data).map(drop)
+            }
+            other => panic!("unknown public type {other}"),
+        };
+        parsed.unwrap_or_else(|error| panic!("{} does not parse: {error}", event.id));
+    }
+    // The resale carries its split; the crown's primary sale its serial.
+    let resale = purchases
+        .iter()
+        .find(|event| event.data["purchase_id"] == "pp-ben-resale")
+        .expect("the resale is published");
+    assert_eq!(resale.subject, "user:ben");
+    assert_eq!(
+        (
+            &resale.data["seller_share"],
+            &resale.data["creator_royalty"],
+            &resale.data["platform_fee"]
+        ),
+        (&json!(210), &json!(30), &json!(60))
+    );
+    let crown = purchases
+        .iter()
+        .find(|event| event.data["purchase_id"] == "pp-cid-crown")
+        .expect("the crown purchase is published");
+    assert_eq!(
+        (&crown.data["serial"], &crown.data["creator_share"]),
+        (&json!(1), &json!(140))
+    );
+    // In order per key: ben's hat purchase before its refund.
+    let position = |wanted: &dyn Fn(&public_events::StructuredEvent) -> bool| {
+        events
+            .iter()
+            .position(wanted)
+            .expect("the event is published")
+    };
+    let bought = position(&|event| {
+        event.data["purchase_id"] == "pp-ben-hat"
+            && event.event_type == "ledger.purchase_completed.v1"
+    });
+    let refunded = position(&|event| event.event_type == "ledger.purchase_refunded.v1");
+    assert!(bought < refunded, "a purchase comes before its refund");
+    for (kind, count) in [
+        ("ledger.listing_created.v1", 2),
+        ("ledger.listing_cancelled.v1", 1),
+        ("ledger.item_published.v1", 4),
+        ("ledger.item_repriced.v1", 1),
+        ("ledger.bundle_created.v1", 1),
+        ("ledger.currency_granted.v1", 4),
+        ("ledger.escrow_reversed.v1", 1),
+    ] {
+        let found = events
+            .iter()
+            .filter(|event| event.event_type == kind)
+            .count();
+        assert_eq!(found, count, "{kind}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creators_sales_show_each_escrow_and_its_release_date() {
+    let hold_ms: i64 = 3_000;
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_millis(hold_ms as u64)
+    })
+    .await;
+    let maker = app.token(Role::User, "maker");
+    let service = app.service();
+    assert_eq!(app.grant("g-fan", "fan", 1_000).await.status, 201);
+    for (item, price) in [("hat", 100), ("scarf", 40), ("pin", 20)] {
+        let published = app
+            .post(
+                "/v1/items",
+                Some(&maker),
+                &json!({"item_id": item, "creator_id": "maker", "name": item, "price": price}),
+            )
+            .await;
+        assert_eq!(published.status, 201, "{}", published.text);
+    }
+    // A sale refunded, a sale released after the hold, then a sale held.
+    assert_eq!(app.purchase("s-hat", "fan", "hat", 100).await.status, 201);
+    let scarf = app.purchase("s-scarf", "fan", "scarf", 40).await;
+    assert_eq!(scarf.status, 201, "{}", scarf.text);
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&app.admin()),
+            &json!({"refund_id": "r-hat", "purchase_id": "s-hat"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+    wait_for_auth(&app, "/v1/creators/maker/earnings", &service, |body| {
+        body["released"] == 28 && body["pending"] == 0
+    })
+    .await;
+    let pin = app.purchase("s-pin", "fan", "pin", 20).await;
+    assert_eq!(pin.status, 201, "{}", pin.text);
+    let position = pin.body["position"].as_str().unwrap().to_string();
+
+    let sales = app
+        .get(
+            &format!("/v1/creators/maker/sales?after={position}"),
+            Some(&maker),
+        )
+        .await;
+    assert_eq!(sales.status, 200, "{}", sales.text);
+    let rows = sales.body["sales"].as_array().expect("sales").clone();
+    let summary: Vec<(&str, &str, i64, i64)> = rows
+        .iter()
+        .map(|sale| {
+            (
+                sale["purchase_id"].as_str().unwrap(),
+                sale["escrow_status"].as_str().unwrap(),
+                sale["creator_share"].as_i64().unwrap(),
+                sale["platform_fee"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("s-hat", "refunded", 70, 30),
+            ("s-scarf", "released", 28, 12),
+            ("s-pin", "held", 14, 6),
+        ],
+        "{}",
+        sales.text
+    );
+    assert_eq!(sales.body["next_cursor"], Value::Null);
+    let instant = |value: &Value| -> i64 {
+        let text = value.as_str().expect("an RFC 3339 instant");
+        let at = humantime_like_ms(text);
+        assert!(at > 0, "{text}");
+        at
+    };
+    for sale in &rows {
+        let sold_at = instant(&sale["sold_at"]);
+        let release_at = instant(&sale["release_at"]);
+        // Released `hold` after the purchase, which the share follows by a hop.
+        assert!(
+            (release_at - sold_at - hold_ms).abs() < 2_000,
+            "release date {release_at} of a sale at {sold_at}"
+        );
+        assert_eq!(sale["fee_policy_version"], 1);
+        assert_eq!(sale["resale"], false);
+    }
+    assert_eq!(
+        rows[2]["escrow_settled_at"],
+        Value::Null,
+        "held: not settled"
+    );
+    assert!(
+        rows[1]["escrow_settled_at"].is_string(),
+        "released: settled"
+    );
+
+    // from inclusive, to exclusive.
+    let (scarf_at, pin_at) = (
+        rows[1]["sold_at"].as_str().unwrap(),
+        rows[2]["sold_at"].as_str().unwrap(),
+    );
+    let window = app
+        .get(
+            &format!("/v1/creators/maker/sales?from={scarf_at}&to={pin_at}"),
+            Some(&service),
+        )
+        .await;
+    assert_eq!(window.status, 200, "{}", window.text);
+    let ids: Vec<&str> = window.body["sales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sale| sale["purchase_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["s-scarf"], "{}", window.text);
+    // Pages of one.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(cursor) => format!("/v1/creators/maker/sales?limit=1&cursor={cursor}"),
+            None => "/v1/creators/maker/sales?limit=1".to_string(),
+        };
+        let page = app.get(&url, Some(&app.admin())).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        for sale in page.body["sales"].as_array().unwrap() {
+            paged.push(sale["purchase_id"].as_str().unwrap().to_string());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+        assert!(paged.len() <= 3, "pages end");
+    }
+    assert_eq!(paged, ["s-hat", "s-scarf", "s-pin"]);
+
+    // Private: the creator, a service or an admin; bad input is refused.
+    let fan = app.token(Role::User, "fan");
+    let snoop = app.get("/v1/creators/maker/sales", Some(&fan)).await;
+    assert_eq!((snoop.status, snoop.code()), (403, "forbidden"));
+    let anonymous = app.get("/v1/creators/maker/sales", None).await;
+    assert_eq!((anonymous.status, anonymous.code()), (401, "unauthorized"));
+    for bad in [
+        "/v1/creators/maker/sales?from=yesterday",
+        "/v1/creators/maker/sales?from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
+        "/v1/creators/maker/sales?cursor=nonsense",
+        "/v1/creators/maker/sales?limit=0",
+    ] {
+        let refused = app.get(bad, Some(&maker)).await;
+        assert!(
+            matches!(refused.status, 400 | 422) && refused.code() == "validation_failed",
+            "{bad}: {}",
+            refused.text
+        );
+    }
+    let nobody = app.get("/v1/creators/nobody/sales", Some(&service)).await;
+    assert_eq!(nobody.status, 200);
+    assert_eq!(nobody.body["sales"], json!([]));
+    app.stop().await;
+}
+
+/// Milliseconds since the epoch of an RFC 3339 instant of the API
+/// (`YYYY-MM-DDTHH:MM:SS[.mmm]Z`).
+fn humantime_like_ms(text: &str) -> i64 {
+    let parse = |range: std::ops::Range<usize>| -> i64 { text[range].parse().unwrap() };
+    let (year, month, day) = (parse(0..4), parse(5..7), parse(8..10));
+    let (hour, minute, second) = (parse(11..13), parse(14..16), parse(17..19));
+    let millis = if text.as_bytes().get(19) == Some(&b'.') {
+        parse(20..23)
+    } else {
+        0
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis
+}

@@ -452,3 +452,163 @@ async fn callers_are_answered_across_a_rebalance() {
         .stop()
         .await;
 }
+
+/// The public stream is written exactly once across crashes: a second
+/// publisher (its own transactional id, group and topic) is killed three
+/// times under load, each time mid-stream, and started again; what
+/// `read_committed` readers see of its topic has every event once (unique
+/// `ce_id`s, one purchase event per purchase) and adds up to the balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_stream_is_exactly_once_across_publisher_crashes() {
+    if !enabled("the_public_stream_is_exactly_once_across_publisher_crashes") {
+        return;
+    }
+    use distributed::public::{PublicStreamPublisher, PublicStreamSettings};
+    let (_directory, settings) = test_settings();
+    let cluster = cluster_settings(&settings);
+    let (app, _) = spawn_cluster(&cluster, 1, true).await;
+    let app = Arc::new(app);
+    let kafka = KafkaConfig::new(cluster.kafka_bootstrap.clone());
+    let mut topics = Topics::with_prefix(&cluster.topic_prefix);
+    topics.public = format!("{}.public-crash.v1", cluster.topic_prefix);
+    log_kafka::TopicAdmin::connect(&kafka)
+        .expect("admin client")
+        .ensure_topics(
+            &topics,
+            log_kafka::TopicLayout {
+                reply_partitions: cluster.reply_partitions,
+                ..log_kafka::TopicLayout::single_node(cluster.shards)
+            },
+        )
+        .await
+        .expect("the crash test's public topic");
+    let mut publisher_settings =
+        PublicStreamSettings::new(&format!("{}-crash", cluster.topic_prefix));
+    publisher_settings.batch_records_max = 7;
+    let start = || {
+        PublicStreamPublisher::start(
+            kafka.clone(),
+            topics.clone(),
+            cluster.shards,
+            publisher_settings.clone(),
+        )
+    };
+
+    assert_eq!(
+        app.publish(json!({"item_id": "mug", "creator_id": "potter", "name": "Mug", "price": 3}))
+            .await
+            .status,
+        201
+    );
+    let buyers = 12;
+    let rounds = 10;
+    grant_all(&app, "drinker", buyers, 1_000).await;
+    let mut publisher = start();
+    let mut tasks = JoinSet::new();
+    for buyer in 0..buyers {
+        let app = app.clone();
+        tasks.spawn(async move {
+            for round in 0..rounds {
+                let grant = app
+                    .grant(
+                        &format!("top-up-{buyer}-{round}"),
+                        &format!("drinker-{buyer}"),
+                        2,
+                    )
+                    .await;
+                assert_eq!(grant.status, 201, "{}", grant.text);
+            }
+            let bought = app
+                .purchase(
+                    &format!("mug-{buyer}"),
+                    &format!("drinker-{buyer}"),
+                    "mug",
+                    3,
+                )
+                .await;
+            assert_eq!(bought.status, 201, "{}", bought.text);
+        });
+    }
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        publisher.kill();
+        publisher = start();
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("a buyer");
+    }
+
+    let mut users: Vec<String> = (0..buyers)
+        .map(|buyer| format!("drinker-{buyer}"))
+        .collect();
+    users.push("potter".into());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (events, balances) = loop {
+        let mut balances = std::collections::BTreeMap::new();
+        for user in &users {
+            balances.insert(user.clone(), app.balance(user, None).await);
+        }
+        let (bootstrap, topic) = (cluster.kafka_bootstrap.clone(), topics.public.clone());
+        let events = tokio::task::spawn_blocking(move || {
+            marketplace_ledger::distributed::read_public_topic(&bootstrap, &topic)
+        })
+        .await
+        .expect("the reader");
+        let mut sums = std::collections::BTreeMap::<String, (i64, i64)>::new();
+        for event in &events {
+            for (field, wallet) in [("wallet_changes", true), ("pending_changes", false)] {
+                for change in event.data[field].as_array().into_iter().flatten() {
+                    let sum = sums
+                        .entry(change["user_id"].as_str().unwrap().to_string())
+                        .or_default();
+                    let amount = change["amount"].as_i64().unwrap();
+                    if wallet {
+                        sum.0 += amount
+                    } else {
+                        sum.1 += amount
+                    }
+                }
+            }
+        }
+        let purchases = events
+            .iter()
+            .filter(|event| event.event_type == "ledger.purchase_completed.v1")
+            .count();
+        if purchases >= buyers
+            && users
+                .iter()
+                .all(|user| sums.get(user).copied().unwrap_or_default() == balances[user])
+        {
+            break (events, balances);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted publisher never caught up: {purchases} purchases, sums {sums:?}, balances {balances:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    publisher.shutdown().await;
+    let ids: BTreeSet<&str> = events.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "no event published twice");
+    let purchases = events
+        .iter()
+        .filter(|event| event.event_type == "ledger.purchase_completed.v1")
+        .count();
+    assert_eq!(purchases, buyers, "one event per completed purchase");
+    let grants = events
+        .iter()
+        .filter(|event| event.event_type == "ledger.currency_granted.v1")
+        .count();
+    assert_eq!(grants, buyers * (rounds + 1), "every grant, once");
+    assert_eq!(balances["drinker-0"].0, 1_000 + 2 * rounds as i64 - 3);
+
+    let _ = log_kafka::TopicAdmin::connect(&kafka)
+        .expect("admin client")
+        .delete_topics(&topics)
+        .await;
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}

@@ -1,5 +1,5 @@
-//! The distributed ledger under test: the three services of `ledger
-//! command-api | projector | query-api`, run in this process on a fresh
+//! The distributed ledger under test: the services of `ledger
+//! command-api | projector | query-api | public-stream`, run in this process on a fresh
 //! topic prefix and keyspace of the real Kafka and CQL database
 //! (`scripts/infra env` exports their addresses).
 
@@ -90,6 +90,10 @@ pub async fn spawn_cluster(
             .await
             .unwrap_or_else(|error| panic!("projector starts: {error}"));
         services.push(projector);
+        let public_stream = Service::build(Role::PublicStream, cluster.clone())
+            .await
+            .unwrap_or_else(|error| panic!("public stream starts: {error}"));
+        services.push(public_stream);
     }
     let query = Service::build(Role::QueryApi, cluster.clone())
         .await
@@ -114,13 +118,19 @@ pub async fn spawn_cluster(
         remove_cluster_data(&cleanup).await;
         Ok(())
     });
-    let app = TestApp::connect(
+    let mut app = TestApp::connect(
         command_urls[0].clone(),
         query_url,
         Some(stop),
         Some(server),
         None,
     );
+    if with_projector {
+        app.public_topic = Some((
+            cluster.kafka_bootstrap.clone(),
+            log_kafka::Topics::with_prefix(&cluster.topic_prefix).public,
+        ));
+    }
     (app, command_urls)
 }
 
@@ -168,4 +178,87 @@ pub async fn drop_keyspace(contact: &str, keyspace: &str) {
         }
         Err(error) => eprintln!("could not connect to drop keyspace {keyspace}: {error}"),
     }
+}
+
+/// Every record of the public topic `topic` (`read_committed`, every
+/// partition from its start to its end), in structured form: the
+/// CloudEvents headers as attributes, the value as `data`. Records of one
+/// partition keep their order; partitions follow each other.
+pub fn read_public_topic(bootstrap: &str, topic: &str) -> Vec<public_events::StructuredEvent> {
+    use log_kafka::rdkafka::consumer::{BaseConsumer, Consumer};
+    use log_kafka::rdkafka::message::{Headers, Message};
+    use log_kafka::rdkafka::{Offset, TopicPartitionList};
+    use std::time::{Duration, Instant};
+
+    let config = log_kafka::KafkaConfig::new(bootstrap.to_string());
+    let partitions = log_kafka::partition_count(&config, topic, Duration::from_secs(30))
+        .expect("the public topic's metadata");
+    assert!(partitions > 0, "the public topic {topic} exists");
+    let consumer: BaseConsumer = config
+        .client_config(&[
+            ("group.id", &format!("{topic}.test-reader")),
+            ("isolation.level", "read_committed"),
+            ("enable.auto.commit", "false"),
+            ("enable.partition.eof", "true"),
+        ])
+        .create()
+        .expect("a public topic reader");
+    let mut events = Vec::new();
+    for partition in 0..partitions {
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("an assignment");
+        consumer.assign(&assignment).expect("assigned");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the end of {topic}/{partition} is reached"
+            );
+            let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = match polled {
+                Ok(message) => message,
+                Err(log_kafka::rdkafka::error::KafkaError::PartitionEOF(_)) => break,
+                Err(error) => panic!("reading {topic}/{partition}: {error}"),
+            };
+            let mut attributes = std::collections::BTreeMap::new();
+            if let Some(headers) = message.headers() {
+                for header in headers.iter() {
+                    let value = header
+                        .value
+                        .map(|bytes| String::from_utf8(bytes.to_vec()).expect("a text header"))
+                        .unwrap_or_default();
+                    attributes.insert(header.key.to_string(), value);
+                }
+            }
+            let attribute = |name: &str| {
+                attributes
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("the record has header {name}: {attributes:?}"))
+            };
+            let key = message
+                .key()
+                .map(|key| String::from_utf8(key.to_vec()).expect("a text key"))
+                .expect("every public record has a key");
+            assert_eq!(key, attribute("ce_subject"), "the key is the subject");
+            let data: serde_json::Value =
+                serde_json::from_slice(message.payload().expect("a value")).expect("JSON data");
+            events.push(public_events::StructuredEvent {
+                specversion: attribute("ce_specversion"),
+                id: attribute("ce_id"),
+                event_type: attribute("ce_type"),
+                source: attribute("ce_source"),
+                subject: attribute("ce_subject"),
+                time: attribute("ce_time"),
+                datacontenttype: attribute("content-type"),
+                recordhash: attribute("ce_recordhash"),
+                data,
+            });
+        }
+    }
+    events
 }

@@ -64,6 +64,8 @@ pub struct TestApp {
     stop: Option<tokio::sync::watch::Sender<bool>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pub data_dir: Option<TempDir>,
+    /// Distributed: the Kafka bootstrap and the public topic.
+    pub public_topic: Option<(String, String)>,
 }
 
 /// Starts an embedded ledger on a fresh data directory.
@@ -123,7 +125,36 @@ impl TestApp {
             stop,
             server,
             data_dir,
+            public_topic: None,
         }
+    }
+
+    /// The public event stream so far, in structured form: the embedded
+    /// ledger's `ledger export --public`, or the distributed ledger's public
+    /// topic read `read_committed`.
+    pub async fn public_events(&self) -> Vec<public_events::StructuredEvent> {
+        if let Some((bootstrap, topic)) = self.public_topic.clone() {
+            return tokio::task::spawn_blocking(move || {
+                distributed::read_public_topic(&bootstrap, &topic)
+            })
+            .await
+            .expect("the public topic reader does not panic");
+        }
+        let data_dir = self
+            .data_dir
+            .as_ref()
+            .expect("an embedded ledger has a data directory")
+            .0
+            .clone();
+        tokio::task::spawn_blocking(move || {
+            ledger_cli::public::public_events(&data_dir)
+                .expect("the public events export")
+                .iter()
+                .map(|event| event.structured())
+                .collect()
+        })
+        .await
+        .expect("the export does not panic")
     }
 
     pub fn token(&self, role: Role, sub: &str) -> String {

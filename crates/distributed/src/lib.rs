@@ -7,11 +7,13 @@
 //!   transactions;
 //! * [`bus::KafkaCommandBus`] is the command API's [`engine::ports::CommandBus`]
 //!   over the commands and replies topics;
-//! * [`projector`] consumes the events topic into the CQL read models.
+//! * [`projector`] consumes the events topic into the CQL read models;
+//! * [`public`] publishes the analysts' public event stream, exactly once.
 
 pub mod bus;
 pub mod metrics;
 pub mod projector;
+pub mod public;
 pub mod worker;
 
 pub use bus::{BusError, BusSettings, KafkaCommandBus};

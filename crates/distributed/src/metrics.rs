@@ -22,6 +22,12 @@ pub const BUS_OVERLOADED_TOTAL: &str = "ledger_command_bus_overloaded_total";
 pub const BUS_RESENDS_TOTAL: &str = "ledger_command_bus_resends_total";
 pub const PROJECTOR_EVENTS_TOTAL: &str = "ledger_projector_events_total";
 pub const PROJECTOR_BATCHES_TOTAL: &str = "ledger_projector_batches_total";
+pub const PUBLIC_STREAM_EVENTS_TOTAL: &str = "ledger_public_stream_events_total";
+pub const PUBLIC_STREAM_TRANSACTIONS_TOTAL: &str = "ledger_public_stream_transactions_total";
+pub const PUBLIC_STREAM_RESTARTS_TOTAL: &str = "ledger_public_stream_restarts_total";
+pub const PUBLIC_STREAM_WAITING_RECORDS: &str = "ledger_public_stream_waiting_records";
+pub const PUBLIC_STREAM_TRANSACTION_DURATION_SECONDS: &str =
+    "ledger_public_stream_transaction_duration_seconds";
 
 pub fn describe() {
     engine::metrics::describe_shard_head();
@@ -87,4 +93,24 @@ pub fn describe() {
         "events projected into CQL read models"
     );
     metrics::describe_counter!(PROJECTOR_BATCHES_TOTAL, "projection batches written");
+    metrics::describe_counter!(
+        PUBLIC_STREAM_EVENTS_TOTAL,
+        "public events published to the public topic"
+    );
+    metrics::describe_counter!(
+        PUBLIC_STREAM_TRANSACTIONS_TOTAL,
+        "public stream transactions committed (records and consumed offsets)"
+    );
+    metrics::describe_counter!(
+        PUBLIC_STREAM_RESTARTS_TOTAL,
+        "public stream sessions started again after a failure"
+    );
+    metrics::describe_gauge!(
+        PUBLIC_STREAM_WAITING_RECORDS,
+        "records read and held until the records whose messages they consumed are published"
+    );
+    metrics::describe_histogram!(
+        PUBLIC_STREAM_TRANSACTION_DURATION_SECONDS,
+        "one public stream transaction: produce, offsets, commit"
+    );
 }

@@ -1,6 +1,6 @@
 //! The distributed ledger's three services (README, "Distributed mode"):
 //! `command-api` (HTTP commands + the engine worker), `projector` and
-//! `query-api`. Each is built from [`ClusterSettings`], binds its port
+//! `query-api`, and the analysts' `public-stream`. Each is built from [`ClusterSettings`], binds its port
 //! (0 picks a free one, for tests) and serves until stopped.
 
 use std::net::SocketAddr;
@@ -12,6 +12,7 @@ use command_api::auth::Verifier;
 use command_api::observability::Observability;
 use command_api::{CommandApi, Server};
 use distributed::projector::{Projector, ProjectorSettings};
+use distributed::public::{PublicStreamPublisher, PublicStreamSettings};
 use distributed::{BusSettings, EngineWorker, KafkaCommandBus, WorkerHealth, WorkerSettings};
 use engine::EngineConfig;
 use ledger_core::Config;
@@ -119,6 +120,8 @@ pub enum Role {
     CommandApi,
     Projector,
     QueryApi,
+    /// The analysts' public event stream (one replica per deployment).
+    PublicStream,
 }
 
 impl Role {
@@ -127,6 +130,7 @@ impl Role {
             Role::CommandApi => 8080,
             Role::QueryApi => 8081,
             Role::Projector => 8082,
+            Role::PublicStream => 8083,
         }
     }
 }
@@ -138,6 +142,9 @@ enum Parts {
     },
     Projector {
         projector: Projector,
+    },
+    PublicStream {
+        publisher: PublicStreamPublisher,
     },
     QueryApi,
 }
@@ -260,6 +267,20 @@ impl Service {
                 let server = Server::bind(address, router).await.map_err(bind_failed)?;
                 (server, Parts::Projector { projector })
             }
+            Role::PublicStream => {
+                ensure_topics(&settings).await?;
+                let publisher = PublicStreamPublisher::start(
+                    settings.kafka(),
+                    settings.topics(),
+                    settings.shards,
+                    PublicStreamSettings::new(&settings.topic_prefix),
+                );
+                let router = observability
+                    .router()
+                    .fallback(command_api::observability::not_found);
+                let server = Server::bind(address, router).await.map_err(bind_failed)?;
+                (server, Parts::PublicStream { publisher })
+            }
             Role::QueryApi => {
                 let read_models = CqlReadModels::connect(
                     &settings.contact_points(),
@@ -337,6 +358,7 @@ impl Service {
                 }
             }
             Parts::Projector { projector } => projector.shutdown().await,
+            Parts::PublicStream { publisher } => publisher.shutdown().await,
             Parts::QueryApi => {}
         }
         served

@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod export;
+pub mod public;
 pub mod verify;
 
 /// Everything `ledger serve` can be told.

@@ -147,6 +147,11 @@ enum Commands {
     /// Distributed: HTTP query API over the CQL read models.
     #[cfg(feature = "distributed")]
     QueryApi,
+    /// Distributed: publish the analysts' public event stream
+    /// (`<prefix>.public.v1`) from the events topic, exactly once. Run one
+    /// replica per deployment.
+    #[cfg(feature = "distributed")]
+    PublicStream,
     /// Verify an embedded data directory from its log alone: hash chains,
     /// sequences, every entry decodes, balanced postings, no negative
     /// balance, messages consumed once and in order, replay, a trial
@@ -214,6 +219,18 @@ enum Commands {
         /// Export this creator's sales instead of the postings.
         #[arg(long, value_name = "CREATOR_ID")]
         creator_sales: Option<String>,
+        /// Export the public event stream for analysts instead of the
+        /// postings: one CloudEvents JSON object per line (`data` valid
+        /// against schemas/json/<type>.v1.schema.json).
+        #[arg(long, conflicts_with_all = ["creator_sales", "manifest"])]
+        public: bool,
+        /// With the public stream (implies --public): keep writing events
+        /// as the ledger commits them, until interrupted.
+        #[arg(long, conflicts_with_all = ["creator_sales", "manifest"])]
+        follow: bool,
+        /// How often --follow looks for new records.
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
     },
     /// The distributed services' configuration file.
     Config {
@@ -411,7 +428,17 @@ fn main() -> ExitCode {
             output,
             manifest,
             creator_sales,
+            public,
+            follow,
+            poll_interval,
         } => {
+            if public || follow {
+                if format != ledger_cli::export::Format::Ndjson {
+                    eprintln!("error: the public stream is written as NDJSON only");
+                    return ExitCode::from(2);
+                }
+                return export_public(&data_dir, output.as_deref(), follow, poll_interval);
+            }
             let creator_sales = match creator_sales.map(UserId::parse).transpose() {
                 Ok(creator) => creator,
                 Err(error) => {
@@ -634,6 +661,8 @@ fn main() -> ExitCode {
         Commands::Projector => run_service(ledger_cli::cluster::Role::Projector),
         #[cfg(feature = "distributed")]
         Commands::QueryApi => run_service(ledger_cli::cluster::Role::QueryApi),
+        #[cfg(feature = "distributed")]
+        Commands::PublicStream => run_service(ledger_cli::cluster::Role::PublicStream),
         Commands::Serve {
             common,
             command_addr,
@@ -749,4 +778,39 @@ fn run_service(role: ledger_cli::cluster::Role) -> ExitCode {
             }
         }
     })
+}
+
+/// `ledger export --public [--follow]`.
+fn export_public(
+    data_dir: &Path,
+    output: Option<&Path>,
+    follow: bool,
+    poll_interval: Duration,
+) -> ExitCode {
+    let mut sink: Box<dyn std::io::Write> = match output {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => Box::new(std::io::BufWriter::new(file)),
+            Err(error) => {
+                eprintln!("error: cannot create {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    match ledger_cli::public::export_public(data_dir, &mut sink, follow, poll_interval) {
+        Ok(written) => {
+            eprintln!(
+                "exported {written} public events from {}",
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "error: cannot export the public events of {}: {error}",
+                data_dir.display()
+            );
+            ExitCode::from(2)
+        }
+    }
 }

@@ -94,6 +94,9 @@ impl TopicAdmin {
                 ONE_HOUR_MS,
                 "-1",
             ),
+            // The public stream: kept forever too (analysts replay it from
+            // its start); partitioned by the hash of its keys.
+            (topics.public.as_str(), shards, "-1", "-1"),
         ];
         let new_topics: Vec<NewTopic<'_>> = specs
             .iter()
@@ -174,6 +177,7 @@ impl TopicAdmin {
             topics.events.as_str(),
             topics.shard_messages.as_str(),
             topics.replies.as_str(),
+            topics.public.as_str(),
         ];
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         let results = self

@@ -56,16 +56,21 @@ pub struct Topics {
     pub events: String,
     pub shard_messages: String,
     pub replies: String,
+    /// The public event stream for analysts (`<prefix>.public.v1`): business
+    /// events as JSON, keyed by entity (`crates/public-events`).
+    pub public: String,
 }
 
 impl Topics {
-    /// `<prefix>.commands`, `<prefix>.events`, `<prefix>.shard-messages`, `<prefix>.replies`.
+    /// `<prefix>.commands`, `<prefix>.events`, `<prefix>.shard-messages`, `<prefix>.replies`,
+    /// `<prefix>.public.v1`.
     pub fn with_prefix(prefix: &str) -> Self {
         Self {
             commands: format!("{prefix}.commands"),
             events: format!("{prefix}.events"),
             shard_messages: format!("{prefix}.shard-messages"),
             replies: format!("{prefix}.replies"),
+            public: format!("{prefix}.public.v1"),
         }
     }
 }
@@ -88,6 +93,7 @@ mod tests {
         assert_eq!(topics.events, "ledger.events");
         assert_eq!(topics.shard_messages, "ledger.shard-messages");
         assert_eq!(topics.replies, "ledger.replies");
+        assert_eq!(topics.public, "ledger.public.v1");
     }
 
     #[test]

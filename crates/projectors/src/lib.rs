@@ -9,6 +9,7 @@ pub mod trace;
 pub mod views;
 
 pub use project::{
-    next_recent_average_price, position_text, project, Change, PurchaseStep, TransactionAccount,
+    next_recent_average_price, position_text, project, Change, CreatorSale, PurchaseStep,
+    SaleEscrowChange, TransactionAccount,
 };
 pub use views::*;

@@ -158,6 +158,48 @@ pub enum Change {
     },
     /// A step of a purchase's story (`crate::trace`).
     PurchaseStep(PurchaseStep),
+    /// A creator's share (or royalty) of a sale entered escrow: the sale
+    /// joins the creator's sales, held until `release_at_ms`.
+    CreatorSaleRecorded(CreatorSale),
+    /// The escrow of the sale of `purchase_id` changed (the creator's shard
+    /// logs every change, so the sale was recorded by an earlier event of
+    /// the same shard).
+    CreatorSaleChanged {
+        purchase_id: PurchaseId,
+        change: SaleEscrowChange,
+        at_ms: TimestampMs,
+    },
+}
+
+/// A creator's sale as its escrow records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatorSale {
+    pub creator_id: UserId,
+    pub purchase_id: PurchaseId,
+    /// When the share entered escrow (the creator's shard took the sale).
+    pub sold_at_ms: TimestampMs,
+    /// `<shard>.<sequence>` of the `sale_settled` event.
+    pub position: String,
+    pub resale: bool,
+    /// What the sale moved to the creator's side: share (or royalty) plus fee.
+    pub cleared: i64,
+    pub creator_share: i64,
+    pub platform_fee: i64,
+    pub policy_version: u16,
+    pub release_at_ms: TimestampMs,
+}
+
+/// What happened to a sale's escrow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaleEscrowChange {
+    /// A refund froze it: ticks do not release it.
+    Frozen,
+    /// The refund was abandoned: releasable again.
+    Unfrozen,
+    /// Paid out to the creator's wallet.
+    Released,
+    /// Taken back by a refund.
+    Refunded,
 }
 
 /// One step of a purchase's story, at the event that made it.
@@ -383,35 +425,83 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
             listing_id: listing_id.clone(),
         }),
         Event::SaleSettled {
+            purchase_id,
             creator_id,
+            resale,
+            cleared,
             creator_share,
+            platform_fee,
+            policy_version,
+            release_at_ms,
             ..
-        } => changes.push(Change::EarningsDelta {
-            creator_id: creator_id.clone(),
-            pending: *creator_share,
-            released: 0,
-            lifetime: *creator_share,
-            sales_count: 1,
-        }),
+        } => {
+            changes.push(Change::EarningsDelta {
+                creator_id: creator_id.clone(),
+                pending: *creator_share,
+                released: 0,
+                lifetime: *creator_share,
+                sales_count: 1,
+            });
+            changes.push(Change::CreatorSaleRecorded(CreatorSale {
+                creator_id: creator_id.clone(),
+                purchase_id: purchase_id.clone(),
+                sold_at_ms: envelope.timestamp_ms,
+                position: position_text(envelope),
+                resale: *resale,
+                cleared: *cleared,
+                creator_share: *creator_share,
+                platform_fee: *platform_fee,
+                policy_version: *policy_version,
+                release_at_ms: *release_at_ms,
+            }));
+        }
         Event::EscrowReleased {
-            creator_id, amount, ..
-        } => changes.push(Change::EarningsDelta {
-            creator_id: creator_id.clone(),
-            pending: -amount,
-            released: *amount,
-            lifetime: 0,
-            sales_count: 0,
-        }),
+            purchase_id,
+            creator_id,
+            amount,
+            ..
+        } => {
+            changes.push(Change::EarningsDelta {
+                creator_id: creator_id.clone(),
+                pending: -amount,
+                released: *amount,
+                lifetime: 0,
+                sales_count: 0,
+            });
+            changes.push(Change::CreatorSaleChanged {
+                purchase_id: purchase_id.clone(),
+                change: SaleEscrowChange::Released,
+                at_ms: envelope.timestamp_ms,
+            });
+        }
         Event::EscrowReversed {
+            purchase_id,
             creator_id,
             creator_share,
             ..
-        } => changes.push(Change::EarningsDelta {
-            creator_id: creator_id.clone(),
-            pending: -creator_share,
-            released: 0,
-            lifetime: -creator_share,
-            sales_count: -1,
+        } => {
+            changes.push(Change::EarningsDelta {
+                creator_id: creator_id.clone(),
+                pending: -creator_share,
+                released: 0,
+                lifetime: -creator_share,
+                sales_count: -1,
+            });
+            changes.push(Change::CreatorSaleChanged {
+                purchase_id: purchase_id.clone(),
+                change: SaleEscrowChange::Refunded,
+                at_ms: envelope.timestamp_ms,
+            });
+        }
+        Event::EscrowFrozen { purchase_id } => changes.push(Change::CreatorSaleChanged {
+            purchase_id: purchase_id.clone(),
+            change: SaleEscrowChange::Frozen,
+            at_ms: envelope.timestamp_ms,
+        }),
+        Event::EscrowUnfrozen { purchase_id } => changes.push(Change::CreatorSaleChanged {
+            purchase_id: purchase_id.clone(),
+            change: SaleEscrowChange::Unfrozen,
+            at_ms: envelope.timestamp_ms,
         }),
         Event::MessageReceived { from, sequence } => changes.push(Change::MessageConsumed {
             from: *from,
@@ -428,9 +518,7 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::ListingReserved { .. }
         | Event::ListingReservationCancelled { .. }
         | Event::ListingRegistered { .. }
-        | Event::RefundProgressed { .. }
-        | Event::EscrowFrozen { .. }
-        | Event::EscrowUnfrozen { .. } => {}
+        | Event::RefundProgressed { .. } => {}
     }
     changes
 }
@@ -707,6 +795,18 @@ mod tests {
                     lifetime: 70,
                     sales_count: 1
                 },
+                Change::CreatorSaleRecorded(CreatorSale {
+                    creator_id: user("creator"),
+                    purchase_id: purchase("p1"),
+                    sold_at_ms: 5,
+                    position: "0.1".to_string(),
+                    resale: false,
+                    cleared: 100,
+                    creator_share: 70,
+                    platform_fee: 30,
+                    policy_version: 1,
+                    release_at_ms: 99,
+                }),
             ]
         );
         let changes = project_at(settled(true), 0, 1, 5);
@@ -775,7 +875,15 @@ mod tests {
                 sales_count: 0
             }
         );
-        assert_eq!(changes.len(), 5);
+        assert_eq!(
+            changes[5],
+            Change::CreatorSaleChanged {
+                purchase_id: purchase("p1"),
+                change: SaleEscrowChange::Released,
+                at_ms: 10,
+            }
+        );
+        assert_eq!(changes.len(), 6);
     }
 
     #[test]
@@ -1091,6 +1199,7 @@ mod tests {
             buyer_id: user("bob"),
         };
         assert_eq!(project_at(reserved, 0, 1, 1), vec![]);
+        // A freeze changes only the creator's sale.
         assert_eq!(
             project_at(
                 Event::EscrowFrozen {
@@ -1100,7 +1209,11 @@ mod tests {
                 2,
                 1
             ),
-            vec![]
+            vec![Change::CreatorSaleChanged {
+                purchase_id: purchase("p1"),
+                change: SaleEscrowChange::Frozen,
+                at_ms: 1,
+            }]
         );
     }
 

@@ -108,6 +108,84 @@ pub struct PurchaseStepView {
     pub at_ms: TimestampMs,
 }
 
+/// One sale of a creator, with its escrow, as served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreatorSaleView {
+    pub purchase_id: String,
+    /// When the share entered escrow.
+    pub sold_at_ms: TimestampMs,
+    /// `<shard>.<sequence>` of the settlement.
+    pub position: String,
+    pub resale: bool,
+    pub cleared: i64,
+    pub creator_share: i64,
+    pub platform_fee: i64,
+    pub policy_version: u16,
+    /// `held`, `frozen`, `released` or `refunded`.
+    pub status: &'static str,
+    /// When the escrow is (or was) due for release.
+    pub release_at_ms: TimestampMs,
+    /// When it was released or refunded, if it was.
+    pub settled_at_ms: Option<TimestampMs>,
+}
+
+/// Where a sale's escrow stands, from what the read models keep.
+pub fn sale_status(frozen: bool, released: bool, refunded: bool) -> &'static str {
+    if refunded {
+        "refunded"
+    } else if released {
+        "released"
+    } else if frozen {
+        "frozen"
+    } else {
+        "held"
+    }
+}
+
+/// A creator's sales from `from_ms` (inclusive) to `to_ms` (exclusive),
+/// by time then purchase id; the cursor is the last row's
+/// `<sold_at_ms>:<purchase_id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SalesRange<'a> {
+    pub from_ms: u64,
+    pub to_ms: Option<u64>,
+    pub limit: usize,
+    pub cursor: Option<&'a str>,
+}
+
+impl SalesRange<'_> {
+    /// The first row to return is after this `(sold_at_ms, purchase_id)`
+    /// (exclusive); `None` from the start of the range.
+    pub fn after(&self) -> Result<Option<(u64, String)>, ReadError> {
+        let Some(cursor) = self.cursor else {
+            return Ok(None);
+        };
+        let (at, purchase_id) = cursor.split_once(':').ok_or(ReadError::BadCursor)?;
+        let at: u64 = at.parse().map_err(|_| ReadError::BadCursor)?;
+        if purchase_id.is_empty() {
+            return Err(ReadError::BadCursor);
+        }
+        Ok(Some((at, purchase_id.to_string())))
+    }
+}
+
+impl SalesRange<'_> {
+    /// Rows to return come after this `(sold_at_ms, purchase_id)`, in that
+    /// order (purchase ids are never empty, so `(from_ms, "")` starts at
+    /// `from_ms` inclusive).
+    pub fn start(&self) -> Result<(u64, String), ReadError> {
+        Ok(match self.after()? {
+            Some((at_ms, purchase_id)) if at_ms >= self.from_ms => (at_ms, purchase_id),
+            _ => (self.from_ms, String::new()),
+        })
+    }
+}
+
+/// The cursor after `sale`.
+pub fn sale_cursor(sale: &CreatorSaleView) -> String {
+    format!("{}:{}", sale.sold_at_ms, sale.purchase_id)
+}
+
 /// Most steps one purchase's story holds (a bundle's grants included).
 pub const PURCHASE_STEPS_MAX: usize = 1_000;
 
@@ -169,4 +247,11 @@ pub trait ReadModels: Send + Sync + 'static {
     /// The steps of a purchase's story (at most [`PURCHASE_STEPS_MAX`]), in
     /// no particular order; none for a purchase never seen.
     async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError>;
+    /// A creator's sales in a time range, oldest first, a page at a time;
+    /// none for a creator never seen.
+    async fn creator_sales(
+        &self,
+        creator_id: &str,
+        range: SalesRange<'_>,
+    ) -> Result<Page<CreatorSaleView>, ReadError>;
 }

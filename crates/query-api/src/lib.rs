@@ -86,6 +86,7 @@ pub fn router_with_settings(
         .route("/v1/items/{id}/owners", get(routes::owners))
         .route("/v1/bundles/{id}", get(routes::bundle))
         .route("/v1/creators/{id}/earnings", get(routes::earnings))
+        .route("/v1/creators/{id}/sales", get(routes::creator_sales))
         .method_not_allowed_fallback(observability::method_not_allowed)
         .layer(InFlightLimit::new(settings.in_flight_requests_max).layer())
         .with_state(state);

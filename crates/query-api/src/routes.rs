@@ -13,7 +13,9 @@ use command_api::extract::{PathSegment, QueryParameters};
 use command_api::problem::Problem;
 use command_api::validate::{self, format_timestamp, parse_id};
 use ledger_core::{parse_position, BundleId, ItemId, PurchaseId, ReadPosition, Role, UserId};
-use projectors::{ReadError, ReadModels, TransactionEntry, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
+use projectors::{
+    ReadError, ReadModels, SalesRange, TransactionEntry, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -532,6 +534,71 @@ pub(crate) async fn earnings(
         "released": view.released,
         "lifetime": view.lifetime,
         "sales_count": view.sales_count,
+    }))
+}
+
+/// `GET /v1/creators/{id}/sales?from=&to=`: the creator's sales whose share
+/// entered escrow in `[from, to)`, oldest first, a page at a time, each
+/// with its escrow's state (`held`, `frozen`, `released`, `refunded`) and
+/// release date.
+pub(crate) async fn creator_sales(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    headers: HeaderMap,
+    query: QueryParameters,
+) -> Answer {
+    let creator_id = parse_id::<UserId>("creator_id", &segment)?;
+    let after = parse_after(&query)?;
+    let from_ms = parse_instant(&query, "from")?;
+    let to_ms = parse_instant(&query, "to")?;
+    if let (Some(from_ms), Some(to_ms)) = (from_ms, to_ms) {
+        if to_ms < from_ms {
+            return Err(Problem::validation("to must not be before from"));
+        }
+    }
+    let page = parse_page(&query)?;
+    authorize_private(&state, &headers, &creator_id, "sales")?;
+    wait_for(&state, after.as_ref()).await?;
+    let from_ms = from_ms.unwrap_or(0);
+    let found = state
+        .read_models
+        .creator_sales(
+            creator_id.as_str(),
+            SalesRange {
+                from_ms,
+                to_ms,
+                limit: page.limit,
+                cursor: page.cursor.as_deref(),
+            },
+        )
+        .await
+        .map_err(read_failed)?;
+    let sales: Vec<Value> = found
+        .entries
+        .into_iter()
+        .map(|sale| {
+            json!({
+                "purchase_id": sale.purchase_id,
+                "sold_at": format_timestamp(sale.sold_at_ms),
+                "resale": sale.resale,
+                "cleared": sale.cleared,
+                "creator_share": sale.creator_share,
+                "platform_fee": sale.platform_fee,
+                "fee_policy_version": sale.policy_version,
+                "escrow_status": sale.status,
+                "release_at": format_timestamp(sale.release_at_ms),
+                "escrow_settled_at": optional_timestamp(sale.settled_at_ms),
+                "position": sale.position,
+            })
+        })
+        .collect();
+    respond(json!({
+        "creator_id": creator_id.as_str(),
+        "from": format_timestamp(from_ms),
+        "to": to_ms.map(format_timestamp),
+        "sales": sales,
+        "next_cursor": found.next_cursor,
+        "position": answered_position(after.as_ref()),
     }))
 }
 

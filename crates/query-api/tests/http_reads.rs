@@ -16,8 +16,8 @@ use command_api::Observability;
 use ledger_core::{ReadPosition, Role, UserId};
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
-    BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
-    PurchaseStepView, ReadError, ReadModels, TransactionEntry,
+    BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemView, ListingView,
+    OwnerEntry, Page, PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionEntry,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -88,6 +88,13 @@ impl ReadModels for UnreachableReadModels {
     }
     async fn purchase_steps(&self, _: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
         self.reached("purchase steps")
+    }
+    async fn creator_sales(
+        &self,
+        _: &str,
+        _: SalesRange<'_>,
+    ) -> Result<Page<CreatorSaleView>, ReadError> {
+        self.reached("creator sales")
     }
 }
 
@@ -179,6 +186,17 @@ impl ReadModels for EmptyReadModels {
     }
     async fn purchase_steps(&self, _: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
         Ok(Vec::new())
+    }
+    async fn creator_sales(
+        &self,
+        _: &str,
+        range: SalesRange<'_>,
+    ) -> Result<Page<CreatorSaleView>, ReadError> {
+        range.after()?;
+        Ok(Page {
+            entries: Vec::new(),
+            next_cursor: None,
+        })
     }
 }
 

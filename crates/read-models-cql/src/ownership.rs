@@ -56,6 +56,12 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
             Some(keys::user(buyer_id))
         }
         Event::BundleCreated { bundle_id, .. } => Some(keys::bundle(bundle_id)),
+        // A creator's sales (`creator_sales`) are written by the creator's
+        // shard only (escrow freezes name only the purchase: they are logged
+        // there too, after the sale).
+        Event::SaleSettled { creator_id, .. }
+        | Event::EscrowReleased { creator_id, .. }
+        | Event::EscrowReversed { creator_id, .. } => Some(keys::user(creator_id)),
         Event::MessageReceived { .. }
         | Event::MessageSent { .. }
         | Event::CommandAccepted { .. }
@@ -65,16 +71,13 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::CurrencyGranted { .. }
         | Event::SerialReserved { .. }
         | Event::ReservationCancelled { .. }
-        | Event::SaleSettled { .. }
         | Event::SellerCredited { .. }
-        | Event::EscrowReleased { .. }
         | Event::ListingReserved { .. }
         | Event::ListingReservationCancelled { .. }
         | Event::ListingRegistered { .. }
         | Event::RefundProgressed { .. }
         | Event::EscrowFrozen { .. }
-        | Event::EscrowUnfrozen { .. }
-        | Event::EscrowReversed { .. } => None,
+        | Event::EscrowUnfrozen { .. } => None,
     }
 }
 

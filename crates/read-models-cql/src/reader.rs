@@ -4,9 +4,9 @@
 use async_trait::async_trait;
 use ledger_core::ReadPosition;
 use projectors::{
-    BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
-    PurchaseStepView, ReadError, ReadModels, TransactionAccount, TransactionEntry,
-    PURCHASE_STEPS_MAX,
+    sale_cursor, sale_status, BalanceView, BundleView, CreatorSaleView, EarningsView,
+    InventoryEntry, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView, ReadError,
+    ReadModels, SalesRange, TransactionAccount, TransactionEntry, PURCHASE_STEPS_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
@@ -532,6 +532,112 @@ impl CqlReadModels {
         Ok(steps)
     }
 
+    async fn creator_sales_inner(
+        &self,
+        creator_id: &str,
+        range: SalesRange<'_>,
+    ) -> Result<Page<CreatorSaleView>, ReadError> {
+        type SaleRow = (
+            String,
+            i64,
+            String,
+            bool,
+            i64,
+            i64,
+            i64,
+            i32,
+            i64,
+            Option<bool>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let limit = page_size(range.limit);
+        let (start_ms, start_purchase) = range.start()?;
+        let to_ms = range.to_ms.unwrap_or(u64::MAX);
+        if start_ms >= to_ms {
+            return Ok(Page {
+                entries: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let first_bucket = to_cql("bucket", transaction_bucket(start_ms))?;
+        let last_bucket = to_cql("bucket", transaction_bucket(to_ms.saturating_sub(1)))?;
+        let start_at = to_cql("sale time", start_ms)?;
+        let mut buckets = self
+            .stream::<(i64,)>(
+                &self.statements.select_creator_sale_buckets,
+                (creator_id, first_bucket, last_bucket),
+                "creator sale bucket read",
+            )
+            .await?;
+        let mut sales: Vec<CreatorSaleView> = Vec::new();
+        'buckets: while sales.len() <= limit {
+            let Some((bucket,)) = next_row(&mut buckets, "creator sale bucket read").await? else {
+                break;
+            };
+            let rows: Vec<SaleRow> = self
+                .select(
+                    &self.statements.select_creator_sales,
+                    (
+                        creator_id,
+                        bucket,
+                        start_at,
+                        start_purchase.as_str(),
+                        row_limit(limit + 1 - sales.len()),
+                    ),
+                    "creator sales read",
+                )
+                .await?;
+            for row in rows {
+                let (
+                    purchase_id,
+                    sold_at_ms,
+                    position,
+                    resale,
+                    cleared,
+                    creator_share,
+                    platform_fee,
+                    policy_version,
+                    release_at_ms,
+                    frozen,
+                    released_at_ms,
+                    refunded_at_ms,
+                ) = row;
+                let sold_at_ms = from_cql("sale time", sold_at_ms)?;
+                if sold_at_ms >= to_ms {
+                    break 'buckets;
+                }
+                let settled_at_ms = refunded_at_ms
+                    .or(released_at_ms)
+                    .map(|at_ms| from_cql("escrow settlement time", at_ms))
+                    .transpose()?;
+                sales.push(CreatorSaleView {
+                    purchase_id,
+                    sold_at_ms,
+                    position,
+                    resale,
+                    cleared,
+                    creator_share,
+                    platform_fee,
+                    policy_version: u16::try_from(policy_version).map_err(|_| {
+                        CqlReadModelError::StoredIntegerOutOfRange {
+                            what: "fee policy version",
+                            value: i64::from(policy_version),
+                        }
+                    })?,
+                    status: sale_status(
+                        frozen.unwrap_or(false),
+                        released_at_ms.is_some(),
+                        refunded_at_ms.is_some(),
+                    ),
+                    release_at_ms: from_cql("release time", release_at_ms)?,
+                    settled_at_ms,
+                });
+            }
+        }
+        Ok(into_page(sales, limit, sale_cursor, |sale| sale))
+    }
+
     async fn earnings_inner(&self, creator_id: &str) -> Result<EarningsView, CqlReadModelError> {
         let parts: Vec<(i64, i64, i64, i64)> = self
             .select(
@@ -643,5 +749,13 @@ impl ReadModels for CqlReadModels {
 
     async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
         Ok(self.purchase_steps_inner(purchase_id).await?)
+    }
+
+    async fn creator_sales(
+        &self,
+        creator_id: &str,
+        range: SalesRange<'_>,
+    ) -> Result<Page<CreatorSaleView>, ReadError> {
+        self.creator_sales_inner(creator_id, range).await
     }
 }

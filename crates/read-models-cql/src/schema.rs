@@ -50,6 +50,9 @@ mod tests {
                 "listings_by_serial",
                 "bundles",
                 "purchase_steps",
+                "creator_sales",
+                "creator_sale_buckets",
+                "creator_sales_by_purchase",
             ]
         );
         for forbidden in [

@@ -73,6 +73,16 @@ pub(crate) struct Statements {
     pub select_bundle: PreparedStatement,
     pub insert_purchase_step: PreparedStatement,
     pub select_purchase_steps: PreparedStatement,
+
+    pub insert_creator_sale: PreparedStatement,
+    pub insert_creator_sale_bucket: PreparedStatement,
+    pub insert_creator_sale_key: PreparedStatement,
+    pub select_creator_sale_key: PreparedStatement,
+    pub update_creator_sale_frozen: PreparedStatement,
+    pub update_creator_sale_released: PreparedStatement,
+    pub update_creator_sale_refunded: PreparedStatement,
+    pub select_creator_sale_buckets: PreparedStatement,
+    pub select_creator_sales: PreparedStatement,
 }
 
 impl Statements {
@@ -403,6 +413,69 @@ impl Statements {
                 "purchase steps read",
                 page,
                 "SELECT position, step, user_id, subject, serial, amount, detail, at_ms FROM purchase_steps WHERE purchase_id = ? LIMIT ?",
+            )
+            .await?,
+
+            insert_creator_sale: prepare(
+                "creator sale write",
+                page,
+                "INSERT INTO creator_sales (creator_id, bucket, sold_at_ms, purchase_id, position, resale, cleared, \
+                 creator_share, platform_fee, policy_version, release_at_ms, frozen) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false) USING TIMESTAMP ?",
+            )
+            .await?,
+            insert_creator_sale_bucket: prepare(
+                "creator sale bucket write",
+                page,
+                "INSERT INTO creator_sale_buckets (creator_id, bucket) VALUES (?, ?)",
+            )
+            .await?,
+            insert_creator_sale_key: prepare(
+                "creator sale key write",
+                page,
+                "INSERT INTO creator_sales_by_purchase (purchase_id, creator_id, bucket, sold_at_ms) \
+                 VALUES (?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_creator_sale_key: prepare(
+                "creator sale key read",
+                page,
+                "SELECT creator_id, bucket, sold_at_ms FROM creator_sales_by_purchase WHERE purchase_id = ?",
+            )
+            .await?,
+            update_creator_sale_frozen: prepare(
+                "creator sale freeze",
+                page,
+                "UPDATE creator_sales USING TIMESTAMP ? SET frozen = ? \
+                 WHERE creator_id = ? AND bucket = ? AND sold_at_ms = ? AND purchase_id = ?",
+            )
+            .await?,
+            update_creator_sale_released: prepare(
+                "creator sale release",
+                page,
+                "UPDATE creator_sales USING TIMESTAMP ? SET released_at_ms = ? \
+                 WHERE creator_id = ? AND bucket = ? AND sold_at_ms = ? AND purchase_id = ?",
+            )
+            .await?,
+            update_creator_sale_refunded: prepare(
+                "creator sale refund",
+                page,
+                "UPDATE creator_sales USING TIMESTAMP ? SET refunded_at_ms = ? \
+                 WHERE creator_id = ? AND bucket = ? AND sold_at_ms = ? AND purchase_id = ?",
+            )
+            .await?,
+            select_creator_sale_buckets: prepare(
+                "creator sale bucket read",
+                buckets,
+                "SELECT bucket FROM creator_sale_buckets WHERE creator_id = ? AND bucket >= ? AND bucket <= ?",
+            )
+            .await?,
+            select_creator_sales: prepare(
+                "creator sales read",
+                page,
+                "SELECT purchase_id, sold_at_ms, position, resale, cleared, creator_share, platform_fee, \
+                 policy_version, release_at_ms, frozen, released_at_ms, refunded_at_ms FROM creator_sales \
+                 WHERE creator_id = ? AND bucket = ? AND (sold_at_ms, purchase_id) > (?, ?) LIMIT ?",
             )
             .await?,
         })

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use futures_util::StreamExt;
 use ledger_core::codec::{BatchRecord, Logged};
 use ledger_core::{shard_for, Event, ShardId};
-use projectors::{project, Change};
+use projectors::{project, Change, SaleEscrowChange};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -779,6 +779,94 @@ impl CqlReadModels {
                 ),
                 "purchase step write",
             ),
+            Change::CreatorSaleRecorded(sale) => {
+                let bucket = to_cql("bucket", transaction_bucket(sale.sold_at_ms))?;
+                let sold_at_ms = to_cql("sale time", sale.sold_at_ms)?;
+                if bucket_entries.insert((
+                    "creator_sales",
+                    sale.creator_id.to_string(),
+                    transaction_bucket(sale.sold_at_ms),
+                )) {
+                    writes.push(
+                        &statements.insert_creator_sale_bucket,
+                        (sale.creator_id.to_string(), bucket),
+                        "creator sale bucket write",
+                    );
+                }
+                writes.push(
+                    &statements.insert_creator_sale,
+                    (
+                        sale.creator_id.to_string(),
+                        bucket,
+                        sold_at_ms,
+                        sale.purchase_id.to_string(),
+                        sale.position.clone(),
+                        sale.resale,
+                        sale.cleared,
+                        sale.creator_share,
+                        sale.platform_fee,
+                        i32::from(sale.policy_version),
+                        to_cql("release time", sale.release_at_ms)?,
+                        timestamp,
+                    ),
+                    "creator sale write",
+                );
+                writes.push(
+                    &statements.insert_creator_sale_key,
+                    (
+                        sale.purchase_id.to_string(),
+                        sale.creator_id.to_string(),
+                        bucket,
+                        sold_at_ms,
+                        timestamp,
+                    ),
+                    "creator sale key write",
+                );
+            }
+            Change::CreatorSaleChanged {
+                purchase_id,
+                change,
+                at_ms,
+            } => {
+                // The sale was recorded by an earlier event of this shard.
+                writes.flush().await?;
+                let stored: Option<(String, i64, i64)> = self
+                    .select_first(
+                        &statements.select_creator_sale_key,
+                        (purchase_id.as_str(),),
+                        "creator sale key read",
+                    )
+                    .await?;
+                let Some((creator_id, bucket, sold_at_ms)) = stored else {
+                    return Ok(());
+                };
+                let key = (creator_id, bucket, sold_at_ms, purchase_id.to_string());
+                let at_ms = to_cql("escrow change time", *at_ms)?;
+                match change {
+                    SaleEscrowChange::Frozen | SaleEscrowChange::Unfrozen => writes.push(
+                        &statements.update_creator_sale_frozen,
+                        (
+                            timestamp,
+                            *change == SaleEscrowChange::Frozen,
+                            key.0,
+                            key.1,
+                            key.2,
+                            key.3,
+                        ),
+                        "creator sale freeze",
+                    ),
+                    SaleEscrowChange::Released => writes.push(
+                        &statements.update_creator_sale_released,
+                        (timestamp, at_ms, key.0, key.1, key.2, key.3),
+                        "creator sale release",
+                    ),
+                    SaleEscrowChange::Refunded => writes.push(
+                        &statements.update_creator_sale_refunded,
+                        (timestamp, at_ms, key.0, key.1, key.2, key.3),
+                        "creator sale refund",
+                    ),
+                }
+            }
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Applies projected changes to the read-model tables.
 
-use projectors::{next_recent_average_price, Change};
+use projectors::{next_recent_average_price, Change, SaleEscrowChange};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::error::SqliteStoreError;
@@ -203,6 +203,45 @@ fn apply_change(
                         at_ms
                     ])
                 })
+        }
+        Change::CreatorSaleRecorded(sale) => {
+            let sold_at_ms = crate::error::to_sql("sale time", sale.sold_at_ms)?;
+            let release_at_ms = crate::error::to_sql("release time", sale.release_at_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO creator_sales
+                         (purchase_id, creator_id, sold_at_ms, position, resale, cleared, creator_share,
+                          platform_fee, policy_version, release_at_ms, frozen, released_at_ms, refunded_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, NULL, NULL)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        sale.purchase_id.as_str(),
+                        sale.creator_id.as_str(),
+                        sold_at_ms,
+                        sale.position,
+                        sale.resale,
+                        sale.cleared,
+                        sale.creator_share,
+                        sale.platform_fee,
+                        sale.policy_version,
+                        release_at_ms
+                    ])
+                })
+        }
+        Change::CreatorSaleChanged { purchase_id, change, at_ms } => {
+            let at_ms = crate::error::to_sql("escrow change time", *at_ms)?;
+            let statement = match change {
+                SaleEscrowChange::Frozen => "UPDATE creator_sales SET frozen = 1 WHERE purchase_id = ?1 AND ?2 IS NOT NULL",
+                SaleEscrowChange::Unfrozen => {
+                    "UPDATE creator_sales SET frozen = 0 WHERE purchase_id = ?1 AND ?2 IS NOT NULL"
+                }
+                SaleEscrowChange::Released => "UPDATE creator_sales SET released_at_ms = ?2 WHERE purchase_id = ?1",
+                SaleEscrowChange::Refunded => "UPDATE creator_sales SET refunded_at_ms = ?2 WHERE purchase_id = ?1",
+            };
+            transaction
+                .prepare_cached(statement)
+                .and_then(|mut statement| statement.execute(params![purchase_id.as_str(), at_ms]))
         }
     }
     .map(|_| ())

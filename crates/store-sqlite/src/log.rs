@@ -99,3 +99,51 @@ pub fn read_log(
     }
     Ok((visited, totals))
 }
+
+/// Visits the records committed after `after` (a `records.position`; 0
+/// for the start), in commit order (which every cause precedes its
+/// effects in), at most `limit`, as `(position, record bytes)`; answers
+/// how many were visited. A directory no format 2 server opened yet is
+/// read from its format 1 `events` (same positions). Read-only, while a
+/// server may be running: follow a growing log by calling again with the
+/// last position visited.
+pub fn read_records_after(
+    data_dir: &Path,
+    after: i64,
+    limit: usize,
+    visit: &mut dyn FnMut(i64, &[u8]),
+) -> Result<usize, SqliteStoreError> {
+    let path = data_dir.join(DATABASE_FILE_NAME);
+    if !path.exists() {
+        return Err(SqliteStoreError::NoDatabase { path });
+    }
+    let connection = open_reader(&path)?;
+    let query = if table_exists(&connection, "records")? {
+        "SELECT position, record FROM records WHERE position > ?1 ORDER BY position LIMIT ?2"
+    } else {
+        "SELECT position, envelope FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+    };
+    let mut statement = connection
+        .prepare(query)
+        .map_err(SqliteStoreError::sqlite("prepare record read"))?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = statement
+        .query(params![after, limit])
+        .map_err(SqliteStoreError::sqlite("read records"))?;
+    let mut visited = 0;
+    while let Some(row) = rows
+        .next()
+        .map_err(SqliteStoreError::sqlite("read records"))?
+    {
+        let position: i64 = row
+            .get(0)
+            .map_err(SqliteStoreError::sqlite("read record position"))?;
+        let bytes = row
+            .get_ref(1)
+            .and_then(|value| value.as_blob().map_err(Into::into))
+            .map_err(SqliteStoreError::sqlite("read record bytes"))?;
+        visit(position, bytes);
+        visited += 1;
+    }
+    Ok(visited)
+}

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
-    BalanceView, BundleView, EarningsView, InventoryEntry, ItemView, ListingView, OwnerEntry, Page,
-    PurchaseStepView, ReadError, ReadModels, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
+    sale_cursor, sale_status, BalanceView, BundleView, CreatorSaleView, EarningsView,
+    InventoryEntry, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView, ReadError,
+    ReadModels, SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
     PURCHASE_STEPS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
@@ -479,6 +480,70 @@ impl ReadModels for SqliteReadModels {
             let (pending, released, lifetime, sales_count) = row.unwrap_or((0, 0, 0, 0));
             let sales_count = from_sql("earnings sales count", sales_count)?;
             Ok(EarningsView { creator_id, pending, released, lifetime, sales_count })
+        })
+        .await
+    }
+
+    async fn creator_sales(
+        &self,
+        creator_id: &str,
+        range: SalesRange<'_>,
+    ) -> Result<Page<CreatorSaleView>, ReadError> {
+        let limit = page_size(range.limit);
+        let (after_ms, after_purchase) = range.start()?;
+        let after_ms = i64::try_from(after_ms).unwrap_or(i64::MAX);
+        let to_ms = range
+            .to_ms
+            .map_or(i64::MAX, |to_ms| i64::try_from(to_ms).unwrap_or(i64::MAX));
+        let creator_id = creator_id.to_string();
+        self.read("creator sales read", move |connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT purchase_id, sold_at_ms, position, resale, cleared, creator_share, platform_fee, policy_version,
+                            release_at_ms, frozen, released_at_ms, refunded_at_ms
+                     FROM creator_sales
+                     WHERE creator_id = ?1 AND (sold_at_ms, purchase_id) > (?2, ?3) AND sold_at_ms < ?4
+                     ORDER BY sold_at_ms, purchase_id LIMIT ?5",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![creator_id, after_ms, after_purchase, to_ms, sql_limit(limit)], |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, bool>(3)?,
+                                row.get::<_, i64>(4)?,
+                                row.get::<_, i64>(5)?,
+                                row.get::<_, i64>(6)?,
+                                row.get::<_, u16>(7)?,
+                                row.get::<_, i64>(8)?,
+                                row.get::<_, bool>(9)?,
+                                row.get::<_, Option<i64>>(10)?,
+                                row.get::<_, Option<i64>>(11)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read creator sales"))?;
+            let mut sales = Vec::with_capacity(rows.len());
+            for (purchase_id, sold_at_ms, position, resale, cleared, creator_share, platform_fee, policy_version, release_at_ms, frozen, released_at_ms, refunded_at_ms) in rows {
+                let settled_at_ms = refunded_at_ms.or(released_at_ms).map(|at_ms| from_sql("escrow settlement time", at_ms)).transpose()?;
+                sales.push(CreatorSaleView {
+                    purchase_id,
+                    sold_at_ms: from_sql("sale time", sold_at_ms)?,
+                    position,
+                    resale,
+                    cleared,
+                    creator_share,
+                    platform_fee,
+                    policy_version,
+                    status: sale_status(frozen, released_at_ms.is_some(), refunded_at_ms.is_some()),
+                    release_at_ms: from_sql("release time", release_at_ms)?,
+                    settled_at_ms,
+                });
+            }
+            Ok(into_page(sales, limit, sale_cursor, |sale| sale))
         })
         .await
     }

@@ -127,6 +127,23 @@ CREATE TABLE IF NOT EXISTS purchase_steps (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (purchase_id, position, step, subject)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS creator_sales (
+    -- One row per sale settled into a creator's escrow (one per purchase).
+    purchase_id TEXT PRIMARY KEY,
+    creator_id TEXT NOT NULL,
+    sold_at_ms INTEGER NOT NULL,
+    position TEXT NOT NULL,
+    resale INTEGER NOT NULL,
+    cleared INTEGER NOT NULL,
+    creator_share INTEGER NOT NULL,
+    platform_fee INTEGER NOT NULL,
+    policy_version INTEGER NOT NULL,
+    release_at_ms INTEGER NOT NULL,
+    frozen INTEGER NOT NULL,
+    released_at_ms INTEGER,
+    refunded_at_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS creator_sales_by_time ON creator_sales (creator_id, sold_at_ms, purchase_id);
 CREATE TABLE IF NOT EXISTS projection_checkpoint (
     shard INTEGER PRIMARY KEY,
     sequence INTEGER NOT NULL
@@ -156,6 +173,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("bundles", "bundle_id"),
     ("earnings", "creator_id"),
     ("purchase_steps", "purchase_id, position, step, subject"),
+    ("creator_sales", "purchase_id"),
     ("projection_checkpoint", "shard"),
     ("projection_deliveries", "sender, receiver"),
     ("projection_position", "id"),
@@ -186,7 +204,8 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     // A directory written before a read model existed projects its whole
     // log again on first open, so the new model covers the old history.
     let read_models_behind = table_exists(&connection, "projection_position")?
-        && !table_exists(&connection, "purchase_steps")?;
+        && (!table_exists(&connection, "purchase_steps")?
+            || !table_exists(&connection, "creator_sales")?);
     connection
         .execute_batch(SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
