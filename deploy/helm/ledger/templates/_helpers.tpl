@@ -34,6 +34,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.commandApi.autoscaling.enabled (gt (int .Values.commandApi.autoscaling.maxReplicas) $shards) -}}
 {{- fail (printf "commandApi.autoscaling.maxReplicas %d exceeds config.shards %d: the extra replicas would own no shard" (int .Values.commandApi.autoscaling.maxReplicas) $shards) -}}
 {{- end -}}
+{{- if gt (int .Values.publicStream.replicas) 1 -}}
+{{- fail (printf "publicStream.replicas %d: the public stream is one transactional producer, a second replica would only fence the first" (int .Values.publicStream.replicas)) -}}
+{{- end -}}
 {{- if gt (int .Values.projector.replicas) $shards -}}
 {{- fail (printf "projector.replicas %d exceeds config.shards %d: the extra replicas would own no partition" (int .Values.projector.replicas) $shards) -}}
 {{- end -}}
@@ -180,7 +183,7 @@ spec:
             periodSeconds: 5
             timeoutSeconds: 2
             failureThreshold: 3
-          {{- if ne .component "projector" }}
+          {{- if not (has .component (list "projector" "public-stream")) }}
           lifecycle:
             # keep serving while the endpoint removal propagates (the sleep
             # action needs no shell in the image; Kubernetes >= 1.30)
