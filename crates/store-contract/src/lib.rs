@@ -20,6 +20,9 @@
 //!
 //! Backend-specific behaviour (SQLite's WAL mode, atomicity of a failed
 //! group commit, CQL bucket layout) is tested in the adapters' own tests.
+// Test support only (a dev-dependency of the stores' tests): a failed
+// unwrap is a failed check, as in a test.
+#![allow(clippy::unwrap_used)]
 
 pub mod support;
 

@@ -124,12 +124,14 @@ fn buyer_debits(shard: ShardId, count: usize, entries: usize) -> Vec<BatchRecord
 
 /// The `buyer_debited` event at `sequence`.
 fn buyer_debit(sequence: u64) -> Event {
-    let buyer = UserId::parse(format!("buyer-{:06}", sequence % 1_000_000)).unwrap();
+    // The ids below are fixed patterns of lowercase letters, digits and
+    // hyphens, all valid.
+    let buyer = UserId::parse(format!("buyer-{:06}", sequence % 1_000_000)).expect("a valid id");
     Event::BuyerDebited {
-        purchase_id: PurchaseId::parse(format!("purchase-{sequence:09}")).unwrap(),
+        purchase_id: PurchaseId::parse(format!("purchase-{sequence:09}")).expect("a valid id"),
         buyer_id: buyer.clone(),
         amount: 100,
-        granted_items: vec![ItemId::parse("item-000001").unwrap()],
+        granted_items: vec![ItemId::parse("item-000001").expect("a valid id")],
         balance_after: 900,
         at_ms: 1_800_000_000_000 + sequence,
         postings: vec![
