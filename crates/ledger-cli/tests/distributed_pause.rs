@@ -272,8 +272,10 @@ async fn a_paused_engine_resumed_after_its_takeover_cannot_fork_the_log() {
         )
         .await;
     }
-    drop(paused);
-    drop(survivor);
+    // Cleanly: an engine publishes every batch it queued before it exits
+    // (the resumed one may have stopped already, or own shards again).
+    paused.stop();
+    survivor.stop();
     drop(projector);
     drop(query);
 

@@ -70,6 +70,24 @@ pub struct Process {
 pub const LOG_LINES_KEPT: usize = 10_000;
 
 impl Process {
+    /// Stops the service as an orchestrator does (SIGTERM, then up to 60 s
+    /// for a clean exit: an engine publishes every batch it queued before it
+    /// leaves), killing it only if it does not exit in time.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("service did not stop within 60 s of SIGTERM; killing it");
+    }
+
     /// Whether a kept log line contains `text`.
     pub fn logged(&self, text: &str) -> bool {
         self.log
