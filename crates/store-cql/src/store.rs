@@ -981,37 +981,15 @@ impl CqlStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<BatchRecord>, CqlStoreError> {
-        let after_column = to_cql("event sequence", after)?;
-        let first_bucket = (after + 1) / self.settings.events_per_bucket;
-        let buckets: Vec<(i64,)> = self
-            .select(
-                &self.statements.select_record_buckets,
-                (shard_column(shard), to_cql("bucket", first_bucket)?),
-                "record bucket read",
+        let mut records = self
+            .read_buckets(
+                shard,
+                after,
+                limit,
+                (&self.statements.select_record_buckets, "record bucket read"),
+                &self.statements.select_records,
             )
             .await?;
-        let mut records = Vec::new();
-        for (bucket,) in buckets {
-            let remaining = limit - records.len();
-            let row_limit = i32::try_from(remaining).unwrap_or(i32::MAX);
-            let rows: Vec<(Option<Vec<u8>>,)> = self
-                .select(
-                    &self.statements.select_records,
-                    (shard_column(shard), bucket, after_column, row_limit),
-                    "shard read",
-                )
-                .await?;
-            // Claim rows hold no record yet.
-            for (bytes,) in rows {
-                if let Some(bytes) = bytes {
-                    records.push(BatchRecord::from_bytes(&bytes)?);
-                }
-            }
-            if records.len() >= limit {
-                records.truncate(limit);
-                break;
-            }
-        }
         let starts_right_after = records
             .first()
             .is_some_and(|record| record.first_sequence == after + 1);
@@ -1028,38 +1006,38 @@ impl CqlStore {
         Ok(records)
     }
 
-    /// Records of `shard` in the pre-fencing `events` table (rows keyed by
-    /// their last sequence) holding an entry above `after`, at most `limit`.
-    async fn read_legacy(
+    /// The records in the rows keyed above `after` of one log table, at
+    /// most `limit`, visiting the buckets `buckets` lists from the bucket of
+    /// `after + 1` on; rows without record bytes (claims) are skipped.
+    async fn read_buckets(
         &self,
         shard: ShardId,
         after: u64,
         limit: usize,
+        (buckets, buckets_operation): (&PreparedStatement, &'static str),
+        rows: &PreparedStatement,
     ) -> Result<Vec<BatchRecord>, CqlStoreError> {
         let after_column = to_cql("event sequence", after)?;
-        // A row's key is its record's last sequence: the records holding an
-        // entry above `after` are exactly the rows above it, which start in
-        // the bucket of `after + 1`.
         let first_bucket = (after + 1) / self.settings.events_per_bucket;
         let buckets: Vec<(i64,)> = self
             .select(
-                &self.statements.select_event_buckets,
+                buckets,
                 (shard_column(shard), to_cql("bucket", first_bucket)?),
-                "event bucket read",
+                buckets_operation,
             )
             .await?;
         let mut records = Vec::new();
         for (bucket,) in buckets {
             let remaining = limit - records.len();
             let row_limit = i32::try_from(remaining).unwrap_or(i32::MAX);
-            let rows: Vec<(Vec<u8>,)> = self
+            let found: Vec<(Option<Vec<u8>>,)> = self
                 .select(
-                    &self.statements.select_legacy_records,
+                    rows,
                     (shard_column(shard), bucket, after_column, row_limit),
                     "shard read",
                 )
                 .await?;
-            for (bytes,) in rows {
+            for bytes in found.into_iter().filter_map(|(bytes,)| bytes) {
                 records.push(BatchRecord::from_bytes(&bytes)?);
             }
             if records.len() >= limit {
@@ -1068,6 +1046,27 @@ impl CqlStore {
             }
         }
         Ok(records)
+    }
+
+    /// Records of `shard` in the pre-fencing `events` table (rows keyed by
+    /// their last sequence) holding an entry above `after`, at most `limit`.
+    async fn read_legacy(
+        &self,
+        shard: ShardId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BatchRecord>, CqlStoreError> {
+        // A row's key is its record's last sequence: the records holding an
+        // entry above `after` are exactly the rows above it, which start in
+        // the bucket of `after + 1`.
+        self.read_buckets(
+            shard,
+            after,
+            limit,
+            (&self.statements.select_event_buckets, "event bucket read"),
+            &self.statements.select_legacy_records,
+        )
+        .await
     }
 
     async fn recover_inner(&self, shard: ShardId) -> Result<Recovery, CqlStoreError> {
