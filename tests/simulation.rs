@@ -60,6 +60,8 @@ struct Simulation {
     requests: BTreeMap<u64, (Command, CommandMeta)>,
     /// First completion seen per idempotency key.
     completions: BTreeMap<String, Completion>,
+    /// Commands refused because their id was forgotten or dated before the horizon.
+    expired_refusals: u64,
     /// Commands sent so far, to retry.
     sent: Vec<(Command, CommandMeta)>,
     users: Vec<UserId>,
@@ -123,6 +125,10 @@ impl Simulation {
         config.escrow_hold_ms = 200 + random.below(800);
         config.resale_hold_ms = random.below(3) * 50;
         config.releases_per_tick_max = 3;
+        // Short enough that commands are forgotten within a run (the clock
+        // advances ~15 s over 4,000 operations) and retried after that.
+        config.idempotency_horizon_ms = 300 + random.below(1_500);
+        config.forgets_per_tick_max = 1 + random.below(8) as u32;
         let config = Arc::new(config);
         let runners = (0..shard_count)
             .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
@@ -149,6 +155,7 @@ impl Simulation {
             counter: 0,
             crashes: 0,
             cancelled_listings: 0,
+            expired_refusals: 0,
             faults: Faults::default(),
             commit_order: Vec::new(),
         }
@@ -157,6 +164,27 @@ impl Simulation {
     fn fresh(&mut self, prefix: &str) -> String {
         self.counter += 1;
         format!("{prefix}-{}", self.counter)
+    }
+
+    /// A new id for a command the shards forget after the horizon: half the
+    /// time a UUIDv7 dated around now (sometimes before the horizon, which
+    /// is refused at once), else `fresh`.
+    fn fresh_id(&mut self, prefix: &str) -> String {
+        if self.random.chance(50) {
+            return self.fresh(prefix);
+        }
+        self.counter += 1;
+        let horizon_ms = self.config.idempotency_horizon_ms;
+        let dated_ms =
+            (self.now_ms + horizon_ms / 4).saturating_sub(self.random.below(horizon_ms * 2));
+        format!(
+            "{:08x}-{:04x}-7{:03x}-8{:03x}-{:012x}",
+            dated_ms >> 16,
+            dated_ms & 0xffff,
+            self.random.below(0x1000),
+            self.random.below(0x1000),
+            self.counter
+        )
     }
 
     /// Makes a step durable and delivers its effects (as the engine does).
@@ -200,6 +228,18 @@ impl Simulation {
             }) = &reply
             {
                 self.cancelled_listings += 1;
+            }
+            if let Reply::Refused(rejection) = &reply {
+                if rejection.code == RejectionCode::IdempotencyExpired {
+                    let key = command
+                        .idempotency_key()
+                        .expect("only keyed commands expire");
+                    assert!(
+                        ledger_core::retention::is_forgettable(&command),
+                        "only forgettable commands expire ({key})"
+                    );
+                    self.expired_refusals += 1;
+                }
             }
             if let Reply::Completed(completion) = reply {
                 if let Some(key) = command.idempotency_key() {
@@ -347,7 +387,7 @@ impl Simulation {
         match roll {
             0..=9 => {
                 let user_id = self.random.pick(&self.users).cloned().expect("users");
-                let grant_id = GrantId::parse(self.fresh("grant")).unwrap();
+                let grant_id = GrantId::parse(self.fresh_id("grant")).unwrap();
                 let amount = 1 + self.random.below(400) as i64;
                 self.submit(Command::Grant {
                     grant_id,
@@ -433,7 +473,7 @@ impl Simulation {
                 } else {
                     known
                 };
-                let purchase_id = PurchaseId::parse(self.fresh("purchase")).unwrap();
+                let purchase_id = PurchaseId::parse(self.fresh_id("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
                 self.submit(Command::Purchase {
                     purchase_id,
@@ -453,7 +493,7 @@ impl Simulation {
                     .get(&bundle_id)
                     .map_or(1, |b| b.price);
                 let buyer_id = self.random.pick(&self.users).cloned().unwrap();
-                let purchase_id = PurchaseId::parse(self.fresh("purchase")).unwrap();
+                let purchase_id = PurchaseId::parse(self.fresh_id("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
                 self.submit(Command::Purchase {
                     purchase_id,
@@ -513,7 +553,7 @@ impl Simulation {
                     }
                 }
                 let buyer_id = self.random.pick(&self.users).cloned().unwrap();
-                let purchase_id = PurchaseId::parse(self.fresh("purchase")).unwrap();
+                let purchase_id = PurchaseId::parse(self.fresh_id("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
                 self.submit(Command::ResalePurchase {
                     purchase_id,
@@ -526,7 +566,7 @@ impl Simulation {
                 let Some(purchase_id) = self.random.pick(&self.purchases).cloned() else {
                     return;
                 };
-                let refund_id = RefundId::parse(self.fresh("refund")).unwrap();
+                let refund_id = RefundId::parse(self.fresh_id("refund")).unwrap();
                 self.submit(Command::Refund {
                     refund_id,
                     purchase_id,
@@ -741,14 +781,39 @@ impl Simulation {
                 _ => {}
             }
         }
+        // Every command accepted and how it completed, from the logs (the
+        // shards forget completed commands after the horizon).
+        let mut accepted: BTreeMap<String, (Command, Option<Completion>)> = BTreeMap::new();
+        for (_, event) in &events {
+            match event {
+                Event::CommandAccepted { key, command, .. } => {
+                    let earlier = accepted.insert(key.clone(), (command.clone(), None));
+                    // Never a second run of one id, forgotten or not (a
+                    // listing cancel may run again once the first ended).
+                    assert!(
+                        earlier.is_none() || key.starts_with("cancel:"),
+                        "command {key} was accepted twice"
+                    );
+                }
+                Event::CommandCompleted { key, completion }
+                | Event::PurchaseCompleted {
+                    key, completion, ..
+                } => {
+                    let (_, completed) = accepted
+                        .get_mut(key)
+                        .expect("a command completes after it is accepted");
+                    *completed = Some(completion.clone());
+                }
+                _ => {}
+            }
+        }
         let mut successful = BTreeSet::new();
-        for runner in &self.runners {
-            for (key, record) in &runner.state.commands {
-                let Some(Completion {
-                    result: Ok(success),
-                    ..
-                }) = &record.completion
-                else {
+        {
+            for (key, (command, completion)) in &accepted {
+                let Some(completion) = completion else {
+                    panic!("command {key} never completed");
+                };
+                let Ok(success) = &completion.result else {
                     continue;
                 };
                 match success {
@@ -759,7 +824,7 @@ impl Simulation {
                         granted_items,
                         ..
                     } => {
-                        let Command::Purchase { purchase_id, .. } = &record.command else {
+                        let Command::Purchase { purchase_id, .. } = command else {
                             panic!("{key}")
                         };
                         successful.insert(purchase_id.clone());
@@ -795,7 +860,7 @@ impl Simulation {
                         );
                     }
                     Success::ResalePurchased { price, .. } => {
-                        let Command::ResalePurchase { purchase_id, .. } = &record.command else {
+                        let Command::ResalePurchase { purchase_id, .. } = command else {
                             panic!("{key}")
                         };
                         successful.insert(purchase_id.clone());
@@ -986,6 +1051,23 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
         "ListingCancelled".into(),
         simulation.cancelled_listings as usize,
     );
+    totals.outcomes.insert(
+        "idempotency_expired (refused)".into(),
+        simulation.expired_refusals as usize,
+    );
+    let forgotten: u32 = simulation
+        .all_events()
+        .iter()
+        .map(|(_, event)| match event {
+            Event::CommandsForgotten {
+                count, paid_count, ..
+            } => count + paid_count,
+            _ => 0,
+        })
+        .sum();
+    totals
+        .outcomes
+        .insert("commands forgotten".into(), forgotten as usize);
     for completion in simulation.completions.values() {
         let name = match &completion.result {
             Ok(success) => format!("{success:?}")
@@ -1073,6 +1155,8 @@ fn simulated_ledger_keeps_its_invariants() {
         "sold_out",
         "insufficient_funds",
         "refund_window_closed",
+        "idempotency_expired (refused)",
+        "commands forgotten",
     ] {
         assert!(
             outcomes.get(expected).copied().unwrap_or(0) > 0,

@@ -51,6 +51,7 @@ pub fn cluster_settings(settings: &Settings) -> ClusterSettings {
         escrow_hold_ms: settings.escrow_hold.as_millis() as u64,
         resale_hold_ms: settings.resale_hold.as_millis() as u64,
         tick_interval_ms: settings.tick_interval.as_millis() as u64,
+        idempotency_horizon_ms: settings.idempotency_horizon.as_millis() as u64,
         snapshot_every_events: 500,
         http_addr: Some("127.0.0.1:0".parse().expect("literal address")),
         jwt_secret: String::from_utf8(settings.jwt_secret.clone()).expect("test secret is text"),

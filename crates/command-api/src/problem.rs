@@ -57,7 +57,8 @@ pub fn status_for(code: RejectionCode) -> StatusCode {
         | RejectionCode::ResaleHoldActive
         | RejectionCode::RefundWindowClosed
         | RejectionCode::AlreadyRefunded
-        | RejectionCode::NotRefundable => StatusCode::CONFLICT,
+        | RejectionCode::NotRefundable
+        | RejectionCode::IdempotencyExpired => StatusCode::CONFLICT,
     }
 }
 

@@ -31,6 +31,7 @@ pub const PUBLIC_STREAM_TRANSACTION_DURATION_SECONDS: &str =
 
 pub fn describe() {
     engine::metrics::describe_shard_head();
+    engine::metrics::describe_snapshots();
     engine::metrics::describe_projected();
     metrics::describe_gauge!(WORKER_SHARDS_OWNED, "shards this engine worker owns");
     metrics::describe_counter!(WORKER_REBALANCES_TOTAL, "consumer group rebalances seen");

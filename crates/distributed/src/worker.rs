@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::ports::{EventStore, ShardBatch, StoreError};
 use engine::shard::{Reply, ShardRunner, Step};
+use engine::snapshots::SnapshotWriter;
 use engine::EngineConfig;
 use ledger_core::codec::{BatchRecord, CommandRecord, Entry, MessageEnvelope, ReplyRecord};
 use ledger_core::{Completion, Event, ShardId};
@@ -326,6 +327,7 @@ struct OwnedShard {
     next_command_offset: Option<i64>,
     next_message_offset: Option<i64>,
     events_since_snapshot: u64,
+    snapshots: SnapshotWriter,
 }
 
 /// A running engine worker.
@@ -930,6 +932,7 @@ impl Worker {
             next_command_offset: None,
             next_message_offset: None,
             events_since_snapshot: 0,
+            snapshots: SnapshotWriter::default(),
         }
     }
 
@@ -1130,12 +1133,12 @@ async fn commit_shard(
     };
     owned.publisher.send(shard, publication).await;
     owned.events_since_snapshot += events;
-    if owned.events_since_snapshot >= snapshot_every_events {
+    // The snapshot covers what is in CQL (this batch included); it is
+    // encoded and saved beside the shard.
+    if owned.events_since_snapshot >= snapshot_every_events
+        && owned.snapshots.start(&owned.runner, store)
+    {
         owned.events_since_snapshot = 0;
-        // The snapshot covers what is in CQL (this batch included).
-        if let Err(error) = store.save_snapshot(shard, &owned.runner.snapshot()).await {
-            tracing::warn!(%shard, %error, "snapshot failed; the log still has everything");
-        }
     }
     delivered
 }

@@ -39,6 +39,8 @@ pub struct InMemoryCluster {
     outcomes: Outcomes,
     /// `None` unless recording: the timed paths of a benchmark skip the copy.
     recorded: Option<Recorded>,
+    /// Replies collected while [`InMemoryCluster::answer`] runs.
+    replies: Option<Vec<Reply>>,
     /// The clock the commands and messages see.
     pub now_ms: TimestampMs,
 }
@@ -58,6 +60,7 @@ impl InMemoryCluster {
             network: VecDeque::new(),
             outcomes: Outcomes::default(),
             recorded: None,
+            replies: None,
             now_ms: 1_000,
         }
     }
@@ -103,11 +106,15 @@ impl InMemoryCluster {
             network: VecDeque::new(),
             outcomes: Outcomes::default(),
             recorded: None,
+            replies: None,
             now_ms: self.now_ms,
         }
     }
 
     fn absorb(&mut self, step: Step<()>) {
+        if let Some(replies) = &mut self.replies {
+            replies.extend(step.replies.iter().map(|(_, reply)| reply.clone()));
+        }
         for (_, reply) in &step.replies {
             match reply {
                 Reply::Completed(Completion { result: Ok(_), .. }) => self.outcomes.succeeded += 1,
@@ -142,6 +149,17 @@ impl InMemoryCluster {
         runner.command(command, meta, (), &mut step);
         runner.seal(&mut step);
         self.absorb(step);
+    }
+
+    /// Runs `command` alone until the cluster is quiescent and returns its
+    /// answer (the one reply since the last call).
+    pub fn answer(&mut self, command: Command) -> Reply {
+        self.replies = Some(Vec::new());
+        self.submit(command);
+        self.drain();
+        let mut replies = self.replies.take().unwrap_or_default();
+        assert_eq!(replies.len(), 1, "one command, one answer: {replies:?}");
+        replies.remove(0)
     }
 
     /// Delivers messages until none is left.

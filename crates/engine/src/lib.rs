@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod ports;
 pub mod runtime;
 pub mod shard;
+pub mod snapshots;
 
 pub use runtime::{Engine, EngineConfig, EngineError};

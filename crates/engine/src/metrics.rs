@@ -7,6 +7,11 @@ pub const BATCHES_TOTAL: &str = "ledger_engine_batches_total";
 pub const BATCH_INPUTS: &str = "ledger_engine_batch_inputs";
 pub const COMMIT_DURATION_SECONDS: &str = "ledger_engine_commit_duration_seconds";
 pub const SNAPSHOTS_TOTAL: &str = "ledger_engine_snapshots_total";
+/// How long a snapshot holds its shard: the copy of the state, made on the
+/// shard's task (the encoding and the write run beside it).
+pub const SNAPSHOT_COPY_DURATION_SECONDS: &str = "ledger_engine_snapshot_copy_duration_seconds";
+/// How long encoding and saving a snapshot takes, beside its shard.
+pub const SNAPSHOT_SAVE_DURATION_SECONDS: &str = "ledger_engine_snapshot_save_duration_seconds";
 pub const OVERLOADED_TOTAL: &str = "ledger_engine_overloaded_total";
 /// Last sequence durable in a shard's log, by shard: set by whoever writes
 /// the shard (the embedded engine, or the distributed engine worker owning
@@ -24,11 +29,24 @@ pub fn describe() {
     metrics::describe_counter!(BATCHES_TOTAL, "group commits by shards");
     metrics::describe_histogram!(BATCH_INPUTS, "inputs decided per group commit");
     metrics::describe_histogram!(COMMIT_DURATION_SECONDS, "time from append to durable");
-    metrics::describe_counter!(SNAPSHOTS_TOTAL, "shard snapshots saved");
+    describe_snapshots();
     describe_shard_head();
     metrics::describe_counter!(
         OVERLOADED_TOTAL,
         "commands refused because a shard queue was full"
+    );
+}
+
+/// Describes the snapshot metrics (also recorded by the distributed worker).
+pub fn describe_snapshots() {
+    metrics::describe_counter!(SNAPSHOTS_TOTAL, "shard snapshots saved");
+    metrics::describe_histogram!(
+        SNAPSHOT_COPY_DURATION_SECONDS,
+        "time a snapshot holds its shard (the copy of the state)"
+    );
+    metrics::describe_histogram!(
+        SNAPSHOT_SAVE_DURATION_SECONDS,
+        "time to encode and save a snapshot, beside its shard"
     );
 }
 

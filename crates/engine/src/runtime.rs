@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::metrics as names;
 use crate::ports::{AppendReceipt, CommandBus, EventStore, ShardBatch, StoreError, SubmitError};
 use crate::shard::{Reply, ShardRunner, Step};
+use crate::snapshots::SnapshotWriter;
 
 /// Limits and cadence of the engine.
 #[derive(Debug, Clone)]
@@ -153,7 +154,7 @@ impl Engine {
                 config: config.clone(),
                 stopping: stopping_receiver.clone(),
                 events_since_snapshot: 0,
-                snapshot_in_flight: None,
+                snapshots: SnapshotWriter::default(),
             };
             tasks.push(tokio::spawn(async move {
                 task.run().await;
@@ -233,8 +234,7 @@ struct ShardTask {
     config: EngineConfig,
     stopping: watch::Receiver<bool>,
     events_since_snapshot: u64,
-    /// The snapshot being encoded and saved beside the shard (at most one).
-    snapshot_in_flight: Option<tokio::task::JoinHandle<()>>,
+    snapshots: SnapshotWriter,
     acknowledgements: mpsc::Sender<Acknowledgement>,
 }
 
@@ -295,10 +295,7 @@ impl ShardTask {
             }
             self.commit(step, inputs).await;
         }
-        if let Some(snapshot) = self.snapshot_in_flight.take() {
-            // A snapshot is an optimisation: finish it, whatever its outcome.
-            let _ = snapshot.await;
-        }
+        self.snapshots.finish().await;
         self.runner.abandon_waiters();
     }
 
@@ -361,30 +358,10 @@ impl ShardTask {
             acknowledgement.complete().await;
             self.deliver(messages);
         }
-        let previous_done = self
-            .snapshot_in_flight
-            .as_ref()
-            .is_none_or(tokio::task::JoinHandle::is_finished);
-        if self.events_since_snapshot >= self.config.snapshot_every_events && previous_done {
+        if self.events_since_snapshot >= self.config.snapshot_every_events
+            && self.snapshots.start(&self.runner, &self.store)
+        {
             self.events_since_snapshot = 0;
-            // Only the copy of the state happens on the shard's task; the
-            // encoding and the write run beside it. The append this snapshot
-            // covers is already queued, so a store that orders its writes
-            // saves the snapshot after it.
-            let snapshot = self.runner.snapshot();
-            // On a blocking thread: encoding a large state must not hold up
-            // the runtime's workers either.
-            let store = Arc::clone(&self.store);
-            let shard = self.runner.shard();
-            let runtime = tokio::runtime::Handle::current();
-            self.snapshot_in_flight = Some(tokio::task::spawn_blocking(move || {
-                match runtime.block_on(store.save_snapshot(shard, &snapshot)) {
-                    Ok(()) => metrics::counter!(names::SNAPSHOTS_TOTAL).increment(1),
-                    Err(error) => {
-                        tracing::warn!(%shard, %error, "snapshot failed; the log still has everything")
-                    }
-                }
-            }));
         }
     }
 

@@ -43,6 +43,7 @@ impl ClusterSettings {
         let mut core = Config::new(self.shards);
         core.escrow_hold_ms = self.escrow_hold_ms;
         core.resale_hold_ms = self.resale_hold_ms;
+        core.idempotency_horizon_ms = self.idempotency_horizon_ms;
         core
     }
 

@@ -28,6 +28,8 @@ pub struct ClusterSettings {
     pub escrow_hold_ms: u64,
     pub resale_hold_ms: u64,
     pub tick_interval_ms: u64,
+    /// How long a completed command is remembered by its id (7 days).
+    pub idempotency_horizon_ms: u64,
     pub snapshot_every_events: u64,
     /// `host:port` of the service's HTTP listener; default per service.
     pub http_addr: Option<SocketAddr>,
@@ -54,6 +56,7 @@ impl Default for ClusterSettings {
             escrow_hold_ms: 30 * 24 * 3600 * 1000,
             resale_hold_ms: 0,
             tick_interval_ms: 1_000,
+            idempotency_horizon_ms: ledger_core::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
             snapshot_every_events: 100_000,
             http_addr: None,
             jwt_secret: String::new(),
@@ -153,6 +156,11 @@ impl ClusterSettings {
             "LEDGER_TICK_INTERVAL_MS",
             "number",
             &mut self.tick_interval_ms,
+        )?;
+        parse_env(
+            "LEDGER_IDEMPOTENCY_HORIZON_MS",
+            "number",
+            &mut self.idempotency_horizon_ms,
         )?;
         parse_env(
             "LEDGER_SNAPSHOT_EVERY_EVENTS",

@@ -36,6 +36,8 @@ pub struct Settings {
     pub escrow_hold: Duration,
     pub resale_hold: Duration,
     pub tick_interval: Duration,
+    /// How long a completed command is remembered by its id.
+    pub idempotency_horizon: Duration,
     pub jwt_secret: Vec<u8>,
     /// How long a read with `?after=` waits for the projection.
     pub read_wait: Duration,
@@ -51,6 +53,9 @@ impl Settings {
             escrow_hold: Duration::from_secs(30 * 24 * 3600),
             resale_hold: Duration::ZERO,
             tick_interval: Duration::from_millis(200),
+            idempotency_horizon: Duration::from_millis(
+                ledger_core::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
+            ),
             jwt_secret: jwt_secret.as_bytes().to_vec(),
             read_wait: Duration::from_secs(5),
         }
@@ -174,6 +179,7 @@ impl Application {
         let mut core = Config::new(settings.shard_count);
         core.escrow_hold_ms = settings.escrow_hold.as_millis() as u64;
         core.resale_hold_ms = settings.resale_hold.as_millis() as u64;
+        core.idempotency_horizon_ms = settings.idempotency_horizon.as_millis() as u64;
         let mut engine_config = EngineConfig::new(core);
         engine_config.tick_interval = settings.tick_interval;
         let engine = Engine::start(store.clone(), engine_config).await?;

@@ -57,6 +57,11 @@ enum Commands {
         /// The ledger's clock tick (escrow release).
         #[arg(long, env = "LEDGER_TICK_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
         tick_interval: Duration,
+        /// How long a completed grant, purchase or refund is remembered by
+        /// its id; a retry after it is refused (409 idempotency_expired),
+        /// never run twice.
+        #[arg(long, env = "LEDGER_IDEMPOTENCY_HORIZON", default_value = "7d", value_parser = humantime::parse_duration)]
+        idempotency_horizon: Duration,
         /// Seed a small economy and print ready-to-paste curl commands.
         #[arg(long)]
         demo: bool,
@@ -671,6 +676,7 @@ fn main() -> ExitCode {
             escrow_hold,
             resale_hold,
             tick_interval,
+            idempotency_horizon,
             demo,
         } => {
             if shards == 0 || shards > 1024 {
@@ -692,6 +698,7 @@ fn main() -> ExitCode {
                 escrow_hold,
                 resale_hold,
                 tick_interval,
+                idempotency_horizon,
                 jwt_secret: jwt_secret.clone(),
                 read_wait: Duration::from_secs(5),
             };

@@ -5,9 +5,13 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::ids::ShardId;
-use crate::model::{Command, Event, Message, TimestampMs};
-use crate::state::ShardState;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
+use crate::model::{Command, Event, Message, RefundProgress, TimestampMs};
+use crate::money::Account;
+use crate::retention::Retention;
+use crate::state::{BundleState, EscrowEntry, ItemState, ShardState};
 
 /// Fixed-width integers, little-endian: stable and fast to decode.
 fn config() -> bincode::config::Configuration<
@@ -733,13 +737,82 @@ pub struct Snapshot {
 
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
-/// rather than restored.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP03";
+/// rather than restored. Format 4: the state has its retention queues.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP04";
+/// Format 3: as format 4, of a state without retention queues (written
+/// before commands were forgotten; still read).
+pub const SNAPSHOT_MAGIC_V3: [u8; 8] = *b"LGRSNP03";
 /// Marks a snapshot in the record encoding without a checksum (written
-/// before [`SNAPSHOT_MAGIC`]; still read). Older snapshots still
+/// before [`SNAPSHOT_MAGIC_V3`]; still read). Older snapshots still
 /// (fixed-width integers) start with the shard id's two bytes and the
 /// state's first fields, never with either marker.
 pub const SNAPSHOT_MAGIC_UNCHECKED: [u8; 8] = *b"LGRSNP02";
+
+/// A shard's state as snapshots before format 4 hold it: [`ShardState`]
+/// without its retention queues, which start empty when read (every
+/// command remembered then is kept; those completed later are forgotten).
+#[derive(Decode)]
+struct SnapshotBeforeRetention {
+    shard: ShardId,
+    next_sequence: u64,
+    inbound_next: BTreeMap<ShardId, u64>,
+    outbound_next: BTreeMap<ShardId, u64>,
+    balances: BTreeMap<Account, i64>,
+    owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
+    escrow: BTreeMap<PurchaseId, EscrowEntry>,
+    escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
+    items: BTreeMap<ItemId, ItemState>,
+    bundles: BTreeMap<BundleId, BundleState>,
+    commands: BTreeMap<String, crate::state::CommandRecord>,
+    listing_directory: BTreeMap<ListingId, ItemId>,
+    refunds: BTreeMap<PurchaseId, RefundProgress>,
+    last_hash: Hash,
+}
+
+impl From<SnapshotBeforeRetention> for Snapshot {
+    fn from(old: SnapshotBeforeRetention) -> Self {
+        Snapshot {
+            state: ShardState {
+                shard: old.shard,
+                next_sequence: old.next_sequence,
+                inbound_next: old.inbound_next,
+                outbound_next: old.outbound_next,
+                balances: old.balances,
+                owned_items: old.owned_items,
+                escrow: old.escrow,
+                escrow_due: old.escrow_due,
+                items: old.items,
+                bundles: old.bundles,
+                commands: old.commands,
+                listing_directory: old.listing_directory,
+                refunds: old.refunds,
+                retention: Retention::default(),
+            },
+            last_hash: old.last_hash,
+        }
+    }
+}
+
+/// The body of a checksummed snapshot (format 3 or 4) after its marker, or
+/// `None` if it has neither marker.
+fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], bool), CodecError>> {
+    let (rest, current) = match bytes.strip_prefix(&SNAPSHOT_MAGIC) {
+        Some(rest) => (rest, true),
+        None => (bytes.strip_prefix(&SNAPSHOT_MAGIC_V3)?, false),
+    };
+    let length = bytes.len();
+    let Some(split) = rest.len().checked_sub(32) else {
+        return Some(Err(CodecError::RecordTooShort { length }));
+    };
+    let (body, checksum) = rest.split_at(split);
+    // The checksum first, as for records.
+    let computed: Hash = Sha256::digest(body).into();
+    if computed.as_slice() != checksum {
+        let shard = decode_unchecked_record_prefix::<ShardId>(body).unwrap_or(ShardId(u16::MAX));
+        return Some(Err(CodecError::SnapshotChecksum { shard }));
+    }
+    Some(Ok((body, current)))
+}
 
 impl Snapshot {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -753,25 +826,17 @@ impl Snapshot {
 
     /// Decodes a snapshot of any format, checking its checksum when it has one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
-            let length = bytes.len();
-            let split = rest
-                .len()
-                .checked_sub(32)
-                .ok_or(CodecError::RecordTooShort { length })?;
-            let (body, checksum) = rest.split_at(split);
-            // The checksum first, as for records.
-            let computed: Hash = Sha256::digest(body).into();
-            if computed.as_slice() != checksum {
-                let shard =
-                    decode_unchecked_record_prefix::<ShardId>(body).unwrap_or(ShardId(u16::MAX));
-                return Err(CodecError::SnapshotChecksum { shard });
+        if let Some(checked) = checksummed_snapshot_body(bytes) {
+            let (body, current) = checked?;
+            if current {
+                return decode_record_part("snapshot", body);
             }
-            return decode_record_part("snapshot", body);
+            return decode_record_part::<SnapshotBeforeRetention>("snapshot", body).map(Into::into);
         }
         match bytes.strip_prefix(&SNAPSHOT_MAGIC_UNCHECKED) {
-            Some(rest) => decode_unchecked_record_part("snapshot", rest),
-            None => decode("snapshot", bytes),
+            Some(rest) => decode_unchecked_record_part::<SnapshotBeforeRetention>("snapshot", rest)
+                .map(Into::into),
+            None => decode::<SnapshotBeforeRetention>("snapshot", bytes).map(Into::into),
         }
     }
 }

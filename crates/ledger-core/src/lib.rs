@@ -14,6 +14,7 @@ pub mod decide;
 pub mod ids;
 pub mod model;
 pub mod money;
+pub mod retention;
 pub mod state;
 
 pub use decide::{decide, Answer, Decision, Input};

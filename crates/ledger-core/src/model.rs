@@ -248,10 +248,13 @@ pub enum RejectionCode {
     RefundWindowClosed,
     AlreadyRefunded,
     NotRefundable,
+    /// The command's id is older than the idempotency horizon: its outcome
+    /// is no longer kept, so it is not run again (never a second effect).
+    IdempotencyExpired,
 }
 
 /// Every code with its stored index and its name.
-const REJECTION_CODES: [(RejectionCode, u32, &str); 19] = [
+const REJECTION_CODES: [(RejectionCode, u32, &str); 20] = [
     (RejectionCode::ValidationFailed, 0, "validation_failed"),
     (RejectionCode::Forbidden, 2, "forbidden"),
     (
@@ -283,6 +286,7 @@ const REJECTION_CODES: [(RejectionCode, u32, &str); 19] = [
     ),
     (RejectionCode::AlreadyRefunded, 18, "already_refunded"),
     (RejectionCode::NotRefundable, 19, "not_refundable"),
+    (RejectionCode::IdempotencyExpired, 22, "idempotency_expired"),
 ];
 
 /// The stored indices a decoder accepts (those of [`REJECTION_CODES`]).
@@ -970,6 +974,21 @@ pub enum Event {
         completion: Completion,
         reservation: Reservation,
     },
+
+    /// The clock forgot completed commands past their retention: the
+    /// `count` oldest of those kept for the idempotency horizon (each with
+    /// a base time before `before_ms`) and the `paid_count` oldest paid
+    /// purchases, kept while they can be refunded (each before
+    /// `paid_before_ms`). Which records these are follows from the state,
+    /// so the event is the same size however many it forgets. Ids that
+    /// carry their creation time and are dated before `before_ms` are
+    /// refused from then on (`idempotency_expired`).
+    CommandsForgotten {
+        before_ms: TimestampMs,
+        count: u32,
+        paid_before_ms: TimestampMs,
+        paid_count: u32,
+    },
 }
 
 impl Event {
@@ -1018,6 +1037,7 @@ impl Event {
             Event::EscrowReversed { .. } => "escrow_reversed",
             Event::SerialRevoked { .. } => "serial_revoked",
             Event::BuyerRefunded { .. } => "buyer_refunded",
+            Event::CommandsForgotten { .. } => "commands_forgotten",
         }
     }
 

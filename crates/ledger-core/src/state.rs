@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{is_balanced, Account};
+use crate::retention::{base_time_ms, id_time_ms, is_forgettable, key_digest, Retention};
 
 /// Settings that shape decisions. Fed from outside; the same in every mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,6 +20,11 @@ pub struct Config {
     pub resale_fee_policy: crate::money::ResaleFeePolicy,
     /// Most escrow entries released by one tick (the rest wait for the next).
     pub releases_per_tick_max: usize,
+    /// How long a completed command is remembered by its id (see
+    /// [`crate::retention`]).
+    pub idempotency_horizon_ms: u64,
+    /// Most records one tick forgets per retention class.
+    pub forgets_per_tick_max: u32,
 }
 
 impl Config {
@@ -30,6 +36,8 @@ impl Config {
             primary_fee_policy: crate::money::PRIMARY_FEE_POLICY_V1,
             resale_fee_policy: crate::money::RESALE_FEE_POLICY_V1,
             releases_per_tick_max: 10_000,
+            idempotency_horizon_ms: crate::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
+            forgets_per_tick_max: crate::retention::FORGETS_PER_TICK_MAX,
         }
     }
 
@@ -156,6 +164,8 @@ pub struct ShardState {
     pub commands: BTreeMap<String, CommandRecord>,
     pub listing_directory: BTreeMap<ListingId, ItemId>,
     pub refunds: BTreeMap<PurchaseId, RefundProgress>,
+    /// Which completed commands are forgotten when (see [`crate::retention`]).
+    pub retention: Retention,
 }
 
 impl ShardState {
@@ -174,6 +184,7 @@ impl ShardState {
             commands: BTreeMap::new(),
             listing_directory: BTreeMap::new(),
             refunds: BTreeMap::new(),
+            retention: Retention::default(),
         }
     }
 
@@ -206,6 +217,62 @@ impl ShardState {
         self.commands
             .get_mut(key)
             .expect("event refers to a command of this shard")
+    }
+
+    /// Queues the completed command under `key` to be forgotten, if its
+    /// kind is: paid primary purchases in their own queue (a refund reads
+    /// them for as long as the escrow is held), the others by the horizon.
+    fn queue_for_forgetting(&mut self, key: &str) {
+        let record = &self.commands[key];
+        if !is_forgettable(&record.command) {
+            return;
+        }
+        let paid = matches!(record.command, Command::Purchase { .. })
+            && record
+                .completion
+                .as_ref()
+                .is_some_and(|completion| completion.result.is_ok());
+        let entry = (base_time_ms(key, &record.meta), key.to_string());
+        let queue = if paid {
+            &mut self.retention.due_paid
+        } else {
+            &mut self.retention.due
+        };
+        assert!(queue.insert(entry), "a command is queued once");
+    }
+
+    /// Forgets the `count` oldest records of a retention queue, each with a
+    /// base time before `before_ms`.
+    fn forget_oldest(&mut self, paid: bool, count: u32, before_ms: TimestampMs) {
+        for _ in 0..count {
+            let queue = if paid {
+                &mut self.retention.due_paid
+            } else {
+                &mut self.retention.due
+            };
+            let (base_ms, key) = queue
+                .pop_first()
+                .expect("a tick forgets only queued commands");
+            assert!(base_ms < before_ms, "a command is forgotten after its time");
+            let record = self
+                .commands
+                .remove(&key)
+                .expect("a queued command is remembered until forgotten");
+            assert!(
+                record.completion.is_some(),
+                "only completed commands are forgotten"
+            );
+            if let Command::Purchase { purchase_id, .. } = &record.command {
+                let refund = self.refunds.remove(purchase_id);
+                assert!(
+                    matches!(refund, None | Some(RefundProgress::Refunded { .. })),
+                    "a purchase is not forgotten while its refund runs"
+                );
+            }
+            if id_time_ms(&key).is_none() {
+                self.retention.forgotten_digests.insert(key_digest(&key));
+            }
+        }
     }
 
     fn apply_postings(&mut self, postings: &[crate::money::Posting]) {
@@ -311,6 +378,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             let record = state.record_mut(key);
             assert!(record.completion.is_none(), "a command completes once");
             record.completion = Some(completion.clone());
+            state.queue_for_forgetting(key);
         }
         Event::PurchaseCompleted {
             key,
@@ -327,6 +395,22 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 reservation: reservation.clone(),
             };
             record.completion = Some(completion.clone());
+            state.queue_for_forgetting(key);
+        }
+        Event::CommandsForgotten {
+            before_ms,
+            count,
+            paid_before_ms,
+            paid_count,
+        } => {
+            assert!(
+                paid_before_ms <= before_ms,
+                "paid purchases are kept at least as long as the horizon"
+            );
+            state.forget_oldest(false, *count, *before_ms);
+            state.forget_oldest(true, *paid_count, *paid_before_ms);
+            let mark = &mut state.retention.forgotten_before_ms;
+            *mark = (*mark).max(*before_ms);
         }
         Event::CurrencyGranted { .. } => {}
         Event::ItemPublished { definition } => {

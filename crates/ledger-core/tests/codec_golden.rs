@@ -263,7 +263,8 @@ fn command_completed_version_1_is_upcast() {
 }
 
 /// Rejection codes are stored by a fixed index; the indices of the
-/// transport codes the core never decided (1, 20, 21) stay reserved.
+/// transport codes the core never decided (1, 20, 21) stay reserved (23 is
+/// the next free one).
 #[test]
 fn rejection_codes_keep_their_stored_indices() {
     use ledger_core::codec::{decode, encode};
@@ -287,6 +288,7 @@ fn rejection_codes_keep_their_stored_indices() {
         ("refund_window_closed", 17),
         ("already_refunded", 18),
         ("not_refundable", 19),
+        ("idempotency_expired", 22),
     ];
     let codes: Vec<RejectionCode> = RejectionCode::all().collect();
     assert_eq!(codes.len(), stored.len());
@@ -296,7 +298,7 @@ fn rejection_codes_keep_their_stored_indices() {
         let decoded: RejectionCode = decode("rejection code", &encode(&index)).unwrap();
         assert_eq!(decoded, code);
     }
-    for reserved in [1u32, 20, 21, 22] {
+    for reserved in [1u32, 20, 21, 23] {
         assert!(
             decode::<RejectionCode>("rejection code", &encode(&reserved)).is_err(),
             "index {reserved} is not a code of the core"

@@ -203,14 +203,38 @@ fn snapshots_of_both_encodings_read() {
             "bit flipped at {index}"
         );
     }
+    // Formats 3 and older hold a state without retention queues: the same
+    // body without the encoding of an empty `Retention` (four zero lengths
+    // or values, right before the 32-byte last hash).
+    let body = &bytes[8..bytes.len() - 32];
+    let without_retention = |body: &[u8], retention_bytes: usize| -> Vec<u8> {
+        let (state, hash) = body.split_at(body.len() - 32);
+        let (state, retention) = state.split_at(state.len() - retention_bytes);
+        assert!(retention.iter().all(|byte| *byte == 0));
+        [state, hash].concat()
+    };
+    let body_v3 = without_retention(body, 4);
+    // Format 3: checksummed, before commands were forgotten.
+    let mut checked_v3 = ledger_core::codec::SNAPSHOT_MAGIC_V3.to_vec();
+    checked_v3.extend_from_slice(&body_v3);
+    checked_v3.extend_from_slice(&sha256(&body_v3));
+    assert_eq!(Snapshot::from_bytes(&checked_v3).unwrap(), snapshot);
+    let mut corrupted = checked_v3.clone();
+    corrupted[12] ^= 0x01;
+    assert!(Snapshot::from_bytes(&corrupted).is_err());
     // Written before snapshots had a checksum: the record encoding alone.
     let mut unchecked = ledger_core::codec::SNAPSHOT_MAGIC_UNCHECKED.to_vec();
-    unchecked.extend_from_slice(&bytes[8..bytes.len() - 32]);
+    unchecked.extend_from_slice(&body_v3);
     assert_eq!(Snapshot::from_bytes(&unchecked).unwrap(), snapshot);
     // Written before the record encoding: fixed-width integers, no marker.
-    let older = ledger_core::codec::encode(&snapshot);
+    let older = without_retention(&ledger_core::codec::encode(&snapshot), 4 * 8);
     assert!(older.len() > unchecked.len());
     assert_eq!(Snapshot::from_bytes(&older).unwrap(), snapshot);
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
 }
 
 /// A primary purchase in three hops: the item's shard sends the reservation

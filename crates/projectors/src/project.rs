@@ -518,7 +518,8 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::ListingReserved { .. }
         | Event::ListingReservationCancelled { .. }
         | Event::ListingRegistered { .. }
-        | Event::RefundProgressed { .. } => {}
+        | Event::RefundProgressed { .. }
+        | Event::CommandsForgotten { .. } => {}
     }
     changes
 }

@@ -77,7 +77,8 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::ListingRegistered { .. }
         | Event::RefundProgressed { .. }
         | Event::EscrowFrozen { .. }
-        | Event::EscrowUnfrozen { .. } => None,
+        | Event::EscrowUnfrozen { .. }
+        | Event::CommandsForgotten { .. } => None,
     }
 }
 

@@ -33,6 +33,7 @@ mod tests;
 use crate::codec::fingerprint;
 use crate::ids::{ItemId, ShardId};
 use crate::model::*;
+use crate::retention;
 use crate::state::{Config, ItemState, ShardState};
 
 use out::Out;
@@ -120,6 +121,7 @@ pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
         Input::Tick { now_ms } => {
             let mut out = Out::new(state, config);
             tick::release_due_escrow(&mut out, *now_ms);
+            tick::forget_expired_commands(&mut out, *now_ms);
             out.apply(Answer::None)
         }
     }
@@ -237,6 +239,9 @@ fn run_keyed(
             answer: Answer::OnCompletion(key),
         };
     }
+    if let Some(refusal) = check_retention(out.state, out.config, command, meta, &key) {
+        return Decision::Refuse(refusal);
+    }
     out.push(Event::CommandAccepted {
         key: key.clone(),
         fingerprint: command_fingerprint,
@@ -245,6 +250,38 @@ fn run_keyed(
     });
     start(&mut out, &key);
     out.apply(Answer::OnCompletion(key))
+}
+
+/// Refuses a command the shard may have run and forgotten (see
+/// [`crate::retention`]), or one whose id is dated so far ahead that it
+/// would be remembered beyond the horizon.
+fn check_retention(
+    state: &ShardState,
+    config: &Config,
+    command: &Command,
+    meta: &CommandMeta,
+    key: &str,
+) -> Option<Rejection> {
+    if !retention::is_forgettable(command) {
+        return None;
+    }
+    let id = key.split_once(':').map_or(key, |(_, id)| id);
+    if state.retention.is_forgotten(key) {
+        return Some(reject(
+            RejectionCode::IdempotencyExpired,
+            format!(
+                "id {id} is older than the idempotency horizon: its outcome is no longer \
+                 kept, and it is not run again"
+            ),
+        ));
+    }
+    let created_ms = retention::id_time_ms(key)?;
+    (created_ms > meta.at_ms.saturating_add(config.idempotency_horizon_ms)).then(|| {
+        reject(
+            RejectionCode::ValidationFailed,
+            format!("id {id} is dated more than the idempotency horizon after the ledger's clock"),
+        )
+    })
 }
 
 /// Routes a message to its flow. Requests that are answered to their sender

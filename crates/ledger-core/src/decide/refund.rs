@@ -69,7 +69,14 @@ fn check_refundable<'a>(
     state: &'a ShardState,
     purchase_id: &PurchaseId,
 ) -> Result<&'a UserId, Rejection> {
-    let Some(record) = state.commands.get(&keys::purchase(purchase_id)) else {
+    let key = keys::purchase(purchase_id);
+    let Some(record) = state.commands.get(&key) else {
+        if state.retention.is_forgotten(&key) {
+            return Err(reject(
+                RejectionCode::RefundWindowClosed,
+                format!("purchase {purchase_id} is past its refund window"),
+            ));
+        }
         return Err(reject(
             RejectionCode::NotFound,
             format!("purchase {purchase_id} does not exist"),
