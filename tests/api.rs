@@ -592,6 +592,78 @@ async fn escrow_is_released_by_the_clock() {
     app.stop().await;
 }
 
+/// A UUIDv7 (RFC 9562) dated `at_ms`, distinct per `n`.
+fn uuid7(at_ms: u64, n: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-7000-8000-{n:012x}",
+        at_ms >> 16,
+        at_ms & 0xffff
+    )
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_idempotency_horizon_is_refused_and_never_runs_twice() {
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.idempotency_horizon = std::time::Duration::from_secs(1);
+        settings.escrow_hold = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let now = now_ms();
+    let grant_id = uuid7(now, 1);
+    let purchase_id = uuid7(now, 2);
+    assert_eq!(app.grant(&grant_id, "late", 100).await.status, 201);
+    assert_eq!(app.grant("plain-grant-late", "late", 50).await.status, 201);
+    assert_eq!(
+        app.publish(json!({"item_id": "badge", "creator_id": "maker", "name": "Badge", "price": 10}))
+            .await
+            .status,
+        201
+    );
+    let bought = app.purchase(&purchase_id, "late", "badge", 10).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    // Inside the horizon: the stored outcome.
+    let again = app.purchase(&purchase_id, "late", "badge", 10).await;
+    assert_eq!((again.status, &again.body), (201, &bought.body));
+
+    // Past it: refused, and nothing runs a second time.
+    let expired = eventually("the purchase to be forgotten", || async {
+        let retry = app.purchase(&purchase_id, "late", "badge", 10).await;
+        (retry.status == 409).then_some(retry)
+    })
+    .await;
+    assert_eq!(expired.code(), "idempotency_expired", "{}", expired.text);
+    assert_eq!(expired.content_type, "application/problem+json");
+    for retry in [
+        app.grant(&grant_id, "late", 100).await,
+        app.grant("plain-grant-late", "late", 50).await,
+        // An id never seen, dated two days ago: older than the horizon.
+        app.grant(&uuid7(now - 2 * 86_400_000, 3), "late", 100)
+            .await,
+    ] {
+        assert_eq!(
+            (retry.status, retry.code()),
+            (409, "idempotency_expired"),
+            "{}",
+            retry.text
+        );
+    }
+    assert_eq!(app.balance("late", None).await.0, 140);
+    // A fresh UUIDv7 still runs.
+    assert_eq!(app.grant(&uuid7(now_ms(), 4), "late", 1).await.status, 201);
+    eventually("the last grant in the balance", || async {
+        (app.balance("late", None).await.0 == 141).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_without_changing_state() {
     let app = spawn_app().await;
