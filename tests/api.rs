@@ -592,6 +592,165 @@ async fn escrow_is_released_by_the_clock() {
     app.stop().await;
 }
 
+/// Each command type, then at once every view it changes, read with the
+/// answer's `?after=` position and no polling: the view shows the command.
+/// In the distributed mode each shard is projected on its own, so this holds
+/// only if the position covers every participant of the command. Three
+/// rounds, to give a lagging shard three chances to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_with_after_sees_the_command_before_it() {
+    let app = spawn_app().await;
+    let service = app.service();
+    let admin = app.admin();
+    let read = |path: String, position: String| {
+        let app = &app;
+        let service = &service;
+        async move {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            let answer = app
+                .get(&format!("{path}{separator}after={position}"), Some(service))
+                .await;
+            assert_eq!(answer.status, 200, "{path} after {position}: {}", answer.text);
+            answer.body
+        }
+    };
+    let position = |answer: &marketplace_ledger::Answer| -> String {
+        assert!(
+            (200..300).contains(&answer.status),
+            "{} {}",
+            answer.status,
+            answer.text
+        );
+        answer.body["position"]
+            .as_str()
+            .expect("a command's answer carries its position")
+            .to_string()
+    };
+    for round in 0..3 {
+        let id = |name: &str| format!("{name}-{round}");
+        let (buyer, other, maker) = (id("buyer"), id("other"), id("maker"));
+        let (hat, pin, crown, outfit) = (id("hat"), id("pin"), id("crown"), id("outfit"));
+
+        // Grants: the wallet.
+        for user in [&buyer, &other] {
+            let granted = position(&app.grant(&id(&format!("g-{user}")), user, 1_000).await);
+            let balance = read(format!("/v1/users/{user}/balance"), granted).await;
+            assert_eq!(balance["balance"], 1_000);
+        }
+        // Publications: the items.
+        for (item, price, extra) in [
+            (&hat, 100, json!({})),
+            (&pin, 50, json!({})),
+            (&crown, 200, json!({"supply": 3, "resellable": true})),
+        ] {
+            let mut body = json!({"item_id": item, "creator_id": maker, "name": "Thing", "price": price});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let published = position(&app.publish(body).await);
+            let view = read(format!("/v1/items/{item}"), published).await;
+            assert_eq!((view["price"].as_i64(), view["sold"].as_i64()), (Some(price), Some(0)));
+        }
+        // Reprice and sale toggles: the item.
+        let repriced = position(
+            &app.post(&format!("/v1/items/{pin}/price"), Some(&service), &json!({"price": 60}))
+                .await,
+        );
+        assert_eq!(read(format!("/v1/items/{pin}"), repriced).await["price"], 60);
+        let off = position(
+            &app.post(&format!("/v1/items/{pin}/off-sale"), Some(&service), &json!({}))
+                .await,
+        );
+        assert_eq!(read(format!("/v1/items/{pin}"), off).await["on_sale"], false);
+        let on = position(
+            &app.post(&format!("/v1/items/{pin}/on-sale"), Some(&service), &json!({}))
+                .await,
+        );
+        assert_eq!(read(format!("/v1/items/{pin}"), on).await["on_sale"], true);
+        // A bundle.
+        let bundled = position(
+            &app.post("/v1/bundles", Some(&service), &json!({"bundle_id": outfit, "creator_id": maker, "name": "Outfit", "item_ids": [hat, pin], "price": 130}))
+                .await,
+        );
+        assert_eq!(read(format!("/v1/bundles/{outfit}"), bundled).await["price"], 130);
+
+        // A primary purchase of an unlimited item: the buyer's wallet and
+        // inventory, the item's sales, the creator's earnings, the purchase.
+        let bought = position(&app.purchase(&id("p-hat"), &buyer, &hat, 100).await);
+        assert_eq!(read(format!("/v1/users/{buyer}/balance"), bought.clone()).await["balance"], 900);
+        let inventory = read(format!("/v1/users/{buyer}/inventory"), bought.clone()).await;
+        assert!(inventory["items"].as_array().unwrap().iter().any(|e| e["item_id"] == hat.as_str()), "{inventory}");
+        let item = read(format!("/v1/items/{hat}"), bought.clone()).await;
+        assert_eq!((item["sold"].as_i64(), item["sales_count"].as_i64()), (Some(1), Some(1)), "{item}");
+        assert_eq!(read(format!("/v1/creators/{maker}/earnings"), bought.clone()).await["pending"], 70);
+        read(format!("/v1/purchases/{}", id("p-hat")), bought).await;
+        // A bundle: everything in it.
+        let bundle_bought = position(
+            &app.post("/v1/purchases", Some(&service), &json!({"purchase_id": id("p-outfit"), "buyer_id": other, "bundle_id": outfit, "expected_price": 130}))
+                .await,
+        );
+        let inventory = read(format!("/v1/users/{other}/inventory"), bundle_bought.clone()).await;
+        assert_eq!(inventory["items"].as_array().unwrap().len(), 2, "{inventory}");
+        assert_eq!(read(format!("/v1/items/{pin}"), bundle_bought).await["sold"], 1);
+        // A Limited: its serial's owner and the item's sold count.
+        let crowned = position(&app.purchase(&id("p-crown"), &buyer, &crown, 200).await);
+        let owners = read(format!("/v1/items/{crown}/owners"), crowned.clone()).await;
+        assert_eq!(owners["owners"], json!([{"serial": 1, "user_id": buyer}]));
+        let item = read(format!("/v1/items/{crown}"), crowned).await;
+        assert_eq!((item["sold"].as_i64(), item["remaining"].as_i64()), (Some(1), Some(2)), "{item}");
+
+        // Listings: the item's resale book.
+        let seller = app.token(Role::User, &buyer);
+        let listed = position(
+            &app.post("/v1/resale-listings", Some(&seller), &json!({"listing_id": id("l-a"), "seller_id": buyer, "item_id": crown, "serial": 1, "price": 300}))
+                .await,
+        );
+        let book = read(format!("/v1/items/{crown}/resale-listings"), listed.clone()).await;
+        assert_eq!(book["listings"].as_array().unwrap().len(), 1, "{book}");
+        assert_eq!(read(format!("/v1/items/{crown}"), listed).await["lowest_resale_price"], 300);
+        let cancelled = position(&app.delete(&format!("/v1/resale-listings/{}", id("l-a")), Some(&seller)).await);
+        let book = read(format!("/v1/items/{crown}/resale-listings"), cancelled).await;
+        assert_eq!(book["listings"], json!([]));
+        let relisted = position(
+            &app.post("/v1/resale-listings", Some(&seller), &json!({"listing_id": id("l-b"), "seller_id": buyer, "item_id": crown, "serial": 1, "price": 300}))
+                .await,
+        );
+        // A resale: the serial's owner, the book, the seller's wallet.
+        read(format!("/v1/items/{crown}/resale-listings"), relisted).await;
+        let resold = position(
+            &app.post("/v1/resale-purchases", Some(&service), &json!({"purchase_id": id("p-resale"), "buyer_id": other, "listing_id": id("l-b"), "expected_price": 300}))
+                .await,
+        );
+        let owners = read(format!("/v1/items/{crown}/owners"), resold.clone()).await;
+        assert_eq!(owners["owners"], json!([{"serial": 1, "user_id": other}]));
+        assert_eq!(read(format!("/v1/items/{crown}/resale-listings"), resold.clone()).await["listings"], json!([]));
+        assert_eq!(read(format!("/v1/users/{buyer}/balance"), resold).await["balance"], 700 + 210);
+
+        // Refunds: of the unlimited item, and of a Limited's serial.
+        let refunded = position(
+            &app.post("/v1/refunds", Some(&admin), &json!({"refund_id": id("r-hat"), "purchase_id": id("p-hat")}))
+                .await,
+        );
+        assert_eq!(read(format!("/v1/users/{buyer}/balance"), refunded.clone()).await["balance"], 1_010);
+        let inventory = read(format!("/v1/users/{buyer}/inventory"), refunded.clone()).await;
+        assert!(!inventory["items"].as_array().unwrap().iter().any(|e| e["item_id"] == hat.as_str()), "{inventory}");
+        // Two copies sold (one in the bundle), one refunded.
+        assert_eq!(read(format!("/v1/items/{hat}"), refunded.clone()).await["sold"], 1);
+        assert_eq!(read(format!("/v1/creators/{maker}/earnings"), refunded).await["pending"], 70 + 91 + 140 + 30 - 70);
+        let second = position(&app.purchase(&id("p-crown-2"), &buyer, &crown, 200).await);
+        read(format!("/v1/items/{crown}/owners"), second).await;
+        let revoked = position(
+            &app.post("/v1/refunds", Some(&admin), &json!({"refund_id": id("r-crown"), "purchase_id": id("p-crown-2")}))
+                .await,
+        );
+        let owners = read(format!("/v1/items/{crown}/owners"), revoked.clone()).await;
+        assert_eq!(owners["owners"], json!([{"serial": 1, "user_id": other}]), "the refunded serial is back in the pool");
+        let item = read(format!("/v1/items/{crown}"), revoked).await;
+        assert_eq!((item["sold"].as_i64(), item["remaining"].as_i64()), (Some(1), Some(2)), "{item}");
+    }
+    app.stop().await;
+}
+
 /// A UUIDv7 (RFC 9562) dated `at_ms`, distinct per `n`.
 fn uuid7(at_ms: u64, n: u64) -> String {
     format!(

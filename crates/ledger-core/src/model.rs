@@ -774,6 +774,27 @@ pub enum Message {
         result: Result<(i64, Vec<ItemId>), Rejection>,
         position: ShardPosition,
     },
+
+    // Refund answers that report the participant's position (appended; the
+    // `RevokeResult` and `RefundSettled` above stay for older logs and
+    // messages in flight), so that a read with the refund's `?after=` sees
+    // the serial back in the pool and the item's sold count.
+    /// From the item's shard: the serial was revoked (covered by
+    /// `position`), or not.
+    SerialRevokeAnswered {
+        purchase_id: PurchaseId,
+        result: Result<(), Rejection>,
+        position: ShardPosition,
+    },
+    /// A refund finished on the purchase's home shard: `deliveries` are the
+    /// escrow reversal and buyer credit it sent, `positions` the
+    /// participants' positions it heard of (the serial's revocation).
+    RefundCompleted {
+        refund_id: RefundId,
+        amount: i64,
+        deliveries: Vec<DeliveryMark>,
+        positions: Vec<ShardPosition>,
+    },
 }
 
 // ---------------------------------------------------------------- events

@@ -543,7 +543,12 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
         Message::RevokeResult {
             purchase_id,
             result,
-        } => refund::serial_revoked(out, purchase_id, result),
+        } => refund::serial_revoked(out, purchase_id, result, None),
+        Message::SerialRevokeAnswered {
+            purchase_id,
+            result,
+            position,
+        } => refund::serial_revoked(out, purchase_id, result, Some(*position)),
         Message::UnfreezeEscrow { purchase_id, .. } => refund::unfreeze_escrow(out, purchase_id),
         Message::ReverseEscrow {
             purchase_id,
@@ -564,6 +569,12 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             refund_id,
             amount,
             deliveries,
-        } => refund::refund_settled(out, refund_id, *amount, deliveries),
+        } => refund::refund_settled(out, refund_id, *amount, deliveries, &[]),
+        Message::RefundCompleted {
+            refund_id,
+            amount,
+            deliveries,
+            positions,
+        } => refund::refund_settled(out, refund_id, *amount, deliveries, positions),
     }
 }

@@ -245,7 +245,7 @@ pub(super) fn escrow_frozen(
                 },
             );
         }
-        _ => finish(out, purchase_id, &purchase, refund_id, reply_to),
+        _ => finish(out, purchase_id, &purchase, refund_id, reply_to, Vec::new()),
     }
 }
 
@@ -283,23 +283,27 @@ pub(super) fn revoke_serial(
             format!("serial {serial} of item {item_id} has moved on since purchase {purchase_id}"),
         )),
     };
-    Message::RevokeResult {
+    Message::SerialRevokeAnswered {
         purchase_id: purchase_id.clone(),
         result,
+        position: out.next_position(),
     }
 }
 
-/// Back on the purchase's shard: serial revoked, so refund; or unfreeze the
+/// Back on the purchase's shard: serial revoked (at `position` on the
+/// item's shard, when the answer reports it), so refund; or unfreeze the
 /// escrow and abandon the refund.
 pub(super) fn serial_revoked(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
     result: &Result<(), Rejection>,
+    position: Option<ShardPosition>,
 ) {
     let (refund_id, reply_to) = running_refund(out.state, purchase_id, RefundStep::Revoking);
     let purchase: Paid = saga::stage(out.state, &keys::purchase(purchase_id));
     let Err(rejection) = result else {
-        return finish(out, purchase_id, &purchase, refund_id, reply_to);
+        let positions = position.into_iter().collect();
+        return finish(out, purchase_id, &purchase, refund_id, reply_to, positions);
     };
     let creator_id = &purchase.reservation.creator_id;
     out.push(Event::RefundProgressed {
@@ -324,13 +328,15 @@ pub(super) fn serial_revoked(
 }
 
 /// The refund goes through: the creator's escrow is reversed, the buyer is
-/// paid back (losing the granted items), and the refund's shard is told.
+/// paid back (losing the granted items), and the refund's shard is told,
+/// with `positions` (the serial's revocation) and the deliveries to cover.
 fn finish(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
     purchase: &Paid<'_>,
     refund_id: RefundId,
     reply_to: ShardId,
+    positions: Vec<ShardPosition>,
 ) {
     let reservation = purchase.reservation;
     out.push(Event::RefundProgressed {
@@ -361,10 +367,11 @@ fn finish(
     );
     out.send(
         reply_to,
-        Message::RefundSettled {
+        Message::RefundCompleted {
             refund_id,
             amount: reservation.price,
             deliveries: vec![reversal, credit],
+            positions,
         },
     );
 }
@@ -464,12 +471,14 @@ pub(super) fn refund_answered(
 }
 
 /// Back on the refund's shard: the refund went through; the completion also
-/// covers the escrow reversal and the buyer's credit.
+/// covers the escrow reversal and the buyer's credit (`deliveries`) and the
+/// serial's revocation (`positions`; none in `RefundSettled` of older logs).
 pub(super) fn refund_settled(
     out: &mut Out<'_>,
     refund_id: &RefundId,
     amount: i64,
     deliveries: &[DeliveryMark],
+    positions: &[ShardPosition],
 ) {
     let key = keys::refund(refund_id);
     let refund: Refunding = saga::stage(out.state, &key);
@@ -477,5 +486,5 @@ pub(super) fn refund_settled(
         purchase_id: refund.purchase_id.clone(),
         amount,
     };
-    out.complete_with(&key, Ok(success), Vec::new(), deliveries.to_vec());
+    out.complete_with(&key, Ok(success), positions.to_vec(), deliveries.to_vec());
 }

@@ -1,7 +1,9 @@
 //! Refunds: `Refund` on the refund's shard; `RefundPurchase` on the
 //! purchase's shard; `FreezeEscrow` on the creator's shard, `FreezeResult`
-//! back; for a Limited, `RevokeSerial` on the item's shard, `RevokeResult`
-//! back; then `ReverseEscrow`, `RefundBuyer`, and `RefundSettled` (or
+//! back; for a Limited, `RevokeSerial` on the item's shard,
+//! `SerialRevokeAnswered` back (with the item shard's position; older logs:
+//! `RevokeResult`); then `ReverseEscrow`, `RefundBuyer`, and
+//! `RefundCompleted` (older logs: `RefundSettled`; or
 //! `RefundResult` with a refusal) to the refund's shard; `UnfreezeEscrow`
 //! when a refund is abandoned after the freeze.
 //! Rejections: idempotency_conflict, not_found, not_refundable,
@@ -138,7 +140,7 @@ fn refund_running(purchase: Vec<Event>, progress: RefundProgress) -> Vec<Event> 
 
 /// The refund goes through: escrow reversed, buyer credited (losing
 /// `revoked`), refund's shard told.
-fn refund_finished(revoked: Vec<ItemId>) -> Vec<Event> {
+fn refund_finished(revoked: Vec<ItemId>, positions: Vec<ShardPosition>) -> Vec<Event> {
     vec![
         refund_progressed(RefundProgress::Refunded {
             refund_id: refund_id("r-1"),
@@ -166,10 +168,11 @@ fn refund_finished(revoked: Vec<ItemId>) -> Vec<Event> {
         sent(
             PEER,
             1,
-            Message::RefundSettled {
+            Message::RefundCompleted {
                 refund_id: refund_id("r-1"),
                 amount: 100,
                 deliveries: vec![delivery(HOME, 1), delivery(HOME, 2)],
+                positions,
             },
         ),
         received(1),
@@ -218,10 +221,29 @@ fn revoke_serial() -> Message {
     }
 }
 
-fn revoke_result(result: Result<(), Rejection>) -> Message {
-    Message::RevokeResult {
+/// The item's shard answering a revocation, at `sequence` of its log.
+fn revoke_answered(result: Result<(), Rejection>, sequence: u64) -> Message {
+    Message::SerialRevokeAnswered {
         purchase_id: purchase_id("p-1"),
         result,
+        position: position(sequence),
+    }
+}
+
+/// Where the item's shard revoked the serial, as the purchase's shard hears it.
+fn item_shard_position() -> ShardPosition {
+    ShardPosition {
+        shard: ShardId(3),
+        sequence: 9,
+    }
+}
+
+/// The same answer as the purchase's shard receives it from the item's shard.
+fn revoke_result(result: Result<(), Rejection>) -> Message {
+    Message::SerialRevokeAnswered {
+        purchase_id: purchase_id("p-1"),
+        result,
+        position: item_shard_position(),
     }
 }
 
@@ -283,6 +305,34 @@ fn a_settled_refund_completes_with_the_reversal_and_credit_to_wait_for() {
                     amount: 100,
                 }),
                 vec![position(2)],
+                deliveries,
+            ),
+            received(1),
+        ]);
+}
+
+#[test]
+fn a_completed_refund_also_covers_the_serials_revocation() {
+    let deliveries = vec![DeliveryMark {
+        from: PEER,
+        to: ShardId(3),
+        sequence: 4,
+    }];
+    given([accepted(refund())])
+        .when_message(Message::RefundCompleted {
+            refund_id: refund_id("r-1"),
+            amount: 100,
+            deliveries: deliveries.clone(),
+            positions: vec![item_shard_position()],
+        })
+        .then(vec![
+            completed(
+                "refund:r-1",
+                Ok(Success::Refunded {
+                    purchase_id: purchase_id("p-1"),
+                    amount: 100,
+                }),
+                vec![position(2), item_shard_position()],
                 deliveries,
             ),
             received(1),
@@ -519,7 +569,7 @@ fn frozen_escrow_is_not_frozen_twice() {
 fn with_escrow_frozen_an_item_without_serials_is_refunded() {
     given(refund_running(hat_paid(), freezing()))
         .when_message(freeze_result(Ok(())))
-        .then(refund_finished(vec![item_id("hat")]));
+        .then(refund_finished(vec![item_id("hat")], vec![]));
 }
 
 #[test]
@@ -561,7 +611,7 @@ fn the_items_shard_revokes_the_serial_from_its_buyer() {
             purchase_id: purchase_id("p-1"),
             owner_id: user_id("alice"),
         },
-        sent(PEER, 1, revoke_result(Ok(()))),
+        sent(PEER, 1, revoke_answered(Ok(()), 5)),
         received(1),
     ]);
 }
@@ -593,7 +643,7 @@ fn a_serial_resold_since_the_purchase_is_not_revoked() {
         at_ms: NOW,
     });
     given(events).when_message(revoke_serial()).then(vec![
-        sent(PEER, 1, revoke_result(Err(serial_moved_on()))),
+        sent(PEER, 1, revoke_answered(Err(serial_moved_on()), 7)),
         received(1),
     ]);
 }
@@ -615,7 +665,7 @@ fn a_serial_being_bought_from_a_listing_is_not_revoked() {
         purchase_id: purchase_id("p-2"),
     });
     given(events).when_message(revoke_serial()).then(vec![
-        sent(PEER, 1, revoke_result(Err(serial_moved_on()))),
+        sent(PEER, 1, revoke_answered(Err(serial_moved_on()), 6)),
         received(1),
     ]);
 }
@@ -624,7 +674,17 @@ fn a_serial_being_bought_from_a_listing_is_not_revoked() {
 fn with_the_serial_revoked_the_refund_goes_through() {
     given(refund_running(crown_paid(), revoking()))
         .when_message(revoke_result(Ok(())))
-        .then(refund_finished(vec![]));
+        .then(refund_finished(vec![], vec![item_shard_position()]));
+}
+
+#[test]
+fn a_revocation_answered_in_an_older_log_refunds_without_its_position() {
+    given(refund_running(crown_paid(), revoking()))
+        .when_message(Message::RevokeResult {
+            purchase_id: purchase_id("p-1"),
+            result: Ok(()),
+        })
+        .then(refund_finished(vec![], vec![]));
 }
 
 #[test]
