@@ -610,7 +610,11 @@ async fn every_read_with_after_sees_the_command_before_it() {
             let answer = app
                 .get(&format!("{path}{separator}after={position}"), Some(service))
                 .await;
-            assert_eq!(answer.status, 200, "{path} after {position}: {}", answer.text);
+            assert_eq!(
+                answer.status, 200,
+                "{path} after {position}: {}",
+                answer.text
+            );
             answer.body
         }
     };
@@ -643,28 +647,50 @@ async fn every_read_with_after_sees_the_command_before_it() {
             (&pin, 50, json!({})),
             (&crown, 200, json!({"supply": 3, "resellable": true})),
         ] {
-            let mut body = json!({"item_id": item, "creator_id": maker, "name": "Thing", "price": price});
+            let mut body =
+                json!({"item_id": item, "creator_id": maker, "name": "Thing", "price": price});
             body.as_object_mut()
                 .unwrap()
                 .extend(extra.as_object().unwrap().clone());
             let published = position(&app.publish(body).await);
             let view = read(format!("/v1/items/{item}"), published).await;
-            assert_eq!((view["price"].as_i64(), view["sold"].as_i64()), (Some(price), Some(0)));
+            assert_eq!(
+                (view["price"].as_i64(), view["sold"].as_i64()),
+                (Some(price), Some(0))
+            );
         }
         // Reprice and sale toggles: the item.
         let repriced = position(
-            &app.post(&format!("/v1/items/{pin}/price"), Some(&service), &json!({"price": 60}))
-                .await,
+            &app.post(
+                &format!("/v1/items/{pin}/price"),
+                Some(&service),
+                &json!({"price": 60}),
+            )
+            .await,
         );
-        assert_eq!(read(format!("/v1/items/{pin}"), repriced).await["price"], 60);
+        assert_eq!(
+            read(format!("/v1/items/{pin}"), repriced).await["price"],
+            60
+        );
         let off = position(
-            &app.post(&format!("/v1/items/{pin}/off-sale"), Some(&service), &json!({}))
-                .await,
+            &app.post(
+                &format!("/v1/items/{pin}/off-sale"),
+                Some(&service),
+                &json!({}),
+            )
+            .await,
         );
-        assert_eq!(read(format!("/v1/items/{pin}"), off).await["on_sale"], false);
+        assert_eq!(
+            read(format!("/v1/items/{pin}"), off).await["on_sale"],
+            false
+        );
         let on = position(
-            &app.post(&format!("/v1/items/{pin}/on-sale"), Some(&service), &json!({}))
-                .await,
+            &app.post(
+                &format!("/v1/items/{pin}/on-sale"),
+                Some(&service),
+                &json!({}),
+            )
+            .await,
         );
         assert_eq!(read(format!("/v1/items/{pin}"), on).await["on_sale"], true);
         // A bundle.
@@ -672,32 +698,67 @@ async fn every_read_with_after_sees_the_command_before_it() {
             &app.post("/v1/bundles", Some(&service), &json!({"bundle_id": outfit, "creator_id": maker, "name": "Outfit", "item_ids": [hat, pin], "price": 130}))
                 .await,
         );
-        assert_eq!(read(format!("/v1/bundles/{outfit}"), bundled).await["price"], 130);
+        assert_eq!(
+            read(format!("/v1/bundles/{outfit}"), bundled).await["price"],
+            130
+        );
 
         // A primary purchase of an unlimited item: the buyer's wallet and
         // inventory, the item's sales, the creator's earnings, the purchase.
         let bought = position(&app.purchase(&id("p-hat"), &buyer, &hat, 100).await);
-        assert_eq!(read(format!("/v1/users/{buyer}/balance"), bought.clone()).await["balance"], 900);
+        assert_eq!(
+            read(format!("/v1/users/{buyer}/balance"), bought.clone()).await["balance"],
+            900
+        );
         let inventory = read(format!("/v1/users/{buyer}/inventory"), bought.clone()).await;
-        assert!(inventory["items"].as_array().unwrap().iter().any(|e| e["item_id"] == hat.as_str()), "{inventory}");
+        assert!(
+            inventory["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["item_id"] == hat.as_str()),
+            "{inventory}"
+        );
         let item = read(format!("/v1/items/{hat}"), bought.clone()).await;
-        assert_eq!((item["sold"].as_i64(), item["sales_count"].as_i64()), (Some(1), Some(1)), "{item}");
-        assert_eq!(read(format!("/v1/creators/{maker}/earnings"), bought.clone()).await["pending"], 70);
+        assert_eq!(
+            (item["sold"].as_i64(), item["sales_count"].as_i64()),
+            (Some(1), Some(1)),
+            "{item}"
+        );
+        assert_eq!(
+            read(format!("/v1/creators/{maker}/earnings"), bought.clone()).await["pending"],
+            70
+        );
         read(format!("/v1/purchases/{}", id("p-hat")), bought).await;
         // A bundle: everything in it.
         let bundle_bought = position(
             &app.post("/v1/purchases", Some(&service), &json!({"purchase_id": id("p-outfit"), "buyer_id": other, "bundle_id": outfit, "expected_price": 130}))
                 .await,
         );
-        let inventory = read(format!("/v1/users/{other}/inventory"), bundle_bought.clone()).await;
-        assert_eq!(inventory["items"].as_array().unwrap().len(), 2, "{inventory}");
-        assert_eq!(read(format!("/v1/items/{pin}"), bundle_bought).await["sold"], 1);
+        let inventory = read(
+            format!("/v1/users/{other}/inventory"),
+            bundle_bought.clone(),
+        )
+        .await;
+        assert_eq!(
+            inventory["items"].as_array().unwrap().len(),
+            2,
+            "{inventory}"
+        );
+        assert_eq!(
+            read(format!("/v1/items/{pin}"), bundle_bought).await["sold"],
+            1
+        );
         // A Limited: its serial's owner and the item's sold count.
         let crowned = position(&app.purchase(&id("p-crown"), &buyer, &crown, 200).await);
         let owners = read(format!("/v1/items/{crown}/owners"), crowned.clone()).await;
         assert_eq!(owners["owners"], json!([{"serial": 1, "user_id": buyer}]));
         let item = read(format!("/v1/items/{crown}"), crowned).await;
-        assert_eq!((item["sold"].as_i64(), item["remaining"].as_i64()), (Some(1), Some(2)), "{item}");
+        assert_eq!(
+            (item["sold"].as_i64(), item["remaining"].as_i64()),
+            (Some(1), Some(2)),
+            "{item}"
+        );
 
         // Listings: the item's resale book.
         let seller = app.token(Role::User, &buyer);
@@ -707,8 +768,14 @@ async fn every_read_with_after_sees_the_command_before_it() {
         );
         let book = read(format!("/v1/items/{crown}/resale-listings"), listed.clone()).await;
         assert_eq!(book["listings"].as_array().unwrap().len(), 1, "{book}");
-        assert_eq!(read(format!("/v1/items/{crown}"), listed).await["lowest_resale_price"], 300);
-        let cancelled = position(&app.delete(&format!("/v1/resale-listings/{}", id("l-a")), Some(&seller)).await);
+        assert_eq!(
+            read(format!("/v1/items/{crown}"), listed).await["lowest_resale_price"],
+            300
+        );
+        let cancelled = position(
+            &app.delete(&format!("/v1/resale-listings/{}", id("l-a")), Some(&seller))
+                .await,
+        );
         let book = read(format!("/v1/items/{crown}/resale-listings"), cancelled).await;
         assert_eq!(book["listings"], json!([]));
         let relisted = position(
@@ -723,30 +790,68 @@ async fn every_read_with_after_sees_the_command_before_it() {
         );
         let owners = read(format!("/v1/items/{crown}/owners"), resold.clone()).await;
         assert_eq!(owners["owners"], json!([{"serial": 1, "user_id": other}]));
-        assert_eq!(read(format!("/v1/items/{crown}/resale-listings"), resold.clone()).await["listings"], json!([]));
-        assert_eq!(read(format!("/v1/users/{buyer}/balance"), resold).await["balance"], 700 + 210);
+        assert_eq!(
+            read(format!("/v1/items/{crown}/resale-listings"), resold.clone()).await["listings"],
+            json!([])
+        );
+        assert_eq!(
+            read(format!("/v1/users/{buyer}/balance"), resold).await["balance"],
+            700 + 210
+        );
 
         // Refunds: of the unlimited item, and of a Limited's serial.
         let refunded = position(
-            &app.post("/v1/refunds", Some(&admin), &json!({"refund_id": id("r-hat"), "purchase_id": id("p-hat")}))
-                .await,
+            &app.post(
+                "/v1/refunds",
+                Some(&admin),
+                &json!({"refund_id": id("r-hat"), "purchase_id": id("p-hat")}),
+            )
+            .await,
         );
-        assert_eq!(read(format!("/v1/users/{buyer}/balance"), refunded.clone()).await["balance"], 1_010);
+        assert_eq!(
+            read(format!("/v1/users/{buyer}/balance"), refunded.clone()).await["balance"],
+            1_010
+        );
         let inventory = read(format!("/v1/users/{buyer}/inventory"), refunded.clone()).await;
-        assert!(!inventory["items"].as_array().unwrap().iter().any(|e| e["item_id"] == hat.as_str()), "{inventory}");
+        assert!(
+            !inventory["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["item_id"] == hat.as_str()),
+            "{inventory}"
+        );
         // Two copies sold (one in the bundle), one refunded.
-        assert_eq!(read(format!("/v1/items/{hat}"), refunded.clone()).await["sold"], 1);
-        assert_eq!(read(format!("/v1/creators/{maker}/earnings"), refunded).await["pending"], 70 + 91 + 140 + 30 - 70);
+        assert_eq!(
+            read(format!("/v1/items/{hat}"), refunded.clone()).await["sold"],
+            1
+        );
+        assert_eq!(
+            read(format!("/v1/creators/{maker}/earnings"), refunded).await["pending"],
+            70 + 91 + 140 + 30 - 70
+        );
         let second = position(&app.purchase(&id("p-crown-2"), &buyer, &crown, 200).await);
         read(format!("/v1/items/{crown}/owners"), second).await;
         let revoked = position(
-            &app.post("/v1/refunds", Some(&admin), &json!({"refund_id": id("r-crown"), "purchase_id": id("p-crown-2")}))
-                .await,
+            &app.post(
+                "/v1/refunds",
+                Some(&admin),
+                &json!({"refund_id": id("r-crown"), "purchase_id": id("p-crown-2")}),
+            )
+            .await,
         );
         let owners = read(format!("/v1/items/{crown}/owners"), revoked.clone()).await;
-        assert_eq!(owners["owners"], json!([{"serial": 1, "user_id": other}]), "the refunded serial is back in the pool");
+        assert_eq!(
+            owners["owners"],
+            json!([{"serial": 1, "user_id": other}]),
+            "the refunded serial is back in the pool"
+        );
         let item = read(format!("/v1/items/{crown}"), revoked).await;
-        assert_eq!((item["sold"].as_i64(), item["remaining"].as_i64()), (Some(1), Some(2)), "{item}");
+        assert_eq!(
+            (item["sold"].as_i64(), item["remaining"].as_i64()),
+            (Some(1), Some(2)),
+            "{item}"
+        );
     }
     app.stop().await;
 }
@@ -770,21 +875,24 @@ fn now_ms() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_idempotency_horizon_is_refused_and_never_runs_twice() {
     let app = marketplace_ledger::spawn_app_with(|settings| {
-        settings.idempotency_horizon = std::time::Duration::from_secs(1);
+        settings.idempotency_horizon = std::time::Duration::from_secs(3);
         settings.escrow_hold = std::time::Duration::from_millis(300);
     })
     .await;
     let now = now_ms();
     let grant_id = uuid7(now, 1);
-    let purchase_id = uuid7(now, 2);
     assert_eq!(app.grant(&grant_id, "late", 100).await.status, 201);
     assert_eq!(app.grant("plain-grant-late", "late", 50).await.status, 201);
     assert_eq!(
-        app.publish(json!({"item_id": "badge", "creator_id": "maker", "name": "Badge", "price": 10}))
-            .await
-            .status,
+        app.publish(
+            json!({"item_id": "badge", "creator_id": "maker", "name": "Badge", "price": 10})
+        )
+        .await
+        .status,
         201
     );
+    // Dated when sent (the distributed services take a while to start).
+    let purchase_id = uuid7(now_ms(), 2);
     let bought = app.purchase(&purchase_id, "late", "badge", 10).await;
     assert_eq!(bought.status, 201, "{}", bought.text);
     // Inside the horizon: the stored outcome.
