@@ -162,16 +162,21 @@ pub fn verify_kafka(
     if progress && records >= PROGRESS_EVERY_RECORDS {
         eprintln!();
     }
-    let mut report = verifier.finish();
+    let mut findings = Vec::new();
     let copies = match cql {
         None => None,
         Some(cql) => Some(compare_with_cql(
-            &mut report,
+            &mut verifier,
+            &mut findings,
             &published,
             partitions as u16,
             cql,
         )?),
     };
+    let mut report = verifier.finish();
+    for finding in findings {
+        report.add_finding(finding);
+    }
     Ok(Verification {
         report,
         records,
@@ -200,10 +205,16 @@ const CQL_PAGE_RECORDS: usize = 1_000;
 /// Compares every shard's CQL records with the published ones: the same
 /// record (by last sequence) must have the same checksum, and every
 /// published record must be in CQL (the shard's source of truth). CQL may
-/// hold records beyond the last published one (counted, not a finding).
+/// hold records beyond the last published one (counted, not a finding):
+/// they continue the shard's chain, so `verifier` checks them too — and
+/// the messages they sent count as sent (a receiver may already have
+/// consumed them: an engine answers and delivers locally before Kafka
+/// publishes, and a killed engine's last batches wait in CQL for the
+/// takeover to publish them).
 #[cfg(feature = "distributed")]
 fn compare_with_cql(
-    report: &mut Report,
+    verifier: &mut Verifier,
+    findings: &mut Vec<Finding>,
     published: &PublishedHeads,
     shards: u16,
     cql: &CqlCopy,
@@ -242,7 +253,7 @@ fn compare_with_cql(
                     in_cql.insert(sequence);
                     match on_kafka.get(&sequence) {
                         Some(hash) if *hash == record.hash => compared.identical_records += 1,
-                        Some(hash) => report.add_finding(Finding {
+                        Some(hash) => findings.push(Finding {
                             shard: shard.0,
                             sequence,
                             code: "copies_differ",
@@ -252,8 +263,11 @@ fn compare_with_cql(
                                 audit::hex(hash)
                             ),
                         }),
-                        None if sequence > kafka_head => compared.unpublished_records += 1,
-                        None => report.add_finding(Finding {
+                        None if sequence > kafka_head => {
+                            compared.unpublished_records += 1;
+                            verifier.record(record);
+                        }
+                        None => findings.push(Finding {
                             shard: shard.0,
                             sequence,
                             code: "missing_on_kafka",
@@ -265,7 +279,7 @@ fn compare_with_cql(
                 }
             }
             for sequence in on_kafka.keys().filter(|sequence| !in_cql.contains(sequence)) {
-                report.add_finding(Finding {
+                findings.push(Finding {
                     shard: shard.0,
                     sequence: *sequence,
                     code: "missing_in_cql",

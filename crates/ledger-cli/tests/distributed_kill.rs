@@ -232,6 +232,19 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // While the survivor still runs: its last batches may be only in CQL
+    // (it answers before Kafka publishes), and with --cql they count.
+    let live = {
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || verify_with_cql(&name, &name))
+            .await
+            .unwrap()
+    };
+    assert!(
+        live.status.success(),
+        "verify --kafka --cql of the running ledger found something: {}",
+        String::from_utf8_lossy(&live.stdout)
+    );
     // Stop the services (the engine cleanly: it publishes what it queued),
     // then drop what this test created in the shared brokers.
     survivor.stop();
@@ -241,34 +254,38 @@ async fn kill_nine_of_an_engine_moves_its_shards_and_loses_nothing() {
     support::remove_test_data(&name).await;
 }
 
+/// `ledger verify --kafka --json --balances --cql` of the topic `<prefix>.events`
+/// against the CQL keyspace `keyspace`.
+fn verify_with_cql(prefix: &str, keyspace: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args([
+            "verify",
+            "--kafka",
+            "--json",
+            "--balances",
+            "--topic-prefix",
+            prefix,
+        ])
+        .args(["--cql", "--cql-keyspace", keyspace])
+        .env(
+            "LEDGER_KAFKA_BOOTSTRAP",
+            std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("bootstrap"),
+        )
+        .env(
+            "LEDGER_CQL_CONTACT",
+            std::env::var("LEDGER_CQL_CONTACT").expect("cql contact"),
+        )
+        .output()
+        .expect("ledger verify runs")
+}
+
 /// `ledger verify --kafka` after the kill: the events topic alone proves
 /// every buyer's balance; the same topic copied with one byte of one record
 /// changed is refused, naming the shard.
 async fn auditors_verify_the_topic(name: &str, spent_by_buyer: &BTreeMap<String, i64>) {
     // The topic `<prefix>.events`, compared with this test's CQL keyspace.
     let keyspace = name.to_string();
-    let verify = move |prefix: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ledger"))
-            .args([
-                "verify",
-                "--kafka",
-                "--json",
-                "--balances",
-                "--topic-prefix",
-                prefix,
-            ])
-            .args(["--cql", "--cql-keyspace", &keyspace])
-            .env(
-                "LEDGER_KAFKA_BOOTSTRAP",
-                std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("bootstrap"),
-            )
-            .env(
-                "LEDGER_CQL_CONTACT",
-                std::env::var("LEDGER_CQL_CONTACT").expect("cql contact"),
-            )
-            .output()
-            .expect("ledger verify runs")
-    };
+    let verify = move |prefix: &str| verify_with_cql(prefix, &keyspace);
     let output = tokio::task::spawn_blocking({
         let name = name.to_string();
         let verify = verify.clone();
