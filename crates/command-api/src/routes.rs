@@ -670,6 +670,23 @@ mod tests {
     use axum::body::to_bytes;
     use ledger_core::{Rejection, RejectionCode, ShardId, ShardPosition};
 
+    #[test]
+    fn submit_errors_are_unavailable_or_timeouts() {
+        assert_eq!(
+            submit_problem(&SubmitError::Overloaded).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            submit_problem(&SubmitError::ShuttingDown).code,
+            "shutting_down"
+        );
+        let timeout = submit_problem(&SubmitError::Timeout { timeout_ms: 5 });
+        assert_eq!(
+            (timeout.status, timeout.code),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
+    }
+
     async fn body_of(response: Response) -> (StatusCode, String, Vec<u8>) {
         let status = response.status();
         let content_type = response.headers()[header::CONTENT_TYPE]

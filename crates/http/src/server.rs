@@ -47,8 +47,9 @@ pub const HEADER_BYTES_MAX: usize = 32 * 1024;
 /// Limits of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Longest time to receive a request's headers, from its first byte
-    /// (or from the connection's start); past it the connection is closed.
+    /// Longest time to receive a request's headers, from the connection's
+    /// start or the previous answer (so also how long a keep-alive
+    /// connection may idle); past it the connection is closed.
     pub header_read_timeout: Duration,
     /// Largest request head, in bytes (hyper's read buffer; at least 8 KiB).
     pub header_bytes_max: usize,
