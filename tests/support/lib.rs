@@ -159,12 +159,12 @@ impl TestApp {
 
     pub fn token(&self, role: Role, sub: &str) -> String {
         let sub = UserId::parse(sub).expect("valid sub");
-        command_api::auth::issue_token(
+        ledger_http::auth::issue_token(
             &self.secret,
             role,
             &sub,
             3_600,
-            command_api::auth::now_seconds(),
+            ledger_http::auth::now_seconds(),
         )
     }
 

@@ -6,17 +6,12 @@
 //! answered from the command's [`ledger_core::Completion`]. Every error is an
 //! RFC 7807 `application/problem+json` body.
 //!
-//! Also shared with the query API: [`auth`], [`problem`], [`observability`],
-//! [`extract`], [`validate`] and [`server`].
+//! What it shares with the query API (tokens, problems, extractors,
+//! validation, serving limits, health and metrics routes) is in
+//! [`ledger_http`].
 
-pub mod auth;
-pub mod extract;
 pub mod metrics;
-pub mod observability;
-pub mod problem;
 pub mod routes;
-pub mod server;
-pub mod validate;
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,14 +22,13 @@ use axum::routing::{delete, post};
 use axum::Router;
 use engine::ports::CommandBus;
 
-pub use auth::{issue_token, Verifier};
-pub use observability::Observability;
-pub use problem::Problem;
-pub use routes::render;
-pub use server::Server;
+use ledger_http::server::ConnectionLimits;
+use ledger_http::{auth, extract, observability, problem, server};
+pub use ledger_http::{issue_token, Observability, Problem, Server, Verifier};
+pub use routes::{render, submit_problem};
 
 /// Most requests served at once; beyond, requests get 503 `overloaded`.
-pub const IN_FLIGHT_REQUESTS_MAX: usize = 4_096;
+pub const IN_FLIGHT_REQUESTS_MAX: usize = server::IN_FLIGHT_REQUESTS_MAX;
 
 /// Limits of the command API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +37,10 @@ pub struct Settings {
     pub in_flight_requests_max: usize,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
+    /// Longest time to answer a request before 504 `timeout`.
+    pub request_timeout: std::time::Duration,
+    /// Header read timeout and largest request head, per connection.
+    pub connection: ConnectionLimits,
 }
 
 impl Default for Settings {
@@ -50,6 +48,8 @@ impl Default for Settings {
         Self {
             in_flight_requests_max: IN_FLIGHT_REQUESTS_MAX,
             body_bytes_max: extract::BODY_BYTES_MAX,
+            request_timeout: server::REQUEST_TIMEOUT,
+            connection: ConnectionLimits::default(),
         }
     }
 }
@@ -96,8 +96,14 @@ pub fn router_with_settings(
             settings.body_bytes_max,
             refuse_declared_oversize,
         ))
-        .layer(server::InFlightLimit::new(settings.in_flight_requests_max).layer())
         .with_state(state);
+    let commands = server::limit(
+        commands,
+        server::Limits {
+            in_flight_requests_max: settings.in_flight_requests_max,
+            request_timeout: settings.request_timeout,
+        },
+    );
     commands
         .merge(observability.router())
         .fallback(observability::not_found)
@@ -147,9 +153,10 @@ impl CommandApi {
         observability: Observability,
         settings: Settings,
     ) -> io::Result<Server> {
-        Server::bind(
+        Server::bind_with_limits(
             addr,
             router_with_settings(bus, auth, observability, settings),
+            settings.connection,
         )
         .await
     }

@@ -1,10 +1,10 @@
 //! Metrics of the command API (the `metrics` facade; the binary installs the exporter).
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
+use ledger_http::metrics::RequestMetrics;
+pub use ledger_http::metrics::{outcome, route_label, OUTCOME_OK, READY};
 
 /// Requests answered, by route template and status code.
 pub const REQUESTS_TOTAL: &str = "ledger_command_api_requests_total";
@@ -13,11 +13,12 @@ pub const REQUESTS_TOTAL: &str = "ledger_command_api_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "ledger_command_api_request_duration_seconds";
 /// Requests answered with a problem, by route template and problem code.
 pub const REJECTIONS_TOTAL: &str = "ledger_command_api_rejections_total";
-/// 1 while the process answers `/readyz` with 200, else 0.
-pub const READY: &str = "ledger_ready";
 
-/// The `outcome` label of a successful answer.
-pub const OUTCOME_OK: &str = "ok";
+const REQUEST_METRICS: RequestMetrics = RequestMetrics {
+    requests_total: REQUESTS_TOTAL,
+    duration_seconds: REQUEST_DURATION_SECONDS,
+    rejections_total: REJECTIONS_TOTAL,
+};
 
 /// Registers the descriptions of this crate's metrics.
 pub fn describe() {
@@ -36,78 +37,10 @@ pub fn describe() {
         metrics::Unit::Count,
         "command api requests answered with a problem, by route and code"
     );
-    metrics::describe_gauge!(READY, "1 while the process is ready (/readyz answers 200)");
-}
-
-/// The outcome of an answer: the problem code it carries, else `ok`.
-pub fn outcome(response: &Response) -> &'static str {
-    response
-        .extensions()
-        .get::<crate::problem::ProblemCode>()
-        .map_or(OUTCOME_OK, |code| code.0)
-}
-
-/// The route label of a request: its route template, or `unmatched`.
-pub fn route_label(request: &Request) -> String {
-    request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned())
+    ledger_http::metrics::describe();
 }
 
 /// Middleware counting and timing every request.
 pub async fn record(request: Request, next: Next) -> Response {
-    let route = route_label(&request);
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let outcome = outcome(&response);
-    metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
-    if outcome != OUTCOME_OK {
-        metrics::counter!(REJECTIONS_TOTAL, "route" => route.clone(), "code" => outcome)
-            .increment(1);
-    }
-    metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => route, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::http::HeaderValue;
-    use axum::routing::get;
-    use axum::Router;
-
-    use super::*;
-
-    async fn echo_route(request: Request, next: Next) -> Response {
-        let route = route_label(&request);
-        let mut response = next.run(request).await;
-        response
-            .headers_mut()
-            .insert("x-route", HeaderValue::from_str(&route).unwrap());
-        response
-    }
-
-    #[tokio::test]
-    async fn requests_are_labelled_by_route_template() {
-        let router = Router::new()
-            .route("/v1/items/{item_id}/price", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn(echo_route));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        let label = |path: &'static str| async move {
-            let response = reqwest::get(format!("http://{address}{path}"))
-                .await
-                .unwrap();
-            response.headers()["x-route"].to_str().unwrap().to_owned()
-        };
-        assert_eq!(
-            label("/v1/items/hat/price").await,
-            "/v1/items/{item_id}/price"
-        );
-        assert_eq!(label("/nowhere").await, "unmatched");
-    }
+    REQUEST_METRICS.record(request, next).await
 }

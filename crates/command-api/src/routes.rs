@@ -17,10 +17,11 @@ use ledger_core::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::Verifier;
-use crate::extract::{fields, JsonObject, NoFields, PathSegment};
-use crate::problem::Problem;
-use crate::validate;
+use engine::ports::SubmitError;
+use ledger_http::auth::Verifier;
+use ledger_http::extract::{fields, JsonObject, NoFields, PathSegment};
+use ledger_http::problem::{Problem, CODE_OVERLOADED, CODE_SHUTTING_DOWN, CODE_TIMEOUT};
+use ledger_http::validate;
 
 /// What the command handlers share.
 #[derive(Clone)]
@@ -316,6 +317,22 @@ fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
     }
 }
 
+/// An engine refusal to run a command (it was not applied).
+pub fn submit_problem(error: &SubmitError) -> Problem {
+    let detail = error.to_string();
+    match error {
+        SubmitError::Overloaded => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, CODE_OVERLOADED, detail)
+        }
+        SubmitError::ShuttingDown => {
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, CODE_SHUTTING_DOWN, detail)
+        }
+        SubmitError::Timeout { .. } => {
+            Problem::new(StatusCode::GATEWAY_TIMEOUT, CODE_TIMEOUT, detail)
+        }
+    }
+}
+
 /// Authenticates, authorizes and submits a validated command, then renders its completion.
 async fn submit(state: &CommandState, headers: &HeaderMap, command: Command) -> Answer {
     let actor = state.verifier.authenticate(headers)?;
@@ -324,7 +341,11 @@ async fn submit(state: &CommandState, headers: &HeaderMap, command: Command) -> 
         at_ms: validate::now_ms(),
         actor,
     };
-    let completion = state.bus.submit(command.clone(), meta).await?;
+    let completion = state
+        .bus
+        .submit(command.clone(), meta)
+        .await
+        .map_err(|error| submit_problem(&error))?;
     Ok(render(&command, &completion))
 }
 
@@ -648,6 +669,23 @@ mod tests {
     use super::*;
     use axum::body::to_bytes;
     use ledger_core::{Rejection, RejectionCode, ShardId, ShardPosition};
+
+    #[test]
+    fn submit_errors_are_unavailable_or_timeouts() {
+        assert_eq!(
+            submit_problem(&SubmitError::Overloaded).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            submit_problem(&SubmitError::ShuttingDown).code,
+            "shutting_down"
+        );
+        let timeout = submit_problem(&SubmitError::Timeout { timeout_ms: 5 });
+        assert_eq!(
+            (timeout.status, timeout.code),
+            (StatusCode::GATEWAY_TIMEOUT, "timeout")
+        );
+    }
 
     async fn body_of(response: Response) -> (StatusCode, String, Vec<u8>) {
         let status = response.status();

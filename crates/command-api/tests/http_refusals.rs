@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use engine::ports::{CommandBus, SubmitError};
-use ledger_command_api::auth::{issue_token, now_seconds, Verifier};
 use ledger_command_api::{CommandApi, Observability, Settings};
 use ledger_core::{Command, CommandMeta, Completion, Role, UserId};
+use ledger_http::auth::{issue_token, now_seconds, Verifier};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -319,7 +319,9 @@ async fn amounts_must_be_positive_bounded_integers() {
         json!(0),
         json!(-5),
         json!(1.5),
-        json!(100.0),
+        // A zero fraction is an integer (JSON Schema's `integer`), but 0.0 is still 0.
+        json!(0.0),
+        json!(100.25),
         json!("100"),
         json!(null),
         json!(true),
@@ -366,7 +368,8 @@ async fn amounts_must_be_positive_bounded_integers() {
     for raw in [
         r#"{"grant_id":"g1","user_id":"alice","amount":99999999999999999999999}"#,
         r#"{"grant_id":"g1","user_id":"alice","amount":1e400}"#,
-        r#"{"grant_id":"g1","user_id":"alice","amount":1e3}"#,
+        // An exponent with a fraction left: not an integer (1e3 is one, and accepted).
+        r#"{"grant_id":"g1","user_id":"alice","amount":1.5e0}"#,
     ] {
         let answer = api
             .send(

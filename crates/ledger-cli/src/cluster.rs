@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_api::auth::Verifier;
-use command_api::observability::Observability;
 use command_api::{CommandApi, Server};
 use distributed::projector::{Projector, ProjectorSettings};
 use distributed::public::{PublicStreamPublisher, PublicStreamSettings};
 use distributed::{BusSettings, EngineWorker, KafkaCommandBus, WorkerHealth, WorkerSettings};
 use engine::EngineConfig;
 use ledger_core::Config;
+use ledger_http::auth::Verifier;
+use ledger_http::observability::Observability;
 use log_kafka::{KafkaConfig, TopicAdmin, TopicLayout, Topics};
 use query_api::QueryApi;
 use read_models_cql::{CqlReadModels, ReadModelSettings};
@@ -186,7 +186,8 @@ impl Service {
         let handle = prometheus()?;
         let ready = Arc::new(AtomicBool::new(false));
         let observability = Observability::new(ready.clone(), Arc::new(move || handle.render()));
-        let verifier = Arc::new(Verifier::new(settings.jwt_secret.as_bytes().to_vec()));
+        let (current, previous) = settings.token_secrets();
+        let verifier = Arc::new(Verifier::with_previous(current, previous));
         let address = settings.address(role.default_port());
         let settings_kept = settings.clone();
         let bind_failed = |source| StartError::Bind {
@@ -264,7 +265,7 @@ impl Service {
                 .map_err(|e| failed("projector")(e.to_string()))?;
                 let router = observability
                     .router()
-                    .fallback(command_api::observability::not_found);
+                    .fallback(ledger_http::observability::not_found);
                 let server = Server::bind(address, router).await.map_err(bind_failed)?;
                 (server, Parts::Projector { projector })
             }
@@ -278,7 +279,7 @@ impl Service {
                 );
                 let router = observability
                     .router()
-                    .fallback(command_api::observability::not_found);
+                    .fallback(ledger_http::observability::not_found);
                 let server = Server::bind(address, router).await.map_err(bind_failed)?;
                 (server, Parts::PublicStream { publisher })
             }
@@ -296,6 +297,7 @@ impl Service {
                     verifier,
                     observability,
                     Duration::from_millis(settings.read_wait_ms),
+                    settings.shards,
                 )
                 .await
                 .map_err(bind_failed)?;

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Everything the distributed services are told: defaults, then the TOML
@@ -35,7 +36,12 @@ pub struct ClusterSettings {
     pub http_addr: Option<SocketAddr>,
     /// HS256 signing secret (environment only in production: `LEDGER_JWT_SECRET`).
     #[serde(skip_serializing)]
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
+    /// The secret before the last rotation, still accepted while tokens
+    /// signed with it are in use (environment only: `LEDGER_JWT_SECRET_PREVIOUS`;
+    /// empty: none).
+    #[serde(skip_serializing)]
+    pub jwt_secret_previous: SecretString,
     /// Whether `command-api` also runs an engine worker.
     pub engine: bool,
     /// Consumer group of the projector (default `<topic_prefix>-projector`).
@@ -59,7 +65,8 @@ impl Default for ClusterSettings {
             idempotency_horizon_ms: ledger_core::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
             snapshot_every_events: 100_000,
             http_addr: None,
-            jwt_secret: String::new(),
+            jwt_secret: SecretString::default(),
+            jwt_secret_previous: SecretString::default(),
             engine: true,
             projector_group: None,
         }
@@ -167,7 +174,12 @@ impl ClusterSettings {
             "number",
             &mut self.snapshot_every_events,
         )?;
-        parse_env("LEDGER_JWT_SECRET", "secret", &mut self.jwt_secret)?;
+        if let Ok(secret) = std::env::var("LEDGER_JWT_SECRET") {
+            self.jwt_secret = SecretString::from(secret.trim().to_owned());
+        }
+        if let Ok(secret) = std::env::var("LEDGER_JWT_SECRET_PREVIOUS") {
+            self.jwt_secret_previous = SecretString::from(secret.trim().to_owned());
+        }
         parse_env("LEDGER_ENGINE", "boolean", &mut self.engine)?;
         if let Ok(group) = std::env::var("LEDGER_PROJECTOR_GROUP") {
             self.projector_group = Some(group);
@@ -190,12 +202,28 @@ impl ClusterSettings {
     /// secret of at least 16 characters.
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.check_values()?;
-        if self.jwt_secret.len() < 16 {
+        if self.jwt_secret.expose_secret().len() < 16 {
             return Err(SettingsError::Invalid(
                 "the jwt secret (LEDGER_JWT_SECRET) must be at least 16 characters".into(),
             ));
         }
+        let previous = self.jwt_secret_previous.expose_secret();
+        if !previous.is_empty() && previous.len() < 16 {
+            return Err(SettingsError::Invalid(
+                "the previous jwt secret (LEDGER_JWT_SECRET_PREVIOUS) must be at least 16 characters, or empty".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The token verifier's secrets: the current one, and the previous one
+    /// during a rotation.
+    pub fn token_secrets(&self) -> (SecretSlice<u8>, Option<SecretSlice<u8>>) {
+        let current = SecretSlice::from(self.jwt_secret.expose_secret().as_bytes().to_vec());
+        let previous = self.jwt_secret_previous.expose_secret();
+        let previous =
+            (!previous.is_empty()).then(|| SecretSlice::from(previous.as_bytes().to_vec()));
+        (current, previous)
     }
 
     /// The checks that do not involve the secret: what a configuration file
@@ -269,12 +297,21 @@ impl ClusterSettings {
     /// `LEDGER_JWT_SECRET`. What `ledger config check` runs.
     pub fn check_file(path: &Path) -> Result<ClusterSettings, SettingsError> {
         let settings = Self::from_file(path)?;
-        if !settings.jwt_secret.is_empty() {
-            return Err(SettingsError::Invalid(format!(
-                "{} sets jwt_secret: the signing secret belongs in a Secret, given as \
-                 LEDGER_JWT_SECRET, never in the configuration file",
-                path.display()
-            )));
+        for (key, secret, variable) in [
+            ("jwt_secret", &settings.jwt_secret, "LEDGER_JWT_SECRET"),
+            (
+                "jwt_secret_previous",
+                &settings.jwt_secret_previous,
+                "LEDGER_JWT_SECRET_PREVIOUS",
+            ),
+        ] {
+            if !secret.expose_secret().is_empty() {
+                return Err(SettingsError::Invalid(format!(
+                    "{} sets {key}: the signing secret belongs in a Secret, given as \
+                     {variable}, never in the configuration file",
+                    path.display()
+                )));
+            }
         }
         settings.check_values()?;
         Ok(settings)
@@ -341,6 +378,13 @@ reply_partitions = 4
         .unwrap();
         let error = ClusterSettings::check_file(&path).unwrap_err().to_string();
         assert!(error.contains("belongs in a Secret"), "{error}");
+        std::fs::write(
+            &path,
+            format!("{PRODUCTION}jwt_secret_previous = \"0123456789abcdef\"\n"),
+        )
+        .unwrap();
+        let error = ClusterSettings::check_file(&path).unwrap_err().to_string();
+        assert!(error.contains("sets jwt_secret_previous"), "{error}");
         std::fs::write(&path, PRODUCTION).unwrap();
         assert_eq!(ClusterSettings::check_file(&path).unwrap().shards, 16);
         std::fs::remove_dir_all(&directory).unwrap();
@@ -350,7 +394,22 @@ reply_partitions = 4
     fn the_secret_is_never_serialized() {
         let mut settings = ClusterSettings::from_toml(PRODUCTION).unwrap();
         settings.jwt_secret = "0123456789abcdef".into();
+        settings.jwt_secret_previous = "fedcba9876543210".into();
         let json = serde_json::to_string(&settings).unwrap();
         assert!(!json.contains("jwt_secret") && !json.contains("0123456789abcdef"));
+        assert!(!json.contains("fedcba9876543210"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let mut settings = ClusterSettings::from_toml(PRODUCTION).unwrap();
+        settings.jwt_secret = "current-0123456789".into();
+        settings.jwt_secret_previous = "previous-0123456789".into();
+        settings.validate().unwrap();
+        let (current, previous) = settings.token_secrets();
+        let verifier = ledger_http::Verifier::with_previous(current, previous);
+        let shown = format!("{settings:?} {settings:#?} {verifier:?}");
+        assert!(!shown.contains("current-0123456789"), "{shown}");
+        assert!(!shown.contains("previous-0123456789"), "{shown}");
     }
 }

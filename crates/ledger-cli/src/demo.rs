@@ -4,10 +4,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use command_api::auth::issue_token;
 use engine::ports::CommandBus;
 use engine::Engine;
 use ledger_core::*;
+use ledger_http::auth::issue_token;
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -2,22 +2,22 @@
 //! query API on one SQLite data directory. `Application::build` binds the
 //! ports (0 picks a free one, for tests), `run_until_stopped` serves.
 
+use secrecy::SecretSlice;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_api::auth::Verifier;
-use command_api::observability::Observability;
 use command_api::{CommandApi, Server};
 use engine::{Engine, EngineConfig};
 use ledger_core::Config;
+use ledger_http::auth::Verifier;
+use ledger_http::observability::Observability;
 use query_api::QueryApi;
 use store_sqlite::SqliteStore;
 use tokio::sync::watch;
 
-pub mod bench;
 #[cfg(feature = "distributed")]
 pub mod cluster;
 pub mod config;
@@ -38,7 +38,10 @@ pub struct Settings {
     pub tick_interval: Duration,
     /// How long a completed command is remembered by its id.
     pub idempotency_horizon: Duration,
-    pub jwt_secret: Vec<u8>,
+    /// The HS256 secret tokens are verified with (and `ledger token` signs with).
+    pub jwt_secret: SecretSlice<u8>,
+    /// The secret before the last rotation, still accepted (rotation without downtime).
+    pub jwt_secret_previous: Option<SecretSlice<u8>>,
     /// How long a read with `?after=` waits for the projection.
     pub read_wait: Duration,
 }
@@ -56,7 +59,8 @@ impl Settings {
             idempotency_horizon: Duration::from_millis(
                 ledger_core::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
             ),
-            jwt_secret: jwt_secret.as_bytes().to_vec(),
+            jwt_secret: SecretSlice::from(jwt_secret.as_bytes().to_vec()),
+            jwt_secret_previous: None,
             read_wait: Duration::from_secs(5),
         }
     }
@@ -190,7 +194,10 @@ impl Application {
         let handle = prometheus()?;
         let ready = Arc::new(AtomicBool::new(false));
         let observability = Observability::new(ready.clone(), Arc::new(move || handle.render()));
-        let verifier = Arc::new(Verifier::new(settings.jwt_secret.clone()));
+        let verifier = Arc::new(Verifier::with_previous(
+            settings.jwt_secret.clone(),
+            settings.jwt_secret_previous.clone(),
+        ));
         let command_api = CommandApi::bind(
             settings.command_addr,
             Arc::new(engine.clone()),
@@ -208,6 +215,7 @@ impl Application {
             verifier,
             observability,
             settings.read_wait,
+            settings.shard_count,
         )
         .await
         .map_err(|source| StartError::Bind {

@@ -5,6 +5,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use secrecy::SecretSlice;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +34,10 @@ struct Common {
     /// Token signing secret (HS256). Default: a random secret kept in the data directory.
     #[arg(long, env = "LEDGER_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// The secret before the last rotation: tokens signed with it are still
+    /// accepted (new ones are signed with the current secret).
+    #[arg(long, env = "LEDGER_JWT_SECRET_PREVIOUS", hide_env_values = true)]
+    jwt_secret_previous: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -65,82 +70,6 @@ enum Commands {
         /// Seed a small economy and print ready-to-paste curl commands.
         #[arg(long)]
         demo: bool,
-    },
-    /// Load-test the ledger with a workload and check its invariants afterwards.
-    ///
-    /// Workloads (each in both modes): `purchases` (primary purchases of 50
-    /// unlimited items; the historical benchmark), `drop` (--buyers race for
-    /// one Limited of --supply serials), `catalogue` (Zipf-popular items and
-    /// bundles, Zipf-active buyers), `resale` (list / cancel / buy listings
-    /// of a resellable Limited). Closed loop at --concurrency, or open loop
-    /// at --rate. Bounded in requests (and --duration); loopback only.
-    #[command(verbatim_doc_comment)]
-    Bench {
-        #[command(flatten)]
-        common: Common,
-        /// `embedded`: engine + SQLite in a temporary directory, no HTTP (its
-        /// projector runs after the load, for the check). `http`: through the
-        /// command API at --command-url, checked through --query-url. Every
-        /// workload runs in both modes.
-        #[arg(long, value_parser = ["embedded", "http"], default_value = "embedded")]
-        mode: String,
-        /// What the load is: purchases | drop | catalogue | resale.
-        #[arg(long, value_parser = ledger_cli::bench::Workload::NAMES, default_value = "purchases")]
-        workload: String,
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        command_url: String,
-        /// Where the invariant check reads after an HTTP run.
-        #[arg(long, default_value = "http://127.0.0.1:8081")]
-        query_url: String,
-        /// Requests of the measured phase [default: 20000; resale 5000]
-        /// (drop: --buyers × --attempts-per-buyer, not settable).
-        #[arg(long, visible_alias = "purchases")]
-        requests: Option<usize>,
-        /// Closed loop: requests in flight. Open loop (--rate): the in-flight
-        /// bound; a request due while it is reached is dropped by the generator.
-        #[arg(long, default_value_t = 256)]
-        concurrency: usize,
-        /// Open loop: requests per second on a fixed schedule whatever the
-        /// answers; latency counts from each request's scheduled time.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Stop issuing requests after this long (e.g. 30s, 2m).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// drop, catalogue, resale: users [default: drop 100000, catalogue 10000, resale 1000].
-        #[arg(long)]
-        buyers: Option<usize>,
-        /// drop, resale: serials of the Limited [default: drop 3000, resale 1000].
-        #[arg(long)]
-        supply: Option<u32>,
-        /// drop: purchases each buyer sends [default: 1].
-        #[arg(long)]
-        attempts_per_buyer: Option<usize>,
-        /// catalogue: unlimited items [default: 1000].
-        #[arg(long)]
-        items: Option<usize>,
-        /// catalogue: Zipf exponent of item popularity and buyer activity [default: 1.1].
-        #[arg(long = "zipf-s")]
-        zipf_s: Option<f64>,
-        /// catalogue: share of requests that buy a bundle, in percent [default: 5].
-        #[arg(long)]
-        bundle_percent: Option<u32>,
-        /// Seed of every random choice (same seed, same requests).
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Shards of the embedded engine.
-        #[arg(long, default_value_t = 4)]
-        shards: u16,
-        /// Write the full result (parameters, rates, percentiles, counts by
-        /// code, violations, latency histogram) to this JSON file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// No progress line on stderr.
-        #[arg(long)]
-        quiet: bool,
-        /// How long the invariant check waits for the read models to agree.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        check_timeout: Duration,
     },
     /// Distributed: HTTP command API plus an engine worker owning shards
     /// (Kafka + CQL). Configured by the file `LEDGER_CONFIG` and `LEDGER_*`.
@@ -546,119 +475,15 @@ fn main() -> ExitCode {
             };
             println!(
                 "{}",
-                command_api::auth::issue_token(
+                ledger_http::auth::issue_token(
                     &secret,
                     role,
                     &sub,
                     ttl.as_secs(),
-                    command_api::auth::now_seconds()
+                    ledger_http::auth::now_seconds()
                 )
             );
             ExitCode::SUCCESS
-        }
-        Commands::Bench {
-            common,
-            mode,
-            workload,
-            command_url,
-            query_url,
-            requests,
-            concurrency,
-            rate,
-            duration,
-            buyers,
-            supply,
-            attempts_per_buyer,
-            items,
-            zipf_s,
-            bundle_percent,
-            seed,
-            shards,
-            json,
-            quiet,
-            check_timeout,
-        } => {
-            use ledger_cli::bench;
-            let parsed = bench::Mode::parse(&mode).and_then(|mode| {
-                Ok(bench::Options {
-                    mode,
-                    workload: bench::Workload::parse(&workload)?,
-                    command_url,
-                    query_url,
-                    shards,
-                    requests,
-                    concurrency,
-                    rate_per_second: rate,
-                    duration,
-                    buyers,
-                    supply,
-                    attempts_per_buyer,
-                    items,
-                    zipf_exponent: zipf_s,
-                    bundle_percent,
-                    seed,
-                    quiet,
-                    check_timeout,
-                    json,
-                })
-            });
-            let options = match parsed.and_then(|options| options.validate().map(|()| options)) {
-                Ok(options) => options,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let secret = if options.mode == bench::Mode::Http {
-                match secret(&common) {
-                    Ok(secret) => Some(secret),
-                    Err(error) => {
-                        eprintln!("error: {error}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                None
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime starts");
-            let json_path = options.json.clone();
-            let report = match runtime.block_on(bench::run(options, secret)) {
-                Ok(report) => report,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            println!("{}", report.summary());
-            for line in report.code_lines().iter().chain(&report.notes) {
-                println!("{line}");
-            }
-            if report.violations.is_empty() {
-                println!("invariants: {}", report.invariants_checked);
-            } else {
-                for violation in &report.violations {
-                    println!("invariant violated: {violation}");
-                }
-            }
-            if let Some(path) = json_path {
-                let text = serde_json::to_string_pretty(&report.to_json())
-                    .expect("a json value serializes");
-                if let Err(error) = std::fs::write(&path, text + "\n") {
-                    eprintln!(
-                        "error: cannot write the result to {}: {error}",
-                        path.display()
-                    );
-                    return ExitCode::FAILURE;
-                }
-            }
-            if report.violations.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
         }
         #[cfg(feature = "distributed")]
         Commands::CommandApi => run_service(ledger_cli::cluster::Role::CommandApi),
@@ -690,6 +515,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let jwt_secret_previous = match common.jwt_secret_previous.as_deref() {
+                None | Some("") => None,
+                Some(previous) if previous.len() < 16 => {
+                    eprintln!("error: LEDGER_JWT_SECRET_PREVIOUS must be at least 16 characters");
+                    return ExitCode::FAILURE;
+                }
+                Some(previous) => Some(SecretSlice::from(previous.as_bytes().to_vec())),
+            };
             let settings = Settings {
                 data_dir: common.data_dir,
                 command_addr,
@@ -699,7 +532,8 @@ fn main() -> ExitCode {
                 resale_hold,
                 tick_interval,
                 idempotency_horizon,
-                jwt_secret: jwt_secret.clone(),
+                jwt_secret: SecretSlice::from(jwt_secret.clone()),
+                jwt_secret_previous,
                 read_wait: Duration::from_secs(5),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -62,12 +62,12 @@ fn start(data_dir: &std::path::Path) -> Server {
 }
 
 fn token(role: Role, sub: &str) -> String {
-    command_api::auth::issue_token(
+    ledger_http::auth::issue_token(
         SECRET.as_bytes(),
         role,
         &UserId::parse(sub).unwrap(),
         3_600,
-        command_api::auth::now_seconds(),
+        ledger_http::auth::now_seconds(),
     )
 }
 
@@ -460,26 +460,21 @@ async fn verify_names_every_tampered_record() {
     let data_dir = base.join("original");
     let _ = std::fs::remove_dir_all(&base);
     let server = start(&data_dir);
-    let load = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .args([
-            "bench",
-            "--mode",
-            "http",
-            "--workload",
-            "catalogue",
-            "--quiet",
-        ])
-        .args(["--purchases", "600", "--concurrency", "16"])
-        .args(["--command-url", &server.command_url])
-        .args(["--query-url", &server.query_url])
-        .args(["--jwt-secret", SECRET])
-        .output()
-        .expect("ledger bench runs");
-    assert!(
-        load.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&load.stderr)
-    );
+    // The load generator (`ledger-bench`'s library), through the HTTP API.
+    let options = ledger_bench::Options {
+        mode: ledger_bench::Mode::Http,
+        workload: ledger_bench::Workload::Catalogue,
+        command_url: server.command_url.clone(),
+        query_url: server.query_url.clone(),
+        requests: Some(600),
+        concurrency: 16,
+        quiet: true,
+        ..ledger_bench::Options::defaults()
+    };
+    let report = ledger_bench::run(options, Some(SECRET.as_bytes().to_vec()))
+        .await
+        .expect("the load generator runs");
+    assert!(report.violations.is_empty(), "{:?}", report.violations);
     let mut child = server.child;
     child.kill().unwrap();
     child.wait().unwrap();

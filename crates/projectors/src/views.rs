@@ -205,12 +205,34 @@ pub enum ReadError {
     Backend(String),
 }
 
+/// A part of a read position that no command can have returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeyondHead {
+    /// The part, as in the token (`1.42`, `m0.3.7`).
+    pub part: String,
+    /// The shard whose log it is beyond.
+    pub shard: u16,
+    /// That log's last sequence (0: empty).
+    pub head: u64,
+}
+
 /// The read models, as the query API sees them. Implemented by every backend.
 #[async_trait]
 pub trait ReadModels: Send + Sync + 'static {
     /// Whether every log position has been projected and every delivery
     /// mark's `message_received` too.
     async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError>;
+    /// The first part of `position` beyond the head of a shard's log (so no
+    /// command can have returned it): a log position past its shard's last
+    /// sequence, or a delivery mark whose sequence is past its sender's (a
+    /// message sent is an entry of the sender's log). `None` if every part
+    /// is within its log. A read given such a position is refused at once
+    /// rather than waiting for it. Backends that cannot tell answer `None`
+    /// (the read then waits, within its bound).
+    async fn beyond_head(&self, position: &ReadPosition) -> Result<Option<BeyondHead>, ReadError> {
+        let _ = position;
+        Ok(None)
+    }
     /// A user never seen has a zero balance.
     async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError>;
     async fn inventory(

@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use command_api::auth::Verifier;
-use command_api::observability::{self, Observability};
-use command_api::server::{InFlightLimit, Server};
+use ledger_http::auth::Verifier;
+use ledger_http::observability::{self, Observability};
+use ledger_http::server::{self, ConnectionLimits, Server};
 use projectors::ReadModels;
 
 /// How long a read waits for its `after` position by default.
@@ -38,6 +38,14 @@ pub struct Settings {
     pub projection_poll_interval: Duration,
     /// Most `/v1` requests served at once; beyond, 503 `overloaded`.
     pub in_flight_requests_max: usize,
+    /// Longest time to answer a request before 504 `timeout` (above
+    /// `projection_wait_max`, so a waiting read gets its own answer first).
+    pub request_timeout: Duration,
+    /// Header read timeout and largest request head, per connection.
+    pub connection: ConnectionLimits,
+    /// The ledger's shard count, when known: an `after` naming a shard
+    /// beyond it is refused at once (400) rather than waited for.
+    pub shard_count: Option<u16>,
 }
 
 impl Default for Settings {
@@ -45,7 +53,10 @@ impl Default for Settings {
         Self {
             projection_wait_max: PROJECTION_WAIT_MAX,
             projection_poll_interval: PROJECTION_POLL_INTERVAL,
-            in_flight_requests_max: command_api::IN_FLIGHT_REQUESTS_MAX,
+            in_flight_requests_max: server::IN_FLIGHT_REQUESTS_MAX,
+            request_timeout: server::REQUEST_TIMEOUT,
+            connection: ConnectionLimits::default(),
+            shard_count: None,
         }
     }
 }
@@ -88,8 +99,16 @@ pub fn router_with_settings(
         .route("/v1/creators/{id}/earnings", get(routes::earnings))
         .route("/v1/creators/{id}/sales", get(routes::creator_sales))
         .method_not_allowed_fallback(observability::method_not_allowed)
-        .layer(InFlightLimit::new(settings.in_flight_requests_max).layer())
         .with_state(state);
+    let reads = server::limit(
+        reads,
+        server::Limits {
+            in_flight_requests_max: settings.in_flight_requests_max,
+            request_timeout: settings
+                .request_timeout
+                .max(settings.projection_wait_max + Duration::from_secs(1)),
+        },
+    );
     reads
         .merge(observability.router())
         .fallback(observability::not_found)
@@ -101,16 +120,19 @@ pub struct QueryApi;
 
 impl QueryApi {
     /// Binds `addr` (port 0 picks a free port); reads with `?after=` wait at
-    /// most `projection_wait_max` for the projection. Other settings default.
+    /// most `projection_wait_max` for the projection of a ledger of
+    /// `shard_count` shards. Other settings default.
     pub async fn bind(
         addr: SocketAddr,
         read_models: Arc<dyn ReadModels>,
         auth: Arc<Verifier>,
         observability: Observability,
         projection_wait_max: Duration,
+        shard_count: u16,
     ) -> io::Result<Server> {
         let settings = Settings {
             projection_wait_max,
+            shard_count: Some(shard_count),
             ..Settings::default()
         };
         Self::bind_with_settings(addr, read_models, auth, observability, settings).await
@@ -123,9 +145,10 @@ impl QueryApi {
         observability: Observability,
         settings: Settings,
     ) -> io::Result<Server> {
-        Server::bind(
+        Server::bind_with_limits(
             addr,
             router_with_settings(read_models, auth, observability, settings),
+            settings.connection,
         )
         .await
     }

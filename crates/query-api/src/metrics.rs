@@ -1,11 +1,9 @@
 //! Metrics of the query API (the `metrics` facade; the binary installs the exporter).
 
-use std::time::Instant;
-
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use command_api::metrics::{outcome, route_label, OUTCOME_OK};
+use ledger_http::metrics::RequestMetrics;
 
 /// Requests answered, by route template and status code.
 pub const REQUESTS_TOTAL: &str = "ledger_query_api_requests_total";
@@ -18,6 +16,12 @@ pub const REJECTIONS_TOTAL: &str = "ledger_query_api_rejections_total";
 pub const WAIT_SECONDS: &str = "ledger_query_api_wait_seconds";
 /// Reads answered 503 `projection_lagging` after waiting for an `after` position.
 pub const PROJECTION_LAGGING_TOTAL: &str = "ledger_query_api_projection_lagging_total";
+
+const REQUEST_METRICS: RequestMetrics = RequestMetrics {
+    requests_total: REQUESTS_TOTAL,
+    duration_seconds: REQUEST_DURATION_SECONDS,
+    rejections_total: REJECTIONS_TOTAL,
+};
 
 /// Registers the descriptions of this crate's metrics.
 pub fn describe() {
@@ -61,17 +65,5 @@ pub fn record_wait(waited: std::time::Duration, reached: bool) {
 
 /// Middleware counting and timing every request.
 pub async fn record(request: Request, next: Next) -> Response {
-    let route = route_label(&request);
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let outcome = outcome(&response);
-    metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
-    if outcome != OUTCOME_OK {
-        metrics::counter!(REJECTIONS_TOTAL, "route" => route.clone(), "code" => outcome)
-            .increment(1);
-    }
-    metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => route, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
-    response
+    REQUEST_METRICS.record(request, next).await
 }

@@ -8,11 +8,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use command_api::auth::Verifier;
-use command_api::extract::{PathSegment, QueryParameters};
-use command_api::problem::Problem;
-use command_api::validate::{self, format_timestamp, parse_id};
 use ledger_core::{parse_position, BundleId, ItemId, PurchaseId, ReadPosition, Role, UserId};
+use ledger_http::auth::Verifier;
+use ledger_http::extract::{PathSegment, QueryParameters};
+use ledger_http::problem::Problem;
+use ledger_http::validate::{self, format_timestamp, parse_id};
 use projectors::{
     ReadError, ReadModels, SalesRange, TransactionEntry, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
 };
@@ -135,6 +135,51 @@ async fn wait_for(state: &QueryState, after: Option<&After>) -> Result<(), Probl
     };
     if after.position == ReadPosition::default() {
         return Ok(());
+    }
+    // A position no command can have returned (a shard the ledger does not
+    // have, or beyond the head of its shard's log) would only hold the
+    // request until the bound: refused at once.
+    if let Some(shard_count) = state.settings.shard_count {
+        let shards = after
+            .position
+            .positions
+            .iter()
+            .map(|part| part.shard)
+            .chain(
+                after
+                    .position
+                    .deliveries
+                    .iter()
+                    .flat_map(|mark| [mark.from, mark.to]),
+            );
+        for shard in shards {
+            if shard.0 >= shard_count {
+                return Err(Problem::malformed_request(format!(
+                    "after names shard {}, but the ledger has {shard_count} shards: pass a \
+                     position returned by the command api",
+                    shard.0
+                )));
+            }
+        }
+    }
+    if !state
+        .read_models
+        .covers(&after.position)
+        .await
+        .map_err(read_failed)?
+    {
+        if let Some(beyond) = state
+            .read_models
+            .beyond_head(&after.position)
+            .await
+            .map_err(read_failed)?
+        {
+            return Err(Problem::malformed_request(format!(
+                "after names {}, beyond the head of shard {}'s log (sequence {}): pass a \
+                 position returned by the command api",
+                beyond.part, beyond.shard, beyond.head
+            )));
+        }
     }
     let started = Instant::now();
     let deadline = started + state.settings.projection_wait_max;

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use command_api::auth::{issue_token, now_seconds, Verifier};
-use command_api::Observability;
 use ledger_core::{ReadPosition, Role, UserId};
+use ledger_http::auth::{issue_token, now_seconds, Verifier};
+use ledger_http::Observability;
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
     BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemView, ListingView,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
-    sale_cursor, sale_status, BalanceView, BundleView, CreatorSaleView, EarningsView,
+    sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
     InventoryEntry, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView, ReadError,
     ReadModels, SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
     PURCHASE_STEPS_MAX,
@@ -166,6 +166,47 @@ impl ReadModels for SqliteReadModels {
                 }
             }
             Ok(true)
+        })
+        .await
+    }
+
+    async fn beyond_head(&self, position: &ReadPosition) -> Result<Option<BeyondHead>, ReadError> {
+        let position = position.clone();
+        self.read("log head read", move |connection| {
+            // `UNIQUE (shard, last_sequence)` makes this an index lookup.
+            let mut heads = connection
+                .prepare_cached("SELECT MAX(last_sequence) FROM records WHERE shard = ?1")
+                .map_err(query_failed("prepare log head read"))?;
+            let mut head_of = |shard: u16| -> Result<u64, SqliteStoreError> {
+                let head: Option<i64> = heads
+                    .query_row(params![shard], |row| row.get(0))
+                    .map_err(query_failed("read log head"))?;
+                from_sql("log head sequence", head.unwrap_or(0))
+            };
+            for wanted in &position.positions {
+                if wanted.sequence == 0 {
+                    continue;
+                }
+                let head = head_of(wanted.shard.0)?;
+                if wanted.sequence > head {
+                    return Ok(Some(BeyondHead {
+                        part: format!("{}.{}", wanted.shard.0, wanted.sequence),
+                        shard: wanted.shard.0,
+                        head,
+                    }));
+                }
+            }
+            for mark in &position.deliveries {
+                let head = head_of(mark.from.0)?;
+                if mark.sequence > head {
+                    return Ok(Some(BeyondHead {
+                        part: format!("m{}.{}.{}", mark.from.0, mark.to.0, mark.sequence),
+                        shard: mark.from.0,
+                        head,
+                    }));
+                }
+            }
+            Ok(None)
         })
         .await
     }

@@ -179,12 +179,12 @@ pub fn free_address() -> String {
 }
 
 pub fn token(secret: &str, role: Role, sub: &str) -> String {
-    command_api::auth::issue_token(
+    ledger_http::auth::issue_token(
         secret.as_bytes(),
         role,
         &UserId::parse(sub).expect("valid subject"),
         3_600,
-        command_api::auth::now_seconds(),
+        ledger_http::auth::now_seconds(),
     )
 }
 

@@ -150,6 +150,13 @@ spec:
                 secretKeyRef:
                   name: {{ $root.Values.jwtSecret.secretName }}
                   key: {{ $root.Values.jwtSecret.key }}
+            # during a rotation, the secret before it: tokens signed with either verify
+            - name: LEDGER_JWT_SECRET_PREVIOUS
+              valueFrom:
+                secretKeyRef:
+                  name: {{ $root.Values.jwtSecret.secretName }}
+                  key: {{ $root.Values.jwtSecret.previousKey }}
+                  optional: true
             {{- if eq .component "command-api" }}
             - name: LEDGER_ENGINE
               value: {{ $v.engine | quote }}

@@ -98,7 +98,8 @@ impl<S: Send + Sync> FromRequest<S> for NoFields {
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
         let json = has_json_content_type(request.headers());
         let bytes = read_body(request, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // Absent means no bytes at all: whitespace alone is not a JSON document.
+        if bytes.is_empty() {
             return Ok(NoFields);
         }
         if !json {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ledger_core::codec::{BatchRecord, Entry, InputEntries, GENESIS_HASH, RECORD_ENTRIES_MAX};
 use ledger_core::{Account, Event, ItemId, Posting, PurchaseId, ShardId, UserId};
-use ledger_log_kafka::{KafkaConfig, ShardTransactionalWriter, TopicAdmin, TopicLayout, Topics};
+use log_kafka::{KafkaConfig, ShardTransactionalWriter, TopicAdmin, TopicLayout, Topics};
 
 const USAGE: &str = "usage: kafka-ceiling [--bootstrap HOST:PORT] [--transactions N] [--batch B] \
 [--shards S] [--entries E] [--max-seconds T] [--set KEY=VALUE]... [--json FILE]\n  defaults: \

@@ -1,21 +1,25 @@
-//! Bearer tokens: JWT signed with HS256 (HMAC-SHA-256).
+//! Bearer tokens: JWT signed with HS256 (HMAC-SHA-256), verified with the
+//! `jsonwebtoken` crate.
 //!
-//! A token carries three claims: `sub` (a user id), `role` (`admin`,
-//! `service` or `user`) and `exp` (expiry, seconds since the Unix epoch).
-//! Only the `HS256` algorithm is accepted; the signature is compared in
-//! constant time.
+//! A token carries the claims `sub` (a user id), `role` (`admin`, `service`
+//! or `user`), `iat` (issued at) and `exp` (expiry), both in seconds since the
+//! Unix epoch. Only the `HS256` algorithm is accepted.
+//!
+//! Rotation without downtime: a [`Verifier`] holds the current secret and,
+//! during a rotation, the previous one; a token signed with either verifies,
+//! and new tokens are signed with the current one. Secrets are held as
+//! [`SecretSlice`]s and never appear in `Debug` output.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use ledger_core::{Actor, Role, UserId};
-use serde::Deserialize;
-use sha2::Sha256;
-
-type HmacSha256 = Hmac<Sha256>;
+use secrecy::{ExposeSecret, SecretSlice};
+use serde::{Deserialize, Serialize};
 
 /// Longest token accepted, in bytes.
 pub const TOKEN_LENGTH_MAX: usize = 8 * 1024;
@@ -42,25 +46,32 @@ pub enum AuthError {
 }
 
 #[derive(Deserialize)]
-struct Header {
+struct JoseHeader {
     alg: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Claims {
     sub: String,
     role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
     exp: u64,
 }
 
-/// Verifies bearer tokens signed with a shared secret.
+/// Verifies bearer tokens signed with the current or the previous secret.
 pub struct Verifier {
-    secret: Vec<u8>,
+    /// The current secret's key first, then the previous secret's, if any.
+    keys: Vec<DecodingKey>,
+    validation: Validation,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Verifier").finish_non_exhaustive()
+        formatter
+            .debug_struct("Verifier")
+            .field("secrets", &self.keys.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -70,9 +81,32 @@ impl Verifier {
     /// # Panics
     /// If `secret` is empty.
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        let secret = secret.into();
-        assert!(!secret.is_empty(), "the token secret must not be empty");
-        Self { secret }
+        Self::with_previous(SecretSlice::from(secret.into()), None)
+    }
+
+    /// A verifier for tokens signed with `current` or, during a rotation,
+    /// with `previous`.
+    ///
+    /// # Panics
+    /// If a secret is empty.
+    pub fn with_previous(current: SecretSlice<u8>, previous: Option<SecretSlice<u8>>) -> Self {
+        let mut keys = Vec::with_capacity(2);
+        for secret in std::iter::once(&current).chain(previous.as_ref()) {
+            let bytes = secret.expose_secret();
+            assert!(!bytes.is_empty(), "a token secret must not be empty");
+            keys.push(
+                DecodingKey::from_secret(bytes)
+                    .expect("an hmac key is refused only when empty, checked above"),
+            );
+        }
+        // Expiry is checked here, at a given instant and without leeway;
+        // the claims are read into `Claims`, which requires them.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        validation.required_spec_claims.clear();
+        Self { keys, validation }
     }
 
     /// Verifies `token` at `now_seconds` (seconds since the Unix epoch).
@@ -81,36 +115,46 @@ impl Verifier {
             return Err(AuthError::TooLong);
         }
         let mut parts = token.split('.');
-        let (Some(header_part), Some(claims_part), Some(signature_part), None) =
+        let (Some(header_part), Some(_), Some(_), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed("expected three dot-separated parts"));
         };
-
+        // The algorithm is checked before any key is tried, so `none` and
+        // the other algorithms get their own answer.
         let header_bytes = URL_SAFE_NO_PAD
             .decode(header_part)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: Header = serde_json::from_slice(&header_bytes)
+        let header: JoseHeader = serde_json::from_slice(&header_bytes)
             .map_err(|_| AuthError::Malformed("header is not a json object with `alg`"))?;
         if header.alg != "HS256" {
             return Err(AuthError::UnsupportedAlgorithm);
         }
 
-        let signature = URL_SAFE_NO_PAD
-            .decode(signature_part)
-            .map_err(|_| AuthError::Malformed("signature is not base64url"))?;
-        let mut mac = self.mac();
-        mac.update(header_part.as_bytes());
-        mac.update(b".");
-        mac.update(claims_part.as_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| AuthError::BadSignature)?;
-
-        let claims_bytes = URL_SAFE_NO_PAD
-            .decode(claims_part)
-            .map_err(|_| AuthError::Malformed("claims are not base64url"))?;
-        let claims: Claims = serde_json::from_slice(&claims_bytes)
-            .map_err(|error| AuthError::BadClaims(format!("{error}").to_lowercase()))?;
+        let mut claims = None;
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(error) => match error.kind() {
+                    ErrorKind::InvalidSignature => continue,
+                    ErrorKind::Json(error) => {
+                        return Err(AuthError::BadClaims(format!("{error}").to_lowercase()))
+                    }
+                    ErrorKind::Base64(_) => {
+                        return Err(AuthError::Malformed("a part is not base64url"))
+                    }
+                    ErrorKind::Utf8(_) => return Err(AuthError::Malformed("claims are not utf-8")),
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        return Err(AuthError::UnsupportedAlgorithm)
+                    }
+                    _ => return Err(AuthError::Malformed("token could not be decoded")),
+                },
+            }
+        }
+        let claims = claims.ok_or(AuthError::BadSignature)?;
         if now_seconds >= claims.exp {
             return Err(AuthError::Expired);
         }
@@ -143,10 +187,6 @@ impl Verifier {
         }
         self.verify(token)
     }
-
-    fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.secret).expect("hmac accepts keys of any length")
-    }
 }
 
 fn parse_role(role: &str) -> Option<Role> {
@@ -175,7 +215,10 @@ pub fn now_seconds() -> u64 {
 }
 
 /// Issues an HS256 token for `sub` with `role`, valid for `ttl_seconds` after
-/// `now_seconds`.
+/// `now_seconds`, signed with `secret` (the current one, during a rotation).
+///
+/// # Panics
+/// If `secret` is empty.
 pub fn issue_token(
     secret: &[u8],
     role: Role,
@@ -183,25 +226,27 @@ pub fn issue_token(
     ttl_seconds: u64,
     now_seconds: u64,
 ) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = serde_json::json!({
-        "sub": sub.as_str(),
-        "role": role_name(role),
-        "iat": now_seconds,
-        "exp": now_seconds.saturating_add(ttl_seconds),
-    });
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let mut mac = HmacSha256::new_from_slice(secret).expect("hmac accepts keys of any length");
-    mac.update(header.as_bytes());
-    mac.update(b".");
-    mac.update(claims.as_bytes());
-    let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
-    format!("{header}.{claims}.{signature}")
+    let claims = Claims {
+        sub: sub.as_str().to_owned(),
+        role: role_name(role).to_owned(),
+        iat: Some(now_seconds),
+        exp: now_seconds.saturating_add(ttl_seconds),
+    };
+    // Every caller's secret is checked non-empty first (at least 16
+    // characters in `ledger`), the one case where a key is refused.
+    let key = EncodingKey::from_secret(secret).expect("the token secret must not be empty");
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+        .expect("hs256 signs any claims that serialize, and these are strings and integers")
 }
 
 #[cfg(test)]
 mod tests {
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
     use super::*;
+
+    type HmacSha256 = Hmac<Sha256>;
 
     const SECRET: &[u8] = b"test-secret";
     const NOW: u64 = 1_700_000_000;
@@ -348,6 +393,61 @@ mod tests {
         assert_eq!(
             verifier.verify_at(&"a".repeat(TOKEN_LENGTH_MAX + 1), NOW),
             Err(AuthError::TooLong)
+        );
+    }
+
+    #[test]
+    fn a_token_signed_with_the_previous_secret_verifies_during_a_rotation() {
+        let rotating = Verifier::with_previous(
+            SecretSlice::from(b"new-secret".to_vec()),
+            Some(SecretSlice::from(SECRET.to_vec())),
+        );
+        let old = issue_token(SECRET, Role::User, &alice(), 60, NOW);
+        let new = issue_token(b"new-secret", Role::Admin, &alice(), 60, NOW);
+        assert_eq!(
+            rotating.verify_at(&old, NOW).map(|a| a.role),
+            Ok(Role::User)
+        );
+        assert_eq!(
+            rotating.verify_at(&new, NOW).map(|a| a.role),
+            Ok(Role::Admin)
+        );
+        let other = issue_token(b"other-secret", Role::User, &alice(), 60, NOW);
+        assert_eq!(
+            rotating.verify_at(&other, NOW),
+            Err(AuthError::BadSignature)
+        );
+        // After the rotation, the previous secret is dropped: its tokens stop verifying.
+        let rotated = Verifier::new(b"new-secret".to_vec());
+        assert_eq!(rotated.verify_at(&old, NOW), Err(AuthError::BadSignature));
+        assert!(rotated.verify_at(&new, NOW).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output() {
+        let verifier = Verifier::with_previous(
+            SecretSlice::from(b"current-secret-0123".to_vec()),
+            Some(SecretSlice::from(b"previous-secret-4567".to_vec())),
+        );
+        let shown = format!("{verifier:?} {verifier:#?}");
+        assert!(!shown.contains("current-secret"), "{shown}");
+        assert!(!shown.contains("previous-secret"), "{shown}");
+        assert!(!shown.contains("99, 117, 114"), "{shown}");
+    }
+
+    #[test]
+    fn issued_tokens_are_standard_jwts() {
+        let token = issue_token(SECRET, Role::Service, &alice(), 60, NOW);
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::HS256);
+        assert_eq!(header.typ.as_deref(), Some("JWT"));
+        let (_, claims) = token.split_once('.').unwrap();
+        let claims = claims.split('.').next().unwrap();
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(
+            claims,
+            serde_json::json!({"sub": "alice", "role": "service", "iat": NOW, "exp": NOW + 60})
         );
     }
 

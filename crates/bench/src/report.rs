@@ -178,7 +178,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::driver::new_histogram;
+    use crate::driver::new_histogram;
     use std::collections::BTreeMap;
     use std::time::Duration;
 

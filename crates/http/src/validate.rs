@@ -56,11 +56,35 @@ pub fn integer(
         ))
     };
     match value {
-        Value::Number(number) => match number.as_i64() {
+        Value::Number(number) => match exact_integer(number) {
             Some(integer) if (minimum..=maximum).contains(&integer) => Ok(integer),
             _ => Err(refuse()),
         },
         _ => Err(refuse()),
+    }
+}
+
+/// Largest magnitude below which every integer is exactly a double (2^53).
+const EXACT_DOUBLE_INTEGER_MAX: f64 = 9_007_199_254_740_992.0;
+
+/// The integer a JSON number stands for, if it is one. JSON Schema's
+/// `integer` is any number with a zero fractional part, so `10.0` and
+/// `1e3` are integers; written with a fraction or an exponent they are read
+/// as doubles, accepted only where a double holds every integer exactly
+/// (below 2^53; amounts are at most 10^12) and the fraction is zero. Money
+/// is never kept as a float: the integer is taken and the double dropped.
+pub fn exact_integer(number: &serde_json::Number) -> Option<i64> {
+    if let Some(integer) = number.as_i64() {
+        return Some(integer);
+    }
+    if number.is_u64() {
+        return None;
+    }
+    let double = number.as_f64()?;
+    if double.is_finite() && double.fract() == 0.0 && double.abs() < EXACT_DOUBLE_INTEGER_MAX {
+        Some(double as i64)
+    } else {
+        None
     }
 }
 
@@ -140,11 +164,18 @@ mod tests {
     fn amounts_are_positive_bounded_integers() {
         assert_eq!(amount("price", &json!(1)), Ok(1));
         assert_eq!(amount("price", &json!(AMOUNT_MAX)), Ok(AMOUNT_MAX));
+        // A zero fraction is still an integer (JSON Schema's `integer`).
+        assert_eq!(amount("price", &json!(10.0)), Ok(10));
+        let parsed: Value = serde_json::from_str("37119728.0").unwrap();
+        assert_eq!(amount("price", &parsed), Ok(37_119_728));
+        let parsed: Value = serde_json::from_str("1e3").unwrap();
+        assert_eq!(amount("price", &parsed), Ok(1_000));
         for bad in [
             json!(0),
             json!(-1),
             json!(1.5),
-            json!(10.0),
+            json!(0.0),
+            json!(1e12 + 0.5),
             json!("5"),
             json!(null),
             json!(AMOUNT_MAX + 1),

@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use engine::ports::{EventStore, ShardBatch};
 use ledger_core::codec::{BatchRecord, Entry, InputEntries, GENESIS_HASH, RECORD_ENTRIES_MAX};
 use ledger_core::{Account, Event, ItemId, Posting, PurchaseId, ShardId, UserId};
-use ledger_store_cql::{CqlSettings, CqlStore};
+use store_cql::{CqlSettings, CqlStore};
 
 const EVENTS_MAX: usize = 1_000_000;
 
@@ -175,7 +175,7 @@ async fn main() -> std::process::ExitCode {
         .await
     {
         Ok(mut statement) => {
-            statement.set_consistency(ledger_store_cql::Consistency::Quorum);
+            statement.set_consistency(store_cql::Consistency::Quorum);
             statement
         }
         Err(error) => {
@@ -274,7 +274,7 @@ async fn raw_pass(
         writers.spawn(async move {
             // Groups stay inside one bucket, so each batch is one partition.
             let bucket_of =
-                |record: &BatchRecord| record.last_sequence() / ledger_store_cql::EVENTS_PER_BUCKET;
+                |record: &BatchRecord| record.last_sequence() / store_cql::EVENTS_PER_BUCKET;
             let mut groups: Vec<Vec<BatchRecord>> = Vec::new();
             for record in records {
                 match groups.last_mut() {
@@ -290,7 +290,7 @@ async fn raw_pass(
                 let mut statement = scylla::statement::batch::Batch::new(
                     scylla::statement::batch::BatchType::Unlogged,
                 );
-                statement.set_consistency(ledger_store_cql::Consistency::Quorum);
+                statement.set_consistency(store_cql::Consistency::Quorum);
                 let mut values = Vec::with_capacity(group.len());
                 for record in &group {
                     statement.append_statement(insert.clone());

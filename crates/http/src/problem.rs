@@ -3,7 +3,6 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use engine::ports::SubmitError;
 use ledger_core::{Rejection, RejectionCode};
 
 use crate::auth::AuthError;
@@ -148,22 +147,6 @@ impl Problem {
         )
     }
 
-    /// An engine refusal to run a command (it was not applied).
-    pub fn from_submit_error(error: &SubmitError) -> Self {
-        let detail = error.to_string();
-        match error {
-            SubmitError::Overloaded => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_OVERLOADED, detail)
-            }
-            SubmitError::ShuttingDown => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, CODE_SHUTTING_DOWN, detail)
-            }
-            SubmitError::Timeout { .. } => {
-                Self::new(StatusCode::GATEWAY_TIMEOUT, CODE_TIMEOUT, detail)
-            }
-        }
-    }
-
     /// The title: the code in words, e.g. `Validation failed`.
     pub fn title(&self) -> String {
         let words = self.code.replace('_', " ");
@@ -201,12 +184,6 @@ impl From<Rejection> for Problem {
 impl From<AuthError> for Problem {
     fn from(error: AuthError) -> Self {
         Self::unauthorized(error.to_string())
-    }
-}
-
-impl From<SubmitError> for Problem {
-    fn from(error: SubmitError) -> Self {
-        Self::from_submit_error(&error)
     }
 }
 
@@ -314,22 +291,5 @@ mod tests {
         assert_eq!(body["status"], 409);
         assert_eq!(body["detail"], "item `hat` is sold out");
         assert_eq!(body["code"], "sold_out");
-    }
-
-    #[test]
-    fn submit_errors_are_unavailable_or_timeouts() {
-        assert_eq!(
-            Problem::from(SubmitError::Overloaded).status,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            Problem::from(SubmitError::ShuttingDown).code,
-            "shutting_down"
-        );
-        let timeout = Problem::from(SubmitError::Timeout { timeout_ms: 5 });
-        assert_eq!(
-            (timeout.status, timeout.code),
-            (StatusCode::GATEWAY_TIMEOUT, "timeout")
-        );
     }
 }

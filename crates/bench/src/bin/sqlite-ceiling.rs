@@ -25,8 +25,8 @@ use std::time::Instant;
 use engine::in_memory::InMemoryCluster;
 use ledger_core::codec::{BatchRecord, MessageEnvelope};
 use ledger_core::{Command, GrantId, ItemDefinition, ItemId, PurchaseId, PurchaseTarget, UserId};
-use ledger_store_sqlite::{open_writer, GROUP_COMMIT_ENTRIES_MAX};
 use rusqlite::params;
+use store_sqlite::{open_writer, GROUP_COMMIT_ENTRIES_MAX};
 
 const PURCHASES_MAX: usize = 1_000_000;
 const BUYERS: usize = 2_000;

@@ -403,12 +403,12 @@ impl Target {
 }
 
 fn token(secret: &[u8], role: Role, subject: &str) -> String {
-    command_api::auth::issue_token(
+    ledger_http::auth::issue_token(
         secret,
         role,
         &UserId::parse(subject).expect("literal id"),
         TOKEN_LIFETIME_SECONDS,
-        command_api::auth::now_seconds(),
+        ledger_http::auth::now_seconds(),
     )
 }
 
