@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         let mode = match args.mode.as_str() {
             "embedded" => Mode::Embedded,
             "distributed" => Mode::Distributed,
-            _ if seed % 2 == 0 => Mode::Embedded,
+            _ if seed.is_multiple_of(2) => Mode::Embedded,
             _ => Mode::Distributed,
         };
         // Consecutive runs of a mode cycle through its fault kinds.
@@ -104,15 +104,18 @@ fn main() -> ExitCode {
             println!("    violation: {violation}");
         }
         results.push(result);
+        // The table so far after every run: an interrupted invocation
+        // still leaves what it ran.
+        if let Some(path) = &args.report {
+            let table = summary(&results, &args, started.elapsed().as_secs_f64());
+            if let Err(error) = std::fs::write(path, &table) {
+                eprintln!("error: cannot write {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        }
     }
     let table = summary(&results, &args, started.elapsed().as_secs_f64());
     println!("\n{table}");
-    if let Some(path) = &args.report {
-        if let Err(error) = std::fs::write(path, &table) {
-            eprintln!("error: cannot write {}: {error}", path.display());
-            return ExitCode::from(2);
-        }
-    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     if results.iter().any(|result| !result.violations.is_empty()) {
         ExitCode::from(1)

@@ -277,6 +277,9 @@ async fn retry_everything(
     Ok(())
 }
 
+/// A serial changing hands: (seller, buyer); a primary sale has no seller.
+type Transfer = (Option<String>, String);
+
 /// What the final answers say the ledger must hold.
 struct Expected {
     grants: i64,
@@ -298,7 +301,7 @@ fn expected(workload: &Workload) -> Expected {
     let mut purchases = BTreeMap::new();
     let mut serials: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     // (item, serial) → transfers (from, to); a primary sale has no `from`.
-    let mut transfers: BTreeMap<(String, u64), Vec<(Option<String>, String)>> = BTreeMap::new();
+    let mut transfers: BTreeMap<(String, u64), Vec<Transfer>> = BTreeMap::new();
     let mut primary_of: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let listings: BTreeMap<String, &Value> = sent
         .iter()

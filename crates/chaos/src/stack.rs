@@ -82,8 +82,8 @@ impl Stack {
             }),
             supervising: AtomicBool::new(false),
         });
-        for index in 0..stack.slots.len() {
-            let mut slot = stack.slots[index].lock().await;
+        for slot in &stack.slots {
+            let mut slot = slot.lock().await;
             stack.launch(&mut slot).await?;
             slot.restarts = 0;
         }
