@@ -1,11 +1,15 @@
 //! What the distributed process tests share: starting real `ledger`
 //! services, signing tokens, posting commands until they are answered, and
-//! removing what a test created in the shared brokers.
+//! removing what a test created in the shared brokers. The chaos driver
+//! (`crates/chaos`) includes this file too, with the binary named by
+//! `LEDGER_BIN`.
 #![allow(dead_code)] // each test binary uses its own part of it
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,10 +117,41 @@ impl Drop for Process {
     }
 }
 
+/// Whether the services' log lines are echoed on this process's stderr
+/// (the tests do; the chaos driver keeps them only in [`Process::log`]).
+pub static ECHO_LOGS: AtomicBool = AtomicBool::new(true);
+
+/// The `ledger` binary: `LEDGER_BIN` when set, else the one Cargo built for
+/// this package's tests.
+pub fn ledger_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("LEDGER_BIN") {
+        return path.into();
+    }
+    match option_env!("CARGO_BIN_EXE_ledger") {
+        Some(path) => path.into(),
+        None => panic!("set LEDGER_BIN to the ledger binary"),
+    }
+}
+
 /// `ledger <role>` with the services' environment, listening on `address`,
 /// its log on a pipe.
 fn command(role: &str, environment: &[(String, String)], address: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ledger"))
+    spawn_command(role, environment, address, None).expect("ledger binary starts")
+}
+
+/// As [`command`], run as `uid` (and gid) when given: the chaos driver
+/// partitions one engine from a port with an iptables rule on its uid.
+fn spawn_command(
+    role: &str,
+    environment: &[(String, String)],
+    address: &str,
+    uid: Option<u32>,
+) -> std::io::Result<Child> {
+    let mut command = Command::new(ledger_binary());
+    if let Some(uid) = uid {
+        command.uid(uid).gid(uid);
+    }
+    command
         .arg(role)
         .envs(
             environment
@@ -128,7 +163,6 @@ fn command(role: &str, environment: &[(String, String)], address: &str) -> Child
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("ledger binary starts")
 }
 
 /// Starts `ledger <role>` on `address` and forwards its log lines to the
@@ -170,6 +204,58 @@ pub fn start(role: &str, environment: &[(String, String)]) -> Process {
         }
     });
     Process { child, url, log }
+}
+
+/// Starts `ledger <role>` on a free port (as `uid` when given) and waits,
+/// at most `patience`, until it listens; an error (the process killed) if
+/// it exits or does not listen in time.
+pub fn try_start(
+    role: &str,
+    environment: &[(String, String)],
+    uid: Option<u32>,
+    patience: Duration,
+) -> Result<Process, String> {
+    let mut child = spawn_command(role, environment, "127.0.0.1:0", uid)
+        .map_err(|error| format!("cannot start ledger {role}: {error}"))?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let log = Arc::new(Mutex::new(VecDeque::new()));
+    let (listening, url) = std::sync::mpsc::channel();
+    let kept = log.clone();
+    let label = role.to_string();
+    std::thread::spawn(move || {
+        let mut announced = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !announced {
+                if let Some((_, url)) = line.split_once("listening on ") {
+                    announced = true;
+                    let _ = listening.send(url.trim().to_string());
+                    continue;
+                }
+            }
+            if ECHO_LOGS.load(Ordering::Relaxed) {
+                eprintln!("[{label}] {line}");
+            }
+            keep_line(&kept, line);
+        }
+    });
+    match url.recv_timeout(patience) {
+        Ok(url) => Ok(Process { child, url, log }),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let last: Vec<String> = log
+                .lock()
+                .expect("log lock")
+                .iter()
+                .rev()
+                .take(3)
+                .cloned()
+                .collect();
+            Err(format!(
+                "ledger {role} did not listen within {patience:?}; last log lines: {last:?}"
+            ))
+        }
+    }
 }
 
 /// A loopback address with a port that was free a moment ago.
