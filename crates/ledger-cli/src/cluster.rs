@@ -60,20 +60,36 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Keeps `ready` equal to "Kafka and the CQL database both answer" until
 /// `stop`: a metadata request for the commands topic and `SELECT` from
-/// `system.local`, every [`READINESS_INTERVAL`].
+/// `system.local`, every [`READINESS_INTERVAL`]. A client that could not be
+/// made (the database or the broker was down when the process started, as
+/// after a restart of either) is made again at the next check, so the
+/// process becomes ready once they answer.
 async fn monitor_readiness(
     settings: ClusterSettings,
     ready: Arc<AtomicBool>,
     engine: Option<Arc<WorkerHealth>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let session = scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(settings.contact_points())
-        .connection_timeout(READINESS_TIMEOUT)
-        .build()
-        .await;
-    let admin = TopicAdmin::connect(&settings.kafka());
+    let mut session: Result<scylla::client::session::Session, String> =
+        Err("not connected yet".into());
+    let mut admin: Result<TopicAdmin, String> = Err("not connected yet".into());
     loop {
+        if session.is_err() {
+            session = tokio::time::timeout(
+                READINESS_TIMEOUT,
+                scylla::client::session_builder::SessionBuilder::new()
+                    .known_nodes(settings.contact_points())
+                    .connection_timeout(READINESS_TIMEOUT)
+                    .build(),
+            )
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|built| built.map_err(|error| error.to_string()));
+        }
+        if admin.is_err() {
+            admin = TopicAdmin::connect(&settings.kafka()).map_err(|error| error.to_string());
+        }
+
         let kafka_answers = match &admin {
             Ok(admin) => matches!(
                 tokio::time::timeout(
