@@ -266,27 +266,24 @@ fn check_retention(
         return None;
     }
     let id = key.split_once(':').map_or(key, |(_, id)| id);
-    if state.retention.is_forgotten(key) {
-        return Some(reject(
+    let expired = || {
+        Some(reject(
             RejectionCode::IdempotencyExpired,
             format!(
                 "id {id} is older than the idempotency horizon: its outcome is no longer \
                  kept, and it is not run again"
             ),
-        ));
+        ))
+    };
+    if state.retention.is_forgotten(key) {
+        return expired();
     }
     let created_ms = retention::id_time_ms(key)?;
     // Dated before the horizon by the command's own clock: refused even if
     // this shard has forgotten nothing yet, so the rule does not depend on
     // which shard the id lands on.
     if created_ms < meta.at_ms.saturating_sub(config.idempotency_horizon_ms) {
-        return Some(reject(
-            RejectionCode::IdempotencyExpired,
-            format!(
-                "id {id} is older than the idempotency horizon: its outcome is no longer \
-                 kept, and it is not run again"
-            ),
-        ));
+        return expired();
     }
     (created_ms > meta.at_ms.saturating_add(config.idempotency_horizon_ms)).then(|| {
         reject(
