@@ -931,6 +931,179 @@ async fn a_retry_after_the_idempotency_horizon_is_refused_and_never_runs_twice()
     app.stop().await;
 }
 
+/// Roblox-like abuse limits, on: at most 3 purchase requests per buyer a
+/// minute, one request per buyer per item a minute.
+fn abuse_limits() -> ledger_core::limits::PurchaseLimits {
+    ledger_core::limits::PurchaseLimits {
+        purchases_per_window: 3,
+        purchase_window_ms: 60_000,
+        item_request_interval_ms: 60_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_in_a_limited_drop_get_no_more_than_their_cap_while_people_still_buy() {
+    let app = Arc::new(
+        marketplace_ledger::spawn_app_with(|settings| {
+            settings.purchase_limits = abuse_limits();
+        })
+        .await,
+    );
+    let drops = ["drop-a", "drop-b", "drop-c", "drop-d", "drop-e"];
+    for drop in drops {
+        let answer = app
+            .publish(json!({"item_id": drop, "creator_id": "studio", "name": drop, "price": 50, "supply": 20}))
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    fund(&app, "bot", 10, 10_000).await;
+    fund(&app, "person", 40, 100).await;
+
+    // 10 bots send 50 requests each (10 per drop), all at once, among 40
+    // people who each ask for one serial.
+    let mut tasks = JoinSet::new();
+    for bot in 0..10 {
+        for request in 0..50 {
+            let app = app.clone();
+            let drop = drops[request % drops.len()];
+            tasks.spawn(async move {
+                let buyer = format!("bot-{bot}");
+                let answer = app
+                    .purchase(&format!("bot-{bot}-{request}"), &buyer, drop, 50)
+                    .await;
+                (buyer, drop, answer)
+            });
+        }
+    }
+    for person in 0..40 {
+        let app = app.clone();
+        let drop = drops[person % drops.len()];
+        tasks.spawn(async move {
+            let buyer = format!("person-{person}");
+            let answer = app
+                .purchase(&format!("person-{person}"), &buyer, drop, 50)
+                .await;
+            (buyer, drop, answer)
+        });
+    }
+    let mut bought: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    let mut limited = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (buyer, drop, answer) = result.expect("purchase task");
+        match (answer.status, answer.code()) {
+            (201, _) => bought.entry(buyer).or_default().push(drop),
+            (429, "rate_limited") => {
+                assert!(
+                    buyer.starts_with("bot-"),
+                    "{buyer} was limited: {}",
+                    answer.text
+                );
+                assert_eq!(answer.content_type, "application/problem+json");
+                let wait: u64 = answer
+                    .retry_after
+                    .as_deref()
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or_else(|| panic!("429 without Retry-After: {answer:?}"));
+                // A minute, plus up to one second for requests that reached
+                // the buyer's shard out of the order of their times.
+                assert!((1..=61).contains(&wait), "retry after {wait} s");
+                assert_eq!(answer.body["retry_after_seconds"], wait);
+                limited += 1;
+            }
+            other => panic!("unexpected answer {other:?} for {buyer}: {}", answer.text),
+        }
+    }
+    for person in 0..40 {
+        assert_eq!(
+            bought.get(&format!("person-{person}")).map(Vec::len),
+            Some(1),
+            "every person buys their serial"
+        );
+    }
+    let mut bot_serials = 0;
+    for bot in 0..10 {
+        let drops_bought = bought
+            .get(&format!("bot-{bot}"))
+            .cloned()
+            .unwrap_or_default();
+        assert!(drops_bought.len() <= 3, "bot-{bot} bought {drops_bought:?}");
+        let distinct: BTreeSet<&str> = drops_bought.iter().copied().collect();
+        assert_eq!(distinct.len(), drops_bought.len(), "one request per drop");
+        bot_serials += drops_bought.len();
+    }
+    assert_eq!(
+        limited,
+        500 - bot_serials,
+        "every other bot request was limited"
+    );
+
+    // A limited request charged and reserved nothing: each bot paid for
+    // exactly what it got, and the drops sold exactly the serials granted.
+    for bot in 0..10 {
+        let owned = bought.get(&format!("bot-{bot}")).map_or(0, Vec::len) as i64;
+        let buyer = format!("bot-{bot}");
+        eventually("a bot's balance", || async {
+            (app.balance(&buyer, None).await.0 == 10_000 - 50 * owned).then_some(())
+        })
+        .await;
+    }
+    for drop in drops {
+        let sold = bought
+            .values()
+            .flatten()
+            .filter(|bought| **bought == drop)
+            .count();
+        wait_for(&app, &format!("/v1/items/{drop}"), |body| {
+            body["sold"] == sold
+        })
+        .await;
+    }
+    Arc::try_unwrap(app)
+        .ok()
+        .expect("single owner")
+        .stop()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_purchase_is_not_remembered() {
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.purchase_limits = abuse_limits();
+    })
+    .await;
+    for item in ["hat", "scarf"] {
+        let answer = app
+            .publish(json!({"item_id": item, "creator_id": "maker", "name": item, "price": 10, "supply": 5}))
+            .await;
+        assert_eq!(answer.status, 201, "{}", answer.text);
+    }
+    assert_eq!(app.grant("eager-funds", "eager", 100).await.status, 201);
+    assert_eq!(
+        app.purchase("eager-1", "eager", "hat", 10).await.status,
+        201
+    );
+    // A second request for the same item within the interval.
+    let limited = app.purchase("eager-2", "eager", "hat", 10).await;
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "rate_limited"),
+        "{}",
+        limited.text
+    );
+    // Sent again as is: decided afresh (still too soon), not answered from a record.
+    let again = app.purchase("eager-2", "eager", "hat", 10).await;
+    assert_eq!(again.code(), "rate_limited", "{}", again.text);
+    // The same id for another request is not an idempotency conflict: nothing
+    // was remembered under it. It runs.
+    let other = app.purchase("eager-2", "eager", "scarf", 10).await;
+    assert_eq!(other.status, 201, "{}", other.text);
+    eventually("two purchases paid, no more", || async {
+        (app.balance("eager", None).await.0 == 80).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_without_changing_state() {
     let app = spawn_app().await;

@@ -62,6 +62,8 @@ struct Simulation {
     completions: BTreeMap<String, Completion>,
     /// Commands refused because their id was forgotten or dated before the horizon.
     expired_refusals: u64,
+    /// Purchases refused by the buyer's rate limits (answered, not remembered).
+    rate_limited: u64,
     /// Commands sent so far, to retry.
     sent: Vec<(Command, CommandMeta)>,
     users: Vec<UserId>,
@@ -129,6 +131,15 @@ impl Simulation {
         // advances ~15 s over 4,000 operations) and retried after that.
         config.idempotency_horizon_ms = 300 + random.below(1_500);
         config.forgets_per_tick_max = 1 + random.below(8) as u32;
+        // Half the seeds limit purchases tightly (the clock moves ~4 ms per
+        // operation), so bursts of one buyer are refused and sent again.
+        if random.chance(50) {
+            config.purchase_limits = ledger_core::limits::PurchaseLimits {
+                purchases_per_window: 1 + random.below(4) as u32,
+                purchase_window_ms: 50 + random.below(400),
+                item_request_interval_ms: random.below(2) * (20 + random.below(200)),
+            };
+        }
         let config = Arc::new(config);
         let runners = (0..shard_count)
             .map(|shard| ShardRunner::new(ShardId(shard), config.clone()))
@@ -156,6 +167,7 @@ impl Simulation {
             crashes: 0,
             cancelled_listings: 0,
             expired_refusals: 0,
+            rate_limited: 0,
             faults: Faults::default(),
             commit_order: Vec::new(),
         }
@@ -239,6 +251,21 @@ impl Simulation {
                         "only forgettable commands expire ({key})"
                     );
                     self.expired_refusals += 1;
+                }
+            }
+            if let Reply::Completed(completion) = &reply {
+                if let Some(retry_after_ms) = completion.retry_after_ms {
+                    // Not remembered: a later send is decided afresh.
+                    assert!(
+                        retry_after_ms > 0,
+                        "a rate-limited answer says how long to wait"
+                    );
+                    assert!(
+                        matches!(&completion.result, Err(rejection) if rejection.code == RejectionCode::RateLimited),
+                        "only a rate-limited refusal carries a wait"
+                    );
+                    self.rate_limited += 1;
+                    continue;
                 }
             }
             if let Reply::Completed(completion) = reply {
@@ -656,6 +683,56 @@ impl Simulation {
         events
     }
 
+    /// No buyer was admitted more purchase requests than the limits allow
+    /// in any window, whatever order the requests reached its shard in.
+    fn check_purchase_limits(&self, events: &[(ShardId, Event)]) {
+        let limits = self.config.purchase_limits;
+        let mut admitted: BTreeMap<&UserId, Vec<(TimestampMs, &str)>> = BTreeMap::new();
+        for (_, event) in events {
+            if let Event::PurchaseAdmitted {
+                buyer_id,
+                subject,
+                at_ms,
+                ..
+            } = event
+            {
+                assert!(limits.enabled(), "admissions only with limits on");
+                admitted
+                    .entry(buyer_id)
+                    .or_default()
+                    .push((*at_ms, subject));
+            }
+        }
+        for (buyer_id, mut times) in admitted {
+            times.sort();
+            if limits.purchases_per_window > 0 {
+                for (index, (at_ms, _)) in times.iter().enumerate() {
+                    let in_window = times[..=index]
+                        .iter()
+                        .filter(|(time_ms, _)| *time_ms + limits.purchase_window_ms > *at_ms)
+                        .count();
+                    assert!(
+                        in_window <= limits.purchases_per_window as usize,
+                        "{buyer_id} was admitted {in_window} purchases in {} ms: {times:?}",
+                        limits.purchase_window_ms
+                    );
+                }
+            }
+            if limits.item_request_interval_ms > 0 {
+                let mut last: BTreeMap<&str, TimestampMs> = BTreeMap::new();
+                for (at_ms, subject) in &times {
+                    if let Some(previous_ms) = last.insert(subject, *at_ms) {
+                        assert!(
+                            at_ms - previous_ms >= limits.item_request_interval_ms,
+                            "{buyer_id} was admitted two requests for {subject} {} ms apart",
+                            at_ms - previous_ms
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn check_invariants(&self) {
         // Conservation: all postings across shards sum to zero; nothing left in flight.
         let mut totals: BTreeMap<Account, i64> = BTreeMap::new();
@@ -799,14 +876,36 @@ impl Simulation {
                 | Event::PurchaseCompleted {
                     key, completion, ..
                 } => {
+                    assert!(
+                        !matches!(&completion.result, Err(rejection) if rejection.code == RejectionCode::RateLimited),
+                        "a rate-limited refusal is never remembered ({key})"
+                    );
                     let (_, completed) = accepted
                         .get_mut(key)
                         .expect("a command completes after it is accepted");
                     *completed = Some(completion.clone());
                 }
+                // Rate-limited: answered and forgotten, so the id may be
+                // accepted again (and run once).
+                Event::CommandWithdrawn {
+                    key, completion, ..
+                } => {
+                    assert!(
+                        matches!(&completion.result, Err(rejection) if rejection.code == RejectionCode::RateLimited),
+                        "only a rate-limited purchase is withdrawn ({key})"
+                    );
+                    let (_, completed) = accepted
+                        .remove(key)
+                        .expect("a command is withdrawn after it is accepted");
+                    assert!(
+                        completed.is_none(),
+                        "a completed command is not withdrawn ({key})"
+                    );
+                }
                 _ => {}
             }
         }
+        self.check_purchase_limits(&events);
         let mut successful = BTreeSet::new();
         {
             for (key, (command, completion)) in &accepted {
@@ -1055,6 +1154,10 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
         "idempotency_expired (refused)".into(),
         simulation.expired_refusals as usize,
     );
+    totals.outcomes.insert(
+        "rate_limited (answered, not remembered)".into(),
+        simulation.rate_limited as usize,
+    );
     let forgotten: u32 = simulation
         .all_events()
         .iter()
@@ -1157,6 +1260,7 @@ fn simulated_ledger_keeps_its_invariants() {
         "refund_window_closed",
         "idempotency_expired (refused)",
         "commands forgotten",
+        "rate_limited (answered, not remembered)",
     ] {
         assert!(
             outcomes.get(expected).copied().unwrap_or(0) > 0,

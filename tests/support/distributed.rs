@@ -53,6 +53,9 @@ pub fn cluster_settings(settings: &Settings) -> ClusterSettings {
         resale_hold_ms: settings.resale_hold.as_millis() as u64,
         tick_interval_ms: settings.tick_interval.as_millis() as u64,
         idempotency_horizon_ms: settings.idempotency_horizon.as_millis() as u64,
+        purchase_limit: settings.purchase_limits.purchases_per_window,
+        purchase_window_ms: settings.purchase_limits.purchase_window_ms,
+        item_request_interval_ms: settings.purchase_limits.item_request_interval_ms,
         snapshot_every_events: 500,
         http_addr: Some("127.0.0.1:0".parse().expect("literal address")),
         jwt_secret: secrecy::SecretString::from(

@@ -45,6 +45,8 @@ impl Drop for TempDir {
 pub struct Answer {
     pub status: u16,
     pub content_type: String,
+    /// The `Retry-After` header, when the answer has one.
+    pub retry_after: Option<String>,
     pub body: Value,
     pub text: String,
 }
@@ -184,10 +186,16 @@ impl TestApp {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = response.text().await.expect("body is readable");
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Answer {
             status,
+            retry_after,
             content_type,
             body,
             text,

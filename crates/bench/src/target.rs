@@ -475,6 +475,7 @@ mod tests {
             result: Err(Rejection::new(RejectionCode::AlreadyOwned, "owned")),
             positions: Vec::new(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         }));
         assert_eq!(rejected.code.as_str(), "already_owned");
         assert_eq!(

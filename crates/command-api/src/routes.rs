@@ -373,7 +373,15 @@ fn optional_timestamp(at_ms: Option<u64>) -> Value {
 pub fn render(command: &Command, completion: &Completion) -> Response {
     let success = match &completion.result {
         Ok(success) => success,
-        Err(rejection) => return Problem::from(rejection).into_response(),
+        Err(rejection) => {
+            return match completion.retry_after_ms {
+                Some(retry_after_ms) => {
+                    Problem::rate_limited(rejection.detail.clone(), retry_after_ms)
+                }
+                None => Problem::from(rejection),
+            }
+            .into_response()
+        }
     };
     let position = format_position(&completion.read_position());
     let (status, body) = match (command, success) {
@@ -735,6 +743,7 @@ mod tests {
             }),
             positions: positions(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         };
         let first = body_of(render(&command, &completion)).await;
         let second = body_of(render(&command, &completion.clone())).await;
@@ -764,6 +773,7 @@ mod tests {
             }),
             positions: positions(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         };
         let (_, _, bytes) = body_of(render(&purchase_of_limited(), &completion)).await;
         let body: Value = serde_json::from_slice(&bytes).unwrap();
@@ -779,6 +789,7 @@ mod tests {
             )),
             positions: positions(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         };
         let first = body_of(render(&purchase_of_limited(), &completion)).await;
         assert_eq!(
@@ -799,6 +810,7 @@ mod tests {
             result: Ok(Success::BundleCreated),
             positions: positions(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         };
         let (status, _, _) = body_of(render(&purchase_of_limited(), &completion)).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -821,6 +833,7 @@ mod tests {
             result: Ok(Success::ItemPublished),
             positions: positions(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         };
         let (status, _, bytes) = body_of(render(&command, &completion)).await;
         assert_eq!(status, StatusCode::CREATED);

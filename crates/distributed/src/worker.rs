@@ -1098,6 +1098,7 @@ async fn commit_shard(
                     result: Err(rejection),
                     positions: Vec::new(),
                     deliveries: Vec::new(),
+                    retry_after_ms: None,
                 },
             };
             ReplyRecordOut {

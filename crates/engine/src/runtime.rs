@@ -220,6 +220,7 @@ impl CommandBus for Engine {
                 result: Err(rejection),
                 positions: Vec::new(),
                 deliveries: Vec::new(),
+                retry_after_ms: None,
             }),
         }
     }

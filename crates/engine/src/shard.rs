@@ -154,7 +154,7 @@ impl<W> ShardRunner<W> {
         cause: &str,
         timestamp_ms: TimestampMs,
         step: &mut Step<W>,
-    ) -> Vec<String> {
+    ) -> Vec<(String, Completion)> {
         let mut completed = Vec::new();
         for event in events {
             match &event {
@@ -169,8 +169,12 @@ impl<W> ShardRunner<W> {
                     message: message.clone(),
                 }),
                 _ => {
-                    if let Some((key, _)) = event.completion() {
-                        completed.push(key.to_string());
+                    if let Some((key, completion)) = event.completion() {
+                        let mut completion = completion.clone();
+                        if let Event::CommandWithdrawn { retry_after_ms, .. } = &event {
+                            completion.retry_after_ms = Some(*retry_after_ms);
+                        }
+                        completed.push((key.to_string(), completion));
                     }
                 }
             }
@@ -236,12 +240,11 @@ impl<W> ShardRunner<W> {
         }
     }
 
-    fn resolve(&mut self, completed: Vec<String>, step: &mut Step<W>) {
-        for key in completed {
+    /// Answers the waiters of the commands the last events answered, from
+    /// those events (a withdrawn command is no longer in the state).
+    fn resolve(&mut self, completed: Vec<(String, Completion)>, step: &mut Step<W>) {
+        for (key, completion) in completed {
             if let Some(waiters) = self.waiters.remove(&key) {
-                let completion = self
-                    .completion(&key)
-                    .expect("completed command has a completion");
                 for waiter in waiters {
                     step.replies
                         .push((waiter, Reply::Completed(completion.clone())));
@@ -278,7 +281,7 @@ impl<W> ShardRunner<W> {
                         step.replies.push((waiter, Reply::Completed(completion)))
                     }
                     Answer::OnCompletion(key) => match self.completion(&key) {
-                        Some(completion) if !completed.contains(&key) => {
+                        Some(completion) if !completed.iter().any(|(done, _)| *done == key) => {
                             step.replies.push((waiter, Reply::Completed(completion)))
                         }
                         _ => self.waiters.entry(key).or_default().push(waiter),

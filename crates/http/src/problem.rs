@@ -58,6 +58,7 @@ pub fn status_for(code: RejectionCode) -> StatusCode {
         | RejectionCode::AlreadyRefunded
         | RejectionCode::NotRefundable
         | RejectionCode::IdempotencyExpired => StatusCode::CONFLICT,
+        RejectionCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -67,6 +68,10 @@ pub struct Problem {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Whole seconds the client should wait (`Retry-After`, and
+    /// `retry_after_seconds` in the body): set for `rate_limited`; a 503
+    /// without it says 1.
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl Problem {
@@ -75,6 +80,16 @@ impl Problem {
             status,
             code,
             detail: detail.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    /// 429 `rate_limited`: the buyer may send the same request again after
+    /// `retry_after_ms`, rounded up to whole seconds (at least 1).
+    pub fn rate_limited(detail: impl Into<String>, retry_after_ms: u64) -> Self {
+        Self {
+            retry_after_seconds: Some(retry_after_ms.div_ceil(1_000).max(1)),
+            ..Self::from_code(RejectionCode::RateLimited, detail)
         }
     }
 
@@ -159,13 +174,17 @@ impl Problem {
 
     /// The JSON body (keys in a fixed order, so equal problems give equal bytes).
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("{PROBLEM_TYPE_BASE}{}", self.code),
             "title": self.title(),
             "status": self.status.as_u16(),
             "detail": self.detail,
             "code": self.code,
-        })
+        });
+        if let Some(seconds) = self.retry_after_seconds {
+            body["retry_after_seconds"] = seconds.into();
+        }
+        body
     }
 }
 
@@ -205,8 +224,14 @@ impl IntoResponse for Problem {
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self.retry_after_seconds {
+            Some(seconds) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            None if self.status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            None => {}
         }
         response
     }
@@ -234,6 +259,16 @@ mod tests {
             status_for(RejectionCode::ValidationFailed),
             StatusCode::UNPROCESSABLE_ENTITY
         );
+    }
+
+    #[test]
+    fn a_rate_limited_answer_says_how_long_to_wait_in_whole_seconds() {
+        let response = Problem::rate_limited("too fast", 1_001).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let problem = Problem::rate_limited("too fast", 1);
+        assert_eq!(problem.body()["retry_after_seconds"], 1);
+        assert_eq!(problem.body()["code"], "rate_limited");
     }
 
     #[test]

@@ -31,6 +31,13 @@ pub struct ClusterSettings {
     pub tick_interval_ms: u64,
     /// How long a completed command is remembered by its id (7 days).
     pub idempotency_horizon_ms: u64,
+    /// Most purchase requests one buyer may make per `purchase_window_ms`
+    /// (0: no limit).
+    pub purchase_limit: u32,
+    pub purchase_window_ms: u64,
+    /// Least time between two purchase requests of one buyer for the same
+    /// item, bundle or listing (0: no limit).
+    pub item_request_interval_ms: u64,
     pub snapshot_every_events: u64,
     /// `host:port` of the service's HTTP listener; default per service.
     pub http_addr: Option<SocketAddr>,
@@ -63,6 +70,10 @@ impl Default for ClusterSettings {
             resale_hold_ms: 0,
             tick_interval_ms: 1_000,
             idempotency_horizon_ms: ledger_core::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
+            purchase_limit: ledger_core::limits::PurchaseLimits::RECOMMENDED.purchases_per_window,
+            purchase_window_ms: ledger_core::limits::PurchaseLimits::RECOMMENDED.purchase_window_ms,
+            item_request_interval_ms: ledger_core::limits::PurchaseLimits::RECOMMENDED
+                .item_request_interval_ms,
             snapshot_every_events: 100_000,
             http_addr: None,
             jwt_secret: SecretString::default(),
@@ -168,6 +179,17 @@ impl ClusterSettings {
             "LEDGER_IDEMPOTENCY_HORIZON_MS",
             "number",
             &mut self.idempotency_horizon_ms,
+        )?;
+        parse_env("LEDGER_PURCHASE_LIMIT", "number", &mut self.purchase_limit)?;
+        parse_env(
+            "LEDGER_PURCHASE_WINDOW_MS",
+            "number",
+            &mut self.purchase_window_ms,
+        )?;
+        parse_env(
+            "LEDGER_ITEM_REQUEST_INTERVAL_MS",
+            "number",
+            &mut self.item_request_interval_ms,
         )?;
         parse_env(
             "LEDGER_SNAPSHOT_EVERY_EVENTS",

@@ -38,6 +38,8 @@ pub struct Settings {
     pub tick_interval: Duration,
     /// How long a completed command is remembered by its id.
     pub idempotency_horizon: Duration,
+    /// Purchase rate limits per buyer (see `ledger_core::limits`).
+    pub purchase_limits: ledger_core::limits::PurchaseLimits,
     /// The HS256 secret tokens are verified with (and `ledger token` signs with).
     pub jwt_secret: SecretSlice<u8>,
     /// The secret before the last rotation, still accepted (rotation without downtime).
@@ -59,6 +61,9 @@ impl Settings {
             idempotency_horizon: Duration::from_millis(
                 ledger_core::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
             ),
+            // Off: most tests buy faster than a person; the rate limit
+            // tests turn them on.
+            purchase_limits: ledger_core::limits::PurchaseLimits::default(),
             jwt_secret: SecretSlice::from(jwt_secret.as_bytes().to_vec()),
             jwt_secret_previous: None,
             read_wait: Duration::from_secs(5),
@@ -184,6 +189,7 @@ impl Application {
         core.escrow_hold_ms = settings.escrow_hold.as_millis() as u64;
         core.resale_hold_ms = settings.resale_hold.as_millis() as u64;
         core.idempotency_horizon_ms = settings.idempotency_horizon.as_millis() as u64;
+        core.purchase_limits = settings.purchase_limits;
         let mut engine_config = EngineConfig::new(core);
         engine_config.tick_interval = settings.tick_interval;
         let engine = Engine::start(store.clone(), engine_config).await?;

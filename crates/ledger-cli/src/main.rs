@@ -67,6 +67,19 @@ enum Commands {
         /// never run twice.
         #[arg(long, env = "LEDGER_IDEMPOTENCY_HORIZON", default_value = "7d", value_parser = humantime::parse_duration)]
         idempotency_horizon: Duration,
+        /// Most purchase requests (primary and resale) one buyer may make
+        /// per `--purchase-window`; more are refused with 429 rate_limited
+        /// and Retry-After. 0 turns the limit off.
+        #[arg(long, env = "LEDGER_PURCHASE_LIMIT", default_value_t = ledger_core::limits::PurchaseLimits::RECOMMENDED.purchases_per_window)]
+        purchase_limit: u32,
+        /// The window `--purchase-limit` counts over.
+        #[arg(long, env = "LEDGER_PURCHASE_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
+        purchase_window: Duration,
+        /// Least time between two purchase requests of one buyer for the
+        /// same item, bundle or listing (429 rate_limited otherwise). 0s
+        /// turns the limit off.
+        #[arg(long, env = "LEDGER_ITEM_REQUEST_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+        item_request_interval: Duration,
         /// Seed a small economy and print ready-to-paste curl commands.
         #[arg(long)]
         demo: bool,
@@ -502,6 +515,9 @@ fn main() -> ExitCode {
             resale_hold,
             tick_interval,
             idempotency_horizon,
+            purchase_limit,
+            purchase_window,
+            item_request_interval,
             demo,
         } => {
             if shards == 0 || shards > 1024 {
@@ -532,6 +548,11 @@ fn main() -> ExitCode {
                 resale_hold,
                 tick_interval,
                 idempotency_horizon,
+                purchase_limits: ledger_core::limits::PurchaseLimits {
+                    purchases_per_window: purchase_limit,
+                    purchase_window_ms: purchase_window.as_millis() as u64,
+                    item_request_interval_ms: item_request_interval.as_millis() as u64,
+                },
                 jwt_secret: SecretSlice::from(jwt_secret.clone()),
                 jwt_secret_previous,
                 read_wait: Duration::from_secs(5),

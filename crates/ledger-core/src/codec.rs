@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
+use crate::limits::BuyerLimits;
 use crate::model::{Command, Event, Message, RefundProgress, TimestampMs};
 use crate::money::Account;
 use crate::retention::Retention;
@@ -299,11 +300,7 @@ pub mod legacy {
                 let (key, v1): (String, CompletionV1) = decode("command_completed v1", fields)?;
                 Ok(Event::CommandCompleted {
                     key,
-                    completion: crate::model::Completion {
-                        result: v1.result,
-                        positions: v1.positions,
-                        deliveries: Vec::new(),
-                    },
+                    completion: crate::model::Completion::new(v1.result, v1.positions, Vec::new()),
                 })
             }
             ("item_published", 1) => {
@@ -720,11 +717,31 @@ pub struct ReplyRecord {
 }
 
 impl ReplyRecord {
+    /// The request id, the completion, then the wait of a rate-limited
+    /// refusal (which a stored completion never carries).
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode(self)
+        encode(&(
+            &self.request_id,
+            &self.completion,
+            self.completion.retry_after_ms,
+        ))
     }
+
+    /// Reads a reply; one written before replies carried a wait has none.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        decode("reply record", bytes)
+        let (request_id, mut completion, retry_after_ms) =
+            match decode::<(String, crate::Completion, Option<u64>)>("reply record", bytes) {
+                Ok(reply) => reply,
+                Err(error) => match decode::<(String, crate::Completion)>("reply record", bytes) {
+                    Ok((request_id, completion)) => (request_id, completion, None),
+                    Err(_) => return Err(error),
+                },
+            };
+        completion.retry_after_ms = retry_after_ms;
+        Ok(Self {
+            request_id,
+            completion,
+        })
     }
 }
 
@@ -737,8 +754,11 @@ pub struct Snapshot {
 
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
-/// rather than restored. Format 4: the state has its retention queues.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP04";
+/// rather than restored. Format 5: the state has its purchase rate limits.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP05";
+/// Format 4: as format 5, of a state without purchase rate limits (written
+/// before they existed; still read).
+pub const SNAPSHOT_MAGIC_V4: [u8; 8] = *b"LGRSNP04";
 /// Format 3: as format 4, of a state without retention queues (written
 /// before commands were forgotten; still read).
 pub const SNAPSHOT_MAGIC_V3: [u8; 8] = *b"LGRSNP03";
@@ -787,18 +807,78 @@ impl From<SnapshotBeforeRetention> for Snapshot {
                 listing_directory: old.listing_directory,
                 refunds: old.refunds,
                 retention: Retention::default(),
+                limits: BuyerLimits::default(),
             },
             last_hash: old.last_hash,
         }
     }
 }
 
-/// The body of a checksummed snapshot (format 3 or 4) after its marker, or
-/// `None` if it has neither marker.
-fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], bool), CodecError>> {
-    let (rest, current) = match bytes.strip_prefix(&SNAPSHOT_MAGIC) {
-        Some(rest) => (rest, true),
-        None => (bytes.strip_prefix(&SNAPSHOT_MAGIC_V3)?, false),
+/// A shard's state as format 4 snapshots hold it: [`ShardState`] without
+/// its purchase rate limits, which start empty when read (admissions of the
+/// last window before the snapshot no longer count: at most one window of
+/// extra requests, once, and only across an upgrade).
+#[derive(Decode)]
+struct SnapshotBeforeLimits {
+    shard: ShardId,
+    next_sequence: u64,
+    inbound_next: BTreeMap<ShardId, u64>,
+    outbound_next: BTreeMap<ShardId, u64>,
+    balances: BTreeMap<Account, i64>,
+    owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
+    escrow: BTreeMap<PurchaseId, EscrowEntry>,
+    escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
+    items: BTreeMap<ItemId, ItemState>,
+    bundles: BTreeMap<BundleId, BundleState>,
+    commands: BTreeMap<String, crate::state::CommandRecord>,
+    listing_directory: BTreeMap<ListingId, ItemId>,
+    refunds: BTreeMap<PurchaseId, RefundProgress>,
+    retention: Retention,
+    last_hash: Hash,
+}
+
+impl From<SnapshotBeforeLimits> for Snapshot {
+    fn from(old: SnapshotBeforeLimits) -> Self {
+        Snapshot {
+            state: ShardState {
+                shard: old.shard,
+                next_sequence: old.next_sequence,
+                inbound_next: old.inbound_next,
+                outbound_next: old.outbound_next,
+                balances: old.balances,
+                owned_items: old.owned_items,
+                escrow: old.escrow,
+                escrow_due: old.escrow_due,
+                items: old.items,
+                bundles: old.bundles,
+                commands: old.commands,
+                listing_directory: old.listing_directory,
+                refunds: old.refunds,
+                retention: old.retention,
+                limits: BuyerLimits::default(),
+            },
+            last_hash: old.last_hash,
+        }
+    }
+}
+
+/// The checksummed snapshot formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SnapshotFormat {
+    V3,
+    V4,
+    Current,
+}
+
+/// The body of a checksummed snapshot (format 3, 4 or 5) after its marker,
+/// with its format, or `None` if it has none of their markers.
+fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotFormat), CodecError>> {
+    let (rest, format) = if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
+        (rest, SnapshotFormat::Current)
+    } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V4) {
+        (rest, SnapshotFormat::V4)
+    } else {
+        (bytes.strip_prefix(&SNAPSHOT_MAGIC_V3)?, SnapshotFormat::V3)
     };
     let length = bytes.len();
     let Some(split) = rest.len().checked_sub(32) else {
@@ -811,7 +891,7 @@ fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], bool), Codec
         let shard = decode_unchecked_record_prefix::<ShardId>(body).unwrap_or(ShardId(u16::MAX));
         return Some(Err(CodecError::SnapshotChecksum { shard }));
     }
-    Some(Ok((body, current)))
+    Some(Ok((body, format)))
 }
 
 impl Snapshot {
@@ -827,11 +907,16 @@ impl Snapshot {
     /// Decodes a snapshot of any format, checking its checksum when it has one.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
         if let Some(checked) = checksummed_snapshot_body(bytes) {
-            let (body, current) = checked?;
-            if current {
-                return decode_record_part("snapshot", body);
-            }
-            return decode_record_part::<SnapshotBeforeRetention>("snapshot", body).map(Into::into);
+            let (body, format) = checked?;
+            return match format {
+                SnapshotFormat::Current => decode_record_part("snapshot", body),
+                SnapshotFormat::V4 => {
+                    decode_record_part::<SnapshotBeforeLimits>("snapshot", body).map(Into::into)
+                }
+                SnapshotFormat::V3 => {
+                    decode_record_part::<SnapshotBeforeRetention>("snapshot", body).map(Into::into)
+                }
+            };
         }
         match bytes.strip_prefix(&SNAPSHOT_MAGIC_UNCHECKED) {
             Some(rest) => decode_unchecked_record_part::<SnapshotBeforeRetention>("snapshot", rest)

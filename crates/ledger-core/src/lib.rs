@@ -12,6 +12,7 @@
 pub mod codec;
 pub mod decide;
 pub mod ids;
+pub mod limits;
 pub mod model;
 pub mod money;
 pub mod retention;

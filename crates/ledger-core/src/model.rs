@@ -251,10 +251,14 @@ pub enum RejectionCode {
     /// The command's id is older than the idempotency horizon: its outcome
     /// is no longer kept, so it is not run again (never a second effect).
     IdempotencyExpired,
+    /// The buyer is over a purchase rate limit: refused before anything was
+    /// reserved or charged, and not remembered (the same command sent
+    /// after the wait is decided afresh).
+    RateLimited,
 }
 
 /// Every code with its stored index and its name.
-const REJECTION_CODES: [(RejectionCode, u32, &str); 20] = [
+const REJECTION_CODES: [(RejectionCode, u32, &str); 21] = [
     (RejectionCode::ValidationFailed, 0, "validation_failed"),
     (RejectionCode::Forbidden, 2, "forbidden"),
     (
@@ -287,6 +291,7 @@ const REJECTION_CODES: [(RejectionCode, u32, &str); 20] = [
     (RejectionCode::AlreadyRefunded, 18, "already_refunded"),
     (RejectionCode::NotRefundable, 19, "not_refundable"),
     (RejectionCode::IdempotencyExpired, 22, "idempotency_expired"),
+    (RejectionCode::RateLimited, 23, "rate_limited"),
 ];
 
 /// The stored indices a decoder accepts (those of [`REJECTION_CODES`]).
@@ -416,7 +421,7 @@ pub struct ShardPosition {
 }
 
 /// The final answer to a command, remembered for idempotent replays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
     pub result: Result<Success, Rejection>,
     /// Log positions that a read must have seen to reflect this command.
@@ -425,7 +430,56 @@ pub struct Completion {
     /// confirmation, settlement, refund credit): a read must also have seen
     /// their consumption.
     pub deliveries: Vec<DeliveryMark>,
+    /// For a `rate_limited` refusal: how long until the buyer's limit lets
+    /// the same request through (the `Retry-After` of the answer). Never
+    /// stored with a completion: a rate-limited command is not remembered,
+    /// and `command_withdrawn` carries the wait itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
+
+impl Completion {
+    /// A completion that carries no wait (every stored one).
+    pub fn new(
+        result: Result<Success, Rejection>,
+        positions: Vec<ShardPosition>,
+        deliveries: Vec<DeliveryMark>,
+    ) -> Self {
+        Self {
+            result,
+            positions,
+            deliveries,
+            retry_after_ms: None,
+        }
+    }
+}
+
+// Stored as it always was: the result, the positions and the deliveries.
+// The wait of a rate-limited refusal is never stored in a completion.
+impl Encode for Completion {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.result.encode(encoder)?;
+        self.positions.encode(encoder)?;
+        self.deliveries.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Completion {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Ok(Self::new(
+            Decode::decode(decoder)?,
+            Decode::decode(decoder)?,
+            Decode::decode(decoder)?,
+        ))
+    }
+}
+
+bincode::impl_borrow_decode!(Completion);
 
 /// "Message `sequence` from `from` to `to` has been consumed." The receiver
 /// logs `message_received` after the effects of the message, so once that
@@ -547,6 +601,20 @@ pub enum SaleRequest {
         listing_id: ListingId,
         item_id: ItemId,
     },
+}
+
+impl SaleRequest {
+    /// The key of what the request names, which places it on its shard
+    /// (and which the per-item rate limit counts requests against).
+    pub fn subject_key(&self) -> String {
+        match self {
+            SaleRequest::Item(item_id) | SaleRequest::ListingOnItem { item_id, .. } => {
+                keys::item(item_id)
+            }
+            SaleRequest::Bundle(bundle_id) => keys::bundle(bundle_id),
+            SaleRequest::Listing(listing_id) => keys::listing(listing_id),
+        }
+    }
 }
 
 /// The refund state of a completed purchase, on the purchase's home shard.
@@ -795,6 +863,25 @@ pub enum Message {
         deliveries: Vec<DeliveryMark>,
         positions: Vec<ShardPosition>,
     },
+
+    /// Home → buyer's shard, first hop of a purchase when purchase rate
+    /// limits are on: the buyer's shard checks them before anything is
+    /// reserved and sends `ReserveSale` on (or answers `SaleRateLimited`).
+    AdmitSale {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        request: SaleRequest,
+        expected_price: i64,
+        at_ms: TimestampMs,
+        home: ShardId,
+    },
+    /// Buyer's shard → home: the purchase is over a rate limit; the buyer
+    /// may send it again in `retry_after_ms`.
+    SaleRateLimited {
+        purchase_id: PurchaseId,
+        rejection: Rejection,
+        retry_after_ms: u64,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -1010,15 +1097,40 @@ pub enum Event {
         paid_before_ms: TimestampMs,
         paid_count: u32,
     },
+
+    /// On the buyer's shard: a purchase request of `buyer_id` for `subject`
+    /// (the item, bundle or listing key) admitted under the purchase rate
+    /// limits at `at_ms`. Admissions before `expire_before_ms` no longer
+    /// count toward any limit and are dropped from the state.
+    PurchaseAdmitted {
+        buyer_id: UserId,
+        subject: String,
+        at_ms: TimestampMs,
+        expire_before_ms: TimestampMs,
+    },
+
+    /// On a purchase's home shard: the purchase was refused by the buyer's
+    /// rate limits before anything was reserved. The caller is answered
+    /// with `completion` (a `rate_limited` refusal) and told to wait
+    /// `retry_after_ms`; the command is then forgotten, so the same id sent
+    /// again is decided afresh (`rate_limited` is never remembered).
+    CommandWithdrawn {
+        key: String,
+        completion: Completion,
+        retry_after_ms: u64,
+    },
 }
 
 impl Event {
-    /// The command this event completes and how, for `CommandCompleted` and
-    /// `PurchaseCompleted`.
+    /// The command this event answers and how: `CommandCompleted`,
+    /// `PurchaseCompleted` and `CommandWithdrawn` (answered, then forgotten).
     pub fn completion(&self) -> Option<(&str, &Completion)> {
         match self {
             Event::CommandCompleted { key, completion }
             | Event::PurchaseCompleted {
+                key, completion, ..
+            }
+            | Event::CommandWithdrawn {
                 key, completion, ..
             } => Some((key, completion)),
             _ => None,
@@ -1059,6 +1171,8 @@ impl Event {
             Event::SerialRevoked { .. } => "serial_revoked",
             Event::BuyerRefunded { .. } => "buyer_refunded",
             Event::CommandsForgotten { .. } => "commands_forgotten",
+            Event::PurchaseAdmitted { .. } => "purchase_admitted",
+            Event::CommandWithdrawn { .. } => "command_withdrawn",
         }
     }
 

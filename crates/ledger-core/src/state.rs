@@ -25,6 +25,9 @@ pub struct Config {
     pub idempotency_horizon_ms: u64,
     /// Most records one tick forgets per retention class.
     pub forgets_per_tick_max: u32,
+    /// Purchase rate limits per buyer (see [`crate::limits`]); off unless set.
+    #[serde(default)]
+    pub purchase_limits: crate::limits::PurchaseLimits,
 }
 
 impl Config {
@@ -38,6 +41,7 @@ impl Config {
             releases_per_tick_max: 10_000,
             idempotency_horizon_ms: crate::retention::IDEMPOTENCY_HORIZON_MS_DEFAULT,
             forgets_per_tick_max: crate::retention::FORGETS_PER_TICK_MAX,
+            purchase_limits: crate::limits::PurchaseLimits::default(),
         }
     }
 
@@ -166,6 +170,9 @@ pub struct ShardState {
     pub refunds: BTreeMap<PurchaseId, RefundProgress>,
     /// Which completed commands are forgotten when (see [`crate::retention`]).
     pub retention: Retention,
+    /// The purchase requests of this shard's buyers still counted by the
+    /// rate limits (see [`crate::limits`]).
+    pub limits: crate::limits::BuyerLimits,
 }
 
 impl ShardState {
@@ -185,6 +192,7 @@ impl ShardState {
             listing_directory: BTreeMap::new(),
             refunds: BTreeMap::new(),
             retention: Retention::default(),
+            limits: crate::limits::BuyerLimits::default(),
         }
     }
 
@@ -411,6 +419,31 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             state.forget_oldest(true, *paid_count, *paid_before_ms);
             let mark = &mut state.retention.forgotten_before_ms;
             *mark = (*mark).max(*before_ms);
+        }
+        Event::PurchaseAdmitted {
+            buyer_id,
+            subject,
+            at_ms,
+            expire_before_ms,
+        } => state
+            .limits
+            .admit(buyer_id, subject, *at_ms, *expire_before_ms),
+        Event::CommandWithdrawn { key, .. } => {
+            let record = state
+                .commands
+                .remove(key)
+                .expect("a withdrawn command was accepted");
+            assert!(
+                record.completion.is_none(),
+                "only a running command is withdrawn"
+            );
+            assert!(
+                matches!(
+                    record.command,
+                    Command::Purchase { .. } | Command::ResalePurchase { .. }
+                ),
+                "only a purchase is withdrawn"
+            );
         }
         Event::CurrencyGranted { .. } => {}
         Event::ItemPublished { definition } => {

@@ -91,6 +91,7 @@ fn sample_events() -> Vec<Event> {
                     to: ShardId(1),
                     sequence: 2,
                 }],
+                retry_after_ms: None,
             },
         },
     ]
@@ -223,6 +224,7 @@ fn command_completed_version_1_is_upcast() {
                 result: Ok(Success::Granted { balance_after: 500 }),
                 positions: vec![],
                 deliveries: vec![],
+                retry_after_ms: None,
             },
         };
         let mut envelope = Envelope::seal(
@@ -289,6 +291,7 @@ fn rejection_codes_keep_their_stored_indices() {
         ("already_refunded", 18),
         ("not_refundable", 19),
         ("idempotency_expired", 22),
+        ("rate_limited", 23),
     ];
     let codes: Vec<RejectionCode> = RejectionCode::all().collect();
     assert_eq!(codes.len(), stored.len());
@@ -298,7 +301,7 @@ fn rejection_codes_keep_their_stored_indices() {
         let decoded: RejectionCode = decode("rejection code", &encode(&index)).unwrap();
         assert_eq!(decoded, code);
     }
-    for reserved in [1u32, 20, 21, 23] {
+    for reserved in [1u32, 20, 21, 24] {
         assert!(
             decode::<RejectionCode>("rejection code", &encode(&reserved)).is_err(),
             "index {reserved} is not a code of the core"

@@ -52,6 +52,7 @@ fn reply_records_round_trip_successes_and_refusals() {
                     to: ShardId(0),
                     sequence: 9,
                 }],
+                retry_after_ms: None,
             },
         };
         let decoded = ReplyRecord::from_bytes(&original.to_bytes()).unwrap();

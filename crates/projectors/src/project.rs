@@ -519,7 +519,11 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::ListingReservationCancelled { .. }
         | Event::ListingRegistered { .. }
         | Event::RefundProgressed { .. }
-        | Event::CommandsForgotten { .. } => {}
+        | Event::CommandsForgotten { .. }
+        | Event::PurchaseAdmitted { .. }
+        // A rate-limited purchase: nothing happened but its refusal, which
+        // the purchase's trace shows.
+        | Event::CommandWithdrawn { .. } => {}
     }
     changes
 }
@@ -1149,6 +1153,7 @@ mod tests {
                     sequence: 1,
                 }],
                 deliveries: Vec::new(),
+                retry_after_ms: None,
             },
         };
         let primary = Success::Purchased {

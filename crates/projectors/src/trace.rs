@@ -202,7 +202,9 @@ pub fn purchase_steps(logged: &Logged<'_>, event: &Event) -> Vec<Change> {
             detail: format!("refund {refund_id}"),
             ..step(purchase_id, "refunded")
         }),
-        Event::CommandCompleted { .. } | Event::PurchaseCompleted { .. } => {
+        Event::CommandCompleted { .. }
+        | Event::PurchaseCompleted { .. }
+        | Event::CommandWithdrawn { .. } => {
             let Some((key, completion)) = event.completion() else {
                 return Vec::new();
             };
@@ -300,6 +302,7 @@ mod tests {
             result,
             positions: Vec::new(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         };
         let refused = steps_of(Event::CommandCompleted {
             key: "purchase:p-1".into(),

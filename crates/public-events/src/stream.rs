@@ -319,7 +319,7 @@ fn learn_open_purchases(lane: &mut Lane, position: i64, record: &BatchRecord) {
         };
         if !matches!(
             event_type.as_str(),
-            "command_accepted" | "command_completed" | "purchase_completed"
+            "command_accepted" | "command_completed" | "purchase_completed" | "command_withdrawn"
         ) {
             continue;
         }
@@ -370,7 +370,10 @@ fn track_purchase(lane: &mut Lane, position: i64, event: &Event) {
                 },
             );
         }
-        Event::CommandCompleted { key, .. } | Event::PurchaseCompleted { key, .. } => {
+        // A rate-limited purchase (withdrawn) closes too: nothing happened.
+        Event::CommandCompleted { key, .. }
+        | Event::PurchaseCompleted { key, .. }
+        | Event::CommandWithdrawn { key, .. } => {
             if let Some(purchase_id) = ledger_core::keys::purchase_id(key) {
                 lane.open.remove(&purchase_id);
             }

@@ -78,7 +78,9 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::RefundProgressed { .. }
         | Event::EscrowFrozen { .. }
         | Event::EscrowUnfrozen { .. }
-        | Event::CommandsForgotten { .. } => None,
+        | Event::CommandsForgotten { .. }
+        | Event::PurchaseAdmitted { .. }
+        | Event::CommandWithdrawn { .. } => None,
     }
 }
 

@@ -159,6 +159,7 @@ fn purchase_history(log: &mut Log) -> Vec<BatchRecord> {
                 }),
                 positions: Vec::new(),
                 deliveries: Vec::new(),
+                retry_after_ms: None,
             },
         },
         65,

@@ -25,11 +25,11 @@ pub(super) fn reprice(mut out: Out<'_>, item_id: &ItemId, price: i64, actor: &Ac
                 price,
                 on_sale: item.on_sale,
             };
-            out.apply(Answer::Now(Completion {
-                result: Ok(success),
-                positions: vec![position],
-                deliveries: Vec::new(),
-            }))
+            out.apply(Answer::Now(Completion::new(
+                Ok(success),
+                vec![position],
+                Vec::new(),
+            )))
         }
     }
 }
@@ -52,11 +52,11 @@ pub(super) fn set_on_sale(
                 price: item.price,
                 on_sale,
             };
-            out.apply(Answer::Now(Completion {
-                result: Ok(success),
-                positions: vec![position],
-                deliveries: Vec::new(),
-            }))
+            out.apply(Answer::Now(Completion::new(
+                Ok(success),
+                vec![position],
+                Vec::new(),
+            )))
         }
     }
 }

@@ -337,6 +337,28 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             };
             purchase::reserve_sale(out, &sale, request)
         }
+        Message::AdmitSale {
+            purchase_id,
+            buyer_id,
+            request,
+            expected_price,
+            at_ms,
+            home,
+        } => {
+            let sale = purchase::SaleToReserve {
+                purchase_id,
+                buyer_id,
+                expected_price: *expected_price,
+                at_ms: *at_ms,
+                home: *home,
+            };
+            purchase::admit_sale(out, &sale, request)
+        }
+        Message::SaleRateLimited {
+            purchase_id,
+            rejection,
+            retry_after_ms,
+        } => purchase::rate_limited(out, purchase_id, rejection, *retry_after_ms),
         Message::ChargeBuyer {
             purchase_id,
             buyer_id,

@@ -92,6 +92,18 @@ impl<'a> Out<'a> {
         });
     }
 
+    /// Answers the running purchase `key` with a `rate_limited` refusal and
+    /// forgets it (see [`crate::limits`]).
+    pub(super) fn withdraw(&mut self, key: &str, rejection: Rejection, retry_after_ms: u64) {
+        assert_eq!(rejection.code, RejectionCode::RateLimited);
+        let completion = self.completion(key, Err(rejection), Vec::new(), Vec::new());
+        self.push(Event::CommandWithdrawn {
+            key: key.to_string(),
+            completion,
+            retry_after_ms,
+        });
+    }
+
     /// Completes the purchase `key`, paid for `reservation` (which a refund
     /// reads later), as `complete` does.
     pub(super) fn complete_purchase(
@@ -128,11 +140,7 @@ impl<'a> Out<'a> {
         deliveries.extend(self.deliveries.iter().copied());
         deliveries.sort();
         deliveries.dedup();
-        Completion {
-            result,
-            positions,
-            deliveries,
-        }
+        Completion::new(result, positions, deliveries)
     }
 
     pub(super) fn apply(self, answer: Answer) -> Decision {

@@ -33,27 +33,111 @@ pub(super) fn start(
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    let (to, request) = match target {
-        PurchaseTarget::Item(item_id) => (
-            out.shard_of(&keys::item(item_id)),
-            SaleRequest::Item(item_id.clone()),
-        ),
-        PurchaseTarget::Bundle(bundle_id) => (
-            out.shard_of(&keys::bundle(bundle_id)),
-            SaleRequest::Bundle(bundle_id.clone()),
-        ),
+    let request = match target {
+        PurchaseTarget::Item(item_id) => SaleRequest::Item(item_id.clone()),
+        PurchaseTarget::Bundle(bundle_id) => SaleRequest::Bundle(bundle_id.clone()),
     };
-    out.send(
-        to,
-        Message::ReserveSale {
-            purchase_id: purchase_id.clone(),
-            buyer_id: buyer_id.clone(),
-            request,
-            expected_price,
-            at_ms,
-            home: out.state.shard,
-        },
-    );
+    request_sale(out, purchase_id, buyer_id, request, expected_price, at_ms);
+}
+
+/// A purchase's first request (primary or resale), from its home shard: to
+/// the buyer's shard when purchase rate limits are on (`AdmitSale`, see
+/// [`crate::limits`]), else straight to the shard that holds `request`.
+pub(super) fn request_sale(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    request: SaleRequest,
+    expected_price: i64,
+    at_ms: TimestampMs,
+) {
+    let purchase_id = purchase_id.clone();
+    let buyer_id = buyer_id.clone();
+    let home = out.state.shard;
+    if out.config.purchase_limits.enabled() {
+        let to = out.shard_of(&keys::user(&buyer_id));
+        out.send(
+            to,
+            Message::AdmitSale {
+                purchase_id,
+                buyer_id,
+                request,
+                expected_price,
+                at_ms,
+                home,
+            },
+        );
+    } else {
+        let to = out.shard_of(&request.subject_key());
+        out.send(
+            to,
+            Message::ReserveSale {
+                purchase_id,
+                buyer_id,
+                request,
+                expected_price,
+                at_ms,
+                home,
+            },
+        );
+    }
+}
+
+/// On the buyer's shard: admits `sale` under the buyer's rate limits and
+/// sends it on to the shard that holds `request`, or refuses it to the home
+/// shard before anything is reserved.
+pub(super) fn admit_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request: &SaleRequest) {
+    let limits = out.config.purchase_limits;
+    let subject = request.subject_key();
+    match out
+        .state
+        .limits
+        .check(&limits, sale.buyer_id, &subject, sale.at_ms)
+    {
+        Ok(()) => {
+            out.push(Event::PurchaseAdmitted {
+                buyer_id: sale.buyer_id.clone(),
+                subject: subject.clone(),
+                at_ms: sale.at_ms,
+                expire_before_ms: limits.expire_before_ms(sale.at_ms),
+            });
+            let to = out.shard_of(&subject);
+            out.send(
+                to,
+                Message::ReserveSale {
+                    purchase_id: sale.purchase_id.clone(),
+                    buyer_id: sale.buyer_id.clone(),
+                    request: request.clone(),
+                    expected_price: sale.expected_price,
+                    at_ms: sale.at_ms,
+                    home: sale.home,
+                },
+            );
+        }
+        Err(over) => {
+            out.send(
+                sale.home,
+                Message::SaleRateLimited {
+                    purchase_id: sale.purchase_id.clone(),
+                    rejection: reject(RejectionCode::RateLimited, over.detail),
+                    retry_after_ms: over.retry_after_ms,
+                },
+            );
+        }
+    }
+}
+
+/// On the home shard: the buyer's shard refused the purchase under its
+/// rate limits. Answered, then forgotten: the refusal is not remembered.
+pub(super) fn rate_limited(
+    out: &mut Out<'_>,
+    purchase_id: &PurchaseId,
+    rejection: &Rejection,
+    retry_after_ms: u64,
+) {
+    let key = keys::purchase(purchase_id);
+    let _purchase: Reserving = saga::stage(out.state, &key);
+    out.withdraw(&key, rejection.clone(), retry_after_ms);
 }
 
 /// A purchase's request to reserve its sale, as the shard that holds the

@@ -21,17 +21,13 @@ pub(super) fn start(
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    let to = out.shard_of(&keys::listing(listing_id));
-    out.send(
-        to,
-        Message::ReserveSale {
-            purchase_id: purchase_id.clone(),
-            buyer_id: buyer_id.clone(),
-            request: SaleRequest::Listing(listing_id.clone()),
-            expected_price,
-            at_ms,
-            home: out.state.shard,
-        },
+    super::purchase::request_sale(
+        out,
+        purchase_id,
+        buyer_id,
+        SaleRequest::Listing(listing_id.clone()),
+        expected_price,
+        at_ms,
     );
 }
 

@@ -279,6 +279,7 @@ pub(super) fn completed(
             result,
             positions,
             deliveries,
+            retry_after_ms: None,
         },
     }
 }
@@ -297,6 +298,7 @@ pub(super) fn purchase_completed(
             result: Ok(success),
             positions,
             deliveries,
+            retry_after_ms: None,
         },
         reservation,
     }

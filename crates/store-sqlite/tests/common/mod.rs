@@ -130,6 +130,7 @@ pub fn completed_item_purchase(
             }),
             positions: Vec::new(),
             deliveries: Vec::new(),
+            retry_after_ms: None,
         },
     }
 }

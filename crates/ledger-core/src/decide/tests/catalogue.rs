@@ -30,6 +30,7 @@ fn updated(price: i64, on_sale: bool, sequence: u64) -> Answer {
         result: Ok(Success::ItemUpdated { price, on_sale }),
         positions: vec![position(sequence)],
         deliveries: vec![],
+        retry_after_ms: None,
     })
 }
 

@@ -3,6 +3,7 @@
 
 mod catalogue;
 mod grant;
+mod limits;
 mod listing;
 mod purchase;
 mod refund;
