@@ -428,6 +428,12 @@ mod tests {
             duration: Some(Duration::from_millis(100)),
         };
         let phase = drive(&pace, None, |_| async { Code::OK }).await;
-        assert_eq!(phase.sent, 20, "0, 5, …, 95 ms are before the end");
+        // On a busy machine the loop can fall behind and find every permit
+        // taken: such requests are dropped, but they are still scheduled.
+        assert_eq!(
+            phase.sent + phase.dropped_by_generator,
+            20,
+            "0, 5, …, 95 ms are before the end"
+        );
     }
 }

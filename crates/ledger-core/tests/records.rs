@@ -204,8 +204,8 @@ fn snapshots_of_both_encodings_read() {
         );
     }
     // Format 4 holds a state without purchase rate limits: the same body
-    // without the encoding of empty `BuyerLimits` (three zero lengths,
-    // right before the 32-byte last hash). Formats 3 and older also lack
+    // without the encoding of empty `BuyerLimits` (three zero lengths and
+    // a zero mark, right before the 32-byte last hash). Formats 3 and older also lack
     // the retention queues (four zero lengths or values before those).
     let body = &bytes[8..bytes.len() - 32];
     let without_retention = |body: &[u8], retention_bytes: usize| -> Vec<u8> {
@@ -214,12 +214,12 @@ fn snapshots_of_both_encodings_read() {
         assert!(retention.iter().all(|byte| *byte == 0));
         [state, hash].concat()
     };
-    let body_v4 = without_retention(body, 3);
+    let body_v4 = without_retention(body, 4);
     let mut checked_v4 = ledger_core::codec::SNAPSHOT_MAGIC_V4.to_vec();
     checked_v4.extend_from_slice(&body_v4);
     checked_v4.extend_from_slice(&sha256(&body_v4));
     assert_eq!(Snapshot::from_bytes(&checked_v4).unwrap(), snapshot);
-    let body_v3 = without_retention(body, 3 + 4);
+    let body_v3 = without_retention(body, 4 + 4);
     // Format 3: checksummed, before commands were forgotten.
     let mut checked_v3 = ledger_core::codec::SNAPSHOT_MAGIC_V3.to_vec();
     checked_v3.extend_from_slice(&body_v3);
@@ -233,7 +233,7 @@ fn snapshots_of_both_encodings_read() {
     unchecked.extend_from_slice(&body_v3);
     assert_eq!(Snapshot::from_bytes(&unchecked).unwrap(), snapshot);
     // Written before the record encoding: fixed-width integers, no marker.
-    let older = without_retention(&ledger_core::codec::encode(&snapshot), (3 + 4) * 8);
+    let older = without_retention(&ledger_core::codec::encode(&snapshot), (4 + 4) * 8);
     assert!(older.len() > unchecked.len());
     assert_eq!(Snapshot::from_bytes(&older).unwrap(), snapshot);
 }

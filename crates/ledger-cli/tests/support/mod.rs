@@ -51,6 +51,9 @@ pub fn environment(name: &str, secret: &str) -> Vec<(String, String)> {
         ("LEDGER_REPLY_PARTITIONS".into(), "2".into()),
         ("LEDGER_JWT_SECRET".into(), secret.into()),
         ("LEDGER_SNAPSHOT_EVERY_EVENTS".into(), "300".into()),
+        // Load that buys faster than a person: no purchase rate limits.
+        ("LEDGER_PURCHASE_LIMIT".into(), "0".into()),
+        ("LEDGER_ITEM_REQUEST_INTERVAL_MS".into(), "0".into()),
         (
             "LEDGER_KAFKA_BOOTSTRAP".into(),
             std::env::var("LEDGER_KAFKA_BOOTSTRAP").expect("LEDGER_KAFKA_BOOTSTRAP is set"),
