@@ -353,6 +353,9 @@ cql_keyspace = "ledger"
 read_wait_ms = 5000
 topic_replication = 3
 reply_partitions = 4
+purchase_limit = 9
+purchase_window_ms = 60000
+item_request_interval_ms = 2000
 "#;
 
     #[test]
