@@ -791,26 +791,24 @@ struct SnapshotBeforeRetention {
 
 impl From<SnapshotBeforeRetention> for Snapshot {
     fn from(old: SnapshotBeforeRetention) -> Self {
-        Snapshot {
-            state: ShardState {
-                shard: old.shard,
-                next_sequence: old.next_sequence,
-                inbound_next: old.inbound_next,
-                outbound_next: old.outbound_next,
-                balances: old.balances,
-                owned_items: old.owned_items,
-                escrow: old.escrow,
-                escrow_due: old.escrow_due,
-                items: old.items,
-                bundles: old.bundles,
-                commands: old.commands,
-                listing_directory: old.listing_directory,
-                refunds: old.refunds,
-                retention: Retention::default(),
-                limits: BuyerLimits::default(),
-            },
+        SnapshotBeforeLimits {
+            shard: old.shard,
+            next_sequence: old.next_sequence,
+            inbound_next: old.inbound_next,
+            outbound_next: old.outbound_next,
+            balances: old.balances,
+            owned_items: old.owned_items,
+            escrow: old.escrow,
+            escrow_due: old.escrow_due,
+            items: old.items,
+            bundles: old.bundles,
+            commands: old.commands,
+            listing_directory: old.listing_directory,
+            refunds: old.refunds,
+            retention: Retention::default(),
             last_hash: old.last_hash,
         }
+        .into()
     }
 }
 

@@ -49,6 +49,18 @@ fn admit_sale(item: &str, at_ms: TimestampMs) -> Message {
     admit_sale_from(item, at_ms, PEER)
 }
 
+/// The reservation request of a purchase homed on `home`, made at [`NOW`].
+fn reserve_sale(item: &str, home: ShardId) -> Message {
+    Message::ReserveSale {
+        purchase_id: purchase_id("p-1"),
+        buyer_id: user_id("bot"),
+        request: SaleRequest::Item(item_id(item)),
+        expected_price: 100,
+        at_ms: NOW,
+        home,
+    }
+}
+
 fn admitted(item: &str, at_ms: TimestampMs) -> Event {
     Event::PurchaseAdmitted {
         buyer_id: user_id("bot"),
@@ -85,18 +97,7 @@ fn an_admitted_purchase_is_counted_and_sent_on_to_be_reserved() {
         .when_message(admit_sale("hat", NOW))
         .then(vec![
             admitted("hat", NOW),
-            sent(
-                HOME,
-                1,
-                Message::ReserveSale {
-                    purchase_id: purchase_id("p-1"),
-                    buyer_id: user_id("bot"),
-                    request: SaleRequest::Item(item_id("hat")),
-                    expected_price: 100,
-                    at_ms: NOW,
-                    home: PEER,
-                },
-            ),
+            sent(HOME, 1, reserve_sale("hat", PEER)),
             received(1),
         ]);
 }
@@ -147,18 +148,7 @@ fn admissions_older_than_the_window_no_longer_count() {
     .when_message(admit_sale("hat", NOW))
     .then(vec![
         admitted("hat", NOW),
-        sent(
-            HOME,
-            1,
-            Message::ReserveSale {
-                purchase_id: purchase_id("p-1"),
-                buyer_id: user_id("bot"),
-                request: SaleRequest::Item(item_id("hat")),
-                expected_price: 100,
-                at_ms: NOW,
-                home: PEER,
-            },
-        ),
+        sent(HOME, 1, reserve_sale("hat", PEER)),
         received(1),
     ]);
 }
@@ -203,18 +193,7 @@ fn with_limits_off_a_purchase_goes_straight_to_the_items_shard() {
             Answer::OnCompletion("purchase:p-1".into()),
             vec![
                 accepted(purchase_of("hat")),
-                sent(
-                    HOME,
-                    1,
-                    Message::ReserveSale {
-                        purchase_id: purchase_id("p-1"),
-                        buyer_id: user_id("bot"),
-                        request: SaleRequest::Item(item_id("hat")),
-                        expected_price: 100,
-                        at_ms: NOW,
-                        home: HOME,
-                    },
-                ),
+                sent(HOME, 1, reserve_sale("hat", HOME)),
             ],
         );
 }
