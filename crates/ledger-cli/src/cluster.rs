@@ -44,11 +44,7 @@ impl ClusterSettings {
         core.escrow_hold_ms = self.escrow_hold_ms;
         core.resale_hold_ms = self.resale_hold_ms;
         core.idempotency_horizon_ms = self.idempotency_horizon_ms;
-        core.purchase_limits = ledger_core::limits::PurchaseLimits {
-            purchases_per_window: self.purchase_limit,
-            purchase_window_ms: self.purchase_window_ms,
-            item_request_interval_ms: self.item_request_interval_ms,
-        };
+        core.purchase_limits = self.purchase_limits();
         core
     }
 

@@ -250,6 +250,15 @@ impl ClusterSettings {
 
     /// The checks that do not involve the secret: what a configuration file
     /// alone can be held to.
+    /// The purchase rate limits these settings give every engine.
+    pub fn purchase_limits(&self) -> ledger_core::limits::PurchaseLimits {
+        ledger_core::limits::PurchaseLimits {
+            purchases_per_window: self.purchase_limit,
+            purchase_window_ms: self.purchase_window_ms,
+            item_request_interval_ms: self.item_request_interval_ms,
+        }
+    }
+
     pub fn check_values(&self) -> Result<(), SettingsError> {
         if self.shards == 0 || self.shards > 1024 {
             return Err(SettingsError::Invalid(format!(
@@ -272,6 +281,9 @@ impl ClusterSettings {
                 "tick_interval_ms must be positive".into(),
             ));
         }
+        self.purchase_limits()
+            .validate()
+            .map_err(SettingsError::Invalid)?;
         let prefix_ok = !self.topic_prefix.is_empty()
             && self
                 .topic_prefix

@@ -524,6 +524,15 @@ fn main() -> ExitCode {
                 eprintln!("error: --shards must be between 1 and 1024");
                 return ExitCode::FAILURE;
             }
+            let purchase_limits = ledger_core::limits::PurchaseLimits {
+                purchases_per_window: purchase_limit,
+                purchase_window_ms: purchase_window.as_millis() as u64,
+                item_request_interval_ms: item_request_interval.as_millis() as u64,
+            };
+            if let Err(error) = purchase_limits.validate() {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
             let jwt_secret = match secret(&common) {
                 Ok(secret) => secret,
                 Err(error) => {
@@ -548,11 +557,7 @@ fn main() -> ExitCode {
                 resale_hold,
                 tick_interval,
                 idempotency_horizon,
-                purchase_limits: ledger_core::limits::PurchaseLimits {
-                    purchases_per_window: purchase_limit,
-                    purchase_window_ms: purchase_window.as_millis() as u64,
-                    item_request_interval_ms: item_request_interval.as_millis() as u64,
-                },
+                purchase_limits,
                 jwt_secret: SecretSlice::from(jwt_secret.clone()),
                 jwt_secret_previous,
                 read_wait: Duration::from_secs(5),

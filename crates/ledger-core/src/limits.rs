@@ -58,6 +58,27 @@ impl PurchaseLimits {
         item_request_interval_ms: 2_000,
     };
 
+    /// The longest window a limit may have: admissions are kept for two
+    /// windows, so this bounds the state.
+    pub const WINDOW_MS_MAX: u64 = 24 * 3_600 * 1_000;
+
+    /// Refuses settings that would not limit what they seem to: a cap
+    /// without a window, or a window longer than [`Self::WINDOW_MS_MAX`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.purchases_per_window > 0 && self.purchase_window_ms == 0 {
+            return Err("the purchase window must be positive when a purchase limit is set".into());
+        }
+        if self.purchase_window_ms > Self::WINDOW_MS_MAX
+            || self.item_request_interval_ms > Self::WINDOW_MS_MAX
+        {
+            return Err(format!(
+                "purchase windows and item request intervals must be at most {} ms (one day)",
+                Self::WINDOW_MS_MAX
+            ));
+        }
+        Ok(())
+    }
+
     fn purchase_limit_on(&self) -> bool {
         self.purchases_per_window > 0 && self.purchase_window_ms > 0
     }
@@ -282,6 +303,22 @@ mod tests {
         // Another buyer is not limited by this one.
         let other = UserId::parse("human").unwrap();
         assert!(state.check(&limits, &other, "item:c", 500).is_ok());
+    }
+
+    #[test]
+    fn settings_that_would_not_limit_are_refused() {
+        assert!(PurchaseLimits::RECOMMENDED.validate().is_ok());
+        assert!(PurchaseLimits::default().validate().is_ok());
+        let no_window = PurchaseLimits {
+            purchase_window_ms: 0,
+            ..PurchaseLimits::RECOMMENDED
+        };
+        assert!(no_window.validate().is_err());
+        let a_year = PurchaseLimits {
+            item_request_interval_ms: 365 * PurchaseLimits::WINDOW_MS_MAX,
+            ..PurchaseLimits::RECOMMENDED
+        };
+        assert!(a_year.validate().is_err());
     }
 
     #[test]
