@@ -30,6 +30,8 @@ pub const CODES: &[&str] = &[
     "not_resellable",
     "already_listed",
     "not_found",
+    // Over a buyer's purchase rate limit (429): nothing was reserved or charged.
+    "rate_limited",
     // Errors: the request was malformed, refused, or not answered.
     "idempotency_conflict",
     "validation_failed",
@@ -48,7 +50,7 @@ pub const CODES: &[&str] = &[
 ];
 
 /// The first index of `CODES` that is an error rather than a rejection.
-const FIRST_ERROR_INDEX: usize = 17;
+const FIRST_ERROR_INDEX: usize = 18;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Code(u8);
@@ -441,6 +443,8 @@ mod tests {
         assert!(Code::from_text("ok").is_ok());
         assert!(Code::from_text("sold_out").is_rejection());
         assert!(Code::from_text("not_found").is_rejection());
+        // Refused before anything happened: its effects are known (none).
+        assert!(Code::from_text("rate_limited").is_rejection());
         assert!(Code::from_text("overloaded").is_error());
         assert!(Code::from_text("idempotency_conflict").is_error());
         assert_eq!(Code::from_text("brand_new").as_str(), "unknown_code");
