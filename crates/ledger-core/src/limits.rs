@@ -10,8 +10,8 @@
 //!   `item_request_interval_ms` (Roblox: one per 2 s).
 //!
 //! When either limit is on, a purchase's first hop goes to the buyer's
-//! shard (`AdmitSale`), which decides before anything is reserved or
-//! charged. A request over a limit is refused with `rate_limited` and a
+//! shard (`AdmitSale`; decided in the same step when the buyer's shard is
+//! the purchase's home), before anything is reserved or charged. A request over a limit is refused with `rate_limited` and a
 //! wait; the purchase's home shard then forgets the command
 //! (`command_withdrawn`), so it is never remembered and never counted. An
 //! admitted request counts whatever happens to it next (sold out, price

@@ -40,9 +40,11 @@ pub(super) fn start(
     request_sale(out, purchase_id, buyer_id, request, expected_price, at_ms);
 }
 
-/// A purchase's first request (primary or resale), from its home shard: to
-/// the buyer's shard when purchase rate limits are on (`AdmitSale`, see
-/// [`crate::limits`]), else straight to the shard that holds `request`.
+/// A purchase's first request (primary or resale), from its home shard:
+/// with purchase rate limits on, to the buyer's shard (`AdmitSale`, see
+/// [`crate::limits`]) — or, when that is this shard, admitted or refused
+/// in this step, one hop fewer; with limits off, straight to the shard that
+/// holds `request`.
 pub(super) fn request_sale(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
@@ -51,79 +53,96 @@ pub(super) fn request_sale(
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    let purchase_id = purchase_id.clone();
-    let buyer_id = buyer_id.clone();
     let home = out.state.shard;
-    if out.config.purchase_limits.enabled() {
-        let to = out.shard_of(&keys::user(&buyer_id));
+    let sale = SaleToReserve {
+        purchase_id,
+        buyer_id,
+        expected_price,
+        at_ms,
+        home,
+    };
+    if !out.config.purchase_limits.enabled() {
+        send_to_reserve(out, &sale, request);
+        return;
+    }
+    let buyer_shard = out.shard_of(&keys::user(buyer_id));
+    if buyer_shard != home {
         out.send(
-            to,
+            buyer_shard,
             Message::AdmitSale {
-                purchase_id,
-                buyer_id,
+                purchase_id: purchase_id.clone(),
+                buyer_id: buyer_id.clone(),
                 request,
                 expected_price,
                 at_ms,
                 home,
             },
         );
-    } else {
-        let to = out.shard_of(&request.subject_key());
-        out.send(
-            to,
-            Message::ReserveSale {
-                purchase_id,
-                buyer_id,
-                request,
-                expected_price,
-                at_ms,
-                home,
-            },
-        );
+        return;
+    }
+    if let Err((rejection, retry_after_ms)) = admit(out, &sale, request) {
+        // Accepted in this very step: answered and forgotten at once.
+        out.withdraw(&keys::purchase(purchase_id), rejection, retry_after_ms);
     }
 }
 
+/// Sends `sale` to the shard that holds what `request` names, to be reserved.
+fn send_to_reserve(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request: SaleRequest) {
+    let to = out.shard_of(&request.subject_key());
+    out.send(
+        to,
+        Message::ReserveSale {
+            purchase_id: sale.purchase_id.clone(),
+            buyer_id: sale.buyer_id.clone(),
+            request,
+            expected_price: sale.expected_price,
+            at_ms: sale.at_ms,
+            home: sale.home,
+        },
+    );
+}
+
 /// On the buyer's shard: admits `sale` under the buyer's rate limits and
-/// sends it on to the shard that holds `request`, or refuses it to the home
-/// shard before anything is reserved.
-pub(super) fn admit_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request: &SaleRequest) {
+/// sends it on to be reserved, or returns the refusal and the wait.
+fn admit(
+    out: &mut Out<'_>,
+    sale: &SaleToReserve<'_>,
+    request: SaleRequest,
+) -> Result<(), (Rejection, u64)> {
     let limits = out.config.purchase_limits;
     let subject = request.subject_key();
-    match out
+    let checked = out
         .state
         .limits
-        .check(&limits, sale.buyer_id, &subject, sale.at_ms)
-    {
-        Ok(()) => {
-            out.push(Event::PurchaseAdmitted {
-                buyer_id: sale.buyer_id.clone(),
-                subject: subject.clone(),
-                at_ms: sale.at_ms,
-                expire_before_ms: limits.expire_before_ms(sale.at_ms),
-            });
-            let to = out.shard_of(&subject);
-            out.send(
-                to,
-                Message::ReserveSale {
-                    purchase_id: sale.purchase_id.clone(),
-                    buyer_id: sale.buyer_id.clone(),
-                    request: request.clone(),
-                    expected_price: sale.expected_price,
-                    at_ms: sale.at_ms,
-                    home: sale.home,
-                },
-            );
-        }
-        Err(over) => {
-            out.send(
-                sale.home,
-                Message::SaleRateLimited {
-                    purchase_id: sale.purchase_id.clone(),
-                    rejection: reject(RejectionCode::RateLimited, over.detail),
-                    retry_after_ms: over.retry_after_ms,
-                },
-            );
-        }
+        .check(&limits, sale.buyer_id, &subject, sale.at_ms);
+    if let Err(over) = checked {
+        return Err((
+            reject(RejectionCode::RateLimited, over.detail),
+            over.retry_after_ms,
+        ));
+    }
+    out.push(Event::PurchaseAdmitted {
+        buyer_id: sale.buyer_id.clone(),
+        subject,
+        at_ms: sale.at_ms,
+        expire_before_ms: limits.expire_before_ms(sale.at_ms),
+    });
+    send_to_reserve(out, sale, request);
+    Ok(())
+}
+
+/// `AdmitSale` on the buyer's shard: admitted and sent on, or refused to
+/// the home shard before anything is reserved.
+pub(super) fn admit_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request: &SaleRequest) {
+    if let Err((rejection, retry_after_ms)) = admit(out, sale, request.clone()) {
+        out.send(
+            sale.home,
+            Message::SaleRateLimited {
+                purchase_id: sale.purchase_id.clone(),
+                rejection,
+                retry_after_ms,
+            },
+        );
     }
 }
 

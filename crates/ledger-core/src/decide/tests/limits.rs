@@ -1,5 +1,6 @@
 //! Purchase rate limits (see `crate::limits`): with them on, a purchase's
-//! first hop is `AdmitSale` to the buyer's shard, which admits it
+//! first hop is `AdmitSale` to the buyer's shard (unless that is the
+//! purchase's home: then in the same step), which admits it
 //! (`PurchaseAdmitted`, then `ReserveSale` on) or refuses it to the home
 //! shard (`SaleRateLimited`) before anything is reserved; the home shard
 //! answers and forgets it (`CommandWithdrawn`), so the same id sent again
@@ -79,14 +80,41 @@ fn rate_limited(detail: &str, retry_after_ms: u64) -> Message {
 }
 
 #[test]
-fn with_limits_on_a_purchase_goes_to_the_buyers_shard_first() {
+fn with_limits_on_a_buyer_homed_on_the_purchases_shard_is_admitted_in_the_same_step() {
+    // One shard here: the buyer's shard is the purchase's home, so no
+    // `AdmitSale` hop (other buyers get one: see the messages below).
     given_with(limited_config(), [])
         .when_command(purchase_of("hat"))
         .then_answers(
             Answer::OnCompletion("purchase:p-1".into()),
             vec![
                 accepted(purchase_of("hat")),
-                sent(HOME, 1, admit_sale_from("hat", NOW, HOME)),
+                admitted("hat", NOW),
+                sent(HOME, 1, reserve_sale("hat", HOME)),
+            ],
+        );
+}
+
+#[test]
+fn a_purchase_refused_on_its_own_shard_is_answered_and_forgotten_in_the_same_step() {
+    given_with(limited_config(), [admitted("hat", NOW - 100)])
+        .when_command(purchase_of("hat"))
+        .then_answers(
+            Answer::OnCompletion("purchase:p-1".into()),
+            vec![
+                accepted(purchase_of("hat")),
+                Event::CommandWithdrawn {
+                    key: "purchase:p-1".into(),
+                    completion: Completion::new(
+                        Err(rejection(
+                            RejectionCode::RateLimited,
+                            "buyer bot already asked for item:hat within the last 500 ms",
+                        )),
+                        vec![position(3)],
+                        Vec::new(),
+                    ),
+                    retry_after_ms: 400,
+                },
             ],
         );
 }
@@ -177,7 +205,8 @@ fn a_rate_limited_purchase_is_answered_then_forgotten_so_a_later_send_is_decided
     .then_decides(Decision::Apply {
         events: vec![
             accepted(purchase_of("scarf")),
-            sent(HOME, 1, admit_sale_from("scarf", NOW, HOME)),
+            admitted("scarf", NOW),
+            sent(HOME, 1, reserve_sale("scarf", HOME)),
         ],
         answer: Answer::OnCompletion("purchase:p-1".into()),
     });
