@@ -95,13 +95,10 @@ impl Projector {
                 source,
             })?;
         let (stop, stopping) = watch::channel(false);
-        let task = tokio::spawn(run(
-            Arc::new(consumer),
-            topics,
-            read_models,
-            settings,
-            stopping,
-        ));
+        let task = crate::spawn_or_crash(
+            "projector",
+            run(Arc::new(consumer), topics, read_models, settings, stopping),
+        );
         Ok(Projector { stop, task })
     }
 
