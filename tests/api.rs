@@ -1191,8 +1191,9 @@ async fn bad_input_is_refused_without_changing_state() {
 /// An `?after=` position beyond the head of its shard's log (no command can
 /// have returned it) is refused at once with 400 `validation_failed` on
 /// every read that takes `after`, rather than held until the wait bound.
-/// (A shard the ledger lacks on both backends; a sequence beyond a head on
-/// the embedded one, the distributed one still waits, see README.)
+/// (Both backends: the embedded one reads its log's heads in SQLite, the
+/// distributed one in the engines' CQL store, where a record is before its
+/// commands are answered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn positions_beyond_the_log_head_are_refused_at_once() {
     let app = spawn_app().await;
@@ -1210,11 +1211,6 @@ async fn positions_beyond_the_log_head_are_refused_at_once() {
         );
         assert!(answer.text.contains("shards"), "{after}: {}", answer.text);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
-    }
-    if marketplace_ledger::distributed_backend() {
-        // The distributed query API does not read the log heads yet.
-        app.stop().await;
-        return;
     }
     let grant = app.grant("g-head", "headroom", 500).await;
     assert_eq!(grant.status, 201);

@@ -816,9 +816,28 @@ async fn distributed_inner(
     slots: Vec<(Role, Option<u32>, stack::Starter)>,
 ) -> Result<(), String> {
     let stack = Stack::start(slots).await?;
+    let outcome = distributed_loaded(result, rng, chosen, environment, name, &stack).await;
+    if outcome.is_err() || !result.violations.is_empty() {
+        let directory = environment.work_dir.join(name).join("logs");
+        if let Err(error) = stack.write_logs(&directory) {
+            eprintln!("{error}");
+        }
+    }
+    stack.stop_all().await;
+    outcome
+}
+
+async fn distributed_loaded(
+    result: &mut RunResult,
+    rng: &mut Rng,
+    chosen: &[Fault],
+    environment: &Environment,
+    name: &str,
+    stack: &Arc<Stack>,
+) -> Result<(), String> {
     let workload = Workload::new(Catalogue::new(rng));
     let http = client(Duration::from_secs(30))?;
-    workload.setup(&http, &stack).await?;
+    workload.setup(&http, stack).await?;
     let supervisor = stack.supervise();
     let world = World {
         stack: stack.clone(),
@@ -835,9 +854,9 @@ async fn distributed_inner(
     stack.resume_all().await;
     stack.wait_all_running(Duration::from_secs(180)).await?;
     loaded?;
-    retry_everything(result, &stack, &workload).await?;
+    retry_everything(result, stack, &workload).await?;
     let expected = expected(&workload);
-    let violations = check_read_models(&stack, &workload, &expected, Duration::from_secs(90)).await;
+    let violations = check_read_models(stack, &workload, &expected, Duration::from_secs(90)).await;
     result.violations.extend(violations);
 
     // Engines stopped cleanly (they publish what they queued), then the

@@ -49,10 +49,15 @@ pub struct Urls {
     pub query: String,
 }
 
+/// The log lines of one process the stack started.
+type ProcessLog = Arc<Mutex<std::collections::VecDeque<String>>>;
+
 pub struct Stack {
     pub slots: Vec<tokio::sync::Mutex<Slot>>,
     urls: RwLock<Urls>,
     supervising: AtomicBool,
+    /// Every process started, in order: its role and its log.
+    logs: Mutex<Vec<(Role, ProcessLog)>>,
 }
 
 impl Stack {
@@ -81,6 +86,7 @@ impl Stack {
                 query: String::new(),
             }),
             supervising: AtomicBool::new(false),
+            logs: Mutex::new(Vec::new()),
         });
         for slot in &stack.slots {
             let mut slot = slot.lock().await;
@@ -117,8 +123,38 @@ impl Stack {
                 Role::Projector => {}
             }
         }
+        self.logs
+            .lock()
+            .expect("logs lock")
+            .push((slot.role, started.process.log.clone()));
         slot.process = Some(started.process);
         slot.restarts += 1;
+        Ok(())
+    }
+
+    /// Writes the log of every process started so far into `directory`,
+    /// one file per process, numbered in the order they started
+    /// (`03-engine1.log`: the fourth process started, engine 1), for the
+    /// inspection of a failed run.
+    pub fn write_logs(&self, directory: &std::path::Path) -> Result<(), String> {
+        std::fs::create_dir_all(directory)
+            .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+        for (number, (role, log)) in self.logs.lock().expect("logs lock").iter().enumerate() {
+            let name = match role {
+                Role::Engine(index) => format!("engine{index}"),
+                Role::Projector => "projector".to_string(),
+                Role::QueryApi => "query-api".to_string(),
+                Role::Serve => "serve".to_string(),
+            };
+            let path = directory.join(format!("{number:02}-{name}.log"));
+            let mut text = String::new();
+            for line in log.lock().expect("log lock").iter() {
+                text.push_str(line);
+                text.push('\n');
+            }
+            std::fs::write(&path, text)
+                .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        }
         Ok(())
     }
 

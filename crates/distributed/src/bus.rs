@@ -163,7 +163,7 @@ impl KafkaCommandBus {
             .create()
             .map_err(|error| failed(error.to_string()))?;
         let waiters: Waiters = Arc::default();
-        let reader = tokio::spawn(read_replies(consumer, waiters.clone()));
+        let reader = crate::spawn_or_crash("reply reader", read_replies(consumer, waiters.clone()));
         tracing::info!(%instance, reply_partition, "command bus connected");
         Ok(KafkaCommandBus {
             producer,

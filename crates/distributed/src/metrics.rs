@@ -6,6 +6,8 @@ pub const WORKER_RECORDS_TOTAL: &str = "ledger_worker_records_total";
 pub const WORKER_EVENTS_TOTAL: &str = "ledger_worker_events_total";
 pub const WORKER_TRANSACTIONS_TOTAL: &str = "ledger_worker_transactions_total";
 pub const WORKER_REPUBLISHED_EVENTS_TOTAL: &str = "ledger_worker_republished_events_total";
+pub const WORKER_RESTORED_FROM_KAFKA_EVENTS_TOTAL: &str =
+    "ledger_worker_restored_from_kafka_events_total";
 pub const WORKER_COMMIT_DURATION_SECONDS: &str = "ledger_worker_commit_duration_seconds";
 pub const WORKER_APPEND_DURATION_SECONDS: &str = "ledger_worker_append_duration_seconds";
 pub const WORKER_TRANSACTION_DURATION_SECONDS: &str = "ledger_worker_transaction_duration_seconds";
@@ -41,6 +43,10 @@ pub fn describe() {
     metrics::describe_counter!(
         WORKER_REPUBLISHED_EVENTS_TOTAL,
         "events found in CQL but not in Kafka at takeover, published again"
+    );
+    metrics::describe_counter!(
+        WORKER_RESTORED_FROM_KAFKA_EVENTS_TOTAL,
+        "events found in Kafka but no longer in CQL at takeover (a database that lost acknowledged writes), written back to CQL"
     );
     metrics::describe_histogram!(
         WORKER_COMMIT_DURATION_SECONDS,

@@ -95,13 +95,10 @@ impl Projector {
                 source,
             })?;
         let (stop, stopping) = watch::channel(false);
-        let task = tokio::spawn(run(
-            Arc::new(consumer),
-            topics,
-            read_models,
-            settings,
-            stopping,
-        ));
+        let task = crate::spawn_or_crash(
+            "projector",
+            run(Arc::new(consumer), topics, read_models, settings, stopping),
+        );
         Ok(Projector { stop, task })
     }
 
@@ -135,6 +132,12 @@ async fn run(
     // Last (sequence, hash) seen per shard: a record starting right after it
     // must continue the chain (an earlier one is a copy of one already read).
     let mut chain: BTreeMap<ShardId, (u64, Hash)> = BTreeMap::new();
+    // Partitions whose read models are behind the group's committed offset
+    // (the database lost writes it had acknowledged, as a Cassandra node
+    // killed with a periodic commit log does): how far before that offset
+    // the next rewind goes, doubling until it reaches the record the read
+    // models expect.
+    let mut behind: BTreeMap<i32, i64> = BTreeMap::new();
     while !*stopping.borrow() {
         let polling = consumer.clone();
         let max = settings.batch_events_max;
@@ -175,14 +178,36 @@ async fn run(
         });
         let mut failed = false;
         for (shard, result) in futures_util::future::join_all(applied).await {
-            if let Err(error) = result {
-                // Nothing is lost: the offsets are not committed, the batch is read again.
-                tracing::error!(%shard, %error, "projecting failed; reading the batch again");
-                failed = true;
+            let partition = i32::from(shard.0);
+            match result {
+                Ok(()) => {
+                    behind.remove(&partition);
+                }
+                Err(read_models_cql::CqlReadModelError::SequenceGap {
+                    expected, found, ..
+                }) if expected < found => {
+                    let distance = behind
+                        .get(&partition)
+                        .map_or(REWIND_BEHIND_FIRST, |distance| distance.saturating_mul(4));
+                    tracing::warn!(
+                        %shard,
+                        expected,
+                        found,
+                        distance,
+                        "the read models lack events before the committed offset; reading from further back"
+                    );
+                    behind.insert(partition, distance);
+                    failed = true;
+                }
+                Err(error) => {
+                    // Nothing is lost: the offsets are not committed, the batch is read again.
+                    tracing::error!(%shard, %error, "projecting failed; reading the batch again");
+                    failed = true;
+                }
             }
         }
         if failed {
-            rewind(&consumer, &topics.events, &mut chain).await;
+            rewind(&consumer, &topics.events, &mut chain, &behind).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         }
@@ -220,22 +245,31 @@ async fn run(
     tracing::info!("projector stopped");
 }
 
+/// Records a partition's first rewind goes back before its committed offset
+/// when its read models lack events before that offset (then ×4 each time).
+const REWIND_BEHIND_FIRST: i64 = 64;
+
 /// After a failed batch: go back to the committed offsets of every assigned
-/// partition (the read models skip what they already hold).
+/// partition (the read models skip what they already hold), and `behind`
+/// records further back for the partitions whose read models lack events
+/// before it.
 async fn rewind(
     consumer: &Arc<BaseConsumer>,
     topic: &str,
     chain: &mut BTreeMap<ShardId, (u64, Hash)>,
+    behind: &BTreeMap<i32, i64>,
 ) {
     chain.clear();
     let consumer = consumer.clone();
     let topic = topic.to_string();
+    let behind = behind.clone();
     let rewound = tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
         let assignment = consumer.assignment()?;
         let committed = consumer.committed_offsets(assignment, Duration::from_secs(10))?;
         for element in committed.elements_for_topic(&topic) {
+            let distance = behind.get(&element.partition()).copied().unwrap_or(0);
             let offset = match element.offset() {
-                Offset::Offset(offset) => Offset::Offset(offset),
+                Offset::Offset(offset) if offset > distance => Offset::Offset(offset - distance),
                 _ => Offset::Beginning,
             };
             consumer.seek(&topic, element.partition(), offset, Duration::from_secs(10))?;

@@ -138,7 +138,10 @@ impl PublicStreamPublisher {
     ) -> PublicStreamPublisher {
         names::describe();
         let (stop, stopping) = watch::channel(false);
-        let task = tokio::spawn(run(kafka, topics, shards, settings, stopping));
+        let task = crate::spawn_or_crash(
+            "public stream publisher",
+            run(kafka, topics, shards, settings, stopping),
+        );
         PublicStreamPublisher { stop, task }
     }
 

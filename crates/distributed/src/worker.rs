@@ -420,7 +420,7 @@ impl EngineWorker {
             in_flight,
             replies,
         };
-        let task = tokio::spawn(worker.run(stopping));
+        let task = crate::spawn_or_crash("engine worker", worker.run(stopping));
         Ok(EngineWorker {
             stop,
             task,
@@ -508,7 +508,10 @@ fn judge_progress(
 impl Publisher {
     fn start(shard: ShardId, writer: ShardTransactionalWriter, topics: Topics) -> Self {
         let (queue, publications) = tokio::sync::mpsc::channel(PUBLICATIONS_QUEUED_MAX);
-        let task = tokio::spawn(publish(shard, writer, topics, publications));
+        let task = crate::spawn_or_crash(
+            "shard publisher",
+            publish(shard, writer, topics, publications),
+        );
         Self { queue, task }
     }
 
@@ -799,79 +802,78 @@ impl Worker {
     }
 
     /// Restores a shard from CQL, fences its previous owner and publishes
-    /// whatever of its CQL log Kafka lacks.
+    /// whatever of its CQL log Kafka lacks. If Kafka holds records CQL lost
+    /// (a database that acknowledged writes it did not keep through a
+    /// crash), they are written back to CQL first: callers were answered
+    /// for them and other shards acted on their messages.
     async fn take_over(&self, shard: ShardId) -> OwnedShard {
         let started = Instant::now();
-        // Read the log, then claim its next sequence: from then on a
-        // previous owner that is still running (paused past its session,
-        // not dead) cannot append. A record written between the read and
-        // the claim means that owner was still appending: read again.
-        let mut attempts = 0;
-        let runner = loop {
-            attempts += 1;
-            let recovery = match self.store.recover(shard).await {
-                Ok(recovery) => recovery,
-                Err(error) => crash(shard, "recovering the shard from CQL", &error),
+        let mut writer = None;
+        let mut restored_from_kafka = 0u64;
+        let (runner, writer, last) = loop {
+            let runner = self.restore_and_claim(shard).await;
+            let kafka = match writer.take() {
+                Some(writer) => writer,
+                None => self.fence_kafka(shard).await,
             };
-            let runner = match ShardRunner::restore(shard, self.core.clone(), recovery) {
-                Ok(runner) => runner,
-                Err(error) => crash(shard, "replaying the shard's CQL log", &error),
-            };
-            match self
-                .store
-                .claim_shard(shard, runner.state.next_sequence)
-                .await
+            let last = match log_kafka::last_record(
+                &self.kafka,
+                &self.topics,
+                shard,
+                self.settings.takeover_timeout,
+            )
+            .await
             {
-                Ok(()) => break runner,
-                Err(StoreError::HeadMoved { sequence, .. }) if attempts < TAKEOVER_CLAIMS_MAX => {
-                    metrics::counter!(names::WORKER_CLAIM_RETRIES_TOTAL).increment(1);
-                    tracing::warn!(%shard, sequence, attempts, "the previous owner appended while the shard was read; reading again");
-                }
-                Err(error) => crash(shard, "claiming the shard's next sequence in CQL", &error),
+                Ok(last) => last,
+                Err(error) => crash(shard, "reading the shard's last published record", &error),
+            };
+            let stored_through = runner.state.next_sequence - 1;
+            let published_through = last.as_ref().map_or(0, BatchRecord::last_sequence);
+            if published_through <= stored_through {
+                break (runner, kafka, last);
             }
+            // CQL lost the end of the log Kafka holds (the claim just made
+            // sits where the first lost record goes): write it back, then
+            // read the log and claim again.
+            let missing = match log_kafka::records_after(
+                &self.kafka,
+                &self.topics,
+                shard,
+                stored_through,
+                self.settings.takeover_timeout,
+            )
+            .await
+            {
+                Ok(missing) => missing,
+                Err(error) => crash(shard, "reading the records CQL lacks from kafka", &error),
+            };
+            let first = missing.first();
+            assert!(
+                first.is_some_and(|first| first.first_sequence == stored_through + 1
+                    && first.previous_hash == runner.last_hash),
+                "shard {shard}: kafka has event {published_through} but CQL ends at {stored_through}, and kafka's records after it do not continue CQL's log"
+            );
+            let events: u64 = missing.iter().map(BatchRecord::len).sum();
+            tracing::warn!(
+                %shard,
+                stored_through,
+                published_through,
+                events,
+                "CQL lacks the end of the shard's log that kafka holds; writing it back"
+            );
+            let batch = ShardBatch {
+                shard: Some(shard),
+                records: missing,
+                messages: Vec::new(),
+            };
+            if let Err(error) = self.store.append(vec![batch]).await {
+                crash(shard, "writing kafka's records back to CQL", &error);
+            }
+            restored_from_kafka += events;
+            metrics::counter!(names::WORKER_RESTORED_FROM_KAFKA_EVENTS_TOTAL).increment(events);
+            writer = Some(kafka);
         };
-        let mut writer = match ShardTransactionalWriter::connect(
-            &self.kafka,
-            &self.topics,
-            &self.settings.transactional_prefix,
-            shard,
-        )
-        .await
-        {
-            Ok(writer) => writer,
-            Err(error) => crash(shard, "initialising the shard's transactions", &error),
-        };
-        // End what a broker restart may have left open for this producer id,
-        // on every partition the shard writes to and on the group's offsets,
-        // before reading where Kafka's copy of the shard ends.
-        let partition = i32::from(shard.0);
-        let group = self
-            .consumer
-            .group_metadata()
-            .expect("a subscribed consumer has group metadata");
-        let sweep_offsets = ConsumedOffsets::new(
-            group,
-            &[
-                (self.topics.commands.as_str(), partition, 0),
-                (self.topics.shard_messages.as_str(), partition, 0),
-            ],
-        )
-        .unwrap_or_else(|error| crash(shard, "recording the sweep's offsets", &error));
-        match writer.end_hanging_transactions(Some(sweep_offsets)).await {
-            Ok(partitions) => tracing::debug!(%shard, partitions, "open transactions ended"),
-            Err(error) => crash(shard, "ending the shard's open transactions", &error),
-        }
-        let last = match log_kafka::last_record(
-            &self.kafka,
-            &self.topics,
-            shard,
-            self.settings.takeover_timeout,
-        )
-        .await
-        {
-            Ok(last) => last,
-            Err(error) => crash(shard, "reading the shard's last published record", &error),
-        };
+        let mut writer = writer;
         let stored_through = runner.state.next_sequence - 1;
         let published_through = last.as_ref().map_or(0, BatchRecord::last_sequence);
         assert!(
@@ -922,6 +924,7 @@ impl Worker {
             %shard,
             next_sequence = runner.state.next_sequence,
             republished,
+            restored_from_kafka,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "shard taken over"
         );
@@ -934,6 +937,73 @@ impl Worker {
             events_since_snapshot: 0,
             snapshots: SnapshotWriter::default(),
         }
+    }
+
+    /// Reads the shard's log, then claims its next sequence: from then on a
+    /// previous owner that is still running (paused past its session, not
+    /// dead) cannot append. A record written between the read and the claim
+    /// means that owner was still appending: read again.
+    async fn restore_and_claim(&self, shard: ShardId) -> ShardRunner<ReplyAddress> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let recovery = match self.store.recover(shard).await {
+                Ok(recovery) => recovery,
+                Err(error) => crash(shard, "recovering the shard from CQL", &error),
+            };
+            let runner = match ShardRunner::restore(shard, self.core.clone(), recovery) {
+                Ok(runner) => runner,
+                Err(error) => crash(shard, "replaying the shard's CQL log", &error),
+            };
+            match self
+                .store
+                .claim_shard(shard, runner.state.next_sequence)
+                .await
+            {
+                Ok(()) => return runner,
+                Err(StoreError::HeadMoved { sequence, .. }) if attempts < TAKEOVER_CLAIMS_MAX => {
+                    metrics::counter!(names::WORKER_CLAIM_RETRIES_TOTAL).increment(1);
+                    tracing::warn!(%shard, sequence, attempts, "the previous owner appended while the shard was read; reading again");
+                }
+                Err(error) => crash(shard, "claiming the shard's next sequence in CQL", &error),
+            }
+        }
+    }
+
+    /// Fences the shard's previous producer (`init_transactions`) and ends
+    /// what a broker restart may have left open for this producer id, on
+    /// every partition the shard writes to and on the group's offsets,
+    /// before anyone reads where Kafka's copy of the shard ends.
+    async fn fence_kafka(&self, shard: ShardId) -> ShardTransactionalWriter {
+        let mut writer = match ShardTransactionalWriter::connect(
+            &self.kafka,
+            &self.topics,
+            &self.settings.transactional_prefix,
+            shard,
+        )
+        .await
+        {
+            Ok(writer) => writer,
+            Err(error) => crash(shard, "initialising the shard's transactions", &error),
+        };
+        let partition = i32::from(shard.0);
+        let group = self
+            .consumer
+            .group_metadata()
+            .expect("a subscribed consumer has group metadata");
+        let sweep_offsets = ConsumedOffsets::new(
+            group,
+            &[
+                (self.topics.commands.as_str(), partition, 0),
+                (self.topics.shard_messages.as_str(), partition, 0),
+            ],
+        )
+        .unwrap_or_else(|error| crash(shard, "recording the sweep's offsets", &error));
+        match writer.end_hanging_transactions(Some(sweep_offsets)).await {
+            Ok(partitions) => tracing::debug!(%shard, partitions, "open transactions ended"),
+            Err(error) => crash(shard, "ending the shard's open transactions", &error),
+        }
+        writer
     }
 
     fn decide(&mut self, inputs: Vec<Input>) {

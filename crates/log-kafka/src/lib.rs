@@ -21,8 +21,8 @@ pub use admin::{TopicAdmin, TopicLayout};
 pub use config::{KafkaConfig, Topics, BOOTSTRAP_ENV};
 pub use error::{AdminError, ReadError, WriteError};
 pub use reader::{
-    last_record, partition_count, read_partition_bytes, wait_until_stable, ChainCursor,
-    EventLogReader, PublishedRecord, ReadBatch,
+    last_record, partition_count, read_partition_bytes, records_after, wait_until_stable,
+    ChainCursor, EventLogReader, PublishedRecord, ReadBatch,
 };
 pub use writer::{
     event_key, transactional_id, ConsumedOffsets, PendingTransaction, ReplyProducer,

@@ -266,6 +266,44 @@ pub async fn last_record(
     }
 }
 
+/// The committed records of shard `shard` holding events after `after`, in
+/// order (empty when the partition ends at or before it). Like
+/// [`last_record`], call it once the shard's transactional producer was
+/// initialised. Reads a window before the end, widening it (×8) until it
+/// reaches back to the record that starts right after `after` (or to the
+/// start of the partition); the records read are chained by the reader.
+pub async fn records_after(
+    config: &KafkaConfig,
+    topics: &Topics,
+    shard: ShardId,
+    after: u64,
+    timeout: Duration,
+) -> Result<Vec<BatchRecord>, ReadError> {
+    let deadline = Instant::now() + timeout;
+    let (low, high) = wait_until_stable(config, topics, shard, timeout).await?;
+    let mut window = TAIL_WINDOW_RECORDS;
+    loop {
+        if high <= low {
+            return Ok(Vec::new());
+        }
+        let start = (high - window).max(low);
+        let mut reader = EventLogReader::open(config, topics, shard, start, None)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let records = reader.read_to_end(left).await?;
+        let reaches_back = records
+            .first()
+            .is_some_and(|first| first.record.first_sequence <= after + 1);
+        if reaches_back || start == low {
+            return Ok(records
+                .into_iter()
+                .map(|published| published.record)
+                .filter(|record| record.last_sequence() > after)
+                .collect());
+        }
+        window = window.saturating_mul(8);
+    }
+}
+
 /// How often [`wait_until_stable`] asks again.
 const STABLE_POLL_INTERVAL: Duration = Duration::from_millis(200);
 

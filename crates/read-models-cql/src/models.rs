@@ -64,6 +64,10 @@ pub struct CqlReadModels {
     pub(crate) keyspace: String,
     pub(crate) settings: ReadModelSettings,
     pub(crate) statements: Statements,
+    /// The last sequence seen of each shard's log in the engines' store
+    /// (see `beyond_head`): a log only grows, so a position at or below it
+    /// needs no new read.
+    pub(crate) log_heads: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl std::fmt::Debug for CqlReadModels {
@@ -115,6 +119,7 @@ impl CqlReadModels {
             keyspace: keyspace.to_string(),
             settings,
             statements,
+            log_heads: std::sync::Mutex::default(),
         }))
     }
 

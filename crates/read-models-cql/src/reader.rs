@@ -2,9 +2,9 @@
 //! the semantics of the embedded SQLite read models.
 
 use async_trait::async_trait;
-use ledger_core::ReadPosition;
+use ledger_core::{ReadPosition, ShardId};
 use projectors::{
-    sale_cursor, sale_status, BalanceView, BundleView, CreatorSaleView, EarningsView,
+    sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
     InventoryEntry, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView, ReadError,
     ReadModels, SalesRange, TransactionAccount, TransactionEntry, PURCHASE_STEPS_MAX,
 };
@@ -116,6 +116,108 @@ type BundleRow = (
 );
 
 impl CqlReadModels {
+    /// The last sequence of `shard`'s log as the engines stored it: the
+    /// `records` table of this keyspace, where an engine appends a record
+    /// before it answers the commands in it (Kafka, which the projection
+    /// reads, follows). `None` when it cannot be told: a keyspace of read
+    /// models alone, a log kept in the format before fencing, a failed read
+    /// (the read then waits for its position, within its bound).
+    async fn log_head(&self, shard: ShardId) -> Option<u64> {
+        let shard_column = i32::from(shard.0);
+        let read = async {
+            let bucket = self
+                .session
+                .query_unpaged(
+                    "SELECT bucket FROM record_buckets WHERE shard = ? ORDER BY bucket DESC LIMIT 1",
+                    (shard_column,),
+                )
+                .await?
+                .into_rows_result()?
+                .maybe_first_row::<(i64,)>()?;
+            let Some((bucket,)) = bucket else {
+                return Ok(None);
+            };
+            // The newest rows of the newest bucket; a claim row (no record
+            // yet) carries no last sequence.
+            let rows = self
+                .session
+                .query_unpaged(
+                    "SELECT last_sequence FROM records WHERE shard = ? AND bucket = ? \
+                     ORDER BY first_sequence DESC LIMIT 4",
+                    (shard_column, bucket),
+                )
+                .await?
+                .into_rows_result()?;
+            let last = rows
+                .rows::<(Option<i64>,)>()?
+                .filter_map(Result::ok)
+                .find_map(|(last,)| last);
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                last.and_then(|last| u64::try_from(last).ok()),
+            )
+        };
+        match read.await {
+            Ok(head) => head,
+            Err(error) => {
+                tracing::debug!(%shard, %error, "the log head could not be read");
+                None
+            }
+        }
+    }
+
+    async fn beyond_head_inner(&self, position: &ReadPosition) -> Option<BeyondHead> {
+        let parts = position
+            .positions
+            .iter()
+            .map(|wanted| {
+                (
+                    wanted.shard,
+                    wanted.sequence,
+                    format!("{}.{}", wanted.shard.0, wanted.sequence),
+                )
+            })
+            .chain(position.deliveries.iter().map(|mark| {
+                (
+                    mark.from,
+                    mark.sequence,
+                    format!("m{}.{}.{}", mark.from.0, mark.to.0, mark.sequence),
+                )
+            }));
+        for (shard, sequence, part) in parts {
+            if sequence == 0 {
+                continue;
+            }
+            let known = self
+                .log_heads
+                .lock()
+                .expect("log heads lock")
+                .get(&shard.0)
+                .copied()
+                .unwrap_or(0);
+            if sequence <= known {
+                continue;
+            }
+            // Beyond what was seen: read the head again (a command may have
+            // returned this position since), and refuse only past it.
+            let Some(head) = self.log_head(shard).await else {
+                continue;
+            };
+            {
+                let mut heads = self.log_heads.lock().expect("log heads lock");
+                let entry = heads.entry(shard.0).or_default();
+                *entry = (*entry).max(head);
+            }
+            if sequence > head {
+                return Some(BeyondHead {
+                    part,
+                    shard: shard.0,
+                    head,
+                });
+            }
+        }
+        None
+    }
+
     async fn covers_inner(&self, position: &ReadPosition) -> Result<bool, CqlReadModelError> {
         for wanted in &position.positions {
             if wanted.sequence == 0 {
@@ -661,6 +763,10 @@ impl CqlReadModels {
 impl ReadModels for CqlReadModels {
     async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
         Ok(self.covers_inner(position).await?)
+    }
+
+    async fn beyond_head(&self, position: &ReadPosition) -> Result<Option<BeyondHead>, ReadError> {
+        Ok(self.beyond_head_inner(position).await)
     }
 
     async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {

@@ -162,7 +162,10 @@ fn spawn_command(
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )
         .env("LEDGER_HTTP_ADDR", address)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("LEDGER_SERVICE_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -225,9 +228,20 @@ pub fn try_start(
     let (listening, url) = std::sync::mpsc::channel();
     let kept = log.clone();
     let label = role.to_string();
+    // LEDGER_SERVICE_LOG_DIR: every line also goes to `<dir>/<role>-<pid>.log`
+    // as it comes (to follow a run that hangs).
+    let mut copy = std::env::var_os("LEDGER_SERVICE_LOG_DIR").and_then(|dir| {
+        let path = std::path::Path::new(&dir).join(format!("{role}-{}.log", child.id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::File::create(path).ok()
+    });
     std::thread::spawn(move || {
         let mut announced = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(file) = copy.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
             if !announced {
                 if let Some((_, url)) = line.split_once("listening on ") {
                     announced = true;
