@@ -710,7 +710,9 @@ impl CommandRecord {
 
 /// The answer to a [`CommandRecord`], sent once the events that decided it
 /// are durable in the shard's log (CQL), before Kafka publishes them.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+/// Encoded by hand (`to_bytes`): the wait of a rate-limited refusal
+/// follows the completion, which never stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyRecord {
     pub request_id: String,
     pub completion: crate::Completion,

@@ -252,15 +252,6 @@ impl BuyerLimits {
             self.last_request_ms.remove(&key);
         }
     }
-
-    /// Admissions still counted (for metrics and the soak).
-    pub fn len(&self) -> usize {
-        self.admitted.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.admitted.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -343,7 +334,7 @@ mod tests {
             state.admit(&buyer(), &format!("item:{at_ms}"), at_ms, 0);
         }
         state.admit(&buyer(), "item:last", 5_000, 4_000);
-        assert_eq!(state.len(), 1);
+        assert_eq!(state.admitted.len(), 1);
         assert_eq!(state.expired_before_ms, 4_000);
         assert_eq!(state.purchases[&buyer()].len(), 1);
         assert_eq!(state.last_request_ms.len(), 1);

@@ -320,6 +320,8 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             catalogue::item_described(out, bundle_id, answer)
         }
 
+        // The same request, to the sale's shard or first to the buyer's
+        // (rate limits on).
         Message::ReserveSale {
             purchase_id,
             buyer_id,
@@ -327,17 +329,8 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             expected_price,
             at_ms,
             home,
-        } => {
-            let sale = purchase::SaleToReserve {
-                purchase_id,
-                buyer_id,
-                expected_price: *expected_price,
-                at_ms: *at_ms,
-                home: *home,
-            };
-            purchase::reserve_sale(out, &sale, request)
         }
-        Message::AdmitSale {
+        | Message::AdmitSale {
             purchase_id,
             buyer_id,
             request,
@@ -352,7 +345,11 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 at_ms: *at_ms,
                 home: *home,
             };
-            purchase::admit_sale(out, &sale, request)
+            if matches!(message, Message::AdmitSale { .. }) {
+                purchase::admit_sale(out, &sale, request)
+            } else {
+                purchase::reserve_sale(out, &sale, request)
+            }
         }
         Message::SaleRateLimited {
             purchase_id,
