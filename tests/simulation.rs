@@ -444,6 +444,7 @@ impl Simulation {
                     },
                     ends_at_ms: None,
                     resellable: limited && self.random.chance(80),
+                    kind: Default::default(),
                 };
                 self.items.push(item_id);
                 self.submit(Command::PublishItem(definition));

@@ -26,6 +26,7 @@ fn item(id: &str, supply: Option<u32>) -> Command {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })
 }
 

@@ -30,6 +30,7 @@ fn history() -> Vec<BatchRecord> {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })]);
     cluster.run((0..20).map(|n| Command::Purchase {
         purchase_id: PurchaseId::parse(format!("p-{n}")).unwrap(),

@@ -214,6 +214,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     });
     setup(context, "limited item publications", vec![publish]).await?;
     let users: Vec<usize> = (0..drop_setup.buyers).collect();

@@ -120,6 +120,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 starts_at_ms: None,
                 ends_at_ms: None,
                 resellable: false,
+                kind: Default::default(),
             })
         })
         .collect();

@@ -343,6 +343,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: true,
+        kind: Default::default(),
     });
     setup(context, "limited item publications", vec![publish]).await?;
     let all_users: Vec<usize> = (0..users).collect();

@@ -246,9 +246,10 @@ pub fn http_request(command: &Command) -> Option<HttpRequest> {
             }),
             false,
         ),
-        Command::Reprice { .. } | Command::SetOnSale { .. } | Command::Refund { .. } => {
-            return None
-        }
+        Command::Reprice { .. }
+        | Command::SetOnSale { .. }
+        | Command::Refund { .. }
+        | Command::SetPriceFloor { .. } => return None,
     })
 }
 

@@ -54,6 +54,7 @@ struct PublishItemRequest {
     starts_at: Option<Value>,
     ends_at: Option<Value>,
     resellable: Option<Value>,
+    kind: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +100,14 @@ struct ResalePurchaseRequest {
     buyer_id: Value,
     listing_id: Value,
     expected_price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFloorRequest {
+    kind: Value,
+    price: Value,
+    effective_from: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +170,12 @@ fn publish_item_command(object: JsonObject) -> Result<Command, Problem> {
             "resellable may only be true for a limited item (one with a supply)",
         ));
     }
+    let kind = request
+        .kind
+        .as_ref()
+        .map(|value| validate::item_kind("kind", value))
+        .transpose()?
+        .unwrap_or_default();
     Ok(Command::PublishItem(ItemDefinition {
         item_id,
         creator_id,
@@ -171,7 +186,25 @@ fn publish_item_command(object: JsonObject) -> Result<Command, Problem> {
         starts_at_ms,
         ends_at_ms,
         resellable,
+        kind,
     }))
+}
+
+fn price_floor_command(object: JsonObject, now_ms: u64) -> Result<Command, Problem> {
+    let request: PriceFloorRequest = fields(object.0)?;
+    let kind = validate::item_kind("kind", &request.kind)?;
+    let price = validate::amount("price", &request.price)?;
+    let effective_from_ms = request
+        .effective_from
+        .as_ref()
+        .map(|value| validate::timestamp("effective_from", value))
+        .transpose()?
+        .unwrap_or(now_ms);
+    Ok(Command::SetPriceFloor {
+        kind,
+        price,
+        effective_from_ms,
+    })
 }
 
 fn item_path(segment: &PathSegment) -> Result<ItemId, Problem> {
@@ -311,6 +344,7 @@ fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
             acting_as("buyer_id", buyer_id)
         }
         Command::CreateListing { seller_id, .. } => acting_as("seller_id", seller_id),
+        Command::SetPriceFloor { .. } => admin_only("set a price floor"),
         Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
             Ok(())
         }
@@ -415,6 +449,7 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
                 "starts_at": optional_timestamp(definition.starts_at_ms),
                 "ends_at": optional_timestamp(definition.ends_at_ms),
                 "resellable": definition.resellable,
+                "kind": definition.kind,
                 "on_sale": true,
                 "position": position,
             }),
@@ -546,6 +581,24 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
             StatusCode::CREATED,
             json!({ "refund_id": refund_id, "purchase_id": purchase_id, "amount": amount, "position": position }),
         ),
+        (
+            Command::SetPriceFloor { .. },
+            Success::PriceFloorSet {
+                kind,
+                version,
+                price,
+                effective_from_ms,
+            },
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "kind": kind,
+                "version": version,
+                "price": price,
+                "effective_from": validate::format_timestamp(*effective_from_ms),
+                "position": position,
+            }),
+        ),
         (command, success) => {
             tracing::error!(
                 ?command,
@@ -660,6 +713,15 @@ pub(crate) async fn resale_purchase(
     object: JsonObject,
 ) -> Answer {
     let command = resale_purchase_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn set_price_floor(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = price_floor_command(object, validate::now_ms())?;
     submit(&state, &headers, command).await
 }
 
@@ -828,6 +890,7 @@ mod tests {
             starts_at_ms: Some(1_893_456_000_000),
             ends_at_ms: None,
             resellable: true,
+            kind: Default::default(),
         });
         let completion = Completion {
             result: Ok(Success::ItemPublished),

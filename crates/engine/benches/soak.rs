@@ -180,6 +180,7 @@ fn item_definition(item_id: String, supply: Option<u32>) -> Command {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })
 }
 

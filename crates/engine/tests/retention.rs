@@ -32,6 +32,7 @@ fn cluster() -> Cluster {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })]);
     cluster.tick(1_000_000);
     cluster

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BundleId, GrantId, ItemId, ListingId, PurchaseId, RefundId, ShardId, UserId};
 use crate::money::Posting;
+use crate::pricing::{ItemKind, SaleTerms};
 
 /// Longest item or bundle name, in bytes.
 pub const NAME_LENGTH_MAX: usize = 200;
@@ -46,7 +47,7 @@ impl Actor {
 
 // ---------------------------------------------------------------- commands
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemDefinition {
     pub item_id: ItemId,
     pub creator_id: UserId,
@@ -58,7 +59,69 @@ pub struct ItemDefinition {
     pub starts_at_ms: Option<TimestampMs>,
     pub ends_at_ms: Option<TimestampMs>,
     pub resellable: bool,
+    /// What kind of avatar item it is (price floors are set per kind).
+    #[serde(default)]
+    pub kind: ItemKind,
 }
+
+// Stored as it always was, except that the byte that held `resellable`
+// (0 or 1) is a flags byte: bit 0 is `resellable`, bits 1-7 the kind's
+// stored index. Definitions written before kinds existed read as
+// accessories, and an accessory's bytes (and so the fingerprint of the
+// command that publishes it) are what they always were.
+impl Encode for ItemDefinition {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.item_id.encode(encoder)?;
+        self.creator_id.encode(encoder)?;
+        self.name.encode(encoder)?;
+        self.price.encode(encoder)?;
+        self.supply.encode(encoder)?;
+        self.max_per_user.encode(encoder)?;
+        self.starts_at_ms.encode(encoder)?;
+        self.ends_at_ms.encode(encoder)?;
+        let flags = u8::from(self.resellable) | (self.kind.stored_index() << 1);
+        flags.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for ItemDefinition {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let item_id = Decode::decode(decoder)?;
+        let creator_id = Decode::decode(decoder)?;
+        let name = Decode::decode(decoder)?;
+        let price = Decode::decode(decoder)?;
+        let supply = Decode::decode(decoder)?;
+        let max_per_user = Decode::decode(decoder)?;
+        let starts_at_ms = Decode::decode(decoder)?;
+        let ends_at_ms = Decode::decode(decoder)?;
+        let flags = u8::decode(decoder)?;
+        let kind = ItemKind::from_stored_index(flags >> 1).ok_or(
+            bincode::error::DecodeError::OtherString(format!(
+                "unknown item kind index {} in an item definition",
+                flags >> 1
+            )),
+        )?;
+        Ok(Self {
+            item_id,
+            creator_id,
+            name,
+            price,
+            supply,
+            max_per_user,
+            starts_at_ms,
+            ends_at_ms,
+            resellable: flags & 1 == 1,
+            kind,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(ItemDefinition);
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode)]
 pub enum PurchaseTarget {
@@ -117,6 +180,15 @@ pub enum Command {
         refund_id: RefundId,
         purchase_id: PurchaseId,
     },
+    /// Admin: the floor of `kind` is `price` from `effective_from_ms` on (a
+    /// new version; earlier versions stay in the log and apply before it).
+    /// Keyed by kind and start: the same change sent again is the same
+    /// command.
+    SetPriceFloor {
+        kind: ItemKind,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
 }
 
 /// Stamped by the API: time and who.
@@ -155,6 +227,10 @@ pub mod keys {
     pub fn refund(id: &RefundId) -> String {
         format!("refund:{id}")
     }
+    /// The id of a floor change: its kind and start.
+    pub fn price_floor(kind: ItemKind, effective_from_ms: TimestampMs) -> String {
+        format!("price-floor:{kind}@{effective_from_ms}")
+    }
 }
 
 impl Command {
@@ -174,6 +250,8 @@ impl Command {
                 keys::listing(listing_id)
             }
             Command::Refund { refund_id, .. } => keys::refund(refund_id),
+            // One shard orders every floor change (versions are its count).
+            Command::SetPriceFloor { .. } => crate::pricing::FLOORS_KEY.to_string(),
         }
     }
 
@@ -183,6 +261,11 @@ impl Command {
             Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
                 None
             }
+            Command::SetPriceFloor {
+                kind,
+                effective_from_ms,
+                ..
+            } => Some(keys::price_floor(*kind, *effective_from_ms)),
             _ => Some(self.home_key()),
         }
     }
@@ -255,10 +338,12 @@ pub enum RejectionCode {
     /// reserved or charged, and not remembered (the same command sent
     /// after the wait is decided afresh).
     RateLimited,
+    /// A publish or reprice under the floor in force for the item's kind.
+    BelowPriceFloor,
 }
 
 /// Every code with its stored index and its name.
-const REJECTION_CODES: [(RejectionCode, u32, &str); 21] = [
+const REJECTION_CODES: [(RejectionCode, u32, &str); 22] = [
     (RejectionCode::ValidationFailed, 0, "validation_failed"),
     (RejectionCode::Forbidden, 2, "forbidden"),
     (
@@ -292,6 +377,7 @@ const REJECTION_CODES: [(RejectionCode, u32, &str); 21] = [
     (RejectionCode::NotRefundable, 19, "not_refundable"),
     (RejectionCode::IdempotencyExpired, 22, "idempotency_expired"),
     (RejectionCode::RateLimited, 23, "rate_limited"),
+    (RejectionCode::BelowPriceFloor, 24, "below_price_floor"),
 ];
 
 /// The stored indices a decoder accepts (those of [`REJECTION_CODES`]).
@@ -409,6 +495,13 @@ pub enum Success {
         purchase_id: PurchaseId,
         amount: i64,
     },
+    /// A floor change, in force on every shard.
+    PriceFloorSet {
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
 }
 
 /// A point in one shard's log.
@@ -512,12 +605,107 @@ impl Completion {
 // ---------------------------------------------------------------- sagas
 
 /// What the home shard learned when the sold thing was reserved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     pub price: i64,
     pub creator_id: UserId,
     pub sale: SaleKind,
+    /// The pricing of a primary item sale (its price rule, floor and fee
+    /// policy); `None` for bundles, resales and sales reserved before
+    /// pricing terms existed (the configured flat split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<SaleTerms>,
 }
+
+/// A reservation's sale as stored: the kinds of [`SaleKind`] in its order,
+/// then a sale with pricing terms (appended, so reservations stored
+/// before terms existed read as they were written).
+#[derive(Encode, Decode)]
+enum StoredSale {
+    Item {
+        item_id: ItemId,
+        serial: Option<u32>,
+    },
+    Bundle {
+        bundle_id: BundleId,
+        item_ids: Vec<ItemId>,
+    },
+    Resale {
+        listing_id: ListingId,
+        item_id: ItemId,
+        serial: u32,
+        seller_id: UserId,
+    },
+    Priced {
+        terms: SaleTerms,
+        sale: SaleKind,
+    },
+}
+
+impl Encode for Reservation {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.price.encode(encoder)?;
+        self.creator_id.encode(encoder)?;
+        match &self.terms {
+            // The same bytes as `StoredSale`'s first variants.
+            None => self.sale.encode(encoder),
+            Some(terms) => {
+                // `StoredSale::Priced`, by reference.
+                3u32.encode(encoder)?;
+                terms.encode(encoder)?;
+                self.sale.encode(encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for Reservation {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let price = Decode::decode(decoder)?;
+        let creator_id = Decode::decode(decoder)?;
+        let (sale, terms) = match StoredSale::decode(decoder)? {
+            StoredSale::Item { item_id, serial } => (SaleKind::Item { item_id, serial }, None),
+            StoredSale::Bundle {
+                bundle_id,
+                item_ids,
+            } => (
+                SaleKind::Bundle {
+                    bundle_id,
+                    item_ids,
+                },
+                None,
+            ),
+            StoredSale::Resale {
+                listing_id,
+                item_id,
+                serial,
+                seller_id,
+            } => (
+                SaleKind::Resale {
+                    listing_id,
+                    item_id,
+                    serial,
+                    seller_id,
+                },
+                None,
+            ),
+            StoredSale::Priced { terms, sale } => (sale, Some(terms)),
+        };
+        Ok(Self {
+            price,
+            creator_id,
+            sale,
+            terms,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(Reservation);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum SaleKind {
@@ -572,6 +760,9 @@ pub enum Progress {
     /// Purchase: completed and paid for this reservation (what a refund
     /// reads). Appended with `PurchaseCompleted`.
     Paid { reservation: Reservation },
+    /// A floor change: set on its home shard, waiting for every other
+    /// shard to hold it (`acknowledged` of them so far).
+    ReplicatingFloor { acknowledged: u32 },
 }
 
 impl Progress {
@@ -882,6 +1073,23 @@ pub enum Message {
         rejection: Rejection,
         retry_after_ms: u64,
     },
+
+    /// From the floors' home shard to every other shard: hold this floor
+    /// version (answered with `PriceFloorHeld`).
+    ReplicatePriceFloor {
+        key: String,
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    /// The floor change `key` (version `version`) is held by the sender,
+    /// at `position`.
+    PriceFloorHeld {
+        key: String,
+        version: u32,
+        position: ShardPosition,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -1119,6 +1327,24 @@ pub enum Event {
         completion: Completion,
         retry_after_ms: u64,
     },
+
+    /// On the floors' home shard: version `version` of the floor of `kind`
+    /// is `price` from `effective_from_ms` on. The authoritative record of
+    /// a floor change (read models and analysts read this one).
+    PriceFloorSet {
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    /// On every other shard: its copy of a floor version, which publishes
+    /// and reprices decided here are held to from now on.
+    PriceFloorReplicated {
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
 }
 
 impl Event {
@@ -1173,6 +1399,8 @@ impl Event {
             Event::CommandsForgotten { .. } => "commands_forgotten",
             Event::PurchaseAdmitted { .. } => "purchase_admitted",
             Event::CommandWithdrawn { .. } => "command_withdrawn",
+            Event::PriceFloorSet { .. } => "price_floor_set",
+            Event::PriceFloorReplicated { .. } => "price_floor_replicated",
         }
     }
 

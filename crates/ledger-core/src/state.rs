@@ -173,6 +173,9 @@ pub struct ShardState {
     /// The purchase requests of this shard's buyers still counted by the
     /// rate limits (see [`crate::limits`]).
     pub limits: crate::limits::BuyerLimits,
+    /// This shard's copy of the platform's price floors (see
+    /// [`crate::pricing`]).
+    pub price_floors: crate::pricing::PriceFloors,
 }
 
 impl ShardState {
@@ -193,6 +196,7 @@ impl ShardState {
             refunds: BTreeMap::new(),
             retention: Retention::default(),
             limits: crate::limits::BuyerLimits::default(),
+            price_floors: crate::pricing::PriceFloors::default(),
         }
     }
 
@@ -319,6 +323,7 @@ pub fn initial_progress(command: &Command) -> Progress {
         Command::CreateListing { .. } => Progress::Listing,
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
+        Command::SetPriceFloor { .. } => Progress::ReplicatingFloor { acknowledged: 0 },
         Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => {
             Progress::Crediting
         }
@@ -445,6 +450,25 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 "only a purchase is withdrawn"
             );
         }
+        Event::PriceFloorSet {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        }
+        | Event::PriceFloorReplicated {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => state.price_floors.insert(
+            *kind,
+            *version,
+            crate::pricing::FloorVersion {
+                price: *price,
+                effective_from_ms: *effective_from_ms,
+            },
+        ),
         Event::CurrencyGranted { .. } => {}
         Event::ItemPublished { definition } => {
             let item = ItemState {

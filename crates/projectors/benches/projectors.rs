@@ -77,6 +77,7 @@ fn definition(item_id: ItemId, creator_id: UserId, supply: Option<u32>) -> ItemD
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: supply.is_some(),
+        kind: Default::default(),
     }
 }
 

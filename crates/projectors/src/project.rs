@@ -523,7 +523,11 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::PurchaseAdmitted { .. }
         // A rate-limited purchase: nothing happened but its refusal, which
         // the purchase's trace shows.
-        | Event::CommandWithdrawn { .. } => {}
+        | Event::CommandWithdrawn { .. }
+        // Every shard's copy of a floor: the floors' home shard's
+        // `price_floor_set` is the one read models keep.
+        | Event::PriceFloorReplicated { .. }
+        | Event::PriceFloorSet { .. } => {}
     }
     changes
 }
@@ -663,6 +667,7 @@ mod tests {
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: true,
+            kind: Default::default(),
         }
     }
 

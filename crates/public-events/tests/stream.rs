@@ -63,6 +63,7 @@ fn item(id: &str, price: i64, supply: Option<u32>) -> Command {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: true,
+        kind: Default::default(),
     })
 }
 

@@ -102,6 +102,7 @@ fn purchase_rows(parameters: &Parameters) -> (Vec<BatchRecord>, Vec<MessageEnvel
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: false,
+            kind: Default::default(),
         })
     }));
     cluster.expect_succeeded(BUYERS + items);

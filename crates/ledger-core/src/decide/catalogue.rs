@@ -13,8 +13,16 @@ use super::saga::{self, SagaStage};
 use super::{reject, Answer, Decision};
 
 /// `Reprice` by the item's creator (or an admin or service).
-pub(super) fn reprice(mut out: Out<'_>, item_id: &ItemId, price: i64, actor: &Actor) -> Decision {
-    match check_item_owner(out.state, item_id, actor) {
+pub(super) fn reprice(
+    mut out: Out<'_>,
+    item_id: &ItemId,
+    price: i64,
+    meta: &CommandMeta,
+) -> Decision {
+    let checked = check_item_owner(out.state, item_id, &meta.actor).and_then(|item| {
+        super::floors::check_reprice(item, out.state, price, meta.at_ms).map(|()| item)
+    });
+    match checked {
         Err(rejection) => Decision::Refuse(rejection),
         Ok(item) => {
             let position = out.push(Event::ItemRepriced {
@@ -81,8 +89,24 @@ fn check_item_owner<'a>(
     Ok(item)
 }
 
-/// `PublishItem` accepted: the item exists from now on.
-pub(super) fn publish(out: &mut Out<'_>, key: &str, definition: &ItemDefinition) {
+/// `PublishItem` accepted: the item exists from now on, unless its price
+/// is under the floor in force for its kind (refused, and remembered).
+pub(super) fn publish(
+    out: &mut Out<'_>,
+    key: &str,
+    definition: &ItemDefinition,
+    at_ms: TimestampMs,
+) {
+    let floor = super::floors::check_floor(
+        out.state,
+        &definition.item_id,
+        definition.kind,
+        definition.price,
+        at_ms,
+    );
+    if let Err(rejection) = floor {
+        return out.complete(key, Err(rejection), Vec::new());
+    }
     let position = out.push(Event::ItemPublished {
         definition: definition.clone(),
     });

@@ -17,8 +17,9 @@
 
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
-use crate::money::{Account, Posting};
-use crate::state::{CommandRecord, ItemState, Listing, ShardState};
+use crate::money::{Account, Posting, PrimarySplit};
+use crate::pricing::{PriceRule, SaleTerms};
+use crate::state::{CommandRecord, Config, ItemState, Listing, ShardState};
 
 use super::out::Out;
 use super::saga::{self, SagaStage};
@@ -268,9 +269,24 @@ pub(super) fn reserve_item(
                     item_id: item_id.clone(),
                     serial,
                 },
+                terms: sale_terms(out.state, item, at_ms),
             })
         }),
     }
+}
+
+/// The pricing terms of a primary sale of `item` reserved at `at_ms`: with
+/// a floor in force for its kind, fee policy 2 against that floor; without
+/// one, none (the configured flat split, as before floors existed).
+fn sale_terms(state: &ShardState, item: &ItemState, at_ms: TimestampMs) -> Option<SaleTerms> {
+    let kind = item.definition.kind;
+    let (_, floor) = state.price_floors.in_force(kind, at_ms)?;
+    (floor.price > 0).then_some(SaleTerms {
+        rule: PriceRule::Base,
+        kind,
+        floor: Some(floor.price),
+        fee_policy_version: crate::pricing::FEE_POLICY_V2,
+    })
 }
 
 /// Whether `buyer_id` may buy `item` at `expected_price` at `at_ms`.
@@ -369,6 +385,7 @@ pub(super) fn quote_bundle(
                 bundle_id: bundle_id.clone(),
                 item_ids: bundle.item_ids.clone(),
             },
+            terms: None,
         }),
     }
 }
@@ -733,8 +750,7 @@ fn settle_primary(
     reservation: &Reservation,
     at_ms: TimestampMs,
 ) {
-    let policy = &out.config.primary_fee_policy;
-    let split = policy.split(reservation.price);
+    let (split, policy_version) = primary_split(out.config, reservation);
     let to = out.shard_of(&keys::user(&reservation.creator_id));
     out.send(
         to,
@@ -744,11 +760,30 @@ fn settle_primary(
             cleared: reservation.price,
             creator_share: split.creator_share,
             platform_fee: split.platform_fee,
-            policy_version: policy.version,
+            policy_version,
             resale: false,
             at_ms,
         },
     );
+}
+
+/// How a primary sale's price divides, and under which fee policy: the
+/// sale's own terms (policy 2 against its floor) or the configured policy.
+fn primary_split(config: &Config, reservation: &Reservation) -> (PrimarySplit, u16) {
+    match &reservation.terms {
+        Some(SaleTerms {
+            floor: Some(floor),
+            fee_policy_version: crate::pricing::FEE_POLICY_V2,
+            ..
+        }) => (
+            crate::pricing::split_v2(reservation.price, *floor),
+            crate::pricing::FEE_POLICY_V2,
+        ),
+        _ => (
+            config.primary_fee_policy.split(reservation.price),
+            config.primary_fee_policy.version,
+        ),
+    }
 }
 
 /// What an item's shard holds for a purchase being paid for.

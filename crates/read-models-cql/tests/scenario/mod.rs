@@ -262,6 +262,7 @@ fn definition(
         starts_at_ms: None,
         ends_at_ms: None,
         resellable,
+        kind: Default::default(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! flow (see `testing` for the harness).
 
 mod catalogue;
+mod floors;
 mod grant;
 mod limits;
 mod listing;

@@ -105,6 +105,7 @@ fn reservation(price: i64, sale: SaleKind) -> Reservation {
         price,
         creator_id: user_id("carol"),
         sale,
+        terms: None,
     }
 }
 

@@ -57,6 +57,7 @@ fn reservation_of(item: &str, serial: Option<u32>) -> Reservation {
         price: 100,
         creator_id: user_id("carol"),
         sale: item_sale(item, serial),
+        terms: None,
     }
 }
 
@@ -461,6 +462,7 @@ fn a_resale_is_not_refundable() {
                         serial: 1,
                         seller_id: user_id("bob"),
                     },
+                    terms: None,
                 },
             },
         ),
