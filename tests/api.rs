@@ -2096,3 +2096,203 @@ fn humantime_like_ms(text: &str) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_floors_refuse_cheap_items_and_grow_the_creators_share_with_the_price() {
+    let app = spawn_app().await;
+    let admin = app.admin();
+    let floor =
+        json!({"kind": "classic_clothing", "price": 50, "effective_from": "2026-01-01T00:00:00Z"});
+    // Only an admin sets floors; an unknown kind is bad input.
+    let by_user = app
+        .post(
+            "/v1/price-floors",
+            Some(&app.token(Role::User, "maker")),
+            &floor,
+        )
+        .await;
+    assert_eq!(
+        (by_user.status, by_user.code()),
+        (403, "forbidden"),
+        "{}",
+        by_user.text
+    );
+    let unknown = app
+        .post(
+            "/v1/price-floors",
+            Some(&admin),
+            &json!({"kind": "hat", "price": 5}),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (422, "validation_failed"),
+        "{}",
+        unknown.text
+    );
+    let set = app.post("/v1/price-floors", Some(&admin), &floor).await;
+    assert_eq!(set.status, 201, "{}", set.text);
+    assert_eq!(set.body["version"], 1);
+    assert_eq!(set.body["kind"], "classic_clothing");
+    assert_eq!(set.body["effective_from"], "2026-01-01T00:00:00.000Z");
+    // The same change again is the same command; another price for the same
+    // kind and instant is a conflict.
+    let again = app.post("/v1/price-floors", Some(&admin), &floor).await;
+    assert_eq!((again.status, &again.body), (201, &set.body));
+    let conflicting = app
+        .post(
+            "/v1/price-floors",
+            Some(&admin),
+            &json!({"kind": "classic_clothing", "price": 60, "effective_from": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        conflicting.code(),
+        "idempotency_conflict",
+        "{}",
+        conflicting.text
+    );
+
+    // Publishing under the floor is refused, and remembered under its id.
+    let cheap = json!({"item_id": "cheap-shirt", "creator_id": "maker", "name": "Shirt", "price": 49, "kind": "classic_clothing"});
+    let refused = app.publish(cheap.clone()).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "below_price_floor"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(app.publish(cheap).await.text, refused.text);
+    assert_eq!(app.get("/v1/items/cheap-shirt", None).await.status, 404);
+    // Another kind has no floor; at 3.5x the floor the creator gets 50%.
+    let hat = app
+        .publish(json!({"item_id": "plain-hat", "creator_id": "maker", "name": "Hat", "price": 40}))
+        .await;
+    assert_eq!(
+        (hat.status, &hat.body["kind"]),
+        (201, &json!("accessory")),
+        "{}",
+        hat.text
+    );
+    let shirt = app
+        .publish(json!({"item_id": "shirt", "creator_id": "maker", "name": "Shirt", "price": 175, "kind": "classic_clothing"}))
+        .await;
+    assert_eq!(
+        (shirt.status, &shirt.body["kind"]),
+        (201, &json!("classic_clothing")),
+        "{}",
+        shirt.text
+    );
+    // Repricing under the floor is refused and changes nothing.
+    let maker = app.token(Role::User, "maker");
+    let under = app
+        .post("/v1/items/shirt/price", Some(&maker), &json!({"price": 49}))
+        .await;
+    assert_eq!(
+        (under.status, under.code()),
+        (422, "below_price_floor"),
+        "{}",
+        under.text
+    );
+    let at_floor = app
+        .post("/v1/items/shirt/price", Some(&maker), &json!({"price": 50}))
+        .await;
+    assert_eq!(at_floor.status, 200, "{}", at_floor.text);
+    let back = app
+        .post(
+            "/v1/items/shirt/price",
+            Some(&maker),
+            &json!({"price": 175}),
+        )
+        .await;
+    assert_eq!(back.status, 200, "{}", back.text);
+    let item = app
+        .get(
+            &format!(
+                "/v1/items/shirt?after={}",
+                back.body["position"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (item.body["price"].as_i64(), item.body["kind"].as_str()),
+        (Some(175), Some("classic_clothing")),
+        "{}",
+        item.text
+    );
+
+    assert_eq!(app.grant("floor-funds", "buyer", 1_000).await.status, 201);
+    let bought_shirt = app.purchase("floor-p1", "buyer", "shirt", 175).await;
+    assert_eq!(bought_shirt.status, 201, "{}", bought_shirt.text);
+    let bought_hat = app.purchase("floor-p2", "buyer", "plain-hat", 40).await;
+    assert_eq!(bought_hat.status, 201, "{}", bought_hat.text);
+    // Policy 2 against the floor for the shirt (50% of 175, rounded down),
+    // policy 1 for the hat (70% of 40).
+    let sales = wait_for_auth(&app, "/v1/creators/maker/sales", &maker, |body| {
+        body["sales"]
+            .as_array()
+            .is_some_and(|entries| entries.len() == 2)
+    })
+    .await;
+    let mut splits: Vec<(String, i64, i64, i64)> = sales["sales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sale| {
+            (
+                sale["purchase_id"].as_str().unwrap().to_string(),
+                sale["creator_share"].as_i64().unwrap(),
+                sale["platform_fee"].as_i64().unwrap(),
+                sale["fee_policy_version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    splits.sort();
+    assert_eq!(
+        splits,
+        [
+            ("floor-p1".to_string(), 87, 88, 2),
+            ("floor-p2".to_string(), 28, 12, 1),
+        ]
+    );
+    let earnings = wait_for_auth(&app, "/v1/creators/maker/earnings", &maker, |body| {
+        body["pending"] == 87 + 28
+    })
+    .await;
+    assert_eq!(earnings["sales_count"], 2);
+
+    // The floors read: classic clothing's floor in force, the others none.
+    let floors = app
+        .get(
+            &format!(
+                "/v1/price-floors?after={}",
+                set.body["position"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(floors.status, 200, "{}", floors.text);
+    let kinds = floors.body["kinds"].as_array().unwrap();
+    let clothing = kinds
+        .iter()
+        .find(|kind| kind["kind"] == "classic_clothing")
+        .unwrap();
+    assert_eq!(
+        clothing["floor"],
+        json!({"version": 1, "price": 50, "effective_from": "2026-01-01T00:00:00.000Z"})
+    );
+    assert_eq!(clothing["versions"].as_array().unwrap().len(), 1);
+    let accessory = kinds
+        .iter()
+        .find(|kind| kind["kind"] == "accessory")
+        .unwrap();
+    assert_eq!(
+        (
+            &accessory["floor"],
+            accessory["versions"].as_array().unwrap().len()
+        ),
+        (&Value::Null, 0)
+    );
+    app.stop().await;
+}

@@ -64,6 +64,9 @@ const ITEM_KINDS: [(ItemKind, u8, &str); 5] = [
     (ItemKind::Emote, 4, "emote"),
 ];
 
+/// How many kinds there are.
+pub const ITEM_KIND_COUNT: usize = ITEM_KINDS.len();
+
 impl ItemKind {
     pub fn all() -> impl Iterator<Item = ItemKind> {
         ITEM_KINDS.iter().map(|(kind, _, _)| *kind)

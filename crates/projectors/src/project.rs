@@ -99,6 +99,13 @@ pub enum Change {
         item_id: ItemId,
         price: i64,
     },
+    /// A floor version (from the floors' home shard).
+    PriceFloorSet {
+        kind: ledger_core::ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
     ItemOnSaleChanged {
         item_id: ItemId,
         on_sale: bool,
@@ -526,8 +533,18 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::CommandWithdrawn { .. }
         // Every shard's copy of a floor: the floors' home shard's
         // `price_floor_set` is the one read models keep.
-        | Event::PriceFloorReplicated { .. }
-        | Event::PriceFloorSet { .. } => {}
+        | Event::PriceFloorReplicated { .. } => {}
+        Event::PriceFloorSet {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => changes.push(Change::PriceFloorSet {
+            kind: *kind,
+            version: *version,
+            price: *price,
+            effective_from_ms: *effective_from_ms,
+        }),
     }
     changes
 }

@@ -684,6 +684,69 @@ pub(crate) async fn item(
         "starts_at": optional_timestamp(view.starts_at_ms),
         "ends_at": optional_timestamp(view.ends_at_ms),
         "resellable": view.resellable,
+        "kind": view.kind,
+    }))
+}
+
+/// `GET /v1/price-floors`: every kind with the floor in force now (null
+/// without one) and every version of its floor, oldest first.
+pub(crate) async fn price_floors(
+    State(state): State<QueryState>,
+    query: QueryParameters,
+) -> Answer {
+    let after = parse_after(&query)?;
+    wait_for(&state, after.as_ref()).await?;
+    let views = state
+        .read_models
+        .price_floors()
+        .await
+        .map_err(read_failed)?;
+    let now_ms = ledger_http::validate::now_ms();
+    let mut floors = ledger_core::PriceFloors::default();
+    for view in &views {
+        let Some(kind) = ledger_core::ItemKind::parse(&view.kind) else {
+            tracing::error!(kind = %view.kind, "a stored price floor names an unknown kind");
+            return Err(Problem::internal(
+                "a stored price floor names an unknown kind",
+            ));
+        };
+        floors.insert(
+            kind,
+            view.version,
+            ledger_core::pricing::FloorVersion {
+                price: view.price,
+                effective_from_ms: view.effective_from_ms,
+            },
+        );
+    }
+    let version_json = |version: u32, floor: &ledger_core::pricing::FloorVersion| {
+        json!({
+            "version": version,
+            "price": floor.price,
+            "effective_from": ledger_http::validate::format_timestamp(floor.effective_from_ms),
+        })
+    };
+    let kinds: Vec<Value> = ledger_core::ItemKind::all()
+        .map(|kind| {
+            let versions: Vec<Value> = floors
+                .kinds
+                .get(&kind)
+                .into_iter()
+                .flatten()
+                .map(|(version, floor)| version_json(*version, floor))
+                .collect();
+            json!({
+                "kind": kind,
+                "floor": floors
+                    .in_force(kind, now_ms)
+                    .map(|(version, floor)| version_json(version, &floor)),
+                "versions": versions,
+            })
+        })
+        .collect();
+    respond(json!({
+        "as_of": ledger_http::validate::format_timestamp(now_ms),
+        "kinds": kinds,
     }))
 }
 

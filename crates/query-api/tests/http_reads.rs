@@ -17,7 +17,8 @@ use ledger_http::Observability;
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
     BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemView, ListingView,
-    OwnerEntry, Page, PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionEntry,
+    OwnerEntry, Page, PriceFloorView, PurchaseStepView, ReadError, ReadModels, SalesRange,
+    TransactionEntry,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -95,6 +96,10 @@ impl ReadModels for UnreachableReadModels {
         _: SalesRange<'_>,
     ) -> Result<Page<CreatorSaleView>, ReadError> {
         self.reached("creator sales")
+    }
+
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
+        self.reached("price floors")
     }
 }
 
@@ -197,6 +202,10 @@ impl ReadModels for EmptyReadModels {
             entries: Vec::new(),
             next_cursor: None,
         })
+    }
+
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
+        Ok(Vec::new())
     }
 }
 

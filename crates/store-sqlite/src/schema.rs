@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS items (
     starts_at_ms INTEGER,
     ends_at_ms INTEGER,
     resellable INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'accessory',
     sold INTEGER NOT NULL DEFAULT 0,
     sales_count INTEGER NOT NULL DEFAULT 0,
     recent_average_price INTEGER
@@ -144,6 +145,14 @@ CREATE TABLE IF NOT EXISTS creator_sales (
     refunded_at_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS creator_sales_by_time ON creator_sales (creator_id, sold_at_ms, purchase_id);
+CREATE TABLE IF NOT EXISTS price_floors (
+    -- Every floor version, from the floors' home shard's price_floor_set.
+    kind TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    price INTEGER NOT NULL,
+    effective_from_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, version)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS projection_checkpoint (
     shard INTEGER PRIMARY KEY,
     sequence INTEGER NOT NULL
@@ -174,6 +183,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("earnings", "creator_id"),
     ("purchase_steps", "purchase_id, position, step, subject"),
     ("creator_sales", "purchase_id"),
+    ("price_floors", "kind, version"),
     ("projection_checkpoint", "shard"),
     ("projection_deliveries", "sender, receiver"),
     ("projection_position", "id"),
@@ -206,9 +216,17 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     let read_models_behind = table_exists(&connection, "projection_position")?
         && (!table_exists(&connection, "purchase_steps")?
             || !table_exists(&connection, "creator_sales")?);
+    // Items written before kinds existed are accessories.
+    let items_without_kind =
+        table_exists(&connection, "items")? && !column_exists(&connection, "items", "kind")?;
     connection
         .execute_batch(SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
+    if items_without_kind {
+        connection
+            .execute_batch("ALTER TABLE items ADD COLUMN kind TEXT NOT NULL DEFAULT 'accessory';")
+            .map_err(SqliteStoreError::sqlite("add the kind of items"))?;
+    }
     migrate_event_rows(&mut connection)?;
     if read_models_behind {
         crate::writer::reset_read_models(&mut connection)?;
@@ -253,6 +271,22 @@ fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreErro
         .map_err(SqliteStoreError::sqlite("commit event migration"))?;
     tracing::info!(moved, "moved format 1 events into records");
     Ok(())
+}
+
+/// Whether `table` has a column named `column`.
+fn column_exists(
+    connection: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<bool, SqliteStoreError> {
+    connection
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            rusqlite::params![table, column],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|count| count > 0)
+        .map_err(SqliteStoreError::sqlite("read table columns"))
 }
 
 /// Whether the database has a table named `name`.
