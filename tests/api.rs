@@ -2296,3 +2296,156 @@ async fn price_floors_refuse_cheap_items_and_grow_the_creators_share_with_the_pr
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regional_prices_are_what_buyers_in_the_region_see_and_pay() {
+    let app = spawn_app().await;
+    let maker = app.token(Role::User, "maker");
+    let hat = app
+        .publish(
+            json!({"item_id": "world-hat", "creator_id": "maker", "name": "Hat", "price": 100}),
+        )
+        .await;
+    assert_eq!(hat.status, 201, "{}", hat.text);
+    // Under 30 % of the base price, or a malformed region: refused.
+    let cheap = app
+        .put(
+            "/v1/items/world-hat/regional-prices",
+            Some(&maker),
+            &json!({"prices": {"BR": 29}}),
+        )
+        .await;
+    assert_eq!(
+        (cheap.status, cheap.code()),
+        (422, "validation_failed"),
+        "{}",
+        cheap.text
+    );
+    let malformed = app
+        .put(
+            "/v1/items/world-hat/regional-prices",
+            Some(&maker),
+            &json!({"prices": {"brazil": 40}}),
+        )
+        .await;
+    assert_eq!(malformed.code(), "validation_failed", "{}", malformed.text);
+    let set = app
+        .put(
+            "/v1/items/world-hat/regional-prices",
+            Some(&maker),
+            &json!({"prices": {"IN": 30, "BR": 45}}),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.body["regional_prices"], json!({"BR": 45, "IN": 30}));
+    let after = set.body["position"].as_str().unwrap().to_string();
+    // What the storefront shows each buyer.
+    let price_in = |region: &'static str| {
+        let app = &app;
+        let after = after.clone();
+        async move {
+            app.get(
+                &format!("/v1/items/world-hat/price?user_id=ana&region={region}&after={after}"),
+                None,
+            )
+            .await
+        }
+    };
+    let brazil = price_in("BR").await;
+    assert_eq!(
+        (brazil.body["price"].as_i64(), brazil.body["rule"].as_str()),
+        (Some(45), Some("region")),
+        "{}",
+        brazil.text
+    );
+    let germany = price_in("DE").await;
+    assert_eq!(
+        (
+            germany.body["price"].as_i64(),
+            germany.body["rule"].as_str()
+        ),
+        (Some(100), Some("base")),
+        "{}",
+        germany.text
+    );
+    // A user token may not choose its own region.
+    assert_eq!(app.grant("world-funds-ana", "ana", 500).await.status, 201);
+    assert_eq!(app.grant("world-funds-ben", "ben", 500).await.status, 201);
+    let by_user = app
+        .post(
+            "/v1/purchases",
+            Some(&app.token(Role::User, "ana")),
+            &json!({"purchase_id": "world-p0", "buyer_id": "ana", "item_id": "world-hat", "expected_price": 45, "region": "BR"}),
+        )
+        .await;
+    assert_eq!(
+        (by_user.status, by_user.code()),
+        (403, "forbidden"),
+        "{}",
+        by_user.text
+    );
+    // The purchase flow sets it: the buyer pays the regional price.
+    let in_brazil = app
+        .post(
+            "/v1/purchases",
+            Some(&app.service()),
+            &json!({"purchase_id": "world-p1", "buyer_id": "ana", "item_id": "world-hat", "expected_price": 45, "region": "BR"}),
+        )
+        .await;
+    assert_eq!(in_brazil.status, 201, "{}", in_brazil.text);
+    assert_eq!(
+        (
+            in_brazil.body["price"].as_i64(),
+            in_brazil.body["balance_after"].as_i64(),
+            in_brazil.body["region"].as_str()
+        ),
+        (Some(45), Some(455), Some("BR"))
+    );
+    // The base price in Brazil is a changed price there.
+    let stale = app
+        .post(
+            "/v1/purchases",
+            Some(&app.service()),
+            &json!({"purchase_id": "world-p2", "buyer_id": "ben", "item_id": "world-hat", "expected_price": 100, "region": "BR"}),
+        )
+        .await;
+    assert_eq!(stale.code(), "price_changed", "{}", stale.text);
+    let elsewhere = app
+        .post(
+            "/v1/purchases",
+            Some(&app.service()),
+            &json!({"purchase_id": "world-p3", "buyer_id": "ben", "item_id": "world-hat", "expected_price": 100, "region": "DE"}),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 201, "{}", elsewhere.text);
+    // Earnings follow the price paid: 70 % of 45 and of 100.
+    let earnings = wait_for_auth(&app, "/v1/creators/maker/earnings", &maker, |body| {
+        body["sales_count"] == 2
+    })
+    .await;
+    assert_eq!(earnings["pending"], 31 + 70);
+    // A reprice that would leave Brazil under 30 % is refused.
+    let too_high = app
+        .post(
+            "/v1/items/world-hat/price",
+            Some(&maker),
+            &json!({"price": 151}),
+        )
+        .await;
+    assert_eq!(
+        (too_high.status, too_high.code()),
+        (422, "validation_failed"),
+        "{}",
+        too_high.text
+    );
+    let item = app
+        .get(&format!("/v1/items/world-hat?after={after}"), None)
+        .await;
+    assert_eq!(
+        item.body["regional_prices"],
+        json!({"BR": 45, "IN": 30}),
+        "{}",
+        item.text
+    );
+    app.stop().await;
+}

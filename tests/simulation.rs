@@ -508,6 +508,7 @@ impl Simulation {
                     buyer_id,
                     target: PurchaseTarget::Item(item_id),
                     expected_price,
+                    region: None,
                 });
             }
             50..=55 => {
@@ -528,6 +529,7 @@ impl Simulation {
                     buyer_id,
                     target: PurchaseTarget::Bundle(bundle_id),
                     expected_price: price,
+                    region: None,
                 });
             }
             56..=63 => {

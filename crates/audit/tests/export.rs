@@ -36,6 +36,7 @@ fn purchase(n: usize, item_id: &str) -> Command {
         buyer_id: user(n),
         target: PurchaseTarget::Item(ItemId::parse(item_id).unwrap()),
         expected_price: 10,
+        region: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn history() -> Vec<BatchRecord> {
         buyer_id: user(n),
         target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
         expected_price: 10,
+        region: None,
     }));
     cluster.run([Command::Refund {
         refund_id: RefundId::parse("r-0").unwrap(),

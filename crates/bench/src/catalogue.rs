@@ -423,6 +423,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 buyer_id: user_id(&format!("bench-{tag}-b-{}", request.buyer)),
                 target: purchase_target,
                 expected_price: price,
+                region: None,
             };
             let item_prefix = format!("bench-{tag}-c-");
             let (target, sales) = (target.clone(), sales.clone());

@@ -362,6 +362,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
             buyer_id: user_id(&context.user(*buyer)),
             target: PurchaseTarget::Item(item_id(&item)),
             expected_price: PRIMARY_PRICE,
+            region: None,
         })
         .collect();
     let answers = setup(context, "primary purchases", primary).await?;

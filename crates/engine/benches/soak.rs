@@ -148,6 +148,7 @@ fn main() {
             buyer_id: user(buyer),
             target: PurchaseTarget::Item(target),
             expected_price: PRICE,
+            region: None,
         });
         if purchase % 256 == 255 {
             cluster.drain();

@@ -61,6 +61,7 @@ fn purchase(id: &str, buyer: &str) -> Command {
         buyer_id: UserId::parse(buyer).unwrap(),
         target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
         expected_price: PRICE,
+        region: None,
     }
 }
 

@@ -758,7 +758,7 @@ pub struct Snapshot {
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
 /// rather than restored. Format 6: the state has its copy of the price
-/// floors.
+/// floors and its items' regional prices.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP06";
 /// Format 5: as format 6, of a state without price floors (written before
 /// they existed; still read).
@@ -867,8 +867,8 @@ impl From<SnapshotBeforeLimits> for Snapshot {
 }
 
 /// A shard's state as format 5 snapshots hold it: [`ShardState`] without
-/// its copy of the price floors, which starts empty when read (no floor
-/// was ever set before they existed).
+/// its copy of the price floors and its items' regional prices, which
+/// start empty when read (none existed before them).
 #[derive(Decode)]
 struct SnapshotBeforeFloors {
     shard: ShardId,
@@ -909,6 +909,7 @@ impl From<SnapshotBeforeFloors> for Snapshot {
                 retention: old.retention,
                 limits: old.limits,
                 price_floors: crate::pricing::PriceFloors::default(),
+                item_pricing: BTreeMap::new(),
             },
             last_hash: old.last_hash,
         }

@@ -23,5 +23,5 @@ pub use decide::{decide, Answer, Decision, Input};
 pub use ids::*;
 pub use model::*;
 pub use money::*;
-pub use pricing::{ItemKind, PriceFloors, PriceRule, SaleTerms};
+pub use pricing::{ItemKind, ItemPricing, PriceFloors, PriceRule, Region, SaleTerms};
 pub use state::{evolve, Config, ShardState};

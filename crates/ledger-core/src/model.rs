@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BundleId, GrantId, ItemId, ListingId, PurchaseId, RefundId, ShardId, UserId};
 use crate::money::Posting;
-use crate::pricing::{ItemKind, SaleTerms};
+use crate::pricing::{ItemKind, Region, SaleTerms};
 
 /// Longest item or bundle name, in bytes.
 pub const NAME_LENGTH_MAX: usize = 200;
@@ -131,7 +131,10 @@ pub enum PurchaseTarget {
 
 /// A command, as the purchase flow service or the storefront sent it, after
 /// parsing. Its fields (not its metadata) are what idempotency compares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+///
+/// Stored as [`StoredCommand`]: a purchase without a region keeps the bytes
+/// (and so the fingerprint) it had before regions existed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Grant {
         grant_id: GrantId,
@@ -159,6 +162,10 @@ pub enum Command {
         buyer_id: UserId,
         target: PurchaseTarget,
         expected_price: i64,
+        /// The buyer's region, set by the purchase flow service (an item's
+        /// regional price applies in it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<Region>,
     },
     CreateListing {
         listing_id: ListingId,
@@ -189,7 +196,308 @@ pub enum Command {
         price: i64,
         effective_from_ms: TimestampMs,
     },
+    /// The item's prices per region, replacing any before (empty: none).
+    /// Each is at least 30 % of the base price.
+    SetRegionalPrices {
+        item_id: ItemId,
+        prices: Vec<(Region, i64)>,
+    },
 }
+
+/// [`Command`] as stored: its variants in their order, a purchase in a
+/// region appended (so commands stored before regions read as written).
+#[derive(Encode, Decode)]
+enum StoredCommand {
+    Grant {
+        grant_id: GrantId,
+        user_id: UserId,
+        amount: i64,
+    },
+    PublishItem(ItemDefinition),
+    Reprice {
+        item_id: ItemId,
+        price: i64,
+    },
+    SetOnSale {
+        item_id: ItemId,
+        on_sale: bool,
+    },
+    CreateBundle {
+        bundle_id: BundleId,
+        creator_id: UserId,
+        name: String,
+        item_ids: Vec<ItemId>,
+        price: i64,
+    },
+    /// A purchase without a region.
+    Purchase {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        target: PurchaseTarget,
+        expected_price: i64,
+    },
+    CreateListing {
+        listing_id: ListingId,
+        seller_id: UserId,
+        item_id: ItemId,
+        serial: u32,
+        price: i64,
+    },
+    CancelListing {
+        listing_id: ListingId,
+    },
+    ResalePurchase {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        listing_id: ListingId,
+        expected_price: i64,
+    },
+    Refund {
+        refund_id: RefundId,
+        purchase_id: PurchaseId,
+    },
+    SetPriceFloor {
+        kind: ItemKind,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    SetRegionalPrices {
+        item_id: ItemId,
+        prices: Vec<(Region, i64)>,
+    },
+    PurchaseInRegion {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        target: PurchaseTarget,
+        expected_price: i64,
+        region: Region,
+    },
+}
+
+impl From<Command> for StoredCommand {
+    fn from(command: Command) -> Self {
+        match command {
+            Command::Grant {
+                grant_id,
+                user_id,
+                amount,
+            } => StoredCommand::Grant {
+                grant_id,
+                user_id,
+                amount,
+            },
+            Command::PublishItem(definition) => StoredCommand::PublishItem(definition),
+            Command::Reprice { item_id, price } => StoredCommand::Reprice { item_id, price },
+            Command::SetOnSale { item_id, on_sale } => {
+                StoredCommand::SetOnSale { item_id, on_sale }
+            }
+            Command::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            } => StoredCommand::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            },
+            Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: None,
+            } => StoredCommand::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+            },
+            Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: Some(region),
+            } => StoredCommand::PurchaseInRegion {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region,
+            },
+            Command::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            } => StoredCommand::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            },
+            Command::CancelListing { listing_id } => StoredCommand::CancelListing { listing_id },
+            Command::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            } => StoredCommand::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            },
+            Command::Refund {
+                refund_id,
+                purchase_id,
+            } => StoredCommand::Refund {
+                refund_id,
+                purchase_id,
+            },
+            Command::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            } => StoredCommand::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            },
+            Command::SetRegionalPrices { item_id, prices } => {
+                StoredCommand::SetRegionalPrices { item_id, prices }
+            }
+        }
+    }
+}
+
+impl From<StoredCommand> for Command {
+    fn from(stored: StoredCommand) -> Self {
+        match stored {
+            StoredCommand::Grant {
+                grant_id,
+                user_id,
+                amount,
+            } => Command::Grant {
+                grant_id,
+                user_id,
+                amount,
+            },
+            StoredCommand::PublishItem(definition) => Command::PublishItem(definition),
+            StoredCommand::Reprice { item_id, price } => Command::Reprice { item_id, price },
+            StoredCommand::SetOnSale { item_id, on_sale } => {
+                Command::SetOnSale { item_id, on_sale }
+            }
+            StoredCommand::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            } => Command::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            },
+            StoredCommand::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+            } => Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: None,
+            },
+            StoredCommand::PurchaseInRegion {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region,
+            } => Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: Some(region),
+            },
+            StoredCommand::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            } => Command::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            },
+            StoredCommand::CancelListing { listing_id } => Command::CancelListing { listing_id },
+            StoredCommand::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            } => Command::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            },
+            StoredCommand::Refund {
+                refund_id,
+                purchase_id,
+            } => Command::Refund {
+                refund_id,
+                purchase_id,
+            },
+            StoredCommand::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            } => Command::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            },
+            StoredCommand::SetRegionalPrices { item_id, prices } => {
+                Command::SetRegionalPrices { item_id, prices }
+            }
+        }
+    }
+}
+
+impl Encode for Command {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        StoredCommand::from(self.clone()).encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Command {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        StoredCommand::decode(decoder).map(Command::from)
+    }
+}
+
+bincode::impl_borrow_decode!(Command);
 
 /// Stamped by the API: time and who.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
@@ -239,9 +547,9 @@ impl Command {
         match self {
             Command::Grant { grant_id, .. } => keys::grant(grant_id),
             Command::PublishItem(definition) => keys::item(&definition.item_id),
-            Command::Reprice { item_id, .. } | Command::SetOnSale { item_id, .. } => {
-                keys::item(item_id)
-            }
+            Command::Reprice { item_id, .. }
+            | Command::SetOnSale { item_id, .. }
+            | Command::SetRegionalPrices { item_id, .. } => keys::item(item_id),
             Command::CreateBundle { bundle_id, .. } => keys::bundle(bundle_id),
             Command::Purchase { purchase_id, .. } | Command::ResalePurchase { purchase_id, .. } => {
                 keys::purchase(purchase_id)
@@ -258,9 +566,10 @@ impl Command {
     /// The idempotency key, for commands that carry their own id.
     pub fn idempotency_key(&self) -> Option<String> {
         match self {
-            Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
-                None
-            }
+            Command::Reprice { .. }
+            | Command::SetOnSale { .. }
+            | Command::CancelListing { .. }
+            | Command::SetRegionalPrices { .. } => None,
             Command::SetPriceFloor {
                 kind,
                 effective_from_ms,
@@ -494,6 +803,11 @@ pub enum Success {
     Refunded {
         purchase_id: PurchaseId,
         amount: i64,
+    },
+    /// An item's regional prices, as set.
+    RegionalPricesSet {
+        price: i64,
+        prices: Vec<(Region, i64)>,
     },
     /// A floor change, in force on every shard.
     PriceFloorSet {
@@ -792,6 +1106,9 @@ pub enum SaleRequest {
         listing_id: ListingId,
         item_id: ItemId,
     },
+    /// On the item's shard: the item, at its price in the buyer's region
+    /// (appended; `Item` is the request without a region).
+    ItemInRegion { item_id: ItemId, region: Region },
 }
 
 impl SaleRequest {
@@ -799,9 +1116,9 @@ impl SaleRequest {
     /// (and which the per-item rate limit counts requests against).
     pub fn subject_key(&self) -> String {
         match self {
-            SaleRequest::Item(item_id) | SaleRequest::ListingOnItem { item_id, .. } => {
-                keys::item(item_id)
-            }
+            SaleRequest::Item(item_id)
+            | SaleRequest::ListingOnItem { item_id, .. }
+            | SaleRequest::ItemInRegion { item_id, .. } => keys::item(item_id),
             SaleRequest::Bundle(bundle_id) => keys::bundle(bundle_id),
             SaleRequest::Listing(listing_id) => keys::listing(listing_id),
         }
@@ -1345,6 +1662,14 @@ pub enum Event {
         price: i64,
         effective_from_ms: TimestampMs,
     },
+
+    /// On the item's shard: the item's prices per region from now on
+    /// (replacing any before; empty: none), each at least 30 % of its base
+    /// price.
+    RegionalPricesSet {
+        item_id: ItemId,
+        prices: Vec<(Region, i64)>,
+    },
 }
 
 impl Event {
@@ -1401,6 +1726,7 @@ impl Event {
             Event::CommandWithdrawn { .. } => "command_withdrawn",
             Event::PriceFloorSet { .. } => "price_floor_set",
             Event::PriceFloorReplicated { .. } => "price_floor_replicated",
+            Event::RegionalPricesSet { .. } => "regional_prices_set",
         }
     }
 

@@ -168,6 +168,103 @@ impl PriceFloors {
 pub enum PriceRule {
     /// The item's own price.
     Base,
+    /// The item's price in the buyer's region.
+    Region(Region),
+}
+
+impl PriceRule {
+    /// The rule's name in the API (`base`, `region`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PriceRule::Base => "base",
+            PriceRule::Region(_) => "region",
+        }
+    }
+}
+
+/// A buyer's region: an ISO 3166-1 alpha-2 country code, two ASCII
+/// capitals (`BR`, `DE`). Set by the purchase flow service, never by the
+/// buyer.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region(String);
+
+impl Region {
+    pub fn parse(value: impl Into<String>) -> Result<Region, String> {
+        let value = value.into();
+        if value.len() == 2 && value.bytes().all(|byte| byte.is_ascii_uppercase()) {
+            Ok(Region(value))
+        } else {
+            Err(format!(
+                "a region is an ISO 3166-1 alpha-2 code, two capital letters (got `{value}`)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        Region::parse(value)
+    }
+}
+
+impl From<Region> for String {
+    fn from(region: Region) -> String {
+        region.0
+    }
+}
+
+impl std::fmt::Display for Region {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// A regional price is at least this share of the item's base price.
+pub const REGIONAL_PRICE_MIN_BASIS_POINTS: i128 = 3_000;
+/// Most regions one item may price.
+pub const REGIONS_PER_ITEM_MAX: usize = 250;
+
+/// The lowest regional price allowed for an item priced `base`: 30 % of
+/// it, rounded up (so a regional price is never under 30 %).
+pub fn regional_price_min(base: i64) -> i64 {
+    assert!(base >= 0, "price must not be negative");
+    let scaled = base as i128 * REGIONAL_PRICE_MIN_BASIS_POINTS;
+    i64::try_from((scaled + 9_999) / 10_000).expect("30 % of an i64 fits in i64")
+}
+
+/// An item's price rules beyond its base price, on the item's shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ItemPricing {
+    /// The item's price per region; other regions pay the base price.
+    pub regional: BTreeMap<Region, i64>,
+}
+
+impl ItemPricing {
+    /// The price a buyer in `region` pays for an item priced `base`, and the
+    /// rule that sets it.
+    pub fn price_for(&self, base: i64, region: Option<&Region>) -> (i64, PriceRule) {
+        match region.and_then(|region| Some((region, self.regional.get(region)?))) {
+            Some((region, price)) => (*price, PriceRule::Region(region.clone())),
+            None => (base, PriceRule::Base),
+        }
+    }
+
+    /// The first regional price under 30 % of `base`, if any.
+    pub fn under_minimum(&self, base: i64) -> Option<(&Region, i64)> {
+        let minimum = regional_price_min(base);
+        self.regional
+            .iter()
+            .find(|(_, price)| **price < minimum)
+            .map(|(region, price)| (region, *price))
+    }
 }
 
 /// The pricing a primary item sale was reserved under, decided on the
@@ -300,6 +397,32 @@ mod tests {
         );
         assert_eq!(floors.in_force(ItemKind::Body, 500), None);
         assert_eq!(floors.next_version(ItemKind::Accessory), 4);
+    }
+
+    #[test]
+    fn regional_prices_apply_in_their_region_and_are_at_least_thirty_percent() {
+        let brazil = Region::parse("BR").unwrap();
+        let pricing = ItemPricing {
+            regional: [(brazil.clone(), 40)].into(),
+        };
+        assert_eq!(
+            pricing.price_for(100, Some(&brazil)),
+            (40, PriceRule::Region(brazil.clone()))
+        );
+        let germany = Region::parse("DE").unwrap();
+        assert_eq!(
+            pricing.price_for(100, Some(&germany)),
+            (100, PriceRule::Base)
+        );
+        assert_eq!(pricing.price_for(100, None), (100, PriceRule::Base));
+        assert_eq!(regional_price_min(100), 30);
+        assert_eq!(regional_price_min(101), 31, "rounded up");
+        assert_eq!(regional_price_min(0), 0);
+        assert_eq!(pricing.under_minimum(133), None);
+        assert_eq!(pricing.under_minimum(134), Some((&brazil, 40)));
+        for bad in ["br", "BRA", "B", "", "1A", "É"] {
+            assert!(Region::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -176,6 +176,9 @@ pub struct ShardState {
     /// This shard's copy of the platform's price floors (see
     /// [`crate::pricing`]).
     pub price_floors: crate::pricing::PriceFloors,
+    /// Price rules of this shard's items beyond their base price (regional
+    /// prices), only for items that have some.
+    pub item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
 }
 
 impl ShardState {
@@ -197,6 +200,7 @@ impl ShardState {
             retention: Retention::default(),
             limits: crate::limits::BuyerLimits::default(),
             price_floors: crate::pricing::PriceFloors::default(),
+            item_pricing: BTreeMap::new(),
         }
     }
 
@@ -324,6 +328,7 @@ pub fn initial_progress(command: &Command) -> Progress {
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
         Command::SetPriceFloor { .. } => Progress::ReplicatingFloor { acknowledged: 0 },
+        Command::SetRegionalPrices { .. } => Progress::Crediting,
         Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => {
             Progress::Crediting
         }
@@ -449,6 +454,21 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 ),
                 "only a purchase is withdrawn"
             );
+        }
+        Event::RegionalPricesSet { item_id, prices } => {
+            assert!(
+                state.items.contains_key(item_id),
+                "regional prices are set on the item's shard"
+            );
+            if prices.is_empty() {
+                state.item_pricing.remove(item_id);
+            } else {
+                state
+                    .item_pricing
+                    .entry(item_id.clone())
+                    .or_default()
+                    .regional = prices.iter().cloned().collect();
+            }
         }
         Event::PriceFloorSet {
             kind,

@@ -63,6 +63,7 @@ fn purchase(purchase_id: String, buyer: usize, target: PurchaseTarget, price: i6
         buyer_id: user(buyer),
         target,
         expected_price: price,
+        region: None,
     }
 }
 

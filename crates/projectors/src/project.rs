@@ -99,6 +99,11 @@ pub enum Change {
         item_id: ItemId,
         price: i64,
     },
+    /// An item's regional prices from now on (empty: none).
+    ItemRegionalPricesChanged {
+        item_id: ItemId,
+        prices: Vec<(ledger_core::Region, i64)>,
+    },
     /// A floor version (from the floors' home shard).
     PriceFloorSet {
         kind: ledger_core::ItemKind,
@@ -534,6 +539,12 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         // Every shard's copy of a floor: the floors' home shard's
         // `price_floor_set` is the one read models keep.
         | Event::PriceFloorReplicated { .. } => {}
+        Event::RegionalPricesSet { item_id, prices } => {
+            changes.push(Change::ItemRegionalPricesChanged {
+                item_id: item_id.clone(),
+                prices: prices.clone(),
+            })
+        }
         Event::PriceFloorSet {
             kind,
             version,

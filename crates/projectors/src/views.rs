@@ -58,10 +58,30 @@ pub struct ItemView {
     /// The item's kind (`accessory`, `classic_clothing`, ...): price floors
     /// are set per kind.
     pub kind: String,
+    /// The item's prices per region (ISO 3166-1 alpha-2 code → price).
+    pub regional_prices: std::collections::BTreeMap<String, i64>,
     /// Primary and resale sales.
     pub sales_count: u64,
     pub recent_average_price: Option<i64>,
     pub lowest_resale_price: Option<i64>,
+}
+
+/// Regional prices as stored in a read model: a JSON object, region →
+/// price, in region order.
+pub fn regional_prices_json(prices: &[(ledger_core::Region, i64)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = prices
+        .iter()
+        .map(|(region, price)| (region.to_string(), serde_json::Value::from(*price)))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Reads what [`regional_prices_json`] wrote (`None` in a CQL row written
+/// before regional prices: none).
+pub fn parse_regional_prices(
+    stored: &str,
+) -> Result<std::collections::BTreeMap<String, i64>, String> {
+    serde_json::from_str(stored).map_err(|error| format!("stored regional prices: {error}"))
 }
 
 /// One version of the price floor of a kind.

@@ -73,6 +73,7 @@ fn purchase(id: &str, buyer: usize, target: PurchaseTarget, price: i64) -> Comma
         buyer_id: user(buyer),
         target,
         expected_price: price,
+        region: None,
     }
 }
 

@@ -90,6 +90,7 @@ pub fn router_with_settings(
         .route("/v1/users/{id}/statement", get(routes::statement))
         .route("/v1/purchases/{id}", get(routes::purchase))
         .route("/v1/items/{id}", get(routes::item))
+        .route("/v1/items/{id}/price", get(routes::item_price))
         .route(
             "/v1/items/{id}/resale-listings",
             get(routes::resale_listings),

@@ -685,6 +685,59 @@ pub(crate) async fn item(
         "ends_at": optional_timestamp(view.ends_at_ms),
         "resellable": view.resellable,
         "kind": view.kind,
+        "regional_prices": view.regional_prices,
+    }))
+}
+
+/// `GET /v1/items/{id}/price?user_id=&region=`: the price a user sees (the
+/// one a purchase's `expected_price` must equal) and the rule that sets
+/// it: the item's price in the user's region, else its base price.
+pub(crate) async fn item_price(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    query: QueryParameters,
+) -> Answer {
+    let item_id = parse_id::<ItemId>("item_id", &segment)?;
+    let user_id = query
+        .get("user_id")?
+        .map(|user| parse_id::<UserId>("user_id", user))
+        .transpose()?;
+    let region = query
+        .get("region")?
+        .map(|code| {
+            ledger_core::Region::parse(code.to_owned())
+                .map_err(|detail| Problem::validation(format!("region: {detail}")))
+        })
+        .transpose()?;
+    let after = parse_after(&query)?;
+    wait_for(&state, after.as_ref()).await?;
+    let view = state
+        .read_models
+        .item(item_id.as_str())
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(|| item_not_found(&item_id))?;
+    let mut regional = std::collections::BTreeMap::new();
+    for (code, price) in &view.regional_prices {
+        let Ok(region) = ledger_core::Region::parse(code.clone()) else {
+            tracing::error!(%code, item = %item_id, "a stored regional price names an invalid region");
+            return Err(Problem::internal(
+                "a stored regional price names an invalid region",
+            ));
+        };
+        regional.insert(region, *price);
+    }
+    // The same rule the item's shard applies to a purchase.
+    let (price, rule) =
+        ledger_core::ItemPricing { regional }.price_for(view.price, region.as_ref());
+    respond(json!({
+        "item_id": view.item_id,
+        "user_id": user_id,
+        "region": region,
+        "price": price,
+        "rule": rule.name(),
+        "base_price": view.price,
+        "on_sale": view.on_sale,
     }))
 }
 

@@ -46,6 +46,7 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
     match event {
         Event::ItemPublished { definition } => Some(keys::item(&definition.item_id)),
         Event::ItemRepriced { item_id, .. }
+        | Event::RegionalPricesSet { item_id, .. }
         | Event::ItemSaleToggled { item_id, .. }
         | Event::SerialSold { item_id, .. }
         | Event::SerialTransferred { item_id, .. }

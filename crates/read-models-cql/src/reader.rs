@@ -95,7 +95,7 @@ impl TransactionKey {
 type TransactionRow = (i64, i32, i64, String, String, String, i64, String);
 
 /// creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms,
-/// ends_at_ms, resellable, kind
+/// ends_at_ms, resellable, kind, regional_prices
 type ItemRow = (
     Option<String>,
     Option<String>,
@@ -106,6 +106,7 @@ type ItemRow = (
     Option<i64>,
     Option<i64>,
     Option<bool>,
+    Option<String>,
     Option<String>,
 );
 
@@ -426,6 +427,7 @@ impl CqlReadModels {
             ends_at_ms,
             resellable,
             kind,
+            regional_prices,
         )) = definition
         else {
             return Ok(None);
@@ -466,6 +468,11 @@ impl CqlReadModels {
             resellable: resellable.ok_or_else(|| incomplete("resellable"))?,
             // Rows written before kinds existed are accessories.
             kind: kind.unwrap_or_else(|| ledger_core::ItemKind::Accessory.as_str().to_string()),
+            regional_prices: match regional_prices {
+                None => Default::default(),
+                Some(stored) => projectors::parse_regional_prices(&stored)
+                    .map_err(|_| incomplete("regional_prices"))?,
+            },
             sales_count,
             recent_average_price,
             lowest_resale_price: lowest_resale_price.map(|(price,)| price),

@@ -7,7 +7,10 @@ pub const SCHEMA: &str = include_str!("../../../schemas/cql/read_models.cql");
 /// type)`. A keyspace made before them gets each from `ALTER TABLE` when
 /// the read models connect (`CREATE TABLE IF NOT EXISTS` leaves an
 /// existing table as it is).
-pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("items", "kind", "text")];
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("items", "kind", "text"),
+    ("items", "regional_prices", "text"),
+];
 
 /// The statements of [`SCHEMA`]: comment lines dropped, split on `;`.
 pub fn schema_statements() -> Vec<String> {

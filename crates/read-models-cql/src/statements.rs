@@ -47,6 +47,7 @@ pub(crate) struct Statements {
     pub update_item_on_sale: PreparedStatement,
     pub select_item: PreparedStatement,
     pub insert_price_floor: PreparedStatement,
+    pub update_item_regional_prices: PreparedStatement,
     pub select_price_floors: PreparedStatement,
 
     pub insert_sale: PreparedStatement,
@@ -268,11 +269,17 @@ impl Statements {
             select_item: prepare(
                 "item read",
                 page,
-                "SELECT creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms, resellable, kind \
+                "SELECT creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms, resellable, kind, regional_prices \
                  FROM items WHERE item_id = ?",
             )
             .await?,
 
+            update_item_regional_prices: prepare(
+                "item regional prices write",
+                page,
+                "UPDATE items USING TIMESTAMP ? SET regional_prices = ? WHERE item_id = ?",
+            )
+            .await?,
             insert_price_floor: prepare(
                 "price floor write",
                 page,

@@ -590,6 +590,15 @@ impl CqlReadModels {
                     "item write",
                 );
             }
+            Change::ItemRegionalPricesChanged { item_id, prices } => writes.push(
+                &statements.update_item_regional_prices,
+                (
+                    timestamp,
+                    projectors::regional_prices_json(prices),
+                    item_id.to_string(),
+                ),
+                "item regional prices write",
+            ),
             Change::PriceFloorSet {
                 kind,
                 version,

@@ -117,6 +117,12 @@ fn apply_change(
                     ])
                 })
         }
+        Change::ItemRegionalPricesChanged { item_id, prices } => {
+            let prices = projectors::regional_prices_json(prices);
+            transaction
+                .prepare_cached("UPDATE items SET regional_prices = ?2 WHERE item_id = ?1")
+                .and_then(|mut statement| statement.execute(params![item_id.as_str(), prices]))
+        }
         Change::PriceFloorSet {
             kind,
             version,

@@ -371,7 +371,8 @@ impl ReadModels for SqliteReadModels {
                 .prepare_cached(
                     "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
                             resellable, sold, sales_count, recent_average_price,
-                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id), kind
+                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id), kind,
+                            regional_prices
                      FROM items WHERE item_id = ?1",
                 )
                 .and_then(|mut statement| {
@@ -393,6 +394,7 @@ impl ReadModels for SqliteReadModels {
                                 recent_average_price: row.get(12)?,
                                 lowest_resale_price: row.get(13)?,
                                 kind: row.get(14)?,
+                                regional_prices: row.get(15)?,
                             })
                         })
                         .optional()
@@ -690,6 +692,7 @@ struct ItemRow {
     recent_average_price: Option<i64>,
     lowest_resale_price: Option<i64>,
     kind: String,
+    regional_prices: String,
 }
 
 impl ItemRow {
@@ -718,6 +721,12 @@ impl ItemRow {
                 .transpose()?,
             resellable: self.resellable,
             kind: self.kind,
+            regional_prices: projectors::parse_regional_prices(&self.regional_prices).map_err(
+                |detail| SqliteStoreError::ItemPricing {
+                    what: "regional prices",
+                    detail,
+                },
+            )?,
             sales_count: from_sql("item sales count", self.sales_count)?,
             recent_average_price: self.recent_average_price,
             lowest_resale_price: self.lowest_resale_price,

@@ -83,6 +83,8 @@ CREATE TABLE IF NOT EXISTS items (
     ends_at_ms INTEGER,
     resellable INTEGER NOT NULL,
     kind TEXT NOT NULL DEFAULT 'accessory',
+    -- JSON object of the item's prices per region, e.g. {'BR': 40} as JSON; '{}' for none.
+    regional_prices TEXT NOT NULL DEFAULT '{}',
     sold INTEGER NOT NULL DEFAULT 0,
     sales_count INTEGER NOT NULL DEFAULT 0,
     recent_average_price INTEGER
@@ -216,9 +218,12 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     let read_models_behind = table_exists(&connection, "projection_position")?
         && (!table_exists(&connection, "purchase_steps")?
             || !table_exists(&connection, "creator_sales")?);
-    // Items written before kinds existed are accessories.
-    let items_without_kind =
-        table_exists(&connection, "items")? && !column_exists(&connection, "items", "kind")?;
+    // Items written before kinds existed are accessories; before regional
+    // prices, they had none.
+    let items_exist = table_exists(&connection, "items")?;
+    let items_without_kind = items_exist && !column_exists(&connection, "items", "kind")?;
+    let items_without_regional_prices =
+        items_exist && !column_exists(&connection, "items", "regional_prices")?;
     connection
         .execute_batch(SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
@@ -226,6 +231,13 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
         connection
             .execute_batch("ALTER TABLE items ADD COLUMN kind TEXT NOT NULL DEFAULT 'accessory';")
             .map_err(SqliteStoreError::sqlite("add the kind of items"))?;
+    }
+    if items_without_regional_prices {
+        connection
+            .execute_batch(
+                "ALTER TABLE items ADD COLUMN regional_prices TEXT NOT NULL DEFAULT '{}';",
+            )
+            .map_err(SqliteStoreError::sqlite("add the regional prices of items"))?;
     }
     migrate_event_rows(&mut connection)?;
     if read_models_behind {

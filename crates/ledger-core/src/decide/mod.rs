@@ -183,16 +183,21 @@ fn decide_command(
             buyer_id,
             target,
             expected_price,
+            region,
         } => run_keyed(out, command, meta, |out, _| {
             purchase::start(
                 out,
                 purchase_id,
                 buyer_id,
                 target,
+                region.as_ref(),
                 *expected_price,
                 meta.at_ms,
             )
         }),
+        Command::SetRegionalPrices { item_id, prices } => {
+            catalogue::set_regional_prices(out, item_id, prices, &meta.actor)
+        }
         Command::ResalePurchase {
             purchase_id,
             buyer_id,
@@ -401,6 +406,7 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 purchase_id,
                 buyer_id,
                 item_id,
+                None,
                 *expected_price,
                 *at_ms,
             );

@@ -18,7 +18,7 @@
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{Account, Posting, PrimarySplit};
-use crate::pricing::{PriceRule, SaleTerms};
+use crate::pricing::{PriceRule, Region, SaleTerms};
 use crate::state::{CommandRecord, Config, ItemState, Listing, ShardState};
 
 use super::out::Out;
@@ -31,12 +31,18 @@ pub(super) fn start(
     purchase_id: &PurchaseId,
     buyer_id: &UserId,
     target: &PurchaseTarget,
+    region: Option<&Region>,
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    let request = match target {
-        PurchaseTarget::Item(item_id) => SaleRequest::Item(item_id.clone()),
-        PurchaseTarget::Bundle(bundle_id) => SaleRequest::Bundle(bundle_id.clone()),
+    let request = match (target, region) {
+        (PurchaseTarget::Item(item_id), None) => SaleRequest::Item(item_id.clone()),
+        (PurchaseTarget::Item(item_id), Some(region)) => SaleRequest::ItemInRegion {
+            item_id: item_id.clone(),
+            region: region.clone(),
+        },
+        // A bundle has one price everywhere.
+        (PurchaseTarget::Bundle(bundle_id), _) => SaleRequest::Bundle(bundle_id.clone()),
     };
     request_sale(out, purchase_id, buyer_id, request, expected_price, at_ms);
 }
@@ -181,6 +187,16 @@ pub(super) fn reserve_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request:
             sale.purchase_id,
             sale.buyer_id,
             item_id,
+            None,
+            sale.expected_price,
+            sale.at_ms,
+        ),
+        SaleRequest::ItemInRegion { item_id, region } => reserve_item(
+            out,
+            sale.purchase_id,
+            sale.buyer_id,
+            item_id,
+            Some(region),
             sale.expected_price,
             sale.at_ms,
         ),
@@ -246,12 +262,14 @@ pub(super) fn reserve_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request:
     }
 }
 
-/// On the item's shard: reserves the item (a serial, for a Limited).
+/// On the item's shard: reserves the item (a serial, for a Limited) at its
+/// price for the buyer (in `region`, if the item has a price there).
 pub(super) fn reserve_item(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
     buyer_id: &UserId,
     item_id: &ItemId,
+    region: Option<&Region>,
     expected_price: i64,
     at_ms: TimestampMs,
 ) -> Result<Reservation, Rejection> {
@@ -260,39 +278,69 @@ pub(super) fn reserve_item(
             RejectionCode::NotFound,
             format!("item {item_id} does not exist"),
         )),
-        Some(item) => check_item_sale(item, buyer_id, expected_price, at_ms).and_then(|()| {
-            let serial = reserve_serial(out, item, purchase_id, buyer_id)?;
-            Ok(Reservation {
-                price: item.price,
-                creator_id: item.definition.creator_id.clone(),
-                sale: SaleKind::Item {
-                    item_id: item_id.clone(),
-                    serial,
-                },
-                terms: sale_terms(out.state, item, at_ms),
+        Some(item) => {
+            let (price, rule) = out
+                .state
+                .item_pricing
+                .get(item_id)
+                .map_or((item.price, PriceRule::Base), |pricing| {
+                    pricing.price_for(item.price, region)
+                });
+            check_item_sale(item, buyer_id, price, &rule, expected_price, at_ms).and_then(|()| {
+                let serial = reserve_serial(out, item, purchase_id, buyer_id)?;
+                Ok(Reservation {
+                    price,
+                    creator_id: item.definition.creator_id.clone(),
+                    sale: SaleKind::Item {
+                        item_id: item_id.clone(),
+                        serial,
+                    },
+                    terms: sale_terms(out.state, out.config, item, rule, at_ms),
+                })
             })
-        }),
+        }
     }
 }
 
-/// The pricing terms of a primary sale of `item` reserved at `at_ms`: with
-/// a floor in force for its kind, fee policy 2 against that floor; without
-/// one, none (the configured flat split, as before floors existed).
-fn sale_terms(state: &ShardState, item: &ItemState, at_ms: TimestampMs) -> Option<SaleTerms> {
+/// The pricing terms of a primary sale of `item` reserved at `at_ms` under
+/// `rule`: the floor in force for its kind then (fee policy 2 against it)
+/// or none (the configured flat split). A sale at the base price without
+/// a floor has none, as before terms existed.
+fn sale_terms(
+    state: &ShardState,
+    config: &Config,
+    item: &ItemState,
+    rule: PriceRule,
+    at_ms: TimestampMs,
+) -> Option<SaleTerms> {
     let kind = item.definition.kind;
-    let (_, floor) = state.price_floors.in_force(kind, at_ms)?;
-    (floor.price > 0).then_some(SaleTerms {
-        rule: PriceRule::Base,
+    let floor = state
+        .price_floors
+        .in_force(kind, at_ms)
+        .map(|(_, floor)| floor.price)
+        .filter(|floor| *floor > 0);
+    if floor.is_none() && rule == PriceRule::Base {
+        return None;
+    }
+    Some(SaleTerms {
+        rule,
         kind,
-        floor: Some(floor.price),
-        fee_policy_version: crate::pricing::FEE_POLICY_V2,
+        floor,
+        fee_policy_version: if floor.is_some() {
+            crate::pricing::FEE_POLICY_V2
+        } else {
+            config.primary_fee_policy.version
+        },
     })
 }
 
-/// Whether `buyer_id` may buy `item` at `expected_price` at `at_ms`.
+/// Whether `buyer_id` may buy `item`, priced `price` for them under
+/// `rule`, at `expected_price` at `at_ms`.
 fn check_item_sale(
     item: &ItemState,
     buyer_id: &UserId,
+    price: i64,
+    rule: &PriceRule,
     expected_price: i64,
     at_ms: TimestampMs,
 ) -> Result<(), Rejection> {
@@ -312,11 +360,14 @@ fn check_item_sale(
             format!("{buyer_id} created item {item_id}"),
         ));
     }
-    if item.price != expected_price {
-        return Err(reject(
-            RejectionCode::PriceChanged,
-            format!("item {item_id} costs {}, not {expected_price}", item.price),
-        ));
+    if price != expected_price {
+        let detail = match rule {
+            PriceRule::Region(region) => {
+                format!("item {item_id} costs {price} in {region}, not {expected_price}")
+            }
+            PriceRule::Base => format!("item {item_id} costs {price}, not {expected_price}"),
+        };
+        return Err(reject(RejectionCode::PriceChanged, detail));
     }
     Ok(())
 }

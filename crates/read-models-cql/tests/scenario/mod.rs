@@ -166,6 +166,7 @@ impl Driver {
                 buyer_id: user(buyer_id),
                 target,
                 expected_price,
+                region: None,
             },
             expected,
         )

@@ -370,6 +370,7 @@ fn a_sale_under_a_floor_is_reserved_with_its_terms_and_settled_by_policy_two() {
         buyer_id: user_id("alice"),
         target: PurchaseTarget::Item(item_id("hat")),
         expected_price: 175,
+        region: None,
     };
     given([accepted(purchase)])
         .when_message(Message::PurchasePaid {

@@ -8,6 +8,7 @@ mod limits;
 mod listing;
 mod purchase;
 mod refund;
+mod regional;
 mod resale;
 mod tick;
 

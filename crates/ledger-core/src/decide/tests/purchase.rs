@@ -43,6 +43,7 @@ fn purchase(buyer: &str, target: PurchaseTarget, expected_price: i64) -> Command
         buyer_id: user_id(buyer),
         target,
         expected_price,
+        region: None,
     }
 }
 

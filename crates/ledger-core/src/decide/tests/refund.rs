@@ -49,6 +49,7 @@ fn purchase_of(item: &str) -> Event {
         buyer_id: user_id("alice"),
         target: PurchaseTarget::Item(item_id(item)),
         expected_price: 100,
+        region: None,
     })
 }
 
