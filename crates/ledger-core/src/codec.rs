@@ -910,6 +910,8 @@ impl From<SnapshotBeforeFloors> for Snapshot {
                 limits: old.limits,
                 price_floors: crate::pricing::PriceFloors::default(),
                 item_pricing: BTreeMap::new(),
+                price_tests: BTreeMap::new(),
+                tests_ending: BTreeSet::new(),
             },
             last_hash: old.last_hash,
         }

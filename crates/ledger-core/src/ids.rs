@@ -91,6 +91,10 @@ id_type!(/// A resale listing.
     ListingId, "listing_id");
 id_type!(/// A refund.
     RefundId, "refund_id");
+id_type!(/// A price test of an item.
+    PriceTestId, "test_id");
+id_type!(/// A batch of exposures the storefront reports for a price test.
+    ExposureBatchId, "batch_id");
 
 /// Index of a shard, `0..shard_count`.
 #[derive(

@@ -4,7 +4,10 @@
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{BundleId, GrantId, ItemId, ListingId, PurchaseId, RefundId, ShardId, UserId};
+use crate::ids::{
+    BundleId, ExposureBatchId, GrantId, ItemId, ListingId, PriceTestId, PurchaseId, RefundId,
+    ShardId, UserId,
+};
 use crate::money::Posting;
 use crate::pricing::{ItemKind, Region, SaleTerms};
 
@@ -202,6 +205,25 @@ pub enum Command {
         item_id: ItemId,
         prices: Vec<(Region, i64)>,
     },
+    /// A price test of an item: each buyer is assigned one of `arms` (2 to
+    /// 4 prices) until `ends_at_ms`; then the arm that earned most per
+    /// exposure wins (and becomes the item's price if `apply_winner`).
+    StartPriceTest {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+        apply_winner: bool,
+    },
+    /// The storefront showed the test's arms `counts[arm]` times (one batch,
+    /// counted once).
+    RecordExposures {
+        test_id: PriceTestId,
+        batch_id: ExposureBatchId,
+        counts: Vec<u64>,
+    },
+    /// Ends a running price test now (as its end time would).
+    EndPriceTest { test_id: PriceTestId },
 }
 
 /// [`Command`] as stored: its variants in their order, a purchase in a
@@ -271,6 +293,21 @@ enum StoredCommand {
         target: PurchaseTarget,
         expected_price: i64,
         region: Region,
+    },
+    StartPriceTest {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+        apply_winner: bool,
+    },
+    RecordExposures {
+        test_id: PriceTestId,
+        batch_id: ExposureBatchId,
+        counts: Vec<u64>,
+    },
+    EndPriceTest {
+        test_id: PriceTestId,
     },
 }
 
@@ -373,6 +410,29 @@ impl From<Command> for StoredCommand {
             Command::SetRegionalPrices { item_id, prices } => {
                 StoredCommand::SetRegionalPrices { item_id, prices }
             }
+            Command::StartPriceTest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms,
+                apply_winner,
+            } => StoredCommand::StartPriceTest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms,
+                apply_winner,
+            },
+            Command::RecordExposures {
+                test_id,
+                batch_id,
+                counts,
+            } => StoredCommand::RecordExposures {
+                test_id,
+                batch_id,
+                counts,
+            },
+            Command::EndPriceTest { test_id } => StoredCommand::EndPriceTest { test_id },
         }
     }
 }
@@ -476,6 +536,29 @@ impl From<StoredCommand> for Command {
             StoredCommand::SetRegionalPrices { item_id, prices } => {
                 Command::SetRegionalPrices { item_id, prices }
             }
+            StoredCommand::StartPriceTest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms,
+                apply_winner,
+            } => Command::StartPriceTest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms,
+                apply_winner,
+            },
+            StoredCommand::RecordExposures {
+                test_id,
+                batch_id,
+                counts,
+            } => Command::RecordExposures {
+                test_id,
+                batch_id,
+                counts,
+            },
+            StoredCommand::EndPriceTest { test_id } => Command::EndPriceTest { test_id },
         }
     }
 }
@@ -535,6 +618,13 @@ pub mod keys {
     pub fn refund(id: &RefundId) -> String {
         format!("refund:{id}")
     }
+    pub fn price_test(id: &PriceTestId) -> String {
+        format!("price-test:{id}")
+    }
+    /// The id of a batch of exposures: its test and batch.
+    pub fn exposures(test_id: &PriceTestId, batch_id: &ExposureBatchId) -> String {
+        format!("exposures:{test_id}:{batch_id}")
+    }
     /// The id of a floor change: its kind and start.
     pub fn price_floor(kind: ItemKind, effective_from_ms: TimestampMs) -> String {
         format!("price-floor:{kind}@{effective_from_ms}")
@@ -560,6 +650,10 @@ impl Command {
             Command::Refund { refund_id, .. } => keys::refund(refund_id),
             // One shard orders every floor change (versions are its count).
             Command::SetPriceFloor { .. } => crate::pricing::FLOORS_KEY.to_string(),
+            // A test's shard keeps its counts and decides its winner.
+            Command::StartPriceTest { test_id, .. }
+            | Command::RecordExposures { test_id, .. }
+            | Command::EndPriceTest { test_id } => keys::price_test(test_id),
         }
     }
 
@@ -569,7 +663,11 @@ impl Command {
             Command::Reprice { .. }
             | Command::SetOnSale { .. }
             | Command::CancelListing { .. }
-            | Command::SetRegionalPrices { .. } => None,
+            | Command::SetRegionalPrices { .. }
+            | Command::EndPriceTest { .. } => None,
+            Command::RecordExposures {
+                test_id, batch_id, ..
+            } => Some(keys::exposures(test_id, batch_id)),
             Command::SetPriceFloor {
                 kind,
                 effective_from_ms,
@@ -808,6 +906,16 @@ pub enum Success {
     RegionalPricesSet {
         price: i64,
         prices: Vec<(Region, i64)>,
+    },
+    /// A price test runs.
+    PriceTestStarted,
+    /// A batch of exposures counted: each arm's exposures so far.
+    ExposuresRecorded { exposures: Vec<u64> },
+    /// A price test ended: its winner (if any arm was shown) and the price
+    /// sent to the item, if the winner is applied.
+    PriceTestEnded {
+        winner: Option<u8>,
+        applied_price: Option<i64>,
     },
     /// A floor change, in force on every shard.
     PriceFloorSet {
@@ -1077,6 +1185,8 @@ pub enum Progress {
     /// A floor change: set on its home shard, waiting for every other
     /// shard to hold it (`acknowledged` of them so far).
     ReplicatingFloor { acknowledged: u32 },
+    /// A price test: waiting for the item's shard to start pricing it.
+    StartingTest,
 }
 
 impl Progress {
@@ -1407,6 +1517,39 @@ pub enum Message {
         version: u32,
         position: ShardPosition,
     },
+
+    /// Test's shard → item's shard: price the item by these arms until
+    /// `ends_at_ms` (if `actor` may, and the item can be tested).
+    StartTestOnItem {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+        actor: Actor,
+        at_ms: TimestampMs,
+    },
+    /// Item's shard → test's shard: the test runs (the item's creator), at
+    /// `position`, or why not.
+    TestStartedOnItem {
+        test_id: PriceTestId,
+        result: Result<UserId, Rejection>,
+        position: ShardPosition,
+    },
+    /// Purchase's shard → test's shard: a purchase paid the price of `arm`.
+    PriceTestSale {
+        test_id: PriceTestId,
+        purchase_id: PurchaseId,
+        arm: u8,
+        price: i64,
+    },
+    /// Test's shard → item's shard: the test ended; the item is priced
+    /// `apply_price` from now on, if set (and still allowed).
+    CloseTestOnItem {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        apply_price: Option<i64>,
+        at_ms: TimestampMs,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -1670,6 +1813,66 @@ pub enum Event {
         item_id: ItemId,
         prices: Vec<(Region, i64)>,
     },
+
+    /// On the item's shard: buyers are priced by the test's arms until
+    /// `ends_at_ms` (see [`crate::pricing::test_arm`]).
+    PriceTestStarted {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+    },
+    /// On the test's shard: the test is accepted and counts here (sales
+    /// may arrive before the item's shard's answer).
+    PriceTestOpened {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+        apply_winner: bool,
+    },
+    /// On the test's shard: the item's shard prices by the test; it runs
+    /// until its end time (or an `EndPriceTest`).
+    PriceTestRunning {
+        test_id: PriceTestId,
+        creator_id: UserId,
+    },
+    /// On the test's shard: the item's shard refused the test; it is
+    /// forgotten (its command's refusal is remembered).
+    PriceTestAborted { test_id: PriceTestId },
+    /// On the test's shard: a batch of exposures; `exposures` is each
+    /// arm's total after it.
+    PriceTestExposed {
+        test_id: PriceTestId,
+        batch: Vec<u64>,
+        exposures: Vec<u64>,
+    },
+    /// On the test's shard: a purchase at `arm`'s price; `purchases` and
+    /// `revenue` are that arm's totals after it.
+    PriceTestSold {
+        test_id: PriceTestId,
+        purchase_id: PurchaseId,
+        arm: u8,
+        price: i64,
+        purchases: u64,
+        revenue: i64,
+    },
+    /// On the test's shard: the test ended (by its time or a command) with
+    /// `winner`, the arm that earned most per exposure; `applied_price` is
+    /// sent to the item when the winner is applied.
+    PriceTestEnded {
+        test_id: PriceTestId,
+        winner: Option<u8>,
+        applied_price: Option<i64>,
+    },
+    /// On the item's shard: the item is no longer priced by the test;
+    /// `applied_price` is its price from now on, if the winner was applied
+    /// (not when under the floor in force or its regional prices' 30 %).
+    PriceTestClosed {
+        test_id: PriceTestId,
+        item_id: ItemId,
+        applied_price: Option<i64>,
+    },
 }
 
 impl Event {
@@ -1727,6 +1930,14 @@ impl Event {
             Event::PriceFloorSet { .. } => "price_floor_set",
             Event::PriceFloorReplicated { .. } => "price_floor_replicated",
             Event::RegionalPricesSet { .. } => "regional_prices_set",
+            Event::PriceTestStarted { .. } => "price_test_started",
+            Event::PriceTestOpened { .. } => "price_test_opened",
+            Event::PriceTestRunning { .. } => "price_test_running",
+            Event::PriceTestAborted { .. } => "price_test_aborted",
+            Event::PriceTestExposed { .. } => "price_test_exposed",
+            Event::PriceTestSold { .. } => "price_test_sold",
+            Event::PriceTestEnded { .. } => "price_test_ended",
+            Event::PriceTestClosed { .. } => "price_test_closed",
         }
     }
 

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{PriceTestId, UserId};
 use crate::model::TimestampMs;
 use crate::money::PrimarySplit;
 
@@ -170,6 +171,8 @@ pub enum PriceRule {
     Base,
     /// The item's price in the buyer's region.
     Region(Region),
+    /// The price of the buyer's arm in a running price test.
+    TestArm { test_id: PriceTestId, arm: u8 },
 }
 
 impl PriceRule {
@@ -178,6 +181,7 @@ impl PriceRule {
         match self {
             PriceRule::Base => "base",
             PriceRule::Region(_) => "region",
+            PriceRule::TestArm { .. } => "test_arm",
         }
     }
 }
@@ -227,6 +231,96 @@ impl std::fmt::Display for Region {
     }
 }
 
+/// Fewest and most arms of a price test.
+pub const TEST_ARMS_MIN: usize = 2;
+pub const TEST_ARMS_MAX: usize = 4;
+/// Longest price test: 90 days.
+pub const TEST_DURATION_MS_MAX: u64 = 90 * 24 * 3_600 * 1_000;
+
+/// The arm of `arms` that `user` is assigned to in test `test_id`: the
+/// first 8 bytes of SHA-256(`price-test`, test id, user id), modulo the
+/// arm count. Stable forever (the storefront and every replay agree) and
+/// uniform. Must never change.
+pub fn test_arm(test_id: &PriceTestId, user: &UserId, arms: usize) -> usize {
+    use sha2::{Digest, Sha256};
+    assert!(
+        (TEST_ARMS_MIN..=TEST_ARMS_MAX).contains(&arms),
+        "a price test has 2 to 4 arms"
+    );
+    let mut hasher = Sha256::new();
+    hasher.update(b"price-test\0");
+    hasher.update(test_id.as_str().as_bytes());
+    hasher.update(b"\0");
+    hasher.update(user.as_str().as_bytes());
+    let digest = hasher.finalize();
+    let value = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+    (value % arms as u64) as usize
+}
+
+/// What a price test has counted per arm.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct ArmCounts {
+    pub exposures: u64,
+    pub purchases: u64,
+    pub revenue: i64,
+}
+
+/// The arm with the highest revenue per exposure (the lower arm on a tie);
+/// `None` while no arm has an exposure. Compared exactly, in integers.
+pub fn leading_arm(arms: &[ArmCounts]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (index, arm) in arms.iter().enumerate() {
+        if arm.exposures == 0 {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some(current) => {
+                let leader = &arms[current];
+                // revenue / exposures > leader.revenue / leader.exposures
+                (arm.revenue as i128) * (leader.exposures as i128)
+                    > (leader.revenue as i128) * (arm.exposures as i128)
+            }
+        };
+        if better {
+            best = Some(index);
+        }
+    }
+    best
+}
+
+/// A price test on its own shard, which counts it and decides its winner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct PriceTest {
+    pub item_id: crate::ids::ItemId,
+    /// Known once the item's shard started pricing by the test.
+    pub creator_id: Option<UserId>,
+    pub arms: Vec<i64>,
+    pub ends_at_ms: TimestampMs,
+    pub apply_winner: bool,
+    pub counts: Vec<ArmCounts>,
+    /// Set when the test ended.
+    pub outcome: Option<TestOutcome>,
+}
+
+impl PriceTest {
+    /// Running: the item prices by it and it has not ended.
+    pub fn is_running(&self) -> bool {
+        self.creator_id.is_some() && self.outcome.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct TestOutcome {
+    pub winner: Option<u8>,
+    pub applied_price: Option<i64>,
+}
+
+/// Most tests one tick ends (the rest wait for the next).
+pub const TESTS_ENDED_PER_TICK_MAX: usize = 1_000;
+/// Most exposures one batch may report per arm.
+pub const EXPOSURES_PER_BATCH_MAX: u64 = 1_000_000_000;
+
 /// A regional price is at least this share of the item's base price.
 pub const REGIONAL_PRICE_MIN_BASIS_POINTS: i128 = 3_000;
 /// Most regions one item may price.
@@ -245,15 +339,52 @@ pub fn regional_price_min(base: i64) -> i64 {
 pub struct ItemPricing {
     /// The item's price per region; other regions pay the base price.
     pub regional: BTreeMap<Region, i64>,
+    /// The item's running price test, if any.
+    pub test: Option<RunningTest>,
+}
+
+/// A price test as the item's shard prices it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct RunningTest {
+    pub test_id: PriceTestId,
+    pub arms: Vec<i64>,
+    pub ends_at_ms: TimestampMs,
 }
 
 impl ItemPricing {
-    /// The price a buyer in `region` pays for an item priced `base`, and the
-    /// rule that sets it.
-    pub fn price_for(&self, base: i64, region: Option<&Region>) -> (i64, PriceRule) {
-        match region.and_then(|region| Some((region, self.regional.get(region)?))) {
-            Some((region, price)) => (*price, PriceRule::Region(region.clone())),
-            None => (base, PriceRule::Base),
+    /// Whether nothing beyond the base price is set.
+    pub fn is_empty(&self) -> bool {
+        self.regional.is_empty() && self.test.is_none()
+    }
+
+    /// The price `buyer` in `region` pays at `at_ms` for an item priced
+    /// `base`, and the rule that sets it: the regional price if the item
+    /// has one there (buyers with a regional price are not in a test), else
+    /// the buyer's arm of a test running then, else the base price.
+    pub fn price_for(
+        &self,
+        base: i64,
+        region: Option<&Region>,
+        buyer: Option<&UserId>,
+        at_ms: TimestampMs,
+    ) -> (i64, PriceRule) {
+        if let Some((region, price)) =
+            region.and_then(|region| Some((region, self.regional.get(region)?)))
+        {
+            return (*price, PriceRule::Region(region.clone()));
+        }
+        match (&self.test, buyer) {
+            (Some(test), Some(buyer)) if at_ms < test.ends_at_ms => {
+                let arm = test_arm(&test.test_id, buyer, test.arms.len());
+                (
+                    test.arms[arm],
+                    PriceRule::TestArm {
+                        test_id: test.test_id.clone(),
+                        arm: u8::try_from(arm).expect("at most 4 arms"),
+                    },
+                )
+            }
+            _ => (base, PriceRule::Base),
         }
     }
 
@@ -404,17 +535,18 @@ mod tests {
         let brazil = Region::parse("BR").unwrap();
         let pricing = ItemPricing {
             regional: [(brazil.clone(), 40)].into(),
+            test: None,
         };
         assert_eq!(
-            pricing.price_for(100, Some(&brazil)),
+            pricing.price_for(100, Some(&brazil), None, 0),
             (40, PriceRule::Region(brazil.clone()))
         );
         let germany = Region::parse("DE").unwrap();
         assert_eq!(
-            pricing.price_for(100, Some(&germany)),
+            pricing.price_for(100, Some(&germany), None, 0),
             (100, PriceRule::Base)
         );
-        assert_eq!(pricing.price_for(100, None), (100, PriceRule::Base));
+        assert_eq!(pricing.price_for(100, None, None, 0), (100, PriceRule::Base));
         assert_eq!(regional_price_min(100), 30);
         assert_eq!(regional_price_min(101), 31, "rounded up");
         assert_eq!(regional_price_min(0), 0);
@@ -423,6 +555,84 @@ mod tests {
         for bad in ["br", "BRA", "B", "", "1A", "É"] {
             assert!(Region::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn arms_are_assigned_stably_and_uniformly() {
+        let test = PriceTestId::parse("spring-test").unwrap();
+        // Fixed values: the assignment must never change (the storefront
+        // and every replay depend on it).
+        let arms: Vec<usize> = ["alice", "bob", "carol", "dave", "erin", "frank"]
+            .iter()
+            .map(|user| test_arm(&test, &UserId::parse(*user).unwrap(), 3))
+            .collect();
+        assert_eq!(arms, ASSIGNED_ARMS);
+        for count in TEST_ARMS_MIN..=TEST_ARMS_MAX {
+            let mut per_arm = vec![0u32; count];
+            for buyer in 0..10_000 {
+                let user = UserId::parse(format!("buyer-{buyer}")).unwrap();
+                per_arm[test_arm(&test, &user, count)] += 1;
+            }
+            let expected = 10_000 / count as u32;
+            for arm in per_arm {
+                // Within 2 % of 10,000 of a uniform split.
+                assert!(arm.abs_diff(expected) <= 200, "{count} arms: {arm} vs {expected}");
+            }
+        }
+    }
+
+    /// The arms of alice, bob, carol, dave, erin and frank in `spring-test`
+    /// with three arms.
+    const ASSIGNED_ARMS: [usize; 6] = [1, 1, 1, 2, 0, 2];
+
+    #[test]
+    fn the_leading_arm_earns_most_per_exposure() {
+        let arm = |exposures, revenue| ArmCounts {
+            exposures,
+            purchases: 0,
+            revenue,
+        };
+        assert_eq!(leading_arm(&[arm(0, 0), arm(0, 0)]), None);
+        assert_eq!(leading_arm(&[arm(100, 500), arm(50, 300)]), Some(1));
+        // A tie goes to the lower arm.
+        assert_eq!(leading_arm(&[arm(100, 500), arm(200, 1_000)]), Some(0));
+        assert_eq!(leading_arm(&[arm(0, 0), arm(10, 0)]), Some(1));
+    }
+
+    #[test]
+    fn a_running_test_prices_by_arm_until_it_ends_and_a_region_wins_over_it() {
+        let test_id = PriceTestId::parse("t").unwrap();
+        let brazil = Region::parse("BR").unwrap();
+        let pricing = ItemPricing {
+            regional: [(brazil.clone(), 40)].into(),
+            test: Some(RunningTest {
+                test_id: test_id.clone(),
+                arms: vec![90, 110],
+                ends_at_ms: 1_000,
+            }),
+        };
+        let user = UserId::parse("alice").unwrap();
+        let arm = test_arm(&test_id, &user, 2);
+        assert_eq!(
+            pricing.price_for(100, None, Some(&user), 999),
+            (
+                [90, 110][arm],
+                PriceRule::TestArm {
+                    test_id: test_id.clone(),
+                    arm: arm as u8
+                }
+            )
+        );
+        assert_eq!(
+            pricing.price_for(100, None, Some(&user), 1_000),
+            (100, PriceRule::Base)
+        );
+        assert_eq!(
+            pricing.price_for(100, Some(&brazil), Some(&user), 999),
+            (40, PriceRule::Region(brazil))
+        );
+        // Without a buyer (an anonymous view), the base price.
+        assert_eq!(pricing.price_for(100, None, None, 999), (100, PriceRule::Base));
     }
 
     #[test]

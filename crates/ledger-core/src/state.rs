@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
+use crate::ids::{BundleId, ItemId, ListingId, PriceTestId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{is_balanced, Account};
 use crate::retention::{base_time_ms, id_time_ms, is_forgettable, key_digest, Retention};
@@ -179,6 +179,10 @@ pub struct ShardState {
     /// Price rules of this shard's items beyond their base price (regional
     /// prices), only for items that have some.
     pub item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
+    /// The price tests homed on this shard (see [`crate::pricing::PriceTest`]).
+    pub price_tests: BTreeMap<PriceTestId, crate::pricing::PriceTest>,
+    /// Running tests by end time, for the clock to end them.
+    pub tests_ending: BTreeSet<(TimestampMs, PriceTestId)>,
 }
 
 impl ShardState {
@@ -201,6 +205,8 @@ impl ShardState {
             limits: crate::limits::BuyerLimits::default(),
             price_floors: crate::pricing::PriceFloors::default(),
             item_pricing: BTreeMap::new(),
+            price_tests: BTreeMap::new(),
+            tests_ending: BTreeSet::new(),
         }
     }
 
@@ -227,6 +233,12 @@ impl ShardState {
             .listings
             .get_mut(listing_id)
             .expect("event refers to a listing of this shard")
+    }
+
+    fn test_mut(&mut self, test_id: &PriceTestId) -> &mut crate::pricing::PriceTest {
+        self.price_tests
+            .get_mut(test_id)
+            .expect("event refers to a price test of this shard")
     }
 
     fn record_mut(&mut self, key: &str) -> &mut CommandRecord {
@@ -328,7 +340,10 @@ pub fn initial_progress(command: &Command) -> Progress {
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
         Command::SetPriceFloor { .. } => Progress::ReplicatingFloor { acknowledged: 0 },
-        Command::SetRegionalPrices { .. } => Progress::Crediting,
+        Command::StartPriceTest { .. } => Progress::StartingTest,
+        Command::SetRegionalPrices { .. }
+        | Command::RecordExposures { .. }
+        | Command::EndPriceTest { .. } => Progress::Crediting,
         Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => {
             Progress::Crediting
         }
@@ -460,15 +475,110 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 state.items.contains_key(item_id),
                 "regional prices are set on the item's shard"
             );
-            if prices.is_empty() {
+            let pricing = state.item_pricing.entry(item_id.clone()).or_default();
+            pricing.regional = prices.iter().cloned().collect();
+            if pricing.is_empty() {
                 state.item_pricing.remove(item_id);
-            } else {
-                state
-                    .item_pricing
-                    .entry(item_id.clone())
-                    .or_default()
-                    .regional = prices.iter().cloned().collect();
             }
+        }
+        Event::PriceTestStarted {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+        } => {
+            assert!(state.items.contains_key(item_id), "a test prices an item of its shard");
+            state.item_pricing.entry(item_id.clone()).or_default().test =
+                Some(crate::pricing::RunningTest {
+                    test_id: test_id.clone(),
+                    arms: arms.clone(),
+                    ends_at_ms: *ends_at_ms,
+                });
+        }
+        Event::PriceTestClosed {
+            test_id, item_id, ..
+        } => {
+            if let Some(pricing) = state.item_pricing.get_mut(item_id) {
+                if pricing.test.as_ref().is_some_and(|test| &test.test_id == test_id) {
+                    pricing.test = None;
+                }
+                if pricing.is_empty() {
+                    state.item_pricing.remove(item_id);
+                }
+            }
+        }
+        Event::PriceTestOpened {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+            apply_winner,
+        } => {
+            let previous = state.price_tests.insert(
+                test_id.clone(),
+                crate::pricing::PriceTest {
+                    item_id: item_id.clone(),
+                    creator_id: None,
+                    arms: arms.clone(),
+                    ends_at_ms: *ends_at_ms,
+                    apply_winner: *apply_winner,
+                    counts: vec![crate::pricing::ArmCounts::default(); arms.len()],
+                    outcome: None,
+                },
+            );
+            assert!(previous.is_none(), "a price test is opened once");
+        }
+        Event::PriceTestRunning {
+            test_id,
+            creator_id,
+        } => {
+            let test = state.test_mut(test_id);
+            assert!(test.creator_id.is_none(), "a price test starts once");
+            test.creator_id = Some(creator_id.clone());
+            let ends_at_ms = test.ends_at_ms;
+            state.tests_ending.insert((ends_at_ms, test_id.clone()));
+        }
+        Event::PriceTestAborted { test_id } => {
+            let test = state
+                .price_tests
+                .remove(test_id)
+                .expect("an aborted test was opened");
+            assert!(test.creator_id.is_none(), "only a test that never ran is aborted");
+        }
+        Event::PriceTestExposed {
+            test_id, exposures, ..
+        } => {
+            let test = state.test_mut(test_id);
+            assert_eq!(exposures.len(), test.counts.len(), "one total per arm");
+            for (counts, total) in test.counts.iter_mut().zip(exposures) {
+                assert!(*total >= counts.exposures, "exposures only grow");
+                counts.exposures = *total;
+            }
+        }
+        Event::PriceTestSold {
+            test_id,
+            arm,
+            purchases,
+            revenue,
+            ..
+        } => {
+            let counts = &mut state.test_mut(test_id).counts[usize::from(*arm)];
+            counts.purchases = *purchases;
+            counts.revenue = *revenue;
+        }
+        Event::PriceTestEnded {
+            test_id,
+            winner,
+            applied_price,
+        } => {
+            let test = state.test_mut(test_id);
+            assert!(test.is_running(), "only a running test ends");
+            test.outcome = Some(crate::pricing::TestOutcome {
+                winner: *winner,
+                applied_price: *applied_price,
+            });
+            let key = (test.ends_at_ms, test_id.clone());
+            assert!(state.tests_ending.remove(&key), "a running test waits for its end");
         }
         Event::PriceFloorSet {
             kind,

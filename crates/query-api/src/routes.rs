@@ -728,8 +728,13 @@ pub(crate) async fn item_price(
         regional.insert(region, *price);
     }
     // The same rule the item's shard applies to a purchase.
+    let now_ms = ledger_http::validate::now_ms();
     let (price, rule) =
-        ledger_core::ItemPricing { regional }.price_for(view.price, region.as_ref());
+        ledger_core::ItemPricing {
+            regional,
+            test: None,
+        }
+        .price_for(view.price, region.as_ref(), user_id.as_ref(), now_ms);
     respond(json!({
         "item_id": view.item_id,
         "user_id": user_id,

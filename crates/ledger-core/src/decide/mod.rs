@@ -20,6 +20,7 @@ mod floors;
 mod grant;
 mod listing;
 mod out;
+mod price_tests;
 mod purchase;
 mod refund;
 mod resale;
@@ -123,6 +124,7 @@ pub fn decide(state: &ShardState, config: &Config, input: &Input) -> Decision {
             let mut out = Out::new(state, config);
             tick::release_due_escrow(&mut out, *now_ms);
             tick::forget_expired_commands(&mut out, *now_ms);
+            price_tests::end_due_tests(&mut out, *now_ms);
             out.apply(Answer::None)
         }
     }
@@ -198,6 +200,30 @@ fn decide_command(
         Command::SetRegionalPrices { item_id, prices } => {
             catalogue::set_regional_prices(out, item_id, prices, &meta.actor)
         }
+        Command::StartPriceTest {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+            apply_winner,
+        } => run_keyed(out, command, meta, |out, key| {
+            let request = price_tests::StartRequest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms: *ends_at_ms,
+                apply_winner: *apply_winner,
+            };
+            price_tests::start(out, key, &request, meta)
+        }),
+        Command::RecordExposures {
+            test_id,
+            batch_id,
+            counts,
+        } => run_keyed(out, command, meta, |out, key| {
+            price_tests::record_exposures(out, key, test_id, batch_id, counts)
+        }),
+        Command::EndPriceTest { test_id } => price_tests::end_now(out, test_id, meta),
         Command::ResalePurchase {
             purchase_id,
             buyer_id,
@@ -633,6 +659,41 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             version,
             position,
         } => floors::held(out, key, *version, *position),
+        Message::StartTestOnItem {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+            actor,
+            at_ms,
+        } => {
+            let request = price_tests::StartRequest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms: *ends_at_ms,
+                apply_winner: false,
+            };
+            let answer = price_tests::start_on_item(out, &request, actor, *at_ms);
+            out.send(from, answer);
+        }
+        Message::TestStartedOnItem {
+            test_id,
+            result,
+            position,
+        } => price_tests::started_on_item(out, test_id, result, *position),
+        Message::PriceTestSale {
+            test_id,
+            purchase_id,
+            arm,
+            price,
+        } => price_tests::sold(out, test_id, purchase_id, *arm, *price),
+        Message::CloseTestOnItem {
+            test_id,
+            item_id,
+            apply_price,
+            at_ms,
+        } => price_tests::close_on_item(out, test_id, item_id, *apply_price, *at_ms),
         Message::RefundCompleted {
             refund_id,
             amount,

@@ -284,7 +284,7 @@ pub(super) fn reserve_item(
                 .item_pricing
                 .get(item_id)
                 .map_or((item.price, PriceRule::Base), |pricing| {
-                    pricing.price_for(item.price, region)
+                    pricing.price_for(item.price, region, Some(buyer_id), at_ms)
                 });
             check_item_sale(item, buyer_id, price, &rule, expected_price, at_ms).and_then(|()| {
                 let serial = reserve_serial(out, item, purchase_id, buyer_id)?;
@@ -365,6 +365,10 @@ fn check_item_sale(
             PriceRule::Region(region) => {
                 format!("item {item_id} costs {price} in {region}, not {expected_price}")
             }
+            PriceRule::TestArm { test_id, .. } => format!(
+                "item {item_id} costs {price} for {buyer_id} in price test {test_id}, not \
+                 {expected_price}"
+            ),
             PriceRule::Base => format!("item {item_id} costs {price}, not {expected_price}"),
         };
         return Err(reject(RejectionCode::PriceChanged, detail));
@@ -759,6 +763,7 @@ fn paid(
             settle_primary(out, purchase_id, reservation, purchase.at_ms)
         }
     }
+    super::price_tests::report_sale(out, purchase_id, reservation);
     out.complete_purchase(purchase.key, success, vec![position], reservation);
 }
 
