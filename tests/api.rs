@@ -2102,11 +2102,16 @@ const DAY_MS: i64 = 86_400_000;
 
 /// The UTC day (since the epoch) a purchase completed, from its story.
 async fn completion_day(app: &TestApp, token: &str, purchase_id: &str) -> i64 {
-    let story = wait_for_auth(app, &format!("/v1/purchases/{purchase_id}"), token, |body| {
-        body["steps"]
-            .as_array()
-            .is_some_and(|steps| steps.iter().any(|step| step["step"] == "completed"))
-    })
+    let story = wait_for_auth(
+        app,
+        &format!("/v1/purchases/{purchase_id}"),
+        token,
+        |body| {
+            body["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(|step| step["step"] == "completed"))
+        },
+    )
     .await;
     let completed = story["steps"]
         .as_array()
@@ -2140,7 +2145,10 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
         .await;
     assert_eq!(published.status, 201, "{}", published.text);
     for buyer in ["ann", "ben", "cat", "dan", "eve"] {
-        assert_eq!(app.grant(&format!("g-{buyer}"), buyer, 10_000).await.status, 201);
+        assert_eq!(
+            app.grant(&format!("g-{buyer}"), buyer, 10_000).await.status,
+            201
+        );
     }
 
     // (purchase, item, price, resale), in the order they complete.
@@ -2153,7 +2161,11 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
         sales.push((purchase_id, "crown", 100, false));
     }
     let repriced = app
-        .post("/v1/items/crown/price", Some(&service), &json!({"price": 150}))
+        .post(
+            "/v1/items/crown/price",
+            Some(&service),
+            &json!({"price": 150}),
+        )
         .await;
     assert_eq!(repriced.status, 200, "{}", repriced.text);
     let bought = app.purchase("h-dan", "dan", "crown", 150).await;
@@ -2162,12 +2174,20 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
     sales.push(("h-dan", "crown", 150, false));
     // cat's serial is refunded: it leaves the counts of its day.
     let refunded = app
-        .post("/v1/refunds", Some(&admin), &json!({"refund_id": "r-cat", "purchase_id": "h-cat"}))
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-cat", "purchase_id": "h-cat"}),
+        )
         .await;
     assert_eq!(refunded.status, 201, "{}", refunded.text);
 
     // The book: ann asks 400, ben 250 (bought by eve), dan 120 (cancelled).
-    for (listing_id, seller, price) in [("l-ann", "ann", 400), ("l-ben", "ben", 250), ("l-dan", "dan", 120)] {
+    for (listing_id, seller, price) in [
+        ("l-ann", "ann", 400),
+        ("l-ben", "ben", 250),
+        ("l-dan", "dan", 120),
+    ] {
         let listed = app
             .post(
                 "/v1/resale-listings",
@@ -2177,7 +2197,9 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
             .await;
         assert_eq!(listed.status, 201, "{}", listed.text);
     }
-    let cancelled = app.delete("/v1/resale-listings/l-dan", Some(&service)).await;
+    let cancelled = app
+        .delete("/v1/resale-listings/l-dan", Some(&service))
+        .await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.text);
     let resold = app
         .post(
@@ -2196,7 +2218,11 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
         sales.push((purchase_id, "hat", 30, false));
     }
     let refunded = app
-        .post("/v1/refunds", Some(&admin), &json!({"refund_id": "r-hat-ben", "purchase_id": "h-hat-ben"}))
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-hat-ben", "purchase_id": "h-hat-ben"}),
+        )
         .await;
     assert_eq!(refunded.status, 201, "{}", refunded.text);
     let position = refunded.body["position"].as_str().unwrap().to_string();
@@ -2240,17 +2266,26 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
 
     // `after` is honoured; then every shard's share of the figures (the
     // distributed read models project shards independently) is awaited.
-    let answer = app.get(&format!("{}&after={position}", path("hat")), None).await;
+    let answer = app
+        .get(&format!("{}&after={position}", path("hat")), None)
+        .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.body["position"], position.as_str());
     let settled = |body: &Value, sales: i64, refunded: i64| {
         let buckets = body["buckets"].as_array().unwrap();
-        let total = |field: &str| buckets.iter().map(|b| b[field].as_i64().unwrap()).sum::<i64>();
+        let total = |field: &str| {
+            buckets
+                .iter()
+                .map(|b| b[field].as_i64().unwrap())
+                .sum::<i64>()
+        };
         total("sales_count") == sales && total("refunded_count") == refunded
     };
     let crown = wait_for(&app, &path("crown"), |body| {
         let last = body["buckets"].as_array().unwrap().last().unwrap().clone();
-        settled(body, 4, 1) && last["lowest_resale_ask"] == 400 && last["recent_average_price"] == 119
+        settled(body, 4, 1)
+            && last["lowest_resale_ask"] == 400
+            && last["recent_average_price"] == 119
     })
     .await;
     let hat = wait_for(&app, &path("hat"), |body| settled(body, 1, 1)).await;
@@ -2270,20 +2305,44 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
             let want = expected.get(&(item, day)).cloned().unwrap_or_default();
             let sales_count = want.primary + want.resale;
             let revenue = want.primary_revenue + want.resale_revenue;
-            assert_eq!(bucket["primary_sales_count"], want.primary, "{item} day {day}: {bucket}");
-            assert_eq!(bucket["resale_sales_count"], want.resale, "{item} day {day}: {bucket}");
-            assert_eq!(bucket["refunded_count"], want.refunded, "{item} day {day}: {bucket}");
-            assert_eq!(bucket["sales_count"], sales_count, "{item} day {day}: {bucket}");
+            assert_eq!(
+                bucket["primary_sales_count"], want.primary,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(
+                bucket["resale_sales_count"], want.resale,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(
+                bucket["refunded_count"], want.refunded,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(
+                bucket["sales_count"], sales_count,
+                "{item} day {day}: {bucket}"
+            );
             assert_eq!(bucket["primary_revenue"], want.primary_revenue);
             assert_eq!(bucket["resale_revenue"], want.resale_revenue);
             assert_eq!(bucket["revenue"], revenue, "{item} day {day}: {bucket}");
             let average = (sales_count > 0).then(|| revenue / sales_count);
-            assert_eq!(bucket["average_price"], json!(average), "{item} day {day}: {bucket}");
+            assert_eq!(
+                bucket["average_price"],
+                json!(average),
+                "{item} day {day}: {bucket}"
+            );
             if item == "crown" {
                 carried = want.rap.or(carried);
-                assert_eq!(bucket["recent_average_price"], json!(carried), "day {day}: {bucket}");
+                assert_eq!(
+                    bucket["recent_average_price"],
+                    json!(carried),
+                    "day {day}: {bucket}"
+                );
                 if day < first_day {
-                    assert_eq!(bucket["lowest_resale_ask"], Value::Null, "day {day}: {bucket}");
+                    assert_eq!(
+                        bucket["lowest_resale_ask"],
+                        Value::Null,
+                        "day {day}: {bucket}"
+                    );
                 }
             } else {
                 assert!(bucket.get("recent_average_price").is_none(), "{bucket}");
@@ -2302,7 +2361,10 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
         // 100, 100, 100, 100 + 50/10 = 105, 105 + 145/10 = 119.
         assert_eq!(last["recent_average_price"], 119);
         let last = hat["buckets"].as_array().unwrap().last().unwrap();
-        assert_eq!((last["sales_count"].clone(), last["revenue"].clone()), (json!(1), json!(30)));
+        assert_eq!(
+            (last["sales_count"].clone(), last["revenue"].clone()),
+            (json!(1), json!(30))
+        );
     }
     // The last day agrees with the item's current figures.
     let item = app.get("/v1/items/crown", None).await.body;
@@ -2322,12 +2384,18 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
     for bad in [
         "/v1/items/crown/history?bucket=week".to_string(),
         "/v1/items/crown/history?from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z".to_string(),
-        "/v1/items/crown/history?from=2029-01-01T00:00:00Z&to=2030-01-02T00:00:00Z".to_string(),
+        // 367 days.
+        "/v1/items/crown/history?from=2029-01-01T00:00:00Z&to=2030-01-03T00:00:00Z".to_string(),
         "/v1/items/crown/history?from=yesterday".to_string(),
     ] {
         let refused = app.get(&bad, None).await;
         assert_eq!(refused.status, 400, "{bad}: {}", refused.text);
-        assert_eq!(refused.code(), "validation_failed", "{bad}: {}", refused.text);
+        assert_eq!(
+            refused.code(),
+            "validation_failed",
+            "{bad}: {}",
+            refused.text
+        );
         assert_eq!(refused.content_type, "application/problem+json");
     }
     let unknown = app.get("/v1/items/nothing/history", None).await;

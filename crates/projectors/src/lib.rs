@@ -9,12 +9,12 @@ pub mod project;
 pub mod trace;
 pub mod views;
 
-pub use project::{
-    next_recent_average_price, position_text, project, Change, CreatorSale, PurchaseStep,
-    SaleEscrowChange, TransactionAccount,
-};
 pub use history::{
     average_price, day_ceiling, day_of, history_buckets, HistoryBucket, ItemDay, ItemDays, DAY_MS,
     HISTORY_DAYS_DEFAULT, HISTORY_DAYS_MAX,
+};
+pub use project::{
+    next_recent_average_price, position_text, project, Change, CreatorSale, PurchaseStep,
+    SaleEscrowChange, TransactionAccount,
 };
 pub use views::*;

@@ -629,7 +629,10 @@ async fn bad_history_ranges_are_refused_before_any_read() {
         ("bucket=week", "bucket must be day"),
         ("bucket=", "bucket must be day"),
         ("from=yesterday", "from must be an rfc 3339 timestamp"),
-        ("to=2024-13-01T00:00:00Z", "to must be an rfc 3339 timestamp"),
+        (
+            "to=2024-13-01T00:00:00Z",
+            "to must be an rfc 3339 timestamp",
+        ),
         (
             "from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z",
             "from must be before to",

@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use ledger_core::{ReadPosition, ShardId};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView, ReadError,
-    ReadModels, SalesRange, TransactionAccount, TransactionEntry, PURCHASE_STEPS_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView,
+    ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry, PURCHASE_STEPS_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};

@@ -155,10 +155,7 @@ fn sum_changes(change: &Change, sale_days: &SaleDays) -> Vec<(SumKey, [i64; SUM_
                 [1, *price, 0, 0, 0, 0]
             };
             vec![
-                (
-                    SumKey::ItemCounts(item_id.to_string()),
-                    [0, 1, 0, 0, 0, 0],
-                ),
+                (SumKey::ItemCounts(item_id.to_string()), [0, 1, 0, 0, 0, 0]),
                 (SumKey::ItemDay(item_id.to_string(), day_of(*at_ms)), day),
             ]
         }
@@ -493,7 +490,9 @@ impl CqlReadModels {
                     )
                     .await?;
                 match row {
-                    Some((sold, sales_count, through)) => ([sold, sales_count, 0, 0, 0, 0], through),
+                    Some((sold, sales_count, through)) => {
+                        ([sold, sales_count, 0, 0, 0, 0], through)
+                    }
                     None => ([0; SUM_VALUES], 0),
                 }
             }
@@ -507,8 +506,23 @@ impl CqlReadModels {
                     )
                     .await?;
                 match row {
-                    Some((primary, primary_revenue, resale, resale_revenue, refunded, refunded_revenue, through)) => (
-                        [primary, primary_revenue, resale, resale_revenue, refunded, refunded_revenue],
+                    Some((
+                        primary,
+                        primary_revenue,
+                        resale,
+                        resale_revenue,
+                        refunded,
+                        refunded_revenue,
+                        through,
+                    )) => (
+                        [
+                            primary,
+                            primary_revenue,
+                            resale,
+                            resale_revenue,
+                            refunded,
+                            refunded_revenue,
+                        ],
                         through,
                     ),
                     None => ([0; SUM_VALUES], 0),

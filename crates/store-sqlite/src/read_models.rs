@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView, ReadError,
-    ReadModels, SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView,
+    ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
     PURCHASE_STEPS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
@@ -402,7 +402,12 @@ impl ReadModels for SqliteReadModels {
         .await
     }
 
-    async fn item_days(&self, item_id: &str, from_day: u64, to_day: u64) -> Result<ItemDays, ReadError> {
+    async fn item_days(
+        &self,
+        item_id: &str,
+        from_day: u64,
+        to_day: u64,
+    ) -> Result<ItemDays, ReadError> {
         let item_id = item_id.to_string();
         self.read("item history read", move |connection| {
             let from = crate::error::to_sql("history start", from_day)?;
