@@ -757,6 +757,10 @@ pub(crate) async fn owners(
     respond(json!({ "owners": owners, "next_cursor": found.next_cursor }))
 }
 
+/// The last day a history may end at (exclusive): 9999-12-31, so that the
+/// end of its last bucket is a year RFC 3339 can write.
+const HISTORY_LAST_DAY: u64 = 253_402_300_800_000 / DAY_MS - 1;
+
 /// `GET /v1/items/{id}/history?from=&to=&bucket=day`: an item's sales by
 /// UTC day, for creators choosing a price. One bucket per UTC day that
 /// meets `[from, to)` (days without sales zero-filled), at most
@@ -800,6 +804,13 @@ pub(crate) async fn item_history(
         ));
     }
     let to_day = day_ceiling(to_ms);
+    // The answer names the end of the last bucket, which RFC 3339 must be
+    // able to write (years up to 9999).
+    if to_day > HISTORY_LAST_DAY {
+        return Err(Problem::malformed_request(
+            "to must not be after 9999-12-31T00:00:00Z",
+        ));
+    }
     let from_day = from_ms.map_or_else(|| to_day.saturating_sub(HISTORY_DAYS_DEFAULT), day_of);
     let days = to_day - from_day;
     if days > HISTORY_DAYS_MAX {

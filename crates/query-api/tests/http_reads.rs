@@ -652,6 +652,11 @@ async fn bad_history_ranges_are_refused_before_any_read() {
             "span 367 days",
         ),
         ("after=nonsense", "after must be a position token"),
+        // The end of the last bucket must be writable in RFC 3339.
+        (
+            "from=9999-12-01T00:00:00Z&to=9999-12-31T00:00:01Z",
+            "to must not be after 9999-12-31T00:00:00Z",
+        ),
     ] {
         let detail = get(address, &format!("/v1/items/hat/history?{query}"), None)
             .await
@@ -667,11 +672,13 @@ async fn history_of_an_unknown_item_is_not_found_and_a_full_year_is_served() {
     get(address, "/v1/items/nothing/history", None)
         .await
         .assert_problem(404, "not_found");
-    get(
-        address,
-        "/v1/items/nothing/history?from=2024-01-01T00:00:00Z&to=2025-01-01T00:00:00Z&bucket=day",
-        None,
-    )
-    .await
-    .assert_problem(404, "not_found");
+    for range in [
+        "from=2024-01-01T00:00:00Z&to=2025-01-01T00:00:00Z&bucket=day",
+        "from=9999-12-01T00:00:00Z&to=9999-12-31T00:00:00Z",
+        "from=1970-01-01T00:00:00Z&to=1970-01-01T00:00:00.001Z",
+    ] {
+        get(address, &format!("/v1/items/nothing/history?{range}"), None)
+            .await
+            .assert_problem(404, "not_found");
+    }
 }
