@@ -2403,3 +2403,356 @@ async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask()
     assert_eq!(unknown.code(), "not_found");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_floors_refuse_cheap_items_and_grow_the_creators_share_with_the_price() {
+    let app = spawn_app().await;
+    let admin = app.admin();
+    let floor =
+        json!({"kind": "classic_clothing", "price": 50, "effective_from": "2026-01-01T00:00:00Z"});
+    // Only an admin sets floors; an unknown kind is bad input.
+    let by_user = app
+        .post(
+            "/v1/price-floors",
+            Some(&app.token(Role::User, "maker")),
+            &floor,
+        )
+        .await;
+    assert_eq!(
+        (by_user.status, by_user.code()),
+        (403, "forbidden"),
+        "{}",
+        by_user.text
+    );
+    let unknown = app
+        .post(
+            "/v1/price-floors",
+            Some(&admin),
+            &json!({"kind": "hat", "price": 5}),
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (422, "validation_failed"),
+        "{}",
+        unknown.text
+    );
+    let set = app.post("/v1/price-floors", Some(&admin), &floor).await;
+    assert_eq!(set.status, 201, "{}", set.text);
+    assert_eq!(set.body["version"], 1);
+    assert_eq!(set.body["kind"], "classic_clothing");
+    assert_eq!(set.body["effective_from"], "2026-01-01T00:00:00.000Z");
+    // The same change again is the same command; another price for the same
+    // kind and instant is a conflict.
+    let again = app.post("/v1/price-floors", Some(&admin), &floor).await;
+    assert_eq!((again.status, &again.body), (201, &set.body));
+    let conflicting = app
+        .post(
+            "/v1/price-floors",
+            Some(&admin),
+            &json!({"kind": "classic_clothing", "price": 60, "effective_from": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        conflicting.code(),
+        "idempotency_conflict",
+        "{}",
+        conflicting.text
+    );
+
+    // Publishing under the floor is refused, and remembered under its id.
+    let cheap = json!({"item_id": "cheap-shirt", "creator_id": "maker", "name": "Shirt", "price": 49, "kind": "classic_clothing"});
+    let refused = app.publish(cheap.clone()).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "below_price_floor"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(app.publish(cheap).await.text, refused.text);
+    assert_eq!(app.get("/v1/items/cheap-shirt", None).await.status, 404);
+    // Another kind has no floor; at 3.5x the floor the creator gets 50%.
+    let hat = app
+        .publish(json!({"item_id": "plain-hat", "creator_id": "maker", "name": "Hat", "price": 40}))
+        .await;
+    assert_eq!(
+        (hat.status, &hat.body["kind"]),
+        (201, &json!("accessory")),
+        "{}",
+        hat.text
+    );
+    let shirt = app
+        .publish(json!({"item_id": "shirt", "creator_id": "maker", "name": "Shirt", "price": 175, "kind": "classic_clothing"}))
+        .await;
+    assert_eq!(
+        (shirt.status, &shirt.body["kind"]),
+        (201, &json!("classic_clothing")),
+        "{}",
+        shirt.text
+    );
+    // Repricing under the floor is refused and changes nothing.
+    let maker = app.token(Role::User, "maker");
+    let under = app
+        .post("/v1/items/shirt/price", Some(&maker), &json!({"price": 49}))
+        .await;
+    assert_eq!(
+        (under.status, under.code()),
+        (422, "below_price_floor"),
+        "{}",
+        under.text
+    );
+    let at_floor = app
+        .post("/v1/items/shirt/price", Some(&maker), &json!({"price": 50}))
+        .await;
+    assert_eq!(at_floor.status, 200, "{}", at_floor.text);
+    let back = app
+        .post(
+            "/v1/items/shirt/price",
+            Some(&maker),
+            &json!({"price": 175}),
+        )
+        .await;
+    assert_eq!(back.status, 200, "{}", back.text);
+    let item = app
+        .get(
+            &format!(
+                "/v1/items/shirt?after={}",
+                back.body["position"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (item.body["price"].as_i64(), item.body["kind"].as_str()),
+        (Some(175), Some("classic_clothing")),
+        "{}",
+        item.text
+    );
+
+    assert_eq!(app.grant("floor-funds", "buyer", 1_000).await.status, 201);
+    let bought_shirt = app.purchase("floor-p1", "buyer", "shirt", 175).await;
+    assert_eq!(bought_shirt.status, 201, "{}", bought_shirt.text);
+    let bought_hat = app.purchase("floor-p2", "buyer", "plain-hat", 40).await;
+    assert_eq!(bought_hat.status, 201, "{}", bought_hat.text);
+    // Policy 2 against the floor for the shirt (50% of 175, rounded down),
+    // policy 1 for the hat (70% of 40).
+    let sales = wait_for_auth(&app, "/v1/creators/maker/sales", &maker, |body| {
+        body["sales"]
+            .as_array()
+            .is_some_and(|entries| entries.len() == 2)
+    })
+    .await;
+    let mut splits: Vec<(String, i64, i64, i64)> = sales["sales"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sale| {
+            (
+                sale["purchase_id"].as_str().unwrap().to_string(),
+                sale["creator_share"].as_i64().unwrap(),
+                sale["platform_fee"].as_i64().unwrap(),
+                sale["fee_policy_version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    splits.sort();
+    assert_eq!(
+        splits,
+        [
+            ("floor-p1".to_string(), 87, 88, 2),
+            ("floor-p2".to_string(), 28, 12, 1),
+        ]
+    );
+    let earnings = wait_for_auth(&app, "/v1/creators/maker/earnings", &maker, |body| {
+        body["pending"] == 87 + 28
+    })
+    .await;
+    assert_eq!(earnings["sales_count"], 2);
+
+    // The floors read: classic clothing's floor in force, the others none.
+    let floors = app
+        .get(
+            &format!(
+                "/v1/price-floors?after={}",
+                set.body["position"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(floors.status, 200, "{}", floors.text);
+    let kinds = floors.body["kinds"].as_array().unwrap();
+    let clothing = kinds
+        .iter()
+        .find(|kind| kind["kind"] == "classic_clothing")
+        .unwrap();
+    assert_eq!(
+        clothing["floor"],
+        json!({"version": 1, "price": 50, "effective_from": "2026-01-01T00:00:00.000Z"})
+    );
+    assert_eq!(clothing["versions"].as_array().unwrap().len(), 1);
+    let accessory = kinds
+        .iter()
+        .find(|kind| kind["kind"] == "accessory")
+        .unwrap();
+    assert_eq!(
+        (
+            &accessory["floor"],
+            accessory["versions"].as_array().unwrap().len()
+        ),
+        (&Value::Null, 0)
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regional_prices_are_what_buyers_in_the_region_see_and_pay() {
+    let app = spawn_app().await;
+    let maker = app.token(Role::User, "maker");
+    let hat = app
+        .publish(
+            json!({"item_id": "world-hat", "creator_id": "maker", "name": "Hat", "price": 100}),
+        )
+        .await;
+    assert_eq!(hat.status, 201, "{}", hat.text);
+    // Under 30 % of the base price, or a malformed region: refused.
+    let cheap = app
+        .put(
+            "/v1/items/world-hat/regional-prices",
+            Some(&maker),
+            &json!({"prices": {"BR": 29}}),
+        )
+        .await;
+    assert_eq!(
+        (cheap.status, cheap.code()),
+        (422, "validation_failed"),
+        "{}",
+        cheap.text
+    );
+    let malformed = app
+        .put(
+            "/v1/items/world-hat/regional-prices",
+            Some(&maker),
+            &json!({"prices": {"brazil": 40}}),
+        )
+        .await;
+    assert_eq!(malformed.code(), "validation_failed", "{}", malformed.text);
+    let set = app
+        .put(
+            "/v1/items/world-hat/regional-prices",
+            Some(&maker),
+            &json!({"prices": {"IN": 30, "BR": 45}}),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.text);
+    assert_eq!(set.body["regional_prices"], json!({"BR": 45, "IN": 30}));
+    let after = set.body["position"].as_str().unwrap().to_string();
+    // What the storefront shows each buyer.
+    let price_in = |region: &'static str| {
+        let app = &app;
+        let after = after.clone();
+        async move {
+            app.get(
+                &format!("/v1/items/world-hat/price?user_id=ana&region={region}&after={after}"),
+                None,
+            )
+            .await
+        }
+    };
+    let brazil = price_in("BR").await;
+    assert_eq!(
+        (brazil.body["price"].as_i64(), brazil.body["rule"].as_str()),
+        (Some(45), Some("region")),
+        "{}",
+        brazil.text
+    );
+    let germany = price_in("DE").await;
+    assert_eq!(
+        (
+            germany.body["price"].as_i64(),
+            germany.body["rule"].as_str()
+        ),
+        (Some(100), Some("base")),
+        "{}",
+        germany.text
+    );
+    // A user token may not choose its own region.
+    assert_eq!(app.grant("world-funds-ana", "ana", 500).await.status, 201);
+    assert_eq!(app.grant("world-funds-ben", "ben", 500).await.status, 201);
+    let by_user = app
+        .post(
+            "/v1/purchases",
+            Some(&app.token(Role::User, "ana")),
+            &json!({"purchase_id": "world-p0", "buyer_id": "ana", "item_id": "world-hat", "expected_price": 45, "region": "BR"}),
+        )
+        .await;
+    assert_eq!(
+        (by_user.status, by_user.code()),
+        (403, "forbidden"),
+        "{}",
+        by_user.text
+    );
+    // The purchase flow sets it: the buyer pays the regional price.
+    let in_brazil = app
+        .post(
+            "/v1/purchases",
+            Some(&app.service()),
+            &json!({"purchase_id": "world-p1", "buyer_id": "ana", "item_id": "world-hat", "expected_price": 45, "region": "BR"}),
+        )
+        .await;
+    assert_eq!(in_brazil.status, 201, "{}", in_brazil.text);
+    assert_eq!(
+        (
+            in_brazil.body["price"].as_i64(),
+            in_brazil.body["balance_after"].as_i64(),
+            in_brazil.body["region"].as_str()
+        ),
+        (Some(45), Some(455), Some("BR"))
+    );
+    // The base price in Brazil is a changed price there.
+    let stale = app
+        .post(
+            "/v1/purchases",
+            Some(&app.service()),
+            &json!({"purchase_id": "world-p2", "buyer_id": "ben", "item_id": "world-hat", "expected_price": 100, "region": "BR"}),
+        )
+        .await;
+    assert_eq!(stale.code(), "price_changed", "{}", stale.text);
+    let elsewhere = app
+        .post(
+            "/v1/purchases",
+            Some(&app.service()),
+            &json!({"purchase_id": "world-p3", "buyer_id": "ben", "item_id": "world-hat", "expected_price": 100, "region": "DE"}),
+        )
+        .await;
+    assert_eq!(elsewhere.status, 201, "{}", elsewhere.text);
+    // Earnings follow the price paid: 70 % of 45 and of 100.
+    let earnings = wait_for_auth(&app, "/v1/creators/maker/earnings", &maker, |body| {
+        body["sales_count"] == 2
+    })
+    .await;
+    assert_eq!(earnings["pending"], 31 + 70);
+    // A reprice that would leave Brazil under 30 % is refused.
+    let too_high = app
+        .post(
+            "/v1/items/world-hat/price",
+            Some(&maker),
+            &json!({"price": 151}),
+        )
+        .await;
+    assert_eq!(
+        (too_high.status, too_high.code()),
+        (422, "validation_failed"),
+        "{}",
+        too_high.text
+    );
+    let item = app
+        .get(&format!("/v1/items/world-hat?after={after}"), None)
+        .await;
+    assert_eq!(
+        item.body["regional_prices"],
+        json!({"BR": 45, "IN": 30}),
+        "{}",
+        item.text
+    );
+    app.stop().await;
+}

@@ -444,6 +444,7 @@ impl Simulation {
                     },
                     ends_at_ms: None,
                     resellable: limited && self.random.chance(80),
+                    kind: Default::default(),
                 };
                 self.items.push(item_id);
                 self.submit(Command::PublishItem(definition));
@@ -507,6 +508,7 @@ impl Simulation {
                     buyer_id,
                     target: PurchaseTarget::Item(item_id),
                     expected_price,
+                    region: None,
                 });
             }
             50..=55 => {
@@ -527,6 +529,7 @@ impl Simulation {
                     buyer_id,
                     target: PurchaseTarget::Bundle(bundle_id),
                     expected_price: price,
+                    region: None,
                 });
             }
             56..=63 => {

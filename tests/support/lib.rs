@@ -253,6 +253,18 @@ impl TestApp {
         String::from_utf8_lossy(&answer[..read]).to_string()
     }
 
+    pub async fn put(&self, path: &str, token: Option<&str>, body: &Value) -> Answer {
+        let mut request = self
+            .client
+            .put(format!("{}{path}", self.command_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Self::answer(request.send().await.expect("command API answers")).await
+    }
+
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Answer {
         let mut request = self.client.delete(format!("{}{path}", self.command_url));
         if let Some(token) = token {

@@ -26,6 +26,7 @@ fn item(id: &str, supply: Option<u32>) -> Command {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })
 }
 
@@ -35,6 +36,7 @@ fn purchase(n: usize, item_id: &str) -> Command {
         buyer_id: user(n),
         target: PurchaseTarget::Item(ItemId::parse(item_id).unwrap()),
         expected_price: 10,
+        region: None,
     }
 }
 

@@ -30,12 +30,14 @@ fn history() -> Vec<BatchRecord> {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })]);
     cluster.run((0..20).map(|n| Command::Purchase {
         purchase_id: PurchaseId::parse(format!("p-{n}")).unwrap(),
         buyer_id: user(n),
         target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
         expected_price: 10,
+        region: None,
     }));
     cluster.run([Command::Refund {
         refund_id: RefundId::parse("r-0").unwrap(),

@@ -374,6 +374,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 starts_at_ms: None,
                 ends_at_ms: None,
                 resellable: false,
+                kind: Default::default(),
             })
         })
         .collect();
@@ -422,6 +423,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 buyer_id: user_id(&format!("bench-{tag}-b-{}", request.buyer)),
                 target: purchase_target,
                 expected_price: price,
+                region: None,
             };
             let item_prefix = format!("bench-{tag}-c-");
             let (target, sales) = (target.clone(), sales.clone());

@@ -214,6 +214,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     });
     setup(context, "limited item publications", vec![publish]).await?;
     let users: Vec<usize> = (0..drop_setup.buyers).collect();
@@ -248,6 +249,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 buyer_id: user_id(&format!("bench-{tag}-b-{buyer}")),
                 target: PurchaseTarget::Item(item_id(&item)),
                 expected_price: DROP_PRICE,
+                region: None,
             };
             let (target, answers, successes, sold_out_at) = (
                 target.clone(),

@@ -120,6 +120,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 starts_at_ms: None,
                 ends_at_ms: None,
                 resellable: false,
+                kind: Default::default(),
             })
         })
         .collect();
@@ -136,6 +137,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
                 buyer_id: user_id(&format!("bench-{tag}-b-{}", n % buyers)),
                 target: PurchaseTarget::Item(item_id(&format!("bench-{tag}-i-{}", n / buyers))),
                 expected_price: PRICE,
+                region: None,
             };
             async move {
                 let answer = target.submit(command).await;

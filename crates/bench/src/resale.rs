@@ -343,6 +343,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: true,
+        kind: Default::default(),
     });
     setup(context, "limited item publications", vec![publish]).await?;
     let all_users: Vec<usize> = (0..users).collect();
@@ -361,6 +362,7 @@ pub async fn run(context: &Context) -> Result<Outcome, String> {
             buyer_id: user_id(&context.user(*buyer)),
             target: PurchaseTarget::Item(item_id(&item)),
             expected_price: PRIMARY_PRICE,
+            region: None,
         })
         .collect();
     let answers = setup(context, "primary purchases", primary).await?;

@@ -196,12 +196,16 @@ pub fn http_request(command: &Command) -> Option<HttpRequest> {
             buyer_id,
             target,
             expected_price,
+            region,
         } => {
             let mut body = json!({
                 "purchase_id": purchase_id.as_str(),
                 "buyer_id": buyer_id.as_str(),
                 "expected_price": expected_price,
             });
+            if let Some(region) = region {
+                body["region"] = json!(region.as_str());
+            }
             match target {
                 PurchaseTarget::Item(item_id) => body["item_id"] = json!(item_id.as_str()),
                 PurchaseTarget::Bundle(bundle_id) => body["bundle_id"] = json!(bundle_id.as_str()),
@@ -246,9 +250,11 @@ pub fn http_request(command: &Command) -> Option<HttpRequest> {
             }),
             false,
         ),
-        Command::Reprice { .. } | Command::SetOnSale { .. } | Command::Refund { .. } => {
-            return None
-        }
+        Command::Reprice { .. }
+        | Command::SetOnSale { .. }
+        | Command::Refund { .. }
+        | Command::SetPriceFloor { .. }
+        | Command::SetRegionalPrices { .. } => return None,
     })
 }
 
@@ -497,6 +503,7 @@ mod tests {
             buyer_id: UserId::parse("b-1").unwrap(),
             target: PurchaseTarget::Item(ItemId::parse("i-1").unwrap()),
             expected_price: 10,
+            region: None,
         };
         let request = http_request(&purchase).unwrap();
         assert_eq!(request.path, "/v1/purchases");

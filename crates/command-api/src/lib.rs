@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, post};
+use axum::routing::{delete, post, put};
 use axum::Router;
 use engine::ports::CommandBus;
 
@@ -81,6 +81,10 @@ pub fn router_with_settings(
         .route("/v1/items/{item_id}/price", post(routes::reprice))
         .route("/v1/items/{item_id}/off-sale", post(routes::put_off_sale))
         .route("/v1/items/{item_id}/on-sale", post(routes::put_on_sale))
+        .route(
+            "/v1/items/{item_id}/regional-prices",
+            put(routes::set_regional_prices),
+        )
         .route("/v1/bundles", post(routes::create_bundle))
         .route("/v1/purchases", post(routes::purchase))
         .route("/v1/resale-listings", post(routes::create_listing))
@@ -90,6 +94,7 @@ pub fn router_with_settings(
         )
         .route("/v1/resale-purchases", post(routes::resale_purchase))
         .route("/v1/refunds", post(routes::refund))
+        .route("/v1/price-floors", post(routes::set_price_floor))
         .method_not_allowed_fallback(observability::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_bytes_max))
         .layer(axum::middleware::from_fn_with_state(

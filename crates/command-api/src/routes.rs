@@ -9,9 +9,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::ports::CommandBus;
+use ledger_core::pricing::REGIONS_PER_ITEM_MAX;
 use ledger_core::{
     format_position, Actor, BundleId, Command, CommandMeta, Completion, GrantId, ItemDefinition,
-    ItemId, ListingId, PurchaseId, PurchaseTarget, RefundId, Role, Success, UserId,
+    ItemId, ListingId, PurchaseId, PurchaseTarget, RefundId, Region, Role, Success, UserId,
     BUNDLE_ITEMS_MAX, SUPPLY_MAX,
 };
 use serde::Deserialize;
@@ -54,6 +55,7 @@ struct PublishItemRequest {
     starts_at: Option<Value>,
     ends_at: Option<Value>,
     resellable: Option<Value>,
+    kind: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +82,13 @@ struct PurchaseRequest {
     item_id: Option<Value>,
     bundle_id: Option<Value>,
     expected_price: Value,
+    region: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionalPricesRequest {
+    prices: Value,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +108,14 @@ struct ResalePurchaseRequest {
     buyer_id: Value,
     listing_id: Value,
     expected_price: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFloorRequest {
+    kind: Value,
+    price: Value,
+    effective_from: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +178,12 @@ fn publish_item_command(object: JsonObject) -> Result<Command, Problem> {
             "resellable may only be true for a limited item (one with a supply)",
         ));
     }
+    let kind = request
+        .kind
+        .as_ref()
+        .map(|value| validate::item_kind("kind", value))
+        .transpose()?
+        .unwrap_or_default();
     Ok(Command::PublishItem(ItemDefinition {
         item_id,
         creator_id,
@@ -171,7 +194,25 @@ fn publish_item_command(object: JsonObject) -> Result<Command, Problem> {
         starts_at_ms,
         ends_at_ms,
         resellable,
+        kind,
     }))
+}
+
+fn price_floor_command(object: JsonObject, now_ms: u64) -> Result<Command, Problem> {
+    let request: PriceFloorRequest = fields(object.0)?;
+    let kind = validate::item_kind("kind", &request.kind)?;
+    let price = validate::amount("price", &request.price)?;
+    let effective_from_ms = request
+        .effective_from
+        .as_ref()
+        .map(|value| validate::timestamp("effective_from", value))
+        .transpose()?
+        .unwrap_or(now_ms);
+    Ok(Command::SetPriceFloor {
+        kind,
+        price,
+        effective_from_ms,
+    })
 }
 
 fn item_path(segment: &PathSegment) -> Result<ItemId, Problem> {
@@ -241,12 +282,54 @@ fn purchase_command(object: JsonObject) -> Result<Command, Problem> {
         }
     };
     let expected_price = validate::amount("expected_price", &request.expected_price)?;
+    let region = request
+        .region
+        .as_ref()
+        .filter(|value| !value.is_null())
+        .map(|value| region("region", value))
+        .transpose()?;
     Ok(Command::Purchase {
         purchase_id,
         buyer_id,
         target,
         expected_price,
+        region,
     })
+}
+
+fn region(field: &'static str, value: &Value) -> Result<Region, Problem> {
+    match value {
+        Value::String(code) => Region::parse(code.clone())
+            .map_err(|detail| Problem::validation(format!("{field}: {detail}"))),
+        other => Err(Problem::validation(format!(
+            "{field} must be a two-letter region code (got {})",
+            validate::describe(other)
+        ))),
+    }
+}
+
+fn regional_prices_command(segment: &PathSegment, object: JsonObject) -> Result<Command, Problem> {
+    let item_id = item_path(segment)?;
+    let request: RegionalPricesRequest = fields(object.0)?;
+    let Value::Object(entries) = &request.prices else {
+        return Err(Problem::validation(format!(
+            "prices must be an object of region codes to prices (got {})",
+            validate::describe(&request.prices)
+        )));
+    };
+    if entries.len() > REGIONS_PER_ITEM_MAX {
+        return Err(Problem::validation(format!(
+            "prices holds at most {REGIONS_PER_ITEM_MAX} regions (got {})",
+            entries.len()
+        )));
+    }
+    let mut prices = Vec::with_capacity(entries.len());
+    for (code, price) in entries {
+        let region = Region::parse(code.clone())
+            .map_err(|detail| Problem::validation(format!("prices: {detail}")))?;
+        prices.push((region, validate::amount("prices", price)?));
+    }
+    Ok(Command::SetRegionalPrices { item_id, prices })
 }
 
 fn create_listing_command(object: JsonObject) -> Result<Command, Problem> {
@@ -307,13 +390,24 @@ fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
         Command::Refund { .. } => admin_only("refund a purchase"),
         Command::PublishItem(definition) => acting_as("creator_id", &definition.creator_id),
         Command::CreateBundle { creator_id, .. } => acting_as("creator_id", creator_id),
-        Command::Purchase { buyer_id, .. } | Command::ResalePurchase { buyer_id, .. } => {
-            acting_as("buyer_id", buyer_id)
-        }
-        Command::CreateListing { seller_id, .. } => acting_as("seller_id", seller_id),
-        Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
+        Command::Purchase {
+            buyer_id, region, ..
+        } => {
+            acting_as("buyer_id", buyer_id)?;
+            if region.is_some() && actor.role == Role::User {
+                return Err(Problem::forbidden(
+                    "a user token may not choose the buyer's region: the purchase flow sets it",
+                ));
+            }
             Ok(())
         }
+        Command::ResalePurchase { buyer_id, .. } => acting_as("buyer_id", buyer_id),
+        Command::CreateListing { seller_id, .. } => acting_as("seller_id", seller_id),
+        Command::SetPriceFloor { .. } => admin_only("set a price floor"),
+        Command::Reprice { .. }
+        | Command::SetOnSale { .. }
+        | Command::CancelListing { .. }
+        | Command::SetRegionalPrices { .. } => Ok(()),
     }
 }
 
@@ -415,6 +509,7 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
                 "starts_at": optional_timestamp(definition.starts_at_ms),
                 "ends_at": optional_timestamp(definition.ends_at_ms),
                 "resellable": definition.resellable,
+                "kind": definition.kind,
                 "on_sale": true,
                 "position": position,
             }),
@@ -450,6 +545,7 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
             Command::Purchase {
                 purchase_id,
                 buyer_id,
+                region,
                 ..
             },
             Success::Purchased {
@@ -480,6 +576,9 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
             }
             if let Some(serial) = serial {
                 object.insert("serial".to_owned(), json!(serial));
+            }
+            if let Some(region) = region {
+                object.insert("region".to_owned(), json!(region));
             }
             (StatusCode::CREATED, body)
         }
@@ -545,6 +644,39 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
         ) => (
             StatusCode::CREATED,
             json!({ "refund_id": refund_id, "purchase_id": purchase_id, "amount": amount, "position": position }),
+        ),
+        (
+            Command::SetRegionalPrices { item_id, .. },
+            Success::RegionalPricesSet { price, prices },
+        ) => (
+            StatusCode::OK,
+            json!({
+                "item_id": item_id,
+                "price": price,
+                "regional_prices": prices
+                    .iter()
+                    .map(|(region, price)| (region.to_string(), json!(price)))
+                    .collect::<serde_json::Map<String, Value>>(),
+                "position": position,
+            }),
+        ),
+        (
+            Command::SetPriceFloor { .. },
+            Success::PriceFloorSet {
+                kind,
+                version,
+                price,
+                effective_from_ms,
+            },
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "kind": kind,
+                "version": version,
+                "price": price,
+                "effective_from": validate::format_timestamp(*effective_from_ms),
+                "position": position,
+            }),
         ),
         (command, success) => {
             tracing::error!(
@@ -663,6 +795,25 @@ pub(crate) async fn resale_purchase(
     submit(&state, &headers, command).await
 }
 
+pub(crate) async fn set_regional_prices(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = regional_prices_command(&segment, object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn set_price_floor(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = price_floor_command(object, validate::now_ms())?;
+    submit(&state, &headers, command).await
+}
+
 pub(crate) async fn refund(
     State(state): State<CommandState>,
     headers: HeaderMap,
@@ -727,6 +878,7 @@ mod tests {
             buyer_id: UserId::parse("bob").unwrap(),
             target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
             expected_price: 50,
+            region: None,
         }
     }
 
@@ -828,6 +980,7 @@ mod tests {
             starts_at_ms: Some(1_893_456_000_000),
             ends_at_ms: None,
             resellable: true,
+            kind: Default::default(),
         });
         let completion = Completion {
             result: Ok(Success::ItemPublished),

@@ -30,6 +30,7 @@ fn purchases(cluster: &mut Cluster, count: usize) {
             buyer_id: UserId::parse(format!("b-{buyer}")).unwrap(),
             target: PurchaseTarget::Item(ItemId::parse(format!("i-{item}")).unwrap()),
             expected_price: 10,
+            region: None,
         });
         // Deliver in waves, as a shard's batch would.
         if n % 256 == 255 {

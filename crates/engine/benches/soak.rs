@@ -148,6 +148,7 @@ fn main() {
             buyer_id: user(buyer),
             target: PurchaseTarget::Item(target),
             expected_price: PRICE,
+            region: None,
         });
         if purchase % 256 == 255 {
             cluster.drain();
@@ -180,6 +181,7 @@ fn item_definition(item_id: String, supply: Option<u32>) -> Command {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })
 }
 

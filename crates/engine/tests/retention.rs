@@ -32,6 +32,7 @@ fn cluster() -> Cluster {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: Default::default(),
     })]);
     cluster.tick(1_000_000);
     cluster
@@ -60,6 +61,7 @@ fn purchase(id: &str, buyer: &str) -> Command {
         buyer_id: UserId::parse(buyer).unwrap(),
         target: PurchaseTarget::Item(ItemId::parse("hat").unwrap()),
         expected_price: PRICE,
+        region: None,
     }
 }
 

@@ -38,7 +38,9 @@ pub const CODE_PROJECTION_LAGGING: &str = "projection_lagging";
 /// use [`Problem::malformed_request`] (400) instead.
 pub fn status_for(code: RejectionCode) -> StatusCode {
     match code {
-        RejectionCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        RejectionCode::ValidationFailed | RejectionCode::BelowPriceFloor => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         RejectionCode::Forbidden => StatusCode::FORBIDDEN,
         RejectionCode::NotFound => StatusCode::NOT_FOUND,
         RejectionCode::IdempotencyConflict

@@ -154,6 +154,26 @@ pub fn now_ms() -> TimestampMs {
         .unwrap_or(0)
 }
 
+/// An item kind by its API name (`accessory`, `classic_clothing`, ...).
+pub fn item_kind(field: &'static str, value: &Value) -> Result<ledger_core::ItemKind, Problem> {
+    let names = || {
+        ledger_core::ItemKind::all()
+            .map(|kind| kind.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match value {
+        Value::String(name) => ledger_core::ItemKind::parse(name).ok_or_else(|| {
+            Problem::validation(format!("{field} must be one of {} (got `{name}`)", names()))
+        }),
+        other => Err(Problem::validation(format!(
+            "{field} must be one of {} (got {})",
+            names(),
+            describe(other)
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

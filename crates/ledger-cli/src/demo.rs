@@ -52,6 +52,7 @@ pub async fn seed(engine: &Engine, secret: &[u8], command_url: &str, query_url: 
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: false,
+            kind: Default::default(),
         }),
         Command::PublishItem(ItemDefinition {
             item_id: id(ItemId::parse, "golden-crown"),
@@ -63,6 +64,7 @@ pub async fn seed(engine: &Engine, secret: &[u8], command_url: &str, query_url: 
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: true,
+            kind: Default::default(),
         }),
     ];
     for command in commands {

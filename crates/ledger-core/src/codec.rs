@@ -316,6 +316,7 @@ pub mod legacy {
                         starts_at_ms: v1.starts_at_ms,
                         ends_at_ms: v1.ends_at_ms,
                         resellable: false,
+                        kind: crate::pricing::ItemKind::Accessory,
                     },
                 })
             }
@@ -756,8 +757,12 @@ pub struct Snapshot {
 
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
-/// rather than restored. Format 5: the state has its purchase rate limits.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP05";
+/// rather than restored. Format 6: the state has its copy of the price
+/// floors and its items' regional prices.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP06";
+/// Format 5: as format 6, of a state without price floors (written before
+/// they existed; still read).
+pub const SNAPSHOT_MAGIC_V5: [u8; 8] = *b"LGRSNP05";
 /// Format 4: as format 5, of a state without purchase rate limits (written
 /// before they existed; still read).
 pub const SNAPSHOT_MAGIC_V4: [u8; 8] = *b"LGRSNP04";
@@ -839,6 +844,53 @@ struct SnapshotBeforeLimits {
 
 impl From<SnapshotBeforeLimits> for Snapshot {
     fn from(old: SnapshotBeforeLimits) -> Self {
+        SnapshotBeforeFloors {
+            shard: old.shard,
+            next_sequence: old.next_sequence,
+            inbound_next: old.inbound_next,
+            outbound_next: old.outbound_next,
+            balances: old.balances,
+            owned_items: old.owned_items,
+            escrow: old.escrow,
+            escrow_due: old.escrow_due,
+            items: old.items,
+            bundles: old.bundles,
+            commands: old.commands,
+            listing_directory: old.listing_directory,
+            refunds: old.refunds,
+            retention: old.retention,
+            limits: BuyerLimits::default(),
+            last_hash: old.last_hash,
+        }
+        .into()
+    }
+}
+
+/// A shard's state as format 5 snapshots hold it: [`ShardState`] without
+/// its copy of the price floors and its items' regional prices, which
+/// start empty when read (none existed before them).
+#[derive(Decode)]
+struct SnapshotBeforeFloors {
+    shard: ShardId,
+    next_sequence: u64,
+    inbound_next: BTreeMap<ShardId, u64>,
+    outbound_next: BTreeMap<ShardId, u64>,
+    balances: BTreeMap<Account, i64>,
+    owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
+    escrow: BTreeMap<PurchaseId, EscrowEntry>,
+    escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
+    items: BTreeMap<ItemId, ItemState>,
+    bundles: BTreeMap<BundleId, BundleState>,
+    commands: BTreeMap<String, crate::state::CommandRecord>,
+    listing_directory: BTreeMap<ListingId, ItemId>,
+    refunds: BTreeMap<PurchaseId, RefundProgress>,
+    retention: Retention,
+    limits: BuyerLimits,
+    last_hash: Hash,
+}
+
+impl From<SnapshotBeforeFloors> for Snapshot {
+    fn from(old: SnapshotBeforeFloors) -> Self {
         Snapshot {
             state: ShardState {
                 shard: old.shard,
@@ -855,7 +907,9 @@ impl From<SnapshotBeforeLimits> for Snapshot {
                 listing_directory: old.listing_directory,
                 refunds: old.refunds,
                 retention: old.retention,
-                limits: BuyerLimits::default(),
+                limits: old.limits,
+                price_floors: crate::pricing::PriceFloors::default(),
+                item_pricing: BTreeMap::new(),
             },
             last_hash: old.last_hash,
         }
@@ -867,14 +921,17 @@ impl From<SnapshotBeforeLimits> for Snapshot {
 enum SnapshotFormat {
     V3,
     V4,
+    V5,
     Current,
 }
 
-/// The body of a checksummed snapshot (format 3, 4 or 5) after its marker,
+/// The body of a checksummed snapshot (format 3 to 6) after its marker,
 /// with its format, or `None` if it has none of their markers.
 fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotFormat), CodecError>> {
     let (rest, format) = if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
         (rest, SnapshotFormat::Current)
+    } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V5) {
+        (rest, SnapshotFormat::V5)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V4) {
         (rest, SnapshotFormat::V4)
     } else {
@@ -910,6 +967,9 @@ impl Snapshot {
             let (body, format) = checked?;
             return match format {
                 SnapshotFormat::Current => decode_record_part("snapshot", body),
+                SnapshotFormat::V5 => {
+                    decode_record_part::<SnapshotBeforeFloors>("snapshot", body).map(Into::into)
+                }
                 SnapshotFormat::V4 => {
                     decode_record_part::<SnapshotBeforeLimits>("snapshot", body).map(Into::into)
                 }

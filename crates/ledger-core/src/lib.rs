@@ -15,6 +15,7 @@ pub mod ids;
 pub mod limits;
 pub mod model;
 pub mod money;
+pub mod pricing;
 pub mod retention;
 pub mod state;
 
@@ -22,4 +23,5 @@ pub use decide::{decide, Answer, Decision, Input};
 pub use ids::*;
 pub use model::*;
 pub use money::*;
+pub use pricing::{ItemKind, ItemPricing, PriceFloors, PriceRule, Region, SaleTerms};
 pub use state::{evolve, Config, ShardState};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{BundleId, GrantId, ItemId, ListingId, PurchaseId, RefundId, ShardId, UserId};
 use crate::money::Posting;
+use crate::pricing::{ItemKind, Region, SaleTerms};
 
 /// Longest item or bundle name, in bytes.
 pub const NAME_LENGTH_MAX: usize = 200;
@@ -46,7 +47,7 @@ impl Actor {
 
 // ---------------------------------------------------------------- commands
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemDefinition {
     pub item_id: ItemId,
     pub creator_id: UserId,
@@ -58,7 +59,69 @@ pub struct ItemDefinition {
     pub starts_at_ms: Option<TimestampMs>,
     pub ends_at_ms: Option<TimestampMs>,
     pub resellable: bool,
+    /// What kind of avatar item it is (price floors are set per kind).
+    #[serde(default)]
+    pub kind: ItemKind,
 }
+
+// Stored as it always was, except that the byte that held `resellable`
+// (0 or 1) is a flags byte: bit 0 is `resellable`, bits 1-7 the kind's
+// stored index. Definitions written before kinds existed read as
+// accessories, and an accessory's bytes (and so the fingerprint of the
+// command that publishes it) are what they always were.
+impl Encode for ItemDefinition {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.item_id.encode(encoder)?;
+        self.creator_id.encode(encoder)?;
+        self.name.encode(encoder)?;
+        self.price.encode(encoder)?;
+        self.supply.encode(encoder)?;
+        self.max_per_user.encode(encoder)?;
+        self.starts_at_ms.encode(encoder)?;
+        self.ends_at_ms.encode(encoder)?;
+        let flags = u8::from(self.resellable) | (self.kind.stored_index() << 1);
+        flags.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for ItemDefinition {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let item_id = Decode::decode(decoder)?;
+        let creator_id = Decode::decode(decoder)?;
+        let name = Decode::decode(decoder)?;
+        let price = Decode::decode(decoder)?;
+        let supply = Decode::decode(decoder)?;
+        let max_per_user = Decode::decode(decoder)?;
+        let starts_at_ms = Decode::decode(decoder)?;
+        let ends_at_ms = Decode::decode(decoder)?;
+        let flags = u8::decode(decoder)?;
+        let kind = ItemKind::from_stored_index(flags >> 1).ok_or(
+            bincode::error::DecodeError::OtherString(format!(
+                "unknown item kind index {} in an item definition",
+                flags >> 1
+            )),
+        )?;
+        Ok(Self {
+            item_id,
+            creator_id,
+            name,
+            price,
+            supply,
+            max_per_user,
+            starts_at_ms,
+            ends_at_ms,
+            resellable: flags & 1 == 1,
+            kind,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(ItemDefinition);
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Encode, Decode)]
 pub enum PurchaseTarget {
@@ -68,7 +131,10 @@ pub enum PurchaseTarget {
 
 /// A command, as the purchase flow service or the storefront sent it, after
 /// parsing. Its fields (not its metadata) are what idempotency compares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+///
+/// Stored as [`StoredCommand`]: a purchase without a region keeps the bytes
+/// (and so the fingerprint) it had before regions existed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Grant {
         grant_id: GrantId,
@@ -96,6 +162,10 @@ pub enum Command {
         buyer_id: UserId,
         target: PurchaseTarget,
         expected_price: i64,
+        /// The buyer's region, set by the purchase flow service (an item's
+        /// regional price applies in it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<Region>,
     },
     CreateListing {
         listing_id: ListingId,
@@ -117,7 +187,317 @@ pub enum Command {
         refund_id: RefundId,
         purchase_id: PurchaseId,
     },
+    /// Admin: the floor of `kind` is `price` from `effective_from_ms` on (a
+    /// new version; earlier versions stay in the log and apply before it).
+    /// Keyed by kind and start: the same change sent again is the same
+    /// command.
+    SetPriceFloor {
+        kind: ItemKind,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    /// The item's prices per region, replacing any before (empty: none).
+    /// Each is at least 30 % of the base price.
+    SetRegionalPrices {
+        item_id: ItemId,
+        prices: Vec<(Region, i64)>,
+    },
 }
+
+/// [`Command`] as stored: its variants in their order, a purchase in a
+/// region appended (so commands stored before regions read as written).
+#[derive(Encode, Decode)]
+enum StoredCommand {
+    Grant {
+        grant_id: GrantId,
+        user_id: UserId,
+        amount: i64,
+    },
+    PublishItem(ItemDefinition),
+    Reprice {
+        item_id: ItemId,
+        price: i64,
+    },
+    SetOnSale {
+        item_id: ItemId,
+        on_sale: bool,
+    },
+    CreateBundle {
+        bundle_id: BundleId,
+        creator_id: UserId,
+        name: String,
+        item_ids: Vec<ItemId>,
+        price: i64,
+    },
+    /// A purchase without a region.
+    Purchase {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        target: PurchaseTarget,
+        expected_price: i64,
+    },
+    CreateListing {
+        listing_id: ListingId,
+        seller_id: UserId,
+        item_id: ItemId,
+        serial: u32,
+        price: i64,
+    },
+    CancelListing {
+        listing_id: ListingId,
+    },
+    ResalePurchase {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        listing_id: ListingId,
+        expected_price: i64,
+    },
+    Refund {
+        refund_id: RefundId,
+        purchase_id: PurchaseId,
+    },
+    SetPriceFloor {
+        kind: ItemKind,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    SetRegionalPrices {
+        item_id: ItemId,
+        prices: Vec<(Region, i64)>,
+    },
+    PurchaseInRegion {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        target: PurchaseTarget,
+        expected_price: i64,
+        region: Region,
+    },
+}
+
+impl From<Command> for StoredCommand {
+    fn from(command: Command) -> Self {
+        match command {
+            Command::Grant {
+                grant_id,
+                user_id,
+                amount,
+            } => StoredCommand::Grant {
+                grant_id,
+                user_id,
+                amount,
+            },
+            Command::PublishItem(definition) => StoredCommand::PublishItem(definition),
+            Command::Reprice { item_id, price } => StoredCommand::Reprice { item_id, price },
+            Command::SetOnSale { item_id, on_sale } => {
+                StoredCommand::SetOnSale { item_id, on_sale }
+            }
+            Command::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            } => StoredCommand::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            },
+            Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: None,
+            } => StoredCommand::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+            },
+            Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: Some(region),
+            } => StoredCommand::PurchaseInRegion {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region,
+            },
+            Command::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            } => StoredCommand::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            },
+            Command::CancelListing { listing_id } => StoredCommand::CancelListing { listing_id },
+            Command::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            } => StoredCommand::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            },
+            Command::Refund {
+                refund_id,
+                purchase_id,
+            } => StoredCommand::Refund {
+                refund_id,
+                purchase_id,
+            },
+            Command::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            } => StoredCommand::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            },
+            Command::SetRegionalPrices { item_id, prices } => {
+                StoredCommand::SetRegionalPrices { item_id, prices }
+            }
+        }
+    }
+}
+
+impl From<StoredCommand> for Command {
+    fn from(stored: StoredCommand) -> Self {
+        match stored {
+            StoredCommand::Grant {
+                grant_id,
+                user_id,
+                amount,
+            } => Command::Grant {
+                grant_id,
+                user_id,
+                amount,
+            },
+            StoredCommand::PublishItem(definition) => Command::PublishItem(definition),
+            StoredCommand::Reprice { item_id, price } => Command::Reprice { item_id, price },
+            StoredCommand::SetOnSale { item_id, on_sale } => {
+                Command::SetOnSale { item_id, on_sale }
+            }
+            StoredCommand::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            } => Command::CreateBundle {
+                bundle_id,
+                creator_id,
+                name,
+                item_ids,
+                price,
+            },
+            StoredCommand::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+            } => Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: None,
+            },
+            StoredCommand::PurchaseInRegion {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region,
+            } => Command::Purchase {
+                purchase_id,
+                buyer_id,
+                target,
+                expected_price,
+                region: Some(region),
+            },
+            StoredCommand::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            } => Command::CreateListing {
+                listing_id,
+                seller_id,
+                item_id,
+                serial,
+                price,
+            },
+            StoredCommand::CancelListing { listing_id } => Command::CancelListing { listing_id },
+            StoredCommand::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            } => Command::ResalePurchase {
+                purchase_id,
+                buyer_id,
+                listing_id,
+                expected_price,
+            },
+            StoredCommand::Refund {
+                refund_id,
+                purchase_id,
+            } => Command::Refund {
+                refund_id,
+                purchase_id,
+            },
+            StoredCommand::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            } => Command::SetPriceFloor {
+                kind,
+                price,
+                effective_from_ms,
+            },
+            StoredCommand::SetRegionalPrices { item_id, prices } => {
+                Command::SetRegionalPrices { item_id, prices }
+            }
+        }
+    }
+}
+
+impl Encode for Command {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        StoredCommand::from(self.clone()).encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Command {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        StoredCommand::decode(decoder).map(Command::from)
+    }
+}
+
+bincode::impl_borrow_decode!(Command);
 
 /// Stamped by the API: time and who.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
@@ -155,6 +535,10 @@ pub mod keys {
     pub fn refund(id: &RefundId) -> String {
         format!("refund:{id}")
     }
+    /// The id of a floor change: its kind and start.
+    pub fn price_floor(kind: ItemKind, effective_from_ms: TimestampMs) -> String {
+        format!("price-floor:{kind}@{effective_from_ms}")
+    }
 }
 
 impl Command {
@@ -163,9 +547,9 @@ impl Command {
         match self {
             Command::Grant { grant_id, .. } => keys::grant(grant_id),
             Command::PublishItem(definition) => keys::item(&definition.item_id),
-            Command::Reprice { item_id, .. } | Command::SetOnSale { item_id, .. } => {
-                keys::item(item_id)
-            }
+            Command::Reprice { item_id, .. }
+            | Command::SetOnSale { item_id, .. }
+            | Command::SetRegionalPrices { item_id, .. } => keys::item(item_id),
             Command::CreateBundle { bundle_id, .. } => keys::bundle(bundle_id),
             Command::Purchase { purchase_id, .. } | Command::ResalePurchase { purchase_id, .. } => {
                 keys::purchase(purchase_id)
@@ -174,15 +558,23 @@ impl Command {
                 keys::listing(listing_id)
             }
             Command::Refund { refund_id, .. } => keys::refund(refund_id),
+            // One shard orders every floor change (versions are its count).
+            Command::SetPriceFloor { .. } => crate::pricing::FLOORS_KEY.to_string(),
         }
     }
 
     /// The idempotency key, for commands that carry their own id.
     pub fn idempotency_key(&self) -> Option<String> {
         match self {
-            Command::Reprice { .. } | Command::SetOnSale { .. } | Command::CancelListing { .. } => {
-                None
-            }
+            Command::Reprice { .. }
+            | Command::SetOnSale { .. }
+            | Command::CancelListing { .. }
+            | Command::SetRegionalPrices { .. } => None,
+            Command::SetPriceFloor {
+                kind,
+                effective_from_ms,
+                ..
+            } => Some(keys::price_floor(*kind, *effective_from_ms)),
             _ => Some(self.home_key()),
         }
     }
@@ -255,10 +647,12 @@ pub enum RejectionCode {
     /// reserved or charged, and not remembered (the same command sent
     /// after the wait is decided afresh).
     RateLimited,
+    /// A publish or reprice under the floor in force for the item's kind.
+    BelowPriceFloor,
 }
 
 /// Every code with its stored index and its name.
-const REJECTION_CODES: [(RejectionCode, u32, &str); 21] = [
+const REJECTION_CODES: [(RejectionCode, u32, &str); 22] = [
     (RejectionCode::ValidationFailed, 0, "validation_failed"),
     (RejectionCode::Forbidden, 2, "forbidden"),
     (
@@ -292,6 +686,7 @@ const REJECTION_CODES: [(RejectionCode, u32, &str); 21] = [
     (RejectionCode::NotRefundable, 19, "not_refundable"),
     (RejectionCode::IdempotencyExpired, 22, "idempotency_expired"),
     (RejectionCode::RateLimited, 23, "rate_limited"),
+    (RejectionCode::BelowPriceFloor, 24, "below_price_floor"),
 ];
 
 /// The stored indices a decoder accepts (those of [`REJECTION_CODES`]).
@@ -409,6 +804,18 @@ pub enum Success {
         purchase_id: PurchaseId,
         amount: i64,
     },
+    /// An item's regional prices, as set.
+    RegionalPricesSet {
+        price: i64,
+        prices: Vec<(Region, i64)>,
+    },
+    /// A floor change, in force on every shard.
+    PriceFloorSet {
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
 }
 
 /// A point in one shard's log.
@@ -512,12 +919,107 @@ impl Completion {
 // ---------------------------------------------------------------- sagas
 
 /// What the home shard learned when the sold thing was reserved.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     pub price: i64,
     pub creator_id: UserId,
     pub sale: SaleKind,
+    /// The pricing of a primary item sale (its price rule, floor and fee
+    /// policy); `None` for bundles, resales and sales reserved before
+    /// pricing terms existed (the configured flat split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<SaleTerms>,
 }
+
+/// A reservation's sale as stored: the kinds of [`SaleKind`] in its order,
+/// then a sale with pricing terms (appended, so reservations stored
+/// before terms existed read as they were written).
+#[derive(Encode, Decode)]
+enum StoredSale {
+    Item {
+        item_id: ItemId,
+        serial: Option<u32>,
+    },
+    Bundle {
+        bundle_id: BundleId,
+        item_ids: Vec<ItemId>,
+    },
+    Resale {
+        listing_id: ListingId,
+        item_id: ItemId,
+        serial: u32,
+        seller_id: UserId,
+    },
+    Priced {
+        terms: SaleTerms,
+        sale: SaleKind,
+    },
+}
+
+impl Encode for Reservation {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.price.encode(encoder)?;
+        self.creator_id.encode(encoder)?;
+        match &self.terms {
+            // The same bytes as `StoredSale`'s first variants.
+            None => self.sale.encode(encoder),
+            Some(terms) => {
+                // `StoredSale::Priced`, by reference.
+                3u32.encode(encoder)?;
+                terms.encode(encoder)?;
+                self.sale.encode(encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for Reservation {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        let price = Decode::decode(decoder)?;
+        let creator_id = Decode::decode(decoder)?;
+        let (sale, terms) = match StoredSale::decode(decoder)? {
+            StoredSale::Item { item_id, serial } => (SaleKind::Item { item_id, serial }, None),
+            StoredSale::Bundle {
+                bundle_id,
+                item_ids,
+            } => (
+                SaleKind::Bundle {
+                    bundle_id,
+                    item_ids,
+                },
+                None,
+            ),
+            StoredSale::Resale {
+                listing_id,
+                item_id,
+                serial,
+                seller_id,
+            } => (
+                SaleKind::Resale {
+                    listing_id,
+                    item_id,
+                    serial,
+                    seller_id,
+                },
+                None,
+            ),
+            StoredSale::Priced { terms, sale } => (sale, Some(terms)),
+        };
+        Ok(Self {
+            price,
+            creator_id,
+            sale,
+            terms,
+        })
+    }
+}
+
+bincode::impl_borrow_decode!(Reservation);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
 pub enum SaleKind {
@@ -572,6 +1074,9 @@ pub enum Progress {
     /// Purchase: completed and paid for this reservation (what a refund
     /// reads). Appended with `PurchaseCompleted`.
     Paid { reservation: Reservation },
+    /// A floor change: set on its home shard, waiting for every other
+    /// shard to hold it (`acknowledged` of them so far).
+    ReplicatingFloor { acknowledged: u32 },
 }
 
 impl Progress {
@@ -601,6 +1106,9 @@ pub enum SaleRequest {
         listing_id: ListingId,
         item_id: ItemId,
     },
+    /// On the item's shard: the item, at its price in the buyer's region
+    /// (appended; `Item` is the request without a region).
+    ItemInRegion { item_id: ItemId, region: Region },
 }
 
 impl SaleRequest {
@@ -608,9 +1116,9 @@ impl SaleRequest {
     /// (and which the per-item rate limit counts requests against).
     pub fn subject_key(&self) -> String {
         match self {
-            SaleRequest::Item(item_id) | SaleRequest::ListingOnItem { item_id, .. } => {
-                keys::item(item_id)
-            }
+            SaleRequest::Item(item_id)
+            | SaleRequest::ListingOnItem { item_id, .. }
+            | SaleRequest::ItemInRegion { item_id, .. } => keys::item(item_id),
             SaleRequest::Bundle(bundle_id) => keys::bundle(bundle_id),
             SaleRequest::Listing(listing_id) => keys::listing(listing_id),
         }
@@ -882,6 +1390,23 @@ pub enum Message {
         rejection: Rejection,
         retry_after_ms: u64,
     },
+
+    /// From the floors' home shard to every other shard: hold this floor
+    /// version (answered with `PriceFloorHeld`).
+    ReplicatePriceFloor {
+        key: String,
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    /// The floor change `key` (version `version`) is held by the sender,
+    /// at `position`.
+    PriceFloorHeld {
+        key: String,
+        version: u32,
+        position: ShardPosition,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -1119,6 +1644,32 @@ pub enum Event {
         completion: Completion,
         retry_after_ms: u64,
     },
+
+    /// On the floors' home shard: version `version` of the floor of `kind`
+    /// is `price` from `effective_from_ms` on. The authoritative record of
+    /// a floor change (read models and analysts read this one).
+    PriceFloorSet {
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+    /// On every other shard: its copy of a floor version, which publishes
+    /// and reprices decided here are held to from now on.
+    PriceFloorReplicated {
+        kind: ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
+
+    /// On the item's shard: the item's prices per region from now on
+    /// (replacing any before; empty: none), each at least 30 % of its base
+    /// price.
+    RegionalPricesSet {
+        item_id: ItemId,
+        prices: Vec<(Region, i64)>,
+    },
 }
 
 impl Event {
@@ -1173,6 +1724,9 @@ impl Event {
             Event::CommandsForgotten { .. } => "commands_forgotten",
             Event::PurchaseAdmitted { .. } => "purchase_admitted",
             Event::CommandWithdrawn { .. } => "command_withdrawn",
+            Event::PriceFloorSet { .. } => "price_floor_set",
+            Event::PriceFloorReplicated { .. } => "price_floor_replicated",
+            Event::RegionalPricesSet { .. } => "regional_prices_set",
         }
     }
 

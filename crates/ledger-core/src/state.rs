@@ -173,6 +173,12 @@ pub struct ShardState {
     /// The purchase requests of this shard's buyers still counted by the
     /// rate limits (see [`crate::limits`]).
     pub limits: crate::limits::BuyerLimits,
+    /// This shard's copy of the platform's price floors (see
+    /// [`crate::pricing`]).
+    pub price_floors: crate::pricing::PriceFloors,
+    /// Price rules of this shard's items beyond their base price (regional
+    /// prices), only for items that have some.
+    pub item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
 }
 
 impl ShardState {
@@ -193,6 +199,8 @@ impl ShardState {
             refunds: BTreeMap::new(),
             retention: Retention::default(),
             limits: crate::limits::BuyerLimits::default(),
+            price_floors: crate::pricing::PriceFloors::default(),
+            item_pricing: BTreeMap::new(),
         }
     }
 
@@ -319,6 +327,8 @@ pub fn initial_progress(command: &Command) -> Progress {
         Command::CreateListing { .. } => Progress::Listing,
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
+        Command::SetPriceFloor { .. } => Progress::ReplicatingFloor { acknowledged: 0 },
+        Command::SetRegionalPrices { .. } => Progress::Crediting,
         Command::PublishItem(_) | Command::Reprice { .. } | Command::SetOnSale { .. } => {
             Progress::Crediting
         }
@@ -445,6 +455,40 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 "only a purchase is withdrawn"
             );
         }
+        Event::RegionalPricesSet { item_id, prices } => {
+            assert!(
+                state.items.contains_key(item_id),
+                "regional prices are set on the item's shard"
+            );
+            if prices.is_empty() {
+                state.item_pricing.remove(item_id);
+            } else {
+                state
+                    .item_pricing
+                    .entry(item_id.clone())
+                    .or_default()
+                    .regional = prices.iter().cloned().collect();
+            }
+        }
+        Event::PriceFloorSet {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        }
+        | Event::PriceFloorReplicated {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => state.price_floors.insert(
+            *kind,
+            *version,
+            crate::pricing::FloorVersion {
+                price: *price,
+                effective_from_ms: *effective_from_ms,
+            },
+        ),
         Event::CurrencyGranted { .. } => {}
         Event::ItemPublished { definition } => {
             let item = ItemState {

@@ -36,6 +36,7 @@ fn sample_events() -> Vec<Event> {
                 starts_at_ms: None,
                 ends_at_ms: Some(1_900_000_000_000),
                 resellable: true,
+                kind: Default::default(),
             },
         },
         Event::BuyerDebited {
@@ -265,7 +266,7 @@ fn command_completed_version_1_is_upcast() {
 }
 
 /// Rejection codes are stored by a fixed index; the indices of the
-/// transport codes the core never decided (1, 20, 21) stay reserved (23 is
+/// transport codes the core never decided (1, 20, 21) stay reserved (25 is
 /// the next free one).
 #[test]
 fn rejection_codes_keep_their_stored_indices() {
@@ -292,6 +293,7 @@ fn rejection_codes_keep_their_stored_indices() {
         ("not_refundable", 19),
         ("idempotency_expired", 22),
         ("rate_limited", 23),
+        ("below_price_floor", 24),
     ];
     let codes: Vec<RejectionCode> = RejectionCode::all().collect();
     assert_eq!(codes.len(), stored.len());
@@ -301,7 +303,7 @@ fn rejection_codes_keep_their_stored_indices() {
         let decoded: RejectionCode = decode("rejection code", &encode(&index)).unwrap();
         assert_eq!(decoded, code);
     }
-    for reserved in [1u32, 20, 21, 24] {
+    for reserved in [1u32, 20, 21, 25] {
         assert!(
             decode::<RejectionCode>("rejection code", &encode(&reserved)).is_err(),
             "index {reserved} is not a code of the core"

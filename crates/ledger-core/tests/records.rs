@@ -203,7 +203,7 @@ fn snapshots_of_both_encodings_read() {
             "bit flipped at {index}"
         );
     }
-    // Format 4 holds a state without purchase rate limits: the same body
+    // Format 5 holds a state without price floors; format 4 also without purchase rate limits: the same body
     // without the encoding of empty `BuyerLimits` (three zero lengths and
     // a zero mark, right before the 32-byte last hash). Formats 3 and older also lack
     // the retention queues (four zero lengths or values before those).
@@ -214,12 +214,19 @@ fn snapshots_of_both_encodings_read() {
         assert!(retention.iter().all(|byte| *byte == 0));
         [state, hash].concat()
     };
-    let body_v4 = without_retention(body, 4);
+    // Format 5: without the copy of the price floors and the items'
+    // regional prices (two zero lengths).
+    let body_v5 = without_retention(body, 2);
+    let mut checked_v5 = ledger_core::codec::SNAPSHOT_MAGIC_V5.to_vec();
+    checked_v5.extend_from_slice(&body_v5);
+    checked_v5.extend_from_slice(&sha256(&body_v5));
+    assert_eq!(Snapshot::from_bytes(&checked_v5).unwrap(), snapshot);
+    let body_v4 = without_retention(body, 2 + 4);
     let mut checked_v4 = ledger_core::codec::SNAPSHOT_MAGIC_V4.to_vec();
     checked_v4.extend_from_slice(&body_v4);
     checked_v4.extend_from_slice(&sha256(&body_v4));
     assert_eq!(Snapshot::from_bytes(&checked_v4).unwrap(), snapshot);
-    let body_v3 = without_retention(body, 4 + 4);
+    let body_v3 = without_retention(body, 2 + 4 + 4);
     // Format 3: checksummed, before commands were forgotten.
     let mut checked_v3 = ledger_core::codec::SNAPSHOT_MAGIC_V3.to_vec();
     checked_v3.extend_from_slice(&body_v3);
@@ -233,7 +240,7 @@ fn snapshots_of_both_encodings_read() {
     unchecked.extend_from_slice(&body_v3);
     assert_eq!(Snapshot::from_bytes(&unchecked).unwrap(), snapshot);
     // Written before the record encoding: fixed-width integers, no marker.
-    let older = without_retention(&ledger_core::codec::encode(&snapshot), (4 + 4) * 8);
+    let older = without_retention(&ledger_core::codec::encode(&snapshot), (2 + 4 + 4) * 8);
     assert!(older.len() > unchecked.len());
     assert_eq!(Snapshot::from_bytes(&older).unwrap(), snapshot);
 }
@@ -255,6 +262,7 @@ fn purchase_inputs() -> Vec<InputEntries> {
             item_id: ItemId::parse("hat-1").unwrap(),
             serial: None,
         },
+        terms: None,
     };
     let completed = Event::PurchaseCompleted {
         key: "purchase:p-1".into(),

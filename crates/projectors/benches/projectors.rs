@@ -63,6 +63,7 @@ fn purchase(purchase_id: String, buyer: usize, target: PurchaseTarget, price: i6
         buyer_id: user(buyer),
         target,
         expected_price: price,
+        region: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn definition(item_id: ItemId, creator_id: UserId, supply: Option<u32>) -> ItemD
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: supply.is_some(),
+        kind: Default::default(),
     }
 }
 

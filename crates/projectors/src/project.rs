@@ -99,6 +99,18 @@ pub enum Change {
         item_id: ItemId,
         price: i64,
     },
+    /// An item's regional prices from now on (empty: none).
+    ItemRegionalPricesChanged {
+        item_id: ItemId,
+        prices: Vec<(ledger_core::Region, i64)>,
+    },
+    /// A floor version (from the floors' home shard).
+    PriceFloorSet {
+        kind: ledger_core::ItemKind,
+        version: u32,
+        price: i64,
+        effective_from_ms: TimestampMs,
+    },
     ItemOnSaleChanged {
         item_id: ItemId,
         on_sale: bool,
@@ -584,7 +596,27 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::PurchaseAdmitted { .. }
         // A rate-limited purchase: nothing happened but its refusal, which
         // the purchase's trace shows.
-        | Event::CommandWithdrawn { .. } => {}
+        | Event::CommandWithdrawn { .. }
+        // Every shard's copy of a floor: the floors' home shard's
+        // `price_floor_set` is the one read models keep.
+        | Event::PriceFloorReplicated { .. } => {}
+        Event::RegionalPricesSet { item_id, prices } => {
+            changes.push(Change::ItemRegionalPricesChanged {
+                item_id: item_id.clone(),
+                prices: prices.clone(),
+            })
+        }
+        Event::PriceFloorSet {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => changes.push(Change::PriceFloorSet {
+            kind: *kind,
+            version: *version,
+            price: *price,
+            effective_from_ms: *effective_from_ms,
+        }),
     }
     changes
 }
@@ -727,6 +759,7 @@ mod tests {
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: true,
+            kind: Default::default(),
         }
     }
 

@@ -31,6 +31,7 @@ pub fn purchase_steps(logged: &Logged<'_>, event: &Event) -> Vec<Change> {
                 buyer_id,
                 target,
                 expected_price,
+                region,
             } => steps.push(PurchaseStep {
                 user_id: buyer_id.to_string(),
                 subject: match target {
@@ -38,6 +39,10 @@ pub fn purchase_steps(logged: &Logged<'_>, event: &Event) -> Vec<Change> {
                     PurchaseTarget::Bundle(bundle_id) => bundle_id.to_string(),
                 },
                 amount: Some(*expected_price),
+                detail: region
+                    .as_ref()
+                    .map(|region| format!("in region {region}"))
+                    .unwrap_or_default(),
                 ..step(purchase_id, "accepted")
             }),
             Command::ResalePurchase {

@@ -55,11 +55,48 @@ pub struct ItemView {
     pub starts_at_ms: Option<TimestampMs>,
     pub ends_at_ms: Option<TimestampMs>,
     pub resellable: bool,
+    /// The item's kind (`accessory`, `classic_clothing`, ...): price floors
+    /// are set per kind.
+    pub kind: String,
+    /// The item's prices per region (ISO 3166-1 alpha-2 code → price).
+    pub regional_prices: std::collections::BTreeMap<String, i64>,
     /// Primary and resale sales.
     pub sales_count: u64,
     pub recent_average_price: Option<i64>,
     pub lowest_resale_price: Option<i64>,
 }
+
+/// Regional prices as stored in a read model: a JSON object, region →
+/// price, in region order.
+pub fn regional_prices_json(prices: &[(ledger_core::Region, i64)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = prices
+        .iter()
+        .map(|(region, price)| (region.to_string(), serde_json::Value::from(*price)))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// Reads what [`regional_prices_json`] wrote (`None` in a CQL row written
+/// before regional prices: none).
+pub fn parse_regional_prices(
+    stored: &str,
+) -> Result<std::collections::BTreeMap<String, i64>, String> {
+    serde_json::from_str(stored).map_err(|error| format!("stored regional prices: {error}"))
+}
+
+/// One version of the price floor of a kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceFloorView {
+    pub kind: String,
+    pub version: u32,
+    pub price: i64,
+    pub effective_from_ms: TimestampMs,
+}
+
+/// Most floor versions a read returns (every kind's, at most
+/// [`ledger_core::pricing::FLOOR_VERSIONS_MAX`] each).
+pub const PRICE_FLOOR_VERSIONS_MAX: usize =
+    ledger_core::pricing::ITEM_KIND_COUNT * ledger_core::pricing::FLOOR_VERSIONS_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ListingView {
@@ -269,6 +306,9 @@ pub trait ReadModels: Send + Sync + 'static {
     /// The steps of a purchase's story (at most [`PURCHASE_STEPS_MAX`]), in
     /// no particular order; none for a purchase never seen.
     async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError>;
+    /// Every version of every kind's price floor (at most
+    /// [`PRICE_FLOOR_VERSIONS_MAX`]), by kind then version.
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError>;
     /// A creator's sales in a time range, oldest first, a page at a time;
     /// none for a creator never seen.
     async fn creator_sales(

@@ -63,6 +63,7 @@ fn item(id: &str, price: i64, supply: Option<u32>) -> Command {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: true,
+        kind: Default::default(),
     })
 }
 
@@ -72,6 +73,7 @@ fn purchase(id: &str, buyer: usize, target: PurchaseTarget, price: i64) -> Comma
         buyer_id: user(buyer),
         target,
         expected_price: price,
+        region: None,
     }
 }
 

@@ -90,6 +90,7 @@ pub fn router_with_settings(
         .route("/v1/users/{id}/statement", get(routes::statement))
         .route("/v1/purchases/{id}", get(routes::purchase))
         .route("/v1/items/{id}", get(routes::item))
+        .route("/v1/items/{id}/price", get(routes::item_price))
         .route(
             "/v1/items/{id}/resale-listings",
             get(routes::resale_listings),
@@ -99,6 +100,7 @@ pub fn router_with_settings(
         .route("/v1/bundles/{id}", get(routes::bundle))
         .route("/v1/creators/{id}/earnings", get(routes::earnings))
         .route("/v1/creators/{id}/sales", get(routes::creator_sales))
+        .route("/v1/price-floors", get(routes::price_floors))
         .method_not_allowed_fallback(observability::method_not_allowed)
         .with_state(state);
     let reads = server::limit(

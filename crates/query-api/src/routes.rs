@@ -685,6 +685,122 @@ pub(crate) async fn item(
         "starts_at": optional_timestamp(view.starts_at_ms),
         "ends_at": optional_timestamp(view.ends_at_ms),
         "resellable": view.resellable,
+        "kind": view.kind,
+        "regional_prices": view.regional_prices,
+    }))
+}
+
+/// `GET /v1/items/{id}/price?user_id=&region=`: the price a user sees (the
+/// one a purchase's `expected_price` must equal) and the rule that sets
+/// it: the item's price in the user's region, else its base price.
+pub(crate) async fn item_price(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    query: QueryParameters,
+) -> Answer {
+    let item_id = parse_id::<ItemId>("item_id", &segment)?;
+    let user_id = query
+        .get("user_id")?
+        .map(|user| parse_id::<UserId>("user_id", user))
+        .transpose()?;
+    let region = query
+        .get("region")?
+        .map(|code| {
+            ledger_core::Region::parse(code.to_owned())
+                .map_err(|detail| Problem::validation(format!("region: {detail}")))
+        })
+        .transpose()?;
+    let after = parse_after(&query)?;
+    wait_for(&state, after.as_ref()).await?;
+    let view = state
+        .read_models
+        .item(item_id.as_str())
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(|| item_not_found(&item_id))?;
+    let mut regional = std::collections::BTreeMap::new();
+    for (code, price) in &view.regional_prices {
+        let Ok(region) = ledger_core::Region::parse(code.clone()) else {
+            tracing::error!(%code, item = %item_id, "a stored regional price names an invalid region");
+            return Err(Problem::internal(
+                "a stored regional price names an invalid region",
+            ));
+        };
+        regional.insert(region, *price);
+    }
+    // The same rule the item's shard applies to a purchase.
+    let (price, rule) =
+        ledger_core::ItemPricing { regional }.price_for(view.price, region.as_ref());
+    respond(json!({
+        "item_id": view.item_id,
+        "user_id": user_id,
+        "region": region,
+        "price": price,
+        "rule": rule.name(),
+        "base_price": view.price,
+        "on_sale": view.on_sale,
+    }))
+}
+
+/// `GET /v1/price-floors`: every kind with the floor in force now (null
+/// without one) and every version of its floor, oldest first.
+pub(crate) async fn price_floors(
+    State(state): State<QueryState>,
+    query: QueryParameters,
+) -> Answer {
+    let after = parse_after(&query)?;
+    wait_for(&state, after.as_ref()).await?;
+    let views = state
+        .read_models
+        .price_floors()
+        .await
+        .map_err(read_failed)?;
+    let now_ms = ledger_http::validate::now_ms();
+    let mut floors = ledger_core::PriceFloors::default();
+    for view in &views {
+        let Some(kind) = ledger_core::ItemKind::parse(&view.kind) else {
+            tracing::error!(kind = %view.kind, "a stored price floor names an unknown kind");
+            return Err(Problem::internal(
+                "a stored price floor names an unknown kind",
+            ));
+        };
+        floors.insert(
+            kind,
+            view.version,
+            ledger_core::pricing::FloorVersion {
+                price: view.price,
+                effective_from_ms: view.effective_from_ms,
+            },
+        );
+    }
+    let version_json = |version: u32, floor: &ledger_core::pricing::FloorVersion| {
+        json!({
+            "version": version,
+            "price": floor.price,
+            "effective_from": ledger_http::validate::format_timestamp(floor.effective_from_ms),
+        })
+    };
+    let kinds: Vec<Value> = ledger_core::ItemKind::all()
+        .map(|kind| {
+            let versions: Vec<Value> = floors
+                .kinds
+                .get(&kind)
+                .into_iter()
+                .flatten()
+                .map(|(version, floor)| version_json(*version, floor))
+                .collect();
+            json!({
+                "kind": kind,
+                "floor": floors
+                    .in_force(kind, now_ms)
+                    .map(|(version, floor)| version_json(version, &floor)),
+                "versions": versions,
+            })
+        })
+        .collect();
+    respond(json!({
+        "as_of": ledger_http::validate::format_timestamp(now_ms),
+        "kinds": kinds,
     }))
 }
 

@@ -17,8 +17,8 @@ use ledger_http::Observability;
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
     BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemDays, ItemView,
-    ListingView, OwnerEntry, Page, PurchaseStepView, ReadError, ReadModels, SalesRange,
-    TransactionEntry,
+    ListingView, OwnerEntry, Page, PriceFloorView, PurchaseStepView, ReadError, ReadModels,
+    SalesRange, TransactionEntry,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -99,6 +99,10 @@ impl ReadModels for UnreachableReadModels {
     }
     async fn item_days(&self, _: &str, _: u64, _: u64) -> Result<ItemDays, ReadError> {
         self.reached("item days")
+    }
+
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
+        self.reached("price floors")
     }
 }
 
@@ -204,6 +208,10 @@ impl ReadModels for EmptyReadModels {
     }
     async fn item_days(&self, _: &str, _: u64, _: u64) -> Result<ItemDays, ReadError> {
         Ok(ItemDays::default())
+    }
+
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
+        Ok(Vec::new())
     }
 }
 

@@ -113,6 +113,7 @@ impl CqlReadModels {
             schema_statements(),
         )
         .await?;
+        add_missing_columns(&session, keyspace).await?;
         let statements = Statements::prepare(&session, settings.consistency).await?;
         Ok(Arc::new(CqlReadModels {
             session: Arc::new(session),
@@ -219,4 +220,50 @@ where
         .await
         .transpose()
         .map_err(|source| CqlReadModelError::NextRow { operation, source })
+}
+
+/// Adds the columns of [`crate::schema::ADDED_COLUMNS`] that a keyspace
+/// made before them lacks (read from `system_schema.columns`, which
+/// ScyllaDB and Cassandra both have).
+async fn add_missing_columns(session: &Session, keyspace: &str) -> Result<(), CqlReadModelError> {
+    let mut added = false;
+    for (table, column, cql_type) in crate::schema::ADDED_COLUMNS {
+        let rows = session
+            .query_unpaged(
+                "SELECT column_name FROM system_schema.columns \
+                 WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+                (keyspace, *table, *column),
+            )
+            .await
+            .map_err(|source| CqlReadModelError::Execute {
+                operation: "column lookup",
+                source,
+            })?;
+        let present = rows
+            .into_rows_result()
+            .map(|rows| rows.rows_num() > 0)
+            .unwrap_or(false);
+        if present {
+            continue;
+        }
+        session
+            .query_unpaged(format!("ALTER TABLE {table} ADD {column} {cql_type}"), &[])
+            .await
+            .map_err(|source| CqlReadModelError::Execute {
+                operation: "column addition",
+                source,
+            })?;
+        tracing::info!(table, column, "added a read-model column");
+        added = true;
+    }
+    if added {
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|source| CqlReadModelError::Execute {
+                operation: "schema agreement after a column addition",
+                source: scylla::errors::ExecutionError::SchemaAgreementError(source),
+            })?;
+    }
+    Ok(())
 }

@@ -46,6 +46,7 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
     match event {
         Event::ItemPublished { definition } => Some(keys::item(&definition.item_id)),
         Event::ItemRepriced { item_id, .. }
+        | Event::RegionalPricesSet { item_id, .. }
         | Event::ItemSaleToggled { item_id, .. }
         | Event::SerialSold { item_id, .. }
         | Event::SerialTransferred { item_id, .. }
@@ -56,6 +57,9 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
             Some(keys::user(buyer_id))
         }
         Event::BundleCreated { bundle_id, .. } => Some(keys::bundle(bundle_id)),
+        // Floor versions (`price_floors`) are written by the floors' home
+        // shard only; the other shards' copies write nothing.
+        Event::PriceFloorSet { .. } => Some(ledger_core::pricing::FLOORS_KEY.to_string()),
         // A creator's sales (`creator_sales`) are written by the creator's
         // shard only (escrow freezes name only the purchase: they are logged
         // there too, after the sale).
@@ -80,7 +84,8 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::EscrowUnfrozen { .. }
         | Event::CommandsForgotten { .. }
         | Event::PurchaseAdmitted { .. }
-        | Event::CommandWithdrawn { .. } => None,
+        | Event::CommandWithdrawn { .. }
+        | Event::PriceFloorReplicated { .. } => None,
     }
 }
 

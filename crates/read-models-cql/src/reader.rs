@@ -8,8 +8,9 @@ use futures_util::StreamExt;
 use ledger_core::{ReadPosition, ShardId};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView,
-    ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry, PURCHASE_STEPS_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PriceFloorView,
+    PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
+    PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
@@ -97,7 +98,7 @@ impl TransactionKey {
 type TransactionRow = (i64, i32, i64, String, String, String, i64, String);
 
 /// creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms,
-/// ends_at_ms, resellable
+/// ends_at_ms, resellable, kind, regional_prices
 type ItemRow = (
     Option<String>,
     Option<String>,
@@ -108,6 +109,8 @@ type ItemRow = (
     Option<i64>,
     Option<i64>,
     Option<bool>,
+    Option<String>,
+    Option<String>,
 );
 
 /// creator_id, name, item_ids, price
@@ -426,6 +429,8 @@ impl CqlReadModels {
             starts_at_ms,
             ends_at_ms,
             resellable,
+            kind,
+            regional_prices,
         )) = definition
         else {
             return Ok(None);
@@ -464,6 +469,13 @@ impl CqlReadModels {
                 .transpose()?,
             ends_at_ms: ends_at_ms.map(|at| from_cql("sale end", at)).transpose()?,
             resellable: resellable.ok_or_else(|| incomplete("resellable"))?,
+            // Rows written before kinds existed are accessories.
+            kind: kind.unwrap_or_else(|| ledger_core::ItemKind::Accessory.as_str().to_string()),
+            regional_prices: match regional_prices {
+                None => Default::default(),
+                Some(stored) => projectors::parse_regional_prices(&stored)
+                    .map_err(|_| incomplete("regional_prices"))?,
+            },
             sales_count,
             recent_average_price,
             lowest_resale_price: lowest_resale_price.map(|(price,)| price),
@@ -787,6 +799,32 @@ impl CqlReadModels {
         Ok(steps)
     }
 
+    async fn price_floors_inner(&self) -> Result<Vec<PriceFloorView>, CqlReadModelError> {
+        let limit = i32::try_from(PRICE_FLOOR_VERSIONS_MAX).expect("the floor bound fits in i32");
+        let rows = self
+            .select::<(String, i64, i64, i64)>(
+                &self.statements.select_price_floors,
+                (limit,),
+                "price floor read",
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(kind, version, price, effective_from_ms)| {
+                Ok(PriceFloorView {
+                    kind,
+                    version: u32::try_from(version).map_err(|_| {
+                        CqlReadModelError::StoredIntegerOutOfRange {
+                            what: "floor version",
+                            value: version,
+                        }
+                    })?,
+                    price,
+                    effective_from_ms: from_cql("floor start", effective_from_ms)?,
+                })
+            })
+            .collect()
+    }
+
     async fn creator_sales_inner(
         &self,
         creator_id: &str,
@@ -1025,5 +1063,9 @@ impl ReadModels for CqlReadModels {
         range: SalesRange<'_>,
     ) -> Result<Page<CreatorSaleView>, ReadError> {
         self.creator_sales_inner(creator_id, range).await
+    }
+
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
+        Ok(self.price_floors_inner().await?)
     }
 }

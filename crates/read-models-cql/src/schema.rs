@@ -3,6 +3,15 @@
 /// The tables, exactly as documented in `schemas/cql/read_models.cql`.
 pub const SCHEMA: &str = include_str!("../../../schemas/cql/read_models.cql");
 
+/// Columns added to tables after they were first made: `(table, column,
+/// type)`. A keyspace made before them gets each from `ALTER TABLE` when
+/// the read models connect (`CREATE TABLE IF NOT EXISTS` leaves an
+/// existing table as it is).
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("items", "kind", "text"),
+    ("items", "regional_prices", "text"),
+];
+
 /// The statements of [`SCHEMA`]: comment lines dropped, split on `;`.
 pub fn schema_statements() -> Vec<String> {
     store_cql::split_statements(SCHEMA)
@@ -56,6 +65,7 @@ mod tests {
                 "creator_sales",
                 "creator_sale_buckets",
                 "creator_sales_by_purchase",
+                "price_floors",
             ]
         );
         for forbidden in [

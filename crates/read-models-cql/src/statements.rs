@@ -46,6 +46,9 @@ pub(crate) struct Statements {
     pub update_item_price: PreparedStatement,
     pub update_item_on_sale: PreparedStatement,
     pub select_item: PreparedStatement,
+    pub insert_price_floor: PreparedStatement,
+    pub update_item_regional_prices: PreparedStatement,
+    pub select_price_floors: PreparedStatement,
 
     pub insert_sale: PreparedStatement,
     pub insert_sale_bucket: PreparedStatement,
@@ -258,8 +261,8 @@ impl Statements {
             insert_item: prepare(
                 "item write",
                 page,
-                "INSERT INTO items (item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms, resellable) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                "INSERT INTO items (item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms, resellable, kind) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
             )
             .await?,
             update_item_price: prepare(
@@ -277,8 +280,29 @@ impl Statements {
             select_item: prepare(
                 "item read",
                 page,
-                "SELECT creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms, resellable \
+                "SELECT creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms, resellable, kind, regional_prices \
                  FROM items WHERE item_id = ?",
+            )
+            .await?,
+
+            update_item_regional_prices: prepare(
+                "item regional prices write",
+                page,
+                "UPDATE items USING TIMESTAMP ? SET regional_prices = ? WHERE item_id = ?",
+            )
+            .await?,
+            insert_price_floor: prepare(
+                "price floor write",
+                page,
+                "INSERT INTO price_floors (scope, kind, version, price, effective_from_ms) \
+                 VALUES ('all', ?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_price_floors: prepare(
+                "price floor read",
+                page,
+                "SELECT kind, version, price, effective_from_ms FROM price_floors \
+                 WHERE scope = 'all' LIMIT ?",
             )
             .await?,
 

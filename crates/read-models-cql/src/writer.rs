@@ -721,11 +721,37 @@ impl CqlReadModels {
                         starts_at_ms,
                         ends_at_ms,
                         definition.resellable,
+                        definition.kind.as_str(),
                         timestamp,
                     ),
                     "item write",
                 );
             }
+            Change::ItemRegionalPricesChanged { item_id, prices } => writes.push(
+                &statements.update_item_regional_prices,
+                (
+                    timestamp,
+                    projectors::regional_prices_json(prices),
+                    item_id.to_string(),
+                ),
+                "item regional prices write",
+            ),
+            Change::PriceFloorSet {
+                kind,
+                version,
+                price,
+                effective_from_ms,
+            } => writes.push(
+                &statements.insert_price_floor,
+                (
+                    kind.as_str(),
+                    i64::from(*version),
+                    *price,
+                    to_cql("floor start", *effective_from_ms)?,
+                    timestamp,
+                ),
+                "price floor write",
+            ),
             Change::ItemPriceChanged { item_id, price } => writes.push(
                 &statements.update_item_price,
                 (timestamp, *price, item_id.to_string()),

@@ -93,13 +93,14 @@ fn apply_change(
             transaction
                 .prepare_cached(
                     "INSERT INTO items (item_id, creator_id, name, price, on_sale, supply, max_per_user,
-                                        starts_at_ms, ends_at_ms, resellable)
-                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9)
+                                        starts_at_ms, ends_at_ms, resellable, kind)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?7, ?8, ?9, ?10)
                      ON CONFLICT (item_id) DO UPDATE SET
                          creator_id = excluded.creator_id, name = excluded.name, price = excluded.price,
                          on_sale = excluded.on_sale, supply = excluded.supply,
                          max_per_user = excluded.max_per_user, starts_at_ms = excluded.starts_at_ms,
-                         ends_at_ms = excluded.ends_at_ms, resellable = excluded.resellable",
+                         ends_at_ms = excluded.ends_at_ms, resellable = excluded.resellable,
+                         kind = excluded.kind",
                 )
                 .and_then(|mut statement| {
                     statement.execute(params![
@@ -111,8 +112,31 @@ fn apply_change(
                         definition.max_per_user,
                         starts_at_ms,
                         ends_at_ms,
-                        definition.resellable
+                        definition.resellable,
+                        definition.kind.as_str()
                     ])
+                })
+        }
+        Change::ItemRegionalPricesChanged { item_id, prices } => {
+            let prices = projectors::regional_prices_json(prices);
+            transaction
+                .prepare_cached("UPDATE items SET regional_prices = ?2 WHERE item_id = ?1")
+                .and_then(|mut statement| statement.execute(params![item_id.as_str(), prices]))
+        }
+        Change::PriceFloorSet {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => {
+            let effective_from_ms = crate::error::to_sql("floor start", *effective_from_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO price_floors (kind, version, price, effective_from_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![kind.as_str(), version, price, effective_from_ms])
                 })
         }
         Change::ItemPriceChanged { item_id, price } => transaction

@@ -49,6 +49,8 @@ pub enum SqliteStoreError {
         bundle_id: String,
         source: serde_json::Error,
     },
+    #[error("stored {what} of an item are unreadable: {detail}")]
+    ItemPricing { what: &'static str, detail: String },
     #[error("the group commit holding this append failed: {detail}")]
     GroupCommitFailed { detail: String },
     #[error("the store writer thread has stopped")]
@@ -83,6 +85,7 @@ impl SqliteStoreError {
             SqliteStoreError::IntegerOutOfRange { .. }
             | SqliteStoreError::StoredIntegerOutOfRange { .. } => "integer conversion",
             SqliteStoreError::BundleItems { .. } => "bundle read",
+            SqliteStoreError::ItemPricing { .. } => "item read",
             SqliteStoreError::GroupCommitFailed { .. } => "append",
             SqliteStoreError::WriterStopped | SqliteStoreError::WriterStart { .. } => "write",
             SqliteStoreError::Corrupt(_) => "decode",

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PurchaseStepView,
-    ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
-    PURCHASE_STEPS_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PriceFloorView,
+    PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
+    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -371,7 +371,8 @@ impl ReadModels for SqliteReadModels {
                 .prepare_cached(
                     "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
                             resellable, sold, sales_count, recent_average_price,
-                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id)
+                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id), kind,
+                            regional_prices
                      FROM items WHERE item_id = ?1",
                 )
                 .and_then(|mut statement| {
@@ -392,6 +393,8 @@ impl ReadModels for SqliteReadModels {
                                 sales_count: row.get(11)?,
                                 recent_average_price: row.get(12)?,
                                 lowest_resale_price: row.get(13)?,
+                                kind: row.get(14)?,
+                                regional_prices: row.get(15)?,
                             })
                         })
                         .optional()
@@ -601,6 +604,45 @@ impl ReadModels for SqliteReadModels {
         .await
     }
 
+    async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
+        self.read("price floor read", move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT kind, version, price, effective_from_ms FROM price_floors
+                     ORDER BY kind, version LIMIT ?1",
+                )
+                .map_err(query_failed("prepare price floor read"))?;
+            let rows = statement
+                .query_map(params![PRICE_FLOOR_VERSIONS_MAX as i64], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(query_failed("read price floors"))?;
+            let mut floors = Vec::new();
+            for row in rows {
+                let (kind, version, price, effective_from_ms) =
+                    row.map_err(query_failed("read a price floor"))?;
+                floors.push(PriceFloorView {
+                    kind,
+                    version: u32::try_from(version).map_err(|_| {
+                        SqliteStoreError::StoredIntegerOutOfRange {
+                            what: "floor version",
+                            value: version,
+                        }
+                    })?,
+                    price,
+                    effective_from_ms: from_sql("floor start", effective_from_ms)?,
+                });
+            }
+            Ok(floors)
+        })
+        .await
+    }
+
     async fn creator_sales(
         &self,
         creator_id: &str,
@@ -725,6 +767,8 @@ struct ItemRow {
     sales_count: i64,
     recent_average_price: Option<i64>,
     lowest_resale_price: Option<i64>,
+    kind: String,
+    regional_prices: String,
 }
 
 impl ItemRow {
@@ -752,6 +796,13 @@ impl ItemRow {
                 .map(|at| from_sql("sale end", at))
                 .transpose()?,
             resellable: self.resellable,
+            kind: self.kind,
+            regional_prices: projectors::parse_regional_prices(&self.regional_prices).map_err(
+                |detail| SqliteStoreError::ItemPricing {
+                    what: "regional prices",
+                    detail,
+                },
+            )?,
             sales_count: from_sql("item sales count", self.sales_count)?,
             recent_average_price: self.recent_average_price,
             lowest_resale_price: self.lowest_resale_price,

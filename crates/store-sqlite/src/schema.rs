@@ -82,6 +82,9 @@ CREATE TABLE IF NOT EXISTS items (
     starts_at_ms INTEGER,
     ends_at_ms INTEGER,
     resellable INTEGER NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'accessory',
+    -- JSON object of the item's prices per region, e.g. {'BR': 40} as JSON; '{}' for none.
+    regional_prices TEXT NOT NULL DEFAULT '{}',
     sold INTEGER NOT NULL DEFAULT 0,
     sales_count INTEGER NOT NULL DEFAULT 0,
     recent_average_price INTEGER
@@ -172,6 +175,14 @@ CREATE TABLE IF NOT EXISTS item_sale_days (
     day INTEGER NOT NULL,
     price INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS price_floors (
+    -- Every floor version, from the floors' home shard's price_floor_set.
+    kind TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    price INTEGER NOT NULL,
+    effective_from_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, version)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS projection_checkpoint (
     shard INTEGER PRIMARY KEY,
     sequence INTEGER NOT NULL
@@ -204,6 +215,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("creator_sales", "purchase_id"),
     ("item_days", "item_id, day"),
     ("item_sale_days", "purchase_id"),
+    ("price_floors", "kind, version"),
     ("projection_checkpoint", "shard"),
     ("projection_deliveries", "sender, receiver"),
     ("projection_position", "id"),
@@ -237,9 +249,27 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
         && (!table_exists(&connection, "purchase_steps")?
             || !table_exists(&connection, "creator_sales")?
             || !table_exists(&connection, "item_days")?);
+    // Items written before kinds existed are accessories; before regional
+    // prices, they had none.
+    let items_exist = table_exists(&connection, "items")?;
+    let items_without_kind = items_exist && !column_exists(&connection, "items", "kind")?;
+    let items_without_regional_prices =
+        items_exist && !column_exists(&connection, "items", "regional_prices")?;
     connection
         .execute_batch(SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
+    if items_without_kind {
+        connection
+            .execute_batch("ALTER TABLE items ADD COLUMN kind TEXT NOT NULL DEFAULT 'accessory';")
+            .map_err(SqliteStoreError::sqlite("add the kind of items"))?;
+    }
+    if items_without_regional_prices {
+        connection
+            .execute_batch(
+                "ALTER TABLE items ADD COLUMN regional_prices TEXT NOT NULL DEFAULT '{}';",
+            )
+            .map_err(SqliteStoreError::sqlite("add the regional prices of items"))?;
+    }
     migrate_event_rows(&mut connection)?;
     if read_models_behind {
         crate::writer::reset_read_models(&mut connection)?;
@@ -284,6 +314,22 @@ fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreErro
         .map_err(SqliteStoreError::sqlite("commit event migration"))?;
     tracing::info!(moved, "moved format 1 events into records");
     Ok(())
+}
+
+/// Whether `table` has a column named `column`.
+fn column_exists(
+    connection: &Connection,
+    table: &str,
+    column: &str,
+) -> Result<bool, SqliteStoreError> {
+    connection
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            rusqlite::params![table, column],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|count| count > 0)
+        .map_err(SqliteStoreError::sqlite("read table columns"))
 }
 
 /// Whether the database has a table named `name`.

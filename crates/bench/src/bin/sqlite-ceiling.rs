@@ -102,6 +102,7 @@ fn purchase_rows(parameters: &Parameters) -> (Vec<BatchRecord>, Vec<MessageEnvel
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: false,
+            kind: Default::default(),
         })
     }));
     cluster.expect_succeeded(BUYERS + items);
@@ -113,6 +114,7 @@ fn purchase_rows(parameters: &Parameters) -> (Vec<BatchRecord>, Vec<MessageEnvel
             ItemId::parse(format!("i-{}", n / BUYERS)).expect("generated ids are valid"),
         ),
         expected_price: PRICE,
+        region: None,
     }));
     // Every purchase succeeds, so the rows are those of successful purchases.
     cluster.expect_succeeded(parameters.purchases);

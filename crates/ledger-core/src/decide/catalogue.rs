@@ -2,10 +2,12 @@
 //! shard, and creating bundles, whose home shard asks every item's shard to
 //! describe it before the bundle exists.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{BundleId, ItemId, UserId};
 use crate::model::*;
+use crate::money::AMOUNT_MAX;
+use crate::pricing::{regional_price_min, Region, REGIONS_PER_ITEM_MAX};
 use crate::state::{CommandRecord, ItemState, ShardState};
 
 use super::out::Out;
@@ -13,8 +15,18 @@ use super::saga::{self, SagaStage};
 use super::{reject, Answer, Decision};
 
 /// `Reprice` by the item's creator (or an admin or service).
-pub(super) fn reprice(mut out: Out<'_>, item_id: &ItemId, price: i64, actor: &Actor) -> Decision {
-    match check_item_owner(out.state, item_id, actor) {
+pub(super) fn reprice(
+    mut out: Out<'_>,
+    item_id: &ItemId,
+    price: i64,
+    meta: &CommandMeta,
+) -> Decision {
+    let checked = check_item_owner(out.state, item_id, &meta.actor).and_then(|item| {
+        super::floors::check_reprice(item, out.state, price, meta.at_ms)?;
+        check_regional_minimum(out.state, item_id, price)?;
+        Ok(item)
+    });
+    match checked {
         Err(rejection) => Decision::Refuse(rejection),
         Ok(item) => {
             let position = out.push(Event::ItemRepriced {
@@ -61,6 +73,102 @@ pub(super) fn set_on_sale(
     }
 }
 
+/// Refuses a base price `price` under which a regional price of the item
+/// would be less than 30 % of it.
+fn check_regional_minimum(
+    state: &ShardState,
+    item_id: &ItemId,
+    price: i64,
+) -> Result<(), Rejection> {
+    let Some(pricing) = state.item_pricing.get(item_id) else {
+        return Ok(());
+    };
+    match pricing.under_minimum(price) {
+        None => Ok(()),
+        Some((region, regional)) => Err(reject(
+            RejectionCode::ValidationFailed,
+            format!(
+                "item {item_id} costs {regional} in {region}, under 30% of {price}: \
+                 set its regional prices first"
+            ),
+        )),
+    }
+}
+
+/// `SetRegionalPrices` by the item's creator (or an admin or service):
+/// replaces the item's prices per region, each at least 30 % of its base
+/// price. Not remembered (as a reprice).
+pub(super) fn set_regional_prices(
+    mut out: Out<'_>,
+    item_id: &ItemId,
+    prices: &[(Region, i64)],
+    actor: &Actor,
+) -> Decision {
+    let item = match check_item_owner(out.state, item_id, actor) {
+        Err(rejection) => return Decision::Refuse(rejection),
+        Ok(item) => item,
+    };
+    if let Err(rejection) = check_regional_prices(item, prices) {
+        return Decision::Refuse(rejection);
+    }
+    // Stored in region order: the same set always logs the same event.
+    let prices: Vec<(Region, i64)> = prices
+        .iter()
+        .cloned()
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    let position = out.push(Event::RegionalPricesSet {
+        item_id: item_id.clone(),
+        prices: prices.clone(),
+    });
+    let success = Success::RegionalPricesSet {
+        price: item.price,
+        prices,
+    };
+    out.apply(Answer::Now(Completion::new(
+        Ok(success),
+        vec![position],
+        Vec::new(),
+    )))
+}
+
+/// At most [`REGIONS_PER_ITEM_MAX`] regions, each once, each priced from
+/// 30 % of the item's base price to [`AMOUNT_MAX`].
+fn check_regional_prices(item: &ItemState, prices: &[(Region, i64)]) -> Result<(), Rejection> {
+    let item_id = &item.definition.item_id;
+    if prices.len() > REGIONS_PER_ITEM_MAX {
+        return Err(reject(
+            RejectionCode::ValidationFailed,
+            format!(
+                "an item has at most {REGIONS_PER_ITEM_MAX} regional prices, not {}",
+                prices.len()
+            ),
+        ));
+    }
+    let minimum = regional_price_min(item.price);
+    let mut seen = BTreeSet::new();
+    for (region, price) in prices {
+        if !seen.insert(region) {
+            return Err(reject(
+                RejectionCode::ValidationFailed,
+                format!("region {region} is priced twice"),
+            ));
+        }
+        if !(minimum..=AMOUNT_MAX).contains(price) {
+            return Err(reject(
+                RejectionCode::ValidationFailed,
+                format!(
+                    "the price of item {item_id} in {region} must be from {minimum} (30% of {}) \
+                     to {AMOUNT_MAX}, not {price}",
+                    item.price
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_item_owner<'a>(
     state: &'a ShardState,
     item_id: &ItemId,
@@ -81,8 +189,24 @@ fn check_item_owner<'a>(
     Ok(item)
 }
 
-/// `PublishItem` accepted: the item exists from now on.
-pub(super) fn publish(out: &mut Out<'_>, key: &str, definition: &ItemDefinition) {
+/// `PublishItem` accepted: the item exists from now on, unless its price
+/// is under the floor in force for its kind (refused, and remembered).
+pub(super) fn publish(
+    out: &mut Out<'_>,
+    key: &str,
+    definition: &ItemDefinition,
+    at_ms: TimestampMs,
+) {
+    let floor = super::floors::check_floor(
+        out.state,
+        &definition.item_id,
+        definition.kind,
+        definition.price,
+        at_ms,
+    );
+    if let Err(rejection) = floor {
+        return out.complete(key, Err(rejection), Vec::new());
+    }
     let position = out.push(Event::ItemPublished {
         definition: definition.clone(),
     });

@@ -16,6 +16,7 @@
 //! `CommandRecord`, read back as a typed stage through `saga::stage`.
 
 mod catalogue;
+mod floors;
 mod grant;
 mod listing;
 mod out;
@@ -140,9 +141,7 @@ fn decide_command(
     );
     let out = Out::new(state, config);
     match command {
-        Command::Reprice { item_id, price } => {
-            catalogue::reprice(out, item_id, *price, &meta.actor)
-        }
+        Command::Reprice { item_id, price } => catalogue::reprice(out, item_id, *price, meta),
         Command::SetOnSale { item_id, on_sale } => {
             catalogue::set_on_sale(out, item_id, *on_sale, &meta.actor)
         }
@@ -155,8 +154,23 @@ fn decide_command(
             grant::start(out, grant_id, user_id, *amount)
         }),
         Command::PublishItem(definition) => run_keyed(out, command, meta, |out, key| {
-            catalogue::publish(out, key, definition)
+            catalogue::publish(out, key, definition, meta.at_ms)
         }),
+        Command::SetPriceFloor {
+            kind,
+            price,
+            effective_from_ms,
+        } => {
+            if meta.actor.role != Role::Admin {
+                return Decision::Refuse(reject(
+                    RejectionCode::Forbidden,
+                    "only an admin sets price floors",
+                ));
+            }
+            run_keyed(out, command, meta, |out, key| {
+                floors::start(out, key, *kind, *price, *effective_from_ms)
+            })
+        }
         Command::CreateBundle {
             bundle_id,
             item_ids,
@@ -169,16 +183,21 @@ fn decide_command(
             buyer_id,
             target,
             expected_price,
+            region,
         } => run_keyed(out, command, meta, |out, _| {
             purchase::start(
                 out,
                 purchase_id,
                 buyer_id,
                 target,
+                region.as_ref(),
                 *expected_price,
                 meta.at_ms,
             )
         }),
+        Command::SetRegionalPrices { item_id, prices } => {
+            catalogue::set_regional_prices(out, item_id, prices, &meta.actor)
+        }
         Command::ResalePurchase {
             purchase_id,
             buyer_id,
@@ -387,6 +406,7 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
                 purchase_id,
                 buyer_id,
                 item_id,
+                None,
                 *expected_price,
                 *at_ms,
             );
@@ -598,6 +618,21 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             amount,
             deliveries,
         } => refund::refund_settled(out, refund_id, *amount, deliveries, &[]),
+        Message::ReplicatePriceFloor {
+            key,
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => {
+            let answer = floors::replicate(out, key, *kind, *version, *price, *effective_from_ms);
+            out.send(from, answer);
+        }
+        Message::PriceFloorHeld {
+            key,
+            version,
+            position,
+        } => floors::held(out, key, *version, *position),
         Message::RefundCompleted {
             refund_id,
             amount,

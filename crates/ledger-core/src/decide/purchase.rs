@@ -17,8 +17,9 @@
 
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
-use crate::money::{Account, Posting};
-use crate::state::{CommandRecord, ItemState, Listing, ShardState};
+use crate::money::{Account, Posting, PrimarySplit};
+use crate::pricing::{PriceRule, Region, SaleTerms};
+use crate::state::{CommandRecord, Config, ItemState, Listing, ShardState};
 
 use super::out::Out;
 use super::saga::{self, SagaStage};
@@ -30,12 +31,18 @@ pub(super) fn start(
     purchase_id: &PurchaseId,
     buyer_id: &UserId,
     target: &PurchaseTarget,
+    region: Option<&Region>,
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    let request = match target {
-        PurchaseTarget::Item(item_id) => SaleRequest::Item(item_id.clone()),
-        PurchaseTarget::Bundle(bundle_id) => SaleRequest::Bundle(bundle_id.clone()),
+    let request = match (target, region) {
+        (PurchaseTarget::Item(item_id), None) => SaleRequest::Item(item_id.clone()),
+        (PurchaseTarget::Item(item_id), Some(region)) => SaleRequest::ItemInRegion {
+            item_id: item_id.clone(),
+            region: region.clone(),
+        },
+        // A bundle has one price everywhere.
+        (PurchaseTarget::Bundle(bundle_id), _) => SaleRequest::Bundle(bundle_id.clone()),
     };
     request_sale(out, purchase_id, buyer_id, request, expected_price, at_ms);
 }
@@ -180,6 +187,16 @@ pub(super) fn reserve_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request:
             sale.purchase_id,
             sale.buyer_id,
             item_id,
+            None,
+            sale.expected_price,
+            sale.at_ms,
+        ),
+        SaleRequest::ItemInRegion { item_id, region } => reserve_item(
+            out,
+            sale.purchase_id,
+            sale.buyer_id,
+            item_id,
+            Some(region),
             sale.expected_price,
             sale.at_ms,
         ),
@@ -245,12 +262,14 @@ pub(super) fn reserve_sale(out: &mut Out<'_>, sale: &SaleToReserve<'_>, request:
     }
 }
 
-/// On the item's shard: reserves the item (a serial, for a Limited).
+/// On the item's shard: reserves the item (a serial, for a Limited) at its
+/// price for the buyer (in `region`, if the item has a price there).
 pub(super) fn reserve_item(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
     buyer_id: &UserId,
     item_id: &ItemId,
+    region: Option<&Region>,
     expected_price: i64,
     at_ms: TimestampMs,
 ) -> Result<Reservation, Rejection> {
@@ -259,24 +278,69 @@ pub(super) fn reserve_item(
             RejectionCode::NotFound,
             format!("item {item_id} does not exist"),
         )),
-        Some(item) => check_item_sale(item, buyer_id, expected_price, at_ms).and_then(|()| {
-            let serial = reserve_serial(out, item, purchase_id, buyer_id)?;
-            Ok(Reservation {
-                price: item.price,
-                creator_id: item.definition.creator_id.clone(),
-                sale: SaleKind::Item {
-                    item_id: item_id.clone(),
-                    serial,
-                },
+        Some(item) => {
+            let (price, rule) = out
+                .state
+                .item_pricing
+                .get(item_id)
+                .map_or((item.price, PriceRule::Base), |pricing| {
+                    pricing.price_for(item.price, region)
+                });
+            check_item_sale(item, buyer_id, price, &rule, expected_price, at_ms).and_then(|()| {
+                let serial = reserve_serial(out, item, purchase_id, buyer_id)?;
+                Ok(Reservation {
+                    price,
+                    creator_id: item.definition.creator_id.clone(),
+                    sale: SaleKind::Item {
+                        item_id: item_id.clone(),
+                        serial,
+                    },
+                    terms: sale_terms(out.state, out.config, item, rule, at_ms),
+                })
             })
-        }),
+        }
     }
 }
 
-/// Whether `buyer_id` may buy `item` at `expected_price` at `at_ms`.
+/// The pricing terms of a primary sale of `item` reserved at `at_ms` under
+/// `rule`: the floor in force for its kind then (fee policy 2 against it)
+/// or none (the configured flat split). A sale at the base price without
+/// a floor has none, as before terms existed.
+fn sale_terms(
+    state: &ShardState,
+    config: &Config,
+    item: &ItemState,
+    rule: PriceRule,
+    at_ms: TimestampMs,
+) -> Option<SaleTerms> {
+    let kind = item.definition.kind;
+    let floor = state
+        .price_floors
+        .in_force(kind, at_ms)
+        .map(|(_, floor)| floor.price)
+        .filter(|floor| *floor > 0);
+    if floor.is_none() && rule == PriceRule::Base {
+        return None;
+    }
+    Some(SaleTerms {
+        rule,
+        kind,
+        floor,
+        fee_policy_version: if floor.is_some() {
+            crate::pricing::FEE_POLICY_V2
+        } else {
+            config.primary_fee_policy.version
+        },
+    })
+}
+
+/// Whether `buyer_id` may buy `item`, priced `price` for them under
+/// `rule`, at `expected_price` at `at_ms`.
 fn check_item_sale(
     item: &ItemState,
     buyer_id: &UserId,
+    price: i64,
+    rule: &PriceRule,
     expected_price: i64,
     at_ms: TimestampMs,
 ) -> Result<(), Rejection> {
@@ -296,11 +360,14 @@ fn check_item_sale(
             format!("{buyer_id} created item {item_id}"),
         ));
     }
-    if item.price != expected_price {
-        return Err(reject(
-            RejectionCode::PriceChanged,
-            format!("item {item_id} costs {}, not {expected_price}", item.price),
-        ));
+    if price != expected_price {
+        let detail = match rule {
+            PriceRule::Region(region) => {
+                format!("item {item_id} costs {price} in {region}, not {expected_price}")
+            }
+            PriceRule::Base => format!("item {item_id} costs {price}, not {expected_price}"),
+        };
+        return Err(reject(RejectionCode::PriceChanged, detail));
     }
     Ok(())
 }
@@ -369,6 +436,7 @@ pub(super) fn quote_bundle(
                 bundle_id: bundle_id.clone(),
                 item_ids: bundle.item_ids.clone(),
             },
+            terms: None,
         }),
     }
 }
@@ -733,8 +801,7 @@ fn settle_primary(
     reservation: &Reservation,
     at_ms: TimestampMs,
 ) {
-    let policy = &out.config.primary_fee_policy;
-    let split = policy.split(reservation.price);
+    let (split, policy_version) = primary_split(out.config, reservation);
     let to = out.shard_of(&keys::user(&reservation.creator_id));
     out.send(
         to,
@@ -744,11 +811,30 @@ fn settle_primary(
             cleared: reservation.price,
             creator_share: split.creator_share,
             platform_fee: split.platform_fee,
-            policy_version: policy.version,
+            policy_version,
             resale: false,
             at_ms,
         },
     );
+}
+
+/// How a primary sale's price divides, and under which fee policy: the
+/// sale's own terms (policy 2 against its floor) or the configured policy.
+fn primary_split(config: &Config, reservation: &Reservation) -> (PrimarySplit, u16) {
+    match &reservation.terms {
+        Some(SaleTerms {
+            floor: Some(floor),
+            fee_policy_version: crate::pricing::FEE_POLICY_V2,
+            ..
+        }) => (
+            crate::pricing::split_v2(reservation.price, *floor),
+            crate::pricing::FEE_POLICY_V2,
+        ),
+        _ => (
+            config.primary_fee_policy.split(reservation.price),
+            config.primary_fee_policy.version,
+        ),
+    }
 }
 
 /// What an item's shard holds for a purchase being paid for.

@@ -92,6 +92,7 @@ pub(super) fn reserve_listing(
             serial: listing.serial,
             seller_id: listing.seller_id.clone(),
         },
+        terms: None,
     })
 }
 

@@ -214,6 +214,7 @@ pub(super) fn item(id: &str, creator: &str, price: i64) -> ItemDefinition {
         starts_at_ms: None,
         ends_at_ms: None,
         resellable: false,
+        kind: crate::pricing::ItemKind::Accessory,
     }
 }
 

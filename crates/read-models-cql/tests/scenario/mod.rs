@@ -166,6 +166,7 @@ impl Driver {
                 buyer_id: user(buyer_id),
                 target,
                 expected_price,
+                region: None,
             },
             expected,
         )
@@ -262,6 +263,7 @@ fn definition(
         starts_at_ms: None,
         ends_at_ms: None,
         resellable,
+        kind: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ pub fn publish(item_id: &str, creator_id: &str, price: i64, supply: Option<u32>)
             starts_at_ms: None,
             ends_at_ms: None,
             resellable: supply.is_some(),
+            kind: Default::default(),
         },
     }
 }

@@ -30,6 +30,7 @@ fn purchase_of(item: &str) -> Command {
         buyer_id: user_id("bot"),
         target: PurchaseTarget::Item(item_id(item)),
         expected_price: 100,
+        region: None,
     }
 }
 

@@ -2,11 +2,13 @@
 //! flow (see `testing` for the harness).
 
 mod catalogue;
+mod floors;
 mod grant;
 mod limits;
 mod listing;
 mod purchase;
 mod refund;
+mod regional;
 mod resale;
 mod tick;
 

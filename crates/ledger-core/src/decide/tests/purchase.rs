@@ -43,6 +43,7 @@ fn purchase(buyer: &str, target: PurchaseTarget, expected_price: i64) -> Command
         buyer_id: user_id(buyer),
         target,
         expected_price,
+        region: None,
     }
 }
 
@@ -105,6 +106,7 @@ fn reservation(price: i64, sale: SaleKind) -> Reservation {
         price,
         creator_id: user_id("carol"),
         sale,
+        terms: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn purchase_of(item: &str) -> Event {
         buyer_id: user_id("alice"),
         target: PurchaseTarget::Item(item_id(item)),
         expected_price: 100,
+        region: None,
     })
 }
 
@@ -57,6 +58,7 @@ fn reservation_of(item: &str, serial: Option<u32>) -> Reservation {
         price: 100,
         creator_id: user_id("carol"),
         sale: item_sale(item, serial),
+        terms: None,
     }
 }
 
@@ -461,6 +463,7 @@ fn a_resale_is_not_refundable() {
                         serial: 1,
                         seller_id: user_id("bob"),
                     },
+                    terms: None,
                 },
             },
         ),

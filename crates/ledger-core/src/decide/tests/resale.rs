@@ -78,6 +78,7 @@ fn resale_reservation() -> Reservation {
             serial: 1,
             seller_id: user_id("bob"),
         },
+        terms: None,
     }
 }
 
