@@ -2097,6 +2097,313 @@ fn humantime_like_ms(text: &str) -> i64 {
     ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1_000 + millis
 }
 
+/// Milliseconds in a UTC day: the history's bucket.
+const DAY_MS: i64 = 86_400_000;
+
+/// The UTC day (since the epoch) a purchase completed, from its story.
+async fn completion_day(app: &TestApp, token: &str, purchase_id: &str) -> i64 {
+    let story = wait_for_auth(
+        app,
+        &format!("/v1/purchases/{purchase_id}"),
+        token,
+        |body| {
+            body["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(|step| step["step"] == "completed"))
+        },
+    )
+    .await;
+    let completed = story["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["step"] == "completed")
+        .unwrap()
+        .clone();
+    humantime_like_ms(completed["at"].as_str().unwrap()).div_euclid(DAY_MS)
+}
+
+/// The recent average price rule of the contract notes.
+fn next_rap(previous: Option<i64>, price: i64) -> i64 {
+    match previous {
+        None => price,
+        Some(previous) => previous + (price - previous) / 10,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_items_history_shows_each_days_sales_refunds_average_and_lowest_ask() {
+    let app = spawn_app().await;
+    let service = app.service();
+    let admin = app.admin();
+    let published = app
+        .publish(json!({"item_id": "crown", "creator_id": "studio", "name": "Crown", "price": 100, "supply": 10, "resellable": true}))
+        .await;
+    assert_eq!(published.status, 201, "{}", published.text);
+    let published = app
+        .publish(json!({"item_id": "hat", "creator_id": "studio", "name": "Hat", "price": 30}))
+        .await;
+    assert_eq!(published.status, 201, "{}", published.text);
+    for buyer in ["ann", "ben", "cat", "dan", "eve"] {
+        assert_eq!(
+            app.grant(&format!("g-{buyer}"), buyer, 10_000).await.status,
+            201
+        );
+    }
+
+    // (purchase, item, price, resale), in the order they complete.
+    let mut sales: Vec<(&str, &str, i64, bool)> = Vec::new();
+    let mut serials = std::collections::BTreeMap::new();
+    for (purchase_id, buyer) in [("h-ann", "ann"), ("h-ben", "ben"), ("h-cat", "cat")] {
+        let bought = app.purchase(purchase_id, buyer, "crown", 100).await;
+        assert_eq!(bought.status, 201, "{}", bought.text);
+        serials.insert(buyer, bought.body["serial"].as_u64().unwrap());
+        sales.push((purchase_id, "crown", 100, false));
+    }
+    let repriced = app
+        .post(
+            "/v1/items/crown/price",
+            Some(&service),
+            &json!({"price": 150}),
+        )
+        .await;
+    assert_eq!(repriced.status, 200, "{}", repriced.text);
+    let bought = app.purchase("h-dan", "dan", "crown", 150).await;
+    assert_eq!(bought.status, 201, "{}", bought.text);
+    serials.insert("dan", bought.body["serial"].as_u64().unwrap());
+    sales.push(("h-dan", "crown", 150, false));
+    // cat's serial is refunded: it leaves the counts of its day.
+    let refunded = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-cat", "purchase_id": "h-cat"}),
+        )
+        .await;
+    assert_eq!(refunded.status, 201, "{}", refunded.text);
+
+    // The book: ann asks 400, ben 250 (bought by eve), dan 120 (cancelled).
+    for (listing_id, seller, price) in [
+        ("l-ann", "ann", 400),
+        ("l-ben", "ben", 250),
+        ("l-dan", "dan", 120),
+    ] {
+        let listed = app
+            .post(
+                "/v1/resale-listings",
+                Some(&service),
+                &json!({"listing_id": listing_id, "seller_id": seller, "item_id": "crown", "serial": serials[seller], "price": price}),
+            )
+            .await;
+        assert_eq!(listed.status, 201, "{}", listed.text);
+    }
+    let cancelled = app
+        .delete("/v1/resale-listings/l-dan", Some(&service))
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    let resold = app
+        .post(
+            "/v1/resale-purchases",
+            Some(&service),
+            &json!({"purchase_id": "h-eve", "buyer_id": "eve", "listing_id": "l-ben", "expected_price": 250}),
+        )
+        .await;
+    assert_eq!(resold.status, 201, "{}", resold.text);
+    sales.push(("h-eve", "crown", 250, true));
+
+    // An unlimited item: two copies, one refunded.
+    for (purchase_id, buyer) in [("h-hat-ann", "ann"), ("h-hat-ben", "ben")] {
+        let bought = app.purchase(purchase_id, buyer, "hat", 30).await;
+        assert_eq!(bought.status, 201, "{}", bought.text);
+        sales.push((purchase_id, "hat", 30, false));
+    }
+    let refunded = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "r-hat-ben", "purchase_id": "h-hat-ben"}),
+        )
+        .await;
+    assert_eq!(refunded.status, 201, "{}", refunded.text);
+    let position = refunded.body["position"].as_str().unwrap().to_string();
+    let refunds = ["h-cat", "h-hat-ben"];
+
+    // Expected figures per item and UTC day, from when each sale completed
+    // (the server's clock: a run across midnight spreads them over two days).
+    #[derive(Default, Debug, Clone, PartialEq)]
+    struct Day {
+        primary: i64,
+        primary_revenue: i64,
+        resale: i64,
+        resale_revenue: i64,
+        refunded: i64,
+        rap: Option<i64>,
+    }
+    let mut expected: std::collections::BTreeMap<(&str, i64), Day> = Default::default();
+    let mut rap: std::collections::BTreeMap<&str, i64> = Default::default();
+    for (purchase_id, item, price, resale) in &sales {
+        let day = completion_day(&app, &service, purchase_id).await;
+        let entry = expected.entry((*item, day)).or_default();
+        if *resale {
+            entry.resale += 1;
+            entry.resale_revenue += price;
+        } else if refunds.contains(purchase_id) {
+            entry.refunded += 1;
+        } else {
+            entry.primary += 1;
+            entry.primary_revenue += price;
+        }
+        let average = next_rap(rap.get(item).copied(), *price);
+        rap.insert(*item, average);
+        entry.rap = Some(average);
+    }
+    let first_day = expected.keys().map(|(_, day)| *day).min().unwrap();
+    let today = ledger_http::validate::now_ms() as i64 / DAY_MS;
+    let midnight = |day: i64| ledger_http::validate::format_timestamp((day * DAY_MS) as u64);
+    // Three empty days before the first sale, then up to now.
+    let from = midnight(first_day - 3);
+    let path = |item: &str| format!("/v1/items/{item}/history?from={from}&bucket=day");
+
+    // `after` is honoured; then every shard's share of the figures (the
+    // distributed read models project shards independently) is awaited.
+    let answer = app
+        .get(&format!("{}&after={position}", path("hat")), None)
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["position"], position.as_str());
+    let settled = |body: &Value, sales: i64, refunded: i64| {
+        let buckets = body["buckets"].as_array().unwrap();
+        let total = |field: &str| {
+            buckets
+                .iter()
+                .map(|b| b[field].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        total("sales_count") == sales && total("refunded_count") == refunded
+    };
+    let crown = wait_for(&app, &path("crown"), |body| {
+        let last = body["buckets"].as_array().unwrap().last().unwrap().clone();
+        settled(body, 4, 1)
+            && last["lowest_resale_ask"] == 400
+            && last["recent_average_price"] == 119
+    })
+    .await;
+    let hat = wait_for(&app, &path("hat"), |body| settled(body, 1, 1)).await;
+
+    for (item, body) in [("crown", &crown), ("hat", &hat)] {
+        assert_eq!(body["item_id"], item);
+        assert_eq!(body["bucket"], "day");
+        assert_eq!(body["limited"], item == "crown");
+        assert_eq!(body["from"], midnight(first_day - 3));
+        assert_eq!(body["to"], midnight(today + 1));
+        let buckets = body["buckets"].as_array().unwrap();
+        assert_eq!(buckets.len() as i64, today + 1 - (first_day - 3), "{body}");
+        let mut carried: Option<i64> = None;
+        for (index, bucket) in buckets.iter().enumerate() {
+            let day = first_day - 3 + index as i64;
+            assert_eq!(bucket["start"], midnight(day));
+            let want = expected.get(&(item, day)).cloned().unwrap_or_default();
+            let sales_count = want.primary + want.resale;
+            let revenue = want.primary_revenue + want.resale_revenue;
+            assert_eq!(
+                bucket["primary_sales_count"], want.primary,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(
+                bucket["resale_sales_count"], want.resale,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(
+                bucket["refunded_count"], want.refunded,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(
+                bucket["sales_count"], sales_count,
+                "{item} day {day}: {bucket}"
+            );
+            assert_eq!(bucket["primary_revenue"], want.primary_revenue);
+            assert_eq!(bucket["resale_revenue"], want.resale_revenue);
+            assert_eq!(bucket["revenue"], revenue, "{item} day {day}: {bucket}");
+            let average = (sales_count > 0).then(|| revenue / sales_count);
+            assert_eq!(
+                bucket["average_price"],
+                json!(average),
+                "{item} day {day}: {bucket}"
+            );
+            if item == "crown" {
+                carried = want.rap.or(carried);
+                assert_eq!(
+                    bucket["recent_average_price"],
+                    json!(carried),
+                    "day {day}: {bucket}"
+                );
+                if day < first_day {
+                    assert_eq!(
+                        bucket["lowest_resale_ask"],
+                        Value::Null,
+                        "day {day}: {bucket}"
+                    );
+                }
+            } else {
+                assert!(bucket.get("recent_average_price").is_none(), "{bucket}");
+                assert!(bucket.get("lowest_resale_ask").is_none(), "{bucket}");
+            }
+        }
+    }
+    // All on one day (unless the run crossed midnight): the figures written out.
+    if expected.keys().all(|(_, day)| *day == today) {
+        let last = crown["buckets"].as_array().unwrap().last().unwrap();
+        // Primary 100 + 100 + 150 (cat's 100 refunded), resale 250.
+        assert_eq!(last["sales_count"], 4);
+        assert_eq!(last["revenue"], 600);
+        assert_eq!(last["average_price"], 150);
+        assert_eq!(last["refunded_count"], 1);
+        // 100, 100, 100, 100 + 50/10 = 105, 105 + 145/10 = 119.
+        assert_eq!(last["recent_average_price"], 119);
+        let last = hat["buckets"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            (last["sales_count"].clone(), last["revenue"].clone()),
+            (json!(1), json!(30))
+        );
+    }
+    // The last day agrees with the item's current figures.
+    let item = app.get("/v1/items/crown", None).await.body;
+    let last = crown["buckets"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["recent_average_price"], item["recent_average_price"]);
+    assert_eq!(last["lowest_resale_ask"], item["lowest_resale_price"]);
+
+    // Defaults: the 30 days up to now, today last.
+    let default = app.get("/v1/items/crown/history", None).await;
+    assert_eq!(default.status, 200, "{}", default.text);
+    let buckets = default.body["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 30);
+    assert_eq!(buckets.last().unwrap()["start"], midnight(today));
+    assert_eq!(default.body["to"], midnight(today + 1));
+
+    // Refusals.
+    for bad in [
+        "/v1/items/crown/history?bucket=week".to_string(),
+        "/v1/items/crown/history?from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z".to_string(),
+        // 367 days.
+        "/v1/items/crown/history?from=2029-01-01T00:00:00Z&to=2030-01-03T00:00:00Z".to_string(),
+        "/v1/items/crown/history?from=yesterday".to_string(),
+    ] {
+        let refused = app.get(&bad, None).await;
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text);
+        assert_eq!(
+            refused.code(),
+            "validation_failed",
+            "{bad}: {}",
+            refused.text
+        );
+        assert_eq!(refused.content_type, "application/problem+json");
+    }
+    let unknown = app.get("/v1/items/nothing/history", None).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    assert_eq!(unknown.code(), "not_found");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn price_floors_refuse_cheap_items_and_grow_the_creators_share_with_the_price() {
     let app = spawn_app().await;

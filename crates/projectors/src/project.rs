@@ -19,7 +19,7 @@
 use ledger_core::codec::Logged;
 use ledger_core::{
     Account, BundleId, Completion, Event, ItemDefinition, ItemId, ListingId, Posting, PurchaseId,
-    PurchaseTarget, ShardId, Success, TimestampMs, UserId,
+    PurchaseTarget, RefundProgress, ShardId, Success, TimestampMs, UserId,
 };
 
 /// Which of a user's accounts a transaction entry changed.
@@ -133,10 +133,27 @@ pub enum Change {
     },
     /// A primary or resale sale of an item completed at `price`:
     /// `sales_count += 1` and the recent average price moves (see
-    /// [`next_recent_average_price`]).
+    /// [`next_recent_average_price`]). The sale counts in the history of
+    /// the UTC day of `at_ms` (the completion's log time).
     SaleRecorded {
         item_id: ItemId,
         price: i64,
+        purchase_id: PurchaseId,
+        resale: bool,
+        at_ms: TimestampMs,
+    },
+    /// The primary purchase `purchase_id` was refunded: if it was a sale of
+    /// an item, the history of the sale's day counts it as refunded (logged
+    /// by the purchase's home shard, after its sale).
+    SaleRefunded {
+        purchase_id: PurchaseId,
+    },
+    /// The resale listings of `item_id` changed at `at_ms` (after the
+    /// listing changes of the same event): the history records the lowest
+    /// open ask for that UTC day.
+    ResaleBookChanged {
+        item_id: ItemId,
+        at_ms: TimestampMs,
     },
     ListingAdded {
         listing_id: ListingId,
@@ -351,6 +368,10 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
             changes.push(Change::ListingRemoved {
                 listing_id: listing_id.clone(),
             });
+            changes.push(Change::ResaleBookChanged {
+                item_id: item_id.clone(),
+                at_ms: envelope.timestamp_ms,
+            });
         }
         Event::SerialRevoked {
             item_id,
@@ -370,6 +391,10 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
             changes.push(Change::SerialListingsRemoved {
                 item_id: item_id.clone(),
                 serial: *serial,
+            });
+            changes.push(Change::ResaleBookChanged {
+                item_id: item_id.clone(),
+                at_ms: envelope.timestamp_ms,
             });
             changes.push(Change::SoldDelta {
                 item_id: item_id.clone(),
@@ -414,10 +439,23 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
                 });
             }
         }
-        Event::CommandCompleted { completion, .. }
-        | Event::PurchaseCompleted { completion, .. } => {
-            if let Some((item_id, price)) = completed_item_sale(completion) {
-                changes.push(Change::SaleRecorded { item_id, price });
+        Event::CommandCompleted { key, completion }
+        | Event::PurchaseCompleted {
+            key, completion, ..
+        } => {
+            let purchase_id = key
+                .strip_prefix("purchase:")
+                .and_then(|id| PurchaseId::parse(id).ok());
+            if let (Some((item_id, price, resale)), Some(purchase_id)) =
+                (completed_item_sale(completion), purchase_id)
+            {
+                changes.push(Change::SaleRecorded {
+                    item_id,
+                    price,
+                    purchase_id,
+                    resale,
+                    at_ms: envelope.timestamp_ms,
+                });
             }
         }
         Event::ListingCreated {
@@ -426,15 +464,37 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
             serial,
             seller_id,
             price,
-        } => changes.push(Change::ListingAdded {
-            listing_id: listing_id.clone(),
-            item_id: item_id.clone(),
-            serial: *serial,
-            seller_id: seller_id.clone(),
-            price: *price,
-        }),
-        Event::ListingEnded { listing_id, .. } => changes.push(Change::ListingRemoved {
-            listing_id: listing_id.clone(),
+        } => {
+            changes.push(Change::ListingAdded {
+                listing_id: listing_id.clone(),
+                item_id: item_id.clone(),
+                serial: *serial,
+                seller_id: seller_id.clone(),
+                price: *price,
+            });
+            changes.push(Change::ResaleBookChanged {
+                item_id: item_id.clone(),
+                at_ms: envelope.timestamp_ms,
+            });
+        }
+        Event::ListingEnded {
+            listing_id,
+            item_id,
+            ..
+        } => {
+            changes.push(Change::ListingRemoved {
+                listing_id: listing_id.clone(),
+            });
+            changes.push(Change::ResaleBookChanged {
+                item_id: item_id.clone(),
+                at_ms: envelope.timestamp_ms,
+            });
+        }
+        Event::RefundProgressed {
+            purchase_id,
+            progress: RefundProgress::Refunded { .. },
+        } => changes.push(Change::SaleRefunded {
+            purchase_id: purchase_id.clone(),
         }),
         Event::SaleSettled {
             purchase_id,
@@ -530,6 +590,7 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::ListingReserved { .. }
         | Event::ListingReservationCancelled { .. }
         | Event::ListingRegistered { .. }
+        // Only a completed refund restates a sale.
         | Event::RefundProgressed { .. }
         | Event::CommandsForgotten { .. }
         | Event::PurchaseAdmitted { .. }
@@ -632,15 +693,18 @@ fn posting_changes(
     }
 }
 
-/// The item and price of a completed primary item purchase or resale.
-fn completed_item_sale(completion: &Completion) -> Option<(ItemId, i64)> {
+/// The item and price of a completed primary item purchase or resale, and
+/// whether it was a resale.
+fn completed_item_sale(completion: &Completion) -> Option<(ItemId, i64, bool)> {
     match &completion.result {
         Ok(Success::Purchased {
             target: PurchaseTarget::Item(item_id),
             price,
             ..
-        }) => Some((item_id.clone(), *price)),
-        Ok(Success::ResalePurchased { item_id, price, .. }) => Some((item_id.clone(), *price)),
+        }) => Some((item_id.clone(), *price, false)),
+        Ok(Success::ResalePurchased { item_id, price, .. }) => {
+            Some((item_id.clone(), *price, true))
+        }
         _ => None,
     }
 }
@@ -1054,6 +1118,10 @@ mod tests {
                 Change::ListingRemoved {
                     listing_id: listing("l1")
                 },
+                Change::ResaleBookChanged {
+                    item_id: item("crown"),
+                    at_ms: 21
+                },
             ]
         );
         let revoked = Event::SerialRevoked {
@@ -1077,6 +1145,10 @@ mod tests {
                 Change::SerialListingsRemoved {
                     item_id: item("crown"),
                     serial: 3
+                },
+                Change::ResaleBookChanged {
+                    item_id: item("crown"),
+                    at_ms: 30
                 },
                 Change::SoldDelta {
                     item_id: item("crown"),
@@ -1136,13 +1208,19 @@ mod tests {
         };
         assert_eq!(
             project_at(created, 0, 4, 1),
-            vec![Change::ListingAdded {
-                listing_id: listing("l1"),
-                item_id: item("crown"),
-                serial: 2,
-                seller_id: user("bob"),
-                price: 40
-            }]
+            vec![
+                Change::ListingAdded {
+                    listing_id: listing("l1"),
+                    item_id: item("crown"),
+                    serial: 2,
+                    seller_id: user("bob"),
+                    price: 40
+                },
+                Change::ResaleBookChanged {
+                    item_id: item("crown"),
+                    at_ms: 1
+                }
+            ]
         );
         let ended = Event::ListingEnded {
             listing_id: listing("l1"),
@@ -1152,9 +1230,15 @@ mod tests {
         };
         assert_eq!(
             project_at(ended, 0, 5, 1),
-            vec![Change::ListingRemoved {
-                listing_id: listing("l1")
-            }]
+            vec![
+                Change::ListingRemoved {
+                    listing_id: listing("l1")
+                },
+                Change::ResaleBookChanged {
+                    item_id: item("crown"),
+                    at_ms: 1
+                }
+            ]
         );
         let bundle = Event::BundleCreated {
             bundle_id: BundleId::parse("b1").expect("valid"),
@@ -1197,10 +1281,13 @@ mod tests {
             balance_after: 0,
         };
         assert_eq!(
-            project_at(completed(Ok(primary)), 0, 1, 1),
+            project_at(completed(Ok(primary)), 0, 1, 7),
             vec![Change::SaleRecorded {
                 item_id: item("hat"),
-                price: 100
+                price: 100,
+                purchase_id: purchase("p1"),
+                resale: false,
+                at_ms: 7
             }]
         );
         let resale = Success::ResalePurchased {
@@ -1211,10 +1298,13 @@ mod tests {
             balance_after: 0,
         };
         assert_eq!(
-            project_at(completed(Ok(resale)), 0, 1, 1),
+            project_at(completed(Ok(resale)), 0, 1, 8),
             vec![Change::SaleRecorded {
                 item_id: item("crown"),
-                price: 900
+                price: 900,
+                purchase_id: purchase("p1"),
+                resale: true,
+                at_ms: 8
             }]
         );
         let bundle = Success::Purchased {
@@ -1227,6 +1317,41 @@ mod tests {
         assert_eq!(project_at(completed(Ok(bundle)), 0, 1, 1), vec![]);
         let refused = Rejection::new(RejectionCode::SoldOut, "item hat is sold out");
         assert_eq!(project_at(completed(Err(refused)), 0, 1, 1), vec![]);
+    }
+
+    #[test]
+    fn only_a_completed_refund_restates_a_sale() {
+        let progressed = |progress: RefundProgress| Event::RefundProgressed {
+            purchase_id: purchase("p1"),
+            progress,
+        };
+        let refund_id = RefundId::parse("r1").expect("valid");
+        assert_eq!(
+            project_at(
+                progressed(RefundProgress::Refunded {
+                    refund_id: refund_id.clone()
+                }),
+                0,
+                3,
+                9
+            ),
+            vec![Change::SaleRefunded {
+                purchase_id: purchase("p1")
+            }]
+        );
+        for progress in [
+            RefundProgress::Freezing {
+                refund_id: refund_id.clone(),
+                reply_to: ShardId(1),
+            },
+            RefundProgress::Revoking {
+                refund_id,
+                reply_to: ShardId(1),
+            },
+            RefundProgress::Abandoned,
+        ] {
+            assert_eq!(project_at(progressed(progress), 0, 3, 9), vec![]);
+        }
     }
 
     #[test]

@@ -316,4 +316,14 @@ pub trait ReadModels: Send + Sync + 'static {
         creator_id: &str,
         range: SalesRange<'_>,
     ) -> Result<Page<CreatorSaleView>, ReadError>;
+    /// An item's sales history of the UTC days `from_day..to_day` (at most
+    /// [`crate::HISTORY_DAYS_MAX`] of them), with the recent average price
+    /// and lowest ask as they stood when `from_day` began; empty for an item
+    /// never seen.
+    async fn item_days(
+        &self,
+        item_id: &str,
+        from_day: u64,
+        to_day: u64,
+    ) -> Result<crate::ItemDays, ReadError>;
 }

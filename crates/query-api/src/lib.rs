@@ -96,6 +96,7 @@ pub fn router_with_settings(
             get(routes::resale_listings),
         )
         .route("/v1/items/{id}/owners", get(routes::owners))
+        .route("/v1/items/{id}/history", get(routes::item_history))
         .route("/v1/bundles/{id}", get(routes::bundle))
         .route("/v1/creators/{id}/earnings", get(routes::earnings))
         .route("/v1/creators/{id}/sales", get(routes::creator_sales))

@@ -14,7 +14,8 @@ use ledger_http::extract::{PathSegment, QueryParameters};
 use ledger_http::problem::Problem;
 use ledger_http::validate::{self, format_timestamp, parse_id};
 use projectors::{
-    ReadError, ReadModels, SalesRange, TransactionEntry, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
+    day_ceiling, day_of, history_buckets, ReadError, ReadModels, SalesRange, TransactionEntry,
+    DAY_MS, HISTORY_DAYS_DEFAULT, HISTORY_DAYS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX,
 };
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -875,6 +876,111 @@ pub(crate) async fn owners(
         .map(|owner| json!({ "serial": owner.serial, "user_id": owner.user_id }))
         .collect();
     respond(json!({ "owners": owners, "next_cursor": found.next_cursor }))
+}
+
+/// The last day a history may end at (exclusive): 9999-12-31, so that the
+/// end of its last bucket is a year RFC 3339 can write.
+const HISTORY_LAST_DAY: u64 = 253_402_300_800_000 / DAY_MS - 1;
+
+/// `GET /v1/items/{id}/history?from=&to=&bucket=day`: an item's sales by
+/// UTC day, for creators choosing a price. One bucket per UTC day that
+/// meets `[from, to)` (days without sales zero-filled), at most
+/// [`HISTORY_DAYS_MAX`]; `to` defaults to now, `from` to the
+/// [`HISTORY_DAYS_DEFAULT`] days up to `to`'s. Definitions in
+/// `projectors::history`.
+pub(crate) async fn item_history(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    query: QueryParameters,
+) -> Answer {
+    let item_id = parse_id::<ItemId>("item_id", &segment)?;
+    let after = parse_after(&query)?;
+    // The range and the bucket are refused as a malformed query (400).
+    let range_instant = |name: &'static str| -> Result<Option<u64>, Problem> {
+        query
+            .get(name)?
+            .map(|text| {
+                validate::timestamp(name, &Value::String(text.to_owned())).map_err(|_| {
+                    Problem::malformed_request(format!(
+                        "{name} must be an rfc 3339 timestamp in utc, e.g. 2030-01-01T00:00:00Z"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let from_ms = range_instant("from")?;
+    let to_ms = range_instant("to")?;
+    match query.get("bucket")? {
+        None | Some("day") => {}
+        Some(other) => {
+            return Err(Problem::malformed_request(format!(
+                "bucket must be day (the only bucket served), not `{other}`"
+            )))
+        }
+    }
+    let to_ms = to_ms.unwrap_or_else(validate::now_ms);
+    if from_ms.is_some_and(|from_ms| from_ms >= to_ms) {
+        return Err(Problem::malformed_request(
+            "from must be before to (to defaults to now)",
+        ));
+    }
+    let to_day = day_ceiling(to_ms);
+    // The answer names the end of the last bucket, which RFC 3339 must be
+    // able to write (years up to 9999).
+    if to_day > HISTORY_LAST_DAY {
+        return Err(Problem::malformed_request(
+            "to must not be after 9999-12-31T00:00:00Z",
+        ));
+    }
+    let from_day = from_ms.map_or_else(|| to_day.saturating_sub(HISTORY_DAYS_DEFAULT), day_of);
+    let days = to_day - from_day;
+    if days > HISTORY_DAYS_MAX {
+        return Err(Problem::malformed_request(format!(
+            "from and to span {days} days; at most {HISTORY_DAYS_MAX} daily buckets are served per read"
+        )));
+    }
+    wait_for(&state, after.as_ref()).await?;
+    let item = state
+        .read_models
+        .item(item_id.as_str())
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(|| item_not_found(&item_id))?;
+    let stored = state
+        .read_models
+        .item_days(item_id.as_str(), from_day, to_day)
+        .await
+        .map_err(read_failed)?;
+    let buckets: Vec<Value> = history_buckets(from_day, to_day, &stored)
+        .into_iter()
+        .map(|bucket| {
+            let mut entry = json!({
+                "start": format_timestamp(bucket.day * DAY_MS),
+                "sales_count": bucket.sales_count,
+                "primary_sales_count": bucket.primary_sales_count,
+                "resale_sales_count": bucket.resale_sales_count,
+                "refunded_count": bucket.refunded_count,
+                "revenue": bucket.revenue,
+                "primary_revenue": bucket.primary_revenue,
+                "resale_revenue": bucket.resale_revenue,
+                "average_price": bucket.average_price,
+            });
+            if item.limited {
+                entry["recent_average_price"] = json!(bucket.recent_average_price);
+                entry["lowest_resale_ask"] = json!(bucket.lowest_resale_ask);
+            }
+            entry
+        })
+        .collect();
+    respond(json!({
+        "item_id": item.item_id,
+        "limited": item.limited,
+        "bucket": "day",
+        "from": format_timestamp(from_day * DAY_MS),
+        "to": format_timestamp(to_day * DAY_MS),
+        "buckets": buckets,
+        "position": answered_position(after.as_ref()),
+    }))
 }
 
 pub(crate) async fn bundle(

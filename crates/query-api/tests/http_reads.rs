@@ -16,9 +16,9 @@ use ledger_http::auth::{issue_token, now_seconds, Verifier};
 use ledger_http::Observability;
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
-    BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemView, ListingView,
-    OwnerEntry, Page, PriceFloorView, PurchaseStepView, ReadError, ReadModels, SalesRange,
-    TransactionEntry,
+    BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemDays, ItemView,
+    ListingView, OwnerEntry, Page, PriceFloorView, PurchaseStepView, ReadError, ReadModels,
+    SalesRange, TransactionEntry,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -96,6 +96,9 @@ impl ReadModels for UnreachableReadModels {
         _: SalesRange<'_>,
     ) -> Result<Page<CreatorSaleView>, ReadError> {
         self.reached("creator sales")
+    }
+    async fn item_days(&self, _: &str, _: u64, _: u64) -> Result<ItemDays, ReadError> {
+        self.reached("item days")
     }
 
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
@@ -202,6 +205,9 @@ impl ReadModels for EmptyReadModels {
             entries: Vec::new(),
             next_cursor: None,
         })
+    }
+    async fn item_days(&self, _: &str, _: u64, _: u64) -> Result<ItemDays, ReadError> {
+        Ok(ItemDays::default())
     }
 
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
@@ -621,4 +627,66 @@ async fn unknown_routes_and_methods_are_problems() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(read_models.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn bad_history_ranges_are_refused_before_any_read() {
+    let read_models = Arc::new(UnreachableReadModels::default());
+    let address = start(read_models.clone()).await;
+    for (query, words) in [
+        ("bucket=week", "bucket must be day"),
+        ("bucket=", "bucket must be day"),
+        ("from=yesterday", "from must be an rfc 3339 timestamp"),
+        (
+            "to=2024-13-01T00:00:00Z",
+            "to must be an rfc 3339 timestamp",
+        ),
+        (
+            "from=2024-05-02T00:00:00Z&to=2024-05-01T00:00:00Z",
+            "from must be before to",
+        ),
+        (
+            "from=2024-05-01T00:00:00Z&to=2024-05-01T00:00:00Z",
+            "from must be before to",
+        ),
+        // 367 days (2024 is a leap year: 2024-01-01 to 2025-01-01 is 366).
+        (
+            "from=2024-01-01T00:00:00Z&to=2025-01-02T00:00:00Z",
+            "span 367 days",
+        ),
+        // A partial day at either end counts as a whole bucket.
+        (
+            "from=2024-01-01T12:00:00Z&to=2025-01-01T00:00:01Z",
+            "span 367 days",
+        ),
+        ("after=nonsense", "after must be a position token"),
+        // The end of the last bucket must be writable in RFC 3339.
+        (
+            "from=9999-12-01T00:00:00Z&to=9999-12-31T00:00:01Z",
+            "to must not be after 9999-12-31T00:00:00Z",
+        ),
+    ] {
+        let detail = get(address, &format!("/v1/items/hat/history?{query}"), None)
+            .await
+            .assert_problem(400, "validation_failed");
+        assert!(detail.contains(words), "{query}: {detail}");
+    }
+    assert_eq!(read_models.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn history_of_an_unknown_item_is_not_found_and_a_full_year_is_served() {
+    let address = start(Arc::new(EmptyReadModels::new(true))).await;
+    get(address, "/v1/items/nothing/history", None)
+        .await
+        .assert_problem(404, "not_found");
+    for range in [
+        "from=2024-01-01T00:00:00Z&to=2025-01-01T00:00:00Z&bucket=day",
+        "from=9999-12-01T00:00:00Z&to=9999-12-31T00:00:00Z",
+        "from=1970-01-01T00:00:00Z&to=1970-01-01T00:00:00.001Z",
+    ] {
+        get(address, &format!("/v1/items/nothing/history?{range}"), None)
+            .await
+            .assert_problem(404, "not_found");
+    }
 }

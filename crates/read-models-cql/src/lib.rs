@@ -77,6 +77,16 @@
 //!   has at most that many sales and no two of its sales at different
 //!   prices complete concurrently (in the same millisecond, or within the
 //!   clock skew between shards).
+//! * **Item history** (`item_days`): a day's recent average price is
+//!   computed the same way at read time, from the newest
+//!   [`layout::RECENT_SALES_WINDOW`] sales up to the day's end. A day's
+//!   lowest ask is read from the live book when the item's shard projects
+//!   each listing change (the newest change of the day wins by its write
+//!   timestamp). A chunk replayed after a crash reads the book as the
+//!   crashed attempt left it, which may already hold later changes of the
+//!   same chunk: only when such a chunk crosses midnight for that item can
+//!   the earlier day's ask show the later book. Counts and revenue are sums
+//!   per (item, day, source shard), exact under replays.
 //! * **Transactions** are ordered newest first by (event time, shard,
 //!   sequence, account) instead of (commit position, account). All entries
 //!   of a user come from the user's shard (every posting to a user's wallet

@@ -1,12 +1,15 @@
 //! The query API's side: the [`ReadModels`] port over the CQL tables, with
 //! the semantics of the embedded SQLite read models.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use ledger_core::{ReadPosition, ShardId};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemView, ListingView, OwnerEntry, Page, PriceFloorView, PurchaseStepView,
-    ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
+    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PriceFloorView,
+    PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
     PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
 };
 
@@ -507,6 +510,156 @@ impl CqlReadModels {
         Ok(recent_average_price(newest_first.into_iter().rev()))
     }
 
+    /// An item's history of days `from_day..to_day`: the sums of each day's
+    /// parts, the lowest ask after each day's last change of the book, and
+    /// the recent average price at the end of each day with sales, computed
+    /// as [`Self::recent_average_price`] does (the newest
+    /// [`RECENT_SALES_WINDOW`] sales up to that day's end, folded oldest
+    /// first).
+    async fn item_days_inner(
+        &self,
+        item_id: &str,
+        from_day: u64,
+        to_day: u64,
+    ) -> Result<ItemDays, CqlReadModelError> {
+        let from = to_cql("history start", from_day)?;
+        let to = to_cql("history end", to_day)?;
+        type DayPartRow = (i64, i64, i64, i64, i64, i64, i64);
+        let parts = self.select::<DayPartRow>(
+            &self.statements.select_item_day_parts,
+            (item_id, from, to),
+            "item history read",
+        );
+        let asks = self.select::<(i64, Option<i64>)>(
+            &self.statements.select_item_ask_days,
+            (item_id, from, to),
+            "item ask read",
+        );
+        let ask_before = self.select_first::<(Option<i64>,)>(
+            &self.statements.select_item_ask_before,
+            (item_id, from),
+            "item ask read",
+        );
+        let (parts, asks, ask_before, (average_before, averages)) = tokio::try_join!(
+            parts,
+            asks,
+            ask_before,
+            self.daily_recent_average_prices(item_id, from, to)
+        )?;
+        let mut days: BTreeMap<u64, ItemDay> = BTreeMap::new();
+        fn day_entry(
+            days: &mut BTreeMap<u64, ItemDay>,
+            day: i64,
+        ) -> Result<&mut ItemDay, CqlReadModelError> {
+            let day = from_cql("history day", day)?;
+            Ok(days.entry(day).or_insert_with(|| ItemDay {
+                day,
+                ..ItemDay::default()
+            }))
+        }
+        for (day, primary, primary_revenue, resale, resale_revenue, refunded, refunded_revenue) in
+            parts
+        {
+            let entry = day_entry(&mut days, day)?;
+            let add = |total: u64, part: i64| -> Result<u64, CqlReadModelError> {
+                Ok(total.saturating_add(from_cql("item history count", part)?))
+            };
+            entry.primary_count = add(entry.primary_count, primary)?;
+            entry.resale_count = add(entry.resale_count, resale)?;
+            entry.refunded_count = add(entry.refunded_count, refunded)?;
+            entry.primary_revenue = entry.primary_revenue.saturating_add(primary_revenue);
+            entry.resale_revenue = entry.resale_revenue.saturating_add(resale_revenue);
+            entry.refunded_revenue = entry.refunded_revenue.saturating_add(refunded_revenue);
+        }
+        for (day, lowest) in asks {
+            day_entry(&mut days, day)?.lowest_resale_ask = Some(lowest);
+        }
+        for (day, average) in averages {
+            day_entry(&mut days, day)?.recent_average_price = Some(average);
+        }
+        Ok(ItemDays {
+            recent_average_price_before: average_before,
+            lowest_resale_ask_before: ask_before.and_then(|(lowest,)| lowest),
+            days: days.into_values().collect(),
+        })
+    }
+
+    /// The recent average price when day `from` began, and at the end of
+    /// each day of `from..to` with sales: a window of the newest
+    /// [`RECENT_SALES_WINDOW`] sales slides over the days, oldest first.
+    /// Reads the newest window before `from` (walking back over days with
+    /// sales), then at most a window's worth of each day in the range.
+    async fn daily_recent_average_prices(
+        &self,
+        item_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<(Option<i64>, Vec<(i64, i64)>), CqlReadModelError> {
+        let window_rows = row_limit(RECENT_SALES_WINDOW);
+        let mut before = self
+            .stream::<(i64,)>(
+                &self.statements.select_sale_buckets_before,
+                (item_id, from),
+                "sale bucket read",
+            )
+            .await?;
+        let mut newest_first: Vec<i64> = Vec::new();
+        while newest_first.len() < RECENT_SALES_WINDOW {
+            let Some((bucket,)) = next_row(&mut before, "sale bucket read").await? else {
+                break;
+            };
+            let wanted = row_limit(RECENT_SALES_WINDOW - newest_first.len());
+            let prices: Vec<(i64,)> = self
+                .select(
+                    &self.statements.select_sale_prices,
+                    (item_id, bucket, wanted),
+                    "sale read",
+                )
+                .await?;
+            newest_first.extend(prices.into_iter().map(|(price,)| price));
+        }
+        let mut window: VecDeque<i64> = newest_first.into_iter().rev().collect();
+        let average_before = recent_average_price(window.iter().copied());
+
+        let mut buckets: Vec<i64> = self
+            .select::<(i64,)>(
+                &self.statements.select_sale_buckets_between,
+                (item_id, from, to),
+                "sale bucket read",
+            )
+            .await?
+            .into_iter()
+            .map(|(bucket,)| bucket)
+            .collect();
+        buckets.sort_unstable();
+        let reads = buckets.iter().copied().map(|bucket| async move {
+            let prices: Vec<(i64,)> = self
+                .select(
+                    &self.statements.select_sale_prices,
+                    (item_id, bucket, window_rows),
+                    "sale read",
+                )
+                .await?;
+            Ok::<_, CqlReadModelError>((bucket, prices))
+        });
+        let mut days = futures_util::stream::iter(reads).buffered(self.settings.write_concurrency);
+        let mut averages = Vec::with_capacity(buckets.len());
+        while let Some(day) = days.next().await {
+            let (bucket, newest_first) = day?;
+            if newest_first.is_empty() {
+                continue;
+            }
+            window.extend(newest_first.into_iter().rev().map(|(price,)| price));
+            while window.len() > RECENT_SALES_WINDOW {
+                window.pop_front();
+            }
+            if let Some(average) = recent_average_price(window.iter().copied()) {
+                averages.push((bucket, average));
+            }
+        }
+        Ok((average_before, averages))
+    }
+
     async fn resale_listings_inner(
         &self,
         item_id: &str,
@@ -846,6 +999,15 @@ impl ReadModels for CqlReadModels {
 
     async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
         Ok(self.item_inner(item_id).await?)
+    }
+
+    async fn item_days(
+        &self,
+        item_id: &str,
+        from_day: u64,
+        to_day: u64,
+    ) -> Result<ItemDays, ReadError> {
+        Ok(self.item_days_inner(item_id, from_day, to_day).await?)
     }
 
     async fn resale_listings(

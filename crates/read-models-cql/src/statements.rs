@@ -54,6 +54,17 @@ pub(crate) struct Statements {
     pub insert_sale_bucket: PreparedStatement,
     pub select_sale_buckets: PreparedStatement,
     pub select_sale_prices: PreparedStatement,
+    pub select_sale_buckets_between: PreparedStatement,
+    pub select_sale_buckets_before: PreparedStatement,
+
+    pub select_item_day_part: PreparedStatement,
+    pub select_item_day_parts: PreparedStatement,
+    pub insert_item_day_part: PreparedStatement,
+    pub insert_item_sale_day: PreparedStatement,
+    pub select_item_sale_day: PreparedStatement,
+    pub insert_item_ask_day: PreparedStatement,
+    pub select_item_ask_days: PreparedStatement,
+    pub select_item_ask_before: PreparedStatement,
 
     pub insert_owner: PreparedStatement,
     pub delete_owner: PreparedStatement,
@@ -317,6 +328,72 @@ impl Statements {
                 "sale read",
                 page,
                 "SELECT price FROM item_sales WHERE item_id = ? AND bucket = ? LIMIT ?",
+            )
+            .await?,
+            select_sale_buckets_between: prepare(
+                "sale bucket read",
+                page,
+                "SELECT bucket FROM item_sale_buckets WHERE item_id = ? AND bucket >= ? AND bucket < ?",
+            )
+            .await?,
+            select_sale_buckets_before: prepare(
+                "sale bucket read",
+                buckets,
+                "SELECT bucket FROM item_sale_buckets WHERE item_id = ? AND bucket < ?",
+            )
+            .await?,
+
+            select_item_day_part: prepare(
+                "item day part read",
+                page,
+                "SELECT primary_count, primary_revenue, resale_count, resale_revenue, refunded_count, \
+                 refunded_revenue, applied_through FROM item_day_parts \
+                 WHERE item_id = ? AND day = ? AND source_shard = ?",
+            )
+            .await?,
+            select_item_day_parts: prepare(
+                "item history read",
+                page,
+                "SELECT day, primary_count, primary_revenue, resale_count, resale_revenue, refunded_count, \
+                 refunded_revenue FROM item_day_parts WHERE item_id = ? AND day >= ? AND day < ?",
+            )
+            .await?,
+            insert_item_day_part: prepare(
+                "item day part write",
+                page,
+                "INSERT INTO item_day_parts (item_id, day, source_shard, primary_count, primary_revenue, \
+                 resale_count, resale_revenue, refunded_count, refunded_revenue, applied_through) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            insert_item_sale_day: prepare(
+                "item sale day write",
+                page,
+                "INSERT INTO item_sale_days (purchase_id, item_id, day, price) VALUES (?, ?, ?, ?)",
+            )
+            .await?,
+            select_item_sale_day: prepare(
+                "item sale day read",
+                page,
+                "SELECT item_id, day, price FROM item_sale_days WHERE purchase_id = ?",
+            )
+            .await?,
+            insert_item_ask_day: prepare(
+                "item ask day write",
+                page,
+                "INSERT INTO item_ask_days (item_id, day, lowest_resale_ask) VALUES (?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_item_ask_days: prepare(
+                "item ask read",
+                page,
+                "SELECT day, lowest_resale_ask FROM item_ask_days WHERE item_id = ? AND day >= ? AND day < ?",
+            )
+            .await?,
+            select_item_ask_before: prepare(
+                "item ask read",
+                page,
+                "SELECT lowest_resale_ask FROM item_ask_days WHERE item_id = ? AND day < ? LIMIT 1",
             )
             .await?,
 

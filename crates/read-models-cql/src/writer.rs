@@ -9,7 +9,7 @@ use std::pin::Pin;
 use futures_util::StreamExt;
 use ledger_core::codec::{BatchRecord, Logged};
 use ledger_core::{shard_for, Event, ShardId};
-use projectors::{project, Change, SaleEscrowChange};
+use projectors::{day_of, project, Change, SaleEscrowChange};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 
@@ -75,12 +75,18 @@ enum SumKey {
     Earnings(String),
     /// sold, sales_count
     ItemCounts(String),
+    /// An item's UTC day: primary_count, primary_revenue, resale_count,
+    /// resale_revenue, refunded_count, refunded_revenue
+    ItemDay(String, u64),
 }
+
+/// Figures per sum row (the widest row's).
+const SUM_VALUES: usize = 6;
 
 /// A sum row as loaded at the start of a chunk, then folded.
 #[derive(Debug, Clone, Copy, Default)]
 struct SumRow {
-    values: [i64; 4],
+    values: [i64; SUM_VALUES],
     /// `applied_through` as stored: events at or below it are already in.
     loaded_through: u64,
     /// The last event folded in.
@@ -89,7 +95,7 @@ struct SumRow {
 }
 
 impl SumRow {
-    fn add(&mut self, key: &SumKey, sequence: u64, deltas: [i64; 4]) {
+    fn add(&mut self, key: &SumKey, sequence: u64, deltas: [i64; SUM_VALUES]) {
         if sequence <= self.loaded_through {
             return;
         }
@@ -106,33 +112,61 @@ impl SumRow {
 /// The sum rows a chunk touches, by key.
 type Sums = BTreeMap<SumKey, SumRow>;
 
-fn sum_change(change: &Change) -> Option<(SumKey, [i64; 4])> {
+/// The item, UTC day and price of a primary item sale, by purchase id.
+type SaleDays = BTreeMap<String, (String, u64, i64)>;
+
+/// The sum rows a change adds to. A refund adds to the day of the sale it
+/// restates, found in `sale_days` (a refund of a bundle, or of no item
+/// sale, is not there and adds nothing).
+fn sum_changes(change: &Change, sale_days: &SaleDays) -> Vec<(SumKey, [i64; SUM_VALUES])> {
     match change {
         Change::BalanceDelta {
             user_id,
             wallet_delta,
             pending_delta,
-        } => Some((
+        } => vec![(
             SumKey::Balance(user_id.to_string()),
-            [*wallet_delta, *pending_delta, 0, 0],
-        )),
+            [*wallet_delta, *pending_delta, 0, 0, 0, 0],
+        )],
         Change::EarningsDelta {
             creator_id,
             pending,
             released,
             lifetime,
             sales_count,
-        } => Some((
+        } => vec![(
             SumKey::Earnings(creator_id.to_string()),
-            [*pending, *released, *lifetime, *sales_count],
-        )),
-        Change::SoldDelta { item_id, delta } => {
-            Some((SumKey::ItemCounts(item_id.to_string()), [*delta, 0, 0, 0]))
+            [*pending, *released, *lifetime, *sales_count, 0, 0],
+        )],
+        Change::SoldDelta { item_id, delta } => vec![(
+            SumKey::ItemCounts(item_id.to_string()),
+            [*delta, 0, 0, 0, 0, 0],
+        )],
+        Change::SaleRecorded {
+            item_id,
+            price,
+            resale,
+            at_ms,
+            ..
+        } => {
+            let day = if *resale {
+                [0, 0, 1, *price, 0, 0]
+            } else {
+                [1, *price, 0, 0, 0, 0]
+            };
+            vec![
+                (SumKey::ItemCounts(item_id.to_string()), [0, 1, 0, 0, 0, 0]),
+                (SumKey::ItemDay(item_id.to_string(), day_of(*at_ms)), day),
+            ]
         }
-        Change::SaleRecorded { item_id, .. } => {
-            Some((SumKey::ItemCounts(item_id.to_string()), [0, 1, 0, 0]))
-        }
-        _ => None,
+        Change::SaleRefunded { purchase_id } => match sale_days.get(purchase_id.as_str()) {
+            Some((item_id, day, price)) => vec![(
+                SumKey::ItemDay(item_id.clone(), *day),
+                [0, 0, 0, 0, 1, *price],
+            )],
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
     }
 }
 
@@ -265,9 +299,11 @@ impl CqlReadModels {
             projected.push((logged, changes));
         }
 
+        let sale_days = self.refunded_sale_days(&projected).await?;
         let keys: BTreeSet<SumKey> = projected
             .iter()
-            .flat_map(|(_, changes)| changes.iter().filter_map(sum_change))
+            .flat_map(|(_, changes)| changes.iter())
+            .flat_map(|change| sum_changes(change, &sale_days))
             .map(|(key, _)| key)
             .collect();
         let mut sums = self.load_sums(shard, keys).await?;
@@ -280,7 +316,7 @@ impl CqlReadModels {
         for (logged, changes) in &projected {
             for (slot, change) in changes.iter().enumerate() {
                 let timestamp = write_timestamp(logged.sequence, slot);
-                if let Some((key, deltas)) = sum_change(change) {
+                for (key, deltas) in sum_changes(change, &sale_days) {
                     sums.entry(key.clone())
                         .or_default()
                         .add(&key, logged.sequence, deltas);
@@ -330,6 +366,55 @@ impl CqlReadModels {
         Ok(())
     }
 
+    /// The item, day and price of every sale the chunk's refunds restate:
+    /// from a sale earlier in the chunk, else as stored (the purchase's home
+    /// shard, this one, logged the sale before its refund, so a sale before
+    /// the chunk is written).
+    async fn refunded_sale_days(
+        &self,
+        projected: &[(Logged<'_>, Vec<Change>)],
+    ) -> Result<SaleDays, CqlReadModelError> {
+        let mut in_chunk = SaleDays::new();
+        let mut refunded = SaleDays::new();
+        for change in projected.iter().flat_map(|(_, changes)| changes.iter()) {
+            match change {
+                Change::SaleRecorded {
+                    item_id,
+                    price,
+                    purchase_id,
+                    resale: false,
+                    at_ms,
+                } => {
+                    in_chunk.insert(
+                        purchase_id.to_string(),
+                        (item_id.to_string(), day_of(*at_ms), *price),
+                    );
+                }
+                Change::SaleRefunded { purchase_id } => {
+                    let sale = match in_chunk.get(purchase_id.as_str()) {
+                        Some(sale) => Some(sale.clone()),
+                        None => self
+                            .select_first::<(String, i64, i64)>(
+                                &self.statements.select_item_sale_day,
+                                (purchase_id.as_str(),),
+                                "item sale day read",
+                            )
+                            .await?
+                            .map(|(item_id, day, price)| {
+                                from_cql("day", day).map(|day| (item_id, day, price))
+                            })
+                            .transpose()?,
+                    };
+                    if let Some(sale) = sale {
+                        refunded.insert(purchase_id.to_string(), sale);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(refunded)
+    }
+
     /// Asserts the single-writer proof of [`crate::ownership`] when the
     /// shard count is known.
     fn check_single_writer(&self, shard: ShardId, sequence: u64, event: &Event) {
@@ -377,8 +462,8 @@ impl CqlReadModels {
                     )
                     .await?;
                 match row {
-                    Some((wallet, pending, through)) => ([wallet, pending, 0, 0], through),
-                    None => ([0; 4], 0),
+                    Some((wallet, pending, through)) => ([wallet, pending, 0, 0, 0, 0], through),
+                    None => ([0; SUM_VALUES], 0),
                 }
             }
             SumKey::Earnings(creator_id) => {
@@ -391,9 +476,9 @@ impl CqlReadModels {
                     .await?;
                 match row {
                     Some((pending, released, lifetime, sales_count, through)) => {
-                        ([pending, released, lifetime, sales_count], through)
+                        ([pending, released, lifetime, sales_count, 0, 0], through)
                     }
-                    None => ([0; 4], 0),
+                    None => ([0; SUM_VALUES], 0),
                 }
             }
             SumKey::ItemCounts(item_id) => {
@@ -405,8 +490,42 @@ impl CqlReadModels {
                     )
                     .await?;
                 match row {
-                    Some((sold, sales_count, through)) => ([sold, sales_count, 0, 0], through),
-                    None => ([0; 4], 0),
+                    Some((sold, sales_count, through)) => {
+                        ([sold, sales_count, 0, 0, 0, 0], through)
+                    }
+                    None => ([0; SUM_VALUES], 0),
+                }
+            }
+            SumKey::ItemDay(item_id, day) => {
+                type DayPart = (i64, i64, i64, i64, i64, i64, i64);
+                let row: Option<DayPart> = self
+                    .select_first(
+                        &self.statements.select_item_day_part,
+                        (item_id.as_str(), to_cql("day", *day)?, source_shard),
+                        "item day part read",
+                    )
+                    .await?;
+                match row {
+                    Some((
+                        primary,
+                        primary_revenue,
+                        resale,
+                        resale_revenue,
+                        refunded,
+                        refunded_revenue,
+                        through,
+                    )) => (
+                        [
+                            primary,
+                            primary_revenue,
+                            resale,
+                            resale_revenue,
+                            refunded,
+                            refunded_revenue,
+                        ],
+                        through,
+                    ),
+                    None => ([0; SUM_VALUES], 0),
                 }
             }
         };
@@ -431,7 +550,7 @@ impl CqlReadModels {
         for (key, row) in sums.iter().filter(|(_, row)| row.changed) {
             let through = to_cql("applied through", row.applied_through)?;
             let timestamp = write_timestamp(row.applied_through, LAST_TIMESTAMP_SLOT);
-            let [first, second, third, fourth] = row.values;
+            let [first, second, third, fourth, fifth, sixth] = row.values;
             match key {
                 SumKey::Balance(user_id) => writes.push(
                     &self.statements.insert_balance_part,
@@ -471,6 +590,23 @@ impl CqlReadModels {
                     ),
                     "item count part write",
                 ),
+                SumKey::ItemDay(item_id, day) => writes.push(
+                    &self.statements.insert_item_day_part,
+                    (
+                        item_id.clone(),
+                        to_cql("day", *day)?,
+                        source_shard,
+                        first,
+                        second,
+                        third,
+                        fourth,
+                        fifth,
+                        sixth,
+                        through,
+                        timestamp,
+                    ),
+                    "item day part write",
+                ),
             }
         }
         Ok(())
@@ -495,6 +631,7 @@ impl CqlReadModels {
             Change::MessageConsumed { .. }
             | Change::BalanceDelta { .. }
             | Change::EarningsDelta { .. }
+            | Change::SaleRefunded { .. }
             | Change::SoldDelta { .. } => {}
             Change::TransactionAppended {
                 user_id,
@@ -660,7 +797,25 @@ impl CqlReadModels {
                 ),
                 "owner delete",
             ),
-            Change::SaleRecorded { item_id, price } => {
+            Change::SaleRecorded {
+                item_id,
+                price,
+                purchase_id,
+                resale,
+                at_ms,
+            } => {
+                if !*resale {
+                    writes.push(
+                        &statements.insert_item_sale_day,
+                        (
+                            purchase_id.to_string(),
+                            item_id.to_string(),
+                            to_cql("day", day_of(*at_ms))?,
+                            *price,
+                        ),
+                        "item sale day write",
+                    );
+                }
                 let bucket = sale_bucket(logged.timestamp_ms);
                 if bucket_entries.insert(("sales", item_id.to_string(), bucket)) {
                     writes.push(
@@ -744,6 +899,28 @@ impl CqlReadModels {
                         price,
                     );
                 }
+            }
+            Change::ResaleBookChanged { item_id, at_ms } => {
+                // The book as of this event: every earlier change of it is
+                // written (this shard alone writes it), no later one queued.
+                writes.flush().await?;
+                let lowest: Option<(i64,)> = self
+                    .select_first(
+                        &statements.select_lowest_resale_price,
+                        (item_id.as_str(),),
+                        "lowest resale price read",
+                    )
+                    .await?;
+                writes.push(
+                    &statements.insert_item_ask_day,
+                    (
+                        item_id.to_string(),
+                        to_cql("day", day_of(*at_ms))?,
+                        lowest.map(|(price,)| price),
+                        timestamp,
+                    ),
+                    "item ask day write",
+                );
             }
             Change::SerialListingsRemoved { item_id, serial } => {
                 writes.flush().await?;

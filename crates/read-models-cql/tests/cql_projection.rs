@@ -147,6 +147,16 @@ async fn report(read_models: &dyn ReadModels, scenario: &Scenario) -> Vec<String
         let item = item.as_str();
         let view = read_models.item(item).await.expect("item read");
         lines.push(format!("item {item}: {view:?}"));
+        // The sales history: the days of the scenario, and days after them
+        // (figures carried from before the range).
+        let today = projectors::day_of(scenario_now_ms());
+        for (from_day, to_day) in [(today - 2, today + 2), (today + 1, today + 3)] {
+            let days = read_models
+                .item_days(item, from_day, to_day)
+                .await
+                .expect("item history read");
+            lines.push(format!("history {item} {from_day}..{to_day}: {days:?}"));
+        }
         for limit in PAGE_LIMITS {
             all_pages!(lines, format!("listings {item} limit {limit}"), |cursor| {
                 read_models.resale_listings(item, limit, cursor.as_deref())
@@ -168,6 +178,15 @@ async fn report(read_models: &dyn ReadModels, scenario: &Scenario) -> Vec<String
         lines.push(format!("covers completion {index}: {covered}"));
     }
     lines
+}
+
+/// Now, in milliseconds since the epoch (the scenario's events are stamped
+/// with the clock).
+fn scenario_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as u64
 }
 
 fn assert_same_report(expected: &[String], actual: &[String], context: &str) {

@@ -1,6 +1,6 @@
 //! Applies projected changes to the read-model tables.
 
-use projectors::{next_recent_average_price, Change, SaleEscrowChange};
+use projectors::{day_of, next_recent_average_price, Change, SaleEscrowChange};
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::error::SqliteStoreError;
@@ -154,7 +154,7 @@ fn apply_change(
         Change::SoldDelta { item_id, delta } => transaction
             .prepare_cached("UPDATE items SET sold = sold + ?2 WHERE item_id = ?1")
             .and_then(|mut statement| statement.execute(params![item_id.as_str(), delta])),
-        Change::SaleRecorded { item_id, price } => {
+        Change::SaleRecorded { item_id, price, purchase_id, resale, at_ms } => {
             let previous: Option<Option<i64>> = transaction
                 .prepare_cached("SELECT recent_average_price FROM items WHERE item_id = ?1")
                 .and_then(|mut statement| statement.query_row(params![item_id.as_str()], |row| row.get(0)).optional())
@@ -163,11 +163,60 @@ fn apply_change(
                 return Ok(());
             };
             let average = next_recent_average_price(previous, *price);
+            let day = crate::error::to_sql("sale day", day_of(*at_ms))?;
+            let (primary, resale_sale) = if *resale { (0, 1) } else { (1, 0) };
+            transaction
+                .prepare_cached(
+                    "INSERT INTO item_days (item_id, day, primary_count, primary_revenue, resale_count,
+                                            resale_revenue, recent_average_price)
+                     VALUES (?1, ?2, ?3, ?3 * ?5, ?4, ?4 * ?5, ?6)
+                     ON CONFLICT (item_id, day) DO UPDATE SET
+                         primary_count = primary_count + excluded.primary_count,
+                         primary_revenue = primary_revenue + excluded.primary_revenue,
+                         resale_count = resale_count + excluded.resale_count,
+                         resale_revenue = resale_revenue + excluded.resale_revenue,
+                         recent_average_price = excluded.recent_average_price",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![item_id.as_str(), day, primary, resale_sale, price, average])
+                })
+                .map_err(SqliteStoreError::sqlite("record a sale in the item history"))?;
+            if !*resale {
+                transaction
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO item_sale_days (purchase_id, item_id, day, price) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![purchase_id.as_str(), item_id.as_str(), day, price])
+                    })
+                    .map_err(SqliteStoreError::sqlite("record a sale's day"))?;
+            }
             transaction
                 .prepare_cached(
                     "UPDATE items SET sales_count = sales_count + 1, recent_average_price = ?2 WHERE item_id = ?1",
                 )
                 .and_then(|mut statement| statement.execute(params![item_id.as_str(), average]))
+        }
+        Change::SaleRefunded { purchase_id } => transaction
+            // A refund of a bundle, or of a purchase never completed, names
+            // no item sale: nothing to restate.
+            .prepare_cached(
+                "UPDATE item_days SET
+                     refunded_count = refunded_count + 1,
+                     refunded_revenue = refunded_revenue + (SELECT price FROM item_sale_days WHERE purchase_id = ?1)
+                 WHERE (item_id, day) = (SELECT item_id, day FROM item_sale_days WHERE purchase_id = ?1)",
+            )
+            .and_then(|mut statement| statement.execute(params![purchase_id.as_str()])),
+        Change::ResaleBookChanged { item_id, at_ms } => {
+            let day = crate::error::to_sql("listing day", day_of(*at_ms))?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO item_days (item_id, day, book_changed, lowest_resale_ask)
+                     VALUES (?1, ?2, 1, (SELECT MIN(price) FROM listings WHERE item_id = ?1))
+                     ON CONFLICT (item_id, day) DO UPDATE SET
+                         book_changed = 1, lowest_resale_ask = excluded.lowest_resale_ask",
+                )
+                .and_then(|mut statement| statement.execute(params![item_id.as_str(), day]))
         }
         Change::ListingAdded { listing_id, item_id, serial, seller_id, price } => transaction
             .prepare_cached(

@@ -11,9 +11,9 @@ use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemView, ListingView, OwnerEntry, Page, PriceFloorView, PurchaseStepView,
-    ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX,
-    PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PriceFloorView,
+    PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
+    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -401,6 +401,82 @@ impl ReadModels for SqliteReadModels {
                 })
                 .map_err(query_failed("read item"))?;
             row.map(ItemRow::into_view).transpose()
+        })
+        .await
+    }
+
+    async fn item_days(
+        &self,
+        item_id: &str,
+        from_day: u64,
+        to_day: u64,
+    ) -> Result<ItemDays, ReadError> {
+        let item_id = item_id.to_string();
+        self.read("item history read", move |connection| {
+            let from = crate::error::to_sql("history start", from_day)?;
+            let to = crate::error::to_sql("history end", to_day)?;
+            let rows = connection
+                .prepare_cached(
+                    "SELECT day, primary_count, primary_revenue, resale_count, resale_revenue, refunded_count,
+                            refunded_revenue, recent_average_price, book_changed, lowest_resale_ask
+                     FROM item_days WHERE item_id = ?1 AND day >= ?2 AND day < ?3 ORDER BY day",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(params![item_id, from, to], |row| {
+                            Ok((
+                                row.get::<_, i64>(0)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, i64>(2)?,
+                                row.get::<_, i64>(3)?,
+                                row.get::<_, i64>(4)?,
+                                row.get::<_, i64>(5)?,
+                                row.get::<_, i64>(6)?,
+                                row.get::<_, Option<i64>>(7)?,
+                                row.get::<_, bool>(8)?,
+                                row.get::<_, Option<i64>>(9)?,
+                            ))
+                        })?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(query_failed("read item history"))?;
+            let mut days = Vec::with_capacity(rows.len());
+            for (day, primary_count, primary_revenue, resale_count, resale_revenue, refunded_count, refunded_revenue, recent_average_price, book_changed, lowest_resale_ask) in rows {
+                days.push(ItemDay {
+                    day: from_sql("history day", day)?,
+                    primary_count: from_sql("primary sales count", primary_count)?,
+                    primary_revenue,
+                    resale_count: from_sql("resale count", resale_count)?,
+                    resale_revenue,
+                    refunded_count: from_sql("refunded count", refunded_count)?,
+                    refunded_revenue,
+                    recent_average_price,
+                    lowest_resale_ask: book_changed.then_some(lowest_resale_ask),
+                });
+            }
+            // As they stood when the range began: the last day before it
+            // with a sale, and with a change of the listing book.
+            let recent_average_price_before: Option<i64> = connection
+                .prepare_cached(
+                    "SELECT recent_average_price FROM item_days
+                     WHERE item_id = ?1 AND day < ?2 AND recent_average_price IS NOT NULL
+                     ORDER BY day DESC LIMIT 1",
+                )
+                .and_then(|mut statement| statement.query_row(params![item_id, from], |row| row.get(0)).optional())
+                .map_err(query_failed("read the recent average price before a history"))?;
+            let lowest_resale_ask_before: Option<Option<i64>> = connection
+                .prepare_cached(
+                    "SELECT lowest_resale_ask FROM item_days
+                     WHERE item_id = ?1 AND day < ?2 AND book_changed = 1
+                     ORDER BY day DESC LIMIT 1",
+                )
+                .and_then(|mut statement| statement.query_row(params![item_id, from], |row| row.get(0)).optional())
+                .map_err(query_failed("read the lowest ask before a history"))?;
+            Ok(ItemDays {
+                recent_average_price_before,
+                lowest_resale_ask_before: lowest_resale_ask_before.flatten(),
+                days,
+            })
         })
         .await
     }

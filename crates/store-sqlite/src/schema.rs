@@ -147,6 +147,34 @@ CREATE TABLE IF NOT EXISTS creator_sales (
     refunded_at_ms INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS creator_sales_by_time ON creator_sales (creator_id, sold_at_ms, purchase_id);
+CREATE TABLE IF NOT EXISTS item_days (
+    -- An item's sales history by UTC day (day = at_ms / 86,400,000): the
+    -- day's sales (gross), the refunds of those sales, the recent average
+    -- price after the day's last sale (commit order; NULL without a sale)
+    -- and the lowest open ask after the day's last change of the listing
+    -- book (book_changed = 0: the book did not change that day; NULL: no
+    -- listing open). One row per item and day with activity.
+    item_id TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    primary_count INTEGER NOT NULL DEFAULT 0,
+    primary_revenue INTEGER NOT NULL DEFAULT 0,
+    resale_count INTEGER NOT NULL DEFAULT 0,
+    resale_revenue INTEGER NOT NULL DEFAULT 0,
+    refunded_count INTEGER NOT NULL DEFAULT 0,
+    refunded_revenue INTEGER NOT NULL DEFAULT 0,
+    recent_average_price INTEGER,
+    book_changed INTEGER NOT NULL DEFAULT 0,
+    lowest_resale_ask INTEGER,
+    PRIMARY KEY (item_id, day)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS item_sale_days (
+    -- The item, day and price of each primary item sale, for the refund
+    -- that restates it.
+    purchase_id TEXT PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    price INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS price_floors (
     -- Every floor version, from the floors' home shard's price_floor_set.
     kind TEXT NOT NULL,
@@ -185,6 +213,8 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("earnings", "creator_id"),
     ("purchase_steps", "purchase_id, position, step, subject"),
     ("creator_sales", "purchase_id"),
+    ("item_days", "item_id, day"),
+    ("item_sale_days", "purchase_id"),
     ("price_floors", "kind, version"),
     ("projection_checkpoint", "shard"),
     ("projection_deliveries", "sender, receiver"),
@@ -217,7 +247,8 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     // log again on first open, so the new model covers the old history.
     let read_models_behind = table_exists(&connection, "projection_position")?
         && (!table_exists(&connection, "purchase_steps")?
-            || !table_exists(&connection, "creator_sales")?);
+            || !table_exists(&connection, "creator_sales")?
+            || !table_exists(&connection, "item_days")?);
     // Items written before kinds existed are accessories; before regional
     // prices, they had none.
     let items_exist = table_exists(&connection, "items")?;

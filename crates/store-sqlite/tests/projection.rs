@@ -899,3 +899,178 @@ async fn first_owner_cursor(read_models: &dyn ReadModels) -> String {
         .next_cursor
         .expect("more owners follow")
 }
+
+/// An item's history over several UTC days: sales (primary and resale),
+/// a refund that restates the day of its sale, listing changes; and a data
+/// directory written before the history existed is projected again on open.
+#[tokio::test]
+async fn the_item_history_counts_each_day_and_older_directories_are_projected_again() {
+    const DAY: u64 = projectors::DAY_MS;
+    let directory = TempDir::new("history");
+    let mut log = Log::default();
+    let mut envelopes = Vec::new();
+    let mut push =
+        |shard: u16, event: Event, at_ms: u64| envelopes.push(log.seal(shard, event, at_ms));
+    let completed_resale = |purchase_id: &str, price: i64| Event::CommandCompleted {
+        key: format!("purchase:{purchase_id}"),
+        completion: Completion {
+            result: Ok(Success::ResalePurchased {
+                item_id: item("crown"),
+                serial: 1,
+                price,
+                seller_id: user("bob"),
+                balance_after: 0,
+            }),
+            positions: Vec::new(),
+            deliveries: Vec::new(),
+            retry_after_ms: None,
+        },
+    };
+    let listed = |listing_id: &str, serial: u32, price: i64| Event::ListingCreated {
+        listing_id: listing(listing_id),
+        item_id: item("crown"),
+        serial,
+        seller_id: user("bob"),
+        price,
+    };
+    push(ITEMS, publish("crown", "carol", 100, Some(10)), 5);
+    // Day 1: two primary sales at 100, then 200; a listing at 500.
+    push(
+        PURCHASES,
+        completed_item_purchase("p1", "crown", 100, Some(1)),
+        DAY + 10,
+    );
+    push(
+        PURCHASES,
+        completed_item_purchase("p2", "crown", 200, Some(2)),
+        DAY + 20,
+    );
+    push(ITEMS, listed("l1", 1, 500), DAY + 30);
+    // Day 2: nothing. Day 3: a cheaper listing, p1 refunded (restates day
+    // 1), a resale at 300 through the cheaper listing (the ask goes back
+    // to 500).
+    push(ITEMS, listed("l2", 2, 250), 3 * DAY + 1);
+    push(
+        PURCHASES,
+        Event::RefundProgressed {
+            purchase_id: purchase("p1"),
+            progress: ledger_core::RefundProgress::Refunded {
+                refund_id: RefundId::parse("r1").expect("valid"),
+            },
+        },
+        3 * DAY + 2,
+    );
+    push(PURCHASES, completed_resale("p3", 300), 3 * DAY + 3);
+    push(
+        ITEMS,
+        Event::SerialTransferred {
+            item_id: item("crown"),
+            serial: 2,
+            listing_id: listing("l2"),
+            purchase_id: purchase("p3"),
+            from_user_id: user("bob"),
+            to_user_id: user("dave"),
+            price: 300,
+            at_ms: 3 * DAY + 3,
+        },
+        3 * DAY + 4,
+    );
+    // Day 4: the last listing is cancelled.
+    push(
+        ITEMS,
+        Event::ListingEnded {
+            listing_id: listing("l1"),
+            item_id: item("crown"),
+            serial: 1,
+            reason: ListingEndReason::Cancelled,
+        },
+        4 * DAY + 1,
+    );
+
+    let expected = |days: &projectors::ItemDays| {
+        let buckets = projectors::history_buckets(0, 6, days);
+        let summary: Vec<_> = buckets
+            .iter()
+            .map(|bucket| {
+                (
+                    bucket.day,
+                    bucket.primary_sales_count,
+                    bucket.resale_sales_count,
+                    bucket.refunded_count,
+                    bucket.revenue,
+                    bucket.average_price,
+                    bucket.recent_average_price,
+                    bucket.lowest_resale_ask,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (0, 0, 0, 0, 0, None, None, None),
+                // p1 (100) refunded; RAP 100, then 100 + 100/10 = 110.
+                (1, 1, 0, 1, 200, Some(200), Some(110), Some(500)),
+                (2, 0, 0, 0, 0, None, Some(110), Some(500)),
+                // 110 + (300 - 110)/10 = 129; l2 (250) sold, l1 (500) left.
+                (3, 0, 1, 0, 300, Some(300), Some(129), Some(500)),
+                (4, 0, 0, 0, 0, None, Some(129), None),
+                (5, 0, 0, 0, 0, None, Some(129), None),
+            ]
+        );
+    };
+    {
+        let store = SqliteStore::open(&directory.path).expect("store opens");
+        for envelope in &envelopes {
+            store
+                .append(vec![batch(
+                    envelope.shard.0,
+                    vec![envelope.clone()],
+                    Vec::new(),
+                )])
+                .await
+                .expect("append succeeds");
+        }
+        project_all(&store).await;
+        let read_models = store.read_models();
+        expected(
+            &read_models
+                .item_days("crown", 0, 6)
+                .await
+                .expect("history read"),
+        );
+        // A range that starts later takes the figures as they stood.
+        let later = read_models
+            .item_days("crown", 2, 3)
+            .await
+            .expect("history read");
+        assert_eq!(later.recent_average_price_before, Some(110));
+        assert_eq!(later.lowest_resale_ask_before, Some(500));
+        assert!(later.days.is_empty());
+        assert_eq!(
+            read_models.item_days("nothing", 0, 6).await,
+            Ok(projectors::ItemDays::default())
+        );
+        drop(read_models);
+        drop(store);
+    }
+    // A directory written before the history: its tables are missing.
+    {
+        let database = directory.path.join(ledger_store_sqlite::DATABASE_FILE_NAME);
+        let connection = rusqlite::Connection::open(database).expect("database opens");
+        connection
+            .busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout set");
+        connection
+            .execute_batch("DROP TABLE item_days; DROP TABLE item_sale_days;")
+            .expect("tables dropped");
+    }
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    project_all(&store).await;
+    expected(
+        &store
+            .read_models()
+            .item_days("crown", 0, 6)
+            .await
+            .expect("history read"),
+    );
+}
