@@ -2756,3 +2756,260 @@ async fn regional_prices_are_what_buyers_in_the_region_see_and_pay() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_test_prices_each_buyer_by_a_stable_arm_and_its_results_match_what_happened() {
+    let app = spawn_app().await;
+    let maker = app.token(Role::User, "tester");
+    let service = app.service();
+    let cap = app
+        .publish(
+            json!({"item_id": "test-cap", "creator_id": "tester", "name": "Cap", "price": 100}),
+        )
+        .await;
+    assert_eq!(cap.status, 201, "{}", cap.text);
+    let crown = app
+        .publish(json!({"item_id": "test-crown", "creator_id": "tester", "name": "Crown", "price": 100, "supply": 5}))
+        .await;
+    assert_eq!(crown.status, 201, "{}", crown.text);
+    let ends_at =
+        ledger_http::validate::format_timestamp(ledger_http::validate::now_ms() + 86_400_000);
+    let start = |test_id: &'static str, item_id: &'static str| {
+        let (app, maker, ends_at) = (&app, &maker, ends_at.clone());
+        async move {
+            app.post(
+                "/v1/price-tests",
+                Some(maker),
+                &json!({"test_id": test_id, "item_id": item_id, "arms": [80, 120], "ends_at": ends_at, "apply_winner": true}),
+            )
+            .await
+        }
+    };
+    // Limiteds are not tested; another creator may not test the item.
+    let limited = start("crown-test", "test-crown").await;
+    assert_eq!(
+        (limited.status, limited.code()),
+        (422, "validation_failed"),
+        "{}",
+        limited.text
+    );
+    let other = app
+        .post(
+            "/v1/price-tests",
+            Some(&app.token(Role::User, "intruder")),
+            &json!({"test_id": "intruder-test", "item_id": "test-cap", "arms": [80, 90], "ends_at": ends_at}),
+        )
+        .await;
+    assert_eq!(
+        (other.status, other.code()),
+        (403, "forbidden"),
+        "{}",
+        other.text
+    );
+    let started = start("cap-test", "test-cap").await;
+    assert_eq!(started.status, 201, "{}", started.text);
+    assert_eq!(
+        start("cap-test", "test-cap").await.text,
+        started.text,
+        "a repeat is the same answer"
+    );
+    let second = start("cap-test-2", "test-cap").await;
+    assert_eq!(
+        second.code(),
+        "validation_failed",
+        "one test at a time: {}",
+        second.text
+    );
+    let after = started.body["position"].as_str().unwrap().to_string();
+
+    // The storefront's price for each buyer: one arm each, stable.
+    let mut arm_of = std::collections::BTreeMap::new();
+    for buyer in 0..24 {
+        let user = format!("tb-{buyer}");
+        let seen = app
+            .get(
+                &format!("/v1/items/test-cap/price?user_id={user}&after={after}"),
+                None,
+            )
+            .await;
+        assert_eq!(seen.body["rule"], "test_arm", "{}", seen.text);
+        let arm = seen.body["arm"].as_u64().unwrap() as usize;
+        assert_eq!(seen.body["price"].as_i64(), Some([80, 120][arm]));
+        let again = app
+            .get(&format!("/v1/items/test-cap/price?user_id={user}"), None)
+            .await;
+        assert_eq!(again.body["arm"], seen.body["arm"], "stable for {user}");
+        arm_of.insert(user, arm);
+    }
+    assert_eq!(
+        arm_of.values().collect::<BTreeSet<_>>().len(),
+        2,
+        "both arms are shown: {arm_of:?}"
+    );
+    // Half the buyers buy at the price they were shown; one tries the other arm's price.
+    let mut purchases = [0u64; 2];
+    let mut revenue = [0i64; 2];
+    let mut last_position = after.clone();
+    for (index, (user, arm)) in arm_of.iter().enumerate() {
+        assert_eq!(
+            app.grant(&format!("{user}-funds"), user, 500).await.status,
+            201
+        );
+        if index % 2 == 1 {
+            continue;
+        }
+        let price = [80, 120][*arm];
+        if index == 0 {
+            let wrong = app
+                .purchase("tp-wrong", user, "test-cap", [80, 120][1 - *arm])
+                .await;
+            assert_eq!(wrong.code(), "price_changed", "{}", wrong.text);
+        }
+        let bought = app
+            .purchase(&format!("tp-{user}"), user, "test-cap", price)
+            .await;
+        assert_eq!(bought.status, 201, "{}", bought.text);
+        purchases[*arm] += 1;
+        revenue[*arm] += price;
+        last_position = bought.body["position"].as_str().unwrap().to_string();
+    }
+    // Exposures, in batches: idempotent per batch; only the storefront reports them.
+    let batch = json!({"batch_id": "b-1", "counts": [40, 30]});
+    let reported = app
+        .post("/v1/price-tests/cap-test/exposures", Some(&service), &batch)
+        .await;
+    assert_eq!(reported.status, 201, "{}", reported.text);
+    let repeated = app
+        .post("/v1/price-tests/cap-test/exposures", Some(&service), &batch)
+        .await;
+    assert_eq!(repeated.text, reported.text);
+    let second_batch = app
+        .post(
+            "/v1/price-tests/cap-test/exposures",
+            Some(&service),
+            &json!({"batch_id": "b-2", "counts": [10, 25]}),
+        )
+        .await;
+    assert_eq!(
+        second_batch.body["exposures"],
+        json!([50, 55]),
+        "{}",
+        second_batch.text
+    );
+    let by_user = app
+        .post(
+            "/v1/price-tests/cap-test/exposures",
+            Some(&maker),
+            &json!({"batch_id": "b-3", "counts": [1, 1]}),
+        )
+        .await;
+    assert_eq!(by_user.code(), "forbidden", "{}", by_user.text);
+    let wrong_arms = app
+        .post(
+            "/v1/price-tests/cap-test/exposures",
+            Some(&service),
+            &json!({"batch_id": "b-4", "counts": [1, 1, 1]}),
+        )
+        .await;
+    assert_eq!(
+        wrong_arms.code(),
+        "validation_failed",
+        "{}",
+        wrong_arms.text
+    );
+
+    // The results equal what happened.
+    let exposures = [50u64, 55];
+    let results = wait_for_with(
+        &app,
+        &format!("/v1/price-tests/cap-test?after={last_position}"),
+        None,
+        |body| {
+            body["arms"].as_array().is_some_and(|arms| {
+                arms.iter()
+                    .map(|arm| arm["exposures"].as_u64().unwrap())
+                    .collect::<Vec<_>>()
+                    == exposures
+            })
+        },
+    )
+    .await;
+    let leading =
+        if revenue[0] as i128 * exposures[1] as i128 >= revenue[1] as i128 * exposures[0] as i128 {
+            0
+        } else {
+            1
+        };
+    for arm in 0..2 {
+        let shown = &results["arms"][arm];
+        assert_eq!(
+            shown["purchases"].as_u64(),
+            Some(purchases[arm]),
+            "{results}"
+        );
+        assert_eq!(shown["revenue"].as_i64(), Some(revenue[arm]), "{results}");
+        assert_eq!(
+            shown["conversion_basis_points"].as_u64(),
+            Some(purchases[arm] * 10_000 / exposures[arm])
+        );
+        assert_eq!(
+            shown["revenue_per_thousand_exposures"].as_i64(),
+            Some(revenue[arm] * 1_000 / exposures[arm] as i64)
+        );
+        assert!(
+            shown["revenue_per_thousand_exposures_low"].as_i64()
+                <= shown["revenue_per_thousand_exposures"].as_i64()
+        );
+        assert!(
+            shown["revenue_per_thousand_exposures_high"].as_i64()
+                >= shown["revenue_per_thousand_exposures"].as_i64()
+        );
+    }
+    assert_eq!(results["leading_arm"], leading, "{results}");
+    assert_eq!(results["status"], "running");
+
+    // Ending it applies the winner as the item's price.
+    let ended = app
+        .post("/v1/price-tests/cap-test/end", Some(&maker), &json!({}))
+        .await;
+    assert_eq!(ended.status, 200, "{}", ended.text);
+    assert_eq!(ended.body["winner"], leading);
+    assert_eq!(
+        ended.body["applied_price"].as_i64(),
+        Some([80, 120][leading])
+    );
+    let again = app
+        .post("/v1/price-tests/cap-test/end", Some(&maker), &json!({}))
+        .await;
+    assert_eq!(again.code(), "validation_failed", "{}", again.text);
+    let position = ended.body["position"].as_str().unwrap();
+    let price = app
+        .get(
+            &format!("/v1/items/test-cap/price?user_id=tb-0&after={position}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (price.body["price"].as_i64(), price.body["rule"].as_str()),
+        (Some([80, 120][leading]), Some("base")),
+        "{}",
+        price.text
+    );
+    let ended_view = app
+        .get(&format!("/v1/price-tests/cap-test?after={position}"), None)
+        .await;
+    assert_eq!(
+        (
+            ended_view.body["status"].as_str(),
+            &ended_view.body["winner"]
+        ),
+        (Some("ended"), &json!(leading)),
+        "{}",
+        ended_view.text
+    );
+    assert_eq!(
+        app.get("/v1/price-tests/no-such-test", None).await.status,
+        404
+    );
+    app.stop().await;
+}

@@ -254,7 +254,10 @@ pub fn http_request(command: &Command) -> Option<HttpRequest> {
         | Command::SetOnSale { .. }
         | Command::Refund { .. }
         | Command::SetPriceFloor { .. }
-        | Command::SetRegionalPrices { .. } => return None,
+        | Command::SetRegionalPrices { .. }
+        | Command::StartPriceTest { .. }
+        | Command::RecordExposures { .. }
+        | Command::EndPriceTest { .. } => return None,
     })
 }
 

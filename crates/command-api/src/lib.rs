@@ -95,6 +95,15 @@ pub fn router_with_settings(
         .route("/v1/resale-purchases", post(routes::resale_purchase))
         .route("/v1/refunds", post(routes::refund))
         .route("/v1/price-floors", post(routes::set_price_floor))
+        .route("/v1/price-tests", post(routes::start_price_test))
+        .route(
+            "/v1/price-tests/{test_id}/exposures",
+            post(routes::record_exposures),
+        )
+        .route(
+            "/v1/price-tests/{test_id}/end",
+            post(routes::end_price_test),
+        )
         .method_not_allowed_fallback(observability::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_bytes_max))
         .layer(axum::middleware::from_fn_with_state(

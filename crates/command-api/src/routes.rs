@@ -9,12 +9,15 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::ports::CommandBus;
-use ledger_core::pricing::REGIONS_PER_ITEM_MAX;
+use ledger_core::pricing::{
+    EXPOSURES_PER_BATCH_MAX, REGIONS_PER_ITEM_MAX, TEST_ARMS_MAX, TEST_ARMS_MIN,
+};
 use ledger_core::{
     format_position, Actor, BundleId, Command, CommandMeta, Completion, GrantId, ItemDefinition,
     ItemId, ListingId, PurchaseId, PurchaseTarget, RefundId, Region, Role, Success, UserId,
     BUNDLE_ITEMS_MAX, SUPPLY_MAX,
 };
+use ledger_core::{ExposureBatchId, PriceTestId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -83,6 +86,23 @@ struct PurchaseRequest {
     bundle_id: Option<Value>,
     expected_price: Value,
     region: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceTestRequest {
+    test_id: Value,
+    item_id: Value,
+    arms: Value,
+    ends_at: Value,
+    apply_winner: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExposuresRequest {
+    batch_id: Value,
+    counts: Value,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +328,76 @@ fn region(field: &'static str, value: &Value) -> Result<Region, Problem> {
     }
 }
 
+fn price_test_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: PriceTestRequest = fields(object.0)?;
+    let test_id = validate::id::<PriceTestId>("test_id", &request.test_id)?;
+    let item_id = validate::id::<ItemId>("item_id", &request.item_id)?;
+    let Value::Array(values) = &request.arms else {
+        return Err(Problem::validation(format!(
+            "arms must be an array of 2 to 4 prices (got {})",
+            validate::describe(&request.arms)
+        )));
+    };
+    if !(TEST_ARMS_MIN..=TEST_ARMS_MAX).contains(&values.len()) {
+        return Err(Problem::validation(format!(
+            "arms must hold {TEST_ARMS_MIN} to {TEST_ARMS_MAX} prices (got {})",
+            values.len()
+        )));
+    }
+    let arms = values
+        .iter()
+        .map(|value| validate::amount("arms", value))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ends_at_ms = validate::timestamp("ends_at", &request.ends_at)?;
+    let apply_winner = request
+        .apply_winner
+        .as_ref()
+        .map(|value| validate::boolean("apply_winner", value))
+        .transpose()?
+        .unwrap_or(false);
+    Ok(Command::StartPriceTest {
+        test_id,
+        item_id,
+        arms,
+        ends_at_ms,
+        apply_winner,
+    })
+}
+
+fn test_path(segment: &PathSegment) -> Result<PriceTestId, Problem> {
+    validate::parse_id::<PriceTestId>("test_id", &segment.0)
+}
+
+fn exposures_command(segment: &PathSegment, object: JsonObject) -> Result<Command, Problem> {
+    let test_id = test_path(segment)?;
+    let request: ExposuresRequest = fields(object.0)?;
+    let batch_id = validate::id::<ExposureBatchId>("batch_id", &request.batch_id)?;
+    let Value::Array(values) = &request.counts else {
+        return Err(Problem::validation(format!(
+            "counts must be an array of exposures per arm (got {})",
+            validate::describe(&request.counts)
+        )));
+    };
+    if !(TEST_ARMS_MIN..=TEST_ARMS_MAX).contains(&values.len()) {
+        return Err(Problem::validation(format!(
+            "counts must hold one count per arm, {TEST_ARMS_MIN} to {TEST_ARMS_MAX} (got {})",
+            values.len()
+        )));
+    }
+    let counts = values
+        .iter()
+        .map(|value| {
+            validate::integer("counts", value, 0, EXPOSURES_PER_BATCH_MAX as i64)
+                .map(|count| count as u64)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command::RecordExposures {
+        test_id,
+        batch_id,
+        counts,
+    })
+}
+
 fn regional_prices_command(segment: &PathSegment, object: JsonObject) -> Result<Command, Problem> {
     let item_id = item_path(segment)?;
     let request: RegionalPricesRequest = fields(object.0)?;
@@ -404,6 +494,17 @@ fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
         Command::ResalePurchase { buyer_id, .. } => acting_as("buyer_id", buyer_id),
         Command::CreateListing { seller_id, .. } => acting_as("seller_id", seller_id),
         Command::SetPriceFloor { .. } => admin_only("set a price floor"),
+        Command::RecordExposures { .. } => {
+            if actor.role == Role::User {
+                Err(Problem::forbidden(
+                    "only the storefront (a service token) or an admin reports exposures",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        // The item's shard checks that the actor may act for its creator.
+        Command::StartPriceTest { .. } | Command::EndPriceTest { .. } => Ok(()),
         Command::Reprice { .. }
         | Command::SetOnSale { .. }
         | Command::CancelListing { .. }
@@ -646,6 +747,60 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
             json!({ "refund_id": refund_id, "purchase_id": purchase_id, "amount": amount, "position": position }),
         ),
         (
+            Command::StartPriceTest {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms,
+                apply_winner,
+            },
+            Success::PriceTestStarted,
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "test_id": test_id,
+                "item_id": item_id,
+                "arms": arms,
+                "ends_at": validate::format_timestamp(*ends_at_ms),
+                "apply_winner": apply_winner,
+                "status": "running",
+                "position": position,
+            }),
+        ),
+        (
+            Command::RecordExposures {
+                test_id,
+                batch_id,
+                counts,
+            },
+            Success::ExposuresRecorded { exposures },
+        ) => (
+            StatusCode::CREATED,
+            json!({
+                "test_id": test_id,
+                "batch_id": batch_id,
+                "counts": counts,
+                "exposures": exposures,
+                "position": position,
+            }),
+        ),
+        (
+            Command::EndPriceTest { test_id },
+            Success::PriceTestEnded {
+                winner,
+                applied_price,
+            },
+        ) => (
+            StatusCode::OK,
+            json!({
+                "test_id": test_id,
+                "status": "ended",
+                "winner": winner,
+                "applied_price": applied_price,
+                "position": position,
+            }),
+        ),
+        (
             Command::SetRegionalPrices { item_id, .. },
             Success::RegionalPricesSet { price, prices },
         ) => (
@@ -802,6 +957,37 @@ pub(crate) async fn set_regional_prices(
     object: JsonObject,
 ) -> Answer {
     let command = regional_prices_command(&segment, object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn start_price_test(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = price_test_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn record_exposures(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = exposures_command(&segment, object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn end_price_test(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    _: NoFields,
+) -> Answer {
+    let command = Command::EndPriceTest {
+        test_id: test_path(&segment)?,
+    };
     submit(&state, &headers, command).await
 }
 

@@ -223,7 +223,9 @@ pub enum Command {
         counts: Vec<u64>,
     },
     /// Ends a running price test now (as its end time would).
-    EndPriceTest { test_id: PriceTestId },
+    EndPriceTest {
+        test_id: PriceTestId,
+    },
 }
 
 /// [`Command`] as stored: its variants in their order, a purchase in a
@@ -910,7 +912,9 @@ pub enum Success {
     /// A price test runs.
     PriceTestStarted,
     /// A batch of exposures counted: each arm's exposures so far.
-    ExposuresRecorded { exposures: Vec<u64> },
+    ExposuresRecorded {
+        exposures: Vec<u64>,
+    },
     /// A price test ended: its winner (if any arm was shown) and the price
     /// sent to the item, if the winner is applied.
     PriceTestEnded {
@@ -1839,7 +1843,9 @@ pub enum Event {
     },
     /// On the test's shard: the item's shard refused the test; it is
     /// forgotten (its command's refusal is remembered).
-    PriceTestAborted { test_id: PriceTestId },
+    PriceTestAborted {
+        test_id: PriceTestId,
+    },
     /// On the test's shard: a batch of exposures; `exposures` is each
     /// arm's total after it.
     PriceTestExposed {

@@ -321,6 +321,42 @@ pub const TESTS_ENDED_PER_TICK_MAX: usize = 1_000;
 /// Most exposures one batch may report per arm.
 pub const EXPOSURES_PER_BATCH_MAX: u64 = 1_000_000_000;
 
+/// An arm's revenue per thousand exposures with its 95 % confidence
+/// interval, in integer currency units (rounded down; the low end never
+/// under 0). Each exposure either buys at the arm's `price` or not, so the
+/// revenue per exposure is `price × p` with `p = purchases / exposures`,
+/// and the interval is the normal approximation `price × (p ± 1.96 ×
+/// √(p(1 − p) / exposures))`. `None` without exposures.
+pub fn revenue_per_thousand_exposures(
+    price: i64,
+    exposures: u64,
+    purchases: u64,
+    revenue: i64,
+) -> Option<(i64, i64, i64)> {
+    if exposures == 0 {
+        return None;
+    }
+    let n = exposures as u128;
+    // More purchases than reported exposures: the rate is taken as 1.
+    let s = (purchases as u128).min(n);
+    let estimate = (revenue.max(0) as u128) * 1_000 / n;
+    // 1000 × price × 1.96 × √(s(n − s)) / (n √n), with the square roots
+    // taken at a scale of 10^6 so the ratio keeps its precision (unscaled
+    // for counts so large that the precision is there anyway).
+    let variance = s * (n - s);
+    let (spread, root_n) = match variance.checked_mul(1_000_000) {
+        Some(scaled) => (scaled.isqrt(), (n * 1_000_000).isqrt()),
+        None => (variance.isqrt(), n.isqrt()),
+    };
+    let half_width = (price.max(0) as u128) * 1_960 * spread / (n * root_n);
+    let clamp = |value: u128| i64::try_from(value).unwrap_or(i64::MAX);
+    Some((
+        clamp(estimate),
+        clamp(estimate.saturating_sub(half_width)),
+        clamp(estimate + half_width),
+    ))
+}
+
 /// A regional price is at least this share of the item's base price.
 pub const REGIONAL_PRICE_MIN_BASIS_POINTS: i128 = 3_000;
 /// Most regions one item may price.
@@ -546,7 +582,10 @@ mod tests {
             pricing.price_for(100, Some(&germany), None, 0),
             (100, PriceRule::Base)
         );
-        assert_eq!(pricing.price_for(100, None, None, 0), (100, PriceRule::Base));
+        assert_eq!(
+            pricing.price_for(100, None, None, 0),
+            (100, PriceRule::Base)
+        );
         assert_eq!(regional_price_min(100), 30);
         assert_eq!(regional_price_min(101), 31, "rounded up");
         assert_eq!(regional_price_min(0), 0);
@@ -576,7 +615,10 @@ mod tests {
             let expected = 10_000 / count as u32;
             for arm in per_arm {
                 // Within 2 % of 10,000 of a uniform split.
-                assert!(arm.abs_diff(expected) <= 200, "{count} arms: {arm} vs {expected}");
+                assert!(
+                    arm.abs_diff(expected) <= 200,
+                    "{count} arms: {arm} vs {expected}"
+                );
             }
         }
     }
@@ -584,6 +626,35 @@ mod tests {
     /// The arms of alice, bob, carol, dave, erin and frank in `spring-test`
     /// with three arms.
     const ASSIGNED_ARMS: [usize; 6] = [1, 1, 1, 2, 0, 2];
+
+    #[test]
+    fn the_interval_of_revenue_per_exposure_follows_the_normal_approximation() {
+        // p = 0.1 over 1,000 exposures at 100: 10,000 per thousand, half-width
+        // 1000 × 100 × 1.96 × √(0.09 / 1000) = 1,859.4.
+        assert_eq!(
+            revenue_per_thousand_exposures(100, 1_000, 100, 10_000),
+            Some((10_000, 8_141, 11_859))
+        );
+        assert_eq!(revenue_per_thousand_exposures(100, 0, 0, 0), None);
+        // No purchases: a zero-width interval at zero.
+        assert_eq!(
+            revenue_per_thousand_exposures(100, 50, 0, 0),
+            Some((0, 0, 0))
+        );
+        // Every exposure bought.
+        assert_eq!(
+            revenue_per_thousand_exposures(7, 3, 3, 21),
+            Some((7_000, 7_000, 7_000))
+        );
+        // Huge figures do not overflow.
+        assert!(revenue_per_thousand_exposures(
+            crate::money::AMOUNT_MAX,
+            u64::MAX / 4,
+            u64::MAX / 8,
+            i64::MAX
+        )
+        .is_some());
+    }
 
     #[test]
     fn the_leading_arm_earns_most_per_exposure() {
@@ -632,7 +703,10 @@ mod tests {
             (40, PriceRule::Region(brazil))
         );
         // Without a buyer (an anonymous view), the base price.
-        assert_eq!(pricing.price_for(100, None, None, 999), (100, PriceRule::Base));
+        assert_eq!(
+            pricing.price_for(100, None, None, 999),
+            (100, PriceRule::Base)
+        );
     }
 
     #[test]

@@ -487,7 +487,10 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             arms,
             ends_at_ms,
         } => {
-            assert!(state.items.contains_key(item_id), "a test prices an item of its shard");
+            assert!(
+                state.items.contains_key(item_id),
+                "a test prices an item of its shard"
+            );
             state.item_pricing.entry(item_id.clone()).or_default().test =
                 Some(crate::pricing::RunningTest {
                     test_id: test_id.clone(),
@@ -499,7 +502,11 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             test_id, item_id, ..
         } => {
             if let Some(pricing) = state.item_pricing.get_mut(item_id) {
-                if pricing.test.as_ref().is_some_and(|test| &test.test_id == test_id) {
+                if pricing
+                    .test
+                    .as_ref()
+                    .is_some_and(|test| &test.test_id == test_id)
+                {
                     pricing.test = None;
                 }
                 if pricing.is_empty() {
@@ -543,7 +550,10 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 .price_tests
                 .remove(test_id)
                 .expect("an aborted test was opened");
-            assert!(test.creator_id.is_none(), "only a test that never ran is aborted");
+            assert!(
+                test.creator_id.is_none(),
+                "only a test that never ran is aborted"
+            );
         }
         Event::PriceTestExposed {
             test_id, exposures, ..
@@ -578,7 +588,10 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 applied_price: *applied_price,
             });
             let key = (test.ends_at_ms, test_id.clone());
-            assert!(state.tests_ending.remove(&key), "a running test waits for its end");
+            assert!(
+                state.tests_ending.remove(&key),
+                "a running test waits for its end"
+            );
         }
         Event::PriceFloorSet {
             kind,

@@ -104,6 +104,55 @@ pub enum Change {
         item_id: ItemId,
         prices: Vec<(ledger_core::Region, i64)>,
     },
+    /// The item's shard prices it by a test (`started` orders the tests of
+    /// one item: the log position of the start).
+    ItemPriceTestStarted {
+        item_id: ItemId,
+        test_id: ledger_core::PriceTestId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+        started: u64,
+    },
+    /// The item's shard no longer prices it by that test.
+    ItemPriceTestClosed {
+        item_id: ItemId,
+        test_id: ledger_core::PriceTestId,
+    },
+    /// A price test was opened on its shard (status `starting`).
+    PriceTestOpened {
+        test_id: ledger_core::PriceTestId,
+        item_id: ItemId,
+        arms: Vec<i64>,
+        ends_at_ms: TimestampMs,
+        apply_winner: bool,
+    },
+    /// The test runs: its item's shard prices by it.
+    PriceTestRunning {
+        test_id: ledger_core::PriceTestId,
+        creator_id: UserId,
+    },
+    /// The item's shard refused the test: it does not exist.
+    PriceTestRemoved {
+        test_id: ledger_core::PriceTestId,
+    },
+    /// Each arm's exposures so far.
+    PriceTestExposures {
+        test_id: ledger_core::PriceTestId,
+        exposures: Vec<u64>,
+    },
+    /// One arm's purchases and revenue so far.
+    PriceTestArmSales {
+        test_id: ledger_core::PriceTestId,
+        arm: u8,
+        purchases: u64,
+        revenue: i64,
+    },
+    /// The test ended with `winner`.
+    PriceTestEnded {
+        test_id: ledger_core::PriceTestId,
+        winner: Option<u8>,
+        applied_price: Option<i64>,
+    },
     /// A floor version (from the floors' home shard).
     PriceFloorSet {
         kind: ledger_core::ItemKind,
@@ -606,6 +655,74 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
                 prices: prices.clone(),
             })
         }
+        Event::PriceTestStarted {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+        } => changes.push(Change::ItemPriceTestStarted {
+            item_id: item_id.clone(),
+            test_id: test_id.clone(),
+            arms: arms.clone(),
+            ends_at_ms: *ends_at_ms,
+            started: envelope.sequence,
+        }),
+        Event::PriceTestClosed {
+            test_id, item_id, ..
+        } => changes.push(Change::ItemPriceTestClosed {
+            item_id: item_id.clone(),
+            test_id: test_id.clone(),
+        }),
+        Event::PriceTestOpened {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+            apply_winner,
+        } => changes.push(Change::PriceTestOpened {
+            test_id: test_id.clone(),
+            item_id: item_id.clone(),
+            arms: arms.clone(),
+            ends_at_ms: *ends_at_ms,
+            apply_winner: *apply_winner,
+        }),
+        Event::PriceTestRunning {
+            test_id,
+            creator_id,
+        } => changes.push(Change::PriceTestRunning {
+            test_id: test_id.clone(),
+            creator_id: creator_id.clone(),
+        }),
+        Event::PriceTestAborted { test_id } => changes.push(Change::PriceTestRemoved {
+            test_id: test_id.clone(),
+        }),
+        Event::PriceTestExposed {
+            test_id, exposures, ..
+        } => changes.push(Change::PriceTestExposures {
+            test_id: test_id.clone(),
+            exposures: exposures.clone(),
+        }),
+        Event::PriceTestSold {
+            test_id,
+            arm,
+            purchases,
+            revenue,
+            ..
+        } => changes.push(Change::PriceTestArmSales {
+            test_id: test_id.clone(),
+            arm: *arm,
+            purchases: *purchases,
+            revenue: *revenue,
+        }),
+        Event::PriceTestEnded {
+            test_id,
+            winner,
+            applied_price,
+        } => changes.push(Change::PriceTestEnded {
+            test_id: test_id.clone(),
+            winner: *winner,
+            applied_price: *applied_price,
+        }),
         Event::PriceFloorSet {
             kind,
             version,

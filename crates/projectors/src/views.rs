@@ -60,6 +60,8 @@ pub struct ItemView {
     pub kind: String,
     /// The item's prices per region (ISO 3166-1 alpha-2 code → price).
     pub regional_prices: std::collections::BTreeMap<String, i64>,
+    /// The price test its shard prices it by, if any (until its end time).
+    pub price_test: Option<ItemPriceTestView>,
     /// Primary and resale sales.
     pub sales_count: u64,
     pub recent_average_price: Option<i64>,
@@ -82,6 +84,47 @@ pub fn parse_regional_prices(
     stored: &str,
 ) -> Result<std::collections::BTreeMap<String, i64>, String> {
     serde_json::from_str(stored).map_err(|error| format!("stored regional prices: {error}"))
+}
+
+/// The price test an item's shard prices the item by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemPriceTestView {
+    pub test_id: String,
+    pub arms: Vec<i64>,
+    pub ends_at_ms: TimestampMs,
+}
+
+/// A price test with its counts per arm, as its shard logged them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceTestView {
+    pub test_id: String,
+    pub item_id: String,
+    /// Known once the test runs.
+    pub creator_id: Option<String>,
+    /// `starting`, `running` or `ended`.
+    pub status: String,
+    pub ends_at_ms: TimestampMs,
+    pub apply_winner: bool,
+    pub winner: Option<u8>,
+    pub applied_price: Option<i64>,
+    pub arms: Vec<PriceTestArmView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriceTestArmView {
+    pub price: i64,
+    pub exposures: u64,
+    pub purchases: u64,
+    pub revenue: i64,
+}
+
+/// Arms as stored in a read model: a JSON array of prices.
+pub fn arms_json(arms: &[i64]) -> String {
+    serde_json::Value::from(arms.to_vec()).to_string()
+}
+
+pub fn parse_arms(stored: &str) -> Result<Vec<i64>, String> {
+    serde_json::from_str(stored).map_err(|error| format!("stored test arms: {error}"))
 }
 
 /// One version of the price floor of a kind.
@@ -306,6 +349,9 @@ pub trait ReadModels: Send + Sync + 'static {
     /// The steps of a purchase's story (at most [`PURCHASE_STEPS_MAX`]), in
     /// no particular order; none for a purchase never seen.
     async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError>;
+    /// A price test and its counts; `None` for a test never opened (or
+    /// refused by its item).
+    async fn price_test(&self, test_id: &str) -> Result<Option<PriceTestView>, ReadError>;
     /// Every version of every kind's price floor (at most
     /// [`PRICE_FLOOR_VERSIONS_MAX`]), by kind then version.
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError>;

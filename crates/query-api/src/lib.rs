@@ -101,6 +101,7 @@ pub fn router_with_settings(
         .route("/v1/creators/{id}/earnings", get(routes::earnings))
         .route("/v1/creators/{id}/sales", get(routes::creator_sales))
         .route("/v1/price-floors", get(routes::price_floors))
+        .route("/v1/price-tests/{id}", get(routes::price_test))
         .method_not_allowed_fallback(observability::method_not_allowed)
         .with_state(state);
     let reads = server::limit(

@@ -730,20 +730,109 @@ pub(crate) async fn item_price(
     }
     // The same rule the item's shard applies to a purchase.
     let now_ms = ledger_http::validate::now_ms();
-    let (price, rule) =
-        ledger_core::ItemPricing {
-            regional,
-            test: None,
-        }
-        .price_for(view.price, region.as_ref(), user_id.as_ref(), now_ms);
+    let test = match &view.price_test {
+        None => None,
+        Some(test) => Some(ledger_core::pricing::RunningTest {
+            test_id: parse_stored_id::<ledger_core::PriceTestId>(&test.test_id)?,
+            arms: test.arms.clone(),
+            ends_at_ms: test.ends_at_ms,
+        }),
+    };
+    let (price, rule) = ledger_core::ItemPricing { regional, test }.price_for(
+        view.price,
+        region.as_ref(),
+        user_id.as_ref(),
+        now_ms,
+    );
+    let (test_id, arm) = match &rule {
+        ledger_core::PriceRule::TestArm { test_id, arm } => (Some(test_id.to_string()), Some(*arm)),
+        _ => (None, None),
+    };
     respond(json!({
         "item_id": view.item_id,
         "user_id": user_id,
         "region": region,
         "price": price,
         "rule": rule.name(),
+        "test_id": test_id,
+        "arm": arm,
         "base_price": view.price,
         "on_sale": view.on_sale,
+    }))
+}
+
+/// An id the read models stored (a corrupt one is the server's fault).
+fn parse_stored_id<T: TryFrom<String, Error = ledger_core::IdError>>(
+    stored: &str,
+) -> Result<T, Problem> {
+    T::try_from(stored.to_string()).map_err(|error| {
+        tracing::error!(%stored, %error, "a stored id is invalid");
+        Problem::internal("a stored id is invalid")
+    })
+}
+
+/// `GET /v1/price-tests/{id}`: a price test with, per arm, its exposures,
+/// purchases, conversion, revenue and revenue per thousand exposures with a
+/// 95 % confidence interval, and the arm leading now.
+pub(crate) async fn price_test(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    query: QueryParameters,
+) -> Answer {
+    let test_id = parse_id::<ledger_core::PriceTestId>("test_id", &segment)?;
+    let after = parse_after(&query)?;
+    wait_for(&state, after.as_ref()).await?;
+    let view = state
+        .read_models
+        .price_test(test_id.as_str())
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(|| Problem::not_found(format!("price test {test_id} does not exist")))?;
+    let counts: Vec<ledger_core::pricing::ArmCounts> = view
+        .arms
+        .iter()
+        .map(|arm| ledger_core::pricing::ArmCounts {
+            exposures: arm.exposures,
+            purchases: arm.purchases,
+            revenue: arm.revenue,
+        })
+        .collect();
+    let arms: Vec<Value> = view
+        .arms
+        .iter()
+        .enumerate()
+        .map(|(index, arm)| {
+            let interval = ledger_core::pricing::revenue_per_thousand_exposures(
+                arm.price,
+                arm.exposures,
+                arm.purchases,
+                arm.revenue,
+            );
+            json!({
+                "arm": index,
+                "price": arm.price,
+                "exposures": arm.exposures,
+                "purchases": arm.purchases,
+                "conversion_basis_points": (arm.exposures > 0)
+                    .then(|| (u128::from(arm.purchases) * 10_000 / u128::from(arm.exposures)) as u64),
+                "revenue": arm.revenue,
+                "revenue_per_thousand_exposures": interval.map(|(estimate, _, _)| estimate),
+                "revenue_per_thousand_exposures_low": interval.map(|(_, low, _)| low),
+                "revenue_per_thousand_exposures_high": interval.map(|(_, _, high)| high),
+            })
+        })
+        .collect();
+    respond(json!({
+        "test_id": view.test_id,
+        "item_id": view.item_id,
+        "creator_id": view.creator_id,
+        "status": view.status,
+        "ends_at": format_timestamp(view.ends_at_ms),
+        "apply_winner": view.apply_winner,
+        "leading_arm": ledger_core::pricing::leading_arm(&counts),
+        "winner": view.winner,
+        "applied_price": view.applied_price,
+        "arms": arms,
     }))
 }
 

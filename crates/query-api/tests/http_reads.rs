@@ -17,8 +17,8 @@ use ledger_http::Observability;
 use ledger_query_api::{QueryApi, Settings};
 use projectors::{
     BalanceView, BundleView, CreatorSaleView, EarningsView, InventoryEntry, ItemDays, ItemView,
-    ListingView, OwnerEntry, Page, PriceFloorView, PurchaseStepView, ReadError, ReadModels,
-    SalesRange, TransactionEntry,
+    ListingView, OwnerEntry, Page, PriceFloorView, PriceTestView, PurchaseStepView, ReadError,
+    ReadModels, SalesRange, TransactionEntry,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -103,6 +103,10 @@ impl ReadModels for UnreachableReadModels {
 
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
         self.reached("price floors")
+    }
+
+    async fn price_test(&self, _: &str) -> Result<Option<PriceTestView>, ReadError> {
+        self.reached("price test")
     }
 }
 
@@ -212,6 +216,10 @@ impl ReadModels for EmptyReadModels {
 
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
         Ok(Vec::new())
+    }
+
+    async fn price_test(&self, _: &str) -> Result<Option<PriceTestView>, ReadError> {
+        Ok(None)
     }
 }
 

@@ -52,7 +52,17 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::SerialTransferred { item_id, .. }
         | Event::SerialRevoked { item_id, .. }
         | Event::ListingCreated { item_id, .. }
-        | Event::ListingEnded { item_id, .. } => Some(keys::item(item_id)),
+        | Event::ListingEnded { item_id, .. }
+        | Event::PriceTestStarted { item_id, .. }
+        | Event::PriceTestClosed { item_id, .. } => Some(keys::item(item_id)),
+        // A test's rows (`price_tests`, `price_test_arms`) are written by
+        // the test's shard only.
+        Event::PriceTestOpened { test_id, .. }
+        | Event::PriceTestRunning { test_id, .. }
+        | Event::PriceTestAborted { test_id }
+        | Event::PriceTestExposed { test_id, .. }
+        | Event::PriceTestSold { test_id, .. }
+        | Event::PriceTestEnded { test_id, .. } => Some(keys::price_test(test_id)),
         Event::BuyerDebited { buyer_id, .. } | Event::BuyerRefunded { buyer_id, .. } => {
             Some(keys::user(buyer_id))
         }

@@ -8,9 +8,9 @@ use futures_util::StreamExt;
 use ledger_core::{ReadPosition, ShardId};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PriceFloorView,
-    PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
-    PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
+    PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
+    SalesRange, TransactionAccount, TransactionEntry, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
@@ -413,11 +413,12 @@ impl CqlReadModels {
             )
             .await
         };
-        let (definition, counts, lowest_resale_price, recent_average_price) = tokio::try_join!(
+        let (definition, counts, lowest_resale_price, recent_average_price, price_test) = tokio::try_join!(
             definition,
             counts,
             lowest_resale_price,
-            self.recent_average_price(item_id)
+            self.recent_average_price(item_id),
+            self.item_price_test(item_id)
         )?;
         let Some((
             Some(creator_id),
@@ -471,6 +472,7 @@ impl CqlReadModels {
             resellable: resellable.ok_or_else(|| incomplete("resellable"))?,
             // Rows written before kinds existed are accessories.
             kind: kind.unwrap_or_else(|| ledger_core::ItemKind::Accessory.as_str().to_string()),
+            price_test,
             regional_prices: match regional_prices {
                 None => Default::default(),
                 Some(stored) => projectors::parse_regional_prices(&stored)
@@ -799,6 +801,123 @@ impl CqlReadModels {
         Ok(steps)
     }
 
+    /// The item's current price test: the latest started, not closed.
+    async fn item_price_test(
+        &self,
+        item_id: &str,
+    ) -> Result<Option<ItemPriceTestView>, CqlReadModelError> {
+        let rows = self
+            .select::<(
+                String,
+                Option<String>,
+                Option<i64>,
+                Option<i64>,
+                Option<bool>,
+            )>(
+                &self.statements.select_item_price_tests,
+                (item_id,),
+                "item price tests read",
+            )
+            .await?;
+        let incomplete = |column: &'static str| CqlReadModelError::IncompleteRow {
+            table: "item_price_tests",
+            column,
+            key: item_id.to_string(),
+        };
+        let mut current: Option<(i64, ItemPriceTestView)> = None;
+        for (test_id, arms, ends_at_ms, started, closed) in rows {
+            if closed.unwrap_or(false) {
+                continue;
+            }
+            let started = started.ok_or_else(|| incomplete("started"))?;
+            if current
+                .as_ref()
+                .is_some_and(|(latest, _)| *latest > started)
+            {
+                continue;
+            }
+            let arms = projectors::parse_arms(&arms.ok_or_else(|| incomplete("arms"))?)
+                .map_err(|_| incomplete("arms"))?;
+            let ends_at_ms = from_cql(
+                "test end",
+                ends_at_ms.ok_or_else(|| incomplete("ends_at_ms"))?,
+            )?;
+            current = Some((
+                started,
+                ItemPriceTestView {
+                    test_id,
+                    arms,
+                    ends_at_ms,
+                },
+            ));
+        }
+        Ok(current.map(|(_, view)| view))
+    }
+
+    async fn price_test_inner(
+        &self,
+        test_id: &str,
+    ) -> Result<Option<PriceTestView>, CqlReadModelError> {
+        type TestRow = (
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<bool>,
+            Option<String>,
+            Option<i32>,
+            Option<i64>,
+        );
+        let (test, arms) = tokio::try_join!(
+            self.select_first::<TestRow>(
+                &self.statements.select_price_test,
+                (test_id,),
+                "price test read"
+            ),
+            self.select::<(Option<i64>, Option<i64>, Option<i64>, Option<i64>)>(
+                &self.statements.select_price_test_arms,
+                (test_id,),
+                "price test arms read",
+            )
+        )?;
+        let Some((item_id, creator_id, ends_at_ms, apply_winner, status, winner, applied_price)) =
+            test
+        else {
+            return Ok(None);
+        };
+        let incomplete = |column: &'static str| CqlReadModelError::IncompleteRow {
+            table: "price_tests",
+            column,
+            key: test_id.to_string(),
+        };
+        let arms = arms
+            .into_iter()
+            .map(|(price, exposures, purchases, revenue)| {
+                Ok(PriceTestArmView {
+                    price: price.ok_or_else(|| incomplete("price"))?,
+                    exposures: from_cql("exposures", exposures.unwrap_or(0))?,
+                    purchases: from_cql("test purchases", purchases.unwrap_or(0))?,
+                    revenue: revenue.unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, CqlReadModelError>>()?;
+        Ok(Some(PriceTestView {
+            test_id: test_id.to_string(),
+            item_id: item_id.ok_or_else(|| incomplete("item_id"))?,
+            creator_id,
+            status: status.ok_or_else(|| incomplete("status"))?,
+            ends_at_ms: from_cql(
+                "test end",
+                ends_at_ms.ok_or_else(|| incomplete("ends_at_ms"))?,
+            )?,
+            apply_winner: apply_winner.ok_or_else(|| incomplete("apply_winner"))?,
+            winner: winner
+                .map(|arm| u8::try_from(arm).map_err(|_| incomplete("winner")))
+                .transpose()?,
+            applied_price,
+            arms,
+        }))
+    }
+
     async fn price_floors_inner(&self) -> Result<Vec<PriceFloorView>, CqlReadModelError> {
         let limit = i32::try_from(PRICE_FLOOR_VERSIONS_MAX).expect("the floor bound fits in i32");
         let rows = self
@@ -1067,5 +1186,9 @@ impl ReadModels for CqlReadModels {
 
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError> {
         Ok(self.price_floors_inner().await?)
+    }
+
+    async fn price_test(&self, test_id: &str) -> Result<Option<PriceTestView>, ReadError> {
+        Ok(self.price_test_inner(test_id).await?)
     }
 }

@@ -66,6 +66,9 @@ mod tests {
                 "creator_sale_buckets",
                 "creator_sales_by_purchase",
                 "price_floors",
+                "item_price_tests",
+                "price_tests",
+                "price_test_arms",
             ]
         );
         for forbidden in [

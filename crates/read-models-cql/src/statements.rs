@@ -48,6 +48,19 @@ pub(crate) struct Statements {
     pub select_item: PreparedStatement,
     pub insert_price_floor: PreparedStatement,
     pub update_item_regional_prices: PreparedStatement,
+    pub insert_item_price_test: PreparedStatement,
+    pub close_item_price_test: PreparedStatement,
+    pub select_item_price_tests: PreparedStatement,
+    pub insert_price_test: PreparedStatement,
+    pub update_price_test_running: PreparedStatement,
+    pub update_price_test_ended: PreparedStatement,
+    pub delete_price_test: PreparedStatement,
+    pub delete_price_test_arms: PreparedStatement,
+    pub insert_price_test_arm: PreparedStatement,
+    pub update_price_test_exposures: PreparedStatement,
+    pub update_price_test_sales: PreparedStatement,
+    pub select_price_test: PreparedStatement,
+    pub select_price_test_arms: PreparedStatement,
     pub select_price_floors: PreparedStatement,
 
     pub insert_sale: PreparedStatement,
@@ -285,6 +298,88 @@ impl Statements {
             )
             .await?,
 
+            insert_item_price_test: prepare(
+                "item price test write",
+                page,
+                "INSERT INTO item_price_tests (item_id, test_id, arms, ends_at_ms, started, closed) \
+                 VALUES (?, ?, ?, ?, ?, false) USING TIMESTAMP ?",
+            )
+            .await?,
+            close_item_price_test: prepare(
+                "item price test close",
+                page,
+                "UPDATE item_price_tests USING TIMESTAMP ? SET closed = true WHERE item_id = ? AND test_id = ?",
+            )
+            .await?,
+            select_item_price_tests: prepare(
+                "item price tests read",
+                page,
+                "SELECT test_id, arms, ends_at_ms, started, closed FROM item_price_tests WHERE item_id = ? LIMIT 1000",
+            )
+            .await?,
+            insert_price_test: prepare(
+                "price test write",
+                page,
+                "INSERT INTO price_tests (test_id, item_id, ends_at_ms, apply_winner, status) \
+                 VALUES (?, ?, ?, ?, 'starting') USING TIMESTAMP ?",
+            )
+            .await?,
+            update_price_test_running: prepare(
+                "price test start",
+                page,
+                "UPDATE price_tests USING TIMESTAMP ? SET status = 'running', creator_id = ? WHERE test_id = ?",
+            )
+            .await?,
+            update_price_test_ended: prepare(
+                "price test end",
+                page,
+                "UPDATE price_tests USING TIMESTAMP ? SET status = 'ended', winner = ?, applied_price = ? WHERE test_id = ?",
+            )
+            .await?,
+            delete_price_test: prepare(
+                "price test removal",
+                page,
+                "DELETE FROM price_tests USING TIMESTAMP ? WHERE test_id = ?",
+            )
+            .await?,
+            delete_price_test_arms: prepare(
+                "price test arms removal",
+                page,
+                "DELETE FROM price_test_arms USING TIMESTAMP ? WHERE test_id = ?",
+            )
+            .await?,
+            insert_price_test_arm: prepare(
+                "price test arm write",
+                page,
+                "INSERT INTO price_test_arms (test_id, arm, price, exposures, purchases, revenue) \
+                 VALUES (?, ?, ?, 0, 0, 0) USING TIMESTAMP ?",
+            )
+            .await?,
+            update_price_test_exposures: prepare(
+                "price test exposures write",
+                page,
+                "UPDATE price_test_arms USING TIMESTAMP ? SET exposures = ? WHERE test_id = ? AND arm = ?",
+            )
+            .await?,
+            update_price_test_sales: prepare(
+                "price test sales write",
+                page,
+                "UPDATE price_test_arms USING TIMESTAMP ? SET purchases = ?, revenue = ? WHERE test_id = ? AND arm = ?",
+            )
+            .await?,
+            select_price_test: prepare(
+                "price test read",
+                page,
+                "SELECT item_id, creator_id, ends_at_ms, apply_winner, status, winner, applied_price \
+                 FROM price_tests WHERE test_id = ?",
+            )
+            .await?,
+            select_price_test_arms: prepare(
+                "price test arms read",
+                page,
+                "SELECT price, exposures, purchases, revenue FROM price_test_arms WHERE test_id = ? LIMIT 16",
+            )
+            .await?,
             update_item_regional_prices: prepare(
                 "item regional prices write",
                 page,

@@ -736,6 +736,119 @@ impl CqlReadModels {
                 ),
                 "item regional prices write",
             ),
+            Change::ItemPriceTestStarted {
+                item_id,
+                test_id,
+                arms,
+                ends_at_ms,
+                started,
+            } => writes.push(
+                &statements.insert_item_price_test,
+                (
+                    item_id.to_string(),
+                    test_id.to_string(),
+                    projectors::arms_json(arms),
+                    to_cql("test end", *ends_at_ms)?,
+                    to_cql("test start", *started)?,
+                    timestamp,
+                ),
+                "item price test write",
+            ),
+            Change::ItemPriceTestClosed { item_id, test_id } => writes.push(
+                &statements.close_item_price_test,
+                (timestamp, item_id.to_string(), test_id.to_string()),
+                "item price test close",
+            ),
+            Change::PriceTestOpened {
+                test_id,
+                item_id,
+                arms,
+                ends_at_ms,
+                apply_winner,
+            } => {
+                writes.push(
+                    &statements.insert_price_test,
+                    (
+                        test_id.to_string(),
+                        item_id.to_string(),
+                        to_cql("test end", *ends_at_ms)?,
+                        *apply_winner,
+                        timestamp,
+                    ),
+                    "price test write",
+                );
+                for (arm, price) in arms.iter().enumerate() {
+                    writes.push(
+                        &statements.insert_price_test_arm,
+                        (test_id.to_string(), arm as i32, *price, timestamp),
+                        "price test arm write",
+                    );
+                }
+            }
+            Change::PriceTestRunning {
+                test_id,
+                creator_id,
+            } => writes.push(
+                &statements.update_price_test_running,
+                (timestamp, creator_id.to_string(), test_id.to_string()),
+                "price test start",
+            ),
+            Change::PriceTestRemoved { test_id } => {
+                writes.push(
+                    &statements.delete_price_test,
+                    (timestamp, test_id.to_string()),
+                    "price test removal",
+                );
+                writes.push(
+                    &statements.delete_price_test_arms,
+                    (timestamp, test_id.to_string()),
+                    "price test arms removal",
+                );
+            }
+            Change::PriceTestExposures { test_id, exposures } => {
+                for (arm, exposures) in exposures.iter().enumerate() {
+                    writes.push(
+                        &statements.update_price_test_exposures,
+                        (
+                            timestamp,
+                            to_cql("exposures", *exposures)?,
+                            test_id.to_string(),
+                            arm as i32,
+                        ),
+                        "price test exposures write",
+                    );
+                }
+            }
+            Change::PriceTestArmSales {
+                test_id,
+                arm,
+                purchases,
+                revenue,
+            } => writes.push(
+                &statements.update_price_test_sales,
+                (
+                    timestamp,
+                    to_cql("test purchases", *purchases)?,
+                    *revenue,
+                    test_id.to_string(),
+                    i32::from(*arm),
+                ),
+                "price test sales write",
+            ),
+            Change::PriceTestEnded {
+                test_id,
+                winner,
+                applied_price,
+            } => writes.push(
+                &statements.update_price_test_ended,
+                (
+                    timestamp,
+                    winner.map(i32::from),
+                    *applied_price,
+                    test_id.to_string(),
+                ),
+                "price test end",
+            ),
             Change::PriceFloorSet {
                 kind,
                 version,

@@ -123,6 +123,106 @@ fn apply_change(
                 .prepare_cached("UPDATE items SET regional_prices = ?2 WHERE item_id = ?1")
                 .and_then(|mut statement| statement.execute(params![item_id.as_str(), prices]))
         }
+        Change::ItemPriceTestStarted {
+            item_id,
+            test_id,
+            arms,
+            ends_at_ms,
+            started,
+        } => {
+            let ends_at_ms = crate::error::to_sql("test end", *ends_at_ms)?;
+            let started = crate::error::to_sql("test start", *started)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO item_price_tests (item_id, test_id, arms, ends_at_ms, started, closed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        item_id.as_str(),
+                        test_id.as_str(),
+                        projectors::arms_json(arms),
+                        ends_at_ms,
+                        started
+                    ])
+                })
+        }
+        Change::ItemPriceTestClosed { item_id, test_id } => transaction
+            .prepare_cached("UPDATE item_price_tests SET closed = 1 WHERE item_id = ?1 AND test_id = ?2")
+            .and_then(|mut statement| statement.execute(params![item_id.as_str(), test_id.as_str()])),
+        Change::PriceTestOpened {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+            apply_winner,
+        } => {
+            let ends_at_ms = crate::error::to_sql("test end", *ends_at_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO price_tests (test_id, item_id, creator_id, ends_at_ms, apply_winner, status)
+                     VALUES (?1, ?2, NULL, ?3, ?4, 'starting')",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![test_id.as_str(), item_id.as_str(), ends_at_ms, apply_winner])
+                })
+                .map_err(SqliteStoreError::sqlite("apply price test"))?;
+            for (arm, price) in arms.iter().enumerate() {
+                transaction
+                    .prepare_cached(
+                        "INSERT OR REPLACE INTO price_test_arms (test_id, arm, price) VALUES (?1, ?2, ?3)",
+                    )
+                    .and_then(|mut statement| statement.execute(params![test_id.as_str(), arm, price]))
+                    .map_err(SqliteStoreError::sqlite("apply price test arm"))?;
+            }
+            Ok(1)
+        }
+        Change::PriceTestRunning { test_id, creator_id } => transaction
+            .prepare_cached("UPDATE price_tests SET status = 'running', creator_id = ?2 WHERE test_id = ?1")
+            .and_then(|mut statement| statement.execute(params![test_id.as_str(), creator_id.as_str()])),
+        Change::PriceTestRemoved { test_id } => {
+            transaction
+                .prepare_cached("DELETE FROM price_test_arms WHERE test_id = ?1")
+                .and_then(|mut statement| statement.execute(params![test_id.as_str()]))
+                .map_err(SqliteStoreError::sqlite("remove price test arms"))?;
+            transaction
+                .prepare_cached("DELETE FROM price_tests WHERE test_id = ?1")
+                .and_then(|mut statement| statement.execute(params![test_id.as_str()]))
+        }
+        Change::PriceTestExposures { test_id, exposures } => {
+            for (arm, exposures) in exposures.iter().enumerate() {
+                let exposures = crate::error::to_sql("exposures", *exposures)?;
+                transaction
+                    .prepare_cached("UPDATE price_test_arms SET exposures = ?3 WHERE test_id = ?1 AND arm = ?2")
+                    .and_then(|mut statement| statement.execute(params![test_id.as_str(), arm, exposures]))
+                    .map_err(SqliteStoreError::sqlite("apply price test exposures"))?;
+            }
+            Ok(1)
+        }
+        Change::PriceTestArmSales {
+            test_id,
+            arm,
+            purchases,
+            revenue,
+        } => {
+            let purchases = crate::error::to_sql("test purchases", *purchases)?;
+            transaction
+                .prepare_cached(
+                    "UPDATE price_test_arms SET purchases = ?3, revenue = ?4 WHERE test_id = ?1 AND arm = ?2",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![test_id.as_str(), arm, purchases, revenue])
+                })
+        }
+        Change::PriceTestEnded {
+            test_id,
+            winner,
+            applied_price,
+        } => transaction
+            .prepare_cached(
+                "UPDATE price_tests SET status = 'ended', winner = ?2, applied_price = ?3 WHERE test_id = ?1",
+            )
+            .and_then(|mut statement| statement.execute(params![test_id.as_str(), winner, applied_price])),
         Change::PriceFloorSet {
             kind,
             version,

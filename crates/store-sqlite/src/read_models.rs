@@ -11,9 +11,10 @@ use async_trait::async_trait;
 use ledger_core::{validate_id, ReadPosition};
 use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
-    InventoryEntry, ItemDay, ItemDays, ItemView, ListingView, OwnerEntry, Page, PriceFloorView,
-    PurchaseStepView, ReadError, ReadModels, SalesRange, TransactionAccount, TransactionEntry,
-    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
+    InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
+    PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
+    SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX,
+    PURCHASE_STEPS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -372,7 +373,10 @@ impl ReadModels for SqliteReadModels {
                     "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
                             resellable, sold, sales_count, recent_average_price,
                             (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id), kind,
-                            regional_prices
+                            regional_prices,
+                            (SELECT test_id || ' ' || ends_at_ms || ' ' || arms FROM item_price_tests
+                             WHERE item_price_tests.item_id = items.item_id AND closed = 0
+                             ORDER BY started DESC LIMIT 1)
                      FROM items WHERE item_id = ?1",
                 )
                 .and_then(|mut statement| {
@@ -395,12 +399,84 @@ impl ReadModels for SqliteReadModels {
                                 lowest_resale_price: row.get(13)?,
                                 kind: row.get(14)?,
                                 regional_prices: row.get(15)?,
+                                price_test: row.get(16)?,
                             })
                         })
                         .optional()
                 })
                 .map_err(query_failed("read item"))?;
             row.map(ItemRow::into_view).transpose()
+        })
+        .await
+    }
+
+    async fn price_test(&self, test_id: &str) -> Result<Option<PriceTestView>, ReadError> {
+        let test_id = test_id.to_string();
+        self.read("price test read", move |connection| {
+            type TestRow = (String, Option<String>, i64, bool, String, Option<u8>, Option<i64>);
+            let test: Option<TestRow> = connection
+                .prepare_cached(
+                    "SELECT item_id, creator_id, ends_at_ms, apply_winner, status, winner, applied_price
+                     FROM price_tests WHERE test_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![test_id], |row| {
+                            Ok((
+                                row.get(0)?,
+                                row.get(1)?,
+                                row.get(2)?,
+                                row.get(3)?,
+                                row.get(4)?,
+                                row.get(5)?,
+                                row.get(6)?,
+                            ))
+                        })
+                        .optional()
+                })
+                .map_err(query_failed("read price test"))?;
+            let Some((item_id, creator_id, ends_at_ms, apply_winner, status, winner, applied_price)) = test
+            else {
+                return Ok(None);
+            };
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT price, exposures, purchases, revenue FROM price_test_arms
+                     WHERE test_id = ?1 ORDER BY arm LIMIT 16",
+                )
+                .map_err(query_failed("prepare price test arms read"))?;
+            let rows = statement
+                .query_map(params![test_id], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(query_failed("read price test arms"))?;
+            let mut arms = Vec::new();
+            for row in rows {
+                let (price, exposures, purchases, revenue) =
+                    row.map_err(query_failed("read a price test arm"))?;
+                arms.push(PriceTestArmView {
+                    price,
+                    exposures: from_sql("exposures", exposures)?,
+                    purchases: from_sql("test purchases", purchases)?,
+                    revenue,
+                });
+            }
+            Ok(Some(PriceTestView {
+                test_id,
+                item_id,
+                creator_id,
+                status,
+                ends_at_ms: from_sql("test end", ends_at_ms)?,
+                apply_winner,
+                winner,
+                applied_price,
+                arms,
+            }))
         })
         .await
     }
@@ -769,6 +845,8 @@ struct ItemRow {
     lowest_resale_price: Option<i64>,
     kind: String,
     regional_prices: String,
+    /// `<test_id> <ends_at_ms> <arms JSON>` of the item's current test.
+    price_test: Option<String>,
 }
 
 impl ItemRow {
@@ -797,6 +875,36 @@ impl ItemRow {
                 .transpose()?,
             resellable: self.resellable,
             kind: self.kind,
+            price_test: self
+                .price_test
+                .as_deref()
+                .map(|stored| {
+                    let mut parts = stored.splitn(3, ' ');
+                    let (Some(test_id), Some(ends_at_ms), Some(arms)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        return Err(SqliteStoreError::ItemPricing {
+                            what: "price test",
+                            detail: format!("unreadable `{stored}`"),
+                        });
+                    };
+                    Ok(ItemPriceTestView {
+                        test_id: test_id.to_string(),
+                        ends_at_ms: ends_at_ms.parse().map_err(|_| {
+                            SqliteStoreError::ItemPricing {
+                                what: "price test",
+                                detail: format!("unreadable end `{ends_at_ms}`"),
+                            }
+                        })?,
+                        arms: projectors::parse_arms(arms).map_err(|detail| {
+                            SqliteStoreError::ItemPricing {
+                                what: "price test",
+                                detail,
+                            }
+                        })?,
+                    })
+                })
+                .transpose()?,
             regional_prices: projectors::parse_regional_prices(&self.regional_prices).map_err(
                 |detail| SqliteStoreError::ItemPricing {
                     what: "regional prices",

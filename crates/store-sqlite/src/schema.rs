@@ -175,6 +175,36 @@ CREATE TABLE IF NOT EXISTS item_sale_days (
     day INTEGER NOT NULL,
     price INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS item_price_tests (
+    -- The tests an item's shard priced the item by; the current one is the
+    -- latest started (by its log position) that is not closed.
+    item_id TEXT NOT NULL,
+    test_id TEXT NOT NULL,
+    arms TEXT NOT NULL,
+    ends_at_ms INTEGER NOT NULL,
+    started INTEGER NOT NULL,
+    closed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (item_id, test_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS price_tests (
+    test_id TEXT PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    creator_id TEXT,
+    ends_at_ms INTEGER NOT NULL,
+    apply_winner INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    winner INTEGER,
+    applied_price INTEGER
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS price_test_arms (
+    test_id TEXT NOT NULL,
+    arm INTEGER NOT NULL,
+    price INTEGER NOT NULL,
+    exposures INTEGER NOT NULL DEFAULT 0,
+    purchases INTEGER NOT NULL DEFAULT 0,
+    revenue INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (test_id, arm)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS price_floors (
     -- Every floor version, from the floors' home shard's price_floor_set.
     kind TEXT NOT NULL,
@@ -216,6 +246,9 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("item_days", "item_id, day"),
     ("item_sale_days", "purchase_id"),
     ("price_floors", "kind, version"),
+    ("item_price_tests", "item_id, test_id"),
+    ("price_tests", "test_id"),
+    ("price_test_arms", "test_id, arm"),
     ("projection_checkpoint", "shard"),
     ("projection_deliveries", "sender, receiver"),
     ("projection_position", "id"),

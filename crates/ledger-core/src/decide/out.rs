@@ -143,6 +143,18 @@ impl<'a> Out<'a> {
         Completion::new(result, positions, deliveries)
     }
 
+    /// An answer given at once (for a command that is not remembered): it
+    /// covers `positions` and the consumption of every message sent.
+    pub(super) fn answer_now(
+        &self,
+        result: Result<Success, Rejection>,
+        positions: Vec<ShardPosition>,
+    ) -> Answer {
+        let mut deliveries = self.deliveries.clone();
+        deliveries.sort();
+        Answer::Now(Completion::new(result, positions, deliveries))
+    }
+
     pub(super) fn apply(self, answer: Answer) -> Decision {
         Decision::Apply {
             events: self.events,

@@ -22,16 +22,11 @@ use crate::state::{CommandRecord, ShardState};
 
 use super::out::Out;
 use super::saga::{self, SagaStage};
-use super::{reject, Answer, Decision};
+use super::{reject, Decision};
 
 /// `StartPriceTest` accepted on the test's shard: checks the arms and the
 /// end time, opens the test and asks the item's shard to price by it.
-pub(super) fn start(
-    out: &mut Out<'_>,
-    key: &str,
-    test: &StartRequest<'_>,
-    meta: &CommandMeta,
-) {
+pub(super) fn start(out: &mut Out<'_>, key: &str, test: &StartRequest<'_>, meta: &CommandMeta) {
     if let Err(rejection) = check_request(test, meta.at_ms) {
         return out.complete(key, Err(rejection), Vec::new());
     }
@@ -75,7 +70,11 @@ fn check_request(test: &StartRequest<'_>, at_ms: TimestampMs) -> Result<(), Reje
             ),
         ));
     }
-    if let Some(price) = test.arms.iter().find(|price| !(0..=AMOUNT_MAX).contains(*price)) {
+    if let Some(price) = test
+        .arms
+        .iter()
+        .find(|price| !(0..=AMOUNT_MAX).contains(*price))
+    {
         return Err(reject(
             RejectionCode::ValidationFailed,
             format!("an arm's price must be from 0 to {AMOUNT_MAX}, not {price}"),
@@ -139,7 +138,9 @@ fn check_item(
     if item.is_limited() {
         return Err(reject(
             RejectionCode::ValidationFailed,
-            format!("item {item_id} is a limited: its serials sell at one price and are not tested"),
+            format!(
+                "item {item_id} is a limited: its serials sell at one price and are not tested"
+            ),
         ));
     }
     let running = state
@@ -217,7 +218,8 @@ pub(super) fn record_exposures(
         );
         return out.complete(key, Err(rejection), Vec::new());
     };
-    if counts.len() != test.arms.len() || counts.iter().any(|count| *count > EXPOSURES_PER_BATCH_MAX)
+    if counts.len() != test.arms.len()
+        || counts.iter().any(|count| *count > EXPOSURES_PER_BATCH_MAX)
     {
         let rejection = reject(
             RejectionCode::ValidationFailed,
@@ -277,11 +279,10 @@ pub(super) fn sold(
     arm: u8,
     price: i64,
 ) {
-    let test = out
-        .state
-        .price_tests
-        .get(test_id)
-        .unwrap_or_else(|| panic!("a sale refers to price test {test_id}, which this shard lacks"));
+    let test =
+        out.state.price_tests.get(test_id).unwrap_or_else(|| {
+            panic!("a sale refers to price test {test_id}, which this shard lacks")
+        });
     let counts = &test.counts[usize::from(arm)];
     out.push(Event::PriceTestSold {
         test_id: test_id.clone(),
@@ -318,14 +319,14 @@ pub(super) fn end_now(mut out: Out<'_>, test_id: &PriceTestId, meta: &CommandMet
         ));
     }
     let (winner, applied_price, position) = end(&mut out, test_id, meta.at_ms);
-    out.apply(Answer::Now(Completion::new(
+    let answer = out.answer_now(
         Ok(Success::PriceTestEnded {
             winner,
             applied_price,
         }),
         vec![position],
-        Vec::new(),
-    )))
+    );
+    out.apply(answer)
 }
 
 /// Ends a running test: its winner, and its price sent to the item if the
