@@ -1034,22 +1034,23 @@ impl Simulation {
                 .iter()
                 .filter(|refusal| refusal.shard == shard)
                 .peekable();
-            let check_refusal = |refusal: &RepriceRefusal,
-                                 floors: &PriceFloors,
-                                 kinds: &BTreeMap<ItemId, ItemKind>| {
-                let kind = *kinds
-                    .get(&refusal.item_id)
-                    .expect("a reprice refused under a floor is of an item of its shard");
-                let floor = floor_at(floors, kind, refusal.at_ms);
-                assert!(
-                    floor.is_some_and(|floor| refusal.price < floor),
-                    "shard {shard} refused to reprice {} to {} at {} under the floor, \
+            let check_refusal =
+                |refusal: &RepriceRefusal,
+                 floors: &PriceFloors,
+                 kinds: &BTreeMap<ItemId, ItemKind>| {
+                    let kind = *kinds
+                        .get(&refusal.item_id)
+                        .expect("a reprice refused under a floor is of an item of its shard");
+                    let floor = floor_at(floors, kind, refusal.at_ms);
+                    assert!(
+                        floor.is_some_and(|floor| refusal.price < floor),
+                        "shard {shard} refused to reprice {} to {} at {} under the floor, \
                      but the floor of {kind} it held then was {floor:?}",
-                    refusal.item_id,
-                    refusal.price,
-                    refusal.at_ms
-                );
-            };
+                        refusal.item_id,
+                        refusal.price,
+                        refusal.at_ms
+                    );
+                };
             for (position, record) in log.iter().enumerate() {
                 while let Some(refusal) = refusals.next_if(|refusal| refusal.records == position) {
                     check_refusal(refusal, &floors, &kinds);
@@ -1119,7 +1120,9 @@ impl Simulation {
                                 },
                         } if rejection.code == RejectionCode::BelowPriceFloor => {
                             let Some(Command::PublishItem(definition)) = accepted.get(&key) else {
-                                panic!("only a publish is remembered as refused under a floor ({key})");
+                                panic!(
+                                    "only a publish is remembered as refused under a floor ({key})"
+                                );
                             };
                             let floor = floor_at(&floors, definition.kind, at_ms);
                             assert!(
@@ -1236,7 +1239,10 @@ impl Simulation {
             let reservation = completed
                 .get(purchase_id)
                 .expect("a settled sale completed");
-            assert_eq!(*cleared, reservation.price, "{purchase_id} cleared its price");
+            assert_eq!(
+                *cleared, reservation.price,
+                "{purchase_id} cleared its price"
+            );
             assert_eq!(creator_share + platform_fee, *cleared);
             match &reservation.terms {
                 Some(SaleTerms {
@@ -1246,10 +1252,7 @@ impl Simulation {
                 }) => {
                     assert_eq!(*policy_version, 2, "{purchase_id} settles by policy 2");
                     let expected = creator_share_v2(*cleared, *floor);
-                    assert_eq!(
-                        expected,
-                        pricing::split_v2(*cleared, *floor).creator_share
-                    );
+                    assert_eq!(expected, pricing::split_v2(*cleared, *floor).creator_share);
                     assert_eq!(
                         *creator_share, expected,
                         "{purchase_id} at {cleared} under a floor of {floor}: the creator's share by policy 2"
@@ -1722,9 +1725,10 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
         }
     }
     for (policy_version, count) in settled_by_policy {
-        totals
-            .outcomes
-            .insert(format!("primary sales by fee policy {policy_version}"), count);
+        totals.outcomes.insert(
+            format!("primary sales by fee policy {policy_version}"),
+            count,
+        );
     }
     totals
         .outcomes
