@@ -1,8 +1,11 @@
 //! Deterministic simulation of a multi-shard ledger.
 //!
-//! Random interleavings of grants, publishes, purchases, bundles, resales,
-//! refunds and clock ticks, with cross-shard messages delayed, reordered and
-//! duplicated, and shards crash-restarted from snapshot + log. Storage
+//! Random interleavings of grants, publishes (of every item kind, often
+//! priced around the floor of their kind), reprices, purchases, bundles,
+//! resales, refunds, price floor changes (by an admin, sent again or
+//! conflicting, or refused to others) and clock ticks, with cross-shard
+//! messages delayed, reordered and duplicated, and shards crash-restarted
+//! from snapshot + log. Storage
 //! fails too: a batch torn by a crash in the middle of its write, a write
 //! whose sync failed, and reads that return corrupted bytes (of a record or
 //! a snapshot); each must be detected and refused, never applied. After
@@ -20,6 +23,7 @@ use std::sync::Arc;
 use engine::ports::Recovery;
 use engine::shard::{Reply, ShardRunner, Step};
 use ledger_core::codec::{BatchRecord, MessageEnvelope, Snapshot};
+use ledger_core::pricing::{FloorVersion, FLOORS_KEY};
 use ledger_core::*;
 
 /// SplitMix64: tiny, seedable and stable across library versions.
@@ -64,6 +68,14 @@ struct Simulation {
     expired_refusals: u64,
     /// Purchases refused by the buyer's rate limits (answered, not remembered).
     rate_limited: u64,
+    /// Reprices refused `below_price_floor` (answered, not remembered).
+    reprice_floor_refusals: Vec<RepriceRefusal>,
+    /// Floor changes sent by an admin, to send again.
+    floor_changes: Vec<(Command, CommandMeta)>,
+    /// Floor changes refused: by a non-admin, or reusing a kind and start
+    /// with another price.
+    floor_forbidden: u64,
+    floor_conflicts: u64,
     /// Commands sent so far, to retry.
     sent: Vec<(Command, CommandMeta)>,
     users: Vec<UserId>,
@@ -79,6 +91,18 @@ struct Simulation {
     commit_order: Vec<BatchRecord>,
     /// Storage faults injected, each detected.
     faults: Faults,
+}
+
+/// A reprice refused `below_price_floor`: refusals are not logged, so the
+/// simulation notes where in its shard's log it was decided.
+#[derive(Debug, Clone)]
+struct RepriceRefusal {
+    shard: ShardId,
+    /// Records of the shard's log when it was refused (its state then).
+    records: usize,
+    item_id: ItemId,
+    price: i64,
+    at_ms: TimestampMs,
 }
 
 /// Storage faults injected in one run.
@@ -113,6 +137,14 @@ fn flip_one_bit(random: &mut Random, mut bytes: Vec<u8>) -> Vec<u8> {
     let index = random.below(bytes.len() as u64) as usize;
     bytes[index] ^= 1 << random.below(8);
     bytes
+}
+
+/// The creator's share of a primary sale at `price` by fee policy 2:
+/// 30% at `floor`, growing linearly to 70% at six times it, rounded down.
+fn creator_share_v2(price: i64, floor: i64) -> i64 {
+    let (price, floor) = (i128::from(price), i128::from(floor));
+    let basis_points = (3_000 + (price - floor).max(0) * 4_000 / (5 * floor)).min(7_000);
+    (price * basis_points / 10_000) as i64
 }
 
 fn user(name: String) -> UserId {
@@ -168,6 +200,10 @@ impl Simulation {
             cancelled_listings: 0,
             expired_refusals: 0,
             rate_limited: 0,
+            reprice_floor_refusals: Vec::new(),
+            floor_changes: Vec::new(),
+            floor_forbidden: 0,
+            floor_conflicts: 0,
             faults: Faults::default(),
             commit_order: Vec::new(),
         }
@@ -230,10 +266,11 @@ impl Simulation {
             self.network.push(message);
         }
         for (request, reply) in step.replies {
-            let (command, _) = self
+            let (command, meta) = self
                 .requests
                 .remove(&request)
                 .expect("reply to a known request");
+            self.note_floor_reply(shard, &command, &meta, &reply);
             if let Reply::Completed(Completion {
                 result: Ok(Success::ListingCancelled),
                 ..
@@ -284,10 +321,87 @@ impl Simulation {
         }
     }
 
+    /// Floor outcomes as they are answered. A refused reprice is not
+    /// logged: where it was decided is noted, to be checked against the
+    /// floors its shard's log held then. A floor change is answered only
+    /// once every shard holds it.
+    fn note_floor_reply(
+        &mut self,
+        shard: ShardId,
+        command: &Command,
+        meta: &CommandMeta,
+        reply: &Reply,
+    ) {
+        match reply {
+            Reply::Refused(rejection) => match (rejection.code, command) {
+                (RejectionCode::BelowPriceFloor, Command::Reprice { item_id, price }) => {
+                    self.reprice_floor_refusals.push(RepriceRefusal {
+                        shard,
+                        records: self.logs[shard.0 as usize].len(),
+                        item_id: item_id.clone(),
+                        price: *price,
+                        at_ms: meta.at_ms,
+                    })
+                }
+                (RejectionCode::BelowPriceFloor, _) => {
+                    panic!("only a reprice is refused under a floor without a record: {command:?}")
+                }
+                (RejectionCode::Forbidden, Command::SetPriceFloor { .. }) => {
+                    assert_ne!(meta.actor.role, Role::Admin, "an admin sets floors");
+                    self.floor_forbidden += 1;
+                }
+                (RejectionCode::IdempotencyConflict, Command::SetPriceFloor { .. }) => {
+                    self.floor_conflicts += 1
+                }
+                _ => {}
+            },
+            Reply::Completed(Completion {
+                result:
+                    Ok(Success::PriceFloorSet {
+                        kind,
+                        version,
+                        price,
+                        effective_from_ms,
+                    }),
+                ..
+            }) => {
+                assert_eq!(meta.actor.role, Role::Admin, "only an admin sets floors");
+                let expected = FloorVersion {
+                    price: *price,
+                    effective_from_ms: *effective_from_ms,
+                };
+                for (index, runner) in self.runners.iter().enumerate() {
+                    assert_eq!(
+                        runner
+                            .state
+                            .price_floors
+                            .kinds
+                            .get(kind)
+                            .and_then(|versions| versions.get(version)),
+                        Some(&expected),
+                        "shard {index} holds version {version} of the floor of {kind} before it is answered"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn submit(&mut self, command: Command) {
+        self.submit_as(command, Role::Service);
+    }
+
+    fn submit_as(&mut self, command: Command, role: Role) {
         let actor = Actor {
-            role: Role::Service,
-            user_id: user("purchase-flow".into()),
+            role,
+            user_id: user(
+                match role {
+                    Role::Admin => "ops",
+                    Role::Service => "purchase-flow",
+                    Role::User => "buyer-0",
+                }
+                .into(),
+            ),
         };
         let meta = CommandMeta {
             at_ms: self.now_ms,
@@ -409,7 +523,102 @@ impl Simulation {
         self.runners[shard.0 as usize].state.items.get(item_id)
     }
 
+    fn kind(&mut self) -> ItemKind {
+        let kinds: Vec<ItemKind> = ItemKind::all().collect();
+        *self.random.pick(&kinds).expect("kinds")
+    }
+
+    /// A price around the floor of `kind` in force now, as the floors'
+    /// home shard knows it (other shards may not hold it yet).
+    fn price_near_floor(&mut self, kind: ItemKind) -> i64 {
+        let home = self.config.shard_of(FLOORS_KEY);
+        let floor = self.runners[home.0 as usize]
+            .state
+            .price_floors
+            .in_force(kind, self.now_ms)
+            .map_or(0, |(_, floor)| floor.price);
+        (floor - 2 + self.random.below(5) as i64).max(1)
+    }
+
+    /// A floor change by an admin: new (from around now, sometimes later;
+    /// now and then a zero floor or an invalid one), the same again, or
+    /// the same kind and start with another price (a conflict); or one by
+    /// someone else (forbidden).
+    fn change_price_floor(&mut self) {
+        let roll = self.random.below(100);
+        if roll < 15 {
+            if let Some((command, meta)) = self.random.pick(&self.floor_changes).cloned() {
+                let meta = if self.random.chance(50) {
+                    meta
+                } else {
+                    CommandMeta {
+                        at_ms: self.now_ms,
+                        ..meta
+                    }
+                };
+                return self.submit_with(command, meta);
+            }
+        }
+        if roll < 30 {
+            if let Some((
+                Command::SetPriceFloor {
+                    kind,
+                    price,
+                    effective_from_ms,
+                },
+                meta,
+            )) = self.random.pick(&self.floor_changes).cloned()
+            {
+                let price = price + 1 + self.random.below(10) as i64;
+                let command = Command::SetPriceFloor {
+                    kind,
+                    price,
+                    effective_from_ms,
+                };
+                let meta = CommandMeta {
+                    at_ms: self.now_ms,
+                    ..meta
+                };
+                return self.submit_with(command, meta);
+            }
+        }
+        let kind = self.kind();
+        let price = match self.random.below(100) {
+            0..=4 => 0,
+            5..=7 => -1,
+            _ => 1 + self.random.below(40) as i64,
+        };
+        let effective_from_ms = match self.random.below(10) {
+            0..=1 => self.now_ms,
+            2..=5 => self.now_ms.saturating_sub(self.random.below(1_500)),
+            _ => self.now_ms + self.random.below(2_500),
+        };
+        let command = Command::SetPriceFloor {
+            kind,
+            price,
+            effective_from_ms,
+        };
+        if roll < 40 {
+            let role = if self.random.chance(50) {
+                Role::Service
+            } else {
+                Role::User
+            };
+            return self.submit_as(command, role);
+        }
+        self.submit_as(command, Role::Admin);
+        let sent = self.sent.last().cloned().expect("just sent");
+        self.floor_changes.push(sent);
+    }
+
     fn random_operation(&mut self) {
+        if self.random.chance(2) {
+            self.change_price_floor();
+            for _ in 0..self.random.below(4) {
+                self.deliver_one();
+            }
+            return;
+        }
         let roll = self.random.below(100);
         match roll {
             0..=9 => {
@@ -426,11 +635,17 @@ impl Simulation {
                 let creator_id = self.random.pick(&self.creators).cloned().expect("creators");
                 let item_id = ItemId::parse(self.fresh("item")).unwrap();
                 let limited = self.random.chance(50);
+                let kind = self.kind();
+                let price = if self.random.chance(40) {
+                    self.price_near_floor(kind)
+                } else {
+                    1 + self.random.below(120) as i64
+                };
                 let definition = ItemDefinition {
                     item_id: item_id.clone(),
                     creator_id,
                     name: "thing".into(),
-                    price: 1 + self.random.below(120) as i64,
+                    price,
                     supply: limited.then(|| 1 + self.random.below(4) as u32),
                     max_per_user: if self.random.chance(30) {
                         Some(1 + self.random.below(2) as u32)
@@ -444,7 +659,7 @@ impl Simulation {
                     },
                     ends_at_ms: None,
                     resellable: limited && self.random.chance(80),
-                    kind: Default::default(),
+                    kind,
                 };
                 self.items.push(item_id);
                 self.submit(Command::PublishItem(definition));
@@ -454,7 +669,11 @@ impl Simulation {
                     return;
                 };
                 if self.random.chance(50) {
-                    let price = 1 + self.random.below(120) as i64;
+                    let kind = self.item_state(&item_id).map(|item| item.definition.kind);
+                    let price = match kind {
+                        Some(kind) if self.random.chance(50) => self.price_near_floor(kind),
+                        _ => 1 + self.random.below(120) as i64,
+                    };
                     self.submit(Command::Reprice { item_id, price });
                 } else {
                     let on_sale = self.random.chance(70);
@@ -736,6 +955,324 @@ impl Simulation {
         }
     }
 
+    /// Price floors, from the logs. Every shard's copy of the floors is,
+    /// version by version and in order, what the floors' home shard set,
+    /// and in the end every shard holds every version. Replaying each
+    /// shard's log in order gives the floors it held at each decision:
+    /// nothing was published or repriced under a floor in force that its
+    /// shard held, every `below_price_floor` was under one, and every
+    /// primary item sale was reserved under the terms of the floor its
+    /// item's shard held. Every primary sale settles by those terms: fee
+    /// policy 2 against the floor, else the flat 70/30.
+    fn check_price_floors(&self, events: &[(ShardId, Event)]) {
+        let home = self.config.shard_of(FLOORS_KEY);
+        // The versions the home shard set, and the floor changes answered.
+        let mut set: BTreeMap<(ItemKind, u32), FloorVersion> = BTreeMap::new();
+        let mut answered: BTreeMap<(ItemKind, u32), FloorVersion> = BTreeMap::new();
+        for (shard, event) in events {
+            match event {
+                Event::PriceFloorSet {
+                    kind,
+                    version,
+                    price,
+                    effective_from_ms,
+                } => {
+                    assert_eq!(*shard, home, "floors are set on their home shard");
+                    let floor = FloorVersion {
+                        price: *price,
+                        effective_from_ms: *effective_from_ms,
+                    };
+                    assert!(
+                        set.insert((*kind, *version), floor).is_none(),
+                        "version {version} of the floor of {kind} is set once"
+                    );
+                }
+                Event::PriceFloorReplicated { .. } => {
+                    assert_ne!(*shard, home, "the home shard sets, others replicate")
+                }
+                Event::CommandCompleted {
+                    completion:
+                        Completion {
+                            result:
+                                Ok(Success::PriceFloorSet {
+                                    kind,
+                                    version,
+                                    price,
+                                    effective_from_ms,
+                                }),
+                            ..
+                        },
+                    ..
+                } => {
+                    let floor = FloorVersion {
+                        price: *price,
+                        effective_from_ms: *effective_from_ms,
+                    };
+                    assert!(
+                        answered.insert((*kind, *version), floor).is_none(),
+                        "one floor change per version"
+                    );
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            answered, set,
+            "every floor version set was answered, as it was set"
+        );
+
+        // Each shard's log, replayed in order.
+        let mut reserved: BTreeMap<PurchaseId, Reservation> = BTreeMap::new();
+        for (index, log) in self.logs.iter().enumerate() {
+            let shard = ShardId(index as u16);
+            let mut floors = PriceFloors::default();
+            let mut kinds: BTreeMap<ItemId, ItemKind> = BTreeMap::new();
+            let mut accepted: BTreeMap<String, Command> = BTreeMap::new();
+            let floor_at = |floors: &PriceFloors, kind: ItemKind, at_ms: TimestampMs| {
+                floors.in_force(kind, at_ms).map(|(_, floor)| floor.price)
+            };
+            let mut refusals = self
+                .reprice_floor_refusals
+                .iter()
+                .filter(|refusal| refusal.shard == shard)
+                .peekable();
+            let check_refusal =
+                |refusal: &RepriceRefusal,
+                 floors: &PriceFloors,
+                 kinds: &BTreeMap<ItemId, ItemKind>| {
+                    let kind = *kinds
+                        .get(&refusal.item_id)
+                        .expect("a reprice refused under a floor is of an item of its shard");
+                    let floor = floor_at(floors, kind, refusal.at_ms);
+                    assert!(
+                        floor.is_some_and(|floor| refusal.price < floor),
+                        "shard {shard} refused to reprice {} to {} at {} under the floor, \
+                     but the floor of {kind} it held then was {floor:?}",
+                        refusal.item_id,
+                        refusal.price,
+                        refusal.at_ms
+                    );
+                };
+            for (position, record) in log.iter().enumerate() {
+                while let Some(refusal) = refusals.next_if(|refusal| refusal.records == position) {
+                    check_refusal(refusal, &floors, &kinds);
+                }
+                for logged in record.logged() {
+                    let at_ms = logged.timestamp_ms;
+                    match logged.event().expect("decodable event") {
+                        Event::PriceFloorSet {
+                            kind,
+                            version,
+                            price,
+                            effective_from_ms,
+                        }
+                        | Event::PriceFloorReplicated {
+                            kind,
+                            version,
+                            price,
+                            effective_from_ms,
+                        } => {
+                            assert_eq!(
+                                version,
+                                floors.next_version(kind),
+                                "shard {shard} holds the versions of the floor of {kind} in order"
+                            );
+                            let floor = FloorVersion {
+                                price,
+                                effective_from_ms,
+                            };
+                            assert_eq!(
+                                set.get(&(kind, version)),
+                                Some(&floor),
+                                "shard {shard} holds version {version} of the floor of {kind} as it was set"
+                            );
+                            floors.insert(kind, version, floor);
+                        }
+                        Event::CommandAccepted { key, command, .. } => {
+                            accepted.insert(key, command);
+                        }
+                        Event::ItemPublished { definition } => {
+                            assert!(logged.cause.starts_with("command:"));
+                            let floor = floor_at(&floors, definition.kind, at_ms);
+                            assert!(
+                                floor.is_none_or(|floor| definition.price >= floor),
+                                "shard {shard} published {} of {} at {} for {} under the floor {floor:?} it held",
+                                definition.item_id,
+                                definition.kind,
+                                at_ms,
+                                definition.price
+                            );
+                            kinds.insert(definition.item_id.clone(), definition.kind);
+                        }
+                        Event::ItemRepriced { item_id, price } => {
+                            assert!(logged.cause.starts_with("command:"));
+                            let kind = kinds[&item_id];
+                            let floor = floor_at(&floors, kind, at_ms);
+                            assert!(
+                                floor.is_none_or(|floor| price >= floor),
+                                "shard {shard} repriced {item_id} of {kind} at {at_ms} to {price} under the floor {floor:?} it held"
+                            );
+                        }
+                        Event::CommandCompleted {
+                            key,
+                            completion:
+                                Completion {
+                                    result: Err(rejection),
+                                    ..
+                                },
+                        } if rejection.code == RejectionCode::BelowPriceFloor => {
+                            let Some(Command::PublishItem(definition)) = accepted.get(&key) else {
+                                panic!(
+                                    "only a publish is remembered as refused under a floor ({key})"
+                                );
+                            };
+                            let floor = floor_at(&floors, definition.kind, at_ms);
+                            assert!(
+                                floor.is_some_and(|floor| definition.price < floor),
+                                "shard {shard} refused to publish {} of {} at {at_ms} for {} under the floor, \
+                                 but the floor it held then was {floor:?}",
+                                definition.item_id,
+                                definition.kind,
+                                definition.price
+                            );
+                        }
+                        Event::MessageSent {
+                            message:
+                                Message::ChargeBuyer {
+                                    purchase_id,
+                                    reservation,
+                                    at_ms,
+                                    ..
+                                },
+                            ..
+                        } => {
+                            let expected = match &reservation.sale {
+                                SaleKind::Item { item_id, .. } => {
+                                    let kind = *kinds
+                                        .get(item_id)
+                                        .expect("an item is reserved on its own shard");
+                                    floor_at(&floors, kind, at_ms)
+                                        .filter(|floor| *floor > 0)
+                                        .map(|floor| SaleTerms {
+                                            rule: PriceRule::Base,
+                                            kind,
+                                            floor: Some(floor),
+                                            fee_policy_version: 2,
+                                        })
+                                }
+                                SaleKind::Bundle { .. } | SaleKind::Resale { .. } => None,
+                            };
+                            assert_eq!(
+                                reservation.terms, expected,
+                                "shard {shard} reserved {purchase_id} at {at_ms} under the terms of the floor it held"
+                            );
+                            assert!(
+                                reserved.insert(purchase_id, reservation).is_none(),
+                                "a purchase is reserved once"
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for refusal in refusals {
+                assert_eq!(refusal.records, log.len());
+                check_refusal(refusal, &floors, &kinds);
+            }
+            // The floors held at the end: every version set, dense from 1.
+            let runner = &self.runners[index];
+            assert_eq!(
+                floors, runner.state.price_floors,
+                "shard {shard}'s floors are its log's"
+            );
+            let held: BTreeMap<(ItemKind, u32), FloorVersion> = floors
+                .kinds
+                .iter()
+                .flat_map(|(kind, versions)| {
+                    versions
+                        .iter()
+                        .map(|(version, floor)| ((*kind, *version), *floor))
+                })
+                .collect();
+            assert_eq!(held, set, "shard {shard} holds every floor version");
+            for (kind, versions) in &floors.kinds {
+                assert!(
+                    versions.keys().copied().eq(1..=versions.len() as u32),
+                    "the versions of the floor of {kind} are dense from 1: {:?}",
+                    versions.keys()
+                );
+            }
+        }
+
+        // Every primary sale settles by the terms it was reserved under.
+        let mut completed: BTreeMap<PurchaseId, &Reservation> = BTreeMap::new();
+        for (_, event) in events {
+            if let Event::PurchaseCompleted {
+                key, reservation, ..
+            } = event
+            {
+                let purchase_id = PurchaseId::parse(
+                    key.strip_prefix("purchase:")
+                        .expect("a purchase's key")
+                        .to_string(),
+                )
+                .expect("a purchase id");
+                assert_eq!(
+                    reserved.get(&purchase_id),
+                    Some(reservation),
+                    "{purchase_id} completed with the reservation its seller's shard made"
+                );
+                assert!(completed.insert(purchase_id, reservation).is_none());
+            }
+        }
+        for (_, event) in events {
+            let Event::SaleSettled {
+                purchase_id,
+                resale: false,
+                cleared,
+                creator_share,
+                platform_fee,
+                policy_version,
+                ..
+            } = event
+            else {
+                continue;
+            };
+            let reservation = completed
+                .get(purchase_id)
+                .expect("a settled sale completed");
+            assert_eq!(
+                *cleared, reservation.price,
+                "{purchase_id} cleared its price"
+            );
+            assert_eq!(creator_share + platform_fee, *cleared);
+            match &reservation.terms {
+                Some(SaleTerms {
+                    floor: Some(floor),
+                    fee_policy_version: 2,
+                    ..
+                }) => {
+                    assert_eq!(*policy_version, 2, "{purchase_id} settles by policy 2");
+                    let expected = creator_share_v2(*cleared, *floor);
+                    assert_eq!(expected, pricing::split_v2(*cleared, *floor).creator_share);
+                    assert_eq!(
+                        *creator_share, expected,
+                        "{purchase_id} at {cleared} under a floor of {floor}: the creator's share by policy 2"
+                    );
+                }
+                None => {
+                    assert_eq!(*policy_version, 1, "{purchase_id} settles by policy 1");
+                    assert_eq!(
+                        *creator_share,
+                        cleared * 7 / 10,
+                        "{purchase_id} at {cleared}: 70% to the creator by policy 1"
+                    );
+                }
+                Some(terms) => panic!("{purchase_id} was reserved under unknown terms {terms:?}"),
+            }
+        }
+    }
+
     fn check_invariants(&self) {
         // Conservation: all postings across shards sum to zero; nothing left in flight.
         let mut totals: BTreeMap<Account, i64> = BTreeMap::new();
@@ -909,6 +1446,7 @@ impl Simulation {
             }
         }
         self.check_purchase_limits(&events);
+        self.check_price_floors(&events);
         let mut successful = BTreeSet::new();
         {
             for (key, (command, completion)) in &accepted {
@@ -1161,16 +1699,39 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
         "rate_limited (answered, not remembered)".into(),
         simulation.rate_limited as usize,
     );
-    let forgotten: u32 = simulation
-        .all_events()
-        .iter()
-        .map(|(_, event)| match event {
+    totals.outcomes.insert(
+        "below_price_floor reprice (answered, not remembered)".into(),
+        simulation.reprice_floor_refusals.len(),
+    );
+    totals.outcomes.insert(
+        "SetPriceFloor forbidden (refused)".into(),
+        simulation.floor_forbidden as usize,
+    );
+    totals.outcomes.insert(
+        "SetPriceFloor idempotency_conflict (refused)".into(),
+        simulation.floor_conflicts as usize,
+    );
+    let mut settled_by_policy: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut forgotten: u32 = 0;
+    for (_, event) in simulation.all_events() {
+        match event {
+            Event::SaleSettled {
+                resale: false,
+                policy_version,
+                ..
+            } => *settled_by_policy.entry(policy_version).or_default() += 1,
             Event::CommandsForgotten {
                 count, paid_count, ..
-            } => count + paid_count,
-            _ => 0,
-        })
-        .sum();
+            } => forgotten += count + paid_count,
+            _ => {}
+        }
+    }
+    for (policy_version, count) in settled_by_policy {
+        totals.outcomes.insert(
+            format!("primary sales by fee policy {policy_version}"),
+            count,
+        );
+    }
     totals
         .outcomes
         .insert("commands forgotten".into(), forgotten as usize);
@@ -1264,6 +1825,13 @@ fn simulated_ledger_keeps_its_invariants() {
         "idempotency_expired (refused)",
         "commands forgotten",
         "rate_limited (answered, not remembered)",
+        "PriceFloorSet",
+        "below_price_floor",
+        "below_price_floor reprice (answered, not remembered)",
+        "SetPriceFloor forbidden (refused)",
+        "SetPriceFloor idempotency_conflict (refused)",
+        "primary sales by fee policy 1",
+        "primary sales by fee policy 2",
     ] {
         assert!(
             outcomes.get(expected).copied().unwrap_or(0) > 0,
