@@ -6,6 +6,7 @@ mod floors;
 mod grant;
 mod limits;
 mod listing;
+mod price_tests;
 mod purchase;
 mod refund;
 mod regional;
