@@ -1224,7 +1224,7 @@ fn sent_messages(records: &[BatchRecord]) -> Vec<MessageEnvelope> {
                 to,
                 sequence,
                 message,
-            } => (*to, *sequence, message.clone()),
+            } => (*to, *sequence, message.as_ref().clone()),
             entry if entry.event_type() == "message_sent" => match logged.event() {
                 Ok(Event::MessageSent {
                     to,

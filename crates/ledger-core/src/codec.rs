@@ -355,7 +355,9 @@ pub enum Entry {
     Sent {
         to: ShardId,
         sequence: u64,
-        message: Message,
+        /// Boxed: the largest message is several times the other entries
+        /// (the same bytes as the message itself).
+        message: Box<Message>,
     },
     /// `message_received`: the sender's message `sequence` was consumed
     /// (logged after its effects, in the same record).
@@ -387,7 +389,7 @@ impl Entry {
             } => Entry::Sent {
                 to: *to,
                 sequence: *sequence,
-                message: message.clone(),
+                message: Box::new(message.clone()),
             },
             Event::MessageReceived { from, sequence } => Entry::Received {
                 from: *from,
@@ -439,7 +441,7 @@ impl Entry {
             } => Ok(Event::MessageSent {
                 to: *to,
                 sequence: *sequence,
-                message: message.clone(),
+                message: message.as_ref().clone(),
             }),
             Entry::Received { from, sequence } => Ok(Event::MessageReceived {
                 from: *from,

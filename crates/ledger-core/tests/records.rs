@@ -49,11 +49,11 @@ fn sample_inputs() -> Vec<InputEntries> {
                 Entry::Sent {
                     to: ShardId(3),
                     sequence: 9,
-                    message: Message::CreditGrant {
+                    message: Box::new(Message::CreditGrant {
                         grant_id: GrantId::parse("g-2").unwrap(),
                         user_id: user("bob"),
                         amount: 5,
-                    },
+                    }),
                 },
                 Entry::Received {
                     from: ShardId(3),
@@ -291,13 +291,13 @@ fn purchase_inputs() -> Vec<InputEntries> {
                 Entry::Sent {
                     to: ShardId(2),
                     sequence: 5,
-                    message: Message::ChargeBuyer {
+                    message: Box::new(Message::ChargeBuyer {
                         purchase_id: purchase_id.clone(),
                         buyer_id: user("alice"),
                         reservation: reservation.clone(),
                         at_ms: 1_800_000_000_000,
                         home: ShardId(0),
-                    },
+                    }),
                 },
                 Entry::Received {
                     from: ShardId(0),
@@ -312,14 +312,14 @@ fn purchase_inputs() -> Vec<InputEntries> {
                 Entry::Sent {
                     to: ShardId(3),
                     sequence: 8,
-                    message: Message::ReserveSale {
+                    message: Box::new(Message::ReserveSale {
                         purchase_id,
                         buyer_id: user("alice"),
                         request: SaleRequest::Bundle(BundleId::parse("pack-1").unwrap()),
                         expected_price: 150,
                         at_ms: 1_800_000_000_001,
                         home: ShardId(1),
-                    },
+                    }),
                 },
                 Entry::from_event(&completed),
                 Entry::Received {

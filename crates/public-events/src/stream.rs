@@ -398,7 +398,7 @@ fn publish(
         let mut settlements: BTreeMap<&PurchaseId, Settlement> = BTreeMap::new();
         for entry in &input.entries {
             if let Entry::Sent { message, .. } = entry {
-                match message {
+                match message.as_ref() {
                     Message::SettleSale {
                         purchase_id,
                         creator_id,

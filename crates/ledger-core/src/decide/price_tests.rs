@@ -97,14 +97,13 @@ pub(super) fn start_on_item(
     actor: &Actor,
     at_ms: TimestampMs,
 ) -> Message {
-    let result = check_item(out.state, test, actor, at_ms).map(|creator_id| {
+    let result = check_item(out.state, test, actor, at_ms).inspect(|_| {
         out.push(Event::PriceTestStarted {
             test_id: test.test_id.clone(),
             item_id: test.item_id.clone(),
             arms: test.arms.to_vec(),
             ends_at_ms: test.ends_at_ms,
         });
-        creator_id
     });
     Message::TestStartedOnItem {
         test_id: test.test_id.clone(),
