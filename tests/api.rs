@@ -3011,5 +3011,50 @@ async fn a_price_test_prices_each_buyer_by_a_stable_arm_and_its_results_match_wh
         app.get("/v1/price-tests/no-such-test", None).await.status,
         404
     );
+
+    // Analysts recompute the results from the public event stream.
+    let events = eventually("the public stream to show the test's end", || async {
+        let events = app.public_events().await;
+        events
+            .iter()
+            .any(|event| {
+                event.event_type == "ledger.price_test_ended.v1"
+                    && event.data["test_id"] == "cap-test"
+            })
+            .then_some(events)
+    })
+    .await;
+    let of_test = |kind: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|event| event.event_type == kind && event.data["test_id"] == "cap-test")
+            .map(|event| &event.data)
+            .collect()
+    };
+    let mut sold = [(0u64, 0i64); 2];
+    for sale in of_test("ledger.price_test_sold.v1") {
+        let arm = sale["arm"].as_u64().unwrap() as usize;
+        sold[arm].0 += 1;
+        sold[arm].1 += sale["price"].as_i64().unwrap();
+    }
+    let mut shown = [0u64; 2];
+    for batch in of_test("ledger.price_test_exposed.v1") {
+        for (arm, count) in batch["batch"].as_array().unwrap().iter().enumerate() {
+            shown[arm] += count.as_u64().unwrap();
+        }
+    }
+    for arm in 0..2 {
+        assert_eq!(
+            (sold[arm].0, sold[arm].1, shown[arm]),
+            (
+                results["arms"][arm]["purchases"].as_u64().unwrap(),
+                results["arms"][arm]["revenue"].as_i64().unwrap(),
+                results["arms"][arm]["exposures"].as_u64().unwrap()
+            ),
+            "arm {arm} from the public stream"
+        );
+    }
+    assert_eq!(of_test("ledger.price_test_started.v1").len(), 1);
+    assert_eq!(of_test("ledger.price_test_ended.v1")[0]["winner"], leading);
     app.stop().await;
 }

@@ -7,8 +7,9 @@ use schemars::JsonSchema;
 
 use crate::types::{
     BundleCreated, CurrencyGranted, EscrowReleased, EscrowReversed, ItemPublished, ItemRepriced,
-    ItemSaleToggled, ListingCancelled, ListingCreated, PurchaseCompleted, PurchaseRefunded,
-    ResaleCompleted, StructuredEvent, PUBLIC_VERSION,
+    ItemSaleToggled, ListingCancelled, ListingCreated, PriceFloorSet, PriceTestEnded,
+    PriceTestExposed, PriceTestSold, PriceTestStarted, PurchaseCompleted, PurchaseRefunded,
+    RegionalPricesSet, ResaleCompleted, StructuredEvent, PUBLIC_VERSION,
 };
 
 /// The file name of a public type's schema: `<type>.v<version>.schema.json`.
@@ -26,7 +27,7 @@ fn schema_of<T: JsonSchema>() -> serde_json::Value {
 /// Every schema file of `schemas/json/`: `(file name, pretty JSON text
 /// ending with a newline)`, sorted by name.
 pub fn schema_files() -> Vec<(String, String)> {
-    let typed: [(&str, serde_json::Value); 12] = [
+    let typed: [(&str, serde_json::Value); 18] = [
         ("currency_granted", schema_of::<CurrencyGranted>()),
         ("purchase_completed", schema_of::<PurchaseCompleted>()),
         ("resale_completed", schema_of::<ResaleCompleted>()),
@@ -39,6 +40,12 @@ pub fn schema_files() -> Vec<(String, String)> {
         ("item_repriced", schema_of::<ItemRepriced>()),
         ("item_sale_toggled", schema_of::<ItemSaleToggled>()),
         ("bundle_created", schema_of::<BundleCreated>()),
+        ("price_floor_set", schema_of::<PriceFloorSet>()),
+        ("regional_prices_set", schema_of::<RegionalPricesSet>()),
+        ("price_test_started", schema_of::<PriceTestStarted>()),
+        ("price_test_exposed", schema_of::<PriceTestExposed>()),
+        ("price_test_sold", schema_of::<PriceTestSold>()),
+        ("price_test_ended", schema_of::<PriceTestEnded>()),
     ];
     let mut files: Vec<(String, String)> = typed
         .into_iter()

@@ -40,8 +40,9 @@ use ledger_core::{
 
 use crate::types::{
     rfc3339, AccountChange, BundleCreated, CurrencyGranted, EscrowReleased, EscrowReversed,
-    ItemPublished, ItemRepriced, ItemSaleToggled, ListingCancelled, ListingCreated, PublicData,
-    PublicEvent, PurchaseCompleted, PurchaseRefunded, ResaleCompleted,
+    ItemPublished, ItemRepriced, ItemSaleToggled, ListingCancelled, ListingCreated, PriceFloorSet,
+    PriceTestEnded, PriceTestExposed, PriceTestSold, PriceTestStarted, PublicData, PublicEvent,
+    PurchaseCompleted, PurchaseRefunded, RegionalPricesSet, ResaleCompleted,
 };
 
 /// Why the stream cannot go on.
@@ -666,6 +667,86 @@ fn map_event(
                 name: name.clone(),
                 item_ids: strings(item_ids),
                 price: *price,
+            }),
+        ),
+        Event::PriceFloorSet {
+            kind,
+            version,
+            price,
+            effective_from_ms,
+        } => (
+            format!("price-floor:{kind}"),
+            PublicData::PriceFloorSet(PriceFloorSet {
+                kind: kind.to_string(),
+                version: *version,
+                price: *price,
+                effective_from: rfc3339(*effective_from_ms),
+            }),
+        ),
+        Event::RegionalPricesSet { item_id, prices } => (
+            item_subject(item_id),
+            PublicData::RegionalPricesSet(RegionalPricesSet {
+                item_id: item_id.to_string(),
+                prices: prices
+                    .iter()
+                    .map(|(region, price)| (region.to_string(), *price))
+                    .collect(),
+            }),
+        ),
+        Event::PriceTestStarted {
+            test_id,
+            item_id,
+            arms,
+            ends_at_ms,
+        } => (
+            item_subject(item_id),
+            PublicData::PriceTestStarted(PriceTestStarted {
+                test_id: test_id.to_string(),
+                item_id: item_id.to_string(),
+                arms: arms.clone(),
+                ends_at: rfc3339(*ends_at_ms),
+            }),
+        ),
+        Event::PriceTestExposed {
+            test_id,
+            batch,
+            exposures,
+        } => (
+            format!("price-test:{test_id}"),
+            PublicData::PriceTestExposed(PriceTestExposed {
+                test_id: test_id.to_string(),
+                batch: batch.clone(),
+                exposures: exposures.clone(),
+            }),
+        ),
+        Event::PriceTestSold {
+            test_id,
+            purchase_id,
+            arm,
+            price,
+            purchases,
+            revenue,
+        } => (
+            format!("price-test:{test_id}"),
+            PublicData::PriceTestSold(PriceTestSold {
+                test_id: test_id.to_string(),
+                purchase_id: purchase_id.to_string(),
+                arm: *arm,
+                price: *price,
+                arm_purchases: *purchases,
+                arm_revenue: *revenue,
+            }),
+        ),
+        Event::PriceTestEnded {
+            test_id,
+            winner,
+            applied_price,
+        } => (
+            format!("price-test:{test_id}"),
+            PublicData::PriceTestEnded(PriceTestEnded {
+                test_id: test_id.to_string(),
+                winner: *winner,
+                applied_price: *applied_price,
             }),
         ),
         _ => return Mapped::Nothing,

@@ -197,6 +197,77 @@ pub struct BundleCreated {
     pub price: i64,
 }
 
+/// A new version of the platform's price floor for an item kind: from
+/// `effective_from`, publishing or repricing an item of the kind under
+/// `price` is refused, and its primary sales are split by fee policy 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceFloorSet {
+    /// `accessory`, `classic_clothing`, `layered_clothing`, `body` or `emote`.
+    pub kind: String,
+    pub version: u32,
+    pub price: i64,
+    /// RFC 3339.
+    pub effective_from: String,
+}
+
+/// An item's prices per region from now on (replacing any before; empty:
+/// none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionalPricesSet {
+    pub item_id: String,
+    /// ISO 3166-1 alpha-2 region → price.
+    pub prices: std::collections::BTreeMap<String, i64>,
+}
+
+/// The item's shard prices each buyer by one of a price test's arms until
+/// `ends_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTestStarted {
+    pub test_id: String,
+    pub item_id: String,
+    pub arms: Vec<i64>,
+    /// RFC 3339.
+    pub ends_at: String,
+}
+
+/// A purchase paid the price of a price test's arm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTestSold {
+    pub test_id: String,
+    pub purchase_id: String,
+    pub arm: u8,
+    pub price: i64,
+    /// The arm's purchases and revenue so far.
+    pub arm_purchases: u64,
+    pub arm_revenue: i64,
+}
+
+/// A batch of a price test's exposures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTestExposed {
+    pub test_id: String,
+    /// This batch's exposures per arm.
+    pub batch: Vec<u64>,
+    /// Each arm's exposures so far.
+    pub exposures: Vec<u64>,
+}
+
+/// A price test ended with `winner` (the arm with the most revenue per
+/// exposure; null without exposures); `applied_price` is sent to the item
+/// when the test applies its winner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceTestEnded {
+    pub test_id: String,
+    pub winner: Option<u8>,
+    pub applied_price: Option<i64>,
+}
+
 /// The data of a public event, by type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicData {
@@ -212,13 +283,19 @@ pub enum PublicData {
     ItemRepriced(ItemRepriced),
     ItemSaleToggled(ItemSaleToggled),
     BundleCreated(BundleCreated),
+    PriceFloorSet(PriceFloorSet),
+    RegionalPricesSet(RegionalPricesSet),
+    PriceTestStarted(PriceTestStarted),
+    PriceTestExposed(PriceTestExposed),
+    PriceTestSold(PriceTestSold),
+    PriceTestEnded(PriceTestEnded),
 }
 
 /// The version of every public type this crate writes.
 pub const PUBLIC_VERSION: u16 = 1;
 
 /// Every public type name, in the order of [`PublicData`].
-pub const PUBLIC_TYPES: [&str; 12] = [
+pub const PUBLIC_TYPES: [&str; 18] = [
     "currency_granted",
     "purchase_completed",
     "resale_completed",
@@ -231,6 +308,12 @@ pub const PUBLIC_TYPES: [&str; 12] = [
     "item_repriced",
     "item_sale_toggled",
     "bundle_created",
+    "price_floor_set",
+    "regional_prices_set",
+    "price_test_started",
+    "price_test_exposed",
+    "price_test_sold",
+    "price_test_ended",
 ];
 
 impl PublicData {
@@ -249,6 +332,12 @@ impl PublicData {
             PublicData::ItemRepriced(_) => "item_repriced",
             PublicData::ItemSaleToggled(_) => "item_sale_toggled",
             PublicData::BundleCreated(_) => "bundle_created",
+            PublicData::PriceFloorSet(_) => "price_floor_set",
+            PublicData::RegionalPricesSet(_) => "regional_prices_set",
+            PublicData::PriceTestStarted(_) => "price_test_started",
+            PublicData::PriceTestExposed(_) => "price_test_exposed",
+            PublicData::PriceTestSold(_) => "price_test_sold",
+            PublicData::PriceTestEnded(_) => "price_test_ended",
         }
     }
 
@@ -267,6 +356,12 @@ impl PublicData {
             PublicData::ItemRepriced(data) => serde_json::to_value(data),
             PublicData::ItemSaleToggled(data) => serde_json::to_value(data),
             PublicData::BundleCreated(data) => serde_json::to_value(data),
+            PublicData::PriceFloorSet(data) => serde_json::to_value(data),
+            PublicData::RegionalPricesSet(data) => serde_json::to_value(data),
+            PublicData::PriceTestStarted(data) => serde_json::to_value(data),
+            PublicData::PriceTestExposed(data) => serde_json::to_value(data),
+            PublicData::PriceTestSold(data) => serde_json::to_value(data),
+            PublicData::PriceTestEnded(data) => serde_json::to_value(data),
         };
         value.expect("public event data serializes to JSON")
     }
@@ -287,7 +382,13 @@ impl PublicData {
             | PublicData::ItemPublished(_)
             | PublicData::ItemRepriced(_)
             | PublicData::ItemSaleToggled(_)
-            | PublicData::BundleCreated(_) => (&[], &[]),
+            | PublicData::BundleCreated(_)
+            | PublicData::PriceFloorSet(_)
+            | PublicData::RegionalPricesSet(_)
+            | PublicData::PriceTestStarted(_)
+            | PublicData::PriceTestExposed(_)
+            | PublicData::PriceTestSold(_)
+            | PublicData::PriceTestEnded(_) => (&[], &[]),
         }
     }
 }
