@@ -23,7 +23,7 @@ use std::sync::Arc;
 use engine::ports::Recovery;
 use engine::shard::{Reply, ShardRunner, Step};
 use ledger_core::codec::{BatchRecord, MessageEnvelope, Snapshot};
-use ledger_core::pricing::{FloorVersion, FLOORS_KEY};
+use ledger_core::pricing::{ArmCounts, FloorVersion, RunningTest, FLOORS_KEY};
 use ledger_core::*;
 
 /// SplitMix64: tiny, seedable and stable across library versions.
@@ -76,6 +76,20 @@ struct Simulation {
     /// with another price.
     floor_forbidden: u64,
     floor_conflicts: u64,
+    /// Price tests asked for, with their arm count, to report exposures
+    /// for and to end.
+    price_tests: Vec<(PriceTestId, usize)>,
+    /// Exposure batches sent, to send again (as they are or changed).
+    exposure_batches: Vec<(Command, CommandMeta)>,
+    /// Items given regional prices or a price test, bought more often.
+    priced_items: Vec<ItemId>,
+    /// Regional price changes and reprices refused for regional prices:
+    /// answered, not logged; where they were decided is noted.
+    pricing_refusals: Vec<PricingRefusal>,
+    /// Outcomes of pricing commands answered without being remembered.
+    pricing_answers: BTreeMap<String, usize>,
+    /// What the pricing checks saw in the logs.
+    pricing_outcomes: BTreeMap<&'static str, usize>,
     /// Commands sent so far, to retry.
     sent: Vec<(Command, CommandMeta)>,
     users: Vec<UserId>,
@@ -103,6 +117,27 @@ struct RepriceRefusal {
     item_id: ItemId,
     price: i64,
     at_ms: TimestampMs,
+}
+
+/// A `SetRegionalPrices` or a `Reprice` refused on an item's shard (not
+/// logged): noted with where in the shard's log it was decided, to be
+/// checked against the item as the log held it then.
+#[derive(Debug, Clone)]
+struct PricingRefusal {
+    shard: ShardId,
+    records: usize,
+    command: Command,
+    actor: Actor,
+    code: RejectionCode,
+}
+
+/// Regions buyers come from; items are priced in some of them
+/// ([`PRICED_REGIONS`]), never in the others.
+const BUYER_REGIONS: [&str; 6] = ["BR", "DE", "IN", "US", "JP", "NG"];
+const PRICED_REGIONS: [&str; 4] = ["BR", "DE", "IN", "US"];
+
+fn region(code: &str) -> Region {
+    Region::parse(code).expect("a region code")
 }
 
 /// Storage faults injected in one run.
@@ -204,6 +239,12 @@ impl Simulation {
             floor_changes: Vec::new(),
             floor_forbidden: 0,
             floor_conflicts: 0,
+            price_tests: Vec::new(),
+            exposure_batches: Vec::new(),
+            priced_items: Vec::new(),
+            pricing_refusals: Vec::new(),
+            pricing_answers: BTreeMap::new(),
+            pricing_outcomes: BTreeMap::new(),
             faults: Faults::default(),
             commit_order: Vec::new(),
         }
@@ -271,6 +312,7 @@ impl Simulation {
                 .remove(&request)
                 .expect("reply to a known request");
             self.note_floor_reply(shard, &command, &meta, &reply);
+            self.note_pricing_reply(shard, &command, &meta, &reply);
             if let Reply::Completed(Completion {
                 result: Ok(Success::ListingCancelled),
                 ..
@@ -385,6 +427,76 @@ impl Simulation {
             }
             _ => {}
         }
+    }
+
+    /// Pricing outcomes that are answered, not remembered: a refused
+    /// regional price change or reprice is noted where it was decided; an
+    /// accepted change named each region once and at most 250.
+    fn note_pricing_reply(
+        &mut self,
+        shard: ShardId,
+        command: &Command,
+        meta: &CommandMeta,
+        reply: &Reply,
+    ) {
+        let outcome = match (command, reply) {
+            (Command::SetRegionalPrices { .. }, Reply::Refused(rejection)) => {
+                self.note_pricing_refusal(shard, command, meta, rejection.code);
+                format!("SetRegionalPrices {} (refused)", rejection.code.as_str())
+            }
+            (Command::SetRegionalPrices { prices, .. }, Reply::Completed(completion)) => {
+                assert!(
+                    matches!(completion.result, Ok(Success::RegionalPricesSet { .. })),
+                    "regional prices are set or refused: {completion:?}"
+                );
+                let regions: BTreeSet<&Region> = prices.iter().map(|(region, _)| region).collect();
+                assert!(
+                    regions.len() == prices.len() && prices.len() <= 250,
+                    "regional prices set with a region twice or over 250: {prices:?}"
+                );
+                "RegionalPricesSet".into()
+            }
+            (Command::Reprice { .. }, Reply::Refused(rejection))
+                if rejection.code == RejectionCode::ValidationFailed =>
+            {
+                self.note_pricing_refusal(shard, command, meta, rejection.code);
+                "Reprice under regional prices' 30% (refused)".into()
+            }
+            (Command::EndPriceTest { .. }, Reply::Refused(rejection)) => {
+                format!("EndPriceTest {} (refused)", rejection.code.as_str())
+            }
+            (Command::EndPriceTest { .. }, Reply::Completed(completion)) => {
+                assert!(
+                    matches!(completion.result, Ok(Success::PriceTestEnded { .. })),
+                    "a price test ends or is refused: {completion:?}"
+                );
+                "PriceTestEnded by command".into()
+            }
+            (Command::RecordExposures { .. }, Reply::Refused(rejection)) => {
+                format!("RecordExposures {} (refused)", rejection.code.as_str())
+            }
+            (Command::StartPriceTest { .. }, Reply::Refused(rejection)) => {
+                format!("StartPriceTest {} (refused)", rejection.code.as_str())
+            }
+            _ => return,
+        };
+        *self.pricing_answers.entry(outcome).or_default() += 1;
+    }
+
+    fn note_pricing_refusal(
+        &mut self,
+        shard: ShardId,
+        command: &Command,
+        meta: &CommandMeta,
+        code: RejectionCode,
+    ) {
+        self.pricing_refusals.push(PricingRefusal {
+            shard,
+            records: self.logs[shard.0 as usize].len(),
+            command: command.clone(),
+            actor: meta.actor.clone(),
+            code,
+        });
     }
 
     fn submit(&mut self, command: Command) {
@@ -611,9 +723,296 @@ impl Simulation {
         self.floor_changes.push(sent);
     }
 
+    /// Who sends a pricing command about an item of `creator_id`: mostly
+    /// the service, sometimes an admin, the creator or another creator.
+    fn pricing_actor(&mut self, creator_id: Option<UserId>) -> Actor {
+        let roll = self.random.below(100);
+        let (role, user_id) = match (roll, creator_id) {
+            (0..=69, _) => (Role::Service, user("purchase-flow".into())),
+            (70..=77, _) => (Role::Admin, user("ops".into())),
+            (78..=89, Some(creator_id)) => (Role::User, creator_id),
+            _ => {
+                let other = self.random.pick(&self.creators).cloned().expect("creators");
+                (Role::User, other)
+            }
+        };
+        Actor { role, user_id }
+    }
+
+    fn submit_by(&mut self, command: Command, actor: Actor) {
+        let meta = CommandMeta {
+            at_ms: self.now_ms,
+            actor,
+        };
+        self.sent.push((command.clone(), meta.clone()));
+        self.submit_with(command, meta);
+    }
+
+    /// The item's shard's view of an item: its creator, base price, kind,
+    /// whether it is a Limited, and its pricing.
+    fn item_view(&self, item_id: &ItemId) -> Option<(UserId, i64, ItemKind, bool, ItemPricing)> {
+        let shard = self.config.shard_of(&keys::item(item_id));
+        let state = &self.runners[shard.0 as usize].state;
+        let item = state.items.get(item_id)?;
+        Some((
+            item.definition.creator_id.clone(),
+            item.price,
+            item.definition.kind,
+            item.is_limited(),
+            state.item_pricing.get(item_id).cloned().unwrap_or_default(),
+        ))
+    }
+
+    /// An item to price: often one already priced, else any (now and then
+    /// one never published).
+    fn item_to_price(&mut self) -> Option<ItemId> {
+        if self.random.chance(3) {
+            return Some(ItemId::parse(self.fresh("item")).unwrap());
+        }
+        if self.random.chance(30) {
+            if let Some(item_id) = self.random.pick(&self.priced_items).cloned() {
+                return Some(item_id);
+            }
+        }
+        self.random.pick(&self.items).cloned()
+    }
+
+    fn pricing_operation(&mut self) {
+        match self.random.below(100) {
+            0..=29 => self.set_regional_prices(),
+            30..=54 => self.start_price_test(),
+            55..=84 => self.record_exposures(),
+            _ => self.end_price_test(),
+        }
+    }
+
+    /// Regional prices for an item: usually valid (each from 30% of the
+    /// base price up), sometimes none (clearing them), sometimes one under
+    /// 30%, a region twice or too many regions.
+    fn set_regional_prices(&mut self) {
+        let Some(item_id) = self.item_to_price() else {
+            return;
+        };
+        let view = self.item_view(&item_id);
+        let base = view.as_ref().map_or(50, |view| view.1);
+        let minimum = (base * 3 + 9) / 10;
+        let mut prices: Vec<(Region, i64)> = Vec::new();
+        let roll = self.random.below(100);
+        if roll < 2 {
+            // Every region priced: 250 (allowed) or 251 (refused).
+            for index in 0..250 + self.random.below(2) {
+                let code: String = [b'A' + (index / 26) as u8, b'A' + (index % 26) as u8]
+                    .iter()
+                    .map(|byte| *byte as char)
+                    .collect();
+                prices.push((region(&code), minimum + self.random.below(3) as i64));
+            }
+        } else {
+            let count = if roll < 10 {
+                0
+            } else {
+                1 + self.random.below(3)
+            };
+            let mut codes: Vec<&str> = PRICED_REGIONS.to_vec();
+            for _ in 0..count {
+                let index = self.random.below(codes.len() as u64) as usize;
+                let code = codes.swap_remove(index);
+                // Often at the lowest allowed, which a higher base refuses.
+                let price = if self.random.chance(30) {
+                    minimum
+                } else {
+                    minimum + self.random.below((base - minimum + 15) as u64) as i64
+                };
+                prices.push((region(code), price));
+            }
+            if !prices.is_empty() && roll >= 85 {
+                let index = self.random.below(prices.len() as u64) as usize;
+                if roll < 93 {
+                    prices[index].1 = minimum - 1 - self.random.below(3) as i64;
+                } else {
+                    let twice = prices[index].clone();
+                    prices.push((twice.0, twice.1 + 1));
+                }
+            }
+        }
+        let actor = self.pricing_actor(view.map(|view| view.0));
+        self.priced_items.push(item_id.clone());
+        self.submit_by(Command::SetRegionalPrices { item_id, prices }, actor);
+    }
+
+    /// A price test: usually of an item that is not a Limited, with 2 to 4
+    /// arms around its price, short enough that the clock ends many;
+    /// sometimes of a Limited, of an item already tested, with an arm under
+    /// the floor, with too few or many arms, already over, or an id used
+    /// for another test.
+    fn start_price_test(&mut self) {
+        if self.random.chance(4) {
+            let earlier = self
+                .sent
+                .iter()
+                .rev()
+                .find(|(command, _)| matches!(command, Command::StartPriceTest { .. }))
+                .cloned();
+            if let Some((
+                Command::StartPriceTest {
+                    test_id,
+                    item_id,
+                    mut arms,
+                    ends_at_ms,
+                    apply_winner,
+                },
+                meta,
+            )) = earlier
+            {
+                arms[0] += 1;
+                let command = Command::StartPriceTest {
+                    test_id,
+                    item_id,
+                    arms,
+                    ends_at_ms,
+                    apply_winner,
+                };
+                let meta = CommandMeta {
+                    at_ms: self.now_ms,
+                    ..meta
+                };
+                return self.submit_with(command, meta);
+            }
+        }
+        let item_id = if self.random.chance(80) {
+            // Not a Limited, if one can be found quickly.
+            let mut found = None;
+            for _ in 0..8 {
+                let Some(item_id) = self.item_to_price() else {
+                    break;
+                };
+                if self.item_view(&item_id).is_some_and(|view| !view.3) {
+                    found = Some(item_id);
+                    break;
+                }
+            }
+            found
+        } else {
+            self.item_to_price()
+        };
+        let Some(item_id) = item_id else {
+            return;
+        };
+        let view = self.item_view(&item_id);
+        let base = view.as_ref().map_or(50, |view| view.1);
+        let kind = view.as_ref().map_or(ItemKind::Accessory, |view| view.2);
+        let count = match self.random.below(100) {
+            0..=1 => 1,
+            2..=3 => 5,
+            _ => 2 + self.random.below(3) as usize,
+        };
+        let mut arms: Vec<i64> = (0..count)
+            .map(|_| (base * (75 + self.random.below(75) as i64) / 100).max(1))
+            .collect();
+        if self.random.chance(15) {
+            let index = self.random.below(count as u64) as usize;
+            arms[index] = self.price_near_floor(kind);
+        }
+        let ends_at_ms = if self.random.chance(2) {
+            self.now_ms
+        } else {
+            self.now_ms + 30 + self.random.below(1_500)
+        };
+        let test_id = PriceTestId::parse(self.fresh("test")).unwrap();
+        let command = Command::StartPriceTest {
+            test_id: test_id.clone(),
+            item_id: item_id.clone(),
+            arms,
+            ends_at_ms,
+            apply_winner: self.random.chance(60),
+        };
+        self.price_tests.push((test_id, count));
+        self.priced_items.push(item_id);
+        let actor = self.pricing_actor(view.map(|view| view.0));
+        self.submit_by(command, actor);
+    }
+
+    /// Usually one of the last tests asked for (likely still running).
+    fn recent_test(&mut self) -> Option<(PriceTestId, usize)> {
+        let recent = &self.price_tests[self.price_tests.len().saturating_sub(4)..];
+        self.random
+            .pick(recent)
+            .cloned()
+            .filter(|_| self.random.chance(70))
+    }
+
+    /// A batch of exposures of a test: usually new, one count per arm;
+    /// sometimes a batch sent again (as it was, or with other counts), one
+    /// with a count too many, or of a test that does not exist.
+    fn record_exposures(&mut self) {
+        if self.random.chance(15) {
+            if let Some((command, meta)) = self.random.pick(&self.exposure_batches).cloned() {
+                let command = match command {
+                    Command::RecordExposures {
+                        test_id,
+                        batch_id,
+                        mut counts,
+                    } if self.random.chance(30) => {
+                        counts[0] += 1;
+                        Command::RecordExposures {
+                            test_id,
+                            batch_id,
+                            counts,
+                        }
+                    }
+                    command => command,
+                };
+                return self.submit_with(command, meta);
+            }
+        }
+        let (test_id, arms) = match self.random.pick(&self.price_tests).cloned() {
+            Some(test) if !self.random.chance(3) => self.recent_test().unwrap_or(test),
+            _ => (PriceTestId::parse(self.fresh("test")).unwrap(), 2),
+        };
+        let count = if self.random.chance(5) {
+            arms + 1
+        } else {
+            arms
+        };
+        let counts = (0..count).map(|_| self.random.below(40)).collect();
+        let batch_id = ExposureBatchId::parse(self.fresh("batch")).unwrap();
+        let command = Command::RecordExposures {
+            test_id,
+            batch_id,
+            counts,
+        };
+        self.submit(command);
+        let sent = self.sent.last().cloned().expect("just sent");
+        self.exposure_batches.push(sent);
+    }
+
+    /// Ends a test now: usually by the service, sometimes by its creator
+    /// or another; now and then one that does not exist.
+    fn end_price_test(&mut self) {
+        let test_id = match self.random.pick(&self.price_tests).cloned() {
+            Some(test) if !self.random.chance(5) => self.recent_test().unwrap_or(test).0,
+            _ => PriceTestId::parse(self.fresh("test")).unwrap(),
+        };
+        let shard = self.config.shard_of(&keys::price_test(&test_id));
+        let creator_id = self.runners[shard.0 as usize]
+            .state
+            .price_tests
+            .get(&test_id)
+            .and_then(|test| test.creator_id.clone());
+        let actor = self.pricing_actor(creator_id);
+        self.submit_by(Command::EndPriceTest { test_id }, actor);
+    }
+
     fn random_operation(&mut self) {
         if self.random.chance(2) {
             self.change_price_floor();
+            for _ in 0..self.random.below(4) {
+                self.deliver_one();
+            }
+            return;
+        }
+        if self.random.chance(6) {
+            self.pricing_operation();
             for _ in 0..self.random.below(4) {
                 self.deliver_one();
             }
@@ -703,22 +1102,48 @@ impl Simulation {
                 });
             }
             25..=49 => {
-                let Some(item_id) = self.random.pick(&self.items).cloned() else {
-                    return;
+                // Often an item with regional prices or a test, most
+                // often a recent one (its test likely still runs).
+                let recent = &self.priced_items[self.priced_items.len().saturating_sub(6)..];
+                let priced = if self.random.chance(50) {
+                    self.random.pick(recent).cloned()
+                } else {
+                    self.random.pick(&self.priced_items).cloned()
+                };
+                let item_id = match priced {
+                    Some(item_id) if self.random.chance(35) => item_id,
+                    _ => match self.random.pick(&self.items).cloned() {
+                        Some(item_id) => item_id,
+                        None => return,
+                    },
                 };
                 let buyer_id = if self.random.chance(5) {
                     self.random.pick(&self.creators).cloned().unwrap()
                 } else {
                     self.random.pick(&self.users).cloned().unwrap()
                 };
-                let known = self
-                    .item_state(&item_id)
-                    .map(|item| item.price)
-                    .unwrap_or(1);
-                let expected_price = if self.random.chance(5) {
-                    known + 1
+                let region = if self.random.chance(40) {
+                    None
                 } else {
-                    known
+                    self.random.pick(&BUYER_REGIONS).map(|code| region(code))
+                };
+                // The price the storefront shows the buyer (their region's,
+                // their arm's or the base price); sometimes the base price
+                // or another region's instead, or one off.
+                let (base, quoted, regional) = match self.item_view(&item_id) {
+                    Some((_, base, _, _, pricing)) => {
+                        let (quoted, _) =
+                            pricing.price_for(base, region.as_ref(), Some(&buyer_id), self.now_ms);
+                        let regional: Vec<i64> = pricing.regional.values().copied().collect();
+                        (base, quoted, regional)
+                    }
+                    None => (1, 1, Vec::new()),
+                };
+                let expected_price = match self.random.below(100) {
+                    0..=79 => quoted,
+                    80..=89 => base,
+                    90..=94 => self.random.pick(&regional).copied().unwrap_or(quoted),
+                    _ => quoted + 1,
                 };
                 let purchase_id = PurchaseId::parse(self.fresh_id("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
@@ -727,7 +1152,7 @@ impl Simulation {
                     buyer_id,
                     target: PurchaseTarget::Item(item_id),
                     expected_price,
-                    region: None,
+                    region,
                 });
             }
             50..=55 => {
@@ -1104,6 +1529,10 @@ impl Simulation {
                             );
                             kinds.insert(definition.item_id.clone(), definition.kind);
                         }
+                        // A test's winner applied to its item was held to
+                        // the floor in force when the test ended (see
+                        // `check_pricing`).
+                        Event::ItemRepriced { .. } if logged.cause.starts_with("message:") => {}
                         Event::ItemRepriced { item_id, price } => {
                             assert!(logged.cause.starts_with("command:"));
                             let kind = kinds[&item_id];
@@ -1121,10 +1550,13 @@ impl Simulation {
                                     ..
                                 },
                         } if rejection.code == RejectionCode::BelowPriceFloor => {
-                            let Some(Command::PublishItem(definition)) = accepted.get(&key) else {
-                                panic!(
-                                    "only a publish is remembered as refused under a floor ({key})"
-                                );
+                            let definition = match accepted.get(&key) {
+                                Some(Command::PublishItem(definition)) => definition,
+                                // Refused by the item's shard (see `check_pricing`).
+                                Some(Command::StartPriceTest { .. }) => continue,
+                                _ => panic!(
+                                    "only a publish or a price test is remembered as refused under a floor ({key})"
+                                ),
                             };
                             let floor = floor_at(&floors, definition.kind, at_ms);
                             assert!(
@@ -1151,14 +1583,25 @@ impl Simulation {
                                     let kind = *kinds
                                         .get(item_id)
                                         .expect("an item is reserved on its own shard");
-                                    floor_at(&floors, kind, at_ms)
-                                        .filter(|floor| *floor > 0)
-                                        .map(|floor| SaleTerms {
-                                            rule: PriceRule::Base,
+                                    // The rule is checked by `check_pricing`.
+                                    let rule = reservation
+                                        .terms
+                                        .as_ref()
+                                        .map_or(PriceRule::Base, |terms| terms.rule.clone());
+                                    let floor =
+                                        floor_at(&floors, kind, at_ms).filter(|floor| *floor > 0);
+                                    (floor.is_some() || rule != PriceRule::Base).then(|| {
+                                        SaleTerms {
+                                            rule,
                                             kind,
-                                            floor: Some(floor),
-                                            fee_policy_version: 2,
-                                        })
+                                            floor,
+                                            fee_policy_version: if floor.is_some() {
+                                                2
+                                            } else {
+                                                self.config.primary_fee_policy.version
+                                            },
+                                        }
+                                    })
                                 }
                                 SaleKind::Bundle { .. } | SaleKind::Resale { .. } => None,
                             };
@@ -1260,7 +1703,12 @@ impl Simulation {
                         "{purchase_id} at {cleared} under a floor of {floor}: the creator's share by policy 2"
                     );
                 }
-                None => {
+                None
+                | Some(SaleTerms {
+                    floor: None,
+                    fee_policy_version: 1,
+                    ..
+                }) => {
                     assert_eq!(*policy_version, 1, "{purchase_id} settles by policy 1");
                     assert_eq!(
                         *creator_share,
@@ -1273,7 +1721,691 @@ impl Simulation {
         }
     }
 
-    fn check_invariants(&self) {
+    /// Regional prices and price tests, from the logs. Replaying each
+    /// shard's log in order gives, at every decision, the items (base
+    /// price, regional prices, running test) and the tests it held:
+    ///
+    /// * every primary item sale was reserved at the price for its buyer
+    ///   then: their region's price, else their arm's in a running test,
+    ///   else the base price (as `ItemPricing::price_for` says too);
+    /// * no regional price is ever under 30% of its item's base price,
+    ///   and refused regional prices and reprices had a reason;
+    /// * a test starts on its item exactly when the item could be tested;
+    /// * each `PriceTestExposed` and `PriceTestSold` total is its running
+    ///   sum (of the accepted batches; of the completed purchases priced by
+    ///   that arm), and the test shard's counts are what the logs recompute;
+    /// * a test ends with the arm that earned most per exposure as its
+    ///   shard counted then, by its time or a command, and only once;
+    /// * the winner's price is applied to the item iff asked and neither
+    ///   under the floor in force then nor under its regional prices' 30%.
+    fn check_pricing(&self, events: &[(ShardId, Event)]) -> BTreeMap<&'static str, usize> {
+        let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+        // What the replay needs from other shards' logs.
+        let mut regions: BTreeMap<PurchaseId, Option<Region>> = BTreeMap::new();
+        let mut starts: BTreeMap<PriceTestId, (Command, CommandMeta)> = BTreeMap::new();
+        let mut batches: BTreeMap<String, (PriceTestId, Vec<u64>)> = BTreeMap::new();
+        let mut recorded: BTreeSet<String> = BTreeSet::new();
+        let mut arm_sales: BTreeMap<PurchaseId, (PriceTestId, u8, i64)> = BTreeMap::new();
+        let mut closes: BTreeMap<PriceTestId, (ItemId, Option<i64>, TimestampMs)> = BTreeMap::new();
+        for (_, event) in events {
+            match event {
+                Event::CommandAccepted {
+                    key, command, meta, ..
+                } => match command {
+                    Command::Purchase {
+                        purchase_id,
+                        region,
+                        ..
+                    } => {
+                        regions.insert(purchase_id.clone(), region.clone());
+                    }
+                    Command::StartPriceTest { test_id, .. } => {
+                        starts.insert(test_id.clone(), (command.clone(), meta.clone()));
+                    }
+                    Command::RecordExposures {
+                        test_id, counts, ..
+                    } => {
+                        batches.insert(key.clone(), (test_id.clone(), counts.clone()));
+                    }
+                    _ => {}
+                },
+                Event::CommandCompleted {
+                    key,
+                    completion:
+                        Completion {
+                            result: Ok(Success::ExposuresRecorded { .. }),
+                            ..
+                        },
+                } => {
+                    recorded.insert(key.clone());
+                }
+                Event::PurchaseCompleted {
+                    key, reservation, ..
+                } => {
+                    if let Some(SaleTerms {
+                        rule: PriceRule::Region(_),
+                        ..
+                    }) = &reservation.terms
+                    {
+                        *seen.entry("primary sales at a regional price").or_default() += 1;
+                    }
+                    if let Some(SaleTerms {
+                        rule: PriceRule::TestArm { test_id, arm },
+                        ..
+                    }) = &reservation.terms
+                    {
+                        *seen.entry("primary sales at a test's arm").or_default() += 1;
+                        let purchase_id = PurchaseId::parse(
+                            key.strip_prefix("purchase:").expect("a purchase's key"),
+                        )
+                        .expect("a purchase id");
+                        arm_sales.insert(purchase_id, (test_id.clone(), *arm, reservation.price));
+                    }
+                }
+                Event::MessageSent {
+                    message:
+                        Message::CloseTestOnItem {
+                            test_id,
+                            item_id,
+                            apply_price,
+                            at_ms,
+                        },
+                    ..
+                } => {
+                    assert!(
+                        closes
+                            .insert(test_id.clone(), (item_id.clone(), *apply_price, *at_ms))
+                            .is_none(),
+                        "price test {test_id} is closed on its item once"
+                    );
+                }
+                _ => {}
+            }
+        }
+
+        /// An item as its shard's log holds it.
+        struct Priced {
+            base: i64,
+            kind: ItemKind,
+            creator_id: UserId,
+            limited: bool,
+            regional: BTreeMap<Region, i64>,
+            test: Option<RunningTest>,
+        }
+        /// A test as its shard's log holds it.
+        struct Tested {
+            item_id: ItemId,
+            arms: Vec<i64>,
+            ends_at_ms: TimestampMs,
+            apply_winner: bool,
+            running: bool,
+            ended: bool,
+            counts: Vec<ArmCounts>,
+        }
+        let may_act_as =
+            |actor: &Actor, user_id: &UserId| actor.role != Role::User || &actor.user_id == user_id;
+        // At least 30% of the base price: 10 × regional ≥ 3 × base.
+        let thirty_percent =
+            |regional: i64, base: i64| i128::from(regional) * 10 >= i128::from(base) * 3;
+        let check_regional = |item_id: &ItemId, item: &Priced, shard: ShardId| {
+            for (region, price) in &item.regional {
+                assert!(
+                    thirty_percent(*price, item.base),
+                    "shard {shard}: {item_id} costs {price} in {region}, under 30% of its price {}",
+                    item.base
+                );
+            }
+        };
+        // The arm with the most revenue per exposure, the lower on a tie,
+        // among those shown at all.
+        let best_arm = |counts: &[ArmCounts]| {
+            (0..counts.len())
+                .filter(|arm| counts[*arm].exposures > 0)
+                .max_by(|a, b| {
+                    let per = |arm: usize, other: usize| {
+                        i128::from(counts[arm].revenue) * i128::from(counts[other].exposures)
+                    };
+                    per(*a, *b).cmp(&per(*b, *a)).then(b.cmp(a))
+                })
+        };
+
+        let mut exposed: BTreeMap<PriceTestId, Vec<u64>> = BTreeMap::new();
+        let mut sold: BTreeMap<PurchaseId, (PriceTestId, u8, i64)> = BTreeMap::new();
+        let mut closed: BTreeSet<PriceTestId> = BTreeSet::new();
+        let mut ended: BTreeSet<PriceTestId> = BTreeSet::new();
+        for (index, log) in self.logs.iter().enumerate() {
+            let shard = ShardId(index as u16);
+            let mut floors = PriceFloors::default();
+            let mut items: BTreeMap<ItemId, Priced> = BTreeMap::new();
+            let mut tests: BTreeMap<PriceTestId, Tested> = BTreeMap::new();
+            // A batch accepted, logged with its exposures in the same step.
+            let mut batch: Option<(PriceTestId, Vec<u64>)> = None;
+            // A winner applied, whose reprice is the next event.
+            let mut reprice: Option<(ItemId, i64)> = None;
+            let floor_at = |floors: &PriceFloors, kind: ItemKind, at_ms: TimestampMs| {
+                floors.in_force(kind, at_ms).map(|(_, floor)| floor.price)
+            };
+            // Whether `item` could be tested with `arms` at `at_ms` by `actor`.
+            let may_test = |floors: &PriceFloors,
+                            item: Option<&Priced>,
+                            actor: &Actor,
+                            arms: &[i64],
+                            at_ms: TimestampMs| {
+                let item = item.ok_or(RejectionCode::NotFound)?;
+                if !may_act_as(actor, &item.creator_id) {
+                    return Err(RejectionCode::Forbidden);
+                }
+                if item.limited || item.test.as_ref().is_some_and(|t| at_ms < t.ends_at_ms) {
+                    return Err(RejectionCode::ValidationFailed);
+                }
+                let floor = floor_at(floors, item.kind, at_ms);
+                if arms
+                    .iter()
+                    .any(|arm| floor.is_some_and(|floor| *arm < floor))
+                {
+                    return Err(RejectionCode::BelowPriceFloor);
+                }
+                Ok(())
+            };
+            let mut refusals = self
+                .pricing_refusals
+                .iter()
+                .filter(|refusal| refusal.shard == shard)
+                .peekable();
+            let check_refusal = |refusal: &PricingRefusal, items: &BTreeMap<ItemId, Priced>| {
+                let expected = match &refusal.command {
+                    Command::SetRegionalPrices { item_id, prices } => {
+                        let regions: BTreeSet<&Region> =
+                            prices.iter().map(|(region, _)| region).collect();
+                        match items.get(item_id) {
+                            None => RejectionCode::NotFound,
+                            Some(item) if !may_act_as(&refusal.actor, &item.creator_id) => {
+                                RejectionCode::Forbidden
+                            }
+                            Some(item)
+                                if prices.len() > 250
+                                    || regions.len() < prices.len()
+                                    || prices.iter().any(|(_, price)| {
+                                        !thirty_percent(*price, item.base)
+                                            || *price > money::AMOUNT_MAX
+                                    }) =>
+                            {
+                                RejectionCode::ValidationFailed
+                            }
+                            Some(_) => panic!(
+                                "shard {shard} refused valid regional prices: {:?}",
+                                refusal.command
+                            ),
+                        }
+                    }
+                    Command::Reprice { item_id, price } => {
+                        let item = items.get(item_id).expect("a repriced item exists");
+                        assert!(
+                            item.regional
+                                .values()
+                                .any(|regional| !thirty_percent(*regional, *price)),
+                            "shard {shard} refused to reprice {item_id} to {price}, \
+                             but its regional prices {:?} are at least 30% of it",
+                            item.regional
+                        );
+                        RejectionCode::ValidationFailed
+                    }
+                    command => panic!("not a pricing refusal: {command:?}"),
+                };
+                assert_eq!(refusal.code, expected, "{:?}", refusal.command);
+            };
+            for (position, record) in log.iter().enumerate() {
+                while let Some(refusal) = refusals.next_if(|refusal| refusal.records == position) {
+                    check_refusal(refusal, &items);
+                }
+                for logged in record.logged() {
+                    let event = logged.event().expect("decodable event");
+                    if let Some((item_id, price)) = reprice.take() {
+                        assert_eq!(
+                            event,
+                            Event::ItemRepriced {
+                                item_id: item_id.clone(),
+                                price
+                            },
+                            "shard {shard} reprices {item_id} to its test's winning price"
+                        );
+                    }
+                    if let Some((test_id, _)) = &batch {
+                        assert!(
+                            matches!(
+                                event,
+                                Event::PriceTestExposed { .. } | Event::CommandCompleted { .. }
+                            ),
+                            "shard {shard}: an accepted batch of {test_id} is counted or refused at once, not {event:?}"
+                        );
+                    }
+                    match event {
+                        Event::PriceFloorSet {
+                            kind,
+                            version,
+                            price,
+                            effective_from_ms,
+                        }
+                        | Event::PriceFloorReplicated {
+                            kind,
+                            version,
+                            price,
+                            effective_from_ms,
+                        } => floors.insert(
+                            kind,
+                            version,
+                            FloorVersion {
+                                price,
+                                effective_from_ms,
+                            },
+                        ),
+                        Event::ItemPublished { definition } => {
+                            let item = Priced {
+                                base: definition.price,
+                                kind: definition.kind,
+                                creator_id: definition.creator_id.clone(),
+                                limited: definition.supply.is_some(),
+                                regional: BTreeMap::new(),
+                                test: None,
+                            };
+                            items.insert(definition.item_id.clone(), item);
+                        }
+                        Event::ItemRepriced { item_id, price } => {
+                            let item = items.get_mut(&item_id).expect("a repriced item exists");
+                            item.base = price;
+                            check_regional(&item_id, item, shard);
+                        }
+                        Event::RegionalPricesSet { item_id, prices } => {
+                            let item = items.get_mut(&item_id).expect("a priced item exists");
+                            item.regional = prices.into_iter().collect();
+                            check_regional(&item_id, item, shard);
+                        }
+                        Event::PriceTestStarted {
+                            test_id,
+                            item_id,
+                            arms,
+                            ends_at_ms,
+                        } => {
+                            let (command, meta) =
+                                starts.get(&test_id).expect("a started test was asked for");
+                            let Command::StartPriceTest {
+                                item_id: asked_item,
+                                arms: asked_arms,
+                                ends_at_ms: asked_end,
+                                ..
+                            } = command
+                            else {
+                                unreachable!()
+                            };
+                            assert_eq!(
+                                (&item_id, &arms, ends_at_ms),
+                                (asked_item, asked_arms, *asked_end),
+                                "{test_id} starts as asked"
+                            );
+                            assert_eq!(
+                                may_test(
+                                    &floors,
+                                    items.get(&item_id),
+                                    &meta.actor,
+                                    &arms,
+                                    meta.at_ms
+                                ),
+                                Ok(()),
+                                "shard {shard} started {test_id} on {item_id}"
+                            );
+                            let item = items.get_mut(&item_id).expect("checked");
+                            item.test = Some(RunningTest {
+                                test_id,
+                                arms,
+                                ends_at_ms,
+                            });
+                        }
+                        Event::MessageSent {
+                            message:
+                                Message::TestStartedOnItem {
+                                    test_id,
+                                    result: Err(rejection),
+                                    ..
+                                },
+                            ..
+                        } => {
+                            let (command, meta) =
+                                starts.get(&test_id).expect("a refused test was asked for");
+                            let Command::StartPriceTest { item_id, arms, .. } = command else {
+                                unreachable!()
+                            };
+                            assert_eq!(
+                                may_test(
+                                    &floors,
+                                    items.get(item_id),
+                                    &meta.actor,
+                                    arms,
+                                    meta.at_ms
+                                ),
+                                Err(rejection.code),
+                                "shard {shard} refused {test_id} on {item_id}: {}",
+                                rejection.detail
+                            );
+                        }
+                        Event::MessageSent {
+                            message:
+                                Message::ChargeBuyer {
+                                    purchase_id,
+                                    buyer_id,
+                                    reservation,
+                                    at_ms,
+                                    ..
+                                },
+                            ..
+                        } => {
+                            let SaleKind::Item { item_id, .. } = &reservation.sale else {
+                                continue;
+                            };
+                            let item = items
+                                .get(item_id)
+                                .expect("an item is reserved on its shard");
+                            let region = regions
+                                .get(&purchase_id)
+                                .expect("a reserved purchase was accepted");
+                            let expected = match (
+                                region
+                                    .as_ref()
+                                    .and_then(|r| Some((r, item.regional.get(r)?))),
+                                &item.test,
+                            ) {
+                                (Some((region, price)), _) => {
+                                    (*price, PriceRule::Region(region.clone()))
+                                }
+                                (None, Some(test)) if at_ms < test.ends_at_ms => {
+                                    let arm = pricing::test_arm(
+                                        &test.test_id,
+                                        &buyer_id,
+                                        test.arms.len(),
+                                    );
+                                    (
+                                        test.arms[arm],
+                                        PriceRule::TestArm {
+                                            test_id: test.test_id.clone(),
+                                            arm: arm as u8,
+                                        },
+                                    )
+                                }
+                                _ => (item.base, PriceRule::Base),
+                            };
+                            let pricing = ItemPricing {
+                                regional: item.regional.clone(),
+                                test: item.test.clone(),
+                            };
+                            assert_eq!(
+                                pricing.price_for(
+                                    item.base,
+                                    region.as_ref(),
+                                    Some(&buyer_id),
+                                    at_ms
+                                ),
+                                expected
+                            );
+                            let rule = reservation
+                                .terms
+                                .as_ref()
+                                .map_or(PriceRule::Base, |terms| terms.rule.clone());
+                            assert_eq!(
+                                (reservation.price, rule),
+                                expected,
+                                "shard {shard} reserved {item_id} for {buyer_id} in {region:?} at {at_ms} ({purchase_id})"
+                            );
+                        }
+                        Event::PriceTestClosed {
+                            test_id,
+                            item_id,
+                            applied_price,
+                        } => {
+                            let (closed_item, apply_price, at_ms) =
+                                closes.get(&test_id).expect("a closed test ended");
+                            assert_eq!(&item_id, closed_item);
+                            assert!(closed.insert(test_id.clone()), "{test_id} closes once");
+                            let item = items.get_mut(&item_id).expect("a tested item exists");
+                            let floor = floor_at(&floors, item.kind, *at_ms);
+                            let expected = apply_price.filter(|price| {
+                                floor.is_none_or(|floor| *price >= floor)
+                                    && item
+                                        .regional
+                                        .values()
+                                        .all(|regional| thirty_percent(*regional, *price))
+                            });
+                            assert_eq!(
+                                applied_price, expected,
+                                "shard {shard} closed {test_id} on {item_id} asked to apply {apply_price:?} \
+                                 (floor {floor:?}, regional {:?})",
+                                item.regional
+                            );
+                            if item
+                                .test
+                                .as_ref()
+                                .is_some_and(|test| test.test_id == test_id)
+                            {
+                                item.test = None;
+                            }
+                            let outcome = match (apply_price, applied_price) {
+                                (_, Some(_)) => "price test winners applied",
+                                (Some(_), None) => "price test winners refused by the item",
+                                (None, None) => "price tests closed",
+                            };
+                            *seen.entry(outcome).or_default() += 1;
+                            reprice = applied_price.map(|price| (item_id, price));
+                        }
+
+                        // The test's shard.
+                        Event::PriceTestOpened {
+                            test_id,
+                            item_id,
+                            arms,
+                            ends_at_ms,
+                            apply_winner,
+                        } => {
+                            let (command, _) = &starts[&test_id];
+                            assert_eq!(
+                                command,
+                                &Command::StartPriceTest {
+                                    test_id: test_id.clone(),
+                                    item_id: item_id.clone(),
+                                    arms: arms.clone(),
+                                    ends_at_ms,
+                                    apply_winner
+                                },
+                                "{test_id} opens as asked"
+                            );
+                            exposed.insert(test_id.clone(), vec![0; arms.len()]);
+                            let test = Tested {
+                                item_id,
+                                counts: vec![ArmCounts::default(); arms.len()],
+                                arms,
+                                ends_at_ms,
+                                apply_winner,
+                                running: false,
+                                ended: false,
+                            };
+                            assert!(tests.insert(test_id, test).is_none());
+                        }
+                        Event::PriceTestRunning { test_id, .. } => {
+                            let test = tests.get_mut(&test_id).expect("an opened test runs");
+                            assert!(!test.running, "{test_id} starts once");
+                            test.running = true;
+                        }
+                        Event::PriceTestAborted { test_id } => {
+                            *seen.entry("PriceTestAborted").or_default() += 1;
+                            let test = tests.remove(&test_id).expect("an opened test is aborted");
+                            assert!(!test.running, "{test_id} ran, and was aborted");
+                        }
+                        Event::CommandAccepted {
+                            command:
+                                Command::RecordExposures {
+                                    test_id, counts, ..
+                                },
+                            ..
+                        } => batch = Some((test_id, counts)),
+                        Event::CommandCompleted { .. } if batch.is_some() => batch = None,
+                        Event::PriceTestExposed {
+                            test_id,
+                            batch: counted,
+                            exposures,
+                        } => {
+                            let (batch_test, counts) =
+                                batch.take().expect("exposures of an accepted batch");
+                            assert_eq!((&batch_test, &counts), (&test_id, &counted));
+                            let test = tests.get_mut(&test_id).expect("exposures of a test");
+                            let totals = exposed.get_mut(&test_id).expect("opened");
+                            for (arm, count) in counts.iter().enumerate() {
+                                test.counts[arm].exposures += count;
+                                totals[arm] += count;
+                            }
+                            let expected: Vec<u64> =
+                                test.counts.iter().map(|arm| arm.exposures).collect();
+                            assert_eq!(
+                                exposures, expected,
+                                "shard {shard}: the exposures of {test_id} are the sum of its batches"
+                            );
+                        }
+                        Event::PriceTestSold {
+                            test_id,
+                            purchase_id,
+                            arm,
+                            price,
+                            purchases,
+                            revenue,
+                        } => {
+                            assert_eq!(
+                                arm_sales.get(&purchase_id),
+                                Some(&(test_id.clone(), arm, price)),
+                                "shard {shard}: {test_id} counts a sale {purchase_id} of arm {arm} at {price} that completed so"
+                            );
+                            assert!(
+                                sold.insert(purchase_id.clone(), (test_id.clone(), arm, price))
+                                    .is_none(),
+                                "{test_id} counts {purchase_id} once"
+                            );
+                            *seen.entry("PriceTestSold").or_default() += 1;
+                            let test = tests.get_mut(&test_id).expect("a sale of a test");
+                            assert_eq!(
+                                test.arms[usize::from(arm)],
+                                price,
+                                "sold at the arm's price"
+                            );
+                            let counts = &mut test.counts[usize::from(arm)];
+                            counts.purchases += 1;
+                            counts.revenue += price;
+                            assert_eq!(
+                                (purchases, revenue),
+                                (counts.purchases, counts.revenue),
+                                "shard {shard}: the totals of arm {arm} of {test_id} are its sales'"
+                            );
+                        }
+                        Event::PriceTestEnded {
+                            test_id,
+                            winner,
+                            applied_price,
+                        } => {
+                            let test = tests.get_mut(&test_id).expect("an ended test");
+                            assert!(test.running && !test.ended, "{test_id} ends once, running");
+                            test.ended = true;
+                            assert!(ended.insert(test_id.clone()));
+                            if logged.cause == "tick" {
+                                *seen.entry("price tests ended by the clock").or_default() += 1;
+                                assert!(
+                                    logged.timestamp_ms >= test.ends_at_ms,
+                                    "the clock ended {test_id} at {}, before its end {}",
+                                    logged.timestamp_ms,
+                                    test.ends_at_ms
+                                );
+                            } else {
+                                assert_eq!(
+                                    logged.cause,
+                                    format!("command:{}", keys::price_test(&test_id))
+                                );
+                            }
+                            let best = best_arm(&test.counts);
+                            assert_eq!(best, pricing::leading_arm(&test.counts));
+                            assert_eq!(
+                                winner,
+                                best.map(|arm| arm as u8),
+                                "shard {shard}: {test_id} won by the arm that earned most per exposure: {:?}",
+                                test.counts
+                            );
+                            let expected =
+                                best.filter(|_| test.apply_winner).map(|arm| test.arms[arm]);
+                            assert_eq!(
+                                applied_price, expected,
+                                "{test_id} applies its winner iff asked"
+                            );
+                            let (item_id, apply_price, _) = closes
+                                .get(&test_id)
+                                .expect("an ended test is closed on its item");
+                            assert_eq!((item_id, *apply_price), (&test.item_id, expected));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            assert!(batch.is_none() && reprice.is_none());
+            for refusal in refusals {
+                assert_eq!(refusal.records, log.len());
+                check_refusal(refusal, &items);
+            }
+            // The shard's state is what its log recomputes.
+            let state = &self.runners[index].state;
+            for (item_id, item) in &items {
+                let pricing = state.item_pricing.get(item_id).cloned().unwrap_or_default();
+                assert_eq!(
+                    (item.base, &item.regional, &item.test),
+                    (state.items[item_id].price, &pricing.regional, &pricing.test),
+                    "shard {shard}: {item_id}'s pricing is its log's"
+                );
+            }
+            assert_eq!(
+                tests.keys().collect::<Vec<_>>(),
+                state.price_tests.keys().collect::<Vec<_>>()
+            );
+            for (test_id, test) in &tests {
+                let held = &state.price_tests[test_id];
+                assert_eq!(
+                    held.counts, test.counts,
+                    "shard {shard}: the counts of {test_id} are what its log recomputes"
+                );
+                assert_eq!(held.outcome.is_some(), test.ended);
+                assert!(
+                    test.ended || !test.running || test.ends_at_ms > self.now_ms,
+                    "{test_id} still runs after its end {} (now {})",
+                    test.ends_at_ms,
+                    self.now_ms
+                );
+            }
+        }
+        assert_eq!(
+            sold, arm_sales,
+            "every purchase completed at a test's arm was counted by the test"
+        );
+        assert_eq!(closed, ended, "every ended test was closed on its item");
+        let mut accepted_exposures: BTreeMap<PriceTestId, Vec<u64>> = BTreeMap::new();
+        for key in &recorded {
+            let (test_id, counts) = &batches[key];
+            let totals = accepted_exposures
+                .entry(test_id.clone())
+                .or_insert_with(|| vec![0; counts.len()]);
+            for (total, count) in totals.iter_mut().zip(counts) {
+                *total += count;
+            }
+        }
+        exposed.retain(|_, totals| totals.iter().any(|total| *total > 0));
+        accepted_exposures.retain(|_, totals| totals.iter().any(|total| *total > 0));
+        assert_eq!(
+            exposed, accepted_exposures,
+            "every test's exposures are the sum of its accepted batches"
+        );
+        seen
+    }
+
+    /// Checks the ledger's invariants; returns what the pricing checks saw.
+    fn check_invariants(&self) -> BTreeMap<&'static str, usize> {
         // Conservation: all postings across shards sum to zero; nothing left in flight.
         let mut totals: BTreeMap<Account, i64> = BTreeMap::new();
         for runner in &self.runners {
@@ -1447,6 +2579,7 @@ impl Simulation {
         }
         self.check_purchase_limits(&events);
         self.check_price_floors(&events);
+        let pricing_outcomes = self.check_pricing(&events);
         let mut successful = BTreeSet::new();
         {
             for (key, (command, completion)) in &accepted {
@@ -1554,6 +2687,7 @@ impl Simulation {
             );
             assert_eq!(replayed.last_hash, runner.last_hash);
         }
+        pricing_outcomes
     }
 }
 
@@ -1627,7 +2761,7 @@ fn run(seed: u64, operations: usize) -> Simulation {
     simulation.quiesce();
     simulation.release_everything();
     simulation.quiesce();
-    simulation.check_invariants();
+    simulation.pricing_outcomes = simulation.check_invariants();
     simulation
 }
 
@@ -1711,6 +2845,23 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
         "SetPriceFloor idempotency_conflict (refused)".into(),
         simulation.floor_conflicts as usize,
     );
+    for (outcome, count) in &simulation.pricing_answers {
+        totals.outcomes.insert(outcome.clone(), *count);
+    }
+    for (outcome, count) in &simulation.pricing_outcomes {
+        totals.outcomes.insert(outcome.to_string(), *count);
+    }
+    for (key, completion) in &simulation.completions {
+        let command = match key.split_once(':') {
+            Some(("price-test", _)) => "StartPriceTest",
+            Some(("exposures", _)) => "RecordExposures",
+            _ => continue,
+        };
+        if let Err(rejection) = &completion.result {
+            let outcome = format!("{command} {}", rejection.code.as_str());
+            *totals.outcomes.entry(outcome).or_insert(0) += 1;
+        }
+    }
     let mut settled_by_policy: BTreeMap<u16, usize> = BTreeMap::new();
     let mut forgotten: u32 = 0;
     for (_, event) in simulation.all_events() {
@@ -1839,6 +2990,40 @@ fn simulated_ledger_keeps_its_invariants() {
         );
     }
     if seeds.len() > 1 {
+        for expected in [
+            "RegionalPricesSet",
+            "SetRegionalPrices validation_failed (refused)",
+            "SetRegionalPrices forbidden (refused)",
+            "SetRegionalPrices not_found (refused)",
+            "Reprice under regional prices' 30% (refused)",
+            "primary sales at a regional price",
+            "price_changed",
+            "PriceTestStarted",
+            "StartPriceTest validation_failed",
+            "StartPriceTest forbidden",
+            "StartPriceTest not_found",
+            "StartPriceTest below_price_floor",
+            "StartPriceTest idempotency_conflict (refused)",
+            "PriceTestAborted",
+            "ExposuresRecorded",
+            "RecordExposures validation_failed",
+            "RecordExposures not_found",
+            "RecordExposures idempotency_conflict (refused)",
+            "primary sales at a test's arm",
+            "PriceTestSold",
+            "price tests ended by the clock",
+            "PriceTestEnded by command",
+            "EndPriceTest validation_failed (refused)",
+            "EndPriceTest forbidden (refused)",
+            "EndPriceTest not_found (refused)",
+            "price test winners applied",
+            "price test winners refused by the item",
+        ] {
+            assert!(
+                outcomes.get(expected).copied().unwrap_or(0) > 0,
+                "the simulation never produced {expected}"
+            );
+        }
         let faults = totals.faults;
         for (kind, count) in [
             ("torn write", faults.torn_writes),
