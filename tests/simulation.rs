@@ -1873,6 +1873,8 @@ impl Simulation {
         let mut sold: BTreeMap<PurchaseId, (PriceTestId, u8, i64)> = BTreeMap::new();
         let mut closed: BTreeSet<PriceTestId> = BTreeSet::new();
         let mut ended: BTreeSet<PriceTestId> = BTreeSet::new();
+        // `events` are the logs' in order: read along rather than decoded again.
+        let mut cursor = 0;
         for (index, log) in self.logs.iter().enumerate() {
             let shard = ShardId(index as u16);
             let mut floors = PriceFloors::default();
@@ -1959,7 +1961,38 @@ impl Simulation {
                     check_refusal(refusal, &items);
                 }
                 for logged in record.logged() {
-                    let event = logged.event().expect("decodable event");
+                    let (event_shard, event) = &events[cursor];
+                    cursor += 1;
+                    assert_eq!(*event_shard, shard);
+                    let relevant = reprice.is_some()
+                        || batch.is_some()
+                        || match event {
+                            Event::CommandAccepted { command, .. } => {
+                                matches!(command, Command::RecordExposures { .. })
+                            }
+                            Event::MessageSent { message, .. } => matches!(
+                                message,
+                                Message::TestStartedOnItem { .. } | Message::ChargeBuyer { .. }
+                            ),
+                            Event::PriceFloorSet { .. }
+                            | Event::PriceFloorReplicated { .. }
+                            | Event::ItemPublished { .. }
+                            | Event::ItemRepriced { .. }
+                            | Event::RegionalPricesSet { .. }
+                            | Event::PriceTestStarted { .. }
+                            | Event::PriceTestClosed { .. }
+                            | Event::PriceTestOpened { .. }
+                            | Event::PriceTestRunning { .. }
+                            | Event::PriceTestAborted { .. }
+                            | Event::PriceTestExposed { .. }
+                            | Event::PriceTestSold { .. }
+                            | Event::PriceTestEnded { .. } => true,
+                            _ => false,
+                        };
+                    if !relevant {
+                        continue;
+                    }
+                    let event = event.clone();
                     if let Some((item_id, price)) = reprice.take() {
                         assert_eq!(
                             event,
@@ -2380,6 +2413,7 @@ impl Simulation {
                 );
             }
         }
+        assert_eq!(cursor, events.len());
         assert_eq!(
             sold, arm_sales,
             "every purchase completed at a test's arm was counted by the test"
