@@ -1,9 +1,12 @@
 //! Deterministic simulation of a multi-shard ledger.
 //!
 //! Random interleavings of grants, publishes (of every item kind, often
-//! priced around the floor of their kind), reprices, purchases, bundles,
-//! resales, refunds, price floor changes (by an admin, sent again or
-//! conflicting, or refused to others) and clock ticks, with cross-shard
+//! priced around the floor of their kind), reprices, purchases (from
+//! buyers in regions, some priced), bundles, resales, refunds, price floor
+//! changes (by an admin, sent again or conflicting, or refused to others),
+//! regional prices (valid or not), price tests (started, refused, counting
+//! exposure batches and sales, ended by the clock or a command, their
+//! winner applied or not) and clock ticks, with cross-shard
 //! messages delayed, reordered and duplicated, and shards crash-restarted
 //! from snapshot + log. Storage
 //! fails too: a batch torn by a crash in the middle of its write, a write
@@ -1166,6 +1169,12 @@ impl Simulation {
                     .get(&bundle_id)
                     .map_or(1, |b| b.price);
                 let buyer_id = self.random.pick(&self.users).cloned().unwrap();
+                // A bundle costs the same everywhere.
+                let region = if self.random.chance(30) {
+                    self.random.pick(&BUYER_REGIONS).map(|code| region(code))
+                } else {
+                    None
+                };
                 let purchase_id = PurchaseId::parse(self.fresh_id("purchase")).unwrap();
                 self.purchases.push(purchase_id.clone());
                 self.submit(Command::Purchase {
@@ -1173,7 +1182,7 @@ impl Simulation {
                     buyer_id,
                     target: PurchaseTarget::Bundle(bundle_id),
                     expected_price: price,
-                    region: None,
+                    region,
                 });
             }
             56..=63 => {
@@ -2176,7 +2185,8 @@ impl Simulation {
                                     Some(&buyer_id),
                                     at_ms
                                 ),
-                                expected
+                                expected,
+                                "ItemPricing::price_for agrees with the simulation's pricing of {item_id} for {buyer_id} in {region:?} at {at_ms}"
                             );
                             let rule = reservation
                                 .terms
