@@ -1257,6 +1257,60 @@ async fn positions_beyond_the_log_head_are_refused_at_once() {
         assert_ne!(answer.status, 400, "{path}: {}", answer.text);
         assert!(answer.status < 500, "{path}: {}", answer.text);
     }
+    if !marketplace_ledger::distributed_backend() {
+        // A delivery mark within its sender's log but past the messages it
+        // ever sent its receiver: refused at once too (embedded: the
+        // outbox and the projected deliveries tell).
+        let mut last = String::new();
+        let mut heads: std::collections::BTreeMap<u16, u64> = std::collections::BTreeMap::new();
+        for grant in 0..12 {
+            let answer = app
+                .grant(&format!("g-mark-{grant}"), &format!("mark-{grant}"), 5)
+                .await;
+            assert_eq!(answer.status, 201, "{}", answer.text);
+            last = answer.body["position"].as_str().unwrap().to_owned();
+            for part in last.trim_start_matches('p').split('_') {
+                if let Some((shard, sequence)) =
+                    part.split_once('.').filter(|_| !part.starts_with('m'))
+                {
+                    let head = heads.entry(shard.parse().unwrap()).or_default();
+                    *head = (*head).max(sequence.parse().unwrap());
+                }
+            }
+        }
+        // Everything so far is projected.
+        assert_eq!(
+            app.get(
+                &format!("/v1/users/mark-0/balance?after={last}"),
+                Some(&admin)
+            )
+            .await
+            .status,
+            200
+        );
+        let (sender, head) = heads.iter().max_by_key(|(_, head)| **head).unwrap();
+        // Each grant homed on `sender` logged several events and sent one message.
+        for receiver in heads.keys().filter(|receiver| *receiver != sender) {
+            let mark = format!("pm{sender}.{receiver}.{head}");
+            let started = std::time::Instant::now();
+            let answer = app
+                .get(
+                    &format!("/v1/users/mark-0/balance?after={mark}"),
+                    Some(&admin),
+                )
+                .await;
+            assert_eq!(
+                (answer.status, answer.code()),
+                (400, "validation_failed"),
+                "{mark}: {}",
+                answer.text
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(2),
+                "{mark} waited"
+            );
+        }
+    }
     app.stop().await;
 }
 

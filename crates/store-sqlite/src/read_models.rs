@@ -134,6 +134,56 @@ struct TransactionRow {
     entry: TransactionEntry,
 }
 
+/// How many messages `sender` has sent `receiver`, when that can be told
+/// for sure; `None` when it cannot (the read then waits, within its bound).
+///
+/// A message a command's answer names was appended before the answer, so
+/// it is either still in the outbox or already consumed. With messages in
+/// the outbox, the last of them is the last sent. With none, every message
+/// sent was consumed; once the read models have projected the receiver's
+/// whole log, their delivery mark is the last one sent. Read in that order
+/// (outbox, receiver's head, receiver's checkpoint, delivery mark), so a
+/// message consumed meanwhile is counted, never missed.
+fn messages_sent(
+    connection: &Connection,
+    sender: u16,
+    receiver: u16,
+) -> Result<Option<u64>, SqliteStoreError> {
+    let outbox: Option<i64> = connection
+        .prepare_cached("SELECT MAX(sequence) FROM messages WHERE receiver = ?1 AND sender = ?2")
+        .and_then(|mut statement| statement.query_row(params![receiver, sender], |row| row.get(0)))
+        .map_err(query_failed("read outbox head"))?;
+    if let Some(last) = outbox {
+        return Ok(Some(from_sql("outbox sequence", last)?));
+    }
+    let receiver_head: Option<i64> = connection
+        .prepare_cached("SELECT MAX(last_sequence) FROM records WHERE shard = ?1")
+        .and_then(|mut statement| statement.query_row(params![receiver], |row| row.get(0)))
+        .map_err(query_failed("read receiver's log head"))?;
+    let checkpoint: Option<i64> = connection
+        .prepare_cached("SELECT sequence FROM projection_checkpoint WHERE shard = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![receiver], |row| row.get(0))
+                .optional()
+        })
+        .map_err(query_failed("read receiver's checkpoint"))?;
+    if checkpoint.unwrap_or(0) < receiver_head.unwrap_or(0) {
+        return Ok(None);
+    }
+    let delivered: Option<i64> = connection
+        .prepare_cached(
+            "SELECT sequence FROM projection_deliveries WHERE sender = ?1 AND receiver = ?2",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![sender, receiver], |row| row.get(0))
+                .optional()
+        })
+        .map_err(query_failed("read delivery mark"))?;
+    Ok(Some(from_sql("delivery sequence", delivered.unwrap_or(0))?))
+}
+
 #[async_trait]
 impl ReadModels for SqliteReadModels {
     async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
@@ -199,12 +249,20 @@ impl ReadModels for SqliteReadModels {
             }
             for mark in &position.deliveries {
                 let head = head_of(mark.from.0)?;
-                if mark.sequence > head {
-                    return Ok(Some(BeyondHead {
+                let beyond = |head| {
+                    Ok(Some(BeyondHead {
                         part: format!("m{}.{}.{}", mark.from.0, mark.to.0, mark.sequence),
                         shard: mark.from.0,
                         head,
-                    }));
+                    }))
+                };
+                if mark.sequence > head {
+                    return beyond(head);
+                }
+                if let Some(sent) = messages_sent(connection, mark.from.0, mark.to.0)? {
+                    if mark.sequence > sent {
+                        return beyond(head);
+                    }
                 }
             }
             Ok(None)
