@@ -250,6 +250,11 @@ pub fn http_request(command: &Command) -> Option<HttpRequest> {
             }),
             false,
         ),
+        Command::TakeDown { item_id } => post(
+            &format!("/v1/items/{}/takedown", item_id.as_str()),
+            json!({}),
+            true,
+        ),
         Command::Reprice { .. }
         | Command::SetOnSale { .. }
         | Command::Refund { .. }

@@ -85,6 +85,7 @@ pub fn router_with_settings(
             "/v1/items/{item_id}/regional-prices",
             put(routes::set_regional_prices),
         )
+        .route("/v1/items/{item_id}/takedown", post(routes::take_down))
         .route("/v1/bundles", post(routes::create_bundle))
         .route("/v1/purchases", post(routes::purchase))
         .route("/v1/resale-listings", post(routes::create_listing))

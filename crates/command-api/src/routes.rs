@@ -494,6 +494,7 @@ fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
         Command::ResalePurchase { buyer_id, .. } => acting_as("buyer_id", buyer_id),
         Command::CreateListing { seller_id, .. } => acting_as("seller_id", seller_id),
         Command::SetPriceFloor { .. } => admin_only("set a price floor"),
+        Command::TakeDown { .. } => admin_only("take an item down"),
         Command::RecordExposures { .. } => {
             if actor.role == Role::User {
                 Err(Problem::forbidden(
@@ -833,6 +834,26 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
                 "position": position,
             }),
         ),
+        (
+            Command::TakeDown { .. },
+            Success::TakenDown {
+                item_id,
+                listings_ended,
+                shard_count,
+            },
+        ) => (
+            // The item is off sale; its refunds go on (their progress:
+            // `progress`, on the query API).
+            StatusCode::ACCEPTED,
+            json!({
+                "item_id": item_id,
+                "status": "refunding",
+                "listings_ended": listings_ended,
+                "shard_count": shard_count,
+                "progress": format!("/v1/takedowns/{item_id}"),
+                "position": position,
+            }),
+        ),
         (command, success) => {
             tracing::error!(
                 ?command,
@@ -987,6 +1008,18 @@ pub(crate) async fn end_price_test(
 ) -> Answer {
     let command = Command::EndPriceTest {
         test_id: test_path(&segment)?,
+    };
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn take_down(
+    State(state): State<CommandState>,
+    segment: PathSegment,
+    headers: HeaderMap,
+    _: NoFields,
+) -> Answer {
+    let command = Command::TakeDown {
+        item_id: item_path(&segment)?,
     };
     submit(&state, &headers, command).await
 }

@@ -43,6 +43,8 @@ pub struct InMemoryCluster {
     replies: Option<Vec<Reply>>,
     /// The clock the commands and messages see.
     pub now_ms: TimestampMs,
+    /// `None` unless timing steps (see [`InMemoryCluster::time_steps`]).
+    step_times: Option<Vec<(ShardId, std::time::Duration)>>,
 }
 
 impl InMemoryCluster {
@@ -62,6 +64,7 @@ impl InMemoryCluster {
             recorded: None,
             replies: None,
             now_ms: 1_000,
+            step_times: None,
         }
     }
 
@@ -108,6 +111,7 @@ impl InMemoryCluster {
             recorded: None,
             replies: None,
             now_ms: self.now_ms,
+            step_times: None,
         }
     }
 
@@ -136,10 +140,15 @@ impl InMemoryCluster {
     /// Decides one command on its home shard (as a `service` caller; roles
     /// are the API's concern, not the engine's).
     pub fn submit(&mut self, command: Command) {
+        self.submit_as(command, Role::Service);
+    }
+
+    /// Decides one command on its home shard, as a caller with `role`.
+    pub fn submit_as(&mut self, command: Command, role: Role) {
         let meta = CommandMeta {
             at_ms: self.now_ms,
             actor: Actor {
-                role: Role::Service,
+                role,
                 user_id: UserId::parse("in-memory").expect("literal id"),
             },
         };
@@ -154,8 +163,13 @@ impl InMemoryCluster {
     /// Runs `command` alone until the cluster is quiescent and returns its
     /// answer (the one reply since the last call).
     pub fn answer(&mut self, command: Command) -> Reply {
+        self.answer_as(command, Role::Service)
+    }
+
+    /// As [`InMemoryCluster::answer`], as a caller with `role`.
+    pub fn answer_as(&mut self, command: Command, role: Role) -> Reply {
         self.replies = Some(Vec::new());
-        self.submit(command);
+        self.submit_as(command, role);
         self.drain();
         let mut replies = self.replies.take().unwrap_or_default();
         assert_eq!(replies.len(), 1, "one command, one answer: {replies:?}");
@@ -166,11 +180,47 @@ impl InMemoryCluster {
     pub fn drain(&mut self) {
         while let Some(message) = self.network.pop_front() {
             let shard = message.to.0 as usize;
+            let started = self.step_times.is_some().then(std::time::Instant::now);
+            let mut step = Step::default();
+            self.runners[shard].message(message, self.now_ms, &mut step);
+            self.runners[shard].seal(&mut step);
+            if let (Some(started), Some(times)) = (started, &mut self.step_times) {
+                times.push((ShardId(shard as u16), started.elapsed()));
+            }
+            self.absorb(step);
+        }
+    }
+
+    /// Delivers every message, except that those `hold_back` picks wait
+    /// until nothing else is left (then all are delivered, in order): a
+    /// network that is slow on some path. A shard keeps a message that
+    /// arrives ahead of one held back until that one comes.
+    pub fn drain_holding_back(&mut self, hold_back: impl Fn(&MessageEnvelope) -> bool) {
+        let mut held = VecDeque::new();
+        while let Some(message) = self.network.pop_front() {
+            if hold_back(&message) {
+                held.push_back(message);
+                continue;
+            }
+            let shard = message.to.0 as usize;
             let mut step = Step::default();
             self.runners[shard].message(message, self.now_ms, &mut step);
             self.runners[shard].seal(&mut step);
             self.absorb(step);
         }
+        self.network.extend(held);
+        self.drain();
+    }
+
+    /// Starts timing every message step (decide, apply, seal) from now on.
+    pub fn time_steps(&mut self) {
+        self.step_times.get_or_insert_with(Vec::new);
+    }
+
+    /// The shard and duration of every message step timed since
+    /// `time_steps` (and stops timing).
+    pub fn take_step_times(&mut self) -> Vec<(ShardId, std::time::Duration)> {
+        self.step_times.take().unwrap_or_default()
     }
 
     /// Submits `commands`, delivering messages in waves of 256 commands as a

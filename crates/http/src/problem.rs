@@ -59,7 +59,8 @@ pub fn status_for(code: RejectionCode) -> StatusCode {
         | RejectionCode::RefundWindowClosed
         | RejectionCode::AlreadyRefunded
         | RejectionCode::NotRefundable
-        | RejectionCode::IdempotencyExpired => StatusCode::CONFLICT,
+        | RejectionCode::IdempotencyExpired
+        | RejectionCode::ItemTakenDown => StatusCode::CONFLICT,
         RejectionCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
     }
 }

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
+use crate::ids::{BundleId, ItemId, ListingId, PriceTestId, PurchaseId, ShardId, UserId};
 use crate::limits::BuyerLimits;
 use crate::model::{Command, Event, Message, RefundProgress, TimestampMs};
 use crate::money::Account;
@@ -759,9 +759,11 @@ pub struct Snapshot {
 
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
-/// rather than restored. Format 6: the state has its copy of the price
-/// floors and its items' regional prices.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP06";
+/// rather than restored. Format 7: the state has its takedowns.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP07";
+/// Format 6: as format 7, of a state without takedowns (written before
+/// they existed; still read).
+pub const SNAPSHOT_MAGIC_V6: [u8; 8] = *b"LGRSNP06";
 /// Format 5: as format 6, of a state without price floors (written before
 /// they existed; still read).
 pub const SNAPSHOT_MAGIC_V5: [u8; 8] = *b"LGRSNP05";
@@ -893,6 +895,60 @@ struct SnapshotBeforeFloors {
 
 impl From<SnapshotBeforeFloors> for Snapshot {
     fn from(old: SnapshotBeforeFloors) -> Self {
+        SnapshotBeforeTakedowns {
+            shard: old.shard,
+            next_sequence: old.next_sequence,
+            inbound_next: old.inbound_next,
+            outbound_next: old.outbound_next,
+            balances: old.balances,
+            owned_items: old.owned_items,
+            escrow: old.escrow,
+            escrow_due: old.escrow_due,
+            items: old.items,
+            bundles: old.bundles,
+            commands: old.commands,
+            listing_directory: old.listing_directory,
+            refunds: old.refunds,
+            retention: old.retention,
+            limits: old.limits,
+            price_floors: crate::pricing::PriceFloors::default(),
+            item_pricing: BTreeMap::new(),
+            price_tests: BTreeMap::new(),
+            tests_ending: BTreeSet::new(),
+            last_hash: old.last_hash,
+        }
+        .into()
+    }
+}
+
+/// A shard's state as format 6 snapshots hold it: [`ShardState`] without
+/// its takedowns, which start empty when read (none existed before them).
+#[derive(Decode)]
+struct SnapshotBeforeTakedowns {
+    shard: ShardId,
+    next_sequence: u64,
+    inbound_next: BTreeMap<ShardId, u64>,
+    outbound_next: BTreeMap<ShardId, u64>,
+    balances: BTreeMap<Account, i64>,
+    owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
+    escrow: BTreeMap<PurchaseId, EscrowEntry>,
+    escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
+    items: BTreeMap<ItemId, ItemState>,
+    bundles: BTreeMap<BundleId, BundleState>,
+    commands: BTreeMap<String, crate::state::CommandRecord>,
+    listing_directory: BTreeMap<ListingId, ItemId>,
+    refunds: BTreeMap<PurchaseId, RefundProgress>,
+    retention: Retention,
+    limits: BuyerLimits,
+    price_floors: crate::pricing::PriceFloors,
+    item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
+    price_tests: BTreeMap<PriceTestId, crate::pricing::PriceTest>,
+    tests_ending: BTreeSet<(TimestampMs, PriceTestId)>,
+    last_hash: Hash,
+}
+
+impl From<SnapshotBeforeTakedowns> for Snapshot {
+    fn from(old: SnapshotBeforeTakedowns) -> Self {
         Snapshot {
             state: ShardState {
                 shard: old.shard,
@@ -910,10 +966,11 @@ impl From<SnapshotBeforeFloors> for Snapshot {
                 refunds: old.refunds,
                 retention: old.retention,
                 limits: old.limits,
-                price_floors: crate::pricing::PriceFloors::default(),
-                item_pricing: BTreeMap::new(),
-                price_tests: BTreeMap::new(),
-                tests_ending: BTreeSet::new(),
+                price_floors: old.price_floors,
+                item_pricing: old.item_pricing,
+                price_tests: old.price_tests,
+                tests_ending: old.tests_ending,
+                takedowns: crate::takedown::Takedowns::default(),
             },
             last_hash: old.last_hash,
         }
@@ -926,14 +983,17 @@ enum SnapshotFormat {
     V3,
     V4,
     V5,
+    V6,
     Current,
 }
 
-/// The body of a checksummed snapshot (format 3 to 6) after its marker,
+/// The body of a checksummed snapshot (format 3 to 7) after its marker,
 /// with its format, or `None` if it has none of their markers.
 fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotFormat), CodecError>> {
     let (rest, format) = if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
         (rest, SnapshotFormat::Current)
+    } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V6) {
+        (rest, SnapshotFormat::V6)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V5) {
         (rest, SnapshotFormat::V5)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V4) {
@@ -971,6 +1031,9 @@ impl Snapshot {
             let (body, format) = checked?;
             return match format {
                 SnapshotFormat::Current => decode_record_part("snapshot", body),
+                SnapshotFormat::V6 => {
+                    decode_record_part::<SnapshotBeforeTakedowns>("snapshot", body).map(Into::into)
+                }
                 SnapshotFormat::V5 => {
                     decode_record_part::<SnapshotBeforeFloors>("snapshot", body).map(Into::into)
                 }

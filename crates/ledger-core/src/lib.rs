@@ -18,6 +18,7 @@ pub mod money;
 pub mod pricing;
 pub mod retention;
 pub mod state;
+pub mod takedown;
 
 pub use decide::{decide, Answer, Decision, Input};
 pub use ids::*;

@@ -226,6 +226,12 @@ pub enum Command {
     EndPriceTest {
         test_id: PriceTestId,
     },
+    /// Admin (moderation): the item goes off sale for good, its open resale
+    /// listings end and every purchase of it still in escrow is refunded.
+    /// Keyed by the item: one takedown per item, a repeat answers the first.
+    TakeDown {
+        item_id: ItemId,
+    },
 }
 
 /// [`Command`] as stored: its variants in their order, a purchase in a
@@ -310,6 +316,9 @@ enum StoredCommand {
     },
     EndPriceTest {
         test_id: PriceTestId,
+    },
+    TakeDown {
+        item_id: ItemId,
     },
 }
 
@@ -435,6 +444,7 @@ impl From<Command> for StoredCommand {
                 counts,
             },
             Command::EndPriceTest { test_id } => StoredCommand::EndPriceTest { test_id },
+            Command::TakeDown { item_id } => StoredCommand::TakeDown { item_id },
         }
     }
 }
@@ -561,6 +571,7 @@ impl From<StoredCommand> for Command {
                 counts,
             },
             StoredCommand::EndPriceTest { test_id } => Command::EndPriceTest { test_id },
+            StoredCommand::TakeDown { item_id } => Command::TakeDown { item_id },
         }
     }
 }
@@ -623,6 +634,10 @@ pub mod keys {
     pub fn price_test(id: &PriceTestId) -> String {
         format!("price-test:{id}")
     }
+    /// The takedown of an item (one per item).
+    pub fn takedown(id: &ItemId) -> String {
+        format!("takedown:{id}")
+    }
     /// The id of a batch of exposures: its test and batch.
     pub fn exposures(test_id: &PriceTestId, batch_id: &ExposureBatchId) -> String {
         format!("exposures:{test_id}:{batch_id}")
@@ -656,6 +671,7 @@ impl Command {
             Command::StartPriceTest { test_id, .. }
             | Command::RecordExposures { test_id, .. }
             | Command::EndPriceTest { test_id } => keys::price_test(test_id),
+            Command::TakeDown { item_id } => keys::takedown(item_id),
         }
     }
 
@@ -749,10 +765,12 @@ pub enum RejectionCode {
     RateLimited,
     /// A publish or reprice under the floor in force for the item's kind.
     BelowPriceFloor,
+    /// The item was taken down: it never goes on sale again.
+    ItemTakenDown,
 }
 
 /// Every code with its stored index and its name.
-const REJECTION_CODES: [(RejectionCode, u32, &str); 22] = [
+const REJECTION_CODES: [(RejectionCode, u32, &str); 23] = [
     (RejectionCode::ValidationFailed, 0, "validation_failed"),
     (RejectionCode::Forbidden, 2, "forbidden"),
     (
@@ -787,6 +805,7 @@ const REJECTION_CODES: [(RejectionCode, u32, &str); 22] = [
     (RejectionCode::IdempotencyExpired, 22, "idempotency_expired"),
     (RejectionCode::RateLimited, 23, "rate_limited"),
     (RejectionCode::BelowPriceFloor, 24, "below_price_floor"),
+    (RejectionCode::ItemTakenDown, 25, "item_taken_down"),
 ];
 
 /// The stored indices a decoder accepts (those of [`REJECTION_CODES`]).
@@ -927,6 +946,14 @@ pub enum Success {
         version: u32,
         price: i64,
         effective_from_ms: TimestampMs,
+    },
+    /// An item taken down: off sale for good, `listings_ended` of its resale
+    /// listings ended; its escrowed purchases are being refunded on
+    /// `shard_count` shards (progress: the takedown's read model).
+    TakenDown {
+        item_id: ItemId,
+        listings_ended: u32,
+        shard_count: u16,
     },
 }
 
@@ -1191,6 +1218,8 @@ pub enum Progress {
     ReplicatingFloor { acknowledged: u32 },
     /// A price test: waiting for the item's shard to start pricing it.
     StartingTest,
+    /// A takedown: waiting for the item's shard to take the item off sale.
+    TakingDown,
 }
 
 impl Progress {
@@ -1554,6 +1583,32 @@ pub enum Message {
         apply_price: Option<i64>,
         at_ms: TimestampMs,
     },
+
+    /// Takedown's shard → item's shard: take the item off sale for good.
+    TakeDownItem { item_id: ItemId, at_ms: TimestampMs },
+    /// Item's shard → takedown's shard: the item is off sale (with how many
+    /// listings ended), or the takedown is refused.
+    ItemTakenDownAnswer {
+        item_id: ItemId,
+        result: Result<u32, Rejection>,
+        position: ShardPosition,
+    },
+    /// Takedown's shard → every shard: refund the item's sales homed there.
+    RefundItemSales { item_id: ItemId },
+    /// A shard → itself: the next step of a takedown's scan.
+    ContinueTakedownScan { item_id: ItemId },
+    /// A shard → itself: a purchase in flight at the takedown was paid;
+    /// refund it.
+    RefundTakenDownSale {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+    },
+    /// A shard → takedown's shard: every sale of the item homed there is
+    /// resolved.
+    TakedownShardDone {
+        item_id: ItemId,
+        tally: crate::takedown::TakedownTally,
+    },
 }
 
 // ---------------------------------------------------------------- events
@@ -1563,6 +1618,8 @@ pub enum Message {
 pub enum ListingEndReason {
     Cancelled,
     SerialMoved,
+    /// Its item was taken down.
+    TakenDown,
 }
 
 /// An immutable fact in a shard's log.
@@ -1879,6 +1936,67 @@ pub enum Event {
         item_id: ItemId,
         applied_price: Option<i64>,
     },
+    /// On the item's shard: the item was taken down; it is off sale for
+    /// good (its open listings ended, each with `ListingEnded`, before).
+    ItemTakenDown {
+        item_id: ItemId,
+        at_ms: TimestampMs,
+    },
+    /// On the takedown's shard: the item is off sale; `shard_count` shards
+    /// now refund its sales.
+    TakedownRefunding {
+        item_id: ItemId,
+        listings_ended: u32,
+        shard_count: u16,
+    },
+    /// On a shard: a takedown refunds the item's sales homed here.
+    TakedownScanStarted {
+        item_id: ItemId,
+        reply_to: ShardId,
+    },
+    /// On a shard: one step of a takedown's scan examined the purchase
+    /// records up to `cursor` (`scanned`: all of them) and found
+    /// `in_flight` purchases of the item not yet paid or refused.
+    TakedownScanned {
+        item_id: ItemId,
+        cursor: Option<String>,
+        scanned: bool,
+        in_flight: Vec<PurchaseId>,
+    },
+    /// On a shard: a takedown started the refund of a purchase.
+    TakedownRefundStarted {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+        refund_id: RefundId,
+    },
+    /// On a shard: a purchase in flight at the takedown was paid (its
+    /// refund follows) or not.
+    TakedownPurchaseFinished {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+        paid: bool,
+    },
+    /// On a shard: what became of one purchase of a taken-down item.
+    TakedownSaleResolved {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+        outcome: crate::takedown::TakedownOutcome,
+    },
+    /// On a shard: every sale of the item homed here is resolved, with
+    /// this tally (sent to the takedown's shard).
+    TakedownScanFinished {
+        item_id: ItemId,
+        tally: crate::takedown::TakedownTally,
+    },
+    /// On the takedown's shard: `shard` reported its tally; `tally` is the
+    /// total so far, of `shards_reported` shards.
+    TakedownShardReported {
+        item_id: ItemId,
+        shard: ShardId,
+        shard_tally: crate::takedown::TakedownTally,
+        tally: crate::takedown::TakedownTally,
+        shards_reported: u16,
+    },
 }
 
 impl Event {
@@ -1944,6 +2062,15 @@ impl Event {
             Event::PriceTestSold { .. } => "price_test_sold",
             Event::PriceTestEnded { .. } => "price_test_ended",
             Event::PriceTestClosed { .. } => "price_test_closed",
+            Event::ItemTakenDown { .. } => "item_taken_down",
+            Event::TakedownRefunding { .. } => "takedown_refunding",
+            Event::TakedownScanStarted { .. } => "takedown_scan_started",
+            Event::TakedownScanned { .. } => "takedown_scanned",
+            Event::TakedownRefundStarted { .. } => "takedown_refund_started",
+            Event::TakedownPurchaseFinished { .. } => "takedown_purchase_finished",
+            Event::TakedownSaleResolved { .. } => "takedown_sale_resolved",
+            Event::TakedownScanFinished { .. } => "takedown_scan_finished",
+            Event::TakedownShardReported { .. } => "takedown_shard_reported",
         }
     }
 

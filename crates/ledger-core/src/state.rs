@@ -183,6 +183,9 @@ pub struct ShardState {
     pub price_tests: BTreeMap<PriceTestId, crate::pricing::PriceTest>,
     /// Running tests by end time, for the clock to end them.
     pub tests_ending: BTreeSet<(TimestampMs, PriceTestId)>,
+    /// Taken-down items of this shard and the takedowns it runs (see
+    /// [`crate::takedown`]).
+    pub takedowns: crate::takedown::Takedowns,
 }
 
 impl ShardState {
@@ -207,6 +210,7 @@ impl ShardState {
             item_pricing: BTreeMap::new(),
             price_tests: BTreeMap::new(),
             tests_ending: BTreeSet::new(),
+            takedowns: crate::takedown::Takedowns::default(),
         }
     }
 
@@ -220,6 +224,13 @@ impl ShardState {
 
     pub fn next_outbound(&self, to: ShardId) -> u64 {
         self.outbound_next.get(&to).copied().unwrap_or(1)
+    }
+
+    fn takedown_scan_mut(&mut self, item_id: &ItemId) -> &mut crate::takedown::TakedownScan {
+        self.takedowns
+            .scans
+            .get_mut(item_id)
+            .expect("event refers to a takedown scanning this shard")
     }
 
     fn item_mut(&mut self, item_id: &ItemId) -> &mut ItemState {
@@ -341,6 +352,7 @@ pub fn initial_progress(command: &Command) -> Progress {
         Command::Refund { .. } => Progress::Refunding,
         Command::SetPriceFloor { .. } => Progress::ReplicatingFloor { acknowledged: 0 },
         Command::StartPriceTest { .. } => Progress::StartingTest,
+        Command::TakeDown { .. } => Progress::TakingDown,
         Command::SetRegionalPrices { .. }
         | Command::RecordExposures { .. }
         | Command::EndPriceTest { .. } => Progress::Crediting,
@@ -497,6 +509,109 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                     arms: arms.clone(),
                     ends_at_ms: *ends_at_ms,
                 });
+        }
+        Event::ItemTakenDown { item_id, .. } => {
+            state.item_mut(item_id).on_sale = false;
+            let new = state.takedowns.items.insert(item_id.clone());
+            assert!(new, "an item is taken down once");
+        }
+        Event::TakedownRefunding {
+            item_id,
+            shard_count,
+            ..
+        } => {
+            let previous = state.takedowns.homed.insert(
+                item_id.clone(),
+                crate::takedown::TakedownProgress {
+                    shard_count: *shard_count,
+                    ..Default::default()
+                },
+            );
+            assert!(previous.is_none(), "a takedown refunds once");
+        }
+        Event::TakedownScanStarted { item_id, reply_to } => {
+            let previous = state.takedowns.scans.insert(
+                item_id.clone(),
+                crate::takedown::TakedownScan::new(*reply_to),
+            );
+            assert!(previous.is_none(), "a shard scans for a takedown once");
+        }
+        Event::TakedownScanned {
+            item_id,
+            cursor,
+            scanned,
+            in_flight,
+        } => {
+            let scan = state.takedown_scan_mut(item_id);
+            assert!(!scan.scanned, "a finished scan does not go on");
+            scan.cursor = cursor.clone();
+            scan.scanned = *scanned;
+            for purchase_id in in_flight {
+                scan.pending.insert(purchase_id.clone());
+                scan.in_flight.insert(purchase_id.clone());
+            }
+        }
+        Event::TakedownRefundStarted {
+            item_id,
+            purchase_id,
+            refund_id,
+        } => {
+            let scan = state.takedown_scan_mut(item_id);
+            scan.pending.insert(purchase_id.clone());
+            let previous = state
+                .takedowns
+                .refunds
+                .insert(refund_id.clone(), (item_id.clone(), purchase_id.clone()));
+            assert!(previous.is_none(), "a takedown refunds a purchase once");
+        }
+        Event::TakedownPurchaseFinished {
+            item_id,
+            purchase_id,
+            paid,
+        } => {
+            let scan = state.takedown_scan_mut(item_id);
+            assert!(
+                scan.in_flight.remove(purchase_id),
+                "a takedown waited for purchase {purchase_id}"
+            );
+            if !*paid {
+                scan.pending.remove(purchase_id);
+            }
+        }
+        Event::TakedownSaleResolved {
+            item_id,
+            purchase_id,
+            outcome,
+        } => {
+            let scan = state.takedown_scan_mut(item_id);
+            scan.pending.remove(purchase_id);
+            scan.tally.count(outcome);
+            let refund_id = crate::takedown::refund_id(item_id, purchase_id);
+            state.takedowns.refunds.remove(&refund_id);
+        }
+        Event::TakedownScanFinished { item_id, tally } => {
+            let scan = state
+                .takedowns
+                .scans
+                .remove(item_id)
+                .expect("a finished scan was started");
+            assert!(scan.is_done(), "a scan finishes with nothing pending");
+            assert_eq!(&scan.tally, tally, "a scan reports its own tally");
+        }
+        Event::TakedownShardReported {
+            item_id,
+            tally,
+            shards_reported,
+            ..
+        } => {
+            let progress = state
+                .takedowns
+                .homed
+                .get_mut(item_id)
+                .expect("a shard reports to a refunding takedown");
+            progress.tally = *tally;
+            progress.shards_reported = *shards_reported;
+            assert!(progress.shards_reported <= progress.shard_count);
         }
         Event::PriceTestClosed {
             test_id, item_id, ..

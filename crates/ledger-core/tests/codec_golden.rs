@@ -294,6 +294,7 @@ fn rejection_codes_keep_their_stored_indices() {
         ("idempotency_expired", 22),
         ("rate_limited", 23),
         ("below_price_floor", 24),
+        ("item_taken_down", 25),
     ];
     let codes: Vec<RejectionCode> = RejectionCode::all().collect();
     assert_eq!(codes.len(), stored.len());
@@ -303,7 +304,7 @@ fn rejection_codes_keep_their_stored_indices() {
         let decoded: RejectionCode = decode("rejection code", &encode(&index)).unwrap();
         assert_eq!(decoded, code);
     }
-    for reserved in [1u32, 20, 21, 25] {
+    for reserved in [1u32, 20, 21, 26] {
         assert!(
             decode::<RejectionCode>("rejection code", &encode(&reserved)).is_err(),
             "index {reserved} is not a code of the core"

@@ -17,6 +17,7 @@
 //!   entries reference the refunded purchase).
 
 use ledger_core::codec::Logged;
+use ledger_core::takedown::TakedownOutcome;
 use ledger_core::{
     Account, BundleId, Completion, Event, ItemDefinition, ItemId, ListingId, Posting, PurchaseId,
     PurchaseTarget, RefundProgress, ShardId, Success, TimestampMs, UserId,
@@ -163,6 +164,30 @@ pub enum Change {
     ItemOnSaleChanged {
         item_id: ItemId,
         on_sale: bool,
+    },
+    /// An item was taken down; `shard_count` shards refund its sales.
+    TakedownStarted {
+        item_id: ItemId,
+        listings_ended: u32,
+        shard_count: u16,
+        at_ms: TimestampMs,
+    },
+    /// `shards_reported` shards resolved the sales of a taken-down item,
+    /// with this tally in all.
+    TakedownProgressed {
+        item_id: ItemId,
+        shards_reported: u16,
+        tally: ledger_core::takedown::TakedownTally,
+        at_ms: TimestampMs,
+    },
+    /// What a takedown did to one purchase: `refunded` (with the amount),
+    /// `already_refunded`, or `left` (with the refusal's code).
+    TakedownSaleResolved {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+        outcome: &'static str,
+        amount: Option<i64>,
+        reason: Option<String>,
     },
     /// A serial of a Limited now belongs to `user_id`.
     SerialOwnerSet {
@@ -648,7 +673,59 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::CommandWithdrawn { .. }
         // Every shard's copy of a floor: the floors' home shard's
         // `price_floor_set` is the one read models keep.
-        | Event::PriceFloorReplicated { .. } => {}
+        | Event::PriceFloorReplicated { .. }
+        // A takedown's bookkeeping on each shard: the tally each reports
+        // (`takedown_shard_reported`) and each sale's outcome are kept.
+        | Event::TakedownScanStarted { .. }
+        | Event::TakedownScanned { .. }
+        | Event::TakedownRefundStarted { .. }
+        | Event::TakedownPurchaseFinished { .. }
+        | Event::TakedownScanFinished { .. } => {}
+        Event::ItemTakenDown { item_id, .. } => changes.push(Change::ItemOnSaleChanged {
+            item_id: item_id.clone(),
+            on_sale: false,
+        }),
+        Event::TakedownRefunding {
+            item_id,
+            listings_ended,
+            shard_count,
+        } => changes.push(Change::TakedownStarted {
+            item_id: item_id.clone(),
+            listings_ended: *listings_ended,
+            shard_count: *shard_count,
+            at_ms: envelope.timestamp_ms,
+        }),
+        Event::TakedownShardReported {
+            item_id,
+            tally,
+            shards_reported,
+            ..
+        } => changes.push(Change::TakedownProgressed {
+            item_id: item_id.clone(),
+            shards_reported: *shards_reported,
+            tally: *tally,
+            at_ms: envelope.timestamp_ms,
+        }),
+        Event::TakedownSaleResolved {
+            item_id,
+            purchase_id,
+            outcome,
+        } => {
+            let (outcome, amount, reason) = match outcome {
+                TakedownOutcome::Refunded { amount } => ("refunded", Some(*amount), None),
+                TakedownOutcome::AlreadyRefunded => ("already_refunded", None, None),
+                TakedownOutcome::Left { rejection } => {
+                    ("left", None, Some(rejection.code.as_str().to_string()))
+                }
+            };
+            changes.push(Change::TakedownSaleResolved {
+                item_id: item_id.clone(),
+                purchase_id: purchase_id.clone(),
+                outcome,
+                amount,
+                reason,
+            });
+        }
         Event::RegionalPricesSet { item_id, prices } => {
             changes.push(Change::ItemRegionalPricesChanged {
                 item_id: item_id.clone(),

@@ -94,6 +94,38 @@ pub struct ItemPriceTestView {
     pub ends_at_ms: TimestampMs,
 }
 
+/// Most purchases a takedown's view lists as left (the count is exact).
+pub const TAKEDOWN_LEFT_LISTED_MAX: usize = 1_000;
+
+/// A takedown and what it did so far to the purchases of its item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TakedownView {
+    pub item_id: String,
+    /// `refunding` until every shard reported, then `done`.
+    pub status: String,
+    pub listings_ended: u32,
+    pub shard_count: u16,
+    pub shards_reported: u16,
+    pub refunded: u32,
+    pub refunded_amount: i64,
+    pub already_refunded: u32,
+    /// Purchases left as they are (escrow released, serial moved on): the
+    /// count of the shards that reported, and the first
+    /// [`TAKEDOWN_LEFT_LISTED_MAX`] of them by purchase id.
+    pub left_count: u32,
+    pub left: Vec<TakedownLeftView>,
+    pub started_at_ms: TimestampMs,
+    pub updated_at_ms: TimestampMs,
+}
+
+/// A purchase a takedown left as it is, and why (a refusal's code:
+/// `refund_window_closed`, `not_refundable`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TakedownLeftView {
+    pub purchase_id: String,
+    pub reason: String,
+}
+
 /// A price test with its counts per arm, as its shard logged them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PriceTestView {
@@ -352,6 +384,8 @@ pub trait ReadModels: Send + Sync + 'static {
     /// A price test and its counts; `None` for a test never opened (or
     /// refused by its item).
     async fn price_test(&self, test_id: &str) -> Result<Option<PriceTestView>, ReadError>;
+    /// The takedown of an item; `None` for an item never taken down.
+    async fn takedown(&self, item_id: &str) -> Result<Option<TakedownView>, ReadError>;
     /// Every version of every kind's price floor (at most
     /// [`PRICE_FLOOR_VERSIONS_MAX`]), by kind then version.
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError>;

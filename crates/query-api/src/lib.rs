@@ -102,6 +102,7 @@ pub fn router_with_settings(
         .route("/v1/creators/{id}/sales", get(routes::creator_sales))
         .route("/v1/price-floors", get(routes::price_floors))
         .route("/v1/price-tests/{id}", get(routes::price_test))
+        .route("/v1/takedowns/{id}", get(routes::takedown))
         .method_not_allowed_fallback(observability::method_not_allowed)
         .with_state(state);
     let reads = server::limit(

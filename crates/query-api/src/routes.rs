@@ -771,6 +771,47 @@ fn parse_stored_id<T: TryFrom<String, Error = ledger_core::IdError>>(
     })
 }
 
+/// `GET /v1/takedowns/{item_id}`: what the takedown of an item did so far
+/// (service and admin tokens: moderation and support).
+pub(crate) async fn takedown(
+    State(state): State<QueryState>,
+    PathSegment(segment): PathSegment,
+    headers: HeaderMap,
+    query: QueryParameters,
+) -> Answer {
+    let item_id = parse_id::<ledger_core::ItemId>("item_id", &segment)?;
+    let after = parse_after(&query)?;
+    let actor = state.verifier.authenticate(&headers)?;
+    if let Role::User = actor.role {
+        return Err(Problem::forbidden(
+            "takedowns are read with a service or admin token",
+        ));
+    }
+    wait_for(&state, after.as_ref()).await?;
+    let view = state
+        .read_models
+        .takedown(item_id.as_str())
+        .await
+        .map_err(read_failed)?
+        .ok_or_else(|| Problem::not_found(format!("item {item_id} was never taken down")))?;
+    let left: Vec<Value> = view
+        .left
+        .iter()
+        .map(|left| json!({"purchase_id": left.purchase_id, "reason": left.reason}))
+        .collect();
+    respond(json!({
+            "item_id": view.item_id,
+            "status": view.status,
+            "listings_ended": view.listings_ended,
+            "shards": {"total": view.shard_count, "reported": view.shards_reported},
+            "refunded": {"count": view.refunded, "amount": view.refunded_amount},
+            "already_refunded": view.already_refunded,
+            "left": {"count": view.left_count, "purchases": left},
+            "started_at": format_timestamp(view.started_at_ms),
+            "updated_at": format_timestamp(view.updated_at_ms),
+    }))
+}
+
 /// `GET /v1/price-tests/{id}`: a price test with, per arm, its exposures,
 /// purchases, conversion, revenue and revenue per thousand exposures with a
 /// 95 % confidence interval, and the arm leading now.

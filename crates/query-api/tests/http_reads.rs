@@ -108,6 +108,10 @@ impl ReadModels for UnreachableReadModels {
     async fn price_test(&self, _: &str) -> Result<Option<PriceTestView>, ReadError> {
         self.reached("price test")
     }
+
+    async fn takedown(&self, _: &str) -> Result<Option<projectors::TakedownView>, ReadError> {
+        self.reached("takedown")
+    }
 }
 
 /// The read models of a ledger where nothing happened. `caught_up` says
@@ -219,6 +223,10 @@ impl ReadModels for EmptyReadModels {
     }
 
     async fn price_test(&self, _: &str) -> Result<Option<PriceTestView>, ReadError> {
+        Ok(None)
+    }
+
+    async fn takedown(&self, _: &str) -> Result<Option<projectors::TakedownView>, ReadError> {
         Ok(None)
     }
 }

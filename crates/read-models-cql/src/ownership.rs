@@ -63,6 +63,13 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::PriceTestExposed { test_id, .. }
         | Event::PriceTestSold { test_id, .. }
         | Event::PriceTestEnded { test_id, .. } => Some(keys::price_test(test_id)),
+        Event::ItemTakenDown { item_id, .. } => Some(keys::item(item_id)),
+        // A takedown's row (`takedowns`) is written by its shard only; each
+        // sale's outcome (`takedown_sales`) by the purchase's shard only.
+        Event::TakedownRefunding { item_id, .. } | Event::TakedownShardReported { item_id, .. } => {
+            Some(keys::takedown(item_id))
+        }
+        Event::TakedownSaleResolved { purchase_id, .. } => Some(keys::purchase(purchase_id)),
         Event::BuyerDebited { buyer_id, .. } | Event::BuyerRefunded { buyer_id, .. } => {
             Some(keys::user(buyer_id))
         }
@@ -95,7 +102,12 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::CommandsForgotten { .. }
         | Event::PurchaseAdmitted { .. }
         | Event::CommandWithdrawn { .. }
-        | Event::PriceFloorReplicated { .. } => None,
+        | Event::PriceFloorReplicated { .. }
+        | Event::TakedownScanStarted { .. }
+        | Event::TakedownScanned { .. }
+        | Event::TakedownRefundStarted { .. }
+        | Event::TakedownPurchaseFinished { .. }
+        | Event::TakedownScanFinished { .. } => None,
     }
 }
 

@@ -10,7 +10,8 @@ use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
     InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
     PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
-    SalesRange, TransactionAccount, TransactionEntry, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
+    SalesRange, TakedownLeftView, TakedownView, TransactionAccount, TransactionEntry,
+    PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX, TAKEDOWN_LEFT_LISTED_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
@@ -854,6 +855,92 @@ impl CqlReadModels {
         Ok(current.map(|(_, view)| view))
     }
 
+    async fn takedown_inner(
+        &self,
+        item_id: &str,
+    ) -> Result<Option<TakedownView>, CqlReadModelError> {
+        type TakedownRow = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        );
+        let limit = TAKEDOWN_LEFT_LISTED_MAX as i32;
+        let (row, left) = tokio::try_join!(
+            self.select_first::<TakedownRow>(
+                &self.statements.select_takedown,
+                (item_id,),
+                "takedown read"
+            ),
+            self.select::<(String, Option<String>)>(
+                &self.statements.select_takedown_sales,
+                (item_id, "left", limit),
+                "takedown sales read",
+            )
+        )?;
+        let Some((
+            listings_ended,
+            shard_count,
+            shards_reported,
+            refunded,
+            refunded_amount,
+            already_refunded,
+            left_count,
+            started_at_ms,
+            updated_at_ms,
+        )) = row
+        else {
+            return Ok(None);
+        };
+        let incomplete = |column: &'static str| CqlReadModelError::IncompleteRow {
+            table: "takedowns",
+            column,
+            key: item_id.to_string(),
+        };
+        let count = |what: &'static str, value: Option<i64>| -> Result<u32, CqlReadModelError> {
+            u32_from_cql(what, value.unwrap_or(0))
+        };
+        let shard_count = shard_count.ok_or_else(|| incomplete("shard_count"))?;
+        let shard_count = u16::try_from(shard_count).map_err(|_| incomplete("shard_count"))?;
+        let shards_reported = u16::try_from(shards_reported.unwrap_or(0))
+            .map_err(|_| incomplete("shards_reported"))?;
+        let started_at_ms = from_cql(
+            "takedown start",
+            started_at_ms.ok_or_else(|| incomplete("started_at_ms"))?,
+        )?;
+        Ok(Some(TakedownView {
+            item_id: item_id.to_string(),
+            status: if shards_reported == shard_count {
+                "done"
+            } else {
+                "refunding"
+            }
+            .to_string(),
+            listings_ended: count("listings ended", listings_ended)?,
+            shard_count,
+            shards_reported,
+            refunded: count("refunded", refunded)?,
+            refunded_amount: refunded_amount.unwrap_or(0),
+            already_refunded: count("already refunded", already_refunded)?,
+            left_count: count("left", left_count)?,
+            left: left
+                .into_iter()
+                .map(|(purchase_id, reason)| TakedownLeftView {
+                    purchase_id,
+                    reason: reason.unwrap_or_default(),
+                })
+                .collect(),
+            started_at_ms,
+            updated_at_ms: from_cql("takedown update", updated_at_ms.unwrap_or(0))?
+                .max(started_at_ms),
+        }))
+    }
+
     async fn price_test_inner(
         &self,
         test_id: &str,
@@ -1190,5 +1277,9 @@ impl ReadModels for CqlReadModels {
 
     async fn price_test(&self, test_id: &str) -> Result<Option<PriceTestView>, ReadError> {
         Ok(self.price_test_inner(test_id).await?)
+    }
+
+    async fn takedown(&self, item_id: &str) -> Result<Option<TakedownView>, ReadError> {
+        Ok(self.takedown_inner(item_id).await?)
     }
 }

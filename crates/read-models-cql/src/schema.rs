@@ -69,6 +69,8 @@ mod tests {
                 "item_price_tests",
                 "price_tests",
                 "price_test_arms",
+                "takedowns",
+                "takedown_sales",
             ]
         );
         for forbidden in [

@@ -62,6 +62,11 @@ pub(crate) struct Statements {
     pub select_price_test: PreparedStatement,
     pub select_price_test_arms: PreparedStatement,
     pub select_price_floors: PreparedStatement,
+    pub insert_takedown: PreparedStatement,
+    pub update_takedown_progress: PreparedStatement,
+    pub insert_takedown_sale: PreparedStatement,
+    pub select_takedown: PreparedStatement,
+    pub select_takedown_sales: PreparedStatement,
 
     pub insert_sale: PreparedStatement,
     pub insert_sale_bucket: PreparedStatement,
@@ -365,6 +370,42 @@ impl Statements {
                 "price test sales write",
                 page,
                 "UPDATE price_test_arms USING TIMESTAMP ? SET purchases = ?, revenue = ? WHERE test_id = ? AND arm = ?",
+            )
+            .await?,
+            insert_takedown: prepare(
+                "takedown write",
+                page,
+                "INSERT INTO takedowns (item_id, listings_ended, shard_count, shards_reported, refunded, \
+                 refunded_amount, already_refunded, left_count, started_at_ms, updated_at_ms) \
+                 VALUES (?, ?, ?, 0, 0, 0, 0, 0, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            update_takedown_progress: prepare(
+                "takedown progress write",
+                page,
+                "UPDATE takedowns USING TIMESTAMP ? SET shards_reported = ?, refunded = ?, \
+                 refunded_amount = ?, already_refunded = ?, left_count = ?, updated_at_ms = ? \
+                 WHERE item_id = ?",
+            )
+            .await?,
+            insert_takedown_sale: prepare(
+                "takedown sale write",
+                page,
+                "INSERT INTO takedown_sales (item_id, outcome, purchase_id, amount, reason) \
+                 VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+            )
+            .await?,
+            select_takedown: prepare(
+                "takedown read",
+                page,
+                "SELECT listings_ended, shard_count, shards_reported, refunded, refunded_amount, \
+                 already_refunded, left_count, started_at_ms, updated_at_ms FROM takedowns WHERE item_id = ?",
+            )
+            .await?,
+            select_takedown_sales: prepare(
+                "takedown sales read",
+                page,
+                "SELECT purchase_id, reason FROM takedown_sales WHERE item_id = ? AND outcome = ? LIMIT ?",
             )
             .await?,
             select_price_test: prepare(

@@ -245,6 +245,44 @@ fn apply_change(
         Change::ItemOnSaleChanged { item_id, on_sale } => transaction
             .prepare_cached("UPDATE items SET on_sale = ?2 WHERE item_id = ?1")
             .and_then(|mut statement| statement.execute(params![item_id.as_str(), on_sale])),
+        Change::TakedownStarted { item_id, listings_ended, shard_count, at_ms } => {
+            let at_ms = crate::error::to_sql("takedown time", *at_ms)?;
+            transaction
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO takedowns (item_id, listings_ended, shard_count, started_at_ms, updated_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?4)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![item_id.as_str(), listings_ended, shard_count, at_ms])
+                })
+        }
+        Change::TakedownProgressed { item_id, shards_reported, tally, at_ms } => {
+            let at_ms = crate::error::to_sql("takedown time", *at_ms)?;
+            transaction
+                .prepare_cached(
+                    "UPDATE takedowns SET shards_reported = ?2, refunded = ?3, refunded_amount = ?4,
+                     already_refunded = ?5, left_count = ?6, updated_at_ms = ?7 WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        item_id.as_str(),
+                        shards_reported,
+                        tally.refunded,
+                        tally.refunded_amount,
+                        tally.already_refunded,
+                        tally.left,
+                        at_ms
+                    ])
+                })
+        }
+        Change::TakedownSaleResolved { item_id, purchase_id, outcome, amount, reason } => transaction
+            .prepare_cached(
+                "INSERT OR REPLACE INTO takedown_sales (item_id, outcome, purchase_id, amount, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![item_id.as_str(), outcome, purchase_id.as_str(), amount, reason])
+            }),
         Change::SerialOwnerSet { item_id, serial, user_id } => transaction
             .prepare_cached("INSERT OR REPLACE INTO owners (item_id, serial, user_id) VALUES (?1, ?2, ?3)")
             .and_then(|mut statement| statement.execute(params![item_id.as_str(), serial, user_id.as_str()])),

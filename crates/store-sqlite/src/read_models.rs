@@ -13,8 +13,8 @@ use projectors::{
     sale_cursor, sale_status, BalanceView, BeyondHead, BundleView, CreatorSaleView, EarningsView,
     InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
     PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
-    SalesRange, TransactionAccount, TransactionEntry, PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX,
-    PURCHASE_STEPS_MAX,
+    SalesRange, TakedownLeftView, TakedownView, TransactionAccount, TransactionEntry,
+    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX, TAKEDOWN_LEFT_LISTED_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -464,6 +464,88 @@ impl ReadModels for SqliteReadModels {
                 })
                 .map_err(query_failed("read item"))?;
             row.map(ItemRow::into_view).transpose()
+        })
+        .await
+    }
+
+    async fn takedown(&self, item_id: &str) -> Result<Option<TakedownView>, ReadError> {
+        let item_id = item_id.to_string();
+        self.read("takedown read", move |connection| {
+            type TakedownRow = (u32, u16, u16, u32, i64, u32, u32, i64, i64);
+            let row: Option<TakedownRow> = connection
+                .prepare_cached(
+                    "SELECT listings_ended, shard_count, shards_reported, refunded, refunded_amount,
+                     already_refunded, left_count, started_at_ms, updated_at_ms
+                     FROM takedowns WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![item_id], |row| {
+                            Ok((
+                                row.get(0)?,
+                                row.get(1)?,
+                                row.get(2)?,
+                                row.get(3)?,
+                                row.get(4)?,
+                                row.get(5)?,
+                                row.get(6)?,
+                                row.get(7)?,
+                                row.get(8)?,
+                            ))
+                        })
+                        .optional()
+                })
+                .map_err(query_failed("read takedown"))?;
+            let Some((
+                listings_ended,
+                shard_count,
+                shards_reported,
+                refunded,
+                refunded_amount,
+                already_refunded,
+                left_count,
+                started_at_ms,
+                updated_at_ms,
+            )) = row
+            else {
+                return Ok(None);
+            };
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT purchase_id, reason FROM takedown_sales
+                     WHERE item_id = ?1 AND outcome = 'left' ORDER BY purchase_id LIMIT ?2",
+                )
+                .map_err(query_failed("prepare takedown sales read"))?;
+            let rows = statement
+                .query_map(params![item_id, TAKEDOWN_LEFT_LISTED_MAX as i64], |row| {
+                    Ok(TakedownLeftView {
+                        purchase_id: row.get(0)?,
+                        reason: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    })
+                })
+                .map_err(query_failed("read takedown sales"))?;
+            let left = rows
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(query_failed("read a takedown sale"))?;
+            let status = if shards_reported == shard_count {
+                "done"
+            } else {
+                "refunding"
+            };
+            Ok(Some(TakedownView {
+                item_id,
+                status: status.to_string(),
+                listings_ended,
+                shard_count,
+                shards_reported,
+                refunded,
+                refunded_amount,
+                already_refunded,
+                left_count,
+                left,
+                started_at_ms: from_sql("takedown start", started_at_ms)?,
+                updated_at_ms: from_sql("takedown update", updated_at_ms)?,
+            }))
         })
         .await
     }

@@ -186,6 +186,27 @@ CREATE TABLE IF NOT EXISTS item_price_tests (
     closed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (item_id, test_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS takedowns (
+    item_id TEXT PRIMARY KEY,
+    listings_ended INTEGER NOT NULL,
+    shard_count INTEGER NOT NULL,
+    shards_reported INTEGER NOT NULL DEFAULT 0,
+    refunded INTEGER NOT NULL DEFAULT 0,
+    refunded_amount INTEGER NOT NULL DEFAULT 0,
+    already_refunded INTEGER NOT NULL DEFAULT 0,
+    left_count INTEGER NOT NULL DEFAULT 0,
+    started_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS takedown_sales (
+    -- What a takedown did to each purchase of its item.
+    item_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    purchase_id TEXT NOT NULL,
+    amount INTEGER,
+    reason TEXT,
+    PRIMARY KEY (item_id, outcome, purchase_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS price_tests (
     test_id TEXT PRIMARY KEY,
     item_id TEXT NOT NULL,

@@ -186,6 +186,7 @@ fn check_item_owner<'a>(
             format!("item {item_id} belongs to another creator"),
         ));
     }
+    super::takedown::check_not_taken_down(state, item_id)?;
     Ok(item)
 }
 

@@ -81,6 +81,7 @@ fn check_listable(
             format!("item {item_id} cannot be resold"),
         ));
     }
+    super::takedown::check_not_taken_down(out.state, item_id)?;
     let holder = item.holders.get(&serial).ok_or_else(|| {
         reject(
             RejectionCode::NotFound,

@@ -25,6 +25,7 @@ mod purchase;
 mod refund;
 mod resale;
 mod saga;
+mod takedown;
 mod tick;
 
 #[cfg(test)]
@@ -224,6 +225,17 @@ fn decide_command(
             price_tests::record_exposures(out, key, test_id, batch_id, counts)
         }),
         Command::EndPriceTest { test_id } => price_tests::end_now(out, test_id, meta),
+        Command::TakeDown { item_id } => {
+            if meta.actor.role != Role::Admin {
+                return Decision::Refuse(reject(
+                    RejectionCode::Forbidden,
+                    "only an admin takes items down",
+                ));
+            }
+            run_keyed(out, command, meta, |out, _| {
+                takedown::start(out, item_id, meta.at_ms)
+            })
+        }
         Command::ResalePurchase {
             purchase_id,
             buyer_id,
@@ -637,7 +649,11 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             revoke_items,
         } => refund::refund_buyer(out, purchase_id, refund_id, buyer_id, *amount, revoke_items),
         Message::RefundResult { refund_id, result } => {
-            refund::refund_answered(out, refund_id, result)
+            if takedown::runs_refund(state, refund_id) {
+                takedown::refund_ended(out, refund_id, result.as_ref().map(|amount| *amount));
+            } else {
+                refund::refund_answered(out, refund_id, result)
+            }
         }
         Message::RefundSettled {
             refund_id,
@@ -699,6 +715,30 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             amount,
             deliveries,
             positions,
-        } => refund::refund_settled(out, refund_id, *amount, deliveries, positions),
+        } => {
+            if takedown::runs_refund(state, refund_id) {
+                takedown::refund_ended(out, refund_id, Ok(*amount));
+            } else {
+                refund::refund_settled(out, refund_id, *amount, deliveries, positions)
+            }
+        }
+        Message::TakeDownItem { item_id, at_ms } => {
+            let answer = takedown::take_down_item(out, item_id, *at_ms);
+            out.send(from, answer);
+        }
+        Message::ItemTakenDownAnswer {
+            item_id,
+            result,
+            position,
+        } => takedown::item_taken_down(out, item_id, result, *position),
+        Message::RefundItemSales { item_id } => takedown::refund_item_sales(out, from, item_id),
+        Message::ContinueTakedownScan { item_id } => takedown::continue_scan(out, item_id),
+        Message::RefundTakenDownSale {
+            item_id,
+            purchase_id,
+        } => takedown::refund_taken_down_sale(out, item_id, purchase_id),
+        Message::TakedownShardDone { item_id, tally } => {
+            takedown::shard_done(out, from, item_id, tally)
+        }
     }
 }

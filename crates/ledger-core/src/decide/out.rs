@@ -85,11 +85,24 @@ impl<'a> Out<'a> {
         positions: Vec<ShardPosition>,
         deliveries: Vec<DeliveryMark>,
     ) {
+        let paid = result.is_ok();
         let completion = self.completion(key, result, positions, deliveries);
         self.push(Event::CommandCompleted {
             key: key.to_string(),
             completion,
         });
+        self.purchase_finished(key, paid);
+    }
+
+    /// A takedown waiting for the purchase `key` (if it is one) learns it
+    /// completed, `paid` or not (see [`super::takedown`]).
+    fn purchase_finished(&mut self, key: &str, paid: bool) {
+        if self.state.takedowns.scans.is_empty() {
+            return;
+        }
+        if let Some(purchase_id) = keys::purchase_id(key) {
+            super::takedown::purchase_finished(self, &purchase_id, paid);
+        }
     }
 
     /// Answers the running purchase `key` with a `rate_limited` refusal and
@@ -102,6 +115,7 @@ impl<'a> Out<'a> {
             completion,
             retry_after_ms,
         });
+        self.purchase_finished(key, false);
     }
 
     /// Completes the purchase `key`, paid for `reservation` (which a refund
@@ -119,6 +133,7 @@ impl<'a> Out<'a> {
             completion,
             reservation: reservation.clone(),
         });
+        self.purchase_finished(key, true);
     }
 
     /// The completion of `key` by the next event: it covers `positions`,

@@ -134,6 +134,7 @@ fn check_item(
             format!("item {item_id} belongs to another creator"),
         ));
     }
+    super::takedown::check_not_taken_down(state, item_id)?;
     if item.is_limited() {
         return Err(reject(
             RejectionCode::ValidationFailed,

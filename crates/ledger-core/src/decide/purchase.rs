@@ -278,6 +278,10 @@ pub(super) fn reserve_item(
             RejectionCode::NotFound,
             format!("item {item_id} does not exist"),
         )),
+        Some(_) if out.state.takedowns.items.contains(item_id) => Err(reject(
+            RejectionCode::ItemTakenDown,
+            format!("item {item_id} was taken down"),
+        )),
         Some(item) => {
             let (price, rule) = out
                 .state
@@ -928,6 +932,21 @@ pub(super) fn cancel_reservation(out: &mut Out<'_>, purchase_id: &PurchaseId, it
         },
     };
     out.push(event);
+    // A listing a purchase held when its item was taken down ends now.
+    if let Held::Listing {
+        listing_id,
+        listing,
+    } = held_for(item, purchase_id)
+    {
+        if out.state.takedowns.items.contains(item_id) {
+            out.push(Event::ListingEnded {
+                listing_id: listing_id.clone(),
+                item_id: item_id.clone(),
+                serial: listing.serial,
+                reason: ListingEndReason::TakenDown,
+            });
+        }
+    }
 }
 
 /// On the creator's shard: the sale's money moves from clearing to the

@@ -43,29 +43,40 @@ pub(super) fn refund_purchase(
                 },
             );
         }
-        Ok(creator_id) => {
-            out.push(Event::RefundProgressed {
-                purchase_id: purchase_id.clone(),
-                progress: RefundProgress::Freezing {
-                    refund_id: refund_id.clone(),
-                    reply_to: from,
-                },
-            });
-            let to = out.shard_of(&keys::user(creator_id));
-            out.send(
-                to,
-                Message::FreezeEscrow {
-                    purchase_id: purchase_id.clone(),
-                    creator_id: creator_id.clone(),
-                },
-            );
-        }
+        Ok(creator_id) => begin(out, refund_id, purchase_id, creator_id, from),
     }
+}
+
+/// On the purchase's shard: runs the refund of `purchase_id` (refundable,
+/// by `creator_id`'s item) by freezing the creator's escrow; the outcome
+/// goes to `reply_to`.
+pub(super) fn begin(
+    out: &mut Out<'_>,
+    refund_id: &RefundId,
+    purchase_id: &PurchaseId,
+    creator_id: &UserId,
+    reply_to: ShardId,
+) {
+    out.push(Event::RefundProgressed {
+        purchase_id: purchase_id.clone(),
+        progress: RefundProgress::Freezing {
+            refund_id: refund_id.clone(),
+            reply_to,
+        },
+    });
+    let to = out.shard_of(&keys::user(creator_id));
+    out.send(
+        to,
+        Message::FreezeEscrow {
+            purchase_id: purchase_id.clone(),
+            creator_id: creator_id.clone(),
+        },
+    );
 }
 
 /// Whether `purchase_id` can be refunded now: it completed successfully, is
 /// not a resale and has no refund running or done. Returns its creator.
-fn check_refundable<'a>(
+pub(super) fn check_refundable<'a>(
     state: &'a ShardState,
     purchase_id: &PurchaseId,
 ) -> Result<&'a UserId, Rejection> {
