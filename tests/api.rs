@@ -3112,3 +3112,153 @@ async fn a_price_test_prices_each_buyer_by_a_stable_arm_and_its_results_match_wh
     assert_eq!(of_test("ledger.price_test_ended.v1")[0]["winner"], leading);
     app.stop().await;
 }
+
+/// A takedown of an item with sales on both sides of the escrow window: the
+/// escrowed buyers get their money back once, the released sales stay and
+/// are listed, the creator's pending earnings drop by exactly the reversed
+/// shares, the item never sells again, and a second takedown answers as the
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takedown_refunds_the_escrowed_buyers_and_lists_the_released_sales() {
+    const HOLD_MS: u64 = 8_000;
+    const EACH_SIDE: usize = 4;
+    let app = marketplace_ledger::spawn_app_with(|settings| {
+        settings.escrow_hold = std::time::Duration::from_millis(HOLD_MS)
+    })
+    .await;
+    let admin = app.admin();
+    let service = app.service();
+    for n in 0..2 * EACH_SIDE {
+        let granted = app
+            .grant(&format!("g-td-{n}"), &format!("td-buyer-{n}"), 100)
+            .await;
+        assert_eq!(granted.status, 201, "{}", granted.text);
+    }
+    let published = app
+        .publish(json!({"item_id": "td-hat", "creator_id": "td-maker", "name": "Hat", "price": 40}))
+        .await;
+    assert_eq!(published.status, 201, "{}", published.text);
+    // Sales past escrow: bought, then released by the clock (70 % of 40 each).
+    for n in 0..EACH_SIDE {
+        let bought = app
+            .purchase(&format!("td-p-{n}"), &format!("td-buyer-{n}"), "td-hat", 40)
+            .await;
+        assert_eq!(bought.status, 201, "{}", bought.text);
+    }
+    let released = wait_for_with_deadline(
+        &app,
+        "/v1/creators/td-maker/earnings",
+        &service,
+        std::time::Duration::from_millis(HOLD_MS * 3),
+        |body| body["released"] == json!(28 * EACH_SIDE) && body["pending"] == 0,
+    )
+    .await;
+    assert_eq!(released["pending"], 0);
+    // Sales still in escrow.
+    for n in EACH_SIDE..2 * EACH_SIDE {
+        let bought = app
+            .purchase(&format!("td-p-{n}"), &format!("td-buyer-{n}"), "td-hat", 40)
+            .await;
+        assert_eq!(bought.status, 201, "{}", bought.text);
+    }
+    // Only an admin takes an item down; nothing changes otherwise.
+    let path = "/v1/items/td-hat/takedown";
+    let refused = app.post(path, Some(&service), &json!({})).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (403, "forbidden"),
+        "{}",
+        refused.text
+    );
+    let first = app.post(path, Some(&admin), &json!({})).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    assert_eq!(first.body["status"], "refunding");
+    assert_eq!(first.body["progress"], "/v1/takedowns/td-hat");
+    let done = wait_for_auth(&app, "/v1/takedowns/td-hat", &service, |body| {
+        body["status"] == "done"
+    })
+    .await;
+    assert_eq!(
+        done["refunded"],
+        json!({"count": EACH_SIDE, "amount": 40 * EACH_SIDE})
+    );
+    assert_eq!(done["already_refunded"], 0);
+    assert_eq!(done["left"]["count"], EACH_SIDE);
+    let left: BTreeSet<String> = done["left"]["purchases"]
+        .as_array()
+        .expect("purchases left")
+        .iter()
+        .map(|left| {
+            assert_eq!(left["reason"], "refund_window_closed");
+            left["purchase_id"].as_str().expect("an id").to_string()
+        })
+        .collect();
+    let expected: BTreeSet<String> = (0..EACH_SIDE).map(|n| format!("td-p-{n}")).collect();
+    assert_eq!(
+        left, expected,
+        "the released sales are listed, and only they"
+    );
+    // Escrowed buyers have their money back, once; the others keep the hat.
+    for n in 0..2 * EACH_SIDE {
+        let expected = if n < EACH_SIDE { 60 } else { 100 };
+        let buyer = format!("td-buyer-{n}");
+        eventually(&format!("{buyer}'s balance"), || async {
+            (app.balance(&buyer, None).await == (expected, 0)).then_some(())
+        })
+        .await;
+    }
+    // The creator's pending earnings drop by exactly the reversed shares.
+    let earnings = wait_for_auth(&app, "/v1/creators/td-maker/earnings", &service, |body| {
+        body["pending"] == 0
+    })
+    .await;
+    assert_eq!(earnings["released"], json!(28 * EACH_SIDE));
+    // A second takedown answers as the first; the item never sells again.
+    let second = app.post(path, Some(&admin), &json!({})).await;
+    assert_eq!((second.status, &second.body), (first.status, &first.body));
+    let late = app.purchase("td-late", "td-buyer-0", "td-hat", 40).await;
+    assert_eq!(
+        (late.status, late.code()),
+        (409, "item_taken_down"),
+        "{}",
+        late.text
+    );
+    let toggle = app
+        .post("/v1/items/td-hat/on-sale", Some(&admin), &json!({}))
+        .await;
+    assert_eq!(
+        (toggle.status, toggle.code()),
+        (409, "item_taken_down"),
+        "{}",
+        toggle.text
+    );
+    // Moderation data: not for a user token.
+    let user = app.token(ledger_core::Role::User, "td-buyer-0");
+    let forbidden = app.get("/v1/takedowns/td-hat", Some(&user)).await;
+    assert_eq!(forbidden.status, 403, "{}", forbidden.text);
+    let unknown = app.get("/v1/takedowns/td-none", Some(&service)).await;
+    assert_eq!(unknown.status, 404, "{}", unknown.text);
+    app.stop().await;
+}
+
+async fn wait_for_with_deadline(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    deadline: std::time::Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + deadline;
+    loop {
+        let answer = app.get(path, Some(token)).await;
+        if answer.status == 200 && done(&answer.body) {
+            return answer.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} never reached the expected state; last answer: {}",
+            answer.text
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
