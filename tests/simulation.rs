@@ -6,7 +6,9 @@
 //! changes (by an admin, sent again or conflicting, or refused to others),
 //! regional prices (valid or not), price tests (started, refused, counting
 //! exposure batches and sales, ended by the clock or a command, their
-//! winner applied or not) and clock ticks, with cross-shard
+//! winner applied or not), takedowns (by an admin, sent again, or refused
+//! to a service: each one's refunds checked against the log, none missed,
+//! in flight or not) and clock ticks, with cross-shard
 //! messages delayed, reordered and duplicated, and shards crash-restarted
 //! from snapshot + log. Storage
 //! fails too: a batch torn by a crash in the middle of its write, a write
@@ -1006,7 +1008,28 @@ impl Simulation {
         self.submit_by(Command::EndPriceTest { test_id }, actor);
     }
 
+    /// Takes a random item down (an admin; now and then a service, refused),
+    /// or sends an earlier takedown again.
+    fn take_down(&mut self) {
+        let Some(item_id) = self.random.pick(&self.items).cloned() else {
+            return;
+        };
+        let role = if self.random.chance(10) {
+            Role::Service
+        } else {
+            Role::Admin
+        };
+        self.submit_as(Command::TakeDown { item_id }, role);
+    }
+
     fn random_operation(&mut self) {
+        if self.random.below(1_000) < 3 {
+            self.take_down();
+            for _ in 0..self.random.below(4) {
+                self.deliver_one();
+            }
+            return;
+        }
         if self.random.chance(2) {
             self.change_price_floor();
             for _ in 0..self.random.below(4) {
@@ -1337,6 +1360,193 @@ impl Simulation {
             }
         }
         events
+    }
+
+    /// Every takedown finished on every shard; each purchase of a taken-down
+    /// item was resolved at most once, and every paid one its home shard
+    /// still remembers was resolved (none missed, in flight or not); each
+    /// refund a takedown made paid the buyer back exactly what the purchase
+    /// cost; a purchase left for its closed refund window had its escrow
+    /// released (or refunded by another refund); and the shards' tallies add
+    /// up to the outcomes logged.
+    fn check_takedowns(&self, events: &[(ShardId, Event)]) {
+        let mut taken_down: BTreeSet<ItemId> = BTreeSet::new();
+        let mut resolved: BTreeMap<(ItemId, PurchaseId), takedown::TakedownOutcome> =
+            BTreeMap::new();
+        let mut refunded: BTreeMap<PurchaseId, (RefundId, i64)> = BTreeMap::new();
+        let mut price_paid: BTreeMap<PurchaseId, i64> = BTreeMap::new();
+        let mut item_bought: BTreeMap<PurchaseId, ItemId> = BTreeMap::new();
+        let mut released: BTreeSet<PurchaseId> = BTreeSet::new();
+        let mut reported: BTreeMap<ItemId, (u16, takedown::TakedownTally)> = BTreeMap::new();
+        for (_, event) in events {
+            match event {
+                Event::ItemTakenDown { item_id, .. } => {
+                    assert!(
+                        taken_down.insert(item_id.clone()),
+                        "{item_id} taken down twice"
+                    );
+                }
+                Event::TakedownSaleResolved {
+                    item_id,
+                    purchase_id,
+                    outcome,
+                } => {
+                    let earlier =
+                        resolved.insert((item_id.clone(), purchase_id.clone()), outcome.clone());
+                    assert!(
+                        earlier.is_none(),
+                        "{purchase_id} resolved twice by a takedown"
+                    );
+                }
+                Event::BuyerRefunded {
+                    purchase_id,
+                    refund_id,
+                    amount,
+                    ..
+                } => {
+                    refunded.insert(purchase_id.clone(), (refund_id.clone(), *amount));
+                }
+                Event::BuyerDebited {
+                    purchase_id,
+                    amount,
+                    ..
+                } => {
+                    price_paid.insert(purchase_id.clone(), *amount);
+                }
+                Event::PurchaseCompleted {
+                    key, reservation, ..
+                } => {
+                    if let SaleKind::Item { item_id, .. } = &reservation.sale {
+                        let purchase_id = keys::purchase_id(key).expect("a purchase key");
+                        item_bought.insert(purchase_id, item_id.clone());
+                    }
+                }
+                Event::EscrowReleased { purchase_id, .. } => {
+                    released.insert(purchase_id.clone());
+                }
+                Event::TakedownShardReported {
+                    item_id,
+                    tally,
+                    shards_reported,
+                    ..
+                } => {
+                    reported.insert(item_id.clone(), (*shards_reported, *tally));
+                }
+                _ => {}
+            }
+        }
+        for item_id in &taken_down {
+            let (shards_reported, tally) = reported
+                .get(item_id)
+                .unwrap_or_else(|| panic!("the takedown of {item_id} never reported"));
+            assert_eq!(
+                *shards_reported, self.config.shard_count,
+                "every shard resolved the sales of {item_id}"
+            );
+            let mut expected = takedown::TakedownTally::default();
+            for ((resolved_item, purchase_id), outcome) in &resolved {
+                if resolved_item != item_id {
+                    continue;
+                }
+                expected.count(outcome);
+                assert_eq!(
+                    item_bought.get(purchase_id),
+                    Some(item_id),
+                    "{purchase_id} bought {item_id}"
+                );
+                let price = price_paid[purchase_id];
+                match outcome {
+                    takedown::TakedownOutcome::Refunded { amount } => {
+                        assert_eq!(*amount, price, "{purchase_id} is refunded what it cost");
+                        assert_eq!(
+                            refunded.get(purchase_id),
+                            Some(&(takedown::refund_id(item_id, purchase_id), price)),
+                            "the takedown's refund of {purchase_id} paid the buyer back"
+                        );
+                    }
+                    takedown::TakedownOutcome::Left { rejection }
+                        if rejection.code == RejectionCode::RefundWindowClosed =>
+                    {
+                        assert!(
+                            released.contains(purchase_id) || refunded.contains_key(purchase_id),
+                            "{purchase_id} was left with its escrow neither released nor refunded"
+                        );
+                    }
+                    takedown::TakedownOutcome::Left { .. } => {}
+                    takedown::TakedownOutcome::AlreadyRefunded => assert!(
+                        refunded.contains_key(purchase_id),
+                        "{purchase_id} was refunded before"
+                    ),
+                }
+            }
+            assert_eq!(
+                tally, &expected,
+                "the tally of {item_id} adds up its outcomes"
+            );
+        }
+        // None missed: every purchase of the item its home shard remembered
+        // when the takedown's scan started there, paid or in flight, was
+        // resolved or never paid (the shard's state then is its log replayed
+        // up to that batch).
+        let mut unpaid: BTreeSet<PurchaseId> = BTreeSet::new();
+        for (_, event) in events {
+            if let Event::TakedownPurchaseFinished {
+                purchase_id,
+                paid: false,
+                ..
+            } = event
+            {
+                unpaid.insert(purchase_id.clone());
+            }
+        }
+        for (index, log) in self.logs.iter().enumerate() {
+            for (batch, record) in log.iter().enumerate() {
+                for logged in record.logged() {
+                    let Ok(Event::TakedownScanStarted { item_id, .. }) = logged.event() else {
+                        continue;
+                    };
+                    let before = ShardRunner::<u64>::restore(
+                        ShardId(index as u16),
+                        self.config.clone(),
+                        Recovery {
+                            snapshot: None,
+                            records: log[..batch].to_vec(),
+                        },
+                    )
+                    .expect("a log prefix replays");
+                    for record in before.state.commands.values() {
+                        let Command::Purchase {
+                            purchase_id,
+                            target: PurchaseTarget::Item(bought),
+                            ..
+                        } = &record.command
+                        else {
+                            continue;
+                        };
+                        if bought != &item_id
+                            || matches!(&record.completion, Some(Completion { result: Err(_), .. }))
+                        {
+                            continue;
+                        }
+                        assert!(
+                            resolved.contains_key(&(item_id.clone(), purchase_id.clone()))
+                                || unpaid.contains(purchase_id),
+                            "purchase {purchase_id} of taken-down {item_id} was never resolved"
+                        );
+                    }
+                }
+            }
+        }
+        for runner in &self.runners {
+            assert!(
+                runner.state.takedowns.scans.is_empty(),
+                "a takedown scan is stuck"
+            );
+            assert!(
+                runner.state.takedowns.refunds.is_empty(),
+                "a takedown refund is stuck"
+            );
+        }
     }
 
     /// No buyer was admitted more purchase requests than the limits allow
@@ -1840,6 +2050,7 @@ impl Simulation {
             limited: bool,
             regional: BTreeMap<Region, i64>,
             test: Option<RunningTest>,
+            taken_down: bool,
         }
         /// A test as its shard's log holds it.
         struct Tested {
@@ -1906,6 +2117,9 @@ impl Simulation {
                 if !may_act_as(actor, &item.creator_id) {
                     return Err(RejectionCode::Forbidden);
                 }
+                if item.taken_down {
+                    return Err(RejectionCode::ItemTakenDown);
+                }
                 if item.limited || item.test.as_ref().is_some_and(|t| at_ms < t.ends_at_ms) {
                     return Err(RejectionCode::ValidationFailed);
                 }
@@ -1933,6 +2147,7 @@ impl Simulation {
                             Some(item) if !may_act_as(&refusal.actor, &item.creator_id) => {
                                 RejectionCode::Forbidden
                             }
+                            Some(item) if item.taken_down => RejectionCode::ItemTakenDown,
                             Some(item)
                                 if prices.len() > 250
                                     || regions.len() < prices.len()
@@ -1986,6 +2201,7 @@ impl Simulation {
                             Event::PriceFloorSet { .. }
                             | Event::PriceFloorReplicated { .. }
                             | Event::ItemPublished { .. }
+                            | Event::ItemTakenDown { .. }
                             | Event::ItemRepriced { .. }
                             | Event::RegionalPricesSet { .. }
                             | Event::PriceTestStarted { .. }
@@ -2049,8 +2265,13 @@ impl Simulation {
                                 limited: definition.supply.is_some(),
                                 regional: BTreeMap::new(),
                                 test: None,
+                                taken_down: false,
                             };
                             items.insert(definition.item_id.clone(), item);
+                        }
+                        Event::ItemTakenDown { item_id, .. } => {
+                            let item = items.get_mut(&item_id).expect("a taken-down item exists");
+                            item.taken_down = true;
                         }
                         Event::ItemRepriced { item_id, price } => {
                             let item = items.get_mut(&item_id).expect("a repriced item exists");
@@ -2623,6 +2844,7 @@ impl Simulation {
         }
         self.check_purchase_limits(&events);
         self.check_price_floors(&events);
+        self.check_takedowns(&events);
         let pricing_outcomes = self.check_pricing(&events);
         let mut successful = BTreeSet::new();
         {
@@ -2918,6 +3140,22 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
             Event::CommandsForgotten {
                 count, paid_count, ..
             } => forgotten += count + paid_count,
+            Event::TakedownSaleResolved { outcome, .. } => {
+                let name = match outcome {
+                    takedown::TakedownOutcome::Refunded { .. } => "takedown: refunded".to_string(),
+                    takedown::TakedownOutcome::AlreadyRefunded => {
+                        "takedown: already refunded".to_string()
+                    }
+                    takedown::TakedownOutcome::Left { rejection } => {
+                        format!("takedown: left ({})", rejection.code.as_str())
+                    }
+                };
+                *totals.outcomes.entry(name).or_insert(0) += 1;
+            }
+            Event::TakedownPurchaseFinished { paid, .. } => {
+                let name = format!("takedown: awaited a purchase in flight (paid: {paid})");
+                *totals.outcomes.entry(name).or_insert(0) += 1;
+            }
             _ => {}
         }
     }
