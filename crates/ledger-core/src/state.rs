@@ -336,6 +336,9 @@ pub fn initial_progress(command: &Command) -> Progress {
             }
         }
         Command::Purchase { .. } | Command::ResalePurchase { .. } => Progress::Reserving,
+        Command::PurchaseCart { lines, .. } => Progress::Cart {
+            answers: vec![None; lines.len()],
+        },
         Command::CreateListing { .. } => Progress::Listing,
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
@@ -465,7 +468,9 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             assert!(
                 matches!(
                     record.command,
-                    Command::Purchase { .. } | Command::ResalePurchase { .. }
+                    Command::Purchase { .. }
+                        | Command::ResalePurchase { .. }
+                        | Command::PurchaseCart { .. }
                 ),
                 "only a purchase is withdrawn"
             );
