@@ -357,9 +357,8 @@ fn cart_command(object: JsonObject) -> Result<Command, Problem> {
     let mut seen = BTreeSet::new();
     for (index, value) in values.iter().enumerate() {
         let number = index + 1;
-        let in_line = |problem: Problem| {
-            Problem::validation(format!("line {number}: {}", problem.detail))
-        };
+        let in_line =
+            |problem: Problem| Problem::validation(format!("line {number}: {}", problem.detail));
         let Value::Object(object) = value else {
             return Err(Problem::validation(format!(
                 "line {number}: a line must be an object (got {})",
@@ -368,9 +367,9 @@ fn cart_command(object: JsonObject) -> Result<Command, Problem> {
         };
         let line: CartLineRequest = fields(object.clone()).map_err(in_line)?;
         let target = match (&line.item_id, &line.bundle_id) {
-            (Some(item_id), None) => PurchaseTarget::Item(
-                validate::id::<ItemId>("item_id", item_id).map_err(in_line)?,
-            ),
+            (Some(item_id), None) => {
+                PurchaseTarget::Item(validate::id::<ItemId>("item_id", item_id).map_err(in_line)?)
+            }
             (None, Some(bundle_id)) => PurchaseTarget::Bundle(
                 validate::id::<BundleId>("bundle_id", bundle_id).map_err(in_line)?,
             ),

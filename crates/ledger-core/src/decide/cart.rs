@@ -351,7 +351,7 @@ pub(super) fn line_reserved(
             rejection.code,
             format!("line {}: {}", index + 1, rejection.detail),
         );
-        return out.complete(&key, Err(rejection), Vec::new());
+        return out.complete_compact(&key, Err(rejection), Vec::new());
     }
     let lines: Vec<Reservation> = answers
         .iter()
@@ -515,7 +515,7 @@ pub(super) fn cart_paid(
     let (balance_after, granted) = match result {
         Err(rejection) => {
             release_serials(out, cart_id, reservations.into_iter().enumerate());
-            return out.complete(&key, Err(rejection.clone()), Vec::new());
+            return out.complete_compact(&key, Err(rejection.clone()), Vec::new());
         }
         Ok((balance_after, granted)) => (*balance_after, granted),
     };
@@ -575,7 +575,7 @@ pub(super) fn cart_paid(
         );
     }
     let total = lines.iter().map(|line| line.price).sum();
-    out.complete(
+    out.complete_compact(
         &key,
         Ok(Success::CartPurchased {
             lines,
