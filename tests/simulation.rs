@@ -352,6 +352,15 @@ impl Simulation {
                     continue;
                 }
             }
+            if let Reply::Completed(Completion {
+                result: Ok(Success::CartPurchased { lines, .. }),
+                ..
+            }) = &reply
+            {
+                // Paid lines, to refund on their own.
+                self.purchases
+                    .extend(lines.iter().map(|line| line.purchase_id.clone()));
+            }
             if let Reply::Completed(completion) = reply {
                 if let Some(key) = command.idempotency_key() {
                     match self.completions.get(&key) {
@@ -856,8 +865,9 @@ impl Simulation {
             lines.push(first);
         }
         let purchase_id = PurchaseId::parse(self.fresh_id("cart")).unwrap();
-        for index in 0..lines.len() {
-            self.purchases.push(cart_line_id(&purchase_id, index));
+        // A line of a refused cart, to refund (not_found).
+        if self.random.chance(10) {
+            self.purchases.push(cart_line_id(&purchase_id, 0));
         }
         self.submit(Command::PurchaseCart {
             purchase_id,
