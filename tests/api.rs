@@ -3316,6 +3316,66 @@ async fn a_cart_is_all_or_nothing_in_one_debit_and_settles_every_creator() {
     .await;
     assert_eq!(drops["pending"], 35 + 42, "bob's drop and the cart's orb");
 
+    // The public stream: one purchase of each line, with its creator's
+    // share, adding up to the one debit.
+    let lines_published = eventually("the cart's lines on the public stream", || async {
+        let events = app.public_events().await;
+        let lines: Vec<Value> = events
+            .iter()
+            .filter(|event| {
+                event.event_type == "ledger.purchase_completed.v1"
+                    && event.data["purchase_id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("cart-2.line-"))
+            })
+            .map(|event| event.data.clone())
+            .collect();
+        (lines.len() == 20).then_some(lines)
+    })
+    .await;
+    let mut paid_out = 0;
+    let mut pending: std::collections::BTreeMap<String, i64> = Default::default();
+    for line in &lines_published {
+        paid_out += line["wallet_changes"][0]["amount"].as_i64().unwrap();
+        *pending
+            .entry(line["creator_id"].as_str().unwrap().to_string())
+            .or_default() += line["creator_share"].as_i64().unwrap();
+    }
+    assert_eq!(paid_out, -total);
+    for (creator, (share, _)) in &shares {
+        assert_eq!(pending.get(creator), Some(share), "{creator} on the stream");
+    }
+    assert_eq!(pending.get("cart-drops"), Some(&42));
+
+    // Support reads the cart's story and each line's.
+    let cart_trace = wait_for_auth(
+        &app,
+        &format!("/v1/purchases/cart-2?after={after}"),
+        &service,
+        |body| in_order(&step_names(body), &["accepted", "paid", "completed"]),
+    )
+    .await;
+    assert_eq!(
+        step_names(&cart_trace)
+            .iter()
+            .filter(|name| *name == "granted")
+            .count(),
+        19
+    );
+    let orb = wait_for_auth(
+        &app,
+        &format!("/v1/purchases/cart-2.line-7?after={after}"),
+        &service,
+        |body| {
+            let names = step_names(body);
+            ["reserved", "granted", "settled", "completed"]
+                .iter()
+                .all(|step| names.iter().any(|name| name == step))
+        },
+    )
+    .await;
+    assert!(orb["steps"].as_array().unwrap().len() >= 4, "{orb}");
+
     // One line is refunded on its own: exactly its price comes back.
     let refund = app
         .post(
