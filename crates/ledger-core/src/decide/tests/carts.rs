@@ -292,6 +292,21 @@ fn a_paid_cart_debits_once_grants_every_line_and_settles_each_creator() {
         ));
     }
     assert_eq!(settled[&purchase_id("cart-1.line-7")].0, user_id("dave"));
+    // Its read position: one part per shard and per pair of shards (a
+    // 20-line cart sends some 40 messages in its last step).
+    let completion = ledger.completion("purchase:cart-1");
+    let pairs: std::collections::BTreeSet<(ShardId, ShardId)> = completion
+        .deliveries
+        .iter()
+        .map(|mark| (mark.from, mark.to))
+        .collect();
+    assert_eq!(pairs.len(), completion.deliveries.len());
+    assert!(completion.deliveries.len() <= usize::from(SHARDS));
+    let shards: std::collections::BTreeSet<ShardId> =
+        completion.positions.iter().map(|p| p.shard).collect();
+    assert_eq!(shards.len(), completion.positions.len());
+    let buyer_shard = ledger.config.shard_of(&keys::user(&user_id("alice")));
+    assert!(shards.contains(&buyer_shard), "the debit is covered");
     assert_eq!(settled[&purchase_id("cart-1.line-20")].0, user_id("frank"));
     // Every line granted: plain items, the bundle's items, the serials.
     for index in 0..17 {
