@@ -590,14 +590,15 @@ fn one_line_of_a_paid_cart_is_refunded_on_its_own() {
         RejectionCode::AlreadyRefunded
     );
     assert_eq!(
-        ledger
-            .answer(Command::Refund {
-                refund_id: refund_id("r-cart"),
-                purchase_id: purchase_id("cart-1"),
-            })
-            .unwrap_err()
-            .code,
-        RejectionCode::NotFound
+        ledger.answer(Command::Refund {
+            refund_id: refund_id("r-cart"),
+            purchase_id: purchase_id("cart-1"),
+        }),
+        Err(rejection(
+            RejectionCode::NotFound,
+            "cart-1 is a cart, not a purchase: its lines are refunded one by one, as purchases \
+             cart-1.line-1 to cart-1.line-20"
+        ))
     );
     ledger.assert_conserved();
 }
