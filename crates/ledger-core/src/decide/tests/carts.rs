@@ -615,32 +615,54 @@ fn with_rate_limits_on_a_cart_counts_as_one_purchase_request() {
         item_request_interval_ms: 0,
     };
     let mut ledger = Ledger::with(config);
-    for index in 0..5 {
+    for index in 0..8 {
         ledger.publish(item(&format!("i-{index}"), "carol", 10));
     }
     ledger.grant("alice", 1_000);
+    // Cart ids homed on alice's shard (admitted in the accepting step) and
+    // elsewhere (`AdmitCart` to her shard first).
+    let buyer_shard = ledger.config.shard_of(&keys::user(&user_id("alice")));
+    let homed = |local: bool, nth: usize| {
+        (0..)
+            .map(|n| format!("cart-{local}-{n}"))
+            .filter(|id| {
+                (ledger.config.shard_of(&keys::purchase(&purchase_id(id))) == buyer_shard) == local
+            })
+            .nth(nth)
+            .expect("some id lands on each side")
+    };
+    let (local, remote) = (homed(true, 0), homed(false, 0));
+    let (local_again, remote_again) = (homed(true, 1), homed(false, 1));
     let lines = |from: usize| {
         (from..from + 2)
             .map(|i| line(&format!("i-{i}"), 10))
             .collect()
     };
-    assert!(ledger.answer(cart("cart-1", "alice", lines(0))).is_ok());
-    assert!(ledger.answer(cart("cart-2", "alice", lines(2))).is_ok());
-    let from = ledger.events.len();
-    let refused = ledger.run(cart("cart-3", "alice", vec![line("i-4", 10)]));
-    assert!(matches!(refused, Decision::Apply { .. }));
-    // Answered rate_limited and forgotten: nothing reserved.
-    let withdrawn: Vec<&Event> = ledger.events[from..]
+    assert!(ledger.answer(cart(&local, "alice", lines(0))).is_ok());
+    assert!(ledger.answer(cart(&remote, "alice", lines(2))).is_ok());
+    // Two carts of two lines each are two purchase requests: the window is full.
+    for id in [local_again, remote_again] {
+        let from = ledger.events.len();
+        let refused = ledger.run(cart(&id, "alice", lines(4)));
+        assert!(matches!(refused, Decision::Apply { .. }));
+        // Answered rate_limited and forgotten: nothing reserved.
+        let withdrawn: Vec<&Event> = ledger.events[from..]
+            .iter()
+            .map(|(_, event)| event)
+            .filter(|event| matches!(event, Event::CommandWithdrawn { .. }))
+            .collect();
+        assert_eq!(withdrawn.len(), 1, "{id}");
+        let key = keys::purchase(&purchase_id(&id));
+        assert!(!ledger.shard_of(&key).commands.contains_key(&key));
+        assert_eq!(ledger.count_since(from, "serial_reserved"), 0);
+        assert_eq!(ledger.count_since(from, "buyer_debited"), 0);
+    }
+    let admitted = ledger
+        .events
         .iter()
-        .map(|(_, event)| event)
-        .filter(|event| matches!(event, Event::CommandWithdrawn { .. }))
-        .collect();
-    assert_eq!(withdrawn.len(), 1);
-    assert!(!ledger
-        .shard_of("purchase:cart-3")
-        .commands
-        .contains_key("purchase:cart-3"));
-    assert_eq!(ledger.count_since(from, "buyer_debited"), 0);
+        .filter(|(_, event)| matches!(event, Event::PurchaseAdmitted { .. }))
+        .count();
+    assert_eq!(admitted, 2, "one admission per cart");
     assert_eq!(ledger.wallet("alice"), 960);
     ledger.assert_conserved();
 }
