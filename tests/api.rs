@@ -3262,3 +3262,290 @@ async fn wait_for_with_deadline(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A cart's line of an item or a bundle, as `POST /v1/carts` takes it.
+fn cart_line(kind: &str, id: &str, price: i64) -> Value {
+    json!({ kind: id, "expected_price": price })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_is_all_or_nothing_in_one_debit_and_settles_every_creator() {
+    let app = spawn_app().await;
+    let service = app.service();
+    let admin = app.admin();
+    // 17 plain items of five creators, a Limited sold out before the cart
+    // (one serial), another Limited (five serials), a bundle of two items.
+    let mut lines = Vec::new();
+    let mut shares: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
+    for index in 0..17i64 {
+        let creator = format!("cart-maker-{}", index % 5);
+        let item = format!("cart-item-{index}");
+        let price = 10 + index;
+        let published = app
+            .publish(
+                json!({"item_id": item, "creator_id": creator, "name": "Thing", "price": price}),
+            )
+            .await;
+        assert_eq!(published.status, 201, "{}", published.text);
+        lines.push(cart_line("item_id", &item, price));
+        let share = shares.entry(creator).or_default();
+        share.0 += price * 70 / 100;
+        share.1 += 1;
+    }
+    for body in [
+        json!({"item_id": "cart-drop", "creator_id": "cart-drops", "name": "Drop", "price": 50, "supply": 1, "resellable": true}),
+        json!({"item_id": "cart-orb", "creator_id": "cart-drops", "name": "Orb", "price": 60, "supply": 1, "resellable": true}),
+        json!({"item_id": "cart-crown", "creator_id": "cart-crowns", "name": "Crown", "price": 40, "supply": 5, "resellable": true}),
+        json!({"item_id": "cart-scarf", "creator_id": "cart-kits", "name": "Scarf", "price": 30}),
+        json!({"item_id": "cart-boots", "creator_id": "cart-kits", "name": "Boots", "price": 30}),
+    ] {
+        let published = app.publish(body).await;
+        assert_eq!(published.status, 201, "{}", published.text);
+    }
+    let kits = app.token(Role::User, "cart-kits");
+    let bundle = app
+        .post("/v1/bundles", Some(&kits), &json!({"bundle_id": "cart-kit", "creator_id": "cart-kits", "name": "Kit", "item_ids": ["cart-scarf", "cart-boots"], "price": 50}))
+        .await;
+    assert_eq!(bundle.status, 201, "{}", bundle.text);
+    assert_eq!(
+        app.grant("cart-funds-ann", "cart-ann", 10_000).await.status,
+        201
+    );
+    assert_eq!(
+        app.grant("cart-funds-bob", "cart-bob", 100).await.status,
+        201
+    );
+    let bob = app
+        .purchase("cart-bob-drop", "cart-bob", "cart-drop", 50)
+        .await;
+    assert_eq!(bob.status, 201, "{}", bob.text);
+
+    // Line 3 the crown, line 7 the sold-out drop, line 20 the bundle.
+    lines.insert(2, cart_line("item_id", "cart-crown", 40));
+    lines.insert(6, cart_line("item_id", "cart-drop", 50));
+    lines.push(cart_line("bundle_id", "cart-kit", 50));
+    assert_eq!(lines.len(), 20);
+
+    // Refused before it is a command: 21 lines, a line twice, a user
+    // choosing its region.
+    let mut too_many = lines.clone();
+    too_many.push(cart_line("item_id", "cart-orb", 60));
+    let long = app
+        .post(
+            "/v1/carts",
+            Some(&service),
+            &json!({"purchase_id": "cart-x", "buyer_id": "cart-ann", "lines": too_many}),
+        )
+        .await;
+    assert_eq!(
+        (long.status, long.code()),
+        (422, "validation_failed"),
+        "{}",
+        long.text
+    );
+    let mut twice = lines.clone();
+    twice[4] = lines[0].clone();
+    let doubled = app
+        .post(
+            "/v1/carts",
+            Some(&service),
+            &json!({"purchase_id": "cart-x", "buyer_id": "cart-ann", "lines": twice}),
+        )
+        .await;
+    assert_eq!((doubled.status, doubled.code()), (422, "validation_failed"));
+    assert!(
+        doubled.body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 5: "),
+        "{}",
+        doubled.text
+    );
+    let by_user = app
+        .post("/v1/carts", Some(&app.token(Role::User, "cart-ann")), &json!({"purchase_id": "cart-x", "buyer_id": "cart-ann", "region": "BR", "lines": lines}))
+        .await;
+    assert_eq!((by_user.status, by_user.code()), (403, "forbidden"));
+
+    // A 20-line cart with one sold-out Limited leaves no trace.
+    let refused = app
+        .post(
+            "/v1/carts",
+            Some(&service),
+            &json!({"purchase_id": "cart-1", "buyer_id": "cart-ann", "lines": lines}),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (409, "sold_out"),
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.body["detail"], "line 7: item cart-drop is sold out");
+
+    // The same cart with the orb instead of the drop is paid in one debit.
+    lines[6] = cart_line("item_id", "cart-orb", 60);
+    let total: i64 = lines
+        .iter()
+        .map(|line| line["expected_price"].as_i64().unwrap())
+        .sum();
+    let cart = json!({"purchase_id": "cart-2", "buyer_id": "cart-ann", "lines": lines});
+    let paid = app.post("/v1/carts", Some(&service), &cart).await;
+    assert_eq!(paid.status, 201, "{}", paid.text);
+    assert_eq!(paid.body["total"], total);
+    assert_eq!(paid.body["balance_after"], 10_000 - total);
+    let paid_lines = paid.body["lines"].as_array().unwrap();
+    assert_eq!(paid_lines.len(), 20);
+    for (index, line) in paid_lines.iter().enumerate() {
+        assert_eq!(line["purchase_id"], format!("cart-2.line-{}", index + 1));
+        assert_eq!(line["price"], lines[index]["expected_price"]);
+    }
+    // The crown's first serial: the refused cart held it, then let it go.
+    assert_eq!(paid_lines[2]["serial"], 1);
+    assert_eq!(paid_lines[6]["serial"], 1);
+    assert_eq!(
+        paid_lines[19]["granted_item_ids"],
+        json!(["cart-scarf", "cart-boots"])
+    );
+    let after = paid.body["position"].as_str().unwrap().to_string();
+    assert!(
+        after.split('_').count() <= ledger_core::READ_POSITION_PARTS_MAX,
+        "{after}"
+    );
+    // A retry gets the identical answer.
+    let again = app.post("/v1/carts", Some(&service), &cart).await;
+    assert_eq!((again.status, &again.text), (201, &paid.text));
+
+    // One debit: the buyer paid the total once, nothing for the refused cart.
+    let (balance, _) = app.balance("cart-ann", Some(&after)).await;
+    assert_eq!(balance, 10_000 - total);
+    let inventory = eventually("every line granted", || async {
+        let inventory = app
+            .all_pages("/v1/users/cart-ann/inventory", "items", Some(&service))
+            .await;
+        (inventory.len() >= 21).then_some(inventory)
+    })
+    .await;
+    let owned: BTreeSet<String> = inventory
+        .iter()
+        .map(|entry| entry["item_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(inventory.len(), 21, "{inventory:?}");
+    for index in 0..17 {
+        assert!(owned.contains(&format!("cart-item-{index}")));
+    }
+    for item in ["cart-orb", "cart-crown", "cart-scarf", "cart-boots"] {
+        assert!(owned.contains(item), "{item}");
+    }
+    assert!(!owned.contains("cart-drop"));
+    let crown = wait_for(
+        &app,
+        &format!("/v1/items/cart-crown?after={after}"),
+        |body| body["sold"] == 1,
+    )
+    .await;
+    assert_eq!(crown["remaining"], 4);
+    // Every creator settled on their own lines.
+    shares.insert("cart-crowns".into(), (28, 1));
+    shares.insert("cart-kits".into(), (35, 1));
+    for (creator, (pending, sales)) in &shares {
+        let earnings = wait_for_auth(
+            &app,
+            &format!("/v1/creators/{creator}/earnings?after={after}"),
+            &service,
+            |body| body["sales_count"] == *sales,
+        )
+        .await;
+        assert_eq!(earnings["pending"], *pending, "{creator}: {earnings}");
+    }
+    let drops = wait_for_auth(
+        &app,
+        &format!("/v1/creators/cart-drops/earnings?after={after}"),
+        &service,
+        |body| body["sales_count"] == 2,
+    )
+    .await;
+    assert_eq!(drops["pending"], 35 + 42, "bob's drop and the cart's orb");
+
+    // The public stream: one purchase of each line, with its creator's
+    // share, adding up to the one debit.
+    let lines_published = eventually("the cart's lines on the public stream", || async {
+        let events = app.public_events().await;
+        let lines: Vec<Value> = events
+            .iter()
+            .filter(|event| {
+                event.event_type == "ledger.purchase_completed.v1"
+                    && event.data["purchase_id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("cart-2.line-"))
+            })
+            .map(|event| event.data.clone())
+            .collect();
+        (lines.len() == 20).then_some(lines)
+    })
+    .await;
+    let mut paid_out = 0;
+    let mut pending: std::collections::BTreeMap<String, i64> = Default::default();
+    for line in &lines_published {
+        paid_out += line["wallet_changes"][0]["amount"].as_i64().unwrap();
+        *pending
+            .entry(line["creator_id"].as_str().unwrap().to_string())
+            .or_default() += line["creator_share"].as_i64().unwrap();
+    }
+    assert_eq!(paid_out, -total);
+    for (creator, (share, _)) in &shares {
+        assert_eq!(pending.get(creator), Some(share), "{creator} on the stream");
+    }
+    assert_eq!(pending.get("cart-drops"), Some(&42));
+
+    // Support reads the cart's story and each line's.
+    let cart_trace = wait_for_auth(
+        &app,
+        &format!("/v1/purchases/cart-2?after={after}"),
+        &service,
+        |body| in_order(&step_names(body), &["accepted", "paid", "completed"]),
+    )
+    .await;
+    assert_eq!(
+        step_names(&cart_trace)
+            .iter()
+            .filter(|name| *name == "granted")
+            .count(),
+        19
+    );
+    let orb = wait_for_auth(
+        &app,
+        &format!("/v1/purchases/cart-2.line-7?after={after}"),
+        &service,
+        |body| {
+            let names = step_names(body);
+            ["reserved", "granted", "settled", "completed"]
+                .iter()
+                .all(|step| names.iter().any(|name| name == step))
+        },
+    )
+    .await;
+    assert!(orb["steps"].as_array().unwrap().len() >= 4, "{orb}");
+
+    // One line is refunded on its own: exactly its price comes back.
+    let refund = app
+        .post(
+            "/v1/refunds",
+            Some(&admin),
+            &json!({"refund_id": "cart-r-3", "purchase_id": "cart-2.line-3"}),
+        )
+        .await;
+    assert_eq!(refund.status, 201, "{}", refund.text);
+    assert_eq!(refund.body["amount"], 40);
+    let after_refund = refund.body["position"].as_str().unwrap().to_string();
+    let (balance, _) = app.balance("cart-ann", Some(&after_refund)).await;
+    assert_eq!(balance, 10_000 - total + 40);
+    let crowns = wait_for_auth(
+        &app,
+        "/v1/creators/cart-crowns/earnings",
+        &service,
+        |body| body["sales_count"] == 0,
+    )
+    .await;
+    assert_eq!(crowns["pending"], 0);
+    app.stop().await;
+}

@@ -8,7 +8,9 @@
 //! exposure batches and sales, ended by the clock or a command, their
 //! winner applied or not), takedowns (by an admin, sent again, or refused
 //! to a service: each one's refunds checked against the log, none missed,
-//! in flight or not) and clock ticks, with cross-shard
+//! in flight or not), carts (of 1 to 20 items and bundles, some refused by
+//! a line, some invalid; their lines refunded on their own) and clock
+//! ticks, with cross-shard
 //! messages delayed, reordered and duplicated, and shards crash-restarted
 //! from snapshot + log. Storage
 //! fails too: a batch torn by a crash in the middle of its write, a write
@@ -351,6 +353,15 @@ impl Simulation {
                     self.rate_limited += 1;
                     continue;
                 }
+            }
+            if let Reply::Completed(Completion {
+                result: Ok(Success::CartPurchased { lines, .. }),
+                ..
+            }) = &reply
+            {
+                // Paid lines, to refund on their own.
+                self.purchases
+                    .extend(lines.iter().map(|line| line.purchase_id.clone()));
             }
             if let Reply::Completed(completion) = reply {
                 if let Some(key) = command.idempotency_key() {
@@ -782,6 +793,92 @@ impl Simulation {
         self.random.pick(&self.items).cloned()
     }
 
+    /// A cart of mostly a few lines, now and then up to 20: items at the
+    /// price the buyer sees (sometimes one off, or a Limited long sold
+    /// out) and bundles; rarely invalid (21 lines, or a line twice), which
+    /// is refused before it is a command. Every line's id may be refunded
+    /// later.
+    fn purchase_cart(&mut self) {
+        let buyer_id = if self.random.chance(5) {
+            self.random.pick(&self.creators).cloned().unwrap()
+        } else {
+            self.random.pick(&self.users).cloned().unwrap()
+        };
+        let region = if self.random.chance(50) {
+            None
+        } else {
+            self.random.pick(&BUYER_REGIONS).map(|code| region(code))
+        };
+        let wanted = if self.random.chance(15) {
+            1 + self.random.below(CART_LINES_MAX as u64) as usize
+        } else {
+            1 + self.random.below(4) as usize
+        };
+        let mut lines: Vec<CartLine> = Vec::new();
+        let mut targets: BTreeSet<PurchaseTarget> = BTreeSet::new();
+        for _ in 0..wanted * 2 {
+            if lines.len() == wanted {
+                break;
+            }
+            let line = if self.random.chance(20) {
+                let Some(bundle_id) = self.random.pick(&self.bundles).cloned() else {
+                    continue;
+                };
+                let shard = self.config.shard_of(&keys::bundle(&bundle_id));
+                let price = self.runners[shard.0 as usize]
+                    .state
+                    .bundles
+                    .get(&bundle_id)
+                    .map_or(1, |b| b.price);
+                CartLine {
+                    target: PurchaseTarget::Bundle(bundle_id),
+                    expected_price: price,
+                }
+            } else {
+                let Some(item_id) = self.random.pick(&self.items).cloned() else {
+                    continue;
+                };
+                let quoted = match self.item_view(&item_id) {
+                    Some((_, base, _, _, pricing)) => {
+                        pricing
+                            .price_for(base, region.as_ref(), Some(&buyer_id), self.now_ms)
+                            .0
+                    }
+                    None => 1,
+                };
+                CartLine {
+                    target: PurchaseTarget::Item(item_id),
+                    expected_price: if self.random.chance(3) {
+                        quoted + 1
+                    } else {
+                        quoted
+                    },
+                }
+            };
+            if targets.insert(line.target.clone()) {
+                lines.push(line);
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
+        if self.random.chance(2) {
+            let first = lines[0].clone();
+            lines.push(first);
+        }
+        let purchase_id = PurchaseId::parse(self.fresh_id("cart")).unwrap();
+        // A line of a refused cart, to refund (not_found).
+        if self.random.chance(10) {
+            self.purchases.push(cart_line_id(&purchase_id, 0));
+        }
+        self.submit(Command::PurchaseCart {
+            purchase_id,
+            buyer_id,
+            lines,
+            region,
+        });
+    }
+
     fn pricing_operation(&mut self) {
         match self.random.below(100) {
             0..=29 => self.set_regional_prices(),
@@ -1039,6 +1136,13 @@ impl Simulation {
         }
         if self.random.chance(6) {
             self.pricing_operation();
+            for _ in 0..self.random.below(4) {
+                self.deliver_one();
+            }
+            return;
+        }
+        if self.random.chance(5) {
+            self.purchase_cart();
             for _ in 0..self.random.below(4) {
                 self.deliver_one();
             }
@@ -1406,18 +1510,14 @@ impl Simulation {
                 } => {
                     refunded.insert(purchase_id.clone(), (refund_id.clone(), *amount));
                 }
-                Event::BuyerDebited {
-                    purchase_id,
-                    amount,
-                    ..
-                } => {
-                    price_paid.insert(purchase_id.clone(), *amount);
-                }
+                // A purchase of an item, or a cart's line (its own record,
+                // paid in the cart's one debit).
                 Event::PurchaseCompleted {
                     key, reservation, ..
                 } => {
                     if let SaleKind::Item { item_id, .. } = &reservation.sale {
                         let purchase_id = keys::purchase_id(key).expect("a purchase key");
+                        price_paid.insert(purchase_id.clone(), reservation.price);
                         item_bought.insert(purchase_id, item_id.clone());
                     }
                 }
@@ -1486,8 +1586,10 @@ impl Simulation {
         }
         // None missed: every purchase of the item its home shard remembered
         // when the takedown's scan started there, paid or in flight, was
-        // resolved or never paid (the shard's state then is its log replayed
-        // up to that batch).
+        // resolved or never paid. The shard's state then is its log replayed
+        // up to that batch: inputs of the batch before the scan may still
+        // have withdrawn a purchase (rate-limited: never paid) or forgotten
+        // paid ones past their refund window (then nothing is required).
         let mut unpaid: BTreeSet<PurchaseId> = BTreeSet::new();
         for (_, event) in events {
             if let Event::TakedownPurchaseFinished {
@@ -1501,8 +1603,13 @@ impl Simulation {
         }
         for (index, log) in self.logs.iter().enumerate() {
             for (batch, record) in log.iter().enumerate() {
+                let mut forgot_in_batch = false;
                 for logged in record.logged() {
-                    let Ok(Event::TakedownScanStarted { item_id, .. }) = logged.event() else {
+                    let event = logged.event().expect("decodable event");
+                    if let Event::CommandsForgotten { .. } = event {
+                        forgot_in_batch = true;
+                    }
+                    let Event::TakedownScanStarted { item_id, .. } = event else {
                         continue;
                     };
                     let before = ShardRunner::<u64>::restore(
@@ -1530,7 +1637,9 @@ impl Simulation {
                         }
                         assert!(
                             resolved.contains_key(&(item_id.clone(), purchase_id.clone()))
-                                || unpaid.contains(purchase_id),
+                                || unpaid.contains(purchase_id)
+                                || !price_paid.contains_key(purchase_id)
+                                || forgot_in_batch,
                             "purchase {purchase_id} of taken-down {item_id} was never resolved"
                         );
                     }
@@ -1666,6 +1775,7 @@ impl Simulation {
         );
 
         // Each shard's log, replayed in order.
+        let carts = carts_of(events);
         let mut reserved: BTreeMap<PurchaseId, Reservation> = BTreeMap::new();
         for (index, log) in self.logs.iter().enumerate() {
             let shard = ShardId(index as u16);
@@ -1703,7 +1813,7 @@ impl Simulation {
                 }
                 for logged in record.logged() {
                     let at_ms = logged.timestamp_ms;
-                    match logged.event().expect("decodable event") {
+                    match as_charge(logged.event().expect("decodable event"), &carts) {
                         Event::PriceFloorSet {
                             kind,
                             version,
@@ -1959,6 +2069,7 @@ impl Simulation {
     ///   under the floor in force then nor under its regional prices' 30%.
     fn check_pricing(&self, events: &[(ShardId, Event)]) -> BTreeMap<&'static str, usize> {
         let mut seen: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let carts = carts_of(events);
         // What the replay needs from other shards' logs.
         let mut regions: BTreeMap<PurchaseId, Option<Region>> = BTreeMap::new();
         let mut starts: BTreeMap<PriceTestId, (Command, CommandMeta)> = BTreeMap::new();
@@ -1977,6 +2088,16 @@ impl Simulation {
                         ..
                     } => {
                         regions.insert(purchase_id.clone(), region.clone());
+                    }
+                    Command::PurchaseCart {
+                        purchase_id,
+                        region,
+                        lines,
+                        ..
+                    } => {
+                        for index in 0..lines.len() {
+                            regions.insert(cart_line_id(purchase_id, index), region.clone());
+                        }
                     }
                     Command::StartPriceTest { test_id, .. } => {
                         starts.insert(test_id.clone(), (command.clone(), meta.clone()));
@@ -2196,7 +2317,9 @@ impl Simulation {
                             }
                             Event::MessageSent { message, .. } => matches!(
                                 message,
-                                Message::TestStartedOnItem { .. } | Message::ChargeBuyer { .. }
+                                Message::TestStartedOnItem { .. }
+                                    | Message::ChargeBuyer { .. }
+                                    | Message::CartLineReserved { .. }
                             ),
                             Event::PriceFloorSet { .. }
                             | Event::PriceFloorReplicated { .. }
@@ -2217,7 +2340,7 @@ impl Simulation {
                     if !relevant {
                         continue;
                     }
-                    let event = event.clone();
+                    let event = as_charge(event.clone(), &carts);
                     if let Some((item_id, price)) = reprice.take() {
                         assert_eq!(
                             event,
@@ -2847,13 +2970,42 @@ impl Simulation {
         self.check_takedowns(&events);
         let pricing_outcomes = self.check_pricing(&events);
         let mut successful = BTreeSet::new();
+        // Cart lines recorded as purchases on their own shards, and those
+        // their carts paid for.
+        let mut recorded_lines: BTreeMap<PurchaseId, (i64, Vec<ItemId>, Option<u32>)> =
+            BTreeMap::new();
+        let mut paid_lines: BTreeMap<PurchaseId, (i64, Vec<ItemId>, Option<u32>)> = BTreeMap::new();
+        let mut carts_refused = 0;
         {
             for (key, (command, completion)) in &accepted {
                 let Some(completion) = completion else {
                     panic!("command {key} never completed");
                 };
-                let Ok(success) = &completion.result else {
-                    continue;
+                let success = match (&completion.result, command) {
+                    (Ok(success), _) => success,
+                    (Err(rejection), Command::PurchaseCart { lines, .. }) => {
+                        // A refusal of a line names it; nothing was paid.
+                        carts_refused += 1;
+                        let line_level = !matches!(
+                            rejection.code,
+                            RejectionCode::InsufficientFunds
+                                | RejectionCode::IdempotencyConflict
+                                | RejectionCode::IdempotencyExpired
+                        );
+                        if line_level {
+                            let number: usize = rejection
+                                .detail
+                                .strip_prefix("line ")
+                                .and_then(|rest| rest.split_once(':'))
+                                .and_then(|(number, _)| number.parse().ok())
+                                .unwrap_or_else(|| {
+                                    panic!("{key}: a refused cart names its line: {rejection:?}")
+                                });
+                            assert!((1..=lines.len()).contains(&number), "{key}: {rejection:?}");
+                        }
+                        continue;
+                    }
+                    (Err(_), _) => continue,
                 };
                 match success {
                     Success::Purchased {
@@ -2866,12 +3018,20 @@ impl Simulation {
                         let Command::Purchase { purchase_id, .. } = command else {
                             panic!("{key}")
                         };
-                        successful.insert(purchase_id.clone());
-                        let (amount, granted) = debited
-                            .get(purchase_id)
-                            .expect("a completed purchase was paid");
-                        assert_eq!(amount, price);
-                        assert_eq!(granted, granted_items);
+                        if is_cart_line_id(purchase_id) {
+                            // Paid in its cart's one debit (checked below).
+                            recorded_lines.insert(
+                                purchase_id.clone(),
+                                (*price, granted_items.clone(), *serial),
+                            );
+                        } else {
+                            successful.insert(purchase_id.clone());
+                            let (amount, granted) = debited
+                                .get(purchase_id)
+                                .expect("a completed purchase was paid");
+                            assert_eq!(amount, price);
+                            assert_eq!(granted, granted_items);
+                        }
                         match target {
                             PurchaseTarget::Item(item_id) => {
                                 if serial.is_some() {
@@ -2897,6 +3057,66 @@ impl Simulation {
                             Some(price),
                             "a paid sale was settled"
                         );
+                    }
+                    Success::CartPurchased {
+                        lines,
+                        total,
+                        balance_after,
+                    } => {
+                        let Command::PurchaseCart {
+                            purchase_id,
+                            lines: asked,
+                            ..
+                        } = command
+                        else {
+                            panic!("{key}")
+                        };
+                        successful.insert(purchase_id.clone());
+                        let (amount, granted) = debited
+                            .get(purchase_id)
+                            .expect("a paid cart was debited once, under its id");
+                        assert_eq!(amount, total, "{key} debited its total");
+                        assert_eq!(
+                            *total,
+                            lines.iter().map(|line| line.price).sum::<i64>(),
+                            "{key}: the total is the lines' sum"
+                        );
+                        assert!(*balance_after >= 0);
+                        let granted_by_lines: Vec<ItemId> = lines
+                            .iter()
+                            .flat_map(|line| line.granted_items.iter().cloned())
+                            .collect();
+                        assert_eq!(granted, &granted_by_lines, "{key} granted its lines");
+                        assert_eq!(lines.len(), asked.len(), "{key}: every line paid");
+                        for (index, (line, asked)) in lines.iter().zip(asked).enumerate() {
+                            assert_eq!(line.purchase_id, cart_line_id(purchase_id, index));
+                            assert_eq!(line.target, asked.target);
+                            assert_eq!(line.price, asked.expected_price);
+                            assert_eq!(
+                                settled.get(&line.purchase_id),
+                                Some(&line.price),
+                                "{key}: line {index} settled on its own"
+                            );
+                            match (&line.target, line.serial) {
+                                (_, Some(_)) => assert!(
+                                    serials_sold.contains(&line.purchase_id),
+                                    "{key}: line {index}'s serial was sold to the buyer"
+                                ),
+                                (PurchaseTarget::Item(item_id), None) => assert_eq!(
+                                    line.granted_items,
+                                    vec![item_id.clone()],
+                                    "{key}: line {index}'s item was granted"
+                                ),
+                                (PurchaseTarget::Bundle(_), None) => assert!(
+                                    !line.granted_items.is_empty(),
+                                    "{key}: line {index}'s bundle granted something"
+                                ),
+                            }
+                            paid_lines.insert(
+                                line.purchase_id.clone(),
+                                (line.price, line.granted_items.clone(), line.serial),
+                            );
+                        }
                     }
                     Success::ResalePurchased { price, .. } => {
                         let Command::ResalePurchase { purchase_id, .. } = command else {
@@ -2930,10 +3150,28 @@ impl Simulation {
             paid, successful,
             "exactly the completed purchases were paid"
         );
+        assert_eq!(
+            recorded_lines, paid_lines,
+            "exactly the paid cart lines are recorded, as paid"
+        );
+        let bought: BTreeSet<PurchaseId> = successful
+            .iter()
+            .chain(paid_lines.keys())
+            .cloned()
+            .collect();
         assert!(
-            serials_sold.is_subset(&successful) && transferred.is_subset(&successful),
+            serials_sold.is_subset(&bought) && transferred.is_subset(&successful),
             "nothing granted without payment"
         );
+        assert!(
+            settled
+                .keys()
+                .all(|purchase_id| bought.contains(purchase_id)),
+            "nothing settled without payment"
+        );
+        let mut pricing_outcomes = pricing_outcomes;
+        pricing_outcomes.insert("carts paid (lines)", paid_lines.len());
+        pricing_outcomes.insert("carts refused", carts_refused);
 
         // Determinism: replaying each full log from zero gives the live state.
         for (index, runner) in self.runners.iter().enumerate() {
@@ -2954,6 +3192,61 @@ impl Simulation {
             assert_eq!(replayed.last_hash, runner.last_hash);
         }
         pricing_outcomes
+    }
+}
+
+/// Each cart accepted, by id: its buyer and when it was sent.
+fn carts_of(events: &[(ShardId, Event)]) -> BTreeMap<PurchaseId, (UserId, TimestampMs)> {
+    events
+        .iter()
+        .filter_map(|(_, event)| match event {
+            Event::CommandAccepted {
+                command:
+                    Command::PurchaseCart {
+                        purchase_id,
+                        buyer_id,
+                        ..
+                    },
+                meta,
+                ..
+            } => Some((purchase_id.clone(), (buyer_id.clone(), meta.at_ms))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A cart line reserved by its item's or bundle's shard, as the
+/// `ChargeBuyer` that shard sends for a purchase of the line alone: the
+/// pricing and floor checks read both alike.
+fn as_charge(event: Event, carts: &BTreeMap<PurchaseId, (UserId, TimestampMs)>) -> Event {
+    match event {
+        Event::MessageSent {
+            to,
+            sequence,
+            message:
+                Message::CartLineReserved {
+                    cart_id,
+                    line,
+                    result: Ok(reservation),
+                },
+        } => {
+            let (buyer_id, at_ms) = carts
+                .get(&cart_id)
+                .cloned()
+                .expect("a reserved cart was accepted");
+            Event::MessageSent {
+                to,
+                sequence,
+                message: Message::ChargeBuyer {
+                    purchase_id: cart_line_id(&cart_id, usize::from(line)),
+                    buyer_id,
+                    reservation,
+                    at_ms,
+                    home: to,
+                },
+            }
+        }
+        other => other,
     }
 }
 
@@ -3118,6 +3411,16 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
         totals.outcomes.insert(outcome.to_string(), *count);
     }
     for (key, completion) in &simulation.completions {
+        if let (true, Ok(Success::Refunded { purchase_id, .. })) =
+            (key.starts_with("refund:"), &completion.result)
+        {
+            if is_cart_line_id(purchase_id) {
+                *totals
+                    .outcomes
+                    .entry("cart lines refunded".into())
+                    .or_insert(0) += 1;
+            }
+        }
         let command = match key.split_once(':') {
             Some(("price-test", _)) => "StartPriceTest",
             Some(("exposures", _)) => "RecordExposures",

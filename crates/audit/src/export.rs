@@ -271,10 +271,16 @@ impl Exporter {
                         target,
                         ..
                     },
+                meta,
                 ..
             } => {
                 let facts = facts(&mut self.purchases, purchase_id);
                 facts.buyer_id = Some(buyer_id.clone());
+                // A cart's line, paid in its cart's one debit (logged under
+                // the cart's id) at the cart's time, which its record keeps.
+                if ledger_core::is_cart_line_id(purchase_id) {
+                    facts.paid_at_ms = Some(meta.at_ms);
+                }
                 match target {
                     PurchaseTarget::Item(item_id) => facts.item_id = Some(item_id.to_string()),
                     PurchaseTarget::Bundle(bundle_id) => {

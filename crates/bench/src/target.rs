@@ -262,7 +262,8 @@ pub fn http_request(command: &Command) -> Option<HttpRequest> {
         | Command::SetRegionalPrices { .. }
         | Command::StartPriceTest { .. }
         | Command::RecordExposures { .. }
-        | Command::EndPriceTest { .. } => return None,
+        | Command::EndPriceTest { .. }
+        | Command::PurchaseCart { .. } => return None,
     })
 }
 

@@ -88,6 +88,7 @@ pub fn router_with_settings(
         .route("/v1/items/{item_id}/takedown", post(routes::take_down))
         .route("/v1/bundles", post(routes::create_bundle))
         .route("/v1/purchases", post(routes::purchase))
+        .route("/v1/carts", post(routes::purchase_cart))
         .route("/v1/resale-listings", post(routes::create_listing))
         .route(
             "/v1/resale-listings/{listing_id}",

@@ -17,6 +17,7 @@ use ledger_core::{
     ItemId, ListingId, PurchaseId, PurchaseTarget, RefundId, Region, Role, Success, UserId,
     BUNDLE_ITEMS_MAX, SUPPLY_MAX,
 };
+use ledger_core::{CartLine, CartLinePurchased, CART_LINES_MAX};
 use ledger_core::{ExposureBatchId, PriceTestId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -86,6 +87,23 @@ struct PurchaseRequest {
     bundle_id: Option<Value>,
     expected_price: Value,
     region: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartRequest {
+    purchase_id: Value,
+    buyer_id: Value,
+    lines: Value,
+    region: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartLineRequest {
+    item_id: Option<Value>,
+    bundle_id: Option<Value>,
+    expected_price: Value,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +335,80 @@ fn purchase_command(object: JsonObject) -> Result<Command, Problem> {
     })
 }
 
+/// `POST /v1/carts`: 1 to 20 lines, each an item or a bundle at the price
+/// the buyer saw, none twice. A refused line is named by its number (from 1).
+fn cart_command(object: JsonObject) -> Result<Command, Problem> {
+    let request: CartRequest = fields(object.0)?;
+    let purchase_id = validate::id::<PurchaseId>("purchase_id", &request.purchase_id)?;
+    let buyer_id = validate::id::<UserId>("buyer_id", &request.buyer_id)?;
+    let Value::Array(values) = &request.lines else {
+        return Err(Problem::validation(format!(
+            "lines must be an array (got {})",
+            validate::describe(&request.lines)
+        )));
+    };
+    if values.is_empty() || values.len() > CART_LINES_MAX {
+        return Err(Problem::validation(format!(
+            "lines must hold 1 to {CART_LINES_MAX} lines (got {})",
+            values.len()
+        )));
+    }
+    let mut lines = Vec::with_capacity(values.len());
+    let mut seen = BTreeSet::new();
+    for (index, value) in values.iter().enumerate() {
+        let number = index + 1;
+        let in_line =
+            |problem: Problem| Problem::validation(format!("line {number}: {}", problem.detail));
+        let Value::Object(object) = value else {
+            return Err(Problem::validation(format!(
+                "line {number}: a line must be an object (got {})",
+                validate::describe(value)
+            )));
+        };
+        let line: CartLineRequest = fields(object.clone()).map_err(in_line)?;
+        let target = match (&line.item_id, &line.bundle_id) {
+            (Some(item_id), None) => {
+                PurchaseTarget::Item(validate::id::<ItemId>("item_id", item_id).map_err(in_line)?)
+            }
+            (None, Some(bundle_id)) => PurchaseTarget::Bundle(
+                validate::id::<BundleId>("bundle_id", bundle_id).map_err(in_line)?,
+            ),
+            _ => {
+                return Err(Problem::validation(format!(
+                    "line {number}: exactly one of item_id and bundle_id is required"
+                )))
+            }
+        };
+        let expected_price =
+            validate::amount("expected_price", &line.expected_price).map_err(in_line)?;
+        if !seen.insert(target.clone()) {
+            let what = match &target {
+                PurchaseTarget::Item(item_id) => format!("item {item_id}"),
+                PurchaseTarget::Bundle(bundle_id) => format!("bundle {bundle_id}"),
+            };
+            return Err(Problem::validation(format!(
+                "line {number}: {what} is already in the cart"
+            )));
+        }
+        lines.push(CartLine {
+            target,
+            expected_price,
+        });
+    }
+    let region = request
+        .region
+        .as_ref()
+        .filter(|value| !value.is_null())
+        .map(|value| region("region", value))
+        .transpose()?;
+    Ok(Command::PurchaseCart {
+        purchase_id,
+        buyer_id,
+        lines,
+        region,
+    })
+}
+
 fn region(field: &'static str, value: &Value) -> Result<Region, Problem> {
     match value {
         Value::String(code) => Region::parse(code.clone())
@@ -482,6 +574,9 @@ fn authorize(actor: &Actor, command: &Command) -> Result<(), Problem> {
         Command::CreateBundle { creator_id, .. } => acting_as("creator_id", creator_id),
         Command::Purchase {
             buyer_id, region, ..
+        }
+        | Command::PurchaseCart {
+            buyer_id, region, ..
         } => {
             acting_as("buyer_id", buyer_id)?;
             if region.is_some() && actor.role == Role::User {
@@ -561,6 +656,28 @@ fn optional_timestamp(at_ms: Option<u64>) -> Value {
     at_ms
         .map(|at_ms| Value::String(validate::format_timestamp(at_ms)))
         .unwrap_or(Value::Null)
+}
+
+/// One paid line of a cart, as a purchase of its own renders it.
+fn cart_line_body(line: &CartLinePurchased) -> Value {
+    let mut body = json!({
+        "purchase_id": line.purchase_id,
+        "price": line.price,
+    });
+    let object = body.as_object_mut().expect("an object");
+    match &line.target {
+        PurchaseTarget::Item(item_id) => {
+            object.insert("item_id".to_owned(), json!(item_id));
+        }
+        PurchaseTarget::Bundle(bundle_id) => {
+            object.insert("bundle_id".to_owned(), json!(bundle_id));
+            object.insert("granted_item_ids".to_owned(), json!(line.granted_items));
+        }
+    }
+    if let Some(serial) = line.serial {
+        object.insert("serial".to_owned(), json!(serial));
+    }
+    body
 }
 
 /// Renders the answer to `command` from its `completion`. Pure: the same
@@ -680,6 +797,34 @@ pub fn render(command: &Command, completion: &Completion) -> Response {
                 object.insert("serial".to_owned(), json!(serial));
             }
             if let Some(region) = region {
+                object.insert("region".to_owned(), json!(region));
+            }
+            (StatusCode::CREATED, body)
+        }
+        (
+            Command::PurchaseCart {
+                purchase_id,
+                buyer_id,
+                region,
+                ..
+            },
+            Success::CartPurchased {
+                lines,
+                total,
+                balance_after,
+            },
+        ) => {
+            let mut body = json!({
+                "purchase_id": purchase_id,
+                "status": "completed",
+                "buyer_id": buyer_id,
+                "lines": lines.iter().map(cart_line_body).collect::<Vec<Value>>(),
+                "total": total,
+                "balance_after": balance_after,
+                "position": position,
+            });
+            if let Some(region) = region {
+                let object = body.as_object_mut().expect("an object");
                 object.insert("region".to_owned(), json!(region));
             }
             (StatusCode::CREATED, body)
@@ -938,6 +1083,15 @@ pub(crate) async fn purchase(
     object: JsonObject,
 ) -> Answer {
     let command = purchase_command(object)?;
+    submit(&state, &headers, command).await
+}
+
+pub(crate) async fn purchase_cart(
+    State(state): State<CommandState>,
+    headers: HeaderMap,
+    object: JsonObject,
+) -> Answer {
+    let command = cart_command(object)?;
     submit(&state, &headers, command).await
 }
 

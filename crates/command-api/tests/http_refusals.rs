@@ -569,6 +569,65 @@ async fn bundles_and_purchases_are_validated() {
 }
 
 #[tokio::test]
+async fn carts_are_validated_line_by_line() {
+    let api = TestApi::start().await;
+    let user = token(Role::User, "alice");
+    let cart = |lines: Value| json!({ "purchase_id": "c1", "buyer_id": "alice", "lines": lines });
+    let line = |item: &str| json!({ "item_id": item, "expected_price": 10 });
+    let many: Vec<Value> = (0..21).map(|index| line(&format!("item{index}"))).collect();
+    for (body, expected) in [
+        (cart(json!([])), "lines must hold 1 to 20 lines (got 0)"),
+        (cart(json!(many)), "lines must hold 1 to 20 lines (got 21)"),
+        (cart(json!("hat")), "lines must be an array"),
+        (
+            cart(json!([line("a"), line("b"), line("a")])),
+            "line 3: item a is already in the cart",
+        ),
+        (
+            cart(json!([line("a"), { "bundle_id": "b", "item_id": "c", "expected_price": 1 }])),
+            "line 2: exactly one of item_id and bundle_id is required",
+        ),
+        (
+            cart(json!([line("a"), { "item_id": "b", "expected_price": 0 }])),
+            "line 2: expected_price must be an integer",
+        ),
+        (
+            cart(json!([line("a"), { "item_id": "b", "expected_price": 1, "qty": 2 }])),
+            "line 2: unknown field `qty`",
+        ),
+        (
+            cart(json!([line("a"), "b"])),
+            "line 2: a line must be an object",
+        ),
+    ] {
+        let detail = api
+            .post("/v1/carts", Some(&user), body)
+            .await
+            .assert_problem(422, "validation_failed");
+        assert!(detail.starts_with(expected), "{detail}");
+    }
+    let detail = api
+        .post(
+            "/v1/carts",
+            Some(&user),
+            json!({ "purchase_id": "c1", "buyer_id": "alice", "region": "BR", "lines": [line("a")] }),
+        )
+        .await
+        .assert_problem(403, "forbidden");
+    assert!(detail.contains("region"), "{detail}");
+    let detail = api
+        .post(
+            "/v1/carts",
+            Some(&token(Role::User, "mallory")),
+            cart(json!([line("a")])),
+        )
+        .await
+        .assert_problem(403, "forbidden");
+    assert!(detail.contains("buyer_id `alice`"), "{detail}");
+    api.assert_engine_untouched();
+}
+
+#[tokio::test]
 async fn bodies_over_one_mebibyte_are_too_large() {
     let api = TestApi::start().await;
     let admin = token(Role::Admin, "root");

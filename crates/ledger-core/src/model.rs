@@ -17,6 +17,30 @@ pub const NAME_LENGTH_MAX: usize = 200;
 pub const SUPPLY_MAX: u32 = 10_000_000;
 /// Most items in one bundle.
 pub const BUNDLE_ITEMS_MAX: usize = 50;
+/// Most lines in one cart.
+pub const CART_LINES_MAX: usize = 20;
+/// Longest cart id, in bytes: its lines' purchase ids append
+/// `.line-<n>` to it (see [`cart_line_id`]).
+pub const CART_ID_LENGTH_MAX: usize = crate::ids::ID_LENGTH_MAX - 8;
+
+/// The purchase id of line `index` (from 0) of cart `cart_id`:
+/// `<cart id>.line-<index + 1>`. Ids of that form are reserved for cart
+/// lines (see [`is_cart_line_id`]), so they never collide with a client's.
+pub fn cart_line_id(cart_id: &PurchaseId, index: usize) -> PurchaseId {
+    PurchaseId::parse(format!("{cart_id}.line-{}", index + 1))
+        .expect("a cart id short enough for its lines makes valid line ids")
+}
+
+/// Whether `purchase_id` has the form of a cart line's id
+/// (`<id>.line-<digits>`), which a client may not use.
+pub fn is_cart_line_id(purchase_id: &PurchaseId) -> bool {
+    purchase_id
+        .as_str()
+        .rsplit_once(".line-")
+        .is_some_and(|(cart, number)| {
+            !cart.is_empty() && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
+        })
+}
 
 /// Milliseconds since the Unix epoch, UTC.
 pub type TimestampMs = u64;
@@ -132,6 +156,13 @@ pub enum PurchaseTarget {
     Bundle(BundleId),
 }
 
+/// One line of a cart: what it buys and the price the buyer saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct CartLine {
+    pub target: PurchaseTarget,
+    pub expected_price: i64,
+}
+
 /// A command, as the purchase flow service or the storefront sent it, after
 /// parsing. Its fields (not its metadata) are what idempotency compares.
 ///
@@ -232,6 +263,17 @@ pub enum Command {
     TakeDown {
         item_id: ItemId,
     },
+    /// A cart: up to [`CART_LINES_MAX`] items and bundles bought at once,
+    /// all or nothing, in one debit. Line `i` is purchase
+    /// [`cart_line_id`]`(purchase_id, i)`, settled, refunded and traced on
+    /// its own. Appended.
+    PurchaseCart {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        lines: Vec<CartLine>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<Region>,
+    },
 }
 
 /// [`Command`] as stored: its variants in their order, a purchase in a
@@ -319,6 +361,12 @@ enum StoredCommand {
     },
     TakeDown {
         item_id: ItemId,
+    },
+    PurchaseCart {
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        lines: Vec<CartLine>,
+        region: Option<Region>,
     },
 }
 
@@ -445,6 +493,17 @@ impl From<Command> for StoredCommand {
             },
             Command::EndPriceTest { test_id } => StoredCommand::EndPriceTest { test_id },
             Command::TakeDown { item_id } => StoredCommand::TakeDown { item_id },
+            Command::PurchaseCart {
+                purchase_id,
+                buyer_id,
+                lines,
+                region,
+            } => StoredCommand::PurchaseCart {
+                purchase_id,
+                buyer_id,
+                lines,
+                region,
+            },
         }
     }
 }
@@ -572,6 +631,17 @@ impl From<StoredCommand> for Command {
             },
             StoredCommand::EndPriceTest { test_id } => Command::EndPriceTest { test_id },
             StoredCommand::TakeDown { item_id } => Command::TakeDown { item_id },
+            StoredCommand::PurchaseCart {
+                purchase_id,
+                buyer_id,
+                lines,
+                region,
+            } => Command::PurchaseCart {
+                purchase_id,
+                buyer_id,
+                lines,
+                region,
+            },
         }
     }
 }
@@ -658,9 +728,9 @@ impl Command {
             | Command::SetOnSale { item_id, .. }
             | Command::SetRegionalPrices { item_id, .. } => keys::item(item_id),
             Command::CreateBundle { bundle_id, .. } => keys::bundle(bundle_id),
-            Command::Purchase { purchase_id, .. } | Command::ResalePurchase { purchase_id, .. } => {
-                keys::purchase(purchase_id)
-            }
+            Command::Purchase { purchase_id, .. }
+            | Command::ResalePurchase { purchase_id, .. }
+            | Command::PurchaseCart { purchase_id, .. } => keys::purchase(purchase_id),
             Command::CreateListing { listing_id, .. } | Command::CancelListing { listing_id } => {
                 keys::listing(listing_id)
             }
@@ -955,6 +1025,23 @@ pub enum Success {
         listings_ended: u32,
         shard_count: u16,
     },
+    /// A cart paid in one debit of `total`: every line, in the cart's order.
+    CartPurchased {
+        lines: Vec<CartLinePurchased>,
+        total: i64,
+        balance_after: i64,
+    },
+}
+
+/// One paid line of a cart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+pub struct CartLinePurchased {
+    /// The line's own purchase id ([`cart_line_id`]).
+    pub purchase_id: PurchaseId,
+    pub target: PurchaseTarget,
+    pub price: i64,
+    pub serial: Option<u32>,
+    pub granted_items: Vec<ItemId>,
 }
 
 /// A point in one shard's log.
@@ -1220,6 +1307,12 @@ pub enum Progress {
     StartingTest,
     /// A takedown: waiting for the item's shard to take the item off sale.
     TakingDown,
+    /// A cart: each line's answer from its item's or bundle's shard as it
+    /// arrives (`None`: not yet). Once every line is reserved, waiting for
+    /// the buyer's payment. Appended.
+    Cart {
+        answers: Vec<Option<Result<Reservation, Rejection>>>,
+    },
 }
 
 impl Progress {
@@ -1608,6 +1701,62 @@ pub enum Message {
     TakedownShardDone {
         item_id: ItemId,
         tally: crate::takedown::TakedownTally,
+    },
+    // Carts (appended).
+    /// Cart's home → buyer's shard, first hop of a cart when purchase rate
+    /// limits are on: the cart counts as one purchase request; admitted,
+    /// the buyer's shard sends each line's `ReserveCartLine` (or answers
+    /// `SaleRateLimited`).
+    AdmitCart {
+        cart_id: PurchaseId,
+        buyer_id: UserId,
+        requests: Vec<(SaleRequest, i64)>,
+        at_ms: TimestampMs,
+        home: ShardId,
+    },
+    /// To the shard of what `request` names: reserve line `line` of cart
+    /// `cart_id` (as purchase `purchase_id`, the line's own id) and answer
+    /// `home` with `CartLineReserved`.
+    ReserveCartLine {
+        cart_id: PurchaseId,
+        line: u8,
+        purchase_id: PurchaseId,
+        buyer_id: UserId,
+        request: SaleRequest,
+        expected_price: i64,
+        at_ms: TimestampMs,
+        home: ShardId,
+    },
+    /// To the cart's home: line `line` reserved, or refused.
+    CartLineReserved {
+        cart_id: PurchaseId,
+        line: u8,
+        result: Result<Reservation, Rejection>,
+    },
+    /// Cart's home → buyer's shard: every line is reserved; pay their sum
+    /// in one debit (and get their items), then answer `CartPaid`.
+    ChargeCart {
+        cart_id: PurchaseId,
+        buyer_id: UserId,
+        lines: Vec<Reservation>,
+        at_ms: TimestampMs,
+    },
+    /// Buyer's shard → cart's home: paid (balance after, items granted per
+    /// line) at `position`, or refused.
+    CartPaid {
+        cart_id: PurchaseId,
+        result: Result<(i64, Vec<Vec<ItemId>>), Rejection>,
+        position: ShardPosition,
+    },
+    /// Cart's home → a line's home (the shard of its purchase id): the
+    /// line was paid as part of cart `cart_id`; remember it as a completed
+    /// purchase (`command`, accepted with `meta`), which a refund reads.
+    RecordCartLine {
+        cart_id: PurchaseId,
+        command: Box<Command>,
+        meta: CommandMeta,
+        success: Success,
+        reservation: Reservation,
     },
 }
 

@@ -73,6 +73,7 @@ pub fn is_forgettable(command: &Command) -> bool {
         Command::Grant { .. }
             | Command::Purchase { .. }
             | Command::ResalePurchase { .. }
+            | Command::PurchaseCart { .. }
             | Command::Refund { .. }
     )
 }

@@ -347,6 +347,9 @@ pub fn initial_progress(command: &Command) -> Progress {
             }
         }
         Command::Purchase { .. } | Command::ResalePurchase { .. } => Progress::Reserving,
+        Command::PurchaseCart { lines, .. } => Progress::Cart {
+            answers: vec![None; lines.len()],
+        },
         Command::CreateListing { .. } => Progress::Listing,
         Command::CancelListing { .. } => Progress::Cancelling,
         Command::Refund { .. } => Progress::Refunding,
@@ -477,7 +480,9 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             assert!(
                 matches!(
                     record.command,
-                    Command::Purchase { .. } | Command::ResalePurchase { .. }
+                    Command::Purchase { .. }
+                        | Command::ResalePurchase { .. }
+                        | Command::PurchaseCart { .. }
                 ),
                 "only a purchase is withdrawn"
             );

@@ -45,6 +45,27 @@ pub fn purchase_steps(logged: &Logged<'_>, event: &Event) -> Vec<Change> {
                     .unwrap_or_default(),
                 ..step(purchase_id, "accepted")
             }),
+            // A cart: its lines' stories are told under their own ids.
+            Command::PurchaseCart {
+                purchase_id,
+                buyer_id,
+                lines,
+                region,
+            } => steps.push(PurchaseStep {
+                user_id: buyer_id.to_string(),
+                amount: Some(lines.iter().map(|line| line.expected_price).sum()),
+                detail: format!(
+                    "cart of {} lines ({}.line-1 to .line-{}){}",
+                    lines.len(),
+                    purchase_id,
+                    lines.len(),
+                    region
+                        .as_ref()
+                        .map(|region| format!(" in region {region}"))
+                        .unwrap_or_default()
+                ),
+                ..step(purchase_id, "accepted")
+            }),
             Command::ResalePurchase {
                 purchase_id,
                 buyer_id,

@@ -334,9 +334,19 @@ fn learn_open_purchases(lane: &mut Lane, position: i64, record: &BatchRecord) {
 /// Opens a purchase on its acceptance, closes it on its completion.
 fn track_purchase(lane: &mut Lane, position: i64, event: &Event) {
     match event {
+        // A cart line's purchase is published from its cart's completion.
+        Event::CommandAccepted {
+            command: Command::Purchase { purchase_id, .. },
+            ..
+        } if ledger_core::is_cart_line_id(purchase_id) => {}
         Event::CommandAccepted {
             command:
                 Command::Purchase {
+                    purchase_id,
+                    buyer_id,
+                    ..
+                }
+                | Command::PurchaseCart {
                     purchase_id,
                     buyer_id,
                     ..
@@ -460,6 +470,20 @@ fn publish(
             let (subject, data) = match mapped {
                 Mapped::Public(subject, data) => (subject, *data),
                 Mapped::Nothing => continue,
+                // A cart: one public event per line, `<shard>.<sequence>.<line>`.
+                Mapped::Lines(subject, lines) => {
+                    for (index, data) in lines.into_iter().enumerate() {
+                        out.push(PublicEvent {
+                            id: format!("{}.{at}.{}", shard.0, index + 1),
+                            source: source.to_string(),
+                            subject: subject.clone(),
+                            time_ms: input.timestamp_ms,
+                            record_hash: record_hash.clone(),
+                            data,
+                        });
+                    }
+                    continue;
+                }
                 Mapped::BuyerMissing(purchase_id) => {
                     return Err(StreamError::UnknownBuyer {
                         shard,
@@ -485,6 +509,8 @@ fn publish(
 /// What one ledger event becomes.
 enum Mapped {
     Public(String, Box<PublicData>),
+    /// A paid cart: the purchase of each line, in order.
+    Lines(String, Vec<PublicData>),
     Nothing,
     /// A purchase completed whose buyer the stream does not know.
     BuyerMissing(PurchaseId),
@@ -769,16 +795,44 @@ fn completed_purchase(
     let Ok(success) = &completion.result else {
         return Mapped::Nothing;
     };
+    // A cart line's own record: published with its cart.
     if !matches!(
         success,
-        Success::Purchased { .. } | Success::ResalePurchased { .. }
-    ) {
+        Success::Purchased { .. } | Success::ResalePurchased { .. } | Success::CartPurchased { .. }
+    ) || ledger_core::is_cart_line_id(&purchase_id)
+    {
         return Mapped::Nothing;
     }
     let Some(open) = open else {
         return Mapped::BuyerMissing(purchase_id);
     };
     let buyer_id = &open.buyer_id;
+    if let Success::CartPurchased {
+        lines,
+        balance_after,
+        ..
+    } = success
+    {
+        let lines = lines
+            .iter()
+            .map(|line| {
+                let settlement = settlements
+                    .get(&line.purchase_id)
+                    .and_then(|settlement| settlement.creator.as_ref());
+                primary_purchase(
+                    &line.purchase_id,
+                    buyer_id,
+                    &line.target,
+                    line.price,
+                    line.serial,
+                    &line.granted_items,
+                    *balance_after,
+                    settlement,
+                )
+            })
+            .collect();
+        return Mapped::Lines(user_subject(buyer_id), lines);
+    }
     let settlement = settlements.get(&purchase_id);
     let (creator_id, creator_share, platform_fee, fee_policy_version) = settlement
         .and_then(|settlement| settlement.creator.clone())
@@ -791,33 +845,16 @@ fn completed_purchase(
             serial,
             granted_items,
             balance_after,
-        } => {
-            let (item_id, bundle_id) = match target {
-                PurchaseTarget::Item(item_id) => (Some(item_id.to_string()), None),
-                PurchaseTarget::Bundle(bundle_id) => (None, Some(bundle_id.to_string())),
-            };
-            let mut pending_changes = Vec::new();
-            if let Some(settlement) = settlement.and_then(|settlement| settlement.creator.as_ref())
-            {
-                pending_changes.push(change(&settlement.0, settlement.1));
-            }
-            PublicData::PurchaseCompleted(PurchaseCompleted {
-                purchase_id: purchase_id.to_string(),
-                buyer_id: buyer_id.to_string(),
-                item_id,
-                bundle_id,
-                granted_items: strings(granted_items),
-                serial: *serial,
-                price: *price,
-                creator_id,
-                creator_share,
-                platform_fee,
-                fee_policy_version,
-                buyer_balance_after: *balance_after,
-                wallet_changes: vec![change(buyer_id, -price)],
-                pending_changes,
-            })
-        }
+        } => primary_purchase(
+            &purchase_id,
+            buyer_id,
+            target,
+            *price,
+            *serial,
+            granted_items,
+            *balance_after,
+            settlement.and_then(|settlement| settlement.creator.as_ref()),
+        ),
         Success::ResalePurchased {
             item_id,
             serial,
@@ -859,6 +896,47 @@ fn completed_purchase(
         _ => return Mapped::Nothing,
     };
     Mapped::Public(user_subject(buyer_id), Box::new(data))
+}
+
+/// The public event of a paid primary purchase (or a cart's line), with
+/// the split its step sent to the creator, if any.
+#[allow(clippy::too_many_arguments)] // the fields of a purchase's success
+fn primary_purchase(
+    purchase_id: &PurchaseId,
+    buyer_id: &UserId,
+    target: &PurchaseTarget,
+    price: i64,
+    serial: Option<u32>,
+    granted_items: &[ledger_core::ItemId],
+    balance_after: i64,
+    settlement: Option<&(UserId, i64, i64, u16)>,
+) -> PublicData {
+    let (item_id, bundle_id) = match target {
+        PurchaseTarget::Item(item_id) => (Some(item_id.to_string()), None),
+        PurchaseTarget::Bundle(bundle_id) => (None, Some(bundle_id.to_string())),
+    };
+    let (creator_id, creator_share, platform_fee, fee_policy_version) = settlement
+        .map(|(creator, share, fee, policy)| (creator.to_string(), *share, *fee, *policy))
+        .unwrap_or_default();
+    let pending_changes = settlement
+        .map(|(creator, share, _, _)| vec![change(creator, *share)])
+        .unwrap_or_default();
+    PublicData::PurchaseCompleted(PurchaseCompleted {
+        purchase_id: purchase_id.to_string(),
+        buyer_id: buyer_id.to_string(),
+        item_id,
+        bundle_id,
+        granted_items: strings(granted_items),
+        serial,
+        price,
+        creator_id,
+        creator_share,
+        platform_fee,
+        fee_policy_version,
+        buyer_balance_after: balance_after,
+        wallet_changes: vec![change(buyer_id, -price)],
+        pending_changes,
+    })
 }
 
 /// Lowercase hex.

@@ -405,7 +405,9 @@ pub const CLOUD_EVENTS_SPEC_VERSION: &str = "1.0";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicEvent {
     /// `ce_id`: the position `<shard>.<sequence>` of the ledger event it
-    /// comes from (unique: at most one public event per ledger event).
+    /// comes from (unique: at most one public event per ledger event), or
+    /// `<shard>.<sequence>.<line>` for each line of a paid cart, published
+    /// from the cart's completion.
     pub id: String,
     /// `ce_source`, e.g. `/ledger`.
     pub source: String,

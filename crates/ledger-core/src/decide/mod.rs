@@ -7,6 +7,7 @@
 //! * `catalogue`: items (publish, reprice, sale toggle) and bundles;
 //! * `purchase`: purchases of items and bundles, and the payment,
 //!   serial confirmation and settlement every purchase shares;
+//! * `cart`: carts of items and bundles, paid in one debit;
 //! * `resale`: purchases of listed serials;
 //! * `listing`: creating and cancelling listings;
 //! * `refund`: refunds of primary purchases;
@@ -15,6 +16,7 @@
 //! A flow that spans shards is a saga: its home shard stores its state as a
 //! `CommandRecord`, read back as a typed stage through `saga::stage`.
 
+mod cart;
 mod catalogue;
 mod floors;
 mod grant;
@@ -181,6 +183,37 @@ fn decide_command(
         } => run_keyed(out, command, meta, |out, _| {
             catalogue::start_bundle(out, bundle_id, item_ids)
         }),
+        Command::Purchase { purchase_id, .. } | Command::ResalePurchase { purchase_id, .. }
+            if is_cart_line_id(purchase_id) =>
+        {
+            Decision::Refuse(reject(
+                RejectionCode::ValidationFailed,
+                format!(
+                    "purchase_id {purchase_id} has the form of a cart line's id \
+                     (<id>.line-<n>), which is reserved"
+                ),
+            ))
+        }
+        Command::PurchaseCart {
+            purchase_id,
+            buyer_id,
+            lines,
+            region,
+        } => {
+            if let Err(rejection) = cart::validate(purchase_id, lines) {
+                return Decision::Refuse(rejection);
+            }
+            run_keyed(out, command, meta, |out, _| {
+                cart::start(
+                    out,
+                    purchase_id,
+                    buyer_id,
+                    lines,
+                    region.as_ref(),
+                    meta.at_ms,
+                )
+            })
+        }
         Command::Purchase {
             purchase_id,
             buyer_id,
@@ -740,5 +773,62 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
         Message::TakedownShardDone { item_id, tally } => {
             takedown::shard_done(out, from, item_id, tally)
         }
+
+        Message::AdmitCart {
+            cart_id,
+            buyer_id,
+            requests,
+            at_ms,
+            home,
+        } => {
+            let cart = cart::CartRequest {
+                cart_id,
+                buyer_id,
+                at_ms: *at_ms,
+                home: *home,
+            };
+            cart::admit_cart(out, &cart, requests)
+        }
+        Message::ReserveCartLine {
+            cart_id,
+            line,
+            purchase_id,
+            buyer_id,
+            request,
+            expected_price,
+            at_ms,
+            home,
+        } => {
+            let cart = cart::CartRequest {
+                cart_id,
+                buyer_id,
+                at_ms: *at_ms,
+                home: *home,
+            };
+            cart::reserve_line(out, &cart, *line, purchase_id, request, *expected_price)
+        }
+        Message::CartLineReserved {
+            cart_id,
+            line,
+            result,
+        } => cart::line_reserved(out, cart_id, *line, result),
+        Message::ChargeCart {
+            cart_id,
+            buyer_id,
+            lines,
+            at_ms,
+        } => cart::charge_cart(out, cart_id, buyer_id, lines, *at_ms, from),
+        Message::CartPaid {
+            cart_id,
+            result,
+            position,
+        } => cart::cart_paid(out, cart_id, result, *position),
+        Message::RecordCartLine {
+            command,
+            meta,
+            success,
+            reservation,
+            ..
+        } => cart::record_line(out, command, meta, success, reservation),
     }
 }

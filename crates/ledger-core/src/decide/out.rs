@@ -105,6 +105,44 @@ impl<'a> Out<'a> {
         }
     }
 
+    /// Completes the command `key` as `complete` does, its read position
+    /// kept to one part per shard and per pair of shards: a read that has
+    /// seen a shard's log up to a position has seen it up to every earlier
+    /// one, and a consumed message means every earlier message between the
+    /// same two shards was consumed (they are consumed in order). For a
+    /// command that sends many messages (a cart), so its token stays within
+    /// [`READ_POSITION_PARTS_MAX`] parts.
+    pub(super) fn complete_compact(
+        &mut self,
+        key: &str,
+        result: Result<Success, Rejection>,
+        positions: Vec<ShardPosition>,
+    ) {
+        let mut completion = self.completion(key, result, positions, Vec::new());
+        let mut latest: BTreeMap<ShardId, u64> = BTreeMap::new();
+        for position in &completion.positions {
+            let sequence = latest.entry(position.shard).or_insert(0);
+            *sequence = (*sequence).max(position.sequence);
+        }
+        completion.positions = latest
+            .into_iter()
+            .map(|(shard, sequence)| ShardPosition { shard, sequence })
+            .collect();
+        let mut consumed: BTreeMap<(ShardId, ShardId), u64> = BTreeMap::new();
+        for mark in &completion.deliveries {
+            let sequence = consumed.entry((mark.from, mark.to)).or_insert(0);
+            *sequence = (*sequence).max(mark.sequence);
+        }
+        completion.deliveries = consumed
+            .into_iter()
+            .map(|((from, to), sequence)| DeliveryMark { from, to, sequence })
+            .collect();
+        self.push(Event::CommandCompleted {
+            key: key.to_string(),
+            completion,
+        });
+    }
+
     /// Answers the running purchase `key` with a `rate_limited` refusal and
     /// forgets it (see [`crate::limits`]).
     pub(super) fn withdraw(&mut self, key: &str, rejection: Rejection, retry_after_ms: u64) {

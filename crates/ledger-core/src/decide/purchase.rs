@@ -35,7 +35,14 @@ pub(super) fn start(
     expected_price: i64,
     at_ms: TimestampMs,
 ) {
-    let request = match (target, region) {
+    let request = sale_request(target, region);
+    request_sale(out, purchase_id, buyer_id, request, expected_price, at_ms);
+}
+
+/// What a primary purchase of `target` by a buyer in `region` asks the
+/// target's shard to reserve.
+pub(super) fn sale_request(target: &PurchaseTarget, region: Option<&Region>) -> SaleRequest {
+    match (target, region) {
         (PurchaseTarget::Item(item_id), None) => SaleRequest::Item(item_id.clone()),
         (PurchaseTarget::Item(item_id), Some(region)) => SaleRequest::ItemInRegion {
             item_id: item_id.clone(),
@@ -43,8 +50,7 @@ pub(super) fn start(
         },
         // A bundle has one price everywhere.
         (PurchaseTarget::Bundle(bundle_id), _) => SaleRequest::Bundle(bundle_id.clone()),
-    };
-    request_sale(out, purchase_id, buyer_id, request, expected_price, at_ms);
+    }
 }
 
 /// A purchase's first request (primary or resale), from its home shard:
@@ -162,6 +168,13 @@ pub(super) fn rate_limited(
     retry_after_ms: u64,
 ) {
     let key = keys::purchase(purchase_id);
+    if let Some(CommandRecord {
+        command: Command::PurchaseCart { .. },
+        ..
+    }) = out.state.commands.get(&key)
+    {
+        return super::cart::rate_limited(out, purchase_id, rejection, retry_after_ms);
+    }
     let _purchase: Reserving = saga::stage(out.state, &key);
     out.withdraw(&key, rejection.clone(), retry_after_ms);
 }
@@ -531,7 +544,7 @@ pub(super) fn reserved(
 
 /// What the buyer's shard grants for `sale`: the items, and whether it is
 /// all of them or nothing. A serial moves on the item's shard instead.
-fn items_granted_by(sale: &SaleKind) -> (Vec<ItemId>, bool) {
+pub(super) fn items_granted_by(sale: &SaleKind) -> (Vec<ItemId>, bool) {
     match sale {
         SaleKind::Item {
             item_id,
@@ -657,7 +670,7 @@ fn debit(
 
 /// The item whose shard holds a serial for `sale` while it is paid for: a
 /// Limited's serial or a resold serial.
-fn item_with_held_serial(sale: &SaleKind) -> Option<&ItemId> {
+pub(super) fn item_with_held_serial(sale: &SaleKind) -> Option<&ItemId> {
     match sale {
         SaleKind::Item {
             item_id,
@@ -772,7 +785,11 @@ fn paid(
 }
 
 /// The success a paid purchase answers with.
-fn purchased(reservation: &Reservation, balance_after: i64, granted_items: Vec<ItemId>) -> Success {
+pub(super) fn purchased(
+    reservation: &Reservation,
+    balance_after: i64,
+    granted_items: Vec<ItemId>,
+) -> Success {
     match &reservation.sale {
         SaleKind::Item { item_id, serial } => Success::Purchased {
             target: PurchaseTarget::Item(item_id.clone()),
@@ -804,7 +821,7 @@ fn purchased(reservation: &Reservation, balance_after: i64, granted_items: Vec<I
 }
 
 /// Sends a primary sale's price to the creator's escrow, minus the fee.
-fn settle_primary(
+pub(super) fn settle_primary(
     out: &mut Out<'_>,
     purchase_id: &PurchaseId,
     reservation: &Reservation,

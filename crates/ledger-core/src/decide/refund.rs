@@ -93,6 +93,16 @@ pub(super) fn check_refundable<'a>(
             format!("purchase {purchase_id} does not exist"),
         ));
     };
+    if let Command::PurchaseCart { lines, .. } = &record.command {
+        return Err(reject(
+            RejectionCode::NotFound,
+            format!(
+                "{purchase_id} is a cart, not a purchase: its lines are refunded one by one, as \
+                 purchases {purchase_id}.line-1 to {purchase_id}.line-{}",
+                lines.len()
+            ),
+        ));
+    }
     let (Some(Completion { result: Ok(_), .. }), Some(reservation)) =
         (&record.completion, record.progress.reservation())
     else {

@@ -1,6 +1,7 @@
 //! Given-events / when-input / then-events tests of `decide`, one module per
 //! flow (see `testing` for the harness).
 
+mod carts;
 mod catalogue;
 mod floors;
 mod grant;
