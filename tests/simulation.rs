@@ -1646,6 +1646,20 @@ impl Simulation {
                 }
             }
         }
+        // A cart's line recorded after the scan passed it is resolved too.
+        for (_, event) in events {
+            if let Event::TakedownLateSale {
+                item_id,
+                purchase_id,
+                ..
+            } = event
+            {
+                assert!(
+                    resolved.contains_key(&(item_id.clone(), purchase_id.clone())),
+                    "late cart line {purchase_id} of taken-down {item_id} was never resolved"
+                );
+            }
+        }
         for runner in &self.runners {
             assert!(
                 runner.state.takedowns.scans.is_empty(),
@@ -3454,6 +3468,12 @@ fn run_seed(seed: u64, operations: usize) -> Totals {
                     }
                 };
                 *totals.outcomes.entry(name).or_insert(0) += 1;
+            }
+            Event::TakedownLateSale { .. } => {
+                *totals
+                    .outcomes
+                    .entry("takedown: a cart line recorded after the scan".to_string())
+                    .or_insert(0) += 1;
             }
             Event::TakedownPurchaseFinished { paid, .. } => {
                 let name = format!("takedown: awaited a purchase in flight (paid: {paid})");

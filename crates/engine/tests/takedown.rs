@@ -263,3 +263,79 @@ fn purchases_in_flight_at_the_takedown_are_refunded_once_paid() {
         );
     }
 }
+
+#[test]
+fn a_cart_line_recorded_after_the_scans_is_refunded_and_reported_late() {
+    let mut cluster = cluster();
+    let other = ItemId::parse("scarf").unwrap();
+    cluster.run([Command::PublishItem(ItemDefinition {
+        item_id: other.clone(),
+        creator_id: user("dora"),
+        name: "scarf".into(),
+        price: 30,
+        supply: None,
+        max_per_user: None,
+        resellable: false,
+        starts_at_ms: None,
+        ends_at_ms: None,
+        kind: ItemKind::Accessory,
+    })]);
+    cluster.expect_succeeded(1);
+    // Carts holding the item are reserved and paid for, but their lines
+    // reach their own shards only after every takedown scan finished.
+    let carts = 40;
+    for n in 0..carts {
+        cluster.submit(Command::PurchaseCart {
+            purchase_id: purchase(n),
+            buyer_id: buyer(n),
+            lines: vec![
+                CartLine {
+                    target: PurchaseTarget::Item(item()),
+                    expected_price: PRICE,
+                },
+                CartLine {
+                    target: PurchaseTarget::Item(other.clone()),
+                    expected_price: 30,
+                },
+            ],
+            region: None,
+        });
+    }
+    cluster.submit_as(takedown(), Role::Admin);
+    cluster
+        .drain_holding_back(|envelope| matches!(envelope.message, Message::RecordCartLine { .. }));
+    let after = balances(&cluster);
+    assert_eq!(after.values().sum::<i64>(), 0);
+    assert_eq!(after.get(&Account::Clearing).copied().unwrap_or(0), 0);
+    // Every line of the item was refunded; the other lines stand.
+    assert_eq!(
+        after
+            .get(&Account::Pending(creator()))
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    for n in 0..carts {
+        assert_eq!(after[&Account::Wallet(buyer(n))], 1_000 - 30, "buyer {n}");
+    }
+    let progress = &cluster.state_of(&keys::takedown(&item())).takedowns.homed[&item()];
+    assert_eq!(
+        progress.shards_reported, SHARDS,
+        "late reports count no shard twice"
+    );
+    assert_eq!(
+        progress.tally,
+        TakedownTally {
+            refunded: carts as u32,
+            refunded_amount: PRICE * carts as i64,
+            already_refunded: 0,
+            left: 0,
+        }
+    );
+    for runner in &cluster.runners {
+        assert!(
+            runner.state.takedowns.scans.is_empty(),
+            "every scan finished"
+        );
+    }
+}

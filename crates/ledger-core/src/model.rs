@@ -1701,6 +1701,9 @@ pub enum Message {
     TakedownShardDone {
         item_id: ItemId,
         tally: crate::takedown::TakedownTally,
+        /// Purchases recorded after the shard's first report (cart lines):
+        /// their tally adds to the total; the shard was counted already.
+        late: bool,
     },
     // Carts (appended).
     /// Cart's home → buyer's shard, first hop of a cart when purchase rate
@@ -2146,6 +2149,15 @@ pub enum Event {
         tally: crate::takedown::TakedownTally,
         shards_reported: u16,
     },
+    /// On a shard: a purchase of a taken-down item was recorded after the
+    /// takedown's scan passed it (a cart's line, recorded once the cart is
+    /// paid): it is refunded next, and reported to `reply_to` late if the
+    /// scan had finished.
+    TakedownLateSale {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+        reply_to: ShardId,
+    },
 }
 
 impl Event {
@@ -2219,6 +2231,7 @@ impl Event {
             Event::TakedownPurchaseFinished { .. } => "takedown_purchase_finished",
             Event::TakedownSaleResolved { .. } => "takedown_sale_resolved",
             Event::TakedownScanFinished { .. } => "takedown_scan_finished",
+            Event::TakedownLateSale { .. } => "takedown_late_sale",
             Event::TakedownShardReported { .. } => "takedown_shard_reported",
         }
     }

@@ -602,6 +602,26 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 .expect("a finished scan was started");
             assert!(scan.is_done(), "a scan finishes with nothing pending");
             assert_eq!(&scan.tally, tally, "a scan reports its own tally");
+            state
+                .takedowns
+                .finished
+                .insert(item_id.clone(), scan.reply_to);
+        }
+        Event::TakedownLateSale {
+            item_id,
+            purchase_id,
+            reply_to,
+        } => {
+            let scan = state
+                .takedowns
+                .scans
+                .entry(item_id.clone())
+                .or_insert_with(|| crate::takedown::TakedownScan {
+                    scanned: true,
+                    late: true,
+                    ..crate::takedown::TakedownScan::new(*reply_to)
+                });
+            scan.pending.insert(purchase_id.clone());
         }
         Event::TakedownShardReported {
             item_id,

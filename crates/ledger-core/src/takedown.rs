@@ -39,6 +39,10 @@ pub struct Takedowns {
     pub scans: BTreeMap<ItemId, TakedownScan>,
     /// The refunds this shard runs for takedowns: their item and purchase.
     pub refunds: BTreeMap<RefundId, (ItemId, PurchaseId)>,
+    /// Takedowns whose scan of this shard finished, with their home shard:
+    /// a purchase of the item recorded here later (a cart's line, recorded
+    /// after the cart is paid) is refunded and reported late.
+    pub finished: BTreeMap<ItemId, ShardId>,
 }
 
 /// A takedown on its home shard, after its item went off sale.
@@ -108,6 +112,9 @@ pub struct TakedownScan {
     /// Of those, purchases still in flight (neither paid nor refused).
     pub in_flight: BTreeSet<PurchaseId>,
     pub tally: TakedownTally,
+    /// Reopened for purchases recorded after the scan finished: its tally
+    /// adds to the shard's, which was reported before.
+    pub late: bool,
 }
 
 impl TakedownScan {
@@ -119,6 +126,7 @@ impl TakedownScan {
             pending: BTreeSet::new(),
             in_flight: BTreeSet::new(),
             tally: TakedownTally::default(),
+            late: false,
         }
     }
 

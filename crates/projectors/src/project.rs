@@ -680,7 +680,8 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::TakedownScanned { .. }
         | Event::TakedownRefundStarted { .. }
         | Event::TakedownPurchaseFinished { .. }
-        | Event::TakedownScanFinished { .. } => {}
+        | Event::TakedownScanFinished { .. }
+        | Event::TakedownLateSale { .. } => {}
         Event::ItemTakenDown { item_id, .. } => changes.push(Change::ItemOnSaleChanged {
             item_id: item_id.clone(),
             on_sale: false,

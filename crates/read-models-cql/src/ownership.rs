@@ -107,7 +107,8 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::TakedownScanned { .. }
         | Event::TakedownRefundStarted { .. }
         | Event::TakedownPurchaseFinished { .. }
-        | Event::TakedownScanFinished { .. } => None,
+        | Event::TakedownScanFinished { .. }
+        | Event::TakedownLateSale { .. } => None,
     }
 }
 

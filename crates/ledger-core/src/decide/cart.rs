@@ -611,6 +611,9 @@ pub(super) fn record_line(
         meta: meta.clone(),
     });
     out.complete_purchase(&key, success.clone(), Vec::new(), reservation);
+    if let SaleKind::Item { item_id, .. } = &reservation.sale {
+        super::takedown::line_recorded(out, purchase_id, item_id);
+    }
 }
 
 /// On the cart's home: the buyer's shard refused the cart under its rate

@@ -770,9 +770,11 @@ fn on_message(out: &mut Out<'_>, from: ShardId, message: &Message) {
             item_id,
             purchase_id,
         } => takedown::refund_taken_down_sale(out, item_id, purchase_id),
-        Message::TakedownShardDone { item_id, tally } => {
-            takedown::shard_done(out, from, item_id, tally)
-        }
+        Message::TakedownShardDone {
+            item_id,
+            tally,
+            late,
+        } => takedown::shard_done(out, from, item_id, tally, *late),
 
         Message::AdmitCart {
             cart_id,

@@ -379,10 +379,10 @@ pub(super) fn refund_taken_down_sale(
 /// Reports this shard's tally to the takedown's shard once the scan is
 /// over and nothing is pending, counting this step's `changes`.
 fn finish_if_done(out: &mut Out<'_>, item_id: &ItemId, reply_to: ShardId, changes: StepChanges) {
-    let (scanned, pending, mut tally) = match out.state.takedowns.scans.get(item_id) {
-        Some(scan) => (scan.scanned, scan.pending.len(), scan.tally),
+    let (scanned, pending, mut tally, late) = match out.state.takedowns.scans.get(item_id) {
+        Some(scan) => (scan.scanned, scan.pending.len(), scan.tally, scan.late),
         // Started in this very step.
-        None => (false, 0, TakedownTally::default()),
+        None => (false, 0, TakedownTally::default(), false),
     };
     let scanned = changes.scanned.unwrap_or(scanned);
     let pending = (pending + changes.pending_added)
@@ -401,6 +401,41 @@ fn finish_if_done(out: &mut Out<'_>, item_id: &ItemId, reply_to: ShardId, change
         Message::TakedownShardDone {
             item_id: item_id.clone(),
             tally,
+            late,
+        },
+    );
+}
+
+/// On a purchase's shard, as a cart's line is recorded there (once the cart
+/// is paid): if a takedown of its item already scanned past it (or finished
+/// here), the line is refunded next, and reported late if need be. A scan
+/// that has not reached it yet finds it as any other purchase.
+pub(super) fn line_recorded(out: &mut Out<'_>, purchase_id: &PurchaseId, item_id: &ItemId) {
+    let state = out.state;
+    let key = keys::purchase(purchase_id);
+    let reply_to = match state.takedowns.scans.get(item_id) {
+        Some(scan) if scan.scanned || scan.cursor.as_ref().is_some_and(|cursor| *cursor >= key) => {
+            scan.reply_to
+        }
+        Some(_) => return,
+        None => match state.takedowns.finished.get(item_id) {
+            Some(reply_to) => *reply_to,
+            None => return,
+        },
+    };
+    out.push(Event::TakedownLateSale {
+        item_id: item_id.clone(),
+        purchase_id: purchase_id.clone(),
+        reply_to,
+    });
+    // Refunded from the next step on, once the line's record is part of
+    // the state the refund reads.
+    let me = state.shard;
+    out.send(
+        me,
+        Message::RefundTakenDownSale {
+            item_id: item_id.clone(),
+            purchase_id: purchase_id.clone(),
         },
     );
 }
@@ -411,6 +446,7 @@ pub(super) fn shard_done(
     from: ShardId,
     item_id: &ItemId,
     shard_tally: &TakedownTally,
+    late: bool,
 ) {
     let progress = out
         .state
@@ -425,6 +461,7 @@ pub(super) fn shard_done(
         shard: from,
         shard_tally: *shard_tally,
         tally,
-        shards_reported: progress.shards_reported + 1,
+        // A late report adds to the tally of a shard counted before.
+        shards_reported: progress.shards_reported + u16::from(!late),
     });
 }
