@@ -214,25 +214,25 @@ fn snapshots_of_both_encodings_read() {
         assert!(retention.iter().all(|byte| *byte == 0));
         [state, hash].concat()
     };
-    // Format 6: without the takedowns (four zero lengths).
-    let body_v6 = without_retention(body, 4);
+    // Format 6: without the takedowns (five zero lengths).
+    let body_v6 = without_retention(body, 5);
     let mut checked_v6 = ledger_core::codec::SNAPSHOT_MAGIC_V6.to_vec();
     checked_v6.extend_from_slice(&body_v6);
     checked_v6.extend_from_slice(&sha256(&body_v6));
     assert_eq!(Snapshot::from_bytes(&checked_v6).unwrap(), snapshot);
     // Format 5: also without the copy of the price floors, the items'
     // pricing and the price tests (four zero lengths).
-    let body_v5 = without_retention(body, 4 + 4);
+    let body_v5 = without_retention(body, 5 + 4);
     let mut checked_v5 = ledger_core::codec::SNAPSHOT_MAGIC_V5.to_vec();
     checked_v5.extend_from_slice(&body_v5);
     checked_v5.extend_from_slice(&sha256(&body_v5));
     assert_eq!(Snapshot::from_bytes(&checked_v5).unwrap(), snapshot);
-    let body_v4 = without_retention(body, 4 + 4 + 4);
+    let body_v4 = without_retention(body, 5 + 4 + 4);
     let mut checked_v4 = ledger_core::codec::SNAPSHOT_MAGIC_V4.to_vec();
     checked_v4.extend_from_slice(&body_v4);
     checked_v4.extend_from_slice(&sha256(&body_v4));
     assert_eq!(Snapshot::from_bytes(&checked_v4).unwrap(), snapshot);
-    let body_v3 = without_retention(body, 4 + 4 + 4 + 4);
+    let body_v3 = without_retention(body, 5 + 4 + 4 + 4);
     // Format 3: checksummed, before commands were forgotten.
     let mut checked_v3 = ledger_core::codec::SNAPSHOT_MAGIC_V3.to_vec();
     checked_v3.extend_from_slice(&body_v3);
@@ -246,7 +246,7 @@ fn snapshots_of_both_encodings_read() {
     unchecked.extend_from_slice(&body_v3);
     assert_eq!(Snapshot::from_bytes(&unchecked).unwrap(), snapshot);
     // Written before the record encoding: fixed-width integers, no marker.
-    let older = without_retention(&ledger_core::codec::encode(&snapshot), (4 + 4 + 4 + 4) * 8);
+    let older = without_retention(&ledger_core::codec::encode(&snapshot), (5 + 4 + 4 + 4) * 8);
     assert!(older.len() > unchecked.len());
     assert_eq!(Snapshot::from_bytes(&older).unwrap(), snapshot);
 }
