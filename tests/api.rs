@@ -3238,6 +3238,27 @@ async fn a_takedown_refunds_the_escrowed_buyers_and_lists_the_released_sales() {
     assert_eq!(forbidden.status, 403, "{}", forbidden.text);
     let unknown = app.get("/v1/takedowns/td-none", Some(&service)).await;
     assert_eq!(unknown.status, 404, "{}", unknown.text);
+    // Analysts see the takedown and each of its refunds on the public stream.
+    let events = eventually("the takedown on the public stream", || async {
+        let events = app.public_events().await;
+        let refunds = events
+            .iter()
+            .filter(|event| {
+                event.event_type == "ledger.purchase_refunded.v1"
+                    && event.data["refund_id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("takedown-"))
+            })
+            .count();
+        (refunds == EACH_SIDE).then_some(events)
+    })
+    .await;
+    let taken_down: Vec<_> = events
+        .iter()
+        .filter(|event| event.event_type == "ledger.item_taken_down.v1")
+        .collect();
+    assert_eq!(taken_down.len(), 1);
+    assert_eq!(taken_down[0].data["item_id"], "td-hat");
     app.stop().await;
 }
 

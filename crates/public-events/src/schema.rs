@@ -7,9 +7,9 @@ use schemars::JsonSchema;
 
 use crate::types::{
     BundleCreated, CurrencyGranted, EscrowReleased, EscrowReversed, ItemPublished, ItemRepriced,
-    ItemSaleToggled, ListingCancelled, ListingCreated, PriceFloorSet, PriceTestEnded,
-    PriceTestExposed, PriceTestSold, PriceTestStarted, PurchaseCompleted, PurchaseRefunded,
-    RegionalPricesSet, ResaleCompleted, StructuredEvent, PUBLIC_VERSION,
+    ItemSaleToggled, ItemTakenDown, ListingCancelled, ListingCreated, PriceFloorSet,
+    PriceTestEnded, PriceTestExposed, PriceTestSold, PriceTestStarted, PurchaseCompleted,
+    PurchaseRefunded, RegionalPricesSet, ResaleCompleted, StructuredEvent, PUBLIC_VERSION,
 };
 
 /// The file name of a public type's schema: `<type>.v<version>.schema.json`.
@@ -27,7 +27,7 @@ fn schema_of<T: JsonSchema>() -> serde_json::Value {
 /// Every schema file of `schemas/json/`: `(file name, pretty JSON text
 /// ending with a newline)`, sorted by name.
 pub fn schema_files() -> Vec<(String, String)> {
-    let typed: [(&str, serde_json::Value); 18] = [
+    let typed: [(&str, serde_json::Value); 19] = [
         ("currency_granted", schema_of::<CurrencyGranted>()),
         ("purchase_completed", schema_of::<PurchaseCompleted>()),
         ("resale_completed", schema_of::<ResaleCompleted>()),
@@ -46,6 +46,7 @@ pub fn schema_files() -> Vec<(String, String)> {
         ("price_test_exposed", schema_of::<PriceTestExposed>()),
         ("price_test_sold", schema_of::<PriceTestSold>()),
         ("price_test_ended", schema_of::<PriceTestEnded>()),
+        ("item_taken_down", schema_of::<ItemTakenDown>()),
     ];
     let mut files: Vec<(String, String)> = typed
         .into_iter()

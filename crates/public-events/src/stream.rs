@@ -40,9 +40,9 @@ use ledger_core::{
 
 use crate::types::{
     rfc3339, AccountChange, BundleCreated, CurrencyGranted, EscrowReleased, EscrowReversed,
-    ItemPublished, ItemRepriced, ItemSaleToggled, ListingCancelled, ListingCreated, PriceFloorSet,
-    PriceTestEnded, PriceTestExposed, PriceTestSold, PriceTestStarted, PublicData, PublicEvent,
-    PurchaseCompleted, PurchaseRefunded, RegionalPricesSet, ResaleCompleted,
+    ItemPublished, ItemRepriced, ItemSaleToggled, ItemTakenDown, ListingCancelled, ListingCreated,
+    PriceFloorSet, PriceTestEnded, PriceTestExposed, PriceTestSold, PriceTestStarted, PublicData,
+    PublicEvent, PurchaseCompleted, PurchaseRefunded, RegionalPricesSet, ResaleCompleted,
 };
 
 /// Why the stream cannot go on.
@@ -773,6 +773,13 @@ fn map_event(
                 test_id: test_id.to_string(),
                 winner: *winner,
                 applied_price: *applied_price,
+            }),
+        ),
+        Event::ItemTakenDown { item_id, at_ms } => (
+            item_subject(item_id),
+            PublicData::ItemTakenDown(ItemTakenDown {
+                item_id: item_id.to_string(),
+                taken_down_at: rfc3339(*at_ms),
             }),
         ),
         _ => return Mapped::Nothing,

@@ -268,6 +268,17 @@ pub struct PriceTestEnded {
     pub applied_price: Option<i64>,
 }
 
+/// An item taken down by moderation: off sale for good; every purchase of
+/// it still in escrow is refunded (each a `purchase_refunded` whose
+/// `refund_id` starts with `takedown-`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemTakenDown {
+    pub item_id: String,
+    /// RFC 3339.
+    pub taken_down_at: String,
+}
+
 /// The data of a public event, by type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicData {
@@ -289,13 +300,14 @@ pub enum PublicData {
     PriceTestExposed(PriceTestExposed),
     PriceTestSold(PriceTestSold),
     PriceTestEnded(PriceTestEnded),
+    ItemTakenDown(ItemTakenDown),
 }
 
 /// The version of every public type this crate writes.
 pub const PUBLIC_VERSION: u16 = 1;
 
 /// Every public type name, in the order of [`PublicData`].
-pub const PUBLIC_TYPES: [&str; 18] = [
+pub const PUBLIC_TYPES: [&str; 19] = [
     "currency_granted",
     "purchase_completed",
     "resale_completed",
@@ -314,6 +326,7 @@ pub const PUBLIC_TYPES: [&str; 18] = [
     "price_test_exposed",
     "price_test_sold",
     "price_test_ended",
+    "item_taken_down",
 ];
 
 impl PublicData {
@@ -338,6 +351,7 @@ impl PublicData {
             PublicData::PriceTestExposed(_) => "price_test_exposed",
             PublicData::PriceTestSold(_) => "price_test_sold",
             PublicData::PriceTestEnded(_) => "price_test_ended",
+            PublicData::ItemTakenDown(_) => "item_taken_down",
         }
     }
 
@@ -362,6 +376,7 @@ impl PublicData {
             PublicData::PriceTestExposed(data) => serde_json::to_value(data),
             PublicData::PriceTestSold(data) => serde_json::to_value(data),
             PublicData::PriceTestEnded(data) => serde_json::to_value(data),
+            PublicData::ItemTakenDown(data) => serde_json::to_value(data),
         };
         value.expect("public event data serializes to JSON")
     }
@@ -388,7 +403,8 @@ impl PublicData {
             | PublicData::PriceTestStarted(_)
             | PublicData::PriceTestExposed(_)
             | PublicData::PriceTestSold(_)
-            | PublicData::PriceTestEnded(_) => (&[], &[]),
+            | PublicData::PriceTestEnded(_)
+            | PublicData::ItemTakenDown(_) => (&[], &[]),
         }
     }
 }
