@@ -1,4 +1,4 @@
-//! A takedown of an item with many sales, half of them past escrow, on the
+//! A takedown of an item with 5,000 sales, half of them past escrow, on the
 //! unchanged shard runners (every message delivered in memory): every
 //! escrowed buyer is refunded exactly once, released sales are untouched,
 //! money is conserved, the creator's pending total drops by exactly the
@@ -12,7 +12,7 @@ use ledger_engine::in_memory::InMemoryCluster;
 use ledger_engine::shard::Reply;
 
 const SHARDS: u16 = 4;
-const SALES: usize = 1_000;
+const SALES: usize = 5_000;
 const PRICE: i64 = 100;
 const ESCROW_HOLD_MS: u64 = 10_000;
 
