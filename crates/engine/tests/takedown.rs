@@ -339,3 +339,54 @@ fn a_cart_line_recorded_after_the_scans_is_refunded_and_reported_late() {
         );
     }
 }
+
+#[test]
+fn a_refund_running_when_the_takedown_comes_is_awaited_until_it_ends() {
+    let mut cluster = cluster();
+    let sales = 200;
+    buy(&mut cluster, 0..sales);
+    cluster.expect_succeeded(sales);
+    // Escrow is released; then support tries to refund some purchases, and
+    // their escrow freezes reach the creator's shard only after the
+    // takedown's scans found those refunds running: the takedown waits for
+    // them, then finds the purchases past escrow too.
+    cluster.tick(cluster.now_ms + ESCROW_HOLD_MS + 1);
+    let tried_by_support = 50;
+    for n in 0..tried_by_support {
+        cluster.submit_as(
+            Command::Refund {
+                refund_id: RefundId::parse(format!("support-{n}")).unwrap(),
+                purchase_id: purchase(n),
+            },
+            Role::Admin,
+        );
+    }
+    cluster.submit_as(takedown(), Role::Admin);
+    cluster.drain_holding_back(|envelope| {
+        matches!(&envelope.message, Message::FreezeEscrow { purchase_id, .. }
+            if purchase_id.as_str().strip_prefix("p-").and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n < tried_by_support))
+    });
+    let after = balances(&cluster);
+    assert_eq!(after.values().sum::<i64>(), 0);
+    assert_eq!(after.get(&Account::Clearing).copied().unwrap_or(0), 0);
+    for n in 0..sales {
+        assert_eq!(
+            after[&Account::Wallet(buyer(n))],
+            1_000 - PRICE,
+            "buyer {n} keeps the item"
+        );
+    }
+    let progress = &cluster.state_of(&keys::takedown(&item())).takedowns.homed[&item()];
+    assert_eq!(progress.shards_reported, SHARDS);
+    // Not counted as refunded: the running refunds were given up.
+    assert_eq!(
+        progress.tally,
+        TakedownTally {
+            refunded: 0,
+            refunded_amount: 0,
+            already_refunded: 0,
+            left: sales as u32,
+        }
+    );
+}

@@ -2158,6 +2158,12 @@ pub enum Event {
         purchase_id: PurchaseId,
         reply_to: ShardId,
     },
+    /// On a purchase's shard: another refund of a purchase the takedown is
+    /// about to refund runs; the takedown waits for it to end.
+    TakedownRefundAwaited {
+        item_id: ItemId,
+        purchase_id: PurchaseId,
+    },
 }
 
 impl Event {
@@ -2232,6 +2238,7 @@ impl Event {
             Event::TakedownSaleResolved { .. } => "takedown_sale_resolved",
             Event::TakedownScanFinished { .. } => "takedown_scan_finished",
             Event::TakedownLateSale { .. } => "takedown_late_sale",
+            Event::TakedownRefundAwaited { .. } => "takedown_refund_awaited",
             Event::TakedownShardReported { .. } => "takedown_shard_reported",
         }
     }

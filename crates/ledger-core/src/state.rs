@@ -607,6 +607,17 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 .finished
                 .insert(item_id.clone(), scan.reply_to);
         }
+        Event::TakedownRefundAwaited {
+            item_id,
+            purchase_id,
+        } => {
+            let scan = state.takedown_scan_mut(item_id);
+            assert!(
+                scan.pending.contains(purchase_id),
+                "a takedown awaits the refund of a purchase it holds"
+            );
+            scan.in_flight.insert(purchase_id.clone());
+        }
         Event::TakedownLateSale {
             item_id,
             purchase_id,

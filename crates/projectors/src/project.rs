@@ -681,7 +681,8 @@ pub fn project(envelope: &Logged<'_>, event: &Event) -> Vec<Change> {
         | Event::TakedownRefundStarted { .. }
         | Event::TakedownPurchaseFinished { .. }
         | Event::TakedownScanFinished { .. }
-        | Event::TakedownLateSale { .. } => {}
+        | Event::TakedownLateSale { .. }
+        | Event::TakedownRefundAwaited { .. } => {}
         Event::ItemTakenDown { item_id, .. } => changes.push(Change::ItemOnSaleChanged {
             item_id: item_id.clone(),
             on_sale: false,

@@ -108,7 +108,8 @@ pub fn single_writer_key(event: &Event) -> Option<String> {
         | Event::TakedownRefundStarted { .. }
         | Event::TakedownPurchaseFinished { .. }
         | Event::TakedownScanFinished { .. }
-        | Event::TakedownLateSale { .. } => None,
+        | Event::TakedownLateSale { .. }
+        | Event::TakedownRefundAwaited { .. } => None,
     }
 }
 

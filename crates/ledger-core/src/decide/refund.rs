@@ -234,6 +234,7 @@ pub(super) fn escrow_frozen(
             purchase_id: purchase_id.clone(),
             progress: RefundProgress::Abandoned,
         });
+        super::takedown::refund_over(out, purchase_id);
         out.send(
             reply_to,
             Message::RefundResult {
@@ -331,6 +332,7 @@ pub(super) fn serial_revoked(
         purchase_id: purchase_id.clone(),
         progress: RefundProgress::Abandoned,
     });
+    super::takedown::refund_over(out, purchase_id);
     let to = out.shard_of(&keys::user(creator_id));
     out.send(
         to,
@@ -366,6 +368,7 @@ fn finish(
             refund_id: refund_id.clone(),
         },
     });
+    super::takedown::refund_over(out, purchase_id);
     let creator_shard = out.shard_of(&keys::user(&reservation.creator_id));
     let reversal = out.send(
         creator_shard,

@@ -213,6 +213,11 @@ fn scan_step(out: &mut Out<'_>, item_id: &ItemId, cursor: Option<&str>, changes:
         }
         match &record.completion {
             None => in_flight.push(purchase_id.clone()),
+            // Another refund of it runs: awaited like a purchase in flight
+            // (refunded by it, or refunded by the takedown once it gave up).
+            Some(Completion { result: Ok(_), .. }) if refund_running(state, purchase_id) => {
+                in_flight.push(purchase_id.clone())
+            }
             Some(Completion { result: Err(_), .. }) => {}
             Some(Completion { result: Ok(_), .. }) => {
                 if refund_sale(out, item_id, purchase_id, changes) {
@@ -277,6 +282,23 @@ fn refund_sale(
             });
             false
         }
+    }
+}
+
+/// Whether a refund of `purchase_id` (homed here) is running.
+fn refund_running(state: &ShardState, purchase_id: &PurchaseId) -> bool {
+    matches!(
+        state.refunds.get(purchase_id),
+        Some(RefundProgress::Freezing { .. } | RefundProgress::Revoking { .. })
+    )
+}
+
+/// On a purchase's shard, as a refund of a purchase ends (refunded or
+/// given up): a takedown waiting for it refunds the purchase next (found
+/// refunded already, or refunded now).
+pub(super) fn refund_over(out: &mut Out<'_>, purchase_id: &PurchaseId) {
+    if !out.state.takedowns.scans.is_empty() {
+        purchase_finished(out, purchase_id, true);
     }
 }
 
@@ -365,6 +387,14 @@ pub(super) fn refund_taken_down_sale(
     purchase_id: &PurchaseId,
 ) {
     let reply_to = out.state.takedowns.scans[item_id].reply_to;
+    if refund_running(out.state, purchase_id) {
+        // Another refund of it started meanwhile: awaited until it ends.
+        out.push(Event::TakedownRefundAwaited {
+            item_id: item_id.clone(),
+            purchase_id: purchase_id.clone(),
+        });
+        return;
+    }
     let mut changes = StepChanges::default();
     if !refund_sale(out, item_id, purchase_id, &mut changes) {
         // Resolved at once: it was pending (paid, awaiting its refund).
