@@ -1590,17 +1590,6 @@ impl Simulation {
         // up to that batch: inputs of the batch before the scan may still
         // have withdrawn a purchase (rate-limited: never paid) or forgotten
         // paid ones past their refund window (then nothing is required).
-        let mut unpaid: BTreeSet<PurchaseId> = BTreeSet::new();
-        for (_, event) in events {
-            if let Event::TakedownPurchaseFinished {
-                purchase_id,
-                paid: false,
-                ..
-            } = event
-            {
-                unpaid.insert(purchase_id.clone());
-            }
-        }
         for (index, log) in self.logs.iter().enumerate() {
             for (batch, record) in log.iter().enumerate() {
                 let mut forgot_in_batch = false;
@@ -1637,7 +1626,6 @@ impl Simulation {
                         }
                         assert!(
                             resolved.contains_key(&(item_id.clone(), purchase_id.clone()))
-                                || unpaid.contains(purchase_id)
                                 || !price_paid.contains_key(purchase_id)
                                 || forgot_in_batch,
                             "purchase {purchase_id} of taken-down {item_id} was never resolved"

@@ -271,18 +271,7 @@ fn create_bundle_command(object: JsonObject) -> Result<Command, Problem> {
     let bundle_id = validate::id::<BundleId>("bundle_id", &request.bundle_id)?;
     let creator_id = validate::id::<UserId>("creator_id", &request.creator_id)?;
     let name = validate::name("name", &request.name)?;
-    let Value::Array(values) = &request.item_ids else {
-        return Err(Problem::validation(format!(
-            "item_ids must be an array (got {})",
-            validate::describe(&request.item_ids)
-        )));
-    };
-    if values.is_empty() || values.len() > BUNDLE_ITEMS_MAX {
-        return Err(Problem::validation(format!(
-            "item_ids must hold 1 to {BUNDLE_ITEMS_MAX} items (got {})",
-            values.len()
-        )));
-    }
+    let values = bounded_array("item_ids", &request.item_ids, BUNDLE_ITEMS_MAX, "items")?;
     let mut item_ids = Vec::with_capacity(values.len());
     let mut seen = BTreeSet::new();
     for value in values {
@@ -337,22 +326,34 @@ fn purchase_command(object: JsonObject) -> Result<Command, Problem> {
 
 /// `POST /v1/carts`: 1 to 20 lines, each an item or a bundle at the price
 /// the buyer saw, none twice. A refused line is named by its number (from 1).
+/// `value` as an array of 1 to `max` elements (`noun` names them in the
+/// refusal).
+fn bounded_array<'a>(
+    field: &str,
+    value: &'a Value,
+    max: usize,
+    noun: &str,
+) -> Result<&'a Vec<Value>, Problem> {
+    let Value::Array(values) = value else {
+        return Err(Problem::validation(format!(
+            "{field} must be an array (got {})",
+            validate::describe(value)
+        )));
+    };
+    if values.is_empty() || values.len() > max {
+        return Err(Problem::validation(format!(
+            "{field} must hold 1 to {max} {noun} (got {})",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
 fn cart_command(object: JsonObject) -> Result<Command, Problem> {
     let request: CartRequest = fields(object.0)?;
     let purchase_id = validate::id::<PurchaseId>("purchase_id", &request.purchase_id)?;
     let buyer_id = validate::id::<UserId>("buyer_id", &request.buyer_id)?;
-    let Value::Array(values) = &request.lines else {
-        return Err(Problem::validation(format!(
-            "lines must be an array (got {})",
-            validate::describe(&request.lines)
-        )));
-    };
-    if values.is_empty() || values.len() > CART_LINES_MAX {
-        return Err(Problem::validation(format!(
-            "lines must hold 1 to {CART_LINES_MAX} lines (got {})",
-            values.len()
-        )));
-    }
+    let values = bounded_array("lines", &request.lines, CART_LINES_MAX, "lines")?;
     let mut lines = Vec::with_capacity(values.len());
     let mut seen = BTreeSet::new();
     for (index, value) in values.iter().enumerate() {

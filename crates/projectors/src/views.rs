@@ -118,6 +118,17 @@ pub struct TakedownView {
     pub updated_at_ms: TimestampMs,
 }
 
+impl TakedownView {
+    /// `done` once every shard reported, `refunding` until then.
+    pub fn status_of(shards_reported: u16, shard_count: u16) -> &'static str {
+        if shards_reported == shard_count {
+            "done"
+        } else {
+            "refunding"
+        }
+    }
+}
+
 /// A purchase a takedown left as it is, and why (a refusal's code:
 /// `refund_window_closed`, `not_refundable`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -915,12 +915,7 @@ impl CqlReadModels {
         )?;
         Ok(Some(TakedownView {
             item_id: item_id.to_string(),
-            status: if shards_reported == shard_count {
-                "done"
-            } else {
-                "refunding"
-            }
-            .to_string(),
+            status: TakedownView::status_of(shards_reported, shard_count).to_string(),
             listings_ended: count("listings ended", listings_ended)?,
             shard_count,
             shards_reported,

@@ -527,14 +527,9 @@ impl ReadModels for SqliteReadModels {
             let left = rows
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(query_failed("read a takedown sale"))?;
-            let status = if shards_reported == shard_count {
-                "done"
-            } else {
-                "refunding"
-            };
             Ok(Some(TakedownView {
                 item_id,
-                status: status.to_string(),
+                status: TakedownView::status_of(shards_reported, shard_count).to_string(),
                 listings_ended,
                 shard_count,
                 shards_reported,
