@@ -45,6 +45,9 @@ pub struct InMemoryCluster {
     pub now_ms: TimestampMs,
     /// `None` unless timing steps (see [`InMemoryCluster::time_steps`]).
     step_times: Option<Vec<(ShardId, std::time::Duration)>>,
+    /// `Some` (one open step per shard) when sealing per group commit (see
+    /// [`InMemoryCluster::group_commit`]); `None` seals after every input.
+    open_steps: Option<Vec<Step<()>>>,
 }
 
 impl InMemoryCluster {
@@ -65,7 +68,19 @@ impl InMemoryCluster {
             replies: None,
             now_ms: 1_000,
             step_times: None,
+            open_steps: None,
         }
+    }
+
+    /// From now on, seals as the runtime does: every input a shard has
+    /// waiting is applied, then the shard seals one record for all of them
+    /// (a group commit), and only then are their messages sent and their
+    /// commands answered. Delivery goes in rounds: each round, every shard
+    /// takes what was sent to it in the round before. Without it (the
+    /// default) the cluster seals one record per input.
+    pub fn group_commit(&mut self) {
+        assert!(self.network.is_empty(), "switch a quiescent cluster");
+        self.open_steps = Some((0..self.runners.len()).map(|_| Step::default()).collect());
     }
 
     /// Starts keeping every record and message from now on.
@@ -112,6 +127,7 @@ impl InMemoryCluster {
             replies: None,
             now_ms: self.now_ms,
             step_times: None,
+            open_steps: None,
         }
     }
 
@@ -153,8 +169,12 @@ impl InMemoryCluster {
             },
         };
         let shard = self.config.shard_of(&command.home_key());
-        let mut step = Step::default();
         let runner = &mut self.runners[shard.0 as usize];
+        if let Some(open_steps) = &mut self.open_steps {
+            runner.command(command, meta, (), &mut open_steps[shard.0 as usize]);
+            return;
+        }
+        let mut step = Step::default();
         runner.command(command, meta, (), &mut step);
         runner.seal(&mut step);
         self.absorb(step);
@@ -178,6 +198,9 @@ impl InMemoryCluster {
 
     /// Delivers messages until none is left.
     pub fn drain(&mut self) {
+        if self.open_steps.is_some() {
+            return self.drain_in_group_commits();
+        }
         while let Some(message) = self.network.pop_front() {
             let shard = message.to.0 as usize;
             let started = self.step_times.is_some().then(std::time::Instant::now);
@@ -191,11 +214,33 @@ impl InMemoryCluster {
         }
     }
 
+    /// [`InMemoryCluster::drain`] when sealing per group commit.
+    fn drain_in_group_commits(&mut self) {
+        loop {
+            for shard in 0..self.runners.len() {
+                let open_steps = self.open_steps.as_mut().expect("group commit");
+                let mut step = std::mem::take(&mut open_steps[shard]);
+                self.runners[shard].seal(&mut step);
+                self.absorb(step);
+            }
+            if self.network.is_empty() {
+                return;
+            }
+            let round = std::mem::take(&mut self.network);
+            let open_steps = self.open_steps.as_mut().expect("group commit");
+            for message in round {
+                let shard = message.to.0 as usize;
+                self.runners[shard].message(message, self.now_ms, &mut open_steps[shard]);
+            }
+        }
+    }
+
     /// Delivers every message, except that those `hold_back` picks wait
     /// until nothing else is left (then all are delivered, in order): a
     /// network that is slow on some path. A shard keeps a message that
     /// arrives ahead of one held back until that one comes.
     pub fn drain_holding_back(&mut self, hold_back: impl Fn(&MessageEnvelope) -> bool) {
+        assert!(self.open_steps.is_none(), "not with group commits");
         let mut held = VecDeque::new();
         while let Some(message) = self.network.pop_front() {
             if hold_back(&message) {
@@ -237,6 +282,7 @@ impl InMemoryCluster {
 
     /// Advances every shard's clock to `now_ms` (due escrow is released).
     pub fn tick(&mut self, now_ms: TimestampMs) {
+        assert!(self.open_steps.is_none(), "not with group commits");
         self.now_ms = now_ms;
         for shard in 0..self.runners.len() {
             let mut step = Step::default();
@@ -295,6 +341,35 @@ mod tests {
             !recorded.messages.is_empty(),
             "a grant credits the user's shard by message"
         );
+    }
+
+    #[test]
+    fn group_commits_seal_one_record_per_shard_and_round_with_the_same_effects() {
+        let grants = || (0..40).map(|n| grant(n, 5)).collect::<Vec<_>>();
+        let mut per_input = InMemoryCluster::new(4);
+        per_input.record();
+        per_input.run(grants());
+        per_input.expect_succeeded(40);
+        let mut grouped = InMemoryCluster::new(4);
+        grouped.group_commit();
+        grouped.record();
+        grouped.run(grants());
+        grouped.expect_succeeded(40);
+        for (one, other) in per_input.runners.iter().zip(&grouped.runners) {
+            assert_eq!(one.state.next_sequence, other.state.next_sequence);
+            assert_eq!(one.state.balances, other.state.balances);
+        }
+        let per_input = per_input.take_recorded().records.len();
+        let grouped = grouped.take_recorded().records;
+        // A grant is three inputs (the command, its credit on the user's
+        // shard, the answer back home): at most one record per shard for each.
+        assert!(grouped.len() <= 3 * 4, "{} records", grouped.len());
+        assert!(per_input >= 3 * 40 - 40, "{per_input} records");
+        let mut last = std::collections::BTreeMap::new();
+        for record in &grouped {
+            let hash = last.insert(record.shard, record.hash);
+            assert_eq!(record.previous_hash, hash.unwrap_or(ledger_core::codec::GENESIS_HASH));
+        }
     }
 
     #[test]
