@@ -1899,16 +1899,18 @@ impl Simulation {
                                 definition.price
                             );
                         }
-                        Event::MessageSent {
-                            message:
-                                Message::ChargeBuyer {
-                                    purchase_id,
-                                    reservation,
-                                    at_ms,
-                                    ..
-                                },
-                            ..
-                        } => {
+                        Event::MessageSent { message, .. }
+                            if matches!(*message, Message::ChargeBuyer { .. }) =>
+                        {
+                            let Message::ChargeBuyer {
+                                purchase_id,
+                                reservation,
+                                at_ms,
+                                ..
+                            } = Arc::unwrap_or_clone(message)
+                            else {
+                                unreachable!()
+                            };
                             let expected = match &reservation.sale {
                                 SaleKind::Item { item_id, .. } => {
                                     let kind = *kinds
@@ -2144,16 +2146,18 @@ impl Simulation {
                         arm_sales.insert(purchase_id, (test_id.clone(), *arm, reservation.price));
                     }
                 }
-                Event::MessageSent {
-                    message:
-                        Message::CloseTestOnItem {
-                            test_id,
-                            item_id,
-                            apply_price,
-                            at_ms,
-                        },
-                    ..
-                } => {
+                Event::MessageSent { message, .. }
+                    if matches!(**message, Message::CloseTestOnItem { .. }) =>
+                {
+                    let Message::CloseTestOnItem {
+                        test_id,
+                        item_id,
+                        apply_price,
+                        at_ms,
+                    } = &**message
+                    else {
+                        unreachable!()
+                    };
                     assert!(
                         closes
                             .insert(test_id.clone(), (item_id.clone(), *apply_price, *at_ms))
@@ -2318,7 +2322,7 @@ impl Simulation {
                                 matches!(command, Command::RecordExposures { .. })
                             }
                             Event::MessageSent { message, .. } => matches!(
-                                message,
+                                **message,
                                 Message::TestStartedOnItem { .. }
                                     | Message::ChargeBuyer { .. }
                                     | Message::CartLineReserved { .. }
@@ -2448,15 +2452,23 @@ impl Simulation {
                                 ends_at_ms,
                             });
                         }
-                        Event::MessageSent {
-                            message:
+                        Event::MessageSent { message, .. }
+                            if matches!(
+                                *message,
                                 Message::TestStartedOnItem {
-                                    test_id,
-                                    result: Err(rejection),
+                                    result: Err(_),
                                     ..
-                                },
-                            ..
-                        } => {
+                                }
+                            ) =>
+                        {
+                            let Message::TestStartedOnItem {
+                                test_id,
+                                result: Err(rejection),
+                                ..
+                            } = Arc::unwrap_or_clone(message)
+                            else {
+                                unreachable!()
+                            };
                             let (command, meta) =
                                 starts.get(&test_id).expect("a refused test was asked for");
                             let Command::StartPriceTest { item_id, arms, .. } = command else {
@@ -2475,17 +2487,19 @@ impl Simulation {
                                 rejection.detail
                             );
                         }
-                        Event::MessageSent {
-                            message:
-                                Message::ChargeBuyer {
-                                    purchase_id,
-                                    buyer_id,
-                                    reservation,
-                                    at_ms,
-                                    ..
-                                },
-                            ..
-                        } => {
+                        Event::MessageSent { message, .. }
+                            if matches!(*message, Message::ChargeBuyer { .. }) =>
+                        {
+                            let Message::ChargeBuyer {
+                                purchase_id,
+                                buyer_id,
+                                reservation,
+                                at_ms,
+                                ..
+                            } = Arc::unwrap_or_clone(message)
+                            else {
+                                unreachable!()
+                            };
                             let SaleKind::Item { item_id, .. } = &reservation.sale else {
                                 continue;
                             };
@@ -3225,13 +3239,23 @@ fn as_charge(event: Event, carts: &BTreeMap<PurchaseId, (UserId, TimestampMs)>) 
         Event::MessageSent {
             to,
             sequence,
-            message:
-                Message::CartLineReserved {
-                    cart_id,
-                    line,
-                    result: Ok(reservation),
-                },
-        } => {
+            message,
+        } if matches!(
+            *message,
+            Message::CartLineReserved {
+                result: Ok(_),
+                ..
+            }
+        ) =>
+        {
+            let Message::CartLineReserved {
+                cart_id,
+                line,
+                result: Ok(reservation),
+            } = Arc::unwrap_or_clone(message)
+            else {
+                unreachable!()
+            };
             let (buyer_id, at_ms) = carts
                 .get(&cart_id)
                 .cloned()
@@ -3239,13 +3263,13 @@ fn as_charge(event: Event, carts: &BTreeMap<PurchaseId, (UserId, TimestampMs)>) 
             Event::MessageSent {
                 to,
                 sequence,
-                message: Message::ChargeBuyer {
+                message: Arc::new(Message::ChargeBuyer {
                     purchase_id: cart_line_id(&cart_id, usize::from(line)),
                     buyer_id,
                     reservation,
                     at_ms,
                     home: to,
-                },
+                }),
             }
         }
         other => other,

@@ -1224,7 +1224,7 @@ fn sent_messages(records: &[BatchRecord]) -> Vec<MessageEnvelope> {
                 to,
                 sequence,
                 message,
-            } => (*to, *sequence, message.as_ref().clone()),
+            } => (*to, *sequence, message.clone()),
             entry if entry.event_type() == "message_sent" => match logged.event() {
                 Ok(Event::MessageSent {
                     to,
@@ -1322,7 +1322,7 @@ mod tests {
         let sent = |sequence: u64| Event::MessageSent {
             to: ShardId(2),
             sequence,
-            message: credit(sequence as i64),
+            message: credit(sequence as i64).into(),
         };
         // Format 1: one envelope per event, read as a record of one entry.
         let old = BatchRecord::from_envelope(Envelope::seal(
@@ -1354,7 +1354,7 @@ mod tests {
             from: ShardId(1),
             to: ShardId(2),
             sequence,
-            message: credit(sequence as i64),
+            message: credit(sequence as i64).into(),
         };
         assert_eq!(
             sent_messages(&[old, new]),

@@ -226,7 +226,7 @@ fn purchases_in_flight_at_the_takedown_are_refunded_once_paid() {
     cluster.submit_as(takedown(), Role::Admin);
     // The buyers' shards answer late: every purchase is reserved and paid
     // for, but its home shard learns it only after the takedown's scans.
-    cluster.drain_holding_back(|envelope| matches!(envelope.message, Message::PurchasePaid { .. }));
+    cluster.drain_holding_back(|envelope| matches!(*envelope.message, Message::PurchasePaid { .. }));
     let after = balances(&cluster);
     assert_eq!(after.values().sum::<i64>(), 0);
     assert_eq!(after.get(&Account::Clearing).copied().unwrap_or(0), 0);
@@ -303,7 +303,7 @@ fn a_cart_line_recorded_after_the_scans_is_refunded_and_reported_late() {
     }
     cluster.submit_as(takedown(), Role::Admin);
     cluster
-        .drain_holding_back(|envelope| matches!(envelope.message, Message::RecordCartLine { .. }));
+        .drain_holding_back(|envelope| matches!(*envelope.message, Message::RecordCartLine { .. }));
     let after = balances(&cluster);
     assert_eq!(after.values().sum::<i64>(), 0);
     assert_eq!(after.get(&Account::Clearing).copied().unwrap_or(0), 0);
@@ -363,7 +363,7 @@ fn a_refund_running_when_the_takedown_comes_is_awaited_until_it_ends() {
     }
     cluster.submit_as(takedown(), Role::Admin);
     cluster.drain_holding_back(|envelope| {
-        matches!(&envelope.message, Message::FreezeEscrow { purchase_id, .. }
+        matches!(&*envelope.message, Message::FreezeEscrow { purchase_id, .. }
             if purchase_id.as_str().strip_prefix("p-").and_then(|n| n.parse::<usize>().ok())
                 .is_some_and(|n| n < tried_by_support))
     });

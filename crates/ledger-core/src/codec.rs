@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::ids::{BundleId, ItemId, ListingId, PriceTestId, PurchaseId, ShardId, UserId};
 use crate::limits::BuyerLimits;
@@ -355,9 +356,9 @@ pub enum Entry {
     Sent {
         to: ShardId,
         sequence: u64,
-        /// Boxed: the largest message is several times the other entries
-        /// (the same bytes as the message itself).
-        message: Box<Message>,
+        /// Shared with the event and the envelope (encoded as the message
+        /// itself).
+        message: Arc<Message>,
     },
     /// `message_received`: the sender's message `sequence` was consumed
     /// (logged after its effects, in the same record).
@@ -389,7 +390,7 @@ impl Entry {
             } => Entry::Sent {
                 to: *to,
                 sequence: *sequence,
-                message: Box::new(message.clone()),
+                message: message.clone(),
             },
             Event::MessageReceived { from, sequence } => Entry::Received {
                 from: *from,
@@ -441,7 +442,7 @@ impl Entry {
             } => Ok(Event::MessageSent {
                 to: *to,
                 sequence: *sequence,
-                message: message.as_ref().clone(),
+                message: message.clone(),
             }),
             Entry::Received { from, sequence } => Ok(Event::MessageReceived {
                 from: *from,
@@ -687,7 +688,7 @@ pub struct MessageEnvelope {
     pub from: ShardId,
     pub to: ShardId,
     pub sequence: u64,
-    pub message: Message,
+    pub message: Arc<Message>,
 }
 
 /// A command on the commands topic of the distributed mode: what the command

@@ -1,6 +1,8 @@
 //! Commands, cross-shard messages, events and outcomes: the vocabulary of the
 //! ledger. Everything here is plain data.
 
+use std::sync::Arc;
+
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
@@ -1784,7 +1786,9 @@ pub enum Event {
     MessageSent {
         to: ShardId,
         sequence: u64,
-        message: Message,
+        /// Shared with the outbox entry, the envelope and the receiver's input
+        /// (encoded as the message itself).
+        message: Arc<Message>,
     },
 
     CommandAccepted {

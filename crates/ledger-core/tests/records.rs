@@ -49,7 +49,7 @@ fn sample_inputs() -> Vec<InputEntries> {
                 Entry::Sent {
                     to: ShardId(3),
                     sequence: 9,
-                    message: Box::new(Message::CreditGrant {
+                    message: std::sync::Arc::new(Message::CreditGrant {
                         grant_id: GrantId::parse("g-2").unwrap(),
                         user_id: user("bob"),
                         amount: 5,
@@ -297,7 +297,7 @@ fn purchase_inputs() -> Vec<InputEntries> {
                 Entry::Sent {
                     to: ShardId(2),
                     sequence: 5,
-                    message: Box::new(Message::ChargeBuyer {
+                    message: std::sync::Arc::new(Message::ChargeBuyer {
                         purchase_id: purchase_id.clone(),
                         buyer_id: user("alice"),
                         reservation: reservation.clone(),
@@ -318,7 +318,7 @@ fn purchase_inputs() -> Vec<InputEntries> {
                 Entry::Sent {
                     to: ShardId(3),
                     sequence: 8,
-                    message: Box::new(Message::ReserveSale {
+                    message: std::sync::Arc::new(Message::ReserveSale {
                         purchase_id,
                         buyer_id: user("alice"),
                         request: SaleRequest::Bundle(BundleId::parse("pack-1").unwrap()),

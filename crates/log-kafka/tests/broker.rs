@@ -152,13 +152,13 @@ fn messages(from: ShardId, to: ShardId, first: u64, count: u64, tag: &str) -> Ve
             from,
             to,
             sequence,
-            message: Message::ReserveItem {
+            message: std::sync::Arc::new(Message::ReserveItem {
                 purchase_id: PurchaseId::parse(format!("purchase-{tag}-{sequence}")).unwrap(),
                 buyer_id: user(format!("buyer-{tag}-{sequence}")),
                 item_id: ItemId::parse("item-000001").unwrap(),
                 expected_price: 100,
                 at_ms: 1_800_000_000_000,
-            },
+            }),
         })
         .collect()
 }

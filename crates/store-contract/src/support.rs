@@ -86,11 +86,11 @@ pub fn message(from: u16, to: u16, sequence: u64, amount: i64) -> MessageEnvelop
         from: ShardId(from),
         to: ShardId(to),
         sequence,
-        message: Message::CreditGrant {
+        message: std::sync::Arc::new(Message::CreditGrant {
             grant_id: GrantId::parse(format!("g{from}-{to}-{sequence}")).expect("valid grant id"),
             user_id: user("alice"),
             amount,
-        },
+        }),
     }
 }
 

@@ -35,6 +35,8 @@ mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use crate::codec::fingerprint;
 use crate::ids::{ItemId, ShardId};
 use crate::model::*;
@@ -53,7 +55,7 @@ pub enum Input {
     Message {
         from: ShardId,
         sequence: u64,
-        message: Message,
+        message: Arc<Message>,
     },
     /// The ledger's clock: releases escrow that is due.
     Tick {

@@ -1,6 +1,7 @@
 //! `Out`: the events of one decision, with the sequence numbers they will get.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::ids::ShardId;
 use crate::model::*;
@@ -57,7 +58,7 @@ impl<'a> Out<'a> {
         self.events.push(Event::MessageSent {
             to,
             sequence,
-            message,
+            message: Arc::new(message),
         });
         mark
     }

@@ -82,7 +82,7 @@ impl Scenario {
         self.when(Input::Message {
             from: PEER,
             sequence,
-            message,
+            message: message.into(),
         })
     }
 
@@ -309,7 +309,7 @@ pub(super) fn sent(to: ShardId, sequence: u64, message: Message) -> Event {
     Event::MessageSent {
         to,
         sequence,
-        message,
+        message: message.into(),
     }
 }
 

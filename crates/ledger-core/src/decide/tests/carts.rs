@@ -57,7 +57,7 @@ impl Ledger {
             } = &event
             {
                 self.network
-                    .push_back((shard, *to, *sequence, message.clone()));
+                    .push_back((shard, *to, *sequence, message.as_ref().clone()));
             }
             evolve(&mut self.shards[usize::from(shard.0)], &event);
             self.events.push((shard, event));
@@ -82,7 +82,7 @@ impl Ledger {
             let input = Input::Message {
                 from,
                 sequence,
-                message,
+                message: message.into(),
             };
             match decide(&self.shards[usize::from(to.0)], &self.config, &input) {
                 Decision::Apply { events, .. } => self.apply(to, events),

@@ -32,7 +32,7 @@ fn a_message_already_consumed_is_a_duplicate() {
         .when(Input::Message {
             from: PEER,
             sequence: 2,
-            message: credit_grant(),
+            message: credit_grant().into(),
         })
         .then_decides(Decision::Duplicate);
 }
@@ -43,7 +43,7 @@ fn a_message_after_a_gap_is_early() {
         .when(Input::Message {
             from: PEER,
             sequence: 3,
-            message: credit_grant(),
+            message: credit_grant().into(),
         })
         .then_decides(Decision::Early);
 }
@@ -54,7 +54,7 @@ fn a_message_is_marked_consumed_after_its_effects() {
         .when(Input::Message {
             from: PEER,
             sequence: 2,
-            message: credit_grant(),
+            message: credit_grant().into(),
         })
         .then(vec![
             granted("g-1", "alice", 5, 0),
