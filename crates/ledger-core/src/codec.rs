@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::ids::{BundleId, ItemId, ListingId, PriceTestId, PurchaseId, ShardId, UserId};
@@ -68,8 +69,24 @@ fn record_config() -> bincode::config::Configuration<
         .with_little_endian()
 }
 
+/// Encodes in one pass into a growing vector (`bincode::encode_to_vec`
+/// measures first, then writes: two passes over the value).
 fn encode_record_part<T: Encode>(value: &T) -> Vec<u8> {
-    bincode::encode_to_vec(value, record_config()).expect("encoding into a vector cannot fail")
+    let mut bytes = Vec::with_capacity(128);
+    bincode::encode_into_std_write(value, &mut bytes, record_config())
+        .expect("encoding into a vector cannot fail");
+    bytes
+}
+
+/// Bytes of a `usize` or `u64` in the record encoding (bincode's varint:
+/// one byte below 251, then a marker byte and 2, 4 or 8 bytes).
+fn varint_size(value: u64) -> usize {
+    match value {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
 }
 
 fn decode_record_part<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
@@ -340,6 +357,55 @@ pub const RECORD_ENTRIES_MAX: usize = 8_190;
 /// under the 1 MB a Kafka record may hold by default, whatever the entries.
 pub const RECORD_BYTES_MAX: usize = 512 * 1024;
 
+/// An entry's event type: borrowed from the event's type name when sealed
+/// (no allocation per event), owned when read. Encoded as a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventType(Cow<'static, str>);
+
+impl std::ops::Deref for EventType {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for EventType {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for EventType {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl Encode for EventType {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        self.0.as_ref().encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for EventType {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Ok(EventType(Cow::Owned(String::decode(decoder)?)))
+    }
+}
+
+bincode::impl_borrow_decode!(EventType);
+
 /// What one entry of a record is. Every entry takes one sequence number of
 /// its shard, so the log stays dense and every event keeps its
 /// `<shard>.<sequence>` address; plumbing is stored in a few bytes.
@@ -348,7 +414,7 @@ pub enum Entry {
     /// A domain event; `payload` is the `Event` in the record encoding
     /// (variable-length integers).
     Event {
-        event_type: String,
+        event_type: EventType,
         schema_version: u16,
         payload: Vec<u8>,
     },
@@ -375,6 +441,21 @@ pub enum Entry {
 impl Entry {
     /// Bytes the entry takes in a record.
     pub fn encoded_size(&self) -> usize {
+        if let Entry::Event {
+            event_type,
+            schema_version,
+            payload,
+        } = self
+        {
+            // The variant, the type's length and bytes, the version, the
+            // payload's length and bytes: no need to walk the payload again.
+            return 1
+                + varint_size(event_type.len() as u64)
+                + event_type.len()
+                + varint_size(u64::from(*schema_version))
+                + varint_size(payload.len() as u64)
+                + payload.len();
+        }
         let mut size = bincode::enc::write::SizeWriter::default();
         bincode::encode_into_writer(self, &mut size, record_config())
             .expect("measuring an encoding cannot fail");
@@ -399,7 +480,7 @@ impl Entry {
             event => {
                 let event_type = event.type_name();
                 Entry::Event {
-                    event_type: event_type.to_string(),
+                    event_type: EventType(Cow::Borrowed(event_type)),
                     schema_version: schema_version(event_type),
                     payload: encode_record_part(event),
                 }
@@ -417,14 +498,14 @@ impl Entry {
             } => {
                 if *version != schema_version(event_type) {
                     return Err(CodecError::UnknownVersion {
-                        event_type: event_type.clone(),
+                        event_type: event_type.to_string(),
                         schema_version: *version,
                     });
                 }
                 let event: Event = decode_record_part("event", payload)?;
-                if event.type_name() != event_type {
+                if event.type_name() != &**event_type {
                     return Err(CodecError::TypeMismatch {
-                        declared: event_type.clone(),
+                        declared: event_type.to_string(),
                         actual: event.type_name(),
                     });
                 }
@@ -453,7 +534,8 @@ impl Entry {
 
     pub fn event_type(&self) -> &str {
         match self {
-            Entry::Event { event_type, .. } | Entry::FormatOne { event_type, .. } => event_type,
+            Entry::Event { event_type, .. } => event_type,
+            Entry::FormatOne { event_type, .. } => event_type,
             Entry::Sent { .. } => "message_sent",
             Entry::Received { .. } => "message_received",
         }
@@ -495,9 +577,10 @@ pub struct BatchRecord {
     encoded: Encoded,
 }
 
-/// A record's stored bytes, shared by its clones.
+/// A record's stored bytes, shared by its clones (a vector, so that sealing
+/// hands over the buffer it wrote instead of copying it).
 #[derive(Clone, PartialEq, Eq)]
-struct Encoded(std::sync::Arc<[u8]>);
+struct Encoded(Arc<Vec<u8>>);
 
 impl std::fmt::Debug for Encoded {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -542,24 +625,32 @@ impl BatchRecord {
         previous_hash: Hash,
         inputs: Vec<InputEntries>,
     ) -> BatchRecord {
-        let mut bytes = RECORD_MAGIC.to_vec();
         let body = RecordBodyRef {
             shard,
             first_sequence,
             previous_hash,
             inputs: &inputs,
         };
+        // Measured first (entries' payloads are bytes already, so this is
+        // arithmetic), so that the buffer is allocated once, at its size.
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::encode_into_writer(&body, &mut size, record_config())
+            .expect("measuring an encoding cannot fail");
+        let length = RECORD_MAGIC.len() + size.bytes_written + std::mem::size_of::<Hash>();
+        let mut bytes = Vec::with_capacity(length);
+        bytes.extend_from_slice(&RECORD_MAGIC);
         bincode::encode_into_std_write(&body, &mut bytes, record_config())
             .expect("encoding into a vector cannot fail");
         let hash: Hash = Sha256::digest(&bytes[RECORD_MAGIC.len()..]).into();
         bytes.extend_from_slice(&hash);
+        assert_eq!(bytes.len(), length, "a record is as long as measured");
         BatchRecord {
             shard,
             first_sequence,
             previous_hash,
             hash,
             inputs,
-            encoded: Encoded(bytes.into()),
+            encoded: Encoded(Arc::new(bytes)),
         }
     }
 
@@ -624,7 +715,7 @@ impl BatchRecord {
     pub fn from_bytes(bytes: &[u8]) -> Result<BatchRecord, CodecError> {
         let Some(rest) = bytes.strip_prefix(&RECORD_MAGIC) else {
             let envelope = Envelope::from_bytes(bytes)?;
-            return Ok(BatchRecord::format_one(envelope, bytes.into()));
+            return Ok(BatchRecord::format_one(envelope, bytes.to_vec()));
         };
         let length = bytes.len();
         let split = rest
@@ -651,20 +742,20 @@ impl BatchRecord {
             previous_hash: body.previous_hash,
             hash: computed,
             inputs: body.inputs,
-            encoded: Encoded(bytes.into()),
+            encoded: Encoded(Arc::new(bytes.to_vec())),
         })
     }
 
     /// A format 1 envelope as a record of one entry (same hash chain).
     pub fn from_envelope(envelope: Envelope) -> BatchRecord {
-        let bytes = envelope.to_bytes().into();
+        let bytes = envelope.to_bytes();
         BatchRecord::format_one(envelope, bytes)
     }
 
     /// `envelope`, whose bytes are `bytes`, as a record.
-    fn format_one(envelope: Envelope, bytes: std::sync::Arc<[u8]>) -> BatchRecord {
+    fn format_one(envelope: Envelope, bytes: Vec<u8>) -> BatchRecord {
         BatchRecord {
-            encoded: Encoded(bytes),
+            encoded: Encoded(Arc::new(bytes)),
             shard: envelope.shard,
             first_sequence: envelope.sequence,
             previous_hash: envelope.previous_hash,
@@ -962,7 +1053,11 @@ impl From<SnapshotBeforeTakedowns> for Snapshot {
                 escrow_due: old.escrow_due,
                 items: old.items,
                 bundles: old.bundles,
-                commands: old.commands,
+                commands: old
+                    .commands
+                    .into_iter()
+                    .map(|(key, record)| (key, Box::new(record)))
+                    .collect(),
                 listing_directory: old.listing_directory,
                 refunds: old.refunds,
                 retention: old.retention,
@@ -1050,6 +1145,33 @@ impl Snapshot {
             Some(rest) => decode_unchecked_record_part::<SnapshotBeforeRetention>("snapshot", rest)
                 .map(Into::into),
             None => decode::<SnapshotBeforeRetention>("snapshot", bytes).map(Into::into),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The arithmetic size of an event entry is what bincode writes, at
+    /// every width of its length prefixes.
+    #[test]
+    fn an_event_entry_is_as_long_as_measured() {
+        for payload_length in [0, 1, 250, 251, 65_535, 65_536, 70_000] {
+            for (event_type, schema_version) in [("x", 1u16), ("item_published", 300)] {
+                let entry = Entry::Event {
+                    event_type: EventType(Cow::Borrowed(event_type)),
+                    schema_version,
+                    payload: vec![7; payload_length],
+                };
+                let mut size = bincode::enc::write::SizeWriter::default();
+                bincode::encode_into_writer(&entry, &mut size, record_config()).unwrap();
+                assert_eq!(entry.encoded_size(), size.bytes_written, "{payload_length} bytes");
+                let written = encode_record_part(&entry);
+                assert_eq!(written.len(), size.bytes_written);
+                let read: Entry = decode_record_part("entry", &written).unwrap();
+                assert_eq!(read, entry, "a borrowed type reads back as an owned one");
+            }
         }
     }
 }

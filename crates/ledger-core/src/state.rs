@@ -165,7 +165,7 @@ pub struct ShardState {
     pub escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
     pub items: BTreeMap<ItemId, ItemState>,
     pub bundles: BTreeMap<BundleId, BundleState>,
-    pub commands: BTreeMap<String, CommandRecord>,
+    pub commands: BTreeMap<String, Box<CommandRecord>>,
     pub listing_directory: BTreeMap<ListingId, ItemId>,
     pub refunds: BTreeMap<PurchaseId, RefundProgress>,
     /// Which completed commands are forgotten when (see [`crate::retention`]).
@@ -401,7 +401,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 positions: Vec::new(),
                 completion: None,
             };
-            let previous = state.commands.insert(key.clone(), record);
+            let previous = state.commands.insert(key.clone(), Box::new(record));
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
                 previous.is_none_or(|p| p.completion.is_some()

@@ -314,12 +314,11 @@ impl PublicStream {
 /// Learns the purchases a record accepts and completes.
 fn learn_open_purchases(lane: &mut Lane, position: i64, record: &BatchRecord) {
     for logged in record.logged() {
-        let (Entry::Event { event_type, .. } | Entry::FormatOne { event_type, .. }) = logged.entry
-        else {
+        if !matches!(logged.entry, Entry::Event { .. } | Entry::FormatOne { .. }) {
             continue;
-        };
+        }
         if !matches!(
-            event_type.as_str(),
+            logged.entry.event_type(),
             "command_accepted" | "command_completed" | "purchase_completed" | "command_withdrawn"
         ) {
             continue;

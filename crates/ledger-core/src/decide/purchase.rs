@@ -171,7 +171,7 @@ pub(super) fn rate_limited(
     if let Some(CommandRecord {
         command: Command::PurchaseCart { .. },
         ..
-    }) = out.state.commands.get(&key)
+    }) = out.state.commands.get(&key).map(Box::as_ref)
     {
         return super::cart::rate_limited(out, purchase_id, rejection, retry_after_ms);
     }
