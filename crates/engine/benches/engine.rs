@@ -254,11 +254,62 @@ fn bench_replay(criterion: &mut Criterion) {
     group.finish();
 }
 
+// ------------------------------------------------------------ snapshot
+
+/// Buyers and purchases behind the `snapshot` state: one shard that
+/// remembers 250,000 commands (within the idempotency horizon).
+const SNAPSHOT_BUYERS: usize = 50_000;
+const SNAPSHOT_PURCHASES: usize = 200_000;
+
+/// The pause a snapshot costs its shard: copying the state (encoding and
+/// saving it run on another thread).
+fn bench_snapshot(criterion: &mut Criterion) {
+    let mut cluster = Cluster::new(1);
+    cluster.group_commit();
+    cluster.run((0..SNAPSHOT_BUYERS).map(|buyer| Command::Grant {
+        grant_id: GrantId::parse(format!("g-{buyer}")).unwrap(),
+        user_id: user(buyer),
+        amount: 1_000_000,
+    }));
+    let items = SNAPSHOT_PURCHASES.div_ceil(SNAPSHOT_BUYERS);
+    cluster.run((0..items).map(|item| {
+        Command::PublishItem(ItemDefinition {
+            item_id: ItemId::parse(format!("i-{item}")).unwrap(),
+            creator_id: UserId::parse(format!("c-{}", item % 5)).unwrap(),
+            name: format!("Item {item}"),
+            price: 10,
+            supply: None,
+            max_per_user: None,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            resellable: false,
+            kind: Default::default(),
+        })
+    }));
+    cluster.run((0..SNAPSHOT_PURCHASES).map(|n| Command::Purchase {
+        purchase_id: PurchaseId::parse(format!("p-{n}")).unwrap(),
+        buyer_id: user(n % SNAPSHOT_BUYERS),
+        target: PurchaseTarget::Item(ItemId::parse(format!("i-{}", n / SNAPSHOT_BUYERS)).unwrap()),
+        expected_price: 10,
+        region: None,
+    }));
+    cluster.expect_succeeded(SNAPSHOT_BUYERS + items + SNAPSHOT_PURCHASES);
+    let runner = &cluster.runners[0];
+    assert!(runner.state.commands.len() >= SNAPSHOT_BUYERS + SNAPSHOT_PURCHASES);
+    let mut group = criterion.benchmark_group("snapshot");
+    group.sample_size(10);
+    group.bench_function("copy_state_of_250k_commands", |bencher| {
+        bencher.iter_with_large_drop(|| runner.snapshot())
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_purchases,
     bench_codec,
     bench_per_command,
-    bench_replay
+    bench_replay,
+    bench_snapshot
 );
 criterion_main!(benches);

@@ -55,6 +55,61 @@ pub enum CodecError {
     RecordTooShort { length: usize },
     #[error("checksum of a snapshot of shard {shard} does not match its content")]
     SnapshotChecksum { shard: ShardId },
+    #[error("compressed bytes do not unpack: {detail}")]
+    Compression { detail: String },
+}
+
+/// Marks a compressed stored form (see [`compress_stored`]): these 8 bytes,
+/// the unpacked length (u32, little-endian), then one LZ4 block.
+pub const COMPRESSED_MAGIC: [u8; 8] = *b"LGRLZ4B1";
+
+/// Most bytes a compressed record or snapshot may unpack to: a corrupted
+/// length is refused before anything is allocated.
+pub const UNPACKED_BYTES_MAX: usize = 1 << 30;
+
+/// The compressed stored form of a record's or a snapshot's bytes, which
+/// `BatchRecord::from_bytes` and `Snapshot::from_bytes` read as the bytes
+/// themselves (their checksums cover the unpacked bytes, so the hash chain
+/// does not depend on how a store keeps them). A store that keeps bytes at
+/// rest compresses them (the embedded store does; Kafka and Cassandra
+/// compress on their own); the bytes it is given stay the canonical form.
+/// `bytes` itself when compression would not save space.
+pub fn compress_stored(bytes: &[u8]) -> Vec<u8> {
+    assert!(bytes.len() <= UNPACKED_BYTES_MAX, "stored bytes are bounded");
+    let block = lz4_flex::block::compress(bytes);
+    let framed_length = COMPRESSED_MAGIC.len() + 4 + block.len();
+    if framed_length >= bytes.len() {
+        return bytes.to_vec();
+    }
+    let mut framed = Vec::with_capacity(framed_length);
+    framed.extend_from_slice(&COMPRESSED_MAGIC);
+    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&block);
+    framed
+}
+
+/// The bytes of a stored form: unpacked if compressed, else as they are.
+fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
+    let Some(rest) = stored.strip_prefix(&COMPRESSED_MAGIC) else {
+        return Ok(Cow::Borrowed(stored));
+    };
+    let refuse = |detail: String| CodecError::Compression { detail };
+    let (length, block) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| refuse("no unpacked length".to_string()))?;
+    let length = u32::from_le_bytes(*length) as usize;
+    if length > UNPACKED_BYTES_MAX {
+        return Err(refuse(format!("an unpacked length of {length} bytes")));
+    }
+    let bytes = lz4_flex::block::decompress(block, length)
+        .map_err(|error| refuse(error.to_string()))?;
+    if bytes.len() != length || bytes.starts_with(&COMPRESSED_MAGIC) {
+        return Err(refuse(format!(
+            "{} bytes unpacked where {length} were recorded",
+            bytes.len()
+        )));
+    }
+    Ok(Cow::Owned(bytes))
 }
 
 /// Format 2 records: variable-length integers (lengths, counts, variant
@@ -710,9 +765,11 @@ impl BatchRecord {
         self.bytes().to_vec()
     }
 
-    /// Decodes a record of either format and checks its checksum. A format 1
-    /// envelope reads as a record of one entry whose hash is the envelope's.
-    pub fn from_bytes(bytes: &[u8]) -> Result<BatchRecord, CodecError> {
+    /// Decodes a record of either format, or its compressed stored form (see
+    /// [`compress_stored`]), and checks its checksum. A format 1 envelope
+    /// reads as a record of one entry whose hash is the envelope's.
+    pub fn from_bytes(stored: &[u8]) -> Result<BatchRecord, CodecError> {
+        let bytes = &*unpack_stored(stored)?;
         let Some(rest) = bytes.strip_prefix(&RECORD_MAGIC) else {
             let envelope = Envelope::from_bytes(bytes)?;
             return Ok(BatchRecord::format_one(envelope, bytes.to_vec()));
@@ -1056,7 +1113,7 @@ impl From<SnapshotBeforeTakedowns> for Snapshot {
                 commands: old
                     .commands
                     .into_iter()
-                    .map(|(key, record)| (key, Box::new(record)))
+                    .map(|(key, record)| (Arc::from(key), Arc::new(record)))
                     .collect(),
                 listing_directory: old.listing_directory,
                 refunds: old.refunds,
@@ -1122,7 +1179,8 @@ impl Snapshot {
     }
 
     /// Decodes a snapshot of any format, checking its checksum when it has one.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+    pub fn from_bytes(stored: &[u8]) -> Result<Self, CodecError> {
+        let bytes = &*unpack_stored(stored)?;
         if let Some(checked) = checksummed_snapshot_body(bytes) {
             let (body, format) = checked?;
             return match format {
@@ -1173,5 +1231,70 @@ mod tests {
                 assert_eq!(read, entry, "a borrowed type reads back as an owned one");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod stored_form_tests {
+    use super::*;
+
+    fn record() -> BatchRecord {
+        // Inputs alike but for their cause, as a shard's inputs are.
+        let input = |n: u64| InputEntries {
+            cause: format!("command:purchase:purchase-{n:06}"),
+            timestamp_ms: 1_800_000_000_000,
+            entries: vec![Entry::Received {
+                from: ShardId(1),
+                sequence: 1_000_000,
+            }],
+        };
+        BatchRecord::seal(ShardId(0), 1, GENESIS_HASH, (1..200).map(input).collect())
+    }
+
+    #[test]
+    fn a_compressed_record_reads_as_the_record() {
+        let record = record();
+        let stored = compress_stored(record.bytes());
+        assert!(stored.starts_with(&COMPRESSED_MAGIC));
+        assert!(
+            stored.len() < record.bytes().len() * 3 / 4,
+            "{} of {} bytes",
+            stored.len(),
+            record.bytes().len()
+        );
+        let read = BatchRecord::from_bytes(&stored).unwrap();
+        assert_eq!(read.bytes(), record.bytes(), "the canonical bytes, not the stored ones");
+        assert_eq!(read.hash, record.hash);
+        assert_eq!(read.inputs, record.inputs);
+    }
+
+    #[test]
+    fn bytes_that_do_not_shrink_are_stored_as_they_are() {
+        let bytes = b"LGRREC02 short".to_vec();
+        assert_eq!(compress_stored(&bytes), bytes);
+    }
+
+    #[test]
+    fn a_damaged_compressed_record_is_refused() {
+        let record = record();
+        let stored = compress_stored(record.bytes());
+        for position in COMPRESSED_MAGIC.len()..stored.len() {
+            let mut damaged = stored.clone();
+            damaged[position] ^= 0x40;
+            assert!(
+                BatchRecord::from_bytes(&damaged).is_err(),
+                "a flipped byte at {position} went unnoticed"
+            );
+        }
+        let mut huge = stored.clone();
+        huge[COMPRESSED_MAGIC.len()..COMPRESSED_MAGIC.len() + 4]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            BatchRecord::from_bytes(&huge),
+            Err(CodecError::Compression { .. })
+        ));
+        let nested = [COMPRESSED_MAGIC.as_slice(), &stored].concat();
+        assert!(BatchRecord::from_bytes(&compress_stored(&nested)).is_err());
+        assert!(BatchRecord::from_bytes(&stored[..COMPRESSED_MAGIC.len() + 2]).is_err());
     }
 }

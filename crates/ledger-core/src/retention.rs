@@ -24,6 +24,7 @@
 //! a replay forgets exactly what the live shard forgot.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -43,10 +44,10 @@ pub const FORGETS_PER_TICK_MAX: u32 = 65_536;
 pub struct Retention {
     /// Completed commands kept for the idempotency horizon, by base time
     /// (see [`base_time_ms`]).
-    pub due: BTreeSet<(TimestampMs, String)>,
+    pub due: BTreeSet<(TimestampMs, Arc<str>)>,
     /// Paid primary purchases, kept for the longer of the horizon and the
     /// escrow hold (a refund reads them), by base time.
-    pub due_paid: BTreeSet<(TimestampMs, String)>,
+    pub due_paid: BTreeSet<(TimestampMs, Arc<str>)>,
     /// Ids that carry their creation time and are dated before this are
     /// forgotten (or were never seen): refused, never run.
     pub forgotten_before_ms: TimestampMs,

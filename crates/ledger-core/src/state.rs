@@ -1,6 +1,7 @@
 //! The state of one shard and `evolve`, the only way it changes.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
@@ -165,7 +166,10 @@ pub struct ShardState {
     pub escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
     pub items: BTreeMap<ItemId, ItemState>,
     pub bundles: BTreeMap<BundleId, BundleState>,
-    pub commands: BTreeMap<String, Box<CommandRecord>>,
+    /// Keyed by the command's key, shared with the retention queues. A
+    /// record is shared with the snapshot being saved (copy on write), so a
+    /// snapshot copies the map's nodes, not the records.
+    pub commands: BTreeMap<Arc<str>, Arc<CommandRecord>>,
     pub listing_directory: BTreeMap<ListingId, ItemId>,
     pub refunds: BTreeMap<PurchaseId, RefundProgress>,
     /// Which completed commands are forgotten when (see [`crate::retention`]).
@@ -253,16 +257,21 @@ impl ShardState {
     }
 
     fn record_mut(&mut self, key: &str) -> &mut CommandRecord {
-        self.commands
-            .get_mut(key)
-            .expect("event refers to a command of this shard")
+        Arc::make_mut(
+            self.commands
+                .get_mut(key)
+                .expect("event refers to a command of this shard"),
+        )
     }
 
     /// Queues the completed command under `key` to be forgotten, if its
     /// kind is: paid primary purchases in their own queue (a refund reads
     /// them for as long as the escrow is held), the others by the horizon.
     fn queue_for_forgetting(&mut self, key: &str) {
-        let record = &self.commands[key];
+        let (key, record) = self
+            .commands
+            .get_key_value(key)
+            .expect("a completed command is remembered");
         if !is_forgettable(&record.command) {
             return;
         }
@@ -271,7 +280,7 @@ impl ShardState {
                 .completion
                 .as_ref()
                 .is_some_and(|completion| completion.result.is_ok());
-        let entry = (base_time_ms(key, &record.meta), key.to_string());
+        let entry = (base_time_ms(key, &record.meta), key.clone());
         let queue = if paid {
             &mut self.retention.due_paid
         } else {
@@ -295,7 +304,7 @@ impl ShardState {
             assert!(base_ms < before_ms, "a command is forgotten after its time");
             let record = self
                 .commands
-                .remove(&key)
+                .remove(&*key)
                 .expect("a queued command is remembered until forgotten");
             assert!(
                 record.completion.is_some(),
@@ -401,7 +410,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 positions: Vec::new(),
                 completion: None,
             };
-            let previous = state.commands.insert(key.clone(), Box::new(record));
+            let previous = state.commands.insert(Arc::from(key.as_str()), Arc::new(record));
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
                 previous.is_none_or(|p| p.completion.is_some()
@@ -471,7 +480,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
         Event::CommandWithdrawn { key, .. } => {
             let record = state
                 .commands
-                .remove(key)
+                .remove(key.as_str())
                 .expect("a withdrawn command was accepted");
             assert!(
                 record.completion.is_none(),

@@ -225,7 +225,8 @@ impl EventStore for SqliteStore {
         let request = WriteRequest::SaveSnapshot {
             shard: shard.0,
             sequence,
-            snapshot: snapshot.to_bytes(),
+            // Compressed here, on the caller's (snapshot) thread, not the writer's.
+            snapshot: codec::compress_stored(&snapshot.to_bytes()),
             reply,
         };
         Ok(self.write(request, answer).await?)

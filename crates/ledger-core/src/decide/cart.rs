@@ -601,7 +601,7 @@ pub(super) fn record_line(
         panic!("a cart line is recorded as a purchase, not {command:?}");
     };
     let key = keys::purchase(purchase_id);
-    if out.state.commands.contains_key(&key) || out.state.retention.is_forgotten(&key) {
+    if out.state.commands.contains_key(key.as_str()) || out.state.retention.is_forgotten(&key) {
         return;
     }
     out.push(Event::CommandAccepted {

@@ -165,7 +165,7 @@ pub(super) fn cancel(
     listing_id: &ListingId,
 ) -> Decision {
     let key = cancel_key(listing_id);
-    if let Some(record) = out.state.commands.get(&key) {
+    if let Some(record) = out.state.commands.get(key.as_str()) {
         if record.completion.is_none() {
             return Decision::Apply {
                 events: Vec::new(),

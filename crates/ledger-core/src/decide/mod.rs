@@ -319,7 +319,7 @@ fn run_keyed(
         .idempotency_key()
         .expect("a keyed command carries its id");
     let command_fingerprint = fingerprint(command);
-    if let Some(record) = out.state.commands.get(&key) {
+    if let Some(record) = out.state.commands.get(key.as_str()) {
         if record.fingerprint != command_fingerprint {
             return Decision::Refuse(reject(
                 RejectionCode::IdempotencyConflict,

@@ -15,6 +15,8 @@
 //! which the home shard turns into `ChargeBuyer`; `DebitBuyer` answers
 //! `BuyerDebited` to a purchase in stage `Debiting`.
 
+use std::sync::Arc;
+
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{Account, Posting, PrimarySplit};
@@ -171,7 +173,7 @@ pub(super) fn rate_limited(
     if let Some(CommandRecord {
         command: Command::PurchaseCart { .. },
         ..
-    }) = out.state.commands.get(&key).map(Box::as_ref)
+    }) = out.state.commands.get(key.as_str()).map(Arc::as_ref)
     {
         return super::cart::rate_limited(out, purchase_id, rejection, retry_after_ms);
     }

@@ -81,7 +81,7 @@ pub(super) fn check_refundable<'a>(
     purchase_id: &PurchaseId,
 ) -> Result<&'a UserId, Rejection> {
     let key = keys::purchase(purchase_id);
-    let Some(record) = state.commands.get(&key) else {
+    let Some(record) = state.commands.get(key.as_str()) else {
         if state.retention.is_forgotten(&key) {
             return Err(reject(
                 RejectionCode::RefundWindowClosed,

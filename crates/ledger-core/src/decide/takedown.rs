@@ -183,14 +183,14 @@ fn scan_step(out: &mut Out<'_>, item_id: &ItemId, cursor: Option<&str>, changes:
     const PREFIX: &str = "purchase:";
     let state = out.state;
     let start = match cursor {
-        Some(cursor) => Bound::Excluded(cursor.to_string()),
-        None => Bound::Included(PREFIX.to_string()),
+        Some(cursor) => Bound::Excluded(cursor),
+        None => Bound::Included(PREFIX),
     };
     let mut started = 0;
-    let mut last: Option<&String> = None;
+    let mut last: Option<&str> = None;
     let mut in_flight = Vec::new();
     let mut scanned = true;
-    let records = state.commands.range((start, Bound::Unbounded));
+    let records = state.commands.range::<str, _>((start, Bound::Unbounded));
     for (examined, (key, record)) in records.enumerate() {
         if !key.starts_with(PREFIX) {
             break;
@@ -226,7 +226,7 @@ fn scan_step(out: &mut Out<'_>, item_id: &ItemId, cursor: Option<&str>, changes:
             }
         }
     }
-    let cursor = last.cloned().or_else(|| cursor.map(str::to_string));
+    let cursor = last.or(cursor).map(str::to_string);
     changes.pending_added += in_flight.len();
     changes.scanned = Some(scanned);
     out.push(Event::TakedownScanned {
@@ -306,7 +306,7 @@ pub(super) fn refund_over(out: &mut Out<'_>, purchase_id: &PurchaseId) {
 /// refund of the same id, if one were ever sent, keeps its own record).
 pub(super) fn runs_refund(state: &ShardState, refund_id: &RefundId) -> bool {
     state.takedowns.refunds.contains_key(refund_id)
-        && !state.commands.contains_key(&keys::refund(refund_id))
+        && !state.commands.contains_key(keys::refund(refund_id).as_str())
 }
 
 /// On the purchase's shard: a takedown's refund ended, refunded (`Ok` with

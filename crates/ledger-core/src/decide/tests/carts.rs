@@ -284,7 +284,7 @@ fn a_paid_cart_debits_once_grants_every_line_and_settles_each_creator() {
         assert_eq!(settled[&line_id].1, line.expected_price, "line {index}");
         // Each line is a completed purchase on its own shard.
         let record =
-            &ledger.shard_of(&keys::purchase(&line_id)).commands[&keys::purchase(&line_id)];
+            &ledger.shard_of(&keys::purchase(&line_id)).commands[keys::purchase(&line_id).as_str()];
         assert!(matches!(record.progress, Progress::Paid { .. }));
         assert!(matches!(
             record.completion.as_ref().map(|c| &c.result),
@@ -384,7 +384,7 @@ fn a_cart_with_one_sold_out_limited_leaves_no_trace_and_names_the_line() {
     // No line was recorded as a purchase.
     for index in 0..20 {
         let key = keys::purchase(&cart_line_id(&purchase_id("cart-1"), index));
-        assert!(!ledger.shard_of(&key).commands.contains_key(&key));
+        assert!(!ledger.shard_of(&key).commands.contains_key(key.as_str()));
     }
     ledger.assert_conserved();
 }
@@ -653,7 +653,7 @@ fn with_rate_limits_on_a_cart_counts_as_one_purchase_request() {
             .collect();
         assert_eq!(withdrawn.len(), 1, "{id}");
         let key = keys::purchase(&purchase_id(&id));
-        assert!(!ledger.shard_of(&key).commands.contains_key(&key));
+        assert!(!ledger.shard_of(&key).commands.contains_key(key.as_str()));
         assert_eq!(ledger.count_since(from, "serial_reserved"), 0);
         assert_eq!(ledger.count_since(from, "buyer_debited"), 0);
     }
