@@ -2455,10 +2455,7 @@ impl Simulation {
                         Event::MessageSent { message, .. }
                             if matches!(
                                 *message,
-                                Message::TestStartedOnItem {
-                                    result: Err(_),
-                                    ..
-                                }
+                                Message::TestStartedOnItem { result: Err(_), .. }
                             ) =>
                         {
                             let Message::TestStartedOnItem {
@@ -3240,14 +3237,7 @@ fn as_charge(event: Event, carts: &BTreeMap<PurchaseId, (UserId, TimestampMs)>) 
             to,
             sequence,
             message,
-        } if matches!(
-            *message,
-            Message::CartLineReserved {
-                result: Ok(_),
-                ..
-            }
-        ) =>
-        {
+        } if matches!(*message, Message::CartLineReserved { result: Ok(_), .. }) => {
             let Message::CartLineReserved {
                 cart_id,
                 line,

@@ -368,7 +368,10 @@ mod tests {
         let mut last = std::collections::BTreeMap::new();
         for record in &grouped {
             let hash = last.insert(record.shard, record.hash);
-            assert_eq!(record.previous_hash, hash.unwrap_or(ledger_core::codec::GENESIS_HASH));
+            assert_eq!(
+                record.previous_hash,
+                hash.unwrap_or(ledger_core::codec::GENESIS_HASH)
+            );
         }
     }
 

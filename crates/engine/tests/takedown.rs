@@ -226,7 +226,8 @@ fn purchases_in_flight_at_the_takedown_are_refunded_once_paid() {
     cluster.submit_as(takedown(), Role::Admin);
     // The buyers' shards answer late: every purchase is reserved and paid
     // for, but its home shard learns it only after the takedown's scans.
-    cluster.drain_holding_back(|envelope| matches!(*envelope.message, Message::PurchasePaid { .. }));
+    cluster
+        .drain_holding_back(|envelope| matches!(*envelope.message, Message::PurchasePaid { .. }));
     let after = balances(&cluster);
     assert_eq!(after.values().sum::<i64>(), 0);
     assert_eq!(after.get(&Account::Clearing).copied().unwrap_or(0), 0);

@@ -5,8 +5,8 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::ids::{BundleId, ItemId, ListingId, PriceTestId, PurchaseId, ShardId, UserId};
@@ -73,9 +73,12 @@ pub const UNPACKED_BYTES_MAX: usize = 1 << 30;
 /// does not depend on how a store keeps them). A store that keeps bytes at
 /// rest compresses them (the embedded store does; Kafka and Cassandra
 /// compress on their own); the bytes it is given stay the canonical form.
-/// `bytes` itself when compression would not save space.
+/// `bytes` itself when compression would not save space, or when they are
+/// longer than a compressed form may unpack to.
 pub fn compress_stored(bytes: &[u8]) -> Vec<u8> {
-    assert!(bytes.len() <= UNPACKED_BYTES_MAX, "stored bytes are bounded");
+    if bytes.len() > UNPACKED_BYTES_MAX {
+        return bytes.to_vec();
+    }
     let block = lz4_flex::block::compress(bytes);
     let framed_length = COMPRESSED_MAGIC.len() + 4 + block.len();
     if framed_length >= bytes.len() {
@@ -101,8 +104,8 @@ fn unpack_stored(stored: &[u8]) -> Result<Cow<'_, [u8]>, CodecError> {
     if length > UNPACKED_BYTES_MAX {
         return Err(refuse(format!("an unpacked length of {length} bytes")));
     }
-    let bytes = lz4_flex::block::decompress(block, length)
-        .map_err(|error| refuse(error.to_string()))?;
+    let bytes =
+        lz4_flex::block::decompress(block, length).map_err(|error| refuse(error.to_string()))?;
     if bytes.len() != length || bytes.starts_with(&COMPRESSED_MAGIC) {
         return Err(refuse(format!(
             "{} bytes unpacked where {length} were recorded",
@@ -1224,7 +1227,11 @@ mod tests {
                 };
                 let mut size = bincode::enc::write::SizeWriter::default();
                 bincode::encode_into_writer(&entry, &mut size, record_config()).unwrap();
-                assert_eq!(entry.encoded_size(), size.bytes_written, "{payload_length} bytes");
+                assert_eq!(
+                    entry.encoded_size(),
+                    size.bytes_written,
+                    "{payload_length} bytes"
+                );
                 let written = encode_record_part(&entry);
                 assert_eq!(written.len(), size.bytes_written);
                 let read: Entry = decode_record_part("entry", &written).unwrap();
@@ -1263,7 +1270,11 @@ mod stored_form_tests {
             record.bytes().len()
         );
         let read = BatchRecord::from_bytes(&stored).unwrap();
-        assert_eq!(read.bytes(), record.bytes(), "the canonical bytes, not the stored ones");
+        assert_eq!(
+            read.bytes(),
+            record.bytes(),
+            "the canonical bytes, not the stored ones"
+        );
         assert_eq!(read.hash, record.hash);
         assert_eq!(read.inputs, record.inputs);
     }

@@ -410,7 +410,9 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
                 positions: Vec::new(),
                 completion: None,
             };
-            let previous = state.commands.insert(Arc::from(key.as_str()), Arc::new(record));
+            let previous = state
+                .commands
+                .insert(Arc::from(key.as_str()), Arc::new(record));
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
                 previous.is_none_or(|p| p.completion.is_some()

@@ -113,7 +113,9 @@ async fn records_and_snapshots_are_kept_compressed() {
 
     let connection = rusqlite::Connection::open(store.database_path()).expect("database opens");
     let stored: Vec<u8> = connection
-        .query_row("SELECT record FROM records WHERE shard = 0", [], |row| row.get(0))
+        .query_row("SELECT record FROM records WHERE shard = 0", [], |row| {
+            row.get(0)
+        })
         .expect("the record is stored");
     assert!(stored.starts_with(&ledger_core::codec::COMPRESSED_MAGIC));
     assert!(
@@ -123,10 +125,17 @@ async fn records_and_snapshots_are_kept_compressed() {
         record.bytes().len()
     );
     let recovery = store.recover(ShardId(0)).await.expect("recovery reads");
-    assert!(recovery.records.is_empty(), "the snapshot covers the record");
+    assert!(
+        recovery.records.is_empty(),
+        "the snapshot covers the record"
+    );
     assert_eq!(recovery.snapshot, Some(snapshot));
     let stored: Vec<u8> = connection
-        .query_row("SELECT snapshot FROM snapshots WHERE shard = 0", [], |row| row.get(0))
+        .query_row(
+            "SELECT snapshot FROM snapshots WHERE shard = 0",
+            [],
+            |row| row.get(0),
+        )
         .expect("the snapshot is stored");
     assert!(stored.starts_with(&ledger_core::codec::COMPRESSED_MAGIC));
 }

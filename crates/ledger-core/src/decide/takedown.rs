@@ -306,7 +306,9 @@ pub(super) fn refund_over(out: &mut Out<'_>, purchase_id: &PurchaseId) {
 /// refund of the same id, if one were ever sent, keeps its own record).
 pub(super) fn runs_refund(state: &ShardState, refund_id: &RefundId) -> bool {
     state.takedowns.refunds.contains_key(refund_id)
-        && !state.commands.contains_key(keys::refund(refund_id).as_str())
+        && !state
+            .commands
+            .contains_key(keys::refund(refund_id).as_str())
 }
 
 /// On the purchase's shard: a takedown's refund ended, refunded (`Ok` with
