@@ -266,32 +266,12 @@ const SNAPSHOT_PURCHASES: usize = 200_000;
 fn bench_snapshot(criterion: &mut Criterion) {
     let mut cluster = Cluster::new(1);
     cluster.group_commit();
-    cluster.run((0..SNAPSHOT_BUYERS).map(|buyer| Command::Grant {
-        grant_id: GrantId::parse(format!("g-{buyer}")).unwrap(),
-        user_id: user(buyer),
-        amount: 1_000_000,
-    }));
+    cluster.run((0..SNAPSHOT_BUYERS).map(fund_buyer));
     let items = SNAPSHOT_PURCHASES.div_ceil(SNAPSHOT_BUYERS);
-    cluster.run((0..items).map(|item| {
-        Command::PublishItem(ItemDefinition {
-            item_id: ItemId::parse(format!("i-{item}")).unwrap(),
-            creator_id: UserId::parse(format!("c-{}", item % 5)).unwrap(),
-            name: format!("Item {item}"),
-            price: 10,
-            supply: None,
-            max_per_user: None,
-            starts_at_ms: None,
-            ends_at_ms: None,
-            resellable: false,
-            kind: Default::default(),
-        })
-    }));
-    cluster.run((0..SNAPSHOT_PURCHASES).map(|n| Command::Purchase {
-        purchase_id: PurchaseId::parse(format!("p-{n}")).unwrap(),
-        buyer_id: user(n % SNAPSHOT_BUYERS),
-        target: PurchaseTarget::Item(ItemId::parse(format!("i-{}", n / SNAPSHOT_BUYERS)).unwrap()),
-        expected_price: 10,
-        region: None,
+    cluster.run((0..items).map(publish_item));
+    cluster.run((0..SNAPSHOT_PURCHASES).map(|n| {
+        let target = PurchaseTarget::Item(item(n / SNAPSHOT_BUYERS));
+        purchase(format!("p-{n}"), n % SNAPSHOT_BUYERS, target, 10)
     }));
     cluster.expect_succeeded(SNAPSHOT_BUYERS + items + SNAPSHOT_PURCHASES);
     let runner = &cluster.runners[0];

@@ -427,24 +427,6 @@ impl std::ops::Deref for EventType {
     }
 }
 
-impl PartialEq<str> for EventType {
-    fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
-    }
-}
-
-impl PartialEq<&str> for EventType {
-    fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
-    }
-}
-
-impl std::fmt::Display for EventType {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
 impl Encode for EventType {
     fn encode<E: bincode::enc::Encoder>(
         &self,
