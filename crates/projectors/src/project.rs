@@ -328,6 +328,22 @@ pub struct PurchaseStep {
     pub at_ms: TimestampMs,
 }
 
+impl PurchaseStep {
+    /// The step as served.
+    pub fn into_view(self) -> crate::views::PurchaseStepView {
+        crate::views::PurchaseStepView {
+            position: self.position,
+            step: self.step.to_string(),
+            user_id: self.user_id,
+            subject: self.subject,
+            serial: self.serial,
+            amount: self.amount,
+            detail: self.detail,
+            at_ms: self.at_ms,
+        }
+    }
+}
+
 /// The recent average price after a sale at `price`: the first sale sets it,
 /// each later one moves it by `(price - previous) / 10`, rounded toward zero.
 pub fn next_recent_average_price(previous: Option<i64>, price: i64) -> i64 {

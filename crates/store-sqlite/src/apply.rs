@@ -17,7 +17,16 @@ pub fn apply_changes(
     event_position: i64,
     changes: &[Change],
 ) -> Result<(), SqliteStoreError> {
-    for change in changes {
+    for (index, change) in changes.iter().enumerate() {
+        // An event is indexed once per purchase, however many of its steps.
+        if let Change::PurchaseStep(step) = change {
+            let indexed_already = changes[..index].iter().any(|earlier| {
+                matches!(earlier, Change::PurchaseStep(earlier) if earlier.purchase_id == step.purchase_id)
+            });
+            if indexed_already {
+                continue;
+            }
+        }
         apply_change(transaction, event_position, change)?;
     }
     Ok(())
@@ -393,28 +402,16 @@ fn apply_change(
             .and_then(|mut statement| {
                 statement.execute(params![creator_id.as_str(), pending, released, lifetime, sales_count])
             }),
-        Change::PurchaseStep(step) => {
-            let at_ms = crate::error::to_sql("step time", step.at_ms)?;
-            transaction
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO purchase_steps
-                         (purchase_id, position, step, subject, user_id, serial, amount, detail, at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![
-                        step.purchase_id.as_str(),
-                        step.position,
-                        step.step,
-                        step.subject,
-                        step.user_id,
-                        step.serial,
-                        step.amount,
-                        step.detail,
-                        at_ms
-                    ])
-                })
-        }
+        // The index names the event; the steps are read back from it.
+        Change::PurchaseStep(step) => transaction
+            .prepare_cached(
+                "INSERT INTO purchase_index (purchase_id, event_positions) VALUES (?1, ?2)
+                 ON CONFLICT (purchase_id) DO UPDATE SET
+                     event_positions = event_positions || ',' || excluded.event_positions",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![step.purchase_id.as_str(), event_position.to_string()])
+            }),
         Change::CreatorSaleRecorded(sale) => {
             let sold_at_ms = crate::error::to_sql("sale time", sale.sold_at_ms)?;
             let release_at_ms = crate::error::to_sql("release time", sale.release_at_ms)?;

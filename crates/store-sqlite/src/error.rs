@@ -51,6 +51,8 @@ pub enum SqliteStoreError {
     },
     #[error("stored {what} of an item are unreadable: {detail}")]
     ItemPricing { what: &'static str, detail: String },
+    #[error("the stored index of purchase {purchase_id} is unreadable: {detail}")]
+    PurchaseIndex { purchase_id: String, detail: String },
     #[error("the group commit holding this append failed: {detail}")]
     GroupCommitFailed { detail: String },
     #[error("the store writer thread has stopped")]
@@ -86,6 +88,7 @@ impl SqliteStoreError {
             | SqliteStoreError::StoredIntegerOutOfRange { .. } => "integer conversion",
             SqliteStoreError::BundleItems { .. } => "bundle read",
             SqliteStoreError::ItemPricing { .. } => "item read",
+            SqliteStoreError::PurchaseIndex { .. } => "purchase read",
             SqliteStoreError::GroupCommitFailed { .. } => "append",
             SqliteStoreError::WriterStopped | SqliteStoreError::WriterStart { .. } => "write",
             SqliteStoreError::Corrupt(_) => "decode",

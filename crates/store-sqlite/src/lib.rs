@@ -21,6 +21,7 @@ mod read_models;
 mod reader;
 mod schema;
 mod store;
+mod trace;
 mod writer;
 
 pub use engine::ports::StoreError;

@@ -14,7 +14,7 @@ use projectors::{
     InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
     PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
     SalesRange, TakedownLeftView, TakedownView, TransactionAccount, TransactionEntry,
-    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX, TAKEDOWN_LEFT_LISTED_MAX,
+    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, TAKEDOWN_LEFT_LISTED_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -920,46 +920,14 @@ impl ReadModels for SqliteReadModels {
 
     async fn purchase_steps(&self, purchase_id: &str) -> Result<Vec<PurchaseStepView>, ReadError> {
         let purchase_id = purchase_id.to_string();
-        self.read("purchase steps read", move |connection| {
-            let rows = connection
-                .prepare_cached(
-                    "SELECT position, step, user_id, subject, serial, amount, detail, at_ms
-                     FROM purchase_steps WHERE purchase_id = ?1 LIMIT ?2",
-                )
-                .and_then(|mut statement| {
-                    statement
-                        .query_map(params![purchase_id, PURCHASE_STEPS_MAX as i64], |row| {
-                            Ok((
-                                row.get::<_, String>(0)?,
-                                row.get::<_, String>(1)?,
-                                row.get::<_, String>(2)?,
-                                row.get::<_, String>(3)?,
-                                row.get::<_, Option<u32>>(4)?,
-                                row.get::<_, Option<i64>>(5)?,
-                                row.get::<_, String>(6)?,
-                                row.get::<_, i64>(7)?,
-                            ))
-                        })?
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(query_failed("read purchase steps"))?;
-            let mut steps = Vec::with_capacity(rows.len());
-            for (position, step, user_id, subject, serial, amount, detail, at_ms) in rows {
-                let at_ms = from_sql("step time", at_ms)?;
-                steps.push(PurchaseStepView {
-                    position,
-                    step,
-                    user_id,
-                    subject,
-                    serial,
-                    amount,
-                    detail,
-                    at_ms,
-                });
-            }
-            Ok(steps)
-        })
-        .await
+        // Decoding a handful of records is more than a bounded row read:
+        // it runs in the blocking pool, not on the calling task.
+        self.readers
+            .run("purchase steps read", move |connection| {
+                crate::trace::purchase_steps(connection, &purchase_id)
+            })
+            .await
+            .map_err(|error| ReadError::Backend(error.to_string()))
     }
 }
 

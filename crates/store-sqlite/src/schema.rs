@@ -118,17 +118,13 @@ CREATE TABLE IF NOT EXISTS earnings (
     lifetime INTEGER NOT NULL,
     sales_count INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS purchase_steps (
-    purchase_id TEXT NOT NULL,
-    position TEXT NOT NULL,
-    step TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    serial INTEGER,
-    amount INTEGER,
-    detail TEXT NOT NULL,
-    at_ms INTEGER NOT NULL,
-    PRIMARY KEY (purchase_id, position, step, subject)
+CREATE TABLE IF NOT EXISTS purchase_index (
+    -- Where a purchase's story is in the log: the `event_position`s (as in
+    -- `transactions`) of the events that moved it on, comma-separated in
+    -- commit order. The steps themselves are read from those records when
+    -- asked for: a support read is rare, a purchase is not.
+    purchase_id TEXT PRIMARY KEY,
+    event_positions TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS creator_sales (
     -- One row per sale settled into a creator's escrow (one per purchase).
@@ -262,7 +258,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("listings", "listing_id"),
     ("bundles", "bundle_id"),
     ("earnings", "creator_id"),
-    ("purchase_steps", "purchase_id, position, step, subject"),
+    ("purchase_index", "purchase_id"),
     ("creator_sales", "purchase_id"),
     ("item_days", "item_id, day"),
     ("item_sale_days", "purchase_id"),
@@ -300,7 +296,7 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     // A directory written before a read model existed projects its whole
     // log again on first open, so the new model covers the old history.
     let read_models_behind = table_exists(&connection, "projection_position")?
-        && (!table_exists(&connection, "purchase_steps")?
+        && (!table_exists(&connection, "purchase_index")?
             || !table_exists(&connection, "creator_sales")?
             || !table_exists(&connection, "item_days")?);
     // Items written before kinds existed are accessories; before regional
@@ -325,6 +321,11 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
             .map_err(SqliteStoreError::sqlite("add the regional prices of items"))?;
     }
     migrate_event_rows(&mut connection)?;
+    // Purchase steps were once a table of their own (a row per step, 450
+    // bytes per command); the index that replaced them is projected again.
+    connection
+        .execute_batch("DROP TABLE IF EXISTS purchase_steps;")
+        .map_err(SqliteStoreError::sqlite("drop the purchase steps table"))?;
     if read_models_behind {
         crate::writer::reset_read_models(&mut connection)?;
         tracing::info!("the read models are projected again from the log for a new read model");

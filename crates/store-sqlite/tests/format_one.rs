@@ -100,10 +100,28 @@ async fn a_format_one_directory_opens_recovers_and_continues() {
         migrated.contains("kind=\"grant\""),
         "the read models came along: {migrated}"
     );
+    let purchase_ids: Vec<&str> = migrated
+        .lines()
+        .skip_while(|line| *line != "[purchase_index]")
+        .skip(1)
+        .take_while(|line| !line.starts_with('['))
+        .filter_map(|line| line.strip_prefix("purchase_id=\"")?.split('"').next())
+        .collect();
     assert!(
-        migrated.contains("step=\"accepted\""),
-        "the old purchases have their steps: {migrated}"
+        !purchase_ids.is_empty(),
+        "the old purchases are indexed: {migrated}"
     );
+    let read_models = store.read_models();
+    for purchase_id in purchase_ids {
+        let steps = read_models
+            .purchase_steps(purchase_id)
+            .await
+            .expect("steps read");
+        assert!(
+            steps.iter().any(|step| step.step == "accepted"),
+            "the old purchase {purchase_id} has its steps: {steps:?}"
+        );
+    }
 
     // Every shard recovers from the moved envelopes, to the same head.
     let mut runners = Vec::new();

@@ -1074,3 +1074,107 @@ async fn the_item_history_counts_each_day_and_older_directories_are_projected_ag
             .expect("history read"),
     );
 }
+
+/// The steps a read-back must give: the projection's own, event by event.
+fn steps_told_by(records: &[BatchRecord], purchase_id: &str) -> Vec<projectors::PurchaseStepView> {
+    let mut steps = Vec::new();
+    for record in records {
+        for logged in record.logged() {
+            let event = logged.event().expect("event decodes");
+            for change in projectors::trace::purchase_steps(&logged, &event) {
+                if let projectors::Change::PurchaseStep(step) = change {
+                    if step.purchase_id.as_str() == purchase_id {
+                        steps.push(step.into_view());
+                    }
+                }
+            }
+        }
+    }
+    steps
+}
+
+#[tokio::test]
+async fn purchase_steps_are_read_back_from_the_log_and_replace_the_old_table() {
+    let directory = TempDir::new("purchase-steps");
+    let mut log = Log::default();
+    let mut records = purchase_history(&mut log);
+    // Several entries in one record, two of them about p1: each entry is
+    // found by its index, and the step of an unrelated one is not told.
+    records.push(log.seal_many(
+        USERS,
+        vec![
+            grant("g-erin", "erin", 1_000, 1_000),
+            settle("p1", "dora", true, 30, 20),
+            debit("p9", "bob", 5, &[], 70),
+            settle("p1", "eve", true, 10, 5),
+        ],
+        70,
+    ));
+    let expected = steps_told_by(&records, "p1");
+    assert!(expected.len() >= 6, "{expected:?}");
+    assert!(
+        expected
+            .iter()
+            .any(|step| step.step == "settled" && step.user_id == "eve"),
+        "{expected:?}"
+    );
+    {
+        let store = SqliteStore::open(&directory.path).expect("store opens");
+        for record in &records {
+            store
+                .append(vec![batch(
+                    record.shard.0,
+                    vec![record.clone()],
+                    Vec::new(),
+                )])
+                .await
+                .expect("append succeeds");
+        }
+        project_all(&store).await;
+        let read_models = store.read_models();
+        assert_eq!(
+            read_models.purchase_steps("p1").await.expect("steps read"),
+            expected
+        );
+        assert_eq!(
+            read_models.purchase_steps("p9").await.expect("steps read"),
+            steps_told_by(&records, "p9")
+        );
+        assert_eq!(read_models.purchase_steps("p-none").await, Ok(Vec::new()));
+    }
+    // A directory written when steps had a table of their own: the table
+    // goes, the index is projected from the log, the story is the same.
+    let database = directory.path.join(ledger_store_sqlite::DATABASE_FILE_NAME);
+    {
+        let connection = rusqlite::Connection::open(&database).expect("database opens");
+        connection
+            .execute_batch(
+                "DROP TABLE purchase_index;
+                 CREATE TABLE purchase_steps (purchase_id TEXT NOT NULL, position TEXT NOT NULL,
+                     step TEXT NOT NULL, subject TEXT NOT NULL, user_id TEXT NOT NULL, serial INTEGER,
+                     amount INTEGER, detail TEXT NOT NULL, at_ms INTEGER NOT NULL,
+                     PRIMARY KEY (purchase_id, position, step, subject)) WITHOUT ROWID;
+                 INSERT INTO purchase_steps VALUES ('p1', '1.1', 'reserved', 'crown', 'bob', 1, NULL, '', 20);",
+            )
+            .expect("the old layout is made");
+    }
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    project_all(&store).await;
+    assert_eq!(
+        store
+            .read_models()
+            .purchase_steps("p1")
+            .await
+            .expect("steps read"),
+        expected
+    );
+    let connection = rusqlite::Connection::open(&database).expect("database opens");
+    let old_tables: i64 = connection
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'purchase_steps'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("schema reads");
+    assert_eq!(old_tables, 0, "the old table is dropped");
+}
