@@ -1610,7 +1610,8 @@ impl Simulation {
                         },
                     )
                     .expect("a log prefix replays");
-                    for record in before.state.commands.values() {
+                    for remembered in before.state.commands.values() {
+                        let record = remembered.record();
                         let Command::Purchase {
                             purchase_id,
                             target: PurchaseTarget::Item(bought),
@@ -2844,7 +2845,10 @@ impl Simulation {
         // Every command finished; no reservation or refund is left open.
         for runner in &self.runners {
             for (key, record) in &runner.state.commands {
-                assert!(record.completion.is_some(), "command {key} never completed");
+                assert!(
+                    record.record().completion.is_some(),
+                    "command {key} never completed"
+                );
             }
             for (item_id, item) in &runner.state.items {
                 assert!(

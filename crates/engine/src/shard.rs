@@ -257,7 +257,7 @@ impl<W> ShardRunner<W> {
         self.state
             .commands
             .get(key)
-            .and_then(|record| record.completion.clone())
+            .and_then(|remembered| remembered.record().completion.clone())
     }
 
     /// Runs a command; `waiter` is answered through `step.replies`, now or

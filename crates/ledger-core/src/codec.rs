@@ -2,6 +2,8 @@
 //! versioned, hash-chained envelope. Old event versions are upcast on read.
 
 use bincode::{Decode, Encode};
+
+use crate::remembered::Remembered;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -129,7 +131,7 @@ fn record_config() -> bincode::config::Configuration<
 
 /// Encodes in one pass into a growing vector (`bincode::encode_to_vec`
 /// measures first, then writes: two passes over the value).
-fn encode_record_part<T: Encode>(value: &T) -> Vec<u8> {
+pub(crate) fn encode_record_part<T: Encode>(value: &T) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(128);
     bincode::encode_into_std_write(value, &mut bytes, record_config())
         .expect("encoding into a vector cannot fail");
@@ -147,7 +149,10 @@ fn varint_size(value: u64) -> usize {
     }
 }
 
-fn decode_record_part<T: Decode<()>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
+pub(crate) fn decode_record_part<T: Decode<()>>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
     decode_whole(what, bytes, record_config())
 }
 
@@ -1098,7 +1103,7 @@ impl From<SnapshotBeforeTakedowns> for Snapshot {
                 commands: old
                     .commands
                     .into_iter()
-                    .map(|(key, record)| (Arc::from(key), Arc::new(record)))
+                    .map(|(key, record)| (Arc::from(key), Remembered::new(record)))
                     .collect(),
                 listing_directory: old.listing_directory,
                 refunds: old.refunds,

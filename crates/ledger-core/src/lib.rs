@@ -16,6 +16,7 @@ pub mod limits;
 pub mod model;
 pub mod money;
 pub mod pricing;
+pub mod remembered;
 pub mod retention;
 pub mod state;
 pub mod takedown;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{BundleId, ItemId, ListingId, PriceTestId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{is_balanced, Account};
+use crate::remembered::Remembered;
 use crate::retention::{base_time_ms, id_time_ms, is_forgettable, key_digest, Retention};
 
 /// Settings that shape decisions. Fed from outside; the same in every mode.
@@ -166,10 +167,11 @@ pub struct ShardState {
     pub escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
     pub items: BTreeMap<ItemId, ItemState>,
     pub bundles: BTreeMap<BundleId, BundleState>,
-    /// Keyed by the command's key, shared with the retention queues. A
-    /// record is shared with the snapshot being saved (copy on write), so a
-    /// snapshot copies the map's nodes, not the records.
-    pub commands: BTreeMap<Arc<str>, Arc<CommandRecord>>,
+    /// Keyed by the command's key, shared with the retention queues; a
+    /// completed record is kept encoded (see [`Remembered`]). A record is
+    /// shared with the snapshot being saved (copy on write), so a snapshot
+    /// copies the map's nodes, not the records.
+    pub commands: BTreeMap<Arc<str>, Remembered>,
     pub listing_directory: BTreeMap<ListingId, ItemId>,
     pub refunds: BTreeMap<PurchaseId, RefundProgress>,
     /// Which completed commands are forgotten when (see [`crate::retention`]).
@@ -257,21 +259,29 @@ impl ShardState {
     }
 
     fn record_mut(&mut self, key: &str) -> &mut CommandRecord {
-        Arc::make_mut(
-            self.commands
-                .get_mut(key)
-                .expect("event refers to a command of this shard"),
-        )
+        self.commands
+            .get_mut(key)
+            .expect("event refers to a command of this shard")
+            .running_mut()
+    }
+
+    /// Keeps the command under `key`, just completed, encoded.
+    fn seal_record(&mut self, key: &str) {
+        self.commands
+            .get_mut(key)
+            .expect("a completed command is remembered")
+            .seal_if_completed();
     }
 
     /// Queues the completed command under `key` to be forgotten, if its
     /// kind is: paid primary purchases in their own queue (a refund reads
     /// them for as long as the escrow is held), the others by the horizon.
     fn queue_for_forgetting(&mut self, key: &str) {
-        let (key, record) = self
+        let (key, remembered) = self
             .commands
             .get_key_value(key)
             .expect("a completed command is remembered");
+        let record = remembered.record();
         if !is_forgettable(&record.command) {
             return;
         }
@@ -302,10 +312,11 @@ impl ShardState {
                 .pop_first()
                 .expect("a tick forgets only queued commands");
             assert!(base_ms < before_ms, "a command is forgotten after its time");
-            let record = self
+            let remembered = self
                 .commands
                 .remove(&*key)
                 .expect("a queued command is remembered until forgotten");
+            let record = remembered.record();
             assert!(
                 record.completion.is_some(),
                 "only completed commands are forgotten"
@@ -412,11 +423,11 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             };
             let previous = state
                 .commands
-                .insert(Arc::from(key.as_str()), Arc::new(record));
+                .insert(Arc::from(key.as_str()), Remembered::new(record));
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
-                previous.is_none_or(|p| p.completion.is_some()
-                    && matches!(p.command, Command::CancelListing { .. })),
+                previous.is_none_or(|p| p.is_completed()
+                    && matches!(p.record().command, Command::CancelListing { .. })),
                 "a command id is accepted once"
             );
         }
@@ -438,6 +449,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             assert!(record.completion.is_none(), "a command completes once");
             record.completion = Some(completion.clone());
             state.queue_for_forgetting(key);
+            state.seal_record(key);
         }
         Event::PurchaseCompleted {
             key,
@@ -455,6 +467,7 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             };
             record.completion = Some(completion.clone());
             state.queue_for_forgetting(key);
+            state.seal_record(key);
         }
         Event::CommandsForgotten {
             before_ms,
@@ -480,14 +493,13 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             .limits
             .admit(buyer_id, subject, *at_ms, *expire_before_ms),
         Event::CommandWithdrawn { key, .. } => {
-            let record = state
+            let remembered = state
                 .commands
                 .remove(key.as_str())
                 .expect("a withdrawn command was accepted");
-            assert!(
-                record.completion.is_none(),
-                "only a running command is withdrawn"
-            );
+            let record = remembered
+                .running()
+                .expect("only a running command is withdrawn");
             assert!(
                 matches!(
                     record.command,

@@ -165,8 +165,8 @@ pub(super) fn cancel(
     listing_id: &ListingId,
 ) -> Decision {
     let key = cancel_key(listing_id);
-    if let Some(record) = out.state.commands.get(key.as_str()) {
-        if record.completion.is_none() {
+    if let Some(remembered) = out.state.commands.get(key.as_str()) {
+        if !remembered.is_completed() {
             return Decision::Apply {
                 events: Vec::new(),
                 answer: Answer::OnCompletion(key),

@@ -319,8 +319,8 @@ fn run_keyed(
         .idempotency_key()
         .expect("a keyed command carries its id");
     let command_fingerprint = fingerprint(command);
-    if let Some(record) = out.state.commands.get(key.as_str()) {
-        if record.fingerprint != command_fingerprint {
+    if let Some(remembered) = out.state.commands.get(key.as_str()) {
+        if remembered.record().fingerprint != command_fingerprint {
             return Decision::Refuse(reject(
                 RejectionCode::IdempotencyConflict,
                 format!("{key} was already used with a different request"),

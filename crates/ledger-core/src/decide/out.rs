@@ -185,8 +185,8 @@ impl<'a> Out<'a> {
         mut positions: Vec<ShardPosition>,
         mut deliveries: Vec<DeliveryMark>,
     ) -> Completion {
-        if let Some(record) = self.state.commands.get(key) {
-            positions.extend(record.positions.iter().copied());
+        if let Some(remembered) = self.state.commands.get(key) {
+            positions.extend(remembered.record().positions.iter().copied());
         }
         positions.push(self.next_position());
         positions.sort();

@@ -15,12 +15,11 @@
 //! which the home shard turns into `ChargeBuyer`; `DebitBuyer` answers
 //! `BuyerDebited` to a purchase in stage `Debiting`.
 
-use std::sync::Arc;
-
 use crate::ids::{BundleId, ItemId, ListingId, PurchaseId, ShardId, UserId};
 use crate::model::*;
 use crate::money::{Account, Posting, PrimarySplit};
 use crate::pricing::{PriceRule, Region, SaleTerms};
+use crate::remembered::Remembered;
 use crate::state::{CommandRecord, Config, ItemState, Listing, ShardState};
 
 use super::out::Out;
@@ -173,7 +172,11 @@ pub(super) fn rate_limited(
     if let Some(CommandRecord {
         command: Command::PurchaseCart { .. },
         ..
-    }) = out.state.commands.get(key.as_str()).map(Arc::as_ref)
+    }) = out
+        .state
+        .commands
+        .get(key.as_str())
+        .and_then(Remembered::running)
     {
         return super::cart::rate_limited(out, purchase_id, rejection, retry_after_ms);
     }

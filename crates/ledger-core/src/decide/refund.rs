@@ -43,7 +43,7 @@ pub(super) fn refund_purchase(
                 },
             );
         }
-        Ok(creator_id) => begin(out, refund_id, purchase_id, creator_id, from),
+        Ok(creator_id) => begin(out, refund_id, purchase_id, &creator_id, from),
     }
 }
 
@@ -76,12 +76,12 @@ pub(super) fn begin(
 
 /// Whether `purchase_id` can be refunded now: it completed successfully, is
 /// not a resale and has no refund running or done. Returns its creator.
-pub(super) fn check_refundable<'a>(
-    state: &'a ShardState,
+pub(super) fn check_refundable(
+    state: &ShardState,
     purchase_id: &PurchaseId,
-) -> Result<&'a UserId, Rejection> {
+) -> Result<UserId, Rejection> {
     let key = keys::purchase(purchase_id);
-    let Some(record) = state.commands.get(key.as_str()) else {
+    let Some(remembered) = state.commands.get(key.as_str()) else {
         if state.retention.is_forgotten(&key) {
             return Err(reject(
                 RejectionCode::RefundWindowClosed,
@@ -93,6 +93,7 @@ pub(super) fn check_refundable<'a>(
             format!("purchase {purchase_id} does not exist"),
         ));
     };
+    let record = remembered.record();
     if let Command::PurchaseCart { lines, .. } = &record.command {
         return Err(reject(
             RejectionCode::NotFound,
@@ -123,7 +124,7 @@ pub(super) fn check_refundable<'a>(
             format!("purchase {purchase_id} was already refunded"),
         ));
     }
-    Ok(&reservation.creator_id)
+    Ok(reservation.creator_id.clone())
 }
 
 /// A paid primary purchase, as a refund reads it.
@@ -228,7 +229,9 @@ pub(super) fn escrow_frozen(
     result: &Result<(), Rejection>,
 ) {
     let (refund_id, reply_to) = running_refund(out.state, purchase_id, RefundStep::Freezing);
-    let purchase: Paid = saga::stage(out.state, &keys::purchase(purchase_id));
+    let key = keys::purchase(purchase_id);
+    let record = saga::completed(out.state, &key);
+    let purchase: Paid = saga::stage_of(&record, &key);
     if let Err(rejection) = result {
         out.push(Event::RefundProgressed {
             purchase_id: purchase_id.clone(),
@@ -322,7 +325,9 @@ pub(super) fn serial_revoked(
     position: Option<ShardPosition>,
 ) {
     let (refund_id, reply_to) = running_refund(out.state, purchase_id, RefundStep::Revoking);
-    let purchase: Paid = saga::stage(out.state, &keys::purchase(purchase_id));
+    let key = keys::purchase(purchase_id);
+    let record = saga::completed(out.state, &key);
+    let purchase: Paid = saga::stage_of(&record, &key);
     let Err(rejection) = result else {
         let positions = position.into_iter().collect();
         return finish(out, purchase_id, &purchase, refund_id, reply_to, positions);

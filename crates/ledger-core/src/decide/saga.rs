@@ -19,14 +19,38 @@ pub(super) trait SagaStage<'a>: Sized {
     fn read(record: &'a CommandRecord) -> Option<Self>;
 }
 
-/// The saga under `key`, which must be in stage `S`.
+/// The saga under `key`, which must be running and in stage `S`.
 ///
 /// Panics otherwise: a reply to a command this shard does not run, or to a
 /// command that is not waiting for it, means a bug or a corrupt log.
 pub(super) fn stage<'a, S: SagaStage<'a>>(state: &'a ShardState, key: &str) -> S {
-    let record = state.commands.get(key).unwrap_or_else(|| {
+    let remembered = state.commands.get(key).unwrap_or_else(|| {
         panic!("a reply refers to command {key}, which this shard never accepted")
     });
+    let Some(record) = remembered.running() else {
+        panic!(
+            "command {key} should be {} but completed: {remembered:?}",
+            S::EXPECTED
+        )
+    };
+    stage_of(record, key)
+}
+
+/// The completed command under `key` (decoded: see
+/// [`crate::remembered::Remembered`]), for [`stage_of`].
+///
+/// Panics if the shard never accepted it.
+pub(super) fn completed(state: &ShardState, key: &str) -> CommandRecord {
+    state
+        .commands
+        .get(key)
+        .unwrap_or_else(|| panic!("command {key} was never accepted by this shard"))
+        .record()
+        .into_owned()
+}
+
+/// `record`, the command under `key`, in stage `S`; panics otherwise.
+pub(super) fn stage_of<'a, S: SagaStage<'a>>(record: &'a CommandRecord, key: &str) -> S {
     S::read(record).unwrap_or_else(|| {
         panic!(
             "command {key} should be {} but holds {:?} in progress {:?}",

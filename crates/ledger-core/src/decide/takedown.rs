@@ -200,6 +200,7 @@ fn scan_step(out: &mut Out<'_>, item_id: &ItemId, cursor: Option<&str>, changes:
             break;
         }
         last = Some(key);
+        let record = record.record();
         let Command::Purchase {
             purchase_id,
             target: PurchaseTarget::Item(bought),
@@ -257,7 +258,6 @@ fn refund_sale(
 ) -> bool {
     match super::refund::check_refundable(out.state, purchase_id) {
         Ok(creator_id) => {
-            let creator_id = creator_id.clone();
             let refund_id = crate::takedown::refund_id(item_id, purchase_id);
             out.push(Event::TakedownRefundStarted {
                 item_id: item_id.clone(),

@@ -76,8 +76,10 @@ pub(super) fn forget_expired_commands(out: &mut Out<'_>, now_ms: TimestampMs) {
 
 /// Whether a refund of the purchase under `key` is running.
 fn refund_runs(state: &ShardState, key: &str) -> bool {
-    let Some(Command::Purchase { purchase_id, .. }) = state.commands.get(key).map(|r| &r.command)
-    else {
+    let Some(remembered) = state.commands.get(key) else {
+        return false;
+    };
+    let Command::Purchase { purchase_id, .. } = &remembered.record().command else {
         return false;
     };
     matches!(

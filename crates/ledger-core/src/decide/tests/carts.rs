@@ -105,6 +105,7 @@ impl Ledger {
     fn completion(&self, key: &str) -> Completion {
         let home = self.config.shard_of(key);
         self.shards[usize::from(home.0)].commands[key]
+            .record()
             .completion
             .clone()
             .expect("the command completed")
@@ -283,8 +284,9 @@ fn a_paid_cart_debits_once_grants_every_line_and_settles_each_creator() {
         assert_eq!(paid.price, line.expected_price);
         assert_eq!(settled[&line_id].1, line.expected_price, "line {index}");
         // Each line is a completed purchase on its own shard.
-        let record =
-            &ledger.shard_of(&keys::purchase(&line_id)).commands[keys::purchase(&line_id).as_str()];
+        let record = ledger.shard_of(&keys::purchase(&line_id)).commands
+            [keys::purchase(&line_id).as_str()]
+        .record();
         assert!(matches!(record.progress, Progress::Paid { .. }));
         assert!(matches!(
             record.completion.as_ref().map(|c| &c.result),

@@ -1,0 +1,205 @@
+//! Where a shard's memory goes: live heap bytes per remembered command, by
+//! part of the state.
+//!
+//! Buyers are funded, then buy non-limited items (one purchase in 50 buys a
+//! Limited serial), through an in-memory cluster of 4 shards. Each shard's
+//! state is then copied through its snapshot encoding (so nothing is shared
+//! with the cluster), and its parts are dropped one by one under a counting
+//! allocator: what each drop frees is that part's size in memory, next to
+//! its encoded size.
+//!
+//! `cargo bench -p ledger-engine --bench heap` (release). Environment:
+//! `HEAP_BUYERS` (50,000; each funded by one grant), `HEAP_PURCHASES`
+//! (100,000).
+
+// A global allocator is an unsafe trait; this one only counts and forwards.
+#![allow(unsafe_code)]
+
+mod fixtures;
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use fixtures::{fund_buyer, publish_item, purchase};
+use ledger_core::codec::{decode, encode};
+use ledger_core::*;
+use ledger_engine::in_memory::InMemoryCluster as Cluster;
+
+/// The server's allocator, counting the bytes it has handed out and not
+/// taken back.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to mimalloc, a correct
+// allocator; the counter is only arithmetic beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract.
+        unsafe { mimalloc::MiMalloc.dealloc(pointer, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_bytes() -> isize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name).map_or(default, |value| {
+        value
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}"))
+    })
+}
+
+const SHARDS: u16 = 4;
+const ITEMS: usize = 100;
+const LIMITED_SUPPLY: u32 = 1_000_000;
+
+/// Bytes freed by dropping what `take` removes from `state`.
+fn freed<T>(state: &mut ShardState, take: impl FnOnce(&mut ShardState) -> T) -> isize {
+    let before = live_bytes();
+    drop(take(state));
+    before - live_bytes()
+}
+
+fn main() {
+    let buyers = setting("HEAP_BUYERS", 50_000);
+    let purchases = setting("HEAP_PURCHASES", 100_000);
+    let mut cluster = Cluster::new(SHARDS);
+    cluster.run((0..buyers).map(fund_buyer));
+    cluster.run((0..ITEMS).map(publish_item));
+    let limited = ItemId::parse("l-0").expect("valid id");
+    cluster.run([Command::PublishItem(ItemDefinition {
+        item_id: limited.clone(),
+        creator_id: UserId::parse("c-0").expect("valid id"),
+        name: "limited thing".into(),
+        price: 10,
+        supply: Some(LIMITED_SUPPLY),
+        max_per_user: None,
+        starts_at_ms: None,
+        ends_at_ms: None,
+        resellable: true,
+        kind: Default::default(),
+    })]);
+    cluster.expect_succeeded(buyers + ITEMS + 1);
+    assert!(
+        purchases / buyers < ITEMS,
+        "at most {ITEMS} purchases per buyer"
+    );
+    cluster.run((0..purchases).map(|n| {
+        let target = if n % 50 == 0 {
+            PurchaseTarget::Item(limited.clone())
+        } else {
+            // A buyer's rounds buy different items (a non-limited item is
+            // owned once).
+            PurchaseTarget::Item(fixtures::item((n % buyers + n / buyers) % ITEMS))
+        };
+        purchase(format!("p-{n:08}"), n % buyers, target, 10)
+    }));
+    cluster.expect_succeeded(purchases);
+    let commands = buyers + ITEMS + 1 + purchases;
+
+    let mut parts: Vec<(&str, isize, usize)> = Vec::new();
+    let mut add = |name: &'static str, bytes: isize, encoded: usize| match parts
+        .iter_mut()
+        .find(|(known, _, _)| *known == name)
+    {
+        Some(part) => {
+            part.1 += bytes;
+            part.2 += encoded;
+        }
+        None => parts.push((name, bytes, encoded)),
+    };
+    let mut whole = 0;
+    let mut whole_encoded = 0;
+    for runner in &cluster.runners {
+        let bytes = encode(&runner.state);
+        whole_encoded += bytes.len();
+        let before = live_bytes();
+        let mut state: ShardState = decode("shard state", &bytes).expect("state decodes");
+        whole += live_bytes() - before;
+        let encoded_commands = encode(&state.commands).len();
+        let encoded_retention = encode(&state.retention).len();
+        add(
+            "commands",
+            freed(&mut state, |s| std::mem::take(&mut s.commands)),
+            encoded_commands,
+        );
+        add(
+            "retention queues",
+            freed(&mut state, |s| std::mem::take(&mut s.retention)),
+            encoded_retention,
+        );
+        let encoded = encode(&state.balances).len();
+        add(
+            "balances",
+            freed(&mut state, |s| std::mem::take(&mut s.balances)),
+            encoded,
+        );
+        let encoded = encode(&state.owned_items).len();
+        add(
+            "owned items",
+            freed(&mut state, |s| std::mem::take(&mut s.owned_items)),
+            encoded,
+        );
+        let encoded = encode(&state.escrow).len() + encode(&state.escrow_due).len();
+        add(
+            "escrow (and its due set)",
+            freed(&mut state, |s| {
+                (
+                    std::mem::take(&mut s.escrow),
+                    std::mem::take(&mut s.escrow_due),
+                )
+            }),
+            encoded,
+        );
+        let encoded = encode(&state.items).len();
+        add(
+            "items (serials, counts)",
+            freed(&mut state, |s| std::mem::take(&mut s.items)),
+            encoded,
+        );
+        let encoded = encode(&state.limits).len();
+        add(
+            "rate limits",
+            freed(&mut state, |s| std::mem::take(&mut s.limits)),
+            encoded,
+        );
+        let rest_encoded = encode(&state).len();
+        add(
+            "everything else",
+            freed(&mut state, |s| {
+                std::mem::replace(s, ShardState::new(s.shard))
+            }),
+            rest_encoded,
+        );
+    }
+    let per_command = |bytes: isize| bytes as f64 / commands as f64;
+    println!("{commands} commands ({buyers} grants, {purchases} purchases), {SHARDS} shards");
+    println!();
+    println!("| part | live heap bytes per command | encoded bytes per command |");
+    println!("|---|---|---|");
+    for (name, bytes, encoded) in &parts {
+        println!(
+            "| {name} | {:.0} | {:.0} |",
+            per_command(*bytes),
+            per_command(*encoded as isize)
+        );
+    }
+    println!(
+        "| whole state | {:.0} | {:.0} |",
+        per_command(whole),
+        per_command(whole_encoded as isize)
+    );
+}
