@@ -280,12 +280,17 @@ impl<W> ShardRunner<W> {
                     Answer::Now(completion) => {
                         step.replies.push((waiter, Reply::Completed(completion)))
                     }
-                    Answer::OnCompletion(key) => match self.completion(&key) {
-                        Some(completion) if !completed.iter().any(|(done, _)| *done == key) => {
-                            step.replies.push((waiter, Reply::Completed(completion)))
+                    Answer::OnCompletion(key) => {
+                        // Completed by these events: answered with them, below
+                        // (before the remembered record, which is kept encoded).
+                        let completed_now = completed.iter().any(|(done, _)| *done == key);
+                        match (!completed_now).then(|| self.completion(&key)).flatten() {
+                            Some(completion) => {
+                                step.replies.push((waiter, Reply::Completed(completion)))
+                            }
+                            None => self.waiters.entry(key).or_default().push(waiter),
                         }
-                        _ => self.waiters.entry(key).or_default().push(waiter),
-                    },
+                    }
                     Answer::None => unreachable!("commands are answered"),
                 }
                 self.resolve(completed, step);

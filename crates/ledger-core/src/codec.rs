@@ -129,12 +129,17 @@ fn record_config() -> bincode::config::Configuration<
         .with_little_endian()
 }
 
+/// [`encode_record_part`], appended to `buffer`.
+pub(crate) fn encode_record_part_into<T: Encode>(value: &T, buffer: &mut Vec<u8>) {
+    bincode::encode_into_std_write(value, buffer, record_config())
+        .expect("encoding into a vector cannot fail");
+}
+
 /// Encodes in one pass into a growing vector (`bincode::encode_to_vec`
 /// measures first, then writes: two passes over the value).
 pub(crate) fn encode_record_part<T: Encode>(value: &T) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(128);
-    bincode::encode_into_std_write(value, &mut bytes, record_config())
-        .expect("encoding into a vector cannot fail");
+    encode_record_part_into(value, &mut bytes);
     bytes
 }
 

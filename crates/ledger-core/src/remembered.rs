@@ -31,7 +31,7 @@ impl Remembered {
     /// Keeps `record`: encoded if completed.
     pub fn new(record: CommandRecord) -> Remembered {
         if record.completion.is_some() {
-            Remembered::Completed(crate::codec::encode_record_part(&record).into())
+            Remembered::Completed(encode_once(&record))
         } else {
             Remembered::Running(Arc::new(record))
         }
@@ -70,7 +70,7 @@ impl Remembered {
     pub fn seal_if_completed(&mut self) {
         if let Remembered::Running(record) = self {
             if record.completion.is_some() {
-                *self = Remembered::Completed(crate::codec::encode_record_part(&**record).into());
+                *self = Remembered::Completed(encode_once(record));
             }
         }
     }
@@ -78,6 +78,20 @@ impl Remembered {
     pub fn is_completed(&self) -> bool {
         matches!(self, Remembered::Completed(_))
     }
+}
+
+/// `record` in the record encoding, written once into a scratch buffer
+/// and copied into its one allocation (`encode_to_vec` would measure it
+/// first, then write it, then `Arc<[u8]>` would copy it again).
+fn encode_once(record: &CommandRecord) -> Arc<[u8]> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        crate::codec::encode_record_part_into(record, scratch);
+        Arc::from(scratch.as_slice())
+    })
 }
 
 impl PartialEq for Remembered {
