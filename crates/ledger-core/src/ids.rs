@@ -44,12 +44,48 @@ pub fn validate_id(field: &'static str, value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// Decodes an id's text (bincode's `str`: a length, then UTF-8) straight
+/// into its shared allocation. bincode's own `Arc<str>` decodes a `String`
+/// and copies it: two allocations for every id of every decoded message,
+/// record and snapshot.
+fn decode_shared_text<D: bincode::de::Decoder>(
+    decoder: &mut D,
+) -> Result<Arc<str>, bincode::error::DecodeError> {
+    use bincode::de::read::Reader;
+    use bincode::error::DecodeError;
+    let length = u64::decode(decoder)?;
+    let length = usize::try_from(length).map_err(|_| DecodeError::OutsideUsizeRange(length))?;
+    decoder.claim_container_read::<u8>(length)?;
+    let mut inline = [0_u8; ID_LENGTH_MAX];
+    let mut spilled = Vec::new();
+    let bytes = if length <= ID_LENGTH_MAX {
+        &mut inline[..length]
+    } else {
+        // Longer than any id parses to; still read as it was written.
+        spilled.resize(length, 0);
+        &mut spilled[..]
+    };
+    decoder.reader().read(bytes)?;
+    let text = std::str::from_utf8(bytes).map_err(|inner| DecodeError::Utf8 { inner })?;
+    Ok(Arc::from(text))
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode, Decode)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Encode)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(Arc<str>);
+
+        impl<Context> Decode<Context> for $name {
+            fn decode<D: bincode::de::Decoder<Context = Context>>(
+                decoder: &mut D,
+            ) -> Result<Self, bincode::error::DecodeError> {
+                decode_shared_text(decoder).map(Self)
+            }
+        }
+
+        bincode::impl_borrow_decode!($name);
 
         impl $name {
             /// Validates and wraps an id.
@@ -118,6 +154,27 @@ impl std::fmt::Display for ShardId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_decodes_as_the_string_it_was_encoded_as() {
+        use crate::codec::{decode, decode_record_part, encode, encode_record_part};
+        for text in ["a", &"x".repeat(ID_LENGTH_MAX), &"y".repeat(300)] {
+            // Written as a string, in both integer encodings.
+            let id: UserId = decode("id", &encode(&text.to_string())).expect("decodes");
+            assert_eq!(id.as_str(), text);
+            let id: UserId =
+                decode_record_part("id", &encode_record_part(&text.to_string())).expect("decodes");
+            assert_eq!(id.as_str(), text);
+            assert_eq!(encode(&id), encode(&text.to_string()));
+        }
+        let mut not_utf8 = encode(&"ab".to_string());
+        let last = not_utf8.len() - 1;
+        not_utf8[last] = 0xff;
+        assert!(decode::<UserId>("id", &not_utf8).is_err());
+        let mut truncated = encode(&"abc".to_string());
+        truncated.pop();
+        assert!(decode::<UserId>("id", &truncated).is_err());
+    }
 
     #[test]
     fn ids_follow_the_grammar() {
