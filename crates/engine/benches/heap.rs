@@ -129,53 +129,21 @@ fn main() {
         let before = live_bytes();
         let mut state: ShardState = decode("shard state", &bytes).expect("state decodes");
         whole += live_bytes() - before;
-        let encoded_commands = encode(&state.commands).len();
-        let encoded_retention = encode(&state.retention).len();
-        add(
-            "commands",
-            freed(&mut state, |s| std::mem::take(&mut s.commands)),
-            encoded_commands,
-        );
-        add(
-            "retention queues",
-            freed(&mut state, |s| std::mem::take(&mut s.retention)),
-            encoded_retention,
-        );
-        let encoded = encode(&state.balances).len();
-        add(
-            "balances",
-            freed(&mut state, |s| std::mem::take(&mut s.balances)),
-            encoded,
-        );
-        let encoded = encode(&state.owned_items).len();
-        add(
-            "owned items",
-            freed(&mut state, |s| std::mem::take(&mut s.owned_items)),
-            encoded,
-        );
-        let encoded = encode(&state.escrow).len() + encode(&state.escrow_due).len();
-        add(
-            "escrow (and its due set)",
-            freed(&mut state, |s| {
-                (
-                    std::mem::take(&mut s.escrow),
-                    std::mem::take(&mut s.escrow_due),
-                )
-            }),
-            encoded,
-        );
-        let encoded = encode(&state.items).len();
-        add(
-            "items (serials, counts)",
-            freed(&mut state, |s| std::mem::take(&mut s.items)),
-            encoded,
-        );
-        let encoded = encode(&state.limits).len();
-        add(
-            "rate limits",
-            freed(&mut state, |s| std::mem::take(&mut s.limits)),
-            encoded,
-        );
+        // A part: its encoded size, then what dropping its fields frees.
+        macro_rules! part {
+            ($name:literal, $($field:ident),+) => {{
+                let encoded = 0 $(+ encode(&state.$field).len())+;
+                let bytes = freed(&mut state, |s| ($(std::mem::take(&mut s.$field)),+));
+                add($name, bytes, encoded);
+            }};
+        }
+        part!("commands", commands);
+        part!("retention queues", retention);
+        part!("balances", balances);
+        part!("owned items", owned_items);
+        part!("escrow (and its due set)", escrow, escrow_due);
+        part!("items (serials, counts)", items);
+        part!("rate limits", limits);
         let rest_encoded = encode(&state).len();
         add(
             "everything else",
