@@ -197,10 +197,7 @@ fn sample(cluster: &Cluster, purchases: u64, started_ms: u64) -> (String, Sample
     let digests: usize = states()
         .map(|state| state.retention.forgotten_digests.len())
         .sum();
-    let owned: usize = states()
-        .flat_map(|state| state.owned_items.values())
-        .map(|items| items.len())
-        .sum();
+    let owned: usize = states().map(|state| state.owned_items.len()).sum();
     let line = format!(
         "{purchases},{:.1},{resident},{snapshot_bytes},{remembered},{digests},{owned}",
         (cluster.now_ms - started_ms) as f64 / 1_000.0
@@ -236,10 +233,7 @@ fn report(cluster: &Cluster, samples: &[Sample], horizon_ms: u64, rate: u64) {
     );
     println!(
         "| owned item (user, unlimited item) | {} |",
-        per_entry(states().map(|s| {
-            let owned = s.owned_items.values().map(|items| items.len()).sum();
-            (&s.owned_items, owned)
-        }))
+        per_entry(states().map(|s| { (&s.owned_items, s.owned_items.len()) }))
     );
     println!(
         "| serial held (Limited) | {} |",

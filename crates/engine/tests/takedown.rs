@@ -152,8 +152,7 @@ fn a_takedown_refunds_every_escrowed_sale_once_and_leaves_the_released_ones() {
         let owns = cluster
             .state_of(&keys::user(&buyer(n)))
             .owned_items
-            .get(&buyer(n))
-            .is_some_and(|owned| owned.contains(&item()));
+            .owns(&buyer(n), &item());
         assert_eq!(
             owns,
             n < half,

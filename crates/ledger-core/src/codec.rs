@@ -1100,7 +1100,7 @@ impl From<SnapshotBeforeTakedowns> for Snapshot {
                 inbound_next: old.inbound_next,
                 outbound_next: old.outbound_next,
                 balances: old.balances,
-                owned_items: old.owned_items,
+                owned_items: old.owned_items.into(),
                 escrow: old.escrow,
                 escrow_due: old.escrow_due,
                 items: old.items,

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod limits;
 pub mod model;
 pub mod money;
+pub mod owned;
 pub mod pricing;
 pub mod remembered;
 pub mod retention;

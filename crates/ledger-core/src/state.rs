@@ -162,7 +162,7 @@ pub struct ShardState {
     pub outbound_next: BTreeMap<ShardId, u64>,
     /// Sum of this shard's postings per account.
     pub balances: BTreeMap<Account, i64>,
-    pub owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
+    pub owned_items: crate::owned::OwnedItems,
     pub escrow: BTreeMap<PurchaseId, EscrowEntry>,
     pub escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
     pub items: BTreeMap<ItemId, ItemState>,
@@ -202,7 +202,7 @@ impl ShardState {
             inbound_next: BTreeMap::new(),
             outbound_next: BTreeMap::new(),
             balances: BTreeMap::new(),
-            owned_items: BTreeMap::new(),
+            owned_items: crate::owned::OwnedItems::default(),
             escrow: BTreeMap::new(),
             escrow_due: BTreeSet::new(),
             items: BTreeMap::new(),
@@ -893,10 +893,9 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             granted_items,
             ..
         } => {
-            let owned = state.owned_items.entry(buyer_id.clone()).or_default();
             for item_id in granted_items {
                 assert!(
-                    owned.insert(item_id.clone()),
+                    state.owned_items.insert(buyer_id, item_id),
                     "a non-limited item is owned at most once"
                 );
             }
@@ -1079,13 +1078,11 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             revoked_items,
             ..
         } => {
-            if let Some(owned) = state.owned_items.get_mut(buyer_id) {
-                for item_id in revoked_items {
-                    assert!(owned.remove(item_id), "a revoked item was owned");
-                }
-                if owned.is_empty() {
-                    state.owned_items.remove(buyer_id);
-                }
+            for item_id in revoked_items {
+                assert!(
+                    state.owned_items.remove(buyer_id, item_id),
+                    "a revoked item was owned"
+                );
             }
         }
     }

@@ -434,14 +434,14 @@ fn debit_cart(
     lines: &[Reservation],
     at_ms: TimestampMs,
 ) -> Result<(i64, Vec<Vec<ItemId>>), Rejection> {
-    let owned = out.state.owned_items.get(buyer_id);
+    let owned = &out.state.owned_items;
     let mut granted: BTreeSet<ItemId> = BTreeSet::new();
     let mut per_line: Vec<Vec<ItemId>> = Vec::with_capacity(lines.len());
     for (index, reservation) in lines.iter().enumerate() {
         let (items, all_or_nothing) = purchase::items_granted_by(&reservation.sale);
         let mut to_grant: Vec<ItemId> = Vec::new();
         for item_id in &items {
-            if !owned.is_some_and(|owned| owned.contains(item_id))
+            if !owned.owns(buyer_id, item_id)
                 && !granted.contains(item_id)
                 && !to_grant.contains(item_id)
             {

@@ -635,10 +635,10 @@ fn debit(
     all_or_nothing: bool,
     at_ms: TimestampMs,
 ) -> Result<(i64, Vec<ItemId>), Rejection> {
-    let owned = out.state.owned_items.get(buyer_id);
+    let owned = &out.state.owned_items;
     let mut to_grant: Vec<ItemId> = Vec::new();
     for item_id in grant_items {
-        if !owned.is_some_and(|owned| owned.contains(item_id)) && !to_grant.contains(item_id) {
+        if !owned.owns(buyer_id, item_id) && !to_grant.contains(item_id) {
             to_grant.push(item_id.clone());
         }
     }

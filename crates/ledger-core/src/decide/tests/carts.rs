@@ -128,8 +128,7 @@ impl Ledger {
     fn owns(&self, user: &str, item: &str) -> bool {
         self.shard_of(&keys::user(&user_id(user)))
             .owned_items
-            .get(&user_id(user))
-            .is_some_and(|owned| owned.contains(&item_id(item)))
+            .owns(&user_id(user), &item_id(item))
     }
 
     fn item(&self, item: &str) -> &crate::state::ItemState {
