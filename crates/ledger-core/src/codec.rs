@@ -81,15 +81,20 @@ pub fn compress_stored(bytes: &[u8]) -> Vec<u8> {
     if bytes.len() > UNPACKED_BYTES_MAX {
         return bytes.to_vec();
     }
-    let block = lz4_flex::block::compress(bytes);
-    let framed_length = COMPRESSED_MAGIC.len() + 4 + block.len();
+    // Compressed straight behind the frame's header: one buffer, not a
+    // block then a copy of it (a snapshot is hundreds of megabytes).
+    let header = COMPRESSED_MAGIC.len() + 4;
+    let mut framed = vec![0_u8; header + lz4_flex::block::get_maximum_output_size(bytes.len())];
+    framed[..COMPRESSED_MAGIC.len()].copy_from_slice(&COMPRESSED_MAGIC);
+    framed[COMPRESSED_MAGIC.len()..header].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    let block_length = lz4_flex::block::compress_into(bytes, &mut framed[header..])
+        .expect("the output holds the largest block lz4 can produce");
+    let framed_length = header + block_length;
     if framed_length >= bytes.len() {
         return bytes.to_vec();
     }
-    let mut framed = Vec::with_capacity(framed_length);
-    framed.extend_from_slice(&COMPRESSED_MAGIC);
-    framed.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-    framed.extend_from_slice(&block);
+    framed.truncate(framed_length);
+    framed.shrink_to_fit();
     framed
 }
 
@@ -1165,11 +1170,21 @@ fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotForm
 
 impl Snapshot {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes = SNAPSHOT_MAGIC.to_vec();
+        // Measured first, so that a state of hundreds of megabytes is
+        // written once into one allocation of its size, not copied through
+        // a vector that doubles (which holds up to twice the state while it
+        // grows). Measuring is cheap: a completed command is a length.
+        let mut size = bincode::enc::write::SizeWriter::default();
+        bincode::encode_into_writer(self, &mut size, record_config())
+            .expect("measuring an encoding cannot fail");
+        let length = SNAPSHOT_MAGIC.len() + size.bytes_written + std::mem::size_of::<Hash>();
+        let mut bytes = Vec::with_capacity(length);
+        bytes.extend_from_slice(&SNAPSHOT_MAGIC);
         bincode::encode_into_std_write(self, &mut bytes, record_config())
             .expect("encoding into a vector cannot fail");
         let checksum: Hash = Sha256::digest(&bytes[SNAPSHOT_MAGIC.len()..]).into();
         bytes.extend_from_slice(&checksum);
+        assert_eq!(bytes.len(), length, "a snapshot is as long as measured");
         bytes
     }
 
