@@ -97,7 +97,8 @@ fn encode_once(record: &CommandRecord) -> Arc<[u8]> {
 impl PartialEq for Remembered {
     fn eq(&self, other: &Remembered) -> bool {
         match (self, other) {
-            // One encoding per value (no maps or floats inside a record).
+            // One encoding per value: a record holds no floats and no hash
+            // maps (its ordered maps encode in order).
             (Remembered::Completed(left), Remembered::Completed(right)) => left == right,
             _ => self.record() == other.record(),
         }
