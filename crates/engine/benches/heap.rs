@@ -20,7 +20,7 @@ mod fixtures;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use fixtures::{fund_buyer, publish_item, purchase};
+use fixtures::{fund_buyer, publish_item, purchase, setting};
 use ledger_core::codec::{decode, encode};
 use ledger_core::*;
 use ledger_engine::in_memory::InMemoryCluster as Cluster;
@@ -53,15 +53,6 @@ fn live_bytes() -> isize {
     LIVE_BYTES.load(Ordering::Relaxed)
 }
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name).map_or(default, |value| {
-        value
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}"))
-    })
-}
-
 const SHARDS: u16 = 4;
 const ITEMS: usize = 100;
 const LIMITED_SUPPLY: u32 = 1_000_000;
@@ -79,19 +70,8 @@ fn main() {
     let mut cluster = Cluster::new(SHARDS);
     cluster.run((0..buyers).map(fund_buyer));
     cluster.run((0..ITEMS).map(publish_item));
-    let limited = ItemId::parse("l-0").expect("valid id");
-    cluster.run([Command::PublishItem(ItemDefinition {
-        item_id: limited.clone(),
-        creator_id: UserId::parse("c-0").expect("valid id"),
-        name: "limited thing".into(),
-        price: 10,
-        supply: Some(LIMITED_SUPPLY),
-        max_per_user: None,
-        starts_at_ms: None,
-        ends_at_ms: None,
-        resellable: true,
-        kind: Default::default(),
-    })]);
+    let limited = fixtures::limited_item(0);
+    cluster.run([fixtures::publish_limited(0, LIMITED_SUPPLY)]);
     cluster.expect_succeeded(buyers + ITEMS + 1);
     assert!(
         purchases / buyers < ITEMS,

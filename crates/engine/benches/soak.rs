@@ -19,9 +19,12 @@
 //! (250,000), `SOAK_IDS` (`uuid7`, or `plain` for ids without a time),
 //! `SOAK_OUTPUT` (a file for the CSV, besides stdout).
 
+mod fixtures;
+
 use std::io::Write;
 use std::sync::Arc;
 
+use fixtures::setting;
 use ledger_core::codec::encode;
 use ledger_core::*;
 use ledger_engine::in_memory::InMemoryCluster as Cluster;
@@ -30,15 +33,6 @@ const SHARDS: u16 = 4;
 const LIMITED_ITEMS: usize = 10;
 const LIMITED_SUPPLY: u32 = 100_000;
 const PRICE: i64 = 10;
-
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name).map_or(default, |value| {
-        value
-            .replace('_', "")
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}"))
-    })
-}
 
 struct Ids {
     uuid7: bool,

@@ -167,6 +167,20 @@ fn purchase_history(log: &mut Log) -> Vec<BatchRecord> {
     envelopes
 }
 
+/// Appends each record as a batch of its own, in order.
+async fn append_each(store: &SqliteStore, records: &[BatchRecord]) {
+    for record in records {
+        store
+            .append(vec![batch(
+                record.shard.0,
+                vec![record.clone()],
+                Vec::new(),
+            )])
+            .await
+            .expect("append succeeds");
+    }
+}
+
 async fn project_all(store: &SqliteStore) {
     while store
         .project_pending(1_000)
@@ -182,16 +196,7 @@ async fn a_purchase_history_projects_to_the_expected_read_models() {
     let store = SqliteStore::open(&directory.path).expect("store opens");
     let mut log = Log::default();
     let envelopes = purchase_history(&mut log);
-    for envelope in &envelopes {
-        store
-            .append(vec![batch(
-                envelope.shard.0,
-                vec![envelope.clone()],
-                Vec::new(),
-            )])
-            .await
-            .expect("append succeeds");
-    }
+    append_each(&store, &envelopes).await;
     let read_models = store.read_models();
     let positions = |shard: u16, sequence: u64| ReadPosition {
         positions: vec![ShardPosition {
@@ -488,16 +493,7 @@ async fn refunds_and_revocations_undo_what_purchases_did() {
         91,
     );
 
-    for envelope in &envelopes {
-        store
-            .append(vec![batch(
-                envelope.shard.0,
-                vec![envelope.clone()],
-                Vec::new(),
-            )])
-            .await
-            .expect("append succeeds");
-    }
+    append_each(&store, &envelopes).await;
     project_all(&store).await;
     let read_models = store.read_models();
 
@@ -634,16 +630,7 @@ async fn the_projector_loop_follows_appends_and_stops_on_shutdown() {
         .append(vec![batch(ITEMS, Vec::new(), Vec::new())])
         .await
         .expect("append succeeds");
-    for envelope in &envelopes {
-        store
-            .append(vec![batch(
-                envelope.shard.0,
-                vec![envelope.clone()],
-                Vec::new(),
-            )])
-            .await
-            .expect("append succeeds");
-    }
+    append_each(&store, &envelopes).await;
     let read_models = store.read_models();
     let last = ReadPosition {
         positions: vec![ShardPosition {
@@ -1020,16 +1007,7 @@ async fn the_item_history_counts_each_day_and_older_directories_are_projected_ag
     };
     {
         let store = SqliteStore::open(&directory.path).expect("store opens");
-        for envelope in &envelopes {
-            store
-                .append(vec![batch(
-                    envelope.shard.0,
-                    vec![envelope.clone()],
-                    Vec::new(),
-                )])
-                .await
-                .expect("append succeeds");
-        }
+        append_each(&store, &envelopes).await;
         project_all(&store).await;
         let read_models = store.read_models();
         expected(
@@ -1120,16 +1098,7 @@ async fn purchase_steps_are_read_back_from_the_log_and_replace_the_old_table() {
     );
     {
         let store = SqliteStore::open(&directory.path).expect("store opens");
-        for record in &records {
-            store
-                .append(vec![batch(
-                    record.shard.0,
-                    vec![record.clone()],
-                    Vec::new(),
-                )])
-                .await
-                .expect("append succeeds");
-        }
+        append_each(&store, &records).await;
         project_all(&store).await;
         let read_models = store.read_models();
         assert_eq!(

@@ -74,16 +74,14 @@ pub(super) fn forget_expired_commands(out: &mut Out<'_>, now_ms: TimestampMs) {
     });
 }
 
-/// Whether a refund of the purchase under `key` is running.
+/// Whether a refund of the purchase under `key` is running. The key names
+/// the purchase: its remembered record (kept encoded) is not decoded.
 fn refund_runs(state: &ShardState, key: &str) -> bool {
-    let Some(remembered) = state.commands.get(key) else {
-        return false;
-    };
-    let Command::Purchase { purchase_id, .. } = &remembered.record().command else {
+    let Some(purchase_id) = keys::purchase_id(key) else {
         return false;
     };
     matches!(
-        state.refunds.get(purchase_id),
+        state.refunds.get(&purchase_id),
         Some(RefundProgress::Freezing { .. } | RefundProgress::Revoking { .. })
     )
 }
