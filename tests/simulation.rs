@@ -3309,7 +3309,13 @@ fn check_read_models(simulation: &Simulation, seed: u64) {
             }
             index = end;
         }
-        while store.project_pending(5_000).await.expect("projection") > 0 {}
+        while store
+            .project_pending(5_000)
+            .await
+            .expect("projection")
+            .records
+            > 0
+        {}
         let live = store.dump_read_models().await.expect("dump");
         store.rebuild_read_models().await.expect("rebuild");
         let rebuilt = store.dump_read_models().await.expect("dump");

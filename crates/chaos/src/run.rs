@@ -720,6 +720,7 @@ async fn embedded(
         .project_pending(10_000)
         .await
         .map_err(|error| format!("projecting the copy: {error}"))?
+        .records
         > 0
     {}
     let read_models = store.read_models();

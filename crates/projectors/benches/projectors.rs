@@ -13,7 +13,7 @@ use engine::ports::{EventStore, ShardBatch};
 use ledger_core::codec::BatchRecord;
 use ledger_core::*;
 use ledger_projectors::project;
-use store_sqlite::{SqliteStore, PROJECTOR_BATCH_EVENTS};
+use store_sqlite::{SqliteStore, PROJECTOR_BATCH_RECORDS};
 
 /// Buyers of the workload; each runs one command of every kind.
 const BUYERS: usize = 300;
@@ -280,7 +280,7 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
     group.sampling_mode(SamplingMode::Flat);
     // The embedded store's projector: reads the events in global commit
     // order, decodes and verifies each, projects it and applies the changes,
-    // `PROJECTOR_BATCH_EVENTS` per transaction (WAL, synchronous=FULL).
+    // `PROJECTOR_BATCH_RECORDS` per transaction (WAL, synchronous=FULL).
     // Appending the log to a fresh database is not timed.
     group.bench_function("apply_sqlite", |bencher| {
         bencher.iter_custom(|iterations| {
@@ -300,11 +300,14 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
                     let started = Instant::now();
                     let mut applied = 0;
                     loop {
-                        let batch = store.project_pending(PROJECTOR_BATCH_EVENTS).await.unwrap();
-                        if batch == 0 {
+                        let batch = store
+                            .project_pending(PROJECTOR_BATCH_RECORDS)
+                            .await
+                            .unwrap();
+                        if batch.records == 0 {
                             break;
                         }
-                        applied += batch;
+                        applied += batch.entries;
                     }
                     total += started.elapsed();
                     assert_eq!(applied as u64, event_count);

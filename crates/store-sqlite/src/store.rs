@@ -16,12 +16,12 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::reader::ReadPool;
 use crate::schema::{open_writer, DATABASE_FILE_NAME};
-use crate::writer::{self, WriteRequest};
+use crate::writer::{self, Projected, WriteRequest};
 
 /// Records applied per projection transaction by the projector loop (each
 /// holds at most `RECORD_ENTRIES_MAX` entries; a busy shard's group commit
 /// is one record).
-pub const PROJECTOR_BATCH_EVENTS: usize = 256;
+pub const PROJECTOR_BATCH_RECORDS: usize = 256;
 /// The projector runs at least this often, even without a signal.
 pub const PROJECTOR_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -82,10 +82,11 @@ impl SqliteStore {
         reply.await.map_err(|_| SqliteStoreError::WriterStopped)?
     }
 
-    /// Applies up to `limit` unprojected events to the read models, in
+    /// Applies up to `limit` unprojected records to the read models, in
     /// global commit order; the projection position and shard checkpoints
-    /// advance in the same transaction. Returns how many were applied.
-    pub async fn project_pending(&self, limit: usize) -> Result<usize, StoreError> {
+    /// advance in the same transaction. Returns how many records and
+    /// entries were applied.
+    pub async fn project_pending(&self, limit: usize) -> Result<Projected, StoreError> {
         let (reply, answer) = oneshot::channel();
         Ok(self
             .write(WriteRequest::Project { limit, reply }, answer)
@@ -95,15 +96,15 @@ impl SqliteStore {
     /// Keeps the read models up to date until `shutdown` turns true (or its
     /// sender is dropped): projects after each commit that wrote events and
     /// at least every [`PROJECTOR_INTERVAL`], in batches of
-    /// [`PROJECTOR_BATCH_EVENTS`]. Failures are logged and retried.
+    /// [`PROJECTOR_BATCH_RECORDS`]. Failures are logged and retried.
     pub async fn run_projector(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            match self.project_pending(PROJECTOR_BATCH_EVENTS).await {
+            match self.project_pending(PROJECTOR_BATCH_RECORDS).await {
                 // A full batch: more may be waiting.
-                Ok(applied) if applied == PROJECTOR_BATCH_EVENTS => continue,
+                Ok(projected) if projected.filled(PROJECTOR_BATCH_RECORDS) => continue,
                 Ok(_) => {}
                 Err(error) => tracing::error!(%error, "read-model projection failed; retrying"),
             }
@@ -126,7 +127,7 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         self.write(WriteRequest::ResetReadModels { reply }, answer)
             .await?;
-        while self.project_pending(PROJECTOR_BATCH_EVENTS).await? > 0 {}
+        while self.project_pending(PROJECTOR_BATCH_RECORDS).await?.records > 0 {}
         Ok(())
     }
 

@@ -40,8 +40,11 @@ pub enum WriteRequest {
         snapshot: Vec<u8>,
         reply: Reply<()>,
     },
-    /// Projects up to `limit` records; answers how many entries were applied.
-    Project { limit: usize, reply: Reply<usize> },
+    /// Projects up to `limit` records; answers how many records and entries.
+    Project {
+        limit: usize,
+        reply: Reply<Projected>,
+    },
     /// Empties the read models and their checkpoints.
     ResetReadModels { reply: Reply<()> },
 }
@@ -136,9 +139,9 @@ fn handle_other(connection: &mut Connection, request: WriteRequest) {
             let started = Instant::now();
             let result = project_batch(connection, limit);
             match &result {
-                Ok(applied) => {
+                Ok(projected) => {
                     metrics::counter!(names::PROJECTOR_EVENTS_APPLIED_TOTAL)
-                        .increment(*applied as u64);
+                        .increment(projected.entries as u64);
                     metrics::histogram!(names::PROJECTOR_BATCH_DURATION_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                 }
@@ -149,6 +152,24 @@ fn handle_other(connection: &mut Connection, request: WriteRequest) {
         WriteRequest::ResetReadModels { reply } => {
             let _ = reply.send(reset_read_models(connection));
         }
+    }
+}
+
+/// What one projection transaction applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Projected {
+    /// Records read from the log (what the request's `limit` counts).
+    pub records: usize,
+    /// Entries (events) of those records applied to the read models.
+    pub entries: usize,
+}
+
+impl Projected {
+    /// Whether the transaction took as many records as it was allowed:
+    /// then more may be waiting. A record holds many entries, so only the
+    /// record count answers this.
+    pub fn filled(&self, limit: usize) -> bool {
+        self.records >= limit
     }
 }
 
@@ -417,8 +438,8 @@ fn save_snapshot(
 
 /// Applies up to `limit` unprojected records, in global order, and advances
 /// the projection position and shard checkpoints in the same transaction.
-/// Answers how many entries were applied.
-fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, SqliteStoreError> {
+/// Answers how many records and entries were applied.
+fn project_batch(connection: &mut Connection, limit: usize) -> Result<Projected, SqliteStoreError> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(SqliteStoreError::sqlite("begin projection transaction"))?;
@@ -431,7 +452,7 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, Sql
         .map_err(SqliteStoreError::sqlite("read projection position"))?;
     let rows = read_records_after(&transaction, projected, limit)?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Projected::default());
     }
     let mut checkpoints: BTreeMap<u16, u64> = BTreeMap::new();
     let mut last_position = projected;
@@ -470,7 +491,10 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<usize, Sql
     for (shard, sequence) in &checkpoints {
         engine::metrics::record_projected(ledger_core::ShardId(*shard), *sequence);
     }
-    Ok(applied)
+    Ok(Projected {
+        records: rows.len(),
+        entries: applied,
+    })
 }
 
 fn read_records_after(

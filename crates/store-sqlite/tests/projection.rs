@@ -13,7 +13,7 @@ use ledger_core::{
     Completion, Event, ListingEndReason, Posting, ReadPosition, RefundId, ShardId, ShardPosition,
     Success,
 };
-use ledger_store_sqlite::SqliteStore;
+use ledger_store_sqlite::{Projected, SqliteStore};
 use projectors::{InventoryEntry, OwnerEntry, ReadError, ReadModels, PAGE_SIZE_MAX};
 
 const GRANTS: u16 = 0;
@@ -186,6 +186,7 @@ async fn project_all(store: &SqliteStore) {
         .project_pending(1_000)
         .await
         .expect("projection succeeds")
+        .records
         > 0
     {}
 }
@@ -613,7 +614,67 @@ async fn rebuilding_gives_the_same_read_models_as_incremental_projection() {
             .project_pending(100)
             .await
             .expect("projection succeeds"),
-        0
+        Projected::default()
+    );
+}
+
+/// A projection transaction is bounded in records, and a record holds many
+/// entries: the answer counts both, so the projector loop can tell a full
+/// batch (more waiting) from the end of the log. It once compared entries
+/// with the record limit, saw no full batch, and slept between batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_batch_is_counted_in_records_and_entries() {
+    let directory = TempDir::new("projected");
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    let mut log = Log::default();
+    let records: Vec<BatchRecord> = (0..5)
+        .map(|index| {
+            let grants = (0..3)
+                .map(|grant_index| {
+                    let balance_after =
+                        i64::try_from(index * 3 + grant_index + 1).expect("a small balance");
+                    grant(
+                        &format!("g-{index}-{grant_index}"),
+                        "alice",
+                        1,
+                        balance_after,
+                    )
+                })
+                .collect();
+            log.seal_many(GRANTS, grants, 10 + index)
+        })
+        .collect();
+    append_each(&store, &records).await;
+
+    let first = store.project_pending(2).await.expect("projection succeeds");
+    assert_eq!(
+        first,
+        Projected {
+            records: 2,
+            entries: 6
+        }
+    );
+    assert!(first.filled(2), "two records of two allowed: more may wait");
+    let second = store.project_pending(2).await.expect("projection succeeds");
+    assert_eq!(
+        second,
+        Projected {
+            records: 2,
+            entries: 6
+        }
+    );
+    let last = store.project_pending(2).await.expect("projection succeeds");
+    assert_eq!(
+        last,
+        Projected {
+            records: 1,
+            entries: 3
+        }
+    );
+    assert!(!last.filled(2), "the log's end is not a full batch");
+    assert_eq!(
+        store.project_pending(2).await.expect("projection succeeds"),
+        Projected::default()
     );
 }
 

@@ -490,6 +490,7 @@ pub async fn run() -> Scenario {
         .project_pending(1_000)
         .await
         .expect("sqlite projection")
+        .records
         > 0
     {}
 
