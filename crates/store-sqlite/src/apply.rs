@@ -1,5 +1,17 @@
 //! Applies projected changes to the read-model tables.
+//!
+//! A projection transaction applies many events. The changes that only add
+//! to a row (balances, earnings, sold and sales counts, the item history's
+//! daily sums, delivery marks, the purchase index) are summed per row in
+//! memory and written once when the transaction ends: a busy item sells
+//! hundreds of times in one transaction, and a purchase's events name it
+//! five times in the index. The sums are exact: these rows only ever grow by
+//! the deltas, and nothing else the transaction does reads them. A change
+//! that does read or rewrite those tables writes the sums first.
 
+use std::collections::{btree_map, BTreeMap};
+
+use ledger_core::{ItemId, PurchaseId, UserId};
 use projectors::{day_of, next_recent_average_price, Change, SaleEscrowChange};
 use rusqlite::{params, OptionalExtension, Transaction};
 
@@ -8,28 +20,331 @@ use crate::error::SqliteStoreError;
 /// `inventory.serial` of a non-limited item (Limited serials start at 1).
 pub const NON_LIMITED_SERIAL: i64 = 0;
 
-/// Applies the changes of the event at global `event_position`.
-///
-/// Changes to an item the read models do not know (never published) are
-/// ignored: every item event follows its publication in commit order.
-pub fn apply_changes(
-    transaction: &Transaction<'_>,
-    event_position: i64,
-    changes: &[Change],
-) -> Result<(), SqliteStoreError> {
-    for (index, change) in changes.iter().enumerate() {
-        // An event is indexed once per purchase, however many of its steps.
-        if let Change::PurchaseStep(step) = change {
-            let indexed_already = changes[..index].iter().any(|earlier| {
-                matches!(earlier, Change::PurchaseStep(earlier) if earlier.purchase_id == step.purchase_id)
-            });
-            if indexed_already {
-                continue;
+/// The changes of one projection transaction, applied in commit order; the
+/// additive ones are held as sums until [`ChangeBatch::finish`].
+#[derive(Default)]
+pub struct ChangeBatch {
+    /// Highest message consumed, per (sender, receiver).
+    deliveries: BTreeMap<(u16, u16), u64>,
+    /// (wallet, pending) added, per user.
+    balances: BTreeMap<UserId, (i64, i64)>,
+    earnings: BTreeMap<UserId, EarningsSum>,
+    /// Event positions to append to each purchase's index, in order.
+    purchase_positions: BTreeMap<PurchaseId, Vec<i64>>,
+    sold: BTreeMap<ItemId, i64>,
+    /// Sales of each item: `None` for an item the read models do not know.
+    sales: BTreeMap<ItemId, Option<ItemSales>>,
+    /// The item history's sums, per (item, UTC day).
+    sale_days: BTreeMap<(ItemId, i64), DaySales>,
+}
+
+#[derive(Default)]
+struct EarningsSum {
+    pending: i64,
+    released: i64,
+    lifetime: i64,
+    sales_count: i64,
+}
+
+struct ItemSales {
+    count: i64,
+    /// The recent average price after the last sale so far (at first, as
+    /// stored: `None` before the item's first sale).
+    average: Option<i64>,
+}
+
+#[derive(Default)]
+struct DaySales {
+    primary_count: i64,
+    primary_revenue: i64,
+    resale_count: i64,
+    resale_revenue: i64,
+    /// The item's recent average price after the day's last sale so far.
+    average: i64,
+}
+
+impl ChangeBatch {
+    /// Applies the changes of the event at global `event_position`.
+    ///
+    /// Changes to an item the read models do not know (never published) are
+    /// ignored: every item event follows its publication in commit order.
+    pub fn apply(
+        &mut self,
+        transaction: &Transaction<'_>,
+        event_position: i64,
+        changes: &[Change],
+    ) -> Result<(), SqliteStoreError> {
+        for change in changes {
+            match change {
+                Change::MessageConsumed { from, to, sequence } => {
+                    let highest = self.deliveries.entry((from.0, to.0)).or_insert(*sequence);
+                    *highest = (*highest).max(*sequence);
+                }
+                Change::BalanceDelta {
+                    user_id,
+                    wallet_delta,
+                    pending_delta,
+                } => {
+                    let (wallet, pending) = self.balances.entry(user_id.clone()).or_default();
+                    *wallet = add(*wallet, *wallet_delta);
+                    *pending = add(*pending, *pending_delta);
+                }
+                Change::EarningsDelta {
+                    creator_id,
+                    pending,
+                    released,
+                    lifetime,
+                    sales_count,
+                } => {
+                    let sum = self.earnings.entry(creator_id.clone()).or_default();
+                    sum.pending = add(sum.pending, *pending);
+                    sum.released = add(sum.released, *released);
+                    sum.lifetime = add(sum.lifetime, *lifetime);
+                    sum.sales_count = add(sum.sales_count, *sales_count);
+                }
+                // An event is indexed once per purchase, however many of its steps.
+                Change::PurchaseStep(step) => {
+                    let positions = self
+                        .purchase_positions
+                        .entry(step.purchase_id.clone())
+                        .or_default();
+                    if positions.last() != Some(&event_position) {
+                        positions.push(event_position);
+                    }
+                }
+                Change::SoldDelta { item_id, delta } => {
+                    let sold = self.sold.entry(item_id.clone()).or_default();
+                    *sold = add(*sold, *delta);
+                }
+                Change::SaleRecorded {
+                    item_id,
+                    price,
+                    purchase_id,
+                    resale,
+                    at_ms,
+                } => {
+                    self.sale_recorded(transaction, item_id, *price, purchase_id, *resale, *at_ms)?;
+                }
+                change if reads_summed_rows(change) => {
+                    self.write_sums(transaction)?;
+                    apply_change(transaction, event_position, change)?;
+                }
+                change => apply_change(transaction, event_position, change)?,
             }
         }
-        apply_change(transaction, event_position, change)?;
+        Ok(())
     }
-    Ok(())
+
+    /// Writes the sums held; call before the transaction commits. (A batch
+    /// dropped unfinished belongs to a transaction rolled back.)
+    pub fn finish(mut self, transaction: &Transaction<'_>) -> Result<(), SqliteStoreError> {
+        self.write_sums(transaction)
+    }
+
+    fn sale_recorded(
+        &mut self,
+        transaction: &Transaction<'_>,
+        item_id: &ItemId,
+        price: i64,
+        purchase_id: &PurchaseId,
+        resale: bool,
+        at_ms: u64,
+    ) -> Result<(), SqliteStoreError> {
+        let sales = match self.sales.entry(item_id.clone()) {
+            btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            btree_map::Entry::Vacant(entry) => {
+                let known: Option<Option<i64>> = transaction
+                    .prepare_cached("SELECT recent_average_price FROM items WHERE item_id = ?1")
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row(params![item_id.as_str()], |row| row.get(0))
+                            .optional()
+                    })
+                    .map_err(SqliteStoreError::sqlite("read recent average price"))?;
+                entry.insert(known.map(|average| ItemSales { count: 0, average }))
+            }
+        };
+        let Some(sales) = sales else {
+            return Ok(());
+        };
+        let average = next_recent_average_price(sales.average, price);
+        sales.average = Some(average);
+        sales.count = add(sales.count, 1);
+        let day = crate::error::to_sql("sale day", day_of(at_ms))?;
+        let day_sales = self.sale_days.entry((item_id.clone(), day)).or_default();
+        if resale {
+            day_sales.resale_count = add(day_sales.resale_count, 1);
+            day_sales.resale_revenue = add(day_sales.resale_revenue, price);
+        } else {
+            day_sales.primary_count = add(day_sales.primary_count, 1);
+            day_sales.primary_revenue = add(day_sales.primary_revenue, price);
+        }
+        day_sales.average = average;
+        if !resale {
+            transaction
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO item_sale_days (purchase_id, item_id, day, price) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .and_then(|mut statement| statement.execute(params![purchase_id.as_str(), item_id.as_str(), day, price]))
+                .map_err(SqliteStoreError::sqlite("record a sale's day"))?;
+        }
+        Ok(())
+    }
+
+    fn write_sums(&mut self, transaction: &Transaction<'_>) -> Result<(), SqliteStoreError> {
+        let failed = SqliteStoreError::sqlite;
+        for ((from, to), sequence) in std::mem::take(&mut self.deliveries) {
+            let sequence = crate::error::to_sql("delivery sequence", sequence)?;
+            transaction
+                .prepare_cached(
+                    "INSERT INTO projection_deliveries (sender, receiver, sequence) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (sender, receiver) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+                )
+                .and_then(|mut statement| statement.execute(params![from, to, sequence]))
+                .map_err(failed("mark a delivery projected"))?;
+        }
+        for (user_id, (wallet, pending)) in std::mem::take(&mut self.balances) {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO balances (user_id, balance, pending) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (user_id) DO UPDATE SET
+                         balance = balance + excluded.balance, pending = pending + excluded.pending",
+                )
+                .and_then(|mut statement| statement.execute(params![user_id.as_str(), wallet, pending]))
+                .map_err(failed("add to a balance"))?;
+        }
+        for (creator_id, sum) in std::mem::take(&mut self.earnings) {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO earnings (creator_id, pending, released, lifetime, sales_count)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (creator_id) DO UPDATE SET
+                         pending = pending + excluded.pending, released = released + excluded.released,
+                         lifetime = lifetime + excluded.lifetime, sales_count = sales_count + excluded.sales_count",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        creator_id.as_str(),
+                        sum.pending,
+                        sum.released,
+                        sum.lifetime,
+                        sum.sales_count
+                    ])
+                })
+                .map_err(failed("add to earnings"))?;
+        }
+        // The index names the events; the steps are read back from them.
+        for (purchase_id, positions) in std::mem::take(&mut self.purchase_positions) {
+            let positions = positions
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            transaction
+                .prepare_cached(
+                    "INSERT INTO purchase_index (purchase_id, event_positions) VALUES (?1, ?2)
+                     ON CONFLICT (purchase_id) DO UPDATE SET
+                         event_positions = event_positions || ',' || excluded.event_positions",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![purchase_id.as_str(), positions])
+                })
+                .map_err(failed("index a purchase's events"))?;
+        }
+        for (item_id, delta) in std::mem::take(&mut self.sold) {
+            transaction
+                .prepare_cached("UPDATE items SET sold = sold + ?2 WHERE item_id = ?1")
+                .and_then(|mut statement| statement.execute(params![item_id.as_str(), delta]))
+                .map_err(failed("add to an item's sold count"))?;
+        }
+        for ((item_id, day), sums) in std::mem::take(&mut self.sale_days) {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO item_days (item_id, day, primary_count, primary_revenue, resale_count,
+                                            resale_revenue, recent_average_price)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (item_id, day) DO UPDATE SET
+                         primary_count = primary_count + excluded.primary_count,
+                         primary_revenue = primary_revenue + excluded.primary_revenue,
+                         resale_count = resale_count + excluded.resale_count,
+                         resale_revenue = resale_revenue + excluded.resale_revenue,
+                         recent_average_price = excluded.recent_average_price",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        item_id.as_str(),
+                        day,
+                        sums.primary_count,
+                        sums.primary_revenue,
+                        sums.resale_count,
+                        sums.resale_revenue,
+                        sums.average
+                    ])
+                })
+                .map_err(failed("record sales in the item history"))?;
+        }
+        for (item_id, sales) in std::mem::take(&mut self.sales) {
+            let Some(sales) = sales else { continue };
+            transaction
+                .prepare_cached(
+                    "UPDATE items SET sales_count = sales_count + ?2, recent_average_price = ?3 WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| statement.execute(params![item_id.as_str(), sales.count, sales.average]))
+                .map_err(failed("add to an item's sales"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds two sums of money or counts; the ledger's amounts are far below
+/// `i64::MAX`, so an overflow is a bug.
+fn add(sum: i64, delta: i64) -> i64 {
+    sum.checked_add(delta)
+        .expect("a read-model sum overflowed i64")
+}
+
+/// Whether a change reads or rewrites a table that [`ChangeBatch`] holds
+/// sums for (`items`, `item_days`): the sums are written before it. Every
+/// variant is named, so a new change must choose.
+fn reads_summed_rows(change: &Change) -> bool {
+    match change {
+        Change::ItemUpserted { .. }
+        | Change::ItemPriceChanged { .. }
+        | Change::ItemRegionalPricesChanged { .. }
+        | Change::ItemOnSaleChanged { .. }
+        | Change::SaleRefunded { .. }
+        | Change::ResaleBookChanged { .. } => true,
+        Change::TransactionAppended { .. }
+        | Change::InventoryAdded { .. }
+        | Change::InventoryRemoved { .. }
+        | Change::ItemPriceTestStarted { .. }
+        | Change::ItemPriceTestClosed { .. }
+        | Change::PriceTestOpened { .. }
+        | Change::PriceTestRunning { .. }
+        | Change::PriceTestRemoved { .. }
+        | Change::PriceTestExposures { .. }
+        | Change::PriceTestArmSales { .. }
+        | Change::PriceTestEnded { .. }
+        | Change::PriceFloorSet { .. }
+        | Change::TakedownStarted { .. }
+        | Change::TakedownProgressed { .. }
+        | Change::TakedownSaleResolved { .. }
+        | Change::SerialOwnerSet { .. }
+        | Change::SerialOwnerCleared { .. }
+        | Change::ListingAdded { .. }
+        | Change::ListingRemoved { .. }
+        | Change::SerialListingsRemoved { .. }
+        | Change::BundleUpserted { .. }
+        | Change::CreatorSaleRecorded(_)
+        | Change::CreatorSaleChanged { .. } => false,
+        // Held as sums, never applied one by one.
+        Change::MessageConsumed { .. }
+        | Change::BalanceDelta { .. }
+        | Change::EarningsDelta { .. }
+        | Change::PurchaseStep(_)
+        | Change::SoldDelta { .. }
+        | Change::SaleRecorded { .. } => false,
+    }
 }
 
 fn apply_change(
@@ -39,22 +354,12 @@ fn apply_change(
 ) -> Result<(), SqliteStoreError> {
     let failed = SqliteStoreError::sqlite("apply read-model change");
     match change {
-        Change::MessageConsumed { from, to, sequence } => {
-            let sequence = crate::error::to_sql("delivery sequence", *sequence)?;
-            transaction
-                .prepare_cached(
-                    "INSERT INTO projection_deliveries (sender, receiver, sequence) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (sender, receiver) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
-                )
-                .and_then(|mut statement| statement.execute(params![from.0, to.0, sequence]))
-        }
-        Change::BalanceDelta { user_id, wallet_delta, pending_delta } => transaction
-            .prepare_cached(
-                "INSERT INTO balances (user_id, balance, pending) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user_id) DO UPDATE SET
-                     balance = balance + excluded.balance, pending = pending + excluded.pending",
-            )
-            .and_then(|mut statement| statement.execute(params![user_id.as_str(), wallet_delta, pending_delta])),
+        Change::MessageConsumed { .. }
+        | Change::BalanceDelta { .. }
+        | Change::EarningsDelta { .. }
+        | Change::PurchaseStep(_)
+        | Change::SoldDelta { .. }
+        | Change::SaleRecorded { .. } => unreachable!("a change held as a sum is written by ChangeBatch"),
         Change::TransactionAppended { user_id, account, position, kind, amount, reference, at_ms } => {
             let at_ms = crate::error::to_sql("transaction time", *at_ms)?;
             transaction
@@ -298,52 +603,6 @@ fn apply_change(
         Change::SerialOwnerCleared { item_id, serial } => transaction
             .prepare_cached("DELETE FROM owners WHERE item_id = ?1 AND serial = ?2")
             .and_then(|mut statement| statement.execute(params![item_id.as_str(), serial])),
-        Change::SoldDelta { item_id, delta } => transaction
-            .prepare_cached("UPDATE items SET sold = sold + ?2 WHERE item_id = ?1")
-            .and_then(|mut statement| statement.execute(params![item_id.as_str(), delta])),
-        Change::SaleRecorded { item_id, price, purchase_id, resale, at_ms } => {
-            let previous: Option<Option<i64>> = transaction
-                .prepare_cached("SELECT recent_average_price FROM items WHERE item_id = ?1")
-                .and_then(|mut statement| statement.query_row(params![item_id.as_str()], |row| row.get(0)).optional())
-                .map_err(SqliteStoreError::sqlite("read recent average price"))?;
-            let Some(previous) = previous else {
-                return Ok(());
-            };
-            let average = next_recent_average_price(previous, *price);
-            let day = crate::error::to_sql("sale day", day_of(*at_ms))?;
-            let (primary, resale_sale) = if *resale { (0, 1) } else { (1, 0) };
-            transaction
-                .prepare_cached(
-                    "INSERT INTO item_days (item_id, day, primary_count, primary_revenue, resale_count,
-                                            resale_revenue, recent_average_price)
-                     VALUES (?1, ?2, ?3, ?3 * ?5, ?4, ?4 * ?5, ?6)
-                     ON CONFLICT (item_id, day) DO UPDATE SET
-                         primary_count = primary_count + excluded.primary_count,
-                         primary_revenue = primary_revenue + excluded.primary_revenue,
-                         resale_count = resale_count + excluded.resale_count,
-                         resale_revenue = resale_revenue + excluded.resale_revenue,
-                         recent_average_price = excluded.recent_average_price",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![item_id.as_str(), day, primary, resale_sale, price, average])
-                })
-                .map_err(SqliteStoreError::sqlite("record a sale in the item history"))?;
-            if !*resale {
-                transaction
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO item_sale_days (purchase_id, item_id, day, price) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![purchase_id.as_str(), item_id.as_str(), day, price])
-                    })
-                    .map_err(SqliteStoreError::sqlite("record a sale's day"))?;
-            }
-            transaction
-                .prepare_cached(
-                    "UPDATE items SET sales_count = sales_count + 1, recent_average_price = ?2 WHERE item_id = ?1",
-                )
-                .and_then(|mut statement| statement.execute(params![item_id.as_str(), average]))
-        }
         Change::SaleRefunded { purchase_id } => transaction
             // A refund of a bundle, or of a purchase never completed, names
             // no item sale: nothing to restate.
@@ -391,27 +650,6 @@ fn apply_change(
                     statement.execute(params![bundle_id.as_str(), creator_id.as_str(), name, item_ids, price])
                 })
         }
-        Change::EarningsDelta { creator_id, pending, released, lifetime, sales_count } => transaction
-            .prepare_cached(
-                "INSERT INTO earnings (creator_id, pending, released, lifetime, sales_count)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (creator_id) DO UPDATE SET
-                     pending = pending + excluded.pending, released = released + excluded.released,
-                     lifetime = lifetime + excluded.lifetime, sales_count = sales_count + excluded.sales_count",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![creator_id.as_str(), pending, released, lifetime, sales_count])
-            }),
-        // The index names the event; the steps are read back from it.
-        Change::PurchaseStep(step) => transaction
-            .prepare_cached(
-                "INSERT INTO purchase_index (purchase_id, event_positions) VALUES (?1, ?2)
-                 ON CONFLICT (purchase_id) DO UPDATE SET
-                     event_positions = event_positions || ',' || excluded.event_positions",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![step.purchase_id.as_str(), event_position.to_string()])
-            }),
         Change::CreatorSaleRecorded(sale) => {
             let sold_at_ms = crate::error::to_sql("sale time", sale.sold_at_ms)?;
             let release_at_ms = crate::error::to_sql("release time", sale.release_at_ms)?;

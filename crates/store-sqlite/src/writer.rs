@@ -13,7 +13,7 @@ use projectors::project;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::apply::apply_changes;
+use crate::apply::ChangeBatch;
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::metrics as names;
 use crate::schema::{ENTRY_INDEX_BITS, READ_MODEL_TABLES};
@@ -457,18 +457,20 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<Projected,
     let mut checkpoints: BTreeMap<u16, u64> = BTreeMap::new();
     let mut last_position = projected;
     let mut applied = 0;
+    let mut changes = ChangeBatch::default();
     for (position, bytes) in &rows {
         let record = BatchRecord::from_bytes(bytes)?;
         for (index, logged) in record.logged().enumerate() {
             let event = logged.event()?;
             let entry_position = (*position << ENTRY_INDEX_BITS) | index as i64;
-            apply_changes(&transaction, entry_position, &project(&logged, &event))?;
+            changes.apply(&transaction, entry_position, &project(&logged, &event))?;
         }
         applied += record.len() as usize;
         let checkpoint = checkpoints.entry(record.shard.0).or_insert(0);
         *checkpoint = (*checkpoint).max(record.last_sequence());
         last_position = *position;
     }
+    changes.finish(&transaction)?;
     for (shard, sequence) in &checkpoints {
         let sequence = to_sql("checkpoint sequence", *sequence)?;
         transaction

@@ -395,12 +395,10 @@ async fn a_purchase_history_projects_to_the_expected_read_models() {
     );
 }
 
-#[tokio::test]
-async fn refunds_and_revocations_undo_what_purchases_did() {
-    let directory = TempDir::new("refund");
-    let store = SqliteStore::open(&directory.path).expect("store opens");
-    let mut log = Log::default();
-    let mut envelopes = purchase_history(&mut log);
+/// The purchase history, then a refunded purchase of a listed serial and a
+/// refunded purchase of a non-limited item.
+fn refund_history(log: &mut Log) -> Vec<BatchRecord> {
+    let mut envelopes = purchase_history(log);
     // Erin buys crown #2 and lists it; the purchase is refunded.
     let mut push =
         |shard: u16, event: Event, at_ms: u64| envelopes.push(log.seal(shard, event, at_ms));
@@ -493,7 +491,85 @@ async fn refunds_and_revocations_undo_what_purchases_did() {
         },
         91,
     );
+    envelopes
+}
 
+/// A projection transaction holds additive changes as sums and writes them
+/// once. The read models must equal those of one event per transaction
+/// (each record here holds one event), whatever the history does between:
+/// sales of one item, refunds that restate the item's history, listings,
+/// escrow releases.
+#[tokio::test]
+async fn sums_held_by_a_transaction_equal_applying_each_event_alone() {
+    let mut log = Log::default();
+    let mut envelopes = refund_history(&mut log);
+    // More sales of the hat, over two days, and two of them refunded.
+    for index in 0..6u64 {
+        let purchase_id = format!("p-hat-{index}");
+        let at_ms = 100 + index * 40_000_000;
+        envelopes.push(log.seal(USERS, debit(&purchase_id, "dave", 50, &[], at_ms), at_ms));
+        envelopes.push(log.seal(
+            USERS,
+            settle(
+                &purchase_id,
+                "carol",
+                false,
+                50 + i64::try_from(index).expect("small"),
+                35,
+            ),
+            at_ms + 1,
+        ));
+        envelopes.push(log.seal(
+            PURCHASES,
+            completed_item_purchase(
+                &purchase_id,
+                "hat",
+                50 + i64::try_from(index).expect("small"),
+                None,
+            ),
+            at_ms + 2,
+        ));
+        if index % 3 == 1 {
+            envelopes.push(log.seal(
+                PURCHASES,
+                Event::RefundProgressed {
+                    purchase_id: purchase(&purchase_id),
+                    progress: ledger_core::RefundProgress::Refunded {
+                        refund_id: RefundId::parse(format!("r-hat-{index}")).expect("valid"),
+                    },
+                },
+                at_ms + 3,
+            ));
+        }
+    }
+    let mut dumps = Vec::new();
+    for records_per_transaction in [1, 1_000] {
+        let directory = TempDir::new("sums");
+        let store = SqliteStore::open(&directory.path).expect("store opens");
+        append_each(&store, &envelopes).await;
+        while store
+            .project_pending(records_per_transaction)
+            .await
+            .expect("projection succeeds")
+            .records
+            > 0
+        {}
+        dumps.push(store.dump_read_models().await.expect("dump reads"));
+    }
+    assert!(
+        dumps[0].contains("refunded_count=1"),
+        "the hat's history counts its refunds: {}",
+        dumps[0]
+    );
+    assert_eq!(dumps[0], dumps[1]);
+}
+
+#[tokio::test]
+async fn refunds_and_revocations_undo_what_purchases_did() {
+    let directory = TempDir::new("refund");
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    let mut log = Log::default();
+    let envelopes = refund_history(&mut log);
     append_each(&store, &envelopes).await;
     project_all(&store).await;
     let read_models = store.read_models();
