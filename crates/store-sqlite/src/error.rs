@@ -59,6 +59,8 @@ pub enum SqliteStoreError {
     WriterStopped,
     #[error("cannot start the store writer thread: {source}")]
     WriterStart { source: std::io::Error },
+    #[error("cannot start the store checkpoint thread: {source}")]
+    CheckpointerStart { source: std::io::Error },
     #[error("a blocking {operation} task failed: {detail}")]
     BlockingTask {
         operation: &'static str,
@@ -90,7 +92,9 @@ impl SqliteStoreError {
             SqliteStoreError::ItemPricing { .. } => "item read",
             SqliteStoreError::PurchaseIndex { .. } => "purchase read",
             SqliteStoreError::GroupCommitFailed { .. } => "append",
-            SqliteStoreError::WriterStopped | SqliteStoreError::WriterStart { .. } => "write",
+            SqliteStoreError::WriterStopped
+            | SqliteStoreError::WriterStart { .. }
+            | SqliteStoreError::CheckpointerStart { .. } => "write",
             SqliteStoreError::Corrupt(_) => "decode",
         }
     }

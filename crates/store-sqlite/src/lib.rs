@@ -13,6 +13,7 @@
 //!   read-model rows.
 
 mod apply;
+mod checkpoint;
 mod dump;
 mod error;
 pub mod log;
@@ -24,6 +25,7 @@ mod store;
 mod trace;
 mod writer;
 
+pub use checkpoint::{Checkpointer, CHECKPOINT_INTERVAL, WRITER_CHECKPOINT_PAGES};
 pub use engine::ports::StoreError;
 pub use error::SqliteStoreError;
 pub use read_models::SqliteReadModels;

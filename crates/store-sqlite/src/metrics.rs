@@ -23,6 +23,15 @@ pub const PROJECTOR_BATCH_DURATION_SECONDS: &str = "ledger_projector_batch_durat
 /// Projection batches that failed (the projector retries).
 pub const PROJECTOR_FAILURES_TOTAL: &str = "ledger_projector_failures_total";
 
+/// Time of one background checkpoint of the write-ahead log.
+pub const CHECKPOINT_DURATION_SECONDS: &str = "ledger_store_checkpoint_duration_seconds";
+/// Frames in the write-ahead log at the last checkpoint.
+pub const CHECKPOINT_LOG_FRAMES: &str = "ledger_store_checkpoint_log_frames";
+/// Frames of the log in the database file after the last checkpoint.
+pub const CHECKPOINT_COPIED_FRAMES: &str = "ledger_store_checkpoint_copied_frames";
+/// Background checkpoints that failed (the writer's own still bounds the log).
+pub const CHECKPOINT_FAILURES_TOTAL: &str = "ledger_store_checkpoint_failures_total";
+
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(APPEND_BATCHES_TOTAL, "group commits written by the store");
@@ -50,5 +59,22 @@ pub fn describe() {
         "time to apply and commit a projection batch"
     );
     metrics::describe_counter!(PROJECTOR_FAILURES_TOTAL, "projection batches that failed");
+    metrics::describe_histogram!(
+        CHECKPOINT_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "time of a background write-ahead log checkpoint"
+    );
+    metrics::describe_gauge!(
+        CHECKPOINT_LOG_FRAMES,
+        "frames in the write-ahead log at the last checkpoint"
+    );
+    metrics::describe_gauge!(
+        CHECKPOINT_COPIED_FRAMES,
+        "frames of the write-ahead log in the database file after the last checkpoint"
+    );
+    metrics::describe_counter!(
+        CHECKPOINT_FAILURES_TOTAL,
+        "background write-ahead log checkpoints that failed"
+    );
     engine::metrics::describe_projected();
 }

@@ -293,6 +293,16 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     connection
         .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
         .map_err(SqliteStoreError::sqlite("set durability pragmas"))?;
+    // The checkpoint thread copies the log; the writer only if it falls behind.
+    connection
+        .pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::checkpoint::WRITER_CHECKPOINT_PAGES,
+        )
+        .map_err(SqliteStoreError::sqlite(
+            "set the writer's checkpoint threshold",
+        ))?;
     // A directory written before a read model existed projects its whole
     // log again on first open, so the new model covers the old history.
     let read_models_behind = table_exists(&connection, "projection_position")?
@@ -399,6 +409,23 @@ pub(crate) fn table_exists(connection: &Connection, name: &str) -> Result<bool, 
 }
 
 /// Opens a read-only connection (readers never block the writer under WAL).
+/// Opens the checkpointer's connection (see `checkpoint`). It syncs as the
+/// writer does: a checkpoint must reach the disk before the log restarts.
+pub fn open_checkpointer(path: &Path) -> Result<Connection, SqliteStoreError> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(SqliteStoreError::sqlite("open checkpoint connection"))?;
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    connection
+        .execute_batch("PRAGMA synchronous = FULL;")
+        .map_err(SqliteStoreError::sqlite("set checkpoint durability"))?;
+    Ok(connection)
+}
+
 pub fn open_reader(path: &Path) -> Result<Connection, SqliteStoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_NO_MUTEX

@@ -13,6 +13,7 @@ use ledger_core::ShardId;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::checkpoint::Checkpointer;
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::reader::ReadPool;
 use crate::schema::{open_writer, DATABASE_FILE_NAME};
@@ -55,8 +56,9 @@ impl SqliteStore {
         crate::metrics::describe();
         let connection = open_writer(data_dir)?;
         let path = data_dir.join(DATABASE_FILE_NAME);
+        let checkpointer = Checkpointer::spawn(&path)?;
         let appended = Arc::new(Notify::new());
-        let writer = writer::spawn(connection, Arc::clone(&appended))?;
+        let writer = writer::spawn(connection, Arc::clone(&appended), checkpointer)?;
         Ok(Arc::new(SqliteStore {
             readers: Arc::new(ReadPool::new(path.clone())),
             path,

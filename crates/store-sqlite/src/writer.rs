@@ -1,7 +1,8 @@
 //! The single writer: one connection on a dedicated thread. It drains every
 //! queued append into one transaction (group commit), commits once, then
 //! answers each caller. Snapshots and projection batches go through it too,
-//! so SQLite never sees two writers.
+//! so SQLite never sees two writers. (The checkpoint thread copies the
+//! write-ahead log into the database file beside it; see `checkpoint`.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::apply::ChangeBatch;
+use crate::checkpoint::Checkpointer;
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::metrics as names;
 use crate::schema::{ENTRY_INDEX_BITS, READ_MODEL_TABLES};
@@ -66,11 +68,12 @@ impl WriteRequest {
 pub fn spawn(
     connection: Connection,
     appended: Arc<Notify>,
+    checkpointer: Checkpointer,
 ) -> Result<mpsc::Sender<WriteRequest>, SqliteStoreError> {
     let (sender, receiver) = mpsc::channel(WRITE_QUEUE_CAPACITY);
     std::thread::Builder::new()
         .name("ledger-store-writer".to_string())
-        .spawn(move || run(connection, receiver, appended))
+        .spawn(move || run(connection, receiver, appended, checkpointer))
         .map_err(|source| SqliteStoreError::WriterStart { source })?;
     Ok(sender)
 }
@@ -84,6 +87,7 @@ fn run(
     mut connection: Connection,
     mut receiver: mpsc::Receiver<WriteRequest>,
     appended: Arc<Notify>,
+    checkpointer: Checkpointer,
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut entries = first.entry_count();
@@ -105,6 +109,7 @@ fn run(
         for request in others {
             handle_other(&mut connection, request);
         }
+        checkpointer.nudge();
     }
     tracing::debug!("store writer thread stopping: every sender is gone");
 }

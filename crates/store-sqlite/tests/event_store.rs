@@ -251,3 +251,42 @@ async fn a_refused_request_in_a_group_commit_sinks_only_itself() {
         );
     }
 }
+
+/// The write-ahead log is copied into the database file by a thread beside
+/// the writer, long before the writer's own threshold
+/// (`WRITER_CHECKPOINT_PAGES`), so commits never stop for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_checkpointed_beside_the_writer() {
+    let directory = TempDir::new("checkpoint");
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    let database_bytes =
+        || std::fs::metadata(store.database_path()).map_or(0, |metadata| metadata.len());
+    let before = database_bytes();
+    let mut log = Log::default();
+    let records = log.grants(3, "checkpointed-grant", 4_000);
+    store
+        .append(vec![batch(3, records, Vec::new())])
+        .await
+        .expect("append succeeds");
+    let wal_pages = std::fs::metadata(
+        directory
+            .path
+            .join(format!("{}-wal", ledger_store_sqlite::DATABASE_FILE_NAME)),
+    )
+    .map_or(0, |metadata| metadata.len())
+        / 4_096;
+    assert!(
+        wal_pages > 100 && wal_pages < u64::from(ledger_store_sqlite::WRITER_CHECKPOINT_PAGES),
+        "the append filled {wal_pages} log pages: enough to see, below the writer's threshold"
+    );
+    // Only a checkpoint moves pages from the log into the database file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while database_bytes() < before + 100 * 4_096 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not checkpointed: the database file holds {} bytes, {before} before",
+            database_bytes()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -26,7 +26,7 @@ use engine::in_memory::InMemoryCluster;
 use ledger_core::codec::{BatchRecord, MessageEnvelope};
 use ledger_core::{Command, GrantId, ItemDefinition, ItemId, PurchaseId, PurchaseTarget, UserId};
 use rusqlite::params;
-use store_sqlite::{open_writer, GROUP_COMMIT_ENTRIES_MAX};
+use store_sqlite::{open_writer, Checkpointer, DATABASE_FILE_NAME, GROUP_COMMIT_ENTRIES_MAX};
 
 const PURCHASES_MAX: usize = 1_000_000;
 const BUYERS: usize = 2_000;
@@ -138,6 +138,11 @@ fn write_rows(
     let mut connection = open_writer(directory).map_err(|error| {
         rusqlite::Error::InvalidParameterName(format!("cannot open the store's writer: {error}"))
     })?;
+    // The store checkpoints beside its writer; so does this ceiling.
+    let checkpointer =
+        Checkpointer::spawn(&directory.join(DATABASE_FILE_NAME)).map_err(|error| {
+            rusqlite::Error::InvalidParameterName(format!("cannot start the checkpointer: {error}"))
+        })?;
     // Serialise before the clock starts: the ledger's writer receives
     // encoded records too.
     let event_rows: Vec<(&BatchRecord, Vec<u8>)> = events
@@ -198,6 +203,7 @@ fn write_rows(
             written += in_batch;
         }
         transaction.commit()?;
+        checkpointer.nudge();
         transactions += 1;
     }
     let seconds = started.elapsed().as_secs_f64();

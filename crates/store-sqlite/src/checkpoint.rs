@@ -1,0 +1,85 @@
+//! Checkpoints the write-ahead log on a thread of its own.
+//!
+//! SQLite's automatic checkpoint runs inside the commit that crosses its
+//! threshold: the writer copies the log into the database file and syncs it
+//! before it answers anyone, a pause of many milliseconds every few hundred
+//! commits under load. Here a second connection copies the log in the
+//! background (a passive checkpoint: it never blocks the writer or a
+//! reader), so commits only append to the log. The writer keeps an automatic
+//! checkpoint as a backstop, far above what this thread lets the log reach,
+//! so the log stays bounded even if this thread falls behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::error::SqliteStoreError;
+use crate::metrics as names;
+use crate::schema::open_checkpointer;
+
+/// How often the log is checkpointed while commits arrive.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// Log pages at which the writer checkpoints by itself: ten times SQLite's
+/// default threshold, reached only if this thread falls behind.
+pub const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// Nudges the checkpointer after commits; when dropped, the checkpointer
+/// checkpoints once more and stops.
+pub struct Checkpointer {
+    nudge: mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    /// Opens a connection to the database at `path` and starts the thread.
+    pub fn spawn(path: &Path) -> Result<Checkpointer, SqliteStoreError> {
+        let connection = open_checkpointer(path)?;
+        let (nudge, nudged) = mpsc::sync_channel(1);
+        let path: PathBuf = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("ledger-store-checkpoint".to_string())
+            .spawn(move || run(&connection, &nudged, &path))
+            .map_err(|source| SqliteStoreError::CheckpointerStart { source })?;
+        Ok(Checkpointer { nudge })
+    }
+
+    /// Tells the thread that the log grew. Never blocks: a nudge already
+    /// waiting covers this one.
+    pub fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+}
+
+fn run(connection: &Connection, nudged: &mpsc::Receiver<()>, path: &Path) {
+    while let Ok(()) = nudged.recv() {
+        checkpoint(connection, path);
+        // At most one checkpoint per interval: nudges meanwhile wait in the
+        // channel (one is enough).
+        std::thread::sleep(CHECKPOINT_INTERVAL);
+    }
+    checkpoint(connection, path);
+    tracing::debug!("store checkpoint thread stopping: the writer is gone");
+}
+
+fn checkpoint(connection: &Connection, path: &Path) {
+    let started = Instant::now();
+    // (busy, frames in the log, frames copied into the database).
+    let outcome: Result<(i64, i64, i64), rusqlite::Error> =
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        });
+    match outcome {
+        Ok((_, log_frames, copied_frames)) => {
+            metrics::histogram!(names::CHECKPOINT_DURATION_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            metrics::gauge!(names::CHECKPOINT_LOG_FRAMES).set(log_frames as f64);
+            metrics::gauge!(names::CHECKPOINT_COPIED_FRAMES).set(copied_frames as f64);
+        }
+        Err(error) => {
+            // The writer's own checkpoint still bounds the log.
+            metrics::counter!(names::CHECKPOINT_FAILURES_TOTAL).increment(1);
+            tracing::warn!(%error, path = %path.display(), "write-ahead log checkpoint failed");
+        }
+    }
+}
