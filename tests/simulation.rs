@@ -3309,13 +3309,7 @@ fn check_read_models(simulation: &Simulation, seed: u64) {
             }
             index = end;
         }
-        while store
-            .project_pending(5_000)
-            .await
-            .expect("projection")
-            .records
-            > 0
-        {}
+        store.project_all_pending().await.expect("projection");
         let live = store.dump_read_models().await.expect("dump");
         store.rebuild_read_models().await.expect("rebuild");
         let rebuilt = store.dump_read_models().await.expect("dump");

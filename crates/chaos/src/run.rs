@@ -716,13 +716,10 @@ async fn embedded(
     copy_directory(data_dir, &copy)?;
     let store = store_sqlite::SqliteStore::open(&copy)
         .map_err(|error| format!("opening the copy: {error}"))?;
-    while store
-        .project_pending(10_000)
+    store
+        .project_all_pending()
         .await
-        .map_err(|error| format!("projecting the copy: {error}"))?
-        .records
-        > 0
-    {}
+        .map_err(|error| format!("projecting the copy: {error}"))?;
     let read_models = store.read_models();
     result
         .violations

@@ -13,7 +13,7 @@ use engine::ports::{EventStore, ShardBatch};
 use ledger_core::codec::BatchRecord;
 use ledger_core::*;
 use ledger_projectors::project;
-use store_sqlite::{SqliteStore, PROJECTOR_BATCH_RECORDS};
+use store_sqlite::SqliteStore;
 
 /// Buyers of the workload; each runs one command of every kind.
 const BUYERS: usize = 300;
@@ -298,17 +298,7 @@ fn bench_apply_sqlite(criterion: &mut Criterion) {
                         .await
                         .unwrap();
                     let started = Instant::now();
-                    let mut applied = 0;
-                    loop {
-                        let batch = store
-                            .project_pending(PROJECTOR_BATCH_RECORDS)
-                            .await
-                            .unwrap();
-                        if batch.records == 0 {
-                            break;
-                        }
-                        applied += batch.entries;
-                    }
+                    let applied = store.project_all_pending().await.unwrap();
                     total += started.elapsed();
                     assert_eq!(applied as u64, event_count);
                     let balance = store

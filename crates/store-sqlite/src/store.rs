@@ -95,6 +95,19 @@ impl SqliteStore {
             .await?)
     }
 
+    /// Projects until every committed record is applied, in transactions of
+    /// [`PROJECTOR_BATCH_RECORDS`] records. Returns the entries applied.
+    pub async fn project_all_pending(&self) -> Result<usize, StoreError> {
+        let mut entries = 0;
+        loop {
+            let projected = self.project_pending(PROJECTOR_BATCH_RECORDS).await?;
+            if projected.records == 0 {
+                return Ok(entries);
+            }
+            entries += projected.entries;
+        }
+    }
+
     /// Keeps the read models up to date until `shutdown` turns true (or its
     /// sender is dropped): projects after each commit that wrote events and
     /// at least every [`PROJECTOR_INTERVAL`], in batches of
@@ -129,7 +142,7 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         self.write(WriteRequest::ResetReadModels { reply }, answer)
             .await?;
-        while self.project_pending(PROJECTOR_BATCH_RECORDS).await?.records > 0 {}
+        self.project_all_pending().await?;
         Ok(())
     }
 

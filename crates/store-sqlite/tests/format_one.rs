@@ -94,13 +94,7 @@ async fn a_format_one_directory_opens_recovers_and_continues() {
     let store = SqliteStore::open(&directory.path).expect("a format 1 directory opens");
     // The directory predates the purchase-steps read model: opening it
     // projects the whole log again, as the server's projector does.
-    while store
-        .project_pending(1_000)
-        .await
-        .expect("projection runs")
-        .records
-        > 0
-    {}
+    store.project_all_pending().await.expect("projection runs");
     let migrated = store.dump_read_models().await.expect("read models dump");
     assert!(
         migrated.contains("kind=\"grant\""),
@@ -159,13 +153,7 @@ async fn a_format_one_directory_opens_recovers_and_continues() {
         .rebuild_read_models()
         .await
         .expect("read models rebuild");
-    while store
-        .project_pending(1_000)
-        .await
-        .expect("projection runs")
-        .records
-        > 0
-    {}
+    store.project_all_pending().await.expect("projection runs");
     assert_eq!(
         store.dump_read_models().await.expect("read models dump"),
         migrated

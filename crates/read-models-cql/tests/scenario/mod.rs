@@ -486,13 +486,10 @@ pub async fn run() -> Scenario {
     engine.shutdown().await;
     let _ = stop_projector.send(true);
     let _ = projector.await;
-    while store
-        .project_pending(1_000)
+    store
+        .project_all_pending()
         .await
-        .expect("sqlite projection")
-        .records
-        > 0
-    {}
+        .expect("sqlite projection");
 
     let mut records = Vec::new();
     for shard in 0..SHARD_COUNT {
