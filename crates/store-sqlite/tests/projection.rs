@@ -658,16 +658,7 @@ async fn rebuilding_gives_the_same_read_models_as_incremental_projection() {
     let envelopes = purchase_history(&mut log);
     // Incremental: append and project in small steps, interleaved.
     for chunk in envelopes.chunks(3) {
-        for envelope in chunk {
-            store
-                .append(vec![batch(
-                    envelope.shard.0,
-                    vec![envelope.clone()],
-                    Vec::new(),
-                )])
-                .await
-                .expect("append succeeds");
-        }
+        append_each(&store, chunk).await;
         store.project_pending(2).await.expect("projection succeeds");
     }
     project_all(&store).await;
