@@ -21,9 +21,37 @@ use crate::schema::open_checkpointer;
 
 /// How often the log is checkpointed while commits arrive.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-/// Log pages at which the writer checkpoints by itself: ten times SQLite's
-/// default threshold, reached only if this thread falls behind.
+/// Log pages at which a database's writer (the log's or the projector)
+/// checkpoints by itself: ten times SQLite's default threshold, reached only
+/// if this thread falls behind.
 pub const WRITER_CHECKPOINT_PAGES: u32 = 10_000;
+
+/// Which database a checkpointer copies the log of (the `database` label
+/// of its metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointedDatabase {
+    /// The log's database (`ledger.sqlite3`).
+    Log,
+    /// The read models' database (`read-models.sqlite3`).
+    ReadModels,
+}
+
+impl CheckpointedDatabase {
+    fn label(self) -> &'static str {
+        match self {
+            CheckpointedDatabase::Log => "log",
+            CheckpointedDatabase::ReadModels => "read_models",
+        }
+    }
+
+    /// The thread's name (Linux keeps 15 bytes).
+    fn thread_name(self) -> &'static str {
+        match self {
+            CheckpointedDatabase::Log => "ledger-ckpt-log",
+            CheckpointedDatabase::ReadModels => "ledger-ckpt-rm",
+        }
+    }
+}
 
 /// Nudges the checkpointer after commits; when dropped, the checkpointer
 /// checkpoints once more and stops.
@@ -33,13 +61,16 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// Opens a connection to the database at `path` and starts the thread.
-    pub fn spawn(path: &Path) -> Result<Checkpointer, SqliteStoreError> {
+    pub fn spawn(
+        path: &Path,
+        database: CheckpointedDatabase,
+    ) -> Result<Checkpointer, SqliteStoreError> {
         let connection = open_checkpointer(path)?;
         let (nudge, nudged) = mpsc::sync_channel(1);
         let path: PathBuf = path.to_path_buf();
         std::thread::Builder::new()
-            .name("ledger-store-checkpoint".to_string())
-            .spawn(move || run(&connection, &nudged, &path))
+            .name(database.thread_name().to_string())
+            .spawn(move || run(&connection, &nudged, &path, database))
             .map_err(|source| SqliteStoreError::CheckpointerStart { source })?;
         Ok(Checkpointer { nudge })
     }
@@ -51,18 +82,24 @@ impl Checkpointer {
     }
 }
 
-fn run(connection: &Connection, nudged: &mpsc::Receiver<()>, path: &Path) {
+fn run(
+    connection: &Connection,
+    nudged: &mpsc::Receiver<()>,
+    path: &Path,
+    database: CheckpointedDatabase,
+) {
     while let Ok(()) = nudged.recv() {
-        checkpoint(connection, path);
+        checkpoint(connection, path, database);
         // At most one checkpoint per interval: nudges meanwhile wait in the
         // channel (one is enough).
         std::thread::sleep(CHECKPOINT_INTERVAL);
     }
-    checkpoint(connection, path);
+    checkpoint(connection, path, database);
     tracing::debug!("store checkpoint thread stopping: the writer is gone");
 }
 
-fn checkpoint(connection: &Connection, path: &Path) {
+fn checkpoint(connection: &Connection, path: &Path, database: CheckpointedDatabase) {
+    let label = [("database", database.label())];
     let started = Instant::now();
     // (busy, frames in the log, frames copied into the database).
     let outcome: Result<(i64, i64, i64), rusqlite::Error> =
@@ -71,14 +108,14 @@ fn checkpoint(connection: &Connection, path: &Path) {
         });
     match outcome {
         Ok((_, log_frames, copied_frames)) => {
-            metrics::histogram!(names::CHECKPOINT_DURATION_SECONDS)
+            metrics::histogram!(names::CHECKPOINT_DURATION_SECONDS, &label)
                 .record(started.elapsed().as_secs_f64());
-            metrics::gauge!(names::CHECKPOINT_LOG_FRAMES).set(log_frames as f64);
-            metrics::gauge!(names::CHECKPOINT_COPIED_FRAMES).set(copied_frames as f64);
+            metrics::gauge!(names::CHECKPOINT_LOG_FRAMES, &label).set(log_frames as f64);
+            metrics::gauge!(names::CHECKPOINT_COPIED_FRAMES, &label).set(copied_frames as f64);
         }
         Err(error) => {
             // The writer's own checkpoint still bounds the log.
-            metrics::counter!(names::CHECKPOINT_FAILURES_TOTAL).increment(1);
+            metrics::counter!(names::CHECKPOINT_FAILURES_TOTAL, &label).increment(1);
             tracing::warn!(%error, path = %path.display(), "write-ahead log checkpoint failed");
         }
     }

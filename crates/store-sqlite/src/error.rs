@@ -61,6 +61,10 @@ pub enum SqliteStoreError {
     WriterStart { source: std::io::Error },
     #[error("cannot start the store checkpoint thread: {source}")]
     CheckpointerStart { source: std::io::Error },
+    #[error("the store projector thread has stopped")]
+    ProjectorStopped,
+    #[error("cannot start the store projector thread: {source}")]
+    ProjectorStart { source: std::io::Error },
     #[error("a blocking {operation} task failed: {detail}")]
     BlockingTask {
         operation: &'static str,
@@ -94,7 +98,9 @@ impl SqliteStoreError {
             SqliteStoreError::GroupCommitFailed { .. } => "append",
             SqliteStoreError::WriterStopped
             | SqliteStoreError::WriterStart { .. }
-            | SqliteStoreError::CheckpointerStart { .. } => "write",
+            | SqliteStoreError::CheckpointerStart { .. }
+            | SqliteStoreError::ProjectorStopped
+            | SqliteStoreError::ProjectorStart { .. } => "write",
             SqliteStoreError::Corrupt(_) => "decode",
         }
     }

@@ -1,16 +1,19 @@
 //! # ledger-store-sqlite
 //!
-//! The embedded storage adapter: one SQLite file (WAL, `synchronous=FULL`)
-//! holding the event log, the shard message outbox, snapshots and the read
-//! models.
+//! The embedded storage adapter: two SQLite files in WAL mode, the log's
+//! (`ledger.sqlite3`, `synchronous=FULL`: the event log, the shard message
+//! outbox and snapshots) and the read models' (`read-models.sqlite3`,
+//! `synchronous=NORMAL`: derived from the log, projected again if lost).
 //!
 //! * One writer connection on a dedicated thread group-commits every queued
-//!   append in one transaction; snapshots and projection batches use the same
-//!   writer, so SQLite never sees competing writers.
-//! * Reads use a small pool of read-only connections in tokio's blocking pool.
-//! * The projector applies [`projectors::project`] to events in global commit
-//!   order, advancing its position and shard checkpoints atomically with the
-//!   read-model rows.
+//!   append to the log in one transaction; snapshots use the same writer, so
+//!   SQLite never sees competing writers of the log.
+//! * The projector, a connection on a thread of its own, applies
+//!   [`projectors::project`] to the log's records in global commit order,
+//!   advancing its position and shard checkpoints atomically with the
+//!   read-model rows. The log's writer never waits for it.
+//! * Reads use a small pool of read-only connections in tokio's blocking
+//!   pool, each on the read models with the log attached.
 
 mod apply;
 mod checkpoint;
@@ -18,6 +21,7 @@ mod dump;
 mod error;
 pub mod log;
 pub mod metrics;
+mod projector;
 mod read_models;
 mod reader;
 mod schema;
@@ -25,13 +29,14 @@ mod store;
 mod trace;
 mod writer;
 
-pub use checkpoint::{Checkpointer, CHECKPOINT_INTERVAL, WRITER_CHECKPOINT_PAGES};
+pub use checkpoint::{
+    CheckpointedDatabase, Checkpointer, CHECKPOINT_INTERVAL, WRITER_CHECKPOINT_PAGES,
+};
 pub use engine::ports::StoreError;
 pub use error::SqliteStoreError;
+pub use projector::{Projected, PROJECT_QUEUE_CAPACITY};
 pub use read_models::SqliteReadModels;
 pub use reader::READERS_MAX;
-pub use schema::{open_writer, DATABASE_FILE_NAME};
+pub use schema::{open_writer, DATABASE_FILE_NAME, READ_MODELS_FILE_NAME};
 pub use store::{SqliteStore, PROJECTOR_BATCH_RECORDS, PROJECTOR_INTERVAL};
-pub use writer::{
-    Projected, GROUP_COMMIT_ENTRIES_MAX, SNAPSHOTS_KEPT_PER_SHARD, WRITE_QUEUE_CAPACITY,
-};
+pub use writer::{GROUP_COMMIT_ENTRIES_MAX, SNAPSHOTS_KEPT_PER_SHARD, WRITE_QUEUE_CAPACITY};

@@ -36,10 +36,14 @@ pub fn read_log(
     if !path.exists() {
         return Err(SqliteStoreError::NoDatabase { path });
     }
-    let mut connection = open_reader(&path)?;
+    let mut connection = open_reader(data_dir)?;
     let transaction = connection
         .transaction()
         .map_err(SqliteStoreError::sqlite("begin audit read"))?;
+    // The read models first: each database's snapshot is taken at its first
+    // read, and the projector applies only what the log committed, so a log
+    // read after them holds everything they cover.
+    let totals = read_model_totals(&transaction)?;
     // A directory no server of format 2 has opened yet still has `events`
     // (one format 1 envelope per row, which reads as a record).
     let query = if table_exists(&transaction, "records")? {
@@ -70,6 +74,13 @@ pub fn read_log(
             visited += 1;
         }
     }
+    Ok((visited, totals))
+}
+
+/// The read models' balances and checkpoints.
+fn read_model_totals(
+    transaction: &rusqlite::Transaction<'_>,
+) -> Result<ReadModelTotals, SqliteStoreError> {
     let mut totals = ReadModelTotals::default();
     let mut balances = transaction
         .prepare("SELECT user_id, balance, pending FROM balances")
@@ -97,7 +108,7 @@ pub fn read_log(
             .checkpoints
             .insert(shard, from_sql("checkpoint sequence", sequence)?);
     }
-    Ok((visited, totals))
+    Ok(totals)
 }
 
 /// Visits the records committed after `after` (a `records.position`; 0
@@ -117,7 +128,7 @@ pub fn read_records_after(
     if !path.exists() {
         return Err(SqliteStoreError::NoDatabase { path });
     }
-    let connection = open_reader(&path)?;
+    let connection = open_reader(data_dir)?;
     let query = if table_exists(&connection, "records")? {
         "SELECT position, record FROM records WHERE position > ?1 ORDER BY position LIMIT ?2"
     } else {

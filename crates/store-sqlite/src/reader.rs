@@ -13,15 +13,16 @@ use crate::schema::open_reader;
 pub const READERS_MAX: usize = 4;
 
 pub struct ReadPool {
-    path: PathBuf,
+    /// The data directory (see [`open_reader`]).
+    data_dir: PathBuf,
     idle: Mutex<Vec<Connection>>,
     permits: Arc<Semaphore>,
 }
 
 impl ReadPool {
-    pub fn new(path: PathBuf) -> Self {
+    pub fn new(data_dir: PathBuf) -> Self {
         Self {
-            path,
+            data_dir,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(READERS_MAX)),
         }
@@ -95,7 +96,7 @@ impl ReadPool {
             .pop();
         match pooled {
             Some(connection) => Ok(connection),
-            None => open_reader(&self.path),
+            None => open_reader(&self.data_dir),
         }
     }
 

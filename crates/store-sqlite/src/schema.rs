@@ -12,16 +12,28 @@ use crate::error::SqliteStoreError;
 pub const ENTRY_INDEX_BITS: u32 = 16;
 const _: () = assert!(ledger_core::codec::RECORD_ENTRIES_MAX < 1 << ENTRY_INDEX_BITS);
 
-/// File name of the database inside the data directory.
+/// File name of the log's database (records, outbox, snapshots) inside the
+/// data directory.
 pub const DATABASE_FILE_NAME: &str = "ledger.sqlite3";
+/// File name of the read models' database inside the data directory. The
+/// read models are derived from the log, so they have a file (and a writer
+/// thread) of their own: projecting never holds up an append.
+pub const READ_MODELS_FILE_NAME: &str = "read-models.sqlite3";
+/// The name the log's database is attached under on read-model connections.
+pub const LOG_SCHEMA_NAME: &str = "log";
 
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Prepared statements a connection keeps: more than the writer (the log,
+/// the outbox, snapshots and every read-model change) or a reader (every
+/// query) uses, so none is parsed again. rusqlite keeps 16 by default, fewer
+/// than a projection batch cycles through.
+pub const STATEMENT_CACHE_CAPACITY: usize = 256;
 
-/// Tables, idempotent. `records.position` is the global commit order. The
-/// `messages` outbox holds the messages not yet consumed (a record that
-/// consumes messages deletes them in the same transaction).
-const SCHEMA: &str = "
+/// The log's tables, idempotent. `records.position` is the global commit
+/// order. The `messages` outbox holds the messages not yet consumed (a
+/// record that consumes messages deletes them in the same transaction).
+const LOG_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     -- One row per shard record (a step's entries under one checksum).
     -- Records are never deleted, so the rowid alone grows with commit order
@@ -46,7 +58,10 @@ CREATE TABLE IF NOT EXISTS snapshots (
     snapshot BLOB NOT NULL,
     PRIMARY KEY (shard, sequence)
 );
+";
 
+/// The read models' tables, idempotent, in their own file.
+const READ_MODEL_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS balances (
     user_id TEXT PRIMARY KEY,
     balance INTEGER NOT NULL,
@@ -271,7 +286,8 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
     ("projection_position", "id"),
 ];
 
-/// Opens the single writer connection, creating the file and schema if needed.
+/// Opens the log's single writer connection, creating the file and schema
+/// if needed.
 pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| SqliteStoreError::CreateDirectory {
         path: data_dir.to_path_buf(),
@@ -282,14 +298,10 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     connection
         .busy_timeout(BUSY_TIMEOUT)
         .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     // WAL lets readers run beside the writer; FULL syncs the WAL on every
     // commit, so an acknowledged append survives power loss.
-    let journal_mode: String = connection
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(SqliteStoreError::sqlite("enable write-ahead logging"))?;
-    if !journal_mode.eq_ignore_ascii_case("wal") {
-        return Err(SqliteStoreError::WalUnavailable { journal_mode });
-    }
+    enable_write_ahead_log(&connection)?;
     connection
         .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
         .map_err(SqliteStoreError::sqlite("set durability pragmas"))?;
@@ -303,49 +315,149 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
         .map_err(SqliteStoreError::sqlite(
             "set the writer's checkpoint threshold",
         ))?;
-    // A directory written before a read model existed projects its whole
-    // log again on first open, so the new model covers the old history.
-    let read_models_behind = table_exists(&connection, "projection_position")?
-        && (!table_exists(&connection, "purchase_index")?
-            || !table_exists(&connection, "creator_sales")?
-            || !table_exists(&connection, "item_days")?);
-    // Items written before kinds existed are accessories; before regional
-    // prices, they had none.
-    let items_exist = table_exists(&connection, "items")?;
-    let items_without_kind = items_exist && !column_exists(&connection, "items", "kind")?;
-    let items_without_regional_prices =
-        items_exist && !column_exists(&connection, "items", "regional_prices")?;
     connection
-        .execute_batch(SCHEMA)
+        .execute_batch(LOG_SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
-    if items_without_kind {
-        connection
-            .execute_batch("ALTER TABLE items ADD COLUMN kind TEXT NOT NULL DEFAULT 'accessory';")
-            .map_err(SqliteStoreError::sqlite("add the kind of items"))?;
-    }
-    if items_without_regional_prices {
-        connection
-            .execute_batch(
-                "ALTER TABLE items ADD COLUMN regional_prices TEXT NOT NULL DEFAULT '{}';",
-            )
-            .map_err(SqliteStoreError::sqlite("add the regional prices of items"))?;
-    }
     migrate_event_rows(&mut connection)?;
-    // Purchase steps were once a table of their own (a row per step, 450
-    // bytes per command); the index that replaced them is projected again.
+    drop_read_models_beside_the_log(&mut connection)?;
+    Ok(connection)
+}
+
+/// Opens the projector's connection: the read models' database (created if
+/// needed) with the log's attached read-only as [`LOG_SCHEMA_NAME`]. Open
+/// the log with [`open_writer`] first.
+///
+/// Its commits are not synced by themselves (`synchronous = NORMAL`): the
+/// read models are derived from the log and carry their position in the
+/// same transaction, so a power cut can only lose the last projection
+/// batches, which are projected again. (A crash of the process loses
+/// nothing: the commit is in the operating system's hands.)
+pub fn open_projector(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
+    let mut connection = Connection::open_with_flags(
+        data_dir.join(READ_MODELS_FILE_NAME),
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(SqliteStoreError::sqlite("open projector connection"))?;
     connection
-        .execute_batch("DROP TABLE IF EXISTS purchase_steps;")
-        .map_err(SqliteStoreError::sqlite("drop the purchase steps table"))?;
-    if read_models_behind {
-        crate::writer::reset_read_models(&mut connection)?;
-        tracing::info!("the read models are projected again from the log for a new read model");
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    enable_write_ahead_log(&connection)?;
+    connection
+        .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        .map_err(SqliteStoreError::sqlite(
+            "set read-model durability pragmas",
+        ))?;
+    // Its own checkpoint thread copies the log (see `checkpoint`).
+    connection
+        .pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::checkpoint::WRITER_CHECKPOINT_PAGES,
+        )
+        .map_err(SqliteStoreError::sqlite(
+            "set the projector's checkpoint threshold",
+        ))?;
+    attach_log(&connection, &data_dir.join(DATABASE_FILE_NAME))?;
+    // A read-model database from before one of its tables existed projects
+    // the whole log again, so the new model covers the old history.
+    let mut missing_tables = Vec::new();
+    let positioned = table_exists(&connection, "projection_position")?;
+    for (table, _) in READ_MODEL_TABLES {
+        if !table_exists(&connection, table)? {
+            missing_tables.push(*table);
+        }
+    }
+    connection
+        .execute_batch(READ_MODEL_SCHEMA)
+        .map_err(SqliteStoreError::sqlite("create read-model schema"))?;
+    if positioned && !missing_tables.is_empty() {
+        crate::projector::reset_read_models(&mut connection)?;
+        tracing::info!(
+            tables = %missing_tables.join(", "),
+            "the read models are projected again from the log for a new read model"
+        );
     }
     Ok(connection)
 }
 
+fn enable_write_ahead_log(connection: &Connection) -> Result<(), SqliteStoreError> {
+    let journal_mode: String = connection
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(SqliteStoreError::sqlite("enable write-ahead logging"))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteStoreError::WalUnavailable { journal_mode });
+    }
+    Ok(())
+}
+
+/// Attaches the log's database read-only under [`LOG_SCHEMA_NAME`]. Table
+/// names are unique across the two files, so queries name tables alone.
+fn attach_log(connection: &Connection, log_path: &Path) -> Result<(), SqliteStoreError> {
+    connection
+        .execute(
+            &format!("ATTACH DATABASE ?1 AS {LOG_SCHEMA_NAME}"),
+            [read_only_uri(log_path)],
+        )
+        .map_err(SqliteStoreError::sqlite("attach the log"))?;
+    Ok(())
+}
+
+/// A `file:` URI opening `path` read-only (percent-encoding what a URI
+/// path may not hold).
+fn read_only_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for byte in path.to_string_lossy().bytes() {
+        if byte.is_ascii_alphanumeric() || b"/-_.~".contains(&byte) {
+            uri.push(char::from(byte));
+        } else {
+            uri.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro");
+    uri
+}
+
+/// Data directories from before the read models had a file of their own
+/// kept them in the log's database: those tables go (with the purchase
+/// steps table older still), and the read models' database, new then, is
+/// projected from the whole log.
+fn drop_read_models_beside_the_log(connection: &mut Connection) -> Result<(), SqliteStoreError> {
+    let transaction = connection
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin dropping old read models"))?;
+    let mut dropped = 0;
+    let old_tables = READ_MODEL_TABLES
+        .iter()
+        .map(|(table, _)| *table)
+        .chain(["purchase_steps"]);
+    for table in old_tables {
+        if table_exists(&transaction, table)? {
+            transaction
+                .execute_batch(&format!("DROP TABLE {table};"))
+                .map_err(SqliteStoreError::sqlite("drop an old read-model table"))?;
+            dropped += 1;
+        }
+    }
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit dropping old read models"))?;
+    if dropped > 0 {
+        tracing::info!(
+            dropped,
+            "the read models moved out of the log's database; they are projected again"
+        );
+    }
+    Ok(())
+}
+
 /// Moves a format 1 data directory's `events` rows (one envelope each) into
 /// `records`, in one transaction: an envelope reads as a record of one entry
-/// with the same hash, so the chain, positions and read models stay valid.
+/// with the same hash, so the chain and positions stay valid. (Its read
+/// models are projected again, in their own file.)
 fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreError> {
     let transaction = connection
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -360,17 +472,6 @@ fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreErro
             [],
         )
         .map_err(SqliteStoreError::sqlite("move format 1 events"))?;
-    // Transaction entries are keyed by record position and entry index now.
-    transaction
-        .execute(
-            &format!(
-                "UPDATE transactions SET event_position = event_position << {ENTRY_INDEX_BITS}"
-            ),
-            [],
-        )
-        .map_err(SqliteStoreError::sqlite(
-            "rekey format 1 transaction entries",
-        ))?;
     transaction
         .execute_batch("DROP TABLE events;")
         .map_err(SqliteStoreError::sqlite("drop format 1 events"))?;
@@ -381,34 +482,18 @@ fn migrate_event_rows(connection: &mut Connection) -> Result<(), SqliteStoreErro
     Ok(())
 }
 
-/// Whether `table` has a column named `column`.
-fn column_exists(
-    connection: &Connection,
-    table: &str,
-    column: &str,
-) -> Result<bool, SqliteStoreError> {
-    connection
-        .query_row(
-            "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
-            rusqlite::params![table, column],
-            |row| row.get::<_, i64>(0),
-        )
-        .map(|count| count > 0)
-        .map_err(SqliteStoreError::sqlite("read table columns"))
-}
-
-/// Whether the database has a table named `name`.
+/// Whether the connection's databases (the main one or an attached one)
+/// have a table named `name`.
 pub(crate) fn table_exists(connection: &Connection, name: &str) -> Result<bool, SqliteStoreError> {
     connection
         .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            "SELECT count(*) > 0 FROM pragma_table_list WHERE type = 'table' AND name = ?1",
             [name],
             |row| row.get(0),
         )
         .map_err(SqliteStoreError::sqlite("look for a table"))
 }
 
-/// Opens a read-only connection (readers never block the writer under WAL).
 /// Opens the checkpointer's connection (see `checkpoint`). It syncs as the
 /// writer does: a checkpoint must reach the disk before the log restarts.
 pub fn open_checkpointer(path: &Path) -> Result<Connection, SqliteStoreError> {
@@ -426,14 +511,29 @@ pub fn open_checkpointer(path: &Path) -> Result<Connection, SqliteStoreError> {
     Ok(connection)
 }
 
-pub fn open_reader(path: &Path) -> Result<Connection, SqliteStoreError> {
+/// Opens a read-only connection on the data directory `data_dir`: the read
+/// models' database with the log's attached as [`LOG_SCHEMA_NAME`] (readers
+/// never block a writer under WAL). A directory no server of this version
+/// has opened yet has no read models' file: then the log's database alone,
+/// whose tables held the read models then.
+pub fn open_reader(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let connection = Connection::open_with_flags(path, flags)
-        .map_err(SqliteStoreError::sqlite("open reader connection"))?;
+    let read_models = data_dir.join(READ_MODELS_FILE_NAME);
+    let log = data_dir.join(DATABASE_FILE_NAME);
+    let connection = if read_models.exists() {
+        let connection = Connection::open_with_flags(&read_models, flags)
+            .map_err(SqliteStoreError::sqlite("open reader connection"))?;
+        attach_log(&connection, &log)?;
+        connection
+    } else {
+        Connection::open_with_flags(&log, flags)
+            .map_err(SqliteStoreError::sqlite("open reader connection"))?
+    };
     connection
         .busy_timeout(BUSY_TIMEOUT)
         .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(connection)
 }

@@ -1,5 +1,5 @@
-//! The embedded store: event log, shard outbox, snapshots and read models in
-//! one SQLite file.
+//! The embedded store: event log, shard outbox and snapshots in one SQLite
+//! file, the read models in another, each with a writer thread of its own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +13,12 @@ use ledger_core::ShardId;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{CheckpointedDatabase, Checkpointer};
 use crate::error::{from_sql, to_sql, SqliteStoreError};
+use crate::projector::{self, ProjectRequest, Projected};
 use crate::reader::ReadPool;
-use crate::schema::{open_writer, DATABASE_FILE_NAME};
-use crate::writer::{self, Projected, WriteRequest};
+use crate::schema::{open_projector, open_writer, DATABASE_FILE_NAME, READ_MODELS_FILE_NAME};
+use crate::writer::{self, WriteRequest};
 
 /// Records applied per projection transaction by the projector loop (each
 /// holds at most `RECORD_ENTRIES_MAX` entries; a busy shard's group commit
@@ -30,6 +31,7 @@ pub const PROJECTOR_INTERVAL: Duration = Duration::from_millis(200);
 pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<WriteRequest>,
+    projector: mpsc::Sender<ProjectRequest>,
     pub(crate) readers: Arc<ReadPool>,
     /// Signalled after each commit that wrote new events.
     appended: Arc<Notify>,
@@ -54,20 +56,29 @@ impl SqliteStore {
 
     fn open_inner(data_dir: &Path) -> Result<Arc<SqliteStore>, SqliteStoreError> {
         crate::metrics::describe();
+        // The log first: the read models' connection attaches it.
         let connection = open_writer(data_dir)?;
+        let projector = projector::spawn(
+            open_projector(data_dir)?,
+            Checkpointer::spawn(
+                &data_dir.join(READ_MODELS_FILE_NAME),
+                CheckpointedDatabase::ReadModels,
+            )?,
+        )?;
         let path = data_dir.join(DATABASE_FILE_NAME);
-        let checkpointer = Checkpointer::spawn(&path)?;
+        let checkpointer = Checkpointer::spawn(&path, CheckpointedDatabase::Log)?;
         let appended = Arc::new(Notify::new());
         let writer = writer::spawn(connection, Arc::clone(&appended), checkpointer)?;
         Ok(Arc::new(SqliteStore {
-            readers: Arc::new(ReadPool::new(path.clone())),
+            readers: Arc::new(ReadPool::new(data_dir.to_path_buf())),
             path,
             writer,
+            projector,
             appended,
         }))
     }
 
-    /// Path of the database file.
+    /// Path of the log's database file.
     pub fn database_path(&self) -> &Path {
         &self.path
     }
@@ -84,6 +95,20 @@ impl SqliteStore {
         reply.await.map_err(|_| SqliteStoreError::WriterStopped)?
     }
 
+    async fn project<T>(
+        &self,
+        request: ProjectRequest,
+        reply: oneshot::Receiver<Result<T, SqliteStoreError>>,
+    ) -> Result<T, SqliteStoreError> {
+        self.projector
+            .send(request)
+            .await
+            .map_err(|_| SqliteStoreError::ProjectorStopped)?;
+        reply
+            .await
+            .map_err(|_| SqliteStoreError::ProjectorStopped)?
+    }
+
     /// Applies up to `limit` unprojected records to the read models, in
     /// global commit order; the projection position and shard checkpoints
     /// advance in the same transaction. Returns how many records and
@@ -91,7 +116,7 @@ impl SqliteStore {
     pub async fn project_pending(&self, limit: usize) -> Result<Projected, StoreError> {
         let (reply, answer) = oneshot::channel();
         Ok(self
-            .write(WriteRequest::Project { limit, reply }, answer)
+            .project(ProjectRequest::Project { limit, reply }, answer)
             .await?)
     }
 
@@ -140,7 +165,7 @@ impl SqliteStore {
     /// log. For tests and audits: readers see partial models meanwhile.
     pub async fn rebuild_read_models(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.write(WriteRequest::ResetReadModels { reply }, answer)
+        self.project(ProjectRequest::ResetReadModels { reply }, answer)
             .await?;
         self.project_all_pending().await?;
         Ok(())
@@ -160,7 +185,7 @@ impl SqliteStore {
         Ok(self
             .readers
             .run("projection position read", |connection| {
-                writer::projection_position(connection)
+                projector::projection_position(connection)
             })
             .await?)
     }

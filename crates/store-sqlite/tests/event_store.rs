@@ -290,3 +290,62 @@ async fn the_log_is_checkpointed_beside_the_writer() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The log's database holds the log alone; the read models have a file of
+/// their own, written by the projector's thread, and are read with the log
+/// attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_models_live_in_a_file_of_their_own() {
+    let directory = TempDir::new("read-model-file");
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    let mut log = Log::default();
+    for prefix in ["first", "second"] {
+        let records = log.grants(1, prefix, 3);
+        store
+            .append(vec![batch(1, records, Vec::new())])
+            .await
+            .expect("the append succeeds");
+        store
+            .project_all_pending()
+            .await
+            .expect("the projection succeeds");
+    }
+    let tables = |file: &str| -> Vec<String> {
+        let connection =
+            rusqlite::Connection::open(directory.path.join(file)).expect("database opens");
+        let mut statement = connection
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .expect("schema query prepares");
+        statement
+            .query_map([], |row| row.get(0))
+            .expect("schema reads")
+            .collect::<Result<_, _>>()
+            .expect("table names read")
+    };
+    assert_eq!(
+        tables(ledger_store_sqlite::DATABASE_FILE_NAME),
+        ["messages", "records", "snapshots"]
+    );
+    let read_model_tables = tables(ledger_store_sqlite::READ_MODELS_FILE_NAME);
+    for table in ["balances", "purchase_index", "projection_position"] {
+        assert!(
+            read_model_tables.iter().any(|name| name == table),
+            "{table} is in the read models' file: {read_model_tables:?}"
+        );
+    }
+    assert_eq!(
+        store.projection_position().await.expect("position reads"),
+        6,
+        "both appends' records are projected"
+    );
+    let balance = store
+        .read_models()
+        .balance("alice")
+        .await
+        .expect("the balance reads");
+    assert_eq!(
+        balance.balance,
+        2 * (1 + 2 + 3),
+        "both appends' grants are counted"
+    );
+}

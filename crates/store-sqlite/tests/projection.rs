@@ -1158,7 +1158,9 @@ async fn the_item_history_counts_each_day_and_older_directories_are_projected_ag
     }
     // A directory written before the history: its tables are missing.
     {
-        let database = directory.path.join(ledger_store_sqlite::DATABASE_FILE_NAME);
+        let database = directory
+            .path
+            .join(ledger_store_sqlite::READ_MODELS_FILE_NAME);
         let connection = rusqlite::Connection::open(database).expect("database opens");
         connection
             .busy_timeout(Duration::from_secs(10))
@@ -1236,14 +1238,26 @@ async fn purchase_steps_are_read_back_from_the_log_and_replace_the_old_table() {
         );
         assert_eq!(read_models.purchase_steps("p-none").await, Ok(Vec::new()));
     }
-    // A directory written when steps had a table of their own: the table
-    // goes, the index is projected from the log, the story is the same.
+    // A directory written when steps had a table of their own, and the read
+    // models lived in the log's database: the old tables go, the read models
+    // get their file and are projected from the log, the story is the same.
     let database = directory.path.join(ledger_store_sqlite::DATABASE_FILE_NAME);
     {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = directory.path.join(format!(
+                "{}{suffix}",
+                ledger_store_sqlite::READ_MODELS_FILE_NAME
+            ));
+            if file.exists() {
+                std::fs::remove_file(file).expect("the read models' file is removed");
+            }
+        }
         let connection = rusqlite::Connection::open(&database).expect("database opens");
         connection
             .execute_batch(
-                "DROP TABLE purchase_index;
+                "CREATE TABLE balances (user_id TEXT PRIMARY KEY, balance INTEGER NOT NULL,
+                     pending INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO balances VALUES ('bob', 1, 0);
                  CREATE TABLE purchase_steps (purchase_id TEXT NOT NULL, position TEXT NOT NULL,
                      step TEXT NOT NULL, subject TEXT NOT NULL, user_id TEXT NOT NULL, serial INTEGER,
                      amount INTEGER, detail TEXT NOT NULL, at_ms INTEGER NOT NULL,
@@ -1265,10 +1279,10 @@ async fn purchase_steps_are_read_back_from_the_log_and_replace_the_old_table() {
     let connection = rusqlite::Connection::open(&database).expect("database opens");
     let old_tables: i64 = connection
         .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name = 'purchase_steps'",
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('purchase_steps', 'balances')",
             [],
             |row| row.get(0),
         )
         .expect("schema reads");
-    assert_eq!(old_tables, 0, "the old table is dropped");
+    assert_eq!(old_tables, 0, "the old tables are dropped");
 }

@@ -139,10 +139,13 @@ fn write_rows(
         rusqlite::Error::InvalidParameterName(format!("cannot open the store's writer: {error}"))
     })?;
     // The store checkpoints beside its writer; so does this ceiling.
-    let checkpointer =
-        Checkpointer::spawn(&directory.join(DATABASE_FILE_NAME)).map_err(|error| {
-            rusqlite::Error::InvalidParameterName(format!("cannot start the checkpointer: {error}"))
-        })?;
+    let checkpointer = Checkpointer::spawn(
+        &directory.join(DATABASE_FILE_NAME),
+        store_sqlite::CheckpointedDatabase::Log,
+    )
+    .map_err(|error| {
+        rusqlite::Error::InvalidParameterName(format!("cannot start the checkpointer: {error}"))
+    })?;
     // Serialise before the clock starts: the ledger's writer receives
     // encoded records too.
     let event_rows: Vec<(&BatchRecord, Vec<u8>)> = events

@@ -1,0 +1,213 @@
+//! The projector: one connection on a dedicated thread applies the log's
+//! records to the read models, which live in a database file of their own
+//! (see [`crate::schema::open_projector`]). The log's writer never waits
+//! for a projection batch, and a projection batch never waits for a log
+//! commit's sync: each file has its own writer.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ledger_core::codec::BatchRecord;
+use projectors::project;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::apply::ChangeBatch;
+use crate::checkpoint::Checkpointer;
+use crate::error::{from_sql, to_sql, SqliteStoreError};
+use crate::metrics as names;
+use crate::schema::{ENTRY_INDEX_BITS, READ_MODEL_TABLES};
+
+/// Requests queued for the projector before callers wait.
+pub const PROJECT_QUEUE_CAPACITY: usize = 64;
+
+type Reply<T> = oneshot::Sender<Result<T, SqliteStoreError>>;
+
+/// Work for the projector thread.
+pub enum ProjectRequest {
+    /// Projects up to `limit` records; answers how many records and entries.
+    Project {
+        limit: usize,
+        reply: Reply<Projected>,
+    },
+    /// Empties the read models and their checkpoints.
+    ResetReadModels { reply: Reply<()> },
+}
+
+/// Starts the projector thread; it stops when every sender is dropped.
+/// `checkpointer` copies the read models' write-ahead log beside it.
+pub fn spawn(
+    connection: Connection,
+    checkpointer: Checkpointer,
+) -> Result<mpsc::Sender<ProjectRequest>, SqliteStoreError> {
+    let (sender, receiver) = mpsc::channel(PROJECT_QUEUE_CAPACITY);
+    std::thread::Builder::new()
+        .name("ledger-projector".to_string())
+        .spawn(move || run(connection, receiver, &checkpointer))
+        .map_err(|source| SqliteStoreError::ProjectorStart { source })?;
+    Ok(sender)
+}
+
+fn run(
+    mut connection: Connection,
+    mut receiver: mpsc::Receiver<ProjectRequest>,
+    checkpointer: &Checkpointer,
+) {
+    while let Some(request) = receiver.blocking_recv() {
+        match request {
+            ProjectRequest::Project { limit, reply } => {
+                let started = Instant::now();
+                let result = project_batch(&mut connection, limit);
+                match &result {
+                    Ok(projected) => {
+                        metrics::counter!(names::PROJECTOR_EVENTS_APPLIED_TOTAL)
+                            .increment(projected.entries as u64);
+                        metrics::histogram!(names::PROJECTOR_BATCH_DURATION_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                    }
+                    Err(_) => metrics::counter!(names::PROJECTOR_FAILURES_TOTAL).increment(1),
+                }
+                let _ = reply.send(result);
+            }
+            ProjectRequest::ResetReadModels { reply } => {
+                let _ = reply.send(reset_read_models(&mut connection));
+            }
+        }
+        checkpointer.nudge();
+    }
+    tracing::debug!("store projector thread stopping: every sender is gone");
+}
+
+/// What one projection transaction applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Projected {
+    /// Records read from the log (what the request's `limit` counts).
+    pub records: usize,
+    /// Entries (events) of those records applied to the read models.
+    pub entries: usize,
+}
+
+impl Projected {
+    /// Whether the transaction took as many records as it was allowed:
+    /// then more may be waiting. A record holds many entries, so only the
+    /// record count answers this.
+    pub fn filled(&self, limit: usize) -> bool {
+        self.records >= limit
+    }
+}
+
+/// Applies up to `limit` unprojected records, in global order, and advances
+/// the projection position and shard checkpoints in the same transaction.
+/// Answers how many records and entries were applied.
+fn project_batch(connection: &mut Connection, limit: usize) -> Result<Projected, SqliteStoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin projection transaction"))?;
+    let projected: i64 = transaction
+        .query_row(
+            "SELECT position FROM projection_position WHERE id = 0",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(SqliteStoreError::sqlite("read projection position"))?;
+    let rows = read_records_after(&transaction, projected, limit)?;
+    if rows.is_empty() {
+        return Ok(Projected::default());
+    }
+    let mut checkpoints: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut last_position = projected;
+    let mut applied = 0;
+    let mut changes = ChangeBatch::default();
+    for (position, bytes) in &rows {
+        let record = BatchRecord::from_bytes(bytes)?;
+        for (index, logged) in record.logged().enumerate() {
+            let event = logged.event()?;
+            let entry_position = (*position << ENTRY_INDEX_BITS) | index as i64;
+            changes.apply(&transaction, entry_position, &project(&logged, &event))?;
+        }
+        applied += record.len() as usize;
+        let checkpoint = checkpoints.entry(record.shard.0).or_insert(0);
+        *checkpoint = (*checkpoint).max(record.last_sequence());
+        last_position = *position;
+    }
+    changes.finish(&transaction)?;
+    for (shard, sequence) in &checkpoints {
+        let sequence = to_sql("checkpoint sequence", *sequence)?;
+        transaction
+            .prepare_cached(
+                "INSERT INTO projection_checkpoint (shard, sequence) VALUES (?1, ?2)
+                 ON CONFLICT (shard) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+            )
+            .and_then(|mut statement| statement.execute(params![shard, sequence]))
+            .map_err(SqliteStoreError::sqlite("advance shard checkpoint"))?;
+    }
+    transaction
+        .execute(
+            "UPDATE projection_position SET position = ?1 WHERE id = 0",
+            params![last_position],
+        )
+        .map_err(SqliteStoreError::sqlite("advance projection position"))?;
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit projection"))?;
+    for (shard, sequence) in &checkpoints {
+        engine::metrics::record_projected(ledger_core::ShardId(*shard), *sequence);
+    }
+    Ok(Projected {
+        records: rows.len(),
+        entries: applied,
+    })
+}
+
+fn read_records_after(
+    transaction: &Transaction<'_>,
+    position: i64,
+    limit: usize,
+) -> Result<Vec<(i64, Vec<u8>)>, SqliteStoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = transaction
+        .prepare_cached(
+            "SELECT position, record FROM records WHERE position > ?1 ORDER BY position LIMIT ?2",
+        )
+        .map_err(SqliteStoreError::sqlite("prepare projection read"))?;
+    let rows = statement
+        .query_map(params![position, limit], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(SqliteStoreError::sqlite("read records to project"))?;
+    Ok(rows)
+}
+
+pub(crate) fn reset_read_models(connection: &mut Connection) -> Result<(), SqliteStoreError> {
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(SqliteStoreError::sqlite("begin read-model reset"))?;
+    for (table, _) in READ_MODEL_TABLES {
+        transaction
+            .execute(&format!("DELETE FROM {table}"), [])
+            .map_err(SqliteStoreError::sqlite("truncate read model"))?;
+    }
+    transaction
+        .execute(
+            "INSERT INTO projection_position (id, position) VALUES (0, 0)",
+            [],
+        )
+        .map_err(SqliteStoreError::sqlite("reset projection position"))?;
+    transaction
+        .commit()
+        .map_err(SqliteStoreError::sqlite("commit read-model reset"))
+}
+
+/// The projection position (last applied `records.position`).
+pub fn projection_position(connection: &Connection) -> Result<u64, SqliteStoreError> {
+    let position: Option<i64> = connection
+        .query_row(
+            "SELECT position FROM projection_position WHERE id = 0",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(SqliteStoreError::sqlite("read projection position"))?;
+    from_sql("projection position", position.unwrap_or(0))
+}
