@@ -7,7 +7,8 @@
 //! background (a passive checkpoint: it never blocks the writer or a
 //! reader), so commits only append to the log. The writer keeps an automatic
 //! checkpoint as a backstop, far above what this thread lets the log reach,
-//! so the log stays bounded even if this thread falls behind.
+//! so the log stays bounded even if this thread falls behind. Once commits
+//! pause, it cuts the log file to nothing if no one is using it.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -21,6 +22,9 @@ use crate::schema::open_checkpointer;
 
 /// How often the log is checkpointed while commits arrive.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// After this long without a commit, the log file is cut to nothing (a
+/// log grown under load otherwise keeps its largest size on disk).
+pub const IDLE_BEFORE_TRUNCATE: Duration = Duration::from_secs(1);
 /// Log pages at which a database's writer (the log's or the projector)
 /// checkpoints by itself: ten times SQLite's default threshold, reached only
 /// if this thread falls behind.
@@ -88,35 +92,71 @@ fn run(
     path: &Path,
     database: CheckpointedDatabase,
 ) {
-    while let Ok(()) = nudged.recv() {
-        checkpoint(connection, path, database);
-        // At most one checkpoint per interval: nudges meanwhile wait in the
-        // channel (one is enough).
-        std::thread::sleep(CHECKPOINT_INTERVAL);
+    // Whether the log file was cut to nothing since the last commit.
+    let mut truncated = false;
+    loop {
+        match nudged.recv_timeout(IDLE_BEFORE_TRUNCATE) {
+            Ok(()) => {
+                checkpoint(connection, path, database, Mode::Passive);
+                truncated = false;
+                // At most one checkpoint per interval: nudges meanwhile wait
+                // in the channel (one is enough).
+                std::thread::sleep(CHECKPOINT_INTERVAL);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if !truncated {
+                    truncated = checkpoint(connection, path, database, Mode::Truncate);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
     }
-    checkpoint(connection, path, database);
+    checkpoint(connection, path, database, Mode::Passive);
     tracing::debug!("store checkpoint thread stopping: the writer is gone");
 }
 
-fn checkpoint(connection: &Connection, path: &Path, database: CheckpointedDatabase) {
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Copies what it can without waiting for anyone.
+    Passive,
+    /// Copies everything and cuts the log file to nothing, if no reader or
+    /// writer is using the log at that moment (it does not wait: the
+    /// connection's busy timeout is zero); else nothing happens.
+    Truncate,
+}
+
+/// Runs one checkpoint; answers whether it completed (not stopped by a
+/// reader or writer using the log).
+fn checkpoint(
+    connection: &Connection,
+    path: &Path,
+    database: CheckpointedDatabase,
+    mode: Mode,
+) -> bool {
     let label = [("database", database.label())];
     let started = Instant::now();
+    let statement = match mode {
+        Mode::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Mode::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
     // (busy, frames in the log, frames copied into the database).
     let outcome: Result<(i64, i64, i64), rusqlite::Error> =
-        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        connection.query_row(statement, [], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         });
     match outcome {
-        Ok((_, log_frames, copied_frames)) => {
+        Ok((busy, log_frames, copied_frames)) => {
             metrics::histogram!(names::CHECKPOINT_DURATION_SECONDS, &label)
                 .record(started.elapsed().as_secs_f64());
             metrics::gauge!(names::CHECKPOINT_LOG_FRAMES, &label).set(log_frames as f64);
             metrics::gauge!(names::CHECKPOINT_COPIED_FRAMES, &label).set(copied_frames as f64);
+            busy == 0
         }
         Err(error) => {
             // The writer's own checkpoint still bounds the log.
             metrics::counter!(names::CHECKPOINT_FAILURES_TOTAL, &label).increment(1);
             tracing::warn!(%error, path = %path.display(), "write-ahead log checkpoint failed");
+            false
         }
     }
 }

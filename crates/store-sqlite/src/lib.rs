@@ -30,7 +30,8 @@ mod trace;
 mod writer;
 
 pub use checkpoint::{
-    CheckpointedDatabase, Checkpointer, CHECKPOINT_INTERVAL, WRITER_CHECKPOINT_PAGES,
+    CheckpointedDatabase, Checkpointer, CHECKPOINT_INTERVAL, IDLE_BEFORE_TRUNCATE,
+    WRITER_CHECKPOINT_PAGES,
 };
 pub use engine::ports::StoreError;
 pub use error::SqliteStoreError;

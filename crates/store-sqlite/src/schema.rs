@@ -24,6 +24,13 @@ pub const LOG_SCHEMA_NAME: &str = "log";
 
 /// How long a connection waits for a lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The page cache of the log attached to a read-model connection, in KiB
+/// (SQLite's default is 2,000 KiB per database of each connection).
+const ATTACHED_LOG_CACHE_KIBIBYTES: i64 = 256;
+/// Bytes a write-ahead log file keeps once it restarts (SQLite leaves it at
+/// its largest size otherwise): a log grown while readers held it back is
+/// cut down when the writer starts it over.
+const WAL_SIZE_LIMIT_BYTES: i64 = 16 * 1024 * 1024;
 /// Prepared statements a connection keeps: more than the writer (the log,
 /// the outbox, snapshots and every read-model change) or a reader (every
 /// query) uses, so none is parsed again. rusqlite keeps 16 by default, fewer
@@ -391,11 +398,21 @@ fn enable_write_ahead_log(connection: &Connection) -> Result<(), SqliteStoreErro
     if !journal_mode.eq_ignore_ascii_case("wal") {
         return Err(SqliteStoreError::WalUnavailable { journal_mode });
     }
+    let _limit: i64 = connection
+        .query_row(
+            &format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}"),
+            [],
+            |row| row.get(0),
+        )
+        .map_err(SqliteStoreError::sqlite("limit the write-ahead log's size"))?;
     Ok(())
 }
 
 /// Attaches the log's database read-only under [`LOG_SCHEMA_NAME`]. Table
 /// names are unique across the two files, so queries name tables alone.
+/// Its page cache is small: a read-model connection reads the log only for
+/// a purchase's story (a few records) and the projector's batch (records
+/// just written, read once).
 fn attach_log(connection: &Connection, log_path: &Path) -> Result<(), SqliteStoreError> {
     connection
         .execute(
@@ -403,6 +420,13 @@ fn attach_log(connection: &Connection, log_path: &Path) -> Result<(), SqliteStor
             [read_only_uri(log_path)],
         )
         .map_err(SqliteStoreError::sqlite("attach the log"))?;
+    connection
+        .pragma_update(
+            Some(rusqlite::DatabaseName::Attached(LOG_SCHEMA_NAME)),
+            "cache_size",
+            ATTACHED_LOG_CACHE_KIBIBYTES.saturating_neg(),
+        )
+        .map_err(SqliteStoreError::sqlite("size the attached log's cache"))?;
     Ok(())
 }
 
@@ -502,8 +526,10 @@ pub fn open_checkpointer(path: &Path) -> Result<Connection, SqliteStoreError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(SqliteStoreError::sqlite("open checkpoint connection"))?;
+    // Never waits: a checkpoint that would wait for a reader or the writer
+    // gives up and comes again later.
     connection
-        .busy_timeout(BUSY_TIMEOUT)
+        .busy_timeout(Duration::ZERO)
         .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
     connection
         .execute_batch("PRAGMA synchronous = FULL;")

@@ -349,3 +349,61 @@ async fn the_read_models_live_in_a_file_of_their_own() {
         "both appends' grants are counted"
     );
 }
+
+/// Once commits pause, each database's write-ahead log file is cut to
+/// nothing (SQLite otherwise keeps it at its largest size on disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_store_cuts_its_write_ahead_logs_to_nothing() {
+    let directory = TempDir::new("idle-truncate");
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    let mut log = Log::default();
+    let records = log.grants(2, "idle-grant", 500);
+    store
+        .append(vec![batch(2, records, Vec::new())])
+        .await
+        .expect("append succeeds");
+    store
+        .project_all_pending()
+        .await
+        .expect("the projection succeeds");
+    let wal_bytes = |database: &str| {
+        std::fs::metadata(directory.path.join(format!("{database}-wal")))
+            .map_or(0, |metadata| metadata.len())
+    };
+    let databases = [
+        ledger_store_sqlite::DATABASE_FILE_NAME,
+        ledger_store_sqlite::READ_MODELS_FILE_NAME,
+    ];
+    for database in databases {
+        assert!(
+            wal_bytes(database) > 0,
+            "{database}: the commits are in its log"
+        );
+    }
+    let deadline = std::time::Instant::now()
+        + ledger_store_sqlite::IDLE_BEFORE_TRUNCATE
+        + std::time::Duration::from_secs(10);
+    while databases.iter().any(|database| wal_bytes(database) > 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the logs were not cut: {} and {} bytes",
+            wal_bytes(databases[0]),
+            wal_bytes(databases[1])
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Nothing was lost: both read back.
+    assert_eq!(
+        store.projection_position().await.expect("position reads"),
+        500
+    );
+    assert_eq!(
+        store
+            .recover(ShardId(2))
+            .await
+            .expect("recovery reads")
+            .records
+            .len(),
+        500
+    );
+}
