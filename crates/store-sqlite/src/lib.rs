@@ -39,5 +39,5 @@ pub use projector::{Projected, PROJECT_QUEUE_CAPACITY};
 pub use read_models::SqliteReadModels;
 pub use reader::READERS_MAX;
 pub use schema::{open_writer, DATABASE_FILE_NAME, READ_MODELS_FILE_NAME};
-pub use store::{SqliteStore, PROJECTOR_BATCH_RECORDS, PROJECTOR_INTERVAL};
+pub use store::{SqliteStore, PROJECTOR_BATCH_RECORDS, PROJECTOR_GATHER, PROJECTOR_INTERVAL};
 pub use writer::{GROUP_COMMIT_ENTRIES_MAX, SNAPSHOTS_KEPT_PER_SHARD, WRITE_QUEUE_CAPACITY};

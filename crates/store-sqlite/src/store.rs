@@ -26,6 +26,11 @@ use crate::writer::{self, WriteRequest};
 pub const PROJECTOR_BATCH_RECORDS: usize = 256;
 /// The projector runs at least this often, even without a signal.
 pub const PROJECTOR_INTERVAL: Duration = Duration::from_millis(200);
+/// After a signal, the projector waits this long before projecting, so that
+/// one projection transaction takes the log commits of that time together
+/// (fewer, larger transactions beside the log's writer) instead of one
+/// per commit. The read models trail the log by at most this much more.
+pub const PROJECTOR_GATHER: Duration = Duration::from_millis(10);
 
 /// The SQLite store. Create it with [`SqliteStore::open`].
 pub struct SqliteStore {
@@ -149,7 +154,9 @@ impl SqliteStore {
                 Err(error) => tracing::error!(%error, "read-model projection failed; retrying"),
             }
             tokio::select! {
-                _ = self.appended.notified() => {}
+                _ = self.appended.notified() => {
+                    tokio::time::sleep(PROJECTOR_GATHER).await;
+                }
                 _ = tokio::time::sleep(PROJECTOR_INTERVAL) => {}
                 changed = shutdown.changed() => {
                     if changed.is_err() {
