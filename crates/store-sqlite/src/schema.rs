@@ -302,26 +302,9 @@ pub fn open_writer(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     })?;
     let mut connection = Connection::open(data_dir.join(DATABASE_FILE_NAME))
         .map_err(SqliteStoreError::sqlite("open writer connection"))?;
-    connection
-        .busy_timeout(BUSY_TIMEOUT)
-        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
-    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    // WAL lets readers run beside the writer; FULL syncs the WAL on every
-    // commit, so an acknowledged append survives power loss.
-    enable_write_ahead_log(&connection)?;
-    connection
-        .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
-        .map_err(SqliteStoreError::sqlite("set durability pragmas"))?;
-    // The checkpoint thread copies the log; the writer only if it falls behind.
-    connection
-        .pragma_update(
-            None,
-            "wal_autocheckpoint",
-            crate::checkpoint::WRITER_CHECKPOINT_PAGES,
-        )
-        .map_err(SqliteStoreError::sqlite(
-            "set the writer's checkpoint threshold",
-        ))?;
+    // FULL syncs the WAL on every commit, so an acknowledged append
+    // survives power loss.
+    configure_writer(&connection, "FULL")?;
     connection
         .execute_batch(LOG_SCHEMA)
         .map_err(SqliteStoreError::sqlite("create schema"))?;
@@ -348,26 +331,7 @@ pub fn open_projector(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
             | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(SqliteStoreError::sqlite("open projector connection"))?;
-    connection
-        .busy_timeout(BUSY_TIMEOUT)
-        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
-    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    enable_write_ahead_log(&connection)?;
-    connection
-        .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
-        .map_err(SqliteStoreError::sqlite(
-            "set read-model durability pragmas",
-        ))?;
-    // Its own checkpoint thread copies the log (see `checkpoint`).
-    connection
-        .pragma_update(
-            None,
-            "wal_autocheckpoint",
-            crate::checkpoint::WRITER_CHECKPOINT_PAGES,
-        )
-        .map_err(SqliteStoreError::sqlite(
-            "set the projector's checkpoint threshold",
-        ))?;
+    configure_writer(&connection, "NORMAL")?;
     attach_log(&connection, &data_dir.join(DATABASE_FILE_NAME))?;
     // A read-model database from before one of its tables existed projects
     // the whole log again, so the new model covers the old history.
@@ -389,6 +353,34 @@ pub fn open_projector(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
         );
     }
     Ok(connection)
+}
+
+/// Settings shared by the two writers (the log's and the projector): WAL,
+/// so readers run beside the writer, with commits synced as `synchronous`
+/// says (`FULL` or `NORMAL`); a checkpoint thread copies the log, the
+/// writer itself only if that thread falls behind (see `checkpoint`).
+fn configure_writer(connection: &Connection, synchronous: &str) -> Result<(), SqliteStoreError> {
+    connection
+        .busy_timeout(BUSY_TIMEOUT)
+        .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    enable_write_ahead_log(connection)?;
+    connection
+        .pragma_update(None, "synchronous", synchronous)
+        .map_err(SqliteStoreError::sqlite("set the commit sync level"))?;
+    connection
+        .execute_batch("PRAGMA foreign_keys = OFF;")
+        .map_err(SqliteStoreError::sqlite("turn foreign keys off"))?;
+    connection
+        .pragma_update(
+            None,
+            "wal_autocheckpoint",
+            crate::checkpoint::WRITER_CHECKPOINT_PAGES,
+        )
+        .map_err(SqliteStoreError::sqlite(
+            "set the writer's checkpoint threshold",
+        ))?;
+    Ok(())
 }
 
 fn enable_write_ahead_log(connection: &Connection) -> Result<(), SqliteStoreError> {
@@ -562,4 +554,39 @@ pub fn open_reader(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
         .map_err(SqliteStoreError::sqlite("set busy timeout"))?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's commits sync (an acknowledged append survives power
+    /// loss); the read models' do not (they are projected again).
+    #[test]
+    fn the_log_syncs_every_commit_and_the_read_models_do_not() {
+        let data_dir = std::env::temp_dir().join(format!(
+            "ledger-schema-sync-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let level = |connection: &Connection| -> i64 {
+            connection
+                .query_row("PRAGMA synchronous", [], |row| row.get(0))
+                .expect("the sync level reads")
+        };
+        let log = open_writer(&data_dir).expect("the log opens");
+        let read_models = open_projector(&data_dir).expect("the read models open");
+        // SQLite's levels: 1 NORMAL, 2 FULL.
+        assert_eq!(level(&log), 2, "the log commits with synchronous=FULL");
+        assert_eq!(level(&read_models), 1, "the read models with NORMAL");
+        for connection in [&log, &read_models] {
+            let mode: String = connection
+                .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+                .expect("the journal mode reads");
+            assert_eq!(mode, "wal");
+        }
+        drop((log, read_models));
+        std::fs::remove_dir_all(&data_dir).expect("the directory is removed");
+    }
 }
