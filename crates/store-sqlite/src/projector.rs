@@ -54,26 +54,37 @@ fn run(
     checkpointer: &Checkpointer,
 ) {
     while let Some(request) = receiver.blocking_recv() {
-        match request {
+        // Only a batch that wrote nudges the checkpointer: the projector
+        // also runs on a timer when nothing is new, and an idle log must go
+        // quiet for the checkpointer to cut it.
+        let wrote = match request {
             ProjectRequest::Project { limit, reply } => {
                 let started = Instant::now();
                 let result = project_batch(&mut connection, limit);
-                match &result {
+                let wrote = match &result {
                     Ok(projected) => {
                         metrics::counter!(names::PROJECTOR_EVENTS_APPLIED_TOTAL)
                             .increment(projected.entries as u64);
                         metrics::histogram!(names::PROJECTOR_BATCH_DURATION_SECONDS)
                             .record(started.elapsed().as_secs_f64());
+                        projected.records > 0
                     }
-                    Err(_) => metrics::counter!(names::PROJECTOR_FAILURES_TOTAL).increment(1),
-                }
+                    Err(_) => {
+                        metrics::counter!(names::PROJECTOR_FAILURES_TOTAL).increment(1);
+                        false
+                    }
+                };
                 let _ = reply.send(result);
+                wrote
             }
             ProjectRequest::ResetReadModels { reply } => {
                 let _ = reply.send(reset_read_models(&mut connection));
+                true
             }
+        };
+        if wrote {
+            checkpointer.nudge();
         }
-        checkpointer.nudge();
     }
     tracing::debug!("store projector thread stopping: every sender is gone");
 }
