@@ -332,9 +332,9 @@ pub fn open_projector(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
     )
     .map_err(SqliteStoreError::sqlite("open projector connection"))?;
     configure_writer(&connection, "NORMAL")?;
-    attach_log(&connection, &data_dir.join(DATABASE_FILE_NAME))?;
     // A read-model database from before one of its tables existed projects
-    // the whole log again, so the new model covers the old history.
+    // the whole log again, so the new model covers the old history. (Looked
+    // for before the log is attached: only this file counts.)
     let mut missing_tables = Vec::new();
     let positioned = table_exists(&connection, "projection_position")?;
     for (table, _) in READ_MODEL_TABLES {
@@ -352,6 +352,7 @@ pub fn open_projector(data_dir: &Path) -> Result<Connection, SqliteStoreError> {
             "the read models are projected again from the log for a new read model"
         );
     }
+    attach_log(&connection, &data_dir.join(DATABASE_FILE_NAME))?;
     Ok(connection)
 }
 

@@ -93,11 +93,10 @@ impl SqliteStore {
         request: WriteRequest,
         reply: oneshot::Receiver<Result<T, SqliteStoreError>>,
     ) -> Result<T, SqliteStoreError> {
-        self.writer
-            .send(request)
-            .await
-            .map_err(|_| SqliteStoreError::WriterStopped)?;
-        reply.await.map_err(|_| SqliteStoreError::WriterStopped)?
+        ask(&self.writer, request, reply, || {
+            SqliteStoreError::WriterStopped
+        })
+        .await
     }
 
     async fn project<T>(
@@ -105,13 +104,10 @@ impl SqliteStore {
         request: ProjectRequest,
         reply: oneshot::Receiver<Result<T, SqliteStoreError>>,
     ) -> Result<T, SqliteStoreError> {
-        self.projector
-            .send(request)
-            .await
-            .map_err(|_| SqliteStoreError::ProjectorStopped)?;
-        reply
-            .await
-            .map_err(|_| SqliteStoreError::ProjectorStopped)?
+        ask(&self.projector, request, reply, || {
+            SqliteStoreError::ProjectorStopped
+        })
+        .await
     }
 
     /// Applies up to `limit` unprojected records to the read models, in
@@ -203,6 +199,18 @@ impl SqliteStore {
             &self.readers,
         )))
     }
+}
+
+/// Queues `request` for a thread of the store and waits for its answer on
+/// `reply`; `stopped` names the thread if it is gone.
+async fn ask<R, T>(
+    thread: &mpsc::Sender<R>,
+    request: R,
+    reply: oneshot::Receiver<Result<T, SqliteStoreError>>,
+    stopped: fn() -> SqliteStoreError,
+) -> Result<T, SqliteStoreError> {
+    thread.send(request).await.map_err(|_| stopped())?;
+    reply.await.map_err(|_| stopped())?
 }
 
 #[async_trait]
