@@ -11,6 +11,16 @@
 //! `cargo bench -p ledger-engine --bench heap` (release). Environment:
 //! `HEAP_BUYERS` (50,000; each funded by one grant), `HEAP_PURCHASES`
 //! (100,000).
+//!
+//! `HEAP_SNAPSHOTS=FILE[,FILE...]` measures a server's shards instead, from
+//! their latest snapshots as stored (per remembered command), e.g. of an
+//! embedded data directory:
+//!
+//! ```sh
+//! sqlite3 DATA/ledger.sqlite3 "SELECT writefile('/tmp/snapshot-' || shard || '.bin', snapshot)
+//!   FROM snapshots AS s WHERE sequence = (SELECT max(sequence) FROM snapshots WHERE shard = s.shard)"
+//! HEAP_SNAPSHOTS=$(ls /tmp/snapshot-*.bin | paste -sd,) cargo bench -p ledger-engine --bench heap
+//! ```
 
 // A global allocator is an unsafe trait; this one only counts and forwards.
 #![allow(unsafe_code)]
@@ -65,6 +75,27 @@ fn freed<T>(state: &mut ShardState, take: impl FnOnce(&mut ShardState) -> T) -> 
 }
 
 fn main() {
+    if let Ok(files) = std::env::var("HEAP_SNAPSHOTS") {
+        let mut measured = Measured::default();
+        let mut commands = 0;
+        let mut stored_bytes = 0;
+        for file in files.split(',') {
+            let stored = std::fs::read(file).unwrap_or_else(|error| panic!("{file}: {error}"));
+            stored_bytes += stored.len();
+            let state = measured.state(|| {
+                ledger_core::codec::Snapshot::from_bytes(&stored)
+                    .expect("the snapshot decodes")
+                    .state
+            });
+            commands += state.commands.len();
+            measured.parts(state);
+        }
+        println!(
+            "{commands} remembered commands in the snapshots given ({stored_bytes} bytes stored)"
+        );
+        measured.print(commands);
+        return;
+    }
     let buyers = setting("HEAP_BUYERS", 50_000);
     let purchases = setting("HEAP_PURCHASES", 100_000);
     let mut cluster = Cluster::new(SHARDS);
@@ -90,31 +121,51 @@ fn main() {
     cluster.expect_succeeded(purchases);
     let commands = buyers + ITEMS + 1 + purchases;
 
-    let mut parts: Vec<(&str, isize, usize)> = Vec::new();
-    let mut add = |name: &'static str, bytes: isize, encoded: usize| match parts
-        .iter_mut()
-        .find(|(known, _, _)| *known == name)
-    {
-        Some(part) => {
-            part.1 += bytes;
-            part.2 += encoded;
-        }
-        None => parts.push((name, bytes, encoded)),
-    };
-    let mut whole = 0;
-    let mut whole_encoded = 0;
+    let mut measured = Measured::default();
     for runner in &cluster.runners {
         let bytes = encode(&runner.state);
-        whole_encoded += bytes.len();
+        let state = measured.state(|| decode("shard state", &bytes).expect("state decodes"));
+        measured.parts(state);
+    }
+    println!("{commands} commands ({buyers} grants, {purchases} purchases), {SHARDS} shards");
+    measured.print(commands);
+}
+
+/// Live heap bytes of states and their parts, with their encoded sizes.
+#[derive(Default)]
+struct Measured {
+    parts: Vec<(&'static str, isize, usize)>,
+    whole: isize,
+    whole_encoded: usize,
+}
+
+impl Measured {
+    /// A state as `decode` makes it, counted whole.
+    fn state(&mut self, decode: impl FnOnce() -> ShardState) -> ShardState {
         let before = live_bytes();
-        let mut state: ShardState = decode("shard state", &bytes).expect("state decodes");
-        whole += live_bytes() - before;
-        // A part: its encoded size, then what dropping its fields frees.
+        let state = decode();
+        self.whole += live_bytes() - before;
+        self.whole_encoded += encode(&state).len();
+        state
+    }
+
+    fn add(&mut self, name: &'static str, bytes: isize, encoded: usize) {
+        match self.parts.iter_mut().find(|(known, _, _)| *known == name) {
+            Some(part) => {
+                part.1 += bytes;
+                part.2 += encoded;
+            }
+            None => self.parts.push((name, bytes, encoded)),
+        }
+    }
+
+    /// Drops the state's parts one by one: what each drop frees is its size.
+    fn parts(&mut self, mut state: ShardState) {
         macro_rules! part {
             ($name:literal, $($field:ident),+) => {{
                 let encoded = 0 $(+ encode(&state.$field).len())+;
                 let bytes = freed(&mut state, |s| ($(std::mem::take(&mut s.$field)),+));
-                add($name, bytes, encoded);
+                self.add($name, bytes, encoded);
             }};
         }
         part!("commands", commands);
@@ -125,29 +176,28 @@ fn main() {
         part!("items (serials, counts)", items);
         part!("rate limits", limits);
         let rest_encoded = encode(&state).len();
-        add(
-            "everything else",
-            freed(&mut state, |s| {
-                std::mem::replace(s, ShardState::new(s.shard))
-            }),
-            rest_encoded,
-        );
+        let rest = freed(&mut state, |s| {
+            std::mem::replace(s, ShardState::new(s.shard))
+        });
+        self.add("everything else", rest, rest_encoded);
     }
-    let per_command = |bytes: isize| bytes as f64 / commands as f64;
-    println!("{commands} commands ({buyers} grants, {purchases} purchases), {SHARDS} shards");
-    println!();
-    println!("| part | live heap bytes per command | encoded bytes per command |");
-    println!("|---|---|---|");
-    for (name, bytes, encoded) in &parts {
+
+    fn print(&self, commands: usize) {
+        let per_command = |bytes: isize| bytes as f64 / commands as f64;
+        println!();
+        println!("| part | live heap bytes per command | encoded bytes per command |");
+        println!("|---|---|---|");
+        for (name, bytes, encoded) in &self.parts {
+            println!(
+                "| {name} | {:.0} | {:.0} |",
+                per_command(*bytes),
+                per_command(*encoded as isize)
+            );
+        }
         println!(
-            "| {name} | {:.0} | {:.0} |",
-            per_command(*bytes),
-            per_command(*encoded as isize)
+            "| whole state | {:.0} | {:.0} |",
+            per_command(self.whole),
+            per_command(self.whole_encoded as isize)
         );
     }
-    println!(
-        "| whole state | {:.0} | {:.0} |",
-        per_command(whole),
-        per_command(whole_encoded as isize)
-    );
 }

@@ -908,8 +908,13 @@ pub struct Snapshot {
 
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
-/// rather than restored. Format 7: the state has its takedowns.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP07";
+/// rather than restored. Format 8: completed commands are kept as their
+/// shard keeps them in memory (see [`Remembered`]'s encoding).
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP08";
+/// Format 7: as format 8, with every remembered command as a record
+/// (written before completed ones were kept with their ids written once;
+/// still read).
+pub const SNAPSHOT_MAGIC_V7: [u8; 8] = *b"LGRSNP07";
 /// Format 6: as format 7, of a state without takedowns (written before
 /// they existed; still read).
 pub const SNAPSHOT_MAGIC_V6: [u8; 8] = *b"LGRSNP06";
@@ -1130,6 +1135,69 @@ impl From<SnapshotBeforeTakedowns> for Snapshot {
     }
 }
 
+/// A shard's state as format 7 snapshots hold it: [`ShardState`] with
+/// every remembered command as a record in place.
+#[derive(Decode)]
+#[cfg_attr(test, derive(Encode))]
+struct SnapshotBeforeCompactCommands {
+    shard: ShardId,
+    next_sequence: u64,
+    inbound_next: BTreeMap<ShardId, u64>,
+    outbound_next: BTreeMap<ShardId, u64>,
+    balances: BTreeMap<Account, i64>,
+    owned_items: crate::owned::OwnedItems,
+    escrow: BTreeMap<PurchaseId, EscrowEntry>,
+    escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
+    items: BTreeMap<ItemId, ItemState>,
+    bundles: BTreeMap<BundleId, BundleState>,
+    commands: BTreeMap<String, crate::state::CommandRecord>,
+    listing_directory: BTreeMap<ListingId, ItemId>,
+    refunds: BTreeMap<PurchaseId, RefundProgress>,
+    retention: Retention,
+    limits: BuyerLimits,
+    price_floors: crate::pricing::PriceFloors,
+    item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
+    price_tests: BTreeMap<PriceTestId, crate::pricing::PriceTest>,
+    tests_ending: BTreeSet<(TimestampMs, PriceTestId)>,
+    takedowns: crate::takedown::Takedowns,
+    last_hash: Hash,
+}
+
+impl From<SnapshotBeforeCompactCommands> for Snapshot {
+    fn from(old: SnapshotBeforeCompactCommands) -> Self {
+        let state = ShardState {
+            shard: old.shard,
+            next_sequence: old.next_sequence,
+            inbound_next: old.inbound_next,
+            outbound_next: old.outbound_next,
+            balances: old.balances,
+            owned_items: old.owned_items,
+            escrow: old.escrow,
+            escrow_due: old.escrow_due,
+            items: old.items,
+            bundles: old.bundles,
+            commands: old
+                .commands
+                .into_iter()
+                .map(|(key, record)| (Arc::from(key), Remembered::new(record)))
+                .collect(),
+            listing_directory: old.listing_directory,
+            refunds: old.refunds,
+            retention: old.retention,
+            limits: old.limits,
+            price_floors: old.price_floors,
+            item_pricing: old.item_pricing,
+            price_tests: old.price_tests,
+            tests_ending: old.tests_ending,
+            takedowns: old.takedowns,
+        };
+        Snapshot {
+            state,
+            last_hash: old.last_hash,
+        }
+    }
+}
+
 /// The checksummed snapshot formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SnapshotFormat {
@@ -1137,14 +1205,17 @@ enum SnapshotFormat {
     V4,
     V5,
     V6,
+    V7,
     Current,
 }
 
-/// The body of a checksummed snapshot (format 3 to 7) after its marker,
+/// The body of a checksummed snapshot (format 3 to 8) after its marker,
 /// with its format, or `None` if it has none of their markers.
 fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotFormat), CodecError>> {
     let (rest, format) = if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
         (rest, SnapshotFormat::Current)
+    } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V7) {
+        (rest, SnapshotFormat::V7)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V6) {
         (rest, SnapshotFormat::V6)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V5) {
@@ -1188,13 +1259,25 @@ impl Snapshot {
         bytes
     }
 
-    /// Decodes a snapshot of any format, checking its checksum when it has one.
+    /// Decodes a snapshot of any format, checking its checksum when it has
+    /// one; its copies of an id share one allocation (see
+    /// [`ShardState::share_keys`]).
     pub fn from_bytes(stored: &[u8]) -> Result<Self, CodecError> {
+        let mut snapshot = Self::decode_any_format(stored)?;
+        snapshot.state.share_keys();
+        Ok(snapshot)
+    }
+
+    fn decode_any_format(stored: &[u8]) -> Result<Self, CodecError> {
         let bytes = &*unpack_stored(stored)?;
         if let Some(checked) = checksummed_snapshot_body(bytes) {
             let (body, format) = checked?;
             return match format {
                 SnapshotFormat::Current => decode_record_part("snapshot", body),
+                SnapshotFormat::V7 => {
+                    decode_record_part::<SnapshotBeforeCompactCommands>("snapshot", body)
+                        .map(Into::into)
+                }
                 SnapshotFormat::V6 => {
                     decode_record_part::<SnapshotBeforeTakedowns>("snapshot", body).map(Into::into)
                 }
@@ -1220,6 +1303,132 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Actor, CommandMeta, Completion, Progress, Role, Success};
+
+    /// A state that remembers a running and a completed command, with the
+    /// completed one queued for forgetting and a sale in escrow.
+    fn state_remembering_commands() -> ShardState {
+        let mut state = ShardState::new(ShardId(1));
+        state.next_sequence = 12;
+        let user = |id: &str| UserId::parse(id).expect("valid id");
+        for (key, completed) in [("grant:g-1", true), ("grant:g-2", false)] {
+            let command = Command::Grant {
+                grant_id: crate::GrantId::parse(&key[6..]).expect("valid id"),
+                user_id: user("alice"),
+                amount: 500,
+            };
+            let record = crate::state::CommandRecord {
+                fingerprint: fingerprint(&command),
+                command,
+                meta: CommandMeta {
+                    at_ms: 42,
+                    actor: Actor {
+                        role: Role::Service,
+                        user_id: user("flow"),
+                    },
+                },
+                progress: Progress::Crediting,
+                positions: Vec::new(),
+                completion: completed.then(|| {
+                    Completion::new(
+                        Ok(Success::Granted { balance_after: 500 }),
+                        Vec::new(),
+                        Vec::new(),
+                    )
+                }),
+            };
+            let key: Arc<str> = Arc::from(key);
+            if completed {
+                state.retention.due.insert((42, Arc::clone(&key)));
+            }
+            state.commands.insert(key, Remembered::new(record));
+        }
+        for purchase in ["p-1", "p-2"] {
+            let purchase_id = PurchaseId::parse(purchase).expect("valid id");
+            state.escrow.insert(
+                purchase_id.clone(),
+                EscrowEntry {
+                    creator_id: user("carol"),
+                    creator_share: 70,
+                    platform_fee: 30,
+                    release_at_ms: 99,
+                    frozen: false,
+                },
+            );
+            state.escrow_due.insert((99, purchase_id));
+        }
+        state
+    }
+
+    /// Format 7 (every remembered command as a record in place) still
+    /// reads, to the state format 8 holds; both come back with each id's
+    /// copies sharing one allocation, as in a live shard.
+    #[test]
+    fn a_format_seven_snapshot_reads_as_format_eight() {
+        let state = state_remembering_commands();
+        let snapshot = Snapshot {
+            state: state.clone(),
+            last_hash: [5; 32],
+        };
+        let old = SnapshotBeforeCompactCommands {
+            shard: state.shard,
+            next_sequence: state.next_sequence,
+            inbound_next: state.inbound_next.clone(),
+            outbound_next: state.outbound_next.clone(),
+            balances: state.balances.clone(),
+            owned_items: state.owned_items.clone(),
+            escrow: state.escrow.clone(),
+            escrow_due: state.escrow_due.clone(),
+            items: state.items.clone(),
+            bundles: state.bundles.clone(),
+            commands: state
+                .commands
+                .iter()
+                .map(|(key, remembered)| (key.to_string(), remembered.record().into_owned()))
+                .collect(),
+            listing_directory: state.listing_directory.clone(),
+            refunds: state.refunds.clone(),
+            retention: state.retention.clone(),
+            limits: state.limits.clone(),
+            price_floors: state.price_floors.clone(),
+            item_pricing: state.item_pricing.clone(),
+            price_tests: state.price_tests.clone(),
+            tests_ending: state.tests_ending.clone(),
+            takedowns: state.takedowns.clone(),
+            last_hash: [5; 32],
+        };
+        let body = encode_record_part(&old);
+        let format_seven = [&SNAPSHOT_MAGIC_V7[..], &body, &Sha256::digest(&body)[..]].concat();
+        let format_eight = snapshot.to_bytes();
+        assert!(format_eight.starts_with(&SNAPSHOT_MAGIC));
+        assert_ne!(
+            format_seven[8..],
+            format_eight[8..],
+            "the commands are kept differently"
+        );
+        for bytes in [&format_seven, &format_eight] {
+            let read = Snapshot::from_bytes(bytes).expect("the snapshot reads");
+            assert_eq!(read, snapshot);
+            let (key, _) = read
+                .state
+                .commands
+                .get_key_value("grant:g-1")
+                .expect("remembered");
+            let (_, queued) = read.state.retention.due.first().expect("queued");
+            assert!(
+                Arc::ptr_eq(key, queued),
+                "the queue shares the command's key"
+            );
+            let (_, due) = read.state.escrow_due.first().expect("due");
+            let (purchase, entry) = read.state.escrow.first_key_value().expect("in escrow");
+            assert_eq!(purchase.as_str().as_ptr(), due.as_str().as_ptr());
+            let (_, last) = read.state.escrow.last_key_value().expect("in escrow");
+            assert_eq!(
+                entry.creator_id.as_str().as_ptr(),
+                last.creator_id.as_str().as_ptr()
+            );
+        }
+    }
 
     /// The arithmetic size of an event entry is what bincode writes, at
     /// every width of its length prefixes.

@@ -4,14 +4,16 @@
 //!
 //! A completed primary purchase as a value is a dozen allocations (its
 //! ids, its reservation, its completion's positions and deliveries), about
-//! 800 bytes of heap; encoded, it is one allocation of about 250 bytes.
-//! Completed records are read rarely (a retry, a refund, a takedown's
-//! scan, the forgetting of old commands), and each read decodes them.
+//! 800 bytes of heap; encoded, it is one allocation of about 250 bytes,
+//! and about 170 with each id's text written once (a purchase names its
+//! item up to four times; see [`crate::ids::with_id_table`]). Completed
+//! records are read rarely (a retry, a refund, a takedown's scan, the
+//! forgetting of old commands), and each read decodes them. A snapshot
+//! holds these bytes as they are (format 8 on).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use bincode::config::{Endianness, IntEncoding};
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +25,7 @@ pub enum Remembered {
     /// Not yet completed: the record as it is now.
     Running(Arc<CommandRecord>),
     /// Completed: the record in the record encoding (variable-length
-    /// integers), exactly as a snapshot holds it.
+    /// integers) with each id's text written once, as a snapshot holds it.
     Completed(Arc<[u8]>),
 }
 
@@ -42,8 +44,10 @@ impl Remembered {
         match self {
             Remembered::Running(record) => Cow::Borrowed(record),
             Remembered::Completed(bytes) => Cow::Owned(
-                crate::codec::decode_record_part("remembered command", bytes)
-                    .expect("a remembered command decodes: its bytes were encoded by this shard"),
+                crate::ids::with_id_table(|| {
+                    crate::codec::decode_record_part("remembered command", bytes)
+                })
+                .expect("a remembered command decodes: its bytes were encoded by this shard"),
             ),
         }
     }
@@ -89,7 +93,7 @@ fn encode_once(record: &CommandRecord) -> Arc<[u8]> {
     }
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.clear();
-        crate::codec::encode_record_part_into(record, scratch);
+        crate::ids::with_id_table(|| crate::codec::encode_record_part_into(record, scratch));
         Arc::from(scratch.as_slice())
     })
 }
@@ -113,23 +117,29 @@ impl std::fmt::Debug for Remembered {
     }
 }
 
+/// Remembered commands as a snapshot holds them (format 8 on): a running
+/// command as `0` and its record; a completed one as `1` and its bytes as
+/// kept (a length, then the bytes), so a snapshot copies them out and back
+/// without decoding them.
+const RUNNING_TAG: u8 = 0;
+const COMPLETED_TAG: u8 = 1;
+
 impl Encode for Remembered {
     fn encode<E: bincode::enc::Encoder>(
         &self,
         encoder: &mut E,
     ) -> Result<(), bincode::error::EncodeError> {
-        use bincode::config::Config;
         use bincode::enc::write::Writer;
         match self {
-            Remembered::Running(record) => record.encode(encoder),
-            // The snapshot's own encoding: the bytes are the record's.
-            Remembered::Completed(bytes)
-                if encoder.config().int_encoding() == IntEncoding::Variable
-                    && encoder.config().endianness() == Endianness::Little =>
-            {
+            Remembered::Running(record) => {
+                RUNNING_TAG.encode(encoder)?;
+                record.encode(encoder)
+            }
+            Remembered::Completed(bytes) => {
+                COMPLETED_TAG.encode(encoder)?;
+                (bytes.len() as u64).encode(encoder)?;
                 encoder.writer().write(bytes)
             }
-            Remembered::Completed(_) => self.record().encode(encoder),
         }
     }
 }
@@ -138,8 +148,28 @@ impl<Context> Decode<Context> for Remembered {
     fn decode<D: bincode::de::Decoder<Context = Context>>(
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
-        let record: CommandRecord = Decode::decode(decoder)?;
-        Ok(Remembered::new(record))
+        use bincode::de::read::Reader;
+        use bincode::error::DecodeError;
+        match u8::decode(decoder)? {
+            RUNNING_TAG => {
+                let record: CommandRecord = Decode::decode(decoder)?;
+                Ok(Remembered::new(record))
+            }
+            COMPLETED_TAG => {
+                let length = u64::decode(decoder)?;
+                let length =
+                    usize::try_from(length).map_err(|_| DecodeError::OutsideUsizeRange(length))?;
+                decoder.claim_container_read::<u8>(length)?;
+                let mut bytes = vec![0_u8; length];
+                decoder.reader().read(&mut bytes)?;
+                Ok(Remembered::Completed(Arc::from(bytes)))
+            }
+            found => Err(DecodeError::UnexpectedVariant {
+                type_name: "Remembered",
+                allowed: &bincode::error::AllowedEnumVariants::Range { min: 0, max: 1 },
+                found: u32::from(found),
+            }),
+        }
     }
 }
 
@@ -209,22 +239,113 @@ mod tests {
     }
 
     #[test]
-    fn encodings_are_those_of_the_record_in_both_configurations() {
+    fn a_snapshot_holds_a_completed_command_as_kept_and_a_running_one_as_its_record() {
         for completed in [false, true] {
             let remembered = Remembered::new(grant(completed));
-            // The snapshot's encoding: a completed record's bytes as kept.
-            assert_eq!(
-                encode_record_part(&remembered),
-                encode_record_part(&grant(completed))
-            );
-            // The wire encoding (fixed-width integers) re-encodes.
-            assert_eq!(encode(&remembered), encode(&grant(completed)));
-            let decoded: Remembered =
-                decode_record_part("remembered", &encode_record_part(&grant(completed)))
-                    .expect("decodes");
+            let expected = match &remembered {
+                Remembered::Running(record) => {
+                    [vec![RUNNING_TAG], encode_record_part(&**record)].concat()
+                }
+                Remembered::Completed(bytes) => {
+                    // One byte of length: the bytes kept are under 251.
+                    assert!(bytes.len() < 251);
+                    [vec![COMPLETED_TAG, bytes.len() as u8], bytes.to_vec()].concat()
+                }
+            };
+            assert_eq!(encode_record_part(&remembered), expected);
+            // Both encodings (variable- and fixed-width integers) read back.
+            let decoded: Remembered = decode_record_part("remembered", &expected).expect("decodes");
             assert_eq!(decoded.is_completed(), completed);
+            assert_eq!(decoded, remembered);
             assert_eq!(decoded.record().into_owned(), grant(completed));
+            let wire: Remembered =
+                crate::codec::decode("remembered", &encode(&remembered)).expect("decodes");
+            assert_eq!(wire, remembered);
         }
+        // Any other tag is refused.
+        let mut other = encode_record_part(&Remembered::new(grant(true)));
+        other[0] = 2;
+        assert!(decode_record_part::<Remembered>("remembered", &other).is_err());
+    }
+
+    /// A completed purchase names its item four times and its buyer twice;
+    /// kept, each id's text is written once, and decoded, the repeats share
+    /// the first one's allocation.
+    #[test]
+    fn a_completed_purchase_keeps_each_id_once() {
+        let item_id = crate::ItemId::parse("catalogue-item-0001").expect("valid id");
+        let buyer_id = UserId::parse("buyer-0001").expect("valid id");
+        let purchase_id = crate::PurchaseId::parse("purchase-0001").expect("valid id");
+        let target = PurchaseTarget::Item(item_id.clone());
+        let command = Command::Purchase {
+            purchase_id,
+            buyer_id: buyer_id.clone(),
+            target: target.clone(),
+            expected_price: 250,
+            region: None,
+        };
+        let record = CommandRecord {
+            fingerprint: crate::codec::fingerprint(&command),
+            command,
+            meta: CommandMeta {
+                at_ms: 42,
+                actor: Actor {
+                    role: Role::User,
+                    user_id: buyer_id,
+                },
+            },
+            progress: Progress::Paid {
+                reservation: Reservation {
+                    price: 250,
+                    creator_id: UserId::parse("creator-01").expect("valid id"),
+                    sale: SaleKind::Item {
+                        item_id: item_id.clone(),
+                        serial: None,
+                    },
+                    terms: None,
+                },
+            },
+            positions: Vec::new(),
+            completion: Some(Completion::new(
+                Ok(Success::Purchased {
+                    target,
+                    price: 250,
+                    serial: None,
+                    granted_items: vec![item_id.clone()],
+                    balance_after: 750,
+                }),
+                Vec::new(),
+                Vec::new(),
+            )),
+        };
+        let plain = encode_record_part(&record).len();
+        let Remembered::Completed(kept) = Remembered::new(record.clone()) else {
+            panic!("a completed record is kept encoded")
+        };
+        // Three repeats of the item (19 bytes of text and a length each)
+        // and one of the buyer (10 and a length) become two bytes each.
+        assert_eq!(kept.len(), plain - 3 * (20 - 2) - (11 - 2));
+        let decoded = Remembered::Completed(kept).record().into_owned();
+        assert_eq!(decoded, record);
+        let Command::Purchase {
+            target: PurchaseTarget::Item(first),
+            ..
+        } = &decoded.command
+        else {
+            panic!("a purchase of an item")
+        };
+        let Some(Completion {
+            result: Ok(Success::Purchased { granted_items, .. }),
+            ..
+        }) = &decoded.completion
+        else {
+            panic!("a completed purchase")
+        };
+        assert_eq!(
+            first.as_str().as_ptr(),
+            granted_items[0].as_str().as_ptr(),
+            "the repeats share one allocation"
+        );
     }
 
     #[test]

@@ -220,6 +220,47 @@ impl ShardState {
         }
     }
 
+    /// Makes the copies of one id in this state share one allocation, as
+    /// they do in a live shard (which clones ids instead of decoding them):
+    /// a retention queue's keys are the remembered commands' keys, an
+    /// escrow's due dates name its purchases with the escrow's keys, and
+    /// each creator's escrow entries name the creator with one id. A
+    /// decoded state holds a copy of each (a snapshot writes their text
+    /// once per place); this is run once it is decoded.
+    pub fn share_keys(&mut self) {
+        let commands = &self.commands;
+        let shared_key = |key: Arc<str>| -> Arc<str> {
+            commands
+                .get_key_value(&*key)
+                .map_or(key, |(known, _)| Arc::clone(known))
+        };
+        for queue in [&mut self.retention.due, &mut self.retention.due_paid] {
+            *queue = std::mem::take(queue)
+                .into_iter()
+                .map(|(at_ms, key)| (at_ms, shared_key(key)))
+                .collect();
+        }
+        let escrow = &self.escrow;
+        self.escrow_due = std::mem::take(&mut self.escrow_due)
+            .into_iter()
+            .map(|(at_ms, purchase_id)| {
+                let shared = escrow
+                    .get_key_value(&purchase_id)
+                    .map_or(purchase_id, |(known, _)| known.clone());
+                (at_ms, shared)
+            })
+            .collect();
+        let mut creators: BTreeSet<UserId> = BTreeSet::new();
+        for entry in self.escrow.values_mut() {
+            match creators.get(&entry.creator_id) {
+                Some(known) => entry.creator_id = known.clone(),
+                None => {
+                    creators.insert(entry.creator_id.clone());
+                }
+            }
+        }
+    }
+
     pub fn balance(&self, account: &Account) -> i64 {
         self.balances.get(account).copied().unwrap_or(0)
     }
