@@ -43,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use engine::ports::{EventStore, ShardBatch, StoreError};
 use engine::shard::{Reply, ShardRunner, Step};
-use engine::snapshots::SnapshotWriter;
+use engine::snapshots::{SnapshotPermits, SnapshotWriter};
 use engine::EngineConfig;
 use ledger_core::codec::{BatchRecord, CommandRecord, Entry, MessageEnvelope, ReplyRecord};
 use ledger_core::{Completion, Event, ShardId};
@@ -419,6 +419,7 @@ impl EngineWorker {
             last_tick: Instant::now(),
             in_flight,
             replies,
+            snapshot_permits: SnapshotPermits::default(),
         };
         let task = crate::spawn_or_crash("engine worker", worker.run(stopping));
         Ok(EngineWorker {
@@ -464,6 +465,8 @@ struct Worker {
     replies: Arc<ReplyProducer>,
     health: Arc<WorkerHealth>,
     progress: ProgressWatch,
+    /// The snapshots this worker's shards may save at once.
+    snapshot_permits: SnapshotPermits,
 }
 
 /// Per partition (topic, number) with records waiting: its position and
@@ -935,7 +938,7 @@ impl Worker {
             next_command_offset: None,
             next_message_offset: None,
             events_since_snapshot: 0,
-            snapshots: SnapshotWriter::default(),
+            snapshots: SnapshotWriter::new(self.snapshot_permits.clone()),
         }
     }
 

@@ -7,6 +7,9 @@ pub const BATCHES_TOTAL: &str = "ledger_engine_batches_total";
 pub const BATCH_INPUTS: &str = "ledger_engine_batch_inputs";
 pub const COMMIT_DURATION_SECONDS: &str = "ledger_engine_commit_duration_seconds";
 pub const SNAPSHOTS_TOTAL: &str = "ledger_engine_snapshots_total";
+/// Snapshots put off to a shard's next batch because another shard's was
+/// being saved.
+pub const SNAPSHOTS_DEFERRED_TOTAL: &str = "ledger_engine_snapshots_deferred_total";
 /// How long a snapshot holds its shard: the copy of the state, made on the
 /// shard's task (the encoding and the write run beside it).
 pub const SNAPSHOT_COPY_DURATION_SECONDS: &str = "ledger_engine_snapshot_copy_duration_seconds";
@@ -40,6 +43,10 @@ pub fn describe() {
 /// Describes the snapshot metrics (also recorded by the distributed worker).
 pub fn describe_snapshots() {
     metrics::describe_counter!(SNAPSHOTS_TOTAL, "shard snapshots saved");
+    metrics::describe_counter!(
+        SNAPSHOTS_DEFERRED_TOTAL,
+        "shard snapshots put off to the next batch while another shard's was saved"
+    );
     metrics::describe_histogram!(
         SNAPSHOT_COPY_DURATION_SECONDS,
         "time a snapshot holds its shard (the copy of the state)"

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::metrics as names;
 use crate::ports::{AppendReceipt, CommandBus, EventStore, ShardBatch, StoreError, SubmitError};
 use crate::shard::{Reply, ShardRunner, Step};
-use crate::snapshots::SnapshotWriter;
+use crate::snapshots::{SnapshotPermits, SnapshotWriter};
 
 /// Limits and cadence of the engine.
 #[derive(Debug, Clone)]
@@ -137,6 +137,7 @@ impl Engine {
         let (stopping, stopping_receiver) = watch::channel(false);
         let mut tasks = Vec::new();
         let message_senders = Arc::new(message_senders);
+        let snapshot_permits = SnapshotPermits::default();
         for ((runner, commands), messages) in runners
             .into_iter()
             .zip(command_receivers)
@@ -154,7 +155,7 @@ impl Engine {
                 config: config.clone(),
                 stopping: stopping_receiver.clone(),
                 events_since_snapshot: 0,
-                snapshots: SnapshotWriter::default(),
+                snapshots: SnapshotWriter::new(snapshot_permits.clone()),
             };
             tasks.push(tokio::spawn(async move {
                 task.run().await;
