@@ -46,6 +46,8 @@ pub struct Settings {
     pub jwt_secret_previous: Option<SecretSlice<u8>>,
     /// How long a read with `?after=` waits for the projection.
     pub read_wait: Duration,
+    /// A shard snapshots its state every this many events.
+    pub snapshot_every_events: u64,
 }
 
 impl Settings {
@@ -67,6 +69,7 @@ impl Settings {
             jwt_secret: SecretSlice::from(jwt_secret.as_bytes().to_vec()),
             jwt_secret_previous: None,
             read_wait: Duration::from_secs(5),
+            snapshot_every_events: EngineConfig::new(Config::new(1)).snapshot_every_events,
         }
     }
 }
@@ -192,6 +195,7 @@ impl Application {
         core.purchase_limits = settings.purchase_limits;
         let mut engine_config = EngineConfig::new(core);
         engine_config.tick_interval = settings.tick_interval;
+        engine_config.snapshot_every_events = settings.snapshot_every_events;
         let engine = Engine::start(store.clone(), engine_config).await?;
 
         let (stop, stop_receiver) = watch::channel(false);

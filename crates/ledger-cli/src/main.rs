@@ -80,6 +80,10 @@ enum Commands {
         /// turns the limit off.
         #[arg(long, env = "LEDGER_ITEM_REQUEST_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
         item_request_interval: Duration,
+        /// A shard snapshots its state every this many events (a restart
+        /// replays at most this many per shard after its snapshot).
+        #[arg(long, env = "LEDGER_SNAPSHOT_EVERY_EVENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        snapshot_every_events: u64,
         /// Seed a small economy and print ready-to-paste curl commands.
         #[arg(long)]
         demo: bool,
@@ -518,6 +522,7 @@ fn main() -> ExitCode {
             purchase_limit,
             purchase_window,
             item_request_interval,
+            snapshot_every_events,
             demo,
         } => {
             if shards == 0 || shards > 1024 {
@@ -561,6 +566,7 @@ fn main() -> ExitCode {
                 jwt_secret: SecretSlice::from(jwt_secret.clone()),
                 jwt_secret_previous,
                 read_wait: Duration::from_secs(5),
+                snapshot_every_events,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -35,6 +35,9 @@ fn start(data_dir: &std::path::Path) -> Server {
         // Load that buys faster than a person: no purchase rate limits.
         .env("LEDGER_PURCHASE_LIMIT", "0")
         .env("LEDGER_ITEM_REQUEST_INTERVAL", "0s")
+        // Snapshots every 50 events per shard: a restart restores from a
+        // snapshot, then replays the log after it.
+        .env("LEDGER_SNAPSHOT_EVERY_EVENTS", "50")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,6 +173,10 @@ async fn kill_nine_under_load_loses_nothing_acknowledged() {
         "some purchases were acknowledged before the kill"
     );
 
+    let snapshots: i64 = database(&data_dir)
+        .query_row("SELECT count(*) FROM snapshots", [], |row| row.get(0))
+        .unwrap();
+    assert!(snapshots > 0, "the shards saved snapshots before the kill");
     // Restart on the same data directory.
     let mut server = start(&data_dir);
     let url = format!("{}/v1/purchases", server.command_url);
