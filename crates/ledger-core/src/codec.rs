@@ -1103,35 +1103,30 @@ struct SnapshotBeforeTakedowns {
 
 impl From<SnapshotBeforeTakedowns> for Snapshot {
     fn from(old: SnapshotBeforeTakedowns) -> Self {
-        Snapshot {
-            state: ShardState {
-                shard: old.shard,
-                next_sequence: old.next_sequence,
-                inbound_next: old.inbound_next,
-                outbound_next: old.outbound_next,
-                balances: old.balances,
-                owned_items: old.owned_items.into(),
-                escrow: old.escrow,
-                escrow_due: old.escrow_due,
-                items: old.items,
-                bundles: old.bundles,
-                commands: old
-                    .commands
-                    .into_iter()
-                    .map(|(key, record)| (Arc::from(key), Remembered::new(record)))
-                    .collect(),
-                listing_directory: old.listing_directory,
-                refunds: old.refunds,
-                retention: old.retention,
-                limits: old.limits,
-                price_floors: old.price_floors,
-                item_pricing: old.item_pricing,
-                price_tests: old.price_tests,
-                tests_ending: old.tests_ending,
-                takedowns: crate::takedown::Takedowns::default(),
-            },
+        SnapshotBeforeCompactCommands {
+            shard: old.shard,
+            next_sequence: old.next_sequence,
+            inbound_next: old.inbound_next,
+            outbound_next: old.outbound_next,
+            balances: old.balances,
+            owned_items: old.owned_items.into(),
+            escrow: old.escrow,
+            escrow_due: old.escrow_due,
+            items: old.items,
+            bundles: old.bundles,
+            commands: old.commands,
+            listing_directory: old.listing_directory,
+            refunds: old.refunds,
+            retention: old.retention,
+            limits: old.limits,
+            price_floors: old.price_floors,
+            item_pricing: old.item_pricing,
+            price_tests: old.price_tests,
+            tests_ending: old.tests_ending,
+            takedowns: crate::takedown::Takedowns::default(),
             last_hash: old.last_hash,
         }
+        .into()
     }
 }
 
