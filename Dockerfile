@@ -43,9 +43,13 @@ COPY --from=builder --chown=10001:10001 /out/var/lib/ledger /var/lib/ledger
 USER 10001:10001
 # Embedded mode: the SQLite log, snapshots, read models and the signing
 # secret. The distributed services keep no local state.
+# MIMALLOC_ALLOW_THP=0: no transparent huge pages for the allocator's arenas
+# even on hosts that set THP to `always` (less resident memory for the same
+# throughput; BENCHMARKS.md, "Issue 8, ninth session").
 ENV LEDGER_DATA_DIR=/var/lib/ledger \
     LEDGER_COMMAND_ADDR=0.0.0.0:8080 \
     LEDGER_QUERY_ADDR=0.0.0.0:8081 \
+    MIMALLOC_ALLOW_THP=0 \
     RUST_LOG=info
 VOLUME ["/var/lib/ledger"]
 # 8080 commands (serve, command-api), 8081 queries (serve, query-api), 8082 projector metrics

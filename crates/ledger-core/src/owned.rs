@@ -5,6 +5,13 @@
 //! whole B-tree leaf (eleven slots, about 190 bytes) for one or two ids.
 //! Encoded, it is exactly the map of sets it replaced (user → items), so
 //! no snapshot changed.
+//!
+//! Each id's text is held once: a user's pairs share one allocation of the
+//! user's id (the shard's wallet key, where the caller passes it), and every
+//! pair of an item shares one allocation of the item's id, from a set of the
+//! item ids owned on this shard. A purchase's ids arrive freshly parsed from
+//! its request; kept as they came, each pair would hold two allocations of
+//! its own.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,10 +21,23 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ItemId, UserId};
 
 /// The non-limited items each user owns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct OwnedItems {
     pairs: BTreeSet<(UserId, ItemId)>,
+    /// One allocation of each item id the pairs name (never shrinks: it is
+    /// bounded by the catalogue).
+    item_ids: BTreeSet<ItemId>,
 }
+
+/// Two owned sets are equal when they pair the same users and items; how
+/// their ids are shared is not part of their value.
+impl PartialEq for OwnedItems {
+    fn eq(&self, other: &OwnedItems) -> bool {
+        self.pairs == other.pairs
+    }
+}
+
+impl Eq for OwnedItems {}
 
 impl OwnedItems {
     pub fn owns(&self, user_id: &UserId, item_id: &ItemId) -> bool {
@@ -25,8 +45,60 @@ impl OwnedItems {
     }
 
     /// Records that `user_id` owns `item_id`; false if they already did.
+    /// The pair holds the user's id as this user's other pairs hold it (or
+    /// `user_id` itself, for their first) and the item's as every pair of
+    /// the item does.
     pub fn insert(&mut self, user_id: &UserId, item_id: &ItemId) -> bool {
-        self.pairs.insert((user_id.clone(), item_id.clone()))
+        let pair = (user_id.clone(), item_id.clone());
+        if self.pairs.contains(&pair) {
+            return false;
+        }
+        let user_id = self.shared_user(&pair);
+        let item_id = self.shared_item(item_id);
+        self.pairs.insert((user_id, item_id))
+    }
+
+    /// The allocation of the user's id their other pairs hold, if they own
+    /// anything else (a neighbour of `pair` in the set's order); else the
+    /// pair's own.
+    fn shared_user(&self, pair: &(UserId, ItemId)) -> UserId {
+        let before = self.pairs.range(..pair).next_back();
+        let after = self.pairs.range(pair..).next();
+        before
+            .into_iter()
+            .chain(after)
+            .find(|(owner, _)| *owner == pair.0)
+            .map_or_else(|| pair.0.clone(), |(owner, _)| owner.clone())
+    }
+
+    /// The allocation of `item_id` every pair of the item holds.
+    fn shared_item(&mut self, item_id: &ItemId) -> ItemId {
+        if let Some(known) = self.item_ids.get(item_id) {
+            return known.clone();
+        }
+        self.item_ids.insert(item_id.clone());
+        item_id.clone()
+    }
+
+    /// Makes each user's pairs hold the allocation `known` gives for the
+    /// user (a decoded state's pairs hold one per user, apart from the
+    /// wallet that names the same user).
+    pub fn share_users(&mut self, known: impl Fn(&UserId) -> Option<UserId>) {
+        let mut last: Option<(UserId, UserId)> = None;
+        self.pairs = std::mem::take(&mut self.pairs)
+            .into_iter()
+            .map(|(user_id, item_id)| {
+                let shared = match &last {
+                    Some((decoded, shared)) if *decoded == user_id => shared.clone(),
+                    _ => {
+                        let shared = known(&user_id).unwrap_or_else(|| user_id.clone());
+                        last = Some((user_id, shared.clone()));
+                        shared
+                    }
+                };
+                (shared, item_id)
+            })
+            .collect();
     }
 
     /// Records that `user_id` no longer owns `item_id`; false if they did
@@ -72,15 +144,13 @@ impl OwnedItems {
 
 impl From<BTreeMap<UserId, BTreeSet<ItemId>>> for OwnedItems {
     fn from(nested: BTreeMap<UserId, BTreeSet<ItemId>>) -> OwnedItems {
-        let pairs = nested
-            .into_iter()
-            .flat_map(|(user_id, items)| {
-                items
-                    .into_iter()
-                    .map(move |item_id| (user_id.clone(), item_id))
-            })
-            .collect();
-        OwnedItems { pairs }
+        let mut owned = OwnedItems::default();
+        for (user_id, items) in nested {
+            for item_id in items {
+                owned.insert(&user_id, &item_id);
+            }
+        }
+        owned
     }
 }
 
@@ -215,5 +285,82 @@ mod tests {
         // A user owning nothing is not written.
         expected.remove(&user("alice"));
         assert_eq!(encode(&owned), encode(&expected));
+    }
+
+    /// The allocation of an id's text that a pair holds.
+    fn texts(owned: &OwnedItems) -> Vec<(*const u8, *const u8)> {
+        owned
+            .pairs
+            .iter()
+            .map(|(user_id, item_id)| (user_id.as_str().as_ptr(), item_id.as_str().as_ptr()))
+            .collect()
+    }
+
+    #[test]
+    fn each_id_is_held_once_however_it_arrives() {
+        let mut owned = OwnedItems::default();
+        // Each purchase parses its ids afresh.
+        for (buyer, bought) in [
+            ("carol", "hat"),
+            ("alice", "hat"),
+            ("carol", "wand"),
+            ("carol", "boots"),
+            ("alice", "cape"),
+            ("bob", "hat"),
+        ] {
+            assert!(owned.insert(&user(buyer), &item(bought)));
+        }
+        assert!(!owned.insert(&user("carol"), &item("wand")), "owned once");
+        assert_eq!(owned.by_user(), nested());
+        let texts = texts(&owned);
+        let pairs: Vec<_> = owned.pairs.iter().cloned().collect();
+        for (left, left_text) in pairs.iter().zip(&texts) {
+            for (right, right_text) in pairs.iter().zip(&texts) {
+                assert_eq!(
+                    left.0 == right.0,
+                    left_text.0 == right_text.0,
+                    "{left:?} {right:?}"
+                );
+                assert_eq!(
+                    left.1 == right.1,
+                    left_text.1 == right_text.1,
+                    "{left:?} {right:?}"
+                );
+            }
+        }
+        // Decoded, too.
+        let decoded: OwnedItems =
+            decode_record_part("owned", &encode_record_part(&nested())).expect("decodes");
+        let hats: BTreeSet<*const u8> = decoded
+            .pairs
+            .iter()
+            .filter(|(_, item_id)| item_id.as_str() == "hat")
+            .map(|(_, item_id)| item_id.as_str().as_ptr())
+            .collect();
+        assert_eq!(hats.len(), 1, "one allocation of hat across its owners");
+    }
+
+    #[test]
+    fn users_share_the_allocation_they_are_given() {
+        let mut owned = OwnedItems::from(nested());
+        let wallets = [user("alice"), user("carol")];
+        owned.share_users(|user_id| wallets.iter().find(|known| *known == user_id).cloned());
+        assert_eq!(owned.by_user(), nested(), "the same pairs");
+        for (user_id, _) in &owned.pairs {
+            let wallet = wallets.iter().find(|known| *known == user_id);
+            match wallet {
+                Some(wallet) => assert_eq!(user_id.as_str().as_ptr(), wallet.as_str().as_ptr()),
+                None => assert_eq!(user_id.as_str(), "bob"),
+            }
+        }
+        // A user's next item shares the allocation their pairs hold.
+        assert!(owned.insert(&user("alice"), &item("wand")));
+        let alice: BTreeSet<*const u8> = owned
+            .pairs
+            .iter()
+            .filter(|(user_id, _)| user_id.as_str() == "alice")
+            .map(|(user_id, _)| user_id.as_str().as_ptr())
+            .collect();
+        assert_eq!(alice, BTreeSet::from([wallets[0].as_str().as_ptr()]));
     }
 }

@@ -250,6 +250,9 @@ impl ShardState {
                 (at_ms, shared)
             })
             .collect();
+        let balances = &self.balances;
+        self.owned_items
+            .share_users(|user_id| Self::wallet_key_in(balances, user_id));
         let mut creators: BTreeSet<UserId> = BTreeSet::new();
         for entry in self.escrow.values_mut() {
             match creators.get(&entry.creator_id) {
@@ -259,6 +262,20 @@ impl ShardState {
                 }
             }
         }
+    }
+
+    /// The allocation of `user_id` that names the user's wallet on this
+    /// shard, if it has one.
+    fn wallet_key_in(balances: &BTreeMap<Account, i64>, user_id: &UserId) -> Option<UserId> {
+        match balances.get_key_value(&Account::Wallet(user_id.clone())) {
+            Some((Account::Wallet(known), _)) => Some(known.clone()),
+            _ => None,
+        }
+    }
+
+    /// `user_id` as the key of the user's wallet holds it (or itself).
+    fn wallet_key(&self, user_id: &UserId) -> UserId {
+        Self::wallet_key_in(&self.balances, user_id).unwrap_or_else(|| user_id.clone())
     }
 
     pub fn balance(&self, account: &Account) -> i64 {
@@ -934,9 +951,11 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             granted_items,
             ..
         } => {
+            // The pairs hold the buyer's id as their wallet's key does.
+            let buyer_id = state.wallet_key(buyer_id);
             for item_id in granted_items {
                 assert!(
-                    state.owned_items.insert(buyer_id, item_id),
+                    state.owned_items.insert(&buyer_id, item_id),
                     "a non-limited item is owned at most once"
                 );
             }
