@@ -1352,6 +1352,11 @@ mod tests {
             );
             state.escrow_due.insert((99, purchase_id));
         }
+        state.balances.insert(Account::Wallet(user("alice")), 500);
+        for item in ["hat", "cape"] {
+            let item_id = ItemId::parse(item).expect("valid id");
+            state.owned_items.insert(&user("alice"), &item_id);
+        }
         state
     }
 
@@ -1422,6 +1427,14 @@ mod tests {
                 entry.creator_id.as_str().as_ptr(),
                 last.creator_id.as_str().as_ptr()
             );
+            let (wallet, _) = read.state.balances.first_key_value().expect("a wallet");
+            let Account::Wallet(wallet) = wallet else {
+                panic!("alice's wallet, found {wallet:?}")
+            };
+            for (owner, items) in read.state.owned_items.by_user() {
+                assert_eq!(owner.as_str().as_ptr(), wallet.as_str().as_ptr());
+                assert_eq!(items.len(), 2);
+            }
         }
     }
 

@@ -223,8 +223,9 @@ impl ShardState {
     /// Makes the copies of one id in this state share one allocation, as
     /// they do in a live shard (which clones ids instead of decoding them):
     /// a retention queue's keys are the remembered commands' keys, an
-    /// escrow's due dates name its purchases with the escrow's keys, and
-    /// each creator's escrow entries name the creator with one id. A
+    /// escrow's due dates name its purchases with the escrow's keys,
+    /// each creator's escrow entries name the creator with one id, and a
+    /// user's owned pairs name the user as their wallet's key does. A
     /// decoded state holds a copy of each (a snapshot writes their text
     /// once per place); this is run once it is decoded.
     pub fn share_keys(&mut self) {
