@@ -236,10 +236,7 @@ impl ShardState {
                 .map_or(key, |(known, _)| Arc::clone(known))
         };
         for queue in [&mut self.retention.due, &mut self.retention.due_paid] {
-            *queue = std::mem::take(queue)
-                .into_iter()
-                .map(|(at_ms, key)| (at_ms, shared_key(key)))
-                .collect();
+            queue.share_keys(shared_key);
         }
         let escrow = &self.escrow;
         self.escrow_due = std::mem::take(&mut self.escrow_due)

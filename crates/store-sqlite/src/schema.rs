@@ -598,8 +598,7 @@ mod tests {
             .query_row("PRAGMA cache_size", [], |row| row.get(0))
             .expect("the cache size reads");
         assert_eq!(
-            cache_kibibytes,
-            -LOG_WRITER_CACHE_KIBIBYTES,
+            cache_kibibytes, -LOG_WRITER_CACHE_KIBIBYTES,
             "the log's writer keeps a small cache"
         );
         for connection in [&log, &read_models] {
