@@ -1050,91 +1050,40 @@ struct SnapshotBeforeFloors {
 impl From<SnapshotBeforeFloors> for Snapshot {
     fn from(old: SnapshotBeforeFloors) -> Self {
         SnapshotBeforeTakedowns {
-            shard: old.shard,
-            next_sequence: old.next_sequence,
-            inbound_next: old.inbound_next,
-            outbound_next: old.outbound_next,
-            balances: old.balances,
-            owned_items: old.owned_items,
-            escrow: old.escrow,
-            escrow_due: old.escrow_due,
-            items: old.items,
-            bundles: old.bundles,
-            commands: old.commands,
-            listing_directory: old.listing_directory,
-            refunds: old.refunds,
-            retention: old.retention,
-            limits: old.limits,
-            price_floors: crate::pricing::PriceFloors::default(),
-            item_pricing: BTreeMap::new(),
-            price_tests: BTreeMap::new(),
-            tests_ending: BTreeSet::new(),
+            state: StateBeforeTakedowns {
+                shard: old.shard,
+                next_sequence: old.next_sequence,
+                inbound_next: old.inbound_next,
+                outbound_next: old.outbound_next,
+                balances: old.balances,
+                owned_items: old.owned_items.into(),
+                escrow: old.escrow,
+                escrow_due: old.escrow_due,
+                items: old.items,
+                bundles: old.bundles,
+                commands: old.commands,
+                listing_directory: old.listing_directory,
+                refunds: old.refunds,
+                retention: old.retention,
+                limits: old.limits,
+                price_floors: crate::pricing::PriceFloors::default(),
+                item_pricing: BTreeMap::new(),
+                price_tests: BTreeMap::new(),
+                tests_ending: BTreeSet::new(),
+            },
             last_hash: old.last_hash,
         }
         .into()
     }
 }
 
-/// A shard's state as format 6 snapshots hold it: [`ShardState`] without
-/// its takedowns, which start empty when read (none existed before them).
-#[derive(Decode)]
-struct SnapshotBeforeTakedowns {
-    shard: ShardId,
-    next_sequence: u64,
-    inbound_next: BTreeMap<ShardId, u64>,
-    outbound_next: BTreeMap<ShardId, u64>,
-    balances: BTreeMap<Account, i64>,
-    owned_items: BTreeMap<UserId, BTreeSet<ItemId>>,
-    escrow: BTreeMap<PurchaseId, EscrowEntry>,
-    escrow_due: BTreeSet<(TimestampMs, PurchaseId)>,
-    items: BTreeMap<ItemId, ItemState>,
-    bundles: BTreeMap<BundleId, BundleState>,
-    commands: BTreeMap<String, crate::state::CommandRecord>,
-    listing_directory: BTreeMap<ListingId, ItemId>,
-    refunds: BTreeMap<PurchaseId, RefundProgress>,
-    retention: Retention,
-    limits: BuyerLimits,
-    price_floors: crate::pricing::PriceFloors,
-    item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
-    price_tests: BTreeMap<PriceTestId, crate::pricing::PriceTest>,
-    tests_ending: BTreeSet<(TimestampMs, PriceTestId)>,
-    last_hash: Hash,
-}
-
-impl From<SnapshotBeforeTakedowns> for Snapshot {
-    fn from(old: SnapshotBeforeTakedowns) -> Self {
-        SnapshotBeforeCompactCommands {
-            shard: old.shard,
-            next_sequence: old.next_sequence,
-            inbound_next: old.inbound_next,
-            outbound_next: old.outbound_next,
-            balances: old.balances,
-            owned_items: old.owned_items.into(),
-            escrow: old.escrow,
-            escrow_due: old.escrow_due,
-            items: old.items,
-            bundles: old.bundles,
-            commands: old.commands,
-            listing_directory: old.listing_directory,
-            refunds: old.refunds,
-            retention: old.retention,
-            limits: old.limits,
-            price_floors: old.price_floors,
-            item_pricing: old.item_pricing,
-            price_tests: old.price_tests,
-            tests_ending: old.tests_ending,
-            takedowns: crate::takedown::Takedowns::default(),
-            last_hash: old.last_hash,
-        }
-        .into()
-    }
-}
-
-/// A shard's state as format 7 snapshots hold it: [`ShardState`] with
-/// every remembered command as a record in place.
+/// A shard's state as formats 6 and 7 hold it, up to their difference:
+/// [`ShardState`] without its takedowns and with every remembered command
+/// as a record in place. (Format 6's map of owned sets encodes exactly as
+/// [`crate::owned::OwnedItems`].)
 #[derive(Decode)]
 #[cfg_attr(test, derive(Encode))]
-struct SnapshotBeforeCompactCommands {
+struct StateBeforeTakedowns {
     shard: ShardId,
     next_sequence: u64,
     inbound_next: BTreeMap<ShardId, u64>,
@@ -1154,36 +1103,83 @@ struct SnapshotBeforeCompactCommands {
     item_pricing: BTreeMap<ItemId, crate::pricing::ItemPricing>,
     price_tests: BTreeMap<PriceTestId, crate::pricing::PriceTest>,
     tests_ending: BTreeSet<(TimestampMs, PriceTestId)>,
+}
+
+/// A format 6 snapshot: no takedowns (they start empty when read: none
+/// existed before them).
+#[derive(Decode)]
+struct SnapshotBeforeTakedowns {
+    state: StateBeforeTakedowns,
+    last_hash: Hash,
+}
+
+impl From<SnapshotBeforeTakedowns> for Snapshot {
+    fn from(old: SnapshotBeforeTakedowns) -> Self {
+        SnapshotBeforeCompactCommands {
+            state: old.state,
+            takedowns: crate::takedown::Takedowns::default(),
+            last_hash: old.last_hash,
+        }
+        .into()
+    }
+}
+
+/// A format 7 snapshot: the takedowns, each remembered command still a
+/// record in place.
+#[derive(Decode)]
+#[cfg_attr(test, derive(Encode))]
+struct SnapshotBeforeCompactCommands {
+    state: StateBeforeTakedowns,
     takedowns: crate::takedown::Takedowns,
     last_hash: Hash,
 }
 
 impl From<SnapshotBeforeCompactCommands> for Snapshot {
     fn from(old: SnapshotBeforeCompactCommands) -> Self {
+        let StateBeforeTakedowns {
+            shard,
+            next_sequence,
+            inbound_next,
+            outbound_next,
+            balances,
+            owned_items,
+            escrow,
+            escrow_due,
+            items,
+            bundles,
+            commands,
+            listing_directory,
+            refunds,
+            retention,
+            limits,
+            price_floors,
+            item_pricing,
+            price_tests,
+            tests_ending,
+        } = old.state;
         let state = ShardState {
-            shard: old.shard,
-            next_sequence: old.next_sequence,
-            inbound_next: old.inbound_next,
-            outbound_next: old.outbound_next,
-            balances: old.balances,
-            owned_items: old.owned_items,
-            escrow: old.escrow,
-            escrow_due: old.escrow_due,
-            items: old.items,
-            bundles: old.bundles,
-            commands: old
-                .commands
+            shard,
+            next_sequence,
+            inbound_next,
+            outbound_next,
+            balances,
+            owned_items,
+            escrow,
+            escrow_due,
+            items,
+            bundles,
+            commands: commands
                 .into_iter()
                 .map(|(key, record)| (Arc::from(key), Remembered::new(record)))
                 .collect(),
-            listing_directory: old.listing_directory,
-            refunds: old.refunds,
-            retention: old.retention,
-            limits: old.limits,
-            price_floors: old.price_floors,
-            item_pricing: old.item_pricing,
-            price_tests: old.price_tests,
-            tests_ending: old.tests_ending,
+            listing_directory,
+            refunds,
+            retention,
+            limits,
+            price_floors,
+            item_pricing,
+            price_tests,
+            tests_ending,
             takedowns: old.takedowns,
         };
         Snapshot {
@@ -1371,29 +1367,31 @@ mod tests {
             last_hash: [5; 32],
         };
         let old = SnapshotBeforeCompactCommands {
-            shard: state.shard,
-            next_sequence: state.next_sequence,
-            inbound_next: state.inbound_next.clone(),
-            outbound_next: state.outbound_next.clone(),
-            balances: state.balances.clone(),
-            owned_items: state.owned_items.clone(),
-            escrow: state.escrow.clone(),
-            escrow_due: state.escrow_due.clone(),
-            items: state.items.clone(),
-            bundles: state.bundles.clone(),
-            commands: state
-                .commands
-                .iter()
-                .map(|(key, remembered)| (key.to_string(), remembered.record().into_owned()))
-                .collect(),
-            listing_directory: state.listing_directory.clone(),
-            refunds: state.refunds.clone(),
-            retention: state.retention.clone(),
-            limits: state.limits.clone(),
-            price_floors: state.price_floors.clone(),
-            item_pricing: state.item_pricing.clone(),
-            price_tests: state.price_tests.clone(),
-            tests_ending: state.tests_ending.clone(),
+            state: StateBeforeTakedowns {
+                shard: state.shard,
+                next_sequence: state.next_sequence,
+                inbound_next: state.inbound_next.clone(),
+                outbound_next: state.outbound_next.clone(),
+                balances: state.balances.clone(),
+                owned_items: state.owned_items.clone(),
+                escrow: state.escrow.clone(),
+                escrow_due: state.escrow_due.clone(),
+                items: state.items.clone(),
+                bundles: state.bundles.clone(),
+                commands: state
+                    .commands
+                    .iter()
+                    .map(|(key, remembered)| (key.to_string(), remembered.record().into_owned()))
+                    .collect(),
+                listing_directory: state.listing_directory.clone(),
+                refunds: state.refunds.clone(),
+                retention: state.retention.clone(),
+                limits: state.limits.clone(),
+                price_floors: state.price_floors.clone(),
+                item_pricing: state.item_pricing.clone(),
+                price_tests: state.price_tests.clone(),
+                tests_ending: state.tests_ending.clone(),
+            },
             takedowns: state.takedowns.clone(),
             last_hash: [5; 32],
         };

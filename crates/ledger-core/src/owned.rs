@@ -50,17 +50,14 @@ impl OwnedItems {
     /// the item does.
     pub fn insert(&mut self, user_id: &UserId, item_id: &ItemId) -> bool {
         let pair = (user_id.clone(), item_id.clone());
-        if self.pairs.contains(&pair) {
-            return false;
-        }
         let user_id = self.shared_user(&pair);
         let item_id = self.shared_item(item_id);
         self.pairs.insert((user_id, item_id))
     }
 
-    /// The allocation of the user's id their other pairs hold, if they own
-    /// anything else (a neighbour of `pair` in the set's order); else the
-    /// pair's own.
+    /// The allocation of the user's id their pairs hold, if they own
+    /// anything (`pair` itself or a neighbour of it in the set's order);
+    /// else the pair's own.
     fn shared_user(&self, pair: &(UserId, ItemId)) -> UserId {
         let before = self.pairs.range(..pair).next_back();
         let after = self.pairs.range(pair..).next();

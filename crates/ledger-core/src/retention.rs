@@ -143,6 +143,7 @@ impl TimeQueue {
     }
 }
 
+#[cfg(test)]
 impl<const N: usize> From<[(TimestampMs, Arc<str>); N]> for TimeQueue {
     fn from(entries: [(TimestampMs, Arc<str>); N]) -> TimeQueue {
         let mut queue = TimeQueue::default();
