@@ -1330,7 +1330,7 @@ mod tests {
             };
             let key: Arc<str> = Arc::from(key);
             if completed {
-                state.retention.due.insert((42, Arc::clone(&key)));
+                state.retention.due.insert((42, Arc::clone(&key)), 42);
             }
             state.commands.insert(key, Remembered::new(record));
         }

@@ -79,76 +79,134 @@ pub fn is_forgettable(command: &Command) -> bool {
     )
 }
 
-/// Remembered commands' keys by base time, oldest first, each once: a
-/// sorted queue rather than a B-tree. Commands complete in about the order
-/// of their base times, so an entry goes in at or near the back and leaves
-/// from the front; a B-tree filled that way leaves its leaves 6/11 full
-/// (about 50 bytes per 24-byte entry), a queue 24 bytes per entry and its
-/// spare capacity. Encoded as the ordered set it replaced (a count, then
-/// the entries in order), so snapshots did not change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TimeQueue(VecDeque<(TimestampMs, Arc<str>)>);
+/// One retention entry: a remembered command's base time and key.
+pub type QueueEntry = (TimestampMs, Arc<str>);
+
+/// Most entries one insert moves in a [`TimeQueue`]'s ordered run; an
+/// entry that belongs further from its back is kept aside instead.
+pub const QUEUE_SHIFT_MAX: usize = 1_024;
+
+/// Remembered commands' keys by base time, oldest first, each once.
+///
+/// Commands complete in about the order of their base times, so most
+/// entries go in at or near the back of a sorted queue (`near`) and leave
+/// from its front: 24 bytes per entry and its spare capacity, where a
+/// B-tree filled that way leaves its leaves 6/11 full (about 50 bytes per
+/// entry). An insert moves at most [`QUEUE_SHIFT_MAX`] entries of it. The
+/// others are kept in a B-tree beside it (`far`): ids dated ahead of the
+/// clock (up to the horizon), which every later entry would otherwise have
+/// to move past, and commands that completed long after they were accepted
+/// (a saga held up by a shard that was down). The queue is the two merged.
+///
+/// Encoded as the ordered set it replaced (a count, then the entries in
+/// order), so snapshots did not change; equal by content, however its
+/// entries are split.
+#[derive(Debug, Clone, Default)]
+pub struct TimeQueue {
+    near: VecDeque<QueueEntry>,
+    far: BTreeSet<QueueEntry>,
+}
 
 impl TimeQueue {
-    /// Queues `entry` in order; false if it was queued already.
-    pub fn insert(&mut self, entry: (TimestampMs, Arc<str>)) -> bool {
-        let index = self.0.partition_point(|queued| *queued < entry);
-        if self.0.get(index) == Some(&entry) {
+    /// Queues `entry` in order (`accepted_at_ms`: when its command was
+    /// accepted); false if it was queued already.
+    pub fn insert(&mut self, entry: QueueEntry, accepted_at_ms: TimestampMs) -> bool {
+        if self.far.contains(&entry) {
             return false;
         }
-        self.0.insert(index, entry);
+        let index = self.near.partition_point(|queued| *queued < entry);
+        if self.near.get(index) == Some(&entry) {
+            return false;
+        }
+        let dated_ahead = entry.0 > accepted_at_ms;
+        if dated_ahead || self.near.len() - index > QUEUE_SHIFT_MAX {
+            return self.far.insert(entry);
+        }
+        self.near.insert(index, entry);
         true
     }
 
     /// The oldest entry.
-    pub fn first(&self) -> Option<&(TimestampMs, Arc<str>)> {
-        self.0.front()
+    pub fn first(&self) -> Option<&QueueEntry> {
+        match (self.near.front(), self.far.first()) {
+            (Some(near), Some(far)) => Some(near.min(far)),
+            (near, far) => near.or(far),
+        }
     }
 
     /// Takes the oldest entry.
-    pub fn pop_first(&mut self) -> Option<(TimestampMs, Arc<str>)> {
-        self.0.pop_front()
+    pub fn pop_first(&mut self) -> Option<QueueEntry> {
+        match (self.near.front(), self.far.first()) {
+            (Some(near), Some(far)) if far < near => self.far.pop_first(),
+            (Some(_), _) => self.near.pop_front(),
+            (None, _) => self.far.pop_first(),
+        }
     }
 
     /// The entries, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &(TimestampMs, Arc<str>)> {
-        self.0.iter()
+    pub fn iter(&self) -> impl Iterator<Item = &QueueEntry> {
+        let mut near = self.near.iter().peekable();
+        let mut far = self.far.iter().peekable();
+        std::iter::from_fn(move || match (near.peek(), far.peek()) {
+            (Some(next_near), Some(next_far)) if next_far < next_near => far.next(),
+            (Some(_), _) => near.next(),
+            (None, _) => far.next(),
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.near.len() + self.far.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.near.is_empty() && self.far.is_empty()
     }
 
     /// Replaces each key by the one `shared` gives for it (the same text,
     /// so the order stands).
     pub fn share_keys(&mut self, shared: impl Fn(Arc<str>) -> Arc<str>) {
-        for (_, key) in self.0.iter_mut() {
+        let share = |key: &Arc<str>| {
             let same = shared(Arc::clone(key));
             assert_eq!(*same, **key, "a shared key has the same text");
-            *key = same;
+            same
+        };
+        for (_, key) in self.near.iter_mut() {
+            *key = share(key);
         }
+        self.far = std::mem::take(&mut self.far)
+            .into_iter()
+            .map(|(at_ms, key)| (at_ms, share(&key)))
+            .collect();
     }
 
     /// A queue of `entries`, if they are in order and each once.
-    fn from_ordered(entries: Vec<(TimestampMs, Arc<str>)>) -> Result<TimeQueue, &'static str> {
+    fn from_ordered(entries: Vec<QueueEntry>) -> Result<TimeQueue, &'static str> {
         if entries.windows(2).all(|pair| pair[0] < pair[1]) {
-            Ok(TimeQueue(VecDeque::from(entries)))
+            Ok(TimeQueue {
+                near: VecDeque::from(entries),
+                far: BTreeSet::new(),
+            })
         } else {
             Err("a retention queue's entries are out of order or repeated")
         }
     }
 }
 
+impl PartialEq for TimeQueue {
+    fn eq(&self, other: &TimeQueue) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for TimeQueue {}
+
 #[cfg(test)]
-impl<const N: usize> From<[(TimestampMs, Arc<str>); N]> for TimeQueue {
-    fn from(entries: [(TimestampMs, Arc<str>); N]) -> TimeQueue {
+impl<const N: usize> From<[QueueEntry; N]> for TimeQueue {
+    fn from(entries: [QueueEntry; N]) -> TimeQueue {
         let mut queue = TimeQueue::default();
         for entry in entries {
-            queue.insert(entry);
+            let accepted_at_ms = entry.0;
+            queue.insert(entry, accepted_at_ms);
         }
         queue
     }
@@ -159,8 +217,8 @@ impl Encode for TimeQueue {
         &self,
         encoder: &mut E,
     ) -> Result<(), bincode::error::EncodeError> {
-        (self.0.len() as u64).encode(encoder)?;
-        for entry in &self.0 {
+        (self.len() as u64).encode(encoder)?;
+        for entry in self.iter() {
             entry.encode(encoder)?;
         }
         Ok(())
@@ -171,7 +229,7 @@ impl<Context> Decode<Context> for TimeQueue {
     fn decode<D: bincode::de::Decoder<Context = Context>>(
         decoder: &mut D,
     ) -> Result<Self, bincode::error::DecodeError> {
-        let entries: Vec<(TimestampMs, Arc<str>)> = Decode::decode(decoder)?;
+        let entries: Vec<QueueEntry> = Decode::decode(decoder)?;
         TimeQueue::from_ordered(entries).map_err(bincode::error::DecodeError::Other)
     }
 }
@@ -180,13 +238,13 @@ bincode::impl_borrow_decode!(TimeQueue);
 
 impl Serialize for TimeQueue {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(&self.0)
+        serializer.collect_seq(self.iter())
     }
 }
 
 impl<'de> Deserialize<'de> for TimeQueue {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries = Vec::<(TimestampMs, Arc<str>)>::deserialize(deserializer)?;
+        let entries = Vec::<QueueEntry>::deserialize(deserializer)?;
         TimeQueue::from_ordered(entries).map_err(serde::de::Error::custom)
     }
 }
@@ -239,9 +297,10 @@ mod tests {
             entry(7, "purchase:d"),
         ];
         for arrival in arrivals.iter().cloned() {
-            assert!(queue.insert(arrival));
+            let accepted_at_ms = arrival.0;
+            assert!(queue.insert(arrival, accepted_at_ms));
         }
-        assert!(!queue.insert(entry(7, "purchase:c")), "queued once");
+        assert!(!queue.insert(entry(7, "purchase:c"), 7), "queued once");
         let ordered: BTreeSet<_> = arrivals.iter().cloned().collect();
         assert_eq!(queue.len(), ordered.len());
         assert!(queue.iter().eq(ordered.iter()), "{queue:?}");
@@ -252,6 +311,99 @@ mod tests {
         }
         assert!(popped.iter().eq(ordered.iter()));
         assert!(queue.is_empty());
+    }
+
+    /// Pops every entry of `queue`, oldest first.
+    fn drained(mut queue: TimeQueue) -> Vec<QueueEntry> {
+        std::iter::from_fn(|| queue.pop_first()).collect()
+    }
+
+    #[test]
+    fn a_time_queue_moves_a_bounded_run_and_keeps_the_rest_aside() {
+        let mut queue = TimeQueue::default();
+        let mut all = BTreeSet::new();
+        let mut add = |queue: &mut TimeQueue, entry: QueueEntry, accepted_at_ms| {
+            assert!(all.insert(entry.clone()));
+            assert!(queue.insert(entry, accepted_at_ms));
+        };
+        let run = u64::try_from(QUEUE_SHIFT_MAX).expect("small") + 2;
+        for at_ms in 10..10 + run {
+            add(&mut queue, entry(at_ms, "grant:g"), at_ms);
+        }
+        // Before the whole run: aside, nothing moved.
+        add(&mut queue, entry(1, "grant:late"), 1);
+        assert_eq!(
+            (queue.near.len(), queue.far.len()),
+            (QUEUE_SHIFT_MAX + 2, 1)
+        );
+        // Near the back: in the run.
+        add(&mut queue, entry(8 + run, "grant:h"), 8 + run);
+        assert_eq!(queue.far.len(), 1);
+        // Dated ahead of its acceptance: aside, so that the entries after
+        // it still go in at the back instead of moving past it.
+        add(&mut queue, entry(1_000_000, "purchase:ahead"), 20 + run);
+        add(&mut queue, entry(20 + run, "grant:next"), 20 + run);
+        assert_eq!(
+            (queue.near.len(), queue.far.len()),
+            (QUEUE_SHIFT_MAX + 4, 2)
+        );
+        assert_eq!(queue.near.back(), Some(&entry(20 + run, "grant:next")));
+        // Each once, wherever it is kept.
+        assert!(!queue.insert(entry(1, "grant:late"), 1));
+        assert!(!queue.insert(entry(10, "grant:g"), 10));
+        // (Even where it would go now: in the run, at its back.)
+        assert!(!queue.insert(entry(1_000_000, "purchase:ahead"), 1_000_000));
+        assert_eq!(queue.len(), all.len());
+        assert!(queue.iter().eq(all.iter()));
+        assert_eq!(queue.first(), all.first());
+        // Equal by content to the same entries decoded (all in the run).
+        let decoded: TimeQueue =
+            crate::codec::decode_record_part("queue", &crate::codec::encode_record_part(&queue))
+                .expect("decodes");
+        assert!(decoded.far.is_empty());
+        assert_eq!(decoded, queue);
+        assert!(drained(queue).iter().eq(all.iter()));
+    }
+
+    #[test]
+    fn a_time_queue_in_any_arrival_order_is_its_ordered_set() {
+        // A fixed pseudo-random walk (64-bit LCG): times clustered like
+        // completions, some far behind, some dated ahead; pops between.
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |bound: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % bound
+        };
+        let mut queue = TimeQueue::default();
+        let mut all = BTreeSet::new();
+        for n in 0..20_000_u64 {
+            let clock_ms = n / 4;
+            let (at_ms, accepted_at_ms) = match next(100) {
+                0 => (clock_ms + 1 + next(100_000), clock_ms),
+                1..=2 => {
+                    let behind = next(clock_ms + 1);
+                    (behind, behind)
+                }
+                _ => {
+                    let jitter = next(50).min(clock_ms);
+                    (clock_ms - jitter, clock_ms - jitter)
+                }
+            };
+            let key: Arc<str> = Arc::from(format!("purchase:p-{}", next(5_000)));
+            let fresh = all.insert((at_ms, Arc::clone(&key)));
+            assert_eq!(queue.insert((at_ms, key), accepted_at_ms), fresh);
+            if next(10) == 0 {
+                assert_eq!(queue.pop_first(), all.pop_first());
+            }
+            assert!(queue.near.len() + queue.far.len() == all.len());
+        }
+        assert!(!queue.far.is_empty(), "the walk exercised both parts");
+        assert!(queue.iter().eq(all.iter()));
+        let ordered = TimeQueue::from_ordered(all.iter().cloned().collect()).expect("ordered");
+        assert_eq!(queue, ordered);
+        assert!(drained(queue).iter().eq(all.iter()));
     }
 
     #[test]

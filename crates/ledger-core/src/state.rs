@@ -352,7 +352,10 @@ impl ShardState {
         } else {
             &mut self.retention.due
         };
-        assert!(queue.insert(entry), "a command is queued once");
+        assert!(
+            queue.insert(entry, record.meta.at_ms),
+            "a command is queued once"
+        );
     }
 
     /// Forgets the `count` oldest records of a retention queue, each with a
