@@ -1610,8 +1610,8 @@ impl Simulation {
                         },
                     )
                     .expect("a log prefix replays");
-                    for remembered in before.state.commands.values() {
-                        let record = remembered.record();
+                    for (key, remembered) in &before.state.commands {
+                        let record = remembered.record(key);
                         let Command::Purchase {
                             purchase_id,
                             target: PurchaseTarget::Item(bought),
@@ -2846,7 +2846,7 @@ impl Simulation {
         for runner in &self.runners {
             for (key, record) in &runner.state.commands {
                 assert!(
-                    record.record().completion.is_some(),
+                    record.record(key).completion.is_some(),
                     "command {key} never completed"
                 );
             }

@@ -1210,7 +1210,7 @@ async fn commit_shard(
     // The snapshot covers what is in CQL (this batch included); it is
     // encoded and saved beside the shard.
     if owned.events_since_snapshot >= snapshot_every_events
-        && owned.snapshots.start(&owned.runner, store)
+        && owned.snapshots.start(&mut owned.runner, store)
     {
         owned.events_since_snapshot = 0;
     }

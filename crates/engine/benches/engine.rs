@@ -274,12 +274,17 @@ fn bench_snapshot(criterion: &mut Criterion) {
         purchase(format!("p-{n}"), n % SNAPSHOT_BUYERS, target, 10)
     }));
     cluster.expect_succeeded(SNAPSHOT_BUYERS + items + SNAPSHOT_PURCHASES);
-    let runner = &cluster.runners[0];
+    let runner = &mut cluster.runners[0];
     assert!(runner.state.commands.len() >= SNAPSHOT_BUYERS + SNAPSHOT_PURCHASES);
     let mut group = criterion.benchmark_group("snapshot");
     group.sample_size(10);
     group.bench_function("copy_state_of_250k_commands", |bencher| {
         bencher.iter_with_large_drop(|| runner.snapshot())
+    });
+    // What a server's shard pays: the copy it goes on with is rebuilt with
+    // full B-tree nodes.
+    group.bench_function("take_and_compact_state_of_250k_commands", |bencher| {
+        bencher.iter_with_large_drop(|| runner.snapshot_and_compact())
     });
     group.finish();
 }

@@ -135,6 +135,25 @@ fn main() {
     }
     println!("{commands} commands ({buyers} grants, {purchases} purchases), {SHARDS} shards");
     measured.print(commands);
+
+    // The maps' nodes alone, as the live shards hold them and rebuilt full
+    // (`ShardState::compacted`, what a shard goes on with after a
+    // snapshot): a copy shares every id and record with the cluster, so
+    // what it holds is its nodes.
+    let mut live = Measured::default();
+    let mut compacted = Measured::default();
+    for runner in &cluster.runners {
+        let state = live.state(|| runner.state.clone());
+        live.parts(state);
+        let state = compacted.state(|| runner.state.compacted());
+        compacted.parts(state);
+    }
+    println!();
+    println!("B-tree nodes as the live shards hold them:");
+    live.print(commands);
+    println!();
+    println!("B-tree nodes rebuilt full (after a snapshot):");
+    compacted.print(commands);
 }
 
 /// Live heap bytes of states and their parts, with their encoded sizes.

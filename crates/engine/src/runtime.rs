@@ -361,7 +361,7 @@ impl ShardTask {
             self.deliver(messages);
         }
         if self.events_since_snapshot >= self.config.snapshot_every_events
-            && self.snapshots.start(&self.runner, &self.store)
+            && self.snapshots.start(&mut self.runner, &self.store)
         {
             self.events_since_snapshot = 0;
         }

@@ -60,12 +60,13 @@ impl SnapshotWriter {
             .is_none_or(tokio::task::JoinHandle::is_finished)
     }
 
-    /// Copies `runner`'s state and saves it beside the shard, unless the
+    /// Takes `runner`'s state (the shard goes on with a compacted copy, see
+    /// [`ShardRunner::snapshot_and_compact`]) and saves it beside the shard, unless the
     /// previous snapshot is still being saved or the process saves as many
     /// as it may (then returns false). Call it right after an append: a
     /// store that orders its writes saves the snapshot after the records it
     /// covers.
-    pub fn start<W>(&mut self, runner: &ShardRunner<W>, store: &Arc<dyn EventStore>) -> bool {
+    pub fn start<W>(&mut self, runner: &mut ShardRunner<W>, store: &Arc<dyn EventStore>) -> bool {
         if !self.is_idle() {
             return false;
         }
@@ -74,7 +75,7 @@ impl SnapshotWriter {
             return false;
         };
         let copying = Instant::now();
-        let snapshot = runner.snapshot();
+        let snapshot = runner.snapshot_and_compact();
         metrics::histogram!(names::SNAPSHOT_COPY_DURATION_SECONDS)
             .record(copying.elapsed().as_secs_f64());
         let store = Arc::clone(store);
@@ -180,22 +181,22 @@ mod tests {
         });
         let store: Arc<dyn EventStore> = gated.clone();
         let config = Arc::new(Config::new(2));
-        let first: ShardRunner<()> = ShardRunner::new(ShardId(0), config.clone());
-        let second: ShardRunner<()> = ShardRunner::new(ShardId(1), config);
+        let mut first: ShardRunner<()> = ShardRunner::new(ShardId(0), config.clone());
+        let mut second: ShardRunner<()> = ShardRunner::new(ShardId(1), config);
         let permits = SnapshotPermits::default();
         let mut first_writer = SnapshotWriter::new(permits.clone());
         let mut second_writer = SnapshotWriter::new(permits);
-        assert!(first_writer.start(&first, &store));
+        assert!(first_writer.start(&mut first, &store));
         assert!(
-            !second_writer.start(&second, &store),
+            !second_writer.start(&mut second, &store),
             "the other shard's snapshot is being saved"
         );
-        assert!(!first_writer.start(&first, &store), "one per shard");
+        assert!(!first_writer.start(&mut first, &store), "one per shard");
         gated.gate.add_permits(1);
         first_writer.finish().await;
         assert_eq!(*gated.saved.lock().expect("not poisoned"), [ShardId(0)]);
         assert!(
-            second_writer.start(&second, &store),
+            second_writer.start(&mut second, &store),
             "saved: the next may start"
         );
         gated.gate.add_permits(1);

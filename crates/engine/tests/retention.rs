@@ -204,8 +204,8 @@ fn a_paid_purchase_is_refundable_until_its_escrow_is_released_then_forgotten() {
     let purchases_left = cluster
         .runners
         .iter()
-        .flat_map(|runner| runner.state.commands.values())
-        .filter(|record| matches!(record.record().command, Command::Purchase { .. }))
+        .flat_map(|runner| runner.state.commands.iter())
+        .filter(|(key, record)| matches!(record.record(key).command, Command::Purchase { .. }))
         .count();
     assert_eq!(purchases_left, 0);
     let refused = cluster.answer(refund(&uuid7(cluster.now_ms, 5), &late));

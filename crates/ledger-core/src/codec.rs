@@ -908,9 +908,14 @@ pub struct Snapshot {
 
 /// Marks a snapshot in the record encoding (variable-length integers)
 /// followed by the SHA-256 of that body, so a corrupted read is refused
-/// rather than restored. Format 8: completed commands are kept as their
-/// shard keeps them in memory (see [`Remembered`]'s encoding).
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP08";
+/// rather than restored. Format 9: completed commands are kept as their
+/// shard keeps them in memory (see [`Remembered`]'s encoding), without the
+/// text of their own id, which their key holds; the SHA-256 covers the
+/// marker too (earlier formats: the body only).
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LGRSNP09";
+/// Format 8: as format 9, with each completed command's own id written in
+/// its bytes (still read).
+pub const SNAPSHOT_MAGIC_V8: [u8; 8] = *b"LGRSNP08";
 /// Format 7: as format 8, with every remembered command as a record
 /// (written before completed ones were kept with their ids written once;
 /// still read).
@@ -1170,7 +1175,10 @@ impl From<SnapshotBeforeCompactCommands> for Snapshot {
             bundles,
             commands: commands
                 .into_iter()
-                .map(|(key, record)| (Arc::from(key), Remembered::new(record)))
+                .map(|(key, record)| {
+                    let remembered = Remembered::new(&key, record);
+                    (Arc::from(key), remembered)
+                })
                 .collect(),
             listing_directory,
             refunds,
@@ -1197,14 +1205,17 @@ enum SnapshotFormat {
     V5,
     V6,
     V7,
+    V8,
     Current,
 }
 
-/// The body of a checksummed snapshot (format 3 to 8) after its marker,
+/// The body of a checksummed snapshot (format 3 to 9) after its marker,
 /// with its format, or `None` if it has none of their markers.
 fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotFormat), CodecError>> {
     let (rest, format) = if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC) {
         (rest, SnapshotFormat::Current)
+    } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V8) {
+        (rest, SnapshotFormat::V8)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V7) {
         (rest, SnapshotFormat::V7)
     } else if let Some(rest) = bytes.strip_prefix(&SNAPSHOT_MAGIC_V6) {
@@ -1221,8 +1232,13 @@ fn checksummed_snapshot_body(bytes: &[u8]) -> Option<Result<(&[u8], SnapshotForm
         return Some(Err(CodecError::RecordTooShort { length }));
     };
     let (body, checksum) = rest.split_at(split);
-    // The checksum first, as for records.
-    let computed: Hash = Sha256::digest(body).into();
+    // The checksum first, as for records. From format 9 on it covers the
+    // marker too: format 8's marker is one bit away from format 9's.
+    let computed: Hash = if format == SnapshotFormat::Current {
+        Sha256::digest(&bytes[..bytes.len() - checksum.len()]).into()
+    } else {
+        Sha256::digest(body).into()
+    };
     if computed.as_slice() != checksum {
         let shard = decode_unchecked_record_prefix::<ShardId>(body).unwrap_or(ShardId(u16::MAX));
         return Some(Err(CodecError::SnapshotChecksum { shard }));
@@ -1244,7 +1260,7 @@ impl Snapshot {
         bytes.extend_from_slice(&SNAPSHOT_MAGIC);
         bincode::encode_into_std_write(self, &mut bytes, record_config())
             .expect("encoding into a vector cannot fail");
-        let checksum: Hash = Sha256::digest(&bytes[SNAPSHOT_MAGIC.len()..]).into();
+        let checksum: Hash = Sha256::digest(&bytes).into();
         bytes.extend_from_slice(&checksum);
         assert_eq!(bytes.len(), length, "a snapshot is as long as measured");
         bytes
@@ -1265,6 +1281,18 @@ impl Snapshot {
             let (body, format) = checked?;
             return match format {
                 SnapshotFormat::Current => decode_record_part("snapshot", body),
+                SnapshotFormat::V8 => {
+                    let mut snapshot: Snapshot = decode_record_part("snapshot", body)?;
+                    let commands = std::mem::take(&mut snapshot.state.commands);
+                    snapshot.state.commands = commands
+                        .into_iter()
+                        .map(|(key, kept)| {
+                            let remembered = kept.upgrade_format_eight(&key)?;
+                            Ok((key, remembered))
+                        })
+                        .collect::<Result<_, CodecError>>()?;
+                    Ok(snapshot)
+                }
                 SnapshotFormat::V7 => {
                     decode_record_part::<SnapshotBeforeCompactCommands>("snapshot", body)
                         .map(Into::into)
@@ -1332,7 +1360,8 @@ mod tests {
             if completed {
                 state.retention.due.insert((42, Arc::clone(&key)), 42);
             }
-            state.commands.insert(key, Remembered::new(record));
+            let remembered = Remembered::new(&key, record);
+            state.commands.insert(key, remembered);
         }
         for purchase in ["p-1", "p-2"] {
             let purchase_id = PurchaseId::parse(purchase).expect("valid id");
@@ -1356,11 +1385,12 @@ mod tests {
         state
     }
 
-    /// Format 7 (every remembered command as a record in place) still
-    /// reads, to the state format 8 holds; both come back with each id's
-    /// copies sharing one allocation, as in a live shard.
+    /// Formats 7 (every remembered command as a record in place) and 8
+    /// (completed commands kept with their own id's text) still read, to
+    /// the state format 9 holds; all come back with each id's copies
+    /// sharing one allocation, as in a live shard.
     #[test]
-    fn a_format_seven_snapshot_reads_as_format_eight() {
+    fn formats_seven_and_eight_snapshots_read_as_format_nine() {
         let state = state_remembering_commands();
         let snapshot = Snapshot {
             state: state.clone(),
@@ -1381,7 +1411,7 @@ mod tests {
                 commands: state
                     .commands
                     .iter()
-                    .map(|(key, remembered)| (key.to_string(), remembered.record().into_owned()))
+                    .map(|(key, remembered)| (key.to_string(), remembered.record(key).into_owned()))
                     .collect(),
                 listing_directory: state.listing_directory.clone(),
                 refunds: state.refunds.clone(),
@@ -1397,14 +1427,31 @@ mod tests {
         };
         let body = encode_record_part(&old);
         let format_seven = [&SNAPSHOT_MAGIC_V7[..], &body, &Sha256::digest(&body)[..]].concat();
-        let format_eight = snapshot.to_bytes();
-        assert!(format_eight.starts_with(&SNAPSHOT_MAGIC));
+        let mut eight = snapshot.clone();
+        for (key, kept) in eight.state.commands.iter_mut() {
+            if kept.is_completed() {
+                let record = kept.record(key).into_owned();
+                let bytes = crate::ids::with_id_table(|| encode_record_part(&record));
+                *kept = Remembered::Completed(Arc::from(bytes));
+            }
+        }
+        let body = encode_record_part(&eight);
+        let format_eight = [&SNAPSHOT_MAGIC_V8[..], &body, &Sha256::digest(&body)[..]].concat();
+        let format_nine = snapshot.to_bytes();
+        assert!(format_nine.starts_with(&SNAPSHOT_MAGIC));
+        // The completed grant's own id (a length and 3 bytes of text) is
+        // a reference to its key's (2 bytes) in format 9.
+        assert_eq!(
+            format_eight.len() - format_nine.len(),
+            1 + "g-1".len() - 2,
+            "format 9 leaves the completed grant's own id to its key"
+        );
         assert_ne!(
             format_seven[8..],
-            format_eight[8..],
+            format_nine[8..],
             "the commands are kept differently"
         );
-        for bytes in [&format_seven, &format_eight] {
+        for bytes in [&format_seven, &format_eight, &format_nine] {
             let read = Snapshot::from_bytes(bytes).expect("the snapshot reads");
             assert_eq!(read, snapshot);
             let (key, _) = read

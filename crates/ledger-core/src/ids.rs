@@ -66,6 +66,14 @@ thread_local! {
 /// reservation, the answer and its granted items): a remembered command
 /// encoded this way is a third smaller.
 pub fn with_id_table<T>(run: impl FnOnce() -> T) -> T {
+    with_seeded_id_table(None, run)
+}
+
+/// As [`with_id_table`], with `seed` as the table's first id, written
+/// nowhere: a value stored under a key that names its own id (a
+/// remembered command under `purchase:<id>`) refers to that id as `0, 1`
+/// without writing its text. Decode it with the same seed.
+pub fn with_seeded_id_table<T>(seed: Option<&str>, run: impl FnOnce() -> T) -> T {
     struct Restore(Option<Vec<Arc<str>>>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -73,7 +81,8 @@ pub fn with_id_table<T>(run: impl FnOnce() -> T) -> T {
             ID_TABLE.with_borrow_mut(|table| *table = outer);
         }
     }
-    let outer = ID_TABLE.with_borrow_mut(|table| table.replace(Vec::new()));
+    let table = seed.map(|seed| vec![Arc::from(seed)]).unwrap_or_default();
+    let outer = ID_TABLE.with_borrow_mut(|outer| outer.replace(table));
     let _restore = Restore(outer);
     run()
 }

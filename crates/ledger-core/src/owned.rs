@@ -40,6 +40,16 @@ impl PartialEq for OwnedItems {
 impl Eq for OwnedItems {}
 
 impl OwnedItems {
+    /// A copy whose set of pairs is built from its ordered pairs, so its
+    /// nodes are full (see [`crate::state::ShardState::compacted`]); the
+    /// copy shares every id's allocation with this one.
+    pub fn compacted(&self) -> OwnedItems {
+        OwnedItems {
+            pairs: self.pairs.iter().cloned().collect(),
+            item_ids: self.item_ids.clone(),
+        }
+    }
+
     pub fn owns(&self, user_id: &UserId, item_id: &ItemId) -> bool {
         self.pairs.contains(&(user_id.clone(), item_id.clone()))
     }

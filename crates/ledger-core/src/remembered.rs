@@ -5,18 +5,19 @@
 //! A completed primary purchase as a value is a dozen allocations (its
 //! ids, its reservation, its completion's positions and deliveries), about
 //! 800 bytes of heap; encoded, it is one allocation of about 250 bytes,
-//! and about 170 with each id's text written once (a purchase names its
-//! item up to four times; see [`crate::ids::with_id_table`]). Completed
-//! records are read rarely (a retry, a refund, a takedown's scan, the
-//! forgetting of old commands), and each read decodes them. A snapshot
-//! holds these bytes as they are (format 8 on).
+//! about 170 with each id's text written once (a purchase names its item
+//! up to four times; see [`crate::ids::with_id_table`]), and about 140
+//! without the command's own id, which its key already holds (format 9
+//! on). Completed records are read rarely (a retry, a refund, a takedown's
+//! scan, the forgetting of old commands), and each read decodes them. A
+//! snapshot holds these bytes as they are (format 8 on).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use bincode::{Decode, Encode};
-use serde::{Deserialize, Serialize};
 
+use crate::codec::CodecError;
 use crate::state::CommandRecord;
 
 /// A command a shard remembers.
@@ -30,25 +31,37 @@ pub enum Remembered {
 }
 
 impl Remembered {
-    /// Keeps `record`: encoded if completed.
-    pub fn new(record: CommandRecord) -> Remembered {
+    /// Keeps `record`, remembered under `key`: encoded if completed.
+    pub fn new(key: &str, record: CommandRecord) -> Remembered {
         if record.completion.is_some() {
-            Remembered::Completed(encode_once(&record))
+            Remembered::Completed(encode_once(key, &record))
         } else {
             Remembered::Running(Arc::new(record))
         }
     }
 
-    /// The record (decoded if completed).
-    pub fn record(&self) -> Cow<'_, CommandRecord> {
+    /// The record remembered under `key` (decoded if completed).
+    pub fn record(&self, key: &str) -> Cow<'_, CommandRecord> {
         match self {
             Remembered::Running(record) => Cow::Borrowed(record),
             Remembered::Completed(bytes) => Cow::Owned(
-                crate::ids::with_id_table(|| {
-                    crate::codec::decode_record_part("remembered command", bytes)
-                })
-                .expect("a remembered command decodes: its bytes were encoded by this shard"),
+                decode_kept(key, bytes)
+                    .expect("a remembered command decodes: its bytes were encoded by this shard"),
             ),
+        }
+    }
+
+    /// A completed command kept in format 8's way (its own id written in
+    /// its bytes), kept as format 9 keeps it; a running one as it is.
+    pub(crate) fn upgrade_format_eight(self, key: &str) -> Result<Remembered, CodecError> {
+        match self {
+            Remembered::Running(record) => Ok(Remembered::Running(record)),
+            Remembered::Completed(bytes) => {
+                let record: CommandRecord = crate::ids::with_id_table(|| {
+                    crate::codec::decode_record_part("remembered command", &bytes)
+                })?;
+                Ok(Remembered::new(key, record))
+            }
         }
     }
 
@@ -70,11 +83,12 @@ impl Remembered {
         }
     }
 
-    /// Encodes a running record that has just completed.
-    pub fn seal_if_completed(&mut self) {
+    /// Encodes a running record (remembered under `key`) that has just
+    /// completed.
+    pub fn seal_if_completed(&mut self, key: &str) {
         if let Remembered::Running(record) = self {
             if record.completion.is_some() {
-                *self = Remembered::Completed(encode_once(record));
+                *self = Remembered::Completed(encode_once(key, record));
             }
         }
     }
@@ -84,17 +98,32 @@ impl Remembered {
     }
 }
 
-/// `record` in the record encoding, written once into a scratch buffer
-/// and copied into its one allocation (`encode_to_vec` would measure it
+/// The id a command's key names (`purchase:<id>` names `<id>`): the first
+/// id of the table its kept bytes are written with.
+fn own_id(key: &str) -> Option<&str> {
+    key.split_once(':').map(|(_, id)| id)
+}
+
+/// `record` (remembered under `key`) in the record encoding with its own
+/// id's text left to the key, written once into a scratch buffer and
+/// copied into its one allocation (`encode_to_vec` would measure it
 /// first, then write it, then `Arc<[u8]>` would copy it again).
-fn encode_once(record: &CommandRecord) -> Arc<[u8]> {
+fn encode_once(key: &str, record: &CommandRecord) -> Arc<[u8]> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with_borrow_mut(|scratch| {
         scratch.clear();
-        crate::ids::with_id_table(|| crate::codec::encode_record_part_into(record, scratch));
+        crate::ids::with_seeded_id_table(own_id(key), || {
+            crate::codec::encode_record_part_into(record, scratch)
+        });
         Arc::from(scratch.as_slice())
+    })
+}
+
+fn decode_kept(key: &str, bytes: &[u8]) -> Result<CommandRecord, CodecError> {
+    crate::ids::with_seeded_id_table(own_id(key), || {
+        crate::codec::decode_record_part("remembered command", bytes)
     })
 }
 
@@ -104,7 +133,15 @@ impl PartialEq for Remembered {
             // One encoding per value: a record holds no floats and no hash
             // maps (its ordered maps encode in order).
             (Remembered::Completed(left), Remembered::Completed(right)) => left == right,
-            _ => self.record() == other.record(),
+            (Remembered::Running(left), Remembered::Running(right)) => left == right,
+            // A running record names the key it is kept under (a command
+            // without one is never remembered).
+            (Remembered::Running(running), Remembered::Completed(bytes))
+            | (Remembered::Completed(bytes), Remembered::Running(running)) => running
+                .command
+                .idempotency_key()
+                .and_then(|key| decode_kept(&key, bytes).ok())
+                .is_some_and(|completed| completed == **running),
         }
     }
 }
@@ -113,7 +150,13 @@ impl Eq for Remembered {}
 
 impl std::fmt::Debug for Remembered {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.record().fmt(formatter)
+        match self {
+            Remembered::Running(record) => formatter.debug_tuple("Running").field(record).finish(),
+            Remembered::Completed(bytes) => formatter
+                .debug_tuple("Completed")
+                .field(&format_args!("{} bytes", bytes.len()))
+                .finish(),
+        }
     }
 }
 
@@ -153,7 +196,11 @@ impl<Context> Decode<Context> for Remembered {
         match u8::decode(decoder)? {
             RUNNING_TAG => {
                 let record: CommandRecord = Decode::decode(decoder)?;
-                Ok(Remembered::new(record))
+                if record.completion.is_some() {
+                    // A shard keeps a command encoded as soon as it completes.
+                    return Err(DecodeError::Other("a running command is completed"));
+                }
+                Ok(Remembered::Running(Arc::new(record)))
             }
             COMPLETED_TAG => {
                 let length = u64::decode(decoder)?;
@@ -175,24 +222,15 @@ impl<Context> Decode<Context> for Remembered {
 
 bincode::impl_borrow_decode!(Remembered);
 
-impl Serialize for Remembered {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.record().serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Remembered {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        CommandRecord::deserialize(deserializer).map(Remembered::new)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::{decode_record_part, encode, encode_record_part};
     use crate::model::*;
     use crate::{GrantId, ShardId, UserId};
+
+    /// The key a grant `g-1` is remembered under.
+    const GRANT_KEY: &str = "grant:g-1";
 
     fn grant(completed: bool) -> CommandRecord {
         let command = Command::Grant {
@@ -230,18 +268,18 @@ mod tests {
 
     #[test]
     fn a_completed_command_is_kept_encoded_and_a_running_one_as_a_value() {
-        let completed = Remembered::new(grant(true));
+        let completed = Remembered::new(GRANT_KEY, grant(true));
         assert!(completed.is_completed());
         assert_eq!(completed.running(), None);
-        assert_eq!(completed.record().into_owned(), grant(true));
-        let running = Remembered::new(grant(false));
+        assert_eq!(completed.record(GRANT_KEY).into_owned(), grant(true));
+        let running = Remembered::new(GRANT_KEY, grant(false));
         assert_eq!(running.running(), Some(&grant(false)));
     }
 
     #[test]
     fn a_snapshot_holds_a_completed_command_as_kept_and_a_running_one_as_its_record() {
         for completed in [false, true] {
-            let remembered = Remembered::new(grant(completed));
+            let remembered = Remembered::new(GRANT_KEY, grant(completed));
             let expected = match &remembered {
                 Remembered::Running(record) => {
                     [vec![RUNNING_TAG], encode_record_part(&**record)].concat()
@@ -257,13 +295,13 @@ mod tests {
             let decoded: Remembered = decode_record_part("remembered", &expected).expect("decodes");
             assert_eq!(decoded.is_completed(), completed);
             assert_eq!(decoded, remembered);
-            assert_eq!(decoded.record().into_owned(), grant(completed));
+            assert_eq!(decoded.record(GRANT_KEY).into_owned(), grant(completed));
             let wire: Remembered =
                 crate::codec::decode("remembered", &encode(&remembered)).expect("decodes");
             assert_eq!(wire, remembered);
         }
         // Any other tag is refused.
-        let mut other = encode_record_part(&Remembered::new(grant(true)));
+        let mut other = encode_record_part(&Remembered::new(GRANT_KEY, grant(true)));
         other[0] = 2;
         assert!(decode_record_part::<Remembered>("remembered", &other).is_err());
     }
@@ -319,13 +357,26 @@ mod tests {
             )),
         };
         let plain = encode_record_part(&record).len();
-        let Remembered::Completed(kept) = Remembered::new(record.clone()) else {
+        let key = "purchase:purchase-0001";
+        let Remembered::Completed(kept) = Remembered::new(key, record.clone()) else {
             panic!("a completed record is kept encoded")
         };
         // Three repeats of the item (19 bytes of text and a length each)
-        // and one of the buyer (10 and a length) become two bytes each.
-        assert_eq!(kept.len(), plain - 3 * (20 - 2) - (11 - 2));
-        let decoded = Remembered::Completed(kept).record().into_owned();
+        // and one of the buyer (10 and a length) become two bytes each,
+        // and so does the purchase's own id (13 and a length), which the
+        // key holds.
+        assert_eq!(kept.len(), plain - 3 * (20 - 2) - (11 - 2) - (14 - 2));
+        let decoded = Remembered::Completed(Arc::clone(&kept))
+            .record(key)
+            .into_owned();
+        let elsewhere = Remembered::Completed(kept);
+        let elsewhere = elsewhere.record("purchase:purchase-0002");
+        assert!(
+            matches!(&elsewhere.command, Command::Purchase { purchase_id, .. }
+                if purchase_id.as_str() == "purchase-0002"),
+            "the own id is the key's: {:?}",
+            elsewhere.command
+        );
         assert_eq!(decoded, record);
         let Command::Purchase {
             target: PurchaseTarget::Item(first),
@@ -350,19 +401,19 @@ mod tests {
 
     #[test]
     fn a_record_sealed_on_completion_equals_one_kept_completed() {
-        let mut sealed = Remembered::new(grant(false));
+        let mut sealed = Remembered::new(GRANT_KEY, grant(false));
         sealed.running_mut().completion = grant(true).completion;
         assert!(!sealed.is_completed(), "sealed only when asked");
-        assert_eq!(sealed, Remembered::new(grant(true)));
-        sealed.seal_if_completed();
+        assert_eq!(sealed, Remembered::new(GRANT_KEY, grant(true)));
+        sealed.seal_if_completed(GRANT_KEY);
         assert!(sealed.is_completed());
-        assert_eq!(sealed, Remembered::new(grant(true)));
-        assert_ne!(sealed, Remembered::new(grant(false)));
+        assert_eq!(sealed, Remembered::new(GRANT_KEY, grant(true)));
+        assert_ne!(sealed, Remembered::new(GRANT_KEY, grant(false)));
     }
 
     #[test]
     #[should_panic(expected = "a completed command does not change")]
     fn a_completed_command_cannot_be_changed() {
-        Remembered::new(grant(true)).running_mut();
+        Remembered::new(GRANT_KEY, grant(true)).running_mut();
     }
 }

@@ -153,7 +153,7 @@ pub struct CommandRecord {
 }
 
 /// Everything one shard knows. Changed only by `evolve`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Encode, Decode)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct ShardState {
     pub shard: ShardId,
     /// Sequence number the next event of this shard gets (from 1).
@@ -217,6 +217,62 @@ impl ShardState {
             price_tests: BTreeMap::new(),
             tests_ending: BTreeSet::new(),
             takedowns: crate::takedown::Takedowns::default(),
+        }
+    }
+
+    /// A copy of this state (equal to it) whose maps that grow with every
+    /// command are rebuilt from their ordered entries. A B-tree filled in
+    /// about increasing key order (ids that carry their time, a shard's
+    /// purchases as they come) keeps its nodes about half full: each split
+    /// leaves the left half behind and fills only the right edge. Built
+    /// from ordered entries, every node is full, and the map takes about
+    /// half the memory for its nodes. A shard swaps its state for this
+    /// copy when it takes a snapshot ([`ShardState::clone`] copies the
+    /// nodes as they are), and the snapshot keeps the old state.
+    pub fn compacted(&self) -> ShardState {
+        let ShardState {
+            shard,
+            next_sequence,
+            inbound_next,
+            outbound_next,
+            balances,
+            owned_items,
+            escrow,
+            escrow_due,
+            items,
+            bundles,
+            commands,
+            listing_directory,
+            refunds,
+            retention,
+            limits,
+            price_floors,
+            item_pricing,
+            price_tests,
+            tests_ending,
+            takedowns,
+        } = self;
+        ShardState {
+            shard: *shard,
+            next_sequence: *next_sequence,
+            inbound_next: inbound_next.clone(),
+            outbound_next: outbound_next.clone(),
+            balances: rebuilt_map(balances),
+            owned_items: owned_items.compacted(),
+            escrow: rebuilt_map(escrow),
+            escrow_due: escrow_due.iter().cloned().collect(),
+            items: items.clone(),
+            bundles: bundles.clone(),
+            commands: rebuilt_map(commands),
+            listing_directory: rebuilt_map(listing_directory),
+            refunds: rebuilt_map(refunds),
+            retention: retention.clone(),
+            limits: limits.clone(),
+            price_floors: price_floors.clone(),
+            item_pricing: item_pricing.clone(),
+            price_tests: price_tests.clone(),
+            tests_ending: tests_ending.clone(),
+            takedowns: takedowns.clone(),
         }
     }
 
@@ -326,7 +382,7 @@ impl ShardState {
         self.commands
             .get_mut(key)
             .expect("a completed command is remembered")
-            .seal_if_completed();
+            .seal_if_completed(key);
     }
 
     /// Queues the completed command under `key` to be forgotten, if its
@@ -337,7 +393,7 @@ impl ShardState {
             .commands
             .get_key_value(key)
             .expect("a completed command is remembered");
-        let record = remembered.record();
+        let record = remembered.record(key);
         if !is_forgettable(&record.command) {
             return;
         }
@@ -375,7 +431,7 @@ impl ShardState {
                 .commands
                 .remove(&*key)
                 .expect("a queued command is remembered until forgotten");
-            let record = remembered.record();
+            let record = remembered.record(&key);
             assert!(
                 record.completion.is_some(),
                 "only completed commands are forgotten"
@@ -482,11 +538,11 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             };
             let previous = state
                 .commands
-                .insert(Arc::from(key.as_str()), Remembered::new(record));
+                .insert(Arc::from(key.as_str()), Remembered::new(key, record));
             // Only a listing cancel may start again after an earlier attempt finished.
             assert!(
                 previous.is_none_or(|p| p.is_completed()
-                    && matches!(p.record().command, Command::CancelListing { .. })),
+                    && matches!(p.record(key).command, Command::CancelListing { .. })),
                 "a command id is accepted once"
             );
         }
@@ -1147,4 +1203,12 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             }
         }
     }
+}
+
+/// `map` rebuilt from its ordered entries: full nodes (see
+/// [`ShardState::compacted`]).
+fn rebuilt_map<K: Ord + Clone, V: Clone>(map: &BTreeMap<K, V>) -> BTreeMap<K, V> {
+    map.iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
 }

@@ -437,3 +437,94 @@ fn any_damaged_or_random_bytes_are_refused_without_panicking() {
         let _ = ledger_core::codec::decode::<MessageEnvelope>("shard message", &bytes);
     }
 }
+
+/// Snapshots a server wrote in format 8 (`cdd4ee8`: `ledger serve --demo
+/// --snapshot-every-events 2`, then alice's and bob's purchases of the
+/// Limited and of the cap, then each asking for the cap six more times;
+/// each shard's newest snapshot, as stored) still restore, with every
+/// completed command read again under its key, and are written again in
+/// format 9. A completed purchase names its item and buyer more than once,
+/// so a record read with the wrong table of ids would name other ids.
+#[test]
+fn format_eight_snapshots_of_the_demo_economy_restore_and_write_as_format_nine() {
+    use ledger_core::codec::{Snapshot, SNAPSHOT_MAGIC};
+    let item = |key: &str| {
+        if key.contains("crown") {
+            "golden-crown"
+        } else {
+            "red-cap"
+        }
+    };
+    let (mut grants, mut items, mut paid, mut refused, mut running) = (0, 0, 0, 0, 0);
+    for shard in 0..4_u16 {
+        let name = format!("snapshot-v8-shard-{shard}.hex");
+        let text = std::fs::read_to_string(fixture(&name)).expect("the fixture exists");
+        let snapshot = Snapshot::from_bytes(&unhex(&text)).expect("a format 8 snapshot restores");
+        assert_eq!(snapshot.state.shard, ShardId(shard));
+        for (key, remembered) in &snapshot.state.commands {
+            let record = remembered.record(key);
+            assert_eq!(record.command.idempotency_key().as_deref(), Some(&**key));
+            assert_eq!(record.completion.is_some(), remembered.is_completed());
+            match &record.command {
+                Command::Grant {
+                    user_id, amount, ..
+                } => {
+                    let expected = if user_id.as_str() == "alice" {
+                        1000
+                    } else {
+                        500
+                    };
+                    assert_eq!(*amount, expected, "{key}");
+                    grants += 1;
+                }
+                Command::PublishItem(definition) => {
+                    assert_eq!(definition.creator_id.as_str(), "studio", "{key}");
+                    items += 1;
+                }
+                Command::Purchase {
+                    buyer_id, target, ..
+                } => {
+                    let purchase = key.trim_start_matches("purchase:");
+                    assert!(purchase.starts_with(buyer_id.as_str()), "{key}: {buyer_id}");
+                    assert_eq!(
+                        target,
+                        &PurchaseTarget::Item(ItemId::parse(item(key)).unwrap())
+                    );
+                    match record
+                        .completion
+                        .as_ref()
+                        .map(|completion| &completion.result)
+                    {
+                        None => running += 1,
+                        Some(Ok(Success::Purchased {
+                            serial,
+                            granted_items,
+                            ..
+                        })) => {
+                            if item(key) == "golden-crown" {
+                                assert!(matches!(serial, Some(1 | 2)), "{key}: {serial:?}");
+                            } else {
+                                assert_eq!(granted_items, &[ItemId::parse("red-cap").unwrap()]);
+                            }
+                            paid += 1;
+                        }
+                        Some(Err(rejection)) => {
+                            assert_eq!(rejection.code, RejectionCode::AlreadyOwned, "{key}");
+                            assert!(rejection.detail.contains(purchase), "{key}");
+                            refused += 1;
+                        }
+                        Some(other) => panic!("{key}: {other:?}"),
+                    }
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        let again = snapshot.to_bytes();
+        assert!(again.starts_with(&SNAPSHOT_MAGIC));
+        assert_eq!(
+            Snapshot::from_bytes(&again).expect("format 9 reads"),
+            snapshot
+        );
+    }
+    assert_eq!((grants, items, paid, refused, running), (2, 2, 4, 8, 4));
+}

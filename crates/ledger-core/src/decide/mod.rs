@@ -320,7 +320,7 @@ fn run_keyed(
         .expect("a keyed command carries its id");
     let command_fingerprint = fingerprint(command);
     if let Some(remembered) = out.state.commands.get(key.as_str()) {
-        if remembered.record().fingerprint != command_fingerprint {
+        if remembered.record(&key).fingerprint != command_fingerprint {
             return Decision::Refuse(reject(
                 RejectionCode::IdempotencyConflict,
                 format!("{key} was already used with a different request"),

@@ -186,7 +186,7 @@ impl<'a> Out<'a> {
         mut deliveries: Vec<DeliveryMark>,
     ) -> Completion {
         if let Some(remembered) = self.state.commands.get(key) {
-            positions.extend(remembered.record().positions.iter().copied());
+            positions.extend(remembered.record(key).positions.iter().copied());
         }
         positions.push(self.next_position());
         positions.sort();

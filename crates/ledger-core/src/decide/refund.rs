@@ -93,7 +93,7 @@ pub(super) fn check_refundable(
             format!("purchase {purchase_id} does not exist"),
         ));
     };
-    let record = remembered.record();
+    let record = remembered.record(&key);
     if let Command::PurchaseCart { lines, .. } = &record.command {
         return Err(reject(
             RejectionCode::NotFound,

@@ -29,8 +29,9 @@ pub(super) fn stage<'a, S: SagaStage<'a>>(state: &'a ShardState, key: &str) -> S
     });
     let Some(record) = remembered.running() else {
         panic!(
-            "command {key} should be {} but completed: {remembered:?}",
-            S::EXPECTED
+            "command {key} should be {} but completed: {:?}",
+            S::EXPECTED,
+            remembered.record(key)
         )
     };
     stage_of(record, key)
@@ -45,7 +46,7 @@ pub(super) fn completed(state: &ShardState, key: &str) -> CommandRecord {
         .commands
         .get(key)
         .unwrap_or_else(|| panic!("command {key} was never accepted by this shard"))
-        .record()
+        .record(key)
         .into_owned()
 }
 

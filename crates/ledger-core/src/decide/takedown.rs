@@ -200,7 +200,7 @@ fn scan_step(out: &mut Out<'_>, item_id: &ItemId, cursor: Option<&str>, changes:
             break;
         }
         last = Some(key);
-        let record = record.record();
+        let record = record.record(key);
         let Command::Purchase {
             purchase_id,
             target: PurchaseTarget::Item(bought),

@@ -105,7 +105,7 @@ impl Ledger {
     fn completion(&self, key: &str) -> Completion {
         let home = self.config.shard_of(key);
         self.shards[usize::from(home.0)].commands[key]
-            .record()
+            .record(key)
             .completion
             .clone()
             .expect("the command completed")
@@ -285,7 +285,7 @@ fn a_paid_cart_debits_once_grants_every_line_and_settles_each_creator() {
         // Each line is a completed purchase on its own shard.
         let record = ledger.shard_of(&keys::purchase(&line_id)).commands
             [keys::purchase(&line_id).as_str()]
-        .record();
+        .record(&keys::purchase(&line_id));
         assert!(matches!(record.progress, Progress::Paid { .. }));
         assert!(matches!(
             record.completion.as_ref().map(|c| &c.result),
