@@ -326,6 +326,81 @@ mod tests {
         }
     }
 
+    fn publish(item: &str, supply: Option<u32>) -> Command {
+        Command::PublishItem(ledger_core::ItemDefinition {
+            item_id: ledger_core::ItemId::parse(item).unwrap(),
+            creator_id: UserId::parse("creator").unwrap(),
+            name: "thing".into(),
+            price: 3,
+            supply,
+            max_per_user: None,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            resellable: false,
+            kind: Default::default(),
+        })
+    }
+
+    fn purchase(n: usize, buyer: usize, item: &str) -> Command {
+        Command::Purchase {
+            purchase_id: ledger_core::PurchaseId::parse(format!("p-{n:04}")).unwrap(),
+            buyer_id: UserId::parse(format!("u-{buyer}")).unwrap(),
+            target: ledger_core::PurchaseTarget::Item(ledger_core::ItemId::parse(item).unwrap()),
+            expected_price: 3,
+            region: None,
+        }
+    }
+
+    /// A snapshot that compacts the shard's maps takes the state as it was,
+    /// and the shard goes on with an equal one that decides the same: the
+    /// same commands after it leave the same states as without it.
+    #[test]
+    fn a_compacting_snapshot_changes_nothing_the_shard_decides() {
+        let setup = || {
+            let mut cluster = InMemoryCluster::new(4);
+            cluster.run((0..60).map(|n| grant(n, 50)));
+            cluster.run([publish("hat", None), publish("crown", Some(20))]);
+            cluster.run((0..60).map(|n| purchase(n, n, if n % 3 == 0 { "crown" } else { "hat" })));
+            cluster.expect_succeeded(60 + 2 + 60);
+            cluster
+        };
+        let mut compacted = setup();
+        let mut plain = setup();
+        for runner in &mut compacted.runners {
+            let before = runner.state.clone();
+            let snapshot = runner.snapshot_and_compact();
+            assert!(
+                snapshot.state == before,
+                "the snapshot is the state as it was"
+            );
+            assert!(
+                runner.state == before,
+                "the shard goes on with an equal state"
+            );
+            assert_eq!(snapshot.last_hash, runner.last_hash);
+        }
+        // Repeats (already owned), new buyers of both items, a sold-out
+        // crown: the same answers and the same states.
+        let more =
+            || (0..80).map(|n| purchase(60 + n, n % 70, if n % 2 == 0 { "crown" } else { "hat" }));
+        compacted.run(more());
+        plain.run(more());
+        let outcomes = |cluster: &mut InMemoryCluster| {
+            let outcomes = std::mem::take(&mut cluster.outcomes);
+            (outcomes.succeeded, outcomes.failed)
+        };
+        let (succeeded, failed) = outcomes(&mut compacted);
+        assert!(
+            succeeded > 0 && failed > 0,
+            "{succeeded} succeeded, {failed} refused"
+        );
+        assert_eq!((succeeded, failed), outcomes(&mut plain));
+        for (left, right) in compacted.runners.iter().zip(&plain.runners) {
+            assert!(left.state == right.state);
+            assert_eq!(left.last_hash, right.last_hash);
+        }
+    }
+
     #[test]
     fn commands_finish_across_shards_and_are_recorded() {
         let mut cluster = InMemoryCluster::new(4);
