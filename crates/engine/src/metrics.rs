@@ -10,8 +10,9 @@ pub const SNAPSHOTS_TOTAL: &str = "ledger_engine_snapshots_total";
 /// Snapshots put off to a shard's next batch because another shard's was
 /// being saved.
 pub const SNAPSHOTS_DEFERRED_TOTAL: &str = "ledger_engine_snapshots_deferred_total";
-/// How long a snapshot holds its shard: the copy of the state, made on the
-/// shard's task (the encoding and the write run beside it).
+/// How long a snapshot holds its shard: the compacted copy of the state the
+/// shard goes on with, made on the shard's task (the encoding and the write
+/// run beside it).
 pub const SNAPSHOT_COPY_DURATION_SECONDS: &str = "ledger_engine_snapshot_copy_duration_seconds";
 /// How long encoding and saving a snapshot takes, beside its shard.
 pub const SNAPSHOT_SAVE_DURATION_SECONDS: &str = "ledger_engine_snapshot_save_duration_seconds";

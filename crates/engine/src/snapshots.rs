@@ -3,7 +3,9 @@
 //! Only the copy of the state happens on the shard's task (measured as
 //! `ledger_engine_snapshot_copy_duration_seconds`: the one pause a snapshot
 //! costs the shard); encoding, checksumming and the write run on a blocking
-//! thread. At most one snapshot per shard is in flight, and at most
+//! thread. The copy is the one the shard goes on with, its growing maps
+//! rebuilt with full B-tree nodes; the snapshot takes the state as it was
+//! ([`crate::shard::ShardRunner::snapshot_and_compact`]). At most one snapshot per shard is in flight, and at most
 //! [`SNAPSHOTS_IN_FLIGHT_MAX`] across the shards of a process: a shard that
 //! is due while its previous one, or another shard's, is being saved tries
 //! again after its next batch.

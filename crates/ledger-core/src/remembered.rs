@@ -160,7 +160,8 @@ impl std::fmt::Debug for Remembered {
     }
 }
 
-/// Remembered commands as a snapshot holds them (format 8 on): a running
+/// Remembered commands as a snapshot holds them (format 8 on; in format 9
+/// the kept bytes leave the command's own id to its key): a running
 /// command as `0` and its record; a completed one as `1` and its bytes as
 /// kept (a length, then the bytes), so a snapshot copies them out and back
 /// without decoding them.
