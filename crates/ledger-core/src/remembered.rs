@@ -99,7 +99,9 @@ impl Remembered {
 }
 
 /// The id a command's key names (`purchase:<id>` names `<id>`): the first
-/// id of the table its kept bytes are written with.
+/// id of the table its kept bytes are written with and read back with. A
+/// key whose rest is not one id (`exposures:<test>:<batch>`) seeds a text
+/// no id equals: nothing is saved, and nothing is read wrong.
 fn own_id(key: &str) -> Option<&str> {
     key.split_once(':').map(|(_, id)| id)
 }
@@ -121,6 +123,8 @@ fn encode_once(key: &str, record: &CommandRecord) -> Arc<[u8]> {
     })
 }
 
+/// The record kept as `bytes` under `key` (which must be the key it was
+/// kept under: its own id is read from the key).
 fn decode_kept(key: &str, bytes: &[u8]) -> Result<CommandRecord, CodecError> {
     crate::ids::with_seeded_id_table(own_id(key), || {
         crate::codec::decode_record_part("remembered command", bytes)
@@ -134,8 +138,11 @@ impl PartialEq for Remembered {
             // maps (its ordered maps encode in order).
             (Remembered::Completed(left), Remembered::Completed(right)) => left == right,
             (Remembered::Running(left), Remembered::Running(right)) => left == right,
-            // A running record names the key it is kept under (a command
-            // without one is never remembered).
+            // A keyed command's record names the key it is kept under. A
+            // listing cancel (kept under `cancel:<listing>` while it runs)
+            // has none: it equals only a record in the same form, which is
+            // all a state holds between events, since a shard seals a
+            // command as it completes.
             (Remembered::Running(running), Remembered::Completed(bytes))
             | (Remembered::Completed(bytes), Remembered::Running(running)) => running
                 .command

@@ -114,11 +114,16 @@ impl TimeQueue {
         if self.far.contains(&entry) {
             return false;
         }
+        let dated_ahead = entry.0 > accepted_at_ms;
+        // Most entries: after everything queued (no search).
+        if !dated_ahead && self.near.back().is_none_or(|last| *last < entry) {
+            self.near.push_back(entry);
+            return true;
+        }
         let index = self.near.partition_point(|queued| *queued < entry);
         if self.near.get(index) == Some(&entry) {
             return false;
         }
-        let dated_ahead = entry.0 > accepted_at_ms;
         if dated_ahead || self.near.len() - index > QUEUE_SHIFT_MAX {
             return self.far.insert(entry);
         }
