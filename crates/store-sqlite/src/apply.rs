@@ -26,6 +26,9 @@ pub const NON_LIMITED_SERIAL: i64 = 0;
 pub struct ChangeBatch {
     /// Highest message consumed, per (sender, receiver).
     deliveries: BTreeMap<(u16, u16), u64>,
+    /// Highest message consumed, per (sender, receiver), over the whole
+    /// batch (what [`ChangeBatch::finish`] answers for publication).
+    delivered: BTreeMap<(u16, u16), u64>,
     /// (wallet, pending) added, per user.
     balances: BTreeMap<UserId, (i64, i64)>,
     earnings: BTreeMap<UserId, EarningsSum>,
@@ -137,8 +140,13 @@ impl ChangeBatch {
 
     /// Writes the sums held; call before the transaction commits. (A batch
     /// dropped unfinished belongs to a transaction rolled back.)
-    pub fn finish(mut self, transaction: &Transaction<'_>) -> Result<(), SqliteStoreError> {
-        self.write_sums(transaction)
+    /// Answers the highest message consumed per (sender, receiver).
+    pub fn finish(
+        mut self,
+        transaction: &Transaction<'_>,
+    ) -> Result<BTreeMap<(u16, u16), u64>, SqliteStoreError> {
+        self.write_sums(transaction)?;
+        Ok(self.delivered)
     }
 
     fn sale_recorded(
@@ -193,8 +201,10 @@ impl ChangeBatch {
 
     fn write_sums(&mut self, transaction: &Transaction<'_>) -> Result<(), SqliteStoreError> {
         let failed = SqliteStoreError::sqlite;
-        for ((from, to), sequence) in std::mem::take(&mut self.deliveries) {
-            let sequence = crate::error::to_sql("delivery sequence", sequence)?;
+        for ((from, to), delivered) in std::mem::take(&mut self.deliveries) {
+            let highest = self.delivered.entry((from, to)).or_insert(delivered);
+            *highest = (*highest).max(delivered);
+            let sequence = crate::error::to_sql("delivery sequence", delivered)?;
             transaction
                 .prepare_cached(
                     "INSERT INTO projection_deliveries (sender, receiver, sequence) VALUES (?1, ?2, ?3)

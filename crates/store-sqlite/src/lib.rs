@@ -12,8 +12,11 @@
 //!   [`projectors::project`] to the log's records in global commit order,
 //!   advancing its position and shard checkpoints atomically with the
 //!   read-model rows. The log's writer never waits for it.
-//! * Reads use a small pool of read-only connections in tokio's blocking
-//!   pool, each on the read models with the log attached.
+//! * Reads use a small pool of read-only connections, each on the read
+//!   models with the log attached. After each commit the projector
+//!   publishes in memory what it projected (the marks `?after=` waits for)
+//!   and empties a bounded cache of the hottest point reads (items,
+//!   balances, first inventory pages); see `published`.
 
 mod apply;
 mod checkpoint;
@@ -22,6 +25,7 @@ mod error;
 pub mod log;
 pub mod metrics;
 mod projector;
+mod published;
 mod read_models;
 mod reader;
 mod schema;
@@ -36,6 +40,7 @@ pub use checkpoint::{
 pub use engine::ports::StoreError;
 pub use error::SqliteStoreError;
 pub use projector::{Projected, PROJECT_QUEUE_CAPACITY};
+pub use published::CACHED_VIEWS_PER_KIND_MAX;
 pub use read_models::SqliteReadModels;
 pub use reader::READERS_MAX;
 pub use schema::{open_writer, DATABASE_FILE_NAME, READ_MODELS_FILE_NAME};

@@ -23,6 +23,12 @@ pub const PROJECTOR_BATCH_DURATION_SECONDS: &str = "ledger_projector_batch_durat
 /// Projection batches that failed (the projector retries).
 pub const PROJECTOR_FAILURES_TOTAL: &str = "ledger_projector_failures_total";
 
+/// Point reads answered from the published views (item, balance, first
+/// inventory page).
+pub const READ_CACHE_HITS_TOTAL: &str = "ledger_store_read_cache_hits_total";
+/// Point reads of those kinds loaded from SQLite.
+pub const READ_CACHE_MISSES_TOTAL: &str = "ledger_store_read_cache_misses_total";
+
 /// Time of one background checkpoint of the write-ahead log.
 pub const CHECKPOINT_DURATION_SECONDS: &str = "ledger_store_checkpoint_duration_seconds";
 /// Frames in the write-ahead log at the last checkpoint.
@@ -75,6 +81,14 @@ pub fn describe() {
     metrics::describe_counter!(
         CHECKPOINT_FAILURES_TOTAL,
         "background write-ahead log checkpoints that failed"
+    );
+    metrics::describe_counter!(
+        READ_CACHE_HITS_TOTAL,
+        "point reads answered from the views published by the projector"
+    );
+    metrics::describe_counter!(
+        READ_CACHE_MISSES_TOTAL,
+        "point reads of cached kinds loaded from the read-model database"
     );
     engine::metrics::describe_projected();
 }

@@ -5,6 +5,7 @@
 //! commit's sync: each file has its own writer.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ledger_core::codec::BatchRecord;
@@ -16,6 +17,7 @@ use crate::apply::ChangeBatch;
 use crate::checkpoint::Checkpointer;
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::metrics as names;
+use crate::published::Published;
 use crate::schema::{ENTRY_INDEX_BITS, READ_MODEL_TABLES};
 
 /// Requests queued for the projector before callers wait.
@@ -35,15 +37,17 @@ pub enum ProjectRequest {
 }
 
 /// Starts the projector thread; it stops when every sender is dropped.
-/// `checkpointer` copies the read models' write-ahead log beside it.
+/// `checkpointer` copies the read models' write-ahead log beside it; after
+/// each commit the thread publishes what it projected to `published`.
 pub fn spawn(
     connection: Connection,
     checkpointer: Checkpointer,
+    published: Arc<Published>,
 ) -> Result<mpsc::Sender<ProjectRequest>, SqliteStoreError> {
     let (sender, receiver) = mpsc::channel(PROJECT_QUEUE_CAPACITY);
     std::thread::Builder::new()
         .name("ledger-projector".to_string())
-        .spawn(move || run(connection, receiver, &checkpointer))
+        .spawn(move || run(connection, receiver, &checkpointer, &published))
         .map_err(|source| SqliteStoreError::ProjectorStart { source })?;
     Ok(sender)
 }
@@ -52,6 +56,7 @@ fn run(
     mut connection: Connection,
     mut receiver: mpsc::Receiver<ProjectRequest>,
     checkpointer: &Checkpointer,
+    published: &Published,
 ) {
     while let Some(request) = receiver.blocking_recv() {
         // Only a batch that wrote nudges the checkpointer: the projector
@@ -60,7 +65,7 @@ fn run(
         let wrote = match request {
             ProjectRequest::Project { limit, reply } => {
                 let started = Instant::now();
-                let result = project_batch(&mut connection, limit);
+                let result = project_batch(&mut connection, limit, published);
                 let wrote = match &result {
                     Ok(projected) => {
                         metrics::counter!(names::PROJECTOR_EVENTS_APPLIED_TOTAL)
@@ -78,7 +83,11 @@ fn run(
                 wrote
             }
             ProjectRequest::ResetReadModels { reply } => {
-                let _ = reply.send(reset_read_models(&mut connection));
+                let result = reset_read_models(&mut connection);
+                if result.is_ok() {
+                    published.reset();
+                }
+                let _ = reply.send(result);
                 true
             }
         };
@@ -109,8 +118,13 @@ impl Projected {
 
 /// Applies up to `limit` unprojected records, in global order, and advances
 /// the projection position and shard checkpoints in the same transaction.
-/// Answers how many records and entries were applied.
-fn project_batch(connection: &mut Connection, limit: usize) -> Result<Projected, SqliteStoreError> {
+/// Answers how many records and entries were applied. Once committed, what
+/// it projected is published (and the cached views emptied).
+fn project_batch(
+    connection: &mut Connection,
+    limit: usize,
+    published: &Published,
+) -> Result<Projected, SqliteStoreError> {
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(SqliteStoreError::sqlite("begin projection transaction"))?;
@@ -141,7 +155,7 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<Projected,
         *checkpoint = (*checkpoint).max(record.last_sequence());
         last_position = *position;
     }
-    changes.finish(&transaction)?;
+    let deliveries = changes.finish(&transaction)?;
     for (shard, sequence) in &checkpoints {
         let sequence = to_sql("checkpoint sequence", *sequence)?;
         transaction
@@ -161,6 +175,7 @@ fn project_batch(connection: &mut Connection, limit: usize) -> Result<Projected,
     transaction
         .commit()
         .map_err(SqliteStoreError::sqlite("commit projection"))?;
+    published.publish(&checkpoints, &deliveries);
     for (shard, sequence) in &checkpoints {
         engine::metrics::record_projected(ledger_core::ShardId(*shard), *sequence);
     }

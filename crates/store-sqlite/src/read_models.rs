@@ -20,16 +20,35 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::apply::NON_LIMITED_SERIAL;
 use crate::error::{from_sql, SqliteStoreError};
+use crate::published::{Balances, CachedKind, Inventories, Items, Published};
 use crate::reader::ReadPool;
 
-/// Read models served from the SQLite read-model tables.
+/// Read models served from the SQLite read-model tables, with the marks and
+/// hottest views the projector publishes in memory ([`Published`]).
 pub struct SqliteReadModels {
     readers: Arc<ReadPool>,
+    published: Arc<Published>,
 }
 
 impl SqliteReadModels {
-    pub(crate) fn new(readers: Arc<ReadPool>) -> Self {
-        Self { readers }
+    pub(crate) fn new(readers: Arc<ReadPool>, published: Arc<Published>) -> Self {
+        Self { readers, published }
+    }
+
+    /// The view under `key` from the published cache, or loaded by `load`
+    /// and kept (see [`Published::keep`] for when it is not).
+    async fn cached<K, L>(&self, key: K::Key, load: L) -> Result<K::View, ReadError>
+    where
+        K: CachedKind,
+        L: std::future::Future<Output = Result<K::View, ReadError>>,
+    {
+        let missed = match self.published.lookup::<K>(&key) {
+            Ok(view) => return Ok(view),
+            Err(missed) => missed,
+        };
+        let view = load.await?;
+        self.published.keep::<K>(missed, key, view.clone());
+        Ok(view)
     }
 
     /// A bounded read (a row, or a page of at most `PAGE_SIZE_MAX` rows),
@@ -184,93 +203,8 @@ fn messages_sent(
     Ok(Some(from_sql("delivery sequence", delivered.unwrap_or(0))?))
 }
 
-#[async_trait]
-impl ReadModels for SqliteReadModels {
-    async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
-        let position = position.clone();
-        self.read("coverage read", move |connection| {
-            let mut checkpoints = connection
-                .prepare_cached("SELECT sequence FROM projection_checkpoint WHERE shard = ?1")
-                .map_err(query_failed("prepare checkpoint read"))?;
-            for wanted in &position.positions {
-                if wanted.sequence == 0 {
-                    continue;
-                }
-                let checkpoint: Option<i64> = checkpoints
-                    .query_row(params![wanted.shard.0], |row| row.get(0))
-                    .optional()
-                    .map_err(query_failed("read checkpoint"))?;
-                if from_sql("checkpoint sequence", checkpoint.unwrap_or(0))? < wanted.sequence {
-                    return Ok(false);
-                }
-            }
-            let mut deliveries = connection
-                .prepare_cached("SELECT sequence FROM projection_deliveries WHERE sender = ?1 AND receiver = ?2")
-                .map_err(query_failed("prepare delivery read"))?;
-            for mark in &position.deliveries {
-                let consumed: Option<i64> = deliveries
-                    .query_row(params![mark.from.0, mark.to.0], |row| row.get(0))
-                    .optional()
-                    .map_err(query_failed("read delivery"))?;
-                if from_sql("delivery sequence", consumed.unwrap_or(0))? < mark.sequence {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn beyond_head(&self, position: &ReadPosition) -> Result<Option<BeyondHead>, ReadError> {
-        let position = position.clone();
-        self.read("log head read", move |connection| {
-            // `UNIQUE (shard, last_sequence)` makes this an index lookup.
-            let mut heads = connection
-                .prepare_cached("SELECT MAX(last_sequence) FROM records WHERE shard = ?1")
-                .map_err(query_failed("prepare log head read"))?;
-            let mut head_of = |shard: u16| -> Result<u64, SqliteStoreError> {
-                let head: Option<i64> = heads
-                    .query_row(params![shard], |row| row.get(0))
-                    .map_err(query_failed("read log head"))?;
-                from_sql("log head sequence", head.unwrap_or(0))
-            };
-            for wanted in &position.positions {
-                if wanted.sequence == 0 {
-                    continue;
-                }
-                let head = head_of(wanted.shard.0)?;
-                if wanted.sequence > head {
-                    return Ok(Some(BeyondHead {
-                        part: format!("{}.{}", wanted.shard.0, wanted.sequence),
-                        shard: wanted.shard.0,
-                        head,
-                    }));
-                }
-            }
-            for mark in &position.deliveries {
-                let head = head_of(mark.from.0)?;
-                let beyond = |head| {
-                    Ok(Some(BeyondHead {
-                        part: format!("m{}.{}.{}", mark.from.0, mark.to.0, mark.sequence),
-                        shard: mark.from.0,
-                        head,
-                    }))
-                };
-                if mark.sequence > head {
-                    return beyond(head);
-                }
-                if let Some(sent) = messages_sent(connection, mark.from.0, mark.to.0)? {
-                    if mark.sequence > sent {
-                        return beyond(head);
-                    }
-                }
-            }
-            Ok(None)
-        })
-        .await
-    }
-
-    async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {
+impl SqliteReadModels {
+    async fn load_balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {
         let user_id = user_id.to_string();
         self.read("balance read", move |connection| {
             let found: Option<(i64, i64)> = connection
@@ -291,7 +225,7 @@ impl ReadModels for SqliteReadModels {
         .await
     }
 
-    async fn inventory(
+    async fn load_inventory(
         &self,
         user_id: &str,
         limit: usize,
@@ -367,6 +301,136 @@ impl ReadModels for SqliteReadModels {
         .await
     }
 
+    async fn load_item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
+        let item_id = item_id.to_string();
+        self.read("item read", move |connection| {
+            let row = connection
+                .prepare_cached(
+                    "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
+                            resellable, sold, sales_count, recent_average_price,
+                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id), kind,
+                            regional_prices,
+                            (SELECT test_id || ' ' || ends_at_ms || ' ' || arms FROM item_price_tests
+                             WHERE item_price_tests.item_id = items.item_id AND closed = 0
+                             ORDER BY started DESC LIMIT 1)
+                     FROM items WHERE item_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![item_id], |row| {
+                            Ok(ItemRow {
+                                item_id: row.get(0)?,
+                                creator_id: row.get(1)?,
+                                name: row.get(2)?,
+                                price: row.get(3)?,
+                                on_sale: row.get(4)?,
+                                supply: row.get(5)?,
+                                max_per_user: row.get(6)?,
+                                starts_at_ms: row.get(7)?,
+                                ends_at_ms: row.get(8)?,
+                                resellable: row.get(9)?,
+                                sold: row.get(10)?,
+                                sales_count: row.get(11)?,
+                                recent_average_price: row.get(12)?,
+                                lowest_resale_price: row.get(13)?,
+                                kind: row.get(14)?,
+                                regional_prices: row.get(15)?,
+                                price_test: row.get(16)?,
+                            })
+                        })
+                        .optional()
+                })
+                .map_err(query_failed("read item"))?;
+            row.map(ItemRow::into_view).transpose()
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ReadModels for SqliteReadModels {
+    /// From the marks the projector published after its commit (the
+    /// `projection_checkpoint` and `projection_deliveries` rows it committed):
+    /// no read transaction, and no cached view older than them.
+    async fn covers(&self, position: &ReadPosition) -> Result<bool, ReadError> {
+        Ok(self.published.covers(position))
+    }
+
+    async fn beyond_head(&self, position: &ReadPosition) -> Result<Option<BeyondHead>, ReadError> {
+        let position = position.clone();
+        self.read("log head read", move |connection| {
+            // `UNIQUE (shard, last_sequence)` makes this an index lookup.
+            let mut heads = connection
+                .prepare_cached("SELECT MAX(last_sequence) FROM records WHERE shard = ?1")
+                .map_err(query_failed("prepare log head read"))?;
+            let mut head_of = |shard: u16| -> Result<u64, SqliteStoreError> {
+                let head: Option<i64> = heads
+                    .query_row(params![shard], |row| row.get(0))
+                    .map_err(query_failed("read log head"))?;
+                from_sql("log head sequence", head.unwrap_or(0))
+            };
+            for wanted in &position.positions {
+                if wanted.sequence == 0 {
+                    continue;
+                }
+                let head = head_of(wanted.shard.0)?;
+                if wanted.sequence > head {
+                    return Ok(Some(BeyondHead {
+                        part: format!("{}.{}", wanted.shard.0, wanted.sequence),
+                        shard: wanted.shard.0,
+                        head,
+                    }));
+                }
+            }
+            for mark in &position.deliveries {
+                let head = head_of(mark.from.0)?;
+                let beyond = |head| {
+                    Ok(Some(BeyondHead {
+                        part: format!("m{}.{}.{}", mark.from.0, mark.to.0, mark.sequence),
+                        shard: mark.from.0,
+                        head,
+                    }))
+                };
+                if mark.sequence > head {
+                    return beyond(head);
+                }
+                if let Some(sent) = messages_sent(connection, mark.from.0, mark.to.0)? {
+                    if mark.sequence > sent {
+                        return beyond(head);
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn balance(&self, user_id: &str) -> Result<BalanceView, ReadError> {
+        self.cached::<Balances, _>(user_id.to_string(), self.load_balance(user_id))
+            .await
+    }
+
+    async fn inventory(
+        &self,
+        user_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<InventoryEntry>, ReadError> {
+        if cursor.is_some() {
+            return self.load_inventory(user_id, limit, cursor).await;
+        }
+        self.cached::<Inventories, _>(
+            (user_id.to_string(), page_size(limit)),
+            self.load_inventory(user_id, limit, None),
+        )
+        .await
+    }
+
+    async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
+        self.cached::<Items, _>(item_id.to_string(), self.load_item(item_id))
+            .await
+    }
+
     async fn transactions(
         &self,
         user_id: &str,
@@ -419,51 +483,6 @@ impl ReadModels for SqliteReadModels {
                 |row| encode_cursor(CURSOR_TRANSACTIONS, &[&row.event_position.to_string(), &row.account]),
                 |row| row.entry,
             ))
-        })
-        .await
-    }
-
-    async fn item(&self, item_id: &str) -> Result<Option<ItemView>, ReadError> {
-        let item_id = item_id.to_string();
-        self.read("item read", move |connection| {
-            let row = connection
-                .prepare_cached(
-                    "SELECT item_id, creator_id, name, price, on_sale, supply, max_per_user, starts_at_ms, ends_at_ms,
-                            resellable, sold, sales_count, recent_average_price,
-                            (SELECT MIN(price) FROM listings WHERE listings.item_id = items.item_id), kind,
-                            regional_prices,
-                            (SELECT test_id || ' ' || ends_at_ms || ' ' || arms FROM item_price_tests
-                             WHERE item_price_tests.item_id = items.item_id AND closed = 0
-                             ORDER BY started DESC LIMIT 1)
-                     FROM items WHERE item_id = ?1",
-                )
-                .and_then(|mut statement| {
-                    statement
-                        .query_row(params![item_id], |row| {
-                            Ok(ItemRow {
-                                item_id: row.get(0)?,
-                                creator_id: row.get(1)?,
-                                name: row.get(2)?,
-                                price: row.get(3)?,
-                                on_sale: row.get(4)?,
-                                supply: row.get(5)?,
-                                max_per_user: row.get(6)?,
-                                starts_at_ms: row.get(7)?,
-                                ends_at_ms: row.get(8)?,
-                                resellable: row.get(9)?,
-                                sold: row.get(10)?,
-                                sales_count: row.get(11)?,
-                                recent_average_price: row.get(12)?,
-                                lowest_resale_price: row.get(13)?,
-                                kind: row.get(14)?,
-                                regional_prices: row.get(15)?,
-                                price_test: row.get(16)?,
-                            })
-                        })
-                        .optional()
-                })
-                .map_err(query_failed("read item"))?;
-            row.map(ItemRow::into_view).transpose()
         })
         .await
     }

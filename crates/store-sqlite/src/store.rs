@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::checkpoint::{CheckpointedDatabase, Checkpointer};
 use crate::error::{from_sql, to_sql, SqliteStoreError};
 use crate::projector::{self, ProjectRequest, Projected};
+use crate::published::Published;
 use crate::reader::ReadPool;
 use crate::schema::{open_projector, open_writer, DATABASE_FILE_NAME, READ_MODELS_FILE_NAME};
 use crate::writer::{self, WriteRequest};
@@ -38,6 +39,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriteRequest>,
     projector: mpsc::Sender<ProjectRequest>,
     pub(crate) readers: Arc<ReadPool>,
+    /// What the projector committed, for the query path.
+    published: Arc<Published>,
     /// Signalled after each commit that wrote new events.
     appended: Arc<Notify>,
 }
@@ -63,12 +66,15 @@ impl SqliteStore {
         crate::metrics::describe();
         // The log first: the read models' connection attaches it.
         let connection = open_writer(data_dir)?;
+        let projector_connection = open_projector(data_dir)?;
+        let published = Arc::new(Published::load(&projector_connection)?);
         let projector = projector::spawn(
-            open_projector(data_dir)?,
+            projector_connection,
             Checkpointer::spawn(
                 &data_dir.join(READ_MODELS_FILE_NAME),
                 CheckpointedDatabase::ReadModels,
             )?,
+            Arc::clone(&published),
         )?;
         let path = data_dir.join(DATABASE_FILE_NAME);
         let checkpointer = Checkpointer::spawn(&path, CheckpointedDatabase::Log)?;
@@ -76,6 +82,7 @@ impl SqliteStore {
         let writer = writer::spawn(connection, Arc::clone(&appended), checkpointer)?;
         Ok(Arc::new(SqliteStore {
             readers: Arc::new(ReadPool::new(data_dir.to_path_buf())),
+            published,
             path,
             writer,
             projector,
@@ -195,9 +202,10 @@ impl SqliteStore {
 
     /// The read models over this store's tables.
     pub fn read_models(self: &Arc<Self>) -> Arc<dyn projectors::ReadModels> {
-        Arc::new(crate::read_models::SqliteReadModels::new(Arc::clone(
-            &self.readers,
-        )))
+        Arc::new(crate::read_models::SqliteReadModels::new(
+            Arc::clone(&self.readers),
+            Arc::clone(&self.published),
+        ))
     }
 }
 

@@ -682,6 +682,78 @@ async fn rebuilding_gives_the_same_read_models_as_incremental_projection() {
     );
 }
 
+/// The storefront's point reads (an item, a balance, a first inventory
+/// page) are served from views the projector publishes and empties at each
+/// commit: read at every step of a history, twice (the second read is
+/// served from memory), they equal what a store that never cached them
+/// reads for the same log. And the marks `?after=` waits for are loaded
+/// again when the store reopens.
+#[tokio::test]
+async fn cached_point_reads_follow_every_projection_and_marks_survive_a_reopen() {
+    let directory = TempDir::new("cached-reads");
+    let store = SqliteStore::open(&directory.path).expect("store opens");
+    let mut log = Log::default();
+    let envelopes = purchase_history(&mut log);
+    let read_models = store.read_models();
+    let read_all = |read_models: Arc<dyn ReadModels>| async move {
+        let mut views = Vec::new();
+        for user in ["bob", "carol", "dave"] {
+            let balance = read_models.balance(user).await.expect("balance reads");
+            let inventory = read_models
+                .inventory(user, 100, None)
+                .await
+                .expect("inventory reads");
+            views.push(format!("{balance:?} {inventory:?}"));
+        }
+        for item_id in ["crown", "hat", "nothing"] {
+            let item = read_models.item(item_id).await.expect("item reads");
+            views.push(format!("{item:?}"));
+        }
+        views
+    };
+    let mut appended = 0;
+    for chunk in envelopes.chunks(3) {
+        append_each(&store, chunk).await;
+        appended += chunk.len();
+        project_all(&store).await;
+        let first = read_all(Arc::clone(&read_models)).await;
+        let second = read_all(Arc::clone(&read_models)).await;
+        assert_eq!(first, second);
+
+        let reference_directory = TempDir::new("cached-reads-reference");
+        let reference = SqliteStore::open(&reference_directory.path).expect("store opens");
+        append_each(&reference, &envelopes[..appended]).await;
+        project_all(&reference).await;
+        assert_eq!(
+            first,
+            read_all(reference.read_models()).await,
+            "after {appended} records"
+        );
+    }
+    let everything = ReadPosition {
+        positions: [GRANTS, ITEMS, USERS, PURCHASES]
+            .into_iter()
+            .map(|shard| ShardPosition {
+                shard: ShardId(shard),
+                sequence: log.last_sequence(shard),
+            })
+            .collect(),
+        deliveries: Vec::new(),
+    };
+    assert!(read_models
+        .covers(&everything)
+        .await
+        .expect("coverage reads"));
+    drop(read_models);
+    drop(store);
+    let reopened = SqliteStore::open(&directory.path).expect("store reopens");
+    assert!(reopened
+        .read_models()
+        .covers(&everything)
+        .await
+        .expect("coverage reads"));
+}
+
 /// A projection transaction is bounded in records, and a record holds many
 /// entries: the answer counts both, so the projector loop can tell a full
 /// batch (more waiting) from the end of the log. It once compared entries
