@@ -40,7 +40,7 @@ pub use checkpoint::{
 pub use engine::ports::StoreError;
 pub use error::SqliteStoreError;
 pub use projector::{Projected, PROJECT_QUEUE_CAPACITY};
-pub use published::CACHED_VIEWS_PER_KIND_MAX;
+pub use published::CACHED_WEIGHT_PER_KIND_MAX;
 pub use read_models::SqliteReadModels;
 pub use reader::READERS_MAX;
 pub use schema::{open_writer, DATABASE_FILE_NAME, READ_MODELS_FILE_NAME};

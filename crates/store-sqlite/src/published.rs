@@ -36,9 +36,12 @@ use rusqlite::Connection;
 use crate::error::{from_sql, SqliteStoreError};
 use crate::metrics as names;
 
-/// Views kept per kind (items, balances, inventory pages). A full kind
-/// keeps no more until the next publication empties it.
-pub const CACHED_VIEWS_PER_KIND_MAX: usize = 65_536;
+/// Weight each kind may hold: items and balances weigh one per view, an
+/// inventory page one per entry (a page holds up to `PAGE_SIZE_MAX`). A
+/// full kind keeps no more until the next publication empties it: a few
+/// tens of MB per kind at most (an item view and its key are a few hundred
+/// bytes, an inventory entry about a hundred).
+pub const CACHED_WEIGHT_PER_KIND_MAX: usize = 65_536;
 
 /// The published marks and the cached views (see the module doc).
 #[derive(Default)]
@@ -54,17 +57,39 @@ pub(crate) struct State {
     checkpoints: HashMap<u16, u64>,
     /// Last message consumed and projected, per (sender, receiver).
     deliveries: HashMap<(u16, u16), u64>,
-    items: HashMap<String, Option<ItemView>>,
-    balances: HashMap<String, BalanceView>,
+    items: Views<String, Option<ItemView>>,
+    balances: Views<String, BalanceView>,
     /// First pages, per (user, page size).
-    inventories: HashMap<(String, usize), Page<InventoryEntry>>,
+    inventories: Views<(String, usize), Page<InventoryEntry>>,
 }
 
 impl State {
     fn empty_views(&mut self) {
-        self.items.clear();
-        self.balances.clear();
-        self.inventories.clear();
+        self.items.empty();
+        self.balances.empty();
+        self.inventories.empty();
+    }
+}
+
+/// The cached views of one kind and their weight.
+pub(crate) struct Views<K, V> {
+    entries: HashMap<K, V>,
+    weight: usize,
+}
+
+impl<K, V> Default for Views<K, V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            weight: 0,
+        }
+    }
+}
+
+impl<K, V> Views<K, V> {
+    fn empty(&mut self) {
+        self.entries.clear();
+        self.weight = 0;
     }
 }
 
@@ -72,8 +97,12 @@ impl State {
 pub(crate) trait CachedKind {
     type Key: Eq + Hash;
     type View: Clone;
-    fn views(state: &State) -> &HashMap<Self::Key, Self::View>;
-    fn views_mut(state: &mut State) -> &mut HashMap<Self::Key, Self::View>;
+    fn views(state: &State) -> &Views<Self::Key, Self::View>;
+    fn views_mut(state: &mut State) -> &mut Views<Self::Key, Self::View>;
+    /// What a view counts against [`CACHED_WEIGHT_PER_KIND_MAX`].
+    fn weight(_view: &Self::View) -> usize {
+        1
+    }
 }
 
 pub(crate) struct Items;
@@ -83,10 +112,10 @@ pub(crate) struct Inventories;
 impl CachedKind for Items {
     type Key = String;
     type View = Option<ItemView>;
-    fn views(state: &State) -> &HashMap<String, Option<ItemView>> {
+    fn views(state: &State) -> &Views<String, Option<ItemView>> {
         &state.items
     }
-    fn views_mut(state: &mut State) -> &mut HashMap<String, Option<ItemView>> {
+    fn views_mut(state: &mut State) -> &mut Views<String, Option<ItemView>> {
         &mut state.items
     }
 }
@@ -94,10 +123,10 @@ impl CachedKind for Items {
 impl CachedKind for Balances {
     type Key = String;
     type View = BalanceView;
-    fn views(state: &State) -> &HashMap<String, BalanceView> {
+    fn views(state: &State) -> &Views<String, BalanceView> {
         &state.balances
     }
-    fn views_mut(state: &mut State) -> &mut HashMap<String, BalanceView> {
+    fn views_mut(state: &mut State) -> &mut Views<String, BalanceView> {
         &mut state.balances
     }
 }
@@ -105,11 +134,14 @@ impl CachedKind for Balances {
 impl CachedKind for Inventories {
     type Key = (String, usize);
     type View = Page<InventoryEntry>;
-    fn views(state: &State) -> &HashMap<(String, usize), Page<InventoryEntry>> {
+    fn views(state: &State) -> &Views<(String, usize), Page<InventoryEntry>> {
         &state.inventories
     }
-    fn views_mut(state: &mut State) -> &mut HashMap<(String, usize), Page<InventoryEntry>> {
+    fn views_mut(state: &mut State) -> &mut Views<(String, usize), Page<InventoryEntry>> {
         &mut state.inventories
+    }
+    fn weight(page: &Page<InventoryEntry>) -> usize {
+        page.entries.len().max(1)
     }
 }
 
@@ -222,7 +254,7 @@ impl Published {
     /// The cached view under `key`, or where its load begins.
     pub(crate) fn lookup<K: CachedKind>(&self, key: &K::Key) -> Result<K::View, Missed> {
         let state = self.read();
-        match K::views(&state).get(key) {
+        match K::views(&state).entries.get(key) {
             Some(view) => {
                 metrics::counter!(names::READ_CACHE_HITS_TOTAL).increment(1);
                 Ok(view.clone())
@@ -242,8 +274,11 @@ impl Published {
             return;
         }
         let views = K::views_mut(&mut state);
-        if views.len() < CACHED_VIEWS_PER_KIND_MAX {
-            views.insert(key, view);
+        let replaced = views.entries.get(&key).map_or(0, K::weight);
+        let weight = views.weight - replaced + K::weight(&view);
+        if weight <= CACHED_WEIGHT_PER_KIND_MAX {
+            views.entries.insert(key, view);
+            views.weight = weight;
         }
     }
 }
@@ -284,6 +319,58 @@ mod tests {
         );
         published.publish(&BTreeMap::new(), &BTreeMap::new());
         assert!(published.lookup::<Balances>(&"alice".to_string()).is_err());
+    }
+
+    #[test]
+    fn a_kind_keeps_views_up_to_its_weight_and_inventory_pages_weigh_their_entries() {
+        let published = Published::default();
+        let entry = InventoryEntry {
+            item_id: "hat".to_string(),
+            serial: None,
+            purchase_id: "p".to_string(),
+            acquired_at_ms: 0,
+        };
+        let page = |entries: usize| Page {
+            entries: vec![entry.clone(); entries],
+            next_cursor: None,
+        };
+        let key = |user: usize| (format!("user-{user}"), 1_000);
+        let pages = CACHED_WEIGHT_PER_KIND_MAX / 1_000;
+        for user in 0..pages {
+            let missed = published
+                .lookup::<Inventories>(&key(user))
+                .expect_err("not cached yet");
+            published.keep::<Inventories>(missed, key(user), page(1_000));
+        }
+        let missed = published
+            .lookup::<Inventories>(&key(pages))
+            .expect_err("not cached yet");
+        published.keep::<Inventories>(missed, key(pages), page(1_000));
+        assert!(published.lookup::<Inventories>(&key(pages)).is_err());
+        assert!(published.lookup::<Inventories>(&key(0)).is_ok());
+        // A page kept again under its key replaces the old one's weight:
+        // what is left is exactly what 64 full pages and a half page leave.
+        let missed = published
+            .lookup::<Inventories>(&key(pages + 1))
+            .expect_err("not cached yet");
+        published.keep::<Inventories>(missed, key(0), page(500));
+        let left = CACHED_WEIGHT_PER_KIND_MAX - (pages - 1) * 1_000 - 500;
+        published.keep::<Inventories>(missed, key(pages + 1), page(left));
+        assert!(published.lookup::<Inventories>(&key(pages + 1)).is_ok());
+        published.keep::<Inventories>(missed, key(pages + 2), page(1));
+        assert!(published.lookup::<Inventories>(&key(pages + 2)).is_err());
+        // Balances have a weight of their own.
+        let missed = published
+            .lookup::<Balances>(&"alice".to_string())
+            .expect_err("not cached yet");
+        published.keep::<Balances>(missed, "alice".to_string(), balance("alice", 1));
+        assert!(published.lookup::<Balances>(&"alice".to_string()).is_ok());
+        published.publish(&BTreeMap::new(), &BTreeMap::new());
+        let missed = published
+            .lookup::<Inventories>(&key(pages))
+            .expect_err("emptied by the publication");
+        published.keep::<Inventories>(missed, key(pages), page(1_000));
+        assert!(published.lookup::<Inventories>(&key(pages)).is_ok());
     }
 
     #[test]
