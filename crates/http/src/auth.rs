@@ -9,7 +9,15 @@
 //! during a rotation, the previous one; a token signed with either verifies,
 //! and new tokens are signed with the current one. Secrets are held as
 //! [`SecretSlice`]s and never appear in `Debug` output.
+//!
+//! A verified token's claims are remembered until it expires (at most
+//! [`VERIFIED_TOKENS_MAX`] tokens), so a client that sends the same token
+//! with every request (the storefront's service token) costs one HMAC and
+//! one JSON parse per token, not per request. Only the exact bytes of a
+//! token that verified are remembered; its expiry is checked on every use.
 
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
@@ -23,6 +31,9 @@ use serde::{Deserialize, Serialize};
 
 /// Longest token accepted, in bytes.
 pub const TOKEN_LENGTH_MAX: usize = 8 * 1024;
+/// Verified tokens remembered at once (at most 8 MiB of tokens); when
+/// full, all are forgotten and verified again as they come.
+pub const VERIFIED_TOKENS_MAX: usize = 1_024;
 
 /// Why a request was not authenticated. Every variant maps to 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +75,8 @@ pub struct Verifier {
     /// The current secret's key first, then the previous secret's, if any.
     keys: Vec<DecodingKey>,
     validation: Validation,
+    /// Tokens that verified: who they name and when they expire.
+    verified: RwLock<HashMap<Box<str>, (Actor, u64)>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -106,11 +119,51 @@ impl Verifier {
         validation.validate_aud = false;
         validation.leeway = 0;
         validation.required_spec_claims.clear();
-        Self { keys, validation }
+        Self {
+            keys,
+            validation,
+            verified: RwLock::new(HashMap::new()),
+        }
     }
 
     /// Verifies `token` at `now_seconds` (seconds since the Unix epoch).
     pub fn verify_at(&self, token: &str, now_seconds: u64) -> Result<Actor, AuthError> {
+        let remembered = self
+            .verified
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .cloned();
+        if let Some((actor, expires_at_seconds)) = remembered {
+            if now_seconds >= expires_at_seconds {
+                return Err(AuthError::Expired);
+            }
+            return Ok(actor);
+        }
+        let (actor, expires_at_seconds) = self.verify_signed(token, now_seconds)?;
+        let mut verified = self
+            .verified
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_TOKENS_MAX {
+            verified.clear();
+        }
+        verified.insert(token.into(), (actor.clone(), expires_at_seconds));
+        Ok(actor)
+    }
+
+    /// Tokens remembered now (for tests).
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.verified
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Checks `token`'s form, signature and claims at `now_seconds`: who it
+    /// names and when it expires.
+    fn verify_signed(&self, token: &str, now_seconds: u64) -> Result<(Actor, u64), AuthError> {
         if token.len() > TOKEN_LENGTH_MAX {
             return Err(AuthError::TooLong);
         }
@@ -163,7 +216,7 @@ impl Verifier {
         })?;
         let user_id = UserId::parse(claims.sub)
             .map_err(|_| AuthError::BadClaims("sub must be a valid user id".to_owned()))?;
-        Ok(Actor { role, user_id })
+        Ok((Actor { role, user_id }, claims.exp))
     }
 
     /// Verifies `token` against the system clock.
@@ -281,6 +334,52 @@ mod tests {
                 Ok(role)
             );
         }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_and_still_expires() {
+        let verifier = Verifier::new(SECRET);
+        let token = issue_token(SECRET, Role::User, &alice(), 60, NOW);
+        let tampered = issue_token(b"another-secret", Role::User, &alice(), 60, NOW);
+        assert_eq!(
+            verifier.verify_at(&tampered, NOW),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(verifier.remembered(), 0);
+        assert_eq!(
+            verifier.verify_at(&token, NOW).map(|actor| actor.role),
+            Ok(Role::User)
+        );
+        assert_eq!(verifier.remembered(), 1);
+        assert_eq!(
+            verifier
+                .verify_at(&token, NOW + 59)
+                .map(|actor| actor.user_id),
+            Ok(alice())
+        );
+        assert_eq!(
+            verifier.verify_at(&token, NOW + 60),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            verifier.verify_at(&tampered, NOW),
+            Err(AuthError::BadSignature)
+        );
+        // Bounded: past the limit the remembered tokens are forgotten, and
+        // every token still verifies.
+        for user in 0..=VERIFIED_TOKENS_MAX {
+            let user_id = UserId::parse(format!("user-{user}")).unwrap();
+            let token = issue_token(SECRET, Role::User, &user_id, 60, NOW);
+            assert_eq!(
+                verifier.verify_at(&token, NOW).map(|actor| actor.user_id),
+                Ok(user_id)
+            );
+            assert!(verifier.remembered() <= VERIFIED_TOKENS_MAX);
+        }
+        assert_eq!(
+            verifier.verify_at(&token, NOW).map(|actor| actor.role),
+            Ok(Role::User)
+        );
     }
 
     #[test]

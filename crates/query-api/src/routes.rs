@@ -668,26 +668,59 @@ pub(crate) async fn item(
         .await
         .map_err(read_failed)?
         .ok_or_else(|| item_not_found(&item_id))?;
-    respond(json!({
-        "item_id": view.item_id,
-        "creator_id": view.creator_id,
-        "name": view.name,
-        "price": view.price,
-        "on_sale": view.on_sale,
-        "limited": view.limited,
-        "supply": view.supply,
-        "sold": view.sold,
-        "remaining": view.remaining,
-        "max_per_user": view.max_per_user,
-        "sales_count": view.sales_count,
-        "recent_average_price": view.recent_average_price,
-        "lowest_resale_price": view.lowest_resale_price,
-        "starts_at": optional_timestamp(view.starts_at_ms),
-        "ends_at": optional_timestamp(view.ends_at_ms),
-        "resellable": view.resellable,
-        "kind": view.kind,
-        "regional_prices": view.regional_prices,
-    }))
+    Ok(Json(ItemAnswer::of(&view)).into_response())
+}
+
+/// `GET /v1/items/{id}`'s answer, written straight from the view: the
+/// storefront's most frequent read, where building a `json!` map (a key
+/// and a node allocated per field) cost more than the rest of the read.
+/// Fields in alphabetical order, as every answer built as a `json!` map is
+/// written, so the bytes are the same (tested against the map).
+#[derive(serde::Serialize)]
+struct ItemAnswer<'a> {
+    creator_id: &'a str,
+    ends_at: Option<String>,
+    item_id: &'a str,
+    kind: &'a str,
+    limited: bool,
+    lowest_resale_price: Option<i64>,
+    max_per_user: Option<u32>,
+    name: &'a str,
+    on_sale: bool,
+    price: i64,
+    recent_average_price: Option<i64>,
+    regional_prices: &'a std::collections::BTreeMap<String, i64>,
+    remaining: Option<u64>,
+    resellable: bool,
+    sales_count: u64,
+    sold: u64,
+    starts_at: Option<String>,
+    supply: Option<u32>,
+}
+
+impl<'a> ItemAnswer<'a> {
+    fn of(view: &'a projectors::ItemView) -> Self {
+        Self {
+            creator_id: &view.creator_id,
+            ends_at: view.ends_at_ms.map(format_timestamp),
+            item_id: &view.item_id,
+            kind: &view.kind,
+            limited: view.limited,
+            lowest_resale_price: view.lowest_resale_price,
+            max_per_user: view.max_per_user,
+            name: &view.name,
+            on_sale: view.on_sale,
+            price: view.price,
+            recent_average_price: view.recent_average_price,
+            regional_prices: &view.regional_prices,
+            remaining: view.remaining,
+            resellable: view.resellable,
+            sales_count: view.sales_count,
+            sold: view.sold,
+            starts_at: view.starts_at_ms.map(format_timestamp),
+            supply: view.supply,
+        }
+    }
 }
 
 /// `GET /v1/items/{id}/price?user_id=&region=`: the price a user sees (the
@@ -1134,4 +1167,77 @@ pub(crate) async fn bundle(
         "item_ids": view.item_ids,
         "price": view.price,
     }))
+}
+
+#[cfg(test)]
+mod item_answer_tests {
+    use super::*;
+
+    /// The map the item's answer was built as before it was typed.
+    fn as_map(view: projectors::ItemView) -> Value {
+        json!({
+            "item_id": view.item_id,
+            "creator_id": view.creator_id,
+            "name": view.name,
+            "price": view.price,
+            "on_sale": view.on_sale,
+            "limited": view.limited,
+            "supply": view.supply,
+            "sold": view.sold,
+            "remaining": view.remaining,
+            "max_per_user": view.max_per_user,
+            "sales_count": view.sales_count,
+            "recent_average_price": view.recent_average_price,
+            "lowest_resale_price": view.lowest_resale_price,
+            "starts_at": optional_timestamp(view.starts_at_ms),
+            "ends_at": optional_timestamp(view.ends_at_ms),
+            "resellable": view.resellable,
+            "kind": view.kind,
+            "regional_prices": view.regional_prices,
+        })
+    }
+
+    #[test]
+    fn the_typed_item_answer_writes_the_same_bytes_as_the_map() {
+        let limited = projectors::ItemView {
+            item_id: "golden-crown".to_string(),
+            creator_id: "studio".to_string(),
+            name: "Golden \"Crown\" ✨".to_string(),
+            price: 250,
+            on_sale: true,
+            limited: true,
+            supply: Some(10),
+            sold: 3,
+            remaining: Some(7),
+            max_per_user: Some(2),
+            starts_at_ms: Some(1_700_000_000_000),
+            ends_at_ms: Some(1_800_000_000_123),
+            resellable: true,
+            kind: "accessory".to_string(),
+            regional_prices: [("BR".to_string(), 200), ("DE".to_string(), 275)].into(),
+            price_test: None,
+            sales_count: 5,
+            recent_average_price: Some(260),
+            lowest_resale_price: Some(300),
+        };
+        let plain = projectors::ItemView {
+            supply: None,
+            remaining: None,
+            max_per_user: None,
+            starts_at_ms: None,
+            ends_at_ms: None,
+            limited: false,
+            resellable: false,
+            on_sale: false,
+            regional_prices: Default::default(),
+            recent_average_price: None,
+            lowest_resale_price: None,
+            ..limited.clone()
+        };
+        for view in [limited, plain] {
+            let typed = serde_json::to_string(&ItemAnswer::of(&view)).expect("the answer writes");
+            let map = serde_json::to_string(&as_map(view)).expect("the map writes");
+            assert_eq!(typed, map);
+        }
+    }
 }
