@@ -308,13 +308,18 @@ impl Service {
                 )
                 .await
                 .map_err(|e| failed("cql read models")(e.to_string()))?;
-                let server = QueryApi::bind(
+                let query_settings = query_api::Settings {
+                    projection_wait_max: Duration::from_millis(settings.read_wait_ms),
+                    shard_count: Some(settings.shards),
+                    item_cache_ttl: query_api::recent::ITEM_CACHE_TTL_DISTRIBUTED,
+                    ..query_api::Settings::default()
+                };
+                let server = QueryApi::bind_with_settings(
                     address,
                     read_models,
                     verifier,
                     observability,
-                    Duration::from_millis(settings.read_wait_ms),
-                    settings.shards,
+                    query_settings,
                 )
                 .await
                 .map_err(bind_failed)?;

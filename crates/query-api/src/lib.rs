@@ -10,6 +10,7 @@
 //! command API's mapping.
 
 pub mod metrics;
+pub mod recent;
 pub mod routes;
 
 use std::io;
@@ -46,6 +47,9 @@ pub struct Settings {
     /// The ledger's shard count, when known: an `after` naming a shard
     /// beyond it is refused at once (400) rather than waited for.
     pub shard_count: Option<u16>,
+    /// How long an item view read without `?after=` is kept
+    /// ([`recent::RecentItems`]); zero keeps none (the default).
+    pub item_cache_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             request_timeout: server::REQUEST_TIMEOUT,
             connection: ConnectionLimits::default(),
             shard_count: None,
+            item_cache_ttl: Duration::ZERO,
         }
     }
 }
@@ -82,6 +87,7 @@ pub fn router_with_settings(
         read_models,
         verifier: auth,
         settings,
+        recent_items: recent::RecentItems::new(settings.item_cache_ttl).map(Arc::new),
     };
     let reads = Router::new()
         .route("/v1/users/{id}/balance", get(routes::balance))

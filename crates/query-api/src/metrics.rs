@@ -17,6 +17,12 @@ pub const WAIT_SECONDS: &str = "ledger_query_api_wait_seconds";
 /// Reads answered 503 `projection_lagging` after waiting for an `after` position.
 pub const PROJECTION_LAGGING_TOTAL: &str = "ledger_query_api_projection_lagging_total";
 
+/// Item reads without `?after=` answered from a view kept a short while
+/// (distributed mode; see `recent`).
+pub const ITEM_CACHE_HITS_TOTAL: &str = "ledger_query_api_item_cache_hits_total";
+/// Item reads without `?after=` that read the read models.
+pub const ITEM_CACHE_MISSES_TOTAL: &str = "ledger_query_api_item_cache_misses_total";
+
 const REQUEST_METRICS: RequestMetrics = RequestMetrics {
     requests_total: REQUESTS_TOTAL,
     duration_seconds: REQUEST_DURATION_SECONDS,
@@ -49,6 +55,16 @@ pub fn describe() {
         PROJECTION_LAGGING_TOTAL,
         metrics::Unit::Count,
         "reads refused because the read models did not reach the requested position in time"
+    );
+    metrics::describe_counter!(
+        ITEM_CACHE_HITS_TOTAL,
+        metrics::Unit::Count,
+        "item reads without ?after= answered from a view kept a short while"
+    );
+    metrics::describe_counter!(
+        ITEM_CACHE_MISSES_TOTAL,
+        metrics::Unit::Count,
+        "item reads without ?after= that read the read models"
     );
     // Exported at 0 from the start (a position beyond the log's head is
     // refused at once, so a healthy ledger may never count one), so that

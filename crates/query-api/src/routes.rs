@@ -31,6 +31,8 @@ pub(crate) struct QueryState {
     pub read_models: Arc<dyn ReadModels>,
     pub verifier: Arc<Verifier>,
     pub settings: Settings,
+    /// Item views read without `?after=`, when the settings keep them.
+    pub recent_items: Option<Arc<crate::recent::RecentItems>>,
 }
 
 type Answer = Result<Response, Problem>;
@@ -662,12 +664,13 @@ pub(crate) async fn item(
     let item_id = parse_id::<ItemId>("item_id", &segment)?;
     let after = parse_after(&query)?;
     wait_for(&state, after.as_ref()).await?;
-    let view = state
-        .read_models
-        .item(item_id.as_str())
-        .await
-        .map_err(read_failed)?
-        .ok_or_else(|| item_not_found(&item_id))?;
+    let read = state.read_models.item(item_id.as_str());
+    let view = match (&after, &state.recent_items) {
+        (None, Some(recent)) => recent.item(item_id.as_str(), read).await,
+        _ => read.await,
+    }
+    .map_err(read_failed)?
+    .ok_or_else(|| item_not_found(&item_id))?;
     Ok(Json(ItemAnswer::of(&view)).into_response())
 }
 
