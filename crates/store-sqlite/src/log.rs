@@ -94,20 +94,7 @@ fn read_model_totals(
         let (user, balance, pending) = row.map_err(SqliteStoreError::sqlite("read balance"))?;
         totals.balances.insert(user, (balance, pending));
     }
-    let mut checkpoints = transaction
-        .prepare("SELECT shard, sequence FROM projection_checkpoint")
-        .map_err(SqliteStoreError::sqlite("prepare checkpoint read"))?;
-    let rows = checkpoints
-        .query_map(params![], |row| {
-            Ok((row.get::<_, u16>(0)?, row.get::<_, i64>(1)?))
-        })
-        .map_err(SqliteStoreError::sqlite("read checkpoints"))?;
-    for row in rows {
-        let (shard, sequence) = row.map_err(SqliteStoreError::sqlite("read checkpoint"))?;
-        totals
-            .checkpoints
-            .insert(shard, from_sql("checkpoint sequence", sequence)?);
-    }
+    totals.checkpoints = crate::projector::projection_checkpoints(transaction)?;
     Ok(totals)
 }
 

@@ -225,6 +225,22 @@ pub(crate) fn reset_read_models(connection: &mut Connection) -> Result<(), Sqlit
         .map_err(SqliteStoreError::sqlite("commit read-model reset"))
 }
 
+/// Every shard's projection checkpoint (last sequence projected).
+pub(crate) fn projection_checkpoints(
+    connection: &Connection,
+) -> Result<BTreeMap<u16, u64>, SqliteStoreError> {
+    let mut statement = connection
+        .prepare("SELECT shard, sequence FROM projection_checkpoint")
+        .map_err(SqliteStoreError::sqlite("prepare checkpoint read"))?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, u16>(0)?, row.get::<_, i64>(1)?)))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(SqliteStoreError::sqlite("read checkpoints"))?;
+    rows.into_iter()
+        .map(|(shard, sequence)| Ok((shard, from_sql("checkpoint sequence", sequence)?)))
+        .collect()
+}
+
 /// The projection position (last applied `records.position`).
 pub fn projection_position(connection: &Connection) -> Result<u64, SqliteStoreError> {
     let position: Option<i64> = connection

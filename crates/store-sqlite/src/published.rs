@@ -155,21 +155,12 @@ impl Published {
     /// The marks the read models hold, read through the projector's
     /// connection before its thread starts.
     pub(crate) fn load(connection: &Connection) -> Result<Published, SqliteStoreError> {
-        let mut state = State::default();
-        let mut checkpoints = connection
-            .prepare("SELECT shard, sequence FROM projection_checkpoint")
-            .map_err(SqliteStoreError::sqlite(
-                "prepare published checkpoint load",
-            ))?;
-        let rows = checkpoints
-            .query_map([], |row| Ok((row.get::<_, u16>(0)?, row.get::<_, i64>(1)?)))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(SqliteStoreError::sqlite("load published checkpoints"))?;
-        for (shard, sequence) in rows {
-            state
-                .checkpoints
-                .insert(shard, from_sql("checkpoint sequence", sequence)?);
-        }
+        let mut state = State {
+            checkpoints: crate::projector::projection_checkpoints(connection)?
+                .into_iter()
+                .collect(),
+            ..State::default()
+        };
         let mut deliveries = connection
             .prepare("SELECT sender, receiver, sequence FROM projection_deliveries")
             .map_err(SqliteStoreError::sqlite("prepare published delivery load"))?;
