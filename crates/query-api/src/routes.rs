@@ -257,12 +257,59 @@ pub(crate) async fn balance(
         .balance(user_id.as_str())
         .await
         .map_err(read_failed)?;
-    respond(json!({
-        "user_id": view.user_id,
-        "balance": view.balance,
-        "pending": view.pending,
-        "position": position,
-    }))
+    Ok(Json(BalanceAnswer {
+        balance: view.balance,
+        pending: view.pending,
+        position: &position,
+        user_id: &view.user_id,
+    })
+    .into_response())
+}
+
+/// `GET /v1/users/{id}/balance`'s answer (without `as_of`), written straight
+/// from the view like [`ItemAnswer`]: fields in alphabetical order, the
+/// order a `json!` map writes them, so the bytes are the same (tested).
+#[derive(serde::Serialize)]
+struct BalanceAnswer<'a> {
+    balance: i64,
+    pending: i64,
+    position: &'a str,
+    user_id: &'a str,
+}
+
+/// `GET /v1/users/{id}/inventory`'s answer, written straight from the page
+/// like [`ItemAnswer`] (fields in alphabetical order, tested against the map).
+#[derive(serde::Serialize)]
+struct InventoryAnswer<'a> {
+    items: Vec<InventoryAnswerEntry<'a>>,
+    next_cursor: Option<&'a str>,
+}
+
+/// One entry of an [`InventoryAnswer`].
+#[derive(serde::Serialize)]
+struct InventoryAnswerEntry<'a> {
+    acquired_at: String,
+    item_id: &'a str,
+    purchase_id: &'a str,
+    serial: Option<u32>,
+}
+
+impl<'a> InventoryAnswer<'a> {
+    fn of(page: &'a projectors::Page<projectors::InventoryEntry>) -> Self {
+        Self {
+            items: page
+                .entries
+                .iter()
+                .map(|entry| InventoryAnswerEntry {
+                    acquired_at: format_timestamp(entry.acquired_at_ms),
+                    item_id: &entry.item_id,
+                    purchase_id: &entry.purchase_id,
+                    serial: entry.serial,
+                })
+                .collect(),
+            next_cursor: page.next_cursor.as_deref(),
+        }
+    }
 }
 
 pub(crate) async fn inventory(
@@ -281,19 +328,7 @@ pub(crate) async fn inventory(
         .inventory(user_id.as_str(), page.limit, page.cursor.as_deref())
         .await
         .map_err(read_failed)?;
-    let items: Vec<Value> = found
-        .entries
-        .into_iter()
-        .map(|entry| {
-            json!({
-                "item_id": entry.item_id,
-                "serial": entry.serial,
-                "purchase_id": entry.purchase_id,
-                "acquired_at": format_timestamp(entry.acquired_at_ms),
-            })
-        })
-        .collect();
-    respond(json!({ "items": items, "next_cursor": found.next_cursor }))
+    Ok(Json(InventoryAnswer::of(&found)).into_response())
 }
 
 pub(crate) async fn transactions(
@@ -1173,7 +1208,7 @@ pub(crate) async fn bundle(
 }
 
 #[cfg(test)]
-mod item_answer_tests {
+mod typed_answer_tests {
     use super::*;
 
     /// The map the item's answer was built as before it was typed.
@@ -1240,6 +1275,76 @@ mod item_answer_tests {
         for view in [limited, plain] {
             let typed = serde_json::to_string(&ItemAnswer::of(&view)).expect("the answer writes");
             let map = serde_json::to_string(&as_map(view)).expect("the map writes");
+            assert_eq!(typed, map);
+        }
+    }
+
+    #[test]
+    fn the_typed_balance_answer_writes_the_same_bytes_as_the_map() {
+        for (user_id, balance, pending, position) in [
+            ("alice", 750, 0, "p"),
+            ("b\"ob ✨", -0, 1_234_567_890_123, "0.17,3.2"),
+        ] {
+            let typed = serde_json::to_string(&BalanceAnswer {
+                balance,
+                pending,
+                position,
+                user_id,
+            })
+            .expect("the answer writes");
+            let map = serde_json::to_string(&json!({
+                "user_id": user_id,
+                "balance": balance,
+                "pending": pending,
+                "position": position,
+            }))
+            .expect("the map writes");
+            assert_eq!(typed, map);
+        }
+    }
+
+    #[test]
+    fn the_typed_inventory_answer_writes_the_same_bytes_as_the_map() {
+        let entries = vec![
+            projectors::InventoryEntry {
+                item_id: "golden-crown".to_string(),
+                serial: Some(7),
+                purchase_id: "alice-\"crown\"-1".to_string(),
+                acquired_at_ms: 1_700_000_000_123,
+            },
+            projectors::InventoryEntry {
+                item_id: "red-cap ✨".to_string(),
+                serial: None,
+                purchase_id: "alice-cap-1".to_string(),
+                acquired_at_ms: 0,
+            },
+        ];
+        for (entries, next_cursor) in [
+            (entries.clone(), Some("cursor-2".to_string())),
+            (entries, None),
+            (Vec::new(), None),
+        ] {
+            let page = projectors::Page {
+                entries,
+                next_cursor,
+            };
+            let typed =
+                serde_json::to_string(&InventoryAnswer::of(&page)).expect("the answer writes");
+            let items: Vec<Value> = page
+                .entries
+                .iter()
+                .map(|entry| {
+                    json!({
+                        "item_id": entry.item_id,
+                        "serial": entry.serial,
+                        "purchase_id": entry.purchase_id,
+                        "acquired_at": format_timestamp(entry.acquired_at_ms),
+                    })
+                })
+                .collect();
+            let map =
+                serde_json::to_string(&json!({ "items": items, "next_cursor": page.next_cursor }))
+                    .expect("the map writes");
             assert_eq!(typed, map);
         }
     }
