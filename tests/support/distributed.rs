@@ -173,19 +173,12 @@ pub async fn remove_cluster_data(cluster: &ClusterSettings) {
 
 /// `DROP KEYSPACE IF EXISTS`, best effort.
 pub async fn drop_keyspace(contact: &str, keyspace: &str) {
-    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
-    match scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(nodes)
-        .build()
-        .await
-    {
-        Ok(session) => {
-            let statement = format!("DROP KEYSPACE IF EXISTS {keyspace}");
-            if let Err(error) = session.query_unpaged(statement, &[]).await {
-                eprintln!("could not drop keyspace {keyspace}: {error}");
-            }
-        }
-        Err(error) => eprintln!("could not connect to drop keyspace {keyspace}: {error}"),
+    let contact_points: Vec<String> = contact
+        .split(',')
+        .map(|point| point.trim().to_string())
+        .collect();
+    if let Err(error) = store_cql::drop_keyspace(&contact_points, keyspace).await {
+        eprintln!("could not drop keyspace {keyspace}: {error}");
     }
 }
 

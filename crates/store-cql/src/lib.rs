@@ -32,6 +32,7 @@ pub use error::CqlStoreError;
 pub use schema::{is_valid_keyspace_name, split_statements, SCHEMA};
 pub use scylla::statement::Consistency;
 pub use store::{
-    open_keyspace, CqlSettings, CqlStore, KeyspaceOptions, BATCH_BYTES_MAX, BATCH_ROWS_MAX,
-    EVENTS_PER_BUCKET, MESSAGES_PER_BUCKET, READ_PAGE_ROWS, SNAPSHOTS_KEPT_PER_SHARD,
+    drop_keyspace, open_keyspace, CqlSettings, CqlStore, KeyspaceOptions, BATCH_BYTES_MAX,
+    BATCH_ROWS_MAX, EVENTS_PER_BUCKET, MESSAGES_PER_BUCKET, READ_PAGE_ROWS,
+    SNAPSHOTS_KEPT_PER_SHARD,
 };

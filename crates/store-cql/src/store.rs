@@ -1349,6 +1349,29 @@ pub async fn open_keyspace(
     Ok(session)
 }
 
+/// Drops `keyspace` and everything in it, if it exists: what a test or a
+/// benchmark created for itself. Refuses a name [`is_valid_keyspace_name`]
+/// refuses.
+pub async fn drop_keyspace(contact_points: &[String], keyspace: &str) -> Result<(), CqlStoreError> {
+    if contact_points.is_empty() {
+        return Err(CqlStoreError::NoContactPoints);
+    }
+    if !is_valid_keyspace_name(keyspace) {
+        return Err(CqlStoreError::InvalidKeyspaceName {
+            keyspace: keyspace.to_string(),
+        });
+    }
+    let session = SessionBuilder::new()
+        .known_nodes(contact_points)
+        .build()
+        .await
+        .map_err(|source| CqlStoreError::Connect {
+            contact_points: contact_points.join(","),
+            source: Box::new(source),
+        })?;
+    apply_schema_statement(&session, format!("DROP KEYSPACE IF EXISTS {keyspace}")).await
+}
+
 async fn apply_schema_statement(session: &Session, statement: String) -> Result<(), CqlStoreError> {
     session
         .query_unpaged(statement.as_str(), &[])

@@ -9,26 +9,14 @@
 //! ```
 //!
 //! Loopback brokers and contact points only (the ones `scripts/infra env`
-//! prints); refuses a name that is not a plain lowercase identifier.
+//! prints); refuses a name that is not a plain lowercase identifier
+//! (`store_cql::is_valid_keyspace_name`).
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: distributed-cleanup NAME\n  deletes the Kafka topics of prefix NAME \
 (LEDGER_KAFKA_BOOTSTRAP) and drops the CQL keyspace NAME (LEDGER_CQL_CONTACT); NAME: \
 [a-z][a-z0-9_]{0,47}";
-
-/// Longest deployment name accepted (a CQL keyspace name allows 48 characters).
-const NAME_LENGTH_MAX: usize = 48;
-
-fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= NAME_LENGTH_MAX
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || *byte == b'_')
-}
 
 fn loopback(endpoints: &str) -> bool {
     endpoints
@@ -44,7 +32,7 @@ async fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    if !valid_name(name) {
+    if !store_cql::is_valid_keyspace_name(name) {
         eprintln!("distributed-cleanup: refusing name {name:?}\n{USAGE}");
         return ExitCode::from(2);
     }
@@ -73,25 +61,13 @@ async fn main() -> ExitCode {
             failed = true;
         }
     }
-    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
-    match scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(nodes)
-        .build()
-        .await
-    {
-        Ok(session) => {
-            if let Err(error) = session
-                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
-                .await
-            {
-                eprintln!("distributed-cleanup: dropping the keyspace {name} failed: {error}");
-                failed = true;
-            }
-        }
-        Err(error) => {
-            eprintln!("distributed-cleanup: cannot reach cql: {error}");
-            failed = true;
-        }
+    let contact_points: Vec<String> = contact
+        .split(',')
+        .map(|point| point.trim().to_string())
+        .collect();
+    if let Err(error) = store_cql::drop_keyspace(&contact_points, name).await {
+        eprintln!("distributed-cleanup: dropping the keyspace {name} failed: {error}");
+        failed = true;
     }
     if failed {
         ExitCode::FAILURE
@@ -103,22 +79,6 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_plain_lowercase_identifiers_are_names() {
-        assert!(valid_name("probe123456789"));
-        assert!(valid_name("reads_1"));
-        for refused in [
-            "",
-            "Probe",
-            "1probe",
-            "probe-1",
-            "probe;drop",
-            &"p".repeat(49),
-        ] {
-            assert!(!valid_name(refused), "{refused:?}");
-        }
-    }
 
     #[test]
     fn only_loopback_endpoints_are_cleaned() {

@@ -398,15 +398,12 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<
 /// brokers are shared by every test of the run.
 pub async fn remove_test_data(name: &str) {
     let contact = std::env::var("LEDGER_CQL_CONTACT").unwrap_or_default();
-    let nodes: Vec<&str> = contact.split(',').map(str::trim).collect();
-    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
-        .known_nodes(nodes)
-        .build()
-        .await
-    {
-        let _ = session
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
-            .await;
+    let contact_points: Vec<String> = contact
+        .split(',')
+        .map(|point| point.trim().to_string())
+        .collect();
+    if let Err(error) = store_cql::drop_keyspace(&contact_points, name).await {
+        eprintln!("could not drop keyspace {name}: {error}");
     }
     let kafka =
         log_kafka::KafkaConfig::new(std::env::var("LEDGER_KAFKA_BOOTSTRAP").unwrap_or_default());
