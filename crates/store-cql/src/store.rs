@@ -1294,14 +1294,7 @@ pub async fn open_keyspace(
     options: &KeyspaceOptions<'_>,
     statements: Vec<String>,
 ) -> Result<Session, CqlStoreError> {
-    if contact_points.is_empty() {
-        return Err(CqlStoreError::NoContactPoints);
-    }
-    if !is_valid_keyspace_name(keyspace) {
-        return Err(CqlStoreError::InvalidKeyspaceName {
-            keyspace: keyspace.to_string(),
-        });
-    }
+    check_target(contact_points, keyspace)?;
     let profile = ExecutionProfile::builder()
         .consistency(options.consistency)
         .request_timeout(Some(options.request_timeout))
@@ -1353,14 +1346,7 @@ pub async fn open_keyspace(
 /// benchmark created for itself. Refuses a name [`is_valid_keyspace_name`]
 /// refuses.
 pub async fn drop_keyspace(contact_points: &[String], keyspace: &str) -> Result<(), CqlStoreError> {
-    if contact_points.is_empty() {
-        return Err(CqlStoreError::NoContactPoints);
-    }
-    if !is_valid_keyspace_name(keyspace) {
-        return Err(CqlStoreError::InvalidKeyspaceName {
-            keyspace: keyspace.to_string(),
-        });
-    }
+    check_target(contact_points, keyspace)?;
     let session = SessionBuilder::new()
         .known_nodes(contact_points)
         .build()
@@ -1370,6 +1356,19 @@ pub async fn drop_keyspace(contact_points: &[String], keyspace: &str) -> Result<
             source: Box::new(source),
         })?;
     apply_schema_statement(&session, format!("DROP KEYSPACE IF EXISTS {keyspace}")).await
+}
+
+/// Refuses no contact points, and a keyspace name unsafe to splice into DDL.
+fn check_target(contact_points: &[String], keyspace: &str) -> Result<(), CqlStoreError> {
+    if contact_points.is_empty() {
+        return Err(CqlStoreError::NoContactPoints);
+    }
+    if !is_valid_keyspace_name(keyspace) {
+        return Err(CqlStoreError::InvalidKeyspaceName {
+            keyspace: keyspace.to_string(),
+        });
+    }
+    Ok(())
 }
 
 async fn apply_schema_statement(session: &Session, statement: String) -> Result<(), CqlStoreError> {
