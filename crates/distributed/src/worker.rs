@@ -288,12 +288,6 @@ struct Input {
 const PUBLICATIONS_QUEUED_MAX: usize = 16;
 /// Most queued batches one Kafka transaction publishes together.
 const PUBLICATIONS_PER_TRANSACTION_MAX: usize = 64;
-/// How long a shard's publisher waits for more batches before it commits,
-/// once its last transaction merged more than one (under load): fewer,
-/// larger Kafka transactions. An idle shard commits at once. Off the
-/// answer's path (a buyer is answered once the batch is in CQL); it delays
-/// the projection by as much.
-const PUBLICATION_LINGER: Duration = Duration::from_millis(10);
 /// Most records a takeover publishes in one Kafka transaction.
 const REPUBLISH_RECORDS_MAX: usize = 256;
 
@@ -551,27 +545,15 @@ async fn publish(
     mut publications: tokio::sync::mpsc::Receiver<Publication>,
 ) {
     let partition = i32::from(shard.0);
-    // Whether the last transaction merged more than one batch: under load,
-    // the publisher lingers for more before it commits.
-    let mut loaded = false;
     while let Some(first) = publications.recv().await {
         let mut batch = vec![first];
-        let linger_until = loaded.then(|| tokio::time::Instant::now() + PUBLICATION_LINGER);
         while batch.len() < PUBLICATIONS_PER_TRANSACTION_MAX {
             match publications.try_recv() {
                 Ok(next) => batch.push(next),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
-                    let Some(deadline) = linger_until else { break };
-                    match tokio::time::timeout_at(deadline, publications.recv()).await {
-                        Ok(Some(next)) => batch.push(next),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => break,
+                Err(_) => break,
             }
         }
         let merged = batch.len();
-        loaded = merged > 1;
         let mut records = Vec::new();
         let mut messages = Vec::new();
         let (mut command_offset, mut message_offset) = (None, None);
