@@ -57,6 +57,19 @@ impl<W> Step<W> {
     }
 }
 
+/// The cause logged with a message's entries: `message:<from>:<sequence>`
+/// (written without `format!`, which cost a shard more than any other part
+/// of logging a message).
+fn message_cause(from: ShardId, sequence: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let mut cause = String::with_capacity(8 + 5 + 1 + 20);
+    cause.push_str("message:");
+    cause.push_str(digits.format(from.0));
+    cause.push(':');
+    cause.push_str(digits.format(sequence));
+    cause
+}
+
 /// One shard: state machine, hash chain, early-message buffer and the
 /// callers waiting for commands to complete.
 pub struct ShardRunner<W> {
@@ -176,7 +189,8 @@ impl<W> ShardRunner<W> {
         step: &mut Step<W>,
     ) -> Vec<(String, Completion)> {
         let mut completed = Vec::new();
-        for event in events {
+        let count = events.len();
+        for (index, event) in events.into_iter().enumerate() {
             match &event {
                 Event::MessageSent {
                     to,
@@ -200,7 +214,12 @@ impl<W> ShardRunner<W> {
             }
             // Logged before it is applied: a record closed to make room ends
             // at the state's current sequence.
-            self.log(Entry::from_event(&event), cause, timestamp_ms);
+            self.log(
+                Entry::from_event(&event),
+                cause,
+                timestamp_ms,
+                count - index,
+            );
             evolve(&mut self.state, &event);
         }
         completed
@@ -208,7 +227,9 @@ impl<W> ShardRunner<W> {
 
     /// Adds the entry of the event about to be applied to the open record,
     /// closing the open record first if the entry would not fit in it.
-    fn log(&mut self, entry: Entry, cause: &str, timestamp_ms: TimestampMs) {
+    /// `entries_left`: this entry and those of the same input after it (the
+    /// room an input's entries are given at once).
+    fn log(&mut self, entry: Entry, cause: &str, timestamp_ms: TimestampMs, entries_left: usize) {
         // The input's cause and time (bounded) plus the entry.
         let bytes = entry.encoded_size() + cause.len() + 32;
         assert!(
@@ -223,11 +244,15 @@ impl<W> ShardRunner<W> {
             Some(input) if input.cause == cause && input.timestamp_ms == timestamp_ms => {
                 input.entries.push(entry)
             }
-            _ => self.open.push(InputEntries {
-                cause: cause.to_string(),
-                timestamp_ms,
-                entries: vec![entry],
-            }),
+            _ => {
+                let mut entries = Vec::with_capacity(entries_left);
+                entries.push(entry);
+                self.open.push(InputEntries {
+                    cause: cause.to_string(),
+                    timestamp_ms,
+                    entries,
+                })
+            }
         }
         self.open_entries += 1;
         self.open_bytes += bytes;
@@ -289,7 +314,7 @@ impl<W> ShardRunner<W> {
         waiter: W,
         step: &mut Step<W>,
     ) {
-        let cause = format!("command:{}", command.home_key());
+        let cause = ledger_core::keys::prefixed("command:", &command.home_key());
         let timestamp_ms = meta.at_ms;
         let input = Input::Command { command, meta };
         match decide(&self.state, &self.config, &input) {
@@ -347,7 +372,7 @@ impl<W> ShardRunner<W> {
                         .insert((envelope.from, envelope.sequence), envelope);
                 }
                 Decision::Apply { events, .. } => {
-                    let cause = format!("message:{}:{}", envelope.from, envelope.sequence);
+                    let cause = message_cause(envelope.from, envelope.sequence);
                     let completed = self.apply(events, &cause, now_ms, step);
                     self.resolve(completed, step);
                     let following = (envelope.from, envelope.sequence + 1);
@@ -379,6 +404,15 @@ impl<W> ShardRunner<W> {
 mod tests {
     use super::*;
     use ledger_core::{Actor, Command, CommandMeta, GrantId, Role, UserId};
+
+    #[test]
+    fn a_message_cause_names_its_sender_and_sequence() {
+        assert_eq!(message_cause(ShardId(3), 42), "message:3:42");
+        assert_eq!(
+            message_cause(ShardId(u16::MAX), u64::MAX),
+            format!("message:{}:{}", u16::MAX, u64::MAX)
+        );
+    }
 
     /// One step too large for one record: it is sealed into several, each
     /// within the bounds, contiguous and chained, and they replay to the

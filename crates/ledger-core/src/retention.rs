@@ -61,7 +61,11 @@ impl Retention {
     pub fn is_forgotten(&self, key: &str) -> bool {
         match id_time_ms(key) {
             Some(created_ms) => created_ms < self.forgotten_before_ms,
-            None => self.forgotten_digests.contains(&key_digest(key)),
+            // No digest to compute while nothing undated was forgotten.
+            None => {
+                !self.forgotten_digests.is_empty()
+                    && self.forgotten_digests.contains(&key_digest(key))
+            }
         }
     }
 }

@@ -377,41 +377,45 @@ impl ShardState {
             .running_mut()
     }
 
-    /// Keeps the command under `key`, just completed, encoded.
-    fn seal_record(&mut self, key: &str) {
-        self.commands
-            .get_mut(key)
-            .expect("a completed command is remembered")
-            .seal_if_completed(key);
-    }
-
-    /// Queues the completed command under `key` to be forgotten, if its
-    /// kind is: paid primary purchases in their own queue (a refund reads
-    /// them for as long as the escrow is held), the others by the horizon.
-    fn queue_for_forgetting(&mut self, key: &str) {
+    /// Completes the running command under `key` (`complete` sets its
+    /// completion), queues it to be forgotten if its kind is (paid primary
+    /// purchases in their own queue: a refund reads them for as long as the
+    /// escrow is held; the others by the horizon), and keeps it encoded.
+    /// One search of the commands for all three.
+    fn complete_command(&mut self, key: &str, complete: impl FnOnce(&mut CommandRecord)) {
         let (key, remembered) = self
             .commands
-            .get_key_value(key)
-            .expect("a completed command is remembered");
-        let record = remembered.record(key);
-        if !is_forgettable(&record.command) {
-            return;
-        }
-        let paid = matches!(record.command, Command::Purchase { .. })
-            && record
-                .completion
-                .as_ref()
-                .is_some_and(|completion| completion.result.is_ok());
-        let entry = (base_time_ms(key, &record.meta), key.clone());
-        let queue = if paid {
-            &mut self.retention.due_paid
-        } else {
-            &mut self.retention.due
-        };
+            .range_mut::<str, _>((
+                std::ops::Bound::Included(key),
+                std::ops::Bound::Included(key),
+            ))
+            .next()
+            .expect("event refers to a command of this shard");
+        let record = remembered.running_mut();
+        assert!(record.completion.is_none(), "a command completes once");
+        complete(record);
         assert!(
-            queue.insert(entry, record.meta.at_ms),
-            "a command is queued once"
+            record.completion.is_some(),
+            "a completed command has its completion"
         );
+        if is_forgettable(&record.command) {
+            let paid = matches!(record.command, Command::Purchase { .. })
+                && record
+                    .completion
+                    .as_ref()
+                    .is_some_and(|completion| completion.result.is_ok());
+            let entry = (base_time_ms(key, &record.meta), key.clone());
+            let queue = if paid {
+                &mut self.retention.due_paid
+            } else {
+                &mut self.retention.due
+            };
+            assert!(
+                queue.insert(entry, record.meta.at_ms),
+                "a command is queued once"
+            );
+        }
+        remembered.seal_if_completed(key);
     }
 
     /// Forgets the `count` oldest records of a retention queue, each with a
@@ -560,29 +564,23 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             record.positions.extend(position);
         }
         Event::CommandCompleted { key, completion } => {
-            let record = state.record_mut(key);
-            assert!(record.completion.is_none(), "a command completes once");
-            record.completion = Some(completion.clone());
-            state.queue_for_forgetting(key);
-            state.seal_record(key);
+            state.complete_command(key, |record| record.completion = Some(completion.clone()));
         }
         Event::PurchaseCompleted {
             key,
             completion,
             reservation,
         } => {
-            let record = state.record_mut(key);
-            assert!(record.completion.is_none(), "a command completes once");
             assert!(
                 completion.result.is_ok(),
                 "only a paid purchase completes with its reservation"
             );
-            record.progress = Progress::Paid {
-                reservation: reservation.clone(),
-            };
-            record.completion = Some(completion.clone());
-            state.queue_for_forgetting(key);
-            state.seal_record(key);
+            state.complete_command(key, |record| {
+                record.progress = Progress::Paid {
+                    reservation: reservation.clone(),
+                };
+                record.completion = Some(completion.clone());
+            });
         }
         Event::CommandsForgotten {
             before_ms,

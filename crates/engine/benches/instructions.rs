@@ -1,0 +1,53 @@
+//! The in-process primary purchase of `engine_primary_purchase/4_shards`,
+//! run once, for an instruction count: time on these shared machines moves
+//! ±15% from run to run, the instructions a build executes for the same
+//! input do not. Under callgrind, only the purchases are counted (the
+//! funding before them is not):
+//!
+//! ```sh
+//! cargo bench -p ledger-engine --bench instructions --no-run   # prints the binary
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/callgrind.out \
+//!   --collect-atstart=no --toggle-collect='instructions::purchases' BINARY
+//! callgrind_annotate /tmp/callgrind.out | head -30
+//! ```
+//!
+//! The total divided by the purchases is instructions per purchase.
+//! Environment: `INSTRUCTIONS_SHARDS` (4).
+
+mod fixtures;
+
+use fixtures::*;
+use ledger_core::*;
+use ledger_engine::in_memory::InMemoryCluster as Cluster;
+
+/// The allocator of the `ledger` binary, so that the count is the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The purchases of `engine_primary_purchase`: every buyer buys every item,
+/// delivered in waves of 256 (as a shard's batch would be).
+#[inline(never)]
+fn purchases(cluster: &mut Cluster, count: usize) {
+    for n in 0..count {
+        cluster.submit(purchase(
+            format!("p-{n}"),
+            n % BUYERS,
+            PurchaseTarget::Item(item(n / BUYERS)),
+            10,
+        ));
+        if n % 256 == 255 {
+            cluster.drain();
+        }
+    }
+    cluster.drain();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is read from the arguments.
+    let shards = setting("INSTRUCTIONS_SHARDS", 4u16);
+    let count = BUYERS * ITEMS;
+    let mut cluster = funded_cluster(shards);
+    purchases(&mut cluster, count);
+    cluster.expect_succeeded(count);
+    println!("{count} primary purchases on {shards} shards, one record per input");
+}
