@@ -65,6 +65,15 @@ impl OwnedItems {
         self.pairs.insert((user_id, item_id))
     }
 
+    /// As [`OwnedItems::insert`], with the pair holding `user_id`'s
+    /// allocation as it is: for a caller that holds the allocation the
+    /// user's pairs share already (the wallet's key), which spares the
+    /// search for a neighbour's.
+    pub fn insert_shared_user(&mut self, user_id: &UserId, item_id: &ItemId) -> bool {
+        let item_id = self.shared_item(item_id);
+        self.pairs.insert((user_id.clone(), item_id))
+    }
+
     /// The allocation of the user's id their pairs hold, if they own
     /// anything (`pair` itself or a neighbour of it in the set's order);
     /// else the pair's own.
@@ -345,6 +354,31 @@ mod tests {
             .map(|(_, item_id)| item_id.as_str().as_ptr())
             .collect();
         assert_eq!(hats.len(), 1, "one allocation of hat across its owners");
+    }
+
+    #[test]
+    fn a_pair_inserted_with_a_shared_user_holds_that_allocation() {
+        let mut owned = OwnedItems::from(nested());
+        let wallet = user("carol");
+        assert!(owned.insert_shared_user(&wallet, &item("cape")));
+        assert!(
+            !owned.insert_shared_user(&wallet, &item("cape")),
+            "owned once"
+        );
+        assert!(owned.owns(&user("carol"), &item("cape")));
+        let (held, held_item) = owned
+            .pairs
+            .iter()
+            .find(|(user_id, item_id)| user_id.as_str() == "carol" && item_id.as_str() == "cape")
+            .expect("the pair");
+        assert_eq!(held.as_str().as_ptr(), wallet.as_str().as_ptr());
+        // The item's id is still the one every pair of the item holds.
+        let (_, first) = owned
+            .pairs
+            .iter()
+            .find(|(_, item_id)| item_id.as_str() == "cape")
+            .expect("cape");
+        assert_eq!(held_item.as_str().as_ptr(), first.as_str().as_ptr());
     }
 
     #[test]

@@ -327,11 +327,6 @@ impl ShardState {
         }
     }
 
-    /// `user_id` as the key of the user's wallet holds it (or itself).
-    fn wallet_key(&self, user_id: &UserId) -> UserId {
-        Self::wallet_key_in(&self.balances, user_id).unwrap_or_else(|| user_id.clone())
-    }
-
     pub fn balance(&self, account: &Account) -> i64 {
         self.balances.get(account).copied().unwrap_or(0)
     }
@@ -1006,13 +1001,15 @@ pub fn evolve(state: &mut ShardState, event: &Event) {
             granted_items,
             ..
         } => {
-            // The pairs hold the buyer's id as their wallet's key does.
-            let buyer_id = state.wallet_key(buyer_id);
+            // The pairs hold the buyer's id as their wallet's key does (a
+            // debited buyer has one, unless the price was 0).
+            let wallet_key = ShardState::wallet_key_in(&state.balances, buyer_id);
             for item_id in granted_items {
-                assert!(
-                    state.owned_items.insert(&buyer_id, item_id),
-                    "a non-limited item is owned at most once"
-                );
+                let inserted = match &wallet_key {
+                    Some(buyer_id) => state.owned_items.insert_shared_user(buyer_id, item_id),
+                    None => state.owned_items.insert(buyer_id, item_id),
+                };
+                assert!(inserted, "a non-limited item is owned at most once");
             }
         }
         Event::SaleSettled {
