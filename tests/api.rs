@@ -3203,6 +3203,54 @@ async fn a_takedown_refunds_the_escrowed_buyers_and_lists_the_released_sales() {
         left, expected,
         "the released sales are listed, and only they"
     );
+    assert_eq!(
+        done["left"]["next_cursor"],
+        Value::Null,
+        "one page holds them"
+    );
+    // Paged by purchase id: `limit` of them, then the next page from the
+    // cursor, until the cursor is null.
+    let mut paged = Vec::new();
+    let mut page_path = "/v1/takedowns/td-hat?limit=3".to_string();
+    let mut pages = 0;
+    loop {
+        let page = app.get(&page_path, Some(&service)).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        pages += 1;
+        let purchases = page.body["left"]["purchases"].as_array().expect("a page");
+        assert!(purchases.len() <= 3, "{}", page.text);
+        assert_eq!(
+            page.body["left"]["count"], EACH_SIDE,
+            "the count is not paged"
+        );
+        paged.extend(
+            purchases
+                .iter()
+                .map(|left| left["purchase_id"].as_str().expect("an id").to_string()),
+        );
+        match page.body["left"]["next_cursor"].as_str() {
+            Some(cursor) => page_path = format!("/v1/takedowns/td-hat?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, EACH_SIDE.div_ceil(3));
+    assert_eq!(
+        paged,
+        expected.iter().cloned().collect::<Vec<_>>(),
+        "every purchase left once, in purchase id order"
+    );
+    let bad = app
+        .get(
+            "/v1/takedowns/td-hat?cursor=6f776e6572732f31",
+            Some(&service),
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.code()),
+        (422, "validation_failed"),
+        "another listing's cursor: {}",
+        bad.text
+    );
     // Escrowed buyers have their money back, once; the others keep the hat.
     for n in 0..2 * EACH_SIDE {
         let expected = if n < EACH_SIDE { 60 } else { 100 };

@@ -94,7 +94,8 @@ pub struct ItemPriceTestView {
     pub ends_at_ms: TimestampMs,
 }
 
-/// Most purchases a takedown's view lists as left (the count is exact).
+/// Purchases a takedown's view lists as left when the request names no
+/// `limit` (the count is exact; the list is paged by purchase id).
 pub const TAKEDOWN_LEFT_LISTED_MAX: usize = 1_000;
 
 /// A takedown and what it did so far to the purchases of its item.
@@ -110,10 +111,11 @@ pub struct TakedownView {
     pub refunded_amount: i64,
     pub already_refunded: u32,
     /// Purchases left as they are (escrow released, serial moved on): the
-    /// count of the shards that reported, and the first
-    /// [`TAKEDOWN_LEFT_LISTED_MAX`] of them by purchase id.
+    /// count of the shards that reported, and one page of them by purchase
+    /// id, with the cursor of the next page (`None` on the last).
     pub left_count: u32,
     pub left: Vec<TakedownLeftView>,
+    pub left_next_cursor: Option<String>,
     pub started_at_ms: TimestampMs,
     pub updated_at_ms: TimestampMs,
 }
@@ -395,8 +397,15 @@ pub trait ReadModels: Send + Sync + 'static {
     /// A price test and its counts; `None` for a test never opened (or
     /// refused by its item).
     async fn price_test(&self, test_id: &str) -> Result<Option<PriceTestView>, ReadError>;
-    /// The takedown of an item; `None` for an item never taken down.
-    async fn takedown(&self, item_id: &str) -> Result<Option<TakedownView>, ReadError>;
+    /// The takedown of an item, with one page of the purchases it left
+    /// (`left_limit` of them after `left_cursor`, by purchase id); `None` for
+    /// an item never taken down.
+    async fn takedown(
+        &self,
+        item_id: &str,
+        left_limit: usize,
+        left_cursor: Option<&str>,
+    ) -> Result<Option<TakedownView>, ReadError>;
     /// Every version of every kind's price floor (at most
     /// [`PRICE_FLOOR_VERSIONS_MAX`]), by kind then version.
     async fn price_floors(&self) -> Result<Vec<PriceFloorView>, ReadError>;

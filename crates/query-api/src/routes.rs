@@ -73,8 +73,14 @@ struct PageRequest {
 }
 
 fn parse_page(query: &QueryParameters) -> Result<PageRequest, Problem> {
+    parse_page_or(query, PAGE_SIZE_DEFAULT)
+}
+
+/// [`parse_page`] for a list whose page without a `limit` holds
+/// `default_limit` entries.
+fn parse_page_or(query: &QueryParameters, default_limit: usize) -> Result<PageRequest, Problem> {
     let limit = match query.get("limit")? {
-        None => PAGE_SIZE_DEFAULT,
+        None => default_limit,
         Some(text) => {
             let refuse = || {
                 Problem::validation(format!(
@@ -852,6 +858,9 @@ pub(crate) async fn takedown(
 ) -> Answer {
     let item_id = parse_id::<ledger_core::ItemId>("item_id", &segment)?;
     let after = parse_after(&query)?;
+    // The purchases left, paged; a page without `limit` lists 1,000, as the
+    // list did before it was paged.
+    let page = parse_page_or(&query, projectors::TAKEDOWN_LEFT_LISTED_MAX)?;
     let actor = state.verifier.authenticate(&headers)?;
     if let Role::User = actor.role {
         return Err(Problem::forbidden(
@@ -861,7 +870,7 @@ pub(crate) async fn takedown(
     wait_for(&state, after.as_ref()).await?;
     let view = state
         .read_models
-        .takedown(item_id.as_str())
+        .takedown(item_id.as_str(), page.limit, page.cursor.as_deref())
         .await
         .map_err(read_failed)?
         .ok_or_else(|| Problem::not_found(format!("item {item_id} was never taken down")))?;
@@ -877,7 +886,11 @@ pub(crate) async fn takedown(
             "shards": {"total": view.shard_count, "reported": view.shards_reported},
             "refunded": {"count": view.refunded, "amount": view.refunded_amount},
             "already_refunded": view.already_refunded,
-            "left": {"count": view.left_count, "purchases": left},
+            "left": {
+                "count": view.left_count,
+                "purchases": left,
+                "next_cursor": view.left_next_cursor,
+            },
             "started_at": format_timestamp(view.started_at_ms),
             "updated_at": format_timestamp(view.updated_at_ms),
     }))

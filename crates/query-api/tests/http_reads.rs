@@ -109,7 +109,12 @@ impl ReadModels for UnreachableReadModels {
         self.reached("price test")
     }
 
-    async fn takedown(&self, _: &str) -> Result<Option<projectors::TakedownView>, ReadError> {
+    async fn takedown(
+        &self,
+        _: &str,
+        _: usize,
+        _: Option<&str>,
+    ) -> Result<Option<projectors::TakedownView>, ReadError> {
         self.reached("takedown")
     }
 }
@@ -226,7 +231,12 @@ impl ReadModels for EmptyReadModels {
         Ok(None)
     }
 
-    async fn takedown(&self, _: &str) -> Result<Option<projectors::TakedownView>, ReadError> {
+    async fn takedown(
+        &self,
+        _: &str,
+        _: usize,
+        _: Option<&str>,
+    ) -> Result<Option<projectors::TakedownView>, ReadError> {
         Ok(None)
     }
 }

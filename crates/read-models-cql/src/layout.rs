@@ -81,6 +81,7 @@ pub const CURSOR_INVENTORY: &str = "inventory";
 pub const CURSOR_TRANSACTIONS: &str = "transactions";
 pub const CURSOR_LISTINGS: &str = "listings";
 pub const CURSOR_OWNERS: &str = "owners";
+pub const CURSOR_TAKEDOWN_LEFT: &str = "takedown-left";
 
 /// Longest cursor accepted, in characters.
 const CURSOR_LENGTH_MAX: usize = 1_024;

@@ -11,14 +11,14 @@ use projectors::{
     InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
     PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
     SalesRange, TakedownLeftView, TakedownView, TransactionAccount, TransactionEntry,
-    PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX, TAKEDOWN_LEFT_LISTED_MAX,
+    PRICE_FLOOR_VERSIONS_MAX, PURCHASE_STEPS_MAX,
 };
 
 use crate::error::{from_cql, to_cql, u32_from_cql, CqlReadModelError};
 use crate::layout::{
     decode_cursor, encode_cursor, owner_bucket, page_size, parse_field, parse_id,
     recent_average_price, transaction_bucket, CURSOR_INVENTORY, CURSOR_LISTINGS, CURSOR_OWNERS,
-    CURSOR_TRANSACTIONS, NON_LIMITED_SERIAL, RECENT_SALES_WINDOW,
+    CURSOR_TAKEDOWN_LEFT, CURSOR_TRANSACTIONS, NON_LIMITED_SERIAL, RECENT_SALES_WINDOW,
 };
 use crate::models::{next_row, CqlReadModels};
 
@@ -855,9 +855,14 @@ impl CqlReadModels {
         Ok(current.map(|(_, view)| view))
     }
 
+    /// The takedown of `item_id`, with `left_limit` of the purchases it
+    /// left after the purchase id `left_after` ("" for the first page: no
+    /// id is empty).
     async fn takedown_inner(
         &self,
         item_id: &str,
+        left_limit: usize,
+        left_after: &str,
     ) -> Result<Option<TakedownView>, CqlReadModelError> {
         type TakedownRow = (
             Option<i64>,
@@ -870,7 +875,6 @@ impl CqlReadModels {
             Option<i64>,
             Option<i64>,
         );
-        let limit = TAKEDOWN_LEFT_LISTED_MAX as i32;
         let (row, left) = tokio::try_join!(
             self.select_first::<TakedownRow>(
                 &self.statements.select_takedown,
@@ -879,7 +883,7 @@ impl CqlReadModels {
             ),
             self.select::<(String, Option<String>)>(
                 &self.statements.select_takedown_sales,
-                (item_id, "left", limit),
+                (item_id, "left", left_after, row_limit(left_limit + 1)),
                 "takedown sales read",
             )
         )?;
@@ -913,6 +917,15 @@ impl CqlReadModels {
             "takedown start",
             started_at_ms.ok_or_else(|| incomplete("started_at_ms"))?,
         )?;
+        let left = into_page(
+            left,
+            left_limit,
+            |(purchase_id, _)| encode_cursor(CURSOR_TAKEDOWN_LEFT, &[purchase_id]),
+            |(purchase_id, reason)| TakedownLeftView {
+                purchase_id,
+                reason: reason.unwrap_or_default(),
+            },
+        );
         Ok(Some(TakedownView {
             item_id: item_id.to_string(),
             status: TakedownView::status_of(shards_reported, shard_count).to_string(),
@@ -923,13 +936,8 @@ impl CqlReadModels {
             refunded_amount: refunded_amount.unwrap_or(0),
             already_refunded: count("already refunded", already_refunded)?,
             left_count: count("left", left_count)?,
-            left: left
-                .into_iter()
-                .map(|(purchase_id, reason)| TakedownLeftView {
-                    purchase_id,
-                    reason: reason.unwrap_or_default(),
-                })
-                .collect(),
+            left: left.entries,
+            left_next_cursor: left.next_cursor,
             started_at_ms,
             updated_at_ms: from_cql("takedown update", updated_at_ms.unwrap_or(0))?
                 .max(started_at_ms),
@@ -1274,7 +1282,18 @@ impl ReadModels for CqlReadModels {
         Ok(self.price_test_inner(test_id).await?)
     }
 
-    async fn takedown(&self, item_id: &str) -> Result<Option<TakedownView>, ReadError> {
-        Ok(self.takedown_inner(item_id).await?)
+    async fn takedown(
+        &self,
+        item_id: &str,
+        left_limit: usize,
+        left_cursor: Option<&str>,
+    ) -> Result<Option<TakedownView>, ReadError> {
+        let left_after = match left_cursor {
+            None => String::new(),
+            Some(cursor) => parse_id(&decode_cursor(CURSOR_TAKEDOWN_LEFT, cursor, 1)?[0])?,
+        };
+        Ok(self
+            .takedown_inner(item_id, page_size(left_limit), &left_after)
+            .await?)
     }
 }

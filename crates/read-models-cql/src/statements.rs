@@ -405,7 +405,8 @@ impl Statements {
             select_takedown_sales: prepare(
                 "takedown sales read",
                 page,
-                "SELECT purchase_id, reason FROM takedown_sales WHERE item_id = ? AND outcome = ? LIMIT ?",
+                "SELECT purchase_id, reason FROM takedown_sales WHERE item_id = ? AND outcome = ? \
+                 AND purchase_id > ? LIMIT ?",
             )
             .await?,
             select_price_test: prepare(

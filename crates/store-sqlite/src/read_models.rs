@@ -14,7 +14,7 @@ use projectors::{
     InventoryEntry, ItemDay, ItemDays, ItemPriceTestView, ItemView, ListingView, OwnerEntry, Page,
     PriceFloorView, PriceTestArmView, PriceTestView, PurchaseStepView, ReadError, ReadModels,
     SalesRange, TakedownLeftView, TakedownView, TransactionAccount, TransactionEntry,
-    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX, TAKEDOWN_LEFT_LISTED_MAX,
+    PAGE_SIZE_MAX, PRICE_FLOOR_VERSIONS_MAX,
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -73,6 +73,7 @@ const CURSOR_INVENTORY: &str = "inventory";
 const CURSOR_TRANSACTIONS: &str = "transactions";
 const CURSOR_LISTINGS: &str = "listings";
 const CURSOR_OWNERS: &str = "owners";
+const CURSOR_TAKEDOWN_LEFT: &str = "takedown-left";
 
 /// Makes a cursor from a listing tag and the fields of the last key.
 fn encode_cursor(tag: &str, fields: &[&str]) -> String {
@@ -487,7 +488,18 @@ impl ReadModels for SqliteReadModels {
         .await
     }
 
-    async fn takedown(&self, item_id: &str) -> Result<Option<TakedownView>, ReadError> {
+    async fn takedown(
+        &self,
+        item_id: &str,
+        left_limit: usize,
+        left_cursor: Option<&str>,
+    ) -> Result<Option<TakedownView>, ReadError> {
+        let left_limit = page_size(left_limit);
+        // No id is empty: every purchase id sorts after "".
+        let left_after = match left_cursor {
+            None => String::new(),
+            Some(cursor) => parse_id(&decode_cursor(CURSOR_TAKEDOWN_LEFT, cursor, 1)?[0])?,
+        };
         let item_id = item_id.to_string();
         self.read("takedown read", move |connection| {
             type TakedownRow = (u32, u16, u16, u32, i64, u32, u32, i64, i64);
@@ -532,11 +544,12 @@ impl ReadModels for SqliteReadModels {
             let mut statement = connection
                 .prepare_cached(
                     "SELECT purchase_id, reason FROM takedown_sales
-                     WHERE item_id = ?1 AND outcome = 'left' ORDER BY purchase_id LIMIT ?2",
+                     WHERE item_id = ?1 AND outcome = 'left' AND purchase_id > ?2
+                     ORDER BY purchase_id LIMIT ?3",
                 )
                 .map_err(query_failed("prepare takedown sales read"))?;
             let rows = statement
-                .query_map(params![item_id, TAKEDOWN_LEFT_LISTED_MAX as i64], |row| {
+                .query_map(params![item_id, left_after, sql_limit(left_limit)], |row| {
                     Ok(TakedownLeftView {
                         purchase_id: row.get(0)?,
                         reason: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
@@ -546,6 +559,12 @@ impl ReadModels for SqliteReadModels {
             let left = rows
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(query_failed("read a takedown sale"))?;
+            let left = into_page(
+                left,
+                left_limit,
+                |left| encode_cursor(CURSOR_TAKEDOWN_LEFT, &[&left.purchase_id]),
+                |left| left,
+            );
             Ok(Some(TakedownView {
                 item_id,
                 status: TakedownView::status_of(shards_reported, shard_count).to_string(),
@@ -556,7 +575,8 @@ impl ReadModels for SqliteReadModels {
                 refunded_amount,
                 already_refunded,
                 left_count,
-                left,
+                left: left.entries,
+                left_next_cursor: left.next_cursor,
                 started_at_ms: from_sql("takedown start", started_at_ms)?,
                 updated_at_ms: from_sql("takedown update", updated_at_ms)?,
             }))
