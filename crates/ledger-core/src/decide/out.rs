@@ -14,7 +14,9 @@ pub(super) struct Out<'a> {
     pub(super) state: &'a ShardState,
     pub(super) config: &'a Config,
     pub(super) events: Vec<Event>,
-    sent: BTreeMap<ShardId, u64>,
+    /// Messages sent to each receiver so far (a decision sends to a few
+    /// shards: searched in order, no tree node allocated per decision).
+    sent: Vec<(ShardId, u64)>,
     /// Messages sent by this decision.
     deliveries: Vec<DeliveryMark>,
 }
@@ -25,7 +27,7 @@ impl<'a> Out<'a> {
             state,
             config,
             events: Vec::new(),
-            sent: BTreeMap::new(),
+            sent: Vec::new(),
             deliveries: Vec::new(),
         }
     }
@@ -46,7 +48,13 @@ impl<'a> Out<'a> {
 
     /// Sends `message`; returns the mark a read can wait on for its effects.
     pub(super) fn send(&mut self, to: ShardId, message: Message) -> DeliveryMark {
-        let offset = self.sent.entry(to).or_insert(0);
+        let offset = match self.sent.iter_mut().find(|(receiver, _)| *receiver == to) {
+            Some((_, offset)) => offset,
+            None => {
+                self.sent.push((to, 0));
+                &mut self.sent.last_mut().expect("just pushed").1
+            }
+        };
         let sequence = self.state.next_outbound(to) + *offset;
         *offset += 1;
         let mark = DeliveryMark {
