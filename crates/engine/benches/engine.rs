@@ -25,25 +25,6 @@ use fixtures::*;
 /// Events in the `replay` log.
 const REPLAY_EVENTS: usize = 50_000;
 
-fn purchases(cluster: &mut Cluster, count: usize) {
-    for n in 0..count {
-        let buyer = n % BUYERS;
-        let item = n / BUYERS;
-        cluster.submit(Command::Purchase {
-            purchase_id: PurchaseId::parse(format!("p-{n}")).unwrap(),
-            buyer_id: UserId::parse(format!("b-{buyer}")).unwrap(),
-            target: PurchaseTarget::Item(ItemId::parse(format!("i-{item}")).unwrap()),
-            expected_price: 10,
-            region: None,
-        });
-        // Deliver in waves, as a shard's batch would.
-        if n % 256 == 255 {
-            cluster.drain();
-        }
-    }
-    cluster.drain();
-}
-
 fn bench_purchases(criterion: &mut Criterion) {
     let count = BUYERS * ITEMS;
     // One record sealed per input (as the simulation runs), then one per
@@ -65,7 +46,7 @@ fn bench_purchases(criterion: &mut Criterion) {
                             cluster.group_commit();
                         }
                         let started = Instant::now();
-                        purchases(&mut cluster, count);
+                        run_primary_purchases(&mut cluster, count, 0);
                         total += started.elapsed();
                         cluster.expect_succeeded(count);
                     }

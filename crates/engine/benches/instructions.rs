@@ -7,7 +7,7 @@
 //! ```sh
 //! cargo bench -p ledger-engine --bench instructions --no-run   # prints the binary
 //! valgrind --tool=callgrind --callgrind-out-file=/tmp/callgrind.out \
-//!   --collect-atstart=no --toggle-collect='instructions::purchases' BINARY
+//!   --collect-atstart=no --toggle-collect='*run_primary_purchases' BINARY
 //! callgrind_annotate /tmp/callgrind.out | head -30
 //! ```
 //!
@@ -21,31 +21,10 @@
 mod fixtures;
 
 use fixtures::*;
-use ledger_core::*;
-use ledger_engine::in_memory::InMemoryCluster as Cluster;
 
 /// The allocator of the `ledger` binary, so that the count is the server's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The purchases of `engine_primary_purchase`: every buyer buys every item,
-/// delivered in waves of 256 (as a shard's batch would be).
-#[inline(never)]
-fn purchases(cluster: &mut Cluster, count: usize, wave_ms: u64) {
-    for n in 0..count {
-        cluster.submit(purchase(
-            format!("p-{n}"),
-            n % BUYERS,
-            PurchaseTarget::Item(item(n / BUYERS)),
-            10,
-        ));
-        if n % 256 == 255 {
-            cluster.drain();
-            cluster.now_ms += wave_ms;
-        }
-    }
-    cluster.drain();
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is read from the arguments.
@@ -53,7 +32,7 @@ fn main() {
     let wave_ms = setting("INSTRUCTIONS_WAVE_MS", 0u64);
     let count = BUYERS * ITEMS;
     let mut cluster = funded_cluster(shards);
-    purchases(&mut cluster, count, wave_ms);
+    run_primary_purchases(&mut cluster, count, wave_ms);
     cluster.expect_succeeded(count);
     println!(
         "{count} primary purchases on {shards} shards, one record per input, \
